@@ -1,0 +1,61 @@
+//! `KVM_CHECK_EXTENSION` (`kvm_vm_ioctl_check_extension_generic` and the x86 arch part) for the
+//! capabilities guest_memfd's world depends on. Capabilities outside it are not modelled and
+//! read 0: the simulated kernel does not offer them.
+
+use crate::guest_memfd::kvm_gmem_get_supported_flags;
+use crate::memslot::KVM_USER_MEM_SLOTS;
+use crate::profile::{KernelProfile, KernelVersion};
+use crate::vm::Kvm;
+
+/// `KVM_CAP_USER_MEMORY`.
+pub const KVM_CAP_USER_MEMORY: u64 = 3;
+/// `KVM_CAP_NR_MEMSLOTS`.
+pub const KVM_CAP_NR_MEMSLOTS: u64 = 10;
+/// `KVM_CAP_CHECK_EXTENSION_VM`.
+pub const KVM_CAP_CHECK_EXTENSION_VM: u64 = 105;
+/// `KVM_CAP_MULTI_ADDRESS_SPACE`.
+pub const KVM_CAP_MULTI_ADDRESS_SPACE: u64 = 118;
+/// `KVM_CAP_EXIT_HYPERCALL`.
+pub const KVM_CAP_EXIT_HYPERCALL: u64 = 201;
+/// `KVM_CAP_USER_MEMORY2`.
+pub const KVM_CAP_USER_MEMORY2: u64 = 231;
+/// `KVM_CAP_MEMORY_FAULT_INFO`.
+pub const KVM_CAP_MEMORY_FAULT_INFO: u64 = 232;
+/// `KVM_CAP_MEMORY_ATTRIBUTES`.
+pub const KVM_CAP_MEMORY_ATTRIBUTES: u64 = 233;
+/// `KVM_CAP_GUEST_MEMFD`.
+pub const KVM_CAP_GUEST_MEMFD: u64 = 234;
+/// `KVM_CAP_VM_TYPES`.
+pub const KVM_CAP_VM_TYPES: u64 = 235;
+/// `KVM_CAP_PRE_FAULT_MEMORY`.
+pub const KVM_CAP_PRE_FAULT_MEMORY: u64 = 236;
+/// `KVM_CAP_GUEST_MEMFD_FLAGS` (v6.18; the number was unassigned in v6.14).
+pub const KVM_CAP_GUEST_MEMFD_FLAGS: u64 = 244;
+
+/// `KVM_HC_MAP_GPA_RANGE`, the hypercall `KVM_CAP_EXIT_HYPERCALL` reports.
+pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
+
+/// `KVM_CHECK_EXTENSION` on `/dev/kvm` (`kvm` is `None`) or on a VM.
+pub fn check_extension(profile: &KernelProfile, kvm: Option<&Kvm>, cap: u64) -> i64 {
+    let has_private_mem = kvm.is_none_or(|kvm| kvm.has_private_mem());
+    match cap {
+        KVM_CAP_USER_MEMORY | KVM_CAP_USER_MEMORY2 | KVM_CAP_CHECK_EXTENSION_VM => 1,
+        KVM_CAP_NR_MEMSLOTS => KVM_USER_MEM_SLOTS as i64,
+        // Compiled only with more than one address space (SMM), which the model does not have.
+        KVM_CAP_MULTI_ADDRESS_SPACE => 0,
+        KVM_CAP_EXIT_HYPERCALL => 1 << KVM_HC_MAP_GPA_RANGE,
+        KVM_CAP_MEMORY_FAULT_INFO => 1,
+        // kvm_supported_mem_attributes(kvm)
+        KVM_CAP_MEMORY_ATTRIBUTES if profile.config.memory_attributes && has_private_mem => {
+            crate::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE as i64
+        }
+        KVM_CAP_GUEST_MEMFD => match profile.version {
+            KernelVersion::V6_14 => has_private_mem as i64,
+            KernelVersion::V6_18 => 1,
+        },
+        KVM_CAP_GUEST_MEMFD_FLAGS => kvm_gmem_get_supported_flags(profile, kvm) as i64,
+        KVM_CAP_VM_TYPES => profile.config.vm_types as i64,
+        KVM_CAP_PRE_FAULT_MEMORY => profile.config.pre_fault as i64,
+        _ => 0,
+    }
+}

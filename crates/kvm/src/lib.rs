@@ -1,0 +1,45 @@
+//! gmem-kvm: `struct kvm` and guest_memfd, function by function.
+//!
+//! # Map of the crate
+//!
+//! | module | kernel counterpart |
+//! |---|---|
+//! | [`profile`] | the kernel being modelled: version, named upstream fixes, configuration |
+//! | [`types`] | `gfn_t`, `gpa_t`, memslot ids |
+//! | [`vm`] | `/dev/kvm` (`kvm_dev_ioctl_create_vm`), `struct kvm`, `kvm_get_kvm`/`kvm_put_kvm`, `kvm_destroy_vm` |
+//! | [`memslot`] | `struct kvm_memory_slot`, SRCU-published generations, `KVM_SET_USER_MEMORY_REGION2` |
+//! | [`attributes`] | `KVM_SET_MEMORY_ATTRIBUTES` and the attribute queries |
+//! | [`mmu`] | the MMU boundary (`kvm_mmu_unmap_gfn_range`, `kvm_flush_remote_tlbs`) and `mmu_invalidate_*` |
+//! | [`arch`] | the arch hooks guest_memfd calls (default and SW_PROTECTED back-ends) |
+//! | [`guest_memfd`] | `virt/kvm/guest_memfd.c`, every function of the seed |
+//! | [`caps`] | `KVM_CHECK_EXTENSION` |
+//! | [`invariants`] | INV-BIND, INV-REFCOUNT, INV-UPTODATE-PREPARED, the WARN registry |
+//!
+//! # What is modelled, and what is not
+//!
+//! Modelled: everything guest_memfd does and everything it calls on the KVM side, with the
+//! kernel's check order, errno and lock order (`slots_lock` → `invalidate_lock` → `mmu_lock`);
+//! memslot generations published through SRCU, including the INVALID copy published while a
+//! slot is deleted or moved; the MMU invalidation bookkeeping faults rely on; the VM's lifetime.
+//! Stale memslot pointers (the use-after-free of upstream fixes F1 and F2) are detected and
+//! recorded as KASAN-style warnings instead of being dereferenced.
+//!
+//! Not modelled here: the MMU itself and vCPUs (the [`mmu::KvmMmu`] trait is their boundary;
+//! [`mmu::RecordingMmu`] stands in), SMM address spaces, dirty logging, SEV-SNP and TDX
+//! back-ends, and capabilities unrelated to guest memory (they read 0).
+#![deny(missing_docs)]
+
+pub mod arch;
+pub mod attributes;
+pub mod caps;
+pub mod guest_memfd;
+pub mod invariants;
+pub mod memslot;
+pub mod mmu;
+pub mod profile;
+pub mod types;
+pub mod vm;
+
+pub use profile::{Fix, KernelProfile, KernelVersion, VmType};
+pub use types::{Gfn, Gpa, SlotId};
+pub use vm::{Kvm, KvmSystem};

@@ -1,0 +1,612 @@
+//! Memslots: `struct kvm_memory_slot`, SRCU-published generations, and
+//! `KVM_SET_USER_MEMORY_REGION2` with the kernel's checks in order (`virt/kvm/kvm_main.c`:
+//! `kvm_vm_ioctl_set_memory_region`, `kvm_set_memory_region`, `check_memory_region_flags`,
+//! `kvm_set_memslot` and its helpers, `kvm_free_memslot`).
+//!
+//! A generation ([`Memslots`]) is immutable once published. An update builds the next one under
+//! `slots_lock`, publishes it (`kvm_swap_active_memslots`), waits for every SRCU reader of the old
+//! one (`synchronize_srcu`), and only then frees what the old one alone referenced. DELETE and
+//! MOVE first publish a generation in which the slot is replaced by an INVALID copy and zap its
+//! mappings, exactly as the kernel does, so a fault racing with the deletion sees either the
+//! live slot, the invalid one (and retries), or none.
+
+use crate::guest_memfd::{kvm_gmem_bind, kvm_gmem_unbind};
+use crate::profile::{Fix, KernelVersion};
+use crate::types::{Gfn, SlotId};
+use crate::vm::{Kvm, SLOTS_LOCK};
+use gmem_mm::fdtable::FdTable;
+use gmem_mm::file::{File, FilePtr};
+use gmem_mm::slab::{SlabHandle, SlabObject};
+use gmem_mm::types::{PAGE_SHIFT, PAGE_SIZE};
+use gmem_mm::vma::access_ok;
+use gmem_mm::{Errno, KResult};
+use gmem_sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use gmem_sync::srcu::SrcuReadGuard;
+use gmem_sync::{lockdep_assert_held, warn::WarnKind};
+use std::fmt;
+
+/// `KVM_MEM_LOG_DIRTY_PAGES`.
+pub const KVM_MEM_LOG_DIRTY_PAGES: u32 = 1 << 0;
+/// `KVM_MEM_READONLY`.
+pub const KVM_MEM_READONLY: u32 = 1 << 1;
+/// `KVM_MEM_GUEST_MEMFD`.
+pub const KVM_MEM_GUEST_MEMFD: u32 = 1 << 2;
+/// `KVM_MEMSLOT_INVALID` (internal): the slot is being deleted or moved.
+pub const KVM_MEMSLOT_INVALID: u32 = 1 << 16;
+/// `KVM_MEMSLOT_GMEM_ONLY` (internal, v6.18): every fault is served from guest_memfd.
+pub const KVM_MEMSLOT_GMEM_ONLY: u32 = 1 << 17;
+
+/// `KVM_USER_MEM_SLOTS` on x86 (`KVM_MEM_SLOTS_NUM` minus the three private slots).
+pub const KVM_USER_MEM_SLOTS: u32 = 32764;
+/// `KVM_MEM_SLOTS_NUM` (`SHRT_MAX`).
+pub const KVM_MEM_SLOTS_NUM: u32 = 32767;
+/// `KVM_MEM_MAX_NR_PAGES`: `(1UL << 31) - 1`.
+pub const KVM_MEM_MAX_NR_PAGES: u64 = (1 << 31) - 1;
+/// `kvm_arch_nr_memslot_as_ids`: the model has no SMM address space.
+pub const KVM_ADDRESS_SPACE_NUM: u16 = 1;
+/// `KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS`.
+pub const KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS: u64 = 1 << 63;
+
+/// The arguments of `KVM_SET_USER_MEMORY_REGION2` (`struct kvm_userspace_memory_region2`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserspaceMemoryRegion2 {
+    /// `slot`: `(as_id << 16) | id`.
+    pub slot: u32,
+    /// `flags`.
+    pub flags: u32,
+    /// `guest_phys_addr`.
+    pub guest_phys_addr: u64,
+    /// `memory_size`.
+    pub memory_size: u64,
+    /// `userspace_addr`.
+    pub userspace_addr: u64,
+    /// `guest_memfd_offset`.
+    pub guest_memfd_offset: u64,
+    /// `guest_memfd`.
+    pub guest_memfd: u32,
+}
+
+/// `struct kvm_memory_slot`. All fields are atomics because the storage is reused (see
+/// [`gmem_mm::slab`]); a slot's geometry never changes while it is published.
+pub struct KvmMemorySlot {
+    id: AtomicU32,
+    base_gfn: AtomicU64,
+    npages: AtomicU64,
+    flags: AtomicU32,
+    userspace_addr: AtomicU64,
+    /// `slot->gmem.file`: not a reference; cleared by unbind or by the file's release.
+    pub(crate) gmem_file: FilePtr,
+    /// `slot->gmem.pgoff`.
+    pub(crate) gmem_pgoff: AtomicU64,
+}
+
+impl fmt::Debug for KvmMemorySlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvmMemorySlot")
+            .field("id", &self.id.load(Ordering::Relaxed))
+            .field("base_gfn", &self.base_gfn.load(Ordering::Relaxed))
+            .field("npages", &self.npages.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl SlabObject for KvmMemorySlot {
+    fn blank() -> Self {
+        KvmMemorySlot {
+            id: AtomicU32::new(0),
+            base_gfn: AtomicU64::new(0),
+            npages: AtomicU64::new(0),
+            flags: AtomicU32::new(0),
+            userspace_addr: AtomicU64::new(0),
+            gmem_file: FilePtr::new(std::ptr::null_mut()),
+            gmem_pgoff: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A live memslot: its handle (identity) and its storage. Obtained from a generation under SRCU
+/// or under `slots_lock`.
+#[derive(Clone, Copy)]
+pub struct MemslotRef<'a> {
+    /// The slot's identity (what guest_memfd's bindings store).
+    pub handle: SlabHandle,
+    slot: &'a KvmMemorySlot,
+}
+
+impl fmt::Debug for MemslotRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Memslot")
+            .field("handle", &self.handle)
+            .field("id", &self.id())
+            .field("base_gfn", &self.base_gfn())
+            .field("npages", &self.npages())
+            .field("flags", &format_args!("{:#x}", self.flags()))
+            .finish()
+    }
+}
+
+impl<'a> MemslotRef<'a> {
+    /// `slot->id` with `as_id`.
+    pub fn id(&self) -> SlotId {
+        SlotId(self.slot.id.load(Ordering::Relaxed))
+    }
+
+    /// `slot->base_gfn`.
+    pub fn base_gfn(&self) -> Gfn {
+        Gfn(self.slot.base_gfn.load(Ordering::Relaxed))
+    }
+
+    /// `slot->npages`.
+    pub fn npages(&self) -> u64 {
+        self.slot.npages.load(Ordering::Relaxed)
+    }
+
+    /// `slot->flags` (user flags plus the internal INVALID / GMEM_ONLY bits).
+    pub fn flags(&self) -> u32 {
+        self.slot.flags.load(Ordering::Relaxed)
+    }
+
+    /// `slot->userspace_addr`.
+    pub fn userspace_addr(&self) -> u64 {
+        self.slot.userspace_addr.load(Ordering::Relaxed)
+    }
+
+    /// `kvm_slot_has_gmem` (`kvm_slot_can_be_private` in v6.14).
+    pub fn has_gmem(&self) -> bool {
+        self.flags() & KVM_MEM_GUEST_MEMFD != 0
+    }
+
+    /// `slot->gmem.file` (a non-owning pointer).
+    pub fn gmem_file(&self) -> &'a FilePtr {
+        &self.slot.gmem_file
+    }
+
+    /// Whether `slot->gmem.file` is NULL.
+    pub fn gmem_file_is_null(&self) -> bool {
+        self.slot.gmem_file.load(Ordering::Acquire).is_null()
+    }
+
+    /// `WRITE_ONCE(slot->gmem.file, file)`.
+    pub fn set_gmem_file(&self, file: *mut File) {
+        self.slot.gmem_file.store(file, Ordering::Release);
+    }
+
+    /// `slot->gmem.pgoff`.
+    pub fn gmem_pgoff(&self) -> u64 {
+        self.slot.gmem_pgoff.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_gmem_pgoff(&self, pgoff: u64) {
+        self.slot.gmem_pgoff.store(pgoff, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_flags(&self, flags: u32) {
+        self.slot.flags.fetch_or(flags, Ordering::Relaxed);
+    }
+
+    /// Whether `gfn` lies in the slot.
+    pub fn contains(&self, gfn: Gfn) -> bool {
+        gfn >= self.base_gfn() && gfn.0 - self.base_gfn().0 < self.npages()
+    }
+}
+
+/// One slot of a generation (its geometry is copied here so lookups do not touch the slab).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemslotEntry {
+    /// First gfn.
+    pub base_gfn: u64,
+    /// Size in pages.
+    pub npages: u64,
+    /// `(as_id << 16) | id`.
+    pub id: u32,
+    /// The slot.
+    pub handle: SlabHandle,
+}
+
+/// `struct kvm_memslots`: one immutable generation (address space 0).
+#[derive(Clone, Debug)]
+pub struct Memslots {
+    generation: u64,
+    /// Sorted by `base_gfn`; GPA ranges never overlap.
+    entries: Vec<MemslotEntry>,
+}
+
+impl Memslots {
+    pub(crate) fn empty(generation: u64) -> Memslots {
+        Memslots { generation, entries: Vec::new() }
+    }
+
+    /// `slots->generation`.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Every slot, by ascending gfn.
+    pub fn iter(&self) -> impl Iterator<Item = &MemslotEntry> {
+        self.entries.iter()
+    }
+
+    /// `search_memslots`: the slot containing `gfn`.
+    pub fn find_gfn(&self, gfn: Gfn) -> Option<&MemslotEntry> {
+        let index = self.entries.partition_point(|entry| entry.base_gfn <= gfn.0);
+        let entry = self.entries.get(index.checked_sub(1)?)?;
+        (gfn.0 - entry.base_gfn < entry.npages).then_some(entry)
+    }
+
+    /// `id_to_memslot`.
+    pub fn find_id(&self, id: u32) -> Option<&MemslotEntry> {
+        self.entries.iter().find(|entry| entry.id == id)
+    }
+
+    /// `kvm_check_memslot_overlap`: another slot (different id) intersects `[start, end)`.
+    fn overlaps(&self, id: u32, start: u64, end: u64) -> bool {
+        self.entries.iter().any(|entry| entry.id != id && entry.base_gfn < end && start < entry.base_gfn + entry.npages)
+    }
+
+    /// `kvm_replace_memslot` on a copy: the next generation with `old` replaced by `new`.
+    fn replaced(&self, old: Option<SlabHandle>, new: Option<MemslotEntry>) -> Memslots {
+        let mut entries: Vec<MemslotEntry> =
+            self.entries.iter().copied().filter(|entry| Some(entry.handle) != old).collect();
+        if let Some(new) = new {
+            entries.push(new);
+            entries.sort_by_key(|entry| entry.base_gfn);
+        }
+        Memslots { generation: self.generation, entries }
+    }
+}
+
+/// The kind of memslot update (`enum kvm_mr_change`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MrChange {
+    /// `KVM_MR_CREATE`.
+    Create,
+    /// `KVM_MR_DELETE`.
+    Delete,
+    /// `KVM_MR_MOVE`.
+    Move,
+    /// `KVM_MR_FLAGS_ONLY`.
+    FlagsOnly,
+}
+
+impl Kvm {
+    /// The active generation. The guard ties the borrow to an SRCU read section (or use
+    /// [`Kvm::memslots_locked`] under `slots_lock`).
+    pub fn memslots<'g>(&'g self, _srcu: &'g SrcuReadGuard<'_>) -> &'g Memslots {
+        // SAFETY: generations are freed only after synchronize_srcu, which waits for this reader.
+        unsafe { &*self.memslots.load(Ordering::Acquire) }
+    }
+
+    /// The active generation, for writers holding `slots_lock` (`__kvm_memslots` with
+    /// `lockdep_is_held(&kvm->slots_lock)`).
+    pub fn memslots_locked<'g>(&'g self, _slots_lock: &'g gmem_sync::MutexGuard<'_, ()>) -> &'g Memslots {
+        lockdep_assert_held(&SLOTS_LOCK);
+        // SAFETY: only slots_lock holders replace and free generations.
+        unsafe { &*self.memslots.load(Ordering::Acquire) }
+    }
+
+    /// The slot behind an entry of a generation the caller is protecting.
+    pub fn memslot<'g>(&'g self, entry: &MemslotEntry) -> MemslotRef<'g> {
+        let slot = self.slot_slab.get(entry.handle).expect("a published memslot is live");
+        MemslotRef { handle: entry.handle, slot }
+    }
+
+    /// `gfn_to_memslot` (under SRCU).
+    pub fn gfn_to_memslot<'g>(&'g self, srcu: &'g SrcuReadGuard<'_>, gfn: Gfn) -> Option<MemslotRef<'g>> {
+        let entry = self.memslots(srcu).find_gfn(gfn)?;
+        Some(self.memslot(entry))
+    }
+
+    /// Dereferences a slot handle that may be stale (a guest_memfd binding): `Err` is the
+    /// use-after-free the kernel would have had.
+    pub fn memslot_by_handle(&self, handle: SlabHandle) -> Result<MemslotRef<'_>, gmem_mm::slab::Stale> {
+        self.slot_slab.get(handle).map(|slot| MemslotRef { handle, slot })
+    }
+
+    /// Records the KASAN report the kernel would print for an access to a freed memslot.
+    #[track_caller]
+    pub(crate) fn report_slot_use_after_free(&self, function: &str, access: &str, handle: SlabHandle) {
+        self.machine().warnings.report(
+            WarnKind::UseAfterFree,
+            format!("BUG: KASAN: slab-use-after-free {access} in {function}: kvm_memory_slot {handle:?} was freed"),
+        );
+    }
+
+    /// `KVM_SET_USER_MEMORY_REGION2` (`kvm_vm_ioctl_set_memory_region`): the slot-id check, then
+    /// `kvm_set_memory_region` under `slots_lock`. `files` is the caller's descriptor table
+    /// (`current->files`, for the guest_memfd `fget`).
+    pub fn set_user_memory_region2(&self, files: &FdTable, mem: &UserspaceMemoryRegion2) -> KResult<()> {
+        let _span = tracing::debug_span!("kvm_set_user_memory_region2", slot = mem.slot, flags = mem.flags).entered();
+        if (mem.slot as u16) as u32 >= KVM_USER_MEM_SLOTS {
+            return Err(Errno::EINVAL);
+        }
+        let slots_lock = self.lock_slots();
+        self.set_memory_region(&slots_lock, files, mem)
+    }
+
+    /// `check_memory_region_flags`.
+    fn check_memory_region_flags(&self, mem: &UserspaceMemoryRegion2) -> KResult<()> {
+        let mut valid = KVM_MEM_LOG_DIRTY_PAGES;
+        let gmem_allowed = match self.profile().version {
+            KernelVersion::V6_14 => self.has_private_mem(),
+            KernelVersion::V6_18 => true,
+        };
+        if gmem_allowed {
+            valid |= KVM_MEM_GUEST_MEMFD;
+        }
+        if mem.flags & KVM_MEM_GUEST_MEMFD != 0 {
+            valid &= !KVM_MEM_LOG_DIRTY_PAGES;
+        }
+        // kvm_arch_has_readonly_mem: x86 VMs without protected state (not SEV-ES, SNP or TDX).
+        let readonly_mem = !matches!(
+            self.vm_type(),
+            crate::profile::VmType::SevEs | crate::profile::VmType::SevSnp | crate::profile::VmType::Tdx
+        );
+        if readonly_mem && mem.flags & KVM_MEM_GUEST_MEMFD == 0 {
+            valid |= KVM_MEM_READONLY;
+        }
+        if mem.flags & !valid != 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
+    /// `kvm_set_memory_region`: every check in the kernel's order, then the update.
+    fn set_memory_region(
+        &self,
+        slots_lock: &gmem_sync::MutexGuard<'_, ()>,
+        files: &FdTable,
+        mem: &UserspaceMemoryRegion2,
+    ) -> KResult<()> {
+        lockdep_assert_held(&SLOTS_LOCK);
+        self.check_memory_region_flags(mem)?;
+        let id = SlotId(mem.slot);
+        let size = mem.memory_size;
+        if size & (PAGE_SIZE - 1) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if mem.guest_phys_addr & (PAGE_SIZE - 1) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        // userspace_addr: aligned, untagged (x86 LAM is off: untagged == itself), access_ok.
+        if mem.userspace_addr & (PAGE_SIZE - 1) != 0 || !access_ok(mem.userspace_addr, size) {
+            return Err(Errno::EINVAL);
+        }
+        let gmem = mem.flags & KVM_MEM_GUEST_MEMFD != 0;
+        if gmem && (mem.guest_memfd_offset & (PAGE_SIZE - 1) != 0 || mem.guest_memfd_offset.checked_add(size).is_none())
+        {
+            return Err(Errno::EINVAL);
+        }
+        if id.as_id() >= KVM_ADDRESS_SPACE_NUM || id.id() as u32 >= KVM_MEM_SLOTS_NUM {
+            return Err(Errno::EINVAL);
+        }
+        if mem.guest_phys_addr.checked_add(size).is_none() {
+            return Err(Errno::EINVAL);
+        }
+        let npages = size >> PAGE_SHIFT;
+        if (id.id() as u32) < KVM_USER_MEM_SLOTS && npages > KVM_MEM_MAX_NR_PAGES {
+            return Err(Errno::EINVAL);
+        }
+        let slots = self.memslots_locked(slots_lock);
+        let old = slots.find_id(mem.slot).copied();
+        if size == 0 {
+            let old = old.filter(|old| old.npages != 0).ok_or(Errno::EINVAL)?;
+            if self.machine().warnings.warn_on_once(self.nr_memslot_pages.load(Ordering::Relaxed) < old.npages, || {
+                "kvm->nr_memslot_pages < old->npages".into()
+            }) {
+                return Err(Errno::EIO);
+            }
+            return self.set_memslot(slots_lock, Some(old), None, MrChange::Delete);
+        }
+        let base_gfn = mem.guest_phys_addr >> PAGE_SHIFT;
+        let change = match old {
+            None => {
+                if self.nr_memslot_pages.load(Ordering::Relaxed).checked_add(npages).is_none() {
+                    return Err(Errno::EINVAL);
+                }
+                MrChange::Create
+            }
+            Some(old) => {
+                // Private memslots are immutable, they can only be deleted.
+                if gmem {
+                    return Err(Errno::EINVAL);
+                }
+                let old_slot = self.memslot(&old);
+                let mut immutable = KVM_MEM_READONLY;
+                if self.profile().has_fix(Fix::F2NoGuestMemfdToggle) {
+                    immutable |= KVM_MEM_GUEST_MEMFD;
+                }
+                if mem.userspace_addr != old_slot.userspace_addr()
+                    || npages != old.npages
+                    || (mem.flags ^ old_slot.flags()) & immutable != 0
+                {
+                    return Err(Errno::EINVAL);
+                }
+                if base_gfn != old.base_gfn {
+                    MrChange::Move
+                } else if mem.flags != old_slot.flags() {
+                    MrChange::FlagsOnly
+                } else {
+                    return Ok(());
+                }
+            }
+        };
+        if matches!(change, MrChange::Create | MrChange::Move) && slots.overlaps(mem.slot, base_gfn, base_gfn + npages)
+        {
+            return Err(Errno::EEXIST);
+        }
+        let (handle, slot) = self.slot_slab.alloc();
+        slot.id.store(mem.slot, Ordering::Relaxed);
+        slot.base_gfn.store(base_gfn, Ordering::Relaxed);
+        slot.npages.store(npages, Ordering::Relaxed);
+        slot.flags.store(mem.flags, Ordering::Relaxed);
+        slot.userspace_addr.store(mem.userspace_addr, Ordering::Relaxed);
+        slot.gmem_file.store(std::ptr::null_mut(), Ordering::Relaxed);
+        slot.gmem_pgoff.store(0, Ordering::Relaxed);
+        let new = MemslotEntry { base_gfn, npages, id: mem.slot, handle };
+        let new_ref = MemslotRef { handle, slot };
+        if gmem {
+            if let Err(errno) = kvm_gmem_bind(self, files, new_ref, mem.guest_memfd, mem.guest_memfd_offset as i64) {
+                self.free_slot_storage(handle);
+                return Err(errno);
+            }
+        }
+        if let Err(errno) = self.set_memslot(slots_lock, old, Some(new), change) {
+            if gmem {
+                kvm_gmem_unbind(self, new_ref);
+            }
+            self.free_slot_storage(handle);
+            return Err(errno);
+        }
+        Ok(())
+    }
+
+    fn free_slot_storage(&self, handle: SlabHandle) {
+        if self.slot_slab.free(handle).is_err() {
+            self.report_slot_use_after_free("kfree", "double free", handle);
+        }
+    }
+
+    /// `kvm_set_memslot`.
+    fn set_memslot(
+        &self,
+        slots_lock: &gmem_sync::MutexGuard<'_, ()>,
+        old: Option<MemslotEntry>,
+        new: Option<MemslotEntry>,
+        change: MrChange,
+    ) -> KResult<()> {
+        let arch_lock = self.slots_arch_lock.lock();
+        let mut invalid = None;
+        if matches!(change, MrChange::Delete | MrChange::Move) {
+            let old = old.expect("delete/move has an old slot");
+            invalid = Some(self.invalidate_memslot(slots_lock, arch_lock, old));
+        } else {
+            drop(arch_lock);
+        }
+        // kvm_prepare_memory_region → kvm_arch_prepare_memory_region: on x86, CREATE and MOVE
+        // fail for a slot that ends beyond the MMU's largest gfn.
+        if let (Some(new), MrChange::Create | MrChange::Move) = (new, change) {
+            let max_gfn = (1u64 << (self.profile().config.max_phys_bits - PAGE_SHIFT)) - 1;
+            if new.base_gfn + new.npages - 1 > max_gfn {
+                if let (Some(invalid), Some(old)) = (invalid, old) {
+                    // kvm_activate_memslot(kvm, invalid_slot, old): restore the old slot.
+                    self.swap_active_memslots(slots_lock, Some(invalid.handle), Some(old));
+                    self.free_slot_storage(invalid.handle);
+                }
+                return Err(Errno::EINVAL);
+            }
+        }
+        match change {
+            MrChange::Create | MrChange::FlagsOnly => self.swap_active_memslots(slots_lock, old.map(|o| o.handle), new),
+            MrChange::Delete | MrChange::Move => {
+                let invalid = invalid.expect("made above");
+                self.swap_active_memslots(slots_lock, Some(invalid.handle), new);
+                self.free_slot_storage(invalid.handle);
+            }
+        }
+        self.commit_memory_region(old, new, change);
+        Ok(())
+    }
+
+    /// `kvm_invalidate_memslot`: publish an INVALID copy of `old` in its place, wait for readers,
+    /// zap the old slot's mappings. Consumes the `slots_arch_lock` guard the way the kernel's
+    /// swap drops and re-takes it.
+    fn invalidate_memslot(
+        &self,
+        slots_lock: &gmem_sync::MutexGuard<'_, ()>,
+        arch_lock: gmem_sync::MutexGuard<'_, ()>,
+        old: MemslotEntry,
+    ) -> MemslotEntry {
+        let old_slot = self.memslot(&old);
+        let (handle, slot) = self.slot_slab.alloc();
+        // kvm_copy_memslot: geometry and flags, not the gmem binding.
+        slot.id.store(old.id, Ordering::Relaxed);
+        slot.base_gfn.store(old.base_gfn, Ordering::Relaxed);
+        slot.npages.store(old.npages, Ordering::Relaxed);
+        slot.flags.store(old_slot.flags() | KVM_MEMSLOT_INVALID, Ordering::Relaxed);
+        slot.userspace_addr.store(old_slot.userspace_addr(), Ordering::Relaxed);
+        slot.gmem_file.store(std::ptr::null_mut(), Ordering::Relaxed);
+        slot.gmem_pgoff.store(old_slot.gmem_pgoff(), Ordering::Relaxed);
+        let invalid = MemslotEntry { handle, ..old };
+        drop(arch_lock);
+        self.swap_active_memslots(slots_lock, Some(old.handle), Some(invalid));
+        self.mmu().flush_shadow_memslot(self, old.id, Gfn(old.base_gfn), old.npages);
+        invalid
+    }
+
+    /// `kvm_swap_active_memslots` (with the `kvm_replace_memslot` it follows): publish the next
+    /// generation, wait for every reader of the previous one, free it.
+    fn swap_active_memslots(
+        &self,
+        slots_lock: &gmem_sync::MutexGuard<'_, ()>,
+        old: Option<SlabHandle>,
+        new: Option<MemslotEntry>,
+    ) {
+        let active = self.memslots_locked(slots_lock);
+        let generation = active.generation();
+        self.machine().warnings.warn_on(generation & KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS != 0, || {
+            "memslot generation update already in progress".into()
+        });
+        let mut next = active.replaced(old, new);
+        next.generation = generation | KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS;
+        let next = Box::into_raw(Box::new(next));
+        let previous = self.memslots.swap(next, Ordering::AcqRel);
+        self.srcu.synchronize();
+        // SAFETY: `next` is ours until the next swap, which needs slots_lock (held).
+        let next = unsafe { &mut *next };
+        next.generation = (next.generation & !KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS) + KVM_ADDRESS_SPACE_NUM as u64;
+        // SAFETY: every SRCU reader that could see `previous` has finished (synchronize above).
+        drop(unsafe { Box::from_raw(previous) });
+    }
+
+    /// `kvm_commit_memory_region`: accounting, then the fate of the old slot.
+    fn commit_memory_region(&self, old: Option<MemslotEntry>, new: Option<MemslotEntry>, change: MrChange) {
+        match change {
+            MrChange::Create => {
+                let new = new.expect("create has a new slot");
+                self.nr_memslot_pages.fetch_add(new.npages, Ordering::Relaxed);
+            }
+            MrChange::Delete => {
+                let old = old.expect("delete has an old slot");
+                self.nr_memslot_pages.fetch_sub(old.npages, Ordering::Relaxed);
+                self.free_memslot(old.handle);
+            }
+            // MOVE and FLAGS_ONLY free the old slot without unbinding it: before F2 a gmem slot
+            // could get here (by clearing GUEST_MEMFD), leaving its binding dangling.
+            MrChange::Move => self.free_slot_storage(old.expect("move has an old slot").handle),
+            MrChange::FlagsOnly => {
+                let old = old.expect("flags-only has an old slot");
+                let new = new.expect("flags-only has a new slot");
+                self.mmu_slot_apply_flags(old, new);
+                self.free_slot_storage(old.handle);
+            }
+        }
+    }
+
+    /// x86 `kvm_mmu_slot_apply_flags` for FLAGS_ONLY: READONLY and geometry changes were filtered
+    /// out earlier, so the only flag left to change is LOG_DIRTY_PAGES; anything else WARNs (which
+    /// is what clearing GUEST_MEMFD on a v6.14 kernel does, on its way to the F2 use-after-free).
+    fn mmu_slot_apply_flags(&self, old: MemslotEntry, new: MemslotEntry) {
+        let old_flags = self.memslot(&old).flags();
+        let new_flags = self.memslot(&new).flags();
+        if new_flags & KVM_MEM_READONLY != 0 {
+            return;
+        }
+        self.machine().warnings.warn_on_once((old_flags ^ new_flags) & KVM_MEM_LOG_DIRTY_PAGES == 0, || {
+            format!(
+                "kvm_mmu_slot_apply_flags: FLAGS_ONLY change {old_flags:#x} -> {new_flags:#x} without dirty logging"
+            )
+        });
+    }
+
+    /// `kvm_free_memslot`: unbind a guest_memfd slot, then free it.
+    pub(crate) fn free_memslot(&self, handle: SlabHandle) {
+        let Ok(slot) = self.memslot_by_handle(handle) else {
+            self.report_slot_use_after_free("kvm_free_memslot", "double free", handle);
+            return;
+        };
+        if slot.has_gmem() {
+            kvm_gmem_unbind(self, slot);
+        }
+        self.free_slot_storage(handle);
+    }
+}

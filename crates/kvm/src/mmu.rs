@@ -1,0 +1,204 @@
+//! The boundary between guest_memfd / memslots and the MMU: `kvm_mmu_unmap_gfn_range`,
+//! `kvm_flush_remote_tlbs`, `kvm_arch_flush_shadow_memslot`, and the `mmu_invalidate_*`
+//! bookkeeping that lets page faults detect a racing invalidation (`virt/kvm/kvm_main.c`).
+//!
+//! The software MMU (TDP page tables, vCPU TLBs) implements [`KvmMmu`] in a later layer; until it
+//! exists, [`RecordingMmu`] records exactly what guest_memfd and the memslot code asked for, so
+//! tests can assert the ranges, attribute filters and flushes.
+
+use crate::types::Gfn;
+use crate::vm::Kvm;
+use gmem_sync::atomic::{fence, Ordering};
+use gmem_sync::{LockClass, Mutex};
+use std::fmt;
+
+/// `KVM_FILTER_*`: which kind of mappings an invalidation targets (only TDX's mirror roots tell
+/// them apart; other x86 VMs zap both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttrFilter {
+    /// `KVM_FILTER_PRIVATE`.
+    Private,
+    /// `KVM_FILTER_SHARED`.
+    Shared,
+}
+
+impl fmt::Display for AttrFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttrFilter::Private => "PRIVATE",
+            AttrFilter::Shared => "SHARED",
+        })
+    }
+}
+
+/// `struct kvm_gfn_range`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvmGfnRange {
+    /// First gfn.
+    pub start: Gfn,
+    /// One past the last gfn.
+    pub end: Gfn,
+    /// The memslot (by id) the range lies in.
+    pub slot_id: u32,
+    /// The attribute filter.
+    pub attr_filter: AttrFilter,
+    /// Whether the handler may sleep.
+    pub may_block: bool,
+}
+
+/// What the MMU layer provides to the rest of KVM. Every method is called with the locks the
+/// kernel holds at that call site (documented per method); implementations must not call back
+/// into guest_memfd.
+pub trait KvmMmu: Send + Sync + fmt::Debug {
+    /// `kvm_unmap_gfn_range`: zap the mappings of `range` matching its filter. Called with
+    /// `mmu_lock` held for write, after `kvm_mmu_invalidate_range_add`. Returns whether a TLB
+    /// flush is needed.
+    fn unmap_gfn_range(&self, kvm: &Kvm, range: &KvmGfnRange) -> bool;
+
+    /// `kvm_flush_remote_tlbs`: when it returns, no vCPU can translate through a zapped entry.
+    fn flush_remote_tlbs(&self, kvm: &Kvm);
+
+    /// `kvm_arch_flush_shadow_memslot`: zap every mapping of a memslot being deleted or moved.
+    /// Called under `slots_lock` (and `slots_arch_lock`), after the INVALID copy was published.
+    fn flush_shadow_memslot(&self, kvm: &Kvm, slot_id: u32, base_gfn: Gfn, npages: u64);
+
+    /// `kvm_arch_post_set_memory_attributes`: recompute what the new attributes allow (x86:
+    /// huge-page eligibility). Called with `mmu_lock` held for write, after the attributes were
+    /// stored and `kvm_mmu_invalidate_end`. The default does nothing (no page tables).
+    fn post_set_memory_attributes(&self, _kvm: &Kvm, _range: &KvmGfnRange, _attributes: u64) {}
+}
+
+/// One call the recording MMU saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MmuEvent {
+    /// `kvm_unmap_gfn_range`.
+    Unmap(KvmGfnRange),
+    /// `kvm_flush_remote_tlbs`.
+    FlushRemoteTlbs,
+    /// `kvm_arch_flush_shadow_memslot`.
+    FlushShadowMemslot {
+        /// Slot id.
+        slot_id: u32,
+        /// Its first gfn.
+        base_gfn: Gfn,
+        /// Its size in pages.
+        npages: u64,
+    },
+}
+
+static RECORDING_LOCK: LockClass = LockClass::new("recording_mmu->events");
+
+/// An MMU without page tables that records every request (the stand-in until the software MMU
+/// exists, and a precise probe for tests).
+pub struct RecordingMmu {
+    events: Mutex<Vec<MmuEvent>>,
+    unmap_result: bool,
+}
+
+impl fmt::Debug for RecordingMmu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordingMmu").field("events", &self.events.lock().len()).finish()
+    }
+}
+
+impl RecordingMmu {
+    /// A recorder whose `unmap_gfn_range` answers `unmap_result` ("something was zapped, flush").
+    pub fn new(unmap_result: bool) -> RecordingMmu {
+        RecordingMmu { events: Mutex::new(&RECORDING_LOCK, Vec::new()), unmap_result }
+    }
+
+    /// Everything recorded so far.
+    pub fn events(&self) -> Vec<MmuEvent> {
+        self.events.lock().clone()
+    }
+
+    /// Takes and clears the record.
+    pub fn take(&self) -> Vec<MmuEvent> {
+        std::mem::take(&mut *self.events.lock())
+    }
+}
+
+impl KvmMmu for RecordingMmu {
+    fn unmap_gfn_range(&self, kvm: &Kvm, range: &KvmGfnRange) -> bool {
+        kvm.assert_mmu_lock_held();
+        self.events.lock().push(MmuEvent::Unmap(*range));
+        self.unmap_result
+    }
+
+    fn flush_remote_tlbs(&self, _kvm: &Kvm) {
+        self.events.lock().push(MmuEvent::FlushRemoteTlbs);
+    }
+
+    fn flush_shadow_memslot(&self, _kvm: &Kvm, slot_id: u32, base_gfn: Gfn, npages: u64) {
+        self.events.lock().push(MmuEvent::FlushShadowMemslot { slot_id, base_gfn, npages });
+    }
+}
+
+/// `INVALID_GPA`, the "no range yet" marker of the invalidation range.
+pub const INVALID_GFN: u64 = u64::MAX;
+
+impl Kvm {
+    /// `kvm_mmu_invalidate_begin`: one more invalidation in progress. `mmu_lock` held for write.
+    pub fn mmu_invalidate_begin(&self) {
+        self.assert_mmu_lock_held();
+        let state = &self.mmu_invalidate;
+        if state.in_progress.fetch_add(1, Ordering::Relaxed) == 0 {
+            state.range_start.store(INVALID_GFN, Ordering::Relaxed);
+            state.range_end.store(INVALID_GFN, Ordering::Relaxed);
+        }
+    }
+
+    /// `kvm_mmu_invalidate_range_add`: widens the in-progress range. `mmu_lock` held for write.
+    pub fn mmu_invalidate_range_add(&self, start: Gfn, end: Gfn) {
+        self.assert_mmu_lock_held();
+        let state = &self.mmu_invalidate;
+        self.machine().warnings.warn_on_once(state.in_progress.load(Ordering::Relaxed) == 0, || {
+            "kvm_mmu_invalidate_range_add without an invalidation in progress".into()
+        });
+        let current = state.range_start.load(Ordering::Relaxed);
+        if current == INVALID_GFN {
+            state.range_start.store(start.0, Ordering::Relaxed);
+            state.range_end.store(end.0, Ordering::Relaxed);
+        } else {
+            state.range_start.store(current.min(start.0), Ordering::Relaxed);
+            let end_now = state.range_end.load(Ordering::Relaxed);
+            state.range_end.store(end_now.max(end.0), Ordering::Relaxed);
+        }
+    }
+
+    /// `kvm_mmu_unmap_gfn_range` = range_add + the arch unmap.
+    pub fn mmu_unmap_gfn_range(&self, range: &KvmGfnRange) -> bool {
+        self.mmu_invalidate_range_add(range.start, range.end);
+        self.mmu().unmap_gfn_range(self, range)
+    }
+
+    /// `kvm_mmu_invalidate_end`: the sequence count moves on (before `in_progress` drops, with
+    /// the kernel's `smp_wmb`), so a fault that snapshotted the old sequence retries.
+    pub fn mmu_invalidate_end(&self) {
+        self.assert_mmu_lock_held();
+        let state = &self.mmu_invalidate;
+        state.seq.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        let was = state.in_progress.fetch_sub(1, Ordering::Relaxed);
+        self.machine().warnings.warn_on(was <= 0, || "KVM_BUG_ON(mmu_invalidate_in_progress < 0)".into());
+        self.machine().warnings.warn_on_once(state.range_start.load(Ordering::Relaxed) == INVALID_GFN, || {
+            "kvm_mmu_invalidate_end without any range added".into()
+        });
+    }
+
+    /// `kvm->mmu_invalidate_seq`.
+    pub fn mmu_invalidate_seq(&self) -> u64 {
+        self.mmu_invalidate.seq.load(Ordering::Acquire)
+    }
+
+    /// `kvm->mmu_invalidate_in_progress`.
+    pub fn mmu_invalidate_in_progress(&self) -> i64 {
+        self.mmu_invalidate.in_progress.load(Ordering::Acquire)
+    }
+
+    /// The in-progress range `[start, end)` (both [`INVALID_GFN`] when none was added).
+    pub fn mmu_invalidate_range(&self) -> (u64, u64) {
+        let state = &self.mmu_invalidate;
+        (state.range_start.load(Ordering::Relaxed), state.range_end.load(Ordering::Relaxed))
+    }
+}

@@ -1,0 +1,319 @@
+//! Kernel profiles: a kernel version's features, a set of named upstream fixes, and a kernel
+//! configuration.
+//!
+//! A profile is data, not a fork of the code: every place where the modelled kernels differ asks
+//! the profile (`kvm.profile().version`, `has_fix(Fix::F1...)`, `config.memory_attributes`). Each
+//! fix of `reference/upstream-fixes.md` that the model covers is a toggle, so a historic bug can
+//! be switched back on (`v6.14` plus F1 is a valid profile) and a detector shown to catch it.
+
+use gmem_mm::VfsVersion;
+use std::fmt;
+
+/// The guest_memfd / KVM generation being modelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KernelVersion {
+    /// The seed: v6.14-era guest_memfd.c (flags must be 0, no mmap).
+    V6_14,
+    /// Linux 6.18.44 as measured (MMAP and INIT_SHARED, `KVM_CAP_GUEST_MEMFD_FLAGS`, mmap).
+    V6_18,
+}
+
+/// A named upstream fix (upstream-fixes.md) that a profile includes or lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fix {
+    /// F1 "KVM: guest_memfd: Remove bindings on memslot deletion when gmem is dying"
+    /// (ae431059e75d): unbind clears the bindings even when the file is already dead.
+    F1DyingGmemUnbind,
+    /// F2 "KVM: Disallow toggling KVM_MEM_GUEST_MEMFD on an existing memslot" (9935df5333aa):
+    /// a modify that changes GUEST_MEMFD is EINVAL.
+    F2NoGuestMemfdToggle,
+}
+
+impl Fix {
+    /// Every fix the model knows.
+    pub const ALL: [Fix; 2] = [Fix::F1DyingGmemUnbind, Fix::F2NoGuestMemfdToggle];
+
+    /// The short name used on the command line and in reports (`F1`, `F2`).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Fix::F1DyingGmemUnbind => "F1",
+            Fix::F2NoGuestMemfdToggle => "F2",
+        }
+    }
+
+    /// Looks a fix up by its short name.
+    pub fn from_short_name(name: &str) -> Option<Fix> {
+        Fix::ALL.into_iter().find(|fix| fix.short_name().eq_ignore_ascii_case(name))
+    }
+
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+/// A set of fixes.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct FixSet(u32);
+
+impl FixSet {
+    /// No fixes.
+    pub const NONE: FixSet = FixSet(0);
+
+    /// Whether `fix` is in the set.
+    pub fn contains(self, fix: Fix) -> bool {
+        self.0 & fix.bit() != 0
+    }
+
+    /// The set with `fix` added or removed.
+    pub fn with(self, fix: Fix, on: bool) -> FixSet {
+        if on {
+            FixSet(self.0 | fix.bit())
+        } else {
+            FixSet(self.0 & !fix.bit())
+        }
+    }
+}
+
+impl fmt::Debug for FixSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(Fix::ALL.iter().filter(|fix| self.contains(**fix)).map(|fix| fix.short_name())).finish()
+    }
+}
+
+/// The x86 VM types (`KVM_X86_*_VM`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u64)]
+pub enum VmType {
+    /// `KVM_X86_DEFAULT_VM`.
+    Default = 0,
+    /// `KVM_X86_SW_PROTECTED_VM`: private memory without hardware protection.
+    SwProtected = 1,
+    /// `KVM_X86_SEV_VM`.
+    Sev = 2,
+    /// `KVM_X86_SEV_ES_VM`.
+    SevEs = 3,
+    /// `KVM_X86_SNP_VM`.
+    SevSnp = 4,
+    /// `KVM_X86_TDX_VM`.
+    Tdx = 5,
+}
+
+impl VmType {
+    /// The type for a raw `KVM_CREATE_VM` argument.
+    pub fn from_raw(raw: u64) -> Option<VmType> {
+        Some(match raw {
+            0 => VmType::Default,
+            1 => VmType::SwProtected,
+            2 => VmType::Sev,
+            3 => VmType::SevEs,
+            4 => VmType::SevSnp,
+            5 => VmType::Tdx,
+            _ => return None,
+        })
+    }
+
+    /// `kvm_arch_has_private_mem`: whether VMs of this type have private (guest_memfd) memory.
+    pub fn has_private_mem(self) -> bool {
+        matches!(self, VmType::SwProtected | VmType::SevSnp | VmType::Tdx)
+    }
+
+    /// The name scripts use.
+    pub fn name(self) -> &'static str {
+        match self {
+            VmType::Default => "DEFAULT",
+            VmType::SwProtected => "SW_PROTECTED",
+            VmType::Sev => "SEV",
+            VmType::SevEs => "SEV_ES",
+            VmType::SevSnp => "SEV_SNP",
+            VmType::Tdx => "TDX",
+        }
+    }
+}
+
+/// What the kernel was built with (the parts that change guest_memfd's world).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// `kvm_caps.supported_vm_types`, as a bit per [`VmType`].
+    pub vm_types: u32,
+    /// `CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES`: KVM_SET_MEMORY_ATTRIBUTES exists (else ENOTTY).
+    pub memory_attributes: bool,
+    /// `CONFIG_MEMORY_FAILURE`.
+    pub memory_failure: bool,
+    /// `tdp_enabled`: KVM_PRE_FAULT_MEMORY works (`KVM_CAP_PRE_FAULT_MEMORY` = 1).
+    pub pre_fault: bool,
+    /// Host physical address bits (`kvm_mmu_max_gfn`): memslots ending above them are EINVAL.
+    pub max_phys_bits: u32,
+}
+
+/// A kernel profile.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KernelProfile {
+    /// The name (`v6.14`, `v6.18`, `v6.18-pvm`, or a derived name such as `v6.14+F1`).
+    pub name: String,
+    /// The version whose features apply.
+    pub version: KernelVersion,
+    /// The fixes applied.
+    pub fixes: FixSet,
+    /// The configuration.
+    pub config: KernelConfig,
+}
+
+impl fmt::Debug for KernelProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KernelProfile")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("fixes", &self.fixes)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+const fn types(list: &[VmType]) -> u32 {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < list.len() {
+        bits |= 1 << (list[i] as u32);
+        i += 1;
+    }
+    bits
+}
+
+impl KernelProfile {
+    /// The names of the built-in profiles, default first.
+    pub const NAMES: [&'static str; 3] = ["v6.18", "v6.14", "v6.18-pvm"];
+
+    /// `v6.14`: the seed, x86-64 with SW_PROTECTED (and SEV/SEV-ES) VMs, generic memory
+    /// attributes and memory failure; without F1 and F2, so the seed's two bugs reproduce.
+    ///
+    /// SEV-SNP VMs join this profile (and TDX `v6.18`) when their back-ends exist; until then
+    /// the profiles do not claim them (`KVM_CAP_VM_TYPES` omits them, creating one is EINVAL).
+    pub fn v6_14() -> KernelProfile {
+        KernelProfile {
+            name: "v6.14".into(),
+            version: KernelVersion::V6_14,
+            fixes: FixSet::NONE,
+            config: KernelConfig {
+                vm_types: types(&[VmType::Default, VmType::SwProtected, VmType::Sev, VmType::SevEs]),
+                memory_attributes: true,
+                memory_failure: true,
+                pre_fault: true,
+                max_phys_bits: 52,
+            },
+        }
+    }
+
+    /// `v6.18`: Linux 6.18.44 with the full x86 configuration, F1 and F2 applied (the default).
+    pub fn v6_18() -> KernelProfile {
+        KernelProfile {
+            name: "v6.18".into(),
+            version: KernelVersion::V6_18,
+            fixes: FixSet::NONE.with(Fix::F1DyingGmemUnbind, true).with(Fix::F2NoGuestMemfdToggle, true),
+            config: KernelProfile::v6_14().config,
+        }
+    }
+
+    /// `v6.18-pvm`: the same kernel as configured on this project's machines (kvm_pvm): DEFAULT
+    /// VMs only, no memory-attributes ioctl, no memory failure, no pre-fault (shadow paging),
+    /// 48 physical address bits. The profile that must agree with `/dev/kvm` here.
+    pub fn v6_18_pvm() -> KernelProfile {
+        KernelProfile {
+            name: "v6.18-pvm".into(),
+            config: KernelConfig {
+                vm_types: types(&[VmType::Default]),
+                memory_attributes: false,
+                memory_failure: false,
+                pre_fault: false,
+                max_phys_bits: 48,
+            },
+            ..KernelProfile::v6_18()
+        }
+    }
+
+    /// A built-in profile by name, optionally followed by fix toggles: `v6.14+F1`,
+    /// `v6.18-F2`.
+    pub fn by_name(spec: &str) -> Result<KernelProfile, String> {
+        let base_end = spec.find(['+', '-']).filter(|&i| !spec[..i].is_empty() && spec[i..] != *"-pvm");
+        let (base, toggles) = match spec.strip_prefix("v6.18-pvm") {
+            Some(rest) => ("v6.18-pvm", rest),
+            None => match base_end {
+                Some(i) => spec.split_at(i),
+                None => (spec, ""),
+            },
+        };
+        let mut profile = match base {
+            "v6.14" => KernelProfile::v6_14(),
+            "v6.18" => KernelProfile::v6_18(),
+            "v6.18-pvm" => KernelProfile::v6_18_pvm(),
+            other => {
+                return Err(format!("unknown kernel profile `{other}` (known: {})", KernelProfile::NAMES.join(", ")))
+            }
+        };
+        let mut rest = toggles;
+        while let Some(sign) = rest.chars().next() {
+            let body = &rest[1..];
+            let len = body.find(['+', '-']).unwrap_or(body.len());
+            let name = &body[..len];
+            let fix = Fix::from_short_name(name)
+                .ok_or_else(|| format!("unknown fix `{name}` in profile `{spec}` (known: F1, F2)"))?;
+            profile.fixes = profile.fixes.with(fix, sign == '+');
+            rest = &body[len..];
+        }
+        profile.name = spec.to_string();
+        Ok(profile)
+    }
+
+    /// Whether the profile includes `fix`.
+    pub fn has_fix(&self, fix: Fix) -> bool {
+        self.fixes.contains(fix)
+    }
+
+    /// Whether VMs of `vm_type` can be created.
+    pub fn supports_vm_type(&self, vm_type: VmType) -> bool {
+        self.config.vm_types & (1 << vm_type as u32) != 0
+    }
+
+    /// The generic VFS behaviour of this kernel.
+    pub fn vfs_version(&self) -> VfsVersion {
+        match self.version {
+            KernelVersion::V6_14 => VfsVersion::V6_14,
+            KernelVersion::V6_18 => VfsVersion::V6_18,
+        }
+    }
+
+    /// The machine configuration this profile boots with.
+    pub fn machine_config(&self) -> gmem_mm::MachineConfig {
+        gmem_mm::MachineConfig {
+            vfs: self.vfs_version(),
+            memory_failure: self.config.memory_failure,
+            ..gmem_mm::MachineConfig::default()
+        }
+    }
+}
+
+impl Default for KernelProfile {
+    fn default() -> Self {
+        KernelProfile::v6_18()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_parse_with_fix_toggles() {
+        let seed_f1 = KernelProfile::by_name("v6.14+F1").unwrap();
+        assert_eq!(seed_f1.version, KernelVersion::V6_14);
+        assert!(seed_f1.has_fix(Fix::F1DyingGmemUnbind));
+        assert!(!seed_f1.has_fix(Fix::F2NoGuestMemfdToggle));
+        let pvm = KernelProfile::by_name("v6.18-pvm").unwrap();
+        assert!(!pvm.config.memory_attributes);
+        assert!(pvm.has_fix(Fix::F2NoGuestMemfdToggle));
+        let no_f2 = KernelProfile::by_name("v6.18-pvm-F2").unwrap();
+        assert!(!no_f2.has_fix(Fix::F2NoGuestMemfdToggle));
+        assert!(KernelProfile::by_name("v5.0").is_err());
+        assert!(KernelProfile::by_name("v6.14+F9").is_err());
+        assert!(KernelProfile::by_name("").is_err());
+    }
+}

@@ -1,0 +1,251 @@
+//! `struct kvm` and `/dev/kvm`: VM creation, the VM's locks and lifetime (`virt/kvm/kvm_main.c`,
+//! `arch/x86/kvm/x86.c`).
+//!
+//! The VM's lifetime is its `users_count` (`kvm_get_kvm` / `kvm_put_kvm`): the VM file holds one
+//! reference and every guest_memfd holds one, so a guest_memfd keeps its VM alive after the VM fd
+//! is closed (measured: fallocate on the gmem still works). When the count reaches zero the VM is
+//! destroyed then and there (`kvm_destroy_vm`: memslots freed, which unbinds guest_memfd slots).
+//! The Rust `Arc` only owns the memory.
+
+use crate::arch::{arch_for, KvmArch};
+use crate::memslot::{KvmMemorySlot, Memslots};
+use crate::mmu::{KvmMmu, RecordingMmu};
+use crate::profile::{KernelProfile, VmType};
+use gmem_mm::slab::Slab;
+use gmem_mm::xarray::XArray;
+use gmem_mm::{Errno, KResult, Machine};
+use gmem_sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use gmem_sync::srcu::SrcuReadGuard;
+use gmem_sync::{lockdep_assert_held, Arc, LockClass, Mutex, MutexGuard, RwLock, RwLockWriteGuard, Srcu};
+use std::fmt;
+
+/// `kvm->lock`.
+pub static KVM_LOCK: LockClass = LockClass::new("kvm->lock");
+/// `kvm->slots_lock`.
+pub static SLOTS_LOCK: LockClass = LockClass::new("kvm->slots_lock");
+/// `kvm->slots_arch_lock`.
+pub static SLOTS_ARCH_LOCK: LockClass = LockClass::new("kvm->slots_arch_lock");
+/// `kvm->mmu_lock` (an rwlock on x86 with the TDP MMU: `KVM_MMU_LOCK` takes it for write).
+pub static MMU_LOCK: LockClass = LockClass::new("kvm->mmu_lock");
+
+/// Builds each new VM's MMU (the recording MMU until the software MMU exists).
+pub type MmuFactory = Arc<dyn Fn() -> Arc<dyn KvmMmu> + Send + Sync>;
+
+/// `/dev/kvm`: the module-level state of one booted kernel.
+pub struct KvmSystem {
+    machine: Arc<Machine>,
+    profile: Arc<KernelProfile>,
+    mmu_factory: MmuFactory,
+}
+
+impl fmt::Debug for KvmSystem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvmSystem").field("profile", &self.profile.name).finish()
+    }
+}
+
+impl KvmSystem {
+    /// Boots a machine configured by `profile` with KVM loaded.
+    pub fn new(profile: KernelProfile) -> Arc<KvmSystem> {
+        let machine = Machine::new(profile.machine_config());
+        KvmSystem::with_machine(machine, profile, Arc::new(|| Arc::new(RecordingMmu::new(true))))
+    }
+
+    /// KVM on an existing machine, with a chosen MMU.
+    pub fn with_machine(machine: Arc<Machine>, profile: KernelProfile, mmu_factory: MmuFactory) -> Arc<KvmSystem> {
+        Arc::new(KvmSystem { machine, profile: Arc::new(profile), mmu_factory })
+    }
+
+    /// The machine.
+    pub fn machine(&self) -> &Arc<Machine> {
+        &self.machine
+    }
+
+    /// The kernel profile.
+    pub fn profile(&self) -> &Arc<KernelProfile> {
+        &self.profile
+    }
+
+    /// `kvm_create_vm` → `kvm_arch_init_vm`: EINVAL for a type the kernel does not support.
+    pub fn create_vm(&self, vm_type: u64) -> KResult<Arc<Kvm>> {
+        let _span = tracing::debug_span!("kvm_create_vm", vm_type).entered();
+        // kvm_is_vm_type_supported: type < 32 && supported_vm_types & BIT(type).
+        let vm_type = VmType::from_raw(vm_type).filter(|&t| self.profile.supports_vm_type(t)).ok_or(Errno::EINVAL)?;
+        Ok(Arc::new(Kvm {
+            machine: self.machine.clone(),
+            profile: self.profile.clone(),
+            vm_type,
+            users_count: AtomicI64::new(1),
+            lock: Mutex::new(&KVM_LOCK, ()),
+            slots_lock: Mutex::new(&SLOTS_LOCK, ()),
+            slots_arch_lock: Mutex::new(&SLOTS_ARCH_LOCK, ()),
+            srcu: Srcu::new("kvm->srcu"),
+            memslots: AtomicPtr::new(Box::into_raw(Box::new(Memslots::empty(0)))),
+            slot_slab: Slab::new("kvm_memory_slot"),
+            nr_memslot_pages: AtomicU64::new(0),
+            mem_attr_array: XArray::new(),
+            mmu_lock: RwLock::new(&MMU_LOCK, ()),
+            mmu_invalidate: MmuInvalidate::default(),
+            mmu: (self.mmu_factory)(),
+            arch: Arc::from(arch_for(vm_type)),
+            destroyed: AtomicBool::new(false),
+        }))
+    }
+}
+
+/// The `mmu_invalidate_*` fields of `struct kvm`.
+#[derive(Debug, Default)]
+pub(crate) struct MmuInvalidate {
+    pub(crate) seq: AtomicU64,
+    pub(crate) in_progress: AtomicI64,
+    pub(crate) range_start: AtomicU64,
+    pub(crate) range_end: AtomicU64,
+}
+
+/// `struct kvm`.
+pub struct Kvm {
+    machine: Arc<Machine>,
+    profile: Arc<KernelProfile>,
+    vm_type: VmType,
+    users_count: AtomicI64,
+    /// `kvm->lock`.
+    pub lock: Mutex<()>,
+    /// `kvm->slots_lock`: serialises memslot and attribute updates and guest_memfd release.
+    pub slots_lock: Mutex<()>,
+    /// `kvm->slots_arch_lock`.
+    pub(crate) slots_arch_lock: Mutex<()>,
+    /// `kvm->srcu`: protects the active memslot generation.
+    pub srcu: Srcu,
+    /// `kvm->memslots[0]`: the active generation, published with Release and read under SRCU.
+    pub(crate) memslots: AtomicPtr<Memslots>,
+    /// Storage for `struct kvm_memory_slot` (stale pointers are detected, not dereferenced).
+    pub(crate) slot_slab: Slab<KvmMemorySlot>,
+    pub(crate) nr_memslot_pages: AtomicU64,
+    /// `kvm->mem_attr_array`.
+    pub(crate) mem_attr_array: XArray<u64>,
+    /// `kvm->mmu_lock`.
+    pub mmu_lock: RwLock<()>,
+    pub(crate) mmu_invalidate: MmuInvalidate,
+    mmu: Arc<dyn KvmMmu>,
+    arch: Arc<dyn KvmArch>,
+    destroyed: AtomicBool,
+}
+
+impl fmt::Debug for Kvm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kvm")
+            .field("vm_type", &self.vm_type)
+            .field("users_count", &self.users_count.load(Ordering::Relaxed))
+            .field("profile", &self.profile.name)
+            .finish()
+    }
+}
+
+impl Kvm {
+    /// The machine.
+    pub fn machine(&self) -> &Arc<Machine> {
+        &self.machine
+    }
+
+    /// The kernel profile.
+    pub fn profile(&self) -> &KernelProfile {
+        &self.profile
+    }
+
+    /// `kvm->arch.vm_type`.
+    pub fn vm_type(&self) -> VmType {
+        self.vm_type
+    }
+
+    /// `kvm_arch_has_private_mem`.
+    pub fn has_private_mem(&self) -> bool {
+        self.vm_type.has_private_mem()
+    }
+
+    /// The MMU.
+    pub fn mmu(&self) -> &Arc<dyn KvmMmu> {
+        &self.mmu
+    }
+
+    /// The arch back-end.
+    pub fn arch(&self) -> &Arc<dyn KvmArch> {
+        &self.arch
+    }
+
+    /// `kvm_get_kvm`.
+    pub fn get_kvm(&self) {
+        let old = self.users_count.fetch_add(1, Ordering::Relaxed);
+        assert!(old > 0, "kvm_get_kvm on a destroyed VM");
+    }
+
+    /// `kvm_put_kvm`: the last reference destroys the VM.
+    pub fn put_kvm(&self) {
+        let old = self.users_count.fetch_sub(1, Ordering::AcqRel);
+        assert!(old > 0, "kvm_put_kvm underflow");
+        if old == 1 {
+            self.destroy_vm();
+        }
+    }
+
+    /// `refcount_read(&kvm->users_count)`.
+    pub fn users_count(&self) -> i64 {
+        self.users_count.load(Ordering::Acquire)
+    }
+
+    /// Whether `kvm_destroy_vm` has run.
+    pub fn is_destroyed(&self) -> bool {
+        self.destroyed.load(Ordering::Acquire)
+    }
+
+    /// `kvm_destroy_vm`, the parts the model keeps: free every memslot (guest_memfd slots are
+    /// unbound: no gmem file can still be alive, since each holds a VM reference) and the
+    /// attributes.
+    fn destroy_vm(&self) {
+        let _span = tracing::debug_span!("kvm_destroy_vm").entered();
+        self.machine.warnings.warn_on(self.mmu_invalidate_in_progress() != 0, || {
+            "kvm_destroy_vm with mmu_invalidate_in_progress".into()
+        });
+        let slots = self.memslots.swap(Box::into_raw(Box::new(Memslots::empty(0))), Ordering::AcqRel);
+        // SAFETY: the generation was made by Box::into_raw; with users_count at zero nobody can
+        // be inside an SRCU read section of this VM any more.
+        let slots = unsafe { Box::from_raw(slots) };
+        for entry in slots.iter() {
+            self.free_memslot(entry.handle);
+        }
+        self.mem_attr_array.destroy();
+        self.destroyed.store(true, Ordering::Release);
+    }
+
+    /// `KVM_MMU_LOCK(kvm)`: `mmu_lock` for write.
+    #[track_caller]
+    pub fn mmu_lock_write(&self) -> RwLockWriteGuard<'_, ()> {
+        self.mmu_lock.write()
+    }
+
+    /// `lockdep_assert_held_write(&kvm->mmu_lock)`.
+    #[track_caller]
+    pub fn assert_mmu_lock_held(&self) {
+        lockdep_assert_held(&MMU_LOCK);
+    }
+
+    /// `mutex_lock(&kvm->slots_lock)`.
+    #[track_caller]
+    pub fn lock_slots(&self) -> MutexGuard<'_, ()> {
+        self.slots_lock.lock()
+    }
+
+    /// `srcu_read_lock(&kvm->srcu)`.
+    pub fn srcu_read_lock(&self) -> SrcuReadGuard<'_> {
+        self.srcu.read_lock()
+    }
+}
+
+impl Drop for Kvm {
+    fn drop(&mut self) {
+        let slots = self.memslots.load(Ordering::Acquire);
+        if !slots.is_null() {
+            // SAFETY: made by Box::into_raw; `&mut self` means no reader is left.
+            drop(unsafe { Box::from_raw(slots) });
+        }
+    }
+}

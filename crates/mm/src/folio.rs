@@ -1,0 +1,344 @@
+//! `struct folio`: a reference-counted, lockable group of pages (order 0 in practice).
+//!
+//! A [`Folio`] is a *handle* to the head page's descriptor, not an owned reference: like the
+//! kernel's `struct folio *`, copying it does not take a reference. References are taken and
+//! dropped explicitly with [`Folio::get`], [`Folio::try_get`] and [`Folio::put`], because the
+//! protocol under test is exactly who holds which reference when (INV-REFCOUNT checks that none
+//! leaks). The last `put` frees the frames.
+
+use crate::page::PG_UPTODATE;
+use crate::page::{PhysMem, PG_HWPOISON, PG_LOCKED, PG_MODEL_ARCH_PREPARED, PG_MODEL_POPULATED, PG_MODEL_ZEROED};
+use crate::types::{Pfn, PgOff, PAGE_SIZE};
+use gmem_sync::atomic::{fence, Ordering};
+use gmem_sync::thread::spin_hint;
+use std::fmt;
+
+/// A handle to a folio (its head page) in `mem`.
+#[derive(Clone, Copy)]
+pub struct Folio<'m> {
+    mem: &'m PhysMem,
+    pfn: Pfn,
+}
+
+impl PartialEq for Folio<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.mem, other.mem) && self.pfn == other.pfn
+    }
+}
+
+impl Eq for Folio<'_> {}
+
+impl fmt::Debug for Folio<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let page = self.mem.page(self.pfn);
+        f.debug_struct("Folio")
+            .field("pfn", &self.pfn)
+            .field("index", &page.index.load(Ordering::Relaxed))
+            .field("refcount", &page.refcount.load(Ordering::Relaxed))
+            .field("flags", &page.flags.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl<'m> Folio<'m> {
+    /// The folio whose head page is `pfn`.
+    pub fn from_pfn(mem: &'m PhysMem, pfn: Pfn) -> Folio<'m> {
+        Folio { mem, pfn }
+    }
+
+    /// `folio_alloc`: a new folio with refcount 1 (ENOMEM on failure or injection).
+    pub fn alloc(mem: &'m PhysMem, order: u8) -> crate::KResult<Folio<'m>> {
+        mem.alloc(order).map(|pfn| Folio { mem, pfn })
+    }
+
+    /// The memory this folio lives in.
+    pub fn mem(self) -> &'m PhysMem {
+        self.mem
+    }
+
+    /// `folio_pfn`.
+    pub fn pfn(self) -> Pfn {
+        self.pfn
+    }
+
+    /// `folio_order`.
+    pub fn order(self) -> u8 {
+        self.mem.page(self.pfn).order.load(Ordering::Relaxed)
+    }
+
+    /// `folio_nr_pages`.
+    pub fn nr_pages(self) -> u64 {
+        1 << self.order()
+    }
+
+    /// `folio->index`.
+    pub fn index(self) -> PgOff {
+        PgOff(self.mem.page(self.pfn).index.load(Ordering::Acquire))
+    }
+
+    /// `folio_next_index`.
+    pub fn next_index(self) -> PgOff {
+        PgOff(self.index().0 + self.nr_pages())
+    }
+
+    /// `folio->mapping`, as the owning inode number (0: not in any page cache).
+    pub fn mapping_ino(self) -> u64 {
+        self.mem.page(self.pfn).mapping.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_mapping(self, ino: u64, index: PgOff) {
+        let page = self.mem.page(self.pfn);
+        page.index.store(index.0, Ordering::Relaxed);
+        page.mapping.store(ino, Ordering::Release);
+    }
+
+    /// The frame generation of the head page (see [`PhysMem::generation`]).
+    pub fn generation(self) -> u64 {
+        self.mem.generation(self.pfn)
+    }
+
+    /// `folio_file_pfn(folio, index)`: the pfn of the page holding file index `index`.
+    pub fn file_pfn(self, index: PgOff) -> Pfn {
+        self.pfn.offset(index.0 & (self.nr_pages() - 1))
+    }
+
+    /// `folio_ref_count`.
+    pub fn refcount(self) -> i32 {
+        self.mem.page(self.pfn).refcount.load(Ordering::Acquire)
+    }
+
+    /// `folio_get`: takes a reference; the caller must already hold one.
+    pub fn get(self) {
+        let old = self.mem.page(self.pfn).refcount.fetch_add(1, Ordering::Relaxed);
+        assert!(old > 0, "folio_get on a free folio {:?}", self.pfn);
+    }
+
+    /// `folio_ref_add`.
+    pub fn ref_add(self, count: i32) {
+        let old = self.mem.page(self.pfn).refcount.fetch_add(count, Ordering::Relaxed);
+        assert!(old > 0, "folio_ref_add on a free folio {:?}", self.pfn);
+    }
+
+    /// `folio_try_get`: takes a reference unless the count is already zero (the folio is being
+    /// freed). This is the lock-free lookup's first half; the caller must then recheck that the
+    /// folio is still where it found it.
+    pub fn try_get(self) -> bool {
+        self.mem
+            .page(self.pfn)
+            .refcount
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |count| (count > 0).then_some(count + 1))
+            .is_ok()
+    }
+
+    /// `folio_put`: drops a reference; the last one frees the frames.
+    pub fn put(self) {
+        self.put_refs(1);
+    }
+
+    /// `folio_put_refs`.
+    pub fn put_refs(self, count: i32) {
+        let old = self.mem.page(self.pfn).refcount.fetch_sub(count, Ordering::Release);
+        assert!(old >= count, "folio refcount underflow on {:?}", self.pfn);
+        if old == count {
+            fence(Ordering::Acquire);
+            self.mem.free(self.pfn);
+        }
+    }
+
+    fn flags(self) -> u64 {
+        self.mem.page(self.pfn).flags.load(Ordering::Acquire)
+    }
+
+    /// `folio_trylock`.
+    pub fn trylock(self) -> bool {
+        self.mem.page(self.pfn).flags.fetch_or(PG_LOCKED, Ordering::Acquire) & PG_LOCKED == 0
+    }
+
+    /// `folio_lock`: sleeps (here: spins with a scheduler hint) until the lock is free.
+    pub fn lock(self) {
+        while !self.trylock() {
+            spin_hint();
+        }
+    }
+
+    /// `folio_unlock`.
+    pub fn unlock(self) {
+        let old = self.mem.page(self.pfn).flags.fetch_and(!PG_LOCKED, Ordering::Release);
+        assert!(old & PG_LOCKED != 0, "folio_unlock of an unlocked folio {:?}", self.pfn);
+    }
+
+    /// `folio_test_locked`.
+    pub fn test_locked(self) -> bool {
+        self.flags() & PG_LOCKED != 0
+    }
+
+    /// `folio_test_uptodate`.
+    pub fn test_uptodate(self) -> bool {
+        self.flags() & PG_UPTODATE != 0
+    }
+
+    /// `folio_mark_uptodate`: the Release pairs with the Acquire in `test_uptodate`, as the
+    /// kernel's `smp_wmb` in folio_mark_uptodate pairs with `smp_rmb` in folio_test_uptodate.
+    pub fn mark_uptodate(self) {
+        self.mem.page(self.pfn).flags.fetch_or(PG_UPTODATE, Ordering::Release);
+    }
+
+    /// `folio_clear_uptodate`.
+    pub fn clear_uptodate(self) {
+        self.mem.page(self.pfn).flags.fetch_and(!PG_UPTODATE, Ordering::Release);
+    }
+
+    /// `folio_test_hwpoison`.
+    pub fn test_hwpoison(self) -> bool {
+        self.flags() & PG_HWPOISON != 0
+    }
+
+    /// `folio_test_set_hwpoison`: sets the flag, returning whether it was already set.
+    pub fn test_set_hwpoison(self) -> bool {
+        self.mem.page(self.pfn).flags.fetch_or(PG_HWPOISON, Ordering::AcqRel) & PG_HWPOISON != 0
+    }
+
+    /// `clear_highpage(folio_page(folio, i))`. Clearing the last page of the folio also records
+    /// (model-only) that the whole folio was zeroed, the evidence INV-UPTODATE-PREPARED checks.
+    pub fn clear_page(self, i: u64) {
+        self.mem.clear(self.pfn.offset(i));
+        if i + 1 == self.nr_pages() {
+            self.set_model_flag(PG_MODEL_ZEROED);
+        }
+    }
+
+    fn set_model_flag(self, flag: u64) {
+        self.mem.page(self.pfn).flags.fetch_or(flag, Ordering::Release);
+    }
+
+    /// Model-only: records that a populate callback initialised the folio.
+    pub fn note_populated(self) {
+        self.set_model_flag(PG_MODEL_POPULATED);
+    }
+
+    /// Model-only: records that the arch prepare hook ran on the folio and succeeded.
+    pub fn note_arch_prepared(self) {
+        self.set_model_flag(PG_MODEL_ARCH_PREPARED);
+    }
+
+    /// Model-only: whether the folio was zeroed since it was allocated.
+    pub fn model_zeroed(self) -> bool {
+        self.flags() & PG_MODEL_ZEROED != 0
+    }
+
+    /// Model-only: whether a populate callback initialised the folio.
+    pub fn model_populated(self) -> bool {
+        self.flags() & PG_MODEL_POPULATED != 0
+    }
+
+    /// Model-only: whether the arch prepare hook ran on the folio.
+    pub fn model_arch_prepared(self) -> bool {
+        self.flags() & PG_MODEL_ARCH_PREPARED != 0
+    }
+
+    /// `folio_zero_range`.
+    pub fn zero_range(self, offset: u64, len: u64) {
+        let mut at = offset;
+        let end = offset + len;
+        while at < end {
+            let page = at / PAGE_SIZE;
+            let in_page = at % PAGE_SIZE;
+            let chunk = (PAGE_SIZE - in_page).min(end - at);
+            let zeros = vec![0u8; chunk as usize];
+            self.mem.write(self.pfn.offset(page), in_page as usize, &zeros);
+            at += chunk;
+        }
+    }
+
+    /// Reads bytes at `offset` within the folio (any span within it).
+    pub fn read(self, offset: u64, buf: &mut [u8]) {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let in_page = (at % PAGE_SIZE) as usize;
+            let chunk = (PAGE_SIZE as usize - in_page).min(buf.len() - done);
+            self.mem.read(self.pfn.offset(at / PAGE_SIZE), in_page, &mut buf[done..done + chunk]);
+            done += chunk;
+        }
+    }
+
+    /// Writes bytes at `offset` within the folio.
+    pub fn write(self, offset: u64, bytes: &[u8]) {
+        let mut done = 0usize;
+        while done < bytes.len() {
+            let at = offset + done as u64;
+            let in_page = (at % PAGE_SIZE) as usize;
+            let chunk = (PAGE_SIZE as usize - in_page).min(bytes.len() - done);
+            self.mem.write(self.pfn.offset(at / PAGE_SIZE), in_page, &bytes[done..done + chunk]);
+            done += chunk;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gmem_sync::inject::FaultInjector;
+    use gmem_sync::Arc;
+
+    fn mem() -> PhysMem {
+        PhysMem::new(64, Arc::new(FaultInjector::new()))
+    }
+
+    #[test]
+    fn last_put_frees_and_bumps_generation() {
+        let mem = mem();
+        let folio = Folio::alloc(&mem, 0).unwrap();
+        let generation = folio.generation();
+        folio.get();
+        folio.put();
+        assert!(mem.is_allocated(folio.pfn()));
+        folio.put();
+        assert!(!mem.is_allocated(folio.pfn()));
+        assert_ne!(folio.generation(), generation);
+        assert!(!folio.try_get(), "try_get must fail on a freed folio");
+    }
+
+    #[test]
+    fn contents_survive_free_until_cleared() {
+        let mem = mem();
+        let folio = Folio::alloc(&mem, 0).unwrap();
+        folio.write(10, &[1, 2, 3]);
+        let pfn = folio.pfn();
+        folio.put();
+        let again = Folio::alloc(&mem, 0).unwrap();
+        assert_eq!(again.pfn(), pfn, "freed frames are reused first");
+        let mut buf = [0u8; 3];
+        again.read(10, &mut buf);
+        assert_eq!(buf, [1, 2, 3], "stale data stays until someone clears the page");
+        again.clear_page(0);
+        again.read(10, &mut buf);
+        assert_eq!(buf, [0, 0, 0]);
+    }
+
+    #[test]
+    fn lock_and_flags() {
+        let mem = mem();
+        let folio = Folio::alloc(&mem, 0).unwrap();
+        assert!(folio.trylock());
+        assert!(!folio.trylock());
+        folio.unlock();
+        assert!(!folio.test_uptodate());
+        folio.mark_uptodate();
+        assert!(folio.test_uptodate());
+        assert!(!folio.test_set_hwpoison());
+        assert!(folio.test_set_hwpoison());
+        assert!(folio.test_hwpoison());
+    }
+
+    #[test]
+    fn allocation_failure_is_enomem() {
+        let mem = mem();
+        let mut held = Vec::new();
+        while let Ok(folio) = Folio::alloc(&mem, 0) {
+            held.push(folio);
+        }
+        assert_eq!(held.len(), 63, "frame 0 is reserved");
+        assert_eq!(Folio::alloc(&mem, 0).unwrap_err(), crate::Errno::ENOMEM);
+    }
+}

@@ -1,0 +1,318 @@
+//! Physical frames: the memmap (`struct page`) and a page allocator.
+//!
+//! Every frame has a permanent [`Page`] descriptor, as in the kernel's memmap: a descriptor is
+//! never freed, only its refcount drops to zero and the frame goes back to the allocator. That is
+//! what makes the lock-free page-cache lookup (`folio_try_get` on a frame that may have just been
+//! freed, then a recheck) safe in the kernel, and it is what makes it safe here.
+//!
+//! Frames carry contents so that data integrity can be checked. A frame's contents survive being
+//! freed and reallocated (the kernel does not clear pages on free either), so code that forgets
+//! to zero a page before handing it out leaks stale data in the model just as it would on
+//! hardware. Storage for contents is allocated the first time a frame is written; until then the
+//! frame reads as zero.
+//!
+//! Each descriptor has a generation that changes whenever the frame is freed. A holder of
+//! `(pfn, generation)` can therefore tell exactly whether the frame it refers to is still the one
+//! it looked up, which is how stale SPTEs and TLB entries are detected.
+
+use crate::errno::{Errno, KResult};
+use crate::types::{Pfn, PAGE_SIZE};
+use gmem_sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, AtomicU8, Ordering};
+use gmem_sync::inject::{FaultInjector, FaultPoint};
+use gmem_sync::{Arc, LockClass, Mutex};
+use std::fmt;
+
+/// Frames per memmap chunk. Small under loom, where every atomic is tracked by the checker.
+#[cfg(not(gmem_loom))]
+const CHUNK_PAGES: u64 = 512;
+#[cfg(gmem_loom)]
+const CHUNK_PAGES: u64 = 4;
+
+const WORDS_PER_PAGE: usize = (PAGE_SIZE / 8) as usize;
+
+/// `PG_locked`: the folio lock.
+pub(crate) const PG_LOCKED: u64 = 1 << 0;
+/// `PG_uptodate`: the contents are valid (for guest_memfd: zeroed and prepared).
+pub(crate) const PG_UPTODATE: u64 = 1 << 1;
+/// `PG_hwpoison`: memory failure hit this page.
+pub(crate) const PG_HWPOISON: u64 = 1 << 2;
+/// Model-only: the frame is allocated (not in the free pool).
+pub(crate) const PG_ALLOCATED: u64 = 1 << 3;
+/// Model-only evidence for INV-UPTODATE-PREPARED: every page of the folio was cleared since it
+/// was allocated.
+pub(crate) const PG_MODEL_ZEROED: u64 = 1 << 8;
+/// Model-only: a populate callback initialised the folio.
+pub(crate) const PG_MODEL_POPULATED: u64 = 1 << 9;
+/// Model-only: the arch prepare hook ran on the folio and succeeded.
+pub(crate) const PG_MODEL_ARCH_PREPARED: u64 = 1 << 10;
+
+static PAGE_ALLOC_LOCK: LockClass = LockClass::new("zone->lock");
+
+/// The contents of one frame, as words so that concurrent accesses are data-race free.
+struct FrameData([AtomicU64; WORDS_PER_PAGE]);
+
+/// `struct page`: the descriptor of one physical frame (the head page of a folio carries the
+/// folio's state).
+pub struct Page {
+    pub(crate) flags: AtomicU64,
+    pub(crate) refcount: AtomicI32,
+    pub(crate) order: AtomicU8,
+    /// `folio->mapping`: the inode number of the owning page cache, 0 when none.
+    pub(crate) mapping: AtomicU64,
+    /// `folio->index`: the page index in the owning file.
+    pub(crate) index: AtomicU64,
+    generation: AtomicU64,
+    contents: AtomicPtr<FrameData>,
+}
+
+impl Page {
+    fn new() -> Page {
+        Page {
+            flags: AtomicU64::new(0),
+            refcount: AtomicI32::new(0),
+            order: AtomicU8::new(0),
+            mapping: AtomicU64::new(0),
+            index: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            contents: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+}
+
+impl fmt::Debug for Page {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Page")
+            .field("flags", &self.flags.load(Ordering::Relaxed))
+            .field("refcount", &self.refcount.load(Ordering::Relaxed))
+            .field("mapping", &self.mapping.load(Ordering::Relaxed))
+            .field("index", &self.index.load(Ordering::Relaxed))
+            .field("generation", &self.generation.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+struct Chunk {
+    pages: Box<[Page]>,
+}
+
+#[derive(Debug, Default)]
+struct FreePool {
+    /// Freed frames, reused last-in first-out so that a stale pfn is reused as soon as possible
+    /// (which is when a use-after-free does the most damage, and is easiest to catch).
+    free: Vec<u64>,
+    /// The first frame never handed out yet.
+    next_fresh: u64,
+}
+
+/// Physical memory: the memmap plus the allocator.
+pub struct PhysMem {
+    total_pages: u64,
+    chunks: Box<[AtomicPtr<Chunk>]>,
+    pool: Mutex<FreePool>,
+    allocated: AtomicU64,
+    inject: Arc<FaultInjector>,
+}
+
+impl fmt::Debug for PhysMem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PhysMem")
+            .field("total_pages", &self.total_pages)
+            .field("allocated", &self.allocated_pages())
+            .finish()
+    }
+}
+
+impl PhysMem {
+    /// Memory of `total_pages` frames. Frame 0 is reserved and never allocated, so that a zero
+    /// pfn can mean "none" in the model's own encodings.
+    pub fn new(total_pages: u64, inject: Arc<FaultInjector>) -> PhysMem {
+        let total_pages = total_pages.max(2);
+        let chunk_count = total_pages.div_ceil(CHUNK_PAGES);
+        let chunks = (0..chunk_count).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect();
+        PhysMem {
+            total_pages,
+            chunks,
+            pool: Mutex::new(&PAGE_ALLOC_LOCK, FreePool { free: Vec::new(), next_fresh: 1 }),
+            allocated: AtomicU64::new(0),
+            inject,
+        }
+    }
+
+    /// Total frames.
+    pub fn total_pages(&self) -> u64 {
+        self.total_pages
+    }
+
+    /// Frames currently allocated.
+    pub fn allocated_pages(&self) -> u64 {
+        self.allocated.load(Ordering::Relaxed)
+    }
+
+    /// The descriptor of `pfn`. The frame must have been handed out at some point (a pfn the
+    /// model never produced is a programming error).
+    pub fn page(&self, pfn: Pfn) -> &Page {
+        let chunk = self.chunks[(pfn.0 / CHUNK_PAGES) as usize].load(Ordering::Acquire);
+        assert!(!chunk.is_null(), "{pfn:?} was never allocated");
+        // SAFETY: chunks are installed once (under the pool lock, with Release) and freed only
+        // when `self` is dropped, so a non-null chunk pointer stays valid for `&self`.
+        let chunk = unsafe { &*chunk };
+        &chunk.pages[(pfn.0 % CHUNK_PAGES) as usize]
+    }
+
+    /// Whether `pfn` is a frame this memory has ever handed out.
+    pub fn is_valid_pfn(&self, pfn: Pfn) -> bool {
+        pfn.0 != 0
+            && pfn.0 < self.total_pages
+            && !self.chunks[(pfn.0 / CHUNK_PAGES) as usize].load(Ordering::Acquire).is_null()
+    }
+
+    /// The frame's generation: it changes every time the frame is freed.
+    pub fn generation(&self, pfn: Pfn) -> u64 {
+        self.page(pfn).generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the frame is currently allocated.
+    pub fn is_allocated(&self, pfn: Pfn) -> bool {
+        self.page(pfn).flags.load(Ordering::Acquire) & PG_ALLOCATED != 0
+    }
+
+    /// `alloc_pages(gfp, order)`: one frame with refcount 1. The `alloc_folio` fault-injection
+    /// point and exhaustion both give ENOMEM. Only order 0 is supported: the model has no
+    /// contiguous allocator yet (the seed only ever allocates order-0 folios).
+    pub fn alloc(&self, order: u8) -> KResult<Pfn> {
+        if order != 0 || self.inject.should_fail(FaultPoint::AllocFolio) {
+            return Err(Errno::ENOMEM);
+        }
+        let pfn = {
+            let mut pool = self.pool.lock();
+            match pool.free.pop() {
+                Some(pfn) => pfn,
+                None if pool.next_fresh < self.total_pages => {
+                    let pfn = pool.next_fresh;
+                    pool.next_fresh += 1;
+                    self.ensure_chunk(pfn);
+                    pfn
+                }
+                None => return Err(Errno::ENOMEM),
+            }
+        };
+        let page = self.page(Pfn(pfn));
+        page.order.store(order, Ordering::Relaxed);
+        page.mapping.store(0, Ordering::Relaxed);
+        page.index.store(0, Ordering::Relaxed);
+        page.refcount.store(1, Ordering::Relaxed);
+        page.flags.store(PG_ALLOCATED, Ordering::Release);
+        self.allocated.fetch_add(1, Ordering::Relaxed);
+        Ok(Pfn(pfn))
+    }
+
+    /// Called with the pool lock held.
+    fn ensure_chunk(&self, pfn: u64) {
+        let slot = &self.chunks[(pfn / CHUNK_PAGES) as usize];
+        if slot.load(Ordering::Acquire).is_null() {
+            let pages = (0..CHUNK_PAGES).map(|_| Page::new()).collect();
+            let chunk = Box::into_raw(Box::new(Chunk { pages }));
+            slot.store(chunk, Ordering::Release);
+        }
+    }
+
+    /// `__free_pages`: returns a frame whose refcount reached zero to the pool. Bumps the
+    /// generation first, so any holder of the old `(pfn, generation)` sees the change.
+    pub(crate) fn free(&self, pfn: Pfn) {
+        let page = self.page(pfn);
+        page.generation.fetch_add(1, Ordering::AcqRel);
+        let old_flags = page.flags.swap(0, Ordering::AcqRel);
+        assert!(old_flags & PG_ALLOCATED != 0, "double free of {pfn:?}");
+        page.mapping.store(0, Ordering::Relaxed);
+        self.allocated.fetch_sub(1, Ordering::Relaxed);
+        self.pool.lock().free.push(pfn.0);
+    }
+
+    fn contents(&self, pfn: Pfn) -> Option<&FrameData> {
+        let data = self.page(pfn).contents.load(Ordering::Acquire);
+        // SAFETY: contents are installed once with a compare-exchange and freed only when `self`
+        // is dropped.
+        (!data.is_null()).then(|| unsafe { &*data })
+    }
+
+    fn contents_or_alloc(&self, pfn: Pfn) -> &FrameData {
+        if let Some(data) = self.contents(pfn) {
+            return data;
+        }
+        let fresh = Box::into_raw(Box::new(FrameData(std::array::from_fn(|_| AtomicU64::new(0)))));
+        let slot = &self.page(pfn).contents;
+        match slot.compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {}
+            Err(_) => {
+                // SAFETY: `fresh` was never published; we still own it.
+                drop(unsafe { Box::from_raw(fresh) });
+            }
+        }
+        self.contents(pfn).expect("installed above")
+    }
+
+    /// Reads `buf.len()` bytes of the frame starting at byte `offset`.
+    pub fn read(&self, pfn: Pfn, offset: usize, buf: &mut [u8]) {
+        assert!(offset + buf.len() <= PAGE_SIZE as usize);
+        let Some(data) = self.contents(pfn) else {
+            buf.fill(0);
+            return;
+        };
+        for (i, byte) in buf.iter_mut().enumerate() {
+            let at = offset + i;
+            let word = data.0[at / 8].load(Ordering::Relaxed);
+            *byte = (word >> ((at % 8) * 8)) as u8;
+        }
+    }
+
+    /// Writes `bytes` into the frame starting at byte `offset`. Concurrent writers of different
+    /// bytes of one word do not clobber each other (each byte is merged atomically), as on real
+    /// memory.
+    pub fn write(&self, pfn: Pfn, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= PAGE_SIZE as usize);
+        let data = self.contents_or_alloc(pfn);
+        for (i, &byte) in bytes.iter().enumerate() {
+            let at = offset + i;
+            let shift = (at % 8) * 8;
+            let word = &data.0[at / 8];
+            word.fetch_and(!(0xffu64 << shift), Ordering::Relaxed);
+            word.fetch_or((byte as u64) << shift, Ordering::Relaxed);
+        }
+    }
+
+    /// `clear_highpage`: zeroes the whole frame.
+    pub fn clear(&self, pfn: Pfn) {
+        if let Some(data) = self.contents(pfn) {
+            for word in data.0.iter() {
+                word.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// `copy_highpage`: copies a whole frame.
+    pub fn copy(&self, target: Pfn, source: Pfn) {
+        let mut buf = vec![0u8; PAGE_SIZE as usize];
+        self.read(source, 0, &mut buf);
+        self.write(target, 0, &buf);
+    }
+}
+
+impl Drop for PhysMem {
+    fn drop(&mut self) {
+        for slot in self.chunks.iter() {
+            let chunk = slot.load(Ordering::Acquire);
+            if chunk.is_null() {
+                continue;
+            }
+            // SAFETY: `&mut self` means no reader is left; each chunk was made by Box::into_raw.
+            let chunk = unsafe { Box::from_raw(chunk) };
+            for page in chunk.pages.iter() {
+                let data = page.contents.load(Ordering::Acquire);
+                if !data.is_null() {
+                    // SAFETY: as above, made by Box::into_raw and published once.
+                    drop(unsafe { Box::from_raw(data) });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! VMAs, `vm_operations_struct` and host (user) accesses through mappings (`mm/mmap.c`,
+//! `mm/memory.c`, `mm/madvise.c`).
+//!
+//! The model keeps no user page tables: every host load or store through a mapping goes through
+//! the VMA's fault handler (or, for anonymous memory, the VMA's own pages). For guest_memfd this
+//! is observably the same as the kernel, because its fault handler is the only place that
+//! decides what a user access sees, and truncation would zap any PTE anyway.
+
+use crate::errno::{Errno, KResult};
+use crate::file::FileRef;
+use crate::folio::Folio;
+use crate::machine::Machine;
+use crate::types::{Pfn, PgOff, PAGE_SHIFT, PAGE_SIZE};
+use gmem_sync::{Arc, LockClass, Mutex, RwSem};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// `VM_READ`.
+pub const VM_READ: u64 = 0x1;
+/// `VM_WRITE`.
+pub const VM_WRITE: u64 = 0x2;
+/// `VM_EXEC`.
+pub const VM_EXEC: u64 = 0x4;
+/// `VM_SHARED`.
+pub const VM_SHARED: u64 = 0x8;
+/// `VM_MAYREAD`.
+pub const VM_MAYREAD: u64 = 0x10;
+/// `VM_MAYWRITE`.
+pub const VM_MAYWRITE: u64 = 0x20;
+/// `VM_MAYEXEC`.
+pub const VM_MAYEXEC: u64 = 0x40;
+/// `VM_MAYSHARE`.
+pub const VM_MAYSHARE: u64 = 0x80;
+
+/// `TASK_SIZE` on x86-64 with 4-level paging: the end of user space.
+pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+/// Where top-down mmap placement starts (below the stack).
+pub const MMAP_BASE: u64 = 0x7fff_0000_0000;
+
+static MMAP_LOCK: LockClass = LockClass::new("mm->mmap_lock");
+static ANON_LOCK: LockClass = LockClass::new("anon_vma->lock");
+
+/// `access_ok(addr, size)` on x86-64.
+pub fn access_ok(addr: u64, size: u64) -> bool {
+    size <= TASK_SIZE && addr <= TASK_SIZE - size
+}
+
+/// Why a fault handler could not provide a page (`VM_FAULT_*` error bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmFaultError {
+    /// `VM_FAULT_SIGBUS`.
+    Sigbus,
+    /// `VM_FAULT_OOM`.
+    Oom,
+    /// `VM_FAULT_RETRY`.
+    Retry,
+    /// `VM_FAULT_HWPOISON`.
+    Hwpoison,
+}
+
+/// `vmf_error(errno)`: the fault code for an errno.
+pub fn vmf_error(errno: Errno) -> VmFaultError {
+    if errno == Errno::ENOMEM {
+        VmFaultError::Oom
+    } else {
+        VmFaultError::Sigbus
+    }
+}
+
+/// `struct vm_fault`, the parts fault handlers read.
+#[derive(Debug)]
+pub struct VmFault<'a> {
+    /// The faulting VMA.
+    pub vma: &'a Vma,
+    /// `vmf->pgoff`: the file page index of the faulting address.
+    pub pgoff: PgOff,
+    /// Whether the access is a write.
+    pub write: bool,
+}
+
+/// `struct vm_operations_struct`.
+#[derive(Debug)]
+pub struct VmOperations {
+    /// For diagnostics.
+    pub name: &'static str,
+    /// `fault`: returns the page locked and referenced (`VM_FAULT_LOCKED`), or an error code.
+    pub fault: for<'a> fn(&'a VmFault<'a>) -> Result<Folio<'a>, VmFaultError>,
+}
+
+/// A signal a host access raised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessSignal {
+    /// `SIGBUS`.
+    Sigbus,
+    /// `SIGSEGV`.
+    Sigsegv,
+}
+
+/// `struct vm_area_struct`.
+pub struct Vma {
+    /// `vm_start`.
+    pub start: u64,
+    /// `vm_end` (exclusive).
+    pub end: u64,
+    /// `vm_pgoff`.
+    pub pgoff: u64,
+    /// `vm_flags`.
+    pub vm_flags: u64,
+    /// `vm_file` (holds a file reference for the VMA's lifetime).
+    pub file: Option<FileRef>,
+    /// `vm_ops`.
+    pub vm_ops: Option<&'static VmOperations>,
+    /// Anonymous memory: pages by page index within the VMA, allocated on first write.
+    anon: Mutex<BTreeMap<u64, Pfn>>,
+}
+
+impl fmt::Debug for Vma {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vma")
+            .field("start", &format_args!("{:#x}", self.start))
+            .field("end", &format_args!("{:#x}", self.end))
+            .field("pgoff", &self.pgoff)
+            .field("vm_flags", &format_args!("{:#x}", self.vm_flags))
+            .field("file", &self.file.as_ref().map(|file| file.name()))
+            .finish()
+    }
+}
+
+impl Vma {
+    /// A VMA before `f_op->mmap` has run (the mmap hook may change `vm_ops` and flags).
+    pub fn new(start: u64, end: u64, pgoff: u64, vm_flags: u64, file: Option<FileRef>) -> Vma {
+        Vma { start, end, pgoff, vm_flags, file, vm_ops: None, anon: Mutex::new(&ANON_LOCK, BTreeMap::new()) }
+    }
+
+    fn release_anon(&self, machine: &Machine, first_page: u64, end_page: u64) {
+        let mut anon = self.anon.lock();
+        let pages: Vec<u64> = anon.range(first_page..end_page).map(|(&page, _)| page).collect();
+        for page in pages {
+            let pfn = anon.remove(&page).expect("listed above");
+            Folio::from_pfn(&machine.mem, pfn).put();
+        }
+    }
+}
+
+/// `struct mm_struct`: the process address space.
+#[derive(Debug)]
+pub struct Mm {
+    machine: Arc<Machine>,
+    /// `mmap_lock`, owning the VMA tree (keyed by `vm_start`).
+    vmas: RwSem<BTreeMap<u64, Arc<Vma>>>,
+}
+
+impl Mm {
+    /// An empty address space.
+    pub fn new(machine: Arc<Machine>) -> Mm {
+        Mm { machine, vmas: RwSem::new(&MMAP_LOCK, BTreeMap::new()) }
+    }
+
+    /// `get_unmapped_area` (top-down): the highest gap below [`MMAP_BASE`] that fits `len`, as
+    /// Linux's default layout picks, so that an address freed by munmap is reused the same way.
+    pub fn get_unmapped_area(&self, len: u64) -> KResult<u64> {
+        if len > TASK_SIZE {
+            return Err(Errno::ENOMEM);
+        }
+        let vmas = self.vmas.read();
+        let mut ceiling = MMAP_BASE;
+        for vma in vmas.values().rev() {
+            if vma.end <= ceiling && ceiling - vma.end >= len {
+                return Ok(ceiling - len);
+            }
+            ceiling = ceiling.min(vma.start);
+        }
+        ceiling.checked_sub(len).filter(|&addr| addr >= PAGE_SIZE << 8).ok_or(Errno::ENOMEM)
+    }
+
+    /// Inserts a VMA (`vma_link`): the range must be free.
+    pub fn insert(&self, vma: Vma) -> Arc<Vma> {
+        let vma = Arc::new(vma);
+        let mut vmas = self.vmas.write();
+        assert!(vmas.range(..vma.end).next_back().is_none_or(|(_, other)| other.end <= vma.start), "overlapping VMA");
+        vmas.insert(vma.start, vma.clone());
+        vma
+    }
+
+    /// `find_vma` + containment: the VMA containing `addr`.
+    pub fn find(&self, addr: u64) -> Option<Arc<Vma>> {
+        let vmas = self.vmas.read();
+        let (_, vma) = vmas.range(..=addr).next_back()?;
+        (addr < vma.end).then(|| vma.clone())
+    }
+
+    /// `munmap(addr, len)` (`do_vmi_munmap`): EINVAL for an unaligned address, a zero length or a
+    /// range outside user space; unmapping nothing is fine. Partially covered VMAs are split.
+    pub fn munmap(&self, addr: u64, len: u64) -> KResult<()> {
+        if addr & (PAGE_SIZE - 1) != 0 || addr > TASK_SIZE || len > TASK_SIZE - addr {
+            return Err(Errno::EINVAL);
+        }
+        let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = addr + len;
+        let mut removed = Vec::new();
+        {
+            let mut vmas = self.vmas.write();
+            let overlapping: Vec<u64> =
+                vmas.range(..end).filter(|(_, vma)| vma.end > addr).map(|(&start, _)| start).collect();
+            for start in overlapping {
+                let vma = vmas.remove(&start).expect("listed above");
+                if vma.start < addr {
+                    vmas.insert(vma.start, Arc::new(self.split(&vma, vma.start, addr)));
+                }
+                if vma.end > end {
+                    vmas.insert(end, Arc::new(self.split(&vma, end, vma.end)));
+                }
+                removed.push((vma, addr.max(start), end));
+            }
+        }
+        for (vma, from, to) in removed {
+            let base = vma.start;
+            vma.release_anon(&self.machine, (from - base) >> PAGE_SHIFT, (to - base) >> PAGE_SHIFT);
+        }
+        Ok(())
+    }
+
+    /// The part `[start, end)` of `vma` as a VMA of its own (anonymous pages move with it).
+    fn split(&self, vma: &Vma, start: u64, end: u64) -> Vma {
+        let mut part =
+            Vma::new(start, end, vma.pgoff + ((start - vma.start) >> PAGE_SHIFT), vma.vm_flags, vma.file.clone());
+        part.vm_ops = vma.vm_ops;
+        let shift = (start - vma.start) >> PAGE_SHIFT;
+        let pages = (end - start) >> PAGE_SHIFT;
+        let mut anon = vma.anon.lock();
+        let moved: Vec<(u64, Pfn)> = anon.range(shift..shift + pages).map(|(&page, &pfn)| (page, pfn)).collect();
+        let mut target = part.anon.lock();
+        for (page, pfn) in moved {
+            anon.remove(&page);
+            target.insert(page - shift, pfn);
+        }
+        drop(target);
+        part
+    }
+
+    /// Removes every mapping (process exit).
+    pub fn unmap_all(&self) {
+        let all: Vec<Arc<Vma>> = std::mem::take(&mut *self.vmas.write()).into_values().collect();
+        for vma in all {
+            vma.release_anon(&self.machine, 0, u64::MAX);
+        }
+    }
+
+    /// Every VMA, ascending.
+    pub fn vmas(&self) -> Vec<Arc<Vma>> {
+        self.vmas.read().values().cloned().collect()
+    }
+
+    /// A host load or store of `buf.len()` bytes at `addr` (the CPU access plus the page fault
+    /// path): SIGSEGV without a VMA or permission, SIGBUS when the fault handler says so.
+    pub fn access(&self, addr: u64, buf: &mut [u8], write: bool) -> Result<(), AccessSignal> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = addr.checked_add(done as u64).ok_or(AccessSignal::Sigsegv)?;
+            let in_page = (at & (PAGE_SIZE - 1)) as usize;
+            let chunk = (PAGE_SIZE as usize - in_page).min(buf.len() - done);
+            self.access_page(at, &mut buf[done..done + chunk], write)?;
+            done += chunk;
+        }
+        Ok(())
+    }
+
+    fn access_page(&self, addr: u64, buf: &mut [u8], write: bool) -> Result<(), AccessSignal> {
+        let vma = self.find(addr).ok_or(AccessSignal::Sigsegv)?;
+        let needed = if write { VM_WRITE } else { VM_READ };
+        if vma.vm_flags & needed == 0 {
+            return Err(AccessSignal::Sigsegv);
+        }
+        let in_page = addr & (PAGE_SIZE - 1);
+        let page_in_vma = (addr - vma.start) >> PAGE_SHIFT;
+        let Some(ops) = vma.vm_ops else {
+            return self.access_anon(&vma, page_in_vma, in_page, buf, write);
+        };
+        let fault = VmFault { vma: &vma, pgoff: PgOff(vma.pgoff + page_in_vma), write };
+        // A handler asking for a retry is retried; a bound keeps a livelock visible.
+        for _ in 0..1000 {
+            match (ops.fault)(&fault) {
+                Ok(folio) => {
+                    let offset = (fault.pgoff.0 - folio.index().0) * PAGE_SIZE + in_page;
+                    if write {
+                        folio.write(offset, buf);
+                    } else {
+                        folio.read(offset, buf);
+                    }
+                    folio.unlock();
+                    folio.put();
+                    return Ok(());
+                }
+                Err(VmFaultError::Retry) => continue,
+                Err(_) => return Err(AccessSignal::Sigbus),
+            }
+        }
+        self.machine
+            .warnings
+            .report(gmem_sync::warn::WarnKind::Warn, format!("user fault at {addr:#x} retried 1000 times"));
+        Err(AccessSignal::Sigbus)
+    }
+
+    fn access_anon(&self, vma: &Vma, page: u64, in_page: u64, buf: &mut [u8], write: bool) -> Result<(), AccessSignal> {
+        let mut anon = vma.anon.lock();
+        let pfn = match anon.get(&page) {
+            Some(&pfn) => pfn,
+            None if !write => {
+                buf.fill(0);
+                return Ok(());
+            }
+            None => {
+                let folio = Folio::alloc(&self.machine.mem, 0).map_err(|_| AccessSignal::Sigbus)?;
+                folio.clear_page(0);
+                anon.insert(page, folio.pfn());
+                folio.pfn()
+            }
+        };
+        if write {
+            self.machine.mem.write(pfn, in_page as usize, buf);
+        } else {
+            self.machine.mem.read(pfn, in_page as usize, buf);
+        }
+        Ok(())
+    }
+
+    /// `MADV_DONTNEED` on anonymous memory drops its pages; on shared file mappings it only zaps
+    /// PTEs, which the model does not keep, so the data stays in the page cache.
+    pub(crate) fn dontneed(&self, vma: &Vma, start: u64, end: u64) {
+        if vma.file.is_none() {
+            vma.release_anon(&self.machine, (start - vma.start) >> PAGE_SHIFT, (end - vma.start) >> PAGE_SHIFT);
+        }
+    }
+
+    /// The VMAs overlapping `[start, end)`, ascending, and whether the range has holes.
+    pub(crate) fn overlapping(&self, start: u64, end: u64) -> (Vec<Arc<Vma>>, bool) {
+        let vmas = self.vmas.read();
+        let mut out = Vec::new();
+        let mut expect = start;
+        let mut hole = false;
+        let first = vmas.range(..=start).next_back().map(|(&s, _)| s).unwrap_or(start);
+        for (_, vma) in vmas.range(first..end) {
+            if vma.end <= start {
+                continue;
+            }
+            if vma.start > expect {
+                hole = true;
+            }
+            expect = vma.end;
+            out.push(vma.clone());
+        }
+        if expect < end {
+            hole = true;
+        }
+        (out, hole)
+    }
+}

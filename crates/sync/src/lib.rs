@@ -1,0 +1,157 @@
+//! gmem-sync: the synchronisation facade of gmem-sim.
+//!
+//! This is the only crate in the workspace that names `std::sync`, `parking_lot`, `dashmap`,
+//! `crossbeam` or `loom`. Every other crate imports its locks, atomics, threads and deferred-free
+//! machinery from here, so that one `--cfg gmem_loom` switches the whole simulator onto loom and
+//! loom model-checks the real simulator code rather than a hand-written copy of it.
+//!
+//! # Module map
+//!
+//! | module | kernel counterpart | normal build | `--cfg gmem_loom` |
+//! | --- | --- | --- | --- |
+//! | [`atomic`] | `atomic_t`, `smp_mb()` | `std::sync::atomic` | `loom::sync::atomic` |
+//! | [`thread`] | kthreads, `cpu_relax()` | `std::thread` | `loom::thread` |
+//! | [`lock`] (re-exported at the root) | `struct mutex`, `spinlock_t`, `rwlock_t`, `struct rw_semaphore`, `lockdep_assert_held()` | `parking_lot` + lock-order checker | `loom::sync` (checker off) |
+//! | [`lockdep`] | lockdep's lock-order graph | global graph + thread-local held stack | always off |
+//! | [`srcu`] | `srcu_read_lock()`, `srcu_read_unlock()`, `synchronize_srcu()` | two-index algorithm on atomics | same code on loom atomics |
+//! | [`rcu`] | `rcu_read_lock()`, `call_rcu()` (reclamation only) | `crossbeam-epoch` | nothing; objects are leaked |
+//! | [`warn`] | `WARN_ON()`, `WARN_ON_ONCE()`, `KVM_BUG_ON()`, KASAN reports | recorded as data | same |
+//! | [`inject`] | fault injection (`should_failslab()`), `signal_pending()` | armed per machine | same |
+//! | [`task`] | `task_work_add()`, `task_work_run()` | thread-local queue | `loom::thread_local!` queue |
+//! | [`map`] | (none: a simulator-side registry) | `dashmap` | `Mutex<HashMap>` |
+//! | `model` (only under `gmem_loom`) | (none) | absent | `loom::model` entry points |
+//!
+//! # What is modelled and what is not
+//!
+//! Modelled faithfully: mutual exclusion and shared/exclusive locking; the lock-order (ABBA and
+//! longer cycle) and recursive-locking checks of lockdep, including the two acquisition sites of
+//! every dependency; SRCU's two-index grace-period algorithm (readers pick a counter half, the
+//! updater flips the index and waits for each half to drain), with the memory barriers where the
+//! kernel has them; `WARN_ON_ONCE`'s once-per-call-site behaviour; `task_work`, so the window
+//! between the last `fput()` and `->release()` exists.
+//!
+//! Not modelled: interrupt contexts and the irq-safety checks of lockdep; lockdep's nesting
+//! annotations (`mutex_lock_nested()`, subclasses), so two locks of the same class taken
+//! exclusively one inside the other are always reported as recursion; spinning versus sleeping
+//! (every lock may block); SRCU's per-CPU counters, expedited grace periods and callbacks
+//! (`call_srcu()`); RCU grace periods as an ordering mechanism (the [`rcu`] module is only for
+//! deferring frees); preemption and scheduling classes.
+//!
+//! # How loom mode works
+//!
+//! Build with `RUSTFLAGS="--cfg gmem_loom"` (and a separate `--target-dir`, e.g. `target/loom`,
+//! so the two configurations do not rebuild each other). Then:
+//!
+//! * [`atomic`], [`thread`], [`Mutex`], [`RwLock`], the [`task`] queue and [`ConcurrentMap`]
+//!   become loom's types, so every access is a scheduling point that loom permutes;
+//! * [`thread::spin_hint`] becomes `loom::thread::yield_now`, which loom needs in spin loops;
+//! * [`Arc`] stays `std::sync::Arc`, because loom's `Arc` cannot unsize to `dyn Trait`;
+//! * the lockdep checker is forced off (loom runs every model thread as a coroutine on one OS
+//!   thread, so thread-local bookkeeping would be shared between model threads);
+//! * [`rcu::call_rcu_drop`] leaks instead of deferring (loom cannot model crossbeam-epoch);
+//! * `model` exposes `loom::model` and `loom::model::Builder`.
+//!
+//! Every object built from loom types must be created inside a `loom::model` closure.
+
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
+
+pub mod inject;
+pub mod lock;
+pub mod lockdep;
+pub mod map;
+pub mod rcu;
+pub mod srcu;
+pub mod task;
+pub mod warn;
+
+/// Reference counting for shared simulator objects. Always `std::sync::Arc`, also under loom:
+/// loom's `Arc` cannot unsize to `dyn Trait`, which the simulator relies on (file operations
+/// tables), and the kernel refcounts that matter are modelled explicitly with [`atomic`] types.
+pub use std::sync::Arc;
+
+/// Pads hot counters (SRCU's reader halves, per-object refcounts) to a cache line, as the
+/// kernel's per-CPU and `____cacheline_aligned` data is, so unrelated counters do not
+/// false-share in benchmarks. Plain data; the same type under loom.
+pub use crossbeam_utils::CachePadded;
+
+pub use lock::{lockdep_assert_held, LockClass, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, RwSem};
+pub use map::ConcurrentMap;
+pub use srcu::{Srcu, SrcuReadGuard};
+pub use warn::{WarnKind, WarnRegistry, Warning};
+
+/// Atomics and fences: `std::sync::atomic`, or `loom::sync::atomic` under `--cfg gmem_loom` so
+/// that loom explores every weak-memory outcome of the simulator's lock-free code (refcounts,
+/// flags, SRCU counters).
+pub mod atomic {
+    #[cfg(gmem_loom)]
+    pub use loom::sync::atomic::{
+        fence, AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
+        Ordering,
+    };
+    #[cfg(not(gmem_loom))]
+    pub use std::sync::atomic::{
+        fence, AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
+        Ordering,
+    };
+}
+
+/// Threads of the simulated machine (vCPUs, user-space tasks): `std::thread`, or `loom::thread`
+/// under `--cfg gmem_loom` so that loom controls their interleaving.
+pub mod thread {
+    #[cfg(gmem_loom)]
+    pub use loom::thread::{spawn, yield_now, JoinHandle};
+    #[cfg(not(gmem_loom))]
+    pub use std::thread::{spawn, yield_now, JoinHandle};
+
+    /// Busy-wait hint (the kernel's `cpu_relax()`): `std::hint::spin_loop` normally,
+    /// `loom::thread::yield_now` under loom, because loom's scheduler needs a yield in every
+    /// spin loop or it explores the spinning thread forever.
+    #[inline]
+    pub fn spin_hint() {
+        #[cfg(gmem_loom)]
+        loom::thread::yield_now();
+        #[cfg(not(gmem_loom))]
+        std::hint::spin_loop();
+    }
+
+    /// Waits until `done()` returns true. Why not a bare `spin_hint` loop: outside loom the
+    /// waiter may wait for a thread that is itself waiting for this core (the test machines have
+    /// two), so after a short spin it yields and then sleeps briefly, as the kernel's sleeping
+    /// waits would. Under loom it is exactly a `spin_hint` loop.
+    pub(crate) fn wait_until(mut done: impl FnMut() -> bool) {
+        #[cfg(not(gmem_loom))]
+        let mut spins: u32 = 0;
+        while !done() {
+            spin_hint();
+            #[cfg(not(gmem_loom))]
+            {
+                spins = spins.saturating_add(1);
+                if spins > 1024 {
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                } else if spins > 64 {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+}
+
+/// Loom's entry points, for the models in `models/tests/`. Only present under `--cfg gmem_loom`,
+/// so that the models name loom through this facade like everything else.
+#[cfg(gmem_loom)]
+pub mod model {
+    pub use loom::model;
+    pub use loom::model::Builder;
+    pub use loom::{explore, skip_branch, stop_exploring};
+}
+
+/// Runs a single-threaded test body: directly normally, inside `loom::model` under loom (loom
+/// objects can only be created inside a model).
+#[cfg(test)]
+pub(crate) fn check(f: impl Fn() + Send + Sync + 'static) {
+    #[cfg(gmem_loom)]
+    loom::model(f);
+    #[cfg(not(gmem_loom))]
+    f();
+}

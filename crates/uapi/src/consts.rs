@@ -1,0 +1,41 @@
+//! uAPI constants: the ones kvm-bindings (generated from Linux 6.15) lacks, defined from
+//! Linux 6.18's `include/uapi/linux/kvm.h`, plus re-exports of those it has.
+
+pub use kvm_bindings::{
+    KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES, KVM_CAP_MEMORY_FAULT_INFO, KVM_CAP_PRE_FAULT_MEMORY,
+    KVM_CAP_USER_MEMORY2, KVM_CAP_VM_TYPES, KVM_MEMORY_ATTRIBUTE_PRIVATE, KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_READONLY, KVM_X86_DEFAULT_VM, KVM_X86_SEV_ES_VM, KVM_X86_SEV_VM, KVM_X86_SNP_VM, KVM_X86_SW_PROTECTED_VM,
+    KVM_X86_TDX_VM,
+};
+
+/// `GUEST_MEMFD_FLAG_MMAP` (Linux 6.18).
+pub const GUEST_MEMFD_FLAG_MMAP: u64 = 1 << 0;
+/// `GUEST_MEMFD_FLAG_INIT_SHARED` (Linux 6.18).
+pub const GUEST_MEMFD_FLAG_INIT_SHARED: u64 = 1 << 1;
+/// `KVM_CAP_GUEST_MEMFD_FLAGS` (Linux 6.18).
+pub const KVM_CAP_GUEST_MEMFD_FLAGS: u32 = 244;
+/// `KVM_CAP_NR_MEMSLOTS`.
+pub const KVM_CAP_NR_MEMSLOTS: u32 = kvm_bindings::KVM_CAP_NR_MEMSLOTS;
+
+#[cfg(test)]
+mod tests {
+    /// The simulator's own constants must agree with the uAPI numbers.
+    #[test]
+    fn simulator_constants_match_the_uapi() {
+        use gmem_kvm::{attributes, caps, guest_memfd, memslot};
+        assert_eq!(super::GUEST_MEMFD_FLAG_MMAP, guest_memfd::GUEST_MEMFD_FLAG_MMAP);
+        assert_eq!(super::GUEST_MEMFD_FLAG_INIT_SHARED, guest_memfd::GUEST_MEMFD_FLAG_INIT_SHARED);
+        assert_eq!(super::KVM_CAP_GUEST_MEMFD_FLAGS as u64, caps::KVM_CAP_GUEST_MEMFD_FLAGS);
+        assert_eq!(super::KVM_CAP_GUEST_MEMFD as u64, caps::KVM_CAP_GUEST_MEMFD);
+        assert_eq!(super::KVM_CAP_VM_TYPES as u64, caps::KVM_CAP_VM_TYPES);
+        assert_eq!(super::KVM_CAP_MEMORY_ATTRIBUTES as u64, caps::KVM_CAP_MEMORY_ATTRIBUTES);
+        assert_eq!(super::KVM_CAP_USER_MEMORY2 as u64, caps::KVM_CAP_USER_MEMORY2);
+        assert_eq!(super::KVM_CAP_PRE_FAULT_MEMORY as u64, caps::KVM_CAP_PRE_FAULT_MEMORY);
+        assert_eq!(super::KVM_CAP_NR_MEMSLOTS as u64, caps::KVM_CAP_NR_MEMSLOTS);
+        assert_eq!(super::KVM_MEM_GUEST_MEMFD, memslot::KVM_MEM_GUEST_MEMFD);
+        assert_eq!(super::KVM_MEM_READONLY, memslot::KVM_MEM_READONLY);
+        assert_eq!(super::KVM_MEMORY_ATTRIBUTE_PRIVATE as u64, attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE);
+        assert_eq!(super::KVM_X86_SW_PROTECTED_VM as u64, gmem_kvm::VmType::SwProtected as u64);
+        assert_eq!(super::KVM_X86_TDX_VM as u64, gmem_kvm::VmType::Tdx as u64);
+    }
+}

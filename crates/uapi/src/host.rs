@@ -1,0 +1,254 @@
+//! [`SimHost`]: one process on one simulated kernel, and the ioctl dispatch of its KVM files.
+
+use crate::Result;
+use gmem_kvm::attributes::MemoryAttributes;
+use gmem_kvm::caps::check_extension;
+use gmem_kvm::guest_memfd::{gmem_memory_failure, gmem_of_file, kvm_gmem_create, kvm_gmem_populate};
+use gmem_kvm::memslot::UserspaceMemoryRegion2;
+use gmem_kvm::{Gpa, KernelProfile, KvmSystem};
+use gmem_mm::file::{alloc_file_pseudo, File, FileOperations, FileRef, EMPTY_FOPS, O_RDWR};
+use gmem_mm::filemap::{MfResult, EMPTY_AOPS};
+use gmem_mm::inode::{Inode, InodeInit, Kstat, EMPTY_IOPS};
+use gmem_mm::types::{PgOff, PAGE_SHIFT, PAGE_SIZE};
+use gmem_mm::vma::AccessSignal;
+use gmem_mm::{Errno, Machine, Process};
+use gmem_sync::Arc;
+use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
+use std::fmt;
+
+/// What `fstat` reports (the fields scripts print).
+pub type Stat = Kstat;
+
+/// `kvm_vm_fops`: a VM file's release drops the VM reference it holds.
+static KVM_VM_FOPS: FileOperations =
+    FileOperations { name: "kvm_vm_fops", release: Some(kvm_vm_release), ..EMPTY_FOPS };
+
+/// `file->private_data` of a VM file.
+struct VmFile {
+    kvm: Arc<gmem_kvm::Kvm>,
+}
+
+/// `kvm_vm_release`.
+fn kvm_vm_release(_inode: &Inode, file: &File) -> i32 {
+    let vm = file.private::<VmFile>().expect("a VM file's private_data is its VM");
+    vm.kvm.put_kvm();
+    0
+}
+
+/// One process on a simulated kernel. Dropping it exits the process: every descriptor is closed
+/// and every mapping removed, with the releases that implies.
+pub struct SimHost {
+    system: Arc<KvmSystem>,
+    process: Process,
+}
+
+impl fmt::Debug for SimHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimHost").field("system", &self.system).finish()
+    }
+}
+
+impl SimHost {
+    /// A new machine booted with `profile`, and a process on it.
+    pub fn new(profile: KernelProfile) -> SimHost {
+        SimHost::with_system(KvmSystem::new(profile))
+    }
+
+    /// A process on an existing kernel.
+    pub fn with_system(system: Arc<KvmSystem>) -> SimHost {
+        let process = Process::new(system.machine().clone());
+        SimHost { system, process }
+    }
+
+    /// The kernel (`/dev/kvm`).
+    pub fn system(&self) -> &Arc<KvmSystem> {
+        &self.system
+    }
+
+    /// The machine.
+    pub fn machine(&self) -> &Arc<Machine> {
+        self.system.machine()
+    }
+
+    /// The process (its system calls: fallocate, mmap, close, ...).
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
+    /// The kernel profile.
+    pub fn profile(&self) -> &KernelProfile {
+        self.system.profile()
+    }
+
+    /// `KVM_CHECK_EXTENSION` on `/dev/kvm`.
+    pub fn check_extension(&self, cap: u64) -> i64 {
+        let _span = tracing::debug_span!("kvm_dev_ioctl_check_extension", cap).entered();
+        check_extension(self.profile(), None, cap)
+    }
+
+    /// `KVM_CREATE_VM` (`kvm_dev_ioctl_create_vm`): reserve a descriptor, create the VM, install
+    /// its file.
+    pub fn create_vm(&self, vm_type: u64) -> Result<i32> {
+        let _span = tracing::debug_span!("kvm_dev_ioctl_create_vm", vm_type).entered();
+        let files = &self.process.files;
+        let fd = files.get_unused_fd()?;
+        let kvm = match self.system.create_vm(vm_type) {
+            Ok(kvm) => kvm,
+            Err(errno) => {
+                files.put_unused_fd(fd);
+                return Err(errno);
+            }
+        };
+        let file = alloc_file_pseudo(
+            self.machine(),
+            "kvm-vm",
+            &KVM_VM_FOPS,
+            O_RDWR,
+            InodeInit {
+                mode: 0o600,
+                size: 0,
+                i_private: 0,
+                i_op: &EMPTY_IOPS,
+                a_ops: &EMPTY_AOPS,
+                a_private: None,
+                noexec: true,
+            },
+            Some(Arc::new(VmFile { kvm })),
+        );
+        files.fd_install(fd, file);
+        Ok(fd)
+    }
+
+    /// The VM behind a descriptor for a VM ioctl: EBADF if it is not open, ENOTTY if it is not a
+    /// VM (its file has no such ioctl).
+    pub fn vm(&self, vm_fd: i32) -> Result<Arc<gmem_kvm::Kvm>> {
+        let file = self.process.fget(vm_fd)?;
+        let vm = if std::ptr::eq(file.f_op(), &KVM_VM_FOPS) {
+            Ok(file.private::<VmFile>().expect("VM file").kvm.clone())
+        } else {
+            Err(Errno::ENOTTY)
+        };
+        drop(file);
+        vm
+    }
+
+    /// Runs a VM ioctl and returns to user space.
+    fn vm_ioctl<T>(&self, vm_fd: i32, ioctl: impl FnOnce(&Arc<gmem_kvm::Kvm>) -> Result<T>) -> Result<T> {
+        let result = self.vm(vm_fd).and_then(|kvm| ioctl(&kvm));
+        self.process.syscall_exit(result)
+    }
+
+    /// `KVM_CHECK_EXTENSION` on a VM.
+    pub fn vm_check_extension(&self, vm_fd: i32, cap: u64) -> Result<i64> {
+        let _span = tracing::debug_span!("kvm_vm_ioctl_check_extension", vm_fd, cap).entered();
+        self.vm_ioctl(vm_fd, |kvm| Ok(check_extension(self.profile(), Some(kvm), cap)))
+    }
+
+    /// `KVM_CREATE_GUEST_MEMFD`. `reserved` is not checked (as in the kernel).
+    pub fn create_guest_memfd(&self, vm_fd: i32, args: &kvm_create_guest_memfd) -> Result<i32> {
+        let _span = tracing::debug_span!("kvm_vm_ioctl_create_guest_memfd", vm_fd, args.size, args.flags).entered();
+        self.vm_ioctl(vm_fd, |kvm| kvm_gmem_create(kvm, &self.process.files, args.size, args.flags))
+    }
+
+    /// `KVM_SET_USER_MEMORY_REGION2`.
+    pub fn set_user_memory_region2(&self, vm_fd: i32, region: &kvm_userspace_memory_region2) -> Result<()> {
+        let _span = tracing::debug_span!("kvm_vm_ioctl_set_user_memory_region2", vm_fd, region.slot).entered();
+        let mem = UserspaceMemoryRegion2 {
+            slot: region.slot,
+            flags: region.flags,
+            guest_phys_addr: region.guest_phys_addr,
+            memory_size: region.memory_size,
+            userspace_addr: region.userspace_addr,
+            guest_memfd_offset: region.guest_memfd_offset,
+            guest_memfd: region.guest_memfd,
+        };
+        self.vm_ioctl(vm_fd, |kvm| kvm.set_user_memory_region2(&self.process.files, &mem))
+    }
+
+    /// `KVM_SET_MEMORY_ATTRIBUTES`.
+    pub fn set_memory_attributes(&self, vm_fd: i32, attrs: &kvm_memory_attributes) -> Result<()> {
+        let _span = tracing::debug_span!("kvm_vm_ioctl_set_memory_attributes", vm_fd).entered();
+        let attrs = MemoryAttributes {
+            address: attrs.address,
+            size: attrs.size,
+            attributes: attrs.attributes,
+            flags: attrs.flags,
+        };
+        self.vm_ioctl(vm_fd, |kvm| kvm.set_memory_attributes(&attrs))
+    }
+
+    /// The arch launch path's populate (`kvm_gmem_populate` with the VM type's `post_populate`):
+    /// `npages` pages from `gpa`, copying from `source` (page `i` from byte `i * 4096`). Returns
+    /// the pages populated.
+    pub fn populate(&self, vm_fd: i32, gpa: u64, npages: u64, source: Option<&[u8]>) -> Result<i64> {
+        let _span = tracing::debug_span!("kvm_gmem_populate", vm_fd, gpa, npages).entered();
+        self.vm_ioctl(vm_fd, |kvm| {
+            let slots_lock = kvm.lock_slots();
+            let arch = kvm.arch().clone();
+            let post_populate = move |kvm: &gmem_kvm::Kvm, gfn, pfn, src: Option<&[u8]>, order| {
+                arch.post_populate(kvm, gfn, pfn, src, order)
+            };
+            kvm_gmem_populate(kvm, &slots_lock, Gpa(gpa).to_gfn(), source, npages as i64, &post_populate)
+        })
+    }
+
+    /// The guest_memfd behind a descriptor (EBADF if not open, EINVAL if not a guest_memfd).
+    pub fn guest_memfd(&self, fd: i32) -> Result<FileRef> {
+        let file = self.process.fget(fd)?;
+        if gmem_of_file(&file).is_some() {
+            Ok(file)
+        } else {
+            Err(Errno::EINVAL)
+        }
+    }
+
+    /// Memory failure on the folio at byte `offset` of a guest_memfd.
+    pub fn inject_memory_failure(&self, fd: i32, offset: u64) -> Result<MfResult> {
+        let result = self.guest_memfd(fd).and_then(|file| gmem_memory_failure(&file, PgOff(offset >> PAGE_SHIFT)));
+        self.process.syscall_exit(result)
+    }
+
+    /// `fallocate(2)`.
+    pub fn fallocate(&self, fd: i32, mode: i32, offset: i64, len: i64) -> Result<()> {
+        self.process.fallocate(fd, mode, offset, len)
+    }
+
+    /// `fstat(2)`.
+    pub fn fstat(&self, fd: i32) -> Result<Stat> {
+        self.process.fstat(fd)
+    }
+
+    /// `close(2)`.
+    pub fn close(&self, fd: i32) -> Result<()> {
+        self.process.close(fd)
+    }
+
+    /// `mmap(2)` of a descriptor.
+    pub fn mmap(&self, fd: i32, len: u64, offset: i64, prot: u64, flags: u64) -> Result<u64> {
+        self.process.mmap(len, prot, flags, fd, offset)
+    }
+
+    /// A host load through a mapping.
+    pub fn load(&self, addr: u64, len: u64) -> std::result::Result<Vec<u8>, AccessSignal> {
+        self.process.load(addr, len)
+    }
+
+    /// A host store through a mapping.
+    pub fn store(&self, addr: u64, bytes: &[u8]) -> std::result::Result<(), AccessSignal> {
+        self.process.store(addr, bytes)
+    }
+
+    /// The pages a script's populate source covers, zero-padded to whole pages.
+    pub fn page_source(bytes: &[u8], npages: u64) -> Vec<u8> {
+        let mut source = bytes.to_vec();
+        let len = (npages.min(1 << 20) * PAGE_SIZE) as usize;
+        source.resize(len.max(source.len()), 0);
+        source
+    }
+}
+
+impl Drop for SimHost {
+    fn drop(&mut self) {
+        self.process.exit();
+    }
+}

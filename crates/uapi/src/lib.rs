@@ -1,0 +1,24 @@
+//! gmem-uapi: the API a VMM calls, shaped like kvm-ioctls, over the simulated kernel.
+//!
+//! A [`SimHost`] is one process on one simulated kernel: its descriptor table holds `/dev/kvm`
+//! VM files and guest_memfds exactly as a real process's would, and every call goes through the
+//! same path a system call takes (descriptor lookup, the ioctl's own checks, the return to user
+//! space that runs deferred `fput` work). On top of it, [`Kvm`] and [`VmFd`] mirror
+//! `kvm_ioctls::Kvm` and `kvm_ioctls::VmFd`: same method names, kvm-bindings argument structs,
+//! errno results. The constants kvm-bindings lacks (Linux 6.18's guest_memfd flags and
+//! capability) are in [`consts`].
+//!
+//! Every entry point opens a `tracing` span named after its kernel counterpart.
+#![deny(missing_docs)]
+
+pub mod consts;
+mod host;
+mod vmfd;
+
+pub use gmem_mm::{Errno, KResult};
+pub use host::{SimHost, Stat};
+pub use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
+pub use vmfd::{Kvm, VmFd};
+
+/// The result type of every call (`kvm_ioctls::Result` carries an errno the same way).
+pub type Result<T> = std::result::Result<T, Errno>;

@@ -1,0 +1,189 @@
+//! The interface every script backend implements: the simulator and the real `/dev/kvm`.
+//!
+//! A backend executes one verb at a time and answers with a typed result; the runner
+//! ([`crate::runner`]) formats it. Integer arguments arrive as the raw values the script
+//! wrote (already truncated where the kernel field is 32-bit), so out-of-range values reach
+//! the backend unchanged. A backend lives for one script file and releases everything it
+//! created (VMs, descriptors, mappings) when it is dropped.
+
+use gmem_mm::Errno;
+
+/// A signal raised by a host access through a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// `SIGBUS`: the mapping exists but the page cannot be provided.
+    Sigbus,
+    /// `SIGSEGV`: no mapping, or the access violates its protection.
+    Sigsegv,
+}
+
+impl Signal {
+    /// The name the script output uses (`"SIGBUS"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Sigbus => "SIGBUS",
+            Signal::Sigsegv => "SIGSEGV",
+        }
+    }
+}
+
+/// A vCPU exit, preformatted: reason `"MEMORY_FAULT"`,
+/// fields `[("gpa","0x2000"),("size","0x1000"),("flags","PRIVATE")]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VcpuExit {
+    /// The exit reason without its `KVM_EXIT_` prefix.
+    pub reason: String,
+    /// The exit's fields in the order they print, values already formatted.
+    pub fields: Vec<(String, String)>,
+}
+
+/// Why a verb did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The call failed with this errno.
+    Errno(Errno),
+    /// A host access raised this signal.
+    Signal(Signal),
+    /// A vCPU stopped with this exit.
+    Exit(VcpuExit),
+    /// This backend cannot run the verb; the text says why.
+    Skip(String),
+}
+
+/// The fields of `struct stat` a script prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stat {
+    /// `st_size`.
+    pub size: i64,
+    /// `st_blksize`.
+    pub blksize: i64,
+    /// `st_blocks` (512-byte units).
+    pub blocks: i64,
+    /// `st_mode` (file type and permission bits).
+    pub mode: u32,
+}
+
+/// `struct kvm_userspace_memory_region2` without its padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryRegion2 {
+    /// `(as_id << 16) | id`.
+    pub slot: u32,
+    /// `KVM_MEM_*` flags.
+    pub flags: u32,
+    /// First guest physical address of the slot.
+    pub guest_phys_addr: u64,
+    /// Size of the slot in bytes.
+    pub memory_size: u64,
+    /// Host virtual address backing shared accesses.
+    pub userspace_addr: u64,
+    /// Offset of the slot in its guest_memfd.
+    pub guest_memfd_offset: u64,
+    /// The guest_memfd descriptor.
+    pub guest_memfd: u32,
+}
+
+/// One violated invariant, as `check_invariants` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant's name (`"INV-BIND"`).
+    pub name: String,
+    /// Human-readable details, one line each.
+    pub details: Vec<String>,
+}
+
+/// The result of a backend call.
+pub type BResult<T> = Result<T, Failure>;
+
+/// The failure the optional verbs return on a backend that does not implement them.
+fn unsupported<T>() -> BResult<T> {
+    Err(Failure::Skip("not supported by this backend".into()))
+}
+
+/// A place scripts run: one method per verb (see `spec/script-format.md`).
+///
+/// The host-side methods are required; the guest-side and simulator-only ones default to
+/// [`Failure::Skip`].
+pub trait Backend {
+    /// `KVM_CREATE_VM`: returns the VM descriptor.
+    fn create_vm(&mut self, vm_type: u64) -> BResult<i32>;
+    /// `KVM_CHECK_EXTENSION` on the VM, or on `/dev/kvm` when `vm` is `None`.
+    fn check_extension(&mut self, vm: Option<i32>, cap: u64) -> BResult<i64>;
+    /// `KVM_CREATE_GUEST_MEMFD`: returns the new descriptor.
+    fn create_guest_memfd(&mut self, vm: i32, size: u64, flags: u64) -> BResult<i32>;
+    /// `KVM_SET_USER_MEMORY_REGION2`.
+    fn set_user_memory_region2(&mut self, vm: i32, region: &MemoryRegion2) -> BResult<()>;
+    /// `KVM_SET_MEMORY_ATTRIBUTES`.
+    fn set_memory_attributes(&mut self, vm: i32, address: u64, size: u64, attributes: u64, flags: u64) -> BResult<()>;
+    /// `fallocate(2)`.
+    fn fallocate(&mut self, fd: i32, mode: i32, offset: i64, len: i64) -> BResult<()>;
+    /// `fstat(2)`.
+    fn fstat(&mut self, fd: i32) -> BResult<Stat>;
+    /// `ftruncate(2)`.
+    fn ftruncate(&mut self, fd: i32, size: i64) -> BResult<()>;
+    /// `read(2)` of `len` bytes: returns the bytes read.
+    fn read(&mut self, fd: i32, len: u64) -> BResult<u64>;
+    /// `write(2)` of `len` bytes: returns the bytes written.
+    fn write(&mut self, fd: i32, len: u64) -> BResult<u64>;
+    /// `pread(2)`: returns the bytes read.
+    fn pread(&mut self, fd: i32, len: u64, offset: i64) -> BResult<u64>;
+    /// `pwrite(2)`: returns the bytes written.
+    fn pwrite(&mut self, fd: i32, len: u64, offset: i64) -> BResult<u64>;
+    /// `lseek(2)`: returns the new offset.
+    fn lseek(&mut self, fd: i32, offset: i64, whence: i32) -> BResult<u64>;
+    /// `mmap(2)` with a NULL hint: returns the address.
+    fn mmap(&mut self, fd: i32, len: u64, offset: i64, prot: u64, flags: u64) -> BResult<u64>;
+    /// `munmap(2)`.
+    fn munmap(&mut self, addr: u64, len: u64) -> BResult<()>;
+    /// A host store of `bytes` at `addr`.
+    fn store(&mut self, addr: u64, bytes: &[u8]) -> BResult<()>;
+    /// A host load of `len` bytes at `addr`.
+    fn load(&mut self, addr: u64, len: u64) -> BResult<Vec<u8>>;
+    /// `madvise(2)`.
+    fn madvise(&mut self, addr: u64, len: u64, advice: i32) -> BResult<()>;
+    /// `close(2)`.
+    fn close(&mut self, fd: i32) -> BResult<()>;
+    /// `uaddr=auto`: fresh page-aligned anonymous memory of `len` bytes that lives until the
+    /// script ends.
+    fn map_anonymous(&mut self, len: u64) -> BResult<u64>;
+
+    /// `KVM_CREATE_VCPU`: returns the vCPU descriptor.
+    fn create_vcpu(&mut self, _vm: i32, _id: u64) -> BResult<i32> {
+        unsupported()
+    }
+    /// A guest store at `gpa`; `private` is `None` for the VM type's default.
+    fn guest_store(&mut self, _vcpu: i32, _gpa: u64, _bytes: &[u8], _private: Option<bool>) -> BResult<()> {
+        unsupported()
+    }
+    /// A guest load at `gpa`; `private` is `None` for the VM type's default.
+    fn guest_load(&mut self, _vcpu: i32, _gpa: u64, _len: u64, _private: Option<bool>) -> BResult<Vec<u8>> {
+        unsupported()
+    }
+    /// `KVM_PRE_FAULT_MEMORY`: returns the bytes left.
+    fn pre_fault_memory(&mut self, _vcpu: i32, _gpa: u64, _size: u64) -> BResult<u64> {
+        unsupported()
+    }
+    /// The arch's launch-time populate path: returns the pages populated.
+    fn populate(&mut self, _vm: i32, _gpa: u64, _npages: u64, _bytes: Option<&[u8]>) -> BResult<u64> {
+        unsupported()
+    }
+    /// Memory failure on the folio at `offset` of a guest_memfd.
+    fn inject_memory_failure(&mut self, _fd: i32, _offset: u64) -> BResult<()> {
+        unsupported()
+    }
+    /// Arms the fault-injection point `fault` to fire `count` times after `after` passes.
+    fn inject(&mut self, _fault: &str, _count: u64, _after: u64) -> BResult<()> {
+        unsupported()
+    }
+    /// The number of kernel-style WARNs hit so far.
+    fn warnings(&mut self) -> BResult<u64> {
+        unsupported()
+    }
+    /// Runs every invariant check; an empty list means all hold.
+    fn check_invariants(&mut self) -> BResult<Vec<Violation>> {
+        unsupported()
+    }
+    /// A human-readable snapshot of the whole state, or of one VM or guest_memfd.
+    fn dump(&mut self, _target: Option<i32>) -> BResult<Vec<String>> {
+        unsupported()
+    }
+}

@@ -1,0 +1,68 @@
+//! The `dump` verb's text: a human-readable snapshot of VMs (memslots, attributes, MMU
+//! invalidation state) and guest_memfds (bindings, folios). Deterministic on the simulator.
+
+use gmem_kvm::guest_memfd::KvmGmem;
+use gmem_kvm::Kvm;
+use gmem_mm::file::File;
+
+/// The lines describing one VM.
+pub fn vm(fd: i32, kvm: &Kvm) -> Vec<String> {
+    let mut lines = vec![format!(
+        "vm fd={fd} type={} users={} mmu_invalidate_seq={} in_progress={}",
+        kvm.vm_type().name(),
+        kvm.users_count(),
+        kvm.mmu_invalidate_seq(),
+        kvm.mmu_invalidate_in_progress()
+    )];
+    let srcu = kvm.srcu_read_lock();
+    let slots = kvm.memslots(&srcu);
+    lines.push(format!("  memslots generation={}", slots.generation()));
+    for entry in slots.iter() {
+        let slot = kvm.memslot(entry);
+        let mut line = format!(
+            "  slot {} gfn={:#x} npages={} flags={:#x} uaddr={:#x}",
+            slot.id(),
+            entry.base_gfn,
+            entry.npages,
+            slot.flags(),
+            slot.userspace_addr()
+        );
+        if slot.has_gmem() {
+            let bound = if slot.gmem_file_is_null() { "none" } else { "bound" };
+            line.push_str(&format!(" gmem={bound} pgoff={:#x}", slot.gmem_pgoff()));
+        }
+        lines.push(line);
+    }
+    lines
+}
+
+/// The lines describing one guest_memfd.
+pub fn gmem(fd: Option<i32>, file: &File, gmem: &KvmGmem) -> Vec<String> {
+    let inode = file.inode();
+    let fd = fd.map_or_else(|| "mapped".to_string(), |fd| fd.to_string());
+    let mut lines = vec![format!(
+        "gmem fd={fd} ino={} size={:#x} flags={:#x} nrpages={}",
+        inode.ino(),
+        inode.size(),
+        inode.i_private(),
+        inode.mapping().nrpages()
+    )];
+    for (index, handle) in gmem.bindings() {
+        let slot = match gmem.kvm().memslot_by_handle(handle) {
+            Ok(slot) => format!("slot {}", slot.id()),
+            Err(_) => "FREED memslot".to_string(),
+        };
+        lines.push(format!("  binding index={index:#x} -> {slot} {handle:?}"));
+    }
+    for (index, folio) in inode.mapping().folios() {
+        lines.push(format!(
+            "  folio index={:#x} pfn={} refcount={} uptodate={} hwpoison={}",
+            index.0,
+            folio.pfn(),
+            folio.refcount(),
+            folio.test_uptodate() as u8,
+            folio.test_hwpoison() as u8
+        ));
+    }
+    lines
+}

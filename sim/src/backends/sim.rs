@@ -1,0 +1,230 @@
+//! The simulator backend: every verb runs on a fresh simulated kernel (one [`SimHost`] per
+//! script file, dropped, and so fully released, at the end of the file).
+
+use crate::backend::{BResult, Backend, Failure, MemoryRegion2, Signal, Stat, Violation};
+use gmem_kvm::guest_memfd::gmem_of_file;
+use gmem_kvm::invariants;
+use gmem_kvm::KernelProfile;
+use gmem_mm::file::FileRef;
+use gmem_mm::vma::AccessSignal;
+use gmem_mm::Errno;
+use gmem_sync::inject::FaultPoint;
+use gmem_sync::Arc;
+use gmem_uapi::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2, SimHost};
+use std::collections::BTreeMap;
+
+/// Why guest-side verbs skip on the simulator for now.
+const NO_MMU: &str = "guest access needs the software MMU, which is not built yet";
+
+/// The simulator backend.
+#[derive(Debug)]
+pub struct SimBackend {
+    host: SimHost,
+}
+
+impl SimBackend {
+    /// A fresh simulated kernel booted with `profile`.
+    pub fn new(profile: KernelProfile) -> SimBackend {
+        SimBackend { host: SimHost::new(profile) }
+    }
+
+    /// The host (for tests that look behind the script).
+    pub fn host(&self) -> &SimHost {
+        &self.host
+    }
+
+    /// Every file the process can reach: its descriptors and its mappings.
+    fn reachable_files(&self) -> Vec<(Option<i32>, FileRef)> {
+        let process = self.host.process();
+        let mut files: Vec<(Option<i32>, FileRef)> =
+            process.files.open_fds().into_iter().filter_map(|fd| Some((Some(fd), process.files.fget(fd)?))).collect();
+        for vma in process.mm.vmas() {
+            if let Some(file) = &vma.file {
+                files.push((None, file.clone()));
+            }
+        }
+        files
+    }
+
+    fn vms(&self) -> Vec<(i32, Arc<gmem_kvm::Kvm>)> {
+        let process = self.host.process();
+        process.files.open_fds().into_iter().filter_map(|fd| Some((fd, self.host.vm(fd).ok()?))).collect()
+    }
+}
+
+fn errno<T>(result: Result<T, Errno>) -> BResult<T> {
+    result.map_err(Failure::Errno)
+}
+
+fn signal<T>(result: Result<T, AccessSignal>) -> BResult<T> {
+    result.map_err(|signal| {
+        Failure::Signal(match signal {
+            AccessSignal::Sigbus => Signal::Sigbus,
+            AccessSignal::Sigsegv => Signal::Sigsegv,
+        })
+    })
+}
+
+impl Backend for SimBackend {
+    fn create_vm(&mut self, vm_type: u64) -> BResult<i32> {
+        errno(self.host.create_vm(vm_type))
+    }
+
+    fn check_extension(&mut self, vm: Option<i32>, cap: u64) -> BResult<i64> {
+        match vm {
+            None => Ok(self.host.check_extension(cap)),
+            Some(vm) => errno(self.host.vm_check_extension(vm, cap)),
+        }
+    }
+
+    fn create_guest_memfd(&mut self, vm: i32, size: u64, flags: u64) -> BResult<i32> {
+        let args = kvm_create_guest_memfd { size, flags, ..Default::default() };
+        errno(self.host.create_guest_memfd(vm, &args))
+    }
+
+    fn set_user_memory_region2(&mut self, vm: i32, region: &MemoryRegion2) -> BResult<()> {
+        let region = kvm_userspace_memory_region2 {
+            slot: region.slot,
+            flags: region.flags,
+            guest_phys_addr: region.guest_phys_addr,
+            memory_size: region.memory_size,
+            userspace_addr: region.userspace_addr,
+            guest_memfd_offset: region.guest_memfd_offset,
+            guest_memfd: region.guest_memfd,
+            ..Default::default()
+        };
+        errno(self.host.set_user_memory_region2(vm, &region))
+    }
+
+    fn set_memory_attributes(&mut self, vm: i32, address: u64, size: u64, attributes: u64, flags: u64) -> BResult<()> {
+        let attrs = kvm_memory_attributes { address, size, attributes, flags };
+        errno(self.host.set_memory_attributes(vm, &attrs))
+    }
+
+    fn fallocate(&mut self, fd: i32, mode: i32, offset: i64, len: i64) -> BResult<()> {
+        errno(self.host.fallocate(fd, mode, offset, len))
+    }
+
+    fn fstat(&mut self, fd: i32) -> BResult<Stat> {
+        let stat = errno(self.host.fstat(fd))?;
+        Ok(Stat { size: stat.size, blksize: stat.blksize, blocks: stat.blocks, mode: stat.mode })
+    }
+
+    fn ftruncate(&mut self, fd: i32, size: i64) -> BResult<()> {
+        errno(self.host.process().ftruncate(fd, size))
+    }
+
+    fn read(&mut self, fd: i32, len: u64) -> BResult<u64> {
+        errno(self.host.process().read(fd, len))
+    }
+
+    fn write(&mut self, fd: i32, len: u64) -> BResult<u64> {
+        errno(self.host.process().write(fd, len))
+    }
+
+    fn pread(&mut self, fd: i32, len: u64, offset: i64) -> BResult<u64> {
+        errno(self.host.process().pread(fd, len, offset))
+    }
+
+    fn pwrite(&mut self, fd: i32, len: u64, offset: i64) -> BResult<u64> {
+        errno(self.host.process().pwrite(fd, len, offset))
+    }
+
+    fn lseek(&mut self, fd: i32, offset: i64, whence: i32) -> BResult<u64> {
+        errno(self.host.process().lseek(fd, offset, whence))
+    }
+
+    fn mmap(&mut self, fd: i32, len: u64, offset: i64, prot: u64, flags: u64) -> BResult<u64> {
+        errno(self.host.mmap(fd, len, offset, prot, flags))
+    }
+
+    fn munmap(&mut self, addr: u64, len: u64) -> BResult<()> {
+        errno(self.host.process().munmap(addr, len))
+    }
+
+    fn store(&mut self, addr: u64, bytes: &[u8]) -> BResult<()> {
+        signal(self.host.store(addr, bytes))
+    }
+
+    fn load(&mut self, addr: u64, len: u64) -> BResult<Vec<u8>> {
+        signal(self.host.load(addr, len))
+    }
+
+    fn madvise(&mut self, addr: u64, len: u64, advice: i32) -> BResult<()> {
+        errno(self.host.process().madvise(addr, len, advice))
+    }
+
+    fn close(&mut self, fd: i32) -> BResult<()> {
+        errno(self.host.close(fd))
+    }
+
+    fn map_anonymous(&mut self, len: u64) -> BResult<u64> {
+        errno(self.host.process().mmap_anonymous(len))
+    }
+
+    fn create_vcpu(&mut self, _vm: i32, _id: u64) -> BResult<i32> {
+        Err(Failure::Skip(NO_MMU.into()))
+    }
+
+    fn guest_store(&mut self, _vcpu: i32, _gpa: u64, _bytes: &[u8], _private: Option<bool>) -> BResult<()> {
+        Err(Failure::Skip(NO_MMU.into()))
+    }
+
+    fn guest_load(&mut self, _vcpu: i32, _gpa: u64, _len: u64, _private: Option<bool>) -> BResult<Vec<u8>> {
+        Err(Failure::Skip(NO_MMU.into()))
+    }
+
+    fn pre_fault_memory(&mut self, _vcpu: i32, _gpa: u64, _size: u64) -> BResult<u64> {
+        Err(Failure::Skip(NO_MMU.into()))
+    }
+
+    fn populate(&mut self, vm: i32, gpa: u64, npages: u64, bytes: Option<&[u8]>) -> BResult<u64> {
+        let source = bytes.map(|bytes| SimHost::page_source(bytes, npages));
+        errno(self.host.populate(vm, gpa, npages, source.as_deref())).map(|pages| pages as u64)
+    }
+
+    fn inject_memory_failure(&mut self, fd: i32, offset: u64) -> BResult<()> {
+        errno(self.host.inject_memory_failure(fd, offset)).map(|_| ())
+    }
+
+    fn inject(&mut self, fault: &str, count: u64, after: u64) -> BResult<()> {
+        let point = FaultPoint::from_name(fault).ok_or(Failure::Errno(Errno::EINVAL))?;
+        self.host.machine().inject.arm(point, after, count);
+        Ok(())
+    }
+
+    fn warnings(&mut self) -> BResult<u64> {
+        Ok(self.host.machine().warnings.count() as u64)
+    }
+
+    fn check_invariants(&mut self) -> BResult<Vec<Violation>> {
+        let vms: Vec<Arc<gmem_kvm::Kvm>> = self.vms().into_iter().map(|(_, kvm)| kvm).collect();
+        let files: Vec<FileRef> = self.reachable_files().into_iter().map(|(_, file)| file).collect();
+        let mut grouped: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+        for violation in invariants::check(&vms, &files) {
+            grouped.entry(violation.invariant).or_default().push(violation.detail);
+        }
+        Ok(grouped.into_iter().map(|(name, details)| Violation { name: name.to_string(), details }).collect())
+    }
+
+    fn dump(&mut self, target: Option<i32>) -> BResult<Vec<String>> {
+        let mut lines = Vec::new();
+        for (fd, kvm) in self.vms() {
+            if target.is_none_or(|target| target == fd) {
+                lines.extend(crate::backends::dump::vm(fd, &kvm));
+            }
+        }
+        for (fd, file) in self.reachable_files() {
+            let Some(gmem) = gmem_of_file(&file) else { continue };
+            if target.is_none() || target == fd {
+                lines.extend(crate::backends::dump::gmem(fd, &file, gmem));
+            }
+        }
+        if let Some(target) = target {
+            if lines.is_empty() {
+                return errno(self.host.process().fget(target).map(|_| ()).and(Err(Errno::EINVAL)));
+            }
+        }
+        Ok(lines)
+    }
+}

@@ -1,0 +1,24 @@
+//! gmem-sim: scenario scripts for Linux KVM guest_memfd, run on the simulator or on `/dev/kvm`.
+//!
+//! A scenario script (`.gms`, specified in `spec/script-format.md`) lists the system calls
+//! and ioctls a VMM would issue against KVM and guest_memfd, one per line, with the result
+//! each must give. This crate reads such scripts, runs them on a [`backend::Backend`], and
+//! prints results in the format the spec fixes, so the same script can be compared across
+//! backends and kernel profiles. The `gmem-sim` binary (`src/main.rs`) is its command line:
+//! `gmem-sim script FILE... [--backend sim|kvm] [--kernel PROFILE] [--check]`.
+//!
+//! Modules:
+//! - [`script`]: the `.gms` language: lexer, parser, and the typed program ([`script::Op`],
+//!   one variant per verb) with `FILE:LINE:COLUMN` parse errors;
+//! - [`backend`]: the [`backend::Backend`] trait every backend implements, and its result
+//!   types ([`backend::Failure`], [`backend::Stat`], ...);
+//! - [`runner`]: executes programs on fresh backends, binds names, formats results and
+//!   checks expectations, returning a structured [`runner::Report`];
+//! - [`backends`]: opens a backend by name and kernel profile for the command line.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod backends;
+pub mod runner;
+pub mod script;

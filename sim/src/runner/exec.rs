@@ -1,0 +1,249 @@
+//! Executes [`Op`]s on a backend, resolving names to descriptors and addresses and binding
+//! the handles verbs return.
+
+use std::collections::BTreeMap;
+
+use crate::backend::{BResult, Backend, Failure, MemoryRegion2, Stat, Violation};
+use crate::script::{Handle, Line, Op, UserAddr};
+
+/// `MAP_FAILED`: what a name bound by a failed `mmap` holds.
+pub(crate) const MAP_FAILED: u64 = u64::MAX;
+
+/// What a name stands for while a script runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// A VM, guest_memfd or vCPU descriptor (-1 after a failed call).
+    Descriptor(i32),
+    /// A mapping: its address (`MAP_FAILED` after a failed call) and the length asked for.
+    Mapping { addr: u64, len: u64 },
+}
+
+impl Bound {
+    /// The number the name stands for: the descriptor (sign-extended) or the address.
+    fn number(self) -> u64 {
+        match self {
+            Bound::Descriptor(fd) => i64::from(fd) as u64,
+            Bound::Mapping { addr, .. } => addr,
+        }
+    }
+}
+
+/// What a verb gave back on success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Success {
+    /// Nothing to report.
+    Unit,
+    /// A handle, bound to the line's name.
+    Handle(Bound),
+    /// An unsigned count, size or offset.
+    Count(u64),
+    /// A signed value (`check_extension`).
+    Signed(i64),
+    /// Bytes loaded.
+    Bytes(Vec<u8>),
+    /// `fstat`'s record.
+    Stat(Stat),
+    /// `dump`'s lines.
+    Dump(Vec<String>),
+    /// `check_invariants`' violations (empty: all hold).
+    Invariants(Vec<Violation>),
+}
+
+/// The result of one line.
+pub(crate) type Outcome = Result<Success, Failure>;
+
+/// The names bound so far.
+#[derive(Debug, Default)]
+struct Env {
+    names: BTreeMap<String, Bound>,
+}
+
+impl Env {
+    /// The number `handle` stands for (-1 for a name the parser would have rejected).
+    fn number(&self, handle: &Handle) -> u64 {
+        match handle {
+            Handle::Number(number) => *number,
+            Handle::Name(name) => self.names.get(name).map_or(u64::MAX, |b| b.number()),
+        }
+    }
+
+    /// A descriptor argument: the low 32 bits of the number.
+    fn fd(&self, handle: &Handle) -> i32 {
+        self.number(handle) as i32
+    }
+
+    /// The address and length of the mapping bound to `name`.
+    fn mapping(&self, name: &str) -> (u64, u64) {
+        match self.names.get(name) {
+            Some(Bound::Mapping { addr, len }) => (*addr, *len),
+            Some(other) => (other.number(), 0),
+            None => (MAP_FAILED, 0),
+        }
+    }
+}
+
+/// Runs the lines of one script on one backend.
+pub(crate) struct Executor<'b> {
+    backend: &'b mut dyn Backend,
+    env: Env,
+}
+
+impl<'b> Executor<'b> {
+    pub fn new(backend: &'b mut dyn Backend) -> Self {
+        Executor { backend, env: Env::default() }
+    }
+
+    /// Executes `line` and binds its name: to the handle, or to an invalid one on failure.
+    pub fn run_line(&mut self, line: &Line) -> Outcome {
+        let outcome = self.execute(&line.op);
+        if let Some(name) = &line.binding {
+            let bound = match &outcome {
+                Ok(Success::Handle(bound)) => *bound,
+                _ => invalid_handle(&line.op),
+            };
+            self.env.names.insert(name.clone(), bound);
+        }
+        outcome
+    }
+
+    fn execute(&mut self, op: &Op) -> Outcome {
+        // Every verb is handled by exactly one of these; the final default is unreachable.
+        self.execute_vm(op)
+            .or_else(|| self.execute_file(op))
+            .or_else(|| self.execute_mapping(op))
+            .or_else(|| self.execute_guest(op))
+            .or_else(|| self.execute_simulator(op))
+            .unwrap_or(Ok(Success::Unit))
+    }
+
+    fn execute_vm(&mut self, op: &Op) -> Option<Outcome> {
+        let (b, env) = (&mut *self.backend, &self.env);
+        Some(match op {
+            Op::CreateVm { vm_type } => b.create_vm(*vm_type).map(descriptor),
+            Op::CheckExtension { vm, cap } => {
+                let vm = vm.as_ref().map(|vm| env.fd(vm));
+                b.check_extension(vm, *cap).map(Success::Signed)
+            }
+            Op::CreateGuestMemfd { vm, size, flags } => b.create_guest_memfd(env.fd(vm), *size, *flags).map(descriptor),
+            Op::SetUserMemoryRegion2 { vm, slot, flags, gpa, size, uaddr, guest_memfd, guest_memfd_offset } => {
+                let region = MemoryRegion2 {
+                    slot: *slot,
+                    flags: *flags,
+                    guest_phys_addr: *gpa,
+                    memory_size: *size,
+                    userspace_addr: 0, // filled in by set_user_memory_region2
+                    guest_memfd_offset: *guest_memfd_offset,
+                    guest_memfd: env.number(guest_memfd) as u32,
+                };
+                let vm = env.fd(vm);
+                self.set_user_memory_region2(vm, region, uaddr)
+            }
+            Op::SetMemoryAttributes { vm, address, size, attributes, flags } => {
+                b.set_memory_attributes(env.fd(vm), *address, *size, *attributes, *flags).map(unit)
+            }
+            _ => return None,
+        })
+    }
+
+    /// Resolves `uaddr` (mapping fresh memory for `auto`) and issues the ioctl.
+    fn set_user_memory_region2(&mut self, vm: i32, mut region: MemoryRegion2, uaddr: &UserAddr) -> Outcome {
+        region.userspace_addr = self.user_addr(uaddr, region.memory_size)?;
+        self.backend.set_user_memory_region2(vm, &region).map(unit)
+    }
+
+    /// `uaddr=`: `auto` maps fresh anonymous memory of the slot's size (none for size 0).
+    fn user_addr(&mut self, uaddr: &UserAddr, size: u64) -> BResult<u64> {
+        match uaddr {
+            UserAddr::Auto if size == 0 => Ok(0),
+            UserAddr::Auto => self.backend.map_anonymous(size),
+            UserAddr::Given(handle) => Ok(self.env.number(handle)),
+        }
+    }
+
+    fn execute_file(&mut self, op: &Op) -> Option<Outcome> {
+        let (b, env) = (&mut *self.backend, &self.env);
+        Some(match op {
+            Op::Fallocate { fd, mode, offset, len } => {
+                b.fallocate(env.fd(fd), *mode as i32, *offset as i64, *len as i64).map(unit)
+            }
+            Op::Fstat { fd } => b.fstat(env.fd(fd)).map(Success::Stat),
+            Op::Ftruncate { fd, size } => b.ftruncate(env.fd(fd), *size as i64).map(unit),
+            Op::Read { fd, len } => b.read(env.fd(fd), *len).map(Success::Count),
+            Op::Write { fd, len } => b.write(env.fd(fd), *len).map(Success::Count),
+            Op::Pread { fd, len, offset } => b.pread(env.fd(fd), *len, *offset as i64).map(Success::Count),
+            Op::Pwrite { fd, len, offset } => b.pwrite(env.fd(fd), *len, *offset as i64).map(Success::Count),
+            Op::Lseek { fd, offset, whence } => b.lseek(env.fd(fd), *offset as i64, *whence as i32).map(Success::Count),
+            Op::Close { handle } => b.close(env.fd(handle)).map(unit),
+            _ => return None,
+        })
+    }
+
+    fn execute_mapping(&mut self, op: &Op) -> Option<Outcome> {
+        let (b, env) = (&mut *self.backend, &self.env);
+        Some(match op {
+            Op::Mmap { fd, len, offset, prot, flags } => b
+                .mmap(env.fd(fd), *len, *offset as i64, *prot, *flags)
+                .map(|addr| Success::Handle(Bound::Mapping { addr, len: *len })),
+            Op::Munmap { map } => {
+                let (addr, len) = env.mapping(map);
+                b.munmap(addr, len).map(unit)
+            }
+            Op::Store { map, offset, bytes } => b.store(env.mapping(map).0.wrapping_add(*offset), bytes).map(unit),
+            Op::Load { map, offset, len } => b.load(env.mapping(map).0.wrapping_add(*offset), *len).map(Success::Bytes),
+            Op::Madvise { map, offset, len, advice } => {
+                let addr = env.mapping(map).0.wrapping_add(*offset);
+                b.madvise(addr, *len, *advice as i32).map(unit)
+            }
+            _ => return None,
+        })
+    }
+
+    fn execute_guest(&mut self, op: &Op) -> Option<Outcome> {
+        let (b, env) = (&mut *self.backend, &self.env);
+        Some(match op {
+            Op::CreateVcpu { vm, id } => b.create_vcpu(env.fd(vm), *id).map(descriptor),
+            Op::GuestStore { vcpu, gpa, bytes, private } => {
+                b.guest_store(env.fd(vcpu), *gpa, bytes, *private).map(unit)
+            }
+            Op::GuestLoad { vcpu, gpa, len, private } => {
+                b.guest_load(env.fd(vcpu), *gpa, *len, *private).map(Success::Bytes)
+            }
+            Op::PreFaultMemory { vcpu, gpa, size } => b.pre_fault_memory(env.fd(vcpu), *gpa, *size).map(Success::Count),
+            _ => return None,
+        })
+    }
+
+    fn execute_simulator(&mut self, op: &Op) -> Option<Outcome> {
+        let (b, env) = (&mut *self.backend, &self.env);
+        Some(match op {
+            Op::Populate { vm, gpa, npages, bytes } => {
+                b.populate(env.fd(vm), *gpa, *npages, bytes.as_deref()).map(Success::Count)
+            }
+            Op::InjectMemoryFailure { fd, offset } => b.inject_memory_failure(env.fd(fd), *offset).map(unit),
+            Op::Inject { fault, count, after } => b.inject(fault, *count, *after).map(unit),
+            Op::Warnings => b.warnings().map(Success::Count),
+            Op::CheckInvariants => b.check_invariants().map(Success::Invariants),
+            Op::Dump { target } => {
+                let target = target.as_ref().map(|t| env.fd(t));
+                b.dump(target).map(Success::Dump)
+            }
+            _ => return None,
+        })
+    }
+}
+
+fn descriptor(fd: i32) -> Success {
+    Success::Handle(Bound::Descriptor(fd))
+}
+
+fn unit(_: ()) -> Success {
+    Success::Unit
+}
+
+/// What a name holds after the verb that should have returned its handle failed.
+fn invalid_handle(op: &Op) -> Bound {
+    match op {
+        Op::Mmap { len, .. } => Bound::Mapping { addr: MAP_FAILED, len: *len },
+        _ => Bound::Descriptor(-1),
+    }
+}

@@ -1,0 +1,122 @@
+//! The result text of a line, exactly as the spec's "Results" section prints it.
+
+use std::fmt::Write as _;
+
+use super::exec::{Outcome, Success};
+use crate::backend::{Failure, Stat, Violation};
+
+/// A line's result: the text after `LINE: `, and the detail lines printed under it
+/// (without their two-space indent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Formatted {
+    pub result: String,
+    pub details: Vec<String>,
+}
+
+impl Formatted {
+    fn line(result: String) -> Formatted {
+        Formatted { result, details: Vec::new() }
+    }
+}
+
+/// Formats an outcome.
+pub(crate) fn format_outcome(outcome: &Outcome) -> Formatted {
+    match outcome {
+        Ok(success) => format_success(success),
+        Err(failure) => Formatted::line(format_failure(failure)),
+    }
+}
+
+fn format_success(success: &Success) -> Formatted {
+    match success {
+        Success::Unit | Success::Handle(_) => Formatted::line("ok".into()),
+        Success::Count(value) => Formatted::line(format!("ok {value}")),
+        Success::Signed(value) => Formatted::line(format!("ok {value}")),
+        Success::Bytes(bytes) if bytes.is_empty() => Formatted::line("ok".into()),
+        Success::Bytes(bytes) => Formatted::line(format!("ok {}", hex(bytes))),
+        Success::Stat(stat) => Formatted::line(format_stat(stat)),
+        Success::Dump(lines) => Formatted { result: "ok".into(), details: lines.clone() },
+        Success::Invariants(violations) => format_violations(violations),
+    }
+}
+
+fn format_stat(stat: &Stat) -> String {
+    let Stat { size, blksize, blocks, mode } = stat;
+    format!("ok size={size} blksize={blksize} blocks={blocks} mode=0o{mode:06o}")
+}
+
+/// `ok`, or `VIOLATION` with the distinct names sorted and every violation's details.
+fn format_violations(violations: &[Violation]) -> Formatted {
+    if violations.is_empty() {
+        return Formatted::line("ok".into());
+    }
+    let mut sorted: Vec<&Violation> = violations.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut names: Vec<&str> = sorted.iter().map(|v| v.name.as_str()).collect();
+    names.dedup();
+    Formatted {
+        result: format!("VIOLATION {}", names.join(" ")),
+        details: sorted.iter().flat_map(|v| v.details.iter().cloned()).collect(),
+    }
+}
+
+fn format_failure(failure: &Failure) -> String {
+    match failure {
+        Failure::Errno(errno) => errno.name().into_owned(),
+        Failure::Signal(signal) => signal.name().to_string(),
+        Failure::Exit(exit) => {
+            let mut text = format!("exit {}", exit.reason);
+            for (key, value) in &exit.fields {
+                let _ = write!(text, " {key}={value}");
+            }
+            text
+        }
+        Failure::Skip(reason) if reason.is_empty() => "skip".to_string(),
+        Failure::Skip(reason) => format!("skip {reason}"),
+    }
+}
+
+/// Lowercase hexadecimal, two digits per byte.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
+        let _ = write!(text, "{byte:02x}");
+        text
+    })
+}
+
+/// `text` with runs of white space collapsed to one space and the ends trimmed, as
+/// expectations are compared.
+pub(crate) fn collapse_spaces(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_modes_print_six_octal_digits() {
+        let stat = Stat { size: 0, blksize: 4096, blocks: 0, mode: 0o600 };
+        assert_eq!(format_stat(&stat), "ok size=0 blksize=4096 blocks=0 mode=0o000600");
+        let stat = Stat { size: -1, blksize: 1, blocks: 2, mode: 0o1100600 };
+        assert_eq!(format_stat(&stat), "ok size=-1 blksize=1 blocks=2 mode=0o1100600");
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits_per_byte() {
+        assert_eq!(hex(&[0x00, 0x0a, 0xff]), "000aff");
+        assert_eq!(hex(&[]), "");
+    }
+
+    #[test]
+    fn expectations_compare_with_white_space_collapsed() {
+        assert_eq!(collapse_spaces("  ok \t size=1   blocks=0 "), "ok size=1 blocks=0");
+        assert_ne!(collapse_spaces("ok 3"), collapse_spaces("ok3"));
+    }
+
+    #[test]
+    fn a_skip_without_reason_prints_skip_alone() {
+        assert_eq!(format_failure(&Failure::Skip(String::new())), "skip");
+        assert_eq!(format_failure(&Failure::Skip("kvm".into())), "skip kvm");
+    }
+}

@@ -1,0 +1,247 @@
+//! Turns lexed lines into [`Op`]s: the line structure (`[NAME =] VERB ARGS`) and one
+//! argument schema per verb.
+
+use super::args::{ArgReader, Located, Names, RawArg};
+use super::lexer::{lex_line, Expectation, Token, TokenKind};
+use super::op::{Handle, Op, VERBS};
+use super::value::{self, *};
+use super::{Line, ParseError, Program};
+
+/// Parses a whole script; `file` names it in error messages.
+pub(super) fn parse_program(file: &str, source: &str) -> Result<Program, ParseError> {
+    let mut names = Names::new();
+    let mut lines = Vec::new();
+    for (index, text) in source.lines().enumerate() {
+        let number = index + 1;
+        let parsed = parse_line(number, text, &names).map_err(|e| ParseError {
+            file: file.to_string(),
+            line: number,
+            column: e.column,
+            message: e.message,
+        })?;
+        let Some(line) = parsed else {
+            continue;
+        };
+        if let (Some(name), Some(kind)) = (&line.binding, line.op.handle_kind()) {
+            names.insert(name.clone(), kind);
+        }
+        lines.push(line);
+    }
+    Ok(Program { file: file.to_string(), lines })
+}
+
+/// Line `number`: `None` for a blank or comment-only line.
+fn parse_line(number: usize, text: &str, names: &Names) -> Result<Option<Line>, Located> {
+    let lexed = lex_line(text);
+    if lexed.tokens.is_empty() {
+        return match lexed.expected {
+            Some(e) => Err(Located::new(e.column, "expectation without a verb")),
+            None => Ok(None),
+        };
+    }
+    let (binding, verb, rest) = split_binding(&lexed.tokens)?;
+    let unknown = || Located::new(verb.column, format!("unknown verb `{}`", verb.text));
+    if verb.kind == TokenKind::Equals {
+        return Err(Located::new(verb.column, "unexpected `=`"));
+    } else if !VERBS.contains(&verb.text) {
+        return Err(unknown());
+    }
+    let args = split_args(rest)?;
+    let mut reader = ArgReader::new(verb, &args, names);
+    let op = build_op(verb.text, &mut reader).ok_or_else(unknown)?;
+    if let Some(name) = binding {
+        check_binding(name, &op)?;
+    }
+    reader.finish()?;
+    Ok(Some(Line {
+        number,
+        binding: binding.map(|name| name.text.to_string()),
+        op,
+        expected: expectation_text(lexed.expected)?,
+    }))
+}
+
+fn expectation_text(expected: Option<Expectation<'_>>) -> Result<Option<String>, Located> {
+    match expected {
+        Some(e) if e.text.is_empty() => Err(Located::new(e.column, "empty expectation")),
+        Some(e) => Ok(Some(e.text.to_string())),
+        None => Ok(None),
+    }
+}
+
+/// Splits `[NAME =] VERB REST...`.
+fn split_binding<'t, 'a>(tokens: &'t [Token<'a>]) -> Result<(Option<Token<'a>>, Token<'a>, &'t [Token<'a>]), Located> {
+    match tokens {
+        [name, equals, rest @ ..] if name.kind == TokenKind::Word && equals.kind == TokenKind::Equals => match rest {
+            [verb, rest @ ..] => Ok((Some(*name), *verb, rest)),
+            [] => Err(Located::new(equals.column, "missing verb after `=`")),
+        },
+        [verb, rest @ ..] => Ok((None, *verb, rest)),
+        [] => Err(Located::new(1, "missing verb")),
+    }
+}
+
+fn check_binding(name: Token<'_>, op: &Op) -> Result<(), Located> {
+    let problem = if !value::is_name(name.text) {
+        format!("`{}` is not a name ([a-z][a-z0-9_]*)", name.text)
+    } else if name.text == "auto" {
+        "`auto` is reserved (uaddr=auto)".to_string()
+    } else if op.handle_kind().is_none() {
+        format!("`{}` cannot be bound: this verb returns no handle", name.text)
+    } else {
+        return Ok(());
+    };
+    Err(Located::new(name.column, problem))
+}
+
+/// Groups tokens into `key=value` (written without spaces) and positional arguments.
+fn split_args<'a>(tokens: &[Token<'a>]) -> Result<Vec<RawArg<'a>>, Located> {
+    let mut args = Vec::new();
+    let mut rest = tokens;
+    while let [first, tail @ ..] = rest {
+        if first.kind == TokenKind::Equals {
+            return Err(Located::new(first.column, "unexpected `=`"));
+        }
+        let (arg, remaining) = match tail {
+            [eq, value, more @ ..] if is_key_value(first, eq, value) => (keyed(first, value), more),
+            [eq, ..] if eq.kind == TokenKind::Equals => return Err(bad_key_value(first, eq)),
+            _ => (RawArg { key: None, value: *first }, tail),
+        };
+        args.push(arg);
+        rest = remaining;
+    }
+    Ok(args)
+}
+
+fn is_key_value(key: &Token<'_>, eq: &Token<'_>, value: &Token<'_>) -> bool {
+    eq.kind == TokenKind::Equals && value.kind == TokenKind::Word && key.touches(eq) && eq.touches(value)
+}
+
+fn keyed<'a>(key: &Token<'a>, value: &Token<'a>) -> RawArg<'a> {
+    RawArg { key: Some(*key), value: *value }
+}
+
+fn bad_key_value(key: &Token<'_>, eq: &Token<'_>) -> Located {
+    match key.touches(eq) {
+        true => Located::new(key.column, format!("missing value after `{}=`", key.text)),
+        false => Located::new(eq.column, "no spaces allowed around `=` in key=value"),
+    }
+}
+
+/// The [`Op`] for `verb`, reading its arguments from `r`; `None` for an unknown verb.
+pub(super) fn build_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
+    vm_op(verb, r)
+        .or_else(|| file_op(verb, r))
+        .or_else(|| mapping_op(verb, r))
+        .or_else(|| guest_op(verb, r))
+        .or_else(|| simulator_op(verb, r))
+}
+
+fn vm_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
+    Some(match verb {
+        "create_vm" => Op::CreateVm { vm_type: r.constant_or("type", &VM_TYPES, 0) },
+        "check_extension" => {
+            let vm = (r.positional_count() >= 2).then(|| r.handle("VM"));
+            Op::CheckExtension { vm, cap: r.positional_constant("CAP", &CAPS) }
+        }
+        "create_guest_memfd" => {
+            Op::CreateGuestMemfd { vm: r.handle("VM"), size: r.int("size"), flags: r.flags_or("flags", &GMEM_FLAGS, 0) }
+        }
+        "set_user_memory_region2" => Op::SetUserMemoryRegion2 {
+            vm: r.handle("VM"),
+            slot: r.int("slot") as u32,
+            flags: r.flags_or("flags", &MEMSLOT_FLAGS, 0) as u32,
+            gpa: r.int("gpa"),
+            size: r.int("size"),
+            uaddr: r.uaddr(),
+            guest_memfd: r.handle_or("guest_memfd", Handle::Number(0)),
+            guest_memfd_offset: r.int_or("guest_memfd_offset", 0),
+        },
+        "set_memory_attributes" => Op::SetMemoryAttributes {
+            vm: r.handle("VM"),
+            address: r.int("address"),
+            size: r.int("size"),
+            attributes: r.flags("attributes", &ATTRIBUTES),
+            flags: r.flags_or("flags", &NO_NAMES, 0),
+        },
+        _ => return None,
+    })
+}
+
+fn file_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
+    Some(match verb {
+        "fallocate" => Op::Fallocate {
+            fd: r.handle("FD"),
+            mode: r.flags("mode", &FALLOCATE_MODES),
+            offset: r.int_or("offset", 0),
+            len: r.int("len"),
+        },
+        "fstat" => Op::Fstat { fd: r.handle("FD") },
+        "ftruncate" => Op::Ftruncate { fd: r.handle("FD"), size: r.int("size") },
+        "read" => Op::Read { fd: r.handle("FD"), len: r.int("len") },
+        "write" => Op::Write { fd: r.handle("FD"), len: r.int("len") },
+        "pread" => Op::Pread { fd: r.handle("FD"), len: r.int("len"), offset: r.int_or("offset", 0) },
+        "pwrite" => Op::Pwrite { fd: r.handle("FD"), len: r.int("len"), offset: r.int_or("offset", 0) },
+        "lseek" => {
+            Op::Lseek { fd: r.handle("FD"), offset: r.int_or("offset", 0), whence: r.constant("whence", &LSEEK_WHENCE) }
+        }
+        "close" => Op::Close { handle: r.handle("NAME") },
+        _ => return None,
+    })
+}
+
+fn mapping_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
+    Some(match verb {
+        "mmap" => Op::Mmap {
+            fd: r.handle("FD"),
+            len: r.int("len"),
+            offset: r.int_or("offset", 0),
+            prot: r.flags_or("prot", &MMAP_PROT, 3),
+            flags: r.flags_or("flags", &MMAP_FLAGS, 1),
+        },
+        "munmap" => Op::Munmap { map: r.mapping() },
+        "store" => Op::Store { map: r.mapping(), offset: r.int_or("offset", 0), bytes: r.bytes("bytes") },
+        "load" => Op::Load { map: r.mapping(), offset: r.int_or("offset", 0), len: r.int("len") },
+        "madvise" => Op::Madvise {
+            map: r.mapping(),
+            offset: r.int_or("offset", 0),
+            len: r.int("len"),
+            advice: r.constant("advice", &MADVISE_ADVICE),
+        },
+        _ => return None,
+    })
+}
+
+fn guest_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
+    Some(match verb {
+        "create_vcpu" => Op::CreateVcpu { vm: r.handle("VM"), id: r.int_or("id", 0) },
+        "guest_store" => Op::GuestStore {
+            vcpu: r.handle("VCPU"),
+            gpa: r.int("gpa"),
+            bytes: r.bytes("bytes"),
+            private: r.bool_opt("private"),
+        },
+        "guest_load" => Op::GuestLoad {
+            vcpu: r.handle("VCPU"),
+            gpa: r.int("gpa"),
+            len: r.int("len"),
+            private: r.bool_opt("private"),
+        },
+        "pre_fault_memory" => Op::PreFaultMemory { vcpu: r.handle("VCPU"), gpa: r.int("gpa"), size: r.int("size") },
+        _ => return None,
+    })
+}
+
+fn simulator_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
+    Some(match verb {
+        "populate" => {
+            Op::Populate { vm: r.handle("VM"), gpa: r.int("gpa"), npages: r.int("npages"), bytes: r.bytes_opt("bytes") }
+        }
+        "inject_memory_failure" => Op::InjectMemoryFailure { fd: r.handle("FD"), offset: r.int_or("offset", 0) },
+        "inject" => Op::Inject { fault: r.word("FAULT"), count: r.int_or("count", 1), after: r.int_or("after", 0) },
+        "warnings" => Op::Warnings,
+        "check_invariants" => Op::CheckInvariants,
+        "dump" => Op::Dump { target: r.handle_opt() },
+        _ => return None,
+    })
+}

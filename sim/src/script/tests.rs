@@ -1,0 +1,525 @@
+//! Unit tests of the lexer and parser: value forms, every verb with its defaults, and every
+//! error class with its position.
+
+use super::op::{Handle, HandleKind, Op, UserAddr, VERBS};
+use super::{parse, Line, Program};
+
+/// Binds `vm` (a VM), `g` (a guest_memfd), `m` (a mapping) and `c` (a vCPU) on lines 1-4.
+const PRELUDE: &str = "vm = create_vm\n\
+                       g = create_guest_memfd vm size=4K\n\
+                       m = mmap g len=4K\n\
+                       c = create_vcpu vm\n";
+
+/// The op of `line` written after the prelude.
+fn op(line: &str) -> Op {
+    let program =
+        parse("t.gms", &format!("{PRELUDE}{line}\n")).unwrap_or_else(|e| panic!("`{line}` should parse: {e}"));
+    program.lines.last().expect("a line").op.clone()
+}
+
+/// The parse error of `source` (no prelude), as displayed.
+fn error(source: &str) -> String {
+    match parse("t.gms", source) {
+        Ok(program) => panic!("`{source}` should not parse: {program:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The parse error of `line` written after the prelude (so it is on line 5).
+fn error_after_prelude(line: &str) -> String {
+    error(&format!("{PRELUDE}{line}\n"))
+}
+
+fn name(text: &str) -> Handle {
+    Handle::Name(text.to_string())
+}
+
+fn create_vm_type(value: &str) -> u64 {
+    match op(&format!("create_vm type={value}")) {
+        Op::CreateVm { vm_type } => vm_type,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn guest_memfd_size(value: &str) -> u64 {
+    match op(&format!("create_guest_memfd vm size={value}")) {
+        Op::CreateGuestMemfd { size, .. } => size,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn fallocate_mode(value: &str) -> u64 {
+    match op(&format!("fallocate g mode={value} len=1")) {
+        Op::Fallocate { mode, .. } => mode,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+// ---- values ----
+
+#[test]
+fn integers_decimal_hex_negative_and_suffixes() {
+    assert_eq!(guest_memfd_size("0"), 0);
+    assert_eq!(guest_memfd_size("4097"), 4097);
+    assert_eq!(guest_memfd_size("0x1000"), 0x1000);
+    assert_eq!(guest_memfd_size("0xfFfF"), 0xffff);
+    assert_eq!(guest_memfd_size("4K"), 4096);
+    assert_eq!(guest_memfd_size("2M"), 2 * 1024 * 1024);
+    assert_eq!(guest_memfd_size("3G"), 3 << 30);
+    assert_eq!(guest_memfd_size("1T"), 1 << 40);
+    assert_eq!(guest_memfd_size("0x10K"), 16 * 1024);
+    assert_eq!(guest_memfd_size("-4096"), 0xffff_ffff_ffff_f000);
+    assert_eq!(guest_memfd_size("-1"), u64::MAX);
+    assert_eq!(guest_memfd_size("-0"), 0);
+    assert_eq!(guest_memfd_size("-4K"), 0xffff_ffff_ffff_f000);
+    assert_eq!(guest_memfd_size("18446744073709551615"), u64::MAX);
+    assert_eq!(guest_memfd_size("0xffffffffffffffff"), u64::MAX);
+    assert_eq!(guest_memfd_size("-0x8000000000000000"), 1 << 63);
+}
+
+#[test]
+fn integer_overflow_and_malformed_integers_are_errors() {
+    let cases = [
+        ("18446744073709551616", "integer `18446744073709551616` does not fit in 64 bits"),
+        ("0x10000000000000000", "integer `0x10000000000000000` does not fit in 64 bits"),
+        ("16777216T", "integer `16777216T` does not fit in 64 bits"),
+        ("-0x8000000000000001", "integer `-0x8000000000000001` does not fit in 64 bits"),
+        ("4k", "`4k` is not an integer"),
+        ("0x", "`0x` is not an integer"),
+        ("-", "`-` is not an integer"),
+        ("+4", "`+4` is not an integer"),
+        ("1_000", "`1_000` is not an integer"),
+        ("4KK", "`4KK` is not an integer"),
+        ("0X10", "`0X10` is not an integer"),
+    ];
+    for (value, message) in cases {
+        let line = format!("create_guest_memfd vm size={value}");
+        assert_eq!(error_after_prelude(&line), format!("t.gms:5:28: {message}"), "{value}");
+    }
+}
+
+#[test]
+fn a_name_where_a_number_is_needed_is_an_error() {
+    assert_eq!(error_after_prelude("create_guest_memfd vm size=g"), "t.gms:5:28: `g` is not an integer");
+}
+
+#[test]
+fn flag_sets_mix_names_and_integers() {
+    assert_eq!(fallocate_mode("KEEP_SIZE"), 1);
+    assert_eq!(fallocate_mode("KEEP_SIZE|PUNCH_HOLE"), 3);
+    assert_eq!(fallocate_mode("0"), 0);
+    assert_eq!(fallocate_mode("WRITE_ZEROES|0x100"), 0x180);
+    assert_eq!(fallocate_mode("ZERO_RANGE|ZERO_RANGE"), 0x10);
+    assert_eq!(fallocate_mode("COLLAPSE_RANGE|INSERT_RANGE|UNSHARE_RANGE"), 0x68);
+    let flags = |value: &str| match op(&format!("create_guest_memfd vm size=4K flags={value}")) {
+        Op::CreateGuestMemfd { flags, .. } => flags,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(flags("MMAP|INIT_SHARED"), 3);
+    assert_eq!(flags("MMAP|0x8"), 9);
+    assert_eq!(flags("-1"), u64::MAX);
+}
+
+#[test]
+fn flag_names_belong_to_their_argument() {
+    assert_eq!(
+        error_after_prelude("fallocate g mode=MMAP len=1"),
+        "t.gms:5:18: unknown fallocate mode `MMAP` (expected KEEP_SIZE, PUNCH_HOLE, \
+         COLLAPSE_RANGE, ZERO_RANGE, INSERT_RANGE, UNSHARE_RANGE, WRITE_ZEROES or a number)"
+    );
+    assert_eq!(
+        error_after_prelude("mmap g len=4K prot=READ|SHARED"),
+        "t.gms:5:20: unknown mmap prot `SHARED` (expected NONE, READ, WRITE, EXEC or a number)"
+    );
+    assert_eq!(
+        error_after_prelude("set_memory_attributes vm address=0 size=4K attributes=8 flags=PRIVATE"),
+        "t.gms:5:63: expected a number, found `PRIVATE`"
+    );
+    assert_eq!(
+        error_after_prelude("fallocate g mode=KEEP_SIZE| len=1"),
+        "t.gms:5:18: empty element in fallocate mode `KEEP_SIZE|`"
+    );
+    assert_eq!(
+        error_after_prelude("fallocate g mode=keep_size len=1"),
+        "t.gms:5:18: unknown fallocate mode `keep_size` (expected KEEP_SIZE, PUNCH_HOLE, \
+         COLLAPSE_RANGE, ZERO_RANGE, INSERT_RANGE, UNSHARE_RANGE, WRITE_ZEROES or a number)"
+    );
+}
+
+#[test]
+fn constants_are_single_names_or_integers() {
+    assert_eq!(create_vm_type("DEFAULT"), 0);
+    assert_eq!(create_vm_type("SW_PROTECTED"), 1);
+    assert_eq!(create_vm_type("SEV"), 2);
+    assert_eq!(create_vm_type("SEV_ES"), 3);
+    assert_eq!(create_vm_type("SEV_SNP"), 4);
+    assert_eq!(create_vm_type("TDX"), 5);
+    assert_eq!(create_vm_type("7"), 7);
+    assert_eq!(
+        error_after_prelude("create_vm type=SEV|TDX"),
+        "t.gms:5:16: unknown VM type `SEV|TDX` (expected DEFAULT, SW_PROTECTED, SEV, SEV_ES, \
+         SEV_SNP, TDX or a number)"
+    );
+}
+
+#[test]
+fn byte_strings() {
+    let bytes = |value: &str| match op(&format!("store m offset=1 bytes={value}")) {
+        Op::Store { bytes, .. } => bytes,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(bytes("2a00ff"), vec![0x2a, 0x00, 0xff]);
+    assert_eq!(bytes("ABcd"), vec![0xab, 0xcd]);
+    assert_eq!(error_after_prelude("store m bytes=2a0"), "t.gms:5:15: byte string `2a0` has an odd number of digits");
+    assert_eq!(error_after_prelude("store m bytes=0x2a"), "t.gms:5:15: `0x2a` is not a hexadecimal byte string");
+    assert_eq!(error_after_prelude("store m bytes=é0"), "t.gms:5:15: `é0` is not a hexadecimal byte string");
+}
+
+#[test]
+fn thirty_two_bit_fields_take_the_low_bits() {
+    let Op::SetUserMemoryRegion2 { slot, flags, guest_memfd, .. } =
+        op("set_user_memory_region2 vm slot=-1 flags=0x100000004 gpa=0 size=0 guest_memfd=-1")
+    else {
+        panic!("not a memslot op");
+    };
+    assert_eq!(slot, 0xffff_ffff);
+    assert_eq!(flags, 4);
+    // The descriptor is truncated when the line runs (a name stands for its number).
+    assert_eq!(guest_memfd, Handle::Number(u64::MAX));
+}
+
+#[test]
+fn booleans_are_zero_or_one() {
+    let private = |value: &str| match op(&format!("guest_load c gpa=0 len=1 private={value}")) {
+        Op::GuestLoad { private, .. } => private,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(private("0"), Some(false));
+    assert_eq!(private("1"), Some(true));
+    assert_eq!(error_after_prelude("guest_load c gpa=0 len=1 private=2"), "t.gms:5:34: expected 0 or 1, found `2`");
+}
+
+// ---- every verb with its defaults ----
+
+#[test]
+fn host_verbs_with_defaults() {
+    let cases: Vec<(&str, Op)> = vec![
+        ("create_vm", Op::CreateVm { vm_type: 0 }),
+        ("check_extension GUEST_MEMFD", Op::CheckExtension { vm: None, cap: 234 }),
+        ("check_extension 10", Op::CheckExtension { vm: None, cap: 10 }),
+        ("check_extension vm GUEST_MEMFD_FLAGS", Op::CheckExtension { vm: Some(name("vm")), cap: 244 }),
+        ("check_extension 3 VM_TYPES", Op::CheckExtension { vm: Some(Handle::Number(3)), cap: 235 }),
+        ("create_guest_memfd vm size=2M", Op::CreateGuestMemfd { vm: name("vm"), size: 2 << 20, flags: 0 }),
+        (
+            "set_user_memory_region2 vm slot=1 gpa=1M size=1M",
+            Op::SetUserMemoryRegion2 {
+                vm: name("vm"),
+                slot: 1,
+                flags: 0,
+                gpa: 1 << 20,
+                size: 1 << 20,
+                uaddr: UserAddr::Auto,
+                guest_memfd: Handle::Number(0),
+                guest_memfd_offset: 0,
+            },
+        ),
+        (
+            "set_user_memory_region2 vm slot=0 flags=GUEST_MEMFD|READONLY|LOG_DIRTY_PAGES gpa=0 \
+             size=4K uaddr=m guest_memfd=g guest_memfd_offset=512K",
+            Op::SetUserMemoryRegion2 {
+                vm: name("vm"),
+                slot: 0,
+                flags: 7,
+                gpa: 0,
+                size: 4096,
+                uaddr: UserAddr::Given(name("m")),
+                guest_memfd: name("g"),
+                guest_memfd_offset: 512 << 10,
+            },
+        ),
+        (
+            "set_memory_attributes vm address=0 size=4K attributes=PRIVATE",
+            Op::SetMemoryAttributes { vm: name("vm"), address: 0, size: 4096, attributes: 8, flags: 0 },
+        ),
+        ("fallocate g mode=KEEP_SIZE len=4K", Op::Fallocate { fd: name("g"), mode: 1, offset: 0, len: 4096 }),
+        ("fstat g", Op::Fstat { fd: name("g") }),
+        ("fstat 1", Op::Fstat { fd: Handle::Number(1) }),
+        ("ftruncate g size=8K", Op::Ftruncate { fd: name("g"), size: 8192 }),
+        ("read g len=64", Op::Read { fd: name("g"), len: 64 }),
+        ("write g len=64", Op::Write { fd: name("g"), len: 64 }),
+        ("pread g len=64", Op::Pread { fd: name("g"), len: 64, offset: 0 }),
+        ("pwrite g len=64 offset=4K", Op::Pwrite { fd: name("g"), len: 64, offset: 4096 }),
+        ("lseek g whence=END", Op::Lseek { fd: name("g"), offset: 0, whence: 2 }),
+        ("lseek g offset=-1 whence=CUR", Op::Lseek { fd: name("g"), offset: u64::MAX, whence: 1 }),
+        ("mmap g len=2M", Op::Mmap { fd: name("g"), len: 2 << 20, offset: 0, prot: 3, flags: 1 }),
+        (
+            "mmap g len=4K offset=4K prot=NONE flags=PRIVATE",
+            Op::Mmap { fd: name("g"), len: 4096, offset: 4096, prot: 0, flags: 2 },
+        ),
+        ("munmap m", Op::Munmap { map: "m".into() }),
+        ("store m bytes=2a", Op::Store { map: "m".into(), offset: 0, bytes: vec![0x2a] }),
+        ("load m offset=0x1000 len=2", Op::Load { map: "m".into(), offset: 0x1000, len: 2 }),
+        ("madvise m len=4K advice=REMOVE", Op::Madvise { map: "m".into(), offset: 0, len: 4096, advice: 9 }),
+        ("close g", Op::Close { handle: name("g") }),
+        ("close m", Op::Close { handle: name("m") }),
+        ("close -1", Op::Close { handle: Handle::Number(u64::MAX) }),
+    ];
+    for (line, expected) in cases {
+        assert_eq!(op(line), expected, "{line}");
+    }
+}
+
+#[test]
+fn guest_and_simulator_verbs_with_defaults() {
+    let cases: Vec<(&str, Op)> = vec![
+        ("create_vcpu vm", Op::CreateVcpu { vm: name("vm"), id: 0 }),
+        ("create_vcpu vm id=3", Op::CreateVcpu { vm: name("vm"), id: 3 }),
+        (
+            "guest_store c gpa=0x2000 bytes=01",
+            Op::GuestStore { vcpu: name("c"), gpa: 0x2000, bytes: vec![1], private: None },
+        ),
+        (
+            "guest_load c gpa=0x2000 len=4 private=1",
+            Op::GuestLoad { vcpu: name("c"), gpa: 0x2000, len: 4, private: Some(true) },
+        ),
+        ("pre_fault_memory c gpa=0 size=2M", Op::PreFaultMemory { vcpu: name("c"), gpa: 0, size: 2 << 20 }),
+        ("populate vm gpa=0 npages=2", Op::Populate { vm: name("vm"), gpa: 0, npages: 2, bytes: None }),
+        (
+            "populate vm gpa=0 npages=1 bytes=ff",
+            Op::Populate { vm: name("vm"), gpa: 0, npages: 1, bytes: Some(vec![0xff]) },
+        ),
+        ("inject_memory_failure g", Op::InjectMemoryFailure { fd: name("g"), offset: 0 }),
+        ("inject_memory_failure g offset=8K", Op::InjectMemoryFailure { fd: name("g"), offset: 8192 }),
+        ("inject ENOMEM", Op::Inject { fault: "ENOMEM".into(), count: 1, after: 0 }),
+        ("inject signal count=2 after=3", Op::Inject { fault: "signal".into(), count: 2, after: 3 }),
+        ("warnings", Op::Warnings),
+        ("check_invariants", Op::CheckInvariants),
+        ("dump", Op::Dump { target: None }),
+        ("dump g", Op::Dump { target: Some(name("g")) }),
+    ];
+    for (line, expected) in cases {
+        assert_eq!(op(line), expected, "{line}");
+    }
+}
+
+#[test]
+fn every_listed_verb_is_known_to_the_parser() {
+    for verb in VERBS {
+        let message = error_after_prelude(&format!("{verb} bogus_key=1"));
+        assert!(message.contains("unknown key `bogus_key`"), "{verb}: {message}");
+    }
+}
+
+#[test]
+fn handle_kinds() {
+    assert_eq!(op("x = create_vm").handle_kind(), Some(HandleKind::Vm));
+    assert_eq!(op("x = mmap g len=1").handle_kind(), Some(HandleKind::Mapping));
+    assert_eq!(op("fstat g").handle_kind(), None);
+}
+
+// ---- lines, names, comments, expectations ----
+
+#[test]
+fn lines_bindings_comments_and_expectations() {
+    let source = "# a comment\n\
+                  \n\
+                  vm = create_vm type=DEFAULT   # trailing comment\n\
+                  check_extension vm   GUEST_MEMFD_FLAGS  =>  ok   3  # comment after\n\
+                  g=create_guest_memfd vm size=0 => EINVAL\r\n\
+                  \t   \n";
+    let program = parse("x.gms", source).expect("parses");
+    let expected = Program {
+        file: "x.gms".into(),
+        lines: vec![
+            Line { number: 3, binding: Some("vm".into()), op: Op::CreateVm { vm_type: 0 }, expected: None },
+            Line {
+                number: 4,
+                binding: None,
+                op: Op::CheckExtension { vm: Some(name("vm")), cap: 244 },
+                expected: Some("ok   3".into()),
+            },
+            Line {
+                number: 5,
+                binding: Some("g".into()),
+                op: Op::CreateGuestMemfd { vm: name("vm"), size: 0, flags: 0 },
+                expected: Some("EINVAL".into()),
+            },
+        ],
+    };
+    assert_eq!(program, expected);
+}
+
+#[test]
+fn rebinding_replaces_the_kind_of_a_name() {
+    assert!(parse("t.gms", "vm = create_vm\nx = create_guest_memfd vm size=4K\nx = mmap x len=4K\nstore x bytes=00\n")
+        .is_ok());
+    assert_eq!(
+        error("vm = create_vm\nx = create_guest_memfd vm size=4K\nm = mmap x len=4K\nm = create_vm\nload m len=1\n"),
+        "t.gms:5:6: `m` is not a mapping (it was bound by create_vm)"
+    );
+}
+
+#[test]
+fn a_name_is_bound_only_after_its_line() {
+    assert_eq!(error("vm = create_guest_memfd vm size=4K\n"), "t.gms:1:25: unbound name `vm`");
+}
+
+#[test]
+fn mapping_verbs_need_a_name_bound_by_mmap() {
+    for verb in ["munmap", "store", "load", "madvise"] {
+        let line = format!("{verb} g");
+        let column = verb.len() + 2;
+        assert_eq!(
+            error_after_prelude(&line),
+            format!("t.gms:5:{column}: `g` is not a mapping (it was bound by create_guest_memfd)"),
+        );
+    }
+    assert_eq!(error_after_prelude("load 0x1000 len=1"), "t.gms:5:6: expected a name bound by mmap, found `0x1000`");
+    assert_eq!(error_after_prelude("load nope len=1"), "t.gms:5:6: unbound name `nope`");
+    assert_eq!(error_after_prelude("munmap"), "t.gms:5:1: munmap needs a MAP argument (a name bound by mmap)");
+}
+
+#[test]
+fn names_stand_for_numbers_in_handle_arguments() {
+    assert_eq!(op("fstat m"), Op::Fstat { fd: name("m") });
+    assert_eq!(
+        op("set_user_memory_region2 vm slot=0 gpa=0 size=4K uaddr=vm guest_memfd=m"),
+        Op::SetUserMemoryRegion2 {
+            vm: name("vm"),
+            slot: 0,
+            flags: 0,
+            gpa: 0,
+            size: 4096,
+            uaddr: UserAddr::Given(name("vm")),
+            guest_memfd: name("m"),
+            guest_memfd_offset: 0,
+        }
+    );
+    assert_eq!(
+        op("set_user_memory_region2 vm slot=0 gpa=0 size=4K uaddr=0x7000 guest_memfd=3"),
+        Op::SetUserMemoryRegion2 {
+            vm: name("vm"),
+            slot: 0,
+            flags: 0,
+            gpa: 0,
+            size: 4096,
+            uaddr: UserAddr::Given(Handle::Number(0x7000)),
+            guest_memfd: Handle::Number(3),
+            guest_memfd_offset: 0,
+        }
+    );
+}
+
+// ---- error classes with their positions ----
+
+#[test]
+fn structural_errors() {
+    let cases = [
+        ("frobnicate vm", "t.gms:1:1: unknown verb `frobnicate`"),
+        ("  x = frobnicate", "t.gms:1:7: unknown verb `frobnicate`"),
+        ("x =", "t.gms:1:3: missing verb after `=`"),
+        ("= create_vm", "t.gms:1:1: unexpected `=`"),
+        ("x = = create_vm", "t.gms:1:5: unexpected `=`"),
+        ("=> ok", "t.gms:1:1: expectation without a verb"),
+        ("create_vm =>", "t.gms:1:11: empty expectation"),
+        ("create_vm =>   # nothing", "t.gms:1:11: empty expectation"),
+        ("Vm = create_vm", "t.gms:1:1: `Vm` is not a name ([a-z][a-z0-9_]*)"),
+        ("1x = create_vm", "t.gms:1:1: `1x` is not a name ([a-z][a-z0-9_]*)"),
+        ("auto = create_vm", "t.gms:1:1: `auto` is reserved (uaddr=auto)"),
+        ("x = warnings", "t.gms:1:1: `x` cannot be bound: this verb returns no handle"),
+        ("create_vm type =1", "t.gms:1:16: no spaces allowed around `=` in key=value"),
+        ("create_vm type= 1", "t.gms:1:11: missing value after `type=`"),
+        ("create_vm type=", "t.gms:1:11: missing value after `type=`"),
+        ("create_vm type=1=2", "t.gms:1:17: unexpected `=`"),
+    ];
+    for (source, message) in cases {
+        assert_eq!(error(source), message, "{source}");
+    }
+}
+
+#[test]
+fn argument_errors() {
+    let cases = [
+        ("create_vm size=1", "t.gms:5:11: unknown key `size` for create_vm"),
+        ("create_vm DEFAULT", "t.gms:5:11: unexpected argument `DEFAULT` for create_vm"),
+        ("create_guest_memfd vm", "t.gms:5:1: create_guest_memfd needs `size=`"),
+        ("create_guest_memfd size=4K", "t.gms:5:1: create_guest_memfd needs a VM argument"),
+        ("create_guest_memfd vm size=1 size=2", "t.gms:5:30: duplicate key `size`"),
+        ("create_guest_memfd vm sise=4K", "t.gms:5:23: unknown key `sise` for create_guest_memfd"),
+        ("create_guest_memfd vm size=4K vm", "t.gms:5:31: unexpected argument `vm` for create_guest_memfd"),
+        ("create_guest_memfd nope size=4K", "t.gms:5:20: unbound name `nope`"),
+        ("create_guest_memfd VM size=4K", "t.gms:5:20: expected a name or an integer, found `VM`"),
+        ("fstat 99999999999999999999", "t.gms:5:7: integer `99999999999999999999` does not fit in 64 bits"),
+        ("check_extension", "t.gms:5:1: check_extension needs a CAP argument"),
+        (
+            "check_extension vm",
+            "t.gms:5:17: unknown capability `vm` (expected USER_MEMORY2, \
+          MEMORY_FAULT_INFO, MEMORY_ATTRIBUTES, GUEST_MEMFD, VM_TYPES, PRE_FAULT_MEMORY, \
+          GUEST_MEMFD_FLAGS or a number)",
+        ),
+        ("check_extension vm GUEST_MEMFD 1", "t.gms:5:32: unexpected argument `1` for check_extension"),
+        ("inject", "t.gms:5:1: inject needs a FAULT argument"),
+        ("set_user_memory_region2 vm slot=0 gpa=0 size=0 uaddr=nope", "t.gms:5:54: unbound name `nope`"),
+        ("set_user_memory_region2 vm slot=0 gpa=0 size=0 guest_memfd=x1", "t.gms:5:60: unbound name `x1`"),
+        ("lseek g offset=0", "t.gms:5:1: lseek needs `whence=`"),
+        (
+            "madvise m len=1 advice=FREE",
+            "t.gms:5:24: unknown madvise advice `FREE` (expected DONTNEED, REMOVE or a number)",
+        ),
+    ];
+    for (line, message) in cases {
+        assert_eq!(error_after_prelude(line), message, "{line}");
+    }
+}
+
+#[test]
+fn a_misspelt_key_is_reported_before_the_missing_one_and_values_before_missing_keys() {
+    assert_eq!(error_after_prelude("fallocate g mode=BAD lenn=1"), "t.gms:5:22: unknown key `lenn` for fallocate");
+    assert_eq!(
+        error_after_prelude("fallocate g mode=BAD"),
+        "t.gms:5:18: unknown fallocate mode `BAD` (expected KEEP_SIZE, PUNCH_HOLE, \
+         COLLAPSE_RANGE, ZERO_RANGE, INSERT_RANGE, UNSHARE_RANGE, WRITE_ZEROES or a number)"
+    );
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    assert_eq!(error("é = create_vm"), "t.gms:1:1: `é` is not a name ([a-z][a-z0-9_]*)");
+    assert_eq!(
+        error("create_vm type=é"),
+        "t.gms:1:16: unknown VM type `é` (expected DEFAULT, \
+        SW_PROTECTED, SEV, SEV_ES, SEV_SNP, TDX or a number)"
+    );
+    assert_eq!(error("créate_vm\tx=1"), "t.gms:1:1: unknown verb `créate_vm`");
+    assert_eq!(error("create_vm\té=1"), "t.gms:1:11: unknown key `é` for create_vm");
+}
+
+#[test]
+fn the_first_bad_line_is_reported() {
+    assert_eq!(error("create_vm\nbad_verb\nalso_bad\n"), "t.gms:2:1: unknown verb `bad_verb`");
+}
+
+#[test]
+fn the_spec_example_parses() {
+    let example = "    vm = create_vm type=DEFAULT
+    check_extension vm GUEST_MEMFD_FLAGS            => ok 3
+    create_guest_memfd vm size=0                    => EINVAL
+    create_guest_memfd vm size=4097                 => EINVAL
+    g = create_guest_memfd vm size=2M flags=MMAP|INIT_SHARED
+    fstat g                                         => ok size=2097152 blksize=4096 blocks=0 mode=0o100600
+    fallocate g mode=0 offset=0 len=4K              => EOPNOTSUPP
+    fallocate g mode=KEEP_SIZE offset=0 len=4K      => ok
+    fallocate g mode=KEEP_SIZE offset=2M len=4K     => EINVAL
+    m = mmap g len=2M
+    store m offset=0x1000 bytes=2a2b
+    load m offset=0x1000 len=2                      => ok 2a2b
+    fallocate g mode=KEEP_SIZE|PUNCH_HOLE offset=0x1000 len=4K => ok
+    load m offset=0x1000 len=2                      => ok 0000
+    set_user_memory_region2 vm slot=0 flags=GUEST_MEMFD gpa=0 size=1M guest_memfd=g guest_memfd_offset=0 => ok
+    set_user_memory_region2 vm slot=1 flags=GUEST_MEMFD gpa=1M size=1M guest_memfd=g guest_memfd_offset=512K => EINVAL
+";
+    let program = parse("example.gms", example).expect("the spec example parses");
+    assert_eq!(program.lines.len(), 16);
+    assert_eq!(program.lines[5].expected.as_deref(), Some("ok size=2097152 blksize=4096 blocks=0 mode=0o100600"));
+    assert_eq!(program.lines[12].op, Op::Fallocate { fd: name("g"), mode: 3, offset: 0x1000, len: 4096 });
+}

@@ -1,0 +1,178 @@
+//! Value syntax: integers, flag sets, constants, byte strings and names, and the constant
+//! tables of the spec ("Constant names").
+//!
+//! Every function returns the error message (without position) on bad input.
+
+/// A table of constant names for one argument, with the argument's description for messages.
+#[derive(Debug)]
+pub(crate) struct Table {
+    /// How messages name the argument (`"mmap prot"`).
+    pub what: &'static str,
+    /// The names and their values.
+    pub names: &'static [(&'static str, u64)],
+}
+
+pub(crate) const VM_TYPES: Table = Table {
+    what: "VM type",
+    names: &[("DEFAULT", 0), ("SW_PROTECTED", 1), ("SEV", 2), ("SEV_ES", 3), ("SEV_SNP", 4), ("TDX", 5)],
+};
+
+pub(crate) const CAPS: Table = Table {
+    what: "capability",
+    names: &[
+        ("USER_MEMORY2", 231),
+        ("MEMORY_FAULT_INFO", 232),
+        ("MEMORY_ATTRIBUTES", 233),
+        ("GUEST_MEMFD", 234),
+        ("VM_TYPES", 235),
+        ("PRE_FAULT_MEMORY", 236),
+        ("GUEST_MEMFD_FLAGS", 244),
+    ],
+};
+
+pub(crate) const GMEM_FLAGS: Table = Table { what: "guest_memfd flags", names: &[("MMAP", 1), ("INIT_SHARED", 2)] };
+
+pub(crate) const MEMSLOT_FLAGS: Table =
+    Table { what: "memslot flags", names: &[("LOG_DIRTY_PAGES", 1), ("READONLY", 2), ("GUEST_MEMFD", 4)] };
+
+pub(crate) const ATTRIBUTES: Table = Table { what: "memory attributes", names: &[("PRIVATE", 8)] };
+
+/// Arguments that take numbers only (`set_memory_attributes flags=`).
+pub(crate) const NO_NAMES: Table = Table { what: "flags", names: &[] };
+
+pub(crate) const FALLOCATE_MODES: Table = Table {
+    what: "fallocate mode",
+    names: &[
+        ("KEEP_SIZE", 0x1),
+        ("PUNCH_HOLE", 0x2),
+        ("COLLAPSE_RANGE", 0x8),
+        ("ZERO_RANGE", 0x10),
+        ("INSERT_RANGE", 0x20),
+        ("UNSHARE_RANGE", 0x40),
+        ("WRITE_ZEROES", 0x80),
+    ],
+};
+
+pub(crate) const MMAP_PROT: Table =
+    Table { what: "mmap prot", names: &[("NONE", 0), ("READ", 1), ("WRITE", 2), ("EXEC", 4)] };
+
+pub(crate) const MMAP_FLAGS: Table =
+    Table { what: "mmap flags", names: &[("SHARED", 1), ("PRIVATE", 2), ("SHARED_VALIDATE", 3)] };
+
+pub(crate) const MADVISE_ADVICE: Table = Table { what: "madvise advice", names: &[("DONTNEED", 4), ("REMOVE", 9)] };
+
+pub(crate) const LSEEK_WHENCE: Table = Table { what: "lseek whence", names: &[("SET", 0), ("CUR", 1), ("END", 2)] };
+
+impl Table {
+    fn lookup(&self, name: &str) -> Result<u64, String> {
+        match self.names.iter().find(|(n, _)| *n == name) {
+            Some(&(_, value)) => Ok(value),
+            None if self.names.is_empty() => Err(format!("expected a number, found `{name}`")),
+            None => Err(format!("unknown {} `{name}` (expected {} or a number)", self.what, self.choices())),
+        }
+    }
+
+    fn choices(&self) -> String {
+        let names: Vec<&str> = self.names.iter().map(|(n, _)| *n).collect();
+        names.join(", ")
+    }
+}
+
+/// `[a-z][a-z0-9_]*`.
+pub(crate) fn is_name(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Whether `text` is meant as an integer (starts with a digit or `-`).
+pub(crate) fn looks_numeric(text: &str) -> bool {
+    text.starts_with(|c: char| c.is_ascii_digit() || c == '-')
+}
+
+/// An integer: `[-](DECIMAL | 0xHEX)[K|M|G|T]`, as its raw 64-bit pattern.
+pub(crate) fn parse_int(text: &str) -> Result<u64, String> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (digits, shift) = split_suffix(unsigned);
+    let overflow = || format!("integer `{text}` does not fit in 64 bits");
+    let magnitude =
+        parse_magnitude(digits).ok_or_else(|| format!("`{text}` is not an integer"))?.ok_or_else(overflow)?;
+    let scaled = magnitude.checked_mul(1u64 << shift).ok_or_else(overflow)?;
+    match negative {
+        false => Ok(scaled),
+        true if scaled <= 1u64 << 63 => Ok(scaled.wrapping_neg()),
+        true => Err(overflow()),
+    }
+}
+
+fn split_suffix(text: &str) -> (&str, u32) {
+    let shift = match text.chars().last() {
+        Some('K') => 10,
+        Some('M') => 20,
+        Some('G') => 30,
+        Some('T') => 40,
+        _ => return (text, 0),
+    };
+    (&text[..text.len() - 1], shift)
+}
+
+/// Digits only (no sign): `None` if malformed, `Some(None)` if too large for `u64`.
+fn parse_magnitude(digits: &str) -> Option<Option<u64>> {
+    let (body, radix) = match digits.strip_prefix("0x") {
+        Some(hex) => (hex, 16),
+        None => (digits, 10),
+    };
+    let valid = !body.is_empty() && body.chars().all(|c| c.is_digit(radix));
+    valid.then(|| u64::from_str_radix(body, radix).ok())
+}
+
+/// An integer, or a name of `table`.
+fn parse_int_or_name(text: &str, table: &Table) -> Result<u64, String> {
+    if looks_numeric(text) {
+        parse_int(text)
+    } else {
+        table.lookup(text)
+    }
+}
+
+/// A flag set: names of `table` and integers joined by `|`, ORed together.
+pub(crate) fn parse_flags(text: &str, table: &Table) -> Result<u64, String> {
+    text.split('|').try_fold(0u64, |acc, part| {
+        if part.is_empty() {
+            return Err(format!("empty element in {} `{text}`", table.what));
+        }
+        Ok(acc | parse_int_or_name(part, table)?)
+    })
+}
+
+/// One constant: a name of `table` or an integer.
+pub(crate) fn parse_constant(text: &str, table: &Table) -> Result<u64, String> {
+    parse_int_or_name(text, table)
+}
+
+/// A byte string: hexadecimal digits, two per byte.
+pub(crate) fn parse_bytes(text: &str) -> Result<Vec<u8>, String> {
+    if !text.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("`{text}` is not a hexadecimal byte string"));
+    }
+    if text.len() % 2 != 0 {
+        return Err(format!("byte string `{text}` has an odd number of digits"));
+    }
+    let bytes = text.as_bytes().chunks(2).map(|pair| {
+        let digits = std::str::from_utf8(pair).unwrap_or("00");
+        u8::from_str_radix(digits, 16).unwrap_or(0)
+    });
+    Ok(bytes.collect())
+}
+
+/// `0` or `1`.
+pub(crate) fn parse_bool(text: &str) -> Result<bool, String> {
+    match text {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err(format!("expected 0 or 1, found `{text}`")),
+    }
+}

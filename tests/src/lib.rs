@@ -1,0 +1,1 @@
+//! gmem-tests: shared helpers for the integration tests.
