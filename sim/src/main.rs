@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use gmem_sim::backends::{self, BACKENDS, DEFAULT_KERNEL, KERNELS};
+use gmem_sim::backends::{self, BACKENDS, DEFAULT_KERNEL};
 use gmem_sim::runner::{self, RunOptions};
 use gmem_sim::script::{self, Program};
 
@@ -24,6 +24,19 @@ struct Cli {
 enum Command {
     /// Run scenario scripts (.gms) and print one result per line.
     Script(ScriptArgs),
+    /// Run every bundled example script under the profile its `# profile:` line names, with
+    /// `--check`, and print a summary per file.
+    Examples(ExamplesArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExamplesArgs {
+    /// The directory of `.gms` files (default: the repository's `examples/`).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Print every result line, not only mismatches.
+    #[arg(long)]
+    verbose: bool,
 }
 
 #[derive(Debug, Args)]
@@ -34,18 +47,75 @@ struct ScriptArgs {
     /// Where to run them.
     #[arg(long, default_value = "sim", value_parser = BACKENDS.to_vec())]
     backend: String,
-    /// The kernel profile the simulator models.
-    #[arg(long, default_value = DEFAULT_KERNEL, value_parser = KERNELS.to_vec())]
+    /// The kernel profile the simulator models: v6.14, v6.18 or v6.18-pvm, optionally with
+    /// upstream fixes toggled (`v6.14+F1`, `v6.18-F2`).
+    #[arg(long, default_value = DEFAULT_KERNEL, value_parser = parse_kernel)]
     kernel: String,
     /// Compare results with `=> EXPECTED` and exit 1 on any mismatch.
     #[arg(long)]
     check: bool,
 }
 
+/// Validates `--kernel` up front so a typo is a usage error, not a failure per file.
+fn parse_kernel(value: &str) -> Result<String, String> {
+    gmem_kvm::KernelProfile::by_name(value).map(|_| value.to_string())
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Script(args) => run_scripts(&args),
+        Command::Examples(args) => run_examples(&args),
     }
+}
+
+/// The repository's examples directory, as built.
+const EXAMPLES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+
+fn run_examples(args: &ExamplesArgs) -> ExitCode {
+    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(EXAMPLES_DIR));
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "gms"))
+            .collect(),
+        Err(error) => {
+            eprintln!("gmem-sim: cannot read {}: {error}", dir.display());
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    files.sort();
+    let Some(programs) = parse_all(&files) else {
+        return ExitCode::from(USAGE_ERROR);
+    };
+    let (mut checked, mut failed) = (0, 0);
+    for (path, program) in files.iter().zip(&programs) {
+        let source = std::fs::read_to_string(path).unwrap_or_default();
+        let Some(profile) = source.lines().next().and_then(|line| line.strip_prefix("# profile:")) else {
+            eprintln!("gmem-sim: {}: the first line must be `# profile: PROFILE`", path.display());
+            return ExitCode::from(USAGE_ERROR);
+        };
+        let profile = profile.trim().to_string();
+        let mut factory = || backends::open("sim", &profile);
+        let options = RunOptions { check: true, skip_is_pass: false };
+        let mut output = Vec::new();
+        let report = match runner::run(std::slice::from_ref(program), &mut factory, options, &mut output) {
+            Ok(report) => report,
+            Err(error) => {
+                eprintln!("gmem-sim: {error}");
+                return ExitCode::from(USAGE_ERROR);
+            }
+        };
+        let text = String::from_utf8_lossy(&output);
+        for line in text.lines().filter(|line| args.verbose || line.contains("(expected ")) {
+            println!("  {line}");
+        }
+        let name = path.file_name().map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into());
+        println!("{name} [{profile}]: {}", report.summary());
+        checked += report.checked();
+        failed += report.failed();
+    }
+    println!("{} files, {checked} expectations checked, {failed} failed", files.len());
+    ExitCode::from(u8::from(failed > 0))
 }
 
 fn run_scripts(args: &ScriptArgs) -> ExitCode {

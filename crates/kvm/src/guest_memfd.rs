@@ -206,11 +206,8 @@ fn kvm_gmem_invalidate_begin(gmem: &KvmGmem, start: u64, end: u64, filter: AttrF
     let mut flush = false;
     let mut mmu_lock = None;
     gmem.bindings.for_each_range(start, end.wrapping_sub(1), |_index, handle| {
-        let Ok(slot) = kvm.memslot_by_handle(handle) else {
-            // The binding points at a freed memslot: the kernel would read freed memory here.
-            kvm.report_slot_use_after_free("kvm_gmem_invalidate_begin", "read", handle);
-            return;
-        };
+        // A binding to a freed memslot (F1, F2) reads freed memory here.
+        let slot = kvm.memslot_deref(handle, "kvm_gmem_invalidate_begin", "read");
         let pgoff = slot.gmem_pgoff();
         let range = KvmGfnRange {
             start: Gfn(slot.base_gfn().0.wrapping_add(pgoff.max(start)).wrapping_sub(pgoff)),
@@ -319,9 +316,9 @@ fn kvm_gmem_release(inode: &Inode, file: &File) -> i32 {
     let _span = tracing::debug_span!("kvm_gmem_release", ino = inode.ino()).entered();
     let slots_lock = kvm.lock_slots();
     let mut list = inode.mapping().invalidate_lock();
-    gmem.bindings.for_each(|_index, handle| match kvm.memslot_by_handle(handle) {
-        Ok(slot) => slot.set_gmem_file(std::ptr::null_mut()),
-        Err(_) => kvm.report_slot_use_after_free("kvm_gmem_release", "write", handle),
+    gmem.bindings.for_each(|_index, handle| {
+        // A binding to a freed memslot (F1, F2) makes this the use-after-free write KASAN saw.
+        kvm.memslot_deref(handle, "kvm_gmem_release", "write").set_gmem_file(std::ptr::null_mut());
     });
     // All in-flight operations are gone and new bindings can be created. Zap all SPTEs pointed
     // at by this file. Do not free the backing memory: its lifetime is the inode's.

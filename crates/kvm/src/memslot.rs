@@ -302,6 +302,20 @@ impl Kvm {
         self.slot_slab.get(handle).map(|slot| MemslotRef { handle, slot })
     }
 
+    /// A memslot handle as the kernel would dereference it, freed or not: for a stale handle the
+    /// use-after-free is reported (KASAN-style) and the freed storage is returned, so the access
+    /// has the effect it would have in the kernel.
+    #[track_caller]
+    pub(crate) fn memslot_deref(&self, handle: SlabHandle, function: &str, access: &str) -> MemslotRef<'_> {
+        match self.slot_slab.get(handle) {
+            Ok(slot) => MemslotRef { handle, slot },
+            Err(_) => {
+                self.report_slot_use_after_free(function, access, handle);
+                MemslotRef { handle, slot: self.slot_slab.get_storage(handle) }
+            }
+        }
+    }
+
     /// Records the KASAN report the kernel would print for an access to a freed memslot.
     #[track_caller]
     pub(crate) fn report_slot_use_after_free(&self, function: &str, access: &str, handle: SlabHandle) {

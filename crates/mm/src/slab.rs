@@ -14,8 +14,18 @@ use gmem_sync::{LockClass, Mutex};
 use std::fmt;
 use std::marker::PhantomData;
 
+/// Objects per chunk. Small under loom: a chunk's objects (and their atomics) are created
+/// eagerly, and loom tracks every atomic of every execution.
+#[cfg(not(gmem_loom))]
 const CHUNK_OBJECTS: u32 = 64;
+#[cfg(gmem_loom)]
+const CHUNK_OBJECTS: u32 = 4;
+/// Chunk pointers, all created with the slab. Under loom each is a tracked atomic, and a model
+/// needs a handful of objects, not 256Ki.
+#[cfg(not(gmem_loom))]
 const MAX_CHUNKS: u32 = 4096;
+#[cfg(gmem_loom)]
+const MAX_CHUNKS: u32 = 16;
 /// Generations use 30 bits so a packed handle fits the xarray's 62-bit values.
 const GENERATION_MASK: u32 = (1 << 30) - 1;
 
@@ -169,6 +179,13 @@ impl<T: SlabObject> Slab<T> {
         } else {
             Err(Stale { handle, current_generation: current })
         }
+    }
+
+    /// The storage a handle points at, whatever its generation: what a kernel use-after-free
+    /// reads or writes (the freed object's old contents, or a newer object that reused it).
+    /// Only for modelling such accesses after they have been reported.
+    pub fn get_storage(&self, handle: SlabHandle) -> &T {
+        &self.entry(handle.index).object
     }
 
     /// Whether the handle's object is still live.
