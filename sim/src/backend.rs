@@ -63,24 +63,9 @@ pub struct Stat {
     pub mode: u32,
 }
 
-/// `struct kvm_userspace_memory_region2` without its padding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MemoryRegion2 {
-    /// `(as_id << 16) | id`.
-    pub slot: u32,
-    /// `KVM_MEM_*` flags.
-    pub flags: u32,
-    /// First guest physical address of the slot.
-    pub guest_phys_addr: u64,
-    /// Size of the slot in bytes.
-    pub memory_size: u64,
-    /// Host virtual address backing shared accesses.
-    pub userspace_addr: u64,
-    /// Offset of the slot in its guest_memfd.
-    pub guest_memfd_offset: u64,
-    /// The guest_memfd descriptor.
-    pub guest_memfd: u32,
-}
+/// `struct kvm_userspace_memory_region2` without its padding (the simulator's own type, so both
+/// backends and the simulator share one definition).
+pub use gmem_kvm::memslot::UserspaceMemoryRegion2 as MemoryRegion2;
 
 /// One violated invariant, as `check_invariants` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -61,7 +61,24 @@ fn parse_kernel(value: &str) -> Result<String, String> {
     gmem_kvm::KernelProfile::by_name(value).map(|_| value.to_string())
 }
 
+/// `GMEM_LOG` (a tracing filter such as `debug` or `gmem_kvm=trace`) turns on the spans every
+/// uAPI entry point opens, printed on standard error so script output stays clean.
+fn init_tracing() {
+    if let Ok(filter) = std::env::var("GMEM_LOG") {
+        let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|error| {
+            eprintln!("gmem-sim: ignoring GMEM_LOG={filter}: {error}");
+            tracing_subscriber::EnvFilter::new("off")
+        });
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(io::stderr)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::ENTER)
+            .init();
+    }
+}
+
 fn main() -> ExitCode {
+    init_tracing();
     match Cli::parse().command {
         Command::Script(args) => run_scripts(&args),
         Command::Examples(args) => run_examples(&args),

@@ -184,6 +184,7 @@ impl Process {
 
     /// `read(2)`: `vfs_read` needs FMODE_READ (EBADF) and a read operation (EINVAL).
     pub fn read(&self, fd: i32, _len: u64) -> KResult<u64> {
+        let _span = tracing::trace_span!("read", fd).entered();
         let result = self.fget(fd).and_then(|file| {
             if file.f_mode() & FMODE_READ == 0 {
                 return Err(Errno::EBADF);
@@ -198,6 +199,7 @@ impl Process {
 
     /// `write(2)`.
     pub fn write(&self, fd: i32, _len: u64) -> KResult<u64> {
+        let _span = tracing::trace_span!("write", fd).entered();
         let result = self.fget(fd).and_then(|file| {
             if file.f_mode() & FMODE_WRITE == 0 {
                 return Err(Errno::EBADF);
@@ -222,6 +224,7 @@ impl Process {
     }
 
     fn positioned_io(&self, fd: i32, _len: u64, pos: i64, needed: u32) -> KResult<u64> {
+        let _span = tracing::trace_span!("positioned_io", fd, pos).entered();
         if pos < 0 {
             return Err(Errno::EINVAL);
         }
@@ -236,6 +239,7 @@ impl Process {
 
     /// `lseek(2)`: EINVAL for an unknown whence, ESPIPE without FMODE_LSEEK.
     pub fn lseek(&self, fd: i32, _offset: i64, whence: i32) -> KResult<u64> {
+        let _span = tracing::trace_span!("lseek", fd, whence).entered();
         let result = self.fget(fd).and_then(|file| {
             if !(0..=SEEK_MAX).contains(&whence) {
                 return Err(Errno::EINVAL);
@@ -250,6 +254,7 @@ impl Process {
 
     /// `ftruncate(2)`: `do_sys_ftruncate` → `do_truncate` → `notify_change` → `i_op->setattr`.
     pub fn ftruncate(&self, fd: i32, length: i64) -> KResult<()> {
+        let _span = tracing::trace_span!("ftruncate", fd, length).entered();
         if length < 0 {
             return Err(Errno::EINVAL);
         }
@@ -265,6 +270,7 @@ impl Process {
 
     /// `fstat(2)`.
     pub fn fstat(&self, fd: i32) -> KResult<Kstat> {
+        let _span = tracing::trace_span!("fstat", fd).entered();
         let result = self.fget(fd).map(|file| file.inode().getattr());
         self.syscall_exit(result)
     }
@@ -374,6 +380,7 @@ impl Process {
     /// An anonymous, private, read-write mapping (`mmap(NULL, len, PROT_READ|PROT_WRITE,
     /// MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)`), for memslot backing.
     pub fn mmap_anonymous(&self, len: u64) -> KResult<u64> {
+        let _span = tracing::trace_span!("mmap_anonymous", len).entered();
         if len == 0 {
             return Err(Errno::EINVAL);
         }
@@ -386,12 +393,14 @@ impl Process {
 
     /// `munmap(2)`.
     pub fn munmap(&self, addr: u64, len: u64) -> KResult<()> {
+        let _span = tracing::trace_span!("munmap", addr, len).entered();
         let result = self.mm.munmap(addr, len);
         self.syscall_exit(result)
     }
 
     /// A host load through a mapping.
     pub fn load(&self, addr: u64, len: u64) -> Result<Vec<u8>, AccessSignal> {
+        let _span = tracing::trace_span!("load", addr, len).entered();
         let mut buf = vec![0u8; len as usize];
         let result = self.mm.access(addr, &mut buf, false).map(|()| buf);
         self.syscall_exit(result)
@@ -399,6 +408,7 @@ impl Process {
 
     /// A host store through a mapping.
     pub fn store(&self, addr: u64, bytes: &[u8]) -> Result<(), AccessSignal> {
+        let _span = tracing::trace_span!("store", addr, len = bytes.len()).entered();
         let mut buf = bytes.to_vec();
         let result = self.mm.access(addr, &mut buf, true);
         self.syscall_exit(result)
@@ -410,6 +420,7 @@ impl Process {
     /// model; guest_memfd refuses it on the real kernel too). Other valid advice values return
     /// ENOSYS: *not modelled*, never a pretend success.
     pub fn madvise(&self, start: u64, len_in: u64, advice: i32) -> KResult<()> {
+        let _span = tracing::trace_span!("madvise", start, len_in, advice).entered();
         let result = self.do_madvise(start, len_in, advice);
         self.syscall_exit(result)
     }

@@ -162,7 +162,13 @@ impl SimHost {
             guest_memfd_offset: region.guest_memfd_offset,
             guest_memfd: region.guest_memfd,
         };
-        self.vm_ioctl(vm_fd, |kvm| kvm.set_user_memory_region2(&self.process.files, &mem))
+        self.set_memory_region(vm_fd, &mem)
+    }
+
+    /// `KVM_SET_USER_MEMORY_REGION2` with the simulator's own argument type (the pads of the
+    /// uAPI struct are not checked by the kernel, so nothing is lost).
+    pub fn set_memory_region(&self, vm_fd: i32, mem: &UserspaceMemoryRegion2) -> Result<()> {
+        self.vm_ioctl(vm_fd, |kvm| kvm.set_user_memory_region2(&self.process.files, mem))
     }
 
     /// `KVM_SET_MEMORY_ATTRIBUTES`.

@@ -10,7 +10,7 @@ use gmem_mm::vma::AccessSignal;
 use gmem_mm::Errno;
 use gmem_sync::inject::FaultPoint;
 use gmem_sync::Arc;
-use gmem_uapi::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2, SimHost};
+use gmem_uapi::{kvm_create_guest_memfd, kvm_memory_attributes, SimHost};
 use std::collections::BTreeMap;
 
 /// Why guest-side verbs skip on the simulator for now.
@@ -83,17 +83,7 @@ impl Backend for SimBackend {
     }
 
     fn set_user_memory_region2(&mut self, vm: i32, region: &MemoryRegion2) -> BResult<()> {
-        let region = kvm_userspace_memory_region2 {
-            slot: region.slot,
-            flags: region.flags,
-            guest_phys_addr: region.guest_phys_addr,
-            memory_size: region.memory_size,
-            userspace_addr: region.userspace_addr,
-            guest_memfd_offset: region.guest_memfd_offset,
-            guest_memfd: region.guest_memfd,
-            ..Default::default()
-        };
-        errno(self.host.set_user_memory_region2(vm, &region))
+        errno(self.host.set_memory_region(vm, region))
     }
 
     fn set_memory_attributes(&mut self, vm: i32, address: u64, size: u64, attributes: u64, flags: u64) -> BResult<()> {
