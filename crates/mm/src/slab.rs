@@ -228,8 +228,21 @@ mod tests {
         }
     }
 
+    /// Runs a test body directly, or inside a loom model under `--cfg gmem_loom` (loom objects,
+    /// such as the slab's atomics, can only be created inside a model).
+    fn check(f: impl Fn() + Send + Sync + 'static) {
+        #[cfg(gmem_loom)]
+        gmem_sync::model::model(f);
+        #[cfg(not(gmem_loom))]
+        f();
+    }
+
     #[test]
     fn stale_handles_are_detected() {
+        check(stale_handles_body);
+    }
+
+    fn stale_handles_body() {
         let slab: Slab<Obj> = Slab::new("test");
         let (first, obj) = slab.alloc();
         obj.0.store(7, Ordering::Relaxed);
