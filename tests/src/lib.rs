@@ -1,1 +1,454 @@
 //! gmem-tests: shared helpers for the integration tests.
+//!
+//! The centre piece is [`CheckedHost`], a [`SimHost`] whose every forwarded uAPI call is followed
+//! by a full check of the simulated kernel's state:
+//!
+//! * [`gmem_kvm::invariants::check`] over every VM and guest_memfd the process can reach (its
+//!   descriptors and its mappings) finds no violation (INV-BIND, INV-REFCOUNT,
+//!   INV-UPTODATE-PREPARED);
+//! * the machine's WARN registry is empty (no `WARN_ON`, `KVM_BUG_ON` or KASAN-style report);
+//! * lockdep has no report involving one of this project's lock classes (lockdep is global to the
+//!   test binary, so reports are filtered by class name);
+//! * the call returned to user space with no task work left queued (a deferred `fput` that never
+//!   ran would hide a release).
+//!
+//! A failure names the call (with its arguments and result) and prints every violation. Tests
+//! that break an invariant on purpose (the seed bugs) go through [`CheckedHost::unchecked`], which
+//! returns the raw [`SimHost`], and may call [`CheckedHost::check`] again once the state is clean,
+//! or [`CheckedHost::take_warnings`] to consume the warnings they expected.
+
+use gmem_kvm::invariants::{self, Violation};
+use gmem_kvm::memslot::{MemslotEntry, KVM_MEM_GUEST_MEMFD};
+use gmem_kvm::mmu::{KvmMmu, MmuEvent, RecordingMmu};
+use gmem_kvm::{KernelProfile, Kvm, KvmSystem};
+use gmem_mm::file::FileRef;
+use gmem_mm::filemap::MfResult;
+use gmem_mm::vma::AccessSignal;
+use gmem_mm::{Errno, KResult, Machine};
+use gmem_sync::warn::Warning;
+use gmem_sync::Arc;
+use gmem_uapi::{SimHost, Stat};
+use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
+use std::fmt;
+
+pub use gmem_kvm::guest_memfd::{GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP};
+pub use gmem_kvm::VmType;
+
+/// `PAGE_SIZE`.
+pub const PAGE: u64 = gmem_mm::PAGE_SIZE;
+
+/// `KVM_X86_DEFAULT_VM`.
+pub const DEFAULT_VM: u64 = VmType::Default as u64;
+/// `KVM_X86_SW_PROTECTED_VM`.
+pub const SW_PROTECTED_VM: u64 = VmType::SwProtected as u64;
+
+/// The lock classes of this project (exact names), for filtering the global lockdep reports.
+pub const PROJECT_LOCK_CLASSES: &[&str] = &[
+    "kvm->lock",
+    "kvm->slots_lock",
+    "kvm->slots_arch_lock",
+    "kvm->mmu_lock",
+    "recording_mmu->events",
+    "slab->lock",
+    "xa_lock",
+    "zone->lock",
+    "files->file_lock",
+    "mapping.invalidate_lock",
+    "mm->mmap_lock",
+    "anon_vma->lock",
+    "srcu->sync",
+    "fault injector",
+    "warn registry",
+];
+
+/// Name prefixes of lock classes this project may add later (kernel-style names of the objects
+/// the simulator models); a report on such a class counts as well.
+const PROJECT_LOCK_PREFIXES: &[&str] = &["kvm", "mm->", "files->", "mapping", "xa_", "srcu", "slab", "zone", "folio"];
+
+/// Whether a lock class name belongs to this project.
+pub fn is_project_lock_class(name: &str) -> bool {
+    PROJECT_LOCK_CLASSES.contains(&name) || PROJECT_LOCK_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+}
+
+/// The lockdep reports (global to the test binary) that involve a lock class of this project.
+pub fn project_lockdep_reports() -> Vec<gmem_sync::lockdep::InversionReport> {
+    gmem_sync::lockdep::reports()
+        .into_iter()
+        .filter(|report| {
+            is_project_lock_class(report.held)
+                || is_project_lock_class(report.acquired)
+                || report.chain.iter().any(|edge| is_project_lock_class(edge.from) || is_project_lock_class(edge.to))
+        })
+        .collect()
+}
+
+/// `struct kvm_create_guest_memfd` with `size` and `flags`.
+pub fn gmem_args(size: u64, flags: u64) -> kvm_create_guest_memfd {
+    kvm_create_guest_memfd { size, flags, ..Default::default() }
+}
+
+/// `struct kvm_userspace_memory_region2`.
+pub fn region(
+    slot: u32,
+    flags: u32,
+    gpa: u64,
+    size: u64,
+    uaddr: u64,
+    fd: u32,
+    offset: u64,
+) -> kvm_userspace_memory_region2 {
+    kvm_userspace_memory_region2 {
+        slot,
+        flags,
+        guest_phys_addr: gpa,
+        memory_size: size,
+        userspace_addr: uaddr,
+        guest_memfd_offset: offset,
+        guest_memfd: fd,
+        ..Default::default()
+    }
+}
+
+/// A guest_memfd memslot (`KVM_MEM_GUEST_MEMFD`, `userspace_addr` 0).
+pub fn gmem_region(slot: u32, gpa: u64, size: u64, fd: i32, offset: u64) -> kvm_userspace_memory_region2 {
+    region(slot, KVM_MEM_GUEST_MEMFD, gpa, size, 0, fd as u32, offset)
+}
+
+/// The deletion of a memslot (size 0; fd and offset are ignored by the kernel).
+pub fn delete_region(slot: u32, flags: u32) -> kvm_userspace_memory_region2 {
+    region(slot, flags, 0, 0, 0, u32::MAX, 0)
+}
+
+/// `struct kvm_memory_attributes`.
+pub fn attrs(address: u64, size: u64, attributes: u64) -> kvm_memory_attributes {
+    kvm_memory_attributes { address, size, attributes, flags: 0 }
+}
+
+/// A profile by name (`"v6.14+F1"`), panicking on an unknown name.
+pub fn profile(name: &str) -> KernelProfile {
+    KernelProfile::by_name(name).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// The two kernels whose shared behaviour most tests assert on both.
+pub fn both_versions() -> [KernelProfile; 2] {
+    [KernelProfile::v6_14(), KernelProfile::v6_18()]
+}
+
+/// A [`SimHost`] that checks the whole simulated kernel after every call it forwards.
+pub struct CheckedHost {
+    host: SimHost,
+    mmu: Option<Arc<RecordingMmu>>,
+}
+
+impl fmt::Debug for CheckedHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckedHost").field("host", &self.host).field("recording", &self.mmu.is_some()).finish()
+    }
+}
+
+impl CheckedHost {
+    /// A new machine booted with `profile` (each VM gets its own recording MMU).
+    pub fn new(profile: KernelProfile) -> CheckedHost {
+        CheckedHost { host: SimHost::new(profile), mmu: None }
+    }
+
+    /// A new machine booted with `profile` whose VMs all share one [`RecordingMmu`] (see
+    /// [`CheckedHost::mmu`]) that answers "flush needed" to every unmap.
+    pub fn with_recording_mmu(profile: KernelProfile) -> CheckedHost {
+        let machine = Machine::new(profile.machine_config());
+        let mmu = Arc::new(RecordingMmu::new(true));
+        let shared = mmu.clone();
+        let factory = Arc::new(move || shared.clone() as Arc<dyn KvmMmu>);
+        let system = KvmSystem::with_machine(machine, profile, factory);
+        CheckedHost { host: SimHost::with_system(system), mmu: Some(mmu) }
+    }
+
+    /// The shared recording MMU (only for [`CheckedHost::with_recording_mmu`]).
+    pub fn mmu(&self) -> &Arc<RecordingMmu> {
+        self.mmu.as_ref().expect("CheckedHost::with_recording_mmu has a shared recording MMU")
+    }
+
+    /// Takes the MMU events recorded so far.
+    pub fn take_mmu_events(&self) -> Vec<MmuEvent> {
+        self.mmu().take()
+    }
+
+    /// The raw host: calls through it are not checked (for tests that break invariants on
+    /// purpose).
+    pub fn unchecked(&self) -> &SimHost {
+        &self.host
+    }
+
+    /// The machine.
+    pub fn machine(&self) -> &Arc<Machine> {
+        self.host.machine()
+    }
+
+    /// The process.
+    pub fn process(&self) -> &gmem_mm::Process {
+        self.host.process()
+    }
+
+    /// The kernel profile.
+    pub fn profile(&self) -> &KernelProfile {
+        self.host.profile()
+    }
+
+    /// The VM behind a VM descriptor (panics if it is not one).
+    pub fn kvm(&self, vm_fd: i32) -> Arc<Kvm> {
+        self.host.vm(vm_fd).unwrap_or_else(|errno| panic!("fd {vm_fd} is not a VM: {errno}"))
+    }
+
+    /// The guest_memfd file behind a descriptor (panics if it is not one). Dropping the
+    /// reference is an `fput` that is never the last one while the descriptor is open.
+    pub fn gmem_file(&self, fd: i32) -> FileRef {
+        self.host.guest_memfd(fd).unwrap_or_else(|errno| panic!("fd {fd} is not a guest_memfd: {errno}"))
+    }
+
+    /// The published memslots of a VM, with each slot's flags.
+    pub fn memslots(&self, vm_fd: i32) -> Vec<(MemslotEntry, u32)> {
+        let kvm = self.kvm(vm_fd);
+        let slots_lock = kvm.lock_slots();
+        let slots = kvm.memslots_locked(&slots_lock);
+        slots.iter().map(|entry| (*entry, kvm.memslot(entry).flags())).collect()
+    }
+
+    /// The VMs and files user space can reach: every descriptor, every file mapping.
+    fn reachable(&self) -> (Vec<Arc<Kvm>>, Vec<FileRef>) {
+        let process = self.host.process();
+        let mut vms = Vec::new();
+        let mut files = Vec::new();
+        for fd in process.files.open_fds() {
+            if let Some(file) = process.files.fget(fd) {
+                files.push(file);
+            }
+            if let Ok(kvm) = self.host.vm(fd) {
+                vms.push(kvm);
+            }
+        }
+        for vma in process.mm.vmas() {
+            if let Some(file) = &vma.file {
+                files.push(file.clone());
+            }
+        }
+        (vms, files)
+    }
+
+    /// The invariant violations over everything reachable.
+    pub fn violations(&self) -> Vec<Violation> {
+        let (vms, files) = self.reachable();
+        invariants::check(&vms, &files)
+    }
+
+    /// The warnings recorded so far, clearing the registry (for tests that expect some).
+    pub fn take_warnings(&self) -> Vec<Warning> {
+        self.machine().warnings.take()
+    }
+
+    /// Everything wrong with the simulated kernel right now, one line per problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self.violations().iter().map(|v| format!("invariant {v}")).collect();
+        problems.extend(self.machine().warnings.snapshot().iter().map(|w| format!("warning {w}")));
+        problems.extend(project_lockdep_reports().iter().map(|r| format!("lockdep {r}")));
+        let pending = gmem_sync::task::task_work_pending();
+        if pending != 0 {
+            problems.push(format!("task work: {pending} item(s) still queued after the return to user space"));
+        }
+        problems
+    }
+
+    /// Asserts that nothing is wrong; `call` names what just ran.
+    #[track_caller]
+    pub fn check(&self, call: &str) {
+        let problems = self.problems();
+        if !problems.is_empty() {
+            panic!("after `{call}`: {} problem(s):\n  {}", problems.len(), problems.join("\n  "));
+        }
+    }
+
+    #[track_caller]
+    fn checked<T: fmt::Debug>(&self, call: impl FnOnce() -> String, result: T) -> T {
+        let problems = self.problems();
+        if !problems.is_empty() {
+            panic!("after `{} = {result:?}`: {} problem(s):\n  {}", call(), problems.len(), problems.join("\n  "));
+        }
+        result
+    }
+
+    /// `KVM_CREATE_VM`.
+    #[track_caller]
+    pub fn create_vm(&self, vm_type: u64) -> KResult<i32> {
+        let result = self.host.create_vm(vm_type);
+        self.checked(|| format!("create_vm({vm_type})"), result)
+    }
+
+    /// `KVM_CHECK_EXTENSION` on `/dev/kvm`.
+    #[track_caller]
+    pub fn check_extension(&self, cap: u64) -> i64 {
+        let result = self.host.check_extension(cap);
+        self.checked(|| format!("check_extension({cap})"), result)
+    }
+
+    /// `KVM_CHECK_EXTENSION` on a VM.
+    #[track_caller]
+    pub fn vm_check_extension(&self, vm_fd: i32, cap: u64) -> KResult<i64> {
+        let result = self.host.vm_check_extension(vm_fd, cap);
+        self.checked(|| format!("vm_check_extension({vm_fd}, {cap})"), result)
+    }
+
+    /// `KVM_CREATE_GUEST_MEMFD` with the full argument struct.
+    #[track_caller]
+    pub fn create_guest_memfd_args(&self, vm_fd: i32, args: &kvm_create_guest_memfd) -> KResult<i32> {
+        let result = self.host.create_guest_memfd(vm_fd, args);
+        self.checked(|| format!("create_guest_memfd({vm_fd}, {args:?})"), result)
+    }
+
+    /// `KVM_CREATE_GUEST_MEMFD`.
+    #[track_caller]
+    pub fn create_guest_memfd(&self, vm_fd: i32, size: u64, flags: u64) -> KResult<i32> {
+        self.create_guest_memfd_args(vm_fd, &gmem_args(size, flags))
+    }
+
+    /// `KVM_SET_USER_MEMORY_REGION2`.
+    #[track_caller]
+    pub fn set_user_memory_region2(&self, vm_fd: i32, region: &kvm_userspace_memory_region2) -> KResult<()> {
+        let result = self.host.set_user_memory_region2(vm_fd, region);
+        self.checked(
+            || {
+                format!(
+                    "set_user_memory_region2({vm_fd}, slot {:#x} flags {:#x} gpa {:#x} size {:#x} uaddr {:#x} fd {} \
+                     offset {:#x})",
+                    region.slot,
+                    region.flags,
+                    region.guest_phys_addr,
+                    region.memory_size,
+                    region.userspace_addr,
+                    region.guest_memfd as i32,
+                    region.guest_memfd_offset
+                )
+            },
+            result,
+        )
+    }
+
+    /// `KVM_SET_MEMORY_ATTRIBUTES`.
+    #[track_caller]
+    pub fn set_memory_attributes(&self, vm_fd: i32, attrs: &kvm_memory_attributes) -> KResult<()> {
+        let result = self.host.set_memory_attributes(vm_fd, attrs);
+        self.checked(|| format!("set_memory_attributes({vm_fd}, {attrs:?})"), result)
+    }
+
+    /// The arch launch path's populate (`npages` is an `i64` in the kernel: `u64::MAX` is -1).
+    #[track_caller]
+    pub fn populate(&self, vm_fd: i32, gpa: u64, npages: u64, source: Option<&[u8]>) -> KResult<i64> {
+        let result = self.host.populate(vm_fd, gpa, npages, source);
+        self.checked(|| format!("populate({vm_fd}, gpa {gpa:#x}, npages {})", npages as i64), result)
+    }
+
+    /// Memory failure on the folio at byte `offset` of a guest_memfd.
+    #[track_caller]
+    pub fn inject_memory_failure(&self, fd: i32, offset: u64) -> KResult<MfResult> {
+        let result = self.host.inject_memory_failure(fd, offset);
+        self.checked(|| format!("inject_memory_failure({fd}, {offset:#x})"), result)
+    }
+
+    /// `fallocate(2)`.
+    #[track_caller]
+    pub fn fallocate(&self, fd: i32, mode: i32, offset: i64, len: i64) -> KResult<()> {
+        let result = self.host.fallocate(fd, mode, offset, len);
+        self.checked(|| format!("fallocate({fd}, mode {mode:#x}, offset {offset:#x}, len {len:#x})"), result)
+    }
+
+    /// `ftruncate(2)`.
+    #[track_caller]
+    pub fn ftruncate(&self, fd: i32, length: i64) -> KResult<()> {
+        let result = self.host.process().ftruncate(fd, length);
+        self.checked(|| format!("ftruncate({fd}, {length})"), result)
+    }
+
+    /// `fstat(2)`.
+    #[track_caller]
+    pub fn fstat(&self, fd: i32) -> KResult<Stat> {
+        let result = self.host.fstat(fd);
+        self.checked(|| format!("fstat({fd})"), result)
+    }
+
+    /// `close(2)`.
+    #[track_caller]
+    pub fn close(&self, fd: i32) -> KResult<()> {
+        let result = self.host.close(fd);
+        self.checked(|| format!("close({fd})"), result)
+    }
+
+    /// `mmap(2)` of a descriptor.
+    #[track_caller]
+    pub fn mmap(&self, fd: i32, len: u64, offset: i64, prot: u64, flags: u64) -> KResult<u64> {
+        let result = self.host.mmap(fd, len, offset, prot, flags);
+        self.checked(
+            || format!("mmap(fd {fd}, len {len:#x}, offset {offset:#x}, prot {prot:#x}, flags {flags:#x})"),
+            result,
+        )
+    }
+
+    /// An anonymous private read-write mapping (memslot backing).
+    #[track_caller]
+    pub fn mmap_anonymous(&self, len: u64) -> KResult<u64> {
+        let result = self.host.process().mmap_anonymous(len);
+        self.checked(|| format!("mmap_anonymous({len:#x})"), result)
+    }
+
+    /// `munmap(2)`.
+    #[track_caller]
+    pub fn munmap(&self, addr: u64, len: u64) -> KResult<()> {
+        let result = self.host.process().munmap(addr, len);
+        self.checked(|| format!("munmap({addr:#x}, {len:#x})"), result)
+    }
+
+    /// `madvise(2)`.
+    #[track_caller]
+    pub fn madvise(&self, addr: u64, len: u64, advice: i32) -> KResult<()> {
+        let result = self.host.process().madvise(addr, len, advice);
+        self.checked(|| format!("madvise({addr:#x}, {len:#x}, {advice})"), result)
+    }
+
+    /// A host load through a mapping.
+    #[track_caller]
+    pub fn load(&self, addr: u64, len: u64) -> Result<Vec<u8>, AccessSignal> {
+        let result = self.host.load(addr, len);
+        self.checked(|| format!("load({addr:#x}, {len})"), result)
+    }
+
+    /// A host store through a mapping.
+    #[track_caller]
+    pub fn store(&self, addr: u64, bytes: &[u8]) -> Result<(), AccessSignal> {
+        let result = self.host.store(addr, bytes);
+        self.checked(|| format!("store({addr:#x}, {} bytes)", bytes.len()), result)
+    }
+
+    /// A VM of `vm_type` and a guest_memfd of `size` bytes with `flags` on it.
+    #[track_caller]
+    pub fn vm_and_gmem(&self, vm_type: u64, size: u64, flags: u64) -> (i32, i32) {
+        let vm = self.create_vm(vm_type).expect("KVM_CREATE_VM");
+        let gmem = self.create_guest_memfd(vm, size, flags).expect("KVM_CREATE_GUEST_MEMFD");
+        (vm, gmem)
+    }
+}
+
+/// The VM type whose guest_memfd memslots every profile accepts: SW_PROTECTED where it exists
+/// (v6.14 binds guest_memfd only on VMs with private memory), DEFAULT otherwise (v6.18-pvm).
+pub fn bindable_vm_type(profile: &KernelProfile) -> u64 {
+    if profile.supports_vm_type(VmType::SwProtected) {
+        SW_PROTECTED_VM
+    } else {
+        DEFAULT_VM
+    }
+}
+
+/// Asserts `result` is the error `expected`, naming `what` on failure.
+#[track_caller]
+pub fn assert_errno<T: fmt::Debug>(result: KResult<T>, expected: Errno, what: &str) {
+    match result {
+        Err(errno) if errno == expected => {}
+        other => panic!("{what}: expected {expected:?}, got {other:?}"),
+    }
+}

@@ -283,6 +283,13 @@ impl Mm {
         // A handler asking for a retry is retried; a bound keeps a livelock visible.
         for _ in 0..1000 {
             match (ops.fault)(&fault) {
+                Ok(folio) if folio.test_hwpoison() => {
+                    // __do_fault: a poisoned page is VM_FAULT_HWPOISON, a SIGBUS (BUS_MCEERR_AR);
+                    // guest_memfd's own fault handler does not check.
+                    folio.unlock();
+                    folio.put();
+                    return Err(AccessSignal::Sigbus);
+                }
                 Ok(folio) => {
                     let offset = (fault.pgoff.0 - folio.index().0) * PAGE_SIZE + in_page;
                     if write {
