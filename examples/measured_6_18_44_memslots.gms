@@ -137,3 +137,12 @@ fallocate g2 mode=KEEP_SIZE|PUNCH_HOLE offset=0 len=2M  => ok
 ################################################################################################
 set_memory_attributes vm address=0 size=4K attributes=PRIVATE => ENOTTY
 set_memory_attributes vm address=0 size=4K attributes=0 => ENOTTY
+
+################################################################################################
+# the largest guest frame: without TDP (kvm_pvm shadow paging) kvm_mmu_max_gfn() uses a fixed
+# 52 bits, so the last 4 KiB below 1 << 52 is a valid slot and 1 << 52 is not
+################################################################################################
+vmx = create_vm                                           => ok
+set_user_memory_region2 vmx slot=0 gpa=0xffffffffff000 size=4K uaddr=0 => ok
+set_user_memory_region2 vmx slot=1 gpa=0x10000000000000 size=4K uaddr=0 => EINVAL
+set_user_memory_region2 vmx slot=2 gpa=0xfffffffffe000 size=8K uaddr=0 => EEXIST
