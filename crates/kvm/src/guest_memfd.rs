@@ -157,7 +157,9 @@ pub fn kvm_gmem_get_supported_flags(profile: &KernelProfile, kvm: Option<&Kvm>) 
 }
 
 /// `kvm_gmem_prepare_folio`: zero the folio, run the arch prepare hook, mark it uptodate
-/// ("prepared"). The folio is locked.
+/// ("prepared"). The folio is locked. Out of line: it runs once per folio, not on the hot path
+/// of `kvm_gmem_get_pfn`.
+#[inline(never)]
 fn kvm_gmem_prepare_folio(kvm: &Kvm, slot: MemslotRef<'_>, gfn: Gfn, folio: Folio<'_>) -> KResult<()> {
     for page in 0..folio.nr_pages() {
         folio.clear_page(page);
@@ -551,20 +553,13 @@ pub struct GmemPfn<'a> {
 /// `__kvm_gmem_get_pfn`: returns a locked, referenced folio.
 fn __kvm_gmem_get_pfn<'f>(file: &'f File, slot: MemslotRef<'_>, index: PgOff) -> KResult<(Folio<'f>, Pfn, bool)> {
     let gmem_file = slot.gmem_file().load(gmem_sync::atomic::Ordering::Acquire);
-    let machine = file.machine();
     if !std::ptr::eq(file, gmem_file) {
-        machine
-            .warnings
-            .warn_on_once(!gmem_file.is_null(), || "__kvm_gmem_get_pfn: slot bound to a different file".into());
-        return Err(Errno::EFAULT);
+        return Err(get_pfn_wrong_file(file, gmem_file));
     }
     let gmem = gmem_of(file);
     let bound = gmem.bindings.load(index.0);
     if bound != Some(slot.handle) {
-        machine.warnings.warn_on_once(bound.is_some(), || {
-            format!("__kvm_gmem_get_pfn: index {index:?} bound to {bound:?}, not {:?}", slot.handle)
-        });
-        return Err(Errno::EIO);
+        return Err(get_pfn_wrong_binding(file, slot, index, bound));
     }
     let folio = kvm_gmem_get_folio(file.inode(), index)?;
     if folio.test_hwpoison() {
@@ -575,6 +570,31 @@ fn __kvm_gmem_get_pfn<'f>(file: &'f File, slot: MemslotRef<'_>, index: PgOff) ->
     let pfn = folio.file_pfn(index);
     let is_prepared = folio.test_uptodate();
     Ok((folio, pfn, is_prepared))
+}
+
+/// The `slot->gmem.file != file` exit of `__kvm_gmem_get_pfn`. Out of line (with the other error
+/// exits) so that the lookup stays small; `#[track_caller]` keeps the WARN_ON_ONCE's call site
+/// (its once-key) at the check in `__kvm_gmem_get_pfn`.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn get_pfn_wrong_file(file: &File, gmem_file: *mut File) -> Errno {
+    file.machine()
+        .warnings
+        .warn_on_once(!gmem_file.is_null(), || "__kvm_gmem_get_pfn: slot bound to a different file".into());
+    Errno::EFAULT
+}
+
+/// The `xa_load(&gmem->bindings, index) != slot` exit of `__kvm_gmem_get_pfn` (see
+/// [`get_pfn_wrong_file`]).
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn get_pfn_wrong_binding(file: &File, slot: MemslotRef<'_>, index: PgOff, bound: Option<SlabHandle>) -> Errno {
+    file.machine().warnings.warn_on_once(bound.is_some(), || {
+        format!("__kvm_gmem_get_pfn: index {index:?} bound to {bound:?}, not {:?}", slot.handle)
+    });
+    Errno::EIO
 }
 
 /// `kvm_gmem_get_pfn`: the pfn backing `gfn` of a guest_memfd memslot, preparing the folio on

@@ -19,9 +19,15 @@ fn seed_functions(seed: &str) -> Vec<String> {
         }
         if !pending.is_empty() && (line.ends_with('{') || line.ends_with(';') || line.ends_with(')')) {
             let text = std::mem::take(&mut pending);
-            if text.contains('(') && !text.contains('=') && !text.starts_with("EXPORT") && !text.contains("struct kvm_gmem {") {
+            if text.contains('(')
+                && !text.contains('=')
+                && !text.starts_with("EXPORT")
+                && !text.contains("struct kvm_gmem {")
+            {
                 let before_paren = &text[..text.find('(').unwrap()];
-                if let Some(name) = before_paren.split(|c: char| !(c.is_alphanumeric() || c == '_')).rfind(|s| !s.is_empty()) {
+                if let Some(name) =
+                    before_paren.split(|c: char| !(c.is_alphanumeric() || c == '_')).rfind(|s| !s.is_empty())
+                {
                     if !matches!(name, "if" | "for" | "while" | "switch" | "return") {
                         names.push(name.to_string());
                     }

@@ -207,21 +207,32 @@ impl AddressSpace {
                 }
                 return Ok(folio);
             }
-            let folio = Folio::alloc(&self.machine.mem, 0)?;
-            // __folio_set_locked: nobody else can see the new folio yet.
-            assert!(folio.trylock());
-            match self.add_folio(folio, index) {
-                Ok(()) => return Ok(folio),
-                Err(Errno::EEXIST) => {
-                    // Lost the race with another inserter: drop ours and look again.
-                    folio.unlock();
-                    folio.put();
-                }
-                Err(errno) => {
-                    folio.unlock();
-                    folio.put();
-                    return Err(errno);
-                }
+            if let Some(folio) = self.grab_new_folio(index)? {
+                return Ok(folio);
+            }
+        }
+    }
+
+    /// The `FGP_CREAT` half of [`grab_folio`](Self::grab_folio): allocate a locked folio and
+    /// insert it at `index`. `Ok(None)`: another inserter won the race, look again. Kept out of
+    /// line so that the lookup (the hot path) stays small.
+    #[inline(never)]
+    fn grab_new_folio(&self, index: PgOff) -> KResult<Option<Folio<'_>>> {
+        let folio = Folio::alloc(&self.machine.mem, 0)?;
+        // __folio_set_locked: nobody else can see the new folio yet.
+        assert!(folio.trylock());
+        match self.add_folio(folio, index) {
+            Ok(()) => Ok(Some(folio)),
+            Err(Errno::EEXIST) => {
+                // Lost the race with another inserter: drop ours and look again.
+                folio.unlock();
+                folio.put();
+                Ok(None)
+            }
+            Err(errno) => {
+                folio.unlock();
+                folio.put();
+                Err(errno)
             }
         }
     }

@@ -5,9 +5,14 @@
 //! dropped explicitly with [`Folio::get`], [`Folio::try_get`] and [`Folio::put`], because the
 //! protocol under test is exactly who holds which reference when (INV-REFCOUNT checks that none
 //! leaks). The last `put` frees the frames.
+//!
+//! The handle is the head page's descriptor itself (descriptors are permanent, see
+//! [`crate::page`]), resolved once when the handle is made, so the folio operations on the fault
+//! path do not each repeat the memmap lookup. It stays two words, so that an `Option<Folio>` is
+//! returned in registers.
 
 use crate::page::PG_UPTODATE;
-use crate::page::{PhysMem, PG_HWPOISON, PG_LOCKED, PG_MODEL_ARCH_PREPARED, PG_MODEL_POPULATED, PG_MODEL_ZEROED};
+use crate::page::{Page, PhysMem, PG_HWPOISON, PG_LOCKED, PG_MODEL_ARCH_PREPARED, PG_MODEL_POPULATED, PG_MODEL_ZEROED};
 use crate::types::{Pfn, PgOff, PAGE_SIZE};
 use gmem_sync::atomic::{fence, Ordering};
 use gmem_sync::thread::spin_hint;
@@ -17,12 +22,13 @@ use std::fmt;
 #[derive(Clone, Copy)]
 pub struct Folio<'m> {
     mem: &'m PhysMem,
-    pfn: Pfn,
+    /// `mem.page(pfn)`.
+    page: &'m Page,
 }
 
 impl PartialEq for Folio<'_> {
     fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self.mem, other.mem) && self.pfn == other.pfn
+        std::ptr::eq(self.mem, other.mem) && self.pfn() == other.pfn()
     }
 }
 
@@ -30,9 +36,9 @@ impl Eq for Folio<'_> {}
 
 impl fmt::Debug for Folio<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let page = self.mem.page(self.pfn);
+        let page = self.page;
         f.debug_struct("Folio")
-            .field("pfn", &self.pfn)
+            .field("pfn", &self.pfn())
             .field("index", &page.index.load(Ordering::Relaxed))
             .field("refcount", &page.refcount.load(Ordering::Relaxed))
             .field("flags", &page.flags.load(Ordering::Relaxed))
@@ -41,14 +47,16 @@ impl fmt::Debug for Folio<'_> {
 }
 
 impl<'m> Folio<'m> {
-    /// The folio whose head page is `pfn`.
+    /// The folio whose head page is `pfn`. The frame must have been handed out at some point
+    /// (see [`PhysMem::page`]).
+    #[inline]
     pub fn from_pfn(mem: &'m PhysMem, pfn: Pfn) -> Folio<'m> {
-        Folio { mem, pfn }
+        Folio { mem, page: mem.page(pfn) }
     }
 
     /// `folio_alloc`: a new folio with refcount 1 (ENOMEM on failure or injection).
     pub fn alloc(mem: &'m PhysMem, order: u8) -> crate::KResult<Folio<'m>> {
-        mem.alloc(order).map(|pfn| Folio { mem, pfn })
+        mem.alloc(order).map(|pfn| Folio::from_pfn(mem, pfn))
     }
 
     /// The memory this folio lives in.
@@ -57,13 +65,14 @@ impl<'m> Folio<'m> {
     }
 
     /// `folio_pfn`.
+    #[inline]
     pub fn pfn(self) -> Pfn {
-        self.pfn
+        self.page.pfn()
     }
 
     /// `folio_order`.
     pub fn order(self) -> u8 {
-        self.mem.page(self.pfn).order.load(Ordering::Relaxed)
+        self.page.order.load(Ordering::Relaxed)
     }
 
     /// `folio_nr_pages`.
@@ -73,7 +82,7 @@ impl<'m> Folio<'m> {
 
     /// `folio->index`.
     pub fn index(self) -> PgOff {
-        PgOff(self.mem.page(self.pfn).index.load(Ordering::Acquire))
+        PgOff(self.page.index.load(Ordering::Acquire))
     }
 
     /// `folio_next_index`.
@@ -83,48 +92,47 @@ impl<'m> Folio<'m> {
 
     /// `folio->mapping`, as the owning inode number (0: not in any page cache).
     pub fn mapping_ino(self) -> u64 {
-        self.mem.page(self.pfn).mapping.load(Ordering::Acquire)
+        self.page.mapping.load(Ordering::Acquire)
     }
 
     pub(crate) fn set_mapping(self, ino: u64, index: PgOff) {
-        let page = self.mem.page(self.pfn);
+        let page = self.page;
         page.index.store(index.0, Ordering::Relaxed);
         page.mapping.store(ino, Ordering::Release);
     }
 
     /// The frame generation of the head page (see [`PhysMem::generation`]).
     pub fn generation(self) -> u64 {
-        self.mem.generation(self.pfn)
+        self.mem.generation(self.pfn())
     }
 
     /// `folio_file_pfn(folio, index)`: the pfn of the page holding file index `index`.
     pub fn file_pfn(self, index: PgOff) -> Pfn {
-        self.pfn.offset(index.0 & (self.nr_pages() - 1))
+        self.pfn().offset(index.0 & (self.nr_pages() - 1))
     }
 
     /// `folio_ref_count`.
     pub fn refcount(self) -> i32 {
-        self.mem.page(self.pfn).refcount.load(Ordering::Acquire)
+        self.page.refcount.load(Ordering::Acquire)
     }
 
     /// `folio_get`: takes a reference; the caller must already hold one.
     pub fn get(self) {
-        let old = self.mem.page(self.pfn).refcount.fetch_add(1, Ordering::Relaxed);
-        assert!(old > 0, "folio_get on a free folio {:?}", self.pfn);
+        let old = self.page.refcount.fetch_add(1, Ordering::Relaxed);
+        assert!(old > 0, "folio_get on a free folio {:?}", self.pfn());
     }
 
     /// `folio_ref_add`.
     pub fn ref_add(self, count: i32) {
-        let old = self.mem.page(self.pfn).refcount.fetch_add(count, Ordering::Relaxed);
-        assert!(old > 0, "folio_ref_add on a free folio {:?}", self.pfn);
+        let old = self.page.refcount.fetch_add(count, Ordering::Relaxed);
+        assert!(old > 0, "folio_ref_add on a free folio {:?}", self.pfn());
     }
 
     /// `folio_try_get`: takes a reference unless the count is already zero (the folio is being
     /// freed). This is the lock-free lookup's first half; the caller must then recheck that the
     /// folio is still where it found it.
     pub fn try_get(self) -> bool {
-        self.mem
-            .page(self.pfn)
+        self.page
             .refcount
             .fetch_update(Ordering::Acquire, Ordering::Relaxed, |count| (count > 0).then_some(count + 1))
             .is_ok()
@@ -136,22 +144,31 @@ impl<'m> Folio<'m> {
     }
 
     /// `folio_put_refs`.
+    #[inline]
     pub fn put_refs(self, count: i32) {
-        let old = self.mem.page(self.pfn).refcount.fetch_sub(count, Ordering::Release);
-        assert!(old >= count, "folio refcount underflow on {:?}", self.pfn);
+        let old = self.page.refcount.fetch_sub(count, Ordering::Release);
+        assert!(old >= count, "folio refcount underflow on {:?}", self.pfn());
         if old == count {
-            fence(Ordering::Acquire);
-            self.mem.free(self.pfn);
+            self.free_last();
         }
     }
 
+    /// The last reference is gone: free the frames. Out of line, so that every `folio_put`
+    /// stays a decrement and a test.
+    #[cold]
+    #[inline(never)]
+    fn free_last(self) {
+        fence(Ordering::Acquire);
+        self.mem.free(self.pfn());
+    }
+
     fn flags(self) -> u64 {
-        self.mem.page(self.pfn).flags.load(Ordering::Acquire)
+        self.page.flags.load(Ordering::Acquire)
     }
 
     /// `folio_trylock`.
     pub fn trylock(self) -> bool {
-        self.mem.page(self.pfn).flags.fetch_or(PG_LOCKED, Ordering::Acquire) & PG_LOCKED == 0
+        self.page.flags.fetch_or(PG_LOCKED, Ordering::Acquire) & PG_LOCKED == 0
     }
 
     /// `folio_lock`: sleeps (here: spins with a scheduler hint) until the lock is free.
@@ -163,8 +180,8 @@ impl<'m> Folio<'m> {
 
     /// `folio_unlock`.
     pub fn unlock(self) {
-        let old = self.mem.page(self.pfn).flags.fetch_and(!PG_LOCKED, Ordering::Release);
-        assert!(old & PG_LOCKED != 0, "folio_unlock of an unlocked folio {:?}", self.pfn);
+        let old = self.page.flags.fetch_and(!PG_LOCKED, Ordering::Release);
+        assert!(old & PG_LOCKED != 0, "folio_unlock of an unlocked folio {:?}", self.pfn());
     }
 
     /// `folio_test_locked`.
@@ -180,12 +197,12 @@ impl<'m> Folio<'m> {
     /// `folio_mark_uptodate`: the Release pairs with the Acquire in `test_uptodate`, as the
     /// kernel's `smp_wmb` in folio_mark_uptodate pairs with `smp_rmb` in folio_test_uptodate.
     pub fn mark_uptodate(self) {
-        self.mem.page(self.pfn).flags.fetch_or(PG_UPTODATE, Ordering::Release);
+        self.page.flags.fetch_or(PG_UPTODATE, Ordering::Release);
     }
 
     /// `folio_clear_uptodate`.
     pub fn clear_uptodate(self) {
-        self.mem.page(self.pfn).flags.fetch_and(!PG_UPTODATE, Ordering::Release);
+        self.page.flags.fetch_and(!PG_UPTODATE, Ordering::Release);
     }
 
     /// `folio_test_hwpoison`.
@@ -195,20 +212,20 @@ impl<'m> Folio<'m> {
 
     /// `folio_test_set_hwpoison`: sets the flag, returning whether it was already set.
     pub fn test_set_hwpoison(self) -> bool {
-        self.mem.page(self.pfn).flags.fetch_or(PG_HWPOISON, Ordering::AcqRel) & PG_HWPOISON != 0
+        self.page.flags.fetch_or(PG_HWPOISON, Ordering::AcqRel) & PG_HWPOISON != 0
     }
 
     /// `clear_highpage(folio_page(folio, i))`. Clearing the last page of the folio also records
     /// (model-only) that the whole folio was zeroed, the evidence INV-UPTODATE-PREPARED checks.
     pub fn clear_page(self, i: u64) {
-        self.mem.clear(self.pfn.offset(i));
+        self.mem.clear(self.pfn().offset(i));
         if i + 1 == self.nr_pages() {
             self.set_model_flag(PG_MODEL_ZEROED);
         }
     }
 
     fn set_model_flag(self, flag: u64) {
-        self.mem.page(self.pfn).flags.fetch_or(flag, Ordering::Release);
+        self.page.flags.fetch_or(flag, Ordering::Release);
     }
 
     /// Model-only: records that a populate callback initialised the folio.
@@ -245,7 +262,7 @@ impl<'m> Folio<'m> {
             let in_page = at % PAGE_SIZE;
             let chunk = (PAGE_SIZE - in_page).min(end - at);
             let zeros = vec![0u8; chunk as usize];
-            self.mem.write(self.pfn.offset(page), in_page as usize, &zeros);
+            self.mem.write(self.pfn().offset(page), in_page as usize, &zeros);
             at += chunk;
         }
     }
@@ -257,7 +274,7 @@ impl<'m> Folio<'m> {
             let at = offset + done as u64;
             let in_page = (at % PAGE_SIZE) as usize;
             let chunk = (PAGE_SIZE as usize - in_page).min(buf.len() - done);
-            self.mem.read(self.pfn.offset(at / PAGE_SIZE), in_page, &mut buf[done..done + chunk]);
+            self.mem.read(self.pfn().offset(at / PAGE_SIZE), in_page, &mut buf[done..done + chunk]);
             done += chunk;
         }
     }
@@ -269,7 +286,7 @@ impl<'m> Folio<'m> {
             let at = offset + done as u64;
             let in_page = (at % PAGE_SIZE) as usize;
             let chunk = (PAGE_SIZE as usize - in_page).min(bytes.len() - done);
-            self.mem.write(self.pfn.offset(at / PAGE_SIZE), in_page, &bytes[done..done + chunk]);
+            self.mem.write(self.pfn().offset(at / PAGE_SIZE), in_page, &bytes[done..done + chunk]);
             done += chunk;
         }
     }

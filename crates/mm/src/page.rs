@@ -63,11 +63,15 @@ pub struct Page {
     pub(crate) index: AtomicU64,
     generation: AtomicU64,
     contents: AtomicPtr<FrameData>,
+    /// The frame's own number: constant, so that a [`Folio`](crate::folio::Folio) handle can be
+    /// the descriptor itself (`page_to_pfn`).
+    pfn: u64,
 }
 
 impl Page {
-    fn new() -> Page {
+    fn new(pfn: u64) -> Page {
         Page {
+            pfn,
             flags: AtomicU64::new(0),
             refcount: AtomicI32::new(0),
             order: AtomicU8::new(0),
@@ -76,6 +80,12 @@ impl Page {
             generation: AtomicU64::new(0),
             contents: AtomicPtr::new(std::ptr::null_mut()),
         }
+    }
+
+    /// `page_to_pfn`.
+    #[inline]
+    pub fn pfn(&self) -> Pfn {
+        Pfn(self.pfn)
     }
 }
 
@@ -91,10 +101,6 @@ impl fmt::Debug for Page {
     }
 }
 
-struct Chunk {
-    pages: Box<[Page]>,
-}
-
 #[derive(Debug, Default)]
 struct FreePool {
     /// Freed frames, reused last-in first-out so that a stale pfn is reused as soon as possible
@@ -107,7 +113,11 @@ struct FreePool {
 /// Physical memory: the memmap plus the allocator.
 pub struct PhysMem {
     total_pages: u64,
-    chunks: Box<[AtomicPtr<Chunk>]>,
+    /// One memmap chunk per `CHUNK_PAGES` frames: the first descriptor of a leaked
+    /// `Box<[Page]>` of exactly `CHUNK_PAGES` descriptors, or null until a frame in it is first
+    /// handed out. A flat pointer (not a pointer to a box of a slice) so that [`PhysMem::page`]
+    /// is one dependent load and one bounds check: it is on every folio operation.
+    chunks: Box<[AtomicPtr<Page>]>,
     pool: Mutex<FreePool>,
     allocated: AtomicU64,
     inject: Arc<FaultInjector>,
@@ -150,13 +160,14 @@ impl PhysMem {
 
     /// The descriptor of `pfn`. The frame must have been handed out at some point (a pfn the
     /// model never produced is a programming error).
+    #[inline]
     pub fn page(&self, pfn: Pfn) -> &Page {
         let chunk = self.chunks[(pfn.0 / CHUNK_PAGES) as usize].load(Ordering::Acquire);
         assert!(!chunk.is_null(), "{pfn:?} was never allocated");
-        // SAFETY: chunks are installed once (under the pool lock, with Release) and freed only
-        // when `self` is dropped, so a non-null chunk pointer stays valid for `&self`.
-        let chunk = unsafe { &*chunk };
-        &chunk.pages[(pfn.0 % CHUNK_PAGES) as usize]
+        // SAFETY: chunks are installed once (under the pool lock, with Release) as the first of
+        // `CHUNK_PAGES` descriptors and freed only when `self` is dropped, so a non-null chunk
+        // pointer stays valid for `&self`, and `pfn % CHUNK_PAGES` is in bounds.
+        unsafe { &*chunk.add((pfn.0 % CHUNK_PAGES) as usize) }
     }
 
     /// Whether `pfn` is a frame this memory has ever handed out.
@@ -210,8 +221,10 @@ impl PhysMem {
     fn ensure_chunk(&self, pfn: u64) {
         let slot = &self.chunks[(pfn / CHUNK_PAGES) as usize];
         if slot.load(Ordering::Acquire).is_null() {
-            let pages = (0..CHUNK_PAGES).map(|_| Page::new()).collect();
-            let chunk = Box::into_raw(Box::new(Chunk { pages }));
+            let base = pfn / CHUNK_PAGES * CHUNK_PAGES;
+            let pages: Box<[Page]> = (0..CHUNK_PAGES).map(|i| Page::new(base + i)).collect();
+            debug_assert_eq!(pages.len() as u64, CHUNK_PAGES);
+            let chunk = Box::into_raw(pages).cast::<Page>();
             slot.store(chunk, Ordering::Release);
         }
     }
@@ -304,9 +317,10 @@ impl Drop for PhysMem {
             if chunk.is_null() {
                 continue;
             }
-            // SAFETY: `&mut self` means no reader is left; each chunk was made by Box::into_raw.
-            let chunk = unsafe { Box::from_raw(chunk) };
-            for page in chunk.pages.iter() {
+            // SAFETY: `&mut self` means no reader is left; each chunk was made by Box::into_raw of
+            // a `Box<[Page]>` of exactly `CHUNK_PAGES` descriptors (ensure_chunk).
+            let chunk = unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(chunk, CHUNK_PAGES as usize)) };
+            for page in chunk.iter() {
                 let data = page.contents.load(Ordering::Acquire);
                 if !data.is_null() {
                     // SAFETY: as above, made by Box::into_raw and published once.

@@ -358,27 +358,35 @@ impl<V: XaValue> XArray<V> {
     // Readers: no lock.
 
     /// `xa_load()`: the entry at `index`, lock-free.
+    ///
+    /// This is on every page-cache lookup, so the common words (a value, an empty slot, a node
+    /// to descend into) are told apart by their tag directly; siblings (and corrupt words) go
+    /// through [`decode`](Self::decode).
+    #[inline]
     pub fn load(&self, index: u64) -> Option<V> {
-        let mut word = self.head.load(Ordering::Acquire);
-        for level in 0..XA_MAX_HEIGHT {
-            let Slot::Node(node) = self.decode(word) else {
-                return None;
-            };
+        let Slot::Node(mut node) = self.decode(self.head.load(Ordering::Acquire)) else {
+            return None;
+        };
+        if index >> u32::from(node.shift) > XA_CHUNK_MASK {
+            // Beyond the root's range.
+            return None;
+        }
+        for _ in 0..XA_MAX_HEIGHT {
             let shift = u32::from(node.shift);
-            if level == 0 && index >> shift > XA_CHUNK_MASK {
-                // Beyond the root's range.
+            let offset = offset_of(index, shift);
+            let word = node.slots[offset].load(Ordering::Acquire);
+            if word & TAG_MASK == TAG_VALUE {
+                return Some(V::from_raw(word >> 2));
+            }
+            if word == 0 || (is_node(word) && shift == 0) {
                 return None;
             }
-            let offset = offset_of(index, shift);
-            word = node.slots[offset].load(Ordering::Acquire);
             match self.decode(word) {
-                Slot::Empty => return None,
-                Slot::Value(raw) => return Some(V::from_raw(raw)),
+                Slot::Node(child) => node = child,
                 Slot::Sibling { offset: target, era } => {
                     return self.resolve_sibling(node, offset, target, era).map(V::from_raw)
                 }
-                Slot::Node(_) if shift == 0 => return None,
-                Slot::Node(_) => {}
+                Slot::Empty | Slot::Value(_) => unreachable!("xarray: handled above"),
             }
         }
         None

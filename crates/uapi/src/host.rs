@@ -9,7 +9,7 @@ use gmem_kvm::{Gpa, KernelProfile, KvmSystem};
 use gmem_mm::file::{alloc_file_pseudo, File, FileOperations, FileRef, EMPTY_FOPS, O_RDWR};
 use gmem_mm::filemap::{MfResult, EMPTY_AOPS};
 use gmem_mm::inode::{Inode, InodeInit, Kstat, EMPTY_IOPS};
-use gmem_mm::types::{PgOff, PAGE_SHIFT, PAGE_SIZE};
+use gmem_mm::types::{PgOff, PAGE_SHIFT};
 use gmem_mm::vma::AccessSignal;
 use gmem_mm::{Errno, Machine, Process};
 use gmem_sync::Arc;
@@ -242,14 +242,6 @@ impl SimHost {
     /// A host store through a mapping.
     pub fn store(&self, addr: u64, bytes: &[u8]) -> std::result::Result<(), AccessSignal> {
         self.process.store(addr, bytes)
-    }
-
-    /// The pages a script's populate source covers, zero-padded to whole pages.
-    pub fn page_source(bytes: &[u8], npages: u64) -> Vec<u8> {
-        let mut source = bytes.to_vec();
-        let len = (npages.min(1 << 20) * PAGE_SIZE) as usize;
-        source.resize(len.max(source.len()), 0);
-        source
     }
 }
 

@@ -16,6 +16,9 @@ use std::collections::BTreeMap;
 /// Why guest-side verbs skip on the simulator for now.
 const NO_MMU: &str = "guest access needs the software MMU, which is not built yet";
 
+/// The largest `load` a script may ask for (its bytes are printed as hex).
+const LOAD_LEN_MAX: u64 = 16 << 20;
+
 /// The simulator backend.
 #[derive(Debug)]
 pub struct SimBackend {
@@ -137,6 +140,9 @@ impl Backend for SimBackend {
     }
 
     fn load(&mut self, addr: u64, len: u64) -> BResult<Vec<u8>> {
+        if len > LOAD_LEN_MAX {
+            return Err(Failure::Skip(format!("loads of more than {LOAD_LEN_MAX} bytes are not supported")));
+        }
         signal(self.host.load(addr, len))
     }
 
@@ -169,8 +175,8 @@ impl Backend for SimBackend {
     }
 
     fn populate(&mut self, vm: i32, gpa: u64, npages: u64, bytes: Option<&[u8]>) -> BResult<u64> {
-        let source = bytes.map(|bytes| SimHost::page_source(bytes, npages));
-        errno(self.host.populate(vm, gpa, npages, source.as_deref())).map(|pages| pages as u64)
+        // Page i is copied from byte i * 4096 of the source; pages past its end are zeroed.
+        errno(self.host.populate(vm, gpa, npages, bytes)).map(|pages| pages as u64)
     }
 
     fn inject_memory_failure(&mut self, fd: i32, offset: u64) -> BResult<()> {
