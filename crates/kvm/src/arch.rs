@@ -28,16 +28,21 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
     fn name(&self) -> &'static str;
 
     /// `kvm_arch_gmem_prepare(kvm, gfn, pfn, max_order)`: called the first time a folio is handed
-    /// to the guest (from `kvm_gmem_get_pfn`), with the folio locked.
-    fn gmem_prepare(&self, kvm: &Kvm, gfn: Gfn, pfn: Pfn, max_order: u8) -> KResult<()>;
+    /// to the guest (from `kvm_gmem_get_pfn`), with the folio locked. The default is the
+    /// kernel's behaviour for a vendor without the hook: `static_call` returns 0.
+    fn gmem_prepare(&self, _kvm: &Kvm, _gfn: Gfn, _pfn: Pfn, _max_order: u8) -> KResult<()> {
+        Ok(())
+    }
 
     /// `kvm_arch_gmem_invalidate(start, end)`: the folio is leaving the page cache
-    /// (`free_folio`); make the frames safe for the host again.
-    fn gmem_invalidate(&self, start: Pfn, end: Pfn);
+    /// (`free_folio`); make the frames safe for the host again. Default: nothing to undo.
+    fn gmem_invalidate(&self, _start: Pfn, _end: Pfn) {}
 
     /// The private max mapping level for `pfn` (`gmem_max_mapping_level`); `None` is "no
-    /// restriction".
-    fn gmem_max_mapping_level(&self, kvm: &Kvm, pfn: Pfn) -> Option<PgLevel>;
+    /// restriction", the default.
+    fn gmem_max_mapping_level(&self, _kvm: &Kvm, _pfn: Pfn) -> Option<PgLevel> {
+        None
+    }
 
     /// The VM type's `post_populate` callback for `kvm_gmem_populate` (SNP launch update, TDX
     /// init mem region, or a plain copy for SW_PROTECTED). `source` is the page to copy from.
@@ -54,19 +59,10 @@ impl KvmArch for DefaultArch {
         "default"
     }
 
-    fn gmem_prepare(&self, _kvm: &Kvm, _gfn: Gfn, _pfn: Pfn, _max_order: u8) -> KResult<()> {
-        Ok(())
-    }
-
-    fn gmem_invalidate(&self, _start: Pfn, _end: Pfn) {}
-
-    fn gmem_max_mapping_level(&self, _kvm: &Kvm, _pfn: Pfn) -> Option<PgLevel> {
-        None
-    }
-
     fn post_populate(&self, _kvm: &Kvm, _gfn: Gfn, _pfn: Pfn, _source: Option<&[u8]>, _order: u8) -> KResult<()> {
-        // Only SNP and TDX have a populate path in the kernel; a VM without private memory never
-        // reaches kvm_gmem_populate (the slot check fails first).
+        // Only SNP and TDX have a populate path in the kernel. A VM without private memory does
+        // not get here: kvm_gmem_populate's PRIVATE-attribute check fails first, since such a VM
+        // supports no attributes.
         Err(Errno::EINVAL)
     }
 }
@@ -79,16 +75,6 @@ pub struct SwProtectedArch;
 impl KvmArch for SwProtectedArch {
     fn name(&self) -> &'static str {
         "sw-protected"
-    }
-
-    fn gmem_prepare(&self, _kvm: &Kvm, _gfn: Gfn, _pfn: Pfn, _max_order: u8) -> KResult<()> {
-        Ok(())
-    }
-
-    fn gmem_invalidate(&self, _start: Pfn, _end: Pfn) {}
-
-    fn gmem_max_mapping_level(&self, _kvm: &Kvm, _pfn: Pfn) -> Option<PgLevel> {
-        None
     }
 
     fn post_populate(&self, kvm: &Kvm, _gfn: Gfn, pfn: Pfn, source: Option<&[u8]>, order: u8) -> KResult<()> {

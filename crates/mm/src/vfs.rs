@@ -185,26 +185,21 @@ impl Process {
     /// `read(2)`: `vfs_read` needs FMODE_READ (EBADF) and a read operation (EINVAL).
     pub fn read(&self, fd: i32, _len: u64) -> KResult<u64> {
         let _span = tracing::trace_span!("read", fd).entered();
-        let result = self.fget(fd).and_then(|file| {
-            if file.f_mode() & FMODE_READ == 0 {
-                return Err(Errno::EBADF);
-            }
-            if file.f_mode() & FMODE_CAN_READ == 0 {
-                return Err(Errno::EINVAL);
-            }
-            unreachable_io(&file)
-        });
-        self.syscall_exit(result)
+        self.plain_io(fd, FMODE_READ, FMODE_CAN_READ)
     }
 
-    /// `write(2)`.
+    /// `write(2)`: `vfs_write` needs FMODE_WRITE (EBADF) and a write operation (EINVAL).
     pub fn write(&self, fd: i32, _len: u64) -> KResult<u64> {
         let _span = tracing::trace_span!("write", fd).entered();
+        self.plain_io(fd, FMODE_WRITE, FMODE_CAN_WRITE)
+    }
+
+    fn plain_io(&self, fd: i32, opened_for: u32, can: u32) -> KResult<u64> {
         let result = self.fget(fd).and_then(|file| {
-            if file.f_mode() & FMODE_WRITE == 0 {
+            if file.f_mode() & opened_for == 0 {
                 return Err(Errno::EBADF);
             }
-            if file.f_mode() & FMODE_CAN_WRITE == 0 {
+            if file.f_mode() & can == 0 {
                 return Err(Errno::EINVAL);
             }
             unreachable_io(&file)
