@@ -525,7 +525,9 @@ fn unreachable_io(file: &FileRef) -> KResult<u64> {
     panic!("{}: read/write/llseek operations are not modelled", file.name())
 }
 
-/// v6.14 `vfs_fallocate` mode checks (before the 6.17 rewrite into a switch).
+/// v6.14 `vfs_fallocate` mode checks (before the 6.17 rewrite into a switch). Recalled from the
+/// pre-6.17 source rather than read from a pinned v6.14 tree: re-check against one before relying
+/// on the EINVAL/EOPNOTSUPP split for mixed COLLAPSE/INSERT/UNSHARE modes.
 fn check_fallocate_mode_v6_14(mode: i32) -> KResult<()> {
     let supported = FALLOC_FL_KEEP_SIZE
         | FALLOC_FL_PUNCH_HOLE
