@@ -204,21 +204,23 @@ pub struct MemslotEntry {
 }
 
 /// `struct kvm_memslots`: one immutable generation (address space 0).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Memslots {
-    generation: u64,
+    /// Written twice per update while readers may look (in progress, then final), as the
+    /// kernel's `slots->generation`: hence atomic.
+    generation: AtomicU64,
     /// Sorted by `base_gfn`; GPA ranges never overlap.
     entries: Vec<MemslotEntry>,
 }
 
 impl Memslots {
     pub(crate) fn empty(generation: u64) -> Memslots {
-        Memslots { generation, entries: Vec::new() }
+        Memslots { generation: AtomicU64::new(generation), entries: Vec::new() }
     }
 
     /// `slots->generation`.
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Every slot, by ascending gfn.
@@ -251,7 +253,7 @@ impl Memslots {
             entries.push(new);
             entries.sort_by_key(|entry| entry.base_gfn);
         }
-        Memslots { generation: self.generation, entries }
+        Memslots { generation: AtomicU64::new(self.generation()), entries }
     }
 }
 
@@ -488,13 +490,13 @@ impl Kvm {
         new: Option<MemslotEntry>,
         change: MrChange,
     ) -> KResult<()> {
-        let arch_lock = self.slots_arch_lock.lock();
+        let mut arch_lock = self.slots_arch_lock.lock();
         let mut invalid = None;
         if matches!(change, MrChange::Delete | MrChange::Move) {
             let old = old.expect("delete/move has an old slot");
-            invalid = Some(self.invalidate_memslot(slots_lock, arch_lock, old));
-        } else {
-            drop(arch_lock);
+            let (invalid_slot, relocked) = self.invalidate_memslot(slots_lock, arch_lock, old);
+            invalid = Some(invalid_slot);
+            arch_lock = relocked;
         }
         // kvm_prepare_memory_region → kvm_arch_prepare_memory_region: on x86, CREATE and MOVE
         // fail for a slot that ends beyond the MMU's largest gfn.
@@ -503,17 +505,21 @@ impl Kvm {
             if new.base_gfn + new.npages - 1 > max_gfn {
                 if let (Some(invalid), Some(old)) = (invalid, old) {
                     // kvm_activate_memslot(kvm, invalid_slot, old): restore the old slot.
-                    self.swap_active_memslots(slots_lock, Some(invalid.handle), Some(old));
+                    self.swap_active_memslots(slots_lock, arch_lock, Some(invalid.handle), Some(old));
                     self.free_slot_storage(invalid.handle);
+                } else {
+                    drop(arch_lock);
                 }
                 return Err(Errno::EINVAL);
             }
         }
         match change {
-            MrChange::Create | MrChange::FlagsOnly => self.swap_active_memslots(slots_lock, old.map(|o| o.handle), new),
+            MrChange::Create | MrChange::FlagsOnly => {
+                self.swap_active_memslots(slots_lock, arch_lock, old.map(|o| o.handle), new)
+            }
             MrChange::Delete | MrChange::Move => {
                 let invalid = invalid.expect("made above");
-                self.swap_active_memslots(slots_lock, Some(invalid.handle), new);
+                self.swap_active_memslots(slots_lock, arch_lock, Some(invalid.handle), new);
                 self.free_slot_storage(invalid.handle);
             }
         }
@@ -522,14 +528,14 @@ impl Kvm {
     }
 
     /// `kvm_invalidate_memslot`: publish an INVALID copy of `old` in its place, wait for readers,
-    /// zap the old slot's mappings. Consumes the `slots_arch_lock` guard the way the kernel's
-    /// swap drops and re-takes it.
-    fn invalidate_memslot(
-        &self,
+    /// zap the old slot's mappings. The swap drops `slots_arch_lock` before waiting for readers;
+    /// it is taken again afterwards, as the kernel does, and handed back.
+    fn invalidate_memslot<'k>(
+        &'k self,
         slots_lock: &gmem_sync::MutexGuard<'_, ()>,
-        arch_lock: gmem_sync::MutexGuard<'_, ()>,
+        arch_lock: gmem_sync::MutexGuard<'k, ()>,
         old: MemslotEntry,
-    ) -> MemslotEntry {
+    ) -> (MemslotEntry, gmem_sync::MutexGuard<'k, ()>) {
         let old_slot = self.memslot(&old);
         let (handle, slot) = self.slot_slab.alloc();
         // kvm_copy_memslot: geometry and flags, not the gmem binding.
@@ -541,17 +547,18 @@ impl Kvm {
         slot.gmem_file.store(std::ptr::null_mut(), Ordering::Relaxed);
         slot.gmem_pgoff.store(old_slot.gmem_pgoff(), Ordering::Relaxed);
         let invalid = MemslotEntry { handle, ..old };
-        drop(arch_lock);
-        self.swap_active_memslots(slots_lock, Some(old.handle), Some(invalid));
+        self.swap_active_memslots(slots_lock, arch_lock, Some(old.handle), Some(invalid));
         self.mmu().flush_shadow_memslot(self, old.id, Gfn(old.base_gfn), old.npages);
-        invalid
+        (invalid, self.slots_arch_lock.lock())
     }
 
     /// `kvm_swap_active_memslots` (with the `kvm_replace_memslot` it follows): publish the next
-    /// generation, wait for every reader of the previous one, free it.
+    /// generation (its number marked "update in progress"), drop `slots_arch_lock`, wait for every
+    /// reader of the previous generation, give the new one its final number, free the old one.
     fn swap_active_memslots(
         &self,
         slots_lock: &gmem_sync::MutexGuard<'_, ()>,
+        arch_lock: gmem_sync::MutexGuard<'_, ()>,
         old: Option<SlabHandle>,
         new: Option<MemslotEntry>,
     ) {
@@ -560,14 +567,16 @@ impl Kvm {
         self.machine().warnings.warn_on(generation & KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS != 0, || {
             "memslot generation update already in progress".into()
         });
-        let mut next = active.replaced(old, new);
-        next.generation = generation | KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS;
+        let next = active.replaced(old, new);
+        next.generation.store(generation | KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS, Ordering::Relaxed);
         let next = Box::into_raw(Box::new(next));
         let previous = self.memslots.swap(next, Ordering::AcqRel);
+        drop(arch_lock);
         self.srcu.synchronize();
-        // SAFETY: `next` is ours until the next swap, which needs slots_lock (held).
-        let next = unsafe { &mut *next };
-        next.generation = (next.generation & !KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS) + KVM_ADDRESS_SPACE_NUM as u64;
+        // SAFETY: `next` stays published (and alive) until the next swap, which needs slots_lock.
+        let next = unsafe { &*next };
+        let final_generation = (generation & !KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS) + KVM_ADDRESS_SPACE_NUM as u64;
+        next.generation.store(final_generation, Ordering::Release);
         // SAFETY: every SRCU reader that could see `previous` has finished (synchronize above).
         drop(unsafe { Box::from_raw(previous) });
     }
