@@ -1,6 +1,8 @@
 //! The backends the command line can choose (`--backend sim|kvm`), opened by name.
 
 pub mod dump;
+#[cfg(target_os = "linux")]
+pub mod kvm;
 pub mod sim;
 
 use crate::backend::Backend;
@@ -24,9 +26,22 @@ pub fn open(backend: &str, kernel: &str) -> Result<Box<dyn Backend>, String> {
     let profile = KernelProfile::by_name(kernel)?;
     match backend {
         "sim" => Ok(Box::new(sim::SimBackend::new(profile))),
-        "kvm" => Err("backend `kvm` (the real /dev/kvm) is not implemented yet".into()),
+        "kvm" => open_kvm(&profile),
         other => Err(format!("unknown backend `{other}` (known: {})", BACKENDS.join(", "))),
     }
+}
+
+/// The real kernel. It has no profile of its own: it is the kernel it runs on. A profile other
+/// than the one modelling this machine's kernel is accepted (its name is still validated), so
+/// the same command line can name both arms of a comparison.
+#[cfg(target_os = "linux")]
+fn open_kvm(_profile: &KernelProfile) -> Result<Box<dyn Backend>, String> {
+    Ok(Box::new(kvm::KvmBackend::open()?))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_kvm(_profile: &KernelProfile) -> Result<Box<dyn Backend>, String> {
+    Err("backend `kvm` needs Linux and /dev/kvm".into())
 }
 
 #[cfg(test)]
@@ -38,7 +53,11 @@ mod tests {
         let message = |backend: &str, kernel: &str| open(backend, kernel).err();
         assert!(open("sim", "v6.18").is_ok());
         assert!(open("sim", "v6.14+F1").is_ok());
-        assert!(message("kvm", "v6.14").unwrap().contains("not implemented yet"));
+        if std::path::Path::new("/dev/kvm").exists() {
+            assert!(open("kvm", "v6.18-pvm").is_ok());
+        } else {
+            assert!(message("kvm", "v6.18-pvm").unwrap().contains("/dev/kvm"));
+        }
         assert!(message("qemu", "v6.18").unwrap().starts_with("unknown backend `qemu`"));
         assert!(message("sim", "v5.0").unwrap().starts_with("unknown kernel profile `v5.0`"));
     }

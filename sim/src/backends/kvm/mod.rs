@@ -1,0 +1,514 @@
+//! The real-kernel backend: every host-side verb on this machine's `/dev/kvm`.
+//!
+//! KVM calls go through kvm-ioctls (`Kvm::create_vm_with_type`, `VmFd::create_guest_memfd`,
+//! `VmFd::set_user_memory_region2`, `VmFd::set_memory_attributes`,
+//! `check_extension_raw`); a descriptor that is not the kind the wrapper's type promises
+//! (a guest_memfd used as a VM, a closed descriptor) gets the same ioctl raw, so the kernel
+//! gives its own answer. File and memory calls are plain libc calls.
+//!
+//! What this backend adds around the kernel, and why:
+//! - [`fds`]: script descriptor numbers are translated, because the script format fixes
+//!   them (lowest free, 0 to 2 open) and the runner's process has others open;
+//! - [`probe`]: loads and stores run in a `CLONE_VM` child, so SIGBUS and SIGSEGV are results
+//!   rather than the end of the runner;
+//! - [`memory`]: stores, `munmap` and `madvise` never reach the runner's own memory;
+//! - resource guards: a memslot the kernel would accept costs about 10 bytes of kernel memory
+//!   per 4 KiB page here, so calls that would create very large ones (or allocate many GiB of
+//!   guest_memfd) are not performed.
+//!
+//! A verb not performed prints `skip` with the reason, and the line is not compared. Guest
+//! verbs skip: on this machine's PVM backend a guest reads the memslot's `userspace_addr`,
+//! not guest_memfd (reference/kernel-semantics.md §0.2). Simulator-only verbs skip.
+//!
+//! The backend owns what it creates: dropping it closes every descriptor and unmaps every
+//! mapping, so thousands of scripts in one process do not grow its descriptors or memory.
+
+mod fds;
+mod memory;
+mod probe;
+mod sys;
+
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+
+use gmem_mm::Errno;
+use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
+use kvm_ioctls::Kvm;
+
+use crate::backend::{BResult, Backend, Failure, MemoryRegion2, Signal, Stat};
+use fds::{FdTable, Object};
+use memory::{page_align, RegionKind, Regions, PAGE_SIZE};
+
+/// Why guest-side verbs skip here (issue text and reference/kernel-semantics.md §0.2).
+pub const GUEST_SKIP: &str = "guest access not compared on this host";
+
+/// Why simulator-only verbs skip here.
+pub const SIMULATOR_ONLY: &str = "simulator only";
+
+/// Why calls on descriptors 0 to 2 that would read their identity skip here.
+const STREAM_SKIP: &str = "the standard streams differ between hosts (the simulator models a terminal)";
+
+/// The largest `load` a script may ask for (the simulator's limit too).
+const LOAD_LEN_MAX: u64 = 16 << 20;
+
+/// The largest memslot this backend creates in one call: 64 GiB costs about 170 MiB of
+/// kernel memory on the measured kernel.
+const MEMSLOT_BYTES_MAX: u64 = 64 << 30;
+
+/// The most memslot bytes one script may create: 256 GiB, about 680 MiB of kernel memory.
+const MEMSLOT_BYTES_BUDGET: u64 = 256 << 30;
+
+/// The most guest_memfd memory one `fallocate` may allocate.
+const FALLOCATE_ALLOC_MAX: u64 = 4 << 30;
+
+/// The largest buffer `read`/`write` hand to the kernel; larger requests get an address
+/// range reserved without memory behind it.
+const IO_BUFFER_MAX: u64 = 1 << 20;
+
+/// `x86_64` `KVM_MEM_MAX_NR_PAGES`: memslots of more pages are rejected before any allocation.
+const KVM_MEM_MAX_NR_PAGES: u64 = (1 << 31) - 1;
+
+/// The first guest physical address past the largest the measured kernel maps (52 bits).
+const GPA_LIMIT: u64 = 1 << 52;
+
+/// `FALLOC_FL_PUNCH_HOLE`.
+const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
+
+/// mmap flags this backend does not pass: it always maps with a NULL hint, so `MAP_FIXED`
+/// and `MAP_FIXED_NOREPLACE` would map at address 0 and could replace the runner's memory;
+/// `MAP_POPULATE` and `MAP_LOCKED` would commit a whole mapping of any size at once.
+const MMAP_FLAGS_REFUSED: u64 =
+    (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE | libc::MAP_POPULATE | libc::MAP_LOCKED) as u64;
+
+/// madvise advice this backend does not pass: they would poison or offline this host's pages.
+const MADVISE_REFUSED: [i32; 2] = [libc::MADV_HWPOISON, libc::MADV_SOFT_OFFLINE];
+
+/// The real-kernel backend for one script.
+#[derive(Debug)]
+pub struct KvmBackend {
+    kvm: Kvm,
+    fds: FdTable,
+    regions: Regions,
+    memslot_bytes: u64,
+}
+
+fn errno<T>(result: Result<T, Errno>) -> BResult<T> {
+    result.map_err(Failure::Errno)
+}
+
+fn kvm_error(error: kvm_ioctls::Error) -> Failure {
+    Failure::Errno(Errno::from_raw(error.errno()))
+}
+
+fn skip<T>(reason: impl Into<String>) -> BResult<T> {
+    Err(Failure::Skip(reason.into()))
+}
+
+impl KvmBackend {
+    /// Opens `/dev/kvm` and a fresh script descriptor table with 0, 1 and 2 open on
+    /// `/dev/null`.
+    pub fn open() -> Result<KvmBackend, String> {
+        let kvm = Kvm::new().map_err(|error| format!("cannot open /dev/kvm: {error}"))?;
+        let mut fds = FdTable::default();
+        for _ in 0..3 {
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|error| format!("cannot open /dev/null: {error}"))?;
+            fds.install(Object::Stream(OwnedFd::from(null)));
+        }
+        Ok(KvmBackend { kvm, fds, regions: Regions::default(), memslot_bytes: 0 })
+    }
+
+    /// The real descriptor for a script descriptor (-1 if closed).
+    fn raw(&self, fd: i32) -> i32 {
+        self.fds.raw(fd)
+    }
+
+    /// `Some(skip)` if `fd` is a standard stream, whose identity differs between hosts.
+    fn stream_skip<T>(&self, fd: i32) -> Option<BResult<T>> {
+        matches!(self.fds.get(fd), Some(Object::Stream(_))).then(|| skip(STREAM_SKIP))
+    }
+
+    /// Whether a memslot call could pass every check the kernel makes before allocating the
+    /// slot's metadata (so performing it may cost kernel memory in proportion to its size).
+    /// Only decides whether to perform the call; the kernel gives the answer.
+    fn memslot_may_allocate(region: &MemoryRegion2) -> bool {
+        let size = region.memory_size;
+        let gpa = region.guest_phys_addr;
+        size != 0
+            && size % PAGE_SIZE == 0
+            && gpa % PAGE_SIZE == 0
+            && size >> 12 <= KVM_MEM_MAX_NR_PAGES
+            && gpa.checked_add(size).is_some_and(|end| end <= GPA_LIMIT)
+    }
+
+    /// Whether `[offset, offset + len)` lies inside the file's size, so that an allocating
+    /// `fallocate` of a guest_memfd would really allocate (guest_memfd refuses ranges past
+    /// `i_size` before allocating anything).
+    fn fits_in_file(&self, fd: i32, offset: i64, len: i64) -> bool {
+        // SAFETY: `stat` is a plain-old-data out-parameter of the right type.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `stat` is a valid out-pointer for the call.
+        let known = unsafe { libc::fstat(self.raw(fd), &mut stat) } == 0;
+        !known || offset.checked_add(len).is_some_and(|end| offset >= 0 && end <= stat.st_size)
+    }
+
+    /// A buffer for `read`/`write` of `len` bytes: memory the kernel may fill or read.
+    fn io_buffer(len: u64) -> BResult<IoBuffer> {
+        if len <= IO_BUFFER_MAX {
+            return Ok(IoBuffer::Heap(vec![0u8; len as usize]));
+        }
+        // SAFETY: a fresh private anonymous reservation; no memory is committed until touched.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return skip(format!("cannot reserve a {len}-byte buffer on this host"));
+        }
+        Ok(IoBuffer::Mapped { addr, len: len as usize })
+    }
+}
+
+/// Memory handed to `read`/`write`.
+enum IoBuffer {
+    Heap(Vec<u8>),
+    Mapped { addr: *mut libc::c_void, len: usize },
+}
+
+impl IoBuffer {
+    fn ptr(&mut self) -> *mut libc::c_void {
+        match self {
+            IoBuffer::Heap(vec) => vec.as_mut_ptr().cast(),
+            IoBuffer::Mapped { addr, .. } => *addr,
+        }
+    }
+}
+
+impl Drop for IoBuffer {
+    fn drop(&mut self) {
+        if let IoBuffer::Mapped { addr, len } = *self {
+            // SAFETY: unmapping the reservation made in `io_buffer`.
+            unsafe { libc::munmap(addr, len) };
+        }
+    }
+}
+
+impl Drop for KvmBackend {
+    fn drop(&mut self) {
+        for region in self.regions.take_all() {
+            // SAFETY: the range was mapped by this backend and nothing else refers to it.
+            unsafe { libc::munmap(region.start as *mut libc::c_void, (region.end - region.start) as usize) };
+        }
+        self.fds.clear();
+    }
+}
+
+impl Backend for KvmBackend {
+    fn create_vm(&mut self, vm_type: u64) -> BResult<i32> {
+        let vm = self.kvm.create_vm_with_type(vm_type).map_err(kvm_error)?;
+        Ok(self.fds.install(Object::Vm(vm)))
+    }
+
+    fn check_extension(&mut self, vm: Option<i32>, cap: u64) -> BResult<i64> {
+        match vm {
+            None => Ok(i64::from(self.kvm.check_extension_raw(cap as libc::c_ulong))),
+            Some(vm) => match self.fds.get(vm) {
+                Some(Object::Vm(vm)) => {
+                    let value = vm.check_extension_raw(cap as libc::c_ulong);
+                    if value < 0 {
+                        return Err(Failure::Errno(sys::last_errno()));
+                    }
+                    Ok(i64::from(value))
+                }
+                _ => errno(sys::ioctl_with_val(self.raw(vm), sys::KVM_CHECK_EXTENSION, cap)),
+            },
+        }
+    }
+
+    fn create_guest_memfd(&mut self, vm: i32, size: u64, flags: u64) -> BResult<i32> {
+        let mut args = kvm_create_guest_memfd { size, flags, ..Default::default() };
+        let fd = match self.fds.get(vm) {
+            Some(Object::Vm(vm)) => vm.create_guest_memfd(args).map_err(kvm_error)?,
+            _ => errno(sys::ioctl_with_mut(self.raw(vm), sys::KVM_CREATE_GUEST_MEMFD, &mut args))? as i32,
+        };
+        // SAFETY: the kernel just returned this new descriptor and nothing else owns it.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(self.fds.install(Object::GuestMemfd(owned)))
+    }
+
+    fn set_user_memory_region2(&mut self, vm: i32, region: &MemoryRegion2) -> BResult<()> {
+        let creates = Self::memslot_may_allocate(region);
+        if creates && region.memory_size > MEMSLOT_BYTES_MAX {
+            return skip(format!(
+                "a memslot of {} GiB would cost about {} MiB of kernel memory on this host",
+                region.memory_size >> 30,
+                ((region.memory_size >> 12) * 10) >> 20
+            ));
+        }
+        if creates && self.memslot_bytes + region.memory_size > MEMSLOT_BYTES_BUDGET {
+            return skip(format!(
+                "this script's memslots would exceed {} GiB on this host",
+                MEMSLOT_BYTES_BUDGET >> 30
+            ));
+        }
+        let guest_memfd = match self.fds.get(region.guest_memfd as i32) {
+            Some(object) => object.raw() as u32,
+            None => u32::MAX,
+        };
+        let mut raw = kvm_userspace_memory_region2 {
+            slot: region.slot,
+            flags: region.flags,
+            guest_phys_addr: region.guest_phys_addr,
+            memory_size: region.memory_size,
+            userspace_addr: region.userspace_addr,
+            guest_memfd_offset: region.guest_memfd_offset,
+            guest_memfd,
+            ..Default::default()
+        };
+        match self.fds.get(vm) {
+            // SAFETY: kvm-ioctls asks that `userspace_addr` stay valid while the slot exists,
+            // because a running guest would access it. This backend never runs a vCPU, so KVM
+            // never touches that memory; the call only records the slot.
+            Some(Object::Vm(vm)) => unsafe { vm.set_user_memory_region2(raw) }.map_err(kvm_error)?,
+            _ => {
+                errno(sys::ioctl_with_mut(self.raw(vm), sys::KVM_SET_USER_MEMORY_REGION2, &mut raw))?;
+            }
+        }
+        if creates {
+            self.memslot_bytes += region.memory_size;
+        }
+        Ok(())
+    }
+
+    fn set_memory_attributes(&mut self, vm: i32, address: u64, size: u64, attributes: u64, flags: u64) -> BResult<()> {
+        let mut attrs = kvm_memory_attributes { address, size, attributes, flags };
+        match self.fds.get(vm) {
+            Some(Object::Vm(vm)) => vm.set_memory_attributes(attrs).map_err(kvm_error),
+            _ => errno(sys::ioctl_with_mut(self.raw(vm), sys::KVM_SET_MEMORY_ATTRIBUTES, &mut attrs)).map(drop),
+        }
+    }
+
+    fn fallocate(&mut self, fd: i32, mode: i32, offset: i64, len: i64) -> BResult<()> {
+        if mode & FALLOC_FL_PUNCH_HOLE == 0 && len > FALLOCATE_ALLOC_MAX as i64 && self.fits_in_file(fd, offset, len) {
+            return skip(format!(
+                "allocating more than {} GiB at once is not done on this host",
+                FALLOCATE_ALLOC_MAX >> 30
+            ));
+        }
+        // SAFETY: fallocate takes no pointers.
+        errno(sys::check(i64::from(unsafe { libc::fallocate(self.raw(fd), mode, offset, len) }))).map(drop)
+    }
+
+    fn fstat(&mut self, fd: i32) -> BResult<Stat> {
+        if let Some(skipped) = self.stream_skip(fd) {
+            return skipped;
+        }
+        // SAFETY: `stat` is a plain-old-data out-parameter of the right type.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `stat` is a valid out-pointer for the call.
+        errno(sys::check(i64::from(unsafe { libc::fstat(self.raw(fd), &mut stat) })))?;
+        Ok(Stat { size: stat.st_size, blksize: stat.st_blksize, blocks: stat.st_blocks, mode: stat.st_mode })
+    }
+
+    fn ftruncate(&mut self, fd: i32, size: i64) -> BResult<()> {
+        // SAFETY: ftruncate takes no pointers.
+        errno(sys::check(i64::from(unsafe { libc::ftruncate(self.raw(fd), size) }))).map(drop)
+    }
+
+    fn read(&mut self, fd: i32, len: u64) -> BResult<u64> {
+        if let Some(skipped) = self.stream_skip(fd) {
+            return skipped;
+        }
+        let mut buffer = Self::io_buffer(len)?;
+        // SAFETY: `buffer` holds `len` writable bytes.
+        let ret = unsafe { libc::read(self.raw(fd), buffer.ptr(), len as usize) };
+        errno(sys::check(ret as i64)).map(|n| n as u64)
+    }
+
+    fn write(&mut self, fd: i32, len: u64) -> BResult<u64> {
+        if let Some(skipped) = self.stream_skip(fd) {
+            return skipped;
+        }
+        let mut buffer = Self::io_buffer(len)?;
+        // SAFETY: `buffer` holds `len` readable bytes.
+        let ret = unsafe { libc::write(self.raw(fd), buffer.ptr(), len as usize) };
+        errno(sys::check(ret as i64)).map(|n| n as u64)
+    }
+
+    fn pread(&mut self, fd: i32, len: u64, offset: i64) -> BResult<u64> {
+        if let Some(skipped) = self.stream_skip(fd) {
+            return skipped;
+        }
+        let mut buffer = Self::io_buffer(len)?;
+        // SAFETY: `buffer` holds `len` writable bytes.
+        let ret = unsafe { libc::pread(self.raw(fd), buffer.ptr(), len as usize, offset) };
+        errno(sys::check(ret as i64)).map(|n| n as u64)
+    }
+
+    fn pwrite(&mut self, fd: i32, len: u64, offset: i64) -> BResult<u64> {
+        if let Some(skipped) = self.stream_skip(fd) {
+            return skipped;
+        }
+        let mut buffer = Self::io_buffer(len)?;
+        // SAFETY: `buffer` holds `len` readable bytes.
+        let ret = unsafe { libc::pwrite(self.raw(fd), buffer.ptr(), len as usize, offset) };
+        errno(sys::check(ret as i64)).map(|n| n as u64)
+    }
+
+    fn lseek(&mut self, fd: i32, offset: i64, whence: i32) -> BResult<u64> {
+        if let Some(skipped) = self.stream_skip(fd) {
+            return skipped;
+        }
+        // SAFETY: lseek takes no pointers.
+        errno(sys::check(unsafe { libc::lseek(self.raw(fd), offset, whence) })).map(|n| n as u64)
+    }
+
+    fn mmap(&mut self, fd: i32, len: u64, offset: i64, prot: u64, flags: u64) -> BResult<u64> {
+        if flags & MMAP_FLAGS_REFUSED != 0 {
+            return skip("MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_POPULATE and MAP_LOCKED are not passed on this host");
+        }
+        // SAFETY: a NULL hint without MAP_FIXED: the kernel picks a free range, so no existing
+        // memory of the runner is replaced.
+        let addr =
+            unsafe { libc::mmap(std::ptr::null_mut(), len as usize, prot as i32, flags as i32, self.raw(fd), offset) };
+        if addr == libc::MAP_FAILED {
+            return Err(Failure::Errno(sys::last_errno()));
+        }
+        self.regions.add(addr as u64, len, RegionKind::Mapping);
+        Ok(addr as u64)
+    }
+
+    fn munmap(&mut self, addr: u64, len: u64) -> BResult<()> {
+        if !self.regions.may_touch(addr, len) {
+            return skip("the range holds memory of the runner on this host");
+        }
+        // SAFETY: `may_touch` found only this script's mappings or nothing in the range.
+        errno(sys::check(i64::from(unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) })))?;
+        let end = addr.saturating_add(page_align(len));
+        self.regions.remove(addr, end);
+        Ok(())
+    }
+
+    fn store(&mut self, addr: u64, bytes: &[u8]) -> BResult<()> {
+        if !self.regions.may_touch(addr, bytes.len() as u64) {
+            return skip("the range holds memory of the runner on this host");
+        }
+        // SAFETY: `may_touch` found only this script's mappings or nothing in the range.
+        let result = unsafe { probe::store(addr, bytes) }.map_err(|error| Failure::Skip(error.0))?;
+        result.map_err(Failure::Signal)
+    }
+
+    fn load(&mut self, addr: u64, len: u64) -> BResult<Vec<u8>> {
+        if len > LOAD_LEN_MAX {
+            return skip(format!("loads of more than {LOAD_LEN_MAX} bytes are not supported"));
+        }
+        let result = probe::load(addr, len as usize).map_err(|error| Failure::Skip(error.0))?;
+        result.map_err(Failure::Signal)
+    }
+
+    fn madvise(&mut self, addr: u64, len: u64, advice: i32) -> BResult<()> {
+        if MADVISE_REFUSED.contains(&advice) {
+            return skip("MADV_HWPOISON and MADV_SOFT_OFFLINE are not passed on this host");
+        }
+        if !self.regions.may_touch(addr, len) {
+            return skip("the range holds memory of the runner on this host");
+        }
+        // SAFETY: `may_touch` found only this script's mappings or nothing in the range.
+        errno(sys::check(i64::from(unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, advice) })))
+            .map(drop)
+    }
+
+    fn close(&mut self, fd: i32) -> BResult<()> {
+        let raw = match self.fds.remove(fd) {
+            Some(Object::Vm(vm)) => {
+                // kvm-ioctls' VmFd closes its descriptor when dropped and discards the result.
+                // Close a duplicate last instead, so the final close (the one that releases
+                // the VM) is the one whose result the script sees.
+                // SAFETY: dup takes no pointers; the VmFd's descriptor is open.
+                let raw = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&vm)) };
+                drop(vm);
+                if raw < 0 {
+                    return Err(Failure::Errno(sys::last_errno()));
+                }
+                raw
+            }
+            Some(Object::Stream(fd) | Object::GuestMemfd(fd)) => fd.into_raw_fd(),
+            None => -1,
+        };
+        // SAFETY: `raw` is owned here (or -1), and is not used again.
+        errno(sys::check(i64::from(unsafe { libc::close(raw) }))).map(drop)
+    }
+
+    fn map_anonymous(&mut self, len: u64) -> BResult<u64> {
+        // SAFETY: a NULL hint, private anonymous memory without a reservation.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(Failure::Errno(sys::last_errno()));
+        }
+        self.regions.add(addr as u64, len, RegionKind::Anonymous);
+        Ok(addr as u64)
+    }
+
+    fn create_vcpu(&mut self, _vm: i32, _id: u64) -> BResult<i32> {
+        skip(GUEST_SKIP)
+    }
+
+    fn guest_store(&mut self, _vcpu: i32, _gpa: u64, _bytes: &[u8], _private: Option<bool>) -> BResult<()> {
+        skip(GUEST_SKIP)
+    }
+
+    fn guest_load(&mut self, _vcpu: i32, _gpa: u64, _len: u64, _private: Option<bool>) -> BResult<Vec<u8>> {
+        skip(GUEST_SKIP)
+    }
+
+    fn pre_fault_memory(&mut self, _vcpu: i32, _gpa: u64, _size: u64) -> BResult<u64> {
+        skip(GUEST_SKIP)
+    }
+
+    fn populate(&mut self, _vm: i32, _gpa: u64, _npages: u64, _bytes: Option<&[u8]>) -> BResult<u64> {
+        skip(SIMULATOR_ONLY)
+    }
+
+    fn inject_memory_failure(&mut self, _fd: i32, _offset: u64) -> BResult<()> {
+        skip(SIMULATOR_ONLY)
+    }
+
+    fn inject(&mut self, _fault: &str, _count: u64, _after: u64) -> BResult<()> {
+        skip(SIMULATOR_ONLY)
+    }
+
+    fn warnings(&mut self) -> BResult<u64> {
+        skip(SIMULATOR_ONLY)
+    }
+
+    fn check_invariants(&mut self) -> BResult<Vec<crate::backend::Violation>> {
+        skip(SIMULATOR_ONLY)
+    }
+
+    fn dump(&mut self, _target: Option<i32>) -> BResult<Vec<String>> {
+        skip(SIMULATOR_ONLY)
+    }
+}
+
+impl From<Signal> for Failure {
+    fn from(signal: Signal) -> Self {
+        Failure::Signal(signal)
+    }
+}
