@@ -1,7 +1,7 @@
 //! [`SimHost`]: one process on one simulated kernel, and the ioctl dispatch of its KVM files.
 
+use crate::convert::{memory_attributes, userspace_memory_region2};
 use crate::Result;
-use gmem_kvm::attributes::MemoryAttributes;
 use gmem_kvm::caps::check_extension;
 use gmem_kvm::guest_memfd::{gmem_memory_failure, gmem_of_file, kvm_gmem_create, kvm_gmem_populate};
 use gmem_kvm::memslot::UserspaceMemoryRegion2;
@@ -153,16 +153,7 @@ impl SimHost {
     /// `KVM_SET_USER_MEMORY_REGION2`.
     pub fn set_user_memory_region2(&self, vm_fd: i32, region: &kvm_userspace_memory_region2) -> Result<()> {
         let _span = tracing::debug_span!("kvm_vm_ioctl_set_user_memory_region2", vm_fd, region.slot).entered();
-        let mem = UserspaceMemoryRegion2 {
-            slot: region.slot,
-            flags: region.flags,
-            guest_phys_addr: region.guest_phys_addr,
-            memory_size: region.memory_size,
-            userspace_addr: region.userspace_addr,
-            guest_memfd_offset: region.guest_memfd_offset,
-            guest_memfd: region.guest_memfd,
-        };
-        self.set_memory_region(vm_fd, &mem)
+        self.set_memory_region(vm_fd, &userspace_memory_region2(region))
     }
 
     /// `KVM_SET_USER_MEMORY_REGION2` with the simulator's own argument type (the pads of the
@@ -174,12 +165,7 @@ impl SimHost {
     /// `KVM_SET_MEMORY_ATTRIBUTES`.
     pub fn set_memory_attributes(&self, vm_fd: i32, attrs: &kvm_memory_attributes) -> Result<()> {
         let _span = tracing::debug_span!("kvm_vm_ioctl_set_memory_attributes", vm_fd).entered();
-        let attrs = MemoryAttributes {
-            address: attrs.address,
-            size: attrs.size,
-            attributes: attrs.attributes,
-            flags: attrs.flags,
-        };
+        let attrs = memory_attributes(attrs);
         self.vm_ioctl(vm_fd, |kvm| kvm.set_memory_attributes(&attrs))
     }
 

@@ -6,15 +6,18 @@
 //! space that runs deferred `fput` work). On top of it, [`Kvm`] and [`VmFd`] mirror
 //! `kvm_ioctls::Kvm` and `kvm_ioctls::VmFd`: same method names, kvm-bindings argument structs,
 //! errno results. The constants kvm-bindings lacks (Linux 6.18's guest_memfd flags and
-//! capability) are in [`consts`].
+//! capability) are in [`consts`]. `tests/tests/parity.rs` (crate gmem-tests) fails to compile
+//! if a mirrored method's signature, a struct or a constant drifts from kvm-ioctls/kvm-bindings.
 //!
 //! Every entry point opens a `tracing` span named after its kernel counterpart.
 #![deny(missing_docs)]
 
 pub mod consts;
+mod convert;
 mod host;
 mod vmfd;
 
+pub use convert::{memory_attributes, userspace_memory_region2};
 pub use gmem_mm::{Errno, KResult};
 pub use host::{SimHost, Stat};
 pub use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};

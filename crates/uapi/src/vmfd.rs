@@ -5,9 +5,11 @@ use gmem_kvm::KernelProfile;
 use gmem_sync::Arc;
 use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
 use std::os::raw::c_ulong;
-use std::os::unix::io::RawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 
-/// `/dev/kvm`, opened by a process on a simulated kernel (mirrors `kvm_ioctls::Kvm`).
+/// `/dev/kvm`, opened by a process on a simulated kernel (mirrors `kvm_ioctls::Kvm`). Unlike
+/// kvm-ioctls' it holds no descriptor (the simulated process's table has only VM files and
+/// guest_memfds), so it does not implement `AsRawFd`.
 #[derive(Debug, Clone)]
 pub struct Kvm {
     host: Arc<SimHost>,
@@ -53,12 +55,15 @@ pub struct VmFd {
     fd: RawFd,
 }
 
-impl VmFd {
-    /// The descriptor number.
-    pub fn as_raw_fd(&self) -> RawFd {
+/// The descriptor number, through the trait as in kvm-ioctls (there is no inherent `as_raw_fd`,
+/// so VMM code that imports `AsRawFd` for kvm-ioctls compiles unchanged).
+impl AsRawFd for VmFd {
+    fn as_raw_fd(&self) -> RawFd {
         self.fd
     }
+}
 
+impl VmFd {
     /// `KVM_CHECK_EXTENSION` on the VM.
     pub fn check_extension_raw(&self, c: c_ulong) -> i32 {
         self.host.vm_check_extension(self.fd, c).unwrap_or(0) as i32
