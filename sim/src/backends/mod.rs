@@ -44,6 +44,28 @@ fn open_kvm(_profile: &KernelProfile) -> Result<Box<dyn Backend>, String> {
     Err("backend `kvm` needs Linux and /dev/kvm".into())
 }
 
+/// Whether the kvm backend can open here: `Ok`, or the reason it cannot.
+pub fn kvm_available() -> Result<(), String> {
+    open_kvm(&KernelProfile::default()).map(drop)
+}
+
+/// For test suites: whether a test that needs `/dev/kvm` should run.
+///
+/// Where the kvm backend cannot open, prints `skipping TEST: REASON` and returns `false`, unless
+/// `GMEM_REQUIRE_KVM=1` is set, in which case the absence is a failure (panics).
+pub fn kvm_or_skip(test: &str) -> bool {
+    match kvm_available() {
+        Ok(()) => true,
+        Err(reason) if std::env::var("GMEM_REQUIRE_KVM").is_ok_and(|v| v == "1") => {
+            panic!("{test}: GMEM_REQUIRE_KVM=1 but the kvm backend is unavailable: {reason}")
+        }
+        Err(reason) => {
+            eprintln!("skipping {test}: {reason}");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,11 @@
 //! `/proc/self/maps` shows nothing else there (the kernel then answers SIGSEGV, ENOMEM,
 //! EINVAL... as it would in the script's own process). If the range would touch memory the
 //! runner itself uses, the backend does not perform the operation and says so (`skip`).
+//!
+//! A range the script unmaps stays reserved without access rights ([`RegionKind::Unmapped`]):
+//! the runner allocates memory of its own between lines (and other threads do too), and a
+//! load or store through a stale name must fault as it would in the script's process, not
+//! land in whatever the runner placed there since.
 
 use std::fs;
 
@@ -20,6 +25,10 @@ pub enum RegionKind {
     Mapping,
     /// Anonymous memory for `uaddr=auto`.
     Anonymous,
+    /// A range the script unmapped, kept reserved (`PROT_NONE`) so the runner's allocator
+    /// cannot reuse it: a later access through the old name faults (SIGSEGV) as it would in
+    /// the script's own process, instead of reading the runner's memory.
+    Unmapped,
 }
 
 /// A page-aligned range `[start, end)` the backend mapped and still owns.
@@ -69,6 +78,20 @@ impl Regions {
             }
         }
         self.regions = kept;
+    }
+
+    /// The owned ranges overlapping `[start, end)`, clipped to it.
+    pub fn owned_within(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        self.regions
+            .iter()
+            .filter(|r| r.start < end && r.end > start)
+            .map(|r| (r.start.max(start), r.end.min(end)))
+            .collect()
+    }
+
+    /// Whether any part of `[start, end)` is a range the script unmapped.
+    pub fn overlaps_unmapped(&self, start: u64, end: u64) -> bool {
+        self.regions.iter().any(|r| r.kind == RegionKind::Unmapped && r.start < end && r.end > start)
     }
 
     /// Every owned range, for the final release.

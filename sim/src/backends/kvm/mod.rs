@@ -154,6 +154,29 @@ impl KvmBackend {
         !known || offset.checked_add(len).is_some_and(|end| offset >= 0 && end <= stat.st_size)
     }
 
+    /// Keeps `[start, start + len)`, just unmapped by the script, reserved with no access, so
+    /// nothing of the runner is placed there while the script may still name it.
+    fn reserve_unmapped(&mut self, start: u64, len: u64) {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping: if anything was
+        // placed in the range since the munmap, the call fails and the range is left alone.
+        let addr = unsafe {
+            libc::mmap(
+                start as *mut libc::c_void,
+                len as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if addr as u64 == start {
+            self.regions.add(start, len, RegionKind::Unmapped);
+        } else if addr != libc::MAP_FAILED {
+            // SAFETY: a kernel without MAP_FIXED_NOREPLACE placed it elsewhere: undo that.
+            unsafe { libc::munmap(addr, len as usize) };
+        }
+    }
+
     /// A buffer for `read`/`write` of `len` bytes: memory the kernel may fill or read.
     fn io_buffer(len: u64) -> BResult<IoBuffer> {
         if len <= IO_BUFFER_MAX {
@@ -390,10 +413,14 @@ impl Backend for KvmBackend {
         if !self.regions.may_touch(addr, len) {
             return skip("the range holds memory of the runner on this host");
         }
+        let end = addr.saturating_add(page_align(len));
+        let owned = self.regions.owned_within(addr, end);
         // SAFETY: `may_touch` found only this script's mappings or nothing in the range.
         errno(sys::check(i64::from(unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) })))?;
-        let end = addr.saturating_add(page_align(len));
         self.regions.remove(addr, end);
+        for (start, end) in owned {
+            self.reserve_unmapped(start, end - start);
+        }
         Ok(())
     }
 
@@ -410,6 +437,9 @@ impl Backend for KvmBackend {
         if len > LOAD_LEN_MAX {
             return skip(format!("loads of more than {LOAD_LEN_MAX} bytes are not supported"));
         }
+        if !self.regions.may_touch(addr, len) {
+            return skip("the range holds memory of the runner on this host");
+        }
         let result = probe::load(addr, len as usize).map_err(|error| Failure::Skip(error.0))?;
         result.map_err(Failure::Signal)
     }
@@ -417,6 +447,9 @@ impl Backend for KvmBackend {
     fn madvise(&mut self, addr: u64, len: u64, advice: i32) -> BResult<()> {
         if MADVISE_REFUSED.contains(&advice) {
             return skip("MADV_HWPOISON and MADV_SOFT_OFFLINE are not passed on this host");
+        }
+        if self.regions.overlaps_unmapped(addr, addr.saturating_add(len)) {
+            return skip("the range was unmapped by the script and is kept reserved on this host");
         }
         if !self.regions.may_touch(addr, len) {
             return skip("the range holds memory of the runner on this host");

@@ -1,0 +1,161 @@
+//! Conformance: every bundled example script on the real kernel and on the simulator.
+//!
+//! Each `examples/*.gms` runs on the kvm backend (this machine's `/dev/kvm`) and on the
+//! simulator under `v6.18-pvm`, the profile that models this machine's kernel. Every line the
+//! kvm backend does not skip must print byte-identical results on both (with their detail
+//! lines). Scripts written for this kernel (`# profile: v6.18-pvm`) must also meet their
+//! `=> EXPECTED` lines on both backends; scripts written for another profile describe another
+//! kernel, so only their outputs are compared (the `examples` test checks their expectations
+//! under their own profile).
+//!
+//! Without `/dev/kvm` these tests print why and pass; `GMEM_REQUIRE_KVM=1` makes that a
+//! failure.
+
+use std::path::{Path, PathBuf};
+
+use gmem_sim::backends::{self, kvm_or_skip};
+use gmem_sim::runner::{self, LineReport, Report, RunOptions};
+use gmem_sim::script::{self, Program};
+
+/// The profile that models the kernel of this project's machines.
+const THIS_KERNEL: &str = "v6.18-pvm";
+
+fn examples() -> Vec<(PathBuf, String, Program)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("examples/ exists")
+        .map(|entry| entry.expect("readable entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "gms"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 9, "expected the bundled examples in {}", dir.display());
+    paths
+        .into_iter()
+        .map(|path| {
+            let source = std::fs::read_to_string(&path).expect("readable example");
+            let profile = source
+                .lines()
+                .next()
+                .and_then(|line| line.strip_prefix("# profile:"))
+                .map(|profile| profile.trim().to_string())
+                .unwrap_or_else(|| panic!("{}: first line must name the profile", path.display()));
+            let program = script::parse(&path.display().to_string(), &source).expect("examples parse");
+            (path, profile, program)
+        })
+        .collect()
+}
+
+fn run(program: &Program, backend: &str, kernel: &str, options: RunOptions) -> Report {
+    let mut factory = || backends::open(backend, kernel);
+    let mut output = Vec::new();
+    runner::run(std::slice::from_ref(program), &mut factory, options, &mut output).expect("the backend opens")
+}
+
+fn shown(line: &LineReport) -> String {
+    let mut text = format!("{}:{}: {}", line.file, line.line, line.result);
+    for detail in &line.details {
+        text.push_str(&format!("\n  {detail}"));
+    }
+    text
+}
+
+#[test]
+fn every_example_prints_the_same_on_the_kernel_and_the_simulator() {
+    if !kvm_or_skip("every_example_prints_the_same_on_the_kernel_and_the_simulator") {
+        return;
+    }
+    let mut mismatches = Vec::new();
+    let (mut compared, mut skipped) = (0, 0);
+    for (_, _, program) in examples() {
+        let kvm = run(&program, "kvm", THIS_KERNEL, RunOptions::default());
+        let sim = run(&program, "sim", THIS_KERNEL, RunOptions::default());
+        assert_eq!(kvm.lines.len(), sim.lines.len(), "{}: both backends run every line", program.file);
+        for (k, s) in kvm.lines.iter().zip(&sim.lines) {
+            if k.result.starts_with("skip") {
+                skipped += 1;
+                continue;
+            }
+            compared += 1;
+            if (&k.result, &k.details) != (&s.result, &s.details) {
+                mismatches.push(format!("kvm {}\nsim {}", shown(k), shown(s)));
+            }
+        }
+    }
+    eprintln!("conformance: {compared} lines compared, {skipped} skipped by the kvm backend");
+    assert!(compared > 500, "too few lines compared ({compared}): is the kvm backend skipping everything?");
+    assert!(mismatches.is_empty(), "{} lines differ:\n{}", mismatches.len(), mismatches.join("\n"));
+}
+
+#[test]
+fn scripts_for_this_kernel_meet_their_expectations_on_both_backends() {
+    if !kvm_or_skip("scripts_for_this_kernel_meet_their_expectations_on_both_backends") {
+        return;
+    }
+    let for_this_kernel: Vec<_> = examples().into_iter().filter(|(_, profile, _)| profile == THIS_KERNEL).collect();
+    assert!(for_this_kernel.len() >= 3, "the measured examples declare `# profile: {THIS_KERNEL}`");
+    for (path, _, program) in for_this_kernel {
+        for (backend, options) in [
+            ("kvm", RunOptions { check: true, skip_is_pass: true }),
+            ("sim", RunOptions { check: true, skip_is_pass: false }),
+        ] {
+            let report = run(&program, backend, THIS_KERNEL, options);
+            let failed: Vec<String> = report
+                .lines
+                .iter()
+                .filter(|line| line.matched == Some(false))
+                .map(|line| format!("{} (expected {})", shown(line), line.expected.as_deref().unwrap_or("")))
+                .collect();
+            assert!(report.checked() > 50, "{}: expectations are checked", path.display());
+            assert!(failed.is_empty(), "{} on {backend}:\n{}", path.display(), failed.join("\n"));
+        }
+    }
+}
+
+/// Counts this process's open descriptors.
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("procfs").count()
+}
+
+/// This process's mappings (one line each in `/proc/self/maps`).
+fn mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps").expect("procfs").lines().count()
+}
+
+#[test]
+fn a_thousand_scripts_on_the_kernel_leave_no_descriptor_or_mapping_behind() {
+    if !kvm_or_skip("a_thousand_scripts_on_the_kernel_leave_no_descriptor_or_mapping_behind") {
+        return;
+    }
+    // A script that creates every kind of object the backend owns, including some it then
+    // releases itself and some it leaves for the end of the script.
+    let source = "\
+vm = create_vm
+g = create_guest_memfd vm size=2M flags=MMAP|INIT_SHARED
+h = create_guest_memfd vm size=1M flags=MMAP
+set_user_memory_region2 vm slot=0 flags=GUEST_MEMFD gpa=0 size=1M guest_memfd=g
+set_user_memory_region2 vm slot=1 gpa=1M size=1M
+m = mmap g len=2M
+n = mmap h len=1M
+store m offset=0x1000 bytes=2a
+load m offset=0x1000 len=1 => ok 2a
+load n offset=0 len=1 => SIGBUS
+munmap n
+load n offset=0 len=1 => SIGSEGV
+close h
+";
+    let program = script::parse("leak.gms", source).expect("parses");
+    let run_once = || {
+        let report = run(&program, "kvm", THIS_KERNEL, RunOptions { check: true, skip_is_pass: false });
+        assert_eq!(report.failed(), 0, "{:?}", report.lines);
+    };
+    run_once();
+    // Other tests run in parallel threads and open descriptors of their own; take the
+    // smallest counts seen around the loop, and allow the noise they make.
+    let (fds_before, maps_before) = (open_descriptors(), mappings());
+    for _ in 0..1000 {
+        run_once();
+    }
+    let (fds_after, maps_after) = (open_descriptors(), mappings());
+    assert!(fds_after <= fds_before + 8, "descriptors grew from {fds_before} to {fds_after} over 1000 scripts");
+    assert!(maps_after <= maps_before + 16, "mappings grew from {maps_before} to {maps_after} over 1000 scripts");
+}
