@@ -267,10 +267,12 @@ same_traits!(VmFd: AsRawFd + Debug + Send + Sync);
 
 // ---- Errors: both are a plain errno that `?` can box, and the numbers are the kernel's. ----
 
-// gmem-uapi reads the number with `Errno::raw`, where kvm-ioctls has `Error::errno`. Both
-// accessors take the error by value and return `i32`, and both constructors take an `i32`.
+// Both read the number with `errno()` (gmem-uapi also has `raw()`), by value, as `i32`, and
+// both constructors take an `i32`.
 same_traits!(E: StdError + Debug + Copy + Eq + Send + Sync + 'static);
 const _: fn(gmem_uapi::Errno) -> i32 = gmem_uapi::Errno::raw;
+const _: fn(gmem_uapi::Errno) -> i32 = gmem_uapi::Errno::errno;
+const _: () = assert!(gmem_uapi::Errno::EBADF.errno() == libc::EBADF);
 const _: fn(kvm_ioctls::Error) -> i32 = kvm_ioctls::Error::errno;
 const _: fn(i32) -> gmem_uapi::Errno = gmem_uapi::Errno::from_raw;
 const _: fn(i32) -> kvm_ioctls::Error = kvm_ioctls::Error::new;

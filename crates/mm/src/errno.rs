@@ -78,6 +78,12 @@ impl Errno {
         self.0
     }
 
+    /// The raw positive value, under the name `kvm_ioctls::Error::errno` gives it, so code
+    /// written against kvm-ioctls reads a simulator error the same way.
+    pub const fn errno(self) -> i32 {
+        self.0
+    }
+
     /// The kernel-style negative return value (`-EINVAL`).
     pub const fn to_kernel(self) -> i64 {
         -(self.0 as i64)
