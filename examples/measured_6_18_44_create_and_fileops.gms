@@ -168,6 +168,13 @@ lseek g3 offset=0 whence=END                            => ESPIPE
 ftruncate g3 size=32K                                   => EINVAL   # grow
 ftruncate g3 size=16K                                   => EINVAL   # the same size
 ftruncate g3 size=0                                     => EINVAL   # shrink
+# the VM file (kvm_vm_fops): noop_llseek, no read/write (found by gmem-sim diff)
+lseek vm offset=4096 whence=SET                         => ok 0     # the position never moves
+lseek vm offset=0 whence=END                            => ok 0
+lseek vm offset=0 whence=5                              => EINVAL   # whence > SEEK_MAX (SEEK_HOLE)
+read vm len=8                                           => EINVAL
+pread vm len=8 offset=0                                 => ESPIPE
+ftruncate vm size=0                                     => EINVAL
 fstat g3                                                => ok size=16384 blksize=4096 blocks=0 mode=0o100600   # st_size never changes
 # Not expressible: readv/preadv, fsync/fdatasync, unknown ioctl, fchmod/fchown/futimens,
 # xattrs, sendfile/splice/copy_file_range, fcntl, poll, flock, posix_fadvise, syncfs.

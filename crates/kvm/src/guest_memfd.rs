@@ -90,7 +90,7 @@ static KVM_GMEM_FOPS_V6_14: FileOperations = FileOperations {
     mmap: None,
     has_read: false,
     has_write: false,
-    has_llseek: false,
+    llseek: None,
 };
 
 /// `kvm_gmem_fops` as built in v6.18: adds `.mmap = kvm_gmem_mmap`.

@@ -53,6 +53,9 @@ pub const O_LARGEFILE: u32 = 0o100000;
 /// `fallocate(file, mode, offset, len)`.
 pub type FallocateFn = fn(&File, i32, i64, i64) -> KResult<()>;
 
+/// `llseek(file, offset, whence)`: the new position.
+pub type LlseekFn = fn(&File, i64, i32) -> KResult<u64>;
+
 /// `struct file_operations`. A `None` hook behaves as the kernel's NULL pointer does at each
 /// call site (the VFS checks for it and returns its own errno).
 #[derive(Debug)]
@@ -69,8 +72,14 @@ pub struct FileOperations {
     pub has_read: bool,
     /// Whether `write`/`write_iter` exist (`FMODE_CAN_WRITE`).
     pub has_write: bool,
-    /// Whether `llseek` exists (`FMODE_LSEEK`).
-    pub has_llseek: bool,
+    /// `llseek(file, offset, whence)`: its presence sets `FMODE_LSEEK`.
+    pub llseek: Option<LlseekFn>,
+}
+
+/// `noop_llseek`: the position does not move; returns `f_pos`. Files that use it (the KVM VM,
+/// vCPU and `/dev/kvm` files) have no reads or writes, so `f_pos` is never anything but 0.
+pub fn noop_llseek(_file: &File, _offset: i64, _whence: i32) -> KResult<u64> {
+    Ok(0)
 }
 
 /// The operations of files that have none (character devices such as the terminal).
@@ -81,7 +90,7 @@ pub static EMPTY_FOPS: FileOperations = FileOperations {
     mmap: None,
     has_read: false,
     has_write: false,
-    has_llseek: false,
+    llseek: None,
 };
 
 /// `struct file`.
@@ -273,7 +282,7 @@ pub fn alloc_file_pseudo(
         O_WRONLY => f_mode |= FMODE_WRITE,
         _ => f_mode |= FMODE_READ | FMODE_WRITE,
     }
-    if fops.has_llseek {
+    if fops.llseek.is_some() {
         f_mode |= FMODE_LSEEK;
     }
     if f_mode & FMODE_READ != 0 && fops.has_read {

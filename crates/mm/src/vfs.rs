@@ -232,17 +232,18 @@ impl Process {
         self.syscall_exit(result)
     }
 
-    /// `lseek(2)`: EINVAL for an unknown whence, ESPIPE without FMODE_LSEEK.
-    pub fn lseek(&self, fd: i32, _offset: i64, whence: i32) -> KResult<u64> {
+    /// `lseek(2)`: EINVAL for an unknown whence, ESPIPE without FMODE_LSEEK, else the file's
+    /// `llseek`.
+    pub fn lseek(&self, fd: i32, offset: i64, whence: i32) -> KResult<u64> {
         let _span = tracing::trace_span!("lseek", fd, whence).entered();
         let result = self.fget(fd).and_then(|file| {
             if !(0..=SEEK_MAX).contains(&whence) {
                 return Err(Errno::EINVAL);
             }
-            if file.f_mode() & FMODE_LSEEK == 0 {
-                return Err(Errno::ESPIPE);
+            match file.f_op().llseek {
+                Some(llseek) if file.f_mode() & FMODE_LSEEK != 0 => llseek(&file, offset, whence),
+                _ => Err(Errno::ESPIPE),
             }
-            unreachable_io(&file)
         });
         self.syscall_exit(result)
     }

@@ -6,7 +6,7 @@ use gmem_kvm::caps::check_extension;
 use gmem_kvm::guest_memfd::{gmem_memory_failure, gmem_of_file, kvm_gmem_create, kvm_gmem_populate};
 use gmem_kvm::memslot::UserspaceMemoryRegion2;
 use gmem_kvm::{Gpa, KernelProfile, KvmSystem};
-use gmem_mm::file::{alloc_file_pseudo, File, FileOperations, FileRef, EMPTY_FOPS, O_RDWR};
+use gmem_mm::file::{alloc_file_pseudo, noop_llseek, File, FileOperations, FileRef, EMPTY_FOPS, O_RDWR};
 use gmem_mm::filemap::{MfResult, EMPTY_AOPS};
 use gmem_mm::inode::{Inode, InodeInit, Kstat, EMPTY_IOPS};
 use gmem_mm::types::{PgOff, PAGE_SHIFT};
@@ -19,9 +19,10 @@ use std::fmt;
 /// What `fstat` reports (the fields scripts print).
 pub type Stat = Kstat;
 
-/// `kvm_vm_fops`: a VM file's release drops the VM reference it holds.
+/// `kvm_vm_fops`: a VM file's release drops the VM reference it holds; `llseek` is
+/// `noop_llseek` (so `lseek` on a VM succeeds and returns 0, measured on 6.18.44).
 static KVM_VM_FOPS: FileOperations =
-    FileOperations { name: "kvm_vm_fops", release: Some(kvm_vm_release), ..EMPTY_FOPS };
+    FileOperations { name: "kvm_vm_fops", release: Some(kvm_vm_release), llseek: Some(noop_llseek), ..EMPTY_FOPS };
 
 /// `file->private_data` of a VM file.
 struct VmFile {
