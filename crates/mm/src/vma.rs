@@ -270,7 +270,11 @@ impl Mm {
 
     fn access_page(&self, addr: u64, buf: &mut [u8], write: bool) -> Result<(), AccessSignal> {
         let vma = self.find(addr).ok_or(AccessSignal::Sigsegv)?;
-        let needed = if write { VM_WRITE } else { VM_READ };
+        // x86 access_error(): a write needs VM_WRITE; a read of a page that is not present needs
+        // any of VM_READ, VM_WRITE or VM_EXEC (vma_is_accessible), because x86 page tables cannot
+        // express a writable page that is not readable. The model keeps no page tables, so every
+        // access takes the not-present path; a PROT_WRITE-only mapping is readable.
+        let needed = if write { VM_WRITE } else { VM_READ | VM_WRITE | VM_EXEC };
         if vma.vm_flags & needed == 0 {
             return Err(AccessSignal::Sigsegv);
         }
@@ -363,5 +367,36 @@ impl Mm {
             hole = true;
         }
         (out, hole)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::MachineConfig;
+
+    /// An address space with one anonymous VMA of two pages with `vm_flags`, and its start.
+    fn mapped(vm_flags: u64) -> (Mm, u64) {
+        let mm = Mm::new(Machine::new(MachineConfig::tiny(64)));
+        let start = mm.get_unmapped_area(2 * PAGE_SIZE).expect("free range");
+        mm.insert(Vma::new(start, start + 2 * PAGE_SIZE, 0, vm_flags, None));
+        (mm, start)
+    }
+
+    #[test]
+    fn x86_reads_need_any_access_right_and_writes_need_write() {
+        let mut buf = [0xffu8; 2];
+        let (mm, start) = mapped(VM_WRITE);
+        assert_eq!(mm.access(start, &mut buf, false), Ok(()), "a PROT_WRITE-only mapping is readable on x86");
+        assert_eq!(buf, [0, 0]);
+        assert_eq!(mm.access(start, &mut [1, 2], true), Ok(()));
+        assert_eq!(mm.access(start, &mut buf, false), Ok(()));
+        assert_eq!(buf, [1, 2]);
+        let (mm, start) = mapped(VM_READ);
+        assert_eq!(mm.access(start, &mut buf, false), Ok(()));
+        assert_eq!(mm.access(start, &mut buf, true), Err(AccessSignal::Sigsegv));
+        let (mm, start) = mapped(0);
+        assert_eq!(mm.access(start, &mut buf, false), Err(AccessSignal::Sigsegv));
+        assert_eq!(mm.access(start, &mut buf, true), Err(AccessSignal::Sigsegv));
     }
 }
