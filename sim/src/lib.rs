@@ -14,11 +14,14 @@
 //!   types ([`backend::Failure`], [`backend::Stat`], ...);
 //! - [`runner`]: executes programs on fresh backends, binds names, formats results and
 //!   checks expectations, returning a structured [`runner::Report`];
-//! - [`backends`]: opens a backend by name and kernel profile for the command line.
+//! - [`backends`]: opens a backend by name and kernel profile for the command line;
+//! - [`diff`]: the differential fuzzer (`gmem-sim diff`): random host-side sequences run on
+//!   `/dev/kvm` and on the simulator, compared line by line, divergences shrunk to scripts.
 
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod backends;
+pub mod diff;
 pub mod runner;
 pub mod script;

@@ -1,11 +1,12 @@
 //! The `gmem-sim` command line. See the crate documentation of `gmem_sim`.
 
-use std::io;
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use gmem_sim::backends::{self, BACKENDS, DEFAULT_KERNEL};
+use gmem_sim::diff;
 use gmem_sim::runner::{self, RunOptions};
 use gmem_sim::script::{self, Program};
 
@@ -27,6 +28,35 @@ enum Command {
     /// Run every bundled example script under the profile its `# profile:` line names, with
     /// `--check`, and print a summary per file.
     Examples(ExamplesArgs),
+    /// Differential fuzzing: run random host-side sequences on /dev/kvm and on the simulator,
+    /// compare every result, and print each divergence shrunk to a minimal script. The last
+    /// line is `N sequences, M operations, D divergences`; exit 1 if D > 0.
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+struct DiffArgs {
+    /// How many sequences to run.
+    #[arg(long, value_name = "N")]
+    cases: u64,
+    /// The seed (decimal or 0x hexadecimal); case i uses seed + i * 0x9e3779b97f4a7c15, so
+    /// `--cases 1 --seed X` re-runs one case. Random if not given (printed on the first line).
+    #[arg(long, value_name = "S", value_parser = parse_seed)]
+    seed: Option<u64>,
+    /// The most operations in one sequence.
+    #[arg(long, value_name = "K", default_value_t = diff::DEFAULT_OPS_MAX as u64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    ops_max: u64,
+    /// The reference backend: `kvm` (this machine's /dev/kvm) or `sim:PROFILE` (the simulator
+    /// under another profile, to test the fuzzer itself).
+    #[arg(long, value_name = "BACKEND", default_value = diff::DEFAULT_REFERENCE, value_parser = parse_reference)]
+    reference: String,
+    /// The simulator's kernel profile.
+    #[arg(long, default_value = diff::DEFAULT_KERNEL, value_parser = parse_kernel)]
+    kernel: String,
+    /// The most candidate sequences run while shrinking one divergence.
+    #[arg(long, value_name = "N", default_value_t = diff::DEFAULT_SHRINK_ITERS)]
+    shrink_iters: u32,
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +91,19 @@ fn parse_kernel(value: &str) -> Result<String, String> {
     gmem_kvm::KernelProfile::by_name(value).map(|_| value.to_string())
 }
 
+/// Parses `--seed`: decimal or `0x` hexadecimal.
+fn parse_seed(value: &str) -> Result<u64, String> {
+    let parsed = match value.strip_prefix("0x").or_else(|| value.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => value.parse(),
+    };
+    parsed.map_err(|_| format!("`{value}` is not a 64-bit seed (decimal or 0x hexadecimal)"))
+}
+
+fn parse_reference(value: &str) -> Result<String, String> {
+    diff::check_reference(value).map(|_| value.to_string())
+}
+
 /// `GMEM_LOG` (a tracing filter such as `debug` or `gmem_kvm=trace`) turns on the spans every
 /// uAPI entry point opens, printed on standard error so script output stays clean.
 fn init_tracing() {
@@ -82,6 +125,35 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Script(args) => run_scripts(&args),
         Command::Examples(args) => run_examples(&args),
+        Command::Diff(args) => run_diff(&args),
+    }
+}
+
+/// A seed for runs that do not give one: the clock and the process id.
+fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    (nanos as u64) ^ (u64::from(std::process::id()) << 32)
+}
+
+fn run_diff(args: &DiffArgs) -> ExitCode {
+    let config = diff::Config {
+        cases: args.cases,
+        seed: args.seed.unwrap_or_else(fresh_seed),
+        ops_max: usize::try_from(args.ops_max).unwrap_or(usize::MAX),
+        shrink_iters: args.shrink_iters,
+        reference: args.reference.clone(),
+        kernel: args.kernel.clone(),
+    };
+    let mut reference = || diff::open_reference(&args.reference, &args.kernel);
+    let mut sim = || backends::open("sim", &args.kernel);
+    let mut stderr = io::stderr();
+    let progress: Option<&mut dyn Write> = if stderr.is_terminal() { Some(&mut stderr) } else { None };
+    match diff::run(&config, &mut reference, &mut sim, &mut io::stdout().lock(), progress) {
+        Ok(summary) => ExitCode::from(u8::from(!summary.divergences.is_empty())),
+        Err(error) => {
+            eprintln!("gmem-sim diff: {error}");
+            ExitCode::from(USAGE_ERROR)
+        }
     }
 }
 

@@ -1,0 +1,33 @@
+//! A short `gmem-sim diff` run against this machine's `/dev/kvm`: the simulator's `v6.18-pvm`
+//! profile must agree with the real kernel on 50 random sequences.
+//!
+//! Without `/dev/kvm` (or when the kvm backend cannot open it) the test prints why and passes,
+//! unless `GMEM_REQUIRE_KVM=1` is set. It is the only test of this binary: the kvm backend
+//! works on real descriptors of the test process, which tests running in parallel threads
+//! (spawning processes, opening files) would share.
+
+use gmem_sim::backends;
+use gmem_sim::diff::{self, Config};
+
+#[test]
+fn the_simulator_agrees_with_dev_kvm_on_random_sequences() {
+    let required = std::env::var("GMEM_REQUIRE_KVM").is_ok_and(|v| v == "1");
+    let unavailable = if std::path::Path::new("/dev/kvm").exists() {
+        diff::open_reference("kvm", diff::DEFAULT_KERNEL).err()
+    } else {
+        Some("/dev/kvm does not exist".to_string())
+    };
+    if let Some(reason) = unavailable {
+        assert!(!required, "GMEM_REQUIRE_KVM=1 but the kvm backend is unavailable: {reason}");
+        eprintln!("skipped: the kvm backend is unavailable: {reason}");
+        return;
+    }
+    let config = Config::new(50, 0x6d656d);
+    let mut reference = || diff::open_reference("kvm", diff::DEFAULT_KERNEL);
+    let mut sim = || backends::open("sim", diff::DEFAULT_KERNEL);
+    let mut out = Vec::new();
+    let summary = diff::run(&config, &mut reference, &mut sim, &mut out, None).expect("the run completes");
+    let output = String::from_utf8_lossy(&out);
+    assert_eq!(summary.sequences, 50);
+    assert!(summary.divergences.is_empty(), "{output}");
+}
