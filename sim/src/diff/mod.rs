@@ -178,6 +178,8 @@ pub struct Summary {
     pub excluded: BTreeMap<&'static str, ExcludedCount>,
     /// Lines the reference skipped (not compared).
     pub skipped: u64,
+    /// The same lines by the reason the reference gave (the text after `skip `).
+    pub skip_reasons: BTreeMap<String, u64>,
     /// Lines not compared because an earlier line that may change state was skipped by the
     /// reference or accepted by an exclusion.
     pub uncompared: u64,
@@ -262,8 +264,8 @@ struct Comparison {
     divergence: Option<LineDiff>,
     /// The exclusions that accepted lines before it.
     excluded: Vec<&'static str>,
-    /// The lines the reference skipped.
-    skipped: usize,
+    /// The reasons of the lines the reference skipped, one entry per line.
+    skipped: Vec<String>,
     /// The lines left uncompared after a skipped or excluded line that may have changed state.
     uncompared: usize,
 }
@@ -330,7 +332,11 @@ impl Sides<'_, '_> {
             comparison.divergence = Some(LineDiff { index, verb, reference: r.result.clone(), sim: s.result.clone() });
             break;
         }
-        comparison.skipped = reference_lines.iter().filter(|r| r.result.starts_with("skip")).count();
+        comparison.skipped = reference_lines
+            .iter()
+            .filter_map(|r| r.result.strip_prefix("skip"))
+            .map(|reason| reason.trim().to_string())
+            .collect();
         Ok(comparison)
     }
 
@@ -408,7 +414,10 @@ pub fn run(
         summary.sequences += 1;
         summary.operations += rendered.lines.len() as u64;
         count_excluded(&mut summary, &comparison.excluded);
-        summary.skipped += comparison.skipped as u64;
+        summary.skipped += comparison.skipped.len() as u64;
+        for reason in comparison.skipped {
+            *summary.skip_reasons.entry(reason).or_default() += 1;
+        }
         summary.uncompared += comparison.uncompared as u64;
         if let Some(diff) = comparison.divergence {
             let divergence = shrink(&mut sides, &mut tree, rendered, diff, case, seed)?;
@@ -562,6 +571,9 @@ fn print_totals(out: &mut dyn Write, summary: &Summary) -> io::Result<()> {
             "# excluded {}: {} lines in {} sequences ({})",
             exclusion.name, count.lines, count.sequences, exclusion.reason
         )?;
+    }
+    for (reason, count) in &summary.skip_reasons {
+        writeln!(out, "# skipped by the reference: {count} lines: {reason}")?;
     }
     let excluded_lines: u64 = summary.excluded.values().map(|c| c.lines).sum();
     writeln!(out, "{excluded_lines} excluded lines (accepted differences, not divergences)")?;

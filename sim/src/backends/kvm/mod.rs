@@ -70,8 +70,8 @@ const KVM_MEM_MAX_NR_PAGES: u64 = (1 << 31) - 1;
 /// The first guest physical address past the largest the measured kernel maps (52 bits).
 const GPA_LIMIT: u64 = 1 << 52;
 
-/// `FALLOC_FL_PUNCH_HOLE`.
-const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
+/// `FALLOC_FL_KEEP_SIZE`.
+const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
 
 /// mmap flags this backend does not pass: it always maps with a NULL hint, so `MAP_FIXED`
 /// and `MAP_FIXED_NOREPLACE` would map at address 0 and could replace the runner's memory;
@@ -320,7 +320,10 @@ impl Backend for KvmBackend {
     }
 
     fn fallocate(&mut self, fd: i32, mode: i32, offset: i64, len: i64) -> BResult<()> {
-        if mode & FALLOC_FL_PUNCH_HOLE == 0 && len > FALLOCATE_ALLOC_MAX as i64 && self.fits_in_file(fd, offset, len) {
+        // guest_memfd allocates only for exactly FALLOC_FL_KEEP_SIZE on a page-aligned range
+        // inside the file; every other request fails before allocating anything.
+        let allocates = mode == FALLOC_FL_KEEP_SIZE && (offset | len) as u64 % PAGE_SIZE == 0;
+        if allocates && len > FALLOCATE_ALLOC_MAX as i64 && self.fits_in_file(fd, offset, len) {
             return skip(format!(
                 "allocating more than {} GiB at once is not done on this host",
                 FALLOCATE_ALLOC_MAX >> 30
