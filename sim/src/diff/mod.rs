@@ -8,8 +8,10 @@
 //! compared one by one: a line the reference skips is not compared; a line only the simulator
 //! skips is a divergence; a line the one list of accepted differences ([`exclusions`]) matches
 //! is counted apart. After a skipped or accepted line whose verb may change state (anything but
-//! `load`, `fstat` and `check_extension`), the two sides may no longer hold the same state, so
-//! the rest of that sequence is not compared (and counted as such).
+//! `load`, `fstat` and `check_extension`), and after a store or madvise that reaches past its
+//! mapping (it acts on whatever the address-space layout put there), the two sides may no
+//! longer hold the same state, so the rest of that sequence is not compared (and counted as
+//! such).
 //!
 //! A diverging case is shrunk with proptest's `ValueTree` (`simplify` / `complicate`) to a
 //! minimal sequence that still diverges the same way (same verb, same kind of result on each
@@ -180,6 +182,8 @@ pub struct Summary {
     pub skipped: u64,
     /// The same lines by the reason the reference gave (the text after `skip `).
     pub skip_reasons: BTreeMap<String, u64>,
+    /// Lines whose results were compared (equal or not), by verb.
+    pub compared: BTreeMap<String, u64>,
     /// Lines not compared because an earlier line that may change state was skipped by the
     /// reference or accepted by an exclusion.
     pub uncompared: u64,
@@ -266,7 +270,10 @@ struct Comparison {
     excluded: Vec<&'static str>,
     /// The reasons of the lines the reference skipped, one entry per line.
     skipped: Vec<String>,
-    /// The lines left uncompared after a skipped or excluded line that may have changed state.
+    /// The verbs of the lines whose results were compared, one entry per line.
+    compared: Vec<&'static str>,
+    /// The lines left uncompared after a line whose effect may differ between the sides (skipped,
+    /// excluded, or a store or madvise past its mapping).
     uncompared: usize,
 }
 
@@ -301,14 +308,24 @@ impl Sides<'_, '_> {
         let reference_lines = self.run(&program, true)?;
         let sim_lines = self.run(&program, false)?;
         let mut comparison = Comparison::default();
-        let mut beyond_mapping = None;
+        let beyond = exclusions::beyond_mapping(&program);
         let lines = program.lines.iter().zip(reference_lines.iter().zip(&sim_lines)).enumerate();
         for (index, (line, (r, s))) in lines {
             let skipped = r.result.starts_with("skip");
+            if !skipped {
+                comparison.compared.push(line.op.verb());
+            }
             if !skipped && r.result == s.result && r.details == s.details {
+                // A store or madvise past its mapping's end acts on whatever lies there, which
+                // the two address-space layouts need not agree on (see `exclusions`): even
+                // when its own result agrees, what it changed may differ, so nothing after
+                // it is comparable.
+                if beyond.get(index).copied().unwrap_or(false) && !is_pure(&line.op) {
+                    comparison.uncompared = program.lines.len() - index - 1;
+                    break;
+                }
                 continue;
             }
-            let beyond = beyond_mapping.get_or_insert_with(|| exclusions::beyond_mapping(&program));
             let diverging = exclusions::DivergingLine {
                 op: &line.op,
                 reference: &r.result,
@@ -417,6 +434,9 @@ pub fn run(
         summary.skipped += comparison.skipped.len() as u64;
         for reason in comparison.skipped {
             *summary.skip_reasons.entry(reason).or_default() += 1;
+        }
+        for verb in comparison.compared {
+            *summary.compared.entry(verb.to_string()).or_default() += 1;
         }
         summary.uncompared += comparison.uncompared as u64;
         if let Some(diff) = comparison.divergence {
@@ -572,6 +592,9 @@ fn print_totals(out: &mut dyn Write, summary: &Summary) -> io::Result<()> {
             exclusion.name, count.lines, count.sequences, exclusion.reason
         )?;
     }
+    let compared: u64 = summary.compared.values().sum();
+    let by_verb: Vec<String> = summary.compared.iter().map(|(verb, count)| format!("{verb} {count}")).collect();
+    writeln!(out, "# compared: {compared} lines ({})", by_verb.join(", "))?;
     for (reason, count) in &summary.skip_reasons {
         writeln!(out, "# skipped by the reference: {count} lines: {reason}")?;
     }
@@ -579,7 +602,7 @@ fn print_totals(out: &mut dyn Write, summary: &Summary) -> io::Result<()> {
     writeln!(out, "{excluded_lines} excluded lines (accepted differences, not divergences)")?;
     writeln!(
         out,
-        "{} lines skipped by the reference, {} lines not compared after a skipped or excluded line",
+        "{} lines skipped by the reference, {} lines not compared after a skipped, excluded or out-of-mapping line",
         summary.skipped, summary.uncompared
     )?;
     writeln!(out, "{}", summary.last_line())?;

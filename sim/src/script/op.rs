@@ -121,6 +121,41 @@ impl HandleKind {
 }
 
 impl Op {
+    /// The verb's name as scripts spell it (`create_guest_memfd`).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Op::CreateVm { .. } => "create_vm",
+            Op::CheckExtension { .. } => "check_extension",
+            Op::CreateGuestMemfd { .. } => "create_guest_memfd",
+            Op::SetUserMemoryRegion2 { .. } => "set_user_memory_region2",
+            Op::SetMemoryAttributes { .. } => "set_memory_attributes",
+            Op::Fallocate { .. } => "fallocate",
+            Op::Fstat { .. } => "fstat",
+            Op::Ftruncate { .. } => "ftruncate",
+            Op::Read { .. } => "read",
+            Op::Write { .. } => "write",
+            Op::Pread { .. } => "pread",
+            Op::Pwrite { .. } => "pwrite",
+            Op::Lseek { .. } => "lseek",
+            Op::Mmap { .. } => "mmap",
+            Op::Munmap { .. } => "munmap",
+            Op::Store { .. } => "store",
+            Op::Load { .. } => "load",
+            Op::Madvise { .. } => "madvise",
+            Op::Close { .. } => "close",
+            Op::CreateVcpu { .. } => "create_vcpu",
+            Op::GuestStore { .. } => "guest_store",
+            Op::GuestLoad { .. } => "guest_load",
+            Op::PreFaultMemory { .. } => "pre_fault_memory",
+            Op::Populate { .. } => "populate",
+            Op::InjectMemoryFailure { .. } => "inject_memory_failure",
+            Op::Inject { .. } => "inject",
+            Op::Warnings => "warnings",
+            Op::CheckInvariants => "check_invariants",
+            Op::Dump { .. } => "dump",
+        }
+    }
+
     /// The kind of handle this verb returns, if it returns one (and so may bind a name).
     pub fn handle_kind(&self) -> Option<HandleKind> {
         match self {

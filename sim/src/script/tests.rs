@@ -266,6 +266,9 @@ fn host_verbs_with_defaults() {
     ];
     for (line, expected) in cases {
         assert_eq!(op(line), expected, "{line}");
+        let verb = line.split_whitespace().next().unwrap();
+        assert_eq!(expected.verb(), verb, "Op::verb of {line}");
+        assert!(VERBS.contains(&verb));
     }
 }
 
@@ -299,6 +302,9 @@ fn guest_and_simulator_verbs_with_defaults() {
     ];
     for (line, expected) in cases {
         assert_eq!(op(line), expected, "{line}");
+        let verb = line.split_whitespace().next().unwrap();
+        assert_eq!(expected.verb(), verb, "Op::verb of {line}");
+        assert!(VERBS.contains(&verb));
     }
 }
 
