@@ -11,15 +11,7 @@ use gmem_sim::diff::{self, Config};
 
 #[test]
 fn the_simulator_agrees_with_dev_kvm_on_random_sequences() {
-    let required = std::env::var("GMEM_REQUIRE_KVM").is_ok_and(|v| v == "1");
-    let unavailable = if std::path::Path::new("/dev/kvm").exists() {
-        diff::open_reference("kvm", diff::DEFAULT_KERNEL).err()
-    } else {
-        Some("/dev/kvm does not exist".to_string())
-    };
-    if let Some(reason) = unavailable {
-        assert!(!required, "GMEM_REQUIRE_KVM=1 but the kvm backend is unavailable: {reason}");
-        eprintln!("skipped: the kvm backend is unavailable: {reason}");
+    if !backends::kvm_or_skip("the_simulator_agrees_with_dev_kvm_on_random_sequences") {
         return;
     }
     let config = Config::new(50, 0x6d656d);
