@@ -449,7 +449,8 @@ pub fn run(
                 last_progress = Instant::now();
                 let _ = write!(
                     progress,
-                    "\r{}/{} sequences, {} operations, {} divergences",
+                    "\r{} {}/{} sequences, {} operations, {} divergences",
+                    progress_bar(case + 1, config.cases),
                     case + 1,
                     config.cases,
                     summary.operations,
@@ -609,6 +610,14 @@ fn print_totals(out: &mut dyn Write, summary: &Summary) -> io::Result<()> {
     out.flush()
 }
 
+/// `[#######.............]  35%`: `done` of `total` as a 20-cell bar.
+fn progress_bar(done: u64, total: u64) -> String {
+    const CELLS: u64 = 20;
+    let total = total.max(1);
+    let filled = (done.min(total) * CELLS / total) as usize;
+    format!("[{}{}] {:3}%", "#".repeat(filled), ".".repeat(CELLS as usize - filled), done.min(total) * 100 / total)
+}
+
 /// The verb of a rendered line (`g0 = create_guest_memfd ...` is `create_guest_memfd`).
 fn verb_of(line: &str) -> &str {
     let mut words = line.split_whitespace();
@@ -630,4 +639,17 @@ fn abbreviate(text: &str) -> String {
 
 fn first_word(text: &str) -> &str {
     text.split_whitespace().next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_bar;
+
+    #[test]
+    fn the_progress_bar_fills_in_proportion() {
+        assert_eq!(progress_bar(0, 10), "[....................]   0%");
+        assert_eq!(progress_bar(5, 10), "[##########..........]  50%");
+        assert_eq!(progress_bar(10, 10), "[####################] 100%");
+        assert_eq!(progress_bar(3, 0), "[####################] 100%");
+    }
 }
