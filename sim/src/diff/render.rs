@@ -8,6 +8,7 @@
 //! (allocating fallocate lengths, memslot sizes), so the text is exactly what runs on both
 //! backends.
 
+use crate::script::value;
 use std::fmt::Write as _;
 
 use super::gen::{
@@ -432,37 +433,22 @@ fn clamp_memslot_size(size: u64) -> u64 {
     }
 }
 
-/// Constant names of one argument: `(name, value)`.
+/// Constant names of one argument: `(name, value)`, from the parser's own tables so the
+/// rendered scripts use exactly the names the parser reads back.
 type Names = &'static [(&'static str, u64)];
 
-const VM_TYPES: Names = &[("DEFAULT", 0), ("SW_PROTECTED", 1), ("SEV", 2), ("SEV_ES", 3), ("SEV_SNP", 4), ("TDX", 5)];
-const CAPS: Names = &[
-    ("USER_MEMORY2", 231),
-    ("MEMORY_FAULT_INFO", 232),
-    ("MEMORY_ATTRIBUTES", 233),
-    ("GUEST_MEMFD", 234),
-    ("VM_TYPES", 235),
-    ("PRE_FAULT_MEMORY", 236),
-    ("GUEST_MEMFD_FLAGS", 244),
-];
-const GMEM_FLAGS: Names = &[("MMAP", 1), ("INIT_SHARED", 2)];
+const VM_TYPES: Names = value::VM_TYPES.names;
+const CAPS: Names = value::CAPS.names;
+const GMEM_FLAGS: Names = value::GMEM_FLAGS.names;
 /// Every guest_memfd flag Linux 6.18 knows.
 const GMEM_FLAGS_ALL: u64 = 3;
-const MEMSLOT_FLAGS: Names = &[("GUEST_MEMFD", 4), ("LOG_DIRTY_PAGES", 1), ("READONLY", 2)];
-const ATTRIBUTES: Names = &[("PRIVATE", 8)];
-const FALLOCATE_MODES: Names = &[
-    ("KEEP_SIZE", 0x1),
-    ("PUNCH_HOLE", 0x2),
-    ("COLLAPSE_RANGE", 0x8),
-    ("ZERO_RANGE", 0x10),
-    ("INSERT_RANGE", 0x20),
-    ("UNSHARE_RANGE", 0x40),
-    ("WRITE_ZEROES", 0x80),
-];
-const MMAP_PROT: Names = &[("READ", 1), ("WRITE", 2), ("EXEC", 4)];
-const MMAP_FLAGS: Names = &[("SHARED", 1), ("PRIVATE", 2), ("SHARED_VALIDATE", 3)];
-const MADVISE_ADVICE: Names = &[("DONTNEED", 4), ("REMOVE", 9)];
-const LSEEK_WHENCE: Names = &[("SET", 0), ("CUR", 1), ("END", 2)];
+const MEMSLOT_FLAGS: Names = value::MEMSLOT_FLAGS.names;
+const ATTRIBUTES: Names = value::ATTRIBUTES.names;
+const FALLOCATE_MODES: Names = value::FALLOCATE_MODES.names;
+const MMAP_PROT: Names = value::MMAP_PROT.names;
+const MMAP_FLAGS: Names = value::MMAP_FLAGS.names;
+const MADVISE_ADVICE: Names = value::MADVISE_ADVICE.names;
+const LSEEK_WHENCE: Names = value::LSEEK_WHENCE.names;
 
 /// A constant: its name if it has one, else the number.
 fn constant(value: u64, names: Names) -> String {
@@ -476,7 +462,7 @@ fn constant(value: u64, names: Names) -> String {
 /// for the empty set).
 fn flag_set(value: u64, names: Names) -> String {
     if value == 0 {
-        return if std::ptr::eq(names, MMAP_PROT) { "NONE".into() } else { "0".into() };
+        return names.iter().find(|(_, v)| *v == 0).map_or_else(|| "0".into(), |(name, _)| (*name).to_string());
     }
     let mut parts = Vec::new();
     let mut rest = value;

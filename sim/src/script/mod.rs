@@ -16,7 +16,7 @@ mod args;
 mod lexer;
 pub mod op;
 mod parser;
-mod value;
+pub(crate) mod value;
 
 #[cfg(test)]
 mod tests;

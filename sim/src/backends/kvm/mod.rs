@@ -177,6 +177,22 @@ impl KvmBackend {
         }
     }
 
+    /// `read`, `write`, `pread` or `pwrite` of `len` bytes on script descriptor `fd`: `io` gets
+    /// the real descriptor and a buffer of `len` bytes. The standard streams skip.
+    fn buffered_io(
+        &mut self,
+        fd: i32,
+        len: u64,
+        io: impl FnOnce(i32, *mut libc::c_void, usize) -> isize,
+    ) -> BResult<u64> {
+        if let Some(skipped) = self.stream_skip(fd) {
+            return skipped;
+        }
+        let mut buffer = Self::io_buffer(len)?;
+        let ret = io(self.raw(fd), buffer.ptr(), len as usize);
+        errno(sys::check(ret as i64)).map(|n| n as u64)
+    }
+
     /// A buffer for `read`/`write` of `len` bytes: memory the kernel may fill or read.
     fn io_buffer(len: u64) -> BResult<IoBuffer> {
         if len <= IO_BUFFER_MAX {
@@ -350,43 +366,23 @@ impl Backend for KvmBackend {
     }
 
     fn read(&mut self, fd: i32, len: u64) -> BResult<u64> {
-        if let Some(skipped) = self.stream_skip(fd) {
-            return skipped;
-        }
-        let mut buffer = Self::io_buffer(len)?;
-        // SAFETY: `buffer` holds `len` writable bytes.
-        let ret = unsafe { libc::read(self.raw(fd), buffer.ptr(), len as usize) };
-        errno(sys::check(ret as i64)).map(|n| n as u64)
+        // SAFETY: `buf` holds `len` writable bytes (`buffered_io`).
+        self.buffered_io(fd, len, |fd, buf, len| unsafe { libc::read(fd, buf, len) })
     }
 
     fn write(&mut self, fd: i32, len: u64) -> BResult<u64> {
-        if let Some(skipped) = self.stream_skip(fd) {
-            return skipped;
-        }
-        let mut buffer = Self::io_buffer(len)?;
-        // SAFETY: `buffer` holds `len` readable bytes.
-        let ret = unsafe { libc::write(self.raw(fd), buffer.ptr(), len as usize) };
-        errno(sys::check(ret as i64)).map(|n| n as u64)
+        // SAFETY: `buf` holds `len` readable bytes (`buffered_io`).
+        self.buffered_io(fd, len, |fd, buf, len| unsafe { libc::write(fd, buf, len) })
     }
 
     fn pread(&mut self, fd: i32, len: u64, offset: i64) -> BResult<u64> {
-        if let Some(skipped) = self.stream_skip(fd) {
-            return skipped;
-        }
-        let mut buffer = Self::io_buffer(len)?;
-        // SAFETY: `buffer` holds `len` writable bytes.
-        let ret = unsafe { libc::pread(self.raw(fd), buffer.ptr(), len as usize, offset) };
-        errno(sys::check(ret as i64)).map(|n| n as u64)
+        // SAFETY: `buf` holds `len` writable bytes (`buffered_io`).
+        self.buffered_io(fd, len, |fd, buf, len| unsafe { libc::pread(fd, buf, len, offset) })
     }
 
     fn pwrite(&mut self, fd: i32, len: u64, offset: i64) -> BResult<u64> {
-        if let Some(skipped) = self.stream_skip(fd) {
-            return skipped;
-        }
-        let mut buffer = Self::io_buffer(len)?;
-        // SAFETY: `buffer` holds `len` readable bytes.
-        let ret = unsafe { libc::pwrite(self.raw(fd), buffer.ptr(), len as usize, offset) };
-        errno(sys::check(ret as i64)).map(|n| n as u64)
+        // SAFETY: `buf` holds `len` readable bytes (`buffered_io`).
+        self.buffered_io(fd, len, |fd, buf, len| unsafe { libc::pwrite(fd, buf, len, offset) })
     }
 
     fn lseek(&mut self, fd: i32, offset: i64, whence: i32) -> BResult<u64> {
