@@ -5,7 +5,7 @@
 //!
 //! * [`gmem_kvm::invariants::check`] over every VM and guest_memfd the process can reach (its
 //!   descriptors and its mappings) finds no violation (INV-BIND, INV-REFCOUNT,
-//!   INV-UPTODATE-PREPARED);
+//!   INV-UPTODATE-PREPARED, INV-NO-STALE-PFN);
 //! * the machine's WARN registry is empty (no `WARN_ON`, `KVM_BUG_ON` or KASAN-style report);
 //! * lockdep has no report involving one of this project's lock classes (lockdep is global to the
 //!   test binary, so reports are filtered by class name);
@@ -20,6 +20,7 @@
 use gmem_kvm::invariants::{self, Violation};
 use gmem_kvm::memslot::{MemslotEntry, KVM_MEM_GUEST_MEMFD};
 use gmem_kvm::mmu::{KvmMmu, MmuEvent, RecordingMmu};
+use gmem_kvm::vcpu::RunError;
 use gmem_kvm::{KernelProfile, Kvm, KvmSystem};
 use gmem_mm::file::FileRef;
 use gmem_mm::filemap::MfResult;
@@ -147,7 +148,7 @@ impl fmt::Debug for CheckedHost {
 }
 
 impl CheckedHost {
-    /// A new machine booted with `profile` (each VM gets its own recording MMU).
+    /// A new machine booted with `profile` (each VM gets its own software TDP MMU).
     pub fn new(profile: KernelProfile) -> CheckedHost {
         CheckedHost { host: SimHost::new(profile), mmu: None }
     }
@@ -423,6 +424,36 @@ impl CheckedHost {
     pub fn store(&self, addr: u64, bytes: &[u8]) -> Result<(), AccessSignal> {
         let result = self.host.store(addr, bytes);
         self.checked(|| format!("store({addr:#x}, {} bytes)", bytes.len()), result)
+    }
+
+    /// `KVM_CREATE_VCPU`.
+    #[track_caller]
+    pub fn create_vcpu(&self, vm_fd: i32, id: u64) -> KResult<i32> {
+        let result = self.host.create_vcpu(vm_fd, id);
+        self.checked(|| format!("create_vcpu({vm_fd}, {id})"), result)
+    }
+
+    /// A guest store by a vCPU.
+    #[track_caller]
+    pub fn guest_store(&self, vcpu_fd: i32, gpa: u64, bytes: &[u8], private: Option<bool>) -> Result<(), RunError> {
+        let mut buf = bytes.to_vec();
+        let result = self.host.guest_access(vcpu_fd, gpa, &mut buf, true, private);
+        self.checked(|| format!("guest_store({vcpu_fd}, {gpa:#x}, {} bytes, {private:?})", bytes.len()), result)
+    }
+
+    /// A guest load by a vCPU.
+    #[track_caller]
+    pub fn guest_load(&self, vcpu_fd: i32, gpa: u64, len: usize, private: Option<bool>) -> Result<Vec<u8>, RunError> {
+        let mut buf = vec![0u8; len];
+        let result = self.host.guest_access(vcpu_fd, gpa, &mut buf, false, private).map(|()| buf);
+        self.checked(|| format!("guest_load({vcpu_fd}, {gpa:#x}, {len}, {private:?})"), result)
+    }
+
+    /// `KVM_PRE_FAULT_MEMORY`: the size left.
+    #[track_caller]
+    pub fn pre_fault_memory(&self, vcpu_fd: i32, gpa: u64, size: u64) -> KResult<u64> {
+        let result = self.host.pre_fault_memory(vcpu_fd, gpa, size);
+        self.checked(|| format!("pre_fault_memory({vcpu_fd}, {gpa:#x}, {size:#x})"), result)
     }
 
     /// A VM of `vm_type` and a guest_memfd of `size` bytes with `flags` on it.

@@ -9,6 +9,8 @@
 //!   cache's own references (nobody leaked a `folio_get`), and the folio still knows its owner.
 //! * **INV-UPTODATE-PREPARED**: a folio marked uptodate was zeroed or populated, and, in a VM
 //!   with private memory, arch-prepared or populated.
+//! * **INV-NO-STALE-PFN** (arch-and-mmu.md M5): no SPTE of a VM's TDP MMU maps a frame that was
+//!   freed (or freed and reused) since the SPTE was installed: its generation is unchanged.
 //!
 //! The checker is handed what is reachable from user space (the VMs and guest_memfd files of a
 //! process: descriptors and mappings); at a quiescent point every live guest_memfd is reachable
@@ -43,6 +45,8 @@ pub const INV_BIND: &str = "INV-BIND";
 pub const INV_REFCOUNT: &str = "INV-REFCOUNT";
 /// `INV-UPTODATE-PREPARED`.
 pub const INV_UPTODATE_PREPARED: &str = "INV-UPTODATE-PREPARED";
+/// `INV-NO-STALE-PFN`.
+pub const INV_NO_STALE_PFN: &str = "INV-NO-STALE-PFN";
 
 /// Checks every invariant over the given VMs and files (non-guest_memfd files are ignored; the
 /// VMs of the guest_memfds are added to `vms`).
@@ -68,8 +72,29 @@ pub fn check(vms: &[Arc<Kvm>], files: &[FileRef]) -> Vec<Violation> {
     }
     for kvm in all_vms {
         check_slots_are_bound(kvm, &gmem_files, &mut out);
+        check_no_stale_pfn(kvm, &mut out);
     }
     out
+}
+
+/// INV-NO-STALE-PFN over one VM's SPTEs.
+fn check_no_stale_pfn(kvm: &Arc<Kvm>, out: &mut Vec<Violation>) {
+    let Some(tdp) = kvm.mmu().as_tdp() else { return };
+    let mem = &kvm.machine().mem;
+    for (gfn, spte) in tdp.sptes() {
+        let now = mem.generation(spte.pfn);
+        if now != spte.generation || !mem.is_allocated(spte.pfn) {
+            out.push(Violation {
+                invariant: INV_NO_STALE_PFN,
+                detail: format!(
+                    "gfn {gfn} maps {:?} installed at generation {}, now {now} ({})",
+                    spte.pfn,
+                    spte.generation,
+                    if mem.is_allocated(spte.pfn) { "freed and reused" } else { "freed" }
+                ),
+            });
+        }
+    }
 }
 
 /// INV-BIND, bindings → memslots.

@@ -10,6 +10,8 @@
 //! | [`memslot`] | `struct kvm_memory_slot`, SRCU-published generations, `KVM_SET_USER_MEMORY_REGION2` |
 //! | [`attributes`] | `KVM_SET_MEMORY_ATTRIBUTES` and the attribute queries |
 //! | [`mmu`] | the MMU boundary (`kvm_mmu_unmap_gfn_range`, `kvm_flush_remote_tlbs`) and `mmu_invalidate_*` |
+//! | [`tdp_mmu`] | the software TDP MMU: 4K leaf SPTEs, zaps, `kvm_mmu_zap_all_fast` |
+//! | [`vcpu`] | `KVM_CREATE_VCPU`, the x86 TDP page-fault path, guest accesses, `KVM_PRE_FAULT_MEMORY` |
 //! | [`arch`] | the arch hooks guest_memfd calls (default and SW_PROTECTED back-ends) |
 //! | [`guest_memfd`] | `virt/kvm/guest_memfd.c`, every function of the seed |
 //! | [`caps`] | `KVM_CHECK_EXTENSION` |
@@ -24,8 +26,9 @@
 //! Stale memslot pointers (the use-after-free of upstream fixes F1 and F2) are detected and
 //! recorded as KASAN-style warnings instead of being dereferenced.
 //!
-//! Not modelled here: the MMU itself and vCPUs (the [`mmu::KvmMmu`] trait is their boundary;
-//! [`mmu::RecordingMmu`] stands in), SMM address spaces, dirty logging, SEV-SNP and TDX
+//! The MMU is the software TDP MMU ([`tdp_mmu`]; [`mmu::RecordingMmu`] remains for tests), driven
+//! by vCPUs that only access guest memory ([`vcpu`]). Not modelled here: vCPU TLBs, huge pages,
+//! the MMU notifier of the VM owner's address space, SMM address spaces, dirty logging, SEV-SNP and TDX
 //! back-ends, and capabilities unrelated to guest memory (they read 0).
 #![deny(missing_docs)]
 
@@ -37,7 +40,9 @@ pub mod invariants;
 pub mod memslot;
 pub mod mmu;
 pub mod profile;
+pub mod tdp_mmu;
 pub mod types;
+pub mod vcpu;
 pub mod vm;
 
 pub use profile::{Fix, KernelProfile, KernelVersion, VmType};

@@ -2,9 +2,9 @@
 //! `kvm_flush_remote_tlbs`, `kvm_arch_flush_shadow_memslot`, and the `mmu_invalidate_*`
 //! bookkeeping that lets page faults detect a racing invalidation (`virt/kvm/kvm_main.c`).
 //!
-//! The software MMU (TDP page tables, vCPU TLBs) implements [`KvmMmu`] in a later layer; until it
-//! exists, [`RecordingMmu`] records exactly what guest_memfd and the memslot code asked for, so
-//! tests can assert the ranges, attribute filters and flushes.
+//! The software TDP MMU ([`crate::tdp_mmu::TdpMmu`]) implements [`KvmMmu`] with page tables;
+//! [`RecordingMmu`] records exactly what guest_memfd and the memslot code asked for, so tests can
+//! assert the ranges, attribute filters and flushes.
 
 use crate::types::Gfn;
 use crate::vm::Kvm;
@@ -66,6 +66,16 @@ pub trait KvmMmu: Send + Sync + fmt::Debug {
     /// huge-page eligibility). Called with `mmu_lock` held for write, after the attributes were
     /// stored and `kvm_mmu_invalidate_end`. The default does nothing (no page tables).
     fn post_set_memory_attributes(&self, _kvm: &Kvm, _range: &KvmGfnRange, _attributes: u64) {}
+
+    /// `kvm_arch_flush_shadow_all`: the VM is being destroyed; drop every mapping. Default:
+    /// nothing mapped.
+    fn flush_shadow_all(&self, _kvm: &Kvm) {}
+
+    /// The software TDP MMU behind this trait object, if it is one (the fault path needs page
+    /// tables; an MMU without them cannot run a guest).
+    fn as_tdp(&self) -> Option<&crate::tdp_mmu::TdpMmu> {
+        None
+    }
 }
 
 /// One call the recording MMU saw.
@@ -184,6 +194,41 @@ impl Kvm {
         self.machine().warnings.warn_on_once(state.range_start.load(Ordering::Relaxed) == INVALID_GFN, || {
             "kvm_mmu_invalidate_end without any range added".into()
         });
+    }
+
+    /// `mmu_invalidate_retry_gfn(kvm, mmu_seq, gfn)`: whether a fault that snapshotted `mmu_seq`
+    /// must retry rather than install a mapping for `gfn`. `mmu_lock` held (read or write).
+    pub fn mmu_invalidate_retry_gfn(&self, mmu_seq: u64, gfn: Gfn) -> bool {
+        self.assert_mmu_lock_held();
+        let state = &self.mmu_invalidate;
+        if state.in_progress.load(Ordering::Relaxed) != 0 {
+            let (start, end) = self.mmu_invalidate_range();
+            // An invalidation in progress must have added its range before dropping mmu_lock.
+            if self.machine().warnings.warn_on_once(start == INVALID_GFN || end == INVALID_GFN, || {
+                "mmu_invalidate_retry_gfn: invalidation in progress without a range".into()
+            }) {
+                return true;
+            }
+            if gfn.0 >= start && gfn.0 < end {
+                return true;
+            }
+        }
+        state.seq.load(Ordering::Relaxed) != mmu_seq
+    }
+
+    /// `mmu_invalidate_retry_gfn_unsafe`: the same check without `mmu_lock` (an early, racy
+    /// filter that only saves taking the lock).
+    pub fn mmu_invalidate_retry_gfn_unsafe(&self, mmu_seq: u64, gfn: Gfn) -> bool {
+        let state = &self.mmu_invalidate;
+        if state.in_progress.load(Ordering::Acquire) != 0 {
+            // Stale start/end only give false negatives; the 1 -> 0 transition of in_progress
+            // and the sequence are what end a retry loop.
+            let (start, end) = self.mmu_invalidate_range();
+            if gfn.0 >= start && gfn.0 < end {
+                return true;
+            }
+        }
+        state.seq.load(Ordering::Acquire) != mmu_seq
     }
 
     /// `kvm->mmu_invalidate_seq`.

@@ -11,12 +11,15 @@ use crate::arch::{arch_for, KvmArch};
 use crate::memslot::{KvmMemorySlot, Memslots};
 use crate::mmu::{KvmMmu, RecordingMmu};
 use crate::profile::{KernelProfile, VmType};
+use crate::vcpu::KvmVcpu;
 use gmem_mm::slab::Slab;
 use gmem_mm::xarray::XArray;
 use gmem_mm::{Errno, KResult, Machine};
-use gmem_sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use gmem_sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use gmem_sync::srcu::SrcuReadGuard;
-use gmem_sync::{lockdep_assert_held, Arc, LockClass, Mutex, MutexGuard, RwLock, RwLockWriteGuard, Srcu};
+use gmem_sync::{
+    lockdep_assert_held, Arc, LockClass, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Srcu,
+};
 use std::fmt;
 
 /// `kvm->lock`.
@@ -27,8 +30,10 @@ pub static SLOTS_LOCK: LockClass = LockClass::new("kvm->slots_lock");
 pub static SLOTS_ARCH_LOCK: LockClass = LockClass::new("kvm->slots_arch_lock");
 /// `kvm->mmu_lock` (an rwlock on x86 with the TDP MMU: `KVM_MMU_LOCK` takes it for write).
 pub static MMU_LOCK: LockClass = LockClass::new("kvm->mmu_lock");
+/// `kvm->vcpu_array` (its xa_lock; written under `kvm->lock`).
+pub static VCPU_ARRAY_LOCK: LockClass = LockClass::new("kvm->vcpu_array");
 
-/// Builds each new VM's MMU (the recording MMU until the software MMU exists).
+/// Builds each new VM's MMU (the software TDP MMU, or the recording MMU for tests).
 pub type MmuFactory = Arc<dyn Fn() -> Arc<dyn KvmMmu> + Send + Sync>;
 
 /// `/dev/kvm`: the module-level state of one booted kernel.
@@ -45,8 +50,16 @@ impl fmt::Debug for KvmSystem {
 }
 
 impl KvmSystem {
-    /// Boots a machine configured by `profile` with KVM loaded.
+    /// Boots a machine configured by `profile` with KVM loaded; every VM gets the software TDP
+    /// MMU.
     pub fn new(profile: KernelProfile) -> Arc<KvmSystem> {
+        let machine = Machine::new(profile.machine_config());
+        KvmSystem::with_machine(machine, profile, crate::tdp_mmu::TdpMmu::factory())
+    }
+
+    /// Like [`KvmSystem::new`], with MMUs that only record what they are asked (no page tables,
+    /// so no guest can run).
+    pub fn new_recording(profile: KernelProfile) -> Arc<KvmSystem> {
         let machine = Machine::new(profile.machine_config());
         KvmSystem::with_machine(machine, profile, Arc::new(|| Arc::new(RecordingMmu::new(true))))
     }
@@ -88,6 +101,8 @@ impl KvmSystem {
             mmu_invalidate: MmuInvalidate::default(),
             mmu: (self.mmu_factory)(),
             arch: Arc::from(arch_for(vm_type)),
+            created_vcpus: AtomicU32::new(0),
+            vcpu_array: Mutex::new(&VCPU_ARRAY_LOCK, Vec::new()),
             destroyed: AtomicBool::new(false),
         }))
     }
@@ -128,6 +143,10 @@ pub struct Kvm {
     pub(crate) mmu_invalidate: MmuInvalidate,
     mmu: Arc<dyn KvmMmu>,
     arch: Arc<dyn KvmArch>,
+    /// `kvm->created_vcpus` (under `kvm->lock`).
+    pub(crate) created_vcpus: AtomicU32,
+    /// `kvm->vcpu_array`, indexed by `vcpu_idx` (`online_vcpus` is its length).
+    pub(crate) vcpu_array: Mutex<Vec<Arc<KvmVcpu>>>,
     destroyed: AtomicBool,
 }
 
@@ -209,6 +228,9 @@ impl Kvm {
         // SAFETY: the generation was made by Box::into_raw; with users_count at zero nobody can
         // be inside an SRCU read section of this VM any more.
         let slots = unsafe { Box::from_raw(slots) };
+        // kvm_destroy_vcpus, then kvm_arch_flush_shadow_all (the MMU notifier's release).
+        self.vcpu_array.lock().clear();
+        self.mmu.flush_shadow_all(self);
         for entry in slots.iter() {
             self.free_memslot(entry.handle);
         }
@@ -222,7 +244,13 @@ impl Kvm {
         self.mmu_lock.write()
     }
 
-    /// `lockdep_assert_held_write(&kvm->mmu_lock)`.
+    /// `read_lock(&kvm->mmu_lock)` (the TDP MMU's fault path).
+    #[track_caller]
+    pub fn mmu_lock_read(&self) -> RwLockReadGuard<'_, ()> {
+        self.mmu_lock.read()
+    }
+
+    /// `lockdep_assert_held(&kvm->mmu_lock)` (held in either mode).
     #[track_caller]
     pub fn assert_mmu_lock_held(&self) {
         lockdep_assert_held(&MMU_LOCK);

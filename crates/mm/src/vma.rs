@@ -268,6 +268,55 @@ impl Mm {
         Ok(())
     }
 
+    /// `get_user_pages` of one page for KVM (`hva_to_pfn`): the frame mapped at `addr`, faulted in
+    /// for a write when `write` (KVM asks for a writable page for any fault on a writable memslot),
+    /// with a reference the caller puts. EFAULT without a VMA, without the access right, or when the
+    /// fault handler fails; EHWPOISON for a poisoned page (`KVM_PFN_ERR_HWPOISON`). Anonymous memory
+    /// is allocated (and zeroed) on first use: the model has no shared zero page.
+    pub fn get_user_page(&self, addr: u64, write: bool) -> KResult<Pfn> {
+        let vma = self.find(addr).ok_or(Errno::EFAULT)?;
+        let needed = if write { VM_WRITE } else { VM_READ | VM_WRITE | VM_EXEC };
+        if vma.vm_flags & needed == 0 {
+            return Err(Errno::EFAULT);
+        }
+        let page_in_vma = (addr - vma.start) >> PAGE_SHIFT;
+        let Some(ops) = vma.vm_ops else {
+            let mut anon = vma.anon.lock();
+            let pfn = match anon.get(&page_in_vma) {
+                Some(&pfn) => pfn,
+                None => {
+                    let folio = Folio::alloc(&self.machine.mem, 0).map_err(|_| Errno::EFAULT)?;
+                    folio.clear_page(0);
+                    anon.insert(page_in_vma, folio.pfn());
+                    folio.pfn()
+                }
+            };
+            Folio::from_pfn(&self.machine.mem, pfn).get();
+            return Ok(pfn);
+        };
+        let fault = VmFault { vma: &vma, pgoff: PgOff(vma.pgoff + page_in_vma), write };
+        for _ in 0..1000 {
+            match (ops.fault)(&fault) {
+                Ok(folio) if folio.test_hwpoison() => {
+                    folio.unlock();
+                    folio.put();
+                    return Err(Errno::EHWPOISON);
+                }
+                Ok(folio) => {
+                    // The fault's reference becomes the caller's.
+                    folio.unlock();
+                    return Ok(folio.pfn().offset(fault.pgoff.0 - folio.index().0));
+                }
+                Err(VmFaultError::Retry) => continue,
+                Err(_) => return Err(Errno::EFAULT),
+            }
+        }
+        self.machine
+            .warnings
+            .report(gmem_sync::warn::WarnKind::Warn, format!("get_user_pages at {addr:#x} retried 1000 times"));
+        Err(Errno::EFAULT)
+    }
+
     fn access_page(&self, addr: u64, buf: &mut [u8], write: bool) -> Result<(), AccessSignal> {
         let vma = self.find(addr).ok_or(AccessSignal::Sigsegv)?;
         // x86 access_error(): a write needs VM_WRITE; a read of a page that is not present needs

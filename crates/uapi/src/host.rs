@@ -5,6 +5,7 @@ use crate::Result;
 use gmem_kvm::caps::check_extension;
 use gmem_kvm::guest_memfd::{gmem_memory_failure, gmem_of_file, kvm_gmem_create, kvm_gmem_populate};
 use gmem_kvm::memslot::UserspaceMemoryRegion2;
+use gmem_kvm::vcpu::{guest_access, kvm_vcpu_pre_fault_memory, KvmVcpu, RunError};
 use gmem_kvm::{Gpa, KernelProfile, KvmSystem};
 use gmem_mm::file::{alloc_file_pseudo, noop_llseek, File, FileOperations, FileRef, EMPTY_FOPS, O_RDWR};
 use gmem_mm::filemap::{MfResult, EMPTY_AOPS};
@@ -23,6 +24,23 @@ pub type Stat = Kstat;
 /// `noop_llseek` (so `lseek` on a VM succeeds and returns 0, measured on 6.18.44).
 static KVM_VM_FOPS: FileOperations =
     FileOperations { name: "kvm_vm_fops", release: Some(kvm_vm_release), llseek: Some(noop_llseek), ..EMPTY_FOPS };
+
+/// `kvm_vcpu_fops`: a vCPU file's release drops the VM reference it holds.
+static KVM_VCPU_FOPS: FileOperations =
+    FileOperations { name: "kvm_vcpu_fops", release: Some(kvm_vcpu_release), ..EMPTY_FOPS };
+
+/// `file->private_data` of a vCPU file.
+struct VcpuFile {
+    kvm: Arc<gmem_kvm::Kvm>,
+    vcpu: Arc<KvmVcpu>,
+}
+
+/// `kvm_vcpu_release`.
+fn kvm_vcpu_release(_inode: &Inode, file: &File) -> i32 {
+    let vcpu = file.private::<VcpuFile>().expect("a vCPU file's private_data is its vCPU");
+    vcpu.kvm.put_kvm();
+    0
+}
 
 /// `file->private_data` of a VM file.
 struct VmFile {
@@ -168,6 +186,85 @@ impl SimHost {
         let _span = tracing::debug_span!("kvm_vm_ioctl_set_memory_attributes", vm_fd).entered();
         let attrs = memory_attributes(attrs);
         self.vm_ioctl(vm_fd, |kvm| kvm.set_memory_attributes(&attrs))
+    }
+
+    /// `KVM_CREATE_VCPU`: the vCPU's descriptor (`create_vcpu_fd`: `anon_inode_getfd`, holding a
+    /// VM reference).
+    pub fn create_vcpu(&self, vm_fd: i32, id: u64) -> Result<i32> {
+        let _span = tracing::debug_span!("kvm_vm_ioctl_create_vcpu", vm_fd, id).entered();
+        self.vm_ioctl(vm_fd, |kvm| {
+            kvm.create_vcpu(id, |vcpu| {
+                let files = &self.process.files;
+                kvm.get_kvm();
+                let fd = match files.get_unused_fd() {
+                    Ok(fd) => fd,
+                    Err(errno) => {
+                        kvm.put_kvm();
+                        return Err(errno);
+                    }
+                };
+                let file = alloc_file_pseudo(
+                    self.machine(),
+                    "kvm-vcpu",
+                    &KVM_VCPU_FOPS,
+                    O_RDWR,
+                    InodeInit {
+                        mode: 0o600,
+                        size: 0,
+                        i_private: 0,
+                        i_op: &EMPTY_IOPS,
+                        a_ops: &EMPTY_AOPS,
+                        a_private: None,
+                        noexec: true,
+                    },
+                    Some(Arc::new(VcpuFile { kvm: kvm.clone(), vcpu })),
+                );
+                files.fd_install(fd, file);
+                Ok(fd)
+            })
+        })
+    }
+
+    /// The VM and vCPU behind a descriptor for a vCPU ioctl: EBADF if it is not open, ENOTTY if it
+    /// is not a vCPU.
+    pub fn vcpu(&self, vcpu_fd: i32) -> Result<(Arc<gmem_kvm::Kvm>, Arc<KvmVcpu>)> {
+        let file = self.process.fget(vcpu_fd)?;
+        let vcpu = if std::ptr::eq(file.f_op(), &KVM_VCPU_FOPS) {
+            let vcpu = file.private::<VcpuFile>().expect("vCPU file");
+            Ok((vcpu.kvm.clone(), vcpu.vcpu.clone()))
+        } else {
+            Err(Errno::ENOTTY)
+        };
+        drop(file);
+        vcpu
+    }
+
+    /// A guest load (`write == false`) or store at `gpa` by the vCPU behind `vcpu_fd` (what
+    /// `KVM_RUN` does for a guest instruction touching memory). `private` overrides the VM
+    /// type's default access kind.
+    pub fn guest_access(
+        &self,
+        vcpu_fd: i32,
+        gpa: u64,
+        buf: &mut [u8],
+        write: bool,
+        private: Option<bool>,
+    ) -> std::result::Result<(), RunError> {
+        let _span = tracing::debug_span!("kvm_vcpu_run", vcpu_fd, gpa, write).entered();
+        let result = self
+            .vcpu(vcpu_fd)
+            .map_err(RunError::Errno)
+            .and_then(|(kvm, vcpu)| guest_access(&kvm, &vcpu, &self.process.mm, gpa, buf, write, private));
+        self.process.syscall_exit(result)
+    }
+
+    /// `KVM_PRE_FAULT_MEMORY`: returns the size left unmapped.
+    pub fn pre_fault_memory(&self, vcpu_fd: i32, gpa: u64, size: u64) -> Result<u64> {
+        let _span = tracing::debug_span!("kvm_vcpu_ioctl_pre_fault_memory", vcpu_fd, gpa, size).entered();
+        let result = self
+            .vcpu(vcpu_fd)
+            .and_then(|(kvm, vcpu)| kvm_vcpu_pre_fault_memory(&kvm, &vcpu, &self.process.mm, gpa, size));
+        self.process.syscall_exit(result)
     }
 
     /// The arch launch path's populate (`kvm_gmem_populate` with the VM type's `post_populate`):

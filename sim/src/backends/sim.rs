@@ -1,9 +1,10 @@
 //! The simulator backend: every verb runs on a fresh simulated kernel (one [`SimHost`] per
 //! script file, dropped, and so fully released, at the end of the file).
 
-use crate::backend::{BResult, Backend, Failure, MemoryRegion2, Signal, Stat, Violation};
+use crate::backend::{BResult, Backend, Failure, MemoryRegion2, Signal, Stat, VcpuExit, Violation};
 use gmem_kvm::guest_memfd::gmem_of_file;
 use gmem_kvm::invariants;
+use gmem_kvm::vcpu::{self, RunError, KVM_MEMORY_EXIT_FLAG_PRIVATE};
 use gmem_kvm::KernelProfile;
 use gmem_mm::file::FileRef;
 use gmem_mm::vma::AccessSignal;
@@ -12,9 +13,6 @@ use gmem_sync::inject::FaultPoint;
 use gmem_sync::Arc;
 use gmem_uapi::{kvm_create_guest_memfd, kvm_memory_attributes, SimHost};
 use std::collections::BTreeMap;
-
-/// Why guest-side verbs skip on the simulator for now.
-const NO_MMU: &str = "guest access needs the software MMU, which is not built yet";
 
 /// The largest `load` a script may ask for (its bytes are printed as hex).
 const LOAD_LEN_MAX: u64 = 16 << 20;
@@ -57,6 +55,39 @@ impl SimBackend {
 
 fn errno<T>(result: Result<T, Errno>) -> BResult<T> {
     result.map_err(Failure::Errno)
+}
+
+/// A failed guest access as a script result.
+fn run<T>(result: Result<T, RunError>) -> BResult<T> {
+    result.map_err(|error| match error {
+        RunError::Errno(errno) => Failure::Errno(errno),
+        RunError::Sigbus => Failure::Signal(Signal::Sigbus),
+        RunError::Exit(vcpu::VcpuExit::MemoryFault { gpa, size, flags, errno }) => {
+            let flags = match flags {
+                KVM_MEMORY_EXIT_FLAG_PRIVATE => "PRIVATE".to_string(),
+                0 => "0".to_string(),
+                other => format!("{other:#x}"),
+            };
+            let mut fields = vec![
+                ("gpa".to_string(), format!("{gpa:#x}")),
+                ("size".to_string(), format!("{size:#x}")),
+                ("flags".to_string(), flags),
+            ];
+            // The documented ABI is -EFAULT; other errors (EHWPOISON, ENOMEM) say so.
+            if errno != Errno::EFAULT {
+                fields.push(("errno".to_string(), errno.name().to_string()));
+            }
+            Failure::Exit(VcpuExit { reason: "MEMORY_FAULT".into(), fields })
+        }
+        RunError::Exit(vcpu::VcpuExit::Mmio { phys_addr, len, is_write }) => Failure::Exit(VcpuExit {
+            reason: "MMIO".into(),
+            fields: vec![
+                ("phys_addr".to_string(), format!("{phys_addr:#x}")),
+                ("len".to_string(), format!("{len:#x}")),
+                ("is_write".to_string(), u8::from(is_write).to_string()),
+            ],
+        }),
+    })
 }
 
 fn signal<T>(result: Result<T, AccessSignal>) -> BResult<T> {
@@ -158,20 +189,25 @@ impl Backend for SimBackend {
         errno(self.host.process().mmap_anonymous(len))
     }
 
-    fn create_vcpu(&mut self, _vm: i32, _id: u64) -> BResult<i32> {
-        Err(Failure::Skip(NO_MMU.into()))
+    fn create_vcpu(&mut self, vm: i32, id: u64) -> BResult<i32> {
+        errno(self.host.create_vcpu(vm, id))
     }
 
-    fn guest_store(&mut self, _vcpu: i32, _gpa: u64, _bytes: &[u8], _private: Option<bool>) -> BResult<()> {
-        Err(Failure::Skip(NO_MMU.into()))
+    fn guest_store(&mut self, vcpu: i32, gpa: u64, bytes: &[u8], private: Option<bool>) -> BResult<()> {
+        let mut buf = bytes.to_vec();
+        run(self.host.guest_access(vcpu, gpa, &mut buf, true, private))
     }
 
-    fn guest_load(&mut self, _vcpu: i32, _gpa: u64, _len: u64, _private: Option<bool>) -> BResult<Vec<u8>> {
-        Err(Failure::Skip(NO_MMU.into()))
+    fn guest_load(&mut self, vcpu: i32, gpa: u64, len: u64, private: Option<bool>) -> BResult<Vec<u8>> {
+        if len > LOAD_LEN_MAX {
+            return Err(Failure::Skip(format!("loads of more than {LOAD_LEN_MAX} bytes are not supported")));
+        }
+        let mut buf = vec![0u8; len as usize];
+        run(self.host.guest_access(vcpu, gpa, &mut buf, false, private)).map(|()| buf)
     }
 
-    fn pre_fault_memory(&mut self, _vcpu: i32, _gpa: u64, _size: u64) -> BResult<u64> {
-        Err(Failure::Skip(NO_MMU.into()))
+    fn pre_fault_memory(&mut self, vcpu: i32, gpa: u64, size: u64) -> BResult<u64> {
+        errno(self.host.pre_fault_memory(vcpu, gpa, size))
     }
 
     fn populate(&mut self, vm: i32, gpa: u64, npages: u64, bytes: Option<&[u8]>) -> BResult<u64> {

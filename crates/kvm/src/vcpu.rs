@@ -1,0 +1,459 @@
+//! vCPUs and the x86 TDP page-fault path (`virt/kvm/kvm_main.c`: `kvm_vm_ioctl_create_vcpu`,
+//! `kvm_vcpu_pre_fault_memory`; `arch/x86/kvm/mmu/mmu.c`: `kvm_mmu_page_fault`,
+//! `kvm_mmu_faultin_pfn`, `__kvm_mmu_faultin_pfn`, `kvm_mmu_faultin_pfn_gmem`,
+//! `is_page_fault_stale`, `kvm_tdp_map_page`, `kvm_arch_vcpu_pre_fault_memory`;
+//! `arch/x86/kvm/mmu/tdp_mmu.c`: `kvm_tdp_mmu_page_fault`).
+//!
+//! A vCPU here is only what guest memory accesses need: its id and its fault counters. A guest
+//! access walks the VM's SPTEs ([`crate::tdp_mmu`]); a missing or read-only leaf is an EPT/NPT
+//! violation that runs the kernel's fault path: snapshot `mmu_invalidate_seq`, check the access
+//! kind against the gfn's PRIVATE attribute (a mismatch is `KVM_EXIT_MEMORY_FAULT`), resolve the
+//! pfn (guest_memfd for private faults and for v6.18 `GMEM_ONLY` slots, the memslot's
+//! `userspace_addr` through the process's page tables otherwise), then under `mmu_lock` for read
+//! check for a racing invalidation and install the leaf or retry.
+//!
+//! Whether a default access is private follows the VM type: a DEFAULT VM's accesses are shared;
+//! a SW_PROTECTED VM's are private exactly when the gfn is PRIVATE (`kvm_mmu_page_fault`
+//! synthesises `PFERR_PRIVATE_ACCESS` from the attributes, so such a guest never mismatches on
+//! its own). An explicit access kind stands for the vendor's error code (SNP's C-bit, TDX's
+//! shared bit) and can mismatch.
+
+use crate::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use crate::guest_memfd::kvm_gmem_get_pfn;
+use crate::memslot::{KVM_MEMSLOT_GMEM_ONLY, KVM_MEMSLOT_INVALID, KVM_MEM_READONLY};
+use crate::tdp_mmu::{MapResult, Spte, TdpMmu};
+use crate::types::{Gfn, Gpa};
+use crate::vm::Kvm;
+use gmem_mm::folio::Folio;
+use gmem_mm::types::{PAGE_SHIFT, PAGE_SIZE};
+use gmem_mm::vma::Mm;
+use gmem_mm::{Errno, KResult, Pfn};
+use gmem_sync::atomic::{AtomicU64, Ordering};
+use gmem_sync::warn::WarnKind;
+use gmem_sync::Arc;
+
+/// `KVM_MAX_VCPUS` on x86.
+pub const KVM_MAX_VCPUS: u32 = 4096;
+/// `KVM_MAX_VCPU_IDS` on x86: `KVM_MAX_VCPUS * KVM_VCPU_ID_RATIO` (4).
+pub const KVM_MAX_VCPU_IDS: u64 = 4096 * 4;
+/// `KVM_MEMORY_EXIT_FLAG_PRIVATE`.
+pub const KVM_MEMORY_EXIT_FLAG_PRIVATE: u64 = 1 << 3;
+/// How many times one access may re-fault before the model reports a vCPU that cannot make
+/// progress (the kernel would spin in `KVM_RUN` until a signal).
+pub const FAULT_RETRY_LIMIT: u32 = 1000;
+
+/// `struct kvm_vcpu`, the parts guest memory accesses need.
+#[derive(Debug)]
+pub struct KvmVcpu {
+    vcpu_id: u32,
+    vcpu_idx: u32,
+    /// `vcpu->stat`, the page-fault counters.
+    pub stat: VcpuStat,
+}
+
+/// The page-fault counters of `vcpu->stat` (`pf_retry` is the model's own).
+#[derive(Debug, Default)]
+pub struct VcpuStat {
+    /// `pf_taken`: faults entered.
+    pub pf_taken: AtomicU64,
+    /// `pf_fixed`: faults that installed an SPTE.
+    pub pf_fixed: AtomicU64,
+    /// `pf_spurious`: faults that found the SPTE already there.
+    pub pf_spurious: AtomicU64,
+    /// `pf_emulate`: faults handed to emulation (MMIO).
+    pub pf_emulate: AtomicU64,
+    /// Faults that returned `RET_PF_RETRY` (a racing invalidation, an INVALID memslot).
+    pub pf_retry: AtomicU64,
+}
+
+impl KvmVcpu {
+    /// `vcpu->vcpu_id`.
+    pub fn vcpu_id(&self) -> u32 {
+        self.vcpu_id
+    }
+
+    /// `vcpu->vcpu_idx`.
+    pub fn vcpu_idx(&self) -> u32 {
+        self.vcpu_idx
+    }
+
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Why `KVM_RUN` (or a vCPU ioctl) returned to user space without finishing the access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuExit {
+    /// `KVM_EXIT_MEMORY_FAULT`, returned with `errno` (EFAULT for a private/shared mismatch, the
+    /// guest_memfd error otherwise).
+    MemoryFault {
+        /// `memory_fault.gpa` (page aligned).
+        gpa: u64,
+        /// `memory_fault.size`.
+        size: u64,
+        /// `memory_fault.flags`.
+        flags: u64,
+        /// The ioctl's errno.
+        errno: Errno,
+    },
+    /// `KVM_EXIT_MMIO`: no memslot (or a write to a read-only one); the VMM emulates.
+    Mmio {
+        /// `mmio.phys_addr`.
+        phys_addr: u64,
+        /// `mmio.len` (at most 8).
+        len: u64,
+        /// `mmio.is_write`.
+        is_write: bool,
+    },
+}
+
+/// A failed guest access: an exit, a plain errno, or a signal sent to the vCPU thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunError {
+    /// `KVM_RUN` returned with this exit reason.
+    Exit(VcpuExit),
+    /// `KVM_RUN` failed with this errno (exit reason untouched).
+    Errno(Errno),
+    /// `kvm_send_hwpoison_signal`: the vCPU thread got SIGBUS (BUS_MCEERR_AR).
+    Sigbus,
+}
+
+impl From<Errno> for RunError {
+    fn from(errno: Errno) -> Self {
+        RunError::Errno(errno)
+    }
+}
+
+/// `RET_PF_*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetPf {
+    /// `RET_PF_RETRY`: let the guest re-fault.
+    Retry,
+    /// `RET_PF_EMULATE`: MMIO (no memslot, or a write to a read-only slot).
+    Emulate,
+    /// `RET_PF_FIXED`.
+    Fixed,
+    /// `RET_PF_SPURIOUS`.
+    Spurious,
+}
+
+impl Kvm {
+    /// `kvm_vm_ioctl_create_vcpu`: the id checks, `created_vcpus` accounting, the duplicate-id
+    /// check, then `install` (which takes the VM reference and makes the vCPU's descriptor, as
+    /// `create_vcpu_fd` does under `kvm->lock`); its failure undoes everything.
+    pub fn create_vcpu(&self, id: u64, install: impl FnOnce(Arc<KvmVcpu>) -> KResult<i32>) -> KResult<i32> {
+        let _span = tracing::debug_span!("kvm_vm_ioctl_create_vcpu", id).entered();
+        if id >= KVM_MAX_VCPU_IDS {
+            return Err(Errno::EINVAL);
+        }
+        {
+            let _lock = self.lock.lock();
+            if self.created_vcpus.load(Ordering::Relaxed) >= KVM_MAX_VCPUS {
+                return Err(Errno::EINVAL);
+            }
+            // kvm_arch_vcpu_precreate: max_vcpu_ids defaults to KVM_MAX_VCPU_IDS (checked above).
+            self.created_vcpus.fetch_add(1, Ordering::Relaxed);
+        }
+        let lock = self.lock.lock();
+        let mut array = self.vcpu_array.lock();
+        if array.iter().any(|vcpu| vcpu.vcpu_id as u64 == id) {
+            drop(array);
+            self.created_vcpus.fetch_sub(1, Ordering::Relaxed);
+            drop(lock);
+            return Err(Errno::EEXIST);
+        }
+        let vcpu = Arc::new(KvmVcpu { vcpu_id: id as u32, vcpu_idx: array.len() as u32, stat: VcpuStat::default() });
+        array.push(vcpu.clone());
+        drop(array);
+        match install(vcpu) {
+            Ok(fd) => Ok(fd),
+            Err(errno) => {
+                self.vcpu_array.lock().pop();
+                self.created_vcpus.fetch_sub(1, Ordering::Relaxed);
+                drop(lock);
+                Err(errno)
+            }
+        }
+    }
+
+    /// `atomic_read(&kvm->online_vcpus)`.
+    pub fn online_vcpus(&self) -> usize {
+        self.vcpu_array.lock().len()
+    }
+
+    fn tdp(&self) -> KResult<&TdpMmu> {
+        // A VM whose MMU has no page tables (the recording MMU of tests) cannot run a guest.
+        self.mmu().as_tdp().ok_or(Errno::EOPNOTSUPP)
+    }
+
+    /// Whether a guest access without an explicit kind is private (see the module docs).
+    pub fn default_access_is_private(&self, gfn: Gfn) -> bool {
+        self.has_private_mem() && self.get_memory_attributes(gfn) & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0
+    }
+}
+
+/// `kvm_mmu_prepare_memory_fault_exit`.
+fn memory_fault_exit(gfn: Gfn, is_private: bool, errno: Errno) -> RunError {
+    RunError::Exit(VcpuExit::MemoryFault {
+        gpa: gfn.to_gpa().0,
+        size: PAGE_SIZE,
+        flags: if is_private { KVM_MEMORY_EXIT_FLAG_PRIVATE } else { 0 },
+        errno,
+    })
+}
+
+/// A resolved pfn with the reference the fault holds until it finishes
+/// (`fault->refcounted_page`).
+struct FaultinPfn {
+    pfn: Pfn,
+    map_writable: bool,
+}
+
+/// `kvm_mmu_page_fault` → `kvm_tdp_page_fault` for one gpa: resolve and install, or tell why not.
+/// `mm` is the VM owner's address space (`kvm->mm`), for the shared backing.
+pub fn kvm_mmu_page_fault(
+    kvm: &Kvm,
+    vcpu: &KvmVcpu,
+    mm: &Mm,
+    gpa: u64,
+    is_private: bool,
+    write: bool,
+    prefetch: bool,
+) -> Result<RetPf, RunError> {
+    let tdp = kvm.tdp()?;
+    KvmVcpu::count(&vcpu.stat.pf_taken);
+    let result = kvm_tdp_mmu_page_fault(kvm, tdp, mm, Gpa(gpa).to_gfn(), is_private, write, prefetch);
+    match result {
+        Ok(RetPf::Fixed) => KvmVcpu::count(&vcpu.stat.pf_fixed),
+        Ok(RetPf::Spurious) => KvmVcpu::count(&vcpu.stat.pf_spurious),
+        Ok(RetPf::Retry) => KvmVcpu::count(&vcpu.stat.pf_retry),
+        Ok(RetPf::Emulate) => {
+            KvmVcpu::count(&vcpu.stat.pf_emulate);
+            // A private fault that would need emulation is refused (kvm_mmu_page_fault).
+            if is_private {
+                return Err(memory_fault_exit(Gpa(gpa).to_gfn(), true, Errno::EFAULT));
+            }
+        }
+        Err(_) => {}
+    }
+    result
+}
+
+/// `kvm_tdp_mmu_page_fault`: faultin, then install under `mmu_lock` for read unless stale.
+fn kvm_tdp_mmu_page_fault(
+    kvm: &Kvm,
+    tdp: &TdpMmu,
+    mm: &Mm,
+    gfn: Gfn,
+    is_private: bool,
+    write: bool,
+    prefetch: bool,
+) -> Result<RetPf, RunError> {
+    let srcu = kvm.srcu_read_lock();
+    // The root this fault will install into: a zap-all that makes it obsolete forces a retry.
+    let mmu_gen = tdp.mmu_valid_gen();
+    // kvm_mmu_faultin_pfn: snapshot the sequence first (it also detects attribute changes).
+    let mmu_seq = kvm.mmu_invalidate_seq();
+    if is_private != kvm.mem_is_private(gfn) {
+        return Err(memory_fault_exit(gfn, is_private, Errno::EFAULT));
+    }
+    let Some(slot) = kvm.gfn_to_memslot(&srcu, gfn) else {
+        // kvm_handle_noslot_fault: MMIO.
+        return Ok(RetPf::Emulate);
+    };
+    if slot.flags() & KVM_MEMSLOT_INVALID != 0 {
+        return Ok(RetPf::Retry);
+    }
+    if kvm.mmu_invalidate_retry_gfn_unsafe(mmu_seq, gfn) {
+        return Ok(RetPf::Retry);
+    }
+    // __kvm_mmu_faultin_pfn.
+    let faultin = if is_private || slot.flags() & KVM_MEMSLOT_GMEM_ONLY != 0 {
+        // kvm_mmu_faultin_pfn_gmem.
+        if !slot.has_gmem() {
+            return Err(memory_fault_exit(gfn, is_private, Errno::EFAULT));
+        }
+        let got = kvm_gmem_get_pfn(kvm, slot, gfn).map_err(|errno| memory_fault_exit(gfn, is_private, errno))?;
+        // The folio reference `got.page` becomes the fault's (put below, by pfn).
+        FaultinPfn { pfn: got.pfn, map_writable: slot.flags() & KVM_MEM_READONLY == 0 }
+    } else {
+        // __kvm_faultin_pfn → hva_to_pfn: a write to a read-only slot is KVM_PFN_ERR_RO_FAULT.
+        let map_writable = slot.flags() & KVM_MEM_READONLY == 0;
+        if write && !map_writable {
+            return Ok(RetPf::Emulate);
+        }
+        let hva = slot.userspace_addr().wrapping_add((gfn.0 - slot.base_gfn().0) << PAGE_SHIFT);
+        match mm.get_user_page(hva, map_writable) {
+            Ok(pfn) => FaultinPfn { pfn, map_writable },
+            // kvm_handle_error_pfn: KVM_PFN_ERR_HWPOISON sends SIGBUS and retries.
+            Err(Errno::EHWPOISON) => return Err(RunError::Sigbus),
+            Err(_) => return Err(RunError::Errno(Errno::EFAULT)),
+        }
+    };
+    drop(srcu);
+    let mem = &kvm.machine().mem;
+    let release = |faultin: &FaultinPfn| Folio::from_pfn(mem, faultin.pfn).put();
+    if kvm.mmu_invalidate_retry_gfn_unsafe(mmu_seq, gfn) {
+        release(&faultin);
+        return Ok(RetPf::Retry);
+    }
+    tdp.run_fault_hook(kvm);
+    let mmu_lock = kvm.mmu_lock_read();
+    // is_page_fault_stale: an obsolete root, or an invalidation that covered gfn.
+    let result = if tdp.mmu_valid_gen() != mmu_gen || kvm.mmu_invalidate_retry_gfn(mmu_seq, gfn) {
+        RetPf::Retry
+    } else {
+        let spte = Spte {
+            pfn: faultin.pfn,
+            writable: faultin.map_writable,
+            private: is_private,
+            accessed: !prefetch,
+            generation: mem.generation(faultin.pfn),
+        };
+        match tdp.map(kvm, gfn, spte) {
+            MapResult::Fixed => RetPf::Fixed,
+            MapResult::Spurious => RetPf::Spurious,
+        }
+    };
+    drop(mmu_lock);
+    // kvm_mmu_finish_page_fault → kvm_release_faultin_page.
+    release(&faultin);
+    Ok(result)
+}
+
+/// A guest load (`write == false`) or store of `buf` at `gpa`, page by page: walk the SPTEs,
+/// fault on a miss, retry what the fault path asks to retry (bounded: a vCPU that cannot make
+/// progress is reported as a WARN and the access fails with EINTR, as a VMM's signal would end
+/// the spin).
+pub fn guest_access(
+    kvm: &Kvm,
+    vcpu: &KvmVcpu,
+    mm: &Mm,
+    gpa: u64,
+    buf: &mut [u8],
+    write: bool,
+    private: Option<bool>,
+) -> Result<(), RunError> {
+    let tdp = kvm.tdp()?;
+    let mem = &kvm.machine().mem;
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = gpa.checked_add(done as u64).ok_or(RunError::Errno(Errno::EFAULT))?;
+        let in_page = (at & (PAGE_SIZE - 1)) as usize;
+        let chunk = (PAGE_SIZE as usize - in_page).min(buf.len() - done);
+        let gfn = Gpa(at).to_gfn();
+        let piece = &mut buf[done..done + chunk];
+        let mut attempts = 0;
+        loop {
+            let hit = tdp.with_spte(gfn, write, |spte| {
+                if spte.generation != mem.generation(spte.pfn) {
+                    kvm.machine().warnings.report(
+                        WarnKind::UseAfterFree,
+                        format!("guest access to gfn {gfn} through a stale SPTE ({:?} was freed)", spte.pfn),
+                    );
+                }
+                if write {
+                    mem.write(spte.pfn, in_page, piece);
+                } else {
+                    mem.read(spte.pfn, in_page, piece);
+                }
+            });
+            if hit.is_some() {
+                break;
+            }
+            attempts += 1;
+            if attempts > FAULT_RETRY_LIMIT {
+                kvm.machine().warnings.report(
+                    WarnKind::Warn,
+                    format!("vCPU {} fault at gpa {at:#x} made no progress in {FAULT_RETRY_LIMIT} tries", vcpu.vcpu_id),
+                );
+                return Err(RunError::Errno(Errno::EINTR));
+            }
+            let is_private = private.unwrap_or_else(|| kvm.default_access_is_private(gfn));
+            match kvm_mmu_page_fault(kvm, vcpu, mm, at, is_private, write, false)? {
+                RetPf::Fixed | RetPf::Spurious | RetPf::Retry => {}
+                RetPf::Emulate => {
+                    return Err(RunError::Exit(VcpuExit::Mmio {
+                        phys_addr: at,
+                        len: chunk.min(8) as u64,
+                        is_write: write,
+                    }))
+                }
+            }
+        }
+        done += chunk;
+    }
+    Ok(())
+}
+
+/// `KVM_PRE_FAULT_MEMORY` (`kvm_vcpu_pre_fault_memory` with the x86 hook): map `[gpa, gpa+size)`
+/// as faults would, without running the guest. Returns the size left (the ioctl's updated
+/// `range.size`) when any progress was made, else the first error.
+pub fn kvm_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, size: u64) -> KResult<u64> {
+    let _span = tracing::debug_span!("kvm_vcpu_pre_fault_memory", gpa, size).entered();
+    if gpa & (PAGE_SIZE - 1) != 0 || size & (PAGE_SIZE - 1) != 0 || gpa.wrapping_add(size) <= gpa {
+        return Err(Errno::EINVAL);
+    }
+    let (mut gpa, mut size) = (gpa, size);
+    let full_size = size;
+    let mut error = Errno::EIO;
+    while size != 0 {
+        if kvm.machine().signal_pending() {
+            error = Errno::EINTR;
+            break;
+        }
+        match kvm_arch_vcpu_pre_fault_memory(kvm, vcpu, mm, gpa, size) {
+            Ok(mapped) => {
+                size -= mapped;
+                gpa += mapped;
+            }
+            Err(errno) => {
+                error = errno;
+                break;
+            }
+        }
+    }
+    if size == full_size {
+        Err(error)
+    } else {
+        Ok(size)
+    }
+}
+
+/// x86 `kvm_arch_vcpu_pre_fault_memory` → `kvm_tdp_map_page`.
+fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, size: u64) -> KResult<u64> {
+    // Shadow paging (tdp_enabled off, KVM_CAP_PRE_FAULT_MEMORY 0) has no kvm_tdp_page_fault.
+    if !kvm.profile().config.pre_fault {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let is_private = kvm.default_access_is_private(Gpa(gpa).to_gfn());
+    let mut attempts = 0;
+    loop {
+        if kvm.machine().signal_pending() {
+            return Err(Errno::EINTR);
+        }
+        if kvm.is_destroyed() {
+            return Err(Errno::EIO);
+        }
+        let result = kvm_mmu_page_fault(kvm, vcpu, mm, gpa, is_private, false, true);
+        match result {
+            Ok(RetPf::Retry) => {
+                attempts += 1;
+                if attempts > FAULT_RETRY_LIMIT {
+                    kvm.machine().warnings.report(
+                        WarnKind::Warn,
+                        format!("pre-fault at gpa {gpa:#x} made no progress in {FAULT_RETRY_LIMIT} tries"),
+                    );
+                    return Err(Errno::EINTR);
+                }
+            }
+            Ok(RetPf::Fixed | RetPf::Spurious) => return Ok(size.min(PAGE_SIZE - (gpa & (PAGE_SIZE - 1)))),
+            Ok(RetPf::Emulate) => return Err(Errno::ENOENT),
+            Err(RunError::Exit(VcpuExit::MemoryFault { errno, .. })) => return Err(errno),
+            Err(RunError::Exit(VcpuExit::Mmio { .. })) => return Err(Errno::ENOENT),
+            Err(RunError::Errno(errno)) => return Err(errno),
+            Err(RunError::Sigbus) => return Err(Errno::EHWPOISON),
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The software TDP MMU and the fault path, through vCPUs, with every invariant (INV-NO-STALE-PFN
+//! among them) checked after every call.
+//!
+//! Goal: show that the invalidation protocol of arch-and-mmu.md §3.3 holds in the model: every
+//! way the kernel takes memory away from a guest (punch hole, conversion, memslot deletion) zaps
+//! the SPTEs first, a fault that raced an invalidation retries instead of installing, and an
+//! access of the wrong kind exits with `KVM_EXIT_MEMORY_FAULT`.
+
+use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use gmem_kvm::invariants::INV_NO_STALE_PFN;
+use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
+use gmem_kvm::vcpu::{RunError, VcpuExit, KVM_MEMORY_EXIT_FLAG_PRIVATE};
+use gmem_kvm::{Gfn, KernelProfile, Kvm};
+use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
+use gmem_mm::Errno;
+use gmem_sync::atomic::Ordering;
+use gmem_sync::Arc;
+use gmem_tests::*;
+
+const PAGES: u64 = 16;
+
+/// A SW_PROTECTED VM on v6.18 with a vCPU and one guest_memfd memslot of 16 pages at gpa 0,
+/// backed for shared accesses by anonymous memory, all of it PRIVATE.
+struct Guest {
+    host: CheckedHost,
+    vm: i32,
+    gmem: i32,
+    vcpu: i32,
+    uaddr: u64,
+}
+
+impl Guest {
+    fn new() -> Guest {
+        let host = CheckedHost::new(KernelProfile::v6_18());
+        let (vm, gmem) = host.vm_and_gmem(SW_PROTECTED_VM, PAGES * PAGE, 0);
+        let uaddr = host.mmap_anonymous(PAGES * PAGE).unwrap();
+        host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, PAGES * PAGE, uaddr, gmem as u32, 0))
+            .unwrap();
+        host.set_memory_attributes(vm, &attrs(0, PAGES * PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+        let vcpu = host.create_vcpu(vm, 0).unwrap();
+        Guest { host, vm, gmem, vcpu, uaddr }
+    }
+
+    fn kvm(&self) -> Arc<Kvm> {
+        self.host.kvm(self.vm)
+    }
+
+    fn spte_present(&self, gfn: u64) -> bool {
+        self.kvm().mmu().as_tdp().expect("TDP MMU").lookup(Gfn(gfn)).is_some()
+    }
+
+    fn faults(&self) -> (u64, u64, u64) {
+        let (_, vcpu) = self.host.unchecked().vcpu(self.vcpu).unwrap();
+        let stat = &vcpu.stat;
+        (
+            stat.pf_taken.load(Ordering::Relaxed),
+            stat.pf_fixed.load(Ordering::Relaxed),
+            stat.pf_retry.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn memory_fault(gpa: u64, private: bool) -> RunError {
+    RunError::Exit(VcpuExit::MemoryFault {
+        gpa,
+        size: PAGE,
+        flags: if private { KVM_MEMORY_EXIT_FLAG_PRIVATE } else { 0 },
+        errno: Errno::EFAULT,
+    })
+}
+
+#[test]
+fn a_private_fault_installs_once_and_the_next_access_hits_the_spte() {
+    let guest = Guest::new();
+    let host = &guest.host;
+    host.guest_store(guest.vcpu, 0x2010, &[1, 2, 3], None).unwrap();
+    assert_eq!(guest.faults(), (1, 1, 0));
+    assert!(guest.spte_present(2));
+    assert_eq!(host.guest_load(guest.vcpu, 0x2010, 3, None).unwrap(), vec![1, 2, 3]);
+    assert_eq!(host.guest_load(guest.vcpu, 0x2010, 3, Some(true)).unwrap(), vec![1, 2, 3]);
+    assert_eq!(guest.faults(), (1, 1, 0), "re-accesses walk the SPTE without faulting");
+    // The data went to guest_memfd, not to the shared backing.
+    assert_eq!(host.load(guest.uaddr + 0x2010, 3).unwrap(), vec![0, 0, 0]);
+}
+
+#[test]
+fn punching_a_hole_zaps_the_spte_and_the_guest_reads_a_fresh_zeroed_page() {
+    let guest = Guest::new();
+    let host = &guest.host;
+    host.guest_store(guest.vcpu, 0x3000, &[0xaa; 8], None).unwrap();
+    assert!(guest.spte_present(3));
+    let flushes = guest.kvm().mmu().as_tdp().unwrap().stats().remote_tlb_flushes;
+    // The checked call runs INV-NO-STALE-PFN right after the folio was freed.
+    host.fallocate(guest.gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 0x3000, PAGE as i64).unwrap();
+    assert!(!guest.spte_present(3));
+    assert_eq!(guest.kvm().mmu().as_tdp().unwrap().stats().remote_tlb_flushes, flushes + 1);
+    assert_eq!(host.guest_load(guest.vcpu, 0x3000, 8, None).unwrap(), vec![0; 8]);
+    assert_eq!(guest.faults().1, 2);
+}
+
+#[test]
+fn a_conversion_zaps_and_a_private_access_to_shared_memory_exits() {
+    let guest = Guest::new();
+    let host = &guest.host;
+    host.guest_store(guest.vcpu, 0x1000, &[7], None).unwrap();
+    host.set_memory_attributes(guest.vm, &attrs(0x1000, PAGE, 0)).unwrap();
+    assert!(!guest.spte_present(1));
+    assert_eq!(host.guest_load(guest.vcpu, 0x1000, 1, Some(true)), Err(memory_fault(0x1000, true)));
+    assert!(!guest.spte_present(1), "no SPTE is installed for a faulting access (M7)");
+    // The default access now follows the attribute: shared, through userspace_addr.
+    host.store(guest.uaddr + 0x1000, &[9]).unwrap();
+    assert_eq!(host.guest_load(guest.vcpu, 0x1000, 1, None).unwrap(), vec![9]);
+    let spte = guest.kvm().mmu().as_tdp().unwrap().lookup(Gfn(1)).unwrap();
+    assert!(!spte.private);
+    // And a shared access to private memory exits without the PRIVATE flag.
+    assert_eq!(host.guest_load(guest.vcpu, 0x4000, 1, Some(false)), Err(memory_fault(0x4000, false)));
+    // Converting back zaps the shared SPTE.
+    host.set_memory_attributes(guest.vm, &attrs(0x1000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+    assert!(!guest.spte_present(1));
+    assert_eq!(host.guest_load(guest.vcpu, 0x1000, 1, None).unwrap(), vec![7], "the private data survived");
+}
+
+#[test]
+fn deleting_the_memslot_zaps_every_spte_and_the_gpa_becomes_mmio() {
+    let guest = Guest::new();
+    let host = &guest.host;
+    host.guest_store(guest.vcpu, 0, &[1], None).unwrap();
+    host.guest_store(guest.vcpu, 0x5000, &[1], None).unwrap();
+    host.set_user_memory_region2(guest.vm, &delete_region(0, KVM_MEM_GUEST_MEMFD)).unwrap();
+    assert!(guest.kvm().mmu().as_tdp().unwrap().sptes().is_empty());
+    assert_eq!(guest.kvm().mmu().as_tdp().unwrap().stats().zap_all_fast, 1);
+    // Still PRIVATE, no slot: a private fault that would need emulation is a memory fault.
+    assert_eq!(host.guest_load(guest.vcpu, 0, 1, None), Err(memory_fault(0, true)));
+    host.set_memory_attributes(guest.vm, &attrs(0, PAGE, 0)).unwrap();
+    assert_eq!(
+        host.guest_store(guest.vcpu, 0, &[1, 2], None),
+        Err(RunError::Exit(VcpuExit::Mmio { phys_addr: 0, len: 2, is_write: true }))
+    );
+}
+
+#[test]
+fn a_fault_that_raced_an_invalidation_retries_and_then_installs() {
+    let guest = Guest::new();
+    let kvm = guest.kvm();
+    // Between the pfn lookup and mmu_lock, an invalidation covering gfn 6 comes and goes.
+    kvm.mmu().as_tdp().unwrap().set_fault_hook(|kvm: &Kvm| {
+        let _mmu_lock = kvm.mmu_lock_write();
+        kvm.mmu_invalidate_begin();
+        kvm.mmu_invalidate_range_add(Gfn(6), Gfn(7));
+        kvm.mmu_invalidate_end();
+    });
+    guest.host.guest_store(guest.vcpu, 0x6000, &[5], None).unwrap();
+    assert_eq!(guest.faults(), (2, 1, 1), "one retry, then the fault installs");
+    assert_eq!(guest.host.guest_load(guest.vcpu, 0x6000, 1, None).unwrap(), vec![5]);
+}
+
+#[test]
+fn a_fault_during_an_invalidation_in_progress_cannot_make_progress_and_is_reported() {
+    let guest = Guest::new();
+    let kvm = guest.kvm();
+    {
+        let _mmu_lock = kvm.mmu_lock_write();
+        kvm.mmu_invalidate_begin();
+        kvm.mmu_invalidate_range_add(Gfn(0), Gfn(PAGES));
+    }
+    let result = guest.host.unchecked().guest_access(guest.vcpu, 0x1000, &mut [0], false, None);
+    assert_eq!(result, Err(RunError::Errno(Errno::EINTR)));
+    assert!(!guest.spte_present(1));
+    let warnings = guest.host.take_warnings();
+    assert!(warnings.iter().any(|w| w.to_string().contains("made no progress")), "{warnings:?}");
+    {
+        let _mmu_lock = kvm.mmu_lock_write();
+        kvm.mmu_invalidate_end();
+    }
+    guest.host.guest_load(guest.vcpu, 0x1000, 1, None).unwrap();
+}
+
+#[test]
+fn inv_no_stale_pfn_catches_a_frame_freed_under_an_spte() {
+    // The MMU notifier of the VM owner's address space is not modelled yet, so unmapping the
+    // shared backing of a mapped gfn frees its frame under the SPTE: exactly what the
+    // invariant exists to catch.
+    let guest = Guest::new();
+    let host = &guest.host;
+    host.set_memory_attributes(guest.vm, &attrs(0x1000, PAGE, 0)).unwrap();
+    host.guest_store(guest.vcpu, 0x1000, &[1], None).unwrap();
+    host.unchecked().process().munmap(guest.uaddr, PAGES * PAGE).unwrap();
+    let violations = host.violations();
+    assert!(violations.iter().any(|v| v.invariant == INV_NO_STALE_PFN), "{violations:?}");
+}
+
+#[test]
+fn create_vcpu_checks_ids_and_descriptors() {
+    let host = CheckedHost::new(KernelProfile::v6_18());
+    let (vm, gmem) = host.vm_and_gmem(DEFAULT_VM, PAGE, 0);
+    let vcpu = host.create_vcpu(vm, 3).unwrap();
+    assert_eq!(vcpu, gmem + 1, "lowest free descriptor");
+    assert_errno(host.create_vcpu(vm, 3), Errno::EEXIST, "duplicate id");
+    assert_errno(host.create_vcpu(vm, 4096 * 4), Errno::EINVAL, "id >= KVM_MAX_VCPU_IDS");
+    assert_errno(host.create_vcpu(vm, u64::MAX), Errno::EINVAL, "huge id");
+    assert_errno(host.create_vcpu(gmem, 0), Errno::ENOTTY, "not a VM");
+    assert_errno(host.create_vcpu(vcpu, 0), Errno::ENOTTY, "a vCPU is not a VM");
+    assert_errno(host.create_vcpu(99, 0), Errno::EBADF, "not open");
+    assert_errno(host.pre_fault_memory(vm, 0, PAGE), Errno::ENOTTY, "a VM is not a vCPU");
+    // The vCPU (and the guest_memfd) hold the VM: closing the VM fd leaves it alive.
+    host.close(vm).unwrap();
+    let (kvm, _) = host.unchecked().vcpu(vcpu).unwrap();
+    assert!(!kvm.is_destroyed());
+    assert_eq!(kvm.online_vcpus(), 1);
+}
+
+#[test]
+fn pre_fault_memory_maps_what_a_fault_would_or_says_why_not() {
+    let guest = Guest::new();
+    let host = &guest.host;
+    assert_eq!(host.pre_fault_memory(guest.vcpu, 0, 4 * PAGE), Ok(0));
+    assert!((0..4).all(|gfn| guest.spte_present(gfn)));
+    let spte = guest.kvm().mmu().as_tdp().unwrap().lookup(Gfn(0)).unwrap();
+    assert!(spte.private && !spte.accessed, "prefetched private SPTEs are not accessed");
+    assert_errno(host.pre_fault_memory(guest.vcpu, 0x800, PAGE), Errno::EINVAL, "unaligned gpa");
+    assert_errno(host.pre_fault_memory(guest.vcpu, 0, 0), Errno::EINVAL, "empty range");
+    assert_errno(host.pre_fault_memory(guest.vcpu, !0xfff, PAGE), Errno::EINVAL, "wraps");
+    // Past the slot: the first page is MMIO (ENOENT) unless progress was made first.
+    assert_errno(host.pre_fault_memory(guest.vcpu, PAGES * PAGE, PAGE), Errno::ENOENT, "no memslot");
+    assert_eq!(host.pre_fault_memory(guest.vcpu, (PAGES - 1) * PAGE, 2 * PAGE), Ok(PAGE));
+
+    let pvm = CheckedHost::new(KernelProfile::v6_18_pvm());
+    let vm = pvm.create_vm(DEFAULT_VM).unwrap();
+    let vcpu = pvm.create_vcpu(vm, 0).unwrap();
+    assert_errno(pvm.pre_fault_memory(vcpu, 0, PAGE), Errno::EOPNOTSUPP, "shadow paging");
+}
+
+#[test]
+fn a_default_vm_reaches_its_shared_memory_through_userspace_addr() {
+    let host = CheckedHost::new(KernelProfile::v6_18_pvm());
+    let vm = host.create_vm(DEFAULT_VM).unwrap();
+    let uaddr = host.mmap_anonymous(4 * PAGE).unwrap();
+    host.set_user_memory_region2(vm, &region(0, 0, 0x10000, 4 * PAGE, uaddr, 0, 0)).unwrap();
+    let vcpu = host.create_vcpu(vm, 0).unwrap();
+    host.guest_store(vcpu, 0x11000, &[0x42], None).unwrap();
+    assert_eq!(host.load(uaddr + PAGE, 1).unwrap(), vec![0x42]);
+    host.store(uaddr + PAGE, &[0x43]).unwrap();
+    assert_eq!(host.guest_load(vcpu, 0x11000, 1, None).unwrap(), vec![0x43]);
+    // A present SPTE translates whatever the access kind; a miss of the wrong kind exits.
+    assert_eq!(host.guest_load(vcpu, 0x11000, 1, Some(true)).unwrap(), vec![0x43]);
+    assert_eq!(host.guest_load(vcpu, 0x12000, 1, Some(true)), Err(memory_fault(0x12000, true)));
+    // A slot whose userspace_addr maps nothing: KVM_RUN fails with EFAULT, no exit.
+    host.set_user_memory_region2(vm, &region(1, 0, 0x20000, PAGE, 0x1000_0000, 0, 0)).unwrap();
+    assert_eq!(host.guest_load(vcpu, 0x20000, 1, None), Err(RunError::Errno(Errno::EFAULT)));
+}
