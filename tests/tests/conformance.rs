@@ -9,7 +9,8 @@
 //! under their own profile).
 //!
 //! Without `/dev/kvm` these tests print why and pass; `GMEM_REQUIRE_KVM=1` makes that a
-//! failure.
+//! failure. The kvm backend's resource test is in `kvm_backend_releases.rs`, a binary of its
+//! own, because it counts the process's descriptors and mappings.
 
 use std::path::{Path, PathBuf};
 
@@ -109,53 +110,4 @@ fn scripts_for_this_kernel_meet_their_expectations_on_both_backends() {
             assert!(failed.is_empty(), "{} on {backend}:\n{}", path.display(), failed.join("\n"));
         }
     }
-}
-
-/// Counts this process's open descriptors.
-fn open_descriptors() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("procfs").count()
-}
-
-/// This process's mappings (one line each in `/proc/self/maps`).
-fn mappings() -> usize {
-    std::fs::read_to_string("/proc/self/maps").expect("procfs").lines().count()
-}
-
-#[test]
-fn a_thousand_scripts_on_the_kernel_leave_no_descriptor_or_mapping_behind() {
-    if !kvm_or_skip("a_thousand_scripts_on_the_kernel_leave_no_descriptor_or_mapping_behind") {
-        return;
-    }
-    // A script that creates every kind of object the backend owns, including some it then
-    // releases itself and some it leaves for the end of the script.
-    let source = "\
-vm = create_vm
-g = create_guest_memfd vm size=2M flags=MMAP|INIT_SHARED
-h = create_guest_memfd vm size=1M flags=MMAP
-set_user_memory_region2 vm slot=0 flags=GUEST_MEMFD gpa=0 size=1M guest_memfd=g
-set_user_memory_region2 vm slot=1 gpa=1M size=1M
-m = mmap g len=2M
-n = mmap h len=1M
-store m offset=0x1000 bytes=2a
-load m offset=0x1000 len=1 => ok 2a
-load n offset=0 len=1 => SIGBUS
-munmap n
-load n offset=0 len=1 => SIGSEGV
-close h
-";
-    let program = script::parse("leak.gms", source).expect("parses");
-    let run_once = || {
-        let report = run(&program, "kvm", THIS_KERNEL, RunOptions { check: true, skip_is_pass: false });
-        assert_eq!(report.failed(), 0, "{:?}", report.lines);
-    };
-    run_once();
-    // Other tests run in parallel threads and open descriptors of their own; take the
-    // smallest counts seen around the loop, and allow the noise they make.
-    let (fds_before, maps_before) = (open_descriptors(), mappings());
-    for _ in 0..1000 {
-        run_once();
-    }
-    let (fds_after, maps_after) = (open_descriptors(), mappings());
-    assert!(fds_after <= fds_before + 8, "descriptors grew from {fds_before} to {fds_after} over 1000 scripts");
-    assert!(maps_after <= maps_before + 16, "mappings grew from {maps_before} to {maps_after} over 1000 scripts");
 }
