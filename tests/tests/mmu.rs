@@ -7,11 +7,12 @@
 //! access of the wrong kind exits with `KVM_EXIT_MEMORY_FAULT`.
 
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use gmem_kvm::guest_memfd::{GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP};
 use gmem_kvm::invariants::INV_NO_STALE_PFN;
 use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
 use gmem_kvm::vcpu::{RunError, VcpuExit, KVM_MEMORY_EXIT_FLAG_PRIVATE};
 use gmem_kvm::{Gfn, KernelProfile, Kvm};
-use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
+use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MAP_SHARED, PROT_READ, PROT_WRITE};
 use gmem_mm::Errno;
 use gmem_sync::atomic::Ordering;
 use gmem_sync::Arc;
@@ -177,14 +178,21 @@ fn a_fault_during_an_invalidation_in_progress_cannot_make_progress_and_is_report
 
 #[test]
 fn inv_no_stale_pfn_catches_a_frame_freed_under_an_spte() {
-    // The MMU notifier of the VM owner's address space is not modelled yet, so unmapping the
-    // shared backing of a mapped gfn frees its frame under the SPTE: exactly what the
-    // invariant exists to catch.
-    let guest = Guest::new();
-    let host = &guest.host;
-    host.set_memory_attributes(guest.vm, &attrs(0x1000, PAGE, 0)).unwrap();
-    host.guest_store(guest.vcpu, 0x1000, &[1], None).unwrap();
-    host.unchecked().process().munmap(guest.uaddr, PAGES * PAGE).unwrap();
+    // The model has no reverse map of file mappings (i_mmap), so punching a hole through the
+    // descriptor of a guest_memfd that is mmapped as a plain memslot's shared backing does not
+    // notify the address space mapping it: the folio is freed under the shared SPTE, exactly
+    // what the invariant exists to catch. (munmap and madvise of the backing do notify: see
+    // tests/tests/mmu_notifier.rs.)
+    let host = CheckedHost::new(KernelProfile::v6_18());
+    let vm = host.create_vm(DEFAULT_VM).unwrap();
+    let gmem = host.create_guest_memfd(vm, PAGES * PAGE, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED).unwrap();
+    let uaddr = host.mmap(gmem, PAGES * PAGE, 0, PROT_READ | PROT_WRITE, MAP_SHARED).unwrap();
+    host.set_user_memory_region2(vm, &region(0, 0, 0, PAGES * PAGE, uaddr, 0, 0)).unwrap();
+    let vcpu = host.create_vcpu(vm, 0).unwrap();
+    host.guest_store(vcpu, 0x1000, &[1], None).unwrap();
+    let spte = host.kvm(vm).mmu().as_tdp().unwrap().lookup(Gfn(1)).expect("a shared SPTE");
+    assert!(!spte.private);
+    host.unchecked().fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 0x1000, PAGE as i64).unwrap();
     let violations = host.violations();
     assert!(violations.iter().any(|v| v.invariant == INV_NO_STALE_PFN), "{violations:?}");
 }

@@ -10,6 +10,7 @@
 //! | [`memslot`] | `struct kvm_memory_slot`, SRCU-published generations, `KVM_SET_USER_MEMORY_REGION2` |
 //! | [`attributes`] | `KVM_SET_MEMORY_ATTRIBUTES` and the attribute queries |
 //! | [`mmu`] | the MMU boundary (`kvm_mmu_unmap_gfn_range`, `kvm_flush_remote_tlbs`) and `mmu_invalidate_*` |
+//! | [`mmu_notifier`] | `kvm_mmu_notifier_invalidate_range_start`/`_end`, `kvm_handle_hva_range`: zaps on munmap/madvise of a slot's `userspace_addr` |
 //! | [`tdp_mmu`] | the software TDP MMU: 4K leaf SPTEs, zaps, `kvm_mmu_zap_all_fast` |
 //! | [`vcpu`] | `KVM_CREATE_VCPU`, the x86 TDP page-fault path, guest accesses, `KVM_PRE_FAULT_MEMORY` |
 //! | [`arch`] | the arch hooks guest_memfd calls (default and SW_PROTECTED back-ends) |
@@ -28,7 +29,7 @@
 //!
 //! The MMU is the software TDP MMU ([`tdp_mmu`]; [`mmu::RecordingMmu`] remains for tests), driven
 //! by vCPUs that only access guest memory ([`vcpu`]). Not modelled here: vCPU TLBs, huge pages,
-//! the MMU notifier of the VM owner's address space, SMM address spaces, dirty logging, SEV-SNP and TDX
+//! SMM address spaces, dirty logging, SEV-SNP and TDX
 //! back-ends, and capabilities unrelated to guest memory (they read 0).
 #![deny(missing_docs)]
 
@@ -39,6 +40,7 @@ pub mod guest_memfd;
 pub mod invariants;
 pub mod memslot;
 pub mod mmu;
+pub mod mmu_notifier;
 pub mod profile;
 pub mod tdp_mmu;
 pub mod types;

@@ -570,7 +570,17 @@ impl Kvm {
         let next = active.replaced(old, new);
         next.generation.store(generation | KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS, Ordering::Relaxed);
         let next = Box::into_raw(Box::new(next));
-        let previous = self.memslots.swap(next, Ordering::AcqRel);
+        // Do not publish while an MMU-notifier invalidation is between start and end: both must
+        // see the same memslots, or mmu_invalidate_in_progress would be unbalanced.
+        let mut previous = std::ptr::null_mut();
+        gmem_sync::thread::wait_until(|| {
+            let _lock = self.mn_invalidate_lock.lock();
+            if self.mn_active_invalidate_count.load(Ordering::Relaxed) != 0 {
+                return false;
+            }
+            previous = self.memslots.swap(next, Ordering::AcqRel);
+            true
+        });
         drop(arch_lock);
         self.srcu.synchronize();
         // SAFETY: `next` stays published (and alive) until the next swap, which needs slots_lock.

@@ -12,7 +12,9 @@ use crate::memslot::{KvmMemorySlot, Memslots};
 use crate::mmu::{KvmMmu, RecordingMmu};
 use crate::profile::{KernelProfile, VmType};
 use crate::vcpu::KvmVcpu;
+use gmem_mm::mmu_notifier::MmuNotifierHandle;
 use gmem_mm::slab::Slab;
+use gmem_mm::vma::Mm;
 use gmem_mm::xarray::XArray;
 use gmem_mm::{Errno, KResult, Machine};
 use gmem_sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
@@ -30,6 +32,10 @@ pub static SLOTS_LOCK: LockClass = LockClass::new("kvm->slots_lock");
 pub static SLOTS_ARCH_LOCK: LockClass = LockClass::new("kvm->slots_arch_lock");
 /// `kvm->mmu_lock` (an rwlock on x86 with the TDP MMU: `KVM_MMU_LOCK` takes it for write).
 pub static MMU_LOCK: LockClass = LockClass::new("kvm->mmu_lock");
+/// `kvm->mn_invalidate_lock` (a spinlock).
+pub static MN_INVALIDATE_LOCK: LockClass = LockClass::new("kvm->mn_invalidate_lock");
+/// The model's slot for `kvm->mmu_notifier` (set once at creation, taken at destruction).
+static MMU_NOTIFIER_LOCK: LockClass = LockClass::new("kvm->mmu_notifier");
 /// `kvm->vcpu_array` (its xa_lock; written under `kvm->lock`).
 pub static VCPU_ARRAY_LOCK: LockClass = LockClass::new("kvm->vcpu_array");
 
@@ -79,7 +85,17 @@ impl KvmSystem {
         &self.profile
     }
 
-    /// `kvm_create_vm` → `kvm_arch_init_vm`: EINVAL for a type the kernel does not support.
+    /// `kvm_create_vm` on behalf of the process whose address space is `mm` (`current->mm`):
+    /// like [`KvmSystem::create_vm`], and `kvm_init_mmu_notifier` subscribes the VM to `mm`'s
+    /// invalidations until it is destroyed.
+    pub fn create_vm_in(&self, vm_type: u64, mm: &Mm) -> KResult<Arc<Kvm>> {
+        let kvm = self.create_vm(vm_type)?;
+        crate::mmu_notifier::kvm_init_mmu_notifier(&kvm, mm);
+        Ok(kvm)
+    }
+
+    /// `kvm_create_vm` → `kvm_arch_init_vm`: EINVAL for a type the kernel does not support. The
+    /// VM has no owner address space, so no MMU notifier (see [`KvmSystem::create_vm_in`]).
     pub fn create_vm(&self, vm_type: u64) -> KResult<Arc<Kvm>> {
         let _span = tracing::debug_span!("kvm_create_vm", vm_type).entered();
         // kvm_is_vm_type_supported: type < 32 && supported_vm_types & BIT(type).
@@ -104,6 +120,9 @@ impl KvmSystem {
             created_vcpus: AtomicU32::new(0),
             vcpu_array: Mutex::new(&VCPU_ARRAY_LOCK, Vec::new()),
             destroyed: AtomicBool::new(false),
+            mn_invalidate_lock: Mutex::new(&MN_INVALIDATE_LOCK, ()),
+            mn_active_invalidate_count: AtomicU64::new(0),
+            mmu_notifier: Mutex::new(&MMU_NOTIFIER_LOCK, None),
         }))
     }
 }
@@ -148,6 +167,13 @@ pub struct Kvm {
     /// `kvm->vcpu_array`, indexed by `vcpu_idx` (`online_vcpus` is its length).
     pub(crate) vcpu_array: Mutex<Vec<Arc<KvmVcpu>>>,
     destroyed: AtomicBool,
+    /// `kvm->mn_invalidate_lock`, protecting `mn_active_invalidate_count`.
+    pub(crate) mn_invalidate_lock: Mutex<()>,
+    /// `kvm->mn_active_invalidate_count`: MMU-notifier invalidations between start and end;
+    /// memslot updates wait for zero before publishing.
+    pub(crate) mn_active_invalidate_count: AtomicU64,
+    /// `kvm->mmu_notifier` as registered on `kvm->mm` (none for a VM without an owner).
+    pub(crate) mmu_notifier: Mutex<Option<MmuNotifierHandle>>,
 }
 
 impl fmt::Debug for Kvm {
@@ -228,9 +254,14 @@ impl Kvm {
         // SAFETY: the generation was made by Box::into_raw; with users_count at zero nobody can
         // be inside an SRCU read section of this VM any more.
         let slots = unsafe { Box::from_raw(slots) };
-        // kvm_destroy_vcpus, then kvm_arch_flush_shadow_all (the MMU notifier's release).
+        // mmu_notifier_unregister: its release (kvm_mmu_notifier_release) drops every mapping,
+        // unless the owner's exit already did; a VM without a notifier flushes directly.
+        let notifier = self.mmu_notifier.lock().take();
+        match notifier {
+            Some(handle) => handle.unregister(),
+            None => self.mmu.flush_shadow_all(self),
+        }
         self.vcpu_array.lock().clear();
-        self.mmu.flush_shadow_all(self);
         for entry in slots.iter() {
             self.free_memslot(entry.handle);
         }
@@ -260,6 +291,16 @@ impl Kvm {
     #[track_caller]
     pub fn lock_slots(&self) -> MutexGuard<'_, ()> {
         self.slots_lock.lock()
+    }
+
+    /// `kvm->mn_active_invalidate_count`.
+    pub fn mn_active_invalidate_count(&self) -> u64 {
+        self.mn_active_invalidate_count.load(Ordering::Acquire)
+    }
+
+    /// Whether the VM is subscribed to its owner's MMU notifier (process exit unhooks it).
+    pub fn has_mmu_notifier(&self) -> bool {
+        self.mmu_notifier.lock().as_ref().is_some_and(|handle| handle.is_registered())
     }
 
     /// `srcu_read_lock(&kvm->srcu)`.

@@ -479,7 +479,13 @@ impl Process {
         }
         let offset = ((start - vma.start) + (vma.pgoff << PAGE_SHIFT)) as i64;
         let mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-        self.vfs_fallocate(file, mode, offset, (end - start) as i64)
+        // The punch's unmap_mapping_range zaps this mapping's PTEs of the range under an
+        // MMU_NOTIFY_CLEAR invalidation (the model has no i_mmap, so only the caller's mapping
+        // is notified, around the whole punch).
+        let range = self.mm.notify_start(start, end, crate::mmu_notifier::MmuNotifyEvent::Clear);
+        let result = self.vfs_fallocate(file, mode, offset, (end - start) as i64);
+        self.mm.notify_end(&range);
+        result
     }
 
     /// `MADV_HWPOISON`: memory failure on each file page of the range (`memory_failure`).

@@ -10,6 +10,9 @@ use crate::errno::{Errno, KResult};
 use crate::file::FileRef;
 use crate::folio::Folio;
 use crate::machine::Machine;
+use crate::mmu_notifier::{
+    MmuNotifierHandle, MmuNotifierOps, MmuNotifierRange, MmuNotifierSubscriptions, MmuNotifyEvent,
+};
 use crate::types::{Pfn, PgOff, PAGE_SHIFT, PAGE_SIZE};
 use gmem_sync::{Arc, LockClass, Mutex, RwSem};
 use std::collections::BTreeMap;
@@ -148,12 +151,41 @@ pub struct Mm {
     machine: Arc<Machine>,
     /// `mmap_lock`, owning the VMA tree (keyed by `vm_start`).
     vmas: RwSem<BTreeMap<u64, Arc<Vma>>>,
+    /// `mm->notifier_subscriptions`.
+    notifiers: Arc<MmuNotifierSubscriptions>,
 }
 
 impl Mm {
     /// An empty address space.
     pub fn new(machine: Arc<Machine>) -> Mm {
-        Mm { machine, vmas: RwSem::new(&MMAP_LOCK, BTreeMap::new()) }
+        Mm {
+            machine,
+            vmas: RwSem::new(&MMAP_LOCK, BTreeMap::new()),
+            notifiers: Arc::new(MmuNotifierSubscriptions::new()),
+        }
+    }
+
+    /// `mmu_notifier_register(subscription, mm)`: `ops` sees every invalidation of this address
+    /// space's user mappings until the handle is unregistered or the process exits.
+    pub fn mmu_notifier_register(&self, ops: Arc<dyn MmuNotifierOps>) -> MmuNotifierHandle {
+        self.notifiers.register(ops)
+    }
+
+    /// `mm->notifier_subscriptions`.
+    pub fn notifier_subscriptions(&self) -> &Arc<MmuNotifierSubscriptions> {
+        &self.notifiers
+    }
+
+    /// `mmu_notifier_invalidate_range_start` over `[start, end)`.
+    pub(crate) fn notify_start(&self, start: u64, end: u64, event: MmuNotifyEvent) -> MmuNotifierRange {
+        let range = MmuNotifierRange { start, end, event };
+        self.notifiers.invalidate_range_start(&range);
+        range
+    }
+
+    /// `mmu_notifier_invalidate_range_end`.
+    pub(crate) fn notify_end(&self, range: &MmuNotifierRange) {
+        self.notifiers.invalidate_range_end(range);
     }
 
     /// `get_unmapped_area` (top-down): the highest gap below [`MMAP_BASE`] that fits `len`, as
@@ -203,6 +235,10 @@ impl Mm {
         let mut removed = Vec::new();
         {
             let mut vmas = self.vmas.write();
+            if !vmas.range(..end).any(|(_, vma)| vma.end > addr) {
+                // Nothing mapped: no invalidation (do_vmi_munmap returns early).
+                return Ok(());
+            }
             let overlapping: Vec<u64> =
                 vmas.range(..end).filter(|(_, vma)| vma.end > addr).map(|(&start, _)| start).collect();
             for start in overlapping {
@@ -215,6 +251,10 @@ impl Mm {
                 }
                 removed.push((vma, addr.max(start), end));
             }
+            // unmap_vmas: one invalidation over the whole range, with mmap_lock held; the
+            // secondary MMUs drop their mappings before the pages are freed (tlb_finish_mmu).
+            let range = self.notify_start(addr, end, MmuNotifyEvent::Unmap);
+            self.notify_end(&range);
         }
         for (vma, from, to) in removed {
             let base = vma.start;
@@ -232,17 +272,19 @@ impl Mm {
         let pages = (end - start) >> PAGE_SHIFT;
         let mut anon = vma.anon.lock();
         let moved: Vec<(u64, Pfn)> = anon.range(shift..shift + pages).map(|(&page, &pfn)| (page, pfn)).collect();
-        let mut target = part.anon.lock();
+        // The new part is not shared yet: no need (and no lockdep nesting) to lock it.
+        let target = part.anon.get_mut();
         for (page, pfn) in moved {
             anon.remove(&page);
             target.insert(page - shift, pfn);
         }
-        drop(target);
+        drop(anon);
         part
     }
 
-    /// Removes every mapping (process exit).
+    /// Removes every mapping (process exit: `exit_mmap` releases the MMU notifiers first).
     pub fn unmap_all(&self) {
+        self.notifiers.release_all();
         let all: Vec<Arc<Vma>> = std::mem::take(&mut *self.vmas.write()).into_values().collect();
         for vma in all {
             vma.release_anon(&self.machine, 0, u64::MAX);
@@ -387,12 +429,17 @@ impl Mm {
         Ok(())
     }
 
-    /// `MADV_DONTNEED` on anonymous memory drops its pages; on shared file mappings it only zaps
-    /// PTEs, which the model does not keep, so the data stays in the page cache.
+    /// `MADV_DONTNEED` (`zap_page_range_single` with an `MMU_NOTIFY_CLEAR` invalidation, under
+    /// `mmap_lock` for read): on anonymous memory it drops the pages; on file mappings it only
+    /// zaps PTEs, which the model does not keep, so the data stays in the page cache. Either way
+    /// the secondary MMUs (KVM) drop their mappings of the range.
     pub(crate) fn dontneed(&self, vma: &Vma, start: u64, end: u64) {
+        let _mmap_lock = self.vmas.read();
+        let range = self.notify_start(start, end, MmuNotifyEvent::Clear);
         if vma.file.is_none() {
             vma.release_anon(&self.machine, (start - vma.start) >> PAGE_SHIFT, (end - vma.start) >> PAGE_SHIFT);
         }
+        self.notify_end(&range);
     }
 
     /// The VMAs overlapping `[start, end)`, ascending, and whether the range has holes.

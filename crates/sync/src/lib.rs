@@ -69,6 +69,8 @@ pub mod warn;
 /// loom's `Arc` cannot unsize to `dyn Trait`, which the simulator relies on (file operations
 /// tables), and the kernel refcounts that matter are modelled explicitly with [`atomic`] types.
 pub use std::sync::Arc;
+/// The weak half of [`Arc`] (a back-pointer that does not keep its target alive).
+pub use std::sync::Weak;
 
 /// Pads hot counters (SRCU's reader halves, per-object refcounts) to a cache line, as the
 /// kernel's per-CPU and `____cacheline_aligned` data is, so unrelated counters do not
@@ -119,7 +121,7 @@ pub mod thread {
     /// waiter may wait for a thread that is itself waiting for this core (the test machines have
     /// two), so after a short spin it yields and then sleeps briefly, as the kernel's sleeping
     /// waits would. Under loom it is exactly a `spin_hint` loop.
-    pub(crate) fn wait_until(mut done: impl FnMut() -> bool) {
+    pub fn wait_until(mut done: impl FnMut() -> bool) {
         #[cfg(not(gmem_loom))]
         let mut spins: u32 = 0;
         while !done() {

@@ -111,7 +111,7 @@ impl SimHost {
         let _span = tracing::debug_span!("kvm_dev_ioctl_create_vm", vm_type).entered();
         let files = &self.process.files;
         let fd = files.get_unused_fd()?;
-        let kvm = match self.system.create_vm(vm_type) {
+        let kvm = match self.system.create_vm_in(vm_type, &self.process.mm) {
             Ok(kvm) => kvm,
             Err(errno) => {
                 files.put_unused_fd(fd);
