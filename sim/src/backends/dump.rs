@@ -1,5 +1,16 @@
 //! The `dump` verb's text: a human-readable snapshot of VMs (memslots, attributes, MMU
-//! invalidation state) and guest_memfds (bindings, folios). Deterministic on the simulator.
+//! invalidation state, SPTEs) and guest_memfds (bindings, folios). Deterministic on the simulator.
+//!
+//! A VM's present leaf SPTEs follow its memslots, one line each in ascending gfn order:
+//!
+//! ```text
+//!   spte gfn=0x1 pfn=P level=4K W private
+//! ```
+//!
+//! `pfn` is the host frame, `level` the mapping size (always 4K: no huge pages yet), `W` a
+//! writable and `R` a read-only mapping, and `private` or `shared` the kind of fault that
+//! installed it (guest_memfd or the memslot's `userspace_addr`). A VM whose MMU keeps no page
+//! tables (the recording MMU of tests) prints no SPTE lines.
 
 use gmem_kvm::guest_memfd::KvmGmem;
 use gmem_kvm::Kvm;
@@ -32,6 +43,18 @@ pub fn vm(fd: i32, kvm: &Kvm) -> Vec<String> {
             line.push_str(&format!(" gmem={bound} pgoff={:#x}", slot.gmem_pgoff()));
         }
         lines.push(line);
+    }
+    drop(srcu);
+    if let Some(tdp) = kvm.mmu().as_tdp() {
+        for (gfn, spte) in tdp.sptes() {
+            lines.push(format!(
+                "  spte gfn={:#x} pfn={} level=4K {} {}",
+                gfn.0,
+                spte.pfn,
+                if spte.writable { "W" } else { "R" },
+                if spte.private { "private" } else { "shared" }
+            ));
+        }
     }
     lines
 }
