@@ -89,3 +89,40 @@ pub fn gmem(fd: Option<i32>, file: &File, gmem: &KvmGmem) -> Vec<String> {
     }
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use gmem_kvm::memslot::UserspaceMemoryRegion2;
+    use gmem_kvm::KernelProfile;
+    use gmem_uapi::SimHost;
+
+    #[test]
+    fn sptes_follow_the_memslots_in_gfn_order_and_go_with_the_backing() {
+        let host = SimHost::new(KernelProfile::v6_18());
+        let vm = host.create_vm(0).unwrap();
+        let uaddr = host.process().mmap_anonymous(4 * 4096).unwrap();
+        let region = UserspaceMemoryRegion2 {
+            slot: 0,
+            guest_phys_addr: 0x10000,
+            memory_size: 4 * 4096,
+            userspace_addr: uaddr,
+            ..Default::default()
+        };
+        host.set_memory_region(vm, &region).unwrap();
+        let vcpu = host.create_vcpu(vm, 0).unwrap();
+        host.guest_access(vcpu, 0x13000, &mut [1], true, None).unwrap();
+        host.guest_access(vcpu, 0x11000, &mut [0], false, None).unwrap();
+        let kvm = host.vm(vm).unwrap();
+        let sptes: Vec<String> = super::vm(vm, &kvm).into_iter().filter(|line| line.contains("spte")).collect();
+        let pfn = |gfn| kvm.mmu().as_tdp().unwrap().lookup(gmem_kvm::Gfn(gfn)).unwrap().pfn;
+        assert_eq!(
+            sptes,
+            [
+                format!("  spte gfn=0x11 pfn={} level=4K W shared", pfn(0x11)),
+                format!("  spte gfn=0x13 pfn={} level=4K W shared", pfn(0x13)),
+            ]
+        );
+        host.process().munmap(uaddr, 4 * 4096).unwrap();
+        assert!(super::vm(vm, &kvm).iter().all(|line| !line.contains("spte")));
+    }
+}
