@@ -67,8 +67,9 @@ pub trait KvmMmu: Send + Sync + fmt::Debug {
     /// stored and `kvm_mmu_invalidate_end`. The default does nothing (no page tables).
     fn post_set_memory_attributes(&self, _kvm: &Kvm, _range: &KvmGfnRange, _attributes: u64) {}
 
-    /// `kvm_arch_flush_shadow_all`: the VM is being destroyed; drop every mapping. Default:
-    /// nothing mapped.
+    /// `kvm_arch_flush_shadow_all`: the owner's address space is going away (the MMU notifier's
+    /// release, at process exit or when the VM unregisters it) or the VM is being destroyed
+    /// without a notifier; drop every mapping. Default: nothing mapped.
     fn flush_shadow_all(&self, _kvm: &Kvm) {}
 
     /// The software TDP MMU behind this trait object, if it is one (the fault path needs page
