@@ -16,12 +16,15 @@
 //!   checks expectations, returning a structured [`runner::Report`];
 //! - [`backends`]: opens a backend by name and kernel profile for the command line;
 //! - [`diff`]: the differential fuzzer (`gmem-sim diff`): random host-side sequences run on
-//!   `/dev/kvm` and on the simulator, compared line by line, divergences shrunk to scripts.
+//!   `/dev/kvm` and on the simulator, compared line by line, divergences shrunk to scripts;
+//! - [`run`]: the full-system workload (`gmem-sim run`): a VMM, vCPU threads and a control
+//!   thread on the simulator, with data-integrity and invariant checks.
 
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod backends;
 pub mod diff;
+pub mod run;
 pub mod runner;
 pub mod script;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use gmem_sim::backends::{self, BACKENDS, DEFAULT_KERNEL};
 use gmem_sim::diff;
+use gmem_sim::run;
 use gmem_sim::runner::{self, RunOptions};
 use gmem_sim::script::{self, Program};
 
@@ -32,6 +33,51 @@ enum Command {
     /// compare every result, and print each divergence shrunk to a minimal script. The last
     /// line is `N sequences, M operations, D divergences`; exit 1 if D > 0.
     Diff(DiffArgs),
+    /// The full-system workload: a VMM runs a VM whose vCPU threads access guest memory while a
+    /// control thread converts, punches, changes memslots, injects memory failures and closes
+    /// guest_memfds; data integrity and invariants are checked. Exit 1 on any warning,
+    /// invariant violation or integrity error.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The VM type: SW_PROTECTED (private memory, conversions) or DEFAULT.
+    #[arg(long, default_value = "SW_PROTECTED", value_parser = run::parse_vm_type)]
+    vm_type: u64,
+    /// Guest memory (bytes, or with a K, M or G suffix).
+    #[arg(long, default_value = "64M", value_parser = run::parse_size)]
+    memory: u64,
+    /// vCPU threads.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    vcpus: u32,
+    /// Operations in all (guest accesses and control operations, split by the mix).
+    #[arg(long, value_name = "N", conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
+    ops: Option<u64>,
+    /// Run for this many seconds instead of a fixed number of operations.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    duration: Option<f64>,
+    /// Operation weights, e.g. `access=80,convert=5,punch=5,memslot=3,memfail=1,close=1`
+    /// (unlisted operations weigh 0). Default: that one; `access=95,memslot=5` for DEFAULT VMs.
+    #[arg(long, value_parser = run::Mix::parse)]
+    mix: Option<run::Mix>,
+    /// The kernel profile.
+    #[arg(long, default_value = "v6.18", value_parser = parse_kernel)]
+    kernel: String,
+    /// The seed of every operation stream (decimal or 0x hexadecimal). Random if not given.
+    #[arg(long, value_name = "S", value_parser = parse_seed)]
+    seed: Option<u64>,
+    /// Print the summary as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration(value: &str) -> Result<f64, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs > 0.0 && *secs <= 86_400.0)
+        .ok_or_else(|| format!("`{value}` is not a number of seconds in (0, 86400]"))
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +172,7 @@ fn main() -> ExitCode {
         Command::Script(args) => run_scripts(&args),
         Command::Examples(args) => run_examples(&args),
         Command::Diff(args) => run_diff(&args),
+        Command::Run(args) => run_run(&args),
     }
 }
 
@@ -155,6 +202,47 @@ fn run_diff(args: &DiffArgs) -> ExitCode {
             ExitCode::from(USAGE_ERROR)
         }
     }
+}
+
+fn run_run(args: &RunArgs) -> ExitCode {
+    let mut config = run::Config::new(args.seed.unwrap_or_else(fresh_seed));
+    config.vm_type = args.vm_type;
+    config.memory = args.memory;
+    config.vcpus = args.vcpus;
+    config.kernel = args.kernel.clone();
+    if let Some(ops) = args.ops {
+        config.length = run::Length::Ops(ops);
+    } else if let Some(secs) = args.duration {
+        config.length = run::Length::Duration(std::time::Duration::from_secs_f64(secs));
+    }
+    config.mix = match args.mix {
+        Some(mix) => mix,
+        None if args.vm_type == gmem_uapi::vmm::KVM_X86_DEFAULT_VM => {
+            run::Mix::parse(run::DEFAULT_MIX_NO_PRIVATE).expect("the default mix parses")
+        }
+        None => config.mix,
+    };
+    let mut stderr = io::stderr();
+    let progress: Option<&mut dyn Write> = if stderr.is_terminal() && !args.json { Some(&mut stderr) } else { None };
+    let summary = match run::run(&config, progress) {
+        Ok(summary) => summary,
+        Err(error) => {
+            eprintln!("gmem-sim run: {error}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    for failure in &summary.failures {
+        eprintln!("gmem-sim run: {failure}");
+    }
+    if args.json {
+        println!("{}", summary.to_json());
+    } else {
+        print!("{}", summary.table());
+    }
+    if !summary.ok {
+        eprintln!("gmem-sim run: FAILED; reproduce with: {}", summary.reproduce);
+    }
+    ExitCode::from(u8::from(!summary.ok))
 }
 
 /// The repository's examples directory, as built.

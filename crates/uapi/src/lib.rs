@@ -16,12 +16,14 @@ pub mod consts;
 mod convert;
 mod host;
 mod vmfd;
+pub mod vmm;
 
 pub use convert::{memory_attributes, userspace_memory_region2};
 pub use gmem_mm::{Errno, KResult};
 pub use host::{SimHost, Stat};
 pub use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
 pub use vmfd::{Kvm, VmFd};
+pub use vmm::{Vmm, VmmConfig};
 
 /// The result type of every call (`kvm_ioctls::Result` carries an errno the same way).
 pub type Result<T> = std::result::Result<T, Errno>;

@@ -1,0 +1,578 @@
+//! [`Vmm`]: a minimal virtual machine monitor over [`SimHost`], shaped after QEMU's handling of
+//! confidential guest memory (`accel/kvm/kvm-all.c`, `system/physmem.c`; see
+//! `arch-and-mmu.md` §4).
+//!
+//! Guest memory is split into equal regions. Each region is one memslot
+//! (`KVM_SET_USER_MEMORY_REGION2`) with a shared backing (an anonymous mapping at its
+//! `userspace_addr`, QEMU's RAMBlock host memory) and, for VM types with private memory, a
+//! guest_memfd of its own (QEMU creates one per RAMBlock: `ram_block_add` →
+//! `kvm_create_guest_memfd`). As in QEMU, a private-memory VM's whole memory starts PRIVATE
+//! (`kvm_set_phys_mem` sets the attribute on every new guest_memfd memslot).
+//!
+//! Conversions follow `kvm_convert_memory`: set the attributes first
+//! (`KVM_SET_MEMORY_ATTRIBUTES`, which zaps the old kind's SPTEs so a vCPU cannot fault it back
+//! in), then discard the now-stale backing: the shared backing (`ram_block_discard_range`,
+//! `MADV_DONTNEED`) when converting to private, the guest_memfd range
+//! (`ram_block_discard_guest_memfd_range`, `fallocate(PUNCH_HOLE|KEEP_SIZE)`) when converting to
+//! shared. A `KVM_EXIT_MEMORY_FAULT` is handled the same way (`kvm_cpu_exec`: convert to the
+//! kind the guest asked for, then re-enter).
+//!
+//! VMM-level operations (conversions, hole punching, memslot changes, closing a guest_memfd)
+//! are serialised by one lock, as QEMU runs them under the BQL; guest accesses
+//! ([`Vmm::guest_access`]) take no VMM lock, as vCPU threads run `KVM_RUN` outside it.
+//!
+//! Workarounds for APIs the simulator lacks are noted where they are used: there is no MMU
+//! notifier on the VM owner's address space yet, so discarding shared backing relies on the
+//! attribute change having zapped its SPTEs first (which QEMU's order guarantees for
+//! conversions; the VMM never discards shared backing any other way).
+
+use crate::host::SimHost;
+use crate::Result;
+use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use gmem_kvm::invariants::{self, Violation};
+use gmem_kvm::memslot::{UserspaceMemoryRegion2, KVM_MEM_GUEST_MEMFD};
+use gmem_kvm::profile::VmType;
+use gmem_kvm::tdp_mmu::TdpMmuStats;
+use gmem_kvm::vcpu::{kvm_mmu_page_fault, RetPf, RunError, VcpuExit, KVM_MEMORY_EXIT_FLAG_PRIVATE};
+use gmem_kvm::Gpa;
+use gmem_mm::filemap::MfResult;
+use gmem_mm::types::{PAGE_SHIFT, PAGE_SIZE};
+use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MADV_DONTNEED};
+use gmem_mm::Errno;
+use gmem_sync::atomic::{AtomicU64, Ordering};
+use gmem_sync::thread;
+use gmem_sync::WarnKind;
+use gmem_sync::{LockClass, Mutex};
+use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes};
+
+/// The VMM's big lock (QEMU's BQL): outermost, taken around every VMM-level operation.
+static VMM_LOCK: LockClass = LockClass::new("vmm->bql");
+
+/// `KVM_X86_DEFAULT_VM`.
+pub const KVM_X86_DEFAULT_VM: u64 = 0;
+/// `KVM_X86_SW_PROTECTED_VM`.
+pub const KVM_X86_SW_PROTECTED_VM: u64 = 1;
+
+/// Re-faults of one access before the VMM gives up on a vCPU that cannot make progress (each
+/// one yields the CPU first).
+pub const GUEST_RETRY_LIMIT: u32 = 100_000;
+
+/// Where guest memory starts (above the first MiB, as a PC's RAM above the legacy hole).
+pub const GUEST_MEMORY_BASE: u64 = 1 << 20;
+
+/// How a [`Vmm`] lays out its VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmmConfig {
+    /// `KVM_CREATE_VM`'s type.
+    pub vm_type: u64,
+    /// Guest memory in bytes (a multiple of `regions` pages).
+    pub memory: u64,
+    /// How many regions (memslots, and guest_memfds for private-memory VMs) it is split into.
+    pub regions: u32,
+}
+
+/// One region of guest memory: a memslot, its shared backing and its guest_memfd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// The memslot id.
+    pub slot: u32,
+    /// The first guest physical address.
+    pub gpa: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The shared backing (`userspace_addr`).
+    pub hva: u64,
+    /// The guest_memfd descriptor, `None` for a VM without private memory or after
+    /// [`Vmm::close_guest_memfd`].
+    pub gmem_fd: Option<i32>,
+    /// Whether the memslot is installed.
+    pub present: bool,
+}
+
+impl Region {
+    fn contains(&self, gpa: u64, size: u64) -> bool {
+        gpa >= self.gpa && gpa.saturating_add(size) <= self.gpa + self.size
+    }
+}
+
+/// Counters of what the VMM did.
+#[derive(Debug, Default)]
+pub struct VmmStats {
+    /// `kvm_convert_memory` calls that succeeded, to private.
+    pub to_private: AtomicU64,
+    /// `kvm_convert_memory` calls that succeeded, to shared.
+    pub to_shared: AtomicU64,
+    /// `KVM_EXIT_MEMORY_FAULT` exits handled (each is a conversion).
+    pub memory_fault_exits: AtomicU64,
+    /// Hole punches on a guest_memfd (conversions to shared and explicit punches).
+    pub punches: AtomicU64,
+    /// Shared-backing discards (`MADV_DONTNEED`).
+    pub discards: AtomicU64,
+    /// Memslots deleted or added.
+    pub memslot_changes: AtomicU64,
+    /// Memory failures injected.
+    pub memory_failures: AtomicU64,
+    /// guest_memfds closed under a bound memslot.
+    pub gmem_closes: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The VMM: one VM, its memory layout and its vCPUs, on a [`SimHost`].
+#[derive(Debug)]
+pub struct Vmm {
+    host: SimHost,
+    vm_fd: i32,
+    private_mem: bool,
+    regions: Mutex<Vec<Region>>,
+    vcpu_fds: Mutex<Vec<i32>>,
+    /// What the VMM did.
+    pub stats: VmmStats,
+}
+
+impl Vmm {
+    /// Creates the VM and its memory (QEMU's machine init: `kvm_init` → `KVM_CREATE_VM`, then
+    /// `ram_block_add` and `kvm_set_phys_mem` per region).
+    pub fn new(host: SimHost, config: VmmConfig) -> Result<Vmm> {
+        let regions = config.regions.max(1) as u64;
+        if config.memory == 0 || config.memory % (regions * PAGE_SIZE) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let private_mem = VmType::from_raw(config.vm_type).is_some_and(|t| t.has_private_mem());
+        let vm_fd = host.create_vm(config.vm_type)?;
+        let vmm = Vmm {
+            host,
+            vm_fd,
+            private_mem,
+            regions: Mutex::new(&VMM_LOCK, Vec::new()),
+            vcpu_fds: Mutex::new(&VMM_LOCK, Vec::new()),
+            stats: VmmStats::default(),
+        };
+        let size = config.memory / regions;
+        let mut list = vmm.regions.lock();
+        for slot in 0..regions as u32 {
+            // ram_block_add: the shared backing (qemu_anon_ram_alloc) and the guest_memfd.
+            let hva = vmm.host.process().mmap_anonymous(size)?;
+            let gmem_fd = if private_mem { Some(vmm.create_gmem(size)?) } else { None };
+            let mut region =
+                Region { slot, gpa: GUEST_MEMORY_BASE + slot as u64 * size, size, hva, gmem_fd, present: false };
+            vmm.add_memslot_locked(&mut region)?;
+            if private_mem {
+                // kvm_set_phys_mem: a new guest_memfd region starts private.
+                vmm.set_attributes(region.gpa, size, true)?;
+            }
+            list.push(region);
+        }
+        drop(list);
+        Ok(vmm)
+    }
+
+    /// The host (process and kernel).
+    pub fn host(&self) -> &SimHost {
+        &self.host
+    }
+
+    /// The VM descriptor.
+    pub fn vm_fd(&self) -> i32 {
+        self.vm_fd
+    }
+
+    /// Whether the VM type has private memory (conversions exist).
+    pub fn has_private_mem(&self) -> bool {
+        self.private_mem
+    }
+
+    /// A copy of the memory layout.
+    pub fn regions(&self) -> Vec<Region> {
+        self.regions.lock().clone()
+    }
+
+    /// `KVM_CREATE_VCPU` (`kvm_init_vcpu`).
+    pub fn create_vcpu(&self, id: u64) -> Result<i32> {
+        let fd = self.host.create_vcpu(self.vm_fd, id)?;
+        self.vcpu_fds.lock().push(fd);
+        Ok(fd)
+    }
+
+    /// The vCPU descriptors, in creation order.
+    pub fn vcpu_fds(&self) -> Vec<i32> {
+        self.vcpu_fds.lock().clone()
+    }
+
+    /// One guest access by a vCPU within one page (one `KVM_RUN` that executes a load or store),
+    /// without handling its exit: see [`Vmm::handle_exit`].
+    ///
+    /// This is `gmem_kvm::vcpu::guest_access` with a reschedule point between re-faults, as
+    /// `vcpu_run` has (`xfer_to_guest_mode_handle_work`): the model's own loop re-faults
+    /// without yielding and reports a WARN after `FAULT_RETRY_LIMIT` tries, which a real-thread
+    /// workload on an oversubscribed host hits whenever the thread running an invalidation is
+    /// preempted. Same walk, same fault path (`kvm_mmu_page_fault`), same counters.
+    pub fn guest_access(
+        &self,
+        vcpu_fd: i32,
+        gpa: u64,
+        buf: &mut [u8],
+        write: bool,
+    ) -> std::result::Result<(), RunError> {
+        let result = self.guest_access_inner(vcpu_fd, gpa, buf, write);
+        self.host.process().syscall_exit(result)
+    }
+
+    fn guest_access_inner(
+        &self,
+        vcpu_fd: i32,
+        gpa: u64,
+        buf: &mut [u8],
+        write: bool,
+    ) -> std::result::Result<(), RunError> {
+        let in_page = (gpa & (PAGE_SIZE - 1)) as usize;
+        if in_page + buf.len() > PAGE_SIZE as usize {
+            return Err(RunError::Errno(Errno::EINVAL));
+        }
+        let (kvm, vcpu) = self.host.vcpu(vcpu_fd)?;
+        let tdp = kvm.mmu().as_tdp().ok_or(RunError::Errno(Errno::EOPNOTSUPP))?;
+        let mem = &kvm.machine().mem;
+        let gfn = Gpa(gpa).to_gfn();
+        for attempt in 0..=GUEST_RETRY_LIMIT {
+            let hit = tdp.with_spte(gfn, write, |spte| {
+                if spte.generation != mem.generation(spte.pfn) {
+                    kvm.machine().warnings.report(
+                        WarnKind::UseAfterFree,
+                        format!("guest access to gfn {gfn} through a stale SPTE ({:?} was freed)", spte.pfn),
+                    );
+                }
+                if write {
+                    mem.write(spte.pfn, in_page, buf);
+                } else {
+                    mem.read(spte.pfn, in_page, buf);
+                }
+            });
+            if hit.is_some() {
+                return Ok(());
+            }
+            if attempt > 0 {
+                thread::yield_now();
+            }
+            let is_private = kvm.default_access_is_private(gfn);
+            if kvm_mmu_page_fault(&kvm, &vcpu, &self.host.process().mm, gpa, is_private, write, false)?
+                == RetPf::Emulate
+            {
+                return Err(RunError::Exit(VcpuExit::Mmio {
+                    phys_addr: gpa,
+                    len: buf.len().min(8) as u64,
+                    is_write: write,
+                }));
+            }
+        }
+        kvm.machine().warnings.report(
+            WarnKind::Warn,
+            format!("vCPU {} fault at gpa {gpa:#x} made no progress in {GUEST_RETRY_LIMIT} tries", vcpu.vcpu_id()),
+        );
+        Err(RunError::Errno(Errno::EINTR))
+    }
+
+    /// `kvm_cpu_exec`'s handling of an exit: `KVM_EXIT_MEMORY_FAULT` returned with EFAULT is a
+    /// request to convert (`kvm_convert_memory(gpa, size, flags & PRIVATE)`) and re-enter;
+    /// anything else is returned to the caller (MMIO is the device model's, a hardware-poison
+    /// exit is an MCE for the guest). Returns the exit it could not handle.
+    pub fn handle_exit(&self, error: RunError) -> std::result::Result<(), RunError> {
+        match error {
+            RunError::Exit(VcpuExit::MemoryFault { gpa, size, flags, errno: Errno::EFAULT }) => {
+                if flags & !KVM_MEMORY_EXIT_FLAG_PRIVATE != 0 {
+                    return Err(error); // unknown flags: QEMU reports an error
+                }
+                // A region whose memslot is being re-added, or whose guest_memfd was closed, has
+                // no guest_memfd-backed memslot: kvm_convert_memory refuses it (step 3).
+                let backed = self
+                    .regions
+                    .lock()
+                    .iter()
+                    .find(|r| r.contains(gpa, size))
+                    .is_some_and(|r| r.present && r.gmem_fd.is_some());
+                if !backed {
+                    return Err(error);
+                }
+                bump(&self.stats.memory_fault_exits);
+                self.convert(gpa, size, flags & KVM_MEMORY_EXIT_FLAG_PRIVATE != 0).map_err(|_| error)
+            }
+            other => Err(other),
+        }
+    }
+
+    /// `kvm_convert_memory(start, size, to_private)`.
+    pub fn convert(&self, gpa: u64, size: u64, to_private: bool) -> Result<()> {
+        // 1. Alignment.
+        if gpa & (PAGE_SIZE - 1) != 0 || size & (PAGE_SIZE - 1) != 0 || size == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let regions = self.regions.lock();
+        // 2. memory_region_find: no region → to-shared is accepted (MMIO holes), to-private not.
+        let Some(region) = regions.iter().find(|r| r.contains(gpa, size)).copied() else {
+            return if to_private { Err(Errno::EINVAL) } else { Ok(()) };
+        };
+        // 3. A region without guest_memfd cannot be converted (QEMU: "Convert non guest_memfd
+        //    backed memory region").
+        if !self.private_mem {
+            return Err(Errno::EINVAL);
+        }
+        // 4. kvm_set_memory_attributes_private / _shared: attributes first. On failure nothing
+        //    is discarded (V1).
+        self.set_attributes(gpa, size, to_private)?;
+        // 6. Discard the stale backing.
+        if to_private {
+            // ram_block_discard_range on the shared backing: MADV_DONTNEED.
+            self.discard_shared(&region, gpa, size)?;
+            bump(&self.stats.to_private);
+        } else {
+            // ram_block_discard_guest_memfd_range: fallocate(PUNCH_HOLE | KEEP_SIZE).
+            if region.gmem_fd.is_some() {
+                self.punch_locked(&region, gpa, size)?;
+            }
+            bump(&self.stats.to_shared);
+        }
+        drop(regions);
+        Ok(())
+    }
+
+    /// `KVM_SET_MEMORY_ATTRIBUTES` (`kvm_set_memory_attributes`).
+    fn set_attributes(&self, gpa: u64, size: u64, private: bool) -> Result<()> {
+        let attributes = if private { KVM_MEMORY_ATTRIBUTE_PRIVATE } else { 0 };
+        self.host.set_memory_attributes(self.vm_fd, &kvm_memory_attributes { address: gpa, size, attributes, flags: 0 })
+    }
+
+    /// `ram_block_discard_range` on anonymous memory: `madvise(MADV_DONTNEED)`.
+    fn discard_shared(&self, region: &Region, gpa: u64, size: u64) -> Result<()> {
+        bump(&self.stats.discards);
+        self.host.process().madvise(region.hva + (gpa - region.gpa), size, MADV_DONTNEED)
+    }
+
+    /// `ram_block_discard_guest_memfd_range`: punch `[gpa, gpa + size)` out of the region's
+    /// guest_memfd. Also what a VMM does to drop poisoned private memory.
+    pub fn punch_hole(&self, gpa: u64, size: u64) -> Result<()> {
+        let regions = self.regions.lock();
+        let region = regions.iter().find(|r| r.contains(gpa, size)).copied().ok_or(Errno::EINVAL)?;
+        self.punch_locked(&region, gpa, size)
+    }
+
+    fn punch_locked(&self, region: &Region, gpa: u64, size: u64) -> Result<()> {
+        let fd = region.gmem_fd.ok_or(Errno::EBADF)?;
+        bump(&self.stats.punches);
+        let offset = (gpa - region.gpa) as i64;
+        self.host.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, size as i64)
+    }
+
+    /// A hardware memory error on the guest_memfd page behind `gpa` (`memory_failure` on the
+    /// folio; KVM zaps it and later private faults exit with EHWPOISON).
+    pub fn memory_failure(&self, gpa: u64) -> Result<MfResult> {
+        let regions = self.regions.lock();
+        let region = regions.iter().find(|r| r.contains(gpa, PAGE_SIZE)).copied().ok_or(Errno::EINVAL)?;
+        let fd = region.gmem_fd.ok_or(Errno::EBADF)?;
+        let result = self.host.inject_memory_failure(fd, (gpa - region.gpa) & !(PAGE_SIZE - 1));
+        if result.is_ok() {
+            bump(&self.stats.memory_failures);
+        }
+        result
+    }
+
+    /// Deletes region `index`'s memslot (`kvm_set_phys_mem` on a region being removed:
+    /// `KVM_SET_USER_MEMORY_REGION2` with size 0). The backing stays.
+    pub fn remove_memslot(&self, index: usize) -> Result<()> {
+        let mut regions = self.regions.lock();
+        let region = regions.get_mut(index).ok_or(Errno::EINVAL)?;
+        if !region.present {
+            return Ok(());
+        }
+        let mem = UserspaceMemoryRegion2 { slot: region.slot, guest_phys_addr: region.gpa, ..Default::default() };
+        self.host.set_memory_region(self.vm_fd, &mem)?;
+        region.present = false;
+        bump(&self.stats.memslot_changes);
+        Ok(())
+    }
+
+    /// Re-adds region `index`'s memslot with its backing (and guest_memfd, creating a new one
+    /// if it was closed).
+    pub fn add_memslot(&self, index: usize) -> Result<()> {
+        let mut regions = self.regions.lock();
+        let region = regions.get_mut(index).ok_or(Errno::EINVAL)?;
+        if region.present {
+            return Ok(());
+        }
+        if self.private_mem && region.gmem_fd.is_none() {
+            region.gmem_fd = Some(self.create_gmem(region.size)?);
+        }
+        self.add_memslot_locked(region)
+    }
+
+    fn create_gmem(&self, size: u64) -> Result<i32> {
+        self.host.create_guest_memfd(self.vm_fd, &kvm_create_guest_memfd { size, flags: 0, ..Default::default() })
+    }
+
+    fn add_memslot_locked(&self, region: &mut Region) -> Result<()> {
+        let mem = UserspaceMemoryRegion2 {
+            slot: region.slot,
+            flags: if region.gmem_fd.is_some() { KVM_MEM_GUEST_MEMFD } else { 0 },
+            guest_phys_addr: region.gpa,
+            memory_size: region.size,
+            userspace_addr: region.hva,
+            guest_memfd_offset: 0,
+            guest_memfd: region.gmem_fd.map_or(0, |fd| fd as u32),
+        };
+        self.host.set_memory_region(self.vm_fd, &mem)?;
+        region.present = true;
+        bump(&self.stats.memslot_changes);
+        Ok(())
+    }
+
+    /// Closes region `index`'s guest_memfd while its memslot is still bound (and vCPUs may be
+    /// running): the release unbinds it and zaps its private mappings; private faults in the
+    /// region then exit with EFAULT until [`Vmm::replace_guest_memfd`].
+    pub fn close_guest_memfd(&self, index: usize) -> Result<()> {
+        let mut regions = self.regions.lock();
+        let region = regions.get_mut(index).ok_or(Errno::EINVAL)?;
+        let fd = region.gmem_fd.take().ok_or(Errno::EBADF)?;
+        bump(&self.stats.gmem_closes);
+        self.host.close(fd)
+    }
+
+    /// Recovers a region whose guest_memfd was closed: delete the memslot, create a fresh
+    /// guest_memfd and add the memslot back (its private contents are gone).
+    pub fn replace_guest_memfd(&self, index: usize) -> Result<()> {
+        self.remove_memslot(index)?;
+        self.add_memslot(index)
+    }
+
+    /// The VM's TDP MMU counters (`None` if it has no software TDP MMU).
+    pub fn mmu_stats(&self) -> Option<TdpMmuStats> {
+        let kvm = self.host.vm(self.vm_fd).ok()?;
+        let stats = kvm.mmu().as_tdp().map(|tdp| tdp.stats());
+        stats
+    }
+
+    /// The vCPUs' page-fault counters, summed: `(pf_taken, pf_fixed, pf_spurious, pf_emulate,
+    /// pf_retry)`.
+    pub fn vcpu_stats(&self) -> [u64; 5] {
+        let mut sum = [0u64; 5];
+        for fd in self.vcpu_fds() {
+            if let Ok((_, vcpu)) = self.host.vcpu(fd) {
+                let stat = &vcpu.stat;
+                for (slot, counter) in sum.iter_mut().zip([
+                    &stat.pf_taken,
+                    &stat.pf_fixed,
+                    &stat.pf_spurious,
+                    &stat.pf_emulate,
+                    &stat.pf_retry,
+                ]) {
+                    *slot += counter.load(Ordering::Relaxed);
+                }
+            }
+        }
+        sum
+    }
+
+    /// Checks every named invariant over the VM and its guest_memfds (call at a quiescent
+    /// point: no vCPU access and no VMM operation in flight).
+    pub fn check_invariants(&self) -> Vec<Violation> {
+        let Ok(kvm) = self.host.vm(self.vm_fd) else { return Vec::new() };
+        let regions = self.regions.lock();
+        let files: Vec<_> =
+            regions.iter().filter_map(|r| r.gmem_fd).filter_map(|fd| self.host.guest_memfd(fd).ok()).collect();
+        drop(regions);
+        let violations = invariants::check(&[kvm], &files);
+        drop(files);
+        self.host.process().syscall_exit(());
+        violations
+    }
+
+    /// The guest physical address of page `page` of guest memory.
+    pub fn page_gpa(page: u64) -> u64 {
+        GUEST_MEMORY_BASE + (page << PAGE_SHIFT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gmem_kvm::KernelProfile;
+
+    fn vmm() -> (Vmm, i32) {
+        let host = SimHost::new(KernelProfile::v6_18());
+        let vmm = Vmm::new(host, VmmConfig { vm_type: KVM_X86_SW_PROTECTED_VM, memory: 16 * PAGE_SIZE, regions: 2 })
+            .expect("VMM");
+        let vcpu = vmm.create_vcpu(0).expect("vCPU");
+        (vmm, vcpu)
+    }
+
+    fn read(vmm: &Vmm, vcpu: i32, gpa: u64) -> [u8; 8] {
+        let mut buf = [0u8; 8];
+        vmm.guest_access(vcpu, gpa, &mut buf, false).expect("load");
+        buf
+    }
+
+    /// shared → private → shared, with data written in each state: every conversion sets the
+    /// attributes, then discards the backing of the kind left behind, so the guest reads zero
+    /// each time and the stale side holds nothing.
+    #[test]
+    fn conversions_set_attributes_then_discard() {
+        let (vmm, vcpu) = vmm();
+        let gpa = Vmm::page_gpa(3);
+        let region = vmm.regions()[0];
+        vmm.convert(gpa, PAGE_SIZE, false).expect("to shared");
+        let mut data = *b"shared!!";
+        vmm.guest_access(vcpu, gpa, &mut data, true).expect("store shared");
+        assert_eq!(&read(&vmm, vcpu, gpa), b"shared!!");
+        let hva = region.hva + (gpa - region.gpa);
+        assert_eq!(vmm.host().load(hva, 8).expect("host load"), b"shared!!");
+
+        vmm.convert(gpa, PAGE_SIZE, true).expect("to private");
+        // The shared backing was discarded (MADV_DONTNEED after the attribute change).
+        assert_eq!(vmm.host().load(hva, 8).expect("host load"), [0; 8]);
+        assert_eq!(read(&vmm, vcpu, gpa), [0; 8]);
+        let mut data = *b"private!";
+        vmm.guest_access(vcpu, gpa, &mut data, true).expect("store private");
+        assert_eq!(&read(&vmm, vcpu, gpa), b"private!");
+
+        vmm.convert(gpa, PAGE_SIZE, false).expect("to shared again");
+        // The guest_memfd page was punched: no folio left behind.
+        let file = vmm.host().guest_memfd(region.gmem_fd.expect("gmem")).expect("gmem file");
+        let index = (gpa - region.gpa) >> PAGE_SHIFT;
+        assert!(file.inode().mapping().folios().into_iter().all(|(i, _)| i.0 != index));
+        drop(file);
+        assert_eq!(read(&vmm, vcpu, gpa), [0; 8]);
+        assert_eq!(vmm.stats.to_private.load(Ordering::Relaxed), 1);
+        assert_eq!(vmm.stats.to_shared.load(Ordering::Relaxed), 2);
+        assert!(vmm.check_invariants().is_empty());
+        assert_eq!(vmm.host().machine().warnings.count(), 0);
+    }
+
+    /// A private access to a shared page exits with KVM_EXIT_MEMORY_FAULT; handling it converts
+    /// the page, and the re-entered access succeeds.
+    #[test]
+    fn memory_fault_exit_converts() {
+        let (vmm, vcpu) = vmm();
+        let gpa = Vmm::page_gpa(1);
+        vmm.convert(gpa, PAGE_SIZE, false).expect("to shared");
+        let mut buf = [0u8; 8];
+        let error = vmm.host().guest_access(vcpu, gpa, &mut buf, false, Some(true)).expect_err("mismatch");
+        vmm.handle_exit(error).expect("handled");
+        vmm.host().guest_access(vcpu, gpa, &mut buf, false, Some(true)).expect("re-entered");
+        assert_eq!(vmm.stats.memory_fault_exits.load(Ordering::Relaxed), 1);
+        assert!(vmm.check_invariants().is_empty());
+    }
+
+    /// Closing a bound guest_memfd and replacing it leaves a consistent VM.
+    #[test]
+    fn close_and_replace_guest_memfd() {
+        let (vmm, vcpu) = vmm();
+        let gpa = Vmm::page_gpa(9);
+        let mut data = *b"private!";
+        vmm.guest_access(vcpu, gpa, &mut data, true).expect("store");
+        vmm.close_guest_memfd(1).expect("close");
+        assert!(vmm.guest_access(vcpu, gpa, &mut data, false).is_err());
+        vmm.replace_guest_memfd(1).expect("replace");
+        assert_eq!(read(&vmm, vcpu, gpa), [0; 8]);
+        assert!(vmm.check_invariants().is_empty());
+        assert_eq!(vmm.host().machine().warnings.count(), 0);
+    }
+}

@@ -1,0 +1,956 @@
+//! `gmem-sim run`: the full-system workload. A [`Vmm`] runs one VM on the simulator; vCPU
+//! threads make guest accesses with locality while a control thread converts memory between
+//! private and shared, punches holes, deletes and re-adds memslots, injects memory failures and
+//! closes guest_memfds under running vCPUs, all at once, on real threads.
+//!
+//! # Determinism
+//!
+//! Every thread draws its operations from its own stream ([`VcpuStream`], [`ControlStream`]),
+//! seeded from `--seed`; [`generate`] returns the streams' first operations without running
+//! them. The interleaving is up to the scheduler, so a failure prints the command that replays
+//! the same streams ([`Config::reproduce_command`]).
+//!
+//! # Data integrity
+//!
+//! Each vCPU writes and reads only the pages it owns (`page % vcpus == vcpu`), 16-byte records
+//! holding its id, the page and a sequence number. Destructive operations (conversions, punches,
+//! memory failures, closing a guest_memfd; and a conversion a vCPU makes for a
+//! `KVM_EXIT_MEMORY_FAULT`) bracket the pages they touch in [`PageEpoch`]: `active` counts
+//! destructive operations in flight, `gen` is bumped when one starts and when it ends. An access
+//! is *stable* if no destructive operation overlapped it (same `gen` before and after, `active`
+//! zero). A stable read of a page whose last write was stable at the same `gen` must return
+//! exactly what was written; any other read must return zero or a record this vCPU wrote to
+//! that page, never anything else. Deleting and re-adding a memslot is not destructive: the data
+//! must survive it.
+//!
+//! # Checks
+//!
+//! Invariants (`gmem_kvm::invariants::check`) run every [`INVARIANT_EVERY`] control operations
+//! with every vCPU paused between accesses, and at the end; the machine's WARN registry is read
+//! at the end. The exit status is 1 if there is any warning, violation, integrity error or
+//! unexpected VMM error.
+//!
+//! # Output
+//!
+//! A table (or, with `--json`, one JSON object) with the keys of [`Summary::fields`]:
+//! `seed`, `kernel`, `vm_type`, `memory`, `vcpus`, `mix`, `ops`, `guest_accesses`,
+//! `control_ops`, `seconds`, `ops_per_sec`, `faults`, `faults_fixed`, `faults_spurious`,
+//! `fault_retries`, `sptes_zapped`, `zap_all_fast`, `tlb_flushes`, `vcpu_tlb_flushes` (n/a: no
+//! vCPU TLBs yet), `exits_memory_fault`, `exits_mmio`, `exits_hwpoison`, `exits_unresolved`,
+//! `conversions_to_private`, `conversions_to_shared`, `punches`, `memslot_changes`,
+//! `memory_failures`, `gmem_closes`, `invariant_checks`, `invariant_violations`, `warnings`,
+//! `integrity_errors`, `vmm_errors`, `ok`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use gmem_kvm::vcpu::{RunError, VcpuExit};
+use gmem_kvm::KernelProfile;
+use gmem_mm::{Errno, PAGE_SIZE};
+use gmem_uapi::vmm::{KVM_X86_DEFAULT_VM, KVM_X86_SW_PROTECTED_VM};
+use gmem_uapi::{SimHost, Vmm, VmmConfig};
+
+/// Control operations between two invariant checks.
+pub const INVARIANT_EVERY: u64 = 64;
+/// The default operation count (a few seconds on a 2-vCPU machine, release build).
+pub const DEFAULT_OPS: u64 = 1_000_000;
+/// The default mix for VMs with private memory.
+pub const DEFAULT_MIX: &str = "access=80,convert=5,punch=5,memslot=3,memfail=1,close=1";
+/// The default mix for DEFAULT VMs (no private memory: only accesses and memslot changes).
+pub const DEFAULT_MIX_NO_PRIVATE: &str = "access=95,memslot=5";
+/// Regions (memslots) guest memory is split into.
+pub const REGIONS: u32 = 4;
+/// The most pages a conversion or punch covers.
+const MAX_RANGE_PAGES: u64 = 16;
+/// Retries of one access after its exit was handled.
+const ACCESS_RETRIES: u32 = 4;
+/// Integrity errors kept for printing.
+const MAX_REPORTED: usize = 20;
+
+/// Operation weights (`--mix`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mix {
+    /// Guest accesses (vCPU threads).
+    pub access: u32,
+    /// Private/shared conversions.
+    pub convert: u32,
+    /// Hole punches on a guest_memfd.
+    pub punch: u32,
+    /// Memslot delete and re-add.
+    pub memslot: u32,
+    /// Memory failures on guest_memfd pages.
+    pub memfail: u32,
+    /// Closing a guest_memfd under running vCPUs (then replacing it).
+    pub close: u32,
+}
+
+const MIX_KEYS: [&str; 6] = ["access", "convert", "punch", "memslot", "memfail", "close"];
+
+impl Mix {
+    /// Parses `access=80,convert=5,...`: every key at most once, weights 0..=1000000, unlisted
+    /// keys are 0, at least one weight non-zero.
+    pub fn parse(text: &str) -> Result<Mix, String> {
+        let mut mix = Mix::default();
+        let mut seen = HashSet::new();
+        for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("`{item}` is not KEY=WEIGHT (keys: {})", MIX_KEYS.join(", ")))?;
+            let (key, value) = (key.trim(), value.trim());
+            let weight: u32 = value
+                .parse()
+                .ok()
+                .filter(|w| *w <= 1_000_000)
+                .ok_or_else(|| format!("weight `{value}` of `{key}` is not an integer in 0..=1000000"))?;
+            if !seen.insert(key.to_string()) {
+                return Err(format!("`{key}` is given twice"));
+            }
+            *mix.weight_mut(key)
+                .ok_or_else(|| format!("unknown operation `{key}` (expected one of: {})", MIX_KEYS.join(", ")))? =
+                weight;
+        }
+        if mix.total() == 0 {
+            return Err("the mix has no operation with a non-zero weight".to_string());
+        }
+        Ok(mix)
+    }
+
+    fn weight_mut(&mut self, key: &str) -> Option<&mut u32> {
+        Some(match key {
+            "access" => &mut self.access,
+            "convert" => &mut self.convert,
+            "punch" => &mut self.punch,
+            "memslot" => &mut self.memslot,
+            "memfail" => &mut self.memfail,
+            "close" => &mut self.close,
+            _ => return None,
+        })
+    }
+
+    fn weights(&self) -> [u32; 6] {
+        [self.access, self.convert, self.punch, self.memslot, self.memfail, self.close]
+    }
+
+    fn control_total(&self) -> u64 {
+        self.weights()[1..].iter().map(|&w| u64::from(w)).sum()
+    }
+
+    fn total(&self) -> u64 {
+        u64::from(self.access) + self.control_total()
+    }
+}
+
+impl fmt::Display for Mix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = MIX_KEYS.iter().zip(self.weights()).map(|(k, w)| format!("{k}={w}")).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// How long a run lasts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Length {
+    /// This many operations in all (guest accesses and control operations, split by the mix).
+    Ops(u64),
+    /// This long.
+    Duration(Duration),
+}
+
+/// A run's configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// `KVM_CREATE_VM`'s type.
+    pub vm_type: u64,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    /// vCPU threads.
+    pub vcpus: u32,
+    /// How long it runs.
+    pub length: Length,
+    /// Operation weights.
+    pub mix: Mix,
+    /// The kernel profile's name.
+    pub kernel: String,
+    /// The seed of every stream.
+    pub seed: u64,
+}
+
+impl Config {
+    /// The defaults, with `seed`.
+    pub fn new(seed: u64) -> Config {
+        Config {
+            vm_type: KVM_X86_SW_PROTECTED_VM,
+            memory: 64 << 20,
+            vcpus: 2,
+            length: Length::Ops(DEFAULT_OPS),
+            mix: Mix::parse(DEFAULT_MIX).expect("the default mix parses"),
+            kernel: "v6.18".to_string(),
+            seed,
+        }
+    }
+
+    /// The command that replays the same operation streams.
+    pub fn reproduce_command(&self) -> String {
+        let length = match self.length {
+            Length::Ops(n) => format!("--ops {n}"),
+            Length::Duration(d) => format!("--duration {}", d.as_secs_f64()),
+        };
+        format!(
+            "gmem-sim run --seed {:#x} {length} --vm-type {} --memory {} --vcpus {} --mix {} --kernel {}",
+            self.seed,
+            vm_type_name(self.vm_type),
+            self.memory,
+            self.vcpus,
+            self.mix,
+            self.kernel
+        )
+    }
+
+    fn pages(&self) -> u64 {
+        self.memory / PAGE_SIZE
+    }
+
+    /// Checks the configuration against the VM type and profile.
+    pub fn validate(&self) -> Result<KernelProfile, String> {
+        let profile = KernelProfile::by_name(&self.kernel)?;
+        if self.vcpus == 0 || self.vcpus > 64 {
+            return Err(format!("--vcpus {} is not in 1..=64", self.vcpus));
+        }
+        let unit = u64::from(REGIONS) * PAGE_SIZE;
+        if self.memory < unit * u64::from(self.vcpus) || self.memory % unit != 0 || self.memory > 4 << 30 {
+            return Err(format!(
+                "--memory {} must be a multiple of {unit} bytes, at least {} and at most 4G",
+                self.memory,
+                unit * u64::from(self.vcpus)
+            ));
+        }
+        if self.vm_type == KVM_X86_DEFAULT_VM {
+            let m = &self.mix;
+            if m.convert + m.punch + m.memfail + m.close != 0 {
+                return Err(format!(
+                    "a DEFAULT VM has no private memory: convert, punch, memfail and close must be 0 (got {m}); try --mix {DEFAULT_MIX_NO_PRIVATE}"
+                ));
+            }
+        } else if self.vm_type != KVM_X86_SW_PROTECTED_VM {
+            return Err(format!("unsupported VM type {}", self.vm_type));
+        }
+        if self.mix.memfail != 0 && !profile.config.memory_failure {
+            return Err(format!("profile {} does not model memory failure: use memfail=0", self.kernel));
+        }
+        Ok(profile)
+    }
+}
+
+/// `DEFAULT` or `SW_PROTECTED`.
+pub fn vm_type_name(vm_type: u64) -> &'static str {
+    if vm_type == KVM_X86_DEFAULT_VM {
+        "DEFAULT"
+    } else {
+        "SW_PROTECTED"
+    }
+}
+
+/// Parses `--vm-type`.
+pub fn parse_vm_type(text: &str) -> Result<u64, String> {
+    match text.to_ascii_uppercase().as_str() {
+        "DEFAULT" | "0" => Ok(KVM_X86_DEFAULT_VM),
+        "SW_PROTECTED" | "1" => Ok(KVM_X86_SW_PROTECTED_VM),
+        _ => Err(format!("unknown VM type `{text}` (expected DEFAULT or SW_PROTECTED)")),
+    }
+}
+
+/// Parses a size such as `64M`, `1G`, `65536`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("`{text}` is not a size (bytes, or with a K, M or G suffix)"))
+}
+
+/// splitmix64: a small, fast, well-mixed generator (no dependency).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for stream `stream` of `seed`.
+    pub fn new(seed: u64, stream: u64) -> Rng {
+        let mut rng = Rng(seed ^ stream.wrapping_mul(0xd1b5_4a32_d192_ed03));
+        rng.next_u64();
+        rng
+    }
+
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+/// One guest access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuOp {
+    /// A store (else a load).
+    pub write: bool,
+    /// The page (index into guest memory), one the vCPU owns.
+    pub page: u64,
+}
+
+/// A vCPU's operation stream: accesses with locality (mostly a short step from the previous
+/// page, sometimes a jump).
+#[derive(Clone, Debug)]
+pub struct VcpuStream {
+    rng: Rng,
+    vcpu: u64,
+    vcpus: u64,
+    owned: u64,
+    cursor: u64,
+}
+
+impl VcpuStream {
+    /// vCPU `vcpu`'s stream.
+    pub fn new(config: &Config, vcpu: u32) -> VcpuStream {
+        let vcpus = u64::from(config.vcpus);
+        let owned = (config.pages() - u64::from(vcpu)).div_ceil(vcpus);
+        VcpuStream { rng: Rng::new(config.seed, 1 + u64::from(vcpu)), vcpu: u64::from(vcpu), vcpus, owned, cursor: 0 }
+    }
+}
+
+impl Iterator for VcpuStream {
+    type Item = VcpuOp;
+    fn next(&mut self) -> Option<VcpuOp> {
+        let r = self.rng.next_u64();
+        if r % 16 == 0 {
+            self.cursor = self.rng.below(self.owned);
+        } else {
+            let step = (r >> 8) % 9;
+            self.cursor = (self.cursor + self.owned + step - 4) % self.owned;
+        }
+        let write = (r >> 16) % 5 < 2;
+        Some(VcpuOp { write, page: self.cursor * self.vcpus + self.vcpu })
+    }
+}
+
+/// One control operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlOp {
+    /// `kvm_convert_memory` of `npages` pages from `page`.
+    Convert {
+        /// First page.
+        page: u64,
+        /// Pages.
+        npages: u64,
+        /// To private (else to shared).
+        to_private: bool,
+    },
+    /// Punch `npages` pages from `page` out of the guest_memfd.
+    Punch {
+        /// First page.
+        page: u64,
+        /// Pages.
+        npages: u64,
+    },
+    /// Delete and re-add a region's memslot.
+    Memslot {
+        /// The region.
+        region: usize,
+    },
+    /// A memory failure on a guest_memfd page.
+    MemFail {
+        /// The page.
+        page: u64,
+    },
+    /// Close a region's guest_memfd under running vCPUs, then replace it.
+    Close {
+        /// The region.
+        region: usize,
+    },
+}
+
+/// The control thread's operation stream, drawn with the mix's non-access weights.
+#[derive(Clone, Debug)]
+pub struct ControlStream {
+    rng: Rng,
+    mix: Mix,
+    pages: u64,
+}
+
+impl ControlStream {
+    /// The control stream of `config`.
+    pub fn new(config: &Config) -> ControlStream {
+        ControlStream { rng: Rng::new(config.seed, 0), mix: config.mix, pages: config.pages() }
+    }
+
+    fn range(&mut self) -> (u64, u64) {
+        let region_pages = self.pages / u64::from(REGIONS);
+        let page = self.rng.below(self.pages);
+        let left = region_pages - page % region_pages;
+        (page, (1 + self.rng.below(MAX_RANGE_PAGES)).min(left))
+    }
+}
+
+impl Iterator for ControlStream {
+    type Item = ControlOp;
+    fn next(&mut self) -> Option<ControlOp> {
+        let total = self.mix.control_total();
+        if total == 0 {
+            return None;
+        }
+        let mut pick = self.rng.below(total);
+        let mut kind = 1;
+        for (i, w) in self.mix.weights().iter().enumerate().skip(1) {
+            if pick < u64::from(*w) {
+                kind = i;
+                break;
+            }
+            pick -= u64::from(*w);
+        }
+        Some(match kind {
+            1 => {
+                let (page, npages) = self.range();
+                ControlOp::Convert { page, npages, to_private: self.rng.below(2) == 0 }
+            }
+            2 => {
+                let (page, npages) = self.range();
+                ControlOp::Punch { page, npages }
+            }
+            3 => ControlOp::Memslot { region: self.rng.below(u64::from(REGIONS)) as usize },
+            4 => ControlOp::MemFail { page: self.rng.below(self.pages) },
+            _ => ControlOp::Close { region: self.rng.below(u64::from(REGIONS)) as usize },
+        })
+    }
+}
+
+/// How many guest accesses each vCPU makes and how many control operations run, for
+/// `Length::Ops` (`None` for a timed run: unbounded).
+pub fn op_counts(config: &Config) -> Option<(Vec<u64>, u64)> {
+    let Length::Ops(total) = config.length else { return None };
+    let weights = config.mix.total();
+    let accesses = (u128::from(total) * u128::from(config.mix.access) / u128::from(weights)) as u64;
+    let vcpus = u64::from(config.vcpus);
+    let per = (0..vcpus).map(|v| accesses / vcpus + u64::from(v < accesses % vcpus)).collect();
+    Some((per, total - accesses))
+}
+
+/// The first operations of every stream (at most `limit` each; for `Length::Ops`, exactly what
+/// a run executes): the control stream, then each vCPU's.
+pub fn generate(config: &Config, limit: usize) -> (Vec<ControlOp>, Vec<Vec<VcpuOp>>) {
+    let (per, control) = op_counts(config).unwrap_or((vec![u64::MAX; config.vcpus as usize], u64::MAX));
+    let cap = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).min(limit);
+    let control_ops = ControlStream::new(config).take(cap(control)).collect();
+    let vcpu_ops = (0..config.vcpus).map(|v| VcpuStream::new(config, v).take(cap(per[v as usize])).collect()).collect();
+    (control_ops, vcpu_ops)
+}
+
+/// The destructive-operation bracket of one page (see the module docs).
+#[derive(Debug, Default)]
+pub struct PageEpoch {
+    gen: AtomicU64,
+    active: AtomicU32,
+    poisoned: AtomicBool,
+}
+
+/// Everything the threads share.
+struct Shared<'a> {
+    config: &'a Config,
+    vmm: &'a Vmm,
+    pages: Vec<PageEpoch>,
+    /// Per region: bumped when a memslot change starts and when it ends (odd: in progress).
+    slot_gens: Vec<AtomicU64>,
+    stop: AtomicBool,
+    pause: AtomicBool,
+    paused: AtomicUsize,
+    finished: AtomicUsize,
+    accesses_done: AtomicU64,
+    exits_mmio: AtomicU64,
+    exits_hwpoison: AtomicU64,
+    exits_unresolved: AtomicU64,
+    errors: Mutex<Vec<String>>,
+    integrity_errors: AtomicU64,
+    vmm_errors: AtomicU64,
+}
+
+impl Shared<'_> {
+    fn begin(&self, first: u64, npages: u64) {
+        for page in &self.pages[first as usize..(first + npages) as usize] {
+            page.active.fetch_add(1, Ordering::SeqCst);
+            page.gen.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn end(&self, first: u64, npages: u64, unpoison: bool) {
+        for page in &self.pages[first as usize..(first + npages) as usize] {
+            if unpoison {
+                page.poisoned.store(false, Ordering::SeqCst);
+            }
+            page.gen.fetch_add(1, Ordering::SeqCst);
+            page.active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn error(&self, counter: &AtomicU64, message: String) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.len() < MAX_REPORTED {
+            errors.push(message);
+        }
+    }
+
+    /// Waits at the pause barrier if the control thread asked for one.
+    fn maybe_pause(&self) {
+        if self.pause.load(Ordering::SeqCst) {
+            self.paused.fetch_add(1, Ordering::SeqCst);
+            while self.pause.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            self.paused.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A record: vCPU, page and sequence number, and a check word.
+fn record(vcpu: u32, page: u64, seq: u64) -> [u8; 16] {
+    let tag = (u64::from(vcpu) << 56) | ((page & 0xff_ffff) << 32) | (seq & 0xffff_ffff);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&tag.to_le_bytes());
+    bytes[8..].copy_from_slice(&(tag ^ 0x5a5a_a5a5_0f0f_f0f0).to_le_bytes());
+    bytes
+}
+
+/// What a vCPU last wrote to one page, and the epoch it was stable at.
+#[derive(Clone, Copy, Debug)]
+struct Shadow {
+    value: [u8; 16],
+    stable_gen: Option<u64>,
+}
+
+fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>) {
+    let config = shared.config;
+    let mut stream = VcpuStream::new(config, vcpu);
+    let mut shadow: Vec<Shadow> = vec![Shadow { value: [0; 16], stable_gen: Some(0) }; config.pages() as usize];
+    let mut written: HashSet<[u8; 16]> = HashSet::new();
+    let region_pages = config.pages() / u64::from(REGIONS);
+    let mut index = 0u64;
+    while count.is_none_or(|count| index < count) && !shared.stop.load(Ordering::Relaxed) {
+        shared.maybe_pause();
+        let op = stream.next().expect("infinite stream");
+        let gpa = Vmm::page_gpa(op.page);
+        let epoch = &shared.pages[op.page as usize];
+        let mut buf = if op.write { record(vcpu, op.page, index) } else { [0u8; 16] };
+        let mut outcome = Err(RunError::Errno(Errno::EINTR));
+        let region = (op.page / region_pages) as usize;
+        let slot_gen = &shared.slot_gens[region];
+        let s1 = slot_gen.load(Ordering::SeqCst);
+        let e1 = epoch.gen.load(Ordering::SeqCst);
+        let active = epoch.active.load(Ordering::SeqCst);
+        for _ in 0..ACCESS_RETRIES {
+            outcome = shared.vmm.guest_access(fd, gpa, &mut buf, op.write);
+            match outcome {
+                Err(RunError::Exit(VcpuExit::MemoryFault { errno: Errno::EFAULT, .. })) => {
+                    // kvm_convert_memory for the faulting page: destructive for that page.
+                    shared.begin(op.page, 1);
+                    let handled = shared.vmm.handle_exit(outcome.expect_err("an exit"));
+                    shared.end(op.page, 1, false);
+                    if handled.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        let e2 = epoch.gen.load(Ordering::SeqCst);
+        let slots_quiet = s1 % 2 == 0 && slot_gen.load(Ordering::SeqCst) == s1;
+        let stable = e1 == e2 && active == 0;
+        let what = if op.write { "store" } else { "load" };
+        match outcome {
+            Ok(()) if op.write => {
+                written.insert(buf);
+                shadow[op.page as usize] = Shadow { value: buf, stable_gen: stable.then_some(e1) };
+            }
+            Ok(()) => {
+                let expected = shadow[op.page as usize];
+                let tag = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+                let known = buf == [0; 16] || written.contains(&buf) && (tag >> 32) & 0xff_ffff == op.page & 0xff_ffff;
+                if stable && expected.stable_gen == Some(e1) {
+                    if buf != expected.value {
+                        shared.error(
+                            &shared.integrity_errors,
+                            format!(
+                                "vCPU {vcpu} op {index}: load of page {} (gpa {gpa:#x}) read {buf:02x?}, expected {:02x?} (no destructive operation since the store)",
+                                op.page, expected.value
+                            ),
+                        );
+                    }
+                } else if !known {
+                    shared.error(
+                        &shared.integrity_errors,
+                        format!("vCPU {vcpu} op {index}: load of page {} (gpa {gpa:#x}) read {buf:02x?}, neither zero nor a record this vCPU wrote there", op.page),
+                    );
+                } else if stable {
+                    shadow[op.page as usize] = Shadow { value: buf, stable_gen: Some(e1) };
+                }
+            }
+            Err(RunError::Exit(VcpuExit::Mmio { .. })) => {
+                // The memslot is being deleted and re-added: the device model gets the access.
+                shared.exits_mmio.fetch_add(1, Ordering::Relaxed);
+                std::thread::yield_now();
+                if slots_quiet {
+                    shared.error(
+                        &shared.integrity_errors,
+                        format!("vCPU {vcpu} op {index}: {what} of page {} (gpa {gpa:#x}) exited to MMIO with its memslot in place", op.page),
+                    );
+                }
+            }
+            Err(RunError::Exit(VcpuExit::MemoryFault { errno: Errno::EHWPOISON, .. })) => {
+                shared.exits_hwpoison.fetch_add(1, Ordering::Relaxed);
+                if stable && !epoch.poisoned.load(Ordering::SeqCst) {
+                    shared.error(
+                        &shared.integrity_errors,
+                        format!("vCPU {vcpu} op {index}: {what} of page {} (gpa {gpa:#x}) hit hardware poison no memory failure put there", op.page),
+                    );
+                }
+            }
+            Err(RunError::Exit(VcpuExit::MemoryFault { errno: Errno::EFAULT, .. })) => {
+                // The region's guest_memfd is closed and not yet replaced, or its memslot is
+                // being re-added (a private access with no memslot exits this way): let the
+                // control thread finish.
+                shared.exits_unresolved.fetch_add(1, Ordering::Relaxed);
+                std::thread::yield_now();
+                if stable && slots_quiet {
+                    shared.error(
+                        &shared.integrity_errors,
+                        format!("vCPU {vcpu} op {index}: {what} of page {} (gpa {gpa:#x}) kept exiting with a memory fault while nothing changed it", op.page),
+                    );
+                }
+            }
+            Err(error) => {
+                shared.exits_unresolved.fetch_add(1, Ordering::Relaxed);
+                shared.error(
+                    &shared.vmm_errors,
+                    format!("vCPU {vcpu} op {index}: {what} of page {} (gpa {gpa:#x}) failed: {error:?}", op.page),
+                );
+            }
+        }
+        index += 1;
+        shared.accesses_done.fetch_add(1, Ordering::Relaxed);
+    }
+    shared.finished.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The result of a run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// `(key, value)` in output order; values are already formatted (`n/a` where the model
+    /// has no such counter).
+    pub fields: Vec<(&'static str, String)>,
+    /// Integrity errors and unexpected VMM errors (at most 20 kept), then warnings, then
+    /// invariant violations, as printable lines.
+    pub failures: Vec<String>,
+    /// No warning, violation, integrity error or VMM error.
+    pub ok: bool,
+    /// The replay command.
+    pub reproduce: String,
+}
+
+impl Summary {
+    /// One JSON object with every field.
+    pub fn to_json(&self) -> String {
+        let mut out = String::from("{");
+        for (i, (key, value)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let numeric = value.parse::<f64>().is_ok() || value == "true" || value == "false";
+            if numeric {
+                out.push_str(&format!("\"{key}\":{value}"));
+            } else {
+                out.push_str(&format!("\"{key}\":\"{}\"", json_escape(value)));
+            }
+        }
+        out.push('}');
+        out
+    }
+
+    /// The table.
+    pub fn table(&self) -> String {
+        let width = self.fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        self.fields.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
+    }
+}
+
+fn json_escape(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn progress_line(out: &mut dyn Write, done: u64, total: Option<u64>, started: Instant, length: Length) {
+    let fraction = match (total, length) {
+        (Some(total), _) => done as f64 / total.max(1) as f64,
+        (None, Length::Duration(d)) => started.elapsed().as_secs_f64() / d.as_secs_f64().max(1e-9),
+        _ => 0.0,
+    }
+    .min(1.0);
+    let filled = (fraction * 30.0) as usize;
+    let _ = write!(
+        out,
+        "\r[{}{}] {:>3}% {done} ops",
+        "#".repeat(filled),
+        ".".repeat(30 - filled),
+        (fraction * 100.0) as u32
+    );
+    let _ = out.flush();
+}
+
+/// Runs the workload. `Err` is a setup error (bad configuration, VM creation failed).
+pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summary, String> {
+    let profile = config.validate()?;
+    let host = SimHost::new(profile);
+    let vmm = Vmm::new(host, VmmConfig { vm_type: config.vm_type, memory: config.memory, regions: REGIONS })
+        .map_err(|errno| format!("cannot set up the VM: {errno:?}"))?;
+    let fds: Vec<i32> = (0..config.vcpus)
+        .map(|id| vmm.create_vcpu(u64::from(id)))
+        .collect::<Result<_, _>>()
+        .map_err(|errno| format!("KVM_CREATE_VCPU: {errno:?}"))?;
+    let counts = op_counts(config);
+    let shared = Shared {
+        config,
+        vmm: &vmm,
+        pages: (0..config.pages()).map(|_| PageEpoch::default()).collect(),
+        slot_gens: (0..REGIONS).map(|_| AtomicU64::new(0)).collect(),
+        stop: AtomicBool::new(false),
+        pause: AtomicBool::new(false),
+        paused: AtomicUsize::new(0),
+        finished: AtomicUsize::new(0),
+        accesses_done: AtomicU64::new(0),
+        exits_mmio: AtomicU64::new(0),
+        exits_hwpoison: AtomicU64::new(0),
+        exits_unresolved: AtomicU64::new(0),
+        errors: Mutex::new(Vec::new()),
+        integrity_errors: AtomicU64::new(0),
+        vmm_errors: AtomicU64::new(0),
+    };
+    let started = Instant::now();
+    let mut control_done = 0u64;
+    let mut checks = 0u64;
+    let mut violations = Vec::new();
+    let total_ops = counts.as_ref().map(|(per, control)| per.iter().sum::<u64>() + control);
+    std::thread::scope(|scope| {
+        for (v, &fd) in fds.iter().enumerate() {
+            let count = counts.as_ref().map(|(per, _)| per[v]);
+            let shared = &shared;
+            std::thread::Builder::new()
+                .name(format!("vcpu{v}"))
+                .spawn_scoped(scope, move || vcpu_thread(shared, v as u32, fd, count))
+                .expect("spawn a vCPU thread");
+        }
+        let control_limit = counts.as_ref().map(|(_, control)| *control);
+        let mut stream = ControlStream::new(config);
+        // Accesses per control operation, to spread control operations over the run.
+        let ratio = if config.mix.control_total() == 0 {
+            0.0
+        } else {
+            f64::from(config.mix.access) / config.mix.control_total() as f64
+        };
+        let vcpus = config.vcpus as usize;
+        let deadline = match config.length {
+            Length::Duration(d) => Some(started + d),
+            Length::Ops(_) => None,
+        };
+        let mut last_progress = Instant::now();
+        let mut tick = |shared: &Shared<'_>, control_done: u64, progress: &mut Option<&mut dyn Write>| {
+            if let Some(out) = progress.as_deref_mut() {
+                if last_progress.elapsed() >= Duration::from_millis(100) {
+                    last_progress = Instant::now();
+                    let done = shared.accesses_done.load(Ordering::Relaxed) + control_done;
+                    progress_line(out, done, total_ops, started, config.length);
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                shared.stop.store(true, Ordering::SeqCst);
+            }
+        };
+        loop {
+            if control_limit.is_some_and(|limit| control_done >= limit) || shared.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let Some(op) = stream.next() else { break };
+            // Pace: wait until the vCPUs made their share of accesses.
+            let due = (control_done as f64 * ratio) as u64;
+            while shared.accesses_done.load(Ordering::Relaxed) < due
+                && shared.finished.load(Ordering::SeqCst) < vcpus
+                && !shared.stop.load(Ordering::SeqCst)
+            {
+                tick(&shared, control_done, &mut progress);
+                std::thread::yield_now();
+            }
+            control_op(&shared, op);
+            control_done += 1;
+            tick(&shared, control_done, &mut progress);
+            if control_done % INVARIANT_EVERY == 0 {
+                shared.pause.store(true, Ordering::SeqCst);
+                while shared.paused.load(Ordering::SeqCst) + shared.finished.load(Ordering::SeqCst) < vcpus {
+                    std::thread::yield_now();
+                }
+                checks += 1;
+                violations.extend(vmm.check_invariants());
+                shared.pause.store(false, Ordering::SeqCst);
+                while shared.paused.load(Ordering::SeqCst) != 0 {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        while shared.finished.load(Ordering::SeqCst) < vcpus {
+            tick(&shared, control_done, &mut progress);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let elapsed = started.elapsed();
+    if let Some(out) = progress {
+        let done = shared.accesses_done.load(Ordering::Relaxed) + control_done;
+        progress_line(out, done, Some(done), started, config.length);
+        let _ = writeln!(out);
+    }
+    checks += 1;
+    violations.extend(vmm.check_invariants());
+    let warnings = vmm.host().machine().warnings.snapshot();
+    let mut failures = shared.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    failures.extend(warnings.iter().map(|w| w.to_string()));
+    failures.extend(violations.iter().map(|v| format!("invariant violated: {v}")));
+    let integrity = shared.integrity_errors.load(Ordering::Relaxed);
+    let vmm_errors = shared.vmm_errors.load(Ordering::Relaxed);
+    let ok = integrity == 0 && vmm_errors == 0 && warnings.is_empty() && violations.is_empty();
+    let accesses = shared.accesses_done.load(Ordering::Relaxed);
+    let ops = accesses + control_done;
+    let vcpu = vmm.vcpu_stats();
+    let mmu = vmm.mmu_stats();
+    let mmu_field =
+        |f: fn(&gmem_kvm::tdp_mmu::TdpMmuStats) -> u64| mmu.as_ref().map_or("n/a".to_string(), |s| f(s).to_string());
+    let stat = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed).to_string();
+    let s = &vmm.stats;
+    let fields = vec![
+        ("seed", format!("{:#x}", config.seed)),
+        ("kernel", config.kernel.clone()),
+        ("vm_type", vm_type_name(config.vm_type).to_string()),
+        ("memory", config.memory.to_string()),
+        ("vcpus", config.vcpus.to_string()),
+        ("mix", config.mix.to_string()),
+        ("ops", ops.to_string()),
+        ("guest_accesses", accesses.to_string()),
+        ("control_ops", control_done.to_string()),
+        ("seconds", format!("{:.3}", elapsed.as_secs_f64())),
+        ("ops_per_sec", format!("{:.0}", ops as f64 / elapsed.as_secs_f64().max(1e-9))),
+        ("faults", vcpu[0].to_string()),
+        ("faults_fixed", vcpu[1].to_string()),
+        ("faults_spurious", vcpu[2].to_string()),
+        ("fault_retries", vcpu[4].to_string()),
+        ("sptes_zapped", mmu_field(|s| s.zapped)),
+        ("zap_all_fast", mmu_field(|s| s.zap_all_fast)),
+        ("tlb_flushes", mmu_field(|s| s.remote_tlb_flushes)),
+        ("vcpu_tlb_flushes", "n/a".to_string()),
+        ("exits_memory_fault", stat(&s.memory_fault_exits)),
+        ("exits_mmio", stat(&shared.exits_mmio)),
+        ("exits_hwpoison", stat(&shared.exits_hwpoison)),
+        ("exits_unresolved", stat(&shared.exits_unresolved)),
+        ("conversions_to_private", stat(&s.to_private)),
+        ("conversions_to_shared", stat(&s.to_shared)),
+        ("punches", stat(&s.punches)),
+        ("memslot_changes", stat(&s.memslot_changes)),
+        ("memory_failures", stat(&s.memory_failures)),
+        ("gmem_closes", stat(&s.gmem_closes)),
+        ("invariant_checks", checks.to_string()),
+        ("invariant_violations", violations.len().to_string()),
+        ("warnings", warnings.len().to_string()),
+        ("integrity_errors", integrity.to_string()),
+        ("vmm_errors", vmm_errors.to_string()),
+        ("ok", ok.to_string()),
+    ];
+    Ok(Summary { fields, failures, ok, reproduce: config.reproduce_command() })
+}
+
+/// Lets vCPUs run for a moment (against a deleted memslot or a closed guest_memfd).
+fn let_vcpus_run() {
+    for _ in 0..8 {
+        std::thread::yield_now();
+    }
+}
+
+fn control_op(shared: &Shared<'_>, op: ControlOp) {
+    let vmm = shared.vmm;
+    let region_pages = shared.config.pages() / u64::from(REGIONS);
+    let result = match op {
+        ControlOp::Convert { page, npages, to_private } => {
+            shared.begin(page, npages);
+            let result = vmm.convert(Vmm::page_gpa(page), npages * PAGE_SIZE, to_private);
+            shared.end(page, npages, !to_private);
+            result
+        }
+        ControlOp::Punch { page, npages } => {
+            shared.begin(page, npages);
+            let result = vmm.punch_hole(Vmm::page_gpa(page), npages * PAGE_SIZE);
+            shared.end(page, npages, true);
+            result
+        }
+        ControlOp::Memslot { region } => {
+            shared.slot_gens[region].fetch_add(1, Ordering::SeqCst);
+            let result = vmm.remove_memslot(region).and_then(|()| {
+                let_vcpus_run();
+                vmm.add_memslot(region)
+            });
+            shared.slot_gens[region].fetch_add(1, Ordering::SeqCst);
+            result
+        }
+        ControlOp::MemFail { page } => {
+            shared.begin(page, 1);
+            shared.pages[page as usize].poisoned.store(true, Ordering::SeqCst);
+            let result = match vmm.memory_failure(Vmm::page_gpa(page)) {
+                // No folio there (a shared page, or never touched), or already poisoned.
+                Err(Errno::ENOENT | Errno::EHWPOISON) | Ok(_) => Ok(()),
+                Err(errno) => Err(errno),
+            };
+            shared.end(page, 1, false);
+            result
+        }
+        ControlOp::Close { region } => {
+            let first = region as u64 * region_pages;
+            shared.begin(first, region_pages);
+            shared.slot_gens[region].fetch_add(1, Ordering::SeqCst);
+            let result = vmm.close_guest_memfd(region).and_then(|()| {
+                let_vcpus_run();
+                vmm.replace_guest_memfd(region)
+            });
+            shared.slot_gens[region].fetch_add(1, Ordering::SeqCst);
+            shared.end(first, region_pages, true);
+            result
+        }
+    };
+    if let Err(errno) = result {
+        shared.error(&shared.vmm_errors, format!("control {op:?} failed: {errno:?}"));
+    }
+}
