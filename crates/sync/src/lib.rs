@@ -119,7 +119,7 @@ pub mod thread {
     /// waiter may wait for a thread that is itself waiting for this core (the test machines have
     /// two), so after a short spin it yields and then sleeps briefly, as the kernel's sleeping
     /// waits would. Under loom it is exactly a `spin_hint` loop.
-    pub(crate) fn wait_until(mut done: impl FnMut() -> bool) {
+    pub fn wait_until(mut done: impl FnMut() -> bool) {
         #[cfg(not(gmem_loom))]
         let mut spins: u32 = 0;
         while !done() {
