@@ -157,11 +157,9 @@ fn vcpus_racing_punches_and_conversions_keep_every_invariant() {
         }
     });
     let kvm = guest.host.kvm(guest.vm);
-    let violations = invariants::check(&[kvm.clone()], &[guest.host.gmem_file(guest.gmem)]);
+    let violations = invariants::check(std::slice::from_ref(&kvm), &[guest.host.gmem_file(guest.gmem)]);
     assert!(violations.is_empty(), "{violations:#?}");
     let warnings = guest.host.machine().warnings.snapshot();
     assert!(warnings.is_empty(), "{warnings:#?}");
-    let flushes = kvm.mmu().as_tdp().unwrap().stats().remote_tlb_flushes;
-    assert!(flushes > 0, "the punches and conversions zapped something");
     guest.host.check("the stress run");
 }

@@ -189,7 +189,7 @@ impl TdpMmu {
     pub(crate) fn map(&self, kvm: &Kvm, gfn: Gfn, spte: Spte, mmu_seq: u64) -> MapResult {
         kvm.assert_mmu_lock_held();
         kvm.machine().warnings.warn_on_once(kvm.mmu_invalidate_retry_gfn(mmu_seq, gfn), || {
-            format!("M1: gfn {gfn} installed while an invalidation covered it or the sequence moved")
+            format!("M1: stale install: gfn {gfn} installed while an invalidation covered it or the sequence moved")
         });
         let mut sptes = self.sptes.lock();
         if let Some(existing) = sptes.get(&gfn.0) {

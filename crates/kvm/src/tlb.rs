@@ -139,12 +139,17 @@ impl VcpuTlb {
         self.requests.fetch_or(1 << (req & KVM_REQUEST_MASK), Ordering::SeqCst);
     }
 
-    /// `kvm_check_request`: test, then clear (with `smp_mb__after_atomic`).
-    fn check_request(&self, req: u32) -> bool {
-        let bit = 1 << (req & KVM_REQUEST_MASK);
+    /// `if (kvm_check_request(KVM_REQ_TLB_FLUSH, vcpu)) kvm_vcpu_flush_tlb_all(vcpu)`. The model
+    /// empties the TLB before it clears the bit (the kernel clears, then flushes): the vCPU is
+    /// outside guest mode and fills nothing meanwhile, so the only difference is that a request
+    /// made in between is absorbed by a TLB that is already empty; in exchange "no flush
+    /// pending" implies "flushed", which lets the invariant checker run while vCPUs do.
+    fn service_flush(&self) -> bool {
+        let bit = 1 << (KVM_REQ_TLB_FLUSH & KVM_REQUEST_MASK);
         if self.requests.load(Ordering::Acquire) & bit == 0 {
             return false;
         }
+        self.entries.lock().clear();
         self.requests.fetch_and(!bit, Ordering::SeqCst);
         true
     }
@@ -188,8 +193,7 @@ impl KvmVcpu {
     pub(crate) fn enter_guest(&self) {
         let tlb = &self.tlb;
         loop {
-            if tlb.check_request(KVM_REQ_TLB_FLUSH) {
-                tlb.entries.lock().clear();
+            if tlb.service_flush() {
                 self.stat.tlb_flushes.fetch_add(1, Ordering::Relaxed);
             }
             tlb.mode.store(IN_GUEST_MODE, Ordering::SeqCst);
@@ -244,7 +248,9 @@ impl Kvm {
         // the guest; waiting for it is waiting for the vCPU to leave the session it was kicked in.
         if req & KVM_REQUEST_WAIT != 0 {
             for vcpu in &kicked {
-                gmem_sync::thread::wait_until(|| vcpu.tlb.mode() != EXITING_GUEST_MODE);
+                // A read-modify-write reads the latest mode: a plain load may keep returning an
+                // older value under loom's memory model, and the wait would never end.
+                gmem_sync::thread::wait_until(|| vcpu.tlb.mode.fetch_or(0, Ordering::SeqCst) != EXITING_GUEST_MODE);
             }
         }
         !kicked.is_empty()

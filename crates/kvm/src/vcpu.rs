@@ -375,7 +375,10 @@ pub fn guest_access(
             }
             let is_private = private.unwrap_or_else(|| kvm.default_access_is_private(gfn));
             match kvm_mmu_page_fault(kvm, vcpu, mm, at, is_private, write, false)? {
-                RetPf::Fixed | RetPf::Spurious | RetPf::Retry => {}
+                RetPf::Fixed | RetPf::Spurious => {}
+                // The guest re-faults; the invalidator runs meanwhile (give it the CPU; under
+                // loom a spinning vCPU would otherwise be explored forever).
+                RetPf::Retry => gmem_sync::thread::backoff(attempts),
                 RetPf::Emulate => {
                     return Err(RunError::Exit(VcpuExit::Mmio {
                         phys_addr: at,

@@ -115,6 +115,22 @@ pub mod thread {
         std::hint::spin_loop();
     }
 
+    /// One step of a retry loop that waits for another thread (a vCPU re-faulting while an
+    /// invalidation is in progress): a yield, and after `attempt` 64 a short sleep, as the waits in
+    /// [`wait_until`]; under loom exactly a yield.
+    pub fn backoff(attempt: u32) {
+        #[cfg(gmem_loom)]
+        let _ = attempt;
+        #[cfg(gmem_loom)]
+        loom::thread::yield_now();
+        #[cfg(not(gmem_loom))]
+        if attempt > 64 {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        } else {
+            std::thread::yield_now();
+        }
+    }
+
     /// Waits until `done()` returns true. Why not a bare `spin_hint` loop: outside loom the
     /// waiter may wait for a thread that is itself waiting for this core (the test machines have
     /// two), so after a short spin it yields and then sleeps briefly, as the kernel's sleeping
