@@ -49,6 +49,7 @@ pub const PROJECT_LOCK_CLASSES: &[&str] = &[
     "kvm->slots_lock",
     "kvm->slots_arch_lock",
     "kvm->mmu_lock",
+    "vcpu->tlb",
     "recording_mmu->events",
     "slab->lock",
     "xa_lock",
@@ -64,7 +65,8 @@ pub const PROJECT_LOCK_CLASSES: &[&str] = &[
 
 /// Name prefixes of lock classes this project may add later (kernel-style names of the objects
 /// the simulator models); a report on such a class counts as well.
-const PROJECT_LOCK_PREFIXES: &[&str] = &["kvm", "mm->", "files->", "mapping", "xa_", "srcu", "slab", "zone", "folio"];
+const PROJECT_LOCK_PREFIXES: &[&str] =
+    &["kvm", "vcpu", "mm->", "files->", "mapping", "xa_", "srcu", "slab", "zone", "folio"];
 
 /// Whether a lock class name belongs to this project.
 pub fn is_project_lock_class(name: &str) -> bool {

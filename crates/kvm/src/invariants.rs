@@ -9,8 +9,30 @@
 //!   cache's own references (nobody leaked a `folio_get`), and the folio still knows its owner.
 //! * **INV-UPTODATE-PREPARED**: a folio marked uptodate was zeroed or populated, and, in a VM
 //!   with private memory, arch-prepared or populated.
-//! * **INV-NO-STALE-PFN** (arch-and-mmu.md M5): no SPTE of a VM's TDP MMU maps a frame that was
-//!   freed (or freed and reused) since the SPTE was installed: its generation is unchanged.
+//! * **INV-NO-STALE-PFN** (arch-and-mmu.md M5): no SPTE of a VM's TDP MMU, and no TLB entry of a
+//!   vCPU without a `KVM_REQ_TLB_FLUSH` pending, maps a frame that was freed (or freed and reused)
+//!   since the SPTE was installed: its generation is unchanged.
+//!
+//! The MMU invariants of arch-and-mmu.md §5.1, by their names there:
+//!
+//! * **M1** (no stale install) is asserted where it can be, at the install: `TdpMmu::map` reports
+//!   a WARN if `mmu_invalidate_retry_gfn` says the fault's snapshot is stale.
+//! * **M2** (invalidation bookkeeping): at a quiescent point no invalidation is open
+//!   (`mmu_invalidate_in_progress == 0`); begin/end balance and "a range was added" are WARNs in
+//!   `kvm_mmu_invalidate_end` / `mmu_invalidate_retry_gfn`.
+//! * **M3** (kind matches attributes): every private SPTE maps a PRIVATE gfn, every shared SPTE a
+//!   shared one.
+//! * **M4** (right backing), its private half: a private SPTE maps exactly the frame at
+//!   `gfn - base_gfn + gmem.pgoff` of the bound guest_memfd (checked when that file is among the
+//!   files handed in). The shared half ("a shared SPTE never maps a gmem pfn") does not hold for
+//!   v6.18 `GMEM_ONLY` slots, whose shared faults map guest_memfd memory by design; not checked.
+//! * **M5** (flush before reuse): INV-NO-STALE-PFN above, plus: a TLB entry of a vCPU with no
+//!   flush pending is backed by a present SPTE of the same frame (a zap is always followed by a
+//!   flush request before `mmu_lock` is dropped).
+//!
+//! Not checkable yet: **M6** (huge mapping legality: every leaf is 4K, there is no `lpage_info`);
+//! **M7** (memory-fault exits) and **M8** (attribute ioctl atomicity) are properties of one call,
+//! not of a state, and are asserted by the tests at the call (`tests/tests/mmu.rs`).
 //!
 //! The checker is handed what is reachable from user space (the VMs and guest_memfd files of a
 //! process: descriptors and mappings); at a quiescent point every live guest_memfd is reachable
@@ -18,6 +40,7 @@
 
 use crate::guest_memfd::{gmem_of_file, KvmGmem};
 use crate::memslot::{KVM_MEMSLOT_INVALID, KVM_MEM_GUEST_MEMFD};
+use crate::tlb::KVM_REQ_TLB_FLUSH;
 use crate::vm::Kvm;
 use gmem_mm::file::FileRef;
 use gmem_sync::atomic::Ordering;
@@ -47,6 +70,14 @@ pub const INV_REFCOUNT: &str = "INV-REFCOUNT";
 pub const INV_UPTODATE_PREPARED: &str = "INV-UPTODATE-PREPARED";
 /// `INV-NO-STALE-PFN`.
 pub const INV_NO_STALE_PFN: &str = "INV-NO-STALE-PFN";
+/// M2, invalidation bookkeeping.
+pub const M2_INVALIDATION: &str = "M2";
+/// M3, SPTE kind matches the attributes.
+pub const M3_KIND: &str = "M3";
+/// M4, a private SPTE maps the bound guest_memfd's frame.
+pub const M4_BACKING: &str = "M4";
+/// M5, a TLB entry with no flush pending is backed by the SPTE.
+pub const M5_FLUSH: &str = "M5";
 
 /// Checks every invariant over the given VMs and files (non-guest_memfd files are ignored; the
 /// VMs of the guest_memfds are added to `vms`).
@@ -73,8 +104,87 @@ pub fn check(vms: &[Arc<Kvm>], files: &[FileRef]) -> Vec<Violation> {
     for kvm in all_vms {
         check_slots_are_bound(kvm, &gmem_files, &mut out);
         check_no_stale_pfn(kvm, &mut out);
+        check_mmu(kvm, &gmem_files, &mut out);
     }
     out
+}
+
+/// M2, M3, M4 and the TLB half of M5 over one VM.
+fn check_mmu(kvm: &Arc<Kvm>, gmem_files: &[(&FileRef, &KvmGmem)], out: &mut Vec<Violation>) {
+    let in_progress = kvm.mmu_invalidate_in_progress();
+    if in_progress != 0 {
+        out.push(Violation {
+            invariant: M2_INVALIDATION,
+            detail: format!("mmu_invalidate_in_progress is {in_progress} at a quiescent point"),
+        });
+    }
+    let Some(tdp) = kvm.mmu().as_tdp() else { return };
+    let sptes = tdp.sptes();
+    let srcu = kvm.srcu_read_lock();
+    for (gfn, spte) in &sptes {
+        let private_attr = kvm.mem_is_private(*gfn);
+        if spte.private != private_attr {
+            out.push(Violation {
+                invariant: M3_KIND,
+                detail: format!(
+                    "gfn {gfn} has a {} SPTE but is {}",
+                    if spte.private { "private" } else { "shared" },
+                    if private_attr { "PRIVATE" } else { "shared" }
+                ),
+            });
+        }
+        if !spte.private {
+            continue;
+        }
+        let Some(slot) = kvm.gfn_to_memslot(&srcu, *gfn) else {
+            out.push(Violation {
+                invariant: M4_BACKING,
+                detail: format!("private SPTE of gfn {gfn} outside every memslot"),
+            });
+            continue;
+        };
+        let file = slot.gmem_file().load(Ordering::Acquire);
+        let Some((bound, _)) = gmem_files.iter().find(|(candidate, _)| std::ptr::eq(candidate.as_ptr(), file)) else {
+            continue;
+        };
+        let index = gfn.0.wrapping_sub(slot.base_gfn().0).wrapping_add(slot.gmem_pgoff());
+        let backing = bound
+            .inode()
+            .mapping()
+            .folios()
+            .into_iter()
+            .find(|(start, folio)| index >= start.0 && index < start.0 + folio.nr_pages())
+            .map(|(_, folio)| folio.file_pfn(gmem_mm::PgOff(index)));
+        if backing != Some(spte.pfn) {
+            out.push(Violation {
+                invariant: M4_BACKING,
+                detail: format!(
+                    "private SPTE of gfn {gfn} maps {:?}, the file holds {backing:?} at {index:#x}",
+                    spte.pfn
+                ),
+            });
+        }
+    }
+    drop(srcu);
+    for vcpu in kvm.vcpus() {
+        let tlb = vcpu.tlb();
+        if tlb.test_request(KVM_REQ_TLB_FLUSH) {
+            continue;
+        }
+        for (gfn, entry) in tlb.entries() {
+            let backed = sptes.iter().any(|(spte_gfn, spte)| *spte_gfn == gfn && spte.pfn == entry.pfn);
+            if !backed {
+                out.push(Violation {
+                    invariant: M5_FLUSH,
+                    detail: format!(
+                        "vCPU {} caches gfn {gfn} -> {:?} with no SPTE behind it and no flush pending",
+                        vcpu.vcpu_id(),
+                        entry.pfn
+                    ),
+                });
+            }
+        }
+    }
 }
 
 /// INV-NO-STALE-PFN over one VM's SPTEs.
@@ -93,6 +203,26 @@ fn check_no_stale_pfn(kvm: &Arc<Kvm>, out: &mut Vec<Violation>) {
                     if mem.is_allocated(spte.pfn) { "freed and reused" } else { "freed" }
                 ),
             });
+        }
+    }
+    for vcpu in kvm.vcpus() {
+        let tlb = vcpu.tlb();
+        if tlb.test_request(KVM_REQ_TLB_FLUSH) {
+            continue; // not quiescent for this vCPU: it flushes on its next entry
+        }
+        for (gfn, entry) in tlb.entries() {
+            let now = mem.generation(entry.pfn);
+            if now != entry.generation || !mem.is_allocated(entry.pfn) {
+                out.push(Violation {
+                    invariant: INV_NO_STALE_PFN,
+                    detail: format!(
+                        "vCPU {} TLB caches gfn {gfn} -> {:?} of generation {}, now {now}",
+                        vcpu.vcpu_id(),
+                        entry.pfn,
+                        entry.generation
+                    ),
+                });
+            }
         }
     }
 }

@@ -12,11 +12,12 @@
 //! | [`mmu`] | the MMU boundary (`kvm_mmu_unmap_gfn_range`, `kvm_flush_remote_tlbs`) and `mmu_invalidate_*` |
 //! | [`mmu_notifier`] | `kvm_mmu_notifier_invalidate_range_start`/`_end`, `kvm_handle_hva_range`: zaps on munmap/madvise of a slot's `userspace_addr` |
 //! | [`tdp_mmu`] | the software TDP MMU: 4K leaf SPTEs, zaps, `kvm_mmu_zap_all_fast` |
+//! | [`tlb`] | per-vCPU TLBs, `vcpu->mode`, `vcpu->requests`, `kvm_make_all_cpus_request` (the remote TLB flush) |
 //! | [`vcpu`] | `KVM_CREATE_VCPU`, the x86 TDP page-fault path, guest accesses, `KVM_PRE_FAULT_MEMORY` |
 //! | [`arch`] | the arch hooks guest_memfd calls (default and SW_PROTECTED back-ends) |
 //! | [`guest_memfd`] | `virt/kvm/guest_memfd.c`, every function of the seed |
 //! | [`caps`] | `KVM_CHECK_EXTENSION` |
-//! | [`invariants`] | INV-BIND, INV-REFCOUNT, INV-UPTODATE-PREPARED, the WARN registry |
+//! | [`invariants`] | INV-BIND, INV-REFCOUNT, INV-UPTODATE-PREPARED, INV-NO-STALE-PFN, M1-M8 |
 //!
 //! # What is modelled, and what is not
 //!
@@ -28,8 +29,8 @@
 //! recorded as KASAN-style warnings instead of being dereferenced.
 //!
 //! The MMU is the software TDP MMU ([`tdp_mmu`]; [`mmu::RecordingMmu`] remains for tests), driven
-//! by vCPUs that only access guest memory ([`vcpu`]). Not modelled here: vCPU TLBs, huge pages,
-//! SMM address spaces, dirty logging, SEV-SNP and TDX
+//! by vCPUs that only access guest memory ([`vcpu`]) through per-vCPU TLBs ([`tlb`]). Not modelled
+//! here: huge pages, SMM address spaces, dirty logging, SEV-SNP and TDX
 //! back-ends, and capabilities unrelated to guest memory (they read 0).
 #![deny(missing_docs)]
 
@@ -43,6 +44,7 @@ pub mod mmu;
 pub mod mmu_notifier;
 pub mod profile;
 pub mod tdp_mmu;
+pub mod tlb;
 pub mod types;
 pub mod vcpu;
 pub mod vm;

@@ -13,15 +13,17 @@
 //! **write**. The SPTEs hold no page reference: only the invalidation protocol
 //! (`mmu_invalidate_*` and the zaps) keeps them from outliving their frames, as in the kernel.
 //!
-//! There are no vCPU TLBs yet: [`KvmMmu::flush_remote_tlbs`] counts the flushes it was asked for
-//! and guest accesses walk the SPTEs directly, so a zapped SPTE stops translating at once.
+//! vCPUs cache translations in their TLBs ([`crate::tlb`]); [`KvmMmu::flush_remote_tlbs`] is
+//! `kvm_flush_remote_tlbs`: `KVM_REQ_TLB_FLUSH` on every vCPU with kick and wait, so when it
+//! returns no vCPU can still translate through an SPTE zapped before the call.
 
 use crate::mmu::{AttrFilter, KvmGfnRange, KvmMmu};
 use crate::profile::VmType;
+use crate::tlb::{ProtocolWeakening, KVM_REQ_TLB_FLUSH};
 use crate::types::Gfn;
 use crate::vm::{Kvm, MmuFactory};
 use gmem_mm::Pfn;
-use gmem_sync::atomic::{AtomicU64, Ordering};
+use gmem_sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use gmem_sync::{Arc, LockClass, Mutex};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -68,7 +70,7 @@ pub struct TdpMmuStats {
     pub zap_all_fast: u64,
 }
 
-type FaultHook = Box<dyn FnMut(&Kvm) + Send>;
+type FaultHook = Box<dyn FnMut(&Kvm, Gfn, Pfn) + Send>;
 
 /// The software TDP MMU of one VM.
 pub struct TdpMmu {
@@ -79,6 +81,7 @@ pub struct TdpMmu {
     zapped: AtomicU64,
     remote_tlb_flushes: AtomicU64,
     zap_all_fast: AtomicU64,
+    weakening: AtomicU8,
     fault_hook: Mutex<Option<FaultHook>>,
 }
 
@@ -104,6 +107,7 @@ impl TdpMmu {
             zapped: AtomicU64::new(0),
             remote_tlb_flushes: AtomicU64::new(0),
             zap_all_fast: AtomicU64::new(0),
+            weakening: AtomicU8::new(ProtocolWeakening::None as u8),
             fault_hook: Mutex::new(&FAULT_HOOK_LOCK, None),
         }
     }
@@ -123,14 +127,26 @@ impl TdpMmu {
         self.sptes.lock().iter().map(|(&gfn, &spte)| (Gfn(gfn), spte)).collect()
     }
 
-    /// Runs `access` on the SPTE of `gfn` (with the accessed bit set) while no zap can remove it:
-    /// the model's stand-in for a hardware walk that hits a present leaf. `None` if not present
-    /// (or not writable for a write): the access faults.
-    pub fn with_spte<R>(&self, gfn: Gfn, write: bool, access: impl FnOnce(&Spte) -> R) -> Option<R> {
+    /// A hardware walk of `gfn` (sets the accessed bit): the leaf, or `None` if not present (or
+    /// not writable for a write): the access faults. The walk is atomic with respect to zaps, as
+    /// the hardware's read of an SPTE is; what the caller does with the result afterwards is
+    /// protected only by the TLB flush protocol.
+    pub fn walk(&self, gfn: Gfn, write: bool) -> Option<Spte> {
         let mut sptes = self.sptes.lock();
         let spte = sptes.get_mut(&gfn.0).filter(|spte| spte.writable || !write)?;
         spte.accessed = true;
-        Some(access(spte))
+        Some(*spte)
+    }
+
+    /// Test-only: weakens the protocol so that the models can show they detect it
+    /// ([`ProtocolWeakening::None`] restores the kernel's).
+    pub fn weaken_for_test(&self, weakening: ProtocolWeakening) {
+        self.weakening.store(weakening as u8, Ordering::Relaxed);
+    }
+
+    /// The current weakening (normally [`ProtocolWeakening::None`]).
+    pub fn weakening(&self) -> ProtocolWeakening {
+        ProtocolWeakening::from_raw(self.weakening.load(Ordering::Relaxed))
     }
 
     /// `kvm->arch.mmu_valid_gen`.
@@ -150,22 +166,31 @@ impl TdpMmu {
 
     /// Test hook: `hook` runs once, in the next fault, after the pfn was resolved and before
     /// `mmu_lock` is taken (where a racing invalidation can slip in).
-    pub fn set_fault_hook(&self, hook: impl FnMut(&Kvm) + Send + 'static) {
+    pub fn set_fault_hook(&self, mut hook: impl FnMut(&Kvm) + Send + 'static) {
+        *self.fault_hook.lock() = Some(Box::new(move |kvm: &Kvm, _: Gfn, _: Pfn| hook(kvm)));
+    }
+
+    /// Like [`TdpMmu::set_fault_hook`], the hook also told the gfn and the pfn the fault resolved.
+    pub fn set_fault_hook_pfn(&self, hook: impl FnMut(&Kvm, Gfn, Pfn) + Send + 'static) {
         *self.fault_hook.lock() = Some(Box::new(hook));
     }
 
     /// Runs (and consumes) the fault hook, if one is set.
-    pub(crate) fn run_fault_hook(&self, kvm: &Kvm) {
+    pub(crate) fn run_fault_hook(&self, kvm: &Kvm, gfn: Gfn, pfn: Pfn) {
         let hook = self.fault_hook.lock().take();
         if let Some(mut hook) = hook {
-            hook(kvm);
+            hook(kvm, gfn, pfn);
         }
     }
 
     /// `kvm_tdp_mmu_map` at 4K: install the leaf for `gfn`. `mmu_lock` held for read, and the
-    /// caller checked `is_page_fault_stale` under it.
-    pub(crate) fn map(&self, kvm: &Kvm, gfn: Gfn, spte: Spte) -> MapResult {
+    /// caller checked `is_page_fault_stale` under it; M1 (arch-and-mmu.md §5.1, no stale install)
+    /// is asserted here with the fault's `mmu_seq` and reported as a WARN if broken.
+    pub(crate) fn map(&self, kvm: &Kvm, gfn: Gfn, spte: Spte, mmu_seq: u64) -> MapResult {
         kvm.assert_mmu_lock_held();
+        kvm.machine().warnings.warn_on_once(kvm.mmu_invalidate_retry_gfn(mmu_seq, gfn), || {
+            format!("M1: stale install: gfn {gfn} installed while an invalidation covered it or the sequence moved")
+        });
         let mut sptes = self.sptes.lock();
         if let Some(existing) = sptes.get(&gfn.0) {
             kvm.machine().warnings.warn_on_once(existing.pfn != spte.pfn, || {
@@ -216,8 +241,12 @@ impl KvmMmu for TdpMmu {
         self.zap_leafs(range.start, range.end, private)
     }
 
-    fn flush_remote_tlbs(&self, _kvm: &Kvm) {
+    /// `kvm_flush_remote_tlbs` → `kvm_make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH)` (the
+    /// vendor flush, SVM's ASID flush or VMX's INVEPT, is the flush each vCPU does on entry).
+    fn flush_remote_tlbs(&self, kvm: &Kvm) {
         self.remote_tlb_flushes.fetch_add(1, Ordering::Relaxed);
+        let kick = self.weakening() != ProtocolWeakening::NoKickWait;
+        kvm.make_all_cpus_request(KVM_REQ_TLB_FLUSH, kick);
     }
 
     /// `kvm_arch_flush_shadow_memslot`: with `KVM_X86_QUIRK_SLOT_ZAP_ALL` (on by default, and

@@ -4,9 +4,10 @@
 //! `is_page_fault_stale`, `kvm_tdp_map_page`, `kvm_arch_vcpu_pre_fault_memory`;
 //! `arch/x86/kvm/mmu/tdp_mmu.c`: `kvm_tdp_mmu_page_fault`).
 //!
-//! A vCPU here is only what guest memory accesses need: its id and its fault counters. A guest
-//! access walks the VM's SPTEs ([`crate::tdp_mmu`]); a missing or read-only leaf is an EPT/NPT
-//! violation that runs the kernel's fault path: snapshot `mmu_invalidate_seq`, check the access
+//! A vCPU here is only what guest memory accesses need: its id, its fault counters, and its mode,
+//! requests and TLB ([`crate::tlb`]). A guest access runs in guest mode and goes TLB → SPTE walk
+//! ([`crate::tdp_mmu`], filling the TLB) → fault → exit; a missing or read-only leaf is an EPT/NPT
+//! violation that leaves guest mode and runs the kernel's fault path: snapshot `mmu_invalidate_seq`, check the access
 //! kind against the gfn's PRIVATE attribute (a mismatch is `KVM_EXIT_MEMORY_FAULT`), resolve the
 //! pfn (guest_memfd for private faults and for v6.18 `GMEM_ONLY` slots, the memslot's
 //! `userspace_addr` through the process's page tables otherwise), then under `mmu_lock` for read
@@ -22,6 +23,7 @@ use crate::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use crate::guest_memfd::kvm_gmem_get_pfn;
 use crate::memslot::{KVM_MEMSLOT_GMEM_ONLY, KVM_MEMSLOT_INVALID, KVM_MEM_READONLY};
 use crate::tdp_mmu::{MapResult, Spte, TdpMmu};
+use crate::tlb::{ProtocolWeakening, VcpuTlb};
 use crate::types::{Gfn, Gpa};
 use crate::vm::Kvm;
 use gmem_mm::folio::Folio;
@@ -49,6 +51,8 @@ pub struct KvmVcpu {
     vcpu_idx: u32,
     /// `vcpu->stat`, the page-fault counters.
     pub stat: VcpuStat,
+    /// `vcpu->mode`, `vcpu->requests` and the TLB.
+    pub(crate) tlb: VcpuTlb,
 }
 
 /// The page-fault counters of `vcpu->stat` (`pf_retry` is the model's own).
@@ -64,6 +68,12 @@ pub struct VcpuStat {
     pub pf_emulate: AtomicU64,
     /// Faults that returned `RET_PF_RETRY` (a racing invalidation, an INVALID memslot).
     pub pf_retry: AtomicU64,
+    /// Translations served by the TLB (the model's own).
+    pub tlb_hits: AtomicU64,
+    /// Translations that walked the SPTEs (TLB misses; the model's own).
+    pub spte_walks: AtomicU64,
+    /// `KVM_REQ_TLB_FLUSH` serviced on entry (`kvm_vcpu_flush_tlb_all`).
+    pub tlb_flushes: AtomicU64,
 }
 
 impl KvmVcpu {
@@ -163,7 +173,12 @@ impl Kvm {
             drop(lock);
             return Err(Errno::EEXIST);
         }
-        let vcpu = Arc::new(KvmVcpu { vcpu_id: id as u32, vcpu_idx: array.len() as u32, stat: VcpuStat::default() });
+        let vcpu = Arc::new(KvmVcpu {
+            vcpu_id: id as u32,
+            vcpu_idx: array.len() as u32,
+            stat: VcpuStat::default(),
+            tlb: VcpuTlb::new(),
+        });
         array.push(vcpu.clone());
         drop(array);
         match install(vcpu) {
@@ -298,10 +313,12 @@ fn kvm_tdp_mmu_page_fault(
         release(&faultin);
         return Ok(RetPf::Retry);
     }
-    tdp.run_fault_hook(kvm);
+    tdp.run_fault_hook(kvm, gfn, faultin.pfn);
     let mmu_lock = kvm.mmu_lock_read();
-    // is_page_fault_stale: an obsolete root, or an invalidation that covered gfn.
-    let result = if tdp.mmu_valid_gen() != mmu_gen || kvm.mmu_invalidate_retry_gfn(mmu_seq, gfn) {
+    // is_page_fault_stale: an obsolete root, or an invalidation that covered gfn (skipped only by
+    // the test-only weakening that shows the models catch a stale install).
+    let check_stale = tdp.weakening() != ProtocolWeakening::NoRetryCheck;
+    let result = if check_stale && (tdp.mmu_valid_gen() != mmu_gen || kvm.mmu_invalidate_retry_gfn(mmu_seq, gfn)) {
         RetPf::Retry
     } else {
         let spte = Spte {
@@ -311,7 +328,7 @@ fn kvm_tdp_mmu_page_fault(
             accessed: !prefetch,
             generation: mem.generation(faultin.pfn),
         };
-        match tdp.map(kvm, gfn, spte) {
+        match tdp.map(kvm, gfn, spte, mmu_seq) {
             MapResult::Fixed => RetPf::Fixed,
             MapResult::Spurious => RetPf::Spurious,
         }
@@ -322,8 +339,8 @@ fn kvm_tdp_mmu_page_fault(
     Ok(result)
 }
 
-/// A guest load (`write == false`) or store of `buf` at `gpa`, page by page: walk the SPTEs,
-/// fault on a miss, retry what the fault path asks to retry (bounded: a vCPU that cannot make
+/// A guest load (`write == false`) or store of `buf` at `gpa`, page by page: in guest mode,
+/// translate through the TLB or walk the SPTEs (filling the TLB), exit and fault on a miss, retry what the fault path asks to retry (bounded: a vCPU that cannot make
 /// progress is reported as a WARN and the access fails with EINTR, as a VMM's signal would end
 /// the spin).
 pub fn guest_access(
@@ -336,7 +353,6 @@ pub fn guest_access(
     private: Option<bool>,
 ) -> Result<(), RunError> {
     let tdp = kvm.tdp()?;
-    let mem = &kvm.machine().mem;
     let mut done = 0usize;
     while done < buf.len() {
         let at = gpa.checked_add(done as u64).ok_or(RunError::Errno(Errno::EFAULT))?;
@@ -346,20 +362,7 @@ pub fn guest_access(
         let piece = &mut buf[done..done + chunk];
         let mut attempts = 0;
         loop {
-            let hit = tdp.with_spte(gfn, write, |spte| {
-                if spte.generation != mem.generation(spte.pfn) {
-                    kvm.machine().warnings.report(
-                        WarnKind::UseAfterFree,
-                        format!("guest access to gfn {gfn} through a stale SPTE ({:?} was freed)", spte.pfn),
-                    );
-                }
-                if write {
-                    mem.write(spte.pfn, in_page, piece);
-                } else {
-                    mem.read(spte.pfn, in_page, piece);
-                }
-            });
-            if hit.is_some() {
+            if access_in_guest(kvm, vcpu, tdp, gfn, in_page, piece, write) {
                 break;
             }
             attempts += 1;
@@ -372,7 +375,10 @@ pub fn guest_access(
             }
             let is_private = private.unwrap_or_else(|| kvm.default_access_is_private(gfn));
             match kvm_mmu_page_fault(kvm, vcpu, mm, at, is_private, write, false)? {
-                RetPf::Fixed | RetPf::Spurious | RetPf::Retry => {}
+                RetPf::Fixed | RetPf::Spurious => {}
+                // The guest re-faults; the invalidator runs meanwhile (give it the CPU; under
+                // loom a spinning vCPU would otherwise be explored forever).
+                RetPf::Retry => gmem_sync::thread::backoff(attempts),
                 RetPf::Emulate => {
                     return Err(RunError::Exit(VcpuExit::Mmio {
                         phys_addr: at,
@@ -385,6 +391,51 @@ pub fn guest_access(
         done += chunk;
     }
     Ok(())
+}
+
+/// One translation and data access of `gfn` in guest mode (`vcpu_enter_guest` .. exit): the TLB,
+/// else a walk that fills it. Returns false on an EPT violation (the vCPU is back outside guest
+/// mode and must fault). An access through a translation whose frame was freed since is reported
+/// as a use-after-free: that is what the flush protocol exists to prevent.
+fn access_in_guest(
+    kvm: &Kvm,
+    vcpu: &KvmVcpu,
+    tdp: &TdpMmu,
+    gfn: Gfn,
+    in_page: usize,
+    piece: &mut [u8],
+    write: bool,
+) -> bool {
+    let mem = &kvm.machine().mem;
+    vcpu.enter_guest();
+    let entry = match vcpu.tlb.lookup(gfn, write) {
+        Some(entry) => {
+            KvmVcpu::count(&vcpu.stat.tlb_hits);
+            Some(entry)
+        }
+        None => {
+            KvmVcpu::count(&vcpu.stat.spte_walks);
+            tdp.walk(gfn, write).map(|spte| {
+                vcpu.tlb.fill(gfn, &spte);
+                crate::tlb::TlbEntry::from(&spte)
+            })
+        }
+    };
+    if let Some(entry) = entry {
+        if entry.generation != mem.generation(entry.pfn) {
+            kvm.machine().warnings.report(
+                WarnKind::UseAfterFree,
+                format!("guest access to gfn {gfn} through a stale translation ({:?} was freed)", entry.pfn),
+            );
+        }
+        if write {
+            mem.write(entry.pfn, in_page, piece);
+        } else {
+            mem.read(entry.pfn, in_page, piece);
+        }
+    }
+    vcpu.exit_guest();
+    entry.is_some()
 }
 
 /// `KVM_PRE_FAULT_MEMORY` (`kvm_vcpu_pre_fault_memory` with the x86 hook): map `[gpa, gpa+size)`

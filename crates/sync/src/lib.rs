@@ -117,6 +117,23 @@ pub mod thread {
         std::hint::spin_loop();
     }
 
+    /// One step of a retry loop that waits for another thread (a vCPU re-faulting while an
+    /// invalidation is in progress): a yield, and after `attempt` 64 a sleep of `attempt`
+    /// microseconds (at most 1 ms), so a thousand attempts cover about half a second of a
+    /// preempted invalidator on a busy two-core host; under loom exactly a yield.
+    pub fn backoff(attempt: u32) {
+        #[cfg(gmem_loom)]
+        let _ = attempt;
+        #[cfg(gmem_loom)]
+        loom::thread::yield_now();
+        #[cfg(not(gmem_loom))]
+        if attempt > 64 {
+            std::thread::sleep(std::time::Duration::from_micros(u64::from(attempt.min(1000))));
+        } else {
+            std::thread::yield_now();
+        }
+    }
+
     /// Waits until `done()` returns true. Why not a bare `spin_hint` loop: outside loom the
     /// waiter may wait for a thread that is itself waiting for this core (the test machines have
     /// two), so after a short spin it yields and then sleeps briefly, as the kernel's sleeping

@@ -33,15 +33,12 @@ use gmem_kvm::invariants::{self, Violation};
 use gmem_kvm::memslot::{UserspaceMemoryRegion2, KVM_MEM_GUEST_MEMFD};
 use gmem_kvm::profile::VmType;
 use gmem_kvm::tdp_mmu::TdpMmuStats;
-use gmem_kvm::vcpu::{kvm_mmu_page_fault, RetPf, RunError, VcpuExit, KVM_MEMORY_EXIT_FLAG_PRIVATE};
-use gmem_kvm::Gpa;
+use gmem_kvm::vcpu::{RunError, VcpuExit, KVM_MEMORY_EXIT_FLAG_PRIVATE};
 use gmem_mm::filemap::MfResult;
 use gmem_mm::types::{PAGE_SHIFT, PAGE_SIZE};
 use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MADV_DONTNEED};
 use gmem_mm::Errno;
 use gmem_sync::atomic::{AtomicU64, Ordering};
-use gmem_sync::thread;
-use gmem_sync::WarnKind;
 use gmem_sync::{LockClass, Mutex};
 use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes};
 
@@ -52,10 +49,6 @@ static VMM_LOCK: LockClass = LockClass::new("vmm->bql");
 pub const KVM_X86_DEFAULT_VM: u64 = 0;
 /// `KVM_X86_SW_PROTECTED_VM`.
 pub const KVM_X86_SW_PROTECTED_VM: u64 = 1;
-
-/// Re-faults of one access before the VMM gives up on a vCPU that cannot make progress (each
-/// one yields the CPU first).
-pub const GUEST_RETRY_LIMIT: u32 = 100_000;
 
 /// Where guest memory starts (above the first MiB, as a PC's RAM above the legacy hole).
 pub const GUEST_MEMORY_BASE: u64 = 1 << 20;
@@ -202,25 +195,9 @@ impl Vmm {
     }
 
     /// One guest access by a vCPU within one page (one `KVM_RUN` that executes a load or store),
-    /// without handling its exit: see [`Vmm::handle_exit`].
-    ///
-    /// This is `gmem_kvm::vcpu::guest_access` with a reschedule point between re-faults, as
-    /// `vcpu_run` has (`xfer_to_guest_mode_handle_work`): the model's own loop re-faults
-    /// without yielding and reports a WARN after `FAULT_RETRY_LIMIT` tries, which a real-thread
-    /// workload on an oversubscribed host hits whenever the thread running an invalidation is
-    /// preempted. Same walk, same fault path (`kvm_mmu_page_fault`), same counters.
+    /// without handling its exit: see [`Vmm::handle_exit`]. The access is the VM type's default
+    /// kind (private where the page's attribute says so on SW_PROTECTED).
     pub fn guest_access(
-        &self,
-        vcpu_fd: i32,
-        gpa: u64,
-        buf: &mut [u8],
-        write: bool,
-    ) -> std::result::Result<(), RunError> {
-        let result = self.guest_access_inner(vcpu_fd, gpa, buf, write);
-        self.host.process().syscall_exit(result)
-    }
-
-    fn guest_access_inner(
         &self,
         vcpu_fd: i32,
         gpa: u64,
@@ -231,46 +208,10 @@ impl Vmm {
         if in_page + buf.len() > PAGE_SIZE as usize {
             return Err(RunError::Errno(Errno::EINVAL));
         }
-        let (kvm, vcpu) = self.host.vcpu(vcpu_fd)?;
-        let tdp = kvm.mmu().as_tdp().ok_or(RunError::Errno(Errno::EOPNOTSUPP))?;
-        let mem = &kvm.machine().mem;
-        let gfn = Gpa(gpa).to_gfn();
-        for attempt in 0..=GUEST_RETRY_LIMIT {
-            let hit = tdp.with_spte(gfn, write, |spte| {
-                if spte.generation != mem.generation(spte.pfn) {
-                    kvm.machine().warnings.report(
-                        WarnKind::UseAfterFree,
-                        format!("guest access to gfn {gfn} through a stale SPTE ({:?} was freed)", spte.pfn),
-                    );
-                }
-                if write {
-                    mem.write(spte.pfn, in_page, buf);
-                } else {
-                    mem.read(spte.pfn, in_page, buf);
-                }
-            });
-            if hit.is_some() {
-                return Ok(());
-            }
-            if attempt > 0 {
-                thread::yield_now();
-            }
-            let is_private = kvm.default_access_is_private(gfn);
-            if kvm_mmu_page_fault(&kvm, &vcpu, &self.host.process().mm, gpa, is_private, write, false)?
-                == RetPf::Emulate
-            {
-                return Err(RunError::Exit(VcpuExit::Mmio {
-                    phys_addr: gpa,
-                    len: buf.len().min(8) as u64,
-                    is_write: write,
-                }));
-            }
-        }
-        kvm.machine().warnings.report(
-            WarnKind::Warn,
-            format!("vCPU {} fault at gpa {gpa:#x} made no progress in {GUEST_RETRY_LIMIT} tries", vcpu.vcpu_id()),
-        );
-        Err(RunError::Errno(Errno::EINTR))
+        let result = self.host.vcpu(vcpu_fd).map_err(RunError::from).and_then(|(kvm, vcpu)| {
+            gmem_kvm::vcpu::guest_access(&kvm, &vcpu, &self.host.process().mm, gpa, buf, write, None)
+        });
+        self.host.process().syscall_exit(result)
     }
 
     /// `kvm_cpu_exec`'s handling of an exit: `KVM_EXIT_MEMORY_FAULT` returned with EFAULT is a
