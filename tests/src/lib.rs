@@ -202,6 +202,19 @@ impl CheckedHost {
         self.host.vm(vm_fd).unwrap_or_else(|errno| panic!("fd {vm_fd} is not a VM: {errno}"))
     }
 
+    /// Whether the TDP MMU of VM `vm_fd` has an SPTE for `gfn`.
+    pub fn spte_present(&self, vm_fd: i32, gfn: u64) -> bool {
+        self.kvm(vm_fd).mmu().as_tdp().expect("the VM has the TDP MMU").lookup(gmem_kvm::Gfn(gfn)).is_some()
+    }
+
+    /// A vCPU's fault counters: `(pf_taken, pf_fixed, pf_retry)`.
+    pub fn vcpu_faults(&self, vcpu_fd: i32) -> (u64, u64, u64) {
+        use gmem_sync::atomic::Ordering::Relaxed;
+        let (_, vcpu) = self.host.vcpu(vcpu_fd).expect("a vCPU descriptor");
+        let stat = &vcpu.stat;
+        (stat.pf_taken.load(Relaxed), stat.pf_fixed.load(Relaxed), stat.pf_retry.load(Relaxed))
+    }
+
     /// The guest_memfd file behind a descriptor (panics if it is not one). Dropping the
     /// reference is an `fput` that is never the last one while the descriptor is open.
     pub fn gmem_file(&self, fd: i32) -> FileRef {

@@ -14,7 +14,6 @@ use gmem_kvm::vcpu::{RunError, VcpuExit, KVM_MEMORY_EXIT_FLAG_PRIVATE};
 use gmem_kvm::{Gfn, KernelProfile, Kvm};
 use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MAP_SHARED, PROT_READ, PROT_WRITE};
 use gmem_mm::Errno;
-use gmem_sync::atomic::Ordering;
 use gmem_sync::Arc;
 use gmem_tests::*;
 
@@ -47,17 +46,12 @@ impl Guest {
     }
 
     fn spte_present(&self, gfn: u64) -> bool {
-        self.kvm().mmu().as_tdp().expect("TDP MMU").lookup(Gfn(gfn)).is_some()
+        self.host.spte_present(self.vm, gfn)
     }
 
+    /// `(pf_taken, pf_fixed, pf_retry)`.
     fn faults(&self) -> (u64, u64, u64) {
-        let (_, vcpu) = self.host.unchecked().vcpu(self.vcpu).unwrap();
-        let stat = &vcpu.stat;
-        (
-            stat.pf_taken.load(Ordering::Relaxed),
-            stat.pf_fixed.load(Ordering::Relaxed),
-            stat.pf_retry.load(Ordering::Relaxed),
-        )
+        self.host.vcpu_faults(self.vcpu)
     }
 }
 

@@ -15,7 +15,6 @@ use gmem_kvm::vcpu::RunError;
 use gmem_kvm::{Gfn, KernelProfile, Kvm};
 use gmem_mm::vfs::{MADV_DONTNEED, MADV_REMOVE, MAP_SHARED, PROT_READ, PROT_WRITE};
 use gmem_mm::Errno;
-use gmem_sync::atomic::Ordering;
 use gmem_sync::Arc;
 use gmem_tests::*;
 
@@ -49,18 +48,12 @@ impl Guest {
     }
 
     fn spte_present(&self, gfn: u64) -> bool {
-        self.kvm().mmu().as_tdp().expect("TDP MMU").lookup(Gfn(gfn)).is_some()
+        self.host.spte_present(self.vm, gfn)
     }
 
     /// `(pf_taken, pf_fixed, pf_retry)`.
     fn faults(&self) -> (u64, u64, u64) {
-        let (_, vcpu) = self.host.unchecked().vcpu(self.vcpu).unwrap();
-        let stat = &vcpu.stat;
-        (
-            stat.pf_taken.load(Ordering::Relaxed),
-            stat.pf_fixed.load(Ordering::Relaxed),
-            stat.pf_retry.load(Ordering::Relaxed),
-        )
+        self.host.vcpu_faults(self.vcpu)
     }
 
     /// The invalidation is closed: nothing in progress, no notifier between start and end.
