@@ -391,10 +391,10 @@ impl Vmm {
         stats
     }
 
-    /// The vCPUs' page-fault counters, summed: `(pf_taken, pf_fixed, pf_spurious, pf_emulate,
-    /// pf_retry)`.
-    pub fn vcpu_stats(&self) -> [u64; 5] {
-        let mut sum = [0u64; 5];
+    /// The vCPUs' counters, summed: `(pf_taken, pf_fixed, pf_spurious, pf_emulate, pf_retry,
+    /// tlb_flushes)`.
+    pub fn vcpu_stats(&self) -> [u64; 6] {
+        let mut sum = [0u64; 6];
         for fd in self.vcpu_fds() {
             if let Ok((_, vcpu)) = self.host.vcpu(fd) {
                 let stat = &vcpu.stat;
@@ -404,6 +404,7 @@ impl Vmm {
                     &stat.pf_spurious,
                     &stat.pf_emulate,
                     &stat.pf_retry,
+                    &stat.tlb_flushes,
                 ]) {
                     *slot += counter.load(Ordering::Relaxed);
                 }

@@ -35,8 +35,8 @@
 //! A table (or, with `--json`, one JSON object) with the keys of [`Summary::fields`]:
 //! `seed`, `kernel`, `vm_type`, `memory`, `vcpus`, `mix`, `ops`, `guest_accesses`,
 //! `control_ops`, `seconds`, `ops_per_sec`, `faults`, `faults_fixed`, `faults_spurious`,
-//! `fault_retries`, `sptes_zapped`, `zap_all_fast`, `tlb_flushes`, `vcpu_tlb_flushes` (n/a: no
-//! vCPU TLBs yet), `exits_memory_fault`, `exits_mmio`, `exits_hwpoison`, `exits_unresolved`,
+//! `fault_retries`, `sptes_zapped`, `zap_all_fast`, `tlb_flushes` (remote flush requests),
+//! `vcpu_tlb_flushes` (flushes the vCPUs carried out), `exits_memory_fault`, `exits_mmio`, `exits_hwpoison`, `exits_unresolved`,
 //! `conversions_to_private`, `conversions_to_shared`, `punches`, `memslot_changes`,
 //! `memory_failures`, `gmem_closes`, `invariant_checks`, `invariant_violations`, `warnings`,
 //! `integrity_errors`, `vmm_errors`, `ok`.
@@ -873,7 +873,7 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         ("sptes_zapped", mmu_field(|s| s.zapped)),
         ("zap_all_fast", mmu_field(|s| s.zap_all_fast)),
         ("tlb_flushes", mmu_field(|s| s.remote_tlb_flushes)),
-        ("vcpu_tlb_flushes", "n/a".to_string()),
+        ("vcpu_tlb_flushes", vcpu[5].to_string()),
         ("exits_memory_fault", stat(&s.memory_fault_exits)),
         ("exits_mmio", stat(&shared.exits_mmio)),
         ("exits_hwpoison", stat(&shared.exits_hwpoison)),
