@@ -157,23 +157,14 @@ impl KvmBackend {
     /// Keeps `[start, start + len)`, just unmapped by the script, reserved with no access, so
     /// nothing of the runner is placed there while the script may still name it.
     fn reserve_unmapped(&mut self, start: u64, len: u64) {
-        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping: if anything was
-        // placed in the range since the munmap, the call fails and the range is left alone.
-        let addr = unsafe {
-            libc::mmap(
-                start as *mut libc::c_void,
-                len as usize,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if addr as u64 == start {
-            self.regions.add(start, len, RegionKind::Unmapped);
-        } else if addr != libc::MAP_FAILED {
+        let addr = sys::mmap_anonymous(Some(start), len, libc::PROT_NONE);
+        match addr {
+            Ok(addr) if addr == start => self.regions.add(start, len, RegionKind::Unmapped),
             // SAFETY: a kernel without MAP_FIXED_NOREPLACE placed it elsewhere: undo that.
-            unsafe { libc::munmap(addr, len as usize) };
+            Ok(elsewhere) => unsafe {
+                libc::munmap(elsewhere as *mut libc::c_void, len as usize);
+            },
+            Err(_) => {}
         }
     }
 
@@ -198,20 +189,10 @@ impl KvmBackend {
         if len <= IO_BUFFER_MAX {
             return Ok(IoBuffer::Heap(vec![0u8; len as usize]));
         }
-        // SAFETY: a fresh private anonymous reservation; no memory is committed until touched.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
+        let Ok(addr) = sys::mmap_anonymous(None, len, libc::PROT_READ | libc::PROT_WRITE) else {
             return skip(format!("cannot reserve a {len}-byte buffer on this host"));
-        }
+        };
+        let addr = addr as *mut libc::c_void;
         Ok(IoBuffer::Mapped { addr, len: len as usize })
     }
 }
@@ -480,22 +461,9 @@ impl Backend for KvmBackend {
     }
 
     fn map_anonymous(&mut self, len: u64) -> BResult<u64> {
-        // SAFETY: a NULL hint, private anonymous memory without a reservation.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(Failure::Errno(sys::last_errno()));
-        }
-        self.regions.add(addr as u64, len, RegionKind::Anonymous);
-        Ok(addr as u64)
+        let addr = errno(sys::mmap_anonymous(None, len, libc::PROT_READ | libc::PROT_WRITE))?;
+        self.regions.add(addr, len, RegionKind::Anonymous);
+        Ok(addr)
     }
 
     fn create_vcpu(&mut self, _vm: i32, _id: u64) -> BResult<i32> {

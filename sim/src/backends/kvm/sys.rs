@@ -64,3 +64,21 @@ pub fn ioctl_with_mut<T>(fd: i32, request: c_ulong, arg: &mut T) -> Result<i64, 
     // `request`, so the kernel's copy_from_user/copy_to_user stays inside it.
     check(i64::from(unsafe { libc::ioctl(fd, request, arg as *mut T) }))
 }
+
+/// A private anonymous mapping of `len` bytes with no swap reservation (`MAP_NORESERVE`), at the
+/// kernel's choice of address, or exactly at `at` (`MAP_FIXED_NOREPLACE`, which never replaces
+/// an existing mapping). Returns its address.
+pub fn mmap_anonymous(at: Option<u64>, len: u64, prot: i32) -> Result<u64, Errno> {
+    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    if at.is_some() {
+        flags |= libc::MAP_FIXED_NOREPLACE;
+    }
+    let hint = at.unwrap_or(0) as *mut libc::c_void;
+    // SAFETY: an anonymous mapping either where the kernel finds room or, with
+    // MAP_FIXED_NOREPLACE, only where nothing is mapped: no existing memory is replaced.
+    let addr = unsafe { libc::mmap(hint, len as usize, prot, flags, -1, 0) };
+    if addr == libc::MAP_FAILED {
+        return Err(last_errno());
+    }
+    Ok(addr as u64)
+}
