@@ -67,6 +67,26 @@ impl fmt::Debug for SimHost {
     }
 }
 
+/// `anon_inode_getfile`: a read-write file on the shared anonymous inode (mode 0600, no
+/// operations of its own), as KVM creates VM and vCPU files.
+fn anon_inode_getfile(
+    machine: &Arc<Machine>,
+    name: &'static str,
+    fops: &'static FileOperations,
+    private_data: Option<Arc<dyn std::any::Any + Send + Sync>>,
+) -> FileRef {
+    let inode = InodeInit {
+        mode: 0o600,
+        size: 0,
+        i_private: 0,
+        i_op: &EMPTY_IOPS,
+        a_ops: &EMPTY_AOPS,
+        a_private: None,
+        noexec: true,
+    };
+    alloc_file_pseudo(machine, name, fops, O_RDWR, inode, private_data)
+}
+
 impl SimHost {
     /// A new machine booted with `profile`, and a process on it.
     pub fn new(profile: KernelProfile) -> SimHost {
@@ -118,22 +138,7 @@ impl SimHost {
                 return Err(errno);
             }
         };
-        let file = alloc_file_pseudo(
-            self.machine(),
-            "kvm-vm",
-            &KVM_VM_FOPS,
-            O_RDWR,
-            InodeInit {
-                mode: 0o600,
-                size: 0,
-                i_private: 0,
-                i_op: &EMPTY_IOPS,
-                a_ops: &EMPTY_AOPS,
-                a_private: None,
-                noexec: true,
-            },
-            Some(Arc::new(VmFile { kvm })),
-        );
+        let file = anon_inode_getfile(self.machine(), "kvm-vm", &KVM_VM_FOPS, Some(Arc::new(VmFile { kvm })));
         files.fd_install(fd, file);
         Ok(fd)
     }
@@ -203,20 +208,10 @@ impl SimHost {
                         return Err(errno);
                     }
                 };
-                let file = alloc_file_pseudo(
+                let file = anon_inode_getfile(
                     self.machine(),
                     "kvm-vcpu",
                     &KVM_VCPU_FOPS,
-                    O_RDWR,
-                    InodeInit {
-                        mode: 0o600,
-                        size: 0,
-                        i_private: 0,
-                        i_op: &EMPTY_IOPS,
-                        a_ops: &EMPTY_AOPS,
-                        a_private: None,
-                        noexec: true,
-                    },
                     Some(Arc::new(VcpuFile { kvm: kvm.clone(), vcpu })),
                 );
                 files.fd_install(fd, file);
