@@ -310,6 +310,15 @@ impl Mm {
         Ok(())
     }
 
+    /// The order of the host mapping of `addr` (`host_pfn_mapping_level` in KVM's terms, which
+    /// walks the process page tables): 0 for a 4K PTE or nothing mapped, 9 for a PMD-mapped huge
+    /// page. KVM never maps a shared gfn larger than the host maps its HVA. The model maps no
+    /// huge pages yet, so this is 0.
+    pub fn host_mapping_order(&self, addr: u64) -> u8 {
+        let _ = addr;
+        0
+    }
+
     /// `get_user_pages` of one page for KVM (`hva_to_pfn`): the frame mapped at `addr`, faulted in
     /// for a write when `write` (KVM asks for a writable page for any fault on a writable memslot),
     /// with a reference the caller puts. EFAULT without a VMA, without the access right, or when the
