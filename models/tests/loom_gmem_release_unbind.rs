@@ -33,71 +33,32 @@
 //! 3,799 executions in ~1.1 s per three-thread test, whole file ~2.3 s; bound 3: 115 executions
 //! and 26,947 executions in ~8 s, whole file ~16 s; bound 4: ~139,000 executions in ~45 s per
 //! three-thread test. (The counts move as the underlying code changes.)
-//! Set `LOOM_LOG` (e.g. `loom::rt::execution=info,gmem_kvm=debug,gmem_mm=trace`) to print loom's
-//! thread switches and the kernel functions' spans; the end of the log is the failing schedule.
+//! The loom builder is `common::check` (shared with the TLB models): set `LOOM_LOG` (e.g.
+//! `loom::rt::execution=info,gmem_kvm=debug,gmem_mm=trace`) to print loom's thread switches and
+//! the kernel functions' spans; the end of the log is the failing schedule.
 //!
 //! Run: `RUSTFLAGS="--cfg gmem_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p gmem-models --release
 //! --target-dir target/loom --test loom_gmem_release_unbind`.
 #![cfg(gmem_loom)]
 
+mod common;
+
+use common::check;
 use gmem_kvm::guest_memfd::{kvm_gmem_get_pfn, KvmGmem};
 use gmem_kvm::invariants;
 use gmem_kvm::memslot::{KVM_MEMSLOT_INVALID, KVM_MEM_GUEST_MEMFD};
 use gmem_kvm::mmu::RecordingMmu;
 use gmem_kvm::{Gfn, KernelProfile, Kvm, KvmSystem, VmType};
 use gmem_mm::{Errno, Machine, MachineConfig, PAGE_SIZE};
-use gmem_sync::model::{explore, stop_exploring, Builder};
+use gmem_sync::model::{explore, stop_exploring};
 use gmem_sync::{task, thread, Arc, WarnKind};
 use gmem_uapi::{kvm_create_guest_memfd, kvm_userspace_memory_region2, SimHost};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 /// The memslot's id, guest physical address and host virtual address.
 const SLOT: u32 = 0;
 const GPA: u64 = 0x10_0000;
 const HVA: u64 = 0x7f00_0000_0000;
 const GFN: Gfn = Gfn(GPA / PAGE_SIZE);
-
-fn builder() -> Builder {
-    let mut builder = Builder::new();
-    let bound = std::env::var("LOOM_MAX_PREEMPTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    builder.preemption_bound = Some(bound);
-    // Every atomic access of the real code is a branch, the unexplored set-up included.
-    if std::env::var("LOOM_MAX_BRANCHES").is_err() {
-        builder.max_branches = 100_000;
-    }
-    // Set-up is not explored: exploration starts at `explore()`, just before the threads.
-    builder.expect_explicit_explore = true;
-    builder
-}
-
-/// Runs `f` under loom and prints how many executions it took. With `LOOM_LOG` set (an
-/// `EnvFilter`), logs loom's thread switches and the kernel functions' span entries.
-fn check(f: impl Fn() + Send + Sync + 'static) {
-    let builder = builder();
-    let _log = std::env::var("LOOM_LOG").ok().map(|filter| {
-        use tracing_subscriber::util::SubscriberInitExt;
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::ENTER)
-            .with_test_writer()
-            .without_time()
-            .with_ansi(false)
-            .finish()
-            .set_default()
-    });
-    // A plain std counter: bookkeeping outside the model, so not a loom object.
-    let executions = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    builder.check({
-        let executions = Arc::clone(&executions);
-        move || {
-            executions.fetch_add(1, Ordering::Relaxed);
-            f();
-        }
-    });
-    eprintln!("explored {} executions in {:?}", executions.load(Ordering::Relaxed), start.elapsed());
-}
 
 /// What the threads share.
 struct Setup {

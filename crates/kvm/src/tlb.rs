@@ -154,9 +154,32 @@ impl VcpuTlb {
         true
     }
 
-    /// `kvm_vcpu_exiting_guest_mode`: `cmpxchg(&vcpu->mode, IN_GUEST_MODE, EXITING_GUEST_MODE)`,
-    /// returning the mode seen.
+    /// `vcpu->mode = OUTSIDE_GUEST_MODE; smp_wmb()` (on exit, and on a cancelled entry), and with
+    /// it the point where the kick's IPI is acknowledged (`local_irq_enable()` after the exit runs
+    /// `ack_kick` and `csd_unlock`, a release). An exchange rather than a plain store: a requester
+    /// may have turned `IN_GUEST_MODE` into `EXITING_GUEST_MODE` meanwhile, and the exit's store
+    /// must come after that cmpxchg in the modification order of `vcpu->mode`, or the requester's
+    /// wait for "no longer `EXITING_GUEST_MODE`" would not end. In C11 (and on x86) a plain store
+    /// already does, since the cmpxchg's write immediately follows the `IN_GUEST_MODE` store it
+    /// read; loom's modification order is only partial and leaves a plain store unordered against
+    /// a concurrent read-modify-write it has not read (tokio-rs/loom#282, #389), so the requester
+    /// could keep reading its own `EXITING_GUEST_MODE` forever. The exchange reads the latest
+    /// value, so its store is ordered after the cmpxchg in loom too, as the kernel's `csd_unlock`
+    /// store is ordered after the requester's `csd_lock` it read through the IPI queue.
+    fn leave_guest_mode(&self) {
+        self.mode.swap(OUTSIDE_GUEST_MODE, Ordering::Release);
+    }
+
+    /// `kvm_vcpu_exiting_guest_mode`: `smp_mb__before_atomic()` then
+    /// `cmpxchg(&vcpu->mode, IN_GUEST_MODE, EXITING_GUEST_MODE)`, returning the mode seen. The
+    /// barrier keeps the request's `set_bit` before the read of `vcpu->mode`; it pairs with the
+    /// full barrier after the entry's store of `IN_GUEST_MODE` (the Dekker pair of the module
+    /// docs). It is an explicit `fence(SeqCst)` because the two `SeqCst` accesses alone do not
+    /// make that pair under loom, which treats `SeqCst` accesses as `AcqRel` and only
+    /// `SeqCst` fences as sequentially consistent: without it loom lets the vCPU's request check
+    /// miss a request set before the kick found it outside guest mode.
     fn exiting_guest_mode(&self) -> u8 {
+        fence(Ordering::SeqCst);
         match self.mode.compare_exchange(IN_GUEST_MODE, EXITING_GUEST_MODE, Ordering::SeqCst, Ordering::SeqCst) {
             Ok(old) | Err(old) => old,
         }
@@ -202,13 +225,14 @@ impl KvmVcpu {
                 return;
             }
             // The entry is cancelled: back to OUTSIDE_GUEST_MODE, service and retry.
-            tlb.mode.store(OUTSIDE_GUEST_MODE, Ordering::Release);
+            tlb.leave_guest_mode();
         }
     }
 
-    /// The exit half: `vcpu->mode = OUTSIDE_GUEST_MODE` then `smp_wmb()`.
+    /// The exit half: `vcpu->mode = OUTSIDE_GUEST_MODE` then `smp_wmb()`, then interrupts on (a
+    /// pending kick's IPI is acknowledged).
     pub(crate) fn exit_guest(&self) {
-        self.tlb.mode.store(OUTSIDE_GUEST_MODE, Ordering::Release);
+        self.tlb.leave_guest_mode();
     }
 
     /// `vcpu->mode`, requests and TLB.
@@ -248,9 +272,10 @@ impl Kvm {
         // the guest; waiting for it is waiting for the vCPU to leave the session it was kicked in.
         if req & KVM_REQUEST_WAIT != 0 {
             for vcpu in &kicked {
-                // A read-modify-write reads the latest mode: a plain load may keep returning an
-                // older value under loom's memory model, and the wait would never end.
-                gmem_sync::thread::wait_until(|| vcpu.tlb.mode.fetch_or(0, Ordering::SeqCst) != EXITING_GUEST_MODE);
+                // csd_lock_wait: smp_cond_load_acquire. The vCPU's exit is an exchange ordered
+                // after our cmpxchg (see `leave_guest_mode`), so a load that has seen our
+                // EXITING_GUEST_MODE eventually sees what came after it.
+                gmem_sync::thread::wait_until(|| vcpu.tlb.mode.load(Ordering::Acquire) != EXITING_GUEST_MODE);
             }
         }
         !kicked.is_empty()

@@ -1,4 +1,8 @@
-//! What the TLB models share: the loom builder, and a one-page private guest on the real code.
+//! What the loom models share: the loom builder ([`check`]), per-model coverage counters
+//! ([`Coverage`]), and for the TLB models a one-page private guest on the real code ([`guest`]).
+//!
+//! Each test binary includes this module and uses part of it.
+#![allow(dead_code)]
 
 use gmem_kvm::invariants;
 use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
@@ -10,6 +14,7 @@ use gmem_mm::{Machine, MachineConfig, PAGE_SIZE};
 use gmem_sync::model::Builder;
 use gmem_sync::Arc;
 use gmem_uapi::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2, SimHost};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -19,8 +24,15 @@ const HVA: u64 = 0x7f00_0000_0000;
 /// `KVM_MEMORY_ATTRIBUTE_PRIVATE`.
 const PRIVATE: u64 = 1 << 3;
 
-/// Runs `f` under loom (preemption bound `LOOM_MAX_PREEMPTIONS`, default 2; set-up unexplored)
-/// and prints how many executions it took and how long.
+/// Runs `f` under loom and prints how many executions it took and how long.
+///
+/// The preemption bound is `LOOM_MAX_PREEMPTIONS` (default 2). Every atomic access of the real
+/// code is a branch, the unexplored set-up included, hence the raised `max_branches` (unless
+/// `LOOM_MAX_BRANCHES` is set). The set-up is not explored: exploration starts at the model's
+/// `explore()`, just before it spawns its threads. With `LOOM_LOG` set (an `EnvFilter`, e.g.
+/// `loom::rt::execution=info,gmem_kvm=debug,gmem_mm=trace`, or `trace` with `LOOM_LOCATION=1`),
+/// loom's thread switches and the kernel functions' span entries are logged; the end of the log is
+/// the failing schedule.
 pub fn check(f: impl Fn() + Send + Sync + 'static) {
     let mut builder = Builder::new();
     let bound = std::env::var("LOOM_MAX_PREEMPTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
@@ -29,16 +41,59 @@ pub fn check(f: impl Fn() + Send + Sync + 'static) {
         builder.max_branches = 100_000;
     }
     builder.expect_explicit_explore = true;
+    let _log = std::env::var("LOOM_LOG").ok().map(|filter| {
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::ENTER)
+            .with_test_writer()
+            .without_time()
+            .with_ansi(false)
+            .finish()
+            .set_default()
+    });
     let executions = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    builder.check({
-        let executions = Arc::clone(&executions);
-        move || {
-            executions.fetch_add(1, Ordering::Relaxed);
-            f();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        builder.check({
+            let executions = Arc::clone(&executions);
+            move || {
+                executions.fetch_add(1, Ordering::Relaxed);
+                f();
+            }
+        })
+    }));
+    let (executions, elapsed) = (executions.load(Ordering::Relaxed), start.elapsed());
+    match result {
+        Ok(()) => eprintln!("explored {executions} executions in {elapsed:?}"),
+        Err(panic) => {
+            eprintln!("failed in execution {executions} after {elapsed:?}");
+            std::panic::resume_unwind(panic);
         }
-    });
-    eprintln!("explored {} executions in {:?}", executions.load(Ordering::Relaxed), start.elapsed());
+    }
+}
+
+/// How many executions of a model reached each named outcome: bookkeeping outside the model
+/// (plain std types, not loom objects), so that a model can show loom reached the interleavings
+/// it is about and not only the easy ones.
+#[derive(Debug, Default)]
+pub struct Coverage {
+    counts: std::sync::Mutex<BTreeMap<&'static str, usize>>,
+}
+
+impl Coverage {
+    /// Records whether this execution reached `outcome`.
+    pub fn record(&self, outcome: &'static str, reached: bool) {
+        *self.counts.lock().unwrap().entry(outcome).or_default() += usize::from(reached);
+    }
+
+    /// Prints the counts and asserts that every outcome was reached in some execution.
+    pub fn assert_all_reached(&self) {
+        let counts = self.counts.lock().unwrap();
+        eprintln!("executions per outcome: {counts:#?}");
+        let missed: Vec<&str> = counts.iter().filter(|(_, &n)| n == 0).map(|(&outcome, _)| outcome).collect();
+        assert!(!counts.is_empty() && missed.is_empty(), "no execution reached: {missed:?}");
+    }
 }
 
 /// A SW_PROTECTED VM on v6.18 with the TDP MMU, a 1-page guest_memfd bound at [`GPA`], the gfn
