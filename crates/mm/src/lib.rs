@@ -28,11 +28,15 @@
 //! task work; the VFS checks that run before a file's own operations; MMU notifiers on an address
 //! space (munmap, MADV_DONTNEED and MADV_REMOVE tell secondary MMUs before pages are freed).
 //!
+//! The reverse map of file mappings (`i_mmap`) is modelled: truncation, hole punching and memory
+//! failure unmap a mapped folio from every VMA mapping it, with an MMU notifier invalidation on
+//! each VMA's address space, before the folio leaves the page cache.
+//!
 //! Not modelled: swap, reclaim and writeback (guest_memfd memory is unevictable), LRU lists,
-//! `mapcount`, the reverse map of file mappings (`i_mmap`: a truncation does not notify the
-//! address spaces mapping the file), the dentry cache, permissions beyond the mode bits, user page tables (every host
-//! access through a mapping goes through the fault handler; this is observably the same for
-//! guest_memfd because it never maps pages writably-shared with state of its own).
+//! `_mapcount` (`folio_mapped` asks the reverse map instead), the dentry cache, permissions beyond
+//! the mode bits, user page tables beyond the presence of file PTEs (every host access through a
+//! mapping goes through the fault handler; this is observably the same for guest_memfd because it
+//! never maps pages writably-shared with state of its own).
 #![deny(missing_docs)]
 
 pub mod errno;

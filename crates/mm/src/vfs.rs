@@ -479,13 +479,10 @@ impl Process {
         }
         let offset = ((start - vma.start) + (vma.pgoff << PAGE_SHIFT)) as i64;
         let mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-        // The punch's unmap_mapping_range zaps this mapping's PTEs of the range under an
-        // MMU_NOTIFY_CLEAR invalidation (the model has no i_mmap, so only the caller's mapping
-        // is notified, around the whole punch).
-        let range = self.mm.notify_start(start, end, crate::mmu_notifier::MmuNotifyEvent::Clear);
-        let result = self.vfs_fallocate(file, mode, offset, (end - start) as i64);
-        self.mm.notify_end(&range);
-        result
+        // No zap here: the punch (truncate_inode_pages_range → truncate_cleanup_folio) unmaps
+        // each mapped folio from every VMA of the file's i_mmap, this one included, under an
+        // MMU_NOTIFY_CLEAR invalidation of each mapping address space.
+        self.vfs_fallocate(file, mode, offset, (end - start) as i64)
     }
 
     /// `MADV_HWPOISON`: memory failure on each file page of the range (`memory_failure`).

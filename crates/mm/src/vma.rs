@@ -4,7 +4,16 @@
 //! The model keeps no user page tables: every host load or store through a mapping goes through
 //! the VMA's fault handler (or, for anonymous memory, the VMA's own pages). For guest_memfd this
 //! is observably the same as the kernel, because its fault handler is the only place that
-//! decides what a user access sees, and truncation would zap any PTE anyway.
+//! decides what a user access sees, and truncation zaps any PTE anyway.
+//!
+//! What the model does keep of a file mapping's page tables is whether a PTE is *present*, and
+//! for which frame ([`Vma::file_pte`]): a user access or GUP that faults a file page in sets it
+//! (`finish_fault`), a zap (`unmap_mapping_range`, `MADV_DONTNEED`, munmap, exit) clears it. That
+//! is what `folio_mapped()` decides on, and so whether truncation and memory failure walk the
+//! file's reverse map (`mapping->i_mmap`, [`crate::filemap::AddressSpace`]) and notify the
+//! address spaces that map the page. A present PTE holds no folio reference in the model (the
+//! kernel's does): the page cache's own reference outlives every present PTE, because removal
+//! from the page cache zaps them first.
 
 use crate::errno::{Errno, KResult};
 use crate::file::FileRef;
@@ -14,6 +23,7 @@ use crate::mmu_notifier::{
     MmuNotifierHandle, MmuNotifierOps, MmuNotifierRange, MmuNotifierSubscriptions, MmuNotifyEvent,
 };
 use crate::types::{Pfn, PgOff, PAGE_SHIFT, PAGE_SIZE};
+use gmem_sync::atomic::{AtomicBool, Ordering};
 use gmem_sync::{Arc, LockClass, Mutex, RwSem};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -42,6 +52,8 @@ pub const MMAP_BASE: u64 = 0x7fff_0000_0000;
 
 static MMAP_LOCK: LockClass = LockClass::new("mm->mmap_lock");
 static ANON_LOCK: LockClass = LockClass::new("anon_vma->lock");
+/// The page-table lock of a VMA's file PTEs (`pte_lockptr`; one per VMA in the model).
+static PTL: LockClass = LockClass::new("mm->page_table_lock");
 
 /// `access_ok(addr, size)` on x86-64.
 pub fn access_ok(addr: u64, size: u64) -> bool {
@@ -115,6 +127,13 @@ pub struct Vma {
     pub vm_ops: Option<&'static VmOperations>,
     /// Anonymous memory: pages by page index within the VMA, allocated on first write.
     anon: Mutex<BTreeMap<u64, Pfn>>,
+    /// File mappings: the present PTEs, frame by page index within the VMA.
+    file_ptes: Mutex<BTreeMap<u64, Pfn>>,
+    /// `vm_mm`, as far as the reverse map needs it: the owning address space's MMU notifiers
+    /// (set when the VMA is linked into an [`Mm`]).
+    vm_mm: Option<Arc<MmuNotifierSubscriptions>>,
+    /// Whether the VMA is still linked in its file's `i_mmap` (for the WARN at unlink).
+    linked: AtomicBool,
 }
 
 impl fmt::Debug for Vma {
@@ -132,7 +151,99 @@ impl fmt::Debug for Vma {
 impl Vma {
     /// A VMA before `f_op->mmap` has run (the mmap hook may change `vm_ops` and flags).
     pub fn new(start: u64, end: u64, pgoff: u64, vm_flags: u64, file: Option<FileRef>) -> Vma {
-        Vma { start, end, pgoff, vm_flags, file, vm_ops: None, anon: Mutex::new(&ANON_LOCK, BTreeMap::new()) }
+        Vma {
+            start,
+            end,
+            pgoff,
+            vm_flags,
+            file,
+            vm_ops: None,
+            anon: Mutex::new(&ANON_LOCK, BTreeMap::new()),
+            file_ptes: Mutex::new(&PTL, BTreeMap::new()),
+            vm_mm: None,
+            linked: AtomicBool::new(false),
+        }
+    }
+
+    /// `vma_pages`.
+    pub fn pages(&self) -> u64 {
+        (self.end - self.start) >> PAGE_SHIFT
+    }
+
+    /// `vma_last_pgoff`: the file index mapped at the VMA's last page.
+    pub fn last_pgoff(&self) -> u64 {
+        self.pgoff + self.pages() - 1
+    }
+
+    /// The frame of the present file PTE at `addr`, if any.
+    pub fn file_pte(&self, addr: u64) -> Option<Pfn> {
+        if addr < self.start || addr >= self.end {
+            return None;
+        }
+        self.file_ptes.lock().get(&((addr - self.start) >> PAGE_SHIFT)).copied()
+    }
+
+    /// How many file PTEs are present.
+    pub fn file_ptes_present(&self) -> usize {
+        self.file_ptes.lock().len()
+    }
+
+    /// `set_pte_range` of `finish_fault` (and GUP's fault-in): the PTE at `page` maps `pfn`.
+    /// Called with the folio locked, as the kernel installs it, so that truncation (which locks
+    /// the folio, then asks `folio_mapped`) either sees the PTE or made the fault retry.
+    fn set_file_pte(&self, page: u64, pfn: Pfn) {
+        self.file_ptes.lock().insert(page, pfn);
+    }
+
+    /// Whether a present file PTE of the file pages `[first, last]` maps a frame of
+    /// `[pfn, pfn + nr)` (the model's `folio_mapped`, one VMA at a time).
+    pub(crate) fn maps_frames(&self, first: u64, last: u64, pfn: Pfn, nr: u64) -> bool {
+        let Some((from, to)) = self.page_span(first, last) else { return false };
+        self.file_ptes.lock().range(from..=to).any(|(_, p)| p.0 >= pfn.0 && p.0 < pfn.0 + nr)
+    }
+
+    /// The pages within the VMA that map file indices `[first, last]`, clamped.
+    fn page_span(&self, first: u64, last: u64) -> Option<(u64, u64)> {
+        let first = first.max(self.pgoff);
+        let last = last.min(self.last_pgoff());
+        (first <= last).then(|| (first - self.pgoff, last - self.pgoff))
+    }
+
+    /// `zap_page_range_single` over the file indices `[first, last]` of this VMA, bracketed by an
+    /// `MMU_NOTIFY_CLEAR` invalidation of the VMA's address range on its mm (the notifier fires
+    /// whether or not a PTE of the range is present, as the kernel's does). With `single_folio`
+    /// (`details->single_folio`, as `unmap_mapping_folio` passes it) only PTEs of that folio's
+    /// frames go. The caller holds `i_mmap_rwsem` for read.
+    pub(crate) fn zap_file_range(&self, first: u64, last: u64, single_folio: Option<(Pfn, u64)>) {
+        let Some((from, to)) = self.page_span(first, last) else { return };
+        let start = self.start + (from << PAGE_SHIFT);
+        let end = self.start + ((to + 1) << PAGE_SHIFT);
+        let range = MmuNotifierRange { start, end, event: MmuNotifyEvent::Clear };
+        if let Some(notifiers) = &self.vm_mm {
+            notifiers.invalidate_range_start(&range);
+        }
+        self.clear_file_ptes(from, to + 1, single_folio);
+        if let Some(notifiers) = &self.vm_mm {
+            notifiers.invalidate_range_end(&range);
+        }
+    }
+
+    /// Clears the present file PTEs of pages `[from, to)` (of `single_folio` only, if given).
+    fn clear_file_ptes(&self, from: u64, to: u64, single_folio: Option<(Pfn, u64)>) {
+        let mut ptes = self.file_ptes.lock();
+        ptes.retain(|&page, pfn| {
+            let in_range = page >= from && page < to;
+            let of_folio = single_folio.is_none_or(|(head, nr)| pfn.0 >= head.0 && pfn.0 < head.0 + nr);
+            !(in_range && of_folio)
+        });
+    }
+
+    /// `try_to_unmap_one` for memory failure (`TTU_HWPOISON`): an `MMU_NOTIFY_CLEAR`
+    /// invalidation of the folio's span in this VMA, the PTEs of the folio cleared (the kernel
+    /// leaves a hwpoison entry; the model re-faults through the handler, which reports the
+    /// poison). The caller holds `i_mmap_rwsem` for read.
+    pub(crate) fn try_to_unmap_folio(&self, first: u64, last: u64, pfn: Pfn, nr: u64) {
+        self.zap_file_range(first, last, Some((pfn, nr)));
     }
 
     fn release_anon(&self, machine: &Machine, first_page: u64, end_page: u64) {
@@ -205,13 +316,34 @@ impl Mm {
         ceiling.checked_sub(len).filter(|&addr| addr >= PAGE_SIZE << 8).ok_or(Errno::ENOMEM)
     }
 
-    /// Inserts a VMA (`vma_link`): the range must be free.
-    pub fn insert(&self, vma: Vma) -> Arc<Vma> {
+    /// Inserts a VMA (`vma_link`): the range must be free. A file VMA is linked into its file's
+    /// `i_mmap` (`vma_link_file`, `i_mmap_rwsem` for write inside `mmap_lock`).
+    pub fn insert(&self, mut vma: Vma) -> Arc<Vma> {
+        vma.vm_mm = Some(self.notifiers.clone());
         let vma = Arc::new(vma);
         let mut vmas = self.vmas.write();
         assert!(vmas.range(..vma.end).next_back().is_none_or(|(_, other)| other.end <= vma.start), "overlapping VMA");
         vmas.insert(vma.start, vma.clone());
+        Self::link_file(&vma);
+        drop(vmas);
         vma
+    }
+
+    /// `vma_link_file`.
+    fn link_file(vma: &Arc<Vma>) {
+        if let Some(file) = &vma.file {
+            file.inode().mapping().i_mmap_insert(vma);
+            vma.linked.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// `unlink_file_vma`: the VMA leaves its file's `i_mmap` (munmap, split, exit).
+    fn unlink_file(vma: &Vma) {
+        if let Some(file) = &vma.file {
+            if vma.linked.swap(false, Ordering::Relaxed) {
+                file.inode().mapping().i_mmap_remove(vma);
+            }
+        }
     }
 
     /// `find_vma` + containment: the VMA containing `addr`.
@@ -243,18 +375,30 @@ impl Mm {
                 vmas.range(..end).filter(|(_, vma)| vma.end > addr).map(|(&start, _)| start).collect();
             for start in overlapping {
                 let vma = vmas.remove(&start).expect("listed above");
+                // __split_vma: the parts that stay are linked into i_mmap as VMAs of their own.
                 if vma.start < addr {
-                    vmas.insert(vma.start, Arc::new(self.split(&vma, vma.start, addr)));
+                    let part = Arc::new(self.split(&vma, vma.start, addr));
+                    Self::link_file(&part);
+                    vmas.insert(vma.start, part);
                 }
                 if vma.end > end {
-                    vmas.insert(end, Arc::new(self.split(&vma, end, vma.end)));
+                    let part = Arc::new(self.split(&vma, end, vma.end));
+                    Self::link_file(&part);
+                    vmas.insert(end, part);
                 }
                 removed.push((vma, addr.max(start), end));
             }
             // unmap_vmas: one invalidation over the whole range, with mmap_lock held; the
             // secondary MMUs drop their mappings before the pages are freed (tlb_finish_mmu).
             let range = self.notify_start(addr, end, MmuNotifyEvent::Unmap);
+            for (vma, _, _) in &removed {
+                vma.clear_file_ptes(0, u64::MAX, None);
+            }
             self.notify_end(&range);
+            // free_pgtables → unlink_file_vma: the VMAs leave i_mmap after their PTEs are gone.
+            for (vma, _, _) in &removed {
+                Self::unlink_file(vma);
+            }
         }
         for (vma, from, to) in removed {
             let base = vma.start;
@@ -268,8 +412,17 @@ impl Mm {
         let mut part =
             Vma::new(start, end, vma.pgoff + ((start - vma.start) >> PAGE_SHIFT), vma.vm_flags, vma.file.clone());
         part.vm_ops = vma.vm_ops;
+        part.vm_mm = vma.vm_mm.clone();
         let shift = (start - vma.start) >> PAGE_SHIFT;
         let pages = (end - start) >> PAGE_SHIFT;
+        let mut ptes = vma.file_ptes.lock();
+        let moved: Vec<(u64, Pfn)> = ptes.range(shift..shift + pages).map(|(&page, &pfn)| (page, pfn)).collect();
+        let target = part.file_ptes.get_mut();
+        for (page, pfn) in moved {
+            ptes.remove(&page);
+            target.insert(page - shift, pfn);
+        }
+        drop(ptes);
         let mut anon = vma.anon.lock();
         let moved: Vec<(u64, Pfn)> = anon.range(shift..shift + pages).map(|(&page, &pfn)| (page, pfn)).collect();
         // The new part is not shared yet: no need (and no lockdep nesting) to lock it.
@@ -287,6 +440,8 @@ impl Mm {
         self.notifiers.release_all();
         let all: Vec<Arc<Vma>> = std::mem::take(&mut *self.vmas.write()).into_values().collect();
         for vma in all {
+            vma.clear_file_ptes(0, u64::MAX, None);
+            Self::unlink_file(&vma);
             vma.release_anon(&self.machine, 0, u64::MAX);
         }
     }
@@ -354,9 +509,12 @@ impl Mm {
                     return Err(Errno::EHWPOISON);
                 }
                 Ok(folio) => {
+                    // GUP faulted the page in: the PTE is present (set under the folio lock).
+                    let pfn = folio.pfn().offset(fault.pgoff.0 - folio.index().0);
+                    vma.set_file_pte(page_in_vma, pfn);
                     // The fault's reference becomes the caller's.
                     folio.unlock();
-                    return Ok(folio.pfn().offset(fault.pgoff.0 - folio.index().0));
+                    return Ok(pfn);
                 }
                 Err(VmFaultError::Retry) => continue,
                 Err(_) => return Err(Errno::EFAULT),
@@ -395,6 +553,8 @@ impl Mm {
                     return Err(AccessSignal::Sigbus);
                 }
                 Ok(folio) => {
+                    // finish_fault: the PTE is present from now until a zap.
+                    vma.set_file_pte(page_in_vma, folio.pfn().offset(fault.pgoff.0 - folio.index().0));
                     let offset = (fault.pgoff.0 - folio.index().0) * PAGE_SIZE + in_page;
                     if write {
                         folio.write(offset, buf);
@@ -440,13 +600,16 @@ impl Mm {
 
     /// `MADV_DONTNEED` (`zap_page_range_single` with an `MMU_NOTIFY_CLEAR` invalidation, under
     /// `mmap_lock` for read): on anonymous memory it drops the pages; on file mappings it only
-    /// zaps PTEs, which the model does not keep, so the data stays in the page cache. Either way
-    /// the secondary MMUs (KVM) drop their mappings of the range.
+    /// zaps the PTEs, so the data stays in the page cache. Either way the secondary MMUs (KVM)
+    /// drop their mappings of the range.
     pub(crate) fn dontneed(&self, vma: &Vma, start: u64, end: u64) {
         let _mmap_lock = self.vmas.read();
         let range = self.notify_start(start, end, MmuNotifyEvent::Clear);
+        let (from, to) = ((start - vma.start) >> PAGE_SHIFT, (end - vma.start) >> PAGE_SHIFT);
         if vma.file.is_none() {
-            vma.release_anon(&self.machine, (start - vma.start) >> PAGE_SHIFT, (end - vma.start) >> PAGE_SHIFT);
+            vma.release_anon(&self.machine, from, to);
+        } else {
+            vma.clear_file_ptes(from, to, None);
         }
         self.notify_end(&range);
     }
