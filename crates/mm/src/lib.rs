@@ -15,13 +15,15 @@
 //! | [`file`] | `struct file`, `file_operations`, `file_ref`, `fget`/`fput`/`get_file_active` (`fs/file.c`, `fs/file_table.c`) |
 //! | [`fdtable`] | the per-process descriptor table (lowest free descriptor first) |
 //! | [`mmu_notifier`] | `mm/mmu_notifier.c`: secondary MMUs (KVM) told of every user-mapping invalidation |
+//! | [`huge_memory`] | `mm/huge_memory.c`: anonymous transparent huge pages (PMD mappings, split) |
 //! | [`vma`] | VMAs, `vm_operations_struct` and the user fault path (`mm/memory.c`) |
 //! | [`vfs`] | the generic system-call checks in kernel order (`fs/open.c`, `fs/read_write.c`, `mm/mmap.c`, `fs/stat.c`) |
 //! | [`slab`] | `SLAB_TYPESAFE_BY_RCU` objects: storage that is reused but never unmapped, so stale handles are detectable |
 //!
 //! # What is modelled, and what is not
 //!
-//! Modelled: order-0 (and, in the data structures, higher-order) folios with refcount, lock,
+//! Modelled: order-0 folios, and order-9 anonymous transparent huge pages (PMD mappings, split
+//! on partial unmap; [`huge_memory`]), with refcount, lock,
 //! uptodate and hwpoison; page contents, so data integrity can be checked; a frame generation that
 //! changes whenever a frame is freed, so a stale pfn is detectable exactly; lock-free page-cache
 //! lookups with the kernel's `folio_try_get` + recheck protocol; deferred file release through
@@ -44,6 +46,7 @@ pub mod fdtable;
 pub mod file;
 pub mod filemap;
 pub mod folio;
+pub mod huge_memory;
 pub mod inode;
 pub mod machine;
 pub mod mmu_notifier;
