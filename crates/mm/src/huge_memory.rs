@@ -26,7 +26,7 @@
 //!   after the zap. A folio pinned at that moment stays whole (the model does not retry).
 //!
 //! Page tables are the address space's, not a VMA's: the PMD level lives in
-//! [`Mm`]'s `pmds` (2M-aligned address → [`Pmd`]); PTE-mapped anonymous pages stay in each VMA.
+//! [`Mm`]'s `pmds` (2M-aligned address → PMD entry); PTE-mapped anonymous pages stay in each VMA.
 
 use crate::errno::KResult;
 use crate::folio::Folio;
