@@ -5,6 +5,15 @@
 //! rechecks that the entry still points at the same folio, retrying otherwise. Insertion and
 //! removal happen with the folio locked.
 //!
+//! The reverse map of file mappings is `i_mmap` (`mapping->i_mmap`, an interval tree of the VMAs
+//! mapping the file, under `i_mmap_rwsem`): VMAs are linked at mmap and unlinked at munmap,
+//! split and exit. Truncation (`truncate_cleanup_folio`) and memory failure
+//! (`hwpoison_user_mappings`) walk it for a folio that is mapped (`folio_mapped`) and zap each
+//! mapping VMA's PTEs of the folio inside an `MMU_NOTIFY_CLEAR` invalidation of that VMA's
+//! address space, so secondary MMUs (KVM's shared SPTEs installed through the HVA) drop the page
+//! before it is freed. Lock order: `invalidate_lock` → folio lock → `i_mmap_rwsem` → the page
+//! table lock; `mmap_lock` → `i_mmap_rwsem` (link and unlink).
+//!
 //! The invalidate lock (`mapping->invalidate_lock`, a rw_semaphore) is modelled as an
 //! [`RwSem`] that *contains* `i_private_list`: guest_memfd keeps its `struct kvm_gmem` instances
 //! on that list and only walks or changes it under the invalidate lock, so the model makes the
@@ -14,15 +23,18 @@ use crate::errno::{Errno, KResult};
 use crate::folio::Folio;
 use crate::machine::Machine;
 use crate::types::{PgOff, PAGE_SHIFT, PAGE_SIZE};
+use crate::vma::Vma;
 use crate::xarray::XArray;
-use gmem_sync::atomic::{AtomicU64, Ordering};
+use gmem_sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use gmem_sync::thread::spin_hint;
-use gmem_sync::{Arc, LockClass, RwLockReadGuard, RwLockWriteGuard, RwSem};
+use gmem_sync::{Arc, LockClass, RwLockReadGuard, RwLockWriteGuard, RwSem, Weak};
 use std::any::Any;
 use std::fmt;
 
 /// The lock class of every mapping's invalidate lock (`mapping.invalidate_lock` in lockdep).
 pub static INVALIDATE_LOCK: LockClass = LockClass::new("mapping.invalidate_lock");
+/// The lock class of every mapping's `i_mmap_rwsem` (the reverse map of its file mappings).
+pub static I_MMAP_RWSEM: LockClass = LockClass::new("mapping.i_mmap_rwsem");
 
 /// `AS_UNEVICTABLE`.
 pub const AS_UNEVICTABLE: u64 = 1 << 0;
@@ -79,6 +91,13 @@ pub struct AddressSpace {
     a_private: Option<Arc<dyn Any + Send + Sync>>,
     flags: AtomicU64,
     nrpages: AtomicU64,
+    /// `i_mmap` under `i_mmap_rwsem`: the VMAs mapping this file, ordered by `vm_pgoff` (the
+    /// interval tree's order). Weak: a VMA is unlinked before it is freed, and the link must not
+    /// keep it (and through its file, this mapping) alive.
+    i_mmap: RwSem<Vec<Weak<Vma>>>,
+    /// Test-only: truncation skips `unmap_mapping_folio`, so a negative control can show that
+    /// INV-NO-STALE-PFN catches the missing reverse-map walk.
+    skip_truncate_unmap_for_test: AtomicBool,
 }
 
 impl fmt::Debug for AddressSpace {
@@ -108,6 +127,134 @@ impl AddressSpace {
             a_private,
             flags: AtomicU64::new(0),
             nrpages: AtomicU64::new(0),
+            i_mmap: RwSem::new(&I_MMAP_RWSEM, Vec::new()),
+            skip_truncate_unmap_for_test: AtomicBool::new(false),
+        }
+    }
+
+    /// Test-only negative control: truncation stops calling `unmap_mapping_folio` for mapped
+    /// folios (the bug the reverse map fixes), so that a test can show the stale SPTE it leaves.
+    pub fn skip_truncate_unmap_for_test(&self) {
+        self.skip_truncate_unmap_for_test.store(true, Ordering::Relaxed);
+    }
+
+    /// `vma_interval_tree_insert` under `i_mmap_lock_write`.
+    pub(crate) fn i_mmap_insert(&self, vma: &Arc<Vma>) {
+        let mut tree = self.i_mmap.write();
+        let at = tree
+            .iter()
+            .position(|other| other.upgrade().is_some_and(|other| (other.pgoff, other.start) > (vma.pgoff, vma.start)))
+            .unwrap_or(tree.len());
+        tree.insert(at, Arc::downgrade(vma));
+    }
+
+    /// `vma_interval_tree_remove` under `i_mmap_lock_write`.
+    pub(crate) fn i_mmap_remove(&self, vma: &Vma) {
+        let mut tree = self.i_mmap.write();
+        let before = tree.len();
+        tree.retain(|other| !std::ptr::eq(other.as_ptr(), vma));
+        self.machine.warnings.warn_on_once(tree.len() + 1 != before, || "i_mmap: unlinking a VMA not linked".into());
+    }
+
+    /// `mapping_mapped`: whether any VMA maps the file.
+    pub fn mapping_mapped(&self) -> bool {
+        !self.i_mmap.read().is_empty()
+    }
+
+    /// How many VMAs map the file.
+    pub fn i_mmap_len(&self) -> usize {
+        self.i_mmap.read().len()
+    }
+
+    /// The VMAs of `i_mmap` that overlap the file indices `[first, last]`
+    /// (`vma_interval_tree_foreach`), in tree order. The caller holds `i_mmap_rwsem`.
+    fn vmas_overlapping(tree: &[Weak<Vma>], first: u64, last: u64) -> Vec<Arc<Vma>> {
+        tree.iter().filter_map(Weak::upgrade).filter(|vma| vma.pgoff <= last && vma.last_pgoff() >= first).collect()
+    }
+
+    /// `folio_mapped`: whether a present PTE of any VMA maps a page of the folio. The model keeps
+    /// no `_mapcount`; it asks the reverse map, which is equivalent (every present file PTE is in
+    /// a VMA linked in `i_mmap`).
+    pub fn folio_mapped(&self, folio: Folio<'_>) -> bool {
+        let first = folio.index().0;
+        let last = first + folio.nr_pages() - 1;
+        let tree = self.i_mmap.read();
+        Self::vmas_overlapping(&tree, first, last)
+            .iter()
+            .any(|vma| vma.maps_frames(first, last, folio.pfn(), folio.nr_pages()))
+    }
+
+    /// `unmap_mapping_folio` (mm/memory.c): with the folio locked, zap every PTE that maps it,
+    /// in every VMA of `i_mmap` overlapping its indices (`unmap_mapping_range_tree` →
+    /// `zap_page_range_single` with `details->single_folio`), each inside an `MMU_NOTIFY_CLEAR`
+    /// invalidation of that VMA's address space, under `i_mmap_lock_read`.
+    pub fn unmap_mapping_folio(&self, folio: Folio<'_>) {
+        debug_assert!(folio.test_locked());
+        let first = folio.index().0;
+        let last = first + folio.nr_pages() - 1;
+        let tree = self.i_mmap.read();
+        for vma in Self::vmas_overlapping(&tree, first, last) {
+            vma.zap_file_range(first, last, Some((folio.pfn(), folio.nr_pages())));
+        }
+    }
+
+    /// `unmap_mapping_pages(mapping, start, nr, even_cows)`: zap every PTE of file indices
+    /// `[start, start + nr)` in every mapping VMA (`nr == 0`: to the end of the file). The
+    /// model's file mappings are all shared, so `even_cows` changes nothing.
+    pub fn unmap_mapping_pages(&self, start: u64, nr: u64, _even_cows: bool) {
+        let last = if nr == 0 { u64::MAX } else { start.saturating_add(nr - 1) };
+        if last < start {
+            return;
+        }
+        let tree = self.i_mmap.read();
+        for vma in Self::vmas_overlapping(&tree, start, last) {
+            vma.zap_file_range(start, last, None);
+        }
+    }
+
+    /// `unmap_mapping_range(mapping, holebegin, holelen, even_cows)`: the byte range rounded
+    /// outwards to pages (`holelen == 0`: to the end of the file).
+    pub fn unmap_mapping_range(&self, holebegin: i64, holelen: i64, even_cows: bool) {
+        let hba = holebegin as u64 >> PAGE_SHIFT;
+        let mut hlen = ((holelen as u64).wrapping_add(PAGE_SIZE - 1)) >> PAGE_SHIFT;
+        // Check for overflow.
+        if hba.checked_add(hlen).is_none_or(|end| end > i64::MAX as u64 >> PAGE_SHIFT) {
+            hlen = 0;
+        }
+        self.unmap_mapping_pages(hba, hlen, even_cows);
+    }
+
+    /// `truncate_cleanup_folio`: a mapped folio is unmapped from every user page table first.
+    fn truncate_cleanup_folio(&self, folio: Folio<'_>) {
+        if self.skip_truncate_unmap_for_test.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.folio_mapped(folio) {
+            self.unmap_mapping_folio(folio);
+        }
+    }
+
+    /// `hwpoison_user_mappings` → `unmap_poisoned_folio` → `try_to_unmap(TTU_HWPOISON)`: nothing
+    /// to do if the folio is not mapped; otherwise the file rmap walk (`rmap_walk_file`) calls
+    /// `try_to_unmap_one` on each VMA of `i_mmap` overlapping the folio, in tree order, and stops
+    /// as soon as the folio is no longer mapped (`rwc->done = folio_not_mapped`). Each call
+    /// brackets its work with an `MMU_NOTIFY_CLEAR` invalidation of the folio's span in that VMA.
+    /// Killing the processes that mapped the page (`kill_procs`) is not modelled.
+    fn hwpoison_user_mappings(&self, folio: Folio<'_>) {
+        if !self.folio_mapped(folio) {
+            return;
+        }
+        let first = folio.index().0;
+        let last = first + folio.nr_pages() - 1;
+        let tree = self.i_mmap.read();
+        for vma in Self::vmas_overlapping(&tree, first, last) {
+            vma.try_to_unmap_folio(first, last, folio.pfn(), folio.nr_pages());
+            if !Self::vmas_overlapping(&tree, first, last)
+                .iter()
+                .any(|vma| vma.maps_frames(first, last, folio.pfn(), folio.nr_pages()))
+            {
+                break;
+            }
         }
     }
 
@@ -322,6 +469,8 @@ impl AddressSpace {
             if folio.try_get() {
                 folio.lock();
                 if folio.mapping_ino() == self.host_ino && folio.index().0 == index {
+                    // truncate_inode_folio: unmap from user page tables, then remove.
+                    self.truncate_cleanup_folio(folio);
                     self.remove_folio(folio);
                 }
                 folio.unlock();
@@ -356,9 +505,10 @@ impl AddressSpace {
         }
     }
 
-    /// `memory_failure()` on the page-cache folio at `index` (`me_pagecache_clean` →
-    /// `truncate_error_folio` → `a_ops->error_remove_folio`). Sets hwpoison first, as
-    /// memory_failure does before it identifies the page's owner. ENOENT: no folio there.
+    /// `memory_failure()` on the page-cache folio at `index`: sets hwpoison first, as
+    /// memory_failure does before it identifies the page's owner; with the folio locked, unmaps
+    /// it from every user page table (`hwpoison_user_mappings`), then `me_pagecache_clean` →
+    /// `truncate_error_folio` → `a_ops->error_remove_folio`. ENOENT: no folio there.
     pub fn memory_failure(&self, index: PgOff) -> KResult<MfResult> {
         let folio = self.get_folio(index).ok_or(Errno::ENOENT)?;
         if folio.test_set_hwpoison() {
@@ -370,6 +520,7 @@ impl AddressSpace {
         let result = if folio.mapping_ino() != self.host_ino {
             MfResult::Ignored
         } else {
+            self.hwpoison_user_mappings(folio);
             match self.a_ops.error_remove_folio {
                 Some(error_remove) => error_remove(self, folio),
                 None => MfResult::Ignored,

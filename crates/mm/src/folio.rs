@@ -1,4 +1,5 @@
-//! `struct folio`: a reference-counted, lockable group of pages (order 0 in practice).
+//! `struct folio`: a reference-counted, lockable group of pages (order 0, or order 9 for
+//! anonymous transparent huge pages).
 //!
 //! A [`Folio`] is a *handle* to the head page's descriptor, not an owned reference: like the
 //! kernel's `struct folio *`, copying it does not take a reference. References are taken and
@@ -47,11 +48,16 @@ impl fmt::Debug for Folio<'_> {
 }
 
 impl<'m> Folio<'m> {
-    /// The folio whose head page is `pfn`. The frame must have been handed out at some point
-    /// (see [`PhysMem::page`]).
+    /// `page_folio(pfn_to_page(pfn))`: the folio the frame `pfn` belongs to (its head page for a
+    /// tail of a large folio). The frame must have been handed out at some point (see
+    /// [`PhysMem::page`]).
     #[inline]
     pub fn from_pfn(mem: &'m PhysMem, pfn: Pfn) -> Folio<'m> {
-        Folio { mem, page: mem.page(pfn) }
+        let page = mem.page(pfn);
+        match page.head.load(Ordering::Acquire) {
+            0 => Folio { mem, page },
+            head => Folio { mem, page: mem.page(Pfn(head)) },
+        }
     }
 
     /// `folio_alloc`: a new folio with refcount 1 (ENOMEM on failure or injection).

@@ -15,24 +15,30 @@
 //! | [`file`] | `struct file`, `file_operations`, `file_ref`, `fget`/`fput`/`get_file_active` (`fs/file.c`, `fs/file_table.c`) |
 //! | [`fdtable`] | the per-process descriptor table (lowest free descriptor first) |
 //! | [`mmu_notifier`] | `mm/mmu_notifier.c`: secondary MMUs (KVM) told of every user-mapping invalidation |
+//! | [`huge_memory`] | `mm/huge_memory.c`: anonymous transparent huge pages (PMD mappings, split) |
 //! | [`vma`] | VMAs, `vm_operations_struct` and the user fault path (`mm/memory.c`) |
 //! | [`vfs`] | the generic system-call checks in kernel order (`fs/open.c`, `fs/read_write.c`, `mm/mmap.c`, `fs/stat.c`) |
 //! | [`slab`] | `SLAB_TYPESAFE_BY_RCU` objects: storage that is reused but never unmapped, so stale handles are detectable |
 //!
 //! # What is modelled, and what is not
 //!
-//! Modelled: order-0 (and, in the data structures, higher-order) folios with refcount, lock,
+//! Modelled: order-0 folios, and order-9 anonymous transparent huge pages (PMD mappings, split
+//! on partial unmap; [`huge_memory`]), with refcount, lock,
 //! uptodate and hwpoison; page contents, so data integrity can be checked; a frame generation that
 //! changes whenever a frame is freed, so a stale pfn is detectable exactly; lock-free page-cache
 //! lookups with the kernel's `folio_try_get` + recheck protocol; deferred file release through
 //! task work; the VFS checks that run before a file's own operations; MMU notifiers on an address
 //! space (munmap, MADV_DONTNEED and MADV_REMOVE tell secondary MMUs before pages are freed).
 //!
+//! The reverse map of file mappings (`i_mmap`) is modelled: truncation, hole punching and memory
+//! failure unmap a mapped folio from every VMA mapping it, with an MMU notifier invalidation on
+//! each VMA's address space, before the folio leaves the page cache.
+//!
 //! Not modelled: swap, reclaim and writeback (guest_memfd memory is unevictable), LRU lists,
-//! `mapcount`, the reverse map of file mappings (`i_mmap`: a truncation does not notify the
-//! address spaces mapping the file), the dentry cache, permissions beyond the mode bits, user page tables (every host
-//! access through a mapping goes through the fault handler; this is observably the same for
-//! guest_memfd because it never maps pages writably-shared with state of its own).
+//! `_mapcount` (`folio_mapped` asks the reverse map instead), the dentry cache, permissions beyond
+//! the mode bits, user page tables beyond the presence of file PTEs (every host access through a
+//! mapping goes through the fault handler; this is observably the same for guest_memfd because it
+//! never maps pages writably-shared with state of its own).
 #![deny(missing_docs)]
 
 pub mod errno;
@@ -40,6 +46,7 @@ pub mod fdtable;
 pub mod file;
 pub mod filemap;
 pub mod folio;
+pub mod huge_memory;
 pub mod inode;
 pub mod machine;
 pub mod mmu_notifier;

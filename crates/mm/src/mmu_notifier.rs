@@ -12,10 +12,13 @@
 //! address space here); `mmu_notifier_unregister` calls `release` if the subscription is still
 //! hooked, unhooks it, then waits for a grace period, so no callback runs once it returns.
 //!
-//! Not modelled: the reverse map of file mappings (`i_mmap`), so truncating or punching a file
-//! through its descriptor does not notify the address spaces that map it; `clear_young` and
-//! friends (no accessed-bit aging); `invalidate_range_start` failing for non-blockable ranges
-//! (every range here is blockable).
+//! Truncating, punching or memory-failing a file through its descriptor reaches the address
+//! spaces that map it through the file's reverse map (`i_mmap`, see [`crate::filemap`]): each
+//! mapping VMA gets an `MMU_NOTIFY_CLEAR` invalidation of the folio's span on its own mm, with
+//! the invalidate lock, the folio lock and `i_mmap_rwsem` held but not `mmap_lock`.
+//!
+//! Not modelled: `clear_young` and friends (no accessed-bit aging); `invalidate_range_start`
+//! failing for non-blockable ranges (every range here is blockable).
 
 use gmem_sync::{Arc, LockClass, Mutex, Srcu};
 use std::fmt;
@@ -42,8 +45,10 @@ pub struct MmuNotifierRange {
     pub event: MmuNotifyEvent,
 }
 
-/// `struct mmu_notifier_ops`, the callbacks a secondary MMU provides. Called with `mmap_lock`
-/// held and inside the subscription list's SRCU read section; they must not take `mmap_lock`.
+/// `struct mmu_notifier_ops`, the callbacks a secondary MMU provides. Called inside the
+/// subscription list's SRCU read section, with `mmap_lock` held (munmap, MADV_DONTNEED) or with
+/// `i_mmap_rwsem` held (the reverse-map walks of truncation and memory failure); they must take
+/// neither.
 pub trait MmuNotifierOps: Send + Sync + fmt::Debug {
     /// `invalidate_range_start`: from now until the matching end, the pages of the range may be
     /// unmapped and freed; the secondary MMU must drop its mappings of them and not create new

@@ -48,6 +48,9 @@ pub(crate) const PG_MODEL_ARCH_PREPARED: u64 = 1 << 10;
 
 static PAGE_ALLOC_LOCK: LockClass = LockClass::new("zone->lock");
 
+/// The largest order the allocator hands out (`MAX_PAGE_ORDER` is 10 on x86; the model needs 9).
+pub const MAX_ORDER: u8 = 10;
+
 /// The contents of one frame, as words so that concurrent accesses are data-race free.
 struct FrameData([AtomicU64; WORDS_PER_PAGE]);
 
@@ -61,6 +64,8 @@ pub struct Page {
     pub(crate) mapping: AtomicU64,
     /// `folio->index`: the page index in the owning file.
     pub(crate) index: AtomicU64,
+    /// `compound_head`: the head page's pfn for a tail page of a large folio, 0 otherwise.
+    pub(crate) head: AtomicU64,
     generation: AtomicU64,
     contents: AtomicPtr<FrameData>,
     /// The frame's own number: constant, so that a [`Folio`](crate::folio::Folio) handle can be
@@ -77,6 +82,7 @@ impl Page {
             order: AtomicU8::new(0),
             mapping: AtomicU64::new(0),
             index: AtomicU64::new(0),
+            head: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             contents: AtomicPtr::new(std::ptr::null_mut()),
         }
@@ -187,34 +193,93 @@ impl PhysMem {
         self.page(pfn).flags.load(Ordering::Acquire) & PG_ALLOCATED != 0
     }
 
-    /// `alloc_pages(gfp, order)`: one frame with refcount 1. The `alloc_folio` fault-injection
-    /// point and exhaustion both give ENOMEM. Only order 0 is supported: the model has no
-    /// contiguous allocator yet (the seed only ever allocates order-0 folios).
+    /// `alloc_pages(gfp, order)`: `1 << order` naturally aligned, contiguous frames as one folio
+    /// with refcount 1 on the head; tail pages point at the head (`compound_head`). The
+    /// `alloc_folio` fault-injection point and exhaustion both give ENOMEM. Order 0 takes the
+    /// most recently freed frame; a large order takes never-used frames (aligning the fresh
+    /// cursor, the frames skipped go to the free pool), else an aligned run that is wholly free
+    /// in the pool. There is no compaction: a fragmented pool fails a large order with ENOMEM, as
+    /// `__GFP_NORETRY` THP allocations fail on a fragmented zone.
     pub fn alloc(&self, order: u8) -> KResult<Pfn> {
-        if order != 0 || self.inject.should_fail(FaultPoint::AllocFolio) {
+        if order > MAX_ORDER || self.inject.should_fail(FaultPoint::AllocFolio) {
             return Err(Errno::ENOMEM);
         }
+        let nr = 1u64 << order;
         let pfn = {
             let mut pool = self.pool.lock();
-            match pool.free.pop() {
-                Some(pfn) => pfn,
-                None if pool.next_fresh < self.total_pages => {
-                    let pfn = pool.next_fresh;
-                    pool.next_fresh += 1;
-                    self.ensure_chunk(pfn);
-                    pfn
+            if order == 0 {
+                match pool.free.pop() {
+                    Some(pfn) => pfn,
+                    None if pool.next_fresh < self.total_pages => {
+                        let pfn = pool.next_fresh;
+                        pool.next_fresh += 1;
+                        self.ensure_chunk(pfn);
+                        pfn
+                    }
+                    None => return Err(Errno::ENOMEM),
                 }
-                None => return Err(Errno::ENOMEM),
+            } else {
+                self.alloc_run(&mut pool, nr).ok_or(Errno::ENOMEM)?
             }
         };
-        let page = self.page(Pfn(pfn));
-        page.order.store(order, Ordering::Relaxed);
-        page.mapping.store(0, Ordering::Relaxed);
-        page.index.store(0, Ordering::Relaxed);
-        page.refcount.store(1, Ordering::Relaxed);
-        page.flags.store(PG_ALLOCATED, Ordering::Release);
-        self.allocated.fetch_add(1, Ordering::Relaxed);
+        for i in 0..nr {
+            let page = self.page(Pfn(pfn + i));
+            page.order.store(if i == 0 { order } else { 0 }, Ordering::Relaxed);
+            page.mapping.store(0, Ordering::Relaxed);
+            page.index.store(0, Ordering::Relaxed);
+            page.head.store(if i == 0 { 0 } else { pfn }, Ordering::Relaxed);
+            page.refcount.store(if i == 0 { 1 } else { 0 }, Ordering::Relaxed);
+            page.flags.store(PG_ALLOCATED, Ordering::Release);
+        }
+        self.allocated.fetch_add(nr, Ordering::Relaxed);
         Ok(Pfn(pfn))
+    }
+
+    /// An aligned run of `nr` free frames, taken out of the pool (called with the pool lock).
+    fn alloc_run(&self, pool: &mut FreePool, nr: u64) -> Option<u64> {
+        let aligned = pool.next_fresh.div_ceil(nr) * nr;
+        if aligned + nr <= self.total_pages {
+            for skipped in pool.next_fresh..aligned {
+                self.ensure_chunk(skipped);
+                pool.free.push(skipped);
+            }
+            for pfn in (aligned..aligned + nr).step_by(CHUNK_PAGES.min(nr) as usize) {
+                self.ensure_chunk(pfn);
+            }
+            pool.next_fresh = aligned + nr;
+            return Some(aligned);
+        }
+        let free: std::collections::HashSet<u64> = pool.free.iter().copied().collect();
+        let start = free
+            .iter()
+            .copied()
+            .filter(|&pfn| pfn % nr == 0 && pfn != 0)
+            .filter(|&pfn| (pfn..pfn + nr).all(|p| free.contains(&p)))
+            .min()?;
+        pool.free.retain(|&pfn| pfn < start || pfn >= start + nr);
+        Some(start)
+    }
+
+    /// `split_folio_to_order(folio, 0)` on the frames of the large folio at `head`, whose
+    /// references are exactly one per mapped subpage (`mapped[i]`): each subpage becomes an
+    /// order-0 folio, a mapped one with its PTE's reference, an unmapped one freed.
+    pub(crate) fn split_folio(&self, head: Pfn, mapped: &[bool]) {
+        let page = self.page(head);
+        let nr = 1u64 << page.order.load(Ordering::Relaxed);
+        assert_eq!(mapped.len() as u64, nr, "one entry per subpage");
+        let flags = page.flags.load(Ordering::Relaxed);
+        for i in 0..nr {
+            let sub = self.page(head.offset(i));
+            sub.refcount.store(i32::from(mapped[i as usize]), Ordering::Relaxed);
+            sub.flags.store(flags & !PG_LOCKED, Ordering::Relaxed);
+            sub.order.store(0, Ordering::Relaxed);
+            sub.head.store(0, Ordering::Release);
+        }
+        for i in 0..nr {
+            if !mapped[i as usize] {
+                self.free(head.offset(i));
+            }
+        }
     }
 
     /// Called with the pool lock held.
@@ -229,16 +294,33 @@ impl PhysMem {
         }
     }
 
-    /// `__free_pages`: returns a frame whose refcount reached zero to the pool. Bumps the
-    /// generation first, so any holder of the old `(pfn, generation)` sees the change.
+    /// `__free_pages`: returns the frames of a folio whose refcount reached zero to the pool.
+    /// Bumps each frame's generation first, so any holder of an old `(pfn, generation)` sees
+    /// the change.
     pub(crate) fn free(&self, pfn: Pfn) {
-        let page = self.page(pfn);
-        page.generation.fetch_add(1, Ordering::AcqRel);
-        let old_flags = page.flags.swap(0, Ordering::AcqRel);
-        assert!(old_flags & PG_ALLOCATED != 0, "double free of {pfn:?}");
-        page.mapping.store(0, Ordering::Relaxed);
-        self.allocated.fetch_sub(1, Ordering::Relaxed);
-        self.pool.lock().free.push(pfn.0);
+        let nr = 1u64 << self.page(pfn).order.load(Ordering::Relaxed);
+        for i in 0..nr {
+            let page = self.page(pfn.offset(i));
+            page.generation.fetch_add(1, Ordering::AcqRel);
+            let old_flags = page.flags.swap(0, Ordering::AcqRel);
+            assert!(old_flags & PG_ALLOCATED != 0, "double free of {:?}", pfn.offset(i));
+            page.mapping.store(0, Ordering::Relaxed);
+            page.head.store(0, Ordering::Relaxed);
+            page.order.store(0, Ordering::Relaxed);
+        }
+        self.allocated.fetch_sub(nr, Ordering::Relaxed);
+        let mut pool = self.pool.lock();
+        // Tails first, so that the head is the first frame order 0 reuses.
+        pool.free.extend((0..nr).rev().map(|i| pfn.0 + i));
+    }
+
+    /// `compound_head`: the head page's pfn of the folio `pfn` belongs to.
+    #[inline]
+    pub fn compound_head(&self, pfn: Pfn) -> Pfn {
+        match self.page(pfn).head.load(Ordering::Acquire) {
+            0 => pfn,
+            head => Pfn(head),
+        }
     }
 
     fn contents(&self, pfn: Pfn) -> Option<&FrameData> {

@@ -80,6 +80,10 @@ pub const LEGACY_MAP_MASK: u64 = MAP_SHARED
 pub const MADV_DONTNEED: i32 = 4;
 /// `MADV_REMOVE`.
 pub const MADV_REMOVE: i32 = 9;
+/// `MADV_HUGEPAGE`.
+pub const MADV_HUGEPAGE: i32 = 14;
+/// `MADV_NOHUGEPAGE`.
+pub const MADV_NOHUGEPAGE: i32 = 15;
 /// `MADV_HWPOISON`.
 pub const MADV_HWPOISON: i32 = 100;
 
@@ -281,7 +285,7 @@ impl Process {
         let pgoff = (offset as u64) >> PAGE_SHIFT;
         let result = if flags & MAP_ANONYMOUS != 0 {
             if flags & MAP_TYPE == MAP_PRIVATE || flags & MAP_TYPE == MAP_SHARED {
-                self.mmap_anonymous(len)
+                self.do_mmap_anonymous(len, flags & MAP_TYPE == MAP_PRIVATE)
             } else {
                 Err(Errno::EINVAL)
             }
@@ -376,12 +380,20 @@ impl Process {
     /// An anonymous, private, read-write mapping (`mmap(NULL, len, PROT_READ|PROT_WRITE,
     /// MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)`), for memslot backing.
     pub fn mmap_anonymous(&self, len: u64) -> KResult<u64> {
+        self.do_mmap_anonymous(len, true)
+    }
+
+    /// An anonymous mapping; a private one whose length is a multiple of 2M is placed
+    /// 2M-aligned (`thp_get_unmapped_area_vmflags`), a shared one goes through
+    /// `shmem_get_unmapped_area`, which with shmem THP off (`shmem_enabled=never`) does not
+    /// align. (The model maps shared anonymous memory as private anonymous memory otherwise.)
+    fn do_mmap_anonymous(&self, len: u64, private: bool) -> KResult<u64> {
         let _span = tracing::trace_span!("mmap_anonymous", len).entered();
         if len == 0 {
             return Err(Errno::EINVAL);
         }
         let len = len.checked_add(PAGE_SIZE - 1).ok_or(Errno::ENOMEM)? & !(PAGE_SIZE - 1);
-        let addr = self.mm.get_unmapped_area(len)?;
+        let addr = if private { self.mm.get_unmapped_area_anon(len)? } else { self.mm.get_unmapped_area(len)? };
         let vm_flags = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC;
         self.mm.insert(Vma::new(addr, addr + len, addr >> PAGE_SHIFT, vm_flags, None));
         Ok(addr)
@@ -410,10 +422,11 @@ impl Process {
         self.syscall_exit(result)
     }
 
-    /// `madvise(2)` for the advice values the model implements: DONTNEED, REMOVE, HWPOISON, and
+    /// `madvise(2)` for the advice values the model implements: DONTNEED, REMOVE, HWPOISON,
+    /// HUGEPAGE and NOHUGEPAGE (`VM_HUGEPAGE` / `VM_NOHUGEPAGE`, see [`crate::huge_memory`]), and
     /// the hints that change nothing observable here (NORMAL, RANDOM, SEQUENTIAL, WILLNEED, COLD,
-    /// PAGEOUT, HUGEPAGE, NOHUGEPAGE, DONTDUMP, DODUMP). MADV_COLLAPSE is EINVAL (no THP in the
-    /// model; guest_memfd refuses it on the real kernel too). Other valid advice values return
+    /// PAGEOUT, DONTDUMP, DODUMP). MADV_COLLAPSE is EINVAL (khugepaged's collapse is not
+    /// modelled; guest_memfd refuses it on the real kernel too). Other valid advice values return
     /// ENOSYS: *not modelled*, never a pretend success.
     pub fn madvise(&self, start: u64, len_in: u64, advice: i32) -> KResult<()> {
         let _span = tracing::trace_span!("madvise", start, len_in, advice).entered();
@@ -439,7 +452,11 @@ impl Process {
             return Ok(());
         }
         match advice {
-            0..=3 | 14 | 15 | 16 | 17 | 20 | 21 => return self.require_mapped(start, end),
+            MADV_HUGEPAGE | MADV_NOHUGEPAGE => {
+                let hole = self.mm.madvise_hugepage(start, end, advice == MADV_HUGEPAGE);
+                return if hole { Err(Errno::ENOMEM) } else { Ok(()) };
+            }
+            0..=3 | 16 | 17 | 20 | 21 => return self.require_mapped(start, end),
             25 => return Err(Errno::EINVAL),
             MADV_DONTNEED | MADV_REMOVE | MADV_HWPOISON => {}
             _ => return Err(Errno::ENOSYS),
@@ -479,13 +496,10 @@ impl Process {
         }
         let offset = ((start - vma.start) + (vma.pgoff << PAGE_SHIFT)) as i64;
         let mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-        // The punch's unmap_mapping_range zaps this mapping's PTEs of the range under an
-        // MMU_NOTIFY_CLEAR invalidation (the model has no i_mmap, so only the caller's mapping
-        // is notified, around the whole punch).
-        let range = self.mm.notify_start(start, end, crate::mmu_notifier::MmuNotifyEvent::Clear);
-        let result = self.vfs_fallocate(file, mode, offset, (end - start) as i64);
-        self.mm.notify_end(&range);
-        result
+        // No zap here: the punch (truncate_inode_pages_range → truncate_cleanup_folio) unmaps
+        // each mapped folio from every VMA of the file's i_mmap, this one included, under an
+        // MMU_NOTIFY_CLEAR invalidation of each mapping address space.
+        self.vfs_fallocate(file, mode, offset, (end - start) as i64)
     }
 
     /// `MADV_HWPOISON`: memory failure on each file page of the range (`memory_failure`).

@@ -4,16 +4,27 @@
 //! The model keeps no user page tables: every host load or store through a mapping goes through
 //! the VMA's fault handler (or, for anonymous memory, the VMA's own pages). For guest_memfd this
 //! is observably the same as the kernel, because its fault handler is the only place that
-//! decides what a user access sees, and truncation would zap any PTE anyway.
+//! decides what a user access sees, and truncation zaps any PTE anyway.
+//!
+//! What the model does keep of a file mapping's page tables is whether a PTE is *present*, and
+//! for which frame ([`Vma::file_pte`]): a user access or GUP that faults a file page in sets it
+//! (`finish_fault`), a zap (`unmap_mapping_range`, `MADV_DONTNEED`, munmap, exit) clears it. That
+//! is what `folio_mapped()` decides on, and so whether truncation and memory failure walk the
+//! file's reverse map (`mapping->i_mmap`, [`crate::filemap::AddressSpace`]) and notify the
+//! address spaces that map the page. A present PTE holds no folio reference in the model (the
+//! kernel's does): the page cache's own reference outlives every present PTE, because removal
+//! from the page cache zaps them first.
 
 use crate::errno::{Errno, KResult};
 use crate::file::FileRef;
 use crate::folio::Folio;
+use crate::huge_memory::{Pmd, HPAGE_PMD_SIZE};
 use crate::machine::Machine;
 use crate::mmu_notifier::{
     MmuNotifierHandle, MmuNotifierOps, MmuNotifierRange, MmuNotifierSubscriptions, MmuNotifyEvent,
 };
 use crate::types::{Pfn, PgOff, PAGE_SHIFT, PAGE_SIZE};
+use gmem_sync::atomic::{AtomicBool, Ordering};
 use gmem_sync::{Arc, LockClass, Mutex, RwSem};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,6 +45,10 @@ pub const VM_MAYWRITE: u64 = 0x20;
 pub const VM_MAYEXEC: u64 = 0x40;
 /// `VM_MAYSHARE`.
 pub const VM_MAYSHARE: u64 = 0x80;
+/// `VM_HUGEPAGE`: `MADV_HUGEPAGE` was given.
+pub const VM_HUGEPAGE: u64 = 0x2000_0000;
+/// `VM_NOHUGEPAGE`: `MADV_NOHUGEPAGE` was given.
+pub const VM_NOHUGEPAGE: u64 = 0x4000_0000;
 
 /// `TASK_SIZE` on x86-64 with 4-level paging: the end of user space.
 pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
@@ -42,6 +57,10 @@ pub const MMAP_BASE: u64 = 0x7fff_0000_0000;
 
 static MMAP_LOCK: LockClass = LockClass::new("mm->mmap_lock");
 static ANON_LOCK: LockClass = LockClass::new("anon_vma->lock");
+/// The PMD level of an address space's page tables (`pmd_lock`; one per mm in the model).
+static PMD_LOCK: LockClass = LockClass::new("mm->pmd_lock");
+/// The page-table lock of a VMA's file PTEs (`pte_lockptr`; one per VMA in the model).
+static PTL: LockClass = LockClass::new("mm->page_table_lock");
 
 /// `access_ok(addr, size)` on x86-64.
 pub fn access_ok(addr: u64, size: u64) -> bool {
@@ -113,8 +132,17 @@ pub struct Vma {
     pub file: Option<FileRef>,
     /// `vm_ops`.
     pub vm_ops: Option<&'static VmOperations>,
-    /// Anonymous memory: pages by page index within the VMA, allocated on first write.
-    anon: Mutex<BTreeMap<u64, Pfn>>,
+    /// Anonymous memory mapped with PTEs: frames by page index within the VMA, allocated on
+    /// first write; each holds a reference on its folio (a subpage of a PTE-mapped THP holds
+    /// one on the large folio).
+    pub(crate) anon: Mutex<BTreeMap<u64, Pfn>>,
+    /// File mappings: the present PTEs, frame by page index within the VMA.
+    file_ptes: Mutex<BTreeMap<u64, Pfn>>,
+    /// `vm_mm`, as far as the reverse map needs it: the owning address space's MMU notifiers
+    /// (set when the VMA is linked into an [`Mm`]).
+    vm_mm: Option<Arc<MmuNotifierSubscriptions>>,
+    /// Whether the VMA is still linked in its file's `i_mmap` (for the WARN at unlink).
+    linked: AtomicBool,
 }
 
 impl fmt::Debug for Vma {
@@ -132,7 +160,99 @@ impl fmt::Debug for Vma {
 impl Vma {
     /// A VMA before `f_op->mmap` has run (the mmap hook may change `vm_ops` and flags).
     pub fn new(start: u64, end: u64, pgoff: u64, vm_flags: u64, file: Option<FileRef>) -> Vma {
-        Vma { start, end, pgoff, vm_flags, file, vm_ops: None, anon: Mutex::new(&ANON_LOCK, BTreeMap::new()) }
+        Vma {
+            start,
+            end,
+            pgoff,
+            vm_flags,
+            file,
+            vm_ops: None,
+            anon: Mutex::new(&ANON_LOCK, BTreeMap::new()),
+            file_ptes: Mutex::new(&PTL, BTreeMap::new()),
+            vm_mm: None,
+            linked: AtomicBool::new(false),
+        }
+    }
+
+    /// `vma_pages`.
+    pub fn pages(&self) -> u64 {
+        (self.end - self.start) >> PAGE_SHIFT
+    }
+
+    /// `vma_last_pgoff`: the file index mapped at the VMA's last page.
+    pub fn last_pgoff(&self) -> u64 {
+        self.pgoff + self.pages() - 1
+    }
+
+    /// The frame of the present file PTE at `addr`, if any.
+    pub fn file_pte(&self, addr: u64) -> Option<Pfn> {
+        if addr < self.start || addr >= self.end {
+            return None;
+        }
+        self.file_ptes.lock().get(&((addr - self.start) >> PAGE_SHIFT)).copied()
+    }
+
+    /// How many file PTEs are present.
+    pub fn file_ptes_present(&self) -> usize {
+        self.file_ptes.lock().len()
+    }
+
+    /// `set_pte_range` of `finish_fault` (and GUP's fault-in): the PTE at `page` maps `pfn`.
+    /// Called with the folio locked, as the kernel installs it, so that truncation (which locks
+    /// the folio, then asks `folio_mapped`) either sees the PTE or made the fault retry.
+    fn set_file_pte(&self, page: u64, pfn: Pfn) {
+        self.file_ptes.lock().insert(page, pfn);
+    }
+
+    /// Whether a present file PTE of the file pages `[first, last]` maps a frame of
+    /// `[pfn, pfn + nr)` (the model's `folio_mapped`, one VMA at a time).
+    pub(crate) fn maps_frames(&self, first: u64, last: u64, pfn: Pfn, nr: u64) -> bool {
+        let Some((from, to)) = self.page_span(first, last) else { return false };
+        self.file_ptes.lock().range(from..=to).any(|(_, p)| p.0 >= pfn.0 && p.0 < pfn.0 + nr)
+    }
+
+    /// The pages within the VMA that map file indices `[first, last]`, clamped.
+    fn page_span(&self, first: u64, last: u64) -> Option<(u64, u64)> {
+        let first = first.max(self.pgoff);
+        let last = last.min(self.last_pgoff());
+        (first <= last).then(|| (first - self.pgoff, last - self.pgoff))
+    }
+
+    /// `zap_page_range_single` over the file indices `[first, last]` of this VMA, bracketed by an
+    /// `MMU_NOTIFY_CLEAR` invalidation of the VMA's address range on its mm (the notifier fires
+    /// whether or not a PTE of the range is present, as the kernel's does). With `single_folio`
+    /// (`details->single_folio`, as `unmap_mapping_folio` passes it) only PTEs of that folio's
+    /// frames go. The caller holds `i_mmap_rwsem` for read.
+    pub(crate) fn zap_file_range(&self, first: u64, last: u64, single_folio: Option<(Pfn, u64)>) {
+        let Some((from, to)) = self.page_span(first, last) else { return };
+        let start = self.start + (from << PAGE_SHIFT);
+        let end = self.start + ((to + 1) << PAGE_SHIFT);
+        let range = MmuNotifierRange { start, end, event: MmuNotifyEvent::Clear };
+        if let Some(notifiers) = &self.vm_mm {
+            notifiers.invalidate_range_start(&range);
+        }
+        self.clear_file_ptes(from, to + 1, single_folio);
+        if let Some(notifiers) = &self.vm_mm {
+            notifiers.invalidate_range_end(&range);
+        }
+    }
+
+    /// Clears the present file PTEs of pages `[from, to)` (of `single_folio` only, if given).
+    fn clear_file_ptes(&self, from: u64, to: u64, single_folio: Option<(Pfn, u64)>) {
+        let mut ptes = self.file_ptes.lock();
+        ptes.retain(|&page, pfn| {
+            let in_range = page >= from && page < to;
+            let of_folio = single_folio.is_none_or(|(head, nr)| pfn.0 >= head.0 && pfn.0 < head.0 + nr);
+            !(in_range && of_folio)
+        });
+    }
+
+    /// `try_to_unmap_one` for memory failure (`TTU_HWPOISON`): an `MMU_NOTIFY_CLEAR`
+    /// invalidation of the folio's span in this VMA, the PTEs of the folio cleared (the kernel
+    /// leaves a hwpoison entry; the model re-faults through the handler, which reports the
+    /// poison). The caller holds `i_mmap_rwsem` for read.
+    pub(crate) fn try_to_unmap_folio(&self, first: u64, last: u64, pfn: Pfn, nr: u64) {
+        self.zap_file_range(first, last, Some((pfn, nr)));
     }
 
     fn release_anon(&self, machine: &Machine, first_page: u64, end_page: u64) {
@@ -148,9 +268,11 @@ impl Vma {
 /// `struct mm_struct`: the process address space.
 #[derive(Debug)]
 pub struct Mm {
-    machine: Arc<Machine>,
+    pub(crate) machine: Arc<Machine>,
     /// `mmap_lock`, owning the VMA tree (keyed by `vm_start`).
-    vmas: RwSem<BTreeMap<u64, Arc<Vma>>>,
+    pub(crate) vmas: RwSem<BTreeMap<u64, Arc<Vma>>>,
+    /// The PMD level of the page tables, by 2M-aligned address (see [`crate::huge_memory`]).
+    pub(crate) pmds: Mutex<BTreeMap<u64, Pmd>>,
     /// `mm->notifier_subscriptions`.
     notifiers: Arc<MmuNotifierSubscriptions>,
 }
@@ -161,6 +283,7 @@ impl Mm {
         Mm {
             machine,
             vmas: RwSem::new(&MMAP_LOCK, BTreeMap::new()),
+            pmds: Mutex::new(&PMD_LOCK, BTreeMap::new()),
             notifiers: Arc::new(MmuNotifierSubscriptions::new()),
         }
     }
@@ -205,13 +328,55 @@ impl Mm {
         ceiling.checked_sub(len).filter(|&addr| addr >= PAGE_SIZE << 8).ok_or(Errno::ENOMEM)
     }
 
-    /// Inserts a VMA (`vma_link`): the range must be free.
-    pub fn insert(&self, vma: Vma) -> Arc<Vma> {
+    /// `__get_unmapped_area` for a private anonymous mapping without a hint (v6.13+, so both
+    /// modelled kernels): a length that is a multiple of 2M goes through
+    /// `thp_get_unmapped_area_vmflags`, which asks for `len + 2M` and aligns the result to 2M
+    /// (top-down: an already aligned gap start moves up by 2M, as `__thp_get_unmapped_area`
+    /// does), falling back to the plain search if the padded length does not fit.
+    pub fn get_unmapped_area_anon(&self, len: u64) -> KResult<u64> {
+        if len > TASK_SIZE {
+            return Err(Errno::ENOMEM);
+        }
+        if len == 0 || len % HPAGE_PMD_SIZE != 0 {
+            return self.get_unmapped_area(len);
+        }
+        let Some(len_pad) = len.checked_add(HPAGE_PMD_SIZE) else { return self.get_unmapped_area(len) };
+        let Ok(ret) = self.get_unmapped_area(len_pad) else { return self.get_unmapped_area(len) };
+        let off_sub = 0u64.wrapping_sub(ret) & (HPAGE_PMD_SIZE - 1);
+        if off_sub == 0 {
+            return Ok(ret + HPAGE_PMD_SIZE);
+        }
+        Ok(ret + off_sub)
+    }
+
+    /// Inserts a VMA (`vma_link`): the range must be free. A file VMA is linked into its file's
+    /// `i_mmap` (`vma_link_file`, `i_mmap_rwsem` for write inside `mmap_lock`).
+    pub fn insert(&self, mut vma: Vma) -> Arc<Vma> {
+        vma.vm_mm = Some(self.notifiers.clone());
         let vma = Arc::new(vma);
         let mut vmas = self.vmas.write();
         assert!(vmas.range(..vma.end).next_back().is_none_or(|(_, other)| other.end <= vma.start), "overlapping VMA");
         vmas.insert(vma.start, vma.clone());
+        Self::link_file(&vma);
+        drop(vmas);
         vma
+    }
+
+    /// `vma_link_file`.
+    fn link_file(vma: &Arc<Vma>) {
+        if let Some(file) = &vma.file {
+            file.inode().mapping().i_mmap_insert(vma);
+            vma.linked.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// `unlink_file_vma`: the VMA leaves its file's `i_mmap` (munmap, split, exit).
+    fn unlink_file(vma: &Vma) {
+        if let Some(file) = &vma.file {
+            if vma.linked.swap(false, Ordering::Relaxed) {
+                file.inode().mapping().i_mmap_remove(vma);
+            }
+        }
     }
 
     /// `find_vma` + containment: the VMA containing `addr`.
@@ -233,6 +398,7 @@ impl Mm {
         }
         let end = addr + len;
         let mut removed = Vec::new();
+        let mut partly_unmapped = Vec::new();
         {
             let mut vmas = self.vmas.write();
             if !vmas.range(..end).any(|(_, vma)| vma.end > addr) {
@@ -241,24 +407,50 @@ impl Mm {
             }
             let overlapping: Vec<u64> =
                 vmas.range(..end).filter(|(_, vma)| vma.end > addr).map(|(&start, _)| start).collect();
+            // vma_adjust_trans_huge: a huge PMD straddling a split point is split first.
+            for boundary in [addr, end] {
+                let vma = vmas.range(..boundary).next_back().map(|(_, vma)| vma.clone());
+                if let Some(head) = vma.and_then(|vma| self.split_huge_pmd_address(&vma, boundary)) {
+                    partly_unmapped.push(head);
+                }
+            }
             for start in overlapping {
                 let vma = vmas.remove(&start).expect("listed above");
+                // __split_vma: the parts that stay are linked into i_mmap as VMAs of their own.
                 if vma.start < addr {
-                    vmas.insert(vma.start, Arc::new(self.split(&vma, vma.start, addr)));
+                    let part = Arc::new(self.split(&vma, vma.start, addr));
+                    Self::link_file(&part);
+                    vmas.insert(vma.start, part);
                 }
                 if vma.end > end {
-                    vmas.insert(end, Arc::new(self.split(&vma, end, vma.end)));
+                    let part = Arc::new(self.split(&vma, end, vma.end));
+                    Self::link_file(&part);
+                    vmas.insert(end, part);
                 }
                 removed.push((vma, addr.max(start), end));
             }
             // unmap_vmas: one invalidation over the whole range, with mmap_lock held; the
             // secondary MMUs drop their mappings before the pages are freed (tlb_finish_mmu).
             let range = self.notify_start(addr, end, MmuNotifyEvent::Unmap);
+            for (vma, from, to) in &removed {
+                vma.clear_file_ptes(0, u64::MAX, None);
+                // Every huge PMD left in the range lies wholly inside it (split points were
+                // split above).
+                partly_unmapped.extend(self.zap_huge_pmds(vma, *from, *to));
+            }
             self.notify_end(&range);
+            // free_pgtables → unlink_file_vma: the VMAs leave i_mmap after their PTEs are gone.
+            for (vma, _, _) in &removed {
+                Self::unlink_file(vma);
+            }
+            self.free_pgtables(&vmas);
         }
         for (vma, from, to) in removed {
             let base = vma.start;
             vma.release_anon(&self.machine, (from - base) >> PAGE_SHIFT, (to - base) >> PAGE_SHIFT);
+        }
+        for head in partly_unmapped {
+            self.deferred_split_folio(head);
         }
         Ok(())
     }
@@ -268,8 +460,17 @@ impl Mm {
         let mut part =
             Vma::new(start, end, vma.pgoff + ((start - vma.start) >> PAGE_SHIFT), vma.vm_flags, vma.file.clone());
         part.vm_ops = vma.vm_ops;
+        part.vm_mm = vma.vm_mm.clone();
         let shift = (start - vma.start) >> PAGE_SHIFT;
         let pages = (end - start) >> PAGE_SHIFT;
+        let mut ptes = vma.file_ptes.lock();
+        let moved: Vec<(u64, Pfn)> = ptes.range(shift..shift + pages).map(|(&page, &pfn)| (page, pfn)).collect();
+        let target = part.file_ptes.get_mut();
+        for (page, pfn) in moved {
+            ptes.remove(&page);
+            target.insert(page - shift, pfn);
+        }
+        drop(ptes);
         let mut anon = vma.anon.lock();
         let moved: Vec<(u64, Pfn)> = anon.range(shift..shift + pages).map(|(&page, &pfn)| (page, pfn)).collect();
         // The new part is not shared yet: no need (and no lockdep nesting) to lock it.
@@ -286,7 +487,15 @@ impl Mm {
     pub fn unmap_all(&self) {
         self.notifiers.release_all();
         let all: Vec<Arc<Vma>> = std::mem::take(&mut *self.vmas.write()).into_values().collect();
+        let pmds = std::mem::take(&mut *self.pmds.lock());
+        for pmd in pmds.into_values() {
+            if let Pmd::Huge(head) = pmd {
+                Folio::from_pfn(&self.machine.mem, head).put();
+            }
+        }
         for vma in all {
+            vma.clear_file_ptes(0, u64::MAX, None);
+            Self::unlink_file(&vma);
             vma.release_anon(&self.machine, 0, u64::MAX);
         }
     }
@@ -312,11 +521,13 @@ impl Mm {
 
     /// The order of the host mapping of `addr` (`host_pfn_mapping_level` in KVM's terms, which
     /// walks the process page tables): 0 for a 4K PTE or nothing mapped, 9 for a PMD-mapped huge
-    /// page. KVM never maps a shared gfn larger than the host maps its HVA. The model maps no
-    /// huge pages yet, so this is 0.
+    /// page (an anonymous THP, or the huge zero page). KVM never maps a shared gfn larger than
+    /// the host maps its HVA.
     pub fn host_mapping_order(&self, addr: u64) -> u8 {
-        let _ = addr;
-        0
+        if self.find(addr).is_none() {
+            return 0;
+        }
+        self.pmd_mapping_order(addr)
     }
 
     /// `get_user_pages` of one page for KVM (`hva_to_pfn`): the frame mapped at `addr`, faulted in
@@ -332,16 +543,10 @@ impl Mm {
         }
         let page_in_vma = (addr - vma.start) >> PAGE_SHIFT;
         let Some(ops) = vma.vm_ops else {
-            let mut anon = vma.anon.lock();
-            let pfn = match anon.get(&page_in_vma) {
-                Some(&pfn) => pfn,
-                None => {
-                    let folio = Folio::alloc(&self.machine.mem, 0).map_err(|_| Errno::EFAULT)?;
-                    folio.clear_page(0);
-                    anon.insert(page_in_vma, folio.pfn());
-                    folio.pfn()
-                }
-            };
+            // GUP faults anonymous memory in as a write (the model has no shared zero page), so
+            // a VM_HUGEPAGE range gets a THP.
+            let pfn = self.anon_fault(&vma, addr, true).map_err(|_| Errno::EFAULT)?;
+            let pfn = pfn.expect("a write fault maps a page");
             Folio::from_pfn(&self.machine.mem, pfn).get();
             return Ok(pfn);
         };
@@ -354,9 +559,12 @@ impl Mm {
                     return Err(Errno::EHWPOISON);
                 }
                 Ok(folio) => {
+                    // GUP faulted the page in: the PTE is present (set under the folio lock).
+                    let pfn = folio.pfn().offset(fault.pgoff.0 - folio.index().0);
+                    vma.set_file_pte(page_in_vma, pfn);
                     // The fault's reference becomes the caller's.
                     folio.unlock();
-                    return Ok(folio.pfn().offset(fault.pgoff.0 - folio.index().0));
+                    return Ok(pfn);
                 }
                 Err(VmFaultError::Retry) => continue,
                 Err(_) => return Err(Errno::EFAULT),
@@ -381,7 +589,7 @@ impl Mm {
         let in_page = addr & (PAGE_SIZE - 1);
         let page_in_vma = (addr - vma.start) >> PAGE_SHIFT;
         let Some(ops) = vma.vm_ops else {
-            return self.access_anon(&vma, page_in_vma, in_page, buf, write);
+            return self.access_anon(&vma, addr, in_page, buf, write);
         };
         let fault = VmFault { vma: &vma, pgoff: PgOff(vma.pgoff + page_in_vma), write };
         // A handler asking for a retry is retried; a bound keeps a livelock visible.
@@ -395,6 +603,8 @@ impl Mm {
                     return Err(AccessSignal::Sigbus);
                 }
                 Ok(folio) => {
+                    // finish_fault: the PTE is present from now until a zap.
+                    vma.set_file_pte(page_in_vma, folio.pfn().offset(fault.pgoff.0 - folio.index().0));
                     let offset = (fault.pgoff.0 - folio.index().0) * PAGE_SIZE + in_page;
                     if write {
                         folio.write(offset, buf);
@@ -415,20 +625,11 @@ impl Mm {
         Err(AccessSignal::Sigbus)
     }
 
-    fn access_anon(&self, vma: &Vma, page: u64, in_page: u64, buf: &mut [u8], write: bool) -> Result<(), AccessSignal> {
-        let mut anon = vma.anon.lock();
-        let pfn = match anon.get(&page) {
-            Some(&pfn) => pfn,
-            None if !write => {
-                buf.fill(0);
-                return Ok(());
-            }
-            None => {
-                let folio = Folio::alloc(&self.machine.mem, 0).map_err(|_| AccessSignal::Sigbus)?;
-                folio.clear_page(0);
-                anon.insert(page, folio.pfn());
-                folio.pfn()
-            }
+    fn access_anon(&self, vma: &Vma, addr: u64, in_page: u64, buf: &mut [u8], write: bool) -> Result<(), AccessSignal> {
+        let Some(pfn) = self.anon_fault(vma, addr, write).map_err(|_| AccessSignal::Sigbus)? else {
+            // A zero page (4K or huge) is mapped: reads see zeroes.
+            buf.fill(0);
+            return Ok(());
         };
         if write {
             self.machine.mem.write(pfn, in_page as usize, buf);
@@ -440,15 +641,69 @@ impl Mm {
 
     /// `MADV_DONTNEED` (`zap_page_range_single` with an `MMU_NOTIFY_CLEAR` invalidation, under
     /// `mmap_lock` for read): on anonymous memory it drops the pages; on file mappings it only
-    /// zaps PTEs, which the model does not keep, so the data stays in the page cache. Either way
-    /// the secondary MMUs (KVM) drop their mappings of the range.
+    /// zaps the PTEs, so the data stays in the page cache. Either way the secondary MMUs (KVM)
+    /// drop their mappings of the range.
+    /// A huge PMD wholly inside the range is zapped, one partly inside is split first (with its
+    /// own invalidation of the 2M range, nested in this one), and the THP is then split and its
+    /// unmapped subpages freed (see [`crate::huge_memory`]).
     pub(crate) fn dontneed(&self, vma: &Vma, start: u64, end: u64) {
-        let _mmap_lock = self.vmas.read();
+        let mmap_lock = self.vmas.read();
         let range = self.notify_start(start, end, MmuNotifyEvent::Clear);
+        let (from, to) = ((start - vma.start) >> PAGE_SHIFT, (end - vma.start) >> PAGE_SHIFT);
+        let mut partly_unmapped = Vec::new();
         if vma.file.is_none() {
-            vma.release_anon(&self.machine, (start - vma.start) >> PAGE_SHIFT, (end - vma.start) >> PAGE_SHIFT);
+            partly_unmapped = self.zap_huge_pmds(vma, start, end);
+            vma.release_anon(&self.machine, from, to);
+        } else {
+            vma.clear_file_ptes(from, to, None);
         }
         self.notify_end(&range);
+        drop(mmap_lock);
+        for head in partly_unmapped {
+            self.deferred_split_folio(head);
+        }
+    }
+
+    /// `MADV_HUGEPAGE` / `MADV_NOHUGEPAGE` over `[start, end)` (`madvise_vma_behavior` →
+    /// `hugepage_madvise` → `madvise_update_vma`, `mmap_lock` for write): each VMA of the range
+    /// whose flags change is split at the range's edges (a huge PMD straddling an edge is split
+    /// first) and the covered part gets the new flags. Returns whether the range has holes (the
+    /// caller's ENOMEM, after the mapped parts were changed).
+    pub(crate) fn madvise_hugepage(&self, start: u64, end: u64, hugepage: bool) -> bool {
+        let (_, hole) = self.overlapping(start, end);
+        let mut vmas = self.vmas.write();
+        let overlapping: Vec<Arc<Vma>> =
+            vmas.range(..end).filter(|(_, vma)| vma.end > start).map(|(_, vma)| vma.clone()).collect();
+        for vma in overlapping {
+            let flags = if hugepage {
+                (vma.vm_flags & !VM_NOHUGEPAGE) | VM_HUGEPAGE
+            } else {
+                (vma.vm_flags & !VM_HUGEPAGE) | VM_NOHUGEPAGE
+            };
+            if flags == vma.vm_flags {
+                continue;
+            }
+            let (from, to) = (start.max(vma.start), end.min(vma.end));
+            // Splitting a PMD without unmapping leaves every subpage mapped: nothing to free.
+            for edge in [from, to] {
+                self.split_huge_pmd_address(&vma, edge);
+            }
+            vmas.remove(&vma.start);
+            for (part_start, part_end, part_flags) in
+                [(vma.start, from, vma.vm_flags), (from, to, flags), (to, vma.end, vma.vm_flags)]
+            {
+                if part_start < part_end {
+                    let mut part = self.split(&vma, part_start, part_end);
+                    part.vm_flags = part_flags;
+                    let part = Arc::new(part);
+                    Self::link_file(&part);
+                    vmas.insert(part_start, part);
+                }
+            }
+            Self::unlink_file(&vma);
+        }
+        drop(vmas);
+        hole
     }
 
     /// The VMAs overlapping `[start, end)`, ascending, and whether the range has holes.

@@ -586,7 +586,7 @@ fn madvise() -> BoxedStrategy<AbstractOp> {
         (3, &[AdviseLen::ToEnd]),
         (1, &[AdviseLen::Raw(0), AdviseLen::Raw(1), AdviseLen::Raw(8 * KIB), AdviseLen::Raw(2 * MIB)]),
     ]);
-    (map_ref(), at, len, pick(&[4, 9]))
+    (map_ref(), at, len, pick(&[4, 9, 14, 15]))
         .prop_map(|(map, at, len, advice)| AbstractOp::Madvise { map, at, len, advice })
         .boxed()
 }
