@@ -22,6 +22,82 @@ pub enum PgLevel {
     Level1G = 3,
 }
 
+/// `KVM_MAX_HUGEPAGE_LEVEL` on x86 (1G; `max_huge_page_level` is 1G on every host the model
+/// stands for).
+pub const KVM_MAX_HUGEPAGE_LEVEL: PgLevel = PgLevel::Level1G;
+
+impl PgLevel {
+    /// The huge levels, lowest first (the order `kvm_arch_post_set_memory_attributes` walks).
+    pub const HUGE: [PgLevel; 2] = [PgLevel::Level2M, PgLevel::Level1G];
+
+    /// `KVM_HPAGE_GFN_SHIFT(level)`: 0, 9, 18.
+    pub const fn gfn_shift(self) -> u32 {
+        (self as u32 - 1) * 9
+    }
+
+    /// `KVM_PAGES_PER_HPAGE(level)`.
+    pub const fn pages(self) -> u64 {
+        1 << self.gfn_shift()
+    }
+
+    /// `gfn_round_for_level(gfn, level)`.
+    pub const fn round(self, gfn: u64) -> u64 {
+        gfn & !(self.pages() - 1)
+    }
+
+    /// `kvm_max_level_for_order(order)`: the largest level an order-`order` folio (or host
+    /// mapping) covers.
+    pub const fn for_order(order: u8) -> PgLevel {
+        if order >= PgLevel::Level1G.gfn_shift() as u8 {
+            PgLevel::Level1G
+        } else if order >= PgLevel::Level2M.gfn_shift() as u8 {
+            PgLevel::Level2M
+        } else {
+            PgLevel::Level4K
+        }
+    }
+
+    /// The next level down (4K stays 4K).
+    pub const fn lower(self) -> PgLevel {
+        match self {
+            PgLevel::Level1G => PgLevel::Level2M,
+            _ => PgLevel::Level4K,
+        }
+    }
+
+    /// `4K`, `2M`, `1G` (as `dump` prints it).
+    pub const fn name(self) -> &'static str {
+        match self {
+            PgLevel::Level4K => "4K",
+            PgLevel::Level2M => "2M",
+            PgLevel::Level1G => "1G",
+        }
+    }
+}
+
+impl fmt::Display for PgLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `sev_gmem_max_mapping_level` (v6.18; `sev_private_max_mapping_level` in v6.14): not an SNP
+/// guest, or (v6.18) a shared fault, is "no restriction" (`None`, the kernel's 0); an RMP lookup
+/// error or an unassigned pfn is 4K; otherwise the RMP entry's level. `rmp_level` is the lookup:
+/// `None` for an error or an unassigned pfn.
+pub fn sev_gmem_max_mapping_level(snp_guest: bool, is_private: bool, rmp_level: Option<PgLevel>) -> Option<PgLevel> {
+    if !snp_guest || !is_private {
+        return None;
+    }
+    Some(rmp_level.unwrap_or(PgLevel::Level4K))
+}
+
+/// `tdx_gmem_max_mapping_level` (v6.18; `tdx_gmem_private_max_mapping_level` in v6.14): private
+/// mappings of a TD are 4K (S-EPT huge pages are not supported); shared ones unrestricted.
+pub fn tdx_gmem_max_mapping_level(is_private: bool) -> Option<PgLevel> {
+    is_private.then_some(PgLevel::Level4K)
+}
+
 /// The hooks, one implementation per VM type family.
 pub trait KvmArch: Send + Sync + fmt::Debug {
     /// For dumps and diagnostics.
@@ -38,9 +114,12 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
     /// (`free_folio`); make the frames safe for the host again. Default: nothing to undo.
     fn gmem_invalidate(&self, _start: Pfn, _end: Pfn) {}
 
-    /// The private max mapping level for `pfn` (`gmem_max_mapping_level`); `None` is "no
-    /// restriction", the default.
-    fn gmem_max_mapping_level(&self, _kvm: &Kvm, _pfn: Pfn) -> Option<PgLevel> {
+    /// The max mapping level the vendor allows for `pfn` (`kvm_x86_ops.gmem_max_mapping_level`,
+    /// v6.14's `private_max_mapping_level`); `None` is "no restriction" (the kernel's 0, the
+    /// default of vendors without the hook). SNP answers with the RMP level
+    /// ([`sev_gmem_max_mapping_level`]), TDX with 4K for private pfns
+    /// ([`tdx_gmem_max_mapping_level`]).
+    fn gmem_max_mapping_level(&self, _kvm: &Kvm, _pfn: Pfn, _is_private: bool) -> Option<PgLevel> {
         None
     }
 

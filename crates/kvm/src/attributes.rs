@@ -8,7 +8,10 @@
 //! of mapping, the xarray is updated, *post-set* ends the invalidation. A request that changes
 //! nothing opens no invalidation at all.
 
+use crate::arch::PgLevel;
+use crate::memslot::MemslotRef;
 use crate::mmu::{AttrFilter, KvmGfnRange};
+use crate::profile::KernelVersion;
 use crate::types::Gfn;
 use crate::vm::Kvm;
 use gmem_mm::types::{PAGE_SHIFT, PAGE_SIZE};
@@ -93,26 +96,40 @@ impl Kvm {
         self.vm_set_mem_attributes(start, end, attrs.attributes)
     }
 
-    /// `kvm_vm_set_mem_attributes`.
+    /// `kvm_vm_set_mem_attributes`. M8's call half is asserted here and reported as a WARN if
+    /// broken: a request that changes nothing opens no invalidation, a failed reservation
+    /// changes no attribute, and a successful change closes every invalidation it opened.
     fn vm_set_mem_attributes(&self, start: Gfn, end: Gfn, attributes: u64) -> KResult<()> {
         let _slots_lock = self.lock_slots();
+        let opened = std::cell::Cell::new(0i64);
         // Nothing to do if the entire range has the desired attributes.
         if self.range_has_memory_attributes(start, end, u64::MAX, attributes) {
+            self.machine().warnings.warn_on(opened.get() != 0, || {
+                format!("M8: a no-op KVM_SET_MEMORY_ATTRIBUTES [{start}, {end}) opened an invalidation")
+            });
             return Ok(());
         }
         // xa_reserve for every index: the only step that can fail, and it changes nothing
         // observable when it does.
+        let before = self.attributes_in(start, end);
         if self.machine().inject.should_fail(FaultPoint::AllocXarray) {
+            self.machine().warnings.warn_on(self.attributes_in(start, end) != before || opened.get() != 0, || {
+                format!("M8: a failed reservation for [{start}, {end}) changed attributes or opened an invalidation")
+            });
             return Err(Errno::ENOMEM);
         }
         self.handle_gfn_range(
             start,
             end,
-            |kvm, range| {
+            |kvm, range, slot| {
+                // kvm_pre_set_memory_attributes.
                 kvm.mmu_invalidate_range_add(range.start, range.end);
-                kvm.arch_pre_set_memory_attributes(range, attributes)
+                kvm.arch_pre_set_memory_attributes(range, slot, attributes)
             },
-            Kvm::mmu_invalidate_begin,
+            &|kvm: &Kvm| {
+                kvm.mmu_invalidate_begin();
+                opened.set(opened.get() + 1);
+            },
             true,
         );
         for gfn in start.0..end.0 {
@@ -128,28 +145,181 @@ impl Kvm {
         self.handle_gfn_range(
             start,
             end,
-            |kvm, range| {
+            |kvm, range, slot| {
+                kvm.arch_post_set_memory_attributes(range, slot, attributes);
                 kvm.mmu().post_set_memory_attributes(kvm, range, attributes);
                 false
             },
-            Kvm::mmu_invalidate_end,
+            &|kvm: &Kvm| {
+                kvm.mmu_invalidate_end();
+                opened.set(opened.get() - 1);
+            },
             false,
         );
+        self.machine().warnings.warn_on(opened.get() != 0, || {
+            format!("M8: KVM_SET_MEMORY_ATTRIBUTES [{start}, {end}) left {} invalidation(s) open", opened.get())
+        });
         Ok(())
     }
 
-    /// x86 `kvm_arch_pre_set_memory_attributes`: zap the mappings of the kind being converted
-    /// away from.
-    fn arch_pre_set_memory_attributes(&self, range: &KvmGfnRange, attributes: u64) -> bool {
+    /// The stored attributes of `[start, end)`, as `(gfn, value)` (bounded by what is stored).
+    pub(crate) fn attributes_in(&self, start: Gfn, end: Gfn) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if end.0 <= start.0 {
+            return out;
+        }
+        let mut index = start.0;
+        while let Some(value) = self.mem_attr_array.find(&mut index, end.0 - 1) {
+            out.push((index, value));
+            if index >= end.0 - 1 {
+                break;
+            }
+            index += 1;
+        }
+        out
+    }
+
+    /// x86 `kvm_arch_pre_set_memory_attributes`: (v6.18, since the v6.15 fix "Prevent installing
+    /// hugepages when mem attributes are changing") add the head and tail huge pages that
+    /// straddle the range, lie inside the slot and are not already MIXED to the invalidation, so
+    /// no fault installs a huge page over gfns whose attributes are changing; then zap the
+    /// mappings of the kind being converted away from.
+    fn arch_pre_set_memory_attributes(&self, range: &KvmGfnRange, slot: &MemslotRef<'_>, attributes: u64) -> bool {
         if self.machine().warnings.warn_on_once(!self.has_private_mem(), || {
             "kvm_arch_pre_set_memory_attributes on a VM without private memory".into()
         }) {
             return false;
         }
+        if self.profile().version == KernelVersion::V6_18 {
+            if self
+                .machine()
+                .warnings
+                .warn_on_once(range.end <= range.start, || "kvm_arch_pre_set_memory_attributes: empty range".into())
+            {
+                return false;
+            }
+            let slot_end = slot.base_gfn().0 + slot.npages();
+            for level in PgLevel::HUGE {
+                let start = level.round(range.start.0);
+                let end = level.round(range.end.0 - 1);
+                let nr_pages = level.pages();
+                if (start != range.start.0 || start + nr_pages > range.end.0)
+                    && start >= slot.base_gfn().0
+                    && start + nr_pages <= slot_end
+                    && !slot.hugepage_test_mixed(Gfn(start), level)
+                {
+                    self.mmu_invalidate_range_add(Gfn(start), Gfn(start + nr_pages));
+                }
+                if end == start {
+                    continue;
+                }
+                if end + nr_pages <= slot_end && !slot.hugepage_test_mixed(Gfn(end), level) {
+                    self.mmu_invalidate_range_add(Gfn(end), Gfn(end + nr_pages));
+                }
+            }
+        }
         let filter =
             if attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 { AttrFilter::Shared } else { AttrFilter::Private };
         let range = KvmGfnRange { attr_filter: filter, ..*range };
         self.mmu().unmap_gfn_range(self, &range)
+    }
+
+    /// `hugepage_has_attrs`: every gfn of the level-`level` huge page at `gfn` has exactly
+    /// `attrs` (1G: every 2M part is not MIXED and its first gfn has `attrs`).
+    fn hugepage_has_attrs(&self, slot: &MemslotRef<'_>, gfn: Gfn, level: PgLevel, attrs: u64) -> bool {
+        let start = gfn.0;
+        let end = start + level.pages();
+        if level == PgLevel::Level2M {
+            return self.range_has_memory_attributes(Gfn(start), Gfn(end), u64::MAX, attrs);
+        }
+        let step = level.lower().pages();
+        (start..end).step_by(step as usize).all(|gfn| {
+            !slot.hugepage_test_mixed(Gfn(gfn), level.lower()) && self.get_memory_attributes(Gfn(gfn)) == attrs
+        })
+    }
+
+    /// x86 `kvm_arch_post_set_memory_attributes`: recompute `KVM_LPAGE_MIXED_FLAG` for the head
+    /// and tail huge pages straddling the range (when inside the slot) and clear it for the huge
+    /// pages the range covers, 2M before 1G (1G consumes the 2M results). `mmu_lock` held for
+    /// write, `slots_lock` held.
+    pub(crate) fn arch_post_set_memory_attributes(&self, range: &KvmGfnRange, slot: &MemslotRef<'_>, attrs: u64) {
+        self.assert_mmu_lock_held();
+        if self.machine().warnings.warn_on_once(!self.has_private_mem(), || {
+            "kvm_arch_post_set_memory_attributes on a VM without private memory".into()
+        }) {
+            return;
+        }
+        let slot_start = slot.base_gfn().0;
+        let slot_end = slot_start + slot.npages();
+        for level in PgLevel::HUGE {
+            let nr_pages = level.pages();
+            let mut gfn = level.round(range.start.0);
+            // The head page, if it straddles the range.
+            if gfn != range.start.0 || gfn + nr_pages > range.end.0 {
+                // Skip mixed tracking if the aligned gfn isn't covered by the memslot.
+                if gfn >= slot_start && gfn + nr_pages <= slot_end {
+                    let has = self.hugepage_has_attrs(slot, Gfn(gfn), level, attrs);
+                    slot.hugepage_set_mixed(Gfn(gfn), level, !has);
+                }
+                gfn += nr_pages;
+            }
+            // Pages entirely covered by the range have only the attributes just set.
+            while gfn + nr_pages <= range.end.0 {
+                slot.hugepage_set_mixed(Gfn(gfn), level, false);
+                gfn += nr_pages;
+            }
+            // The tail page, if it straddles the range and is contained by the memslot.
+            if gfn < range.end.0 && gfn + nr_pages <= slot_end {
+                let has = self.hugepage_has_attrs(slot, Gfn(gfn), level, attrs);
+                slot.hugepage_set_mixed(Gfn(gfn), level, !has);
+            }
+        }
+    }
+
+    /// x86 `kvm_mmu_init_memslot_memory_attributes`: the MIXED flags of a new slot, for every
+    /// huge page wholly inside it, from the current attributes. (Fast path, the same result: a
+    /// slot without any stored attribute has no MIXED page.)
+    pub(crate) fn mmu_init_memslot_memory_attributes(&self, slot: MemslotRef<'_>) {
+        if !self.has_private_mem() {
+            return;
+        }
+        let base = slot.base_gfn().0;
+        let slot_end = base + slot.npages();
+        if self.attributes_in(Gfn(base), Gfn(slot_end)).is_empty() {
+            return;
+        }
+        for level in PgLevel::HUGE {
+            for gfn in Self::huge_pages_inside(base, slot_end, level) {
+                let attrs = self.get_memory_attributes(Gfn(gfn));
+                let has = self.hugepage_has_attrs(&slot, Gfn(gfn), level, attrs);
+                slot.hugepage_set_mixed(Gfn(gfn), level, !has);
+            }
+        }
+    }
+
+    /// The first gfns of the level-`level` huge pages wholly inside `[base, end)`.
+    pub(crate) fn huge_pages_inside(base: u64, end: u64, level: PgLevel) -> impl Iterator<Item = u64> {
+        let nr_pages = level.pages();
+        let mut start = level.round(base);
+        if start < base {
+            start += nr_pages;
+        }
+        let end = level.round(end);
+        (start..end.max(start)).step_by(nr_pages as usize)
+    }
+
+    /// What `KVM_LPAGE_MIXED_FLAG` of the huge page at `gfn` must be, recomputed from the
+    /// attribute xarray alone (for M8): the attributes differ inside it, or (1G) some 2M part is
+    /// MIXED by this same definition.
+    pub fn recompute_mixed(&self, gfn: Gfn, level: PgLevel) -> bool {
+        let first = self.get_memory_attributes(gfn);
+        match level {
+            PgLevel::Level4K => false,
+            PgLevel::Level2M => !self.range_has_memory_attributes(gfn, gfn.offset(level.pages()), u64::MAX, first),
+            PgLevel::Level1G => (gfn.0..gfn.0 + level.pages()).step_by(PgLevel::Level2M.pages() as usize).any(|sub| {
+                self.recompute_mixed(Gfn(sub), PgLevel::Level2M) || self.get_memory_attributes(Gfn(sub)) != first
+            }),
+        }
     }
 
     /// `kvm_handle_gfn_range`: run `handler` on every memslot's part of `[start, end)`, taking
@@ -158,8 +328,8 @@ impl Kvm {
         &self,
         start: Gfn,
         end: Gfn,
-        mut handler: impl FnMut(&Kvm, &KvmGfnRange) -> bool,
-        on_lock: fn(&Kvm),
+        mut handler: impl FnMut(&Kvm, &KvmGfnRange, &MemslotRef<'_>) -> bool,
+        on_lock: &dyn Fn(&Kvm),
         flush_on_ret: bool,
     ) {
         let srcu = self.srcu_read_lock();
@@ -182,7 +352,7 @@ impl Kvm {
                 attr_filter: AttrFilter::Shared,
                 may_block: true,
             };
-            flush |= handler(self, &range);
+            flush |= handler(self, &range, &self.memslot(entry));
         }
         if flush_on_ret && flush {
             self.mmu().flush_remote_tlbs(self);

@@ -28,19 +28,33 @@
 //!   v6.18 `GMEM_ONLY` slots, whose shared faults map guest_memfd memory by design; not checked.
 //! * **M5** (flush before reuse): INV-NO-STALE-PFN above, plus: a TLB entry of a vCPU with no
 //!   flush pending is backed by a present SPTE of the same frame (a zap is always followed by a
-//!   flush request before `mmu_lock` is dropped).
+//!   flush request before `mmu_lock` is dropped). A TLB entry holds a 4K piece of its leaf, so
+//!   "the same frame" is the leaf's first pfn plus the gfn's offset in it.
+//! * **M6** (huge mapping legality): every leaf above 4K has `gfn` and `pfn` aligned to its
+//!   level, lies wholly inside one memslot whose `disallow_lpage` is 0 at that level, and, when
+//!   it came from guest_memfd (private, or a v6.18 `GMEM_ONLY` slot), the folio holding its
+//!   first index is at least that large and the vendor hook (`gmem_max_mapping_level`) allows
+//!   the level.
+//! * **M8**, its state half: every memslot's `KVM_LPAGE_MIXED_FLAG` bits equal their
+//!   recomputation from the attribute xarray (a huge page wholly inside the slot is MIXED iff its
+//!   gfns' attributes differ, or, at 1G, a 2M part is MIXED; any other page is never MIXED).
 //!
-//! Not checkable yet: **M6** (huge mapping legality: every leaf is 4K, there is no `lpage_info`);
-//! **M7** (memory-fault exits) and **M8** (attribute ioctl atomicity) are properties of one call,
-//! not of a state, and are asserted by the tests at the call (`tests/tests/mmu.rs`).
+//! M7 (memory-fault exits) and M8's call half (a no-op `KVM_SET_MEMORY_ATTRIBUTES` opens no
+//! invalidation, a failed reservation changes nothing, every invalidation opened is closed) are
+//! properties of one call: they are checked continuously, at the call
+//! (`vcpu::kvm_mmu_page_fault` and `Kvm::vm_set_mem_attributes`), and reported as WARNs, which
+//! every test asserts absent.
 //!
 //! The checker is handed what is reachable from user space (the VMs and guest_memfd files of a
 //! process: descriptors and mappings); at a quiescent point every live guest_memfd is reachable
 //! that way, because a released file has no deferred work left.
 
+use crate::arch::PgLevel;
 use crate::guest_memfd::{gmem_of_file, KvmGmem};
-use crate::memslot::{KVM_MEMSLOT_INVALID, KVM_MEM_GUEST_MEMFD};
+use crate::memslot::{gfn_to_index, KVM_MEMSLOT_GMEM_ONLY, KVM_MEMSLOT_INVALID, KVM_MEM_GUEST_MEMFD};
+use crate::tdp_mmu::Spte;
 use crate::tlb::KVM_REQ_TLB_FLUSH;
+use crate::types::Gfn;
 use crate::vm::Kvm;
 use gmem_mm::file::FileRef;
 use gmem_sync::atomic::Ordering;
@@ -78,6 +92,10 @@ pub const M3_KIND: &str = "M3";
 pub const M4_BACKING: &str = "M4";
 /// M5, a TLB entry with no flush pending is backed by the SPTE.
 pub const M5_FLUSH: &str = "M5";
+/// M6, huge mapping legality.
+pub const M6_HUGE: &str = "M6";
+/// M8, the MIXED flags equal their recomputation from the attributes.
+pub const M8_MIXED: &str = "M8";
 
 /// Checks every invariant over the given VMs and files (non-guest_memfd files are ignored; the
 /// VMs of the guest_memfds are added to `vms`).
@@ -105,6 +123,8 @@ pub fn check(vms: &[Arc<Kvm>], files: &[FileRef]) -> Vec<Violation> {
         check_slots_are_bound(kvm, &gmem_files, &mut out);
         check_no_stale_pfn(kvm, &mut out);
         check_mmu(kvm, &gmem_files, &mut out);
+        check_huge_leaves(kvm, &gmem_files, &mut out);
+        check_mixed_flags(kvm, &mut out);
     }
     out
 }
@@ -121,48 +141,9 @@ fn check_mmu(kvm: &Arc<Kvm>, gmem_files: &[(&FileRef, &KvmGmem)], out: &mut Vec<
     let Some(tdp) = kvm.mmu().as_tdp() else { return };
     let sptes = tdp.sptes();
     let srcu = kvm.srcu_read_lock();
-    for (gfn, spte) in &sptes {
-        let private_attr = kvm.mem_is_private(*gfn);
-        if spte.private != private_attr {
-            out.push(Violation {
-                invariant: M3_KIND,
-                detail: format!(
-                    "gfn {gfn} has a {} SPTE but is {}",
-                    if spte.private { "private" } else { "shared" },
-                    if private_attr { "PRIVATE" } else { "shared" }
-                ),
-            });
-        }
-        if !spte.private {
-            continue;
-        }
-        let Some(slot) = kvm.gfn_to_memslot(&srcu, *gfn) else {
-            out.push(Violation {
-                invariant: M4_BACKING,
-                detail: format!("private SPTE of gfn {gfn} outside every memslot"),
-            });
-            continue;
-        };
-        let file = slot.gmem_file().load(Ordering::Acquire);
-        let Some((bound, _)) = gmem_files.iter().find(|(candidate, _)| std::ptr::eq(candidate.as_ptr(), file)) else {
-            continue;
-        };
-        let index = gfn.0.wrapping_sub(slot.base_gfn().0).wrapping_add(slot.gmem_pgoff());
-        let backing = bound
-            .inode()
-            .mapping()
-            .folios()
-            .into_iter()
-            .find(|(start, folio)| index >= start.0 && index < start.0 + folio.nr_pages())
-            .map(|(_, folio)| folio.file_pfn(gmem_mm::PgOff(index)));
-        if backing != Some(spte.pfn) {
-            out.push(Violation {
-                invariant: M4_BACKING,
-                detail: format!(
-                    "private SPTE of gfn {gfn} maps {:?}, the file holds {backing:?} at {index:#x}",
-                    spte.pfn
-                ),
-            });
+    for (base, leaf) in &sptes {
+        for offset in 0..leaf.level.pages() {
+            check_leaf_gfn(kvm, &srcu, gmem_files, Gfn(base.0 + offset), leaf.pfn.offset(offset), leaf, out);
         }
     }
     drop(srcu);
@@ -172,7 +153,8 @@ fn check_mmu(kvm: &Arc<Kvm>, gmem_files: &[(&FileRef, &KvmGmem)], out: &mut Vec<
             continue;
         }
         for (gfn, entry) in tlb.entries() {
-            let backed = sptes.iter().any(|(spte_gfn, spte)| *spte_gfn == gfn && spte.pfn == entry.pfn);
+            let backed =
+                tdp.covering_leaf(gfn).is_some_and(|(base, spte)| spte.pfn.offset(gfn.0 - base.0) == entry.pfn);
             if !backed {
                 out.push(Violation {
                     invariant: M5_FLUSH,
@@ -187,22 +169,33 @@ fn check_mmu(kvm: &Arc<Kvm>, gmem_files: &[(&FileRef, &KvmGmem)], out: &mut Vec<
     }
 }
 
-/// INV-NO-STALE-PFN over one VM's SPTEs.
+/// INV-NO-STALE-PFN over one VM's SPTEs (every frame of a huge leaf).
 fn check_no_stale_pfn(kvm: &Arc<Kvm>, out: &mut Vec<Violation>) {
     let Some(tdp) = kvm.mmu().as_tdp() else { return };
     let mem = &kvm.machine().mem;
-    for (gfn, spte) in tdp.sptes() {
-        let now = mem.generation(spte.pfn);
-        if now != spte.generation || !mem.is_allocated(spte.pfn) {
-            out.push(Violation {
-                invariant: INV_NO_STALE_PFN,
-                detail: format!(
-                    "gfn {gfn} maps {:?} installed at generation {}, now {now} ({})",
-                    spte.pfn,
-                    spte.generation,
-                    if mem.is_allocated(spte.pfn) { "freed and reused" } else { "freed" }
-                ),
-            });
+    for (base, spte) in tdp.sptes() {
+        let generations =
+            if spte.level == PgLevel::Level4K { vec![spte.generation] } else { tdp.frame_generations(base) };
+        for (offset, &installed) in generations.iter().enumerate() {
+            let pfn = spte.pfn.offset(offset as u64);
+            let gfn = Gfn(base.0 + offset as u64);
+            if !mem.is_valid_pfn(pfn) {
+                out.push(Violation {
+                    invariant: INV_NO_STALE_PFN,
+                    detail: format!("gfn {gfn} ({} leaf) maps {pfn:?}, a frame that was never allocated", spte.level),
+                });
+                continue;
+            }
+            let now = mem.generation(pfn);
+            if now != installed || !mem.is_allocated(pfn) {
+                out.push(Violation {
+                    invariant: INV_NO_STALE_PFN,
+                    detail: format!(
+                        "gfn {gfn} maps {pfn:?} installed at generation {installed}, now {now} ({})",
+                        if mem.is_allocated(pfn) { "freed and reused" } else { "freed" }
+                    ),
+                });
+            }
         }
     }
     for vcpu in kvm.vcpus() {
@@ -222,6 +215,147 @@ fn check_no_stale_pfn(kvm: &Arc<Kvm>, out: &mut Vec<Violation>) {
                         entry.generation
                     ),
                 });
+            }
+        }
+    }
+}
+
+/// M3 and M4 for one gfn of a leaf, mapped to `pfn`.
+fn check_leaf_gfn(
+    kvm: &Arc<Kvm>,
+    srcu: &gmem_sync::srcu::SrcuReadGuard<'_>,
+    gmem_files: &[(&FileRef, &KvmGmem)],
+    gfn: Gfn,
+    pfn: gmem_mm::Pfn,
+    spte: &Spte,
+    out: &mut Vec<Violation>,
+) {
+    let private_attr = kvm.mem_is_private(gfn);
+    if spte.private != private_attr {
+        out.push(Violation {
+            invariant: M3_KIND,
+            detail: format!(
+                "gfn {gfn} has a {} SPTE ({}) but is {}",
+                if spte.private { "private" } else { "shared" },
+                spte.level,
+                if private_attr { "PRIVATE" } else { "shared" }
+            ),
+        });
+    }
+    if !spte.private {
+        return;
+    }
+    let Some(slot) = kvm.gfn_to_memslot(srcu, gfn) else {
+        out.push(Violation {
+            invariant: M4_BACKING,
+            detail: format!("private SPTE of gfn {gfn} outside every memslot"),
+        });
+        return;
+    };
+    let file = slot.gmem_file().load(Ordering::Acquire);
+    let Some((bound, _)) = gmem_files.iter().find(|(candidate, _)| std::ptr::eq(candidate.as_ptr(), file)) else {
+        return;
+    };
+    let index = gfn.0.wrapping_sub(slot.base_gfn().0).wrapping_add(slot.gmem_pgoff());
+    let backing = gmem_folio_at(bound, index).map(|folio| folio.file_pfn(gmem_mm::PgOff(index)));
+    if backing != Some(pfn) {
+        out.push(Violation {
+            invariant: M4_BACKING,
+            detail: format!("private SPTE of gfn {gfn} maps {pfn:?}, the file holds {backing:?} at {index:#x}"),
+        });
+    }
+}
+
+/// The page-cache folio of `file` holding `index`.
+fn gmem_folio_at<'f>(file: &'f FileRef, index: u64) -> Option<gmem_mm::folio::Folio<'f>> {
+    file.inode()
+        .mapping()
+        .folios()
+        .into_iter()
+        .find(|(start, folio)| index >= start.0 && index < start.0 + folio.nr_pages())
+        .map(|(_, folio)| folio)
+}
+
+/// M6 over one VM's leaves above 4K.
+fn check_huge_leaves(kvm: &Arc<Kvm>, gmem_files: &[(&FileRef, &KvmGmem)], out: &mut Vec<Violation>) {
+    let Some(tdp) = kvm.mmu().as_tdp() else { return };
+    let srcu = kvm.srcu_read_lock();
+    for (gfn, spte) in tdp.sptes() {
+        let level = spte.level;
+        if level == PgLevel::Level4K {
+            continue;
+        }
+        let mut fail = |why: String| {
+            out.push(Violation {
+                invariant: M6_HUGE,
+                detail: format!("{level} leaf at gfn {gfn} ({:?}): {why}", spte.pfn),
+            })
+        };
+        let mask = level.pages() - 1;
+        if gfn.0 & mask != 0 || spte.pfn.0 & mask != 0 {
+            fail("gfn or pfn not aligned to the level".into());
+        }
+        let Some(slot) = kvm.gfn_to_memslot(&srcu, gfn) else {
+            fail("outside every memslot".into());
+            continue;
+        };
+        if !slot.contains(Gfn(gfn.0 + mask)) {
+            fail(format!("reaches past memslot {}", slot.id()));
+            continue;
+        }
+        let disallow = slot.disallow_lpage(gfn, level);
+        if disallow != 0 {
+            fail(format!("disallow_lpage is {disallow:#x} at that level"));
+        }
+        if spte.private || slot.flags() & KVM_MEMSLOT_GMEM_ONLY != 0 {
+            let file = slot.gmem_file().load(Ordering::Acquire);
+            if let Some((bound, _)) = gmem_files.iter().find(|(candidate, _)| std::ptr::eq(candidate.as_ptr(), file)) {
+                let index = gfn.0.wrapping_sub(slot.base_gfn().0).wrapping_add(slot.gmem_pgoff());
+                let order = gmem_folio_at(bound, index).map(|folio| folio.order());
+                if order.is_none_or(|order| PgLevel::for_order(order) < level) {
+                    fail(format!("the guest_memfd folio at index {index:#x} has order {order:?}"));
+                }
+            }
+            if let Some(hook) = kvm.gmem_max_mapping_level(spte.pfn, spte.private) {
+                if hook < level {
+                    fail(format!("the vendor hook allows {hook} at most"));
+                }
+            }
+        }
+    }
+}
+
+/// M8's state half over one VM's memslots.
+fn check_mixed_flags(kvm: &Arc<Kvm>, out: &mut Vec<Violation>) {
+    let slots_lock = kvm.lock_slots();
+    for entry in kvm.memslots_locked(&slots_lock).iter() {
+        let slot = kvm.memslot(entry);
+        if slot.flags() & KVM_MEMSLOT_INVALID != 0 {
+            continue;
+        }
+        let (base, end) = (entry.base_gfn, entry.base_gfn + entry.npages);
+        let info = slot.lpage_info();
+        // Only huge pages holding a stored attribute can be MIXED; check those and every flag set.
+        let stored = if kvm.has_private_mem() { kvm.attributes_in(Gfn(base), Gfn(end)) } else { Vec::new() };
+        for level in PgLevel::HUGE {
+            let linfo = &info.levels[level as usize - 2];
+            let mut candidates: std::collections::BTreeSet<u64> =
+                stored.iter().map(|&(gfn, _)| level.round(gfn)).collect();
+            candidates
+                .extend(linfo.mixed.iter().map(|index| ((base >> level.gfn_shift()) + index) << level.gfn_shift()));
+            for gfn in candidates {
+                let inside = gfn >= base && gfn + level.pages() <= end;
+                let expected = inside && kvm.recompute_mixed(Gfn(gfn), level);
+                let actual = linfo.mixed.contains(&gfn_to_index(Gfn(gfn), Gfn(base), level));
+                if actual != expected {
+                    out.push(Violation {
+                        invariant: M8_MIXED,
+                        detail: format!(
+                            "memslot {} {level} page at gfn {gfn:#x}: KVM_LPAGE_MIXED_FLAG is {actual}, the attributes say {expected}",
+                            slot.id()
+                        ),
+                    });
+                }
             }
         }
     }

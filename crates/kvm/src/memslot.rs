@@ -10,6 +10,7 @@
 //! mappings, exactly as the kernel does, so a fault racing with the deletion sees either the
 //! live slot, the invalid one (and retries), or none.
 
+use crate::arch::PgLevel;
 use crate::guest_memfd::{kvm_gmem_bind, kvm_gmem_unbind};
 use crate::profile::{Fix, KernelVersion};
 use crate::types::{Gfn, SlotId};
@@ -22,7 +23,8 @@ use gmem_mm::vma::access_ok;
 use gmem_mm::{Errno, KResult};
 use gmem_sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use gmem_sync::srcu::SrcuReadGuard;
-use gmem_sync::{lockdep_assert_held, warn::WarnKind};
+use gmem_sync::{lockdep_assert_held, warn::WarnKind, LockClass, Mutex};
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// `KVM_MEM_LOG_DIRTY_PAGES`.
@@ -46,6 +48,52 @@ pub const KVM_MEM_MAX_NR_PAGES: u64 = (1 << 31) - 1;
 pub const KVM_ADDRESS_SPACE_NUM: u16 = 1;
 /// `KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS`.
 pub const KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS: u64 = 1 << 63;
+
+/// `KVM_LPAGE_MIXED_FLAG`: the huge range holds gfns with different memory attributes.
+pub const KVM_LPAGE_MIXED_FLAG: u32 = 1 << 31;
+
+/// `slot->arch.lpage_info` (model-only lock: the kernel protects the MIXED bits with `mmu_lock`
+/// for write and reads them under `mmu_lock`; the lock is a leaf taken for one read or write).
+static LPAGE_INFO_LOCK: LockClass = LockClass::new("slot->arch.lpage_info");
+
+/// `disallow_lpage` of one huge level of a slot, kept sparse: the kernel's array has one `u32`
+/// per huge page (`__kvm_mmu_slot_lpages`), whose counter part is set only at creation (first and
+/// last entry for an unaligned start or end, every entry for a gfn/hva misalignment) and whose
+/// `KVM_LPAGE_MIXED_FLAG` bits are few; so the counter is kept as its three causes and the MIXED
+/// bits as a set of indices. Write tracking (shadow paging) is not modelled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LpageLevel {
+    /// `__kvm_mmu_slot_lpages`: how many entries the array has.
+    pub lpages: u64,
+    /// `linfo[0].disallow_lpage = 1`: the slot starts unaligned.
+    pub head: bool,
+    /// `linfo[lpages - 1].disallow_lpage = 1`: the slot ends unaligned.
+    pub tail: bool,
+    /// Every entry is 1: the gfn and the hva are misaligned with respect to each other.
+    pub all: bool,
+    /// The indices whose `KVM_LPAGE_MIXED_FLAG` is set.
+    pub mixed: BTreeSet<u64>,
+}
+
+impl LpageLevel {
+    /// `linfo[index].disallow_lpage`.
+    pub fn disallow_lpage(&self, index: u64) -> u32 {
+        let counter = self.all || (self.head && index == 0) || (self.tail && index + 1 == self.lpages);
+        u32::from(counter) | if self.mixed.contains(&index) { KVM_LPAGE_MIXED_FLAG } else { 0 }
+    }
+}
+
+/// `slot->arch.lpage_info[level - 2]` for 2M and 1G.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LpageInfo {
+    /// `[2M, 1G]`.
+    pub levels: [LpageLevel; 2],
+}
+
+/// `gfn_to_index(gfn, base_gfn, level)`.
+pub fn gfn_to_index(gfn: Gfn, base_gfn: Gfn, level: PgLevel) -> u64 {
+    (gfn.0 >> level.gfn_shift()) - (base_gfn.0 >> level.gfn_shift())
+}
 
 /// The arguments of `KVM_SET_USER_MEMORY_REGION2` (`struct kvm_userspace_memory_region2`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,6 +126,8 @@ pub struct KvmMemorySlot {
     pub(crate) gmem_file: FilePtr,
     /// `slot->gmem.pgoff`.
     pub(crate) gmem_pgoff: AtomicU64,
+    /// `slot->arch.lpage_info`.
+    lpage_info: Mutex<LpageInfo>,
 }
 
 impl fmt::Debug for KvmMemorySlot {
@@ -100,6 +150,7 @@ impl SlabObject for KvmMemorySlot {
             userspace_addr: AtomicU64::new(0),
             gmem_file: FilePtr::new(std::ptr::null_mut()),
             gmem_pgoff: AtomicU64::new(0),
+            lpage_info: Mutex::new(&LPAGE_INFO_LOCK, LpageInfo::default()),
         }
     }
 }
@@ -188,6 +239,73 @@ impl<'a> MemslotRef<'a> {
     pub fn contains(&self, gfn: Gfn) -> bool {
         gfn >= self.base_gfn() && gfn.0 - self.base_gfn().0 < self.npages()
     }
+
+    /// `lpage_info_slot(gfn, slot, level)->disallow_lpage` (`gfn` inside the slot, `level` 2M or
+    /// 1G).
+    pub fn disallow_lpage(&self, gfn: Gfn, level: PgLevel) -> u32 {
+        let index = gfn_to_index(gfn, self.base_gfn(), level);
+        self.slot.lpage_info.lock().levels[level as usize - 2].disallow_lpage(index)
+    }
+
+    /// `hugepage_test_mixed(slot, gfn, level)`.
+    pub fn hugepage_test_mixed(&self, gfn: Gfn, level: PgLevel) -> bool {
+        self.disallow_lpage(gfn, level) & KVM_LPAGE_MIXED_FLAG != 0
+    }
+
+    /// `hugepage_set_mixed` / `hugepage_clear_mixed`.
+    pub(crate) fn hugepage_set_mixed(&self, gfn: Gfn, level: PgLevel, mixed: bool) {
+        let index = gfn_to_index(gfn, self.base_gfn(), level);
+        let mut info = self.slot.lpage_info.lock();
+        let set = &mut info.levels[level as usize - 2].mixed;
+        if mixed {
+            set.insert(index);
+        } else {
+            set.remove(&index);
+        }
+    }
+
+    /// A copy of `slot->arch.lpage_info`.
+    pub fn lpage_info(&self) -> LpageInfo {
+        self.slot.lpage_info.lock().clone()
+    }
+
+    pub(crate) fn set_lpage_info(&self, info: LpageInfo) {
+        *self.slot.lpage_info.lock() = info;
+    }
+
+    /// Test-only: flips the `KVM_LPAGE_MIXED_FLAG` of the huge page holding `gfn`, corrupting
+    /// the state so that a test can show the M8 checker catches it.
+    #[doc(hidden)]
+    pub fn corrupt_mixed_flag_for_test(&self, gfn: Gfn, level: PgLevel) {
+        let mixed = self.hugepage_test_mixed(gfn, level);
+        self.hugepage_set_mixed(gfn, level, !mixed);
+    }
+}
+
+/// `__kvm_mmu_slot_lpages(slot, npages, level)`.
+pub fn kvm_mmu_slot_lpages(base_gfn: u64, npages: u64, level: PgLevel) -> u64 {
+    let shift = level.gfn_shift();
+    ((base_gfn + npages - 1) >> shift) - (base_gfn >> shift) + 1
+}
+
+/// The `lpage_info` part of x86 `kvm_alloc_memslot_metadata`: for each huge level, disallow
+/// the first and last huge page when the slot starts or ends unaligned, and every huge page
+/// when the gfn and the hva are misaligned with respect to each other. The same in v6.14 and
+/// v6.18 (guest_memfd slots included: the hva check applies to them too, their
+/// `guest_memfd_offset` is not consulted; a `kvm_should_allow_lpage_for_slot` that would change
+/// that belongs to the unmerged guest_memfd-hugetlb series).
+pub fn kvm_alloc_lpage_info(base_gfn: u64, npages: u64, userspace_addr: u64) -> LpageInfo {
+    let mut info = LpageInfo::default();
+    for level in PgLevel::HUGE {
+        let linfo = &mut info.levels[level as usize - 2];
+        let mask = level.pages() - 1;
+        linfo.lpages = kvm_mmu_slot_lpages(base_gfn, npages, level);
+        linfo.head = base_gfn & mask != 0;
+        linfo.tail = (base_gfn + npages) & mask != 0;
+        let ugfn = userspace_addr >> PAGE_SHIFT;
+        linfo.all = (base_gfn ^ ugfn) & mask != 0;
+    }
+    info
 }
 
 /// One slot of a generation (its geometry is copied here so lookups do not touch the slab).
@@ -512,6 +630,14 @@ impl Kvm {
                 }
                 return Err(Errno::EINVAL);
             }
+            // kvm_alloc_memslot_metadata (its rmap arrays are the SPTE store's business here).
+            let slot = self.memslot(&new);
+            slot.set_lpage_info(kvm_alloc_lpage_info(new.base_gfn, new.npages, slot.userspace_addr()));
+            self.mmu_init_memslot_memory_attributes(slot);
+        }
+        if let (Some(old), Some(new), MrChange::FlagsOnly) = (old, new, change) {
+            // kvm_arch_prepare_memory_region for FLAGS_ONLY: `new->arch = old->arch`.
+            self.memslot(&new).set_lpage_info(self.memslot(&old).lpage_info());
         }
         match change {
             MrChange::Create | MrChange::FlagsOnly => {
@@ -546,6 +672,7 @@ impl Kvm {
         slot.userspace_addr.store(old_slot.userspace_addr(), Ordering::Relaxed);
         slot.gmem_file.store(std::ptr::null_mut(), Ordering::Relaxed);
         slot.gmem_pgoff.store(old_slot.gmem_pgoff(), Ordering::Relaxed);
+        *slot.lpage_info.lock() = old_slot.lpage_info();
         let invalid = MemslotEntry { handle, ..old };
         self.swap_active_memslots(slots_lock, arch_lock, Some(old.handle), Some(invalid));
         self.mmu().flush_shadow_memslot(self, old.id, Gfn(old.base_gfn), old.npages);

@@ -62,9 +62,10 @@ pub trait KvmMmu: Send + Sync + fmt::Debug {
     /// Called under `slots_lock` (and `slots_arch_lock`), after the INVALID copy was published.
     fn flush_shadow_memslot(&self, kvm: &Kvm, slot_id: u32, base_gfn: Gfn, npages: u64);
 
-    /// `kvm_arch_post_set_memory_attributes`: recompute what the new attributes allow (x86:
-    /// huge-page eligibility). Called with `mmu_lock` held for write, after the attributes were
-    /// stored and `kvm_mmu_invalidate_end`. The default does nothing (no page tables).
+    /// The MMU's part of `kvm_arch_post_set_memory_attributes`. Called with `mmu_lock` held for
+    /// write, after the attributes were stored, `kvm_mmu_invalidate_end`, and the slot's
+    /// `KVM_LPAGE_MIXED_FLAG` update (`Kvm::arch_post_set_memory_attributes`, which every MMU
+    /// shares). The default does nothing: the x86 function touches no SPTE.
     fn post_set_memory_attributes(&self, _kvm: &Kvm, _range: &KvmGfnRange, _attributes: u64) {}
 
     /// `kvm_arch_flush_shadow_all`: the owner's address space is going away (the MMU notifier's

@@ -19,9 +19,13 @@
 //! its own). An explicit access kind stands for the vendor's error code (SNP's C-bit, TDX's
 //! shared bit) and can mismatch.
 
+use crate::arch::{PgLevel, KVM_MAX_HUGEPAGE_LEVEL};
 use crate::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use crate::guest_memfd::kvm_gmem_get_pfn;
-use crate::memslot::{KVM_MEMSLOT_GMEM_ONLY, KVM_MEMSLOT_INVALID, KVM_MEM_READONLY};
+use crate::memslot::{
+    MemslotRef, KVM_MEMSLOT_GMEM_ONLY, KVM_MEMSLOT_INVALID, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
+};
+use crate::profile::KernelVersion;
 use crate::tdp_mmu::{MapResult, Spte, TdpMmu};
 use crate::tlb::{ProtocolWeakening, VcpuTlb};
 use crate::types::{Gfn, Gpa};
@@ -236,26 +240,150 @@ pub fn kvm_mmu_page_fault(
     write: bool,
     prefetch: bool,
 ) -> Result<RetPf, RunError> {
+    kvm_mmu_page_fault_level(kvm, vcpu, mm, gpa, is_private, write, prefetch).map(|(ret, _)| ret)
+}
+
+/// [`kvm_mmu_page_fault`], also returning the fault's `goal_level` (what `kvm_tdp_map_page`
+/// hands back to pre-fault). M7 is asserted on the way out.
+fn kvm_mmu_page_fault_level(
+    kvm: &Kvm,
+    vcpu: &KvmVcpu,
+    mm: &Mm,
+    gpa: u64,
+    is_private: bool,
+    write: bool,
+    prefetch: bool,
+) -> Result<(RetPf, PgLevel), RunError> {
     let tdp = kvm.tdp()?;
     KvmVcpu::count(&vcpu.stat.pf_taken);
-    let result = kvm_tdp_mmu_page_fault(kvm, tdp, mm, Gpa(gpa).to_gfn(), is_private, write, prefetch);
+    let mut installed = false;
+    let mut result =
+        kvm_tdp_mmu_page_fault(kvm, tdp, mm, Gpa(gpa).to_gfn(), is_private, write, prefetch, &mut installed);
     match result {
-        Ok(RetPf::Fixed) => KvmVcpu::count(&vcpu.stat.pf_fixed),
-        Ok(RetPf::Spurious) => KvmVcpu::count(&vcpu.stat.pf_spurious),
-        Ok(RetPf::Retry) => KvmVcpu::count(&vcpu.stat.pf_retry),
-        Ok(RetPf::Emulate) => {
+        Ok((RetPf::Fixed, _)) => KvmVcpu::count(&vcpu.stat.pf_fixed),
+        Ok((RetPf::Spurious, _)) => KvmVcpu::count(&vcpu.stat.pf_spurious),
+        Ok((RetPf::Retry, _)) => KvmVcpu::count(&vcpu.stat.pf_retry),
+        Ok((RetPf::Emulate, _)) => {
             KvmVcpu::count(&vcpu.stat.pf_emulate);
             // A private fault that would need emulation is refused (kvm_mmu_page_fault).
             if is_private {
-                return Err(memory_fault_exit(Gpa(gpa).to_gfn(), true, Errno::EFAULT));
+                result = Err(memory_fault_exit(Gpa(gpa).to_gfn(), true, Errno::EFAULT));
             }
         }
         Err(_) => {}
     }
+    check_memory_fault_exit(kvm, &result, gpa, is_private, installed);
     result
 }
 
-/// `kvm_tdp_mmu_page_fault`: faultin, then install under `mmu_lock` for read unless stale.
+/// M7 (arch-and-mmu.md §5.1), checked at every fault that exits with `KVM_EXIT_MEMORY_FAULT`
+/// and reported as a WARN if broken: the gpa is the fault's page, page aligned; the size is 4K;
+/// the flags are exactly PRIVATE iff the access was private; the fault installed no SPTE.
+fn check_memory_fault_exit(
+    kvm: &Kvm,
+    result: &Result<(RetPf, PgLevel), RunError>,
+    gpa: u64,
+    is_private: bool,
+    installed: bool,
+) {
+    let Err(RunError::Exit(VcpuExit::MemoryFault { gpa: exit_gpa, size, flags, .. })) = *result else { return };
+    let expected_flags = if is_private { KVM_MEMORY_EXIT_FLAG_PRIVATE } else { 0 };
+    kvm.machine().warnings.warn_on(
+        exit_gpa != gpa & !(PAGE_SIZE - 1) || size != PAGE_SIZE || flags != expected_flags || installed,
+        || {
+            format!(
+                "M7: memory-fault exit for a {} access at {gpa:#x}: gpa {exit_gpa:#x} size {size:#x} flags {flags:#x}{}",
+                if is_private { "private" } else { "shared" },
+                if installed { ", and the fault installed an SPTE" } else { "" }
+            )
+        },
+    );
+}
+
+/// `kvm_max_private_mapping_level` (v6.14): the private fault's max level, clamped by the
+/// guest_memfd folio order and then by the vendor hook.
+fn kvm_max_private_mapping_level(kvm: &Kvm, pfn: Pfn, max_level: PgLevel, gmem_order: u8) -> PgLevel {
+    if max_level == PgLevel::Level4K {
+        return PgLevel::Level4K;
+    }
+    let max_level = PgLevel::for_order(gmem_order).min(max_level);
+    if max_level == PgLevel::Level4K {
+        return PgLevel::Level4K;
+    }
+    match kvm.gmem_max_mapping_level(pfn, true) {
+        Some(req) => max_level.min(req),
+        None => max_level,
+    }
+}
+
+/// `kvm_gmem_max_mapping_level` (v6.18): the level guest_memfd's folio allows (the fault's
+/// `max_level`, from `max_order`), clamped by the vendor hook.
+fn kvm_gmem_max_mapping_level(kvm: &Kvm, fault_max_level: PgLevel, pfn: Pfn, is_private: bool) -> PgLevel {
+    if fault_max_level == PgLevel::Level4K {
+        return PgLevel::Level4K;
+    }
+    match kvm.gmem_max_mapping_level(pfn, is_private) {
+        Some(coco) => fault_max_level.min(coco),
+        None => fault_max_level,
+    }
+}
+
+/// `host_pfn_mapping_level`: the level at which the host maps the hva of `gfn` (a lockless walk
+/// of the owner's page tables in the kernel: `Mm::host_mapping_order` must take no lock that
+/// nests outside `mmu_lock`).
+fn host_pfn_mapping_level(kvm: &Kvm, mm: &Mm, slot: &MemslotRef<'_>, gfn: Gfn) -> PgLevel {
+    let hva = slot.userspace_addr().wrapping_add((gfn.0 - slot.base_gfn().0) << PAGE_SHIFT);
+    let order = match kvm.test_hooks.host_mapping_order.load(Ordering::Relaxed) {
+        u8::MAX => mm.host_mapping_order(hva),
+        order => order,
+    };
+    PgLevel::for_order(order)
+}
+
+/// `kvm_mmu_max_mapping_level`: lower `max_level` until `disallow_lpage` is 0 there; then a
+/// private fault (v6.14) keeps that, and otherwise the host's level clamps it (v6.18: for a
+/// private fault or a `GMEM_ONLY` slot, guest_memfd's level and the vendor hook instead).
+/// `mmu_lock` held.
+#[allow(clippy::too_many_arguments)]
+fn kvm_mmu_max_mapping_level(
+    kvm: &Kvm,
+    mm: &Mm,
+    slot: &MemslotRef<'_>,
+    gfn: Gfn,
+    max_level: PgLevel,
+    is_private: bool,
+    pfn: Pfn,
+) -> PgLevel {
+    kvm.assert_mmu_lock_held();
+    let mut level = max_level.min(KVM_MAX_HUGEPAGE_LEVEL);
+    while level > PgLevel::Level4K && slot.disallow_lpage(gfn, level) != 0 {
+        level = level.lower();
+    }
+    match kvm.profile().version {
+        KernelVersion::V6_14 => {
+            if is_private || level == PgLevel::Level4K {
+                return level;
+            }
+            level.min(host_pfn_mapping_level(kvm, mm, slot, gfn))
+        }
+        KernelVersion::V6_18 => {
+            if level == PgLevel::Level4K {
+                return level;
+            }
+            let host_level = if is_private || slot.flags() & KVM_MEMSLOT_GMEM_ONLY != 0 {
+                kvm_gmem_max_mapping_level(kvm, max_level, pfn, is_private)
+            } else {
+                host_pfn_mapping_level(kvm, mm, slot, gfn)
+            };
+            level.min(host_level)
+        }
+    }
+}
+
+/// `kvm_tdp_mmu_page_fault`: faultin, then under `mmu_lock` for read, unless stale,
+/// `kvm_mmu_hugepage_adjust` and install. Returns the fault's `goal_level` with its result;
+/// `installed` tells whether a leaf was installed.
+#[allow(clippy::too_many_arguments)]
 fn kvm_tdp_mmu_page_fault(
     kvm: &Kvm,
     tdp: &TdpMmu,
@@ -264,10 +392,14 @@ fn kvm_tdp_mmu_page_fault(
     is_private: bool,
     write: bool,
     prefetch: bool,
-) -> Result<RetPf, RunError> {
+    installed: &mut bool,
+) -> Result<(RetPf, PgLevel), RunError> {
+    let four_k = |ret: RetPf| Ok((ret, PgLevel::Level4K));
     let srcu = kvm.srcu_read_lock();
     // The root this fault will install into: a zap-all that makes it obsolete forces a retry.
     let mmu_gen = tdp.mmu_valid_gen();
+    // kvm_mmu_do_page_fault: fault->max_level = KVM_MAX_HUGEPAGE_LEVEL.
+    let mut max_level = KVM_MAX_HUGEPAGE_LEVEL;
     // kvm_mmu_faultin_pfn: snapshot the sequence first (it also detects attribute changes).
     let mmu_seq = kvm.mmu_invalidate_seq();
     if is_private != kvm.mem_is_private(gfn) {
@@ -275,14 +407,15 @@ fn kvm_tdp_mmu_page_fault(
     }
     let Some(slot) = kvm.gfn_to_memslot(&srcu, gfn) else {
         // kvm_handle_noslot_fault: MMIO.
-        return Ok(RetPf::Emulate);
+        return four_k(RetPf::Emulate);
     };
     if slot.flags() & KVM_MEMSLOT_INVALID != 0 {
-        return Ok(RetPf::Retry);
+        return four_k(RetPf::Retry);
     }
     if kvm.mmu_invalidate_retry_gfn_unsafe(mmu_seq, gfn) {
-        return Ok(RetPf::Retry);
+        return four_k(RetPf::Retry);
     }
+    let slot_handle = slot.handle;
     // __kvm_mmu_faultin_pfn.
     let faultin = if is_private || slot.flags() & KVM_MEMSLOT_GMEM_ONLY != 0 {
         // kvm_mmu_faultin_pfn_gmem.
@@ -290,13 +423,22 @@ fn kvm_tdp_mmu_page_fault(
             return Err(memory_fault_exit(gfn, is_private, Errno::EFAULT));
         }
         let got = kvm_gmem_get_pfn(kvm, slot, gfn).map_err(|errno| memory_fault_exit(gfn, is_private, errno))?;
+        let max_order = match kvm.test_hooks.gmem_max_order.load(Ordering::Relaxed) {
+            u8::MAX => got.max_order,
+            order => order,
+        };
+        max_level = match kvm.profile().version {
+            KernelVersion::V6_14 => kvm_max_private_mapping_level(kvm, got.pfn, max_level, max_order),
+            // The vendor hook runs later, in kvm_mmu_max_mapping_level.
+            KernelVersion::V6_18 => PgLevel::for_order(max_order),
+        };
         // The folio reference `got.page` becomes the fault's (put below, by pfn).
         FaultinPfn { pfn: got.pfn, map_writable: slot.flags() & KVM_MEM_READONLY == 0 }
     } else {
         // __kvm_faultin_pfn → hva_to_pfn: a write to a read-only slot is KVM_PFN_ERR_RO_FAULT.
         let map_writable = slot.flags() & KVM_MEM_READONLY == 0;
         if write && !map_writable {
-            return Ok(RetPf::Emulate);
+            return four_k(RetPf::Emulate);
         }
         let hva = slot.userspace_addr().wrapping_add((gfn.0 - slot.base_gfn().0) << PAGE_SHIFT);
         match mm.get_user_page(hva, map_writable) {
@@ -306,35 +448,85 @@ fn kvm_tdp_mmu_page_fault(
             Err(_) => return Err(RunError::Errno(Errno::EFAULT)),
         }
     };
+    // The model leaves the SRCU read section around the test hook (which may update memslots
+    // and wait for readers) and re-enters it for the install; a slot replaced meanwhile makes
+    // the fault stale (the kernel holds SRCU throughout, so it cannot see that).
     drop(srcu);
     let mem = &kvm.machine().mem;
     let release = |faultin: &FaultinPfn| Folio::from_pfn(mem, faultin.pfn).put();
     if kvm.mmu_invalidate_retry_gfn_unsafe(mmu_seq, gfn) {
         release(&faultin);
-        return Ok(RetPf::Retry);
+        return four_k(RetPf::Retry);
     }
     tdp.run_fault_hook(kvm, gfn, faultin.pfn);
+    let srcu = kvm.srcu_read_lock();
+    let slot = kvm.gfn_to_memslot(&srcu, gfn).filter(|slot| slot.handle == slot_handle);
     let mmu_lock = kvm.mmu_lock_read();
     // is_page_fault_stale: an obsolete root, or an invalidation that covered gfn (skipped only by
     // the test-only weakening that shows the models catch a stale install).
     let check_stale = tdp.weakening() != ProtocolWeakening::NoRetryCheck;
-    let result = if check_stale && (tdp.mmu_valid_gen() != mmu_gen || kvm.mmu_invalidate_retry_gfn(mmu_seq, gfn)) {
-        RetPf::Retry
-    } else {
-        let spte = Spte {
-            pfn: faultin.pfn,
-            writable: faultin.map_writable,
-            private: is_private,
-            accessed: !prefetch,
-            generation: mem.generation(faultin.pfn),
-        };
-        match tdp.map(kvm, gfn, spte, mmu_seq) {
-            MapResult::Fixed => RetPf::Fixed,
-            MapResult::Spurious => RetPf::Spurious,
+    let stale = tdp.mmu_valid_gen() != mmu_gen || kvm.mmu_invalidate_retry_gfn(mmu_seq, gfn);
+    let result = match slot {
+        Some(slot) if !(check_stale && stale) => {
+            // kvm_mmu_hugepage_adjust.
+            let mut goal_level = PgLevel::Level4K;
+            let mut pfn = faultin.pfn;
+            if max_level != PgLevel::Level4K && slot.flags() & KVM_MEM_LOG_DIRTY_PAGES == 0 {
+                let req_level = kvm_mmu_max_mapping_level(kvm, mm, &slot, gfn, max_level, is_private, pfn);
+                if req_level != PgLevel::Level4K {
+                    goal_level = req_level;
+                    let mask = goal_level.pages() - 1;
+                    kvm.machine().warnings.warn_on((gfn.0 & mask) != (pfn.0 & mask), || {
+                        format!("VM_BUG_ON: gfn {gfn} and {pfn:?} are not aligned alike for a {goal_level} mapping")
+                    });
+                    pfn = Pfn(pfn.0 & !mask);
+                }
+            }
+            let base = Gfn(goal_level.round(gfn.0));
+            let generation_of = |pfn: Pfn| if mem.is_valid_pfn(pfn) { mem.generation(pfn) } else { 0 };
+            let generations = (goal_level != PgLevel::Level4K)
+                .then(|| (0..goal_level.pages()).map(|offset| generation_of(pfn.offset(offset))).collect());
+            let spte = Spte {
+                pfn,
+                level: goal_level,
+                writable: faultin.map_writable,
+                private: is_private,
+                accessed: !prefetch,
+                generation: generation_of(pfn),
+            };
+            match tdp.map(kvm, gfn, base, spte, generations, mmu_seq) {
+                MapResult::Fixed => {
+                    *installed = true;
+                    (RetPf::Fixed, goal_level)
+                }
+                MapResult::Spurious => (RetPf::Spurious, goal_level),
+            }
+        }
+        Some(_) => (RetPf::Retry, PgLevel::Level4K),
+        None if check_stale => (RetPf::Retry, PgLevel::Level4K),
+        None => {
+            // Only the weakened protocol gets here: install as 4K without the slot.
+            let spte = Spte {
+                pfn: faultin.pfn,
+                level: PgLevel::Level4K,
+                writable: faultin.map_writable,
+                private: is_private,
+                accessed: !prefetch,
+                generation: mem.generation(faultin.pfn),
+            };
+            match tdp.map(kvm, gfn, gfn, spte, None, mmu_seq) {
+                MapResult::Fixed => {
+                    *installed = true;
+                    (RetPf::Fixed, PgLevel::Level4K)
+                }
+                MapResult::Spurious => (RetPf::Spurious, PgLevel::Level4K),
+            }
         }
     };
     drop(mmu_lock);
-    // kvm_mmu_finish_page_fault → kvm_release_faultin_page.
+    drop(srcu);
+    // kvm_mmu_finish_page_fault → kvm_release_faultin_page: the reference the faultin took, on
+    // the page it resolved (not the aligned-down head of a huge mapping).
     release(&faultin);
     Ok(result)
 }
@@ -487,9 +679,9 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
         if kvm.is_destroyed() {
             return Err(Errno::EIO);
         }
-        let result = kvm_mmu_page_fault(kvm, vcpu, mm, gpa, is_private, false, true);
+        let result = kvm_mmu_page_fault_level(kvm, vcpu, mm, gpa, is_private, false, true);
         match result {
-            Ok(RetPf::Retry) => {
+            Ok((RetPf::Retry, _)) => {
                 attempts += 1;
                 if attempts > FAULT_RETRY_LIMIT {
                     kvm.machine().warnings.report(
@@ -499,8 +691,13 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
                     return Err(Errno::EINTR);
                 }
             }
-            Ok(RetPf::Fixed | RetPf::Spurious) => return Ok(size.min(PAGE_SIZE - (gpa & (PAGE_SIZE - 1)))),
-            Ok(RetPf::Emulate) => return Err(Errno::ENOENT),
+            // The end of the page that was mapped, at the fault's goal level.
+            Ok((RetPf::Fixed | RetPf::Spurious, level)) => {
+                let huge_size = level.pages() << PAGE_SHIFT;
+                let end = (gpa & !(huge_size - 1)) + huge_size;
+                return Ok(size.min(end - gpa));
+            }
+            Ok((RetPf::Emulate, _)) => return Err(Errno::ENOENT),
             Err(RunError::Exit(VcpuExit::MemoryFault { errno, .. })) => return Err(errno),
             Err(RunError::Exit(VcpuExit::Mmio { .. })) => return Err(Errno::ENOENT),
             Err(RunError::Errno(errno)) => return Err(errno),

@@ -7,7 +7,7 @@
 //! destroyed then and there (`kvm_destroy_vm`: memslots freed, which unbinds guest_memfd slots).
 //! The Rust `Arc` only owns the memory.
 
-use crate::arch::{arch_for, KvmArch};
+use crate::arch::{arch_for, sev_gmem_max_mapping_level, tdx_gmem_max_mapping_level, KvmArch, PgLevel};
 use crate::memslot::{KvmMemorySlot, Memslots};
 use crate::mmu::{KvmMmu, RecordingMmu};
 use crate::profile::{KernelProfile, VmType};
@@ -17,7 +17,7 @@ use gmem_mm::slab::Slab;
 use gmem_mm::vma::Mm;
 use gmem_mm::xarray::XArray;
 use gmem_mm::{Errno, KResult, Machine};
-use gmem_sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use gmem_sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use gmem_sync::srcu::SrcuReadGuard;
 use gmem_sync::{
     lockdep_assert_held, Arc, LockClass, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Srcu,
@@ -123,6 +123,7 @@ impl KvmSystem {
             mn_invalidate_lock: Mutex::new(&MN_INVALIDATE_LOCK, ()),
             mn_active_invalidate_count: AtomicU64::new(0),
             mmu_notifier: Mutex::new(&MMU_NOTIFIER_LOCK, None),
+            test_hooks: HugeTestHooks::default(),
         }))
     }
 }
@@ -134,6 +135,37 @@ pub(crate) struct MmuInvalidate {
     pub(crate) in_progress: AtomicI64,
     pub(crate) range_start: AtomicU64,
     pub(crate) range_end: AtomicU64,
+}
+
+/// Test-only overrides of what the huge-page decisions read from outside KVM (see
+/// [`Kvm::set_host_mapping_order_for_test`] and its siblings). `u8::MAX` is "no override".
+#[derive(Debug)]
+pub(crate) struct HugeTestHooks {
+    pub(crate) host_mapping_order: AtomicU8,
+    pub(crate) gmem_max_order: AtomicU8,
+    pub(crate) arch_max_level: AtomicU8,
+}
+
+impl Default for HugeTestHooks {
+    fn default() -> Self {
+        HugeTestHooks {
+            host_mapping_order: AtomicU8::new(u8::MAX),
+            gmem_max_order: AtomicU8::new(u8::MAX),
+            arch_max_level: AtomicU8::new(u8::MAX),
+        }
+    }
+}
+
+/// Which vendor `gmem_max_mapping_level` hook a test makes the VM use
+/// ([`Kvm::set_arch_max_level_hook_for_test`]); the VM types that have them (SEV-SNP, TDX) are
+/// not in any profile yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchMaxLevelHook {
+    /// `sev_gmem_max_mapping_level` of an SNP guest whose pfns have RMP entries of this level
+    /// (`None`: not assigned, or the lookup failed).
+    Snp(Option<PgLevel>),
+    /// `tdx_gmem_max_mapping_level`.
+    Tdx,
 }
 
 /// `struct kvm`.
@@ -174,6 +206,7 @@ pub struct Kvm {
     pub(crate) mn_active_invalidate_count: AtomicU64,
     /// `kvm->mmu_notifier` as registered on `kvm->mm` (none for a VM without an owner).
     pub(crate) mmu_notifier: Mutex<Option<MmuNotifierHandle>>,
+    pub(crate) test_hooks: HugeTestHooks,
 }
 
 impl fmt::Debug for Kvm {
@@ -301,6 +334,46 @@ impl Kvm {
     /// Whether the VM is subscribed to its owner's MMU notifier (process exit unhooks it).
     pub fn has_mmu_notifier(&self) -> bool {
         self.mmu_notifier.lock().as_ref().is_some_and(|handle| handle.is_registered())
+    }
+
+    /// Test-only: the host mapping order KVM sees for every hva of this VM's shared memory,
+    /// instead of [`Mm::host_mapping_order`] (`None` restores it). Only meaningful over host
+    /// memory whose frames really are contiguous and aligned (until the host maps THPs itself).
+    #[doc(hidden)]
+    pub fn set_host_mapping_order_for_test(&self, order: Option<u8>) {
+        self.test_hooks.host_mapping_order.store(order.unwrap_or(u8::MAX), Ordering::Relaxed);
+    }
+
+    /// Test-only: the `max_order` guest_memfd reports to faults (the modelled kernels always
+    /// report 0: order-0 folios), to reach the arch hook of `kvm_max_private_mapping_level`.
+    #[doc(hidden)]
+    pub fn set_gmem_max_order_for_test(&self, order: Option<u8>) {
+        self.test_hooks.gmem_max_order.store(order.unwrap_or(u8::MAX), Ordering::Relaxed);
+    }
+
+    /// Test-only: answer `gmem_max_mapping_level` with the SNP or TDX hook instead of this VM
+    /// type's back-end (`None` restores it).
+    #[doc(hidden)]
+    pub fn set_arch_max_level_hook_for_test(&self, hook: Option<ArchMaxLevelHook>) {
+        let raw = match hook {
+            None => u8::MAX,
+            Some(ArchMaxLevelHook::Tdx) => 0,
+            Some(ArchMaxLevelHook::Snp(None)) => 1,
+            Some(ArchMaxLevelHook::Snp(Some(level))) => 1 + level as u8,
+        };
+        self.test_hooks.arch_max_level.store(raw, Ordering::Relaxed);
+    }
+
+    /// `kvm_x86_call(gmem_max_mapping_level)(kvm, pfn, is_private)`: `None` is "no restriction".
+    pub fn gmem_max_mapping_level(&self, pfn: gmem_mm::Pfn, is_private: bool) -> Option<PgLevel> {
+        match self.test_hooks.arch_max_level.load(Ordering::Relaxed) {
+            u8::MAX => self.arch.gmem_max_mapping_level(self, pfn, is_private),
+            0 => tdx_gmem_max_mapping_level(is_private),
+            1 => sev_gmem_max_mapping_level(true, is_private, None),
+            2 => sev_gmem_max_mapping_level(true, is_private, Some(PgLevel::Level4K)),
+            3 => sev_gmem_max_mapping_level(true, is_private, Some(PgLevel::Level2M)),
+            _ => sev_gmem_max_mapping_level(true, is_private, Some(PgLevel::Level1G)),
+        }
     }
 
     /// `srcu_read_lock(&kvm->srcu)`.

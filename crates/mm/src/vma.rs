@@ -523,10 +523,12 @@ impl Mm {
     /// walks the process page tables): 0 for a 4K PTE or nothing mapped, 9 for a PMD-mapped huge
     /// page (an anonymous THP, or the huge zero page). KVM never maps a shared gfn larger than
     /// the host maps its HVA.
+    ///
+    /// KVM calls this under `mmu_lock`, as the kernel walks the page tables locklessly there
+    /// (`lookup_address_in_mm` with interrupts off): it reads only the PMD table (its lock is a
+    /// leaf) and never `mmap_lock`, which nests outside `mmu_lock`. An unmapped range has no PMD
+    /// entry (munmap zaps them), so no VMA lookup is needed.
     pub fn host_mapping_order(&self, addr: u64) -> u8 {
-        if self.find(addr).is_none() {
-            return 0;
-        }
         self.pmd_mapping_order(addr)
     }
 

@@ -48,9 +48,10 @@ pub fn vm(fd: i32, kvm: &Kvm) -> Vec<String> {
     if let Some(tdp) = kvm.mmu().as_tdp() {
         for (gfn, spte) in tdp.sptes() {
             lines.push(format!(
-                "  spte gfn={:#x} pfn={} level=4K {} {}",
+                "  spte gfn={:#x} pfn={} level={} {} {}",
                 gfn.0,
                 spte.pfn,
+                spte.level,
                 if spte.writable { "W" } else { "R" },
                 if spte.private { "private" } else { "shared" }
             ));

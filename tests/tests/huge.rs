@@ -1,0 +1,367 @@
+//! Huge mappings in the TDP MMU, bounded by the max mapping level, and the invariants M6–M8.
+//!
+//! Goal: show that a fault maps a 2M leaf exactly when the kernel would (a 2M-aligned slot whose
+//! gfn and hva agree, no MIXED attributes, a 2M host mapping for shared memory, a 2M-capable
+//! folio and vendor hook for private memory), that a conversion inside a huge page sets
+//! `KVM_LPAGE_MIXED_FLAG` and the next faults map 4K, that a zap of any part of a huge leaf zaps
+//! and flushes the whole leaf, and that the M6/M8 checkers name a broken state.
+//!
+//! The host maps no huge pages yet (`Mm::host_mapping_order` is 0), so the tests raise the host
+//! mapping level with `Kvm::set_host_mapping_order_for_test`, and only over anonymous memory whose
+//! frames they made physically contiguous and 2M-aligned first (`contiguous_backing`), so that the
+//! 2M leaf maps exactly the frames the host maps at those addresses, as a THP would.
+
+use gmem_kvm::arch::PgLevel;
+use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use gmem_kvm::invariants::{M6_HUGE, M8_MIXED};
+use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
+use gmem_kvm::tdp_mmu::{Spte, TdpMmu};
+use gmem_kvm::vm::ArchMaxLevelHook;
+use gmem_kvm::{Gfn, KernelProfile, Kvm};
+use gmem_mm::folio::Folio;
+use gmem_mm::vfs::MADV_DONTNEED;
+use gmem_mm::Pfn;
+use gmem_sync::Arc;
+use gmem_tests::*;
+
+/// Pages in 2M.
+const HUGE: u64 = 512;
+const HUGE_SIZE: u64 = HUGE * PAGE;
+
+/// A SW_PROTECTED VM (memory attributes, so MIXED tracking) with a vCPU and a 4M guest_memfd
+/// memslot at gpa 0 whose shared backing is 2M-aligned anonymous memory.
+struct Guest {
+    host: CheckedHost,
+    vm: i32,
+    vcpu: i32,
+    uaddr: u64,
+}
+
+impl Guest {
+    /// `hva_skew` shifts the slot's hva (misaligning gfn and hva); `contiguous` makes the
+    /// backing's frames contiguous and aligned and raises the host mapping level to 2M.
+    fn new(profile: KernelProfile, hva_skew: u64, contiguous: bool) -> Guest {
+        let host = CheckedHost::new(profile);
+        let size = 2 * HUGE_SIZE;
+        let (vm, gmem) = host.vm_and_gmem(SW_PROTECTED_VM, size, 0);
+        let area = host.mmap_anonymous(size + 2 * HUGE_SIZE).unwrap();
+        let uaddr = area.next_multiple_of(HUGE_SIZE) + hva_skew;
+        if contiguous {
+            contiguous_backing(&host, uaddr, 2 * HUGE);
+        }
+        host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, size, uaddr, gmem as u32, 0)).unwrap();
+        let vcpu = host.create_vcpu(vm, 0).unwrap();
+        let guest = Guest { host, vm, vcpu, uaddr };
+        if contiguous {
+            guest.kvm().set_host_mapping_order_for_test(Some(9));
+        }
+        guest
+    }
+
+    fn kvm(&self) -> Arc<Kvm> {
+        self.host.kvm(self.vm)
+    }
+
+    fn leaf(&self, gfn: u64) -> Option<(Gfn, Spte)> {
+        self.kvm().mmu().as_tdp().unwrap().covering_leaf(Gfn(gfn))
+    }
+
+    fn level(&self, gfn: u64) -> Option<PgLevel> {
+        self.leaf(gfn).map(|(_, spte)| spte.level)
+    }
+
+    fn flushes(&self) -> u64 {
+        let kvm = self.kvm();
+        let tdp: &TdpMmu = kvm.mmu().as_tdp().unwrap();
+        tdp.stats().remote_tlb_flushes
+    }
+
+    fn mixed(&self, gfn: u64, level: PgLevel) -> bool {
+        let kvm = self.kvm();
+        let (entry, _) = self.host.memslots(self.vm)[0];
+        let slot = kvm.memslot_by_handle(entry.handle).unwrap();
+        slot.hugepage_test_mixed(Gfn(gfn), level)
+    }
+}
+
+/// Touches `pages` pages at `uaddr` (2M-aligned) so that their anonymous frames are consecutive
+/// and the first is 2M-aligned: on a fresh machine frames come from a bump allocator, so
+/// allocate (and keep) padding frames up to the next aligned pfn first. Asserts it worked.
+fn contiguous_backing(host: &CheckedHost, uaddr: u64, pages: u64) {
+    let mem = &host.machine().mem;
+    loop {
+        let pad = Folio::alloc(mem, 0).unwrap();
+        if (pad.pfn().0 + 1) % HUGE == 0 {
+            break;
+        }
+    }
+    for page in 0..pages {
+        host.store(uaddr + page * PAGE, &[page as u8 ^ 0x5a]).unwrap();
+    }
+    let mm = &host.process().mm;
+    let pfn = |page: u64| {
+        let pfn = mm.get_user_page(uaddr + page * PAGE, false).unwrap();
+        Folio::from_pfn(mem, pfn).put();
+        pfn
+    };
+    let first = pfn(0);
+    assert_eq!(first.0 % HUGE, 0, "setup: the backing's first frame is not 2M-aligned");
+    for page in 1..pages {
+        assert_eq!(pfn(page), Pfn(first.0 + page), "setup: the backing is not contiguous at page {page}");
+    }
+}
+
+#[test]
+fn a_2m_aligned_slot_over_a_2m_host_mapping_maps_one_2m_leaf() {
+    for profile in both_versions() {
+        let guest = Guest::new(profile.clone(), 0, true);
+        let host = &guest.host;
+        assert_eq!(host.guest_load(guest.vcpu, 0x3000, 1, None).unwrap(), vec![3 ^ 0x5a]);
+        let (base, spte) = guest.leaf(3).expect("a leaf");
+        assert_eq!((base, spte.level), (Gfn(0), PgLevel::Level2M), "{}", profile.name);
+        let first = host.process().mm.get_user_page(guest.uaddr, false).unwrap();
+        Folio::from_pfn(&host.machine().mem, first).put();
+        assert_eq!(spte.pfn, first, "the leaf maps the aligned frames of the host mapping");
+        // Every gfn of the 2M page reads through the one leaf, with the host's data.
+        assert_eq!(host.guest_load(guest.vcpu, 0x1ff000, 1, None).unwrap(), vec![0x1ff_u64 as u8 ^ 0x5a]);
+        assert_eq!(host.guest_load(guest.vcpu, 0x10000, 1, None).unwrap(), vec![0x10 ^ 0x5a]);
+        assert_eq!(guest.host.vcpu_faults(guest.vcpu), (1, 1, 0), "one fault for the whole 2M page");
+        assert_eq!(guest.kvm().mmu().as_tdp().unwrap().sptes().len(), 1);
+        // Control: the same memory without the 2M host mapping maps 4K.
+        guest.kvm().set_host_mapping_order_for_test(None);
+        host.guest_load(guest.vcpu, 0x200000, 1, None).unwrap();
+        assert_eq!(guest.level(0x200), Some(PgLevel::Level4K));
+    }
+}
+
+#[test]
+fn a_slot_whose_hva_is_misaligned_with_its_gfn_maps_4k() {
+    let guest = Guest::new(KernelProfile::v6_18(), PAGE, false);
+    guest.kvm().set_host_mapping_order_for_test(Some(9));
+    let (entry, _) = guest.host.memslots(guest.vm)[0];
+    let kvm = guest.kvm();
+    let slot = kvm.memslot_by_handle(entry.handle).unwrap();
+    assert_eq!(slot.disallow_lpage(Gfn(0), PgLevel::Level2M), 1, "gfn ^ ugfn misaligned: every 2M page disallowed");
+    assert_eq!(slot.disallow_lpage(Gfn(0x3ff), PgLevel::Level1G), 1);
+    guest.host.guest_store(guest.vcpu, 0x5000, &[1], None).unwrap();
+    assert_eq!(guest.level(5), Some(PgLevel::Level4K));
+}
+
+#[test]
+fn a_slot_that_starts_or_ends_inside_a_huge_page_disallows_that_page_only() {
+    let host = CheckedHost::new(KernelProfile::v6_18());
+    let (vm, gmem) = host.vm_and_gmem(SW_PROTECTED_VM, 4 * HUGE_SIZE, 0);
+    let area = host.mmap_anonymous(6 * HUGE_SIZE).unwrap();
+    // gpa 0x1000 .. 0x401000 at an hva with the same offset in its 2M page: gfn ^ ugfn aligned.
+    let uaddr = area.next_multiple_of(HUGE_SIZE) + PAGE;
+    host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, PAGE, 2 * HUGE_SIZE, uaddr, gmem as u32, 0))
+        .unwrap();
+    let kvm = host.kvm(vm);
+    let (entry, _) = host.memslots(vm)[0];
+    let slot = kvm.memslot_by_handle(entry.handle).unwrap();
+    let info = slot.lpage_info();
+    let two_m = &info.levels[0];
+    assert_eq!((two_m.lpages, two_m.head, two_m.tail, two_m.all), (3, true, true, false));
+    assert_eq!(slot.disallow_lpage(Gfn(1), PgLevel::Level2M), 1, "the head page");
+    assert_eq!(slot.disallow_lpage(Gfn(0x200), PgLevel::Level2M), 0, "the middle page");
+    assert_eq!(slot.disallow_lpage(Gfn(0x400), PgLevel::Level2M), 1, "the tail page");
+    assert_eq!(slot.disallow_lpage(Gfn(0x200), PgLevel::Level1G), 1, "the only 1G page is cut by both ends");
+}
+
+#[test]
+fn converting_one_gfn_sets_mixed_zaps_the_2m_leaf_and_later_faults_map_4k_until_it_converts_back() {
+    let guest = Guest::new(KernelProfile::v6_18(), 0, true);
+    let host = &guest.host;
+    host.guest_load(guest.vcpu, 0x1000, 1, None).unwrap();
+    assert_eq!(guest.level(1), Some(PgLevel::Level2M));
+    assert!(!guest.mixed(0, PgLevel::Level2M));
+    let flushes = guest.flushes();
+    host.set_memory_attributes(guest.vm, &attrs(0x5000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+    assert!(guest.leaf(1).is_none() && guest.leaf(0x1ff).is_none(), "the whole 2M leaf went");
+    assert_eq!(guest.flushes(), flushes + 1);
+    assert!(guest.mixed(0, PgLevel::Level2M), "gfn 5 differs from the rest of its 2M page");
+    assert!(!guest.mixed(0x200, PgLevel::Level2M));
+    // Shared faults next to it, and the private fault on it, map 4K.
+    host.guest_load(guest.vcpu, 0x1000, 1, None).unwrap();
+    assert_eq!(guest.level(1), Some(PgLevel::Level4K));
+    host.guest_store(guest.vcpu, 0x5000, &[9], None).unwrap();
+    let (_, private) = guest.leaf(5).unwrap();
+    assert!(private.private);
+    assert_eq!(private.level, PgLevel::Level4K);
+    // The other 2M page is untouched by the MIXED flag.
+    host.guest_load(guest.vcpu, 0x201000, 1, None).unwrap();
+    assert_eq!(guest.level(0x201), Some(PgLevel::Level2M));
+    // Converting gfn 5 back clears MIXED; the next fault maps 2M over the 4K leaf left at gfn 1,
+    // replacing it with a flush.
+    host.set_memory_attributes(guest.vm, &attrs(0x5000, PAGE, 0)).unwrap();
+    assert!(!guest.mixed(0, PgLevel::Level2M));
+    assert_eq!(guest.level(1), Some(PgLevel::Level4K));
+    let flushes = guest.flushes();
+    host.guest_load(guest.vcpu, 0x5000, 1, None).unwrap();
+    assert_eq!(guest.leaf(1).map(|(base, spte)| (base, spte.level)), Some((Gfn(0), PgLevel::Level2M)));
+    assert_eq!(guest.flushes(), flushes + 1, "replacing the smaller leaves flushes");
+    assert_eq!(host.guest_load(guest.vcpu, 0x1000, 1, None).unwrap(), vec![1 ^ 0x5a]);
+}
+
+#[test]
+fn a_conversion_adds_the_head_and_tail_huge_pages_to_the_invalidation_on_v6_18_only() {
+    for (profile, expected) in [(KernelProfile::v6_18(), (0, HUGE)), (KernelProfile::v6_14(), (5, 6))] {
+        let guest = Guest::new(profile.clone(), 0, false);
+        guest.host.set_memory_attributes(guest.vm, &attrs(0x5000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+        assert_eq!(guest.kvm().mmu_invalidate_range(), expected, "{}", profile.name);
+        // Once the page is MIXED, v6.18 no longer adds it.
+        guest.host.set_memory_attributes(guest.vm, &attrs(0x7000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+        assert_eq!(guest.kvm().mmu_invalidate_range(), (7, 8), "{}", profile.name);
+    }
+}
+
+#[test]
+fn zapping_a_4k_part_of_a_2m_leaf_zaps_the_whole_leaf_and_flushes() {
+    let guest = Guest::new(KernelProfile::v6_18(), 0, true);
+    let host = &guest.host;
+    host.guest_store(guest.vcpu, 0x2000, &[7], None).unwrap();
+    assert_eq!(guest.level(0x100), Some(PgLevel::Level2M));
+    let flushes = guest.flushes();
+    // MADV_DONTNEED of one page: the MMU notifier zaps gfn 3, so the whole leaf, before the
+    // frame is freed (the checked call runs INV-NO-STALE-PFN right after).
+    host.madvise(guest.uaddr + 0x3000, PAGE, MADV_DONTNEED).unwrap();
+    assert!(guest.leaf(0).is_none() && guest.leaf(0x1ff).is_none());
+    assert_eq!(guest.flushes(), flushes + 1);
+    // A real THP would now be split in the host: 4K from here.
+    guest.kvm().set_host_mapping_order_for_test(None);
+    assert_eq!(host.guest_load(guest.vcpu, 0x3000, 1, None).unwrap(), vec![0]);
+    assert_eq!(host.guest_load(guest.vcpu, 0x2000, 1, None).unwrap(), vec![7]);
+    assert_eq!(guest.level(3), Some(PgLevel::Level4K));
+}
+
+#[test]
+fn a_fault_below_a_huge_leaf_splits_it_and_is_spurious() {
+    let guest = Guest::new(KernelProfile::v6_18(), 0, true);
+    let host = &guest.host;
+    host.guest_load(guest.vcpu, 0x4000, 1, None).unwrap();
+    let before = host.process().mm.get_user_page(guest.uaddr, false).unwrap();
+    Folio::from_pfn(&host.machine().mem, before).put();
+    // With the host mapping at 4K, a pre-fault of a gfn under the 2M leaf has goal level 4K.
+    guest.kvm().set_host_mapping_order_for_test(None);
+    assert_eq!(host.pre_fault_memory(guest.vcpu, 0x6000, PAGE), Ok(0));
+    assert_eq!(guest.kvm().mmu().as_tdp().unwrap().sptes().len(), HUGE as usize, "split into 512 4K leaves");
+    let (base, spte) = guest.leaf(6).unwrap();
+    assert_eq!((base, spte.level, spte.pfn), (Gfn(6), PgLevel::Level4K, Pfn(before.0 + 6)));
+    assert_eq!(guest.kvm().mmu().as_tdp().unwrap().stats().installed, 1, "the pre-fault found its leaf present");
+}
+
+#[test]
+fn pre_fault_returns_the_bytes_to_the_end_of_the_mapped_huge_page() {
+    let guest = Guest::new(KernelProfile::v6_18(), 0, true);
+    // [0x1ff000, 0x201000): the first step maps the 2M page of 0x1ff000 and advances to its
+    // end, the second maps the next 2M page.
+    assert_eq!(guest.host.pre_fault_memory(guest.vcpu, 0x1ff000, 2 * PAGE), Ok(0));
+    assert_eq!(guest.host.vcpu_faults(guest.vcpu).0, 2);
+    assert_eq!(guest.level(0), Some(PgLevel::Level2M));
+    assert_eq!(guest.level(0x3ff), Some(PgLevel::Level2M));
+    // Control: at 4K the same range takes two faults too, but maps two 4K leaves.
+    let guest = Guest::new(KernelProfile::v6_18(), 0, false);
+    assert_eq!(guest.host.pre_fault_memory(guest.vcpu, 0x1ff000, 2 * PAGE), Ok(0));
+    assert_eq!(guest.level(0x1ff), Some(PgLevel::Level4K));
+    assert_eq!(guest.level(0), None);
+}
+
+#[test]
+fn private_faults_stay_4k_whatever_the_host_maps() {
+    for profile in both_versions() {
+        let guest = Guest::new(profile.clone(), 0, true);
+        guest.host.set_memory_attributes(guest.vm, &attrs(0, 2 * HUGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+        assert!(!guest.mixed(0, PgLevel::Level2M) && !guest.mixed(0, PgLevel::Level1G));
+        guest.host.guest_store(guest.vcpu, 0x3000, &[1], None).unwrap();
+        let (_, spte) = guest.leaf(3).unwrap();
+        assert!(spte.private);
+        assert_eq!(spte.level, PgLevel::Level4K, "{}: guest_memfd folios are order 0", profile.name);
+    }
+}
+
+#[test]
+fn the_snp_and_tdx_hooks_clamp_a_private_mapping_the_folio_would_allow() {
+    let hooks = [ArchMaxLevelHook::Tdx, ArchMaxLevelHook::Snp(None), ArchMaxLevelHook::Snp(Some(PgLevel::Level4K))];
+    for profile in both_versions() {
+        for hook in hooks {
+            let guest = Guest::new(profile.clone(), 0, false);
+            guest.host.set_memory_attributes(guest.vm, &attrs(0, 2 * HUGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+            let kvm = guest.kvm();
+            kvm.set_gmem_max_order_for_test(Some(9));
+            kvm.set_arch_max_level_hook_for_test(Some(hook));
+            guest.host.guest_store(guest.vcpu, 0x3000, &[1], None).unwrap();
+            assert_eq!(guest.level(3), Some(PgLevel::Level4K), "{} {hook:?}", profile.name);
+        }
+        // Negative control: without a clamping hook the (pretended) 2M folio gives a 2M private
+        // leaf over order-0 folios, and M6 names it.
+        let guest = Guest::new(profile.clone(), 0, false);
+        let kvm = guest.kvm();
+        guest.host.set_memory_attributes(guest.vm, &attrs(0, 2 * HUGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+        kvm.set_gmem_max_order_for_test(Some(9));
+        kvm.set_arch_max_level_hook_for_test(Some(ArchMaxLevelHook::Snp(Some(PgLevel::Level2M))));
+        let mut buf = [1u8];
+        let _ = guest.host.unchecked().guest_access(guest.vcpu, 0x3000, &mut buf, true, None);
+        assert_eq!(guest.level(3), Some(PgLevel::Level2M), "{}", profile.name);
+        let violations = guest.host.violations();
+        assert!(
+            violations.iter().any(|v| v.invariant == M6_HUGE && v.detail.contains("guest_memfd folio")),
+            "{}: {violations:?}",
+            profile.name
+        );
+        kvm.mmu().flush_shadow_all(&kvm);
+        guest.host.take_warnings();
+    }
+}
+
+#[test]
+fn m6_names_a_huge_leaf_where_disallow_lpage_forbids_it() {
+    let guest = Guest::new(KernelProfile::v6_18(), PAGE, true);
+    let kvm = guest.kvm();
+    let first = guest.host.process().mm.get_user_page(guest.uaddr, false).unwrap();
+    Folio::from_pfn(&guest.host.machine().mem, first).put();
+    assert!(guest.host.violations().is_empty());
+    let spte =
+        Spte { pfn: first, level: PgLevel::Level2M, writable: true, private: false, accessed: true, generation: 0 };
+    kvm.mmu().as_tdp().unwrap().install_unchecked_for_test(&kvm, Gfn(0), spte);
+    let violations = guest.host.violations();
+    assert!(
+        violations.iter().any(|v| v.invariant == M6_HUGE && v.detail.contains("disallow_lpage is 0x1")),
+        "{violations:?}"
+    );
+    kvm.mmu().flush_shadow_all(&kvm);
+    assert!(guest.host.violations().is_empty());
+}
+
+#[test]
+fn m8_names_a_mixed_flag_that_disagrees_with_the_attributes() {
+    let guest = Guest::new(KernelProfile::v6_18(), 0, false);
+    guest.host.set_memory_attributes(guest.vm, &attrs(0x5000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+    let kvm = guest.kvm();
+    let (entry, _) = guest.host.memslots(guest.vm)[0];
+    let slot = kvm.memslot_by_handle(entry.handle).unwrap();
+    for (gfn, level) in [(0, PgLevel::Level2M), (0x200, PgLevel::Level2M)] {
+        slot.corrupt_mixed_flag_for_test(Gfn(gfn), level);
+        let violations = guest.host.violations();
+        assert!(
+            violations.iter().any(|v| v.invariant == M8_MIXED && v.detail.contains(&format!("gfn {gfn:#x}"))),
+            "{violations:?}"
+        );
+        slot.corrupt_mixed_flag_for_test(Gfn(gfn), level);
+        assert!(guest.host.violations().is_empty());
+    }
+}
+
+#[test]
+fn a_new_slot_over_mixed_attributes_starts_with_its_mixed_flags_computed() {
+    let host = CheckedHost::new(KernelProfile::v6_18());
+    let (vm, gmem) = host.vm_and_gmem(SW_PROTECTED_VM, 2 * HUGE_SIZE, 0);
+    // Attributes before the slot exists: gfn 0x201 private, the rest shared.
+    host.set_memory_attributes(vm, &attrs(0x201000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+    let uaddr = host.mmap_anonymous(4 * HUGE_SIZE).unwrap().next_multiple_of(HUGE_SIZE);
+    host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, 2 * HUGE_SIZE, uaddr, gmem as u32, 0)).unwrap();
+    let kvm = host.kvm(vm);
+    let (entry, _) = host.memslots(vm)[0];
+    let slot = kvm.memslot_by_handle(entry.handle).unwrap();
+    assert!(slot.hugepage_test_mixed(Gfn(0x200), PgLevel::Level2M));
+    assert!(!slot.hugepage_test_mixed(Gfn(0), PgLevel::Level2M));
+}
