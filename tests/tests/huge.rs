@@ -6,10 +6,13 @@
 //! `KVM_LPAGE_MIXED_FLAG` and the next faults map 4K, that a zap of any part of a huge leaf zaps
 //! and flushes the whole leaf, and that the M6/M8 checkers name a broken state.
 //!
-//! The host maps no huge pages yet (`Mm::host_mapping_order` is 0), so the tests raise the host
-//! mapping level with `Kvm::set_host_mapping_order_for_test`, and only over anonymous memory whose
-//! frames they made physically contiguous and 2M-aligned first (`contiguous_backing`), so that the
-//! 2M leaf maps exactly the frames the host maps at those addresses, as a THP would.
+//! `thp_backing_maps_2m_leaves_until_the_host_splits_the_thp` runs the whole chain with a real
+//! transparent huge page (`MADV_HUGEPAGE`). The other tests need host mappings a THP cannot give
+//! them (a 2M host level while the slot's lpage_info or attributes say no, across two huge pages
+//! with one fault each): they raise the host mapping level with
+//! `Kvm::set_host_mapping_order_for_test`, and only over anonymous memory whose frames they made
+//! physically contiguous and 2M-aligned first (`contiguous_backing`), so that the 2M leaf maps
+//! exactly the frames the host maps at those addresses, as a THP would.
 
 use gmem_kvm::arch::PgLevel;
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
@@ -19,7 +22,7 @@ use gmem_kvm::tdp_mmu::{Spte, TdpMmu};
 use gmem_kvm::vm::ArchMaxLevelHook;
 use gmem_kvm::{Gfn, KernelProfile, Kvm};
 use gmem_mm::folio::Folio;
-use gmem_mm::vfs::MADV_DONTNEED;
+use gmem_mm::vfs::{MADV_DONTNEED, MADV_HUGEPAGE};
 use gmem_mm::Pfn;
 use gmem_sync::Arc;
 use gmem_tests::*;
@@ -364,4 +367,54 @@ fn a_new_slot_over_mixed_attributes_starts_with_its_mixed_flags_computed() {
     let slot = kvm.memslot_by_handle(entry.handle).unwrap();
     assert!(slot.hugepage_test_mixed(Gfn(0x200), PgLevel::Level2M));
     assert!(!slot.hugepage_test_mixed(Gfn(0), PgLevel::Level2M));
+}
+
+/// A DEFAULT VM whose RAM is `MADV_HUGEPAGE` anonymous memory (as QEMU's `ram_block_add`
+/// madvises it): the first fault makes the host map a THP (GUP), so KVM maps the 2M page with
+/// one 2M leaf; `MADV_DONTNEED` of one 4K page splits the THP inside an invalidation of the whole
+/// 2M range, which zaps the leaf; the next fault finds a 4K host mapping and maps 4K.
+#[test]
+fn thp_backing_maps_2m_leaves_until_the_host_splits_the_thp() {
+    for profile in both_versions() {
+        let host = CheckedHost::new(profile.clone());
+        let vm = host.create_vm(DEFAULT_VM).unwrap();
+        let size = 2 * HUGE_SIZE;
+        let uaddr = host.mmap_anonymous(size).unwrap();
+        assert_eq!(uaddr % HUGE_SIZE, 0, "a multiple of 2M is placed 2M-aligned");
+        host.madvise(uaddr, size, MADV_HUGEPAGE).unwrap();
+        host.set_user_memory_region2(vm, &region(0, 0, 0, size, uaddr, 0, 0)).unwrap();
+        let vcpu = host.create_vcpu(vm, 0).unwrap();
+        let kvm = host.kvm(vm);
+        let tdp = || kvm.mmu().as_tdp().unwrap();
+        let mm = &host.process().mm;
+
+        host.guest_store(vcpu, 0x5000, &[0xab], None).unwrap();
+        assert_eq!(mm.host_mapping_order(uaddr), 9, "{}: GUP faulted a THP in", profile.name);
+        let (base, spte) = tdp().covering_leaf(Gfn(5)).expect("a leaf");
+        assert_eq!((base, spte.level), (Gfn(0), PgLevel::Level2M), "{}", profile.name);
+        assert_eq!(spte.pfn.0 % HUGE, 0, "the leaf maps the THP's aligned frames");
+        assert_eq!(host.guest_load(vcpu, 0x1ff000, 1, None).unwrap(), vec![0], "the rest of the THP reads zero");
+        assert_eq!(host.load(uaddr + 0x5000, 1).unwrap(), vec![0xab], "the host sees the guest's store");
+        assert_eq!(host.vcpu_faults(vcpu).0, 1, "one fault for the whole 2M page");
+
+        // The second 2M page: its own THP and leaf.
+        host.guest_load(vcpu, HUGE_SIZE, 1, None).unwrap();
+        assert_eq!(tdp().covering_leaf(Gfn(HUGE)).map(|(_, spte)| spte.level), Some(PgLevel::Level2M));
+
+        // A 4K DONTNEED splits the first THP: the whole 2M leaf goes, the other stays.
+        let flushes = tdp().stats().remote_tlb_flushes;
+        host.madvise(uaddr + 0x7000, PAGE, MADV_DONTNEED).unwrap();
+        assert_eq!(mm.host_mapping_order(uaddr), 0, "the THP was split");
+        assert!(tdp().covering_leaf(Gfn(5)).is_none(), "{}: the 2M leaf was zapped", profile.name);
+        assert!(tdp().stats().remote_tlb_flushes > flushes, "the zap flushed");
+        assert_eq!(tdp().covering_leaf(Gfn(HUGE)).map(|(_, spte)| spte.level), Some(PgLevel::Level2M));
+
+        // Re-faults map 4K now; the data outside the discarded page survived the split.
+        assert_eq!(host.guest_load(vcpu, 0x5000, 1, None).unwrap(), vec![0xab]);
+        assert_eq!(
+            tdp().covering_leaf(Gfn(5)).map(|(base, spte)| (base, spte.level)),
+            Some((Gfn(5), PgLevel::Level4K))
+        );
+        assert_eq!(host.guest_load(vcpu, 0x7000, 1, None).unwrap(), vec![0], "the discarded page reads zero");
+    }
 }

@@ -115,6 +115,8 @@ pub enum MapResult {
 pub struct TdpMmuStats {
     /// SPTEs installed.
     pub installed: u64,
+    /// Of those, leaves above 4K (2M or 1G).
+    pub installed_huge: u64,
     /// SPTEs zapped.
     pub zapped: u64,
     /// `kvm_flush_remote_tlbs` calls.
@@ -131,6 +133,7 @@ pub struct TdpMmu {
     /// `kvm->arch.mmu_valid_gen`: bumped when every root becomes obsolete.
     mmu_valid_gen: AtomicU64,
     installed: AtomicU64,
+    installed_huge: AtomicU64,
     zapped: AtomicU64,
     remote_tlb_flushes: AtomicU64,
     zap_all_fast: AtomicU64,
@@ -157,6 +160,7 @@ impl TdpMmu {
             sptes: Mutex::new(&SPTES_LOCK, BTreeMap::new()),
             mmu_valid_gen: AtomicU64::new(0),
             installed: AtomicU64::new(0),
+            installed_huge: AtomicU64::new(0),
             zapped: AtomicU64::new(0),
             remote_tlb_flushes: AtomicU64::new(0),
             zap_all_fast: AtomicU64::new(0),
@@ -248,6 +252,7 @@ impl TdpMmu {
     pub fn stats(&self) -> TdpMmuStats {
         TdpMmuStats {
             installed: self.installed.load(Ordering::Relaxed),
+            installed_huge: self.installed_huge.load(Ordering::Relaxed),
             zapped: self.zapped.load(Ordering::Relaxed),
             remote_tlb_flushes: self.remote_tlb_flushes.load(Ordering::Relaxed),
             zap_all_fast: self.zap_all_fast.load(Ordering::Relaxed),
@@ -338,6 +343,9 @@ impl TdpMmu {
         sptes.insert(gfn.0, Leaf { spte, generations });
         drop(sptes);
         self.installed.fetch_add(1, Ordering::Relaxed);
+        if level != PgLevel::Level4K {
+            self.installed_huge.fetch_add(1, Ordering::Relaxed);
+        }
         if !doomed.is_empty() {
             self.zapped.fetch_add(doomed.len() as u64, Ordering::Relaxed);
             // kvm_flush_remote_tlbs_gfn (a ranged flush; the model flushes everything).

@@ -36,7 +36,7 @@ use gmem_kvm::tdp_mmu::TdpMmuStats;
 use gmem_kvm::vcpu::{RunError, VcpuExit, KVM_MEMORY_EXIT_FLAG_PRIVATE};
 use gmem_mm::filemap::MfResult;
 use gmem_mm::types::{PAGE_SHIFT, PAGE_SIZE};
-use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MADV_DONTNEED};
+use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MADV_DONTNEED, MADV_HUGEPAGE};
 use gmem_mm::Errno;
 use gmem_sync::atomic::{AtomicU64, Ordering};
 use gmem_sync::{LockClass, Mutex};
@@ -52,6 +52,9 @@ pub const KVM_X86_SW_PROTECTED_VM: u64 = 1;
 
 /// Where guest memory starts (above the first MiB, as a PC's RAM above the legacy hole).
 pub const GUEST_MEMORY_BASE: u64 = 1 << 20;
+
+/// A PMD-mapped huge page: the alignment of the RAM block.
+const HPAGE_SIZE: u64 = 2 << 20;
 
 /// How a [`Vmm`] lays out its VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,13 +147,23 @@ impl Vmm {
             stats: VmmStats::default(),
         };
         let size = config.memory / regions;
+        // qemu_ram_mmap: one host block for all of guest RAM, 2M-aligned (QEMU_VMALLOC_ALIGN),
+        // so every gpa and its hva agree modulo 2M and KVM may map huge pages (lpage_info
+        // disallows them where gfn and hva disagree). The block starts at gpa 0; the legacy
+        // first MiB below GUEST_MEMORY_BASE is not a memslot. A length that is a multiple of
+        // 2M is placed 2M-aligned by the kernel.
+        let block_len = (GUEST_MEMORY_BASE + config.memory).next_multiple_of(HPAGE_SIZE);
+        let block = vmm.host.process().mmap_anonymous(block_len)?;
+        // ram_block_add: qemu_madvise(QEMU_MADV_HUGEPAGE). The host runs THP in `madvise` mode,
+        // so guest RAM gets THPs and shared memory can be mapped with 2M leaves.
+        vmm.host.process().madvise(block, block_len, MADV_HUGEPAGE)?;
         let mut list = vmm.regions.lock();
         for slot in 0..regions as u32 {
-            // ram_block_add: the shared backing (qemu_anon_ram_alloc) and the guest_memfd.
-            let hva = vmm.host.process().mmap_anonymous(size)?;
+            // ram_block_add: the shared backing and the guest_memfd.
+            let gpa = GUEST_MEMORY_BASE + slot as u64 * size;
+            let hva = block + gpa;
             let gmem_fd = if private_mem { Some(vmm.create_gmem(size)?) } else { None };
-            let mut region =
-                Region { slot, gpa: GUEST_MEMORY_BASE + slot as u64 * size, size, hva, gmem_fd, present: false };
+            let mut region = Region { slot, gpa, size, hva, gmem_fd, present: false };
             vmm.add_memslot_locked(&mut region)?;
             if private_mem {
                 // kvm_set_phys_mem: a new guest_memfd region starts private.

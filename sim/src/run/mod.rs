@@ -25,9 +25,9 @@
 //!
 //! # Checks
 //!
-//! Invariants (`gmem_kvm::invariants::check`) run every [`INVARIANT_EVERY`] control operations
-//! (after every one in debug builds, every 64th in release builds, where a check of a large VM
-//! costs as much as many operations) with every vCPU paused between accesses, and at the end; the machine's WARN registry is read
+//! Invariants (`gmem_kvm::invariants::check`) run after every control operation in debug builds
+//! and every [`INVARIANT_EVERY`] control operations in release builds (where a check of a large
+//! VM costs as much as many operations) with every vCPU paused between accesses, and at the end; the machine's WARN registry is read
 //! at the end. The exit status is 1 if there is any warning, violation, integrity error or
 //! unexpected VMM error.
 //!
@@ -36,7 +36,7 @@
 //! A table (or, with `--json`, one JSON object) with the keys of [`Summary::fields`]:
 //! `seed`, `kernel`, `vm_type`, `memory`, `vcpus`, `mix`, `ops`, `guest_accesses`,
 //! `control_ops`, `seconds`, `ops_per_sec`, `faults`, `faults_fixed`, `faults_spurious`,
-//! `fault_retries`, `sptes_zapped`, `zap_all_fast`, `tlb_flushes` (remote flush requests),
+//! `fault_retries`, `huge_mappings` (2M/1G leaves installed), `sptes_zapped`, `zap_all_fast`, `tlb_flushes` (remote flush requests),
 //! `vcpu_tlb_flushes` (flushes the vCPUs carried out), `exits_memory_fault`, `exits_mmio`, `exits_hwpoison`, `exits_unresolved`,
 //! `conversions_to_private`, `conversions_to_shared`, `punches`, `memslot_changes`,
 //! `memory_failures`, `gmem_closes`, `invariant_checks`, `invariant_violations`, `warnings`,
@@ -55,9 +55,10 @@ use gmem_mm::{Errno, PAGE_SIZE};
 use gmem_uapi::vmm::{KVM_X86_DEFAULT_VM, KVM_X86_SW_PROTECTED_VM};
 use gmem_uapi::{SimHost, Vmm, VmmConfig};
 
-/// Control operations between two invariant checks: every one in debug builds (continuous
-/// checking while developing), every 64th in release builds (throughput runs).
-pub const INVARIANT_EVERY: u64 = if cfg!(debug_assertions) { 1 } else { 64 };
+/// Control operations between two invariant checks in release builds (throughput runs).
+pub const INVARIANT_EVERY: u64 = 64;
+/// Debug builds check after every control operation (continuous checking while developing).
+const CHECK_EVERY_CONTROL_OP: bool = cfg!(debug_assertions);
 /// The default operation count (a few seconds on a 2-vCPU machine, release build).
 pub const DEFAULT_OPS: u64 = 1_000_000;
 /// The default mix for VMs with private memory.
@@ -815,7 +816,7 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
             control_op(&shared, op);
             control_done += 1;
             tick(&shared, control_done, &mut progress);
-            if control_done % INVARIANT_EVERY == 0 {
+            if CHECK_EVERY_CONTROL_OP || control_done % INVARIANT_EVERY == 0 {
                 shared.pause.store(true, Ordering::SeqCst);
                 while shared.paused.load(Ordering::SeqCst) + shared.finished.load(Ordering::SeqCst) < vcpus {
                     std::thread::yield_now();
@@ -872,6 +873,7 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         ("faults_fixed", vcpu[1].to_string()),
         ("faults_spurious", vcpu[2].to_string()),
         ("fault_retries", vcpu[4].to_string()),
+        ("huge_mappings", mmu_field(|s| s.installed_huge)),
         ("sptes_zapped", mmu_field(|s| s.zapped)),
         ("zap_all_fast", mmu_field(|s| s.zap_all_fast)),
         ("tlb_flushes", mmu_field(|s| s.remote_tlb_flushes)),
