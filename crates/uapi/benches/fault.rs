@@ -1,21 +1,25 @@
 //! The guest fault path through the VMM model, in pages per second: the first touch of a fresh
 //! private page (fault → `kvm_gmem_get_pfn` allocates, zeroes and prepares a folio → SPTE), and
-//! the re-fault after a zap (punch the page out of the guest_memfd, then touch it again). See
-//! `docs/PERFORMANCE.md`.
+//! the re-fault after a zap (punch the page out of the guest_memfd, then touch it again), and
+//! the first touch of shared memory in a DEFAULT VM whose RAM has THPs (2M leaves where the
+//! memslot allows them). See `docs/PERFORMANCE.md`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use gmem_kvm::KernelProfile;
 use gmem_mm::PAGE_SIZE;
-use gmem_uapi::vmm::KVM_X86_SW_PROTECTED_VM;
+use gmem_uapi::vmm::{KVM_X86_DEFAULT_VM, KVM_X86_SW_PROTECTED_VM};
 use gmem_uapi::{SimHost, Vmm, VmmConfig};
 
 /// Pages touched per measured batch.
 const BATCH: u64 = 1024;
 
 fn vmm(pages: u64) -> (Vmm, i32) {
+    vmm_of_type(KVM_X86_SW_PROTECTED_VM, pages)
+}
+
+fn vmm_of_type(vm_type: u64, pages: u64) -> (Vmm, i32) {
     let host = SimHost::new(KernelProfile::v6_18());
-    let vmm = Vmm::new(host, VmmConfig { vm_type: KVM_X86_SW_PROTECTED_VM, memory: pages * PAGE_SIZE, regions: 1 })
-        .expect("VMM");
+    let vmm = Vmm::new(host, VmmConfig { vm_type, memory: pages * PAGE_SIZE, regions: 1 }).expect("VMM");
     let vcpu = vmm.create_vcpu(0).expect("vCPU");
     (vmm, vcpu)
 }
@@ -33,6 +37,15 @@ fn bench(c: &mut Criterion) {
     // A fresh VM per batch: every store is a first touch of a private page.
     group.bench_function("first_touch_private", |b| {
         b.iter_batched(|| vmm(BATCH), |(vmm, vcpu)| touch_all(&vmm, vcpu, BATCH), BatchSize::PerIteration)
+    });
+    // Shared memory of a DEFAULT VM: guest RAM starts at 1 MiB, so the 4 MiB slot is 256 4K
+    // pages, one 2M THP (one fault, one 2M leaf) and 256 4K pages.
+    group.bench_function("first_touch_shared_thp", |b| {
+        b.iter_batched(
+            || vmm_of_type(KVM_X86_DEFAULT_VM, BATCH),
+            |(vmm, vcpu)| touch_all(&vmm, vcpu, BATCH),
+            BatchSize::PerIteration,
+        )
     });
     // Punch the whole guest_memfd (zaps every SPTE), then touch every page again.
     let (vmm, vcpu) = vmm(BATCH);
