@@ -261,6 +261,7 @@ same_shape!(VmFd::create_guest_memfd, fn(&VmFd, kvm_create_guest_memfd) -> Resul
 same_shape!(VmFd::set_user_memory_region2, unsafe fn(&VmFd, kvm_userspace_memory_region2) -> Result<(), E>);
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))] // kvm-ioctls' own gate
 same_shape!(VmFd::set_memory_attributes, fn(&VmFd, kvm_memory_attributes) -> Result<(), E>);
+same_shape!(VmFd::enable_cap, fn(&VmFd, &kvm_bindings::kvm_enable_cap) -> Result<(), E>);
 
 same_traits!(Kvm: Debug + Send + Sync);
 same_traits!(VmFd: AsRawFd + Debug + Send + Sync);

@@ -59,3 +59,41 @@ pub fn check_extension(profile: &KernelProfile, kvm: Option<&Kvm>, cap: u64) -> 
         _ => 0,
     }
 }
+
+/// `KVM_EXIT_HYPERCALL_VALID_MASK`: the hypercalls `KVM_CAP_EXIT_HYPERCALL` can route to user
+/// space (x86: only `KVM_HC_MAP_GPA_RANGE`).
+pub const KVM_EXIT_HYPERCALL_VALID_MASK: u64 = 1 << KVM_HC_MAP_GPA_RANGE;
+
+impl Kvm {
+    /// `KVM_ENABLE_CAP` on a VM (`kvm_vm_ioctl_enable_cap`), for the capabilities the model has:
+    /// `KVM_CAP_EXIT_HYPERCALL` (x86 `kvm_vm_ioctl_enable_cap`: non-zero `flags` or a bit
+    /// outside `KVM_EXIT_HYPERCALL_VALID_MASK` in `args[0]` is EINVAL; `args[0]` becomes
+    /// `kvm->arch.hypercall_exit_enabled`, replacing the previous set).
+    ///
+    /// Every other capability is EINVAL, what the kernel answers for a capability it does not
+    /// offer: the capabilities outside guest_memfd's world are not modelled and read 0 in
+    /// `KVM_CHECK_EXTENSION` (a trace event says so).
+    pub fn enable_cap(&self, cap: u64, flags: u32, args: [u64; 4]) -> gmem_mm::KResult<()> {
+        if flags != 0 {
+            return Err(gmem_mm::Errno::EINVAL);
+        }
+        match cap {
+            KVM_CAP_EXIT_HYPERCALL => {
+                if args[0] & !KVM_EXIT_HYPERCALL_VALID_MASK != 0 {
+                    return Err(gmem_mm::Errno::EINVAL);
+                }
+                self.hypercall_exit_enabled.store(args[0], gmem_sync::atomic::Ordering::Release);
+                Ok(())
+            }
+            _ => {
+                tracing::warn!(cap, "KVM_ENABLE_CAP: capability not modelled (EINVAL)");
+                Err(gmem_mm::Errno::EINVAL)
+            }
+        }
+    }
+
+    /// `user_exit_on_hypercall(kvm, nr)`.
+    pub fn user_exit_on_hypercall(&self, nr: u64) -> bool {
+        nr < 64 && self.hypercall_exit_enabled.load(gmem_sync::atomic::Ordering::Acquire) & (1 << nr) != 0
+    }
+}

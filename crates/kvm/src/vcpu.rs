@@ -120,6 +120,17 @@ pub enum VcpuExit {
         /// `mmio.is_write`.
         is_write: bool,
     },
+    /// `KVM_EXIT_HYPERCALL`: a hypercall user space asked to handle
+    /// (`KVM_CAP_EXIT_HYPERCALL`); the VMM completes it with `hypercall.ret`, which the guest
+    /// gets in RAX when it resumes (`complete_hypercall_exit`).
+    Hypercall {
+        /// `hypercall.nr`.
+        nr: u64,
+        /// `hypercall.args` (`KVM_HC_MAP_GPA_RANGE`: gpa, number of 4K pages, attributes).
+        args: [u64; 6],
+        /// `hypercall.flags` (`KVM_EXIT_HYPERCALL_LONG_MODE`: the guest was in 64-bit mode).
+        flags: u64,
+    },
 }
 
 /// A failed guest access: an exit, a plain errno, or a signal sent to the vCPU thread.
@@ -700,8 +711,51 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
             Ok((RetPf::Emulate, _)) => return Err(Errno::ENOENT),
             Err(RunError::Exit(VcpuExit::MemoryFault { errno, .. })) => return Err(errno),
             Err(RunError::Exit(VcpuExit::Mmio { .. })) => return Err(Errno::ENOENT),
+            Err(RunError::Exit(VcpuExit::Hypercall { .. })) => return Err(Errno::EIO),
             Err(RunError::Errno(errno)) => return Err(errno),
             Err(RunError::Sigbus) => return Err(Errno::EHWPOISON),
         }
     }
+}
+
+/// `KVM_EXIT_HYPERCALL_LONG_MODE` in `hypercall.flags`.
+pub const KVM_EXIT_HYPERCALL_LONG_MODE: u64 = 1 << 0;
+/// `KVM_ENOSYS`: a hypercall the host does not handle (the guest sees `-KVM_ENOSYS`).
+pub const KVM_ENOSYS: u64 = 1000;
+/// `KVM_EINVAL`.
+pub const KVM_EINVAL: u64 = 22;
+/// `KVM_MAP_GPA_RANGE_ENCRYPTED` (`KVM_MAP_GPA_RANGE_ENC_STAT(1)`): the range becomes private.
+pub const KVM_MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
+
+/// A guest `VMCALL` from 64-bit mode at CPL 0 (`kvm_emulate_hypercall` → `____kvm_emulate_hypercall`),
+/// with the hypercall number and its first three arguments. `Ok(rax)` is the value the guest
+/// gets back when the kernel completes the call itself (`-KVM_ENOSYS` for a number it does not
+/// handle, `-KVM_EINVAL` for a bad `KVM_HC_MAP_GPA_RANGE` range, as two's complement);
+/// `Err(RunError::Exit(VcpuExit::Hypercall { .. }))` when the call exits to user space, which
+/// completes it: the VMM's `hypercall.ret` is what the guest gets.
+///
+/// Only `KVM_HC_MAP_GPA_RANGE` (the guest's private/shared conversion request) is modelled:
+/// `-KVM_ENOSYS` unless user space enabled its exit, `-KVM_EINVAL` if `gpa` is not page aligned,
+/// `npages` is 0 or the range wraps, else the exit with `args = [gpa, npages, attrs]`. The
+/// kernel's other hypercalls (kick, sched yield, clock pairing) are outside the model and
+/// answer `-KVM_ENOSYS`, as an unknown number does.
+pub fn guest_hypercall(kvm: &Kvm, vcpu: &KvmVcpu, nr: u64, a0: u64, a1: u64, a2: u64) -> Result<u64, RunError> {
+    let _ = vcpu;
+    let neg = |code: u64| code.wrapping_neg();
+    if nr != crate::caps::KVM_HC_MAP_GPA_RANGE {
+        return Ok(neg(KVM_ENOSYS));
+    }
+    let (gpa, npages, attrs) = (a0, a1, a2);
+    if !kvm.user_exit_on_hypercall(crate::caps::KVM_HC_MAP_GPA_RANGE) {
+        return Ok(neg(KVM_ENOSYS));
+    }
+    let gfn = gpa >> PAGE_SHIFT;
+    if gpa & (PAGE_SIZE - 1) != 0 || npages == 0 || gfn.wrapping_add(npages) <= gfn {
+        return Ok(neg(KVM_EINVAL));
+    }
+    Err(RunError::Exit(VcpuExit::Hypercall {
+        nr,
+        args: [gpa, npages, attrs, 0, 0, 0],
+        flags: KVM_EXIT_HYPERCALL_LONG_MODE,
+    }))
 }

@@ -124,6 +124,7 @@ impl KvmSystem {
             mn_active_invalidate_count: AtomicU64::new(0),
             mmu_notifier: Mutex::new(&MMU_NOTIFIER_LOCK, None),
             test_hooks: HugeTestHooks::default(),
+            hypercall_exit_enabled: AtomicU64::new(0),
         }))
     }
 }
@@ -207,6 +208,9 @@ pub struct Kvm {
     /// `kvm->mmu_notifier` as registered on `kvm->mm` (none for a VM without an owner).
     pub(crate) mmu_notifier: Mutex<Option<MmuNotifierHandle>>,
     pub(crate) test_hooks: HugeTestHooks,
+    /// `kvm->arch.hypercall_exit_enabled`: the hypercalls (a bit per number) that exit to
+    /// user space, set by `KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)`.
+    pub(crate) hypercall_exit_enabled: AtomicU64,
 }
 
 impl fmt::Debug for Kvm {

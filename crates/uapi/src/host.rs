@@ -168,6 +168,13 @@ impl SimHost {
         self.vm_ioctl(vm_fd, |kvm| Ok(check_extension(self.profile(), Some(kvm), cap)))
     }
 
+    /// `KVM_ENABLE_CAP` on a VM (`kvm_vm_ioctl_enable_cap`; the model has
+    /// `KVM_CAP_EXIT_HYPERCALL`, see [`gmem_kvm::Kvm::enable_cap`]).
+    pub fn enable_cap(&self, vm_fd: i32, cap: &kvm_bindings::kvm_enable_cap) -> Result<()> {
+        let _span = tracing::debug_span!("kvm_vm_ioctl_enable_cap", vm_fd, cap.cap).entered();
+        self.vm_ioctl(vm_fd, |kvm| kvm.enable_cap(u64::from(cap.cap), cap.flags, cap.args))
+    }
+
     /// `KVM_CREATE_GUEST_MEMFD`. `reserved` is not checked (as in the kernel).
     pub fn create_guest_memfd(&self, vm_fd: i32, args: &kvm_create_guest_memfd) -> Result<i32> {
         let _span = tracing::debug_span!("kvm_vm_ioctl_create_guest_memfd", vm_fd, args.size, args.flags).entered();
@@ -250,6 +257,25 @@ impl SimHost {
             .vcpu(vcpu_fd)
             .map_err(RunError::Errno)
             .and_then(|(kvm, vcpu)| guest_access(&kvm, &vcpu, &self.process.mm, gpa, buf, write, private));
+        self.process.syscall_exit(result)
+    }
+
+    /// A hypercall by the vCPU behind `vcpu_fd` (`KVM_RUN` while the guest executes `VMCALL`
+    /// with `nr` and `a0..a2`): `Ok(rax)` when the kernel completed it, or the
+    /// `KVM_EXIT_HYPERCALL` exit the VMM must complete. See [`gmem_kvm::vcpu::guest_hypercall`].
+    pub fn guest_hypercall(
+        &self,
+        vcpu_fd: i32,
+        nr: u64,
+        a0: u64,
+        a1: u64,
+        a2: u64,
+    ) -> std::result::Result<u64, RunError> {
+        let _span = tracing::debug_span!("kvm_emulate_hypercall", vcpu_fd, nr, a0, a1, a2).entered();
+        let result = self
+            .vcpu(vcpu_fd)
+            .map_err(RunError::Errno)
+            .and_then(|(kvm, vcpu)| gmem_kvm::vcpu::guest_hypercall(&kvm, &vcpu, nr, a0, a1, a2));
         self.process.syscall_exit(result)
     }
 

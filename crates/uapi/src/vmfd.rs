@@ -90,6 +90,11 @@ impl VmFd {
     pub fn set_memory_attributes(&self, attr: kvm_memory_attributes) -> Result<()> {
         self.host.set_memory_attributes(self.fd, &attr)
     }
+
+    /// `KVM_ENABLE_CAP` on the VM.
+    pub fn enable_cap(&self, cap: &kvm_bindings::kvm_enable_cap) -> Result<()> {
+        self.host.enable_cap(self.fd, cap)
+    }
 }
 
 impl Drop for VmFd {

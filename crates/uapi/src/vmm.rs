@@ -15,25 +15,32 @@
 //! `MADV_DONTNEED`) when converting to private, the guest_memfd range
 //! (`ram_block_discard_guest_memfd_range`, `fallocate(PUNCH_HOLE|KEEP_SIZE)`) when converting to
 //! shared. A `KVM_EXIT_MEMORY_FAULT` is handled the same way (`kvm_cpu_exec`: convert to the
-//! kind the guest asked for, then re-enter).
+//! kind the guest asked for, then re-enter), and so is the guest's explicit conversion request,
+//! the `KVM_HC_MAP_GPA_RANGE` hypercall, whose exit the VMM enables for VMs with private memory
+//! (`KVM_CAP_EXIT_HYPERCALL`) and handles in [`Vmm::guest_map_gpa_range`]
+//! (`kvm_handle_hc_map_gpa_range`).
+//!
+//! Guest RAM is one 2M-aligned anonymous block madvised `MADV_HUGEPAGE` (`qemu_ram_mmap`,
+//! `ram_block_add`), each region at its gpa's offset in it, so shared memory can be mapped with
+//! 2M leaves where the memslot allows.
 //!
 //! VMM-level operations (conversions, hole punching, memslot changes, closing a guest_memfd)
 //! are serialised by one lock, as QEMU runs them under the BQL; guest accesses
 //! ([`Vmm::guest_access`]) take no VMM lock, as vCPU threads run `KVM_RUN` outside it.
 //!
-//! Workarounds for APIs the simulator lacks are noted where they are used: there is no MMU
-//! notifier on the VM owner's address space yet, so discarding shared backing relies on the
-//! attribute change having zapped its SPTEs first (which QEMU's order guarantees for
-//! conversions; the VMM never discards shared backing any other way).
+//! Discarding shared backing (`MADV_DONTNEED`) reaches KVM through the MMU notifier of the VM
+//! owner's address space, as in the kernel; QEMU's order (attributes first) means the
+//! attribute change has already zapped the shared SPTEs of a range converted to private.
 
 use crate::host::SimHost;
 use crate::Result;
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use gmem_kvm::caps::{KVM_CAP_EXIT_HYPERCALL, KVM_EXIT_HYPERCALL_VALID_MASK, KVM_HC_MAP_GPA_RANGE};
 use gmem_kvm::invariants::{self, Violation};
 use gmem_kvm::memslot::{UserspaceMemoryRegion2, KVM_MEM_GUEST_MEMFD};
 use gmem_kvm::profile::VmType;
 use gmem_kvm::tdp_mmu::TdpMmuStats;
-use gmem_kvm::vcpu::{RunError, VcpuExit, KVM_MEMORY_EXIT_FLAG_PRIVATE};
+use gmem_kvm::vcpu::{RunError, VcpuExit, KVM_MAP_GPA_RANGE_ENCRYPTED, KVM_MEMORY_EXIT_FLAG_PRIVATE};
 use gmem_mm::filemap::MfResult;
 use gmem_mm::types::{PAGE_SHIFT, PAGE_SIZE};
 use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MADV_DONTNEED, MADV_HUGEPAGE};
@@ -110,6 +117,8 @@ pub struct VmmStats {
     pub memory_failures: AtomicU64,
     /// guest_memfds closed under a bound memslot.
     pub gmem_closes: AtomicU64,
+    /// `KVM_EXIT_HYPERCALL` exits for `KVM_HC_MAP_GPA_RANGE` handled (each is a conversion).
+    pub map_gpa_range_exits: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -146,6 +155,16 @@ impl Vmm {
             vcpu_fds: Mutex::new(&VMM_LOCK, Vec::new()),
             stats: VmmStats::default(),
         };
+        if private_mem {
+            // Confidential guests convert with KVM_HC_MAP_GPA_RANGE: QEMU enables its exit
+            // (sev_kvm_init / tdx_kvm_init: KVM_CAP_EXIT_HYPERCALL, KVM_EXIT_HYPERCALL_VALID_MASK).
+            let cap = kvm_bindings::kvm_enable_cap {
+                cap: KVM_CAP_EXIT_HYPERCALL as u32,
+                args: [KVM_EXIT_HYPERCALL_VALID_MASK, 0, 0, 0],
+                ..Default::default()
+            };
+            vmm.host.enable_cap(vmm.vm_fd, &cap)?;
+        }
         let size = config.memory / regions;
         // qemu_ram_mmap: one host block for all of guest RAM, 2M-aligned (QEMU_VMALLOC_ALIGN),
         // so every gpa and its hva agree modulo 2M and KVM may map huge pages (lpage_info
@@ -225,6 +244,40 @@ impl Vmm {
             gmem_kvm::vcpu::guest_access(&kvm, &vcpu, &self.host.process().mm, gpa, buf, write, None)
         });
         self.host.process().syscall_exit(result)
+    }
+
+    /// The guest asks to convert `[gpa, gpa + size)` (the `KVM_HC_MAP_GPA_RANGE` hypercall a
+    /// confidential guest issues before it changes a page's encryption) and the VMM handles the
+    /// `KVM_EXIT_HYPERCALL` as QEMU's `kvm_handle_hc_map_gpa_range` does:
+    /// `kvm_convert_memory(gpa, npages * 4K, attrs & KVM_MAP_GPA_RANGE_ENCRYPTED)`. Returns what
+    /// the guest gets in RAX: 0 when the conversion succeeded (the kernel zeroes
+    /// `hypercall.ret` before the exit), or the kernel's own answer when it completed the call
+    /// without an exit (`-KVM_ENOSYS`, `-KVM_EINVAL`, two's complement). A failed conversion is
+    /// returned as the exit: QEMU stops the vCPU (an internal error) rather than answer the
+    /// guest. (QEMU 10.1+ then pre-faults the range, ignoring failures; the model does not.)
+    pub fn guest_map_gpa_range(
+        &self,
+        vcpu_fd: i32,
+        gpa: u64,
+        size: u64,
+        to_private: bool,
+    ) -> std::result::Result<u64, RunError> {
+        let attrs = if to_private { KVM_MAP_GPA_RANGE_ENCRYPTED } else { 0 };
+        match self.host.guest_hypercall(vcpu_fd, KVM_HC_MAP_GPA_RANGE, gpa, size >> PAGE_SHIFT, attrs) {
+            Ok(rax) => Ok(rax),
+            Err(RunError::Exit(VcpuExit::Hypercall { nr, args, .. })) if nr == KVM_HC_MAP_GPA_RANGE => {
+                // kvm_handle_hc_map_gpa_range: only for machines that require guest_memfd.
+                let exit = RunError::Exit(VcpuExit::Hypercall { nr, args, flags: 0 });
+                if !self.private_mem {
+                    return Err(exit);
+                }
+                let (gpa, size, attributes) = (args[0], args[1] << PAGE_SHIFT, args[2]);
+                bump(&self.stats.map_gpa_range_exits);
+                self.convert(gpa, size, attributes & KVM_MAP_GPA_RANGE_ENCRYPTED != 0).map_err(|_| exit)?;
+                Ok(0)
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// `kvm_cpu_exec`'s handling of an exit: `KVM_EXIT_MEMORY_FAULT` returned with EFAULT is a
@@ -529,5 +582,73 @@ mod tests {
         assert_eq!(read(&vmm, vcpu, gpa), [0; 8]);
         assert!(vmm.check_invariants().is_empty());
         assert_eq!(vmm.host().machine().warnings.count(), 0);
+    }
+
+    /// The guest's conversion request: `KVM_HC_MAP_GPA_RANGE` exits (the VMM enabled the exit
+    /// for a VM with private memory), the VMM converts the range as `kvm_convert_memory` does,
+    /// and the guest gets 0. A private access to the page now exits; a shared one does not.
+    #[test]
+    fn map_gpa_range_hypercall_converts() {
+        let (vmm, vcpu) = vmm();
+        let gpa = Vmm::page_gpa(2);
+        assert_eq!(vmm.guest_map_gpa_range(vcpu, gpa, 2 * PAGE_SIZE, false), Ok(0));
+        assert_eq!(vmm.stats.map_gpa_range_exits.load(Ordering::Relaxed), 1);
+        assert_eq!(vmm.stats.to_shared.load(Ordering::Relaxed), 1);
+        let mut buf = [0u8; 8];
+        vmm.host().guest_access(vcpu, gpa + PAGE_SIZE, &mut buf, true, Some(false)).expect("shared store");
+        assert!(matches!(
+            vmm.host().guest_access(vcpu, gpa, &mut buf, false, Some(true)),
+            Err(RunError::Exit(VcpuExit::MemoryFault { flags: KVM_MEMORY_EXIT_FLAG_PRIVATE, .. }))
+        ));
+        assert_eq!(vmm.guest_map_gpa_range(vcpu, gpa, PAGE_SIZE, true), Ok(0));
+        vmm.host().guest_access(vcpu, gpa, &mut buf, false, Some(true)).expect("private load");
+        assert_eq!(vmm.stats.to_private.load(Ordering::Relaxed), 1);
+        assert!(vmm.check_invariants().is_empty());
+        assert_eq!(vmm.host().machine().warnings.count(), 0);
+    }
+
+    /// What the kernel answers itself, without an exit: `-KVM_EINVAL` for an unaligned gpa, no
+    /// pages or a wrapping range; `-KVM_ENOSYS` for an unknown hypercall, or for
+    /// `KVM_HC_MAP_GPA_RANGE` when user space did not enable its exit (a DEFAULT VM).
+    #[test]
+    fn map_gpa_range_errors_complete_in_the_kernel() {
+        use gmem_kvm::vcpu::{KVM_EINVAL, KVM_ENOSYS};
+        let (vmm, vcpu) = vmm();
+        let einval = Ok(KVM_EINVAL.wrapping_neg());
+        let host = vmm.host();
+        assert_eq!(host.guest_hypercall(vcpu, KVM_HC_MAP_GPA_RANGE, Vmm::page_gpa(1) + 8, 1, 0), einval);
+        assert_eq!(host.guest_hypercall(vcpu, KVM_HC_MAP_GPA_RANGE, Vmm::page_gpa(1), 0, 0), einval);
+        assert_eq!(host.guest_hypercall(vcpu, KVM_HC_MAP_GPA_RANGE, Vmm::page_gpa(1), u64::MAX, 0), einval);
+        assert_eq!(host.guest_hypercall(vcpu, 99, 0, 0, 0), Ok(KVM_ENOSYS.wrapping_neg()));
+        assert_eq!(vmm.stats.map_gpa_range_exits.load(Ordering::Relaxed), 0);
+
+        let host = SimHost::new(KernelProfile::v6_18());
+        let vmm =
+            Vmm::new(host, VmmConfig { vm_type: KVM_X86_DEFAULT_VM, memory: 16 * PAGE_SIZE, regions: 2 }).expect("VMM");
+        let vcpu = vmm.create_vcpu(0).expect("vCPU");
+        assert_eq!(vmm.guest_map_gpa_range(vcpu, Vmm::page_gpa(1), PAGE_SIZE, true), Ok(KVM_ENOSYS.wrapping_neg()));
+    }
+
+    /// `KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)`: flags and bits outside the valid mask are
+    /// EINVAL, as is a capability the model does not offer; `args[0]` replaces the set.
+    #[test]
+    fn enable_cap_exit_hypercall_checks() {
+        let (vmm, vcpu) = vmm();
+        let host = vmm.host();
+        let cap = |flags: u32, arg0: u64| kvm_bindings::kvm_enable_cap {
+            cap: KVM_CAP_EXIT_HYPERCALL as u32,
+            flags,
+            args: [arg0, 0, 0, 0],
+            ..Default::default()
+        };
+        assert_eq!(host.enable_cap(vmm.vm_fd(), &cap(1, KVM_EXIT_HYPERCALL_VALID_MASK)), Err(Errno::EINVAL));
+        assert_eq!(host.enable_cap(vmm.vm_fd(), &cap(0, 1 << 5)), Err(Errno::EINVAL));
+        let other = kvm_bindings::kvm_enable_cap { cap: 123_456, ..Default::default() };
+        assert_eq!(host.enable_cap(vmm.vm_fd(), &other), Err(Errno::EINVAL));
+        assert_eq!(host.enable_cap(vcpu, &cap(0, 0)), Err(Errno::ENOTTY), "not a VM descriptor");
+        // Clearing the set turns the exit off: the kernel answers -KVM_ENOSYS itself.
+        assert_eq!(host.enable_cap(vmm.vm_fd(), &cap(0, 0)), Ok(()));
+        let enosys = Ok(gmem_kvm::vcpu::KVM_ENOSYS.wrapping_neg());
+        assert_eq!(vmm.guest_map_gpa_range(vcpu, Vmm::page_gpa(1), PAGE_SIZE, false), enosys);
     }
 }

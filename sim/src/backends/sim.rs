@@ -87,6 +87,15 @@ fn run<T>(result: Result<T, RunError>) -> BResult<T> {
                 ("is_write".to_string(), u8::from(is_write).to_string()),
             ],
         }),
+        // No script verb issues a hypercall; printed in the same shape should one ever exit.
+        RunError::Exit(vcpu::VcpuExit::Hypercall { nr, args, flags }) => Failure::Exit(VcpuExit {
+            reason: "HYPERCALL".into(),
+            fields: vec![
+                ("nr".to_string(), nr.to_string()),
+                ("args".to_string(), format!("{:#x},{:#x},{:#x}", args[0], args[1], args[2])),
+                ("flags".to_string(), format!("{flags:#x}")),
+            ],
+        }),
     })
 }
 
