@@ -37,12 +37,8 @@ mod common;
 
 use common::{check, guest, Coverage, Guest};
 use gmem_kvm::tlb::ProtocolWeakening;
-use gmem_kvm::vcpu::guest_access;
 use gmem_mm::folio::Folio;
-use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
-use gmem_mm::PAGE_SIZE;
-use gmem_sync::model::{explore, stop_exploring};
-use gmem_sync::{thread, Arc};
+use gmem_sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 fn model(weakening: ProtocolWeakening, coverage: Arc<Coverage>) {
@@ -60,31 +56,7 @@ fn model(weakening: ProtocolWeakening, coverage: Arc<Coverage>) {
                 truncated_under_fault.store(folio.mapping_ino() == 0, Ordering::Relaxed);
             });
         }
-        explore();
-
-        let vcpu = {
-            let g = Arc::clone(&g);
-            thread::spawn(move || {
-                let mut buf = [0u8; 1];
-                guest_access(&g.kvm, &g.vcpu, &g.host.process().mm, common::GPA, &mut buf, false, None)
-                    .expect("the load succeeds");
-            })
-        };
-        let puncher = {
-            let g = Arc::clone(&g);
-            thread::spawn(move || {
-                g.host
-                    .fallocate(g.gmem_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, PAGE_SIZE as i64)
-                    .expect("punch hole");
-                // After the punch returns, nothing translates to a freed frame.
-                g.assert_nothing_stale("after the punch returned");
-            })
-        };
-        vcpu.join().unwrap();
-        puncher.join().unwrap();
-        stop_exploring();
-
-        g.assert_quiescent_state();
+        common::race_load_against_punch(&g, "after the punch returned");
         let stat = &g.vcpu.stat;
         let (taken, fixed, spurious, retry) = (
             stat.pf_taken.load(Ordering::Relaxed),

@@ -41,11 +41,7 @@ mod common;
 
 use common::{check, guest, Coverage, Guest};
 use gmem_kvm::tlb::ProtocolWeakening;
-use gmem_kvm::vcpu::guest_access;
-use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
-use gmem_mm::PAGE_SIZE;
-use gmem_sync::model::{explore, stop_exploring};
-use gmem_sync::{thread, Arc};
+use gmem_sync::Arc;
 use std::sync::atomic::Ordering;
 
 fn model(weakening: ProtocolWeakening, coverage: Arc<Coverage>) {
@@ -58,29 +54,7 @@ fn model(weakening: ProtocolWeakening, coverage: Arc<Coverage>) {
             stat.tlb_flushes.load(Ordering::Relaxed),
             stat.pf_taken.load(Ordering::Relaxed),
         );
-        explore();
-
-        let vcpu = {
-            let g = Arc::clone(&g);
-            thread::spawn(move || {
-                let mut buf = [0u8; 1];
-                guest_access(&g.kvm, &g.vcpu, &g.host.process().mm, common::GPA, &mut buf, false, None)
-                    .expect("the load succeeds");
-            })
-        };
-        let puncher = {
-            let g = Arc::clone(&g);
-            thread::spawn(move || {
-                g.host
-                    .fallocate(g.gmem_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, PAGE_SIZE as i64)
-                    .expect("punch hole");
-                g.assert_nothing_stale("after the flush returned");
-            })
-        };
-        vcpu.join().unwrap();
-        puncher.join().unwrap();
-        stop_exploring();
-        g.assert_quiescent_state();
+        common::race_load_against_punch(&g, "after the flush returned");
 
         // The outcomes the model is about; in every one of them the checks above held.
         let hit = stat.tlb_hits.load(Ordering::Relaxed) > hits;

@@ -178,3 +178,35 @@ impl Guest {
         assert!(violations.is_empty(), "{violations:#?}");
     }
 }
+
+/// The race both MMU models explore, from `explore()` on: T1 is the vCPU loading the page at
+/// [`GPA`] (it must succeed), T2 punches that page out of the guest_memfd and then checks that
+/// nothing translates to a freed frame (`after` names the moment in the failure message). Both
+/// joined, exploring stops and the state at rest is checked.
+pub fn race_load_against_punch(g: &Arc<Guest>, after: &'static str) {
+    use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
+    use gmem_sync::model::{explore, stop_exploring};
+    use gmem_sync::thread;
+
+    explore();
+    let vcpu = {
+        let g = Arc::clone(g);
+        thread::spawn(move || {
+            let mut buf = [0u8; 1];
+            guest_access(&g.kvm, &g.vcpu, &g.host.process().mm, GPA, &mut buf, false, None).expect("the load succeeds");
+        })
+    };
+    let puncher = {
+        let g = Arc::clone(g);
+        thread::spawn(move || {
+            g.host
+                .fallocate(g.gmem_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, PAGE_SIZE as i64)
+                .expect("punch hole");
+            g.assert_nothing_stale(after);
+        })
+    };
+    vcpu.join().unwrap();
+    puncher.join().unwrap();
+    stop_exploring();
+    g.assert_quiescent_state();
+}
