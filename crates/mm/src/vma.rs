@@ -265,6 +265,14 @@ impl Vma {
     }
 }
 
+/// Why a file page fault failed.
+enum FileFaultError {
+    /// The page is poisoned (`VM_FAULT_HWPOISON`).
+    Hwpoison,
+    /// The fault handler failed, or kept asking for a retry.
+    Failed,
+}
+
 /// `struct mm_struct`: the process address space.
 #[derive(Debug)]
 pub struct Mm {
@@ -552,30 +560,54 @@ impl Mm {
             Folio::from_pfn(&self.machine.mem, pfn).get();
             return Ok(pfn);
         };
-        let fault = VmFault { vma: &vma, pgoff: PgOff(vma.pgoff + page_in_vma), write };
+        match self.fault_file_page(&vma, ops, page_in_vma, write, addr) {
+            // The fault's reference becomes the caller's.
+            Ok((folio, pfn)) => {
+                folio.unlock();
+                Ok(pfn)
+            }
+            Err(FileFaultError::Hwpoison) => Err(Errno::EHWPOISON),
+            Err(FileFaultError::Failed) => Err(Errno::EFAULT),
+        }
+    }
+
+    /// A page fault on a file mapping (`__do_fault` + `finish_fault`), shared by user accesses
+    /// and GUP: calls `vm_ops->fault` (retried while it asks for a retry; a bound keeps a
+    /// livelock visible as a WARN), refuses a poisoned page (`VM_FAULT_HWPOISON`; guest_memfd's
+    /// own fault handler does not check) and marks the PTE present. Returns the folio, locked
+    /// and with the fault's reference, and the frame of the faulting page.
+    fn fault_file_page<'s>(
+        &'s self,
+        vma: &Vma,
+        ops: &VmOperations,
+        page_in_vma: u64,
+        write: bool,
+        addr: u64,
+    ) -> Result<(Folio<'s>, Pfn), FileFaultError> {
+        let fault = VmFault { vma, pgoff: PgOff(vma.pgoff + page_in_vma), write };
         for _ in 0..1000 {
             match (ops.fault)(&fault) {
                 Ok(folio) if folio.test_hwpoison() => {
                     folio.unlock();
                     folio.put();
-                    return Err(Errno::EHWPOISON);
+                    return Err(FileFaultError::Hwpoison);
                 }
                 Ok(folio) => {
-                    // GUP faulted the page in: the PTE is present (set under the folio lock).
+                    // finish_fault: the PTE is present from now until a zap (set under the
+                    // folio lock, which truncation's unmap also takes).
                     let pfn = folio.pfn().offset(fault.pgoff.0 - folio.index().0);
                     vma.set_file_pte(page_in_vma, pfn);
-                    // The fault's reference becomes the caller's.
-                    folio.unlock();
-                    return Ok(pfn);
+                    // The same folio, named through the machine rather than the fault.
+                    return Ok((Folio::from_pfn(&self.machine.mem, folio.pfn()), pfn));
                 }
                 Err(VmFaultError::Retry) => continue,
-                Err(_) => return Err(Errno::EFAULT),
+                Err(_) => return Err(FileFaultError::Failed),
             }
         }
         self.machine
             .warnings
-            .report(gmem_sync::warn::WarnKind::Warn, format!("get_user_pages at {addr:#x} retried 1000 times"));
-        Err(Errno::EFAULT)
+            .report(gmem_sync::warn::WarnKind::Warn, format!("page fault at {addr:#x} retried 1000 times"));
+        Err(FileFaultError::Failed)
     }
 
     fn access_page(&self, addr: u64, buf: &mut [u8], write: bool) -> Result<(), AccessSignal> {
@@ -593,38 +625,17 @@ impl Mm {
         let Some(ops) = vma.vm_ops else {
             return self.access_anon(&vma, addr, in_page, buf, write);
         };
-        let fault = VmFault { vma: &vma, pgoff: PgOff(vma.pgoff + page_in_vma), write };
-        // A handler asking for a retry is retried; a bound keeps a livelock visible.
-        for _ in 0..1000 {
-            match (ops.fault)(&fault) {
-                Ok(folio) if folio.test_hwpoison() => {
-                    // __do_fault: a poisoned page is VM_FAULT_HWPOISON, a SIGBUS (BUS_MCEERR_AR);
-                    // guest_memfd's own fault handler does not check.
-                    folio.unlock();
-                    folio.put();
-                    return Err(AccessSignal::Sigbus);
-                }
-                Ok(folio) => {
-                    // finish_fault: the PTE is present from now until a zap.
-                    vma.set_file_pte(page_in_vma, folio.pfn().offset(fault.pgoff.0 - folio.index().0));
-                    let offset = (fault.pgoff.0 - folio.index().0) * PAGE_SIZE + in_page;
-                    if write {
-                        folio.write(offset, buf);
-                    } else {
-                        folio.read(offset, buf);
-                    }
-                    folio.unlock();
-                    folio.put();
-                    return Ok(());
-                }
-                Err(VmFaultError::Retry) => continue,
-                Err(_) => return Err(AccessSignal::Sigbus),
-            }
+        let (folio, pfn) =
+            self.fault_file_page(&vma, ops, page_in_vma, write, addr).map_err(|_| AccessSignal::Sigbus)?;
+        let offset = (pfn.0 - folio.pfn().0) * PAGE_SIZE + in_page;
+        if write {
+            folio.write(offset, buf);
+        } else {
+            folio.read(offset, buf);
         }
-        self.machine
-            .warnings
-            .report(gmem_sync::warn::WarnKind::Warn, format!("user fault at {addr:#x} retried 1000 times"));
-        Err(AccessSignal::Sigbus)
+        folio.unlock();
+        folio.put();
+        Ok(())
     }
 
     fn access_anon(&self, vma: &Vma, addr: u64, in_page: u64, buf: &mut [u8], write: bool) -> Result<(), AccessSignal> {
