@@ -240,10 +240,7 @@ impl Vmm {
         if in_page + buf.len() > PAGE_SIZE as usize {
             return Err(RunError::Errno(Errno::EINVAL));
         }
-        let result = self.host.vcpu(vcpu_fd).map_err(RunError::from).and_then(|(kvm, vcpu)| {
-            gmem_kvm::vcpu::guest_access(&kvm, &vcpu, &self.host.process().mm, gpa, buf, write, None)
-        });
-        self.host.process().syscall_exit(result)
+        self.host.guest_access(vcpu_fd, gpa, buf, write, None)
     }
 
     /// The guest asks to convert `[gpa, gpa + size)` (the `KVM_HC_MAP_GPA_RANGE` hypercall a
