@@ -300,11 +300,10 @@ impl Sides<'_, '_> {
         factory().map_err(|message| DiffError::Backend { side, name, message })
     }
 
-    /// Runs `rendered` on a fresh backend of each side and compares the results.
-    fn compare(&mut self, rendered: &Rendered) -> Result<Comparison, DiffError> {
-        let text = rendered.text();
-        let program = script::parse("diff.gms", &text)
-            .map_err(|error| DiffError::Render { text: text.clone(), error: error.to_string() })?;
+    /// Runs the rendered script `text` on a fresh backend of each side and compares the results.
+    fn compare(&mut self, text: &str) -> Result<Comparison, DiffError> {
+        let program = script::parse("diff.gms", text)
+            .map_err(|error| DiffError::Render { text: text.to_string(), error: error.to_string() })?;
         let reference_lines = self.run(&program, true)?;
         let sim_lines = self.run(&program, false)?;
         let mut comparison = Comparison::default();
@@ -345,7 +344,7 @@ impl Sides<'_, '_> {
                 }
                 continue;
             }
-            let verb = verb_of(rendered.lines.get(index).map_or("", String::as_str)).to_string();
+            let verb = line.op.verb().to_string();
             comparison.divergence = Some(LineDiff { index, verb, reference: r.result.clone(), sim: s.result.clone() });
             break;
         }
@@ -365,20 +364,12 @@ impl Sides<'_, '_> {
 
 /// The proptest RNG of the case generated from `case_seed`.
 fn case_rng(case_seed: u64) -> TestRng {
-    let mut state = case_seed;
+    let mut rng = crate::run::Rng::from_state(case_seed);
     let mut bytes = [0u8; 32];
     for chunk in bytes.chunks_mut(8) {
-        chunk.copy_from_slice(&splitmix64(&mut state).to_le_bytes());
+        chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
     }
     TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)
-}
-
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(SEED_STRIDE);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Renders a generated case.
@@ -427,7 +418,7 @@ pub fn run(
         let mut runner = TestRunner::new_with_rng(ProptestConfig::default(), case_rng(seed));
         let mut tree = strategy.new_tree(&mut runner).map_err(|reason| DiffError::Generate(reason.to_string()))?;
         let rendered = render_case(&tree.current(), config.ops_max);
-        let comparison = sides.compare(&rendered)?;
+        let comparison = sides.compare(&rendered.text())?;
         summary.sequences += 1;
         summary.operations += rendered.lines.len() as u64;
         count_excluded(&mut summary, &comparison.excluded);
@@ -509,7 +500,7 @@ fn shrink<T: ValueTree<Value = gen::Case>>(
             Some(kept) => kept.clone(),
             None => {
                 runs += 1;
-                let comparison = sides.compare(&candidate)?;
+                let comparison = sides.compare(&text)?;
                 let kept = comparison.divergence.filter(|d| d.signature() == signature);
                 tried.insert(text, kept.clone());
                 kept
@@ -616,16 +607,6 @@ fn progress_bar(done: u64, total: u64) -> String {
     let total = total.max(1);
     let filled = (done.min(total) * CELLS / total) as usize;
     format!("[{}{}] {:3}%", "#".repeat(filled), ".".repeat(CELLS as usize - filled), done.min(total) * 100 / total)
-}
-
-/// The verb of a rendered line (`g0 = create_guest_memfd ...` is `create_guest_memfd`).
-fn verb_of(line: &str) -> &str {
-    let mut words = line.split_whitespace();
-    match (words.next(), words.next(), words.next()) {
-        (_, Some("="), Some(verb)) => verb,
-        (Some(verb), _, _) => verb,
-        _ => "",
-    }
 }
 
 /// `text`, cut to 60 characters with `...` (results of long loads fill a line).

@@ -294,6 +294,12 @@ impl Rng {
         rng
     }
 
+    /// A generator whose state is exactly `state` (the first output mixes `state` plus the
+    /// golden-ratio increment).
+    pub fn from_state(state: u64) -> Rng {
+        Rng(state)
+    }
+
     /// The next 64 bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
