@@ -69,15 +69,28 @@ impl Mm {
     }
 
     /// The anonymous half of `handle_mm_fault` at `addr` of `vma`: the frame mapped there after
-    /// the fault, or `None` when a read maps a zero page (the caller reads zeroes). ENOMEM when a
-    /// 4K page cannot be allocated either.
+    /// the fault, with a folio reference taken while the page table still maps it (as GUP's
+    /// `try_grab_folio` under the PTE lock; a CPU access is covered the same way by its TLB
+    /// entry until the zap's flush), which the caller puts; or `None` when a read maps a zero
+    /// page (the caller reads zeroes). ENOMEM when a 4K page cannot be allocated either.
     pub(crate) fn anon_fault(&self, vma: &Vma, addr: u64, write: bool) -> KResult<Option<Pfn>> {
         let haddr = addr & HPAGE_PMD_MASK;
         let subpage = (addr - haddr) >> PAGE_SHIFT;
+        let mem = &self.machine.mem;
+        // A THP allocated and zeroed outside the PMD lock (vma_alloc_anon_folio_pmd runs
+        // folio_zero_user before pmd_lock), installed only if the PMD is still none.
+        let mut prepared: Option<Folio<'_>> = None;
         loop {
             let mut pmds = self.pmds.lock();
             match pmds.get(&haddr).copied() {
-                Some(Pmd::Huge(head)) => return Ok(Some(head.offset(subpage))),
+                Some(Pmd::Huge(head)) => {
+                    Folio::from_pfn(mem, head).get();
+                    drop(pmds);
+                    if let Some(folio) = prepared {
+                        folio.put(); // another fault mapped the PMD first
+                    }
+                    return Ok(Some(head.offset(subpage)));
+                }
                 Some(Pmd::HugeZero) if !write => return Ok(None),
                 Some(Pmd::HugeZero) => {
                     // do_huge_pmd_wp_page on the huge zero page: fall back to PTEs.
@@ -92,34 +105,49 @@ impl Mm {
                         pmds.insert(haddr, Pmd::HugeZero);
                         return Ok(None);
                     }
-                    if let Ok(folio) = Folio::alloc(&self.machine.mem, HPAGE_PMD_ORDER) {
-                        // vma_alloc_anon_folio_pmd: folio_zero_user, then map_anon_folio_pmd.
-                        for i in 0..folio.nr_pages() {
-                            folio.clear_page(i);
-                        }
+                    if let Some(folio) = prepared.take() {
+                        // map_anon_folio_pmd: the PMD's reference, plus the caller's.
+                        folio.get();
                         pmds.insert(haddr, Pmd::Huge(folio.pfn()));
                         return Ok(Some(folio.pfn().offset(subpage)));
                     }
+                    drop(pmds);
+                    if let Ok(folio) = Folio::alloc(mem, HPAGE_PMD_ORDER) {
+                        for i in 0..folio.nr_pages() {
+                            folio.clear_page(i);
+                        }
+                        prepared = Some(folio);
+                        continue;
+                    }
                     // VM_FAULT_FALLBACK: the 4K path below.
+                    pmds = self.pmds.lock();
+                    if pmds.contains_key(&haddr) {
+                        continue;
+                    }
                 }
                 None => {}
             }
             // __pte_alloc: the PTE table stays until munmap frees it.
-            pmds.insert(haddr, Pmd::Table);
+            pmds.entry(haddr).or_insert(Pmd::Table);
             break;
+        }
+        if let Some(folio) = prepared {
+            folio.put();
         }
         let page = (addr - vma.start) >> PAGE_SHIFT;
         let mut anon = vma.anon.lock();
-        match anon.get(&page) {
-            Some(&pfn) => Ok(Some(pfn)),
-            None if !write => Ok(None),
+        let pfn = match anon.get(&page) {
+            Some(&pfn) => pfn,
+            None if !write => return Ok(None),
             None => {
-                let folio = Folio::alloc(&self.machine.mem, 0)?;
+                let folio = Folio::alloc(mem, 0)?;
                 folio.clear_page(0);
                 anon.insert(page, folio.pfn());
-                Ok(Some(folio.pfn()))
+                folio.pfn()
             }
-        }
+        };
+        Folio::from_pfn(mem, pfn).get();
+        Ok(Some(pfn))
     }
 
     /// `__split_huge_pmd(vma, pmd, haddr)`: inside an `MMU_NOTIFY_CLEAR` invalidation of the
@@ -179,7 +207,14 @@ impl Mm {
         let mut split = Vec::new();
         for (haddr, pmd) in huge {
             if start <= haddr && haddr + HPAGE_PMD_SIZE <= end {
-                self.pmds.lock().remove(&haddr);
+                // zap_huge_pmd re-checks the entry under the PMD lock: a fault may have split
+                // the huge zero page into a PTE table meanwhile.
+                let mut pmds = self.pmds.lock();
+                if pmds.get(&haddr) != Some(&pmd) {
+                    continue;
+                }
+                pmds.remove(&haddr);
+                drop(pmds);
                 if let Pmd::Huge(head) = pmd {
                     Folio::from_pfn(&self.machine.mem, head).put();
                 }
@@ -214,7 +249,9 @@ impl Mm {
         if folio.pfn() != head || folio.order() != HPAGE_PMD_ORDER || folio.refcount() != count {
             return;
         }
-        self.machine.mem.split_folio(head, &mapped);
+        // A reference taken since the count (a racing GUP) makes the split fail; the folio then
+        // stays whole, as a pinned THP does (the model does not retry the deferred split).
+        let _ = self.machine.mem.split_folio(head, &mapped);
     }
 
     /// `free_pgtables` after munmap: drops the PMD entries (page tables) whose 2M range no VMA
@@ -272,7 +309,7 @@ mod tests {
         let mapped: Vec<bool> = (0..HPAGE_PMD_NR).map(|i| i % 3 == 0).collect();
         let count = mapped.iter().filter(|&&m| m).count() as i32;
         huge.ref_add(count - 1);
-        mem.split_folio(huge.pfn(), &mapped);
+        assert!(mem.split_folio(huge.pfn(), &mapped), "nothing else holds the folio");
         assert_eq!(mem.allocated_pages(), count as u64);
         for i in 0..HPAGE_PMD_NR {
             let pfn = huge.pfn().offset(i);

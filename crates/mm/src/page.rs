@@ -262,11 +262,18 @@ impl PhysMem {
 
     /// `split_folio_to_order(folio, 0)` on the frames of the large folio at `head`, whose
     /// references are exactly one per mapped subpage (`mapped[i]`): each subpage becomes an
-    /// order-0 folio, a mapped one with its PTE's reference, an unmapped one freed.
-    pub(crate) fn split_folio(&self, head: Pfn, mapped: &[bool]) {
+    /// order-0 folio, a mapped one with its PTE's reference, an unmapped one freed. The
+    /// references are frozen first (`folio_ref_freeze`: a compare-and-swap from that count to
+    /// zero), so a reference taken since the caller counted makes the split fail (false), as
+    /// `-EAGAIN` does in the kernel, instead of being lost.
+    pub(crate) fn split_folio(&self, head: Pfn, mapped: &[bool]) -> bool {
         let page = self.page(head);
         let nr = 1u64 << page.order.load(Ordering::Relaxed);
         assert_eq!(mapped.len() as u64, nr, "one entry per subpage");
+        let expected = mapped.iter().filter(|&&m| m).count() as i32;
+        if page.refcount.compare_exchange(expected, 0, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return false;
+        }
         let flags = page.flags.load(Ordering::Relaxed);
         for i in 0..nr {
             let sub = self.page(head.offset(i));
@@ -280,6 +287,7 @@ impl PhysMem {
                 self.free(head.offset(i));
             }
         }
+        true
     }
 
     /// Called with the pool lock held.

@@ -554,11 +554,9 @@ impl Mm {
         let page_in_vma = (addr - vma.start) >> PAGE_SHIFT;
         let Some(ops) = vma.vm_ops else {
             // GUP faults anonymous memory in as a write (the model has no shared zero page), so
-            // a VM_HUGEPAGE range gets a THP.
+            // a VM_HUGEPAGE range gets a THP. The fault's reference is the caller's.
             let pfn = self.anon_fault(&vma, addr, true).map_err(|_| Errno::EFAULT)?;
-            let pfn = pfn.expect("a write fault maps a page");
-            Folio::from_pfn(&self.machine.mem, pfn).get();
-            return Ok(pfn);
+            return Ok(pfn.expect("a write fault maps a page"));
         };
         match self.fault_file_page(&vma, ops, page_in_vma, write, addr) {
             // The fault's reference becomes the caller's.
@@ -649,6 +647,8 @@ impl Mm {
         } else {
             self.machine.mem.read(pfn, in_page as usize, buf);
         }
+        // The frame stayed allocated during the copy: the fault's reference.
+        Folio::from_pfn(&self.machine.mem, pfn).put();
         Ok(())
     }
 
