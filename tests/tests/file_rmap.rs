@@ -192,6 +192,8 @@ fn memory_failure_unmaps_the_page_before_error_remove_folio() {
     // (KVM_PFN_ERR_HWPOISON from GUP).
     assert_eq!(s.host.load(s.uaddr + 4 * PAGE, 1), Err(AccessSignal::Sigbus));
     assert_eq!(s.host.guest_load(s.vcpu, GPA + 4 * PAGE, 1, None), Err(RunError::Sigbus));
+    // KVM_PRE_FAULT_MEMORY: the SIGBUS is pending when kvm_tdp_map_page retries, so EINTR.
+    assert_eq!(s.host.pre_fault_memory(s.vcpu, GPA + 4 * PAGE, PAGE), Err(Errno::EINTR));
     // MADV_HWPOISON through the mapping takes the same path.
     let seq = s.seq();
     s.host.madvise(s.uaddr + 6 * PAGE, PAGE, MADV_HWPOISON).unwrap();

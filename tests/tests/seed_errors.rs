@@ -1531,9 +1531,11 @@ fn attributes_enomem_when_the_xarray_cannot_reserve_changes_nothing() {
         let (vm, gmem) = host.vm_and_gmem(SW_PROTECTED_VM, 4 * PAGE, 0);
         host.set_user_memory_region2(vm, &gmem_region(1, GPA, 4 * PAGE, gmem, 0)).unwrap();
         host.take_mmu_events();
+        let seq = host.kvm(vm).mmu_invalidate_seq();
         host.machine().inject.arm(FaultPoint::AllocXarray, 0, 1);
         assert_errno(host.set_memory_attributes(vm, &attrs(GPA, 4 * PAGE, PRIVATE)), ENOMEM, "xa_reserve");
         assert_eq!(host.take_mmu_events(), []);
+        assert_eq!(host.kvm(vm).mmu_invalidate_seq(), seq, "no invalidation was opened");
         assert!(!host.kvm(vm).mem_is_private(Gfn(GFN)));
     }
 }

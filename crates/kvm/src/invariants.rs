@@ -39,11 +39,12 @@
 //!   recomputation from the attribute xarray (a huge page wholly inside the slot is MIXED iff its
 //!   gfns' attributes differ, or, at 1G, a 2M part is MIXED; any other page is never MIXED).
 //!
-//! M7 (memory-fault exits) and M8's call half (a no-op `KVM_SET_MEMORY_ATTRIBUTES` opens no
-//! invalidation, a failed reservation changes nothing, every invalidation opened is closed) are
-//! properties of one call: they are checked continuously, at the call
-//! (`vcpu::kvm_mmu_page_fault` and `Kvm::vm_set_mem_attributes`), and reported as WARNs, which
-//! every test asserts absent.
+//! M7 (memory-fault exits) is a property of one call: it is checked continuously, at the call
+//! (`vcpu::kvm_mmu_page_fault`), and reported as a WARN, which every test asserts absent. M8's
+//! call half (a no-op `KVM_SET_MEMORY_ATTRIBUTES` opens no invalidation, a failed reservation
+//! changes nothing) holds by the order of `Kvm::vm_set_mem_attributes`, as in the kernel, and
+//! is asserted by `tests/tests/seed_errors.rs` (no MMU request, sequence unchanged); an
+//! invalidation left open is M2.
 //!
 //! The checker is handed what is reachable from user space (the VMs and guest_memfd files of a
 //! process: descriptors and mappings); at a quiescent point every live guest_memfd is reachable

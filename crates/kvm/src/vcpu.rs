@@ -713,7 +713,9 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
             Err(RunError::Exit(VcpuExit::Mmio { .. })) => return Err(Errno::ENOENT),
             Err(RunError::Exit(VcpuExit::Hypercall { .. })) => return Err(Errno::EIO),
             Err(RunError::Errno(errno)) => return Err(errno),
-            Err(RunError::Sigbus) => return Err(Errno::EHWPOISON),
+            // kvm_handle_error_pfn sent SIGBUS (a poisoned shared page) and returned
+            // RET_PF_RETRY; kvm_tdp_map_page's loop then finds the signal pending.
+            Err(RunError::Sigbus) => return Err(Errno::EINTR),
         }
     }
 }
