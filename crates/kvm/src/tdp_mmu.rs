@@ -127,6 +127,23 @@ pub struct TdpMmuStats {
 
 type FaultHook = Box<dyn FnMut(&Kvm, Gfn, Pfn) + Send>;
 
+/// The install generation of every frame a huge leaf maps (`None` for a 4K leaf, whose one
+/// generation is in the SPTE); a pfn outside memory reads 0.
+fn frame_generations(mem: &gmem_mm::page::PhysMem, spte: &Spte) -> Option<Arc<[u64]>> {
+    (spte.level != PgLevel::Level4K).then(|| {
+        (0..spte.level.pages())
+            .map(|offset| {
+                let pfn = spte.pfn.offset(offset);
+                if mem.is_valid_pfn(pfn) {
+                    mem.generation(pfn)
+                } else {
+                    0
+                }
+            })
+            .collect()
+    })
+}
+
 /// The software TDP MMU of one VM.
 pub struct TdpMmu {
     sptes: Mutex<Leaves>,
@@ -216,19 +233,7 @@ impl TdpMmu {
     /// read from the frames now.
     #[doc(hidden)]
     pub fn install_unchecked_for_test(&self, kvm: &Kvm, gfn: Gfn, spte: Spte) {
-        let mem = &kvm.machine().mem;
-        let generations = (spte.level != PgLevel::Level4K).then(|| {
-            (0..spte.level.pages())
-                .map(|offset| {
-                    let pfn = spte.pfn.offset(offset);
-                    if mem.is_valid_pfn(pfn) {
-                        mem.generation(pfn)
-                    } else {
-                        0
-                    }
-                })
-                .collect()
-        });
+        let generations = frame_generations(&kvm.machine().mem, &spte);
         self.sptes.lock().insert(gfn.0, Leaf { spte, generations });
     }
 
@@ -279,23 +284,15 @@ impl TdpMmu {
     }
 
     /// `kvm_tdp_mmu_map`: install the leaf `spte` (level `spte.level`, `gfn` and `spte.pfn`
-    /// aligned to it) for a fault on `fault_gfn`; `generations` are the install generations of
-    /// the frames of a huge leaf. `mmu_lock` held for read, and the caller checked
+    /// aligned to it) for a fault on `fault_gfn`, recording the install generation of every frame
+    /// of a huge leaf. `mmu_lock` held for read, and the caller checked
     /// `is_page_fault_stale` under it; M1 (arch-and-mmu.md §5.1, no stale install) is asserted
     /// here with the fault's `mmu_seq` and reported as a WARN if broken.
     ///
     /// On the way down to the goal level a huge leaf covering the gfn is split
     /// (`tdp_mmu_split_huge_page`); at the goal level a present leaf makes the fault spurious,
     /// and a page table of smaller leaves is replaced by the new leaf, with a remote flush.
-    pub(crate) fn map(
-        &self,
-        kvm: &Kvm,
-        fault_gfn: Gfn,
-        gfn: Gfn,
-        spte: Spte,
-        generations: Option<Arc<[u64]>>,
-        mmu_seq: u64,
-    ) -> MapResult {
+    pub(crate) fn map(&self, kvm: &Kvm, fault_gfn: Gfn, gfn: Gfn, spte: Spte, mmu_seq: u64) -> MapResult {
         kvm.assert_mmu_lock_held();
         kvm.machine().warnings.warn_on_once(kvm.mmu_invalidate_retry_gfn(mmu_seq, fault_gfn), || {
             format!(
@@ -340,6 +337,8 @@ impl TdpMmu {
         for child in &doomed {
             sptes.remove(child);
         }
+        // Only now, past the spurious check: a huge leaf reads one generation per frame.
+        let generations = frame_generations(&kvm.machine().mem, &spte);
         sptes.insert(gfn.0, Leaf { spte, generations });
         drop(sptes);
         self.installed.fetch_add(1, Ordering::Relaxed);

@@ -495,8 +495,6 @@ fn kvm_tdp_mmu_page_fault(
             }
             let base = Gfn(goal_level.round(gfn.0));
             let generation_of = |pfn: Pfn| if mem.is_valid_pfn(pfn) { mem.generation(pfn) } else { 0 };
-            let generations = (goal_level != PgLevel::Level4K)
-                .then(|| (0..goal_level.pages()).map(|offset| generation_of(pfn.offset(offset))).collect());
             let spte = Spte {
                 pfn,
                 level: goal_level,
@@ -505,7 +503,7 @@ fn kvm_tdp_mmu_page_fault(
                 accessed: !prefetch,
                 generation: generation_of(pfn),
             };
-            match tdp.map(kvm, gfn, base, spte, generations, mmu_seq) {
+            match tdp.map(kvm, gfn, base, spte, mmu_seq) {
                 MapResult::Fixed => {
                     *installed = true;
                     (RetPf::Fixed, goal_level)
@@ -525,7 +523,7 @@ fn kvm_tdp_mmu_page_fault(
                 accessed: !prefetch,
                 generation: mem.generation(faultin.pfn),
             };
-            match tdp.map(kvm, gfn, gfn, spte, None, mmu_seq) {
+            match tdp.map(kvm, gfn, gfn, spte, mmu_seq) {
                 MapResult::Fixed => {
                     *installed = true;
                     (RetPf::Fixed, PgLevel::Level4K)
