@@ -135,19 +135,42 @@ impl Mm {
             folio.put();
         }
         let page = (addr - vma.start) >> PAGE_SHIFT;
-        let mut anon = vma.anon.lock();
-        let pfn = match anon.get(&page) {
-            Some(&pfn) => pfn,
-            None if !write => return Ok(None),
-            None => {
-                let folio = Folio::alloc(mem, 0)?;
-                folio.clear_page(0);
-                anon.insert(page, folio.pfn());
-                folio.pfn()
+        for attempt in 0.. {
+            let mut anon = vma.anon.lock();
+            let pfn = match anon.get(&page) {
+                Some(&pfn) => pfn,
+                None if !write => return Ok(None),
+                None => {
+                    let folio = Folio::alloc(mem, 0)?;
+                    folio.clear_page(0);
+                    anon.insert(page, folio.pfn());
+                    folio.pfn()
+                }
+            };
+            if Self::try_grab(mem, pfn) {
+                return Ok(Some(pfn));
             }
-        };
-        Folio::from_pfn(mem, pfn).get();
-        Ok(Some(pfn))
+            // The PTE maps a subpage of a THP being split (its references are frozen): wait
+            // for the split to finish and look again, as GUP retries a failed try_grab_folio.
+            drop(anon);
+            gmem_sync::thread::backoff(attempt);
+        }
+        unreachable!("the retry loop only ends by returning")
+    }
+
+    /// `try_grab_folio` on the folio of `pfn`: a reference unless the folio's references are
+    /// frozen by a split (`folio_ref_freeze`), and only if `pfn` still belongs to that folio
+    /// afterwards (a split that finished in between made it a folio of its own).
+    fn try_grab(mem: &crate::page::PhysMem, pfn: Pfn) -> bool {
+        let folio = Folio::from_pfn(mem, pfn);
+        if !folio.try_get() {
+            return false;
+        }
+        if Folio::from_pfn(mem, pfn).pfn() != folio.pfn() {
+            folio.put();
+            return false;
+        }
+        true
     }
 
     /// `__split_huge_pmd(vma, pmd, haddr)`: inside an `MMU_NOTIFY_CLEAR` invalidation of the

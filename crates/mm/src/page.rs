@@ -275,12 +275,19 @@ impl PhysMem {
             return false;
         }
         let flags = page.flags.load(Ordering::Relaxed);
-        for i in 0..nr {
+        // Tails first, the head last: a lookup that still resolves a tail to the head finds the
+        // head's references frozen (a try-get fails and retries) until every tail is a folio of
+        // its own; the head's own count is the unfreeze (page_ref_unfreeze).
+        for i in (1..nr).chain(std::iter::once(0)) {
             let sub = self.page(head.offset(i));
-            sub.refcount.store(i32::from(mapped[i as usize]), Ordering::Relaxed);
             sub.flags.store(flags & !PG_LOCKED, Ordering::Relaxed);
             sub.order.store(0, Ordering::Relaxed);
-            sub.head.store(0, Ordering::Release);
+            if i == 0 {
+                sub.refcount.store(i32::from(mapped[0]), Ordering::Release);
+            } else {
+                sub.refcount.store(i32::from(mapped[i as usize]), Ordering::Relaxed);
+                sub.head.store(0, Ordering::Release);
+            }
         }
         for i in 0..nr {
             if !mapped[i as usize] {

@@ -545,6 +545,19 @@ fn record(vcpu: u32, page: u64, seq: u64) -> [u8; 16] {
     bytes
 }
 
+/// Whether `bytes` is a record `vcpu` stored to `page` before its operation `index`: the check
+/// word holds and the fields match. Only a store writes a record, and a vCPU only stores its
+/// own records to its own pages, so these are exactly the records it may legitimately read
+/// back there (the stream's last store, or an older one a destructive operation raced with).
+fn is_earlier_record(bytes: &[u8; 16], vcpu: u32, page: u64, index: u64) -> bool {
+    let tag = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let check = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+    check == tag ^ 0x5a5a_a5a5_0f0f_f0f0
+        && tag >> 56 == u64::from(vcpu)
+        && (tag >> 32) & 0xff_ffff == page & 0xff_ffff
+        && (index >= 1 << 32 || tag & 0xffff_ffff < index)
+}
+
 /// What a vCPU last wrote to one page, and the epoch it was stable at.
 #[derive(Clone, Copy, Debug)]
 struct Shadow {
@@ -555,8 +568,10 @@ struct Shadow {
 fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>) {
     let config = shared.config;
     let mut stream = VcpuStream::new(config, vcpu);
-    let mut shadow: Vec<Shadow> = vec![Shadow { value: [0; 16], stable_gen: Some(0) }; config.pages() as usize];
-    let mut written: HashSet<[u8; 16]> = HashSet::new();
+    // One entry per page this vCPU owns (`page % vcpus == vcpu`, so index `page / vcpus`).
+    let vcpus = u64::from(config.vcpus);
+    let owned = config.pages().div_ceil(vcpus) as usize;
+    let mut shadow: Vec<Shadow> = vec![Shadow { value: [0; 16], stable_gen: Some(0) }; owned];
     let region_pages = config.pages() / u64::from(REGIONS);
     let mut index = 0u64;
     while count.is_none_or(|count| index < count) && !shared.stop.load(Ordering::Relaxed) {
@@ -592,13 +607,11 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>) {
         let what = if op.write { "store" } else { "load" };
         match outcome {
             Ok(()) if op.write => {
-                written.insert(buf);
-                shadow[op.page as usize] = Shadow { value: buf, stable_gen: stable.then_some(e1) };
+                shadow[(op.page / vcpus) as usize] = Shadow { value: buf, stable_gen: stable.then_some(e1) };
             }
             Ok(()) => {
-                let expected = shadow[op.page as usize];
-                let tag = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
-                let known = buf == [0; 16] || written.contains(&buf) && (tag >> 32) & 0xff_ffff == op.page & 0xff_ffff;
+                let expected = shadow[(op.page / vcpus) as usize];
+                let known = buf == [0; 16] || is_earlier_record(&buf, vcpu, op.page, index);
                 if stable && expected.stable_gen == Some(e1) {
                     if buf != expected.value {
                         shared.error(
@@ -615,7 +628,7 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>) {
                         format!("vCPU {vcpu} op {index}: load of page {} (gpa {gpa:#x}) read {buf:02x?}, neither zero nor a record this vCPU wrote there", op.page),
                     );
                 } else if stable {
-                    shadow[op.page as usize] = Shadow { value: buf, stable_gen: Some(e1) };
+                    shadow[(op.page / vcpus) as usize] = Shadow { value: buf, stable_gen: Some(e1) };
                 }
             }
             Err(RunError::Exit(VcpuExit::Mmio { .. })) => {
@@ -962,5 +975,23 @@ fn control_op(shared: &Shared<'_>, op: ControlOp) {
     };
     if let Err(errno) = result {
         shared.error(&shared.vmm_errors, format!("control {op:?} failed: {errno:?}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_earlier_record_of_this_vcpu_for_this_page_is_known() {
+        let written = record(1, 77, 10);
+        assert!(is_earlier_record(&written, 1, 77, 11));
+        assert!(!is_earlier_record(&written, 1, 77, 10), "not written yet at its own index");
+        assert!(!is_earlier_record(&written, 0, 77, 11), "another vCPU's record");
+        assert!(!is_earlier_record(&written, 1, 78, 11), "another page's record");
+        let mut torn = written;
+        torn[12] ^= 1;
+        assert!(!is_earlier_record(&torn, 1, 77, 11), "a torn record fails its check word");
+        assert!(!is_earlier_record(&[0xff; 16], 1, 77, 11));
     }
 }
