@@ -46,6 +46,14 @@ pub enum Failure {
     Signal(Signal),
     /// A vCPU stopped with this exit.
     Exit(VcpuExit),
+    /// The hardware delivered an exception to the guest instead of completing its access (an
+    /// SEV-SNP `#VC` for a page the guest has not validated). Prints `guest #VC gpa=... reason=...`.
+    GuestException {
+        /// `"#VC"`.
+        vector: String,
+        /// The fields in the order they print, values already formatted.
+        fields: Vec<(String, String)>,
+    },
     /// This backend cannot run the verb; the text says why.
     Skip(String),
 }

@@ -155,6 +155,12 @@ impl CheckedHost {
         CheckedHost { host: SimHost::new(profile), mmu: None }
     }
 
+    /// A process on an existing kernel (a [`KvmSystem`] built with a back-end or MMU of the
+    /// test's own).
+    pub fn with_system(system: Arc<KvmSystem>) -> CheckedHost {
+        CheckedHost { host: SimHost::with_system(system), mmu: None }
+    }
+
     /// A new machine booted with `profile` whose VMs all share one [`RecordingMmu`] (see
     /// [`CheckedHost::mmu`]) that answers "flush needed" to every unmap.
     pub fn with_recording_mmu(profile: KernelProfile) -> CheckedHost {

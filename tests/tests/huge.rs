@@ -15,15 +15,15 @@
 //! exactly the frames the host maps at those addresses, as a THP would.
 
 use gmem_kvm::arch::PgLevel;
+use gmem_kvm::arch::{ArchFactory, ArchSetup, GenericArchFactory, KvmArch, PopulateSource, SwProtectedArch};
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use gmem_kvm::invariants::{M6_HUGE, M8_MIXED};
 use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
 use gmem_kvm::tdp_mmu::{Spte, TdpMmu};
-use gmem_kvm::vm::ArchMaxLevelHook;
-use gmem_kvm::{Gfn, KernelProfile, Kvm};
+use gmem_kvm::{Gfn, KernelProfile, Kvm, KvmSystem, VmType};
 use gmem_mm::folio::Folio;
 use gmem_mm::vfs::{MADV_DONTNEED, MADV_HUGEPAGE};
-use gmem_mm::Pfn;
+use gmem_mm::{KResult, Pfn};
 use gmem_sync::Arc;
 use gmem_tests::*;
 
@@ -44,7 +44,11 @@ impl Guest {
     /// `hva_skew` shifts the slot's hva (misaligning gfn and hva); `contiguous` makes the
     /// backing's frames contiguous and aligned and raises the host mapping level to 2M.
     fn new(profile: KernelProfile, hva_skew: u64, contiguous: bool) -> Guest {
-        let host = CheckedHost::new(profile);
+        Guest::on(CheckedHost::new(profile), hva_skew, contiguous)
+    }
+
+    /// Like [`Guest::new`], on a kernel of the test's own.
+    fn on(host: CheckedHost, hva_skew: u64, contiguous: bool) -> Guest {
         let size = 2 * HUGE_SIZE;
         let (vm, gmem) = host.vm_and_gmem(SW_PROTECTED_VM, size, 0);
         let area = host.mmap_anonymous(size + 2 * HUGE_SIZE).unwrap();
@@ -282,26 +286,80 @@ fn private_faults_stay_4k_whatever_the_host_maps() {
     }
 }
 
-#[test]
-fn the_snp_and_tdx_hooks_clamp_a_private_mapping_the_folio_would_allow() {
-    let hooks = [ArchMaxLevelHook::Tdx, ArchMaxLevelHook::Snp(None), ArchMaxLevelHook::Snp(Some(PgLevel::Level4K))];
-    for profile in both_versions() {
-        for hook in hooks {
-            let guest = Guest::new(profile.clone(), 0, false);
-            guest.host.set_memory_attributes(guest.vm, &attrs(0, 2 * HUGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
-            let kvm = guest.kvm();
-            kvm.set_gmem_max_order_for_test(Some(9));
-            kvm.set_arch_max_level_hook_for_test(Some(hook));
-            guest.host.guest_store(guest.vcpu, 0x3000, &[1], None).unwrap();
-            assert_eq!(guest.level(3), Some(PgLevel::Level4K), "{} {hook:?}", profile.name);
+/// A SW_PROTECTED back-end whose `gmem_max_mapping_level` hook answers `level` for private
+/// pfns, as SNP's (the RMP level) and TDX's (4K) do.
+#[derive(Debug)]
+struct ClampingArch {
+    level: PgLevel,
+}
+
+impl KvmArch for ClampingArch {
+    fn name(&self) -> &'static str {
+        "clamping"
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn gmem_max_mapping_level(&self, _kvm: &Kvm, _pfn: Pfn, is_private: bool) -> Option<PgLevel> {
+        is_private.then_some(self.level)
+    }
+
+    fn post_populate(
+        &self,
+        kvm: &Kvm,
+        gfn: Gfn,
+        pfn: Pfn,
+        source: &PopulateSource<'_>,
+        order: u8,
+        opaque: &mut dyn std::any::Any,
+    ) -> KResult<()> {
+        SwProtectedArch.post_populate(kvm, gfn, pfn, source, order, opaque)
+    }
+}
+
+/// The host whose SW_PROTECTED VMs get a [`ClampingArch`] of `level`.
+#[derive(Debug)]
+struct ClampingHost {
+    level: PgLevel,
+}
+
+impl ArchFactory for ClampingHost {
+    fn supports(&self, vm_type: VmType) -> bool {
+        GenericArchFactory.supports(vm_type)
+    }
+
+    fn vm_init(&self, vm_type: VmType) -> KResult<Arc<dyn KvmArch>> {
+        match vm_type {
+            VmType::SwProtected => Ok(Arc::new(ClampingArch { level: self.level })),
+            other => GenericArchFactory.vm_init(other),
         }
-        // Negative control: without a clamping hook the (pretended) 2M folio gives a 2M private
-        // leaf over order-0 folios, and M6 names it.
-        let guest = Guest::new(profile.clone(), 0, false);
+    }
+}
+
+fn clamped_guest(profile: KernelProfile, level: PgLevel) -> Guest {
+    let setup: ArchSetup = Arc::new(move |_, _| Arc::new(ClampingHost { level }) as Arc<dyn ArchFactory>);
+    Guest::on(CheckedHost::with_system(KvmSystem::builder(profile).arch(setup).build()), 0, false)
+}
+
+#[test]
+fn a_vendor_hook_clamps_a_private_mapping_the_folio_would_allow() {
+    for profile in both_versions() {
+        // SNP's hook over 4K RMP entries, TDX's hook: 4K.
+        let guest = clamped_guest(profile.clone(), PgLevel::Level4K);
+        guest.host.set_memory_attributes(guest.vm, &attrs(0, 2 * HUGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+        let kvm = guest.kvm();
+        kvm.set_gmem_max_order_for_test(Some(9));
+        guest.host.guest_store(guest.vcpu, 0x3000, &[1], None).unwrap();
+        assert_eq!(guest.level(3), Some(PgLevel::Level4K), "{}", profile.name);
+
+        // Negative control: a hook that allows 2M gives a 2M private leaf over order-0 folios
+        // (the pretended 2M folio), and M6 names it.
+        let guest = clamped_guest(profile.clone(), PgLevel::Level2M);
         let kvm = guest.kvm();
         guest.host.set_memory_attributes(guest.vm, &attrs(0, 2 * HUGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
         kvm.set_gmem_max_order_for_test(Some(9));
-        kvm.set_arch_max_level_hook_for_test(Some(ArchMaxLevelHook::Snp(Some(PgLevel::Level2M))));
         let mut buf = [1u8];
         let _ = guest.host.unchecked().guest_access(guest.vcpu, 0x3000, &mut buf, true, None);
         assert_eq!(guest.level(3), Some(PgLevel::Level2M), "{}", profile.name);

@@ -1,14 +1,38 @@
-//! The arch hooks guest_memfd calls (the `kvm_x86_ops` gmem hooks): prepare, invalidate,
-//! post-populate, and the private max mapping level.
+//! The vendor layer (`kvm_x86_ops`): the hooks guest_memfd, the MMU and the vCPUs call, and the
+//! factory that gives each new VM its back-end.
 //!
-//! This module ships the back-ends for VMs without hardware memory protection: DEFAULT (and
-//! SEV / SEV-ES, whose memory KVM treats the same way here) and SW_PROTECTED. SEV-SNP (RMP) and
-//! TDX (S-EPT, PAMT) implement the same trait in their own layer.
+//! The kvm crate owns the interface; back-ends implement it. [`ArchFactory`] is the vendor
+//! module loaded on the host (`kvm_amd` with SEV-SNP, `kvm_intel` with TDX): it is built once per
+//! machine, holds the host-wide hardware state (the SEV-SNP RMP is one table per host, not per
+//! VM), and answers `kvm_x86_ops.vm_init` with a [`KvmArch`] for each VM (`struct kvm_sev_info`,
+//! `struct kvm_tdx`). The hooks the kernel calls on that VM are the trait's methods:
+//!
+//! | kernel | [`KvmArch`] |
+//! |---|---|
+//! | `kvm_arch_gmem_prepare` → `gmem_prepare` | [`KvmArch::gmem_prepare`] |
+//! | `kvm_arch_gmem_invalidate` → `gmem_invalidate` | [`KvmArch::gmem_invalidate`] |
+//! | `gmem_max_mapping_level` (v6.14: `private_max_mapping_level`) | [`KvmArch::gmem_max_mapping_level`] |
+//! | `kvm_gmem_populate`'s `post_populate` callback | [`KvmArch::post_populate`] |
+//! | `mem_enc_ioctl` (`KVM_MEMORY_ENCRYPT_OP`) | [`KvmArch::mem_enc_ioctl`] |
+//! | `vcpu_create` / `vcpu_free` | [`KvmArch::vcpu_create`] / [`KvmArch::vcpu_free`] |
+//! | `vm_destroy` | [`KvmArch::vm_destroy`] |
+//! | the hardware's checks on a guest access (the RMP check) | [`KvmArch::guest_access_check`] |
+//! | the vendor part of the NPF handler (`sev_handle_rmp_fault`) | [`KvmArch::handle_npf`] |
+//!
+//! This crate ships the back-ends that need no vendor hardware: [`DefaultArch`] for DEFAULT VMs
+//! (and SEV / SEV-ES, whose memory KVM treats the same way here) and [`SwProtectedArch`] for
+//! SW_PROTECTED VMs, through [`GenericArchFactory`]. SEV-SNP (RMP, firmware) lives in the
+//! `gmem-arch` crate, which implements the same traits.
 
-use crate::profile::VmType;
+use crate::profile::{KernelProfile, VmType};
 use crate::types::Gfn;
 use crate::vm::Kvm;
-use gmem_mm::{Errno, KResult, Pfn};
+use gmem_mm::fdtable::FdTable;
+use gmem_mm::types::{PAGE_SHIFT, PAGE_SIZE};
+use gmem_mm::vma::Mm;
+use gmem_mm::{Errno, KResult, Machine, Pfn};
+use gmem_sync::Arc;
+use std::any::Any;
 use std::fmt;
 
 /// x86 page-table levels (`PG_LEVEL_*`).
@@ -81,27 +105,164 @@ impl fmt::Display for PgLevel {
     }
 }
 
-/// `sev_gmem_max_mapping_level` (v6.18; `sev_private_max_mapping_level` in v6.14): not an SNP
-/// guest, or (v6.18) a shared fault, is "no restriction" (`None`, the kernel's 0); an RMP lookup
-/// error or an unassigned pfn is 4K; otherwise the RMP entry's level. `rmp_level` is the lookup:
-/// `None` for an error or an unassigned pfn.
-pub fn sev_gmem_max_mapping_level(snp_guest: bool, is_private: bool, rmp_level: Option<PgLevel>) -> Option<PgLevel> {
-    if !snp_guest || !is_private {
-        return None;
+/// The task making a system call (`current`): its address space, for `copy_from_user` and
+/// `copy_to_user`, and its descriptor table, for the descriptors an ioctl names.
+#[derive(Clone, Copy, Debug)]
+pub struct Current<'a> {
+    /// `current->mm`.
+    pub mm: &'a Mm,
+    /// `current->files`.
+    pub files: &'a FdTable,
+}
+
+impl Current<'_> {
+    /// `copy_from_user(buf, uaddr, len)`: EFAULT if any byte is not readable.
+    pub fn copy_from_user(&self, buf: &mut [u8], uaddr: u64) -> KResult<()> {
+        self.mm.access(uaddr, buf, false).map_err(|_| Errno::EFAULT)
     }
-    Some(rmp_level.unwrap_or(PgLevel::Level4K))
+
+    /// `copy_to_user(uaddr, buf, len)`: EFAULT if any byte is not writable.
+    pub fn copy_to_user(&self, uaddr: u64, buf: &[u8]) -> KResult<()> {
+        let mut bytes = buf.to_vec();
+        self.mm.access(uaddr, &mut bytes, true).map_err(|_| Errno::EFAULT)
+    }
 }
 
-/// `tdx_gmem_max_mapping_level` (v6.18; `tdx_gmem_private_max_mapping_level` in v6.14): private
-/// mappings of a TD are 4K (S-EPT huge pages are not supported); shared ones unrestricted.
-pub fn tdx_gmem_max_mapping_level(is_private: bool) -> Option<PgLevel> {
-    is_private.then_some(PgLevel::Level4K)
+/// Where `kvm_gmem_populate` takes the initial contents from (its `void __user *src`).
+#[derive(Clone, Copy, Debug)]
+pub enum PopulateSource<'a> {
+    /// `src == NULL` (SNP's ZERO pages).
+    None,
+    /// A user address of the calling process: the callback copies with `copy_from_user`, which
+    /// can fault (EFAULT) and, for an SNP CPUID page the firmware rejected, writes back.
+    User {
+        /// `current`.
+        current: Current<'a>,
+        /// The address of the chunk's first page.
+        uaddr: u64,
+    },
+    /// Bytes already in the kernel (the simulator-only `populate` verb): page `i` is at byte
+    /// `i * 4096`; what the slice does not cover reads as zero.
+    Buffer(&'a [u8]),
 }
 
-/// The hooks, one implementation per VM type family.
+impl PopulateSource<'_> {
+    /// Whether there is a source (`src != NULL`).
+    pub fn is_some(&self) -> bool {
+        !matches!(self, PopulateSource::None)
+    }
+
+    /// The source `pages` pages further on (`src + i * PAGE_SIZE`).
+    pub fn advance(&self, pages: u64) -> Self {
+        match *self {
+            PopulateSource::None => PopulateSource::None,
+            PopulateSource::User { current, uaddr } => {
+                PopulateSource::User { current, uaddr: uaddr.wrapping_add(pages << PAGE_SHIFT) }
+            }
+            PopulateSource::Buffer(bytes) => {
+                PopulateSource::Buffer(bytes.get((pages << PAGE_SHIFT) as usize..).unwrap_or(&[]))
+            }
+        }
+    }
+
+    /// Copies page `page` of the source into `buf` (`copy_from_user` for a user source; EFAULT
+    /// when it faults). `None` zero-fills.
+    pub fn read_page(&self, page: u64, buf: &mut [u8; PAGE_SIZE as usize]) -> KResult<()> {
+        match *self {
+            PopulateSource::None => {
+                buf.fill(0);
+                Ok(())
+            }
+            PopulateSource::User { current, uaddr } => {
+                current.copy_from_user(buf, uaddr.wrapping_add(page << PAGE_SHIFT))
+            }
+            PopulateSource::Buffer(bytes) => {
+                buf.fill(0);
+                let start = (page << PAGE_SHIFT) as usize;
+                if let Some(rest) = bytes.get(start..) {
+                    let len = rest.len().min(buf.len());
+                    buf[..len].copy_from_slice(&rest[..len]);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `buf` back over page `page` of the source (`copy_to_user`; EFAULT when it faults
+    /// or when there is no user source to write to).
+    pub fn write_page(&self, page: u64, buf: &[u8]) -> KResult<()> {
+        match *self {
+            PopulateSource::User { current, uaddr } => {
+                current.copy_to_user(uaddr.wrapping_add(page << PAGE_SHIFT), buf)
+            }
+            PopulateSource::None | PopulateSource::Buffer(_) => Err(Errno::EFAULT),
+        }
+    }
+}
+
+/// What the vCPU's access looks like to the hardware after the nested page walk: the checks a
+/// platform memory protection makes (the SEV-SNP RMP check) see this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestAccess {
+    /// The guest frame accessed.
+    pub gfn: Gfn,
+    /// The host frame the nested page tables map it to.
+    pub pfn: Pfn,
+    /// The level of the nested leaf that maps it.
+    pub npt_level: PgLevel,
+    /// A write.
+    pub write: bool,
+    /// A private access (the guest's C-bit on SEV-SNP, the absence of the shared bit on TDX).
+    pub private: bool,
+}
+
+/// What the hardware does instead of completing a guest access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestFault {
+    /// A nested page fault to the hypervisor with this error code (`PFERR_*` bits, including the
+    /// vendor's: [`PFERR_GUEST_RMP_MASK`], [`PFERR_GUEST_ENC_MASK`], [`PFERR_GUEST_SIZEM_MASK`]).
+    Npf {
+        /// The error code (`exit_info_1` of `SVM_EXIT_NPF`).
+        error_code: u64,
+    },
+    /// An exception delivered to the guest itself.
+    Exception(GuestException),
+}
+
+/// An exception the hardware delivers to the guest instead of completing its access: the guest
+/// sees it, the hypervisor does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestException {
+    /// The vector (`"#VC"`).
+    pub vector: &'static str,
+    /// The guest physical address of the access.
+    pub gpa: u64,
+    /// Why (`"page-not-validated"`).
+    pub reason: &'static str,
+}
+
+/// `PFERR_WRITE_MASK`.
+pub const PFERR_WRITE_MASK: u64 = 1 << 1;
+/// `PFERR_GUEST_RMP_MASK`: the nested fault came from an RMP check (SEV-SNP).
+pub const PFERR_GUEST_RMP_MASK: u64 = 1 << 31;
+/// `PFERR_GUEST_FINAL_MASK`: the fault is on the final guest physical address.
+pub const PFERR_GUEST_FINAL_MASK: u64 = 1 << 32;
+/// `PFERR_GUEST_ENC_MASK`: the access was encrypted (the guest's C-bit; SEV-SNP).
+pub const PFERR_GUEST_ENC_MASK: u64 = 1 << 34;
+/// `PFERR_GUEST_SIZEM_MASK`: the nested leaf and the RMP entry differ in size (SEV-SNP).
+pub const PFERR_GUEST_SIZEM_MASK: u64 = 1 << 35;
+/// `PFERR_PRIVATE_ACCESS`: KVM's synthetic bit for a private fault.
+pub const PFERR_PRIVATE_ACCESS: u64 = 1 << 49;
+
+/// The hooks of one VM's vendor back-end (`kvm_x86_ops`, with the per-VM state the vendor keeps
+/// behind `struct kvm`: `kvm_sev_info`, `kvm_tdx`). A method with a default body is a hook the
+/// vendor may leave out, and the default is what the kernel does then.
 pub trait KvmArch: Send + Sync + fmt::Debug {
     /// For dumps and diagnostics.
     fn name(&self) -> &'static str;
+
+    /// The back-end as `Any`, so vendor code can reach its own state (`to_kvm_sev_info(kvm)`).
+    fn as_any(&self) -> &dyn Any;
 
     /// `kvm_arch_gmem_prepare(kvm, gfn, pfn, max_order)`: called the first time a folio is handed
     /// to the guest (from `kvm_gmem_get_pfn`), with the folio locked. The default is the
@@ -116,16 +277,89 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
 
     /// The max mapping level the vendor allows for `pfn` (`kvm_x86_ops.gmem_max_mapping_level`,
     /// v6.14's `private_max_mapping_level`); `None` is "no restriction" (the kernel's 0, the
-    /// default of vendors without the hook). SNP answers with the RMP level
-    /// ([`sev_gmem_max_mapping_level`]), TDX with 4K for private pfns
-    /// ([`tdx_gmem_max_mapping_level`]).
+    /// default of vendors without the hook). SNP answers with the RMP level, TDX with 4K for
+    /// private pfns ([`tdx_gmem_max_mapping_level`]).
     fn gmem_max_mapping_level(&self, _kvm: &Kvm, _pfn: Pfn, _is_private: bool) -> Option<PgLevel> {
         None
     }
 
-    /// The VM type's `post_populate` callback for `kvm_gmem_populate` (SNP launch update, TDX
-    /// init mem region, or a plain copy for SW_PROTECTED). `source` is the page to copy from.
-    fn post_populate(&self, kvm: &Kvm, gfn: Gfn, pfn: Pfn, source: Option<&[u8]>, order: u8) -> KResult<()>;
+    /// The VM type's `post_populate` callback for `kvm_gmem_populate` (SNP's
+    /// `sev_gmem_post_populate`, TDX's `tdx_gmem_post_populate`, a plain copy for the model's
+    /// SW_PROTECTED populate): initialise the `1 << order` pages from `pfn` for `gfn`, from
+    /// `source`. `opaque` is the caller's argument block (the kernel's `void *opaque`: SNP's page
+    /// type and firmware error out-parameter); a back-end downcasts it to its own type.
+    fn post_populate(
+        &self,
+        kvm: &Kvm,
+        gfn: Gfn,
+        pfn: Pfn,
+        source: &PopulateSource<'_>,
+        order: u8,
+        opaque: &mut dyn Any,
+    ) -> KResult<()>;
+
+    /// `kvm_x86_ops.mem_enc_ioctl` (`KVM_MEMORY_ENCRYPT_OP`) with the user pointer `argp`.
+    /// Default: the vendor has none (`kvm_arch_vm_ioctl` answers ENOTTY).
+    fn mem_enc_ioctl(&self, _kvm: &Arc<Kvm>, _current: Current<'_>, _argp: u64) -> KResult<()> {
+        Err(Errno::ENOTTY)
+    }
+
+    /// `kvm_x86_ops.vcpu_create`: the vendor's per-vCPU state (`struct vcpu_svm` and friends),
+    /// kept in the vCPU and reached with [`KvmVcpu::arch`](crate::vcpu::KvmVcpu::arch).
+    fn vcpu_create(&self, _kvm: &Kvm, _vcpu_id: u32) -> KResult<Box<dyn Any + Send + Sync>> {
+        Ok(Box::new(()))
+    }
+
+    /// `kvm_x86_ops.vcpu_free` (from `kvm_destroy_vcpus`, after [`KvmArch::vm_destroy`]).
+    fn vcpu_free(&self, _kvm: &Kvm, _vcpu: &crate::vcpu::KvmVcpu) {}
+
+    /// `kvm_x86_ops.vm_destroy` (from `kvm_arch_destroy_vm`, before the vCPUs and memslots go).
+    fn vm_destroy(&self, _kvm: &Kvm) {}
+
+    /// Whether [`KvmArch::guest_access_check`] can ever refuse an access (so that VMs without a
+    /// platform memory protection pay nothing for it on every guest access).
+    fn checks_guest_accesses(&self) -> bool {
+        false
+    }
+
+    /// The hardware's checks of a guest access after the nested page walk (SEV-SNP: the RMP
+    /// check; a failure is a nested fault to KVM or a #VC to the guest).
+    fn guest_access_check(&self, _kvm: &Kvm, _access: &GuestAccess) -> Result<(), GuestFault> {
+        Ok(())
+    }
+
+    /// Whether a nested fault with `error_code` is a private fault (`PFERR_PRIVATE_ACCESS`
+    /// synthesised by the vendor's NPF handler: SNP from `PFERR_GUEST_ENC`). `None`: the vendor
+    /// does not classify, and the access's own kind stands.
+    fn npf_is_private(&self, _error_code: u64) -> Option<bool> {
+        None
+    }
+
+    /// The vendor part of the nested-fault handler, after the MMU resolved the fault and asked to
+    /// resume the guest (SVM's `npf_interception` calls `sev_handle_rmp_fault` when the error
+    /// code has `PFERR_GUEST_RMP`).
+    fn handle_npf(&self, _kvm: &Kvm, _vcpu: &crate::vcpu::KvmVcpu, _gpa: u64, _error_code: u64) {}
+}
+
+/// The vendor module of the host: one per machine, it holds the host-wide hardware state and
+/// gives each new VM its back-end (`kvm_x86_ops.vm_init`).
+pub trait ArchFactory: Send + Sync + fmt::Debug {
+    /// Whether VMs of `vm_type` can run on this host (the vendor's contribution to
+    /// `kvm_caps.supported_vm_types`; the kernel profile must list the type too).
+    fn supports(&self, vm_type: VmType) -> bool;
+
+    /// `kvm_arch_init_vm` → `kvm_x86_ops.vm_init`: the back-end of a new VM of a supported type.
+    fn vm_init(&self, vm_type: VmType) -> KResult<Arc<dyn KvmArch>>;
+}
+
+/// Builds a machine's [`ArchFactory`] once the machine is booted (the vendor module's
+/// `hardware_setup`, which may install host-wide checks on the machine).
+pub type ArchSetup = Arc<dyn Fn(&Arc<Machine>, &KernelProfile) -> Arc<dyn ArchFactory> + Send + Sync>;
+
+/// `tdx_gmem_max_mapping_level` (v6.18; `tdx_gmem_private_max_mapping_level` in v6.14): private
+/// mappings of a TD are 4K (S-EPT huge pages are not supported); shared ones unrestricted.
+pub fn tdx_gmem_max_mapping_level(is_private: bool) -> Option<PgLevel> {
+    is_private.then_some(PgLevel::Level4K)
 }
 
 /// The back-end of DEFAULT, SEV and SEV-ES VMs: no private memory, so the hooks do nothing
@@ -138,7 +372,19 @@ impl KvmArch for DefaultArch {
         "default"
     }
 
-    fn post_populate(&self, _kvm: &Kvm, _gfn: Gfn, _pfn: Pfn, _source: Option<&[u8]>, _order: u8) -> KResult<()> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn post_populate(
+        &self,
+        _kvm: &Kvm,
+        _gfn: Gfn,
+        _pfn: Pfn,
+        _source: &PopulateSource<'_>,
+        _order: u8,
+        _opaque: &mut dyn Any,
+    ) -> KResult<()> {
         // Only SNP and TDX have a populate path in the kernel. A VM without private memory does
         // not get here: kvm_gmem_populate's PRIVATE-attribute check fails first, since such a VM
         // supports no attributes.
@@ -147,7 +393,8 @@ impl KvmArch for DefaultArch {
 }
 
 /// The back-end of SW_PROTECTED VMs: private memory is ordinary memory the host does not map.
-/// Prepare and invalidate are no-ops; populate copies the source page.
+/// Prepare and invalidate are no-ops; populate copies the source page (the model's own: the
+/// kernel has no populate path for SW_PROTECTED VMs).
 #[derive(Debug, Default)]
 pub struct SwProtectedArch;
 
@@ -156,28 +403,51 @@ impl KvmArch for SwProtectedArch {
         "sw-protected"
     }
 
-    fn post_populate(&self, kvm: &Kvm, _gfn: Gfn, pfn: Pfn, source: Option<&[u8]>, order: u8) -> KResult<()> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn post_populate(
+        &self,
+        kvm: &Kvm,
+        _gfn: Gfn,
+        pfn: Pfn,
+        source: &PopulateSource<'_>,
+        order: u8,
+        _opaque: &mut dyn Any,
+    ) -> KResult<()> {
         let mem = &kvm.machine().mem;
-        for page in 0..(1u64 << order) {
-            let target = pfn.offset(page);
-            let start = (page * gmem_mm::PAGE_SIZE) as usize;
-            match source.and_then(|bytes| bytes.get(start..)) {
-                Some(rest) if !rest.is_empty() => {
-                    let len = rest.len().min(gmem_mm::PAGE_SIZE as usize);
-                    mem.clear(target);
-                    mem.write(target, 0, &rest[..len]);
-                }
-                _ => mem.clear(target),
-            }
+        let mut page = [0u8; PAGE_SIZE as usize];
+        for i in 0..(1u64 << order) {
+            source.read_page(i, &mut page)?;
+            mem.write(pfn.offset(i), 0, &page);
         }
         Ok(())
     }
 }
 
-/// The back-end for a VM type.
-pub fn arch_for(vm_type: VmType) -> Box<dyn KvmArch> {
-    match vm_type {
-        VmType::SwProtected => Box::new(SwProtectedArch),
-        _ => Box::new(DefaultArch),
+/// The host without vendor hardware: DEFAULT, SEV and SEV-ES VMs get [`DefaultArch`],
+/// SW_PROTECTED VMs [`SwProtectedArch`]; SEV-SNP and TDX VMs need their vendor's factory.
+#[derive(Debug, Default)]
+pub struct GenericArchFactory;
+
+impl GenericArchFactory {
+    /// An [`ArchSetup`] that installs it.
+    pub fn setup() -> ArchSetup {
+        Arc::new(|_machine, _profile| Arc::new(GenericArchFactory) as Arc<dyn ArchFactory>)
+    }
+}
+
+impl ArchFactory for GenericArchFactory {
+    fn supports(&self, vm_type: VmType) -> bool {
+        !matches!(vm_type, VmType::SevSnp | VmType::Tdx)
+    }
+
+    fn vm_init(&self, vm_type: VmType) -> KResult<Arc<dyn KvmArch>> {
+        match vm_type {
+            VmType::SwProtected => Ok(Arc::new(SwProtectedArch)),
+            VmType::Default | VmType::Sev | VmType::SevEs => Ok(Arc::new(DefaultArch)),
+            VmType::SevSnp | VmType::Tdx => Err(Errno::EINVAL),
+        }
     }
 }

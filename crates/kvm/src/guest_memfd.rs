@@ -9,7 +9,7 @@
 //! Lock order (as in the kernel): `kvm->slots_lock` → `mapping->invalidate_lock` →
 //! `kvm->mmu_lock`; the folio lock nests inside the invalidate lock.
 
-use crate::arch::KvmArch;
+use crate::arch::{KvmArch, PopulateSource};
 use crate::memslot::{MemslotRef, KVM_MEMSLOT_GMEM_ONLY};
 use crate::mmu::{AttrFilter, KvmGfnRange};
 use crate::profile::{Fix, KernelProfile, KernelVersion};
@@ -617,19 +617,22 @@ pub fn kvm_gmem_get_pfn<'a>(kvm: &'a Kvm, slot: MemslotRef<'_>, gfn: Gfn) -> KRe
     }
 }
 
-/// The `post_populate` callback type of `kvm_gmem_populate`.
-pub type PostPopulate<'p> = &'p dyn Fn(&Kvm, Gfn, Pfn, Option<&[u8]>, u8) -> KResult<()>;
+/// The `post_populate` callback of `kvm_gmem_populate` (`kvm_gmem_populate_cb`): `(kvm, gfn,
+/// pfn, src, order, opaque)`.
+pub type PostPopulate<'p> = &'p dyn Fn(&Kvm, Gfn, Pfn, &PopulateSource<'_>, u8, &mut dyn Any) -> KResult<()>;
 
 /// `kvm_gmem_populate`: initialise not-yet-prepared private pages through the arch's launch
 /// path. Returns the number of pages done, or the error if none were done. The caller holds
-/// `slots_lock`.
+/// `slots_lock`. `source` is the user buffer (`void __user *src`; page `i` of the range at
+/// `src + i * PAGE_SIZE`), `opaque` the callback's argument block.
 pub fn kvm_gmem_populate(
     kvm: &Kvm,
     slots_lock: &gmem_sync::MutexGuard<'_, ()>,
     start_gfn: Gfn,
-    source: Option<&[u8]>,
+    source: PopulateSource<'_>,
     npages: i64,
     post_populate: PostPopulate<'_>,
+    opaque: &mut dyn Any,
 ) -> KResult<i64> {
     lockdep_assert_held(&SLOTS_LOCK);
     let warnings = &kvm.machine().warnings;
@@ -685,8 +688,8 @@ pub fn kvm_gmem_populate(
         let outcome = match step {
             None => Err(Errno::EINVAL),
             Some(_) => {
-                let page_source = source.map(|bytes| bytes.get((i << PAGE_SHIFT) as usize..).unwrap_or(&[]));
-                let outcome = post_populate(kvm, gfn, pfn, page_source, max_order);
+                let page_source = source.advance(i);
+                let outcome = post_populate(kvm, gfn, pfn, &page_source, max_order, opaque);
                 if outcome.is_ok() {
                     folio.note_populated();
                     kvm_gmem_mark_prepared(folio);

@@ -99,6 +99,10 @@ pub enum VmType {
 }
 
 impl VmType {
+    /// Every type, in `KVM_X86_*_VM` order.
+    pub const ALL: [VmType; 6] =
+        [VmType::Default, VmType::SwProtected, VmType::Sev, VmType::SevEs, VmType::SevSnp, VmType::Tdx];
+
     /// The type for a raw `KVM_CREATE_VM` argument.
     pub fn from_raw(raw: u64) -> Option<VmType> {
         Some(match raw {

@@ -24,6 +24,7 @@
 //! vCPUs and `kvm_vcpu_wake_up` (a vCPU here is either running an access or outside the guest),
 //! partial flushes (`KVM_REQ_TLB_FLUSH_GUEST`, ranged flushes): every flush empties the whole TLB.
 
+use crate::arch::PgLevel;
 use crate::tdp_mmu::Spte;
 use crate::types::Gfn;
 use crate::vcpu::KvmVcpu;
@@ -69,11 +70,20 @@ pub struct TlbEntry {
     pub private: bool,
     /// The frame's generation when the SPTE was installed.
     pub generation: u64,
+    /// The level of the nested leaf the translation came from (the entry itself is a 4K piece
+    /// of it), which the hardware's page-size checks compare with the RMP.
+    pub level: PgLevel,
 }
 
 impl From<&Spte> for TlbEntry {
     fn from(spte: &Spte) -> TlbEntry {
-        TlbEntry { pfn: spte.pfn, writable: spte.writable, private: spte.private, generation: spte.generation }
+        TlbEntry {
+            pfn: spte.pfn,
+            writable: spte.writable,
+            private: spte.private,
+            generation: spte.generation,
+            level: spte.level,
+        }
     }
 }
 

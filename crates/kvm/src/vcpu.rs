@@ -19,7 +19,7 @@
 //! its own). An explicit access kind stands for the vendor's error code (SNP's C-bit, TDX's
 //! shared bit) and can mismatch.
 
-use crate::arch::{PgLevel, KVM_MAX_HUGEPAGE_LEVEL};
+use crate::arch::{GuestAccess, GuestException, GuestFault, PgLevel, KVM_MAX_HUGEPAGE_LEVEL};
 use crate::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use crate::guest_memfd::kvm_gmem_get_pfn;
 use crate::memslot::{
@@ -37,6 +37,7 @@ use gmem_mm::{Errno, KResult, Pfn};
 use gmem_sync::atomic::{AtomicU64, Ordering};
 use gmem_sync::warn::WarnKind;
 use gmem_sync::Arc;
+use std::any::Any;
 
 /// `KVM_MAX_VCPUS` on x86.
 pub const KVM_MAX_VCPUS: u32 = 4096;
@@ -49,7 +50,6 @@ pub const KVM_MEMORY_EXIT_FLAG_PRIVATE: u64 = 1 << 3;
 pub const FAULT_RETRY_LIMIT: u32 = 1000;
 
 /// `struct kvm_vcpu`, the parts guest memory accesses need.
-#[derive(Debug)]
 pub struct KvmVcpu {
     vcpu_id: u32,
     vcpu_idx: u32,
@@ -57,6 +57,19 @@ pub struct KvmVcpu {
     pub stat: VcpuStat,
     /// `vcpu->mode`, `vcpu->requests` and the TLB.
     pub(crate) tlb: VcpuTlb,
+    /// The vendor's per-vCPU state ([`KvmArch::vcpu_create`](crate::arch::KvmArch::vcpu_create)).
+    arch: Box<dyn Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for KvmVcpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmVcpu")
+            .field("vcpu_id", &self.vcpu_id)
+            .field("vcpu_idx", &self.vcpu_idx)
+            .field("stat", &self.stat)
+            .field("tlb", &self.tlb)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The page-fault counters of `vcpu->stat` (`pf_retry` is the model's own).
@@ -89,6 +102,11 @@ impl KvmVcpu {
     /// `vcpu->vcpu_idx`.
     pub fn vcpu_idx(&self) -> u32 {
         self.vcpu_idx
+    }
+
+    /// The vendor's per-vCPU state (`to_svm(vcpu)`), if it is a `T`.
+    pub fn arch<T: Any>(&self) -> Option<&T> {
+        self.arch.downcast_ref()
     }
 
     fn count(counter: &AtomicU64) {
@@ -142,6 +160,9 @@ pub enum RunError {
     Errno(Errno),
     /// `kvm_send_hwpoison_signal`: the vCPU thread got SIGBUS (BUS_MCEERR_AR).
     Sigbus,
+    /// The hardware delivered an exception to the guest instead of completing its access (an
+    /// SEV-SNP #VC for a page the guest has not validated): not an exit, the guest sees it.
+    GuestException(GuestException),
 }
 
 impl From<Errno> for RunError {
@@ -180,28 +201,40 @@ impl Kvm {
             // kvm_arch_vcpu_precreate: max_vcpu_ids defaults to KVM_MAX_VCPU_IDS (checked above).
             self.created_vcpus.fetch_add(1, Ordering::Relaxed);
         }
+        // kvm_arch_vcpu_create → kvm_x86_ops.vcpu_create, outside kvm->lock.
+        let arch = match self.arch().vcpu_create(self, id as u32) {
+            Ok(arch) => arch,
+            Err(errno) => {
+                self.created_vcpus.fetch_sub(1, Ordering::Relaxed);
+                return Err(errno);
+            }
+        };
         let lock = self.lock.lock();
         let mut array = self.vcpu_array.lock();
-        if array.iter().any(|vcpu| vcpu.vcpu_id as u64 == id) {
-            drop(array);
-            self.created_vcpus.fetch_sub(1, Ordering::Relaxed);
-            drop(lock);
-            return Err(Errno::EEXIST);
-        }
         let vcpu = Arc::new(KvmVcpu {
             vcpu_id: id as u32,
             vcpu_idx: array.len() as u32,
             stat: VcpuStat::default(),
             tlb: VcpuTlb::new(),
+            arch,
         });
+        if array.iter().any(|other| other.vcpu_id as u64 == id) {
+            drop(array);
+            drop(lock);
+            // unlock_vcpu_destroy: kvm_arch_vcpu_destroy.
+            self.arch().vcpu_free(self, &vcpu);
+            self.created_vcpus.fetch_sub(1, Ordering::Relaxed);
+            return Err(Errno::EEXIST);
+        }
         array.push(vcpu.clone());
         drop(array);
-        match install(vcpu) {
+        match install(vcpu.clone()) {
             Ok(fd) => Ok(fd),
             Err(errno) => {
                 self.vcpu_array.lock().pop();
-                self.created_vcpus.fetch_sub(1, Ordering::Relaxed);
                 drop(lock);
+                self.arch().vcpu_free(self, &vcpu);
+                self.created_vcpus.fetch_sub(1, Ordering::Relaxed);
                 Err(errno)
             }
         }
@@ -540,10 +573,11 @@ fn kvm_tdp_mmu_page_fault(
     Ok(result)
 }
 
-/// A guest load (`write == false`) or store of `buf` at `gpa`, page by page: in guest mode,
-/// translate through the TLB or walk the SPTEs (filling the TLB), exit and fault on a miss, retry what the fault path asks to retry (bounded: a vCPU that cannot make
-/// progress is reported as a WARN and the access fails with EINTR, as a VMM's signal would end
-/// the spin).
+/// A guest load (`write == false`) or store of `buf` at `gpa`, page by page, each through
+/// [`guest_page_op`]: the hardware's checks of the back-end
+/// ([`KvmArch::guest_access_check`](crate::arch::KvmArch::guest_access_check), the SEV-SNP RMP
+/// check), then the data access. `private` is the access kind (the C-bit); `None` is the VM
+/// type's default ([`Kvm::default_access_is_private`]).
 pub fn guest_access(
     kvm: &Kvm,
     vcpu: &KvmVcpu,
@@ -553,60 +587,114 @@ pub fn guest_access(
     write: bool,
     private: Option<bool>,
 ) -> Result<(), RunError> {
-    let tdp = kvm.tdp()?;
+    let mem = &kvm.machine().mem;
     let mut done = 0usize;
     while done < buf.len() {
         let at = gpa.checked_add(done as u64).ok_or(RunError::Errno(Errno::EFAULT))?;
         let in_page = (at & (PAGE_SIZE - 1)) as usize;
         let chunk = (PAGE_SIZE as usize - in_page).min(buf.len() - done);
-        let gfn = Gpa(at).to_gfn();
+        let is_private = private.unwrap_or_else(|| kvm.default_access_is_private(Gpa(at).to_gfn()));
         let piece = &mut buf[done..done + chunk];
-        let mut attempts = 0;
-        loop {
-            if access_in_guest(kvm, vcpu, tdp, gfn, in_page, piece, write) {
-                break;
+        guest_page_op(kvm, vcpu, mm, at, write, is_private, chunk, |access| {
+            if kvm.arch_checks_guest_accesses() {
+                kvm.arch().guest_access_check(kvm, access)?;
             }
-            attempts += 1;
-            if attempts > FAULT_RETRY_LIMIT {
-                kvm.machine().warnings.report(
-                    WarnKind::Warn,
-                    format!("vCPU {} fault at gpa {at:#x} made no progress in {FAULT_RETRY_LIMIT} tries", vcpu.vcpu_id),
-                );
-                return Err(RunError::Errno(Errno::EINTR));
+            if write {
+                mem.write_as_guest(access.pfn, in_page, piece);
+            } else {
+                mem.read(access.pfn, in_page, piece);
             }
-            let is_private = private.unwrap_or_else(|| kvm.default_access_is_private(gfn));
-            match kvm_mmu_page_fault(kvm, vcpu, mm, at, is_private, write, false)? {
-                RetPf::Fixed | RetPf::Spurious => {}
-                // The guest re-faults; the invalidator runs meanwhile (give it the CPU; under
-                // loom a spinning vCPU would otherwise be explored forever).
-                RetPf::Retry => gmem_sync::thread::backoff(attempts),
-                RetPf::Emulate => {
-                    return Err(RunError::Exit(VcpuExit::Mmio {
-                        phys_addr: at,
-                        len: chunk.min(8) as u64,
-                        is_write: write,
-                    }))
-                }
-            }
-        }
+            Ok(())
+        })?;
         done += chunk;
     }
     Ok(())
 }
 
-/// One translation and data access of `gfn` in guest mode (`vcpu_enter_guest` .. exit): the TLB,
-/// else a walk that fills it. Returns false on an EPT violation (the vCPU is back outside guest
-/// mode and must fault). An access through a translation whose frame was freed since is reported
-/// as a use-after-free: that is what the flush protocol exists to prevent.
-fn access_in_guest(
+/// One guest operation on the page of `gpa` (a load, a store, or an instruction such as SEV-SNP's
+/// PVALIDATE), as the hardware runs it: in guest mode, translate through the TLB or a walk of the
+/// SPTEs (filling the TLB), then `op` on the translation. A missing or read-only translation is
+/// an EPT/NPT violation: the vCPU leaves guest mode and runs the fault path
+/// ([`kvm_mmu_page_fault`], a private fault if `private`). `op` may refuse with a nested fault
+/// (handled the same way, then by the vendor's [`KvmArch::handle_npf`](crate::arch::KvmArch::handle_npf))
+/// or an exception for the guest (returned as [`RunError::GuestException`]). What the fault path
+/// asks to retry is retried, with a bound: a vCPU that cannot make progress is reported as a
+/// WARN and the operation fails with EINTR, as a VMM's signal would end the spin. `len` is the
+/// size of the access (for an MMIO exit).
+#[allow(clippy::too_many_arguments)]
+pub fn guest_page_op<T>(
+    kvm: &Kvm,
+    vcpu: &KvmVcpu,
+    mm: &Mm,
+    gpa: u64,
+    write: bool,
+    private: bool,
+    len: usize,
+    mut op: impl FnMut(&GuestAccess) -> Result<T, GuestFault>,
+) -> Result<T, RunError> {
+    let tdp = kvm.tdp()?;
+    let gfn = Gpa(gpa).to_gfn();
+    let mut attempts = 0;
+    loop {
+        let error_code = match attempt_in_guest(kvm, vcpu, tdp, gfn, write, private, &mut op) {
+            Attempt::Done(value) => return Ok(value),
+            Attempt::Exception(exception) => return Err(RunError::GuestException(exception)),
+            Attempt::Violation => None,
+            Attempt::Npf(error_code) => Some(error_code),
+        };
+        attempts += 1;
+        if attempts > FAULT_RETRY_LIMIT {
+            kvm.machine().warnings.report(
+                WarnKind::Warn,
+                format!("vCPU {} fault at gpa {gpa:#x} made no progress in {FAULT_RETRY_LIMIT} tries", vcpu.vcpu_id),
+            );
+            return Err(RunError::Errno(Errno::EINTR));
+        }
+        // npf_interception: the vendor may classify the fault from its error code (SNP's
+        // PFERR_GUEST_ENC); a plain violation is private if the access was.
+        let is_private = error_code.and_then(|code| kvm.arch().npf_is_private(code)).unwrap_or(private);
+        match kvm_mmu_page_fault(kvm, vcpu, mm, gpa, is_private, write, false)? {
+            RetPf::Emulate => {
+                return Err(RunError::Exit(VcpuExit::Mmio { phys_addr: gpa, len: len.min(8) as u64, is_write: write }))
+            }
+            ret => {
+                if let Some(code) = error_code {
+                    kvm.arch().handle_npf(kvm, vcpu, gpa, code);
+                }
+                if ret == RetPf::Retry {
+                    // The guest re-faults; the invalidator runs meanwhile (give it the CPU; under
+                    // loom a spinning vCPU would otherwise be explored forever).
+                    gmem_sync::thread::backoff(attempts);
+                }
+            }
+        }
+    }
+}
+
+/// How one attempt in guest mode ended.
+enum Attempt<T> {
+    /// `op` completed.
+    Done(T),
+    /// No usable translation: an EPT/NPT violation.
+    Violation,
+    /// `op` raised a nested fault with this error code.
+    Npf(u64),
+    /// `op` raised an exception for the guest.
+    Exception(GuestException),
+}
+
+/// One translation and `op` in guest mode (`vcpu_enter_guest` .. exit): the TLB, else a walk
+/// that fills it. An access through a translation whose frame was freed since is reported as a
+/// use-after-free: that is what the flush protocol exists to prevent.
+fn attempt_in_guest<T>(
     kvm: &Kvm,
     vcpu: &KvmVcpu,
     tdp: &TdpMmu,
     gfn: Gfn,
-    in_page: usize,
-    piece: &mut [u8],
     write: bool,
-) -> bool {
+    private: bool,
+    op: &mut impl FnMut(&GuestAccess) -> Result<T, GuestFault>,
+) -> Attempt<T> {
     let mem = &kvm.machine().mem;
     vcpu.enter_guest();
     let entry = match vcpu.tlb.lookup(gfn, write) {
@@ -622,21 +710,25 @@ fn access_in_guest(
             })
         }
     };
-    if let Some(entry) = entry {
-        if entry.generation != mem.generation(entry.pfn) {
-            kvm.machine().warnings.report(
-                WarnKind::UseAfterFree,
-                format!("guest access to gfn {gfn} through a stale translation ({:?} was freed)", entry.pfn),
-            );
+    let outcome = match entry {
+        None => Attempt::Violation,
+        Some(entry) => {
+            if entry.generation != mem.generation(entry.pfn) {
+                kvm.machine().warnings.report(
+                    WarnKind::UseAfterFree,
+                    format!("guest access to gfn {gfn} through a stale translation ({:?} was freed)", entry.pfn),
+                );
+            }
+            let access = GuestAccess { gfn, pfn: entry.pfn, npt_level: entry.level, write, private };
+            match op(&access) {
+                Ok(value) => Attempt::Done(value),
+                Err(GuestFault::Npf { error_code }) => Attempt::Npf(error_code),
+                Err(GuestFault::Exception(exception)) => Attempt::Exception(exception),
+            }
         }
-        if write {
-            mem.write(entry.pfn, in_page, piece);
-        } else {
-            mem.read(entry.pfn, in_page, piece);
-        }
-    }
+    };
     vcpu.exit_guest();
-    entry.is_some()
+    outcome
 }
 
 /// `KVM_PRE_FAULT_MEMORY` (`kvm_vcpu_pre_fault_memory` with the x86 hook): map `[gpa, gpa+size)`
@@ -675,6 +767,9 @@ pub fn kvm_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, s
 
 /// x86 `kvm_arch_vcpu_pre_fault_memory` → `kvm_tdp_map_page`.
 fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, size: u64) -> KResult<u64> {
+    if !kvm.pre_fault_allowed() {
+        return Err(Errno::EOPNOTSUPP);
+    }
     // Shadow paging (tdp_enabled off, KVM_CAP_PRE_FAULT_MEMORY 0) has no kvm_tdp_page_fault.
     if !kvm.profile().config.pre_fault {
         return Err(Errno::EOPNOTSUPP);
@@ -714,6 +809,8 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
             // kvm_handle_error_pfn sent SIGBUS (a poisoned shared page) and returned
             // RET_PF_RETRY; kvm_tdp_map_page's loop then finds the signal pending.
             Err(RunError::Sigbus) => return Err(Errno::EINTR),
+            // A pre-fault runs no guest code, so nothing can raise a guest exception.
+            Err(RunError::GuestException(_)) => return Err(Errno::EIO),
         }
     }
 }

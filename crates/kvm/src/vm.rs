@@ -7,7 +7,7 @@
 //! destroyed then and there (`kvm_destroy_vm`: memslots freed, which unbinds guest_memfd slots).
 //! The Rust `Arc` only owns the memory.
 
-use crate::arch::{arch_for, sev_gmem_max_mapping_level, tdx_gmem_max_mapping_level, KvmArch, PgLevel};
+use crate::arch::{ArchFactory, ArchSetup, GenericArchFactory, KvmArch, PgLevel};
 use crate::memslot::{KvmMemorySlot, Memslots};
 use crate::mmu::{KvmMmu, RecordingMmu};
 use crate::profile::{KernelProfile, VmType};
@@ -47,32 +47,94 @@ pub struct KvmSystem {
     machine: Arc<Machine>,
     profile: Arc<KernelProfile>,
     mmu_factory: MmuFactory,
+    arch: Arc<dyn ArchFactory>,
 }
 
 impl fmt::Debug for KvmSystem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KvmSystem").field("profile", &self.profile.name).finish()
+        f.debug_struct("KvmSystem").field("profile", &self.profile.name).field("arch", &self.arch).finish()
+    }
+}
+
+/// Boots a [`KvmSystem`]: the machine, its MMU and its vendor module, each replaceable (tests
+/// use a recording MMU or a back-end of their own; `gmem-arch` supplies the SEV-SNP host).
+#[must_use]
+pub struct KvmSystemBuilder {
+    profile: KernelProfile,
+    machine: Option<Arc<Machine>>,
+    mmu_factory: Option<MmuFactory>,
+    arch_setup: Option<ArchSetup>,
+}
+
+impl fmt::Debug for KvmSystemBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvmSystemBuilder").field("profile", &self.profile.name).finish_non_exhaustive()
+    }
+}
+
+impl KvmSystemBuilder {
+    /// Runs on an existing machine (default: a new one configured by the profile).
+    pub fn machine(mut self, machine: Arc<Machine>) -> Self {
+        self.machine = Some(machine);
+        self
+    }
+
+    /// Gives every VM an MMU from `factory` (default: the software TDP MMU).
+    pub fn mmu(mut self, factory: MmuFactory) -> Self {
+        self.mmu_factory = Some(factory);
+        self
+    }
+
+    /// Loads the vendor module `setup` builds on the booted machine (default:
+    /// [`GenericArchFactory`], no vendor hardware).
+    pub fn arch(mut self, setup: ArchSetup) -> Self {
+        self.arch_setup = Some(setup);
+        self
+    }
+
+    /// Boots. The VM types the kernel reports (`KVM_CAP_VM_TYPES`) are those the profile lists
+    /// and the vendor module supports (`kvm_caps.supported_vm_types`).
+    pub fn build(self) -> Arc<KvmSystem> {
+        let mut profile = self.profile;
+        let machine = self.machine.unwrap_or_else(|| Machine::new(profile.machine_config()));
+        let setup = self.arch_setup.unwrap_or_else(GenericArchFactory::setup);
+        let arch = setup(&machine, &profile);
+        for vm_type in VmType::ALL {
+            if !arch.supports(vm_type) {
+                profile.config.vm_types &= !(1 << vm_type as u32);
+            }
+        }
+        let mmu_factory = self.mmu_factory.unwrap_or_else(crate::tdp_mmu::TdpMmu::factory);
+        Arc::new(KvmSystem { machine, profile: Arc::new(profile), mmu_factory, arch })
     }
 }
 
 impl KvmSystem {
+    /// A builder for a kernel booted with `profile`.
+    pub fn builder(profile: KernelProfile) -> KvmSystemBuilder {
+        KvmSystemBuilder { profile, machine: None, mmu_factory: None, arch_setup: None }
+    }
+
     /// Boots a machine configured by `profile` with KVM loaded; every VM gets the software TDP
-    /// MMU.
+    /// MMU and the vendor-less back-ends ([`GenericArchFactory`]).
     pub fn new(profile: KernelProfile) -> Arc<KvmSystem> {
-        let machine = Machine::new(profile.machine_config());
-        KvmSystem::with_machine(machine, profile, crate::tdp_mmu::TdpMmu::factory())
+        KvmSystem::builder(profile).build()
     }
 
     /// Like [`KvmSystem::new`], with MMUs that only record what they are asked (no page tables,
     /// so no guest can run).
     pub fn new_recording(profile: KernelProfile) -> Arc<KvmSystem> {
-        let machine = Machine::new(profile.machine_config());
-        KvmSystem::with_machine(machine, profile, Arc::new(|| Arc::new(RecordingMmu::new(true))))
+        KvmSystem::builder(profile).mmu(Arc::new(|| Arc::new(RecordingMmu::new(true)))).build()
     }
 
     /// KVM on an existing machine, with a chosen MMU.
     pub fn with_machine(machine: Arc<Machine>, profile: KernelProfile, mmu_factory: MmuFactory) -> Arc<KvmSystem> {
-        Arc::new(KvmSystem { machine, profile: Arc::new(profile), mmu_factory })
+        KvmSystem::builder(profile).machine(machine).mmu(mmu_factory).build()
+    }
+
+    /// The vendor module.
+    pub fn arch(&self) -> &Arc<dyn ArchFactory> {
+        &self.arch
     }
 
     /// The machine.
@@ -100,6 +162,7 @@ impl KvmSystem {
         let _span = tracing::debug_span!("kvm_create_vm", vm_type).entered();
         // kvm_is_vm_type_supported: type < 32 && supported_vm_types & BIT(type).
         let vm_type = VmType::from_raw(vm_type).filter(|&t| self.profile.supports_vm_type(t)).ok_or(Errno::EINVAL)?;
+        let arch = self.arch.vm_init(vm_type)?;
         Ok(Arc::new(Kvm {
             machine: self.machine.clone(),
             profile: self.profile.clone(),
@@ -116,7 +179,11 @@ impl KvmSystem {
             mmu_lock: RwLock::new(&MMU_LOCK, ()),
             mmu_invalidate: MmuInvalidate::default(),
             mmu: (self.mmu_factory)(),
-            arch: Arc::from(arch_for(vm_type)),
+            guest_access_checks: arch.checks_guest_accesses(),
+            arch,
+            // kvm_arch_init_vm: only VMs whose memory needs no launch may be pre-faulted from
+            // the start; SNP sets it at LAUNCH_FINISH, TDX at FINALIZE_VM.
+            pre_fault_allowed: AtomicBool::new(matches!(vm_type, VmType::Default | VmType::SwProtected)),
             created_vcpus: AtomicU32::new(0),
             vcpu_array: Mutex::new(&VCPU_ARRAY_LOCK, Vec::new()),
             destroyed: AtomicBool::new(false),
@@ -144,29 +211,12 @@ pub(crate) struct MmuInvalidate {
 pub(crate) struct HugeTestHooks {
     pub(crate) host_mapping_order: AtomicU8,
     pub(crate) gmem_max_order: AtomicU8,
-    pub(crate) arch_max_level: AtomicU8,
 }
 
 impl Default for HugeTestHooks {
     fn default() -> Self {
-        HugeTestHooks {
-            host_mapping_order: AtomicU8::new(u8::MAX),
-            gmem_max_order: AtomicU8::new(u8::MAX),
-            arch_max_level: AtomicU8::new(u8::MAX),
-        }
+        HugeTestHooks { host_mapping_order: AtomicU8::new(u8::MAX), gmem_max_order: AtomicU8::new(u8::MAX) }
     }
-}
-
-/// Which vendor `gmem_max_mapping_level` hook a test makes the VM use
-/// ([`Kvm::set_arch_max_level_hook_for_test`]); the VM types that have them (SEV-SNP, TDX) are
-/// not in any profile yet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ArchMaxLevelHook {
-    /// `sev_gmem_max_mapping_level` of an SNP guest whose pfns have RMP entries of this level
-    /// (`None`: not assigned, or the lookup failed).
-    Snp(Option<PgLevel>),
-    /// `tdx_gmem_max_mapping_level`.
-    Tdx,
 }
 
 /// `struct kvm`.
@@ -195,6 +245,10 @@ pub struct Kvm {
     pub(crate) mmu_invalidate: MmuInvalidate,
     mmu: Arc<dyn KvmMmu>,
     arch: Arc<dyn KvmArch>,
+    /// `arch.checks_guest_accesses()`, read once: the guest-access hot path asks it.
+    guest_access_checks: bool,
+    /// `kvm->arch.pre_fault_allowed`: `KVM_PRE_FAULT_MEMORY` is refused (EOPNOTSUPP) until set.
+    pre_fault_allowed: AtomicBool,
     /// `kvm->created_vcpus` (under `kvm->lock`).
     pub(crate) created_vcpus: AtomicU32,
     /// `kvm->vcpu_array`, indexed by `vcpu_idx` (`online_vcpus` is its length).
@@ -254,6 +308,22 @@ impl Kvm {
         &self.arch
     }
 
+    /// Whether the back-end checks guest accesses ([`KvmArch::checks_guest_accesses`]).
+    #[inline]
+    pub fn arch_checks_guest_accesses(&self) -> bool {
+        self.guest_access_checks
+    }
+
+    /// `kvm->arch.pre_fault_allowed`.
+    pub fn pre_fault_allowed(&self) -> bool {
+        self.pre_fault_allowed.load(Ordering::Acquire)
+    }
+
+    /// Sets `kvm->arch.pre_fault_allowed` (SNP's LAUNCH_FINISH, TDX's FINALIZE_VM).
+    pub fn set_pre_fault_allowed(&self, allowed: bool) {
+        self.pre_fault_allowed.store(allowed, Ordering::Release);
+    }
+
     /// `kvm_get_kvm`.
     pub fn get_kvm(&self) {
         let old = self.users_count.fetch_add(1, Ordering::Relaxed);
@@ -298,7 +368,13 @@ impl Kvm {
             Some(handle) => handle.unregister(),
             None => self.mmu.flush_shadow_all(self),
         }
-        self.vcpu_array.lock().clear();
+        // kvm_arch_destroy_vm: kvm_x86_call(vm_destroy), then kvm_destroy_vcpus.
+        self.arch.vm_destroy(self);
+        let vcpus = std::mem::take(&mut *self.vcpu_array.lock());
+        for vcpu in &vcpus {
+            self.arch.vcpu_free(self, vcpu);
+        }
+        drop(vcpus);
         for entry in slots.iter() {
             self.free_memslot(entry.handle);
         }
@@ -355,29 +431,9 @@ impl Kvm {
         self.test_hooks.gmem_max_order.store(order.unwrap_or(u8::MAX), Ordering::Relaxed);
     }
 
-    /// Test-only: answer `gmem_max_mapping_level` with the SNP or TDX hook instead of this VM
-    /// type's back-end (`None` restores it).
-    #[doc(hidden)]
-    pub fn set_arch_max_level_hook_for_test(&self, hook: Option<ArchMaxLevelHook>) {
-        let raw = match hook {
-            None => u8::MAX,
-            Some(ArchMaxLevelHook::Tdx) => 0,
-            Some(ArchMaxLevelHook::Snp(None)) => 1,
-            Some(ArchMaxLevelHook::Snp(Some(level))) => 1 + level as u8,
-        };
-        self.test_hooks.arch_max_level.store(raw, Ordering::Relaxed);
-    }
-
     /// `kvm_x86_call(gmem_max_mapping_level)(kvm, pfn, is_private)`: `None` is "no restriction".
     pub fn gmem_max_mapping_level(&self, pfn: gmem_mm::Pfn, is_private: bool) -> Option<PgLevel> {
-        match self.test_hooks.arch_max_level.load(Ordering::Relaxed) {
-            u8::MAX => self.arch.gmem_max_mapping_level(self, pfn, is_private),
-            0 => tdx_gmem_max_mapping_level(is_private),
-            1 => sev_gmem_max_mapping_level(true, is_private, None),
-            2 => sev_gmem_max_mapping_level(true, is_private, Some(PgLevel::Level4K)),
-            3 => sev_gmem_max_mapping_level(true, is_private, Some(PgLevel::Level2M)),
-            _ => sev_gmem_max_mapping_level(true, is_private, Some(PgLevel::Level1G)),
-        }
+        self.arch.gmem_max_mapping_level(self, pfn, is_private)
     }
 
     /// `srcu_read_lock(&kvm->srcu)`.

@@ -305,7 +305,7 @@ mod tests {
     use gmem_sync::Arc;
 
     fn mem() -> PhysMem {
-        PhysMem::new(64, Arc::new(FaultInjector::new()))
+        PhysMem::new(64, Arc::new(FaultInjector::new()), Arc::new(gmem_sync::warn::WarnRegistry::new()))
     }
 
     #[test]

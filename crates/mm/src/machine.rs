@@ -54,8 +54,9 @@ impl MachineConfig {
 pub struct Machine {
     /// Physical memory: the memmap and the page allocator.
     pub mem: PhysMem,
-    /// Every WARN the kernel code hit (tests assert it stays empty).
-    pub warnings: WarnRegistry,
+    /// Every WARN the kernel code hit (tests assert it stays empty). Shared with [`PhysMem`],
+    /// which reports the host-write faults of a platform memory protection there.
+    pub warnings: Arc<WarnRegistry>,
     /// Armed fault-injection points (ENOMEM, pending signals, ...).
     pub inject: Arc<FaultInjector>,
     /// A logical clock for timestamps: every read returns a new, larger value, so "mtime changed"
@@ -71,9 +72,10 @@ impl Machine {
     /// Boots a machine.
     pub fn new(config: MachineConfig) -> Arc<Machine> {
         let inject = Arc::new(FaultInjector::new());
+        let warnings = Arc::new(WarnRegistry::new());
         Arc::new(Machine {
-            mem: PhysMem::new(config.memory_pages, inject.clone()),
-            warnings: WarnRegistry::new(),
+            mem: PhysMem::new(config.memory_pages, inject.clone(), warnings.clone()),
+            warnings,
             inject,
             clock: AtomicU64::new(1),
             next_ino: AtomicU64::new(1),

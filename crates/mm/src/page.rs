@@ -14,13 +14,23 @@
 //! Each descriptor has a generation that changes whenever the frame is freed. A holder of
 //! `(pfn, generation)` can therefore tell exactly whether the frame it refers to is still the one
 //! it looked up, which is how stale SPTEs and TLB entries are detected.
+//!
+//! Writes come in two kinds. A *host* write ([`PhysMem::write`], [`PhysMem::clear`],
+//! [`PhysMem::copy`]) is the CPU running kernel or user code; a platform memory protection
+//! installed with [`PhysMem::set_host_write_check`] (the SEV-SNP RMP) is consulted first, and a
+//! write it forbids is an oops recorded in the machine's WARN registry, with the frame left
+//! unchanged (the faulting store never retires). A *guest* write
+//! ([`PhysMem::write_as_guest`]) is a vCPU in guest mode, whose checks the vCPU's own page walk
+//! already made.
 
 use crate::errno::{Errno, KResult};
 use crate::types::{Pfn, PAGE_SIZE};
 use gmem_sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use gmem_sync::inject::{FaultInjector, FaultPoint};
+use gmem_sync::warn::{WarnKind, WarnRegistry};
 use gmem_sync::{Arc, LockClass, Mutex};
 use std::fmt;
+use std::sync::OnceLock;
 
 /// Frames per memmap chunk. Small under loom, where every atomic is tracked by the checker.
 #[cfg(not(gmem_loom))]
@@ -116,6 +126,14 @@ struct FreePool {
     next_fresh: u64,
 }
 
+/// A platform memory protection the CPU applies to host (not guest) writes: the SEV-SNP RMP
+/// check of a hypervisor write. Implemented by the hardware model in the arch layer.
+pub trait HostWriteCheck: Send + Sync {
+    /// `None` if a host write to `pfn` is allowed; otherwise the text of the fault the hardware
+    /// raises (the oops the kernel prints: which check failed, and the entry that made it fail).
+    fn check_host_write(&self, pfn: Pfn) -> Option<String>;
+}
+
 /// Physical memory: the memmap plus the allocator.
 pub struct PhysMem {
     total_pages: u64,
@@ -127,6 +145,10 @@ pub struct PhysMem {
     pool: Mutex<FreePool>,
     allocated: AtomicU64,
     inject: Arc<FaultInjector>,
+    /// Where a forbidden host write is reported (the machine's registry).
+    warnings: Arc<WarnRegistry>,
+    /// The platform's host-write check, installed once when the machine boots its platform.
+    host_write_check: OnceLock<Arc<dyn HostWriteCheck>>,
 }
 
 impl fmt::Debug for PhysMem {
@@ -140,8 +162,9 @@ impl fmt::Debug for PhysMem {
 
 impl PhysMem {
     /// Memory of `total_pages` frames. Frame 0 is reserved and never allocated, so that a zero
-    /// pfn can mean "none" in the model's own encodings.
-    pub fn new(total_pages: u64, inject: Arc<FaultInjector>) -> PhysMem {
+    /// pfn can mean "none" in the model's own encodings. Forbidden host writes are reported to
+    /// `warnings`.
+    pub fn new(total_pages: u64, inject: Arc<FaultInjector>, warnings: Arc<WarnRegistry>) -> PhysMem {
         let total_pages = total_pages.max(2);
         let chunk_count = total_pages.div_ceil(CHUNK_PAGES);
         let chunks = (0..chunk_count).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect();
@@ -151,6 +174,28 @@ impl PhysMem {
             pool: Mutex::new(&PAGE_ALLOC_LOCK, FreePool { free: Vec::new(), next_fresh: 1 }),
             allocated: AtomicU64::new(0),
             inject,
+            warnings,
+            host_write_check: OnceLock::new(),
+        }
+    }
+
+    /// Installs the platform's host-write check (once per machine; a second call is a
+    /// programming error of the platform set-up and panics).
+    pub fn set_host_write_check(&self, check: Arc<dyn HostWriteCheck>) {
+        assert!(self.host_write_check.set(check).is_ok(), "a host-write check is already installed");
+    }
+
+    /// Whether a host write to `pfn` may retire: asks the platform's check, and reports a
+    /// forbidden write as an oops.
+    #[inline]
+    fn host_may_write(&self, pfn: Pfn) -> bool {
+        let Some(check) = self.host_write_check.get() else { return true };
+        match check.check_host_write(pfn) {
+            None => true,
+            Some(fault) => {
+                self.warnings.report(WarnKind::Oops, fault);
+                false
+            }
         }
     }
 
@@ -375,11 +420,23 @@ impl PhysMem {
         }
     }
 
-    /// Writes `bytes` into the frame starting at byte `offset`. Concurrent writers of different
-    /// bytes of one word do not clobber each other (each byte is merged atomically), as on real
-    /// memory.
+    /// A host write of `bytes` into the frame starting at byte `offset` (see the module docs:
+    /// the platform's host-write check applies). Concurrent writers of different bytes of one
+    /// word do not clobber each other (each byte is merged atomically), as on real memory.
     pub fn write(&self, pfn: Pfn, offset: usize, bytes: &[u8]) {
         assert!(offset + bytes.len() <= PAGE_SIZE as usize);
+        if self.host_may_write(pfn) {
+            self.store(pfn, offset, bytes);
+        }
+    }
+
+    /// A guest write (a vCPU in guest mode, whose page walk made the platform's checks).
+    pub fn write_as_guest(&self, pfn: Pfn, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= PAGE_SIZE as usize);
+        self.store(pfn, offset, bytes);
+    }
+
+    fn store(&self, pfn: Pfn, offset: usize, bytes: &[u8]) {
         let data = self.contents_or_alloc(pfn);
         for (i, &byte) in bytes.iter().enumerate() {
             let at = offset + i;
@@ -390,8 +447,11 @@ impl PhysMem {
         }
     }
 
-    /// `clear_highpage`: zeroes the whole frame.
+    /// `clear_highpage`: the host zeroes the whole frame.
     pub fn clear(&self, pfn: Pfn) {
+        if !self.host_may_write(pfn) {
+            return;
+        }
         if let Some(data) = self.contents(pfn) {
             for word in data.0.iter() {
                 word.store(0, Ordering::Relaxed);
@@ -399,7 +459,7 @@ impl PhysMem {
         }
     }
 
-    /// `copy_highpage`: copies a whole frame.
+    /// `copy_highpage`: the host copies a whole frame.
     pub fn copy(&self, target: Pfn, source: Pfn) {
         let mut buf = vec![0u8; PAGE_SIZE as usize];
         self.read(source, 0, &mut buf);

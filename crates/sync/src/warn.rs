@@ -26,6 +26,9 @@ pub enum WarnKind {
     UseAfterFree,
     /// A simulator-side invariant check that has no single kernel macro.
     Invariant,
+    /// A fault the kernel does not recover from (an oops): for example an RMP #PF on a host
+    /// write to a guest-owned frame, which kills the host.
+    Oops,
 }
 
 impl WarnKind {
@@ -37,6 +40,7 @@ impl WarnKind {
             WarnKind::Bug => "BUG",
             WarnKind::UseAfterFree => "KASAN: use-after-free",
             WarnKind::Invariant => "invariant",
+            WarnKind::Oops => "Oops",
         }
     }
 }

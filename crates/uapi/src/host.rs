@@ -2,6 +2,7 @@
 
 use crate::convert::{memory_attributes, userspace_memory_region2};
 use crate::Result;
+use gmem_kvm::arch::PopulateSource;
 use gmem_kvm::caps::check_extension;
 use gmem_kvm::guest_memfd::{gmem_memory_failure, gmem_of_file, kvm_gmem_create, kvm_gmem_populate};
 use gmem_kvm::memslot::UserspaceMemoryRegion2;
@@ -15,6 +16,7 @@ use gmem_mm::vma::AccessSignal;
 use gmem_mm::{Errno, Machine, Process};
 use gmem_sync::Arc;
 use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
+use std::any::Any;
 use std::fmt;
 
 /// What `fstat` reports (the fields scripts print).
@@ -296,10 +298,12 @@ impl SimHost {
         self.vm_ioctl(vm_fd, |kvm| {
             let slots_lock = kvm.lock_slots();
             let arch = kvm.arch().clone();
-            let post_populate = move |kvm: &gmem_kvm::Kvm, gfn, pfn, src: Option<&[u8]>, order| {
-                arch.post_populate(kvm, gfn, pfn, src, order)
-            };
-            kvm_gmem_populate(kvm, &slots_lock, Gpa(gpa).to_gfn(), source, npages as i64, &post_populate)
+            let post_populate =
+                move |kvm: &gmem_kvm::Kvm, gfn, pfn, src: &PopulateSource<'_>, order, opaque: &mut dyn Any| {
+                    arch.post_populate(kvm, gfn, pfn, src, order, opaque)
+                };
+            let source = source.map_or(PopulateSource::None, PopulateSource::Buffer);
+            kvm_gmem_populate(kvm, &slots_lock, Gpa(gpa).to_gfn(), source, npages as i64, &post_populate, &mut ())
         })
     }
 

@@ -62,6 +62,13 @@ fn run<T>(result: Result<T, RunError>) -> BResult<T> {
     result.map_err(|error| match error {
         RunError::Errno(errno) => Failure::Errno(errno),
         RunError::Sigbus => Failure::Signal(Signal::Sigbus),
+        RunError::GuestException(exception) => Failure::GuestException {
+            vector: exception.vector.to_string(),
+            fields: vec![
+                ("gpa".to_string(), format!("{:#x}", exception.gpa)),
+                ("reason".to_string(), exception.reason.to_string()),
+            ],
+        },
         RunError::Exit(vcpu::VcpuExit::MemoryFault { gpa, size, flags, errno }) => {
             let flags = match flags {
                 KVM_MEMORY_EXIT_FLAG_PRIVATE => "PRIVATE".to_string(),

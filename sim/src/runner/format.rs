@@ -71,6 +71,13 @@ fn format_failure(failure: &Failure) -> String {
             }
             text
         }
+        Failure::GuestException { vector, fields } => {
+            let mut text = format!("guest {vector}");
+            for (key, value) in fields {
+                let _ = write!(text, " {key}={value}");
+            }
+            text
+        }
         Failure::Skip(reason) if reason.is_empty() => "skip".to_string(),
         Failure::Skip(reason) => format!("skip {reason}"),
     }
