@@ -90,9 +90,10 @@ fn anon_inode_getfile(
 }
 
 impl SimHost {
-    /// A new machine booted with `profile`, and a process on it.
+    /// A new machine booted with `profile`, with the simulated host's vendor module
+    /// ([`gmem_arch::X86Host`]: SEV-SNP), and a process on it.
     pub fn new(profile: KernelProfile) -> SimHost {
-        SimHost::with_system(KvmSystem::new(profile))
+        SimHost::with_system(KvmSystem::builder(profile).arch(gmem_arch::X86Host::setup()).build())
     }
 
     /// A process on an existing kernel.
