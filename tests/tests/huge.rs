@@ -326,6 +326,10 @@ struct ClampingHost {
 }
 
 impl ArchFactory for ClampingHost {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn supports(&self, vm_type: VmType) -> bool {
         GenericArchFactory.supports(vm_type)
     }

@@ -110,8 +110,8 @@ fn unmap(start: u64, end: u64, slot_id: u32, attr_filter: AttrFilter) -> MmuEven
 #[test]
 fn create_vm_is_einval_for_a_type_the_profile_does_not_support() {
     for (profile, supported) in [
-        (KernelProfile::v6_14(), &[0u64, 1, 2, 3][..]),
-        (KernelProfile::v6_18(), &[0, 1, 2, 3][..]),
+        (KernelProfile::v6_14(), &[0u64, 1, 2, 3, 4][..]),
+        (KernelProfile::v6_18(), &[0, 1, 2, 3, 4][..]),
         (KernelProfile::v6_18_pvm(), &[0][..]),
     ] {
         let host = CheckedHost::new(profile.clone());

@@ -12,7 +12,7 @@
 //!
 //! | module | vendor |
 //! |---|---|
-//! | [`sev`] | AMD SEV-SNP: RMP, SNP instructions, the kernel's host support |
+//! | [`sev`] | AMD SEV-SNP: RMP, SNP instructions, the kernel's host support, the firmware, KVM's SNP code |
 #![deny(missing_docs)]
 
 pub mod sev;
@@ -22,11 +22,14 @@ use gmem_kvm::{KernelProfile, VmType};
 use gmem_mm::{KResult, Machine};
 use gmem_sync::Arc;
 use sev::host::SnpHost;
+use sev::kvm::{SevModule, SvmVm};
+use std::any::Any;
 use std::fmt;
 
 /// The vendor module of the simulated host.
 pub struct X86Host {
     snp: Arc<SnpHost>,
+    sev: Arc<SevModule>,
 }
 
 impl fmt::Debug for X86Host {
@@ -36,9 +39,21 @@ impl fmt::Debug for X86Host {
 }
 
 impl X86Host {
-    /// `hardware_setup` of the vendor module on `machine`: enables SEV-SNP (the RMP).
-    pub fn new(machine: &Arc<Machine>, _profile: &KernelProfile) -> X86Host {
-        X86Host { snp: SnpHost::init(machine) }
+    /// `hardware_setup` of the vendor module on `machine`: enables SEV-SNP (the RMP) and, when
+    /// the profile's kernel offers SEV VMs, KVM's SEV support (`sev_hardware_setup`).
+    pub fn new(machine: &Arc<Machine>, profile: &KernelProfile) -> X86Host {
+        let sev_enabled = profile.supports_vm_type(VmType::SevSnp);
+        X86Host { snp: SnpHost::init(machine), sev: Arc::new(SevModule::new(sev_enabled)) }
+    }
+
+    /// The vendor module of a system built with [`X86Host::setup`], if it is one.
+    pub fn of(system: &gmem_kvm::KvmSystem) -> Option<&X86Host> {
+        system.arch().as_any().downcast_ref::<X86Host>()
+    }
+
+    /// KVM's SEV module state (ASIDs).
+    pub fn sev(&self) -> &Arc<SevModule> {
+        &self.sev
     }
 
     /// The [`ArchSetup`] that loads it (pass to `KvmSystem::builder(..).arch(..)`).
@@ -53,11 +68,28 @@ impl X86Host {
 }
 
 impl ArchFactory for X86Host {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
     fn supports(&self, vm_type: VmType) -> bool {
-        GenericArchFactory.supports(vm_type)
+        match vm_type {
+            VmType::SevSnp => self.sev.sev_snp_enabled,
+            VmType::Tdx => false,
+            other => GenericArchFactory.supports(other),
+        }
     }
 
     fn vm_init(&self, vm_type: VmType) -> KResult<Arc<dyn KvmArch>> {
-        GenericArchFactory.vm_init(vm_type)
+        if !self.sev.sev_enabled {
+            return GenericArchFactory.vm_init(vm_type);
+        }
+        // svm_vm_init: every VM of an SEV host has the SEV ioctls; an SNP VM's guest_memfd hooks
+        // are SNP's once KVM_SEV_INIT2 ran.
+        let generic = match vm_type {
+            VmType::SevSnp => GenericArchFactory.vm_init(VmType::Default)?,
+            other => GenericArchFactory.vm_init(other)?,
+        };
+        Ok(Arc::new(SvmVm::new(self.sev.clone(), self.snp.clone(), vm_type, generic)))
     }
 }

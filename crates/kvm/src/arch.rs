@@ -313,8 +313,26 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
     /// `kvm_x86_ops.vcpu_free` (from `kvm_destroy_vcpus`, after [`KvmArch::vm_destroy`]).
     fn vcpu_free(&self, _kvm: &Kvm, _vcpu: &crate::vcpu::KvmVcpu) {}
 
+    /// The vendor's part of `kvm_unmap_gfn_range` (`mmu_lock` held for write, inside the
+    /// invalidation): drop what the vendor keeps pointing into the range besides SPTEs (SNP's
+    /// guest-provided VMSA with upstream fix F11). Default: nothing.
+    fn unmap_gfn_range(&self, _kvm: &Kvm, _range: &crate::mmu::KvmGfnRange) {}
+
     /// `kvm_x86_ops.vm_destroy` (from `kvm_arch_destroy_vm`, before the vCPUs and memslots go).
     fn vm_destroy(&self, _kvm: &Kvm) {}
+
+    /// `kvm->arch.pre_fault_allowed` as `kvm_arch_init_vm` and the vendor's `vm_init` leave it:
+    /// VMs whose memory needs no launch may be pre-faulted from the start.
+    fn init_pre_fault_allowed(&self, vm_type: VmType) -> bool {
+        matches!(vm_type, VmType::Default | VmType::SwProtected)
+    }
+
+    /// The vendor's part of entering the guest (`KVM_RUN` → `vcpu_enter_guest`: pending
+    /// requests such as SNP's protected-state update, then `pre_*_run`). An error ends the run
+    /// with it (the VMRUN could not enter: `KVM_EXIT_FAIL_ENTRY`, or an errno).
+    fn vcpu_pre_run(&self, _kvm: &Kvm, _vcpu: &crate::vcpu::KvmVcpu) -> Result<(), crate::vcpu::RunError> {
+        Ok(())
+    }
 
     /// Whether [`KvmArch::guest_access_check`] can ever refuse an access (so that VMs without a
     /// platform memory protection pay nothing for it on every guest access).
@@ -344,6 +362,9 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
 /// The vendor module of the host: one per machine, it holds the host-wide hardware state and
 /// gives each new VM its back-end (`kvm_x86_ops.vm_init`).
 pub trait ArchFactory: Send + Sync + fmt::Debug {
+    /// The factory as `Any`, so callers can reach a vendor's host-wide state.
+    fn as_any(&self) -> &dyn Any;
+
     /// Whether VMs of `vm_type` can run on this host (the vendor's contribution to
     /// `kvm_caps.supported_vm_types`; the kernel profile must list the type too).
     fn supports(&self, vm_type: VmType) -> bool;
@@ -439,6 +460,10 @@ impl GenericArchFactory {
 }
 
 impl ArchFactory for GenericArchFactory {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
     fn supports(&self, vm_type: VmType) -> bool {
         !matches!(vm_type, VmType::SevSnp | VmType::Tdx)
     }

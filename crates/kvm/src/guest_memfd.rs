@@ -266,7 +266,7 @@ fn kvm_gmem_allocate(inode: &Inode, offset: i64, len: i64) -> KResult<()> {
         return Err(Errno::EINVAL);
     }
     let mapping = inode.mapping();
-    let _shared = mapping.invalidate_lock_shared();
+    let list = mapping.invalidate_lock_shared();
     let start = (offset as u64) >> PAGE_SHIFT;
     let end = (offset.wrapping_add(len) as u64) >> PAGE_SHIFT;
     let mut index = start;
@@ -275,6 +275,11 @@ fn kvm_gmem_allocate(inode: &Inode, offset: i64, len: i64) -> KResult<()> {
             return Err(Errno::EINTR);
         }
         let folio = kvm_gmem_get_folio(inode, PgOff(index))?;
+        if let Err(errno) = kvm_gmem_prepare_at_allocation(&list, PgOff(index), folio) {
+            folio.unlock();
+            folio.put();
+            return Err(errno);
+        }
         index = folio.next_index().0;
         folio.unlock();
         folio.put();
@@ -282,6 +287,25 @@ fn kvm_gmem_allocate(inode: &Inode, offset: i64, len: i64) -> KResult<()> {
         if mapping.machine().warnings.warn_on_once(index == 0, || "kvm_gmem_allocate: index wrapped".into()) {
             break;
         }
+    }
+    Ok(())
+}
+
+/// The preparation `kvm_gmem_allocate` did before upstream fix F6 ("delay
+/// kvm_gmem_prepare_folio() until the memory is passed to the guest", v6.11): every folio it
+/// allocated was prepared for each VM whose memslot is bound at `index`, so SNP made it
+/// RMP-private at fallocate time and a later `SNP_LAUNCH_UPDATE` of it failed. With F6 (both
+/// modelled kernels) allocation only allocates.
+fn kvm_gmem_prepare_at_allocation(list: &PrivateList, index: PgOff, folio: Folio<'_>) -> KResult<()> {
+    for gmem in gmem_list(list) {
+        let kvm = &*gmem.kvm;
+        if kvm.profile().has_fix(Fix::F6LazyPrepare) || folio.test_uptodate() {
+            continue;
+        }
+        let Some(handle) = gmem.bindings.load(index.0) else { continue };
+        let slot = kvm.memslot_deref(handle, "kvm_gmem_prepare_folio", "read");
+        let gfn = Gfn(slot.base_gfn().0.wrapping_add(index.0).wrapping_sub(slot.gmem_pgoff()));
+        kvm_gmem_prepare_folio(kvm, slot, gfn, folio)?;
     }
     Ok(())
 }

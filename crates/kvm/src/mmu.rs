@@ -150,6 +150,45 @@ impl KvmMmu for RecordingMmu {
 pub const INVALID_GFN: u64 = u64::MAX;
 
 impl Kvm {
+    /// `kvm_zap_gfn_range` (x86): zap every mapping of `[start, end)` inside an invalidation of
+    /// that range, so no fault can reinstall one meanwhile (SEV-SNP's RMP fault handler uses it
+    /// to rebuild a range at 4K after a PSMASH). A WARN and nothing done for an empty range.
+    pub fn zap_gfn_range(&self, start: Gfn, end: Gfn) {
+        if self.machine().warnings.warn_on_once(end <= start, || format!("kvm_zap_gfn_range: [{start}, {end})")) {
+            return;
+        }
+        let srcu = self.srcu_read_lock();
+        let ranges: Vec<KvmGfnRange> = self
+            .memslots(&srcu)
+            .iter()
+            .map(|entry| self.memslot(entry))
+            .filter_map(|slot| {
+                let slot_end = Gfn(slot.base_gfn().0 + slot.npages());
+                let (lo, hi) = (start.max(slot.base_gfn()), end.min(slot_end));
+                (lo < hi).then_some(KvmGfnRange {
+                    start: lo,
+                    end: hi,
+                    slot_id: slot.id().0,
+                    attr_filter: AttrFilter::Private,
+                    may_block: true,
+                })
+            })
+            .collect();
+        let mmu_lock = self.mmu_lock_write();
+        self.mmu_invalidate_begin();
+        self.mmu_invalidate_range_add(start, end);
+        let mut flush = false;
+        for range in &ranges {
+            flush |= self.mmu().unmap_gfn_range(self, range);
+        }
+        if flush {
+            self.mmu().flush_remote_tlbs(self);
+        }
+        self.mmu_invalidate_end();
+        drop(mmu_lock);
+        drop(srcu);
+    }
+
     /// `kvm_mmu_invalidate_begin`: one more invalidation in progress. `mmu_lock` held for write.
     pub fn mmu_invalidate_begin(&self) {
         self.assert_mmu_lock_held();
@@ -181,7 +220,9 @@ impl Kvm {
     /// `kvm_mmu_unmap_gfn_range` = range_add + the arch unmap.
     pub fn mmu_unmap_gfn_range(&self, range: &KvmGfnRange) -> bool {
         self.mmu_invalidate_range_add(range.start, range.end);
-        self.mmu().unmap_gfn_range(self, range)
+        let flush = self.mmu().unmap_gfn_range(self, range);
+        self.arch().unmap_gfn_range(self, range);
+        flush
     }
 
     /// `kvm_mmu_invalidate_end`: the sequence count moves on (before `in_progress` drops, with

@@ -27,17 +27,43 @@ pub enum Fix {
     /// F2 "KVM: Disallow toggling KVM_MEM_GUEST_MEMFD on an existing memslot" (9935df5333aa):
     /// a modify that changes GUEST_MEMFD is EINVAL.
     F2NoGuestMemfdToggle,
+    /// F6 "KVM: guest_memfd: delay kvm_gmem_prepare_folio() until the memory is passed to the
+    /// guest" (v6.11): without it, fallocate prepares the folios it allocates (for SNP: makes
+    /// them RMP-private), so a later SNP_LAUNCH_UPDATE of them fails.
+    F6LazyPrepare,
+    /// F7 "KVM: x86: disallow pre-fault for SNP VMs before initialization" (5932ca411e53,
+    /// v6.11): `KVM_PRE_FAULT_MEMORY` is EOPNOTSUPP until `kvm->arch.pre_fault_allowed`; without
+    /// it a pre-fault racing SNP_LAUNCH_UPDATE makes the host write a private page.
+    F7PreFaultGate,
+    /// F8 "KVM: SVM: Fix a missing kunmap_local() in sev_gmem_post_populate()" (v7.0): the
+    /// copy-failure path of SNP's post_populate unmaps what it mapped.
+    F8PostPopulateKunmap,
+    /// F11 "KVM: SEV: Forcefully invalidate SNP VMSA if its backing gmem page is zapped"
+    /// (linux-next, 2026): a guest_memfd invalidation makes a vCPU whose VMSA is in the range drop
+    /// it before the folio is freed.
+    F11InvalidateGuestVmsa,
 }
 
 impl Fix {
     /// Every fix the model knows.
-    pub const ALL: [Fix; 2] = [Fix::F1DyingGmemUnbind, Fix::F2NoGuestMemfdToggle];
+    pub const ALL: [Fix; 6] = [
+        Fix::F1DyingGmemUnbind,
+        Fix::F2NoGuestMemfdToggle,
+        Fix::F6LazyPrepare,
+        Fix::F7PreFaultGate,
+        Fix::F8PostPopulateKunmap,
+        Fix::F11InvalidateGuestVmsa,
+    ];
 
-    /// The short name used on the command line and in reports (`F1`, `F2`).
+    /// The short name used on the command line and in reports (`F1`, `F2`, ...).
     pub fn short_name(self) -> &'static str {
         match self {
             Fix::F1DyingGmemUnbind => "F1",
             Fix::F2NoGuestMemfdToggle => "F2",
+            Fix::F6LazyPrepare => "F6",
+            Fix::F7PreFaultGate => "F7",
+            Fix::F8PostPopulateKunmap => "F8",
+            Fix::F11InvalidateGuestVmsa => "F11",
         }
     }
 
@@ -188,18 +214,19 @@ impl KernelProfile {
     /// The names of the built-in profiles, default first.
     pub const NAMES: [&'static str; 3] = ["v6.18", "v6.14", "v6.18-pvm"];
 
-    /// `v6.14`: the seed, x86-64 with SW_PROTECTED (and SEV/SEV-ES) VMs, generic memory
-    /// attributes and memory failure; without F1 and F2, so the seed's two bugs reproduce.
+    /// `v6.14`: the seed, x86-64 with SW_PROTECTED, SEV, SEV-ES and SEV-SNP VMs, generic memory
+    /// attributes and memory failure; without F1 and F2, so the seed's two bugs reproduce, and
+    /// with the SNP fixes of v6.11 (F6, F7) but not the later ones (F8, F11).
     ///
-    /// SEV-SNP VMs join this profile (and TDX `v6.18`) when their back-ends exist; until then
-    /// the profiles do not claim them (`KVM_CAP_VM_TYPES` omits them, creating one is EINVAL).
+    /// TDX VMs join `v6.18` when their back-end exists; until then no profile claims them
+    /// (`KVM_CAP_VM_TYPES` omits them, creating one is EINVAL).
     pub fn v6_14() -> KernelProfile {
         KernelProfile {
             name: "v6.14".into(),
             version: KernelVersion::V6_14,
-            fixes: FixSet::NONE,
+            fixes: FixSet::NONE.with(Fix::F6LazyPrepare, true).with(Fix::F7PreFaultGate, true),
             config: KernelConfig {
-                vm_types: types(&[VmType::Default, VmType::SwProtected, VmType::Sev, VmType::SevEs]),
+                vm_types: types(&[VmType::Default, VmType::SwProtected, VmType::Sev, VmType::SevEs, VmType::SevSnp]),
                 memory_attributes: true,
                 memory_failure: true,
                 pre_fault: true,
@@ -208,12 +235,16 @@ impl KernelProfile {
         }
     }
 
-    /// `v6.18`: Linux 6.18.44 with the full x86 configuration, F1 and F2 applied (the default).
+    /// `v6.18`: Linux 6.18.44 with the full x86 configuration, F1, F2, F6 and F7 applied (the
+    /// default).
     pub fn v6_18() -> KernelProfile {
         KernelProfile {
             name: "v6.18".into(),
             version: KernelVersion::V6_18,
-            fixes: FixSet::NONE.with(Fix::F1DyingGmemUnbind, true).with(Fix::F2NoGuestMemfdToggle, true),
+            fixes: KernelProfile::v6_14()
+                .fixes
+                .with(Fix::F1DyingGmemUnbind, true)
+                .with(Fix::F2NoGuestMemfdToggle, true),
             config: KernelProfile::v6_14().config,
         }
     }
@@ -260,8 +291,10 @@ impl KernelProfile {
             let body = &rest[1..];
             let len = body.find(['+', '-']).unwrap_or(body.len());
             let name = &body[..len];
-            let fix = Fix::from_short_name(name)
-                .ok_or_else(|| format!("unknown fix `{name}` in profile `{spec}` (known: F1, F2)"))?;
+            let fix = Fix::from_short_name(name).ok_or_else(|| {
+                let known: Vec<_> = Fix::ALL.iter().map(|fix| fix.short_name()).collect();
+                format!("unknown fix `{name}` in profile `{spec}` (known: {})", known.join(", "))
+            })?;
             profile.fixes = profile.fixes.with(fix, sign == '+');
             rest = &body[len..];
         }

@@ -257,6 +257,11 @@ impl Kvm {
         self.vcpu_array.lock().clone()
     }
 
+    /// `kvm_get_vcpu_by_id`.
+    pub fn get_vcpu_by_id(&self, id: u32) -> Option<gmem_sync::Arc<KvmVcpu>> {
+        self.vcpu_array.lock().iter().find(|vcpu| vcpu.vcpu_id() == id).cloned()
+    }
+
     /// `kvm_make_all_cpus_request(kvm, req)` (`kvm_make_all_cpus_request_except` with no
     /// exception): set `req` on every vCPU, kick those that need it and, for a
     /// `KVM_REQUEST_WAIT` request, wait until every kicked vCPU left guest mode. Returns whether

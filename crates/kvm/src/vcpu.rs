@@ -25,7 +25,7 @@ use crate::guest_memfd::kvm_gmem_get_pfn;
 use crate::memslot::{
     MemslotRef, KVM_MEMSLOT_GMEM_ONLY, KVM_MEMSLOT_INVALID, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
 };
-use crate::profile::KernelVersion;
+use crate::profile::{Fix, KernelVersion};
 use crate::tdp_mmu::{MapResult, Spte, TdpMmu};
 use crate::tlb::{ProtocolWeakening, VcpuTlb};
 use crate::types::{Gfn, Gpa};
@@ -138,6 +138,12 @@ pub enum VcpuExit {
         /// `mmio.is_write`.
         is_write: bool,
     },
+    /// `KVM_EXIT_FAIL_ENTRY`: the hardware refused to enter the guest (SVM: VMRUN exited with
+    /// `SVM_EXIT_ERR`, such as an SEV-SNP vCPU whose VMSA the firmware has not launched).
+    FailEntry {
+        /// `fail_entry.hardware_entry_failure_reason`.
+        reason: u64,
+    },
     /// `KVM_EXIT_HYPERCALL`: a hypercall user space asked to handle
     /// (`KVM_CAP_EXIT_HYPERCALL`); the VMM completes it with `hypercall.ret`, which the guest
     /// gets in RAX when it resumes (`complete_hypercall_exit`).
@@ -238,6 +244,11 @@ impl Kvm {
                 Err(errno)
             }
         }
+    }
+
+    /// `kvm->created_vcpus`.
+    pub fn created_vcpus(&self) -> u32 {
+        self.created_vcpus.load(Ordering::Relaxed)
     }
 
     /// `atomic_read(&kvm->online_vcpus)`.
@@ -600,7 +611,7 @@ pub fn guest_access(
                 kvm.arch().guest_access_check(kvm, access)?;
             }
             if write {
-                mem.write_as_guest(access.pfn, in_page, piece);
+                mem.write_unchecked(access.pfn, in_page, piece);
             } else {
                 mem.read(access.pfn, in_page, piece);
             }
@@ -636,6 +647,7 @@ pub fn guest_page_op<T>(
     let gfn = Gpa(gpa).to_gfn();
     let mut attempts = 0;
     loop {
+        kvm.arch().vcpu_pre_run(kvm, vcpu)?;
         let error_code = match attempt_in_guest(kvm, vcpu, tdp, gfn, write, private, &mut op) {
             Attempt::Done(value) => return Ok(value),
             Attempt::Exception(exception) => return Err(RunError::GuestException(exception)),
@@ -767,7 +779,8 @@ pub fn kvm_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, s
 
 /// x86 `kvm_arch_vcpu_pre_fault_memory` → `kvm_tdp_map_page`.
 fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, size: u64) -> KResult<u64> {
-    if !kvm.pre_fault_allowed() {
+    // Upstream fix F7 added the gate; without it any VM may be pre-faulted at any time.
+    if kvm.profile().has_fix(Fix::F7PreFaultGate) && !kvm.pre_fault_allowed() {
         return Err(Errno::EOPNOTSUPP);
     }
     // Shadow paging (tdp_enabled off, KVM_CAP_PRE_FAULT_MEMORY 0) has no kvm_tdp_page_fault.
@@ -804,7 +817,7 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
             Ok((RetPf::Emulate, _)) => return Err(Errno::ENOENT),
             Err(RunError::Exit(VcpuExit::MemoryFault { errno, .. })) => return Err(errno),
             Err(RunError::Exit(VcpuExit::Mmio { .. })) => return Err(Errno::ENOENT),
-            Err(RunError::Exit(VcpuExit::Hypercall { .. })) => return Err(Errno::EIO),
+            Err(RunError::Exit(VcpuExit::Hypercall { .. } | VcpuExit::FailEntry { .. })) => return Err(Errno::EIO),
             Err(RunError::Errno(errno)) => return Err(errno),
             // kvm_handle_error_pfn sent SIGBUS (a poisoned shared page) and returned
             // RET_PF_RETRY; kvm_tdp_map_page's loop then finds the signal pending.

@@ -180,10 +180,10 @@ impl KvmSystem {
             mmu_invalidate: MmuInvalidate::default(),
             mmu: (self.mmu_factory)(),
             guest_access_checks: arch.checks_guest_accesses(),
-            arch,
             // kvm_arch_init_vm: only VMs whose memory needs no launch may be pre-faulted from
             // the start; SNP sets it at LAUNCH_FINISH, TDX at FINALIZE_VM.
-            pre_fault_allowed: AtomicBool::new(matches!(vm_type, VmType::Default | VmType::SwProtected)),
+            pre_fault_allowed: AtomicBool::new(arch.init_pre_fault_allowed(vm_type)),
+            arch,
             created_vcpus: AtomicU32::new(0),
             vcpu_array: Mutex::new(&VCPU_ARRAY_LOCK, Vec::new()),
             destroyed: AtomicBool::new(false),

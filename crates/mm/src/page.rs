@@ -19,9 +19,10 @@
 //! [`PhysMem::copy`]) is the CPU running kernel or user code; a platform memory protection
 //! installed with [`PhysMem::set_host_write_check`] (the SEV-SNP RMP) is consulted first, and a
 //! write it forbids is an oops recorded in the machine's WARN registry, with the frame left
-//! unchanged (the faulting store never retires). A *guest* write
-//! ([`PhysMem::write_as_guest`]) is a vCPU in guest mode, whose checks the vCPU's own page walk
-//! already made.
+//! unchanged (the faulting store never retires). A write that is not the host CPU's
+//! ([`PhysMem::write_unchecked`]) skips that check: a vCPU in guest mode, whose checks its own
+//! page walk already made, or the platform's security processor (the SEV firmware), which the
+//! RMP does not police.
 
 use crate::errno::{Errno, KResult};
 use crate::types::{Pfn, PAGE_SIZE};
@@ -430,8 +431,9 @@ impl PhysMem {
         }
     }
 
-    /// A guest write (a vCPU in guest mode, whose page walk made the platform's checks).
-    pub fn write_as_guest(&self, pfn: Pfn, offset: usize, bytes: &[u8]) {
+    /// A write that is not the host CPU's: a vCPU in guest mode (whose page walk made the
+    /// platform's checks) or the platform's firmware.
+    pub fn write_unchecked(&self, pfn: Pfn, offset: usize, bytes: &[u8]) {
         assert!(offset + bytes.len() <= PAGE_SIZE as usize);
         self.store(pfn, offset, bytes);
     }

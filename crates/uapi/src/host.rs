@@ -2,7 +2,7 @@
 
 use crate::convert::{memory_attributes, userspace_memory_region2};
 use crate::Result;
-use gmem_kvm::arch::PopulateSource;
+use gmem_kvm::arch::{Current, PopulateSource};
 use gmem_kvm::caps::check_extension;
 use gmem_kvm::guest_memfd::{gmem_memory_failure, gmem_of_file, kvm_gmem_create, kvm_gmem_populate};
 use gmem_kvm::memslot::UserspaceMemoryRegion2;
@@ -11,11 +11,15 @@ use gmem_kvm::{Gpa, KernelProfile, KvmSystem};
 use gmem_mm::file::{alloc_file_pseudo, noop_llseek, File, FileOperations, FileRef, EMPTY_FOPS, O_RDWR};
 use gmem_mm::filemap::{MfResult, EMPTY_AOPS};
 use gmem_mm::inode::{Inode, InodeInit, Kstat, EMPTY_IOPS};
+use gmem_mm::types::PAGE_SIZE;
 use gmem_mm::types::{PgOff, PAGE_SHIFT};
 use gmem_mm::vma::AccessSignal;
 use gmem_mm::{Errno, Machine, Process};
-use gmem_sync::Arc;
-use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
+use gmem_sync::{Arc, LockClass, Mutex};
+use kvm_bindings::{
+    kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_cmd, kvm_sev_init, kvm_sev_snp_launch_finish,
+    kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, kvm_userspace_memory_region2,
+};
 use std::any::Any;
 use std::fmt;
 
@@ -61,6 +65,29 @@ fn kvm_vm_release(_inode: &Inode, file: &File) -> i32 {
 pub struct SimHost {
     system: Arc<KvmSystem>,
     process: Process,
+    /// A page of the process's memory where the typed `KVM_MEMORY_ENCRYPT_OP` helpers stage the
+    /// command and its parameters (the kernel copies them from user memory), mapped on first use
+    /// and held for the length of one call.
+    staging: Mutex<Option<u64>>,
+}
+
+/// `vmm->sev_staging`: the staging page's lock (a leaf, held around one encrypt op).
+static SEV_STAGING_LOCK: LockClass = LockClass::new("vmm->sev_staging");
+
+/// A failed `KVM_MEMORY_ENCRYPT_OP`: the errno, and the firmware status KVM left in
+/// `kvm_sev_cmd.error` (0 when the firmware was not involved).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SevError {
+    /// The ioctl's errno.
+    pub errno: Errno,
+    /// `kvm_sev_cmd.error` (`SEV_RET_*`).
+    pub fw_error: u32,
+}
+
+impl From<Errno> for SevError {
+    fn from(errno: Errno) -> Self {
+        SevError { errno, fw_error: 0 }
+    }
 }
 
 impl fmt::Debug for SimHost {
@@ -99,7 +126,7 @@ impl SimHost {
     /// A process on an existing kernel.
     pub fn with_system(system: Arc<KvmSystem>) -> SimHost {
         let process = Process::new(system.machine().clone());
-        SimHost { system, process }
+        SimHost { system, process, staging: Mutex::new(&SEV_STAGING_LOCK, None) }
     }
 
     /// The kernel (`/dev/kvm`).
@@ -306,6 +333,105 @@ impl SimHost {
             let source = source.map_or(PopulateSource::None, PopulateSource::Buffer);
             kvm_gmem_populate(kvm, &slots_lock, Gpa(gpa).to_gfn(), source, npages as i64, &post_populate, &mut ())
         })
+    }
+
+    /// `open("/dev/sev", O_RDWR)`: the PSP's SEV device, which the SNP launch commands need.
+    pub fn open_dev_sev(&self) -> Result<i32> {
+        let _span = tracing::debug_span!("open_dev_sev").entered();
+        let result = gmem_arch::sev::psp::open_dev_sev(self.machine(), &self.process.files);
+        self.process.syscall_exit(result)
+    }
+
+    /// `KVM_MEMORY_ENCRYPT_OP` with the user pointer `argp` (a `struct kvm_sev_cmd` in this
+    /// process's memory, whose `data` points at the command's parameters): the vendor's
+    /// `mem_enc_ioctl` (ENOTTY without one).
+    pub fn memory_encrypt_op(&self, vm_fd: i32, argp: u64) -> Result<()> {
+        let _span = tracing::debug_span!("kvm_arch_vm_ioctl_memory_encrypt_op", vm_fd, argp).entered();
+        let current = Current { mm: &self.process.mm, files: &self.process.files };
+        self.vm_ioctl(vm_fd, |kvm| kvm.arch().clone().mem_enc_ioctl(kvm, current, argp))
+    }
+
+    /// `KVM_MEMORY_ENCRYPT_OP` with `cmd` and the parameter bytes `params` (empty: `data` is
+    /// used as given), both staged in this process's memory for the call; `cmd.error` and the
+    /// parameters come back as the kernel left them.
+    pub fn encrypt_op_staged(&self, vm_fd: i32, cmd: &mut kvm_sev_cmd, params: &mut [u8]) -> Result<()> {
+        let mut staging = self.staging.lock();
+        let page = match *staging {
+            Some(page) => page,
+            None => {
+                let page = self.process.mmap_anonymous(PAGE_SIZE)?;
+                *staging = Some(page);
+                page
+            }
+        };
+        let params_at = page + 64;
+        if !params.is_empty() {
+            self.process.mm.access(params_at, params, true).map_err(|_| Errno::EFAULT)?;
+            cmd.data = params_at;
+        }
+        let mut cmd_bytes = gmem_arch::sev::kvm::uapi_bytes(cmd);
+        self.process.mm.access(page, &mut cmd_bytes, true).map_err(|_| Errno::EFAULT)?;
+        let result = self.memory_encrypt_op(vm_fd, page);
+        self.process.mm.access(page, &mut cmd_bytes, false).map_err(|_| Errno::EFAULT)?;
+        *cmd = gmem_arch::sev::kvm::uapi_from_bytes(&cmd_bytes);
+        if !params.is_empty() {
+            self.process.mm.access(params_at, params, false).map_err(|_| Errno::EFAULT)?;
+        }
+        result
+    }
+
+    /// One typed SEV command: `id` with `params` staged as its data, through `sev_fd`.
+    fn sev_command<T: Copy + Default + 'static>(
+        &self,
+        vm_fd: i32,
+        id: u32,
+        sev_fd: i32,
+        params: &mut T,
+    ) -> std::result::Result<(), SevError> {
+        let mut cmd = kvm_sev_cmd { id, sev_fd: sev_fd as u32, ..Default::default() };
+        let mut bytes = gmem_arch::sev::kvm::uapi_bytes(params);
+        let result = self.encrypt_op_staged(vm_fd, &mut cmd, &mut bytes);
+        *params = gmem_arch::sev::kvm::uapi_from_bytes(&bytes);
+        result.map_err(|errno| SevError { errno, fw_error: cmd.error })
+    }
+
+    /// `KVM_SEV_INIT2`.
+    pub fn sev_init2(&self, vm_fd: i32, params: &kvm_sev_init) -> std::result::Result<(), SevError> {
+        let mut params = *params;
+        self.sev_command(vm_fd, gmem_arch::sev::kvm::KVM_SEV_INIT2, -1, &mut params)
+    }
+
+    /// `KVM_SEV_SNP_LAUNCH_START`.
+    pub fn snp_launch_start(
+        &self,
+        vm_fd: i32,
+        sev_fd: i32,
+        params: &kvm_sev_snp_launch_start,
+    ) -> std::result::Result<(), SevError> {
+        let mut params = *params;
+        self.sev_command(vm_fd, gmem_arch::sev::kvm::KVM_SEV_SNP_LAUNCH_START, sev_fd, &mut params)
+    }
+
+    /// `KVM_SEV_SNP_LAUNCH_UPDATE`: on success `params` has advanced past what was done (a
+    /// partial success leaves `len` non-zero; callers loop).
+    pub fn snp_launch_update(
+        &self,
+        vm_fd: i32,
+        sev_fd: i32,
+        params: &mut kvm_sev_snp_launch_update,
+    ) -> std::result::Result<(), SevError> {
+        self.sev_command(vm_fd, gmem_arch::sev::kvm::KVM_SEV_SNP_LAUNCH_UPDATE, sev_fd, params)
+    }
+
+    /// `KVM_SEV_SNP_LAUNCH_FINISH`.
+    pub fn snp_launch_finish(
+        &self,
+        vm_fd: i32,
+        sev_fd: i32,
+        params: &kvm_sev_snp_launch_finish,
+    ) -> std::result::Result<(), SevError> {
+        let mut params = *params;
+        self.sev_command(vm_fd, gmem_arch::sev::kvm::KVM_SEV_SNP_LAUNCH_FINISH, sev_fd, &mut params)
     }
 
     /// The guest_memfd behind a descriptor (EBADF if not open, EINVAL if not a guest_memfd).

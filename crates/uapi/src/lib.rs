@@ -20,7 +20,7 @@ pub mod vmm;
 
 pub use convert::{memory_attributes, userspace_memory_region2};
 pub use gmem_mm::{Errno, KResult};
-pub use host::{SimHost, Stat};
+pub use host::{SevError, SimHost, Stat};
 pub use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
 pub use vmfd::{Kvm, VmFd};
 pub use vmm::{Vmm, VmmConfig};

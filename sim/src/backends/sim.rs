@@ -94,6 +94,10 @@ fn run<T>(result: Result<T, RunError>) -> BResult<T> {
                 ("is_write".to_string(), u8::from(is_write).to_string()),
             ],
         }),
+        RunError::Exit(vcpu::VcpuExit::FailEntry { reason }) => Failure::Exit(VcpuExit {
+            reason: "FAIL_ENTRY".into(),
+            fields: vec![("hardware_entry_failure_reason".to_string(), format!("{reason:#x}"))],
+        }),
         // No script verb issues a hypercall; printed in the same shape should one ever exit.
         RunError::Exit(vcpu::VcpuExit::Hypercall { nr, args, flags }) => Failure::Exit(VcpuExit {
             reason: "HYPERCALL".into(),

@@ -17,6 +17,7 @@
 //! [`RMPUPDATE_RETRY_LIMIT`] and reports the hang as a WARN naming the entry, then fails as any
 //! other RMPUPDATE failure does.
 
+use crate::sev::firmware::SnpFirmware;
 use crate::sev::rmp::{pagesize_2m, rmp_level, Rmp, RmpEntry, RmpError, RmpState, PAGES_PER_2M};
 use gmem_kvm::arch::PgLevel;
 use gmem_mm::types::PAGE_SHIFT;
@@ -32,10 +33,12 @@ pub const RMPUPDATE_RETRY_LIMIT: u32 = 256;
 /// `snp_leaked_pages_list_lock`.
 static SNP_LEAKED_PAGES_LOCK: LockClass = LockClass::new("snp_leaked_pages_list_lock");
 
-/// The SEV-SNP host: the RMP and the kernel's helpers around it (one per machine).
+/// The SEV-SNP host: the RMP and the kernel's helpers around it, and the firmware (one per
+/// machine).
 pub struct SnpHost {
     machine: Arc<Machine>,
     rmp: Arc<Rmp>,
+    firmware: SnpFirmware,
     /// `snp_leaked_pages_list`: frames whose RMP state could not be restored; never handed
     /// back to the host.
     leaked: Mutex<Vec<Pfn>>,
@@ -53,7 +56,12 @@ impl SnpHost {
     pub fn init(machine: &Arc<Machine>) -> Arc<SnpHost> {
         let rmp = Arc::new(Rmp::new(machine.mem.total_pages()));
         machine.mem.set_host_write_check(rmp.clone());
-        Arc::new(SnpHost { machine: machine.clone(), rmp, leaked: Mutex::new(&SNP_LEAKED_PAGES_LOCK, Vec::new()) })
+        Arc::new(SnpHost {
+            machine: machine.clone(),
+            firmware: SnpFirmware::new(machine, rmp.clone()),
+            rmp,
+            leaked: Mutex::new(&SNP_LEAKED_PAGES_LOCK, Vec::new()),
+        })
     }
 
     /// The machine.
@@ -64,6 +72,11 @@ impl SnpHost {
     /// The RMP (the hardware).
     pub fn rmp(&self) -> &Arc<Rmp> {
         &self.rmp
+    }
+
+    /// The SEV firmware on the platform's security processor.
+    pub fn firmware(&self) -> &SnpFirmware {
+        &self.firmware
     }
 
     /// `dump_rmpentry`: the entry of `pfn`, or, for an unassigned one, the non-zero entries of its

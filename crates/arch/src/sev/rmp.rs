@@ -690,6 +690,34 @@ impl Rmp {
     }
 }
 
+impl Rmp {
+    /// The guest's RMPADJUST of `pfn` (mapped at `gpa`) to make it a VMSA (`vmsa`) or a normal page
+    /// again (`!vmsa`), as an SNP guest does for the page it hands to AP Creation. The entry must
+    /// be the guest's, at `gpa`, validated, 4K (else `FAIL_INPUT`, or a nested RMP fault for a
+    /// page that is not the guest's).
+    pub fn rmpadjust_vmsa(
+        &self,
+        asid: u32,
+        gpa: u64,
+        pfn: Pfn,
+        vmsa: bool,
+    ) -> Result<Result<(), RmpError>, GuestFault> {
+        let error_code = PFERR_GUEST_RMP_MASK | PFERR_GUEST_ENC_MASK | PFERR_WRITE_MASK;
+        let Some(region) = self.region(pfn) else { return Err(GuestFault::Npf { error_code }) };
+        let slot = &region.entries[(pfn.0 % PAGES_PER_2M) as usize];
+        let mut entry = RmpEntry::decode(slot.load(Ordering::Acquire));
+        if !entry.assigned || entry.asid != asid || entry.gpa != gpa & !((1 << PAGE_SHIFT) - 1) || entry.immutable {
+            return Err(GuestFault::Npf { error_code });
+        }
+        if !entry.validated || entry.pagesize_2m {
+            return Ok(Err(RmpError::FailInput));
+        }
+        entry.vmsa = vmsa;
+        slot.store(entry.encode(), Ordering::Release);
+        Ok(Ok(()))
+    }
+}
+
 impl HostWriteCheck for Rmp {
     fn check_host_write(&self, pfn: Pfn) -> Option<String> {
         self.host_write_fault(pfn)

@@ -1,0 +1,177 @@
+//! An SEV-SNP guest end to end on the simulated host: launch (INIT2, LAUNCH_START, LAUNCH_UPDATE
+//! from user memory, LAUNCH_FINISH), the RMP states each step leaves, the launch digest, and the
+//! guest's first accesses (launched pages are validated, a lazily faulted page is not: #VC until
+//! PVALIDATE).
+
+use gmem_arch::sev::guest;
+use gmem_arch::sev::kvm::SvmVm;
+use gmem_arch::sev::measure::{LaunchDigest, SnpPageType};
+use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
+use gmem_kvm::vcpu::RunError;
+use gmem_kvm::{KernelProfile, VmType};
+use gmem_mm::Pfn;
+use gmem_tests::*;
+use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
+
+const SNP_VM: u64 = VmType::SevSnp as u64;
+/// The policy the guests launch with: the must-be-one bit and SMT allowed.
+const POLICY: u64 = (1 << 17) | (1 << 16);
+
+struct Snp {
+    host: CheckedHost,
+    vm: i32,
+    vcpu: i32,
+    sev: i32,
+    gmem: i32,
+    uaddr: u64,
+}
+
+impl Snp {
+    /// An SNP VM after KVM_SEV_INIT2 with one vCPU, a 2M guest_memfd memslot at gpa 0 whose
+    /// first 1M is PRIVATE, and `/dev/sev` open.
+    fn new(profile: KernelProfile) -> Snp {
+        let host = CheckedHost::new(profile);
+        let vm = host.create_vm(SNP_VM).unwrap();
+        host.unchecked().sev_init2(vm, &kvm_sev_init::default()).unwrap();
+        let gmem = host.create_guest_memfd(vm, 2 << 20, 0).unwrap();
+        let uaddr = host.mmap_anonymous(2 << 20).unwrap();
+        host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, 2 << 20, uaddr, gmem as u32, 0)).unwrap();
+        host.set_memory_attributes(vm, &attrs(0, 1 << 20, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+        let vcpu = host.create_vcpu(vm, 0).unwrap();
+        let sev = host.unchecked().open_dev_sev().unwrap();
+        Snp { host, vm, vcpu, sev, gmem, uaddr }
+    }
+
+    fn start(&self) {
+        let start = kvm_sev_snp_launch_start { policy: POLICY, ..Default::default() };
+        self.host.unchecked().snp_launch_start(self.vm, self.sev, &start).unwrap();
+    }
+
+    fn finish(&self) {
+        self.host.unchecked().snp_launch_finish(self.vm, self.sev, &Default::default()).unwrap();
+    }
+
+    fn vm_back_end(&self) -> (gmem_sync::Arc<gmem_kvm::Kvm>, gmem_sync::Arc<gmem_kvm::vcpu::KvmVcpu>) {
+        self.host.unchecked().vcpu(self.vcpu).unwrap()
+    }
+
+    fn gmem_pfn(&self, gfn: u64) -> Pfn {
+        let kvm = self.host.kvm(self.vm);
+        let tdp = kvm.mmu().as_tdp().unwrap();
+        tdp.lookup(gmem_kvm::Gfn(gfn)).expect("mapped").pfn
+    }
+}
+
+#[test]
+fn an_snp_launch_measures_the_image_and_the_guest_reads_it_validated() {
+    for profile in both_versions() {
+        let snp = Snp::new(profile.clone());
+        snp.start();
+        // The image: two pages in user memory, launched at gfn 0.
+        let image = snp.host.mmap_anonymous(2 * PAGE).unwrap();
+        snp.host.store(image, b"kernel").unwrap();
+        snp.host.store(image + PAGE, b"initrd").unwrap();
+        let mut update = kvm_sev_snp_launch_update {
+            gfn_start: 0,
+            uaddr: image,
+            len: 2 * PAGE,
+            type_: SnpPageType::Normal as u8,
+            ..Default::default()
+        };
+        snp.host.unchecked().snp_launch_update(snp.vm, snp.sev, &mut update).unwrap();
+        assert_eq!((update.gfn_start, update.len, update.uaddr), (2, 0, image + 2 * PAGE), "{}", profile.name);
+        let mut zero =
+            kvm_sev_snp_launch_update { gfn_start: 2, len: PAGE, type_: SnpPageType::Zero as u8, ..Default::default() };
+        snp.host.unchecked().snp_launch_update(snp.vm, snp.sev, &mut zero).unwrap();
+        // Pre-fault is refused until LAUNCH_FINISH.
+        assert_errno(snp.host.pre_fault_memory(snp.vcpu, 0x10000, PAGE), gmem_mm::Errno::EOPNOTSUPP, "pre-fault");
+        snp.finish();
+        assert!(snp.host.violations().is_empty(), "{:?}", snp.host.violations());
+
+        // The digest is the chain over the three pages and the VMSA.
+        let kvm = snp.host.kvm(snp.vm);
+        let vm = SvmVm::of(&kvm).unwrap();
+        let context = vm.host().firmware().context(vm.snp_context().unwrap()).unwrap();
+        let mut expected = LaunchDigest::new();
+        let mut page = [0u8; 4096];
+        page[..6].copy_from_slice(b"kernel");
+        expected.extend(SnpPageType::Normal, 0, &page);
+        page[..6].copy_from_slice(b"initrd");
+        expected.extend(SnpPageType::Normal, 0x1000, &page);
+        expected.extend(SnpPageType::Zero, 0x2000, &[0; 4096]);
+        let vmsa = [0u8; 4096];
+        expected.extend(SnpPageType::Vmsa, gmem_arch::sev::kvm::INITIAL_VMSA_GPA, &vmsa);
+        assert_eq!(context.digest, expected, "{}", profile.name);
+
+        // Launched pages are Guest-Valid: the guest reads them.
+        assert_eq!(snp.host.guest_load(snp.vcpu, 0x1000, 6, None).unwrap(), b"initrd");
+        let entry = vm.host().rmp().read(snp.gmem_pfn(1)).unwrap();
+        assert_eq!(entry.state_name(), "Guest-Valid");
+        assert_eq!(entry.gpa, 0x1000);
+        assert_eq!(entry.asid, vm.asid());
+
+        // A page the launch did not touch is prepared at its first fault: assigned, not
+        // validated, so the access is a #VC until the guest validates it.
+        let error = snp.host.unchecked().guest_access(snp.vcpu, 0x5000, &mut [0u8; 8], false, None).unwrap_err();
+        assert!(matches!(error, RunError::GuestException(e) if e.vector == "#VC"), "{error:?}");
+        assert_eq!(vm.host().rmp().read(snp.gmem_pfn(5)).unwrap().state_name(), "Guest-Invalid");
+        let (kvm, vcpu) = snp.vm_back_end();
+        assert_eq!(guest::pvalidate(&kvm, &vcpu, &snp.host.process().mm, 0x5000, false, true), Ok(0));
+        assert_eq!(
+            guest::pvalidate(&kvm, &vcpu, &snp.host.process().mm, 0x5000, false, true),
+            Ok(guest::PVALIDATE_FAIL_NOUPDATE)
+        );
+        snp.host.guest_store(snp.vcpu, 0x5000, b"private", None).unwrap();
+        assert_eq!(snp.host.guest_load(snp.vcpu, 0x5000, 7, None).unwrap(), b"private");
+        assert!(snp.host.machine().warnings.is_empty(), "{:?}", snp.host.machine().warnings.snapshot());
+        let _ = snp.uaddr;
+    }
+}
+
+#[test]
+fn a_psc_round_trip_converts_through_the_vmm_and_the_rmp() {
+    let snp = Snp::new(KernelProfile::v6_18());
+    snp.start();
+    snp.finish();
+    let host = snp.host.unchecked();
+    // The guest's GHCB: a shared page at 1M + 4K.
+    let ghcb = (1 << 20) + PAGE;
+    let (kvm, vcpu) = snp.vm_back_end();
+    let mm = &host.process().mm;
+    let cap = kvm_bindings::kvm_enable_cap {
+        cap: gmem_kvm::caps::KVM_CAP_EXIT_HYPERCALL as u32,
+        args: [gmem_kvm::caps::KVM_EXIT_HYPERCALL_VALID_MASK, 0, 0, 0],
+        ..Default::default()
+    };
+    host.enable_cap(snp.vm, &cap).unwrap();
+    guest::register_ghcb(&kvm, &vcpu, ghcb).unwrap();
+    // Make gfn 7 private-and-validated first, then shared through PSC.
+    assert_eq!(guest::pvalidate(&kvm, &vcpu, mm, 0x7000, false, true), Ok(0));
+    let pfn = snp.gmem_pfn(7);
+    let vmm = |exit: RunError| -> Result<u64, RunError> {
+        let RunError::Exit(gmem_kvm::vcpu::VcpuExit::Hypercall { args, .. }) = exit else { return Err(exit) };
+        let private = args[2] & gmem_kvm::vcpu::KVM_MAP_GPA_RANGE_ENCRYPTED != 0;
+        host.set_memory_attributes(
+            snp.vm,
+            &attrs(args[0], args[1] * PAGE, if private { KVM_MEMORY_ATTRIBUTE_PRIVATE } else { 0 }),
+        )
+        .unwrap();
+        if !private {
+            host.fallocate(snp.gmem, 3, args[0] as i64, (args[1] * PAGE) as i64).unwrap();
+        }
+        Ok(0)
+    };
+    let status = guest::set_pages_state(&kvm, &vcpu, mm, ghcb, 0x7000, 1, false, vmm).unwrap();
+    assert_eq!(status, 0);
+    let vm = SvmVm::of(&kvm).unwrap();
+    assert!(!vm.host().rmp().read(pfn).unwrap().assigned, "the punch gave the frame back");
+    snp.host.guest_store(snp.vcpu, 0x7000, b"shared", None).unwrap();
+    assert_eq!(&host.load(snp.uaddr + 0x7000, 6).unwrap(), b"shared");
+    // And back to private: validated by the guest after the conversion.
+    let status = guest::set_pages_state(&kvm, &vcpu, mm, ghcb, 0x7000, 1, true, vmm).unwrap();
+    assert_eq!(status, 0);
+    assert_eq!(snp.host.guest_load(snp.vcpu, 0x7000, 6, None).unwrap(), [0; 6]);
+    assert!(snp.host.violations().is_empty(), "{:?}", snp.host.violations());
+    assert!(snp.host.machine().warnings.is_empty(), "{:?}", snp.host.machine().warnings.snapshot());
+}
