@@ -12,7 +12,7 @@ use gmem_kvm::vcpu::RunError;
 use gmem_kvm::{KernelProfile, VmType};
 use gmem_mm::Pfn;
 use gmem_tests::*;
-use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
+use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
 
 const SNP_VM: u64 = VmType::SevSnp as u64;
 /// The policy the guests launch with: the must-be-one bit and SMT allowed.
