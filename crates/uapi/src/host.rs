@@ -2,6 +2,9 @@
 
 use crate::convert::{memory_attributes, userspace_memory_region2};
 use crate::Result;
+use gmem_arch::sev::ghcb::{GhcbResponse, PscEntry};
+use gmem_arch::sev::guest as snp_guest;
+use gmem_arch::sev::kvm::SvmVm;
 use gmem_kvm::arch::{Current, PopulateSource};
 use gmem_kvm::caps::check_extension;
 use gmem_kvm::guest_memfd::{gmem_memory_failure, gmem_of_file, kvm_gmem_create, kvm_gmem_populate};
@@ -432,6 +435,135 @@ impl SimHost {
     ) -> std::result::Result<(), SevError> {
         let mut params = *params;
         self.sev_command(vm_fd, gmem_arch::sev::kvm::KVM_SEV_SNP_LAUNCH_FINISH, sev_fd, &mut params)
+    }
+
+    /// Runs `step` as the vCPU behind `vcpu_fd` (a `KVM_RUN` whose guest executes one SNP
+    /// instruction or VMGEXIT), returning to user space afterwards.
+    fn snp_step<T>(
+        &self,
+        vcpu_fd: i32,
+        step: impl FnOnce(&gmem_kvm::Kvm, &KvmVcpu, &gmem_mm::vma::Mm) -> std::result::Result<T, RunError>,
+    ) -> std::result::Result<T, RunError> {
+        let result =
+            self.vcpu(vcpu_fd).map_err(RunError::Errno).and_then(|(kvm, vcpu)| step(&kvm, &vcpu, &self.process.mm));
+        self.process.syscall_exit(result)
+    }
+
+    /// The guest's PVALIDATE of the page at `gpa` (see [`gmem_arch::sev::guest::pvalidate`]):
+    /// the instruction's result code.
+    pub fn snp_pvalidate(
+        &self,
+        vcpu_fd: i32,
+        gpa: u64,
+        size_2m: bool,
+        validate: bool,
+    ) -> std::result::Result<u32, RunError> {
+        let _span = tracing::debug_span!("pvalidate", vcpu_fd, gpa, size_2m, validate).entered();
+        self.snp_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::pvalidate(kvm, vcpu, mm, gpa, size_2m, validate))
+    }
+
+    /// The guest's RMPADJUST of the page at `gpa` into a VMSA (or back).
+    pub fn snp_rmpadjust_vmsa(&self, vcpu_fd: i32, gpa: u64, vmsa: bool) -> std::result::Result<u32, RunError> {
+        let _span = tracing::debug_span!("rmpadjust", vcpu_fd, gpa, vmsa).entered();
+        self.snp_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::rmpadjust_vmsa(kvm, vcpu, mm, gpa, vmsa))
+    }
+
+    /// The guest registers its GHCB at `ghcb_gpa` (GHCB MSR protocol): the response MSR value.
+    pub fn snp_register_ghcb(&self, vcpu_fd: i32, ghcb_gpa: u64) -> std::result::Result<u64, RunError> {
+        let _span = tracing::debug_span!("vmgexit_reg_gpa", vcpu_fd, ghcb_gpa).entered();
+        self.snp_step(vcpu_fd, |kvm, vcpu, _| snp_guest::register_ghcb(kvm, vcpu, ghcb_gpa))
+    }
+
+    /// A page-state change of one 4K page by the GHCB MSR protocol (`op` 1 private, 2 shared):
+    /// KVM's answer, or the `KVM_EXIT_HYPERCALL` to handle (then [`SimHost::complete_hypercall`]).
+    pub fn snp_psc_msr(&self, vcpu_fd: i32, gpa: u64, op: u8) -> std::result::Result<GhcbResponse, RunError> {
+        let _span = tracing::debug_span!("vmgexit_psc_msr", vcpu_fd, gpa, op).entered();
+        self.snp_step(vcpu_fd, |kvm, vcpu, _| snp_guest::psc_msr(kvm, vcpu, gpa, op))
+    }
+
+    /// The guest writes `entries` as a PSC buffer into its GHCB at `ghcb_gpa`.
+    pub fn snp_write_psc_buffer(
+        &self,
+        vcpu_fd: i32,
+        ghcb_gpa: u64,
+        entries: &[PscEntry],
+    ) -> std::result::Result<(), RunError> {
+        self.snp_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::write_psc_buffer(kvm, vcpu, mm, ghcb_gpa, entries))
+    }
+
+    /// The guest reads its PSC buffer back: `(cur_entry, end_entry, entries)`.
+    pub fn snp_read_psc_buffer(
+        &self,
+        vcpu_fd: i32,
+        ghcb_gpa: u64,
+        count: usize,
+    ) -> std::result::Result<(u16, u16, Vec<PscEntry>), RunError> {
+        self.snp_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::read_psc_buffer(kvm, vcpu, mm, ghcb_gpa, count))
+    }
+
+    /// `VMGEXIT(SVM_VMGEXIT_PSC)` with the buffer in the GHCB at `ghcb_gpa`: KVM's answer, or the
+    /// `KVM_EXIT_HYPERCALL` of the first range.
+    pub fn snp_vmgexit_psc(&self, vcpu_fd: i32, ghcb_gpa: u64) -> std::result::Result<GhcbResponse, RunError> {
+        let _span = tracing::debug_span!("vmgexit_psc", vcpu_fd, ghcb_gpa).entered();
+        self.snp_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::vmgexit_psc(kvm, vcpu, mm, ghcb_gpa))
+    }
+
+    /// `VMGEXIT(SVM_VMGEXIT_AP_CREATION)`: 0 or the GHCB error the guest gets.
+    pub fn snp_ap_creation(
+        &self,
+        vcpu_fd: i32,
+        request: u32,
+        apic_id: u32,
+        vmsa_gpa: u64,
+        sev_features: u64,
+    ) -> std::result::Result<u64, RunError> {
+        let _span = tracing::debug_span!("vmgexit_ap_creation", vcpu_fd, request, apic_id, vmsa_gpa).entered();
+        self.snp_step(vcpu_fd, |kvm, vcpu, _| {
+            snp_guest::vmgexit_ap_creation(kvm, vcpu, request, apic_id, vmsa_gpa, sev_features)
+        })
+    }
+
+    /// `KVM_RUN` again after user space handled a `KVM_EXIT_HYPERCALL`, with `hypercall.ret`:
+    /// KVM's `complete_userspace_io` (the rest of a page-state change, possibly another exit).
+    /// EINVAL if nothing was pending.
+    pub fn complete_hypercall(&self, vcpu_fd: i32, ret: u64) -> std::result::Result<GhcbResponse, RunError> {
+        let _span = tracing::debug_span!("complete_userspace_io", vcpu_fd, ret).entered();
+        self.snp_step(vcpu_fd, |kvm, vcpu, mm| {
+            snp_guest::complete_userspace_io(kvm, vcpu, mm, ret).unwrap_or(Err(RunError::Errno(Errno::EINVAL)))
+        })
+    }
+
+    /// A Linux SNP guest's `set_pages_state` over `npages` pages from `gpa` with its GHCB at
+    /// `ghcb_gpa` (rescind, PSC, validate), `handle` answering each exit as the VMM: the final
+    /// PSC status.
+    pub fn snp_set_pages_state(
+        &self,
+        vcpu_fd: i32,
+        ghcb_gpa: u64,
+        gpa: u64,
+        npages: u64,
+        private: bool,
+        handle: impl FnMut(RunError) -> std::result::Result<u64, RunError>,
+    ) -> std::result::Result<u64, RunError> {
+        let _span = tracing::debug_span!("set_pages_state", vcpu_fd, gpa, npages, private).entered();
+        self.snp_step(vcpu_fd, |kvm, vcpu, mm| {
+            snp_guest::set_pages_state(kvm, vcpu, mm, ghcb_gpa, gpa, npages, private, handle)
+        })
+    }
+
+    /// The SNP VM's launch digest as the firmware holds it (`None` for a VM without a guest
+    /// context).
+    pub fn snp_launch_digest(&self, vm_fd: i32) -> Result<Option<[u8; 48]>> {
+        let kvm = self.vm(vm_fd)?;
+        let digest = SvmVm::of(&kvm)
+            .and_then(|vm| vm.snp_context().and_then(|gctx| vm.host().firmware().context(gctx)))
+            .map(|context| *context.digest.as_bytes());
+        Ok(digest)
+    }
+
+    /// The simulated host's SEV-SNP platform (`None` on a system without the x86 vendor module).
+    pub fn snp_host(&self) -> Option<&Arc<gmem_arch::sev::host::SnpHost>> {
+        gmem_arch::X86Host::of(&self.system).map(|host| host.snp())
     }
 
     /// The guest_memfd behind a descriptor (EBADF if not open, EINVAL if not a guest_memfd).
