@@ -175,3 +175,42 @@ fn a_psc_round_trip_converts_through_the_vmm_and_the_rmp() {
     assert!(snp.host.violations().is_empty(), "{:?}", snp.host.violations());
     assert!(snp.host.machine().warnings.is_empty(), "{:?}", snp.host.machine().warnings.snapshot());
 }
+
+/// The 2M paths of the hooks, on a real order-9 allocation (the modelled kernels hand guest_memfd
+/// only order-0 folios, so the fault path never reaches them): prepare makes one 2M entry when
+/// the whole region is shared, the max mapping level follows it, a partial invalidate PSMASHes
+/// and gives back only its pages, a full one gives back the 2M entry at once and flushes.
+#[test]
+fn the_hooks_take_2m_rmp_entries_when_the_folio_allows() {
+    let snp = Snp::new(KernelProfile::v6_18());
+    let kvm = snp.host.kvm(snp.vm);
+    let vm = SvmVm::of(&kvm).unwrap();
+    let mem = &snp.host.machine().mem;
+    let head = mem.alloc(9).unwrap();
+    let rmp = vm.host().rmp();
+    // A pfn inside the folio with the gfn it backs: both aligned down to the 2M entry.
+    vm.sev_gmem_prepare(head.offset(3), gmem_kvm::Gfn(0x203), 9).unwrap();
+    let entry = rmp.read(head.offset(3)).unwrap();
+    assert!(entry.assigned && entry.pagesize_2m && entry.gpa == 0x203000, "{entry:?}");
+    assert_eq!(rmp.level(head.offset(100)), Some(gmem_kvm::arch::PgLevel::Level2M));
+    assert_eq!(vm.sev_gmem_max_mapping_level(head.offset(7)), Some(gmem_kvm::arch::PgLevel::Level2M));
+    // Idempotent: a second prepare leaves the entry alone.
+    vm.sev_gmem_prepare(head.offset(5), gmem_kvm::Gfn(0x205), 9).unwrap();
+    assert!(rmp.read(head).unwrap().pagesize_2m);
+    // A partial invalidate: PSMASH, then 4K updates of the range only.
+    gmem_arch::sev::kvm::sev_gmem_invalidate(vm.host(), head.offset(10), head.offset(12));
+    assert!(!rmp.read(head.offset(10)).unwrap().assigned);
+    let kept = rmp.read(head.offset(12)).unwrap();
+    assert!(kept.assigned && !kept.pagesize_2m, "{kept:?}");
+    assert_eq!(vm.sev_gmem_max_mapping_level(head.offset(12)), Some(gmem_kvm::arch::PgLevel::Level4K));
+    gmem_arch::sev::kvm::sev_gmem_invalidate(vm.host(), head, head.offset(512));
+    assert_eq!(rmp.assigned_entries().len(), vm.firmware_pages().len());
+    // With 4K folios only, prepare stays 4K even over a shared 2M region.
+    let small = mem.alloc(0).unwrap();
+    vm.sev_gmem_prepare(small, gmem_kvm::Gfn(0x300), 0).unwrap();
+    assert!(!rmp.read(small).unwrap().pagesize_2m);
+    gmem_arch::sev::kvm::sev_gmem_invalidate(vm.host(), small, small.offset(1));
+    assert!(snp.host.machine().warnings.is_empty(), "{:?}", snp.host.machine().warnings.snapshot());
+    gmem_mm::folio::Folio::from_pfn(mem, small).put();
+    gmem_mm::folio::Folio::from_pfn(mem, head).put();
+}

@@ -604,8 +604,8 @@ impl Rmp {
 
     /// The RMP check of a guest access (after the nested walk mapped `gpa` to `pfn` with a leaf
     /// of `npt_level`) by the guest whose ASID is `asid`. A private access (`private`: the
-    /// C-bit) needs an entry assigned to `asid` at `gpa`, not immutable, no larger nested leaf
-    /// than the entry, and Validated (else #VC); a shared access needs a hypervisor-owned frame.
+    /// C-bit) needs an entry assigned to `asid` at `gpa`, not immutable, a nested leaf of the
+    /// entry's size, and Validated (else #VC); a shared access needs a hypervisor-owned frame.
     pub fn check_guest_access(
         &self,
         asid: u32,
@@ -625,9 +625,12 @@ impl Rmp {
         if !entry.assigned || entry.asid != asid || entry.gpa != page_gpa || entry.immutable {
             return Err(GuestFault::Npf { error_code });
         }
+        // The nested leaf and the RMP entry must be the same size: a 4K nested mapping of a 2M
+        // entry faults (KVM PSMASHes the entry and rebuilds the range at 4K), and so does a
+        // larger nested mapping than the entry (which KVM's max mapping level prevents).
         let level = self.level(pfn).unwrap_or(PgLevel::Level4K);
-        if npt_level > level {
-            return Err(GuestFault::Npf { error_code: error_code | PFERR_GUEST_SIZEM_MASK });
+        if npt_level != level {
+            return Err(GuestFault::Npf { error_code });
         }
         if !entry.validated {
             return Err(GuestFault::Exception(GuestException { vector: "#VC", gpa, reason: "page-not-validated" }));
@@ -865,11 +868,15 @@ mod tests {
         assert!(rmp.check_guest_access(6, 0x3000, pfn, PgLevel::Level4K, true, false).is_err());
         assert!(rmp.check_guest_access(5, 0x4000, pfn, PgLevel::Level4K, true, false).is_err());
         assert!(rmp.check_guest_access(5, 0x3000, pfn, PgLevel::Level4K, false, false).is_err());
-        let Err(GuestFault::Npf { error_code }) = rmp.check_guest_access(5, 0x3000, pfn, PgLevel::Level2M, true, false)
-        else {
-            panic!("expected an NPF")
-        };
-        assert!(error_code & PFERR_GUEST_SIZEM_MASK != 0);
+        assert!(matches!(
+            rmp.check_guest_access(5, 0x3000, pfn, PgLevel::Level2M, true, false),
+            Err(GuestFault::Npf { .. })
+        ));
+        // A 4K nested leaf over a 2M entry faults too (KVM's sev_handle_rmp_fault PSMASHes).
+        rmp.rmpupdate(Pfn(1024), &private(0x400000, 5, true)).unwrap();
+        rmp.pvalidate(5, 0x400000, Pfn(1024), PgLevel::Level2M, true, true).unwrap().unwrap();
+        assert_eq!(rmp.check_guest_access(5, 0x401000, Pfn(1025), PgLevel::Level2M, true, false), Ok(()));
+        assert!(rmp.check_guest_access(5, 0x401000, Pfn(1025), PgLevel::Level4K, true, false).is_err());
     }
 
     #[test]
