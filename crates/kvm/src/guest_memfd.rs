@@ -3,7 +3,7 @@
 //! Each function below is the counterpart of the seed function of the same name
 //! (`reference/guest_memfd.c`, the v6.14-era source), with its checks in the same order, the
 //! same errno and the same locks. Where v6.18 differs, the difference is switched on the VM's
-//! [`KernelProfile`](crate::profile::KernelProfile) right at the point where the code differs,
+//! [`KernelProfile`] right at the point where the code differs,
 //! and each named upstream fix is a toggle ([`Fix`]).
 //!
 //! Lock order (as in the kernel): `kvm->slots_lock` → `mapping->invalidate_lock` →

@@ -14,7 +14,7 @@
 //! | [`tdp_mmu`] | the software TDP MMU: 4K leaf SPTEs, zaps, `kvm_mmu_zap_all_fast` |
 //! | [`tlb`] | per-vCPU TLBs, `vcpu->mode`, `vcpu->requests`, `kvm_make_all_cpus_request` (the remote TLB flush) |
 //! | [`vcpu`] | `KVM_CREATE_VCPU`, the x86 TDP page-fault path, guest accesses, `KVM_PRE_FAULT_MEMORY` |
-//! | [`arch`] | the arch hooks guest_memfd calls (default and SW_PROTECTED back-ends) |
+//! | [`arch`] | the vendor layer (`kvm_x86_ops`): the `KvmArch` hooks of one VM, the `ArchFactory` of the host, the vendor-less back-ends (DEFAULT, SW_PROTECTED); SEV-SNP is in gmem-arch |
 //! | [`guest_memfd`] | `virt/kvm/guest_memfd.c`, every function of the seed |
 //! | [`caps`] | `KVM_CHECK_EXTENSION` |
 //! | [`invariants`] | INV-BIND, INV-REFCOUNT, INV-UPTODATE-PREPARED, INV-NO-STALE-PFN, M1-M8 |
@@ -30,8 +30,9 @@
 //!
 //! The MMU is the software TDP MMU ([`tdp_mmu`]; [`mmu::RecordingMmu`] remains for tests), driven
 //! by vCPUs that only access guest memory ([`vcpu`]) through per-vCPU TLBs ([`tlb`]). Not modelled
-//! here: huge pages, SMM address spaces, dirty logging, SEV-SNP and TDX
-//! back-ends, and capabilities unrelated to guest memory (they read 0).
+//! here: huge guest_memfd folios, SMM address spaces, dirty logging, the vendor back-ends
+//! (SEV-SNP lives in the gmem-arch crate, which implements [`arch::KvmArch`]; TDX is not
+//! modelled yet), and capabilities unrelated to guest memory (they read 0).
 #![deny(missing_docs)]
 
 pub mod arch;
