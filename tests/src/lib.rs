@@ -5,7 +5,8 @@
 //!
 //! * [`gmem_kvm::invariants::check`] over every VM and guest_memfd the process can reach (its
 //!   descriptors and its mappings) finds no violation (INV-BIND, INV-REFCOUNT,
-//!   INV-UPTODATE-PREPARED, INV-NO-STALE-PFN);
+//!   INV-UPTODATE-PREPARED, INV-NO-STALE-PFN, the MMU invariants, and the vendor's: SEV-SNP's
+//!   S1–S12);
 //! * the machine's WARN registry is empty (no `WARN_ON`, `KVM_BUG_ON` or KASAN-style report);
 //! * lockdep has no report involving one of this project's lock classes (lockdep is global to the
 //!   test binary, so reports are filtered by class name);
@@ -16,6 +17,9 @@
 //! that break an invariant on purpose (the seed bugs) go through [`CheckedHost::unchecked`], which
 //! returns the raw [`SimHost`], and may call [`CheckedHost::check`] again once the state is clean,
 //! or [`CheckedHost::take_warnings`] to consume the warnings they expected.
+//!
+//! [`SnpGuest`] builds an SEV-SNP guest on a checked host (launch steps, the VMM's answer to a
+//! page-state change) for the SNP tests.
 
 use gmem_kvm::invariants::{self, Violation};
 use gmem_kvm::memslot::{MemslotEntry, KVM_MEM_GUEST_MEMFD};
@@ -502,5 +506,170 @@ pub fn assert_errno<T: fmt::Debug>(result: KResult<T>, expected: Errno, what: &s
     match result {
         Err(errno) if errno == expected => {}
         other => panic!("{what}: expected {expected:?}, got {other:?}"),
+    }
+}
+
+/// `KVM_X86_SNP_VM`.
+pub const SNP_VM: u64 = VmType::SevSnp as u64;
+
+/// The policy [`SnpGuest`] launches with: the must-be-one bit and SMT allowed.
+pub const SNP_POLICY: u64 = (1 << 17) | (1 << 16);
+
+/// An SEV-SNP guest on a [`CheckedHost`], built step by step through the uAPI: a VM after
+/// `KVM_SEV_INIT2` with its vCPUs, one guest_memfd memslot at gpa 0 whose first part is PRIVATE
+/// (the rest shared, backed by anonymous memory at `uaddr`), and `/dev/sev` open. The launch
+/// steps go through [`CheckedHost::unchecked`]; tests call [`CheckedHost::check`] (or
+/// [`CheckedHost::violations`]) where they want the state checked.
+#[derive(Debug)]
+pub struct SnpGuest {
+    /// The host (checked after every call made through it).
+    pub host: CheckedHost,
+    /// The VM descriptor.
+    pub vm: i32,
+    /// The vCPU descriptors, vCPU `i` with id (and APIC id) `i`.
+    pub vcpus: Vec<i32>,
+    /// The `/dev/sev` descriptor.
+    pub sev: i32,
+    /// The guest_memfd descriptor.
+    pub gmem: i32,
+    /// The shared backing of the memslot.
+    pub uaddr: u64,
+}
+
+impl SnpGuest {
+    /// A guest of `size` bytes of memory whose first `private` bytes are PRIVATE, with `nr_vcpus`
+    /// vCPUs, before LAUNCH_START.
+    #[track_caller]
+    pub fn new(profile: KernelProfile, size: u64, private: u64, nr_vcpus: u64) -> SnpGuest {
+        use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+        let host = CheckedHost::new(profile);
+        let vm = host.create_vm(SNP_VM).expect("KVM_CREATE_VM (SNP)");
+        host.unchecked().sev_init2(vm, &kvm_bindings::kvm_sev_init::default()).expect("KVM_SEV_INIT2");
+        host.check("KVM_SEV_INIT2");
+        let gmem = host.create_guest_memfd(vm, size, 0).expect("KVM_CREATE_GUEST_MEMFD");
+        let uaddr = host.mmap_anonymous(size).expect("mmap");
+        host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, size, uaddr, gmem as u32, 0))
+            .expect("KVM_SET_USER_MEMORY_REGION2");
+        if private != 0 {
+            host.set_memory_attributes(vm, &attrs(0, private, KVM_MEMORY_ATTRIBUTE_PRIVATE))
+                .expect("KVM_SET_MEMORY_ATTRIBUTES");
+        }
+        let vcpus = (0..nr_vcpus).map(|id| host.create_vcpu(vm, id).expect("KVM_CREATE_VCPU")).collect();
+        let sev = host.unchecked().open_dev_sev().expect("open /dev/sev");
+        SnpGuest { host, vm, vcpus, sev, gmem, uaddr }
+    }
+
+    /// `KVM_SEV_SNP_LAUNCH_START` with [`SNP_POLICY`].
+    #[track_caller]
+    pub fn launch_start(&self) {
+        let start = kvm_bindings::kvm_sev_snp_launch_start { policy: SNP_POLICY, ..Default::default() };
+        self.host.unchecked().snp_launch_start(self.vm, self.sev, &start).expect("KVM_SEV_SNP_LAUNCH_START");
+    }
+
+    /// `KVM_SEV_SNP_LAUNCH_UPDATE` of `pages` (one slice per page, zero-padded to 4K) from `gfn`
+    /// with the page type `page_type` (an SNP page type number), staged in user memory and
+    /// repeated until the whole range is done. The error of the first failing call.
+    pub fn launch_update(&self, gfn: u64, pages: &[&[u8]], page_type: u8) -> Result<(), gmem_uapi::SevError> {
+        let len = pages.len() as u64 * PAGE;
+        let staging = self.host.unchecked().process().mmap_anonymous(len.max(PAGE))?;
+        for (i, page) in pages.iter().enumerate() {
+            self.host
+                .unchecked()
+                .process()
+                .mm
+                .access(staging + i as u64 * PAGE, &mut page.to_vec(), true)
+                .map_err(|_| Errno::EFAULT)?;
+        }
+        let mut update = kvm_bindings::kvm_sev_snp_launch_update {
+            gfn_start: gfn,
+            uaddr: staging,
+            len,
+            type_: page_type,
+            ..Default::default()
+        };
+        while update.len != 0 {
+            self.host.unchecked().snp_launch_update(self.vm, self.sev, &mut update)?;
+        }
+        Ok(())
+    }
+
+    /// `KVM_SEV_SNP_LAUNCH_FINISH` (no ID block).
+    #[track_caller]
+    pub fn launch_finish(&self) {
+        self.host
+            .unchecked()
+            .snp_launch_finish(self.vm, self.sev, &Default::default())
+            .expect("KVM_SEV_SNP_LAUNCH_FINISH");
+    }
+
+    /// A launched guest: 2M of memory, the first 1M PRIVATE, `nr_vcpus` vCPUs; two NORMAL pages
+    /// (`"kernel"`, `"initrd"`) at gfns 0 and 1 and a ZERO page at gfn 2 launched, then
+    /// LAUNCH_FINISH (which measures the vCPUs' VMSAs).
+    #[track_caller]
+    pub fn launched(profile: KernelProfile, nr_vcpus: u64) -> SnpGuest {
+        let guest = SnpGuest::new(profile, 2 << 20, 1 << 20, nr_vcpus);
+        guest.launch_start();
+        guest.launch_update(0, &[b"kernel", b"initrd"], 1).expect("LAUNCH_UPDATE (NORMAL)");
+        guest.launch_update(2, &[b""], 3).expect("LAUNCH_UPDATE (ZERO)");
+        guest.launch_finish();
+        guest.host.check("the SNP launch");
+        guest
+    }
+
+    /// The VM.
+    pub fn kvm(&self) -> Arc<Kvm> {
+        self.host.kvm(self.vm)
+    }
+
+    /// The SNP platform of the host.
+    pub fn snp_host(&self) -> Arc<gmem_arch::sev::host::SnpHost> {
+        self.host.unchecked().snp_host().expect("the SNP host").clone()
+    }
+
+    /// The guest's ASID.
+    pub fn asid(&self) -> u32 {
+        gmem_arch::sev::kvm::SvmVm::of(&self.kvm()).expect("an SVM VM").asid()
+    }
+
+    /// The guest's context page (after LAUNCH_START).
+    pub fn context(&self) -> gmem_mm::Pfn {
+        gmem_arch::sev::kvm::SvmVm::of(&self.kvm()).and_then(|vm| vm.snp_context()).expect("a guest context")
+    }
+
+    /// The frame the guest's nested page tables map `gfn` to.
+    #[track_caller]
+    pub fn mapped_pfn(&self, gfn: u64) -> gmem_mm::Pfn {
+        let kvm = self.kvm();
+        let (base, spte) =
+            kvm.mmu().as_tdp().expect("the TDP MMU").covering_leaf(gmem_kvm::Gfn(gfn)).expect("gfn mapped");
+        spte.pfn.offset(gfn - base.0)
+    }
+
+    /// Enables `KVM_CAP_EXIT_HYPERCALL` for `KVM_HC_MAP_GPA_RANGE` (page-state changes reach the
+    /// VMM) and registers vCPU 0's GHCB at `ghcb_gpa` (a shared page).
+    #[track_caller]
+    pub fn enable_psc(&self, ghcb_gpa: u64) {
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: gmem_kvm::caps::KVM_CAP_EXIT_HYPERCALL as u32,
+            args: [gmem_kvm::caps::KVM_EXIT_HYPERCALL_VALID_MASK, 0, 0, 0],
+            ..Default::default()
+        };
+        self.host.unchecked().enable_cap(self.vm, &cap).expect("KVM_ENABLE_CAP(EXIT_HYPERCALL)");
+        self.host.unchecked().snp_register_ghcb(self.vcpus[0], ghcb_gpa).expect("GHCB registration");
+    }
+
+    /// The VMM's answer to a `KVM_HC_MAP_GPA_RANGE` exit: the attributes, then, for a conversion
+    /// to shared, a hole punched in the guest_memfd. `hypercall.ret` (0).
+    pub fn convert(&self, exit: RunError) -> Result<u64, RunError> {
+        use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+        let RunError::Exit(gmem_kvm::vcpu::VcpuExit::Hypercall { args, .. }) = exit else { return Err(exit) };
+        let private = args[2] & gmem_kvm::vcpu::KVM_MAP_GPA_RANGE_ENCRYPTED != 0;
+        let host = self.host.unchecked();
+        let attributes = if private { KVM_MEMORY_ATTRIBUTE_PRIVATE } else { 0 };
+        host.set_memory_attributes(self.vm, &attrs(args[0], args[1] * PAGE, attributes)).map_err(RunError::Errno)?;
+        if !private {
+            host.fallocate(self.gmem, 3, args[0] as i64, (args[1] * PAGE) as i64).map_err(RunError::Errno)?;
+        }
+        Ok(0)
     }
 }

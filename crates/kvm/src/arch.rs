@@ -18,16 +18,20 @@
 //! | `vm_destroy` | [`KvmArch::vm_destroy`] |
 //! | the hardware's checks on a guest access (the RMP check) | [`KvmArch::guest_access_check`] |
 //! | the vendor part of the NPF handler (`sev_handle_rmp_fault`) | [`KvmArch::handle_npf`] |
+//! | (model only) the vendor's invariants, for [`invariants::check`](crate::invariants::check) | [`KvmArch::check_invariants`] |
 //!
 //! This crate ships the back-ends that need no vendor hardware: [`DefaultArch`] for DEFAULT VMs
 //! (and SEV / SEV-ES, whose memory KVM treats the same way here) and [`SwProtectedArch`] for
 //! SW_PROTECTED VMs, through [`GenericArchFactory`]. SEV-SNP (RMP, firmware) lives in the
 //! `gmem-arch` crate, which implements the same traits.
 
+use crate::guest_memfd::KvmGmem;
+use crate::invariants::Violation;
 use crate::profile::{KernelProfile, VmType};
 use crate::types::Gfn;
 use crate::vm::Kvm;
 use gmem_mm::fdtable::FdTable;
+use gmem_mm::file::FileRef;
 use gmem_mm::types::{PAGE_SHIFT, PAGE_SIZE};
 use gmem_mm::vma::Mm;
 use gmem_mm::{Errno, KResult, Machine, Pfn};
@@ -357,6 +361,22 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
     /// resume the guest (SVM's `npf_interception` calls `sev_handle_rmp_fault` when the error
     /// code has `PFERR_GUEST_RMP`).
     fn handle_npf(&self, _kvm: &Kvm, _vcpu: &crate::vcpu::KvmVcpu, _gpa: u64, _error_code: u64) {}
+
+    /// The vendor's named invariants over `kvm` (SEV-SNP's S1–S12 of arch-and-mmu.md §5.2),
+    /// pushed onto `out`. [`invariants::check`](crate::invariants::check) calls it for every VM
+    /// it checks, after the core invariants, at a quiescent point. `vms` is every VM of that
+    /// check (in a stable order) and `gmem_files` every guest_memfd it was handed, so that a
+    /// vendor with host-wide state (the SEV-SNP RMP) can check that state once per call, from
+    /// the first of its VMs in `vms`, knowing which VMs the call covers. Model only: the kernel
+    /// has no such hook. Default: nothing to check.
+    fn check_invariants(
+        &self,
+        _kvm: &Kvm,
+        _vms: &[&Arc<Kvm>],
+        _gmem_files: &[(&FileRef, &KvmGmem)],
+        _out: &mut Vec<Violation>,
+    ) {
+    }
 }
 
 /// The vendor module of the host: one per machine, it holds the host-wide hardware state and

@@ -11,7 +11,11 @@
 //!   with private memory, arch-prepared or populated.
 //! * **INV-NO-STALE-PFN** (arch-and-mmu.md M5): no SPTE of a VM's TDP MMU, and no TLB entry of a
 //!   vCPU without a `KVM_REQ_TLB_FLUSH` pending, maps a frame that was freed (or freed and reused)
-//!   since the SPTE was installed: its generation is unchanged.
+//!   since the SPTE was installed: its generation is unchanged. The vendor extends it to the
+//!   vCPU control structures it keeps pointers to (upstream-fixes.md): for SEV-SNP, the VMSA a
+//!   vCPU runs with when the guest provided it (`vmsa_pa` with `snp_has_guest_vmsa`, after AP
+//!   Creation) must be a frame of a live guest_memfd folio of the VM, still at the VMSA's GPA.
+//!   That is the detector for upstream fix F11's bug.
 //!
 //! The MMU invariants of arch-and-mmu.md §5.1, by their names there:
 //!
@@ -45,6 +49,30 @@
 //! changes nothing) holds by the order of `Kvm::vm_set_mem_attributes`, as in the kernel, and
 //! is asserted by `tests/tests/seed_errors.rs` (no MMU request, sequence unchanged); an
 //! invalidation left open is M2.
+//!
+//! # Vendor invariants
+//!
+//! After the core checks of a VM, [`check`] calls its back-end's
+//! [`KvmArch::check_invariants`](crate::arch::KvmArch::check_invariants) with every VM and
+//! guest_memfd of the call. SEV-SNP implements it in `gmem_arch::sev::invariants`, which has the
+//! details (and how the host-wide RMP is checked once per call against every SNP guest of the
+//! host, through weak registrations the SNP host keeps); the SEV-SNP invariants of
+//! arch-and-mmu.md §5.2, by their names there, and where each is enforced:
+//!
+//! | name | what | where |
+//! |---|---|---|
+//! | **S1** ownership | an assigned RMP entry belongs to a live guest_memfd folio of the VM with its ASID, a VMSA or firmware page (guest context, guest-request response page) of that VM, or the leak list; an assigned frame is never in the host free pool | checker (host-wide) |
+//! | **S2** identity | a private SPTE of an SNP VM maps a frame whose RMP entry has the VM's ASID and GPA `gfn << 12`; no frame is mapped at two gfns | checker |
+//! | **S3** no overlap | a 2M RMP entry covers 512 consistent entries of one folio of at least 2M; no entry claims a 2M size its region's 2M entry does not have | checker (host-wide); the hardware refuses a 4K RMPUPDATE inside an assigned 2M entry (`FAIL_OVERLAP`) |
+//! | **S4** NPT ≤ RMP | a private SPTE is no larger than the RMP entry of its frame | checker; the hardware's access check faults a larger leaf (`PFERR_GUEST_SIZEM`) |
+//! | **S5** validation | RMPUPDATE clears Validated, only PVALIDATE (and the firmware's LAUNCH_UPDATE) sets it, PSMASH keeps it, a private access to a non-validated page is a #VC | the hardware model makes a violation impossible (the instructions are the only writers) |
+//! | **S6** host writes | a host write to an assigned frame (or through an unsplit 2M direct map over one) is an RMP #PF | the hardware model, at the write: a `WarnKind::Oops` |
+//! | **S7** immutability | only the firmware changes an immutable entry | the hardware model: RMPUPDATE and PSMASH fail with `FAIL_PERMISSION` |
+//! | **S8** lifecycle | no private mapping or prepared page before LAUNCH_FINISH, no page left Pre-Guest or private by a failed LAUNCH_UPDATE, no LAUNCH_UPDATE after LAUNCH_FINISH; a launched page is Guest-Valid | checker; WARN at `sev_gmem_prepare` (a prepare before LAUNCH_FINISH) and after each successful firmware LAUNCH_UPDATE (the page is not Guest-Valid at its GPA); the firmware refuses LAUNCH_UPDATE after LAUNCH_FINISH |
+//! | **S9** RMP-shared ordering | a frame goes back to the hypervisor only once no SPTE maps it, and is flushed before the host writes it | WARN at the RMPUPDATE (an SPTE still maps the frame); the hardware model's host-write check (a write to a frame not flushed since) |
+//! | **S10** prepare | a prepare of an assigned frame changes nothing; a 2M entry only for a folio of at least 2M whose 512 frames were all unassigned | WARN at `sev_gmem_prepare` (2M chosen for a smaller folio); S3 for the result; idempotence holds by the early return |
+//! | **S11** measurement | the launch digest is the hash chain of the firmware's log of successful LAUNCH_UPDATEs (type, GPA, contents hash), VMSAs included | checker |
+//! | **S12** PSC accounting | a forwarded PSC range is in flight (1 or more entries, inside the buffer) exactly while KVM waits for user space, and is completed only then | checker (per vCPU); WARN when an empty or out-of-buffer range is completed |
 //!
 //! The checker is handed what is reachable from user space (the VMs and guest_memfd files of a
 //! process: descriptors and mappings); at a quiescent point every live guest_memfd is reachable
@@ -120,12 +148,13 @@ pub fn check(vms: &[Arc<Kvm>], files: &[FileRef]) -> Vec<Violation> {
         check_bindings_point_to_slots(file, gmem, &mut out);
         check_page_cache(file, gmem, &mut out);
     }
-    for kvm in all_vms {
+    for &kvm in &all_vms {
         check_slots_are_bound(kvm, &gmem_files, &mut out);
         check_no_stale_pfn(kvm, &mut out);
         check_mmu(kvm, &gmem_files, &mut out);
         check_huge_leaves(kvm, &gmem_files, &mut out);
         check_mixed_flags(kvm, &mut out);
+        kvm.arch().check_invariants(kvm, &all_vms, &gmem_files, &mut out);
     }
     out
 }

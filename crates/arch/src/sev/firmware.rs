@@ -249,10 +249,31 @@ pub struct GuestContext {
     pub asid: Option<u32>,
     /// The launch digest so far.
     pub digest: LaunchDigest,
-    /// The pages LAUNCH_UPDATE initialised, in order: `(gpa, page type)`.
-    pub updates: Vec<(u64, SnpPageType)>,
+    /// What each successful LAUNCH_UPDATE measured, in order (the S11 invariant replays it
+    /// against `digest`).
+    pub updates: Vec<LaunchUpdateRecord>,
+    /// How many updates the log held when LAUNCH_FINISH succeeded (`None` before).
+    pub updates_at_finish: Option<usize>,
     /// HOST_DATA from LAUNCH_FINISH.
     pub host_data: [u8; 32],
+}
+
+/// One successful LAUNCH_UPDATE as the firmware measured it: what it hashed into the launch
+/// digest (the PAGE_INFO fields that vary).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct LaunchUpdateRecord {
+    /// The GPA measured (the page's RMP entry's; [`crate::sev::measure::VMSA_GPA`] for a VMSA).
+    pub gpa: u64,
+    /// The page type.
+    pub page_type: SnpPageType,
+    /// CONTENTS: the SHA-384 of the page for NORMAL and VMSA pages, zeros for the others.
+    pub contents: [u8; 48],
+}
+
+impl fmt::Debug for LaunchUpdateRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at {:#x}", self.page_type, self.gpa)
+    }
 }
 
 /// `struct sev_data_snp_launch_update` (the parts the model reads).
@@ -442,6 +463,7 @@ impl SnpFirmware {
                 asid: None,
                 digest: LaunchDigest::new(),
                 updates: Vec::new(),
+                updates_at_finish: None,
                 host_data: [0; 32],
             },
         );
@@ -529,8 +551,9 @@ impl SnpFirmware {
             }
             SnpPageType::Vmsa => {}
         }
-        context.digest.extend(page_type, entry.gpa, &page);
-        context.updates.push((entry.gpa, page_type));
+        let contents = LaunchDigest::contents_hash(page_type, &page);
+        context.digest.extend_hashed(page_type, entry.gpa, &contents);
+        context.updates.push(LaunchUpdateRecord { gpa: entry.gpa, page_type, contents });
         let transition = if page_type == SnpPageType::Vmsa {
             FirmwareTransition::VmsaLaunched
         } else {
@@ -563,7 +586,19 @@ impl SnpFirmware {
         }
         context.host_data = data.host_data;
         context.state = GuestState::Running;
+        context.updates_at_finish = Some(context.updates.len());
         Ok(())
+    }
+
+    /// Test-only: appends `record` to the update log of the context in `gctx` without measuring
+    /// it, as a firmware that logged one thing and hashed another would (the negative controls
+    /// of S8 and S11). False if there is no such context.
+    #[doc(hidden)]
+    pub fn log_update_for_test(&self, gctx: Pfn, record: LaunchUpdateRecord) -> bool {
+        let mut state = self.state.lock();
+        let Some(context) = state.contexts.get_mut(&gctx.0) else { return false };
+        context.updates.push(record);
+        true
     }
 
     /// `SNP_DECOMMISSION`: destroy the context (its ASID is free to bind again after a DF_FLUSH).

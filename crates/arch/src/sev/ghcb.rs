@@ -120,7 +120,7 @@ impl PscEntry {
 
 /// What a forwarded request waits for (`vcpu->arch.complete_userspace_io`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Pending {
+pub(crate) enum Pending {
     /// `snp_complete_psc_msr`.
     Msr,
     /// `snp_complete_one_psc` for the PSC buffer at this GPA.
@@ -139,7 +139,7 @@ pub struct PscState {
     pub psc_inflight: u16,
     /// `psc_2m`.
     pub psc_2m: bool,
-    pending: Option<Pending>,
+    pub(crate) pending: Option<Pending>,
     /// Ranges forwarded to user space (for statistics).
     pub exits: u64,
 }
@@ -405,9 +405,22 @@ pub fn snp_begin_psc(vm: &SvmVm, kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, scratch: u6
 }
 
 /// `__snp_complete_one_psc`: mark the in-flight entries done in the guest's buffer and advance
-/// its `cur_entry`.
+/// its `cur_entry`. S12 at the call: there is a range in flight, and it lies inside the buffer
+/// (`psc_idx` and `psc_inflight` are KVM's validated copies; completing nothing would rewind the
+/// guest's `cur_entry`), else a WARN.
 fn __snp_complete_one_psc(sev: &SevVcpu, shared: &GuestShared<'_>, scratch: u64) {
     let mut psc = sev.psc.lock();
+    let (start, inflight) = (psc.psc_idx, psc.psc_inflight);
+    shared.kvm.machine().warnings.warn_on(
+        inflight == 0 || u32::from(start) + u32::from(inflight) > u32::from(VMGEXIT_PSC_MAX_COUNT),
+        || {
+            format!(
+                "S12: completing PSC entries [{start}, {}) of the buffer at {scratch:#x}: {}",
+                u32::from(start) + u32::from(inflight),
+                if inflight == 0 { "nothing is in flight" } else { "past the end of the buffer" }
+            )
+        },
+    );
     let mut idx = psc.psc_idx;
     while psc.psc_inflight != 0 {
         let at = scratch + 8 + u64::from(idx) * 8;
@@ -448,6 +461,15 @@ pub fn sev_complete_userspace_io(
             }
         }
     })
+}
+
+/// Test-only: overwrites a vCPU's in-flight PSC range (`psc_idx`, `psc_inflight`), as a KVM that
+/// lost track of it would (the negative control of S12).
+#[doc(hidden)]
+pub fn set_psc_in_flight_for_test(vcpu: &KvmVcpu, idx: u16, inflight: u16) {
+    let mut psc = sev_vcpu(vcpu).psc.lock();
+    psc.psc_idx = idx;
+    psc.psc_inflight = inflight;
 }
 
 /// Whether a page-state change of `vcpu` waits for user space.

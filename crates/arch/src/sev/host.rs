@@ -11,6 +11,12 @@
 //! | `dump_rmpentry` | [`SnpHost::dump_rmpentry`] |
 //! | `clflush_cache_range` of guest frames | [`SnpHost::clflush_cache_range`] |
 //!
+//! The host also keeps a weak registration of each SNP guest (the model's own: the kernel has no
+//! such list), so that the host-wide checks can tell which VM an RMP entry's ASID names: the
+//! invariant checker's S1 ([`crate::sev::invariants`]) and the S9 assertion of
+//! [`SnpHost::rmpupdate`], which reports (as a WARN) a frame made hypervisor-owned while an SPTE
+//! of the guest it was assigned to still maps it.
+//!
 //! `rmpupdate` loops while the instruction returns `FAIL_OVERLAP`, which the kernel expects to
 //! be a transient contention on the 2M region. A permanent overlap (a 4K update inside an
 //! assigned 2M entry) would loop forever in the kernel; the model bounds the loop at
@@ -20,10 +26,11 @@
 use crate::sev::firmware::SnpFirmware;
 use crate::sev::rmp::{pagesize_2m, rmp_level, Rmp, RmpEntry, RmpError, RmpState, PAGES_PER_2M};
 use gmem_kvm::arch::PgLevel;
+use gmem_kvm::{Gfn, Kvm};
 use gmem_mm::types::PAGE_SHIFT;
 use gmem_mm::{Errno, KResult, Machine, Pfn};
 use gmem_sync::warn::WarnKind;
-use gmem_sync::{Arc, LockClass, Mutex};
+use gmem_sync::{Arc, LockClass, Mutex, Weak};
 use std::fmt;
 
 /// How many times [`SnpHost::rmpupdate`] retries a `FAIL_OVERLAP` before it reports the loop
@@ -32,6 +39,8 @@ pub const RMPUPDATE_RETRY_LIMIT: u32 = 256;
 
 /// `snp_leaked_pages_list_lock`.
 static SNP_LEAKED_PAGES_LOCK: LockClass = LockClass::new("snp_leaked_pages_list_lock");
+/// The model's registry of SNP guests (a leaf lock).
+static SNP_GUESTS_LOCK: LockClass = LockClass::new("kvm_snp_guests");
 
 /// The SEV-SNP host: the RMP and the kernel's helpers around it, and the firmware (one per
 /// machine).
@@ -42,6 +51,9 @@ pub struct SnpHost {
     /// `snp_leaked_pages_list`: frames whose RMP state could not be restored; never handed
     /// back to the host.
     leaked: Mutex<Vec<Pfn>>,
+    /// The VMs that became SNP guests on this host (`KVM_SEV_INIT2`), weakly: the model's, for
+    /// the host-wide invariants (see the module docs).
+    guests: Mutex<Vec<Weak<Kvm>>>,
 }
 
 impl fmt::Debug for SnpHost {
@@ -61,6 +73,53 @@ impl SnpHost {
             firmware: SnpFirmware::new(machine, rmp.clone()),
             rmp,
             leaked: Mutex::new(&SNP_LEAKED_PAGES_LOCK, Vec::new()),
+            guests: Mutex::new(&SNP_GUESTS_LOCK, Vec::new()),
+        })
+    }
+
+    /// Registers `kvm` as an SNP guest of this host (when `KVM_SEV_INIT2` made it one). The
+    /// registration is weak: it does not keep the VM alive, and a destroyed VM drops out.
+    pub fn register_guest(&self, kvm: &Arc<Kvm>) {
+        let mut guests = self.guests.lock();
+        guests.retain(|guest| guest.strong_count() > 0);
+        guests.push(Arc::downgrade(kvm));
+    }
+
+    /// The live SNP guests of this host (registered, not yet destroyed), in registration order.
+    pub fn guests(&self) -> Vec<Arc<Kvm>> {
+        let registered: Vec<Weak<Kvm>> = self.guests.lock().clone();
+        registered.iter().filter_map(Weak::upgrade).filter(|kvm| !kvm.is_destroyed()).collect()
+    }
+
+    /// The live SNP guest whose ASID is `asid`.
+    pub fn guest_by_asid(&self, asid: u32) -> Option<Arc<Kvm>> {
+        if asid == 0 {
+            return None;
+        }
+        self.guests()
+            .into_iter()
+            .find(|kvm| crate::sev::kvm::SvmVm::of(kvm).is_some_and(|vm| vm.sev_snp_guest() && vm.asid() == asid))
+    }
+
+    /// S9 at the call: before `pfn` (`npages` frames) goes back to the hypervisor, no SPTE of
+    /// the guest it is assigned to may still map it (the invalidation zaps, then the folio is
+    /// freed, then it is made shared). What is wrong, if anything.
+    fn rmp_shared_while_mapped(&self, pfn: Pfn, npages: u64) -> Option<String> {
+        let first = self.rmp.read(pfn)?;
+        let kvm = self.guest_by_asid(first.asid).filter(|_| first.assigned)?;
+        let tdp = kvm.mmu().as_tdp()?;
+        (0..npages).find_map(|i| {
+            let frame = pfn.offset(i);
+            let entry = self.rmp.read(frame).filter(|entry| entry.assigned && entry.asid == first.asid)?;
+            let gfn = Gfn(entry.gpa >> PAGE_SHIFT);
+            let (base, spte) = tdp.covering_leaf(gfn)?;
+            (spte.pfn.offset(gfn.0 - base.0) == frame).then(|| {
+                format!(
+                    "S9: RMPUPDATE makes {frame:?} hypervisor-owned while the {} SPTE of gfn {gfn} of the guest with \
+                     ASID {} still maps it (no zap and TLB flush before the frame left the guest)",
+                    spte.level, first.asid
+                )
+            })
         })
     }
 
@@ -132,6 +191,7 @@ impl SnpHost {
         if self.adjust_direct_map(pfn, level).is_err() {
             return Err(Errno::EFAULT);
         }
+        let still_mapped = if state.assigned { None } else { self.rmp_shared_while_mapped(pfn, level.pages()) };
         let mut attempts = 0;
         let result = loop {
             match self.rmp.rmpupdate(pfn, state) {
@@ -154,6 +214,9 @@ impl SnpHost {
                 other => break other,
             }
         };
+        if let (Ok(()), Some(detail)) = (&result, still_mapped) {
+            self.machine.warnings.report(WarnKind::Warn, detail);
+        }
         result.map_err(|error| {
             tracing::error!(
                 "RMPUPDATE failed for PFN {:#x}, pg_level: {level}, ret: {error}\n{}",

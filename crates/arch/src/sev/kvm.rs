@@ -345,6 +345,9 @@ pub struct SvmVm {
     asid: AtomicU32,
     /// `sev_snp_guest(kvm)`: `KVM_SEV_INIT2` made the VM an SNP guest.
     snp_active: AtomicBool,
+    /// SNP_LAUNCH_FINISH succeeded (the model's record, for the S8 assertion in
+    /// [`SvmVm::sev_gmem_prepare`]; the kernel's trace of it is `pre_fault_allowed`).
+    launch_finished: AtomicBool,
 }
 
 impl fmt::Debug for SvmVm {
@@ -510,6 +513,7 @@ pub fn sev_gmem_post_populate(
                 n_private -= 1;
                 break 'pages Err(errno);
             }
+            check_launched(kvm, host, page, asid, gfn.to_gpa().0, false);
             i += 1;
         }
         Ok(())
@@ -527,6 +531,24 @@ pub fn sev_gmem_post_populate(
     Ok(())
 }
 
+/// S8 after a successful firmware LAUNCH_UPDATE of `page`: the page is Guest-Valid (assigned to
+/// `asid` at `gpa`, not immutable, validated; a VMSA for `vmsa`), else a WARN.
+fn check_launched(kvm: &Kvm, host: &SnpHost, page: Pfn, asid: u32, gpa: u64, vmsa: bool) {
+    let entry = host.rmp().read(page).unwrap_or_default();
+    let launched = entry.assigned
+        && !entry.immutable
+        && entry.validated
+        && entry.asid == asid
+        && entry.gpa == gpa
+        && entry.vmsa == vmsa;
+    kvm.machine().warnings.warn_on(!launched, || {
+        format!(
+            "S8: SNP_LAUNCH_UPDATE of {page:?} at gpa {gpa:#x} succeeded but left its RMP entry {entry:?}, not {} of ASID {asid}",
+            if vmsa { "a Guest-Valid VMSA" } else { "Guest-Valid" }
+        )
+    });
+}
+
 impl SvmVm {
     /// `svm_vm_init` for a VM of `vm_type` on a host whose SEV module is `module`.
     pub fn new(module: Arc<SevModule>, host: Arc<SnpHost>, vm_type: VmType, generic: Arc<dyn KvmArch>) -> SvmVm {
@@ -540,6 +562,7 @@ impl SvmVm {
             info: Mutex::new(&SEV_INFO_LOCK, SevInfo { need_init, ..SevInfo::default() }),
             asid: AtomicU32::new(0),
             snp_active: AtomicBool::new(false),
+            launch_finished: AtomicBool::new(false),
         }
     }
 
@@ -572,6 +595,11 @@ impl SvmVm {
     /// `sev->asid` (0 before `KVM_SEV_INIT2`).
     pub fn asid(&self) -> u32 {
         self.asid.load(Ordering::Acquire)
+    }
+
+    /// Whether SNP_LAUNCH_FINISH succeeded.
+    pub fn launch_finished(&self) -> bool {
+        self.launch_finished.load(Ordering::Acquire)
     }
 
     /// `sev->snp_context`: the guest context page.
@@ -897,6 +925,7 @@ impl SvmVm {
                 let _ = self.snp_page_reclaim(kvm, vmsa);
                 return Err(errno);
             }
+            check_launched(kvm, &self.host, vmsa, self.asid(), INITIAL_VMSA_GPA, true);
             sev.state.lock().guest_state_protected = true;
         }
         Ok(())
@@ -931,6 +960,7 @@ impl SvmVm {
         // the guest simply by marking the RMP entry as private. This can happen on first access
         // and also with KVM_PRE_FAULT_MEMORY.
         if ret.is_ok() {
+            self.launch_finished.store(true, Ordering::Release);
             kvm.set_pre_fault_allowed(true);
         }
         ret
@@ -976,6 +1006,28 @@ impl SvmVm {
         } else {
             (PgLevel::Level4K, pfn, gfn)
         };
+        let warnings = &self.host.machine().warnings;
+        // S8: before LAUNCH_FINISH guest memory reaches an SNP guest only through LAUNCH_UPDATE
+        // (pre-fault is refused and no vCPU can run), never through a prepare.
+        warnings.warn_on(!self.launch_finished(), || {
+            format!("S8: sev_gmem_prepare makes {pfn:?} private for gfn {gfn} before SNP_LAUNCH_FINISH")
+        });
+        // S10: a 2M entry only for a folio that covers the whole 2M range (max_order is the
+        // caller's word for it; the folio is the evidence).
+        if level == PgLevel::Level2M {
+            let mem = &self.host.machine().mem;
+            let folio = mem.is_valid_pfn(pfn).then(|| Folio::from_pfn(mem, pfn));
+            let covers = folio.is_some_and(|folio| {
+                folio.pfn().0 <= pfn_aligned.0 && folio.pfn().0 + folio.nr_pages() >= pfn_aligned.0 + PAGES_PER_2M
+            });
+            warnings.warn_on(!covers, || {
+                format!(
+                    "S10: sev_gmem_prepare chose a 2M RMP entry at {pfn_aligned:?} for gfn {gfn} (max_order {max_order}), \
+                     but the folio of {pfn:?} has order {:?} and does not cover the 2M range",
+                    folio.map(|folio| folio.order())
+                )
+            });
+        }
         if let Err(errno) = self.host.rmp_make_private(pfn_aligned, gfn_aligned.to_gpa().0, level, self.asid(), false) {
             tracing::error!("SEV: Failed to update RMP entry: GFN {gfn} PFN {:#x} level {level} error {errno}", pfn.0);
             return Err(Errno::EINVAL);
@@ -1093,7 +1145,11 @@ pub fn sev_mem_enc_ioctl(vm: &SvmVm, kvm: &Arc<Kvm>, current: Current<'_>, argp:
         return Err(Errno::EPERM);
     }
     let result = match sev_cmd.id {
-        KVM_SEV_INIT2 => vm.sev_guest_init2(kvm, current, &mut sev_cmd),
+        KVM_SEV_INIT2 => vm.sev_guest_init2(kvm, current, &mut sev_cmd).inspect(|()| {
+            if vm.sev_snp_guest() {
+                vm.host.register_guest(kvm);
+            }
+        }),
         KVM_SEV_SNP_LAUNCH_START => vm.snp_launch_start(kvm, current, &mut sev_cmd),
         KVM_SEV_SNP_LAUNCH_UPDATE => vm.snp_launch_update(kvm, current, &mut sev_cmd),
         KVM_SEV_SNP_LAUNCH_FINISH => vm.snp_launch_finish(kvm, current, &mut sev_cmd),
@@ -1276,6 +1332,16 @@ impl KvmArch for SvmVm {
         if self.sev_snp_guest() && error_code & PFERR_GUEST_RMP_MASK != 0 {
             self.sev_handle_rmp_fault(kvm, gpa, error_code);
         }
+    }
+
+    fn check_invariants(
+        &self,
+        kvm: &Kvm,
+        vms: &[&Arc<Kvm>],
+        gmem_files: &[(&gmem_mm::file::FileRef, &gmem_kvm::guest_memfd::KvmGmem)],
+        out: &mut Vec<gmem_kvm::invariants::Violation>,
+    ) {
+        crate::sev::invariants::check(self, kvm, vms, gmem_files, out);
     }
 }
 

@@ -157,11 +157,31 @@ impl LaunchDigest {
     /// [`SnpPageType::Normal`] and [`SnpPageType::Vmsa`] pages; for the other types CONTENTS is
     /// 48 zero bytes, whatever `contents` holds.
     pub fn page_info(&self, page_type: SnpPageType, gpa: u64, contents: &[u8; PAGE_BYTES]) -> [u8; PAGE_INFO_SIZE] {
+        self.page_info_hashed(page_type, gpa, &LaunchDigest::contents_hash(page_type, contents))
+    }
+
+    /// The CONTENTS field of PAGE_INFO for a page of type `page_type` holding `contents`: the
+    /// SHA-384 of the page for [`SnpPageType::Normal`] and [`SnpPageType::Vmsa`] pages, 48 zero
+    /// bytes for the other types.
+    pub fn contents_hash(page_type: SnpPageType, contents: &[u8; PAGE_BYTES]) -> [u8; LD_SIZE] {
+        let mut hash = [0u8; LD_SIZE];
+        if page_type.is_measured() {
+            hash.copy_from_slice(&Sha384::digest(contents));
+        }
+        hash
+    }
+
+    /// PAGE_INFO with its CONTENTS field given (as [`contents_hash`](Self::contents_hash)
+    /// computes it).
+    pub fn page_info_hashed(
+        &self,
+        page_type: SnpPageType,
+        gpa: u64,
+        contents_hash: &[u8; LD_SIZE],
+    ) -> [u8; PAGE_INFO_SIZE] {
         let mut info = [0u8; PAGE_INFO_SIZE];
         info[0..48].copy_from_slice(&self.0);
-        if page_type.is_measured() {
-            info[48..96].copy_from_slice(&Sha384::digest(contents));
-        }
+        info[48..96].copy_from_slice(contents_hash);
         info[96..98].copy_from_slice(&(PAGE_INFO_SIZE as u16).to_le_bytes());
         info[98] = page_type as u8;
         // 99: IMI page flag; 100, 101, 102: VMPL3, VMPL2, VMPL1 permissions; 103: reserved.
@@ -172,7 +192,13 @@ impl LaunchDigest {
     /// One LAUNCH_UPDATE of one 4K page: `LD = SHA-384(PAGE_INFO)`, PAGE_INFO as
     /// [`page_info`](Self::page_info) builds it.
     pub fn extend(&mut self, page_type: SnpPageType, gpa: u64, contents: &[u8; PAGE_BYTES]) {
-        let info = self.page_info(page_type, gpa, contents);
+        self.extend_hashed(page_type, gpa, &LaunchDigest::contents_hash(page_type, contents));
+    }
+
+    /// [`extend`](Self::extend) with the CONTENTS field given instead of the page (replaying a
+    /// log of what the firmware measured).
+    pub fn extend_hashed(&mut self, page_type: SnpPageType, gpa: u64, contents_hash: &[u8; LD_SIZE]) {
+        let info = self.page_info_hashed(page_type, gpa, contents_hash);
         self.0.copy_from_slice(&Sha384::digest(info));
     }
 

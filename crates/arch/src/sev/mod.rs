@@ -11,6 +11,7 @@
 //! | [`guest`] | the guest's side: PVALIDATE, RMPADJUST, VMGEXITs, a Linux guest's page-state change | `arch/x86/coco/sev/core.c` |
 //! | [`kmap`] | the `kmap_local` stack, checked balanced at each ioctl's return | `include/linux/highmem.h` |
 //! | [`measure`] | the SNP launch digest (the PAGE_INFO hash chain) | SEV-SNP firmware ABI, sev-snp-measure's gctx.py |
+//! | [`invariants`] | the SEV-SNP invariants S1–S12 and the guest-VMSA part of INV-NO-STALE-PFN, run by the invariant checker through the back-end hook | `arch-and-mmu.md` §5.2 (model only) |
 //!
 //! The host-wide state (the RMP, the leaked pages) lives in one [`host::SnpHost`] per machine,
 //! owned by the vendor module ([`crate::X86Host`]); each SNP VM reaches it through its back-end.
@@ -19,6 +20,7 @@ pub mod firmware;
 pub mod ghcb;
 pub mod guest;
 pub mod host;
+pub mod invariants;
 pub mod kmap;
 pub mod kvm;
 pub mod measure;

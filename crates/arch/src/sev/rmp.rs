@@ -542,6 +542,17 @@ impl Rmp {
         Some(())
     }
 
+    /// Test-only: writes `entry` at `pfn` as is, bypassing every instruction's rules, as
+    /// corrupted hardware state would be (the negative controls of the RMP invariants). Returns
+    /// the entry before.
+    #[doc(hidden)]
+    pub fn set_entry_for_test(&self, pfn: Pfn, entry: RmpEntry) -> Option<RmpEntry> {
+        let region = self.region_or_alloc(pfn)?;
+        let old = self.read(pfn);
+        Rmp::store(region, pfn, entry);
+        old
+    }
+
     /// A vCPU starts or stops using `pfn` as its VMSA (VMRUN loads it; RMPUPDATE of an in-use
     /// VMSA fails with `FAIL_INUSE`).
     pub fn set_vmsa_in_use(&self, pfn: Pfn, in_use: bool) {
