@@ -12,7 +12,7 @@ use gmem_arch::sev::invariants::*;
 use gmem_arch::sev::kvm::SvmVm;
 use gmem_arch::sev::measure::SnpPageType;
 use gmem_arch::sev::rmp::{RmpError, RmpState, PAGES_PER_2M};
-use gmem_kvm::arch::{GuestFault, PgLevel, PFERR_GUEST_SIZEM_MASK};
+use gmem_kvm::arch::{GuestFault, PgLevel, PFERR_GUEST_RMP_MASK};
 use gmem_kvm::invariants::{Violation, INV_NO_STALE_PFN};
 use gmem_kvm::tdp_mmu::Spte;
 use gmem_kvm::vcpu::RunError;
@@ -193,10 +193,11 @@ fn s4_names_a_2m_mapping_over_4k_rmp_entries_and_the_hardware_faults_it() {
     // PSMASH under the mapping without zapping it: the NPT leaf is now larger than the RMP's.
     assert_eq!(snp.psmash(base), Ok(Ok(())));
     assert_violation(&guest, S4_NPT_LEVEL, "the private 2M SPTE at gfn 0x200");
-    // And the hardware faults a private access through it with PFERR_GUEST_SIZEM.
+    // And the hardware faults a private access through it (an RMP nested fault: the leaf is not
+    // the entry's size).
     let access = rmp.check_guest_access(guest.asid(), 0x20_1000, base.offset(1), PgLevel::Level2M, true, false);
     assert!(
-        matches!(access, Err(GuestFault::Npf { error_code }) if error_code & PFERR_GUEST_SIZEM_MASK != 0),
+        matches!(access, Err(GuestFault::Npf { error_code }) if error_code & PFERR_GUEST_RMP_MASK != 0),
         "{access:?}"
     );
 }
@@ -329,6 +330,7 @@ fn s8_the_firmware_refuses_launch_update_after_finish_and_a_logged_one_is_named(
 fn s9_making_a_mapped_frame_shared_is_a_warn_and_a_write_before_the_flush_an_oops() {
     let guest = SnpGuest::launched(KernelProfile::v6_18(), 1);
     validate(&guest, 0x5000);
+    guest.host.guest_store(guest.vcpus[0], 0x5000, b"guest", None).unwrap();
     let pfn = guest.mapped_pfn(5);
     let snp = guest.snp_host();
     // A buggy path gives the frame back while gfn 5 still maps it.

@@ -1302,6 +1302,8 @@ impl KvmArch for SvmVm {
             self.host.rmp().set_vmsa_in_use(vmsa_pa, true);
             state.vmsa_loaded = true;
         }
+        // VMRUN/#VMEXIT save the guest's state into its VMSA through the guest's key.
+        self.host.rmp().note_guest_write(vmsa_pa);
         Ok(())
     }
 
@@ -1313,14 +1315,20 @@ impl KvmArch for SvmVm {
         if !self.sev_snp_guest() {
             return Ok(());
         }
-        self.host.rmp().check_guest_access(
+        let rmp = self.host.rmp();
+        rmp.check_guest_access(
             self.asid(),
             access.gfn.to_gpa().0,
             access.pfn,
             access.npt_level,
             access.private,
             access.write,
-        )
+        )?;
+        if access.write && access.private {
+            // The store goes through the guest's key: its lines for the frame may be dirty.
+            rmp.note_guest_write(access.pfn);
+        }
+        Ok(())
     }
 
     fn npf_is_private(&self, error_code: u64) -> Option<bool> {

@@ -31,10 +31,13 @@
 //! count of its assigned entries, and whether the host's direct map still covers it with a 2M
 //! mapping (`adjust_direct_map` splits it before a 4K entry in it becomes private).
 //!
-//! The model adds one bit the hardware does not have: *needs flush*, set when an assigned
-//! entry becomes hypervisor-owned and cleared by a cache flush of the frame
-//! ([`Rmp::clflush`]). A host write to a frame still carrying it would race with the write-back
-//! of the guest's cache lines (encrypted under the guest's key); the check reports it (S9).
+//! The model adds one bit the hardware does not have: *guest dirty*, set when the guest writes
+//! the frame through its key ([`Rmp::note_guest_write`]: a private store, or the VMSA a running
+//! vCPU saves into) and cleared by a cache flush of the frame ([`Rmp::clflush`]). A host write
+//! to a frame the guest no longer owns that still carries it would race with the write-back of
+//! the guest's cache lines (encrypted under the guest's key); the check reports it (S9). Pages
+//! only the firmware wrote (launched but never run) do not carry it, so the kernel's launch
+//! error paths, which give pages back without a flush, are not flagged.
 
 use gmem_kvm::arch::{
     GuestException, GuestFault, PgLevel, PFERR_GUEST_ENC_MASK, PFERR_GUEST_RMP_MASK, PFERR_GUEST_SIZEM_MASK,
@@ -122,8 +125,9 @@ pub struct RmpEntry {
     pub vmsa: bool,
     /// The VMSA of a vCPU that is using it (RMPUPDATE: `FAIL_INUSE`).
     pub vmsa_in_use: bool,
-    /// Model-only: became hypervisor-owned and was not flushed since (see the module docs).
-    pub needs_flush: bool,
+    /// Model-only: the guest wrote the frame through its key and it was not flushed since (see
+    /// the module docs).
+    pub guest_dirty: bool,
     /// The owner's ASID (0: hypervisor or firmware).
     pub asid: u32,
     /// The guest physical address the frame may be mapped at.
@@ -132,7 +136,7 @@ pub struct RmpEntry {
 
 impl fmt::Debug for RmpEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if !self.assigned && !self.needs_flush && !self.pagesize_2m {
+        if !self.assigned && !self.guest_dirty && !self.pagesize_2m {
             return f.write_str("shared");
         }
         write!(f, "{}", if self.assigned { "assigned" } else { "shared" })?;
@@ -145,7 +149,7 @@ impl fmt::Debug for RmpEntry {
             (self.validated, "validated"),
             (self.vmsa, "vmsa"),
             (self.vmsa_in_use, "in-use"),
-            (self.needs_flush, "needs-flush"),
+            (self.guest_dirty, "guest-dirty"),
         ] {
             if set {
                 write!(f, " {name}")?;
@@ -173,7 +177,7 @@ impl RmpEntry {
     const VALIDATED: u64 = 1 << 3;
     const VMSA: u64 = 1 << 4;
     const VMSA_IN_USE: u64 = 1 << 5;
-    const NEEDS_FLUSH: u64 = 1 << 6;
+    const GUEST_DIRTY: u64 = 1 << 6;
     const ASID_SHIFT: u32 = 8;
     const ASID_MASK: u64 = 0xffff;
     const GFN_SHIFT: u32 = 24;
@@ -186,7 +190,7 @@ impl RmpEntry {
             validated: raw & Self::VALIDATED != 0,
             vmsa: raw & Self::VMSA != 0,
             vmsa_in_use: raw & Self::VMSA_IN_USE != 0,
-            needs_flush: raw & Self::NEEDS_FLUSH != 0,
+            guest_dirty: raw & Self::GUEST_DIRTY != 0,
             asid: ((raw >> Self::ASID_SHIFT) & Self::ASID_MASK) as u32,
             gpa: (raw >> Self::GFN_SHIFT) << PAGE_SHIFT,
         }
@@ -202,7 +206,7 @@ impl RmpEntry {
             (self.validated, Self::VALIDATED),
             (self.vmsa, Self::VMSA),
             (self.vmsa_in_use, Self::VMSA_IN_USE),
-            (self.needs_flush, Self::NEEDS_FLUSH),
+            (self.guest_dirty, Self::GUEST_DIRTY),
         ] {
             if set {
                 raw |= bit;
@@ -418,8 +422,8 @@ impl Rmp {
     /// The RMPUPDATE instruction on `pfn` with `state` (hypervisor only). A 2M update writes all
     /// 512 entries of the region (each with its part of the GPA) and needs the region to be a
     /// 2M entry already or to have no assigned entry; a 4K update inside an assigned 2M entry
-    /// overlaps. Validated and VMSA are cleared; an assigned entry that becomes
-    /// hypervisor-owned needs a cache flush before the host reuses the frame.
+    /// overlaps. Validated and VMSA are cleared; lines the guest dirtied stay dirty until a
+    /// flush.
     pub fn rmpupdate(&self, pfn: Pfn, state: &RmpState) -> Result<(), RmpError> {
         let npages = if state.pagesize_2m { PAGES_PER_2M } else { 1 };
         if pfn.0 >= self.max_pfn || pfn.0 % npages != 0 || state.gpa % (npages << PAGE_SHIFT) != 0 {
@@ -472,7 +476,7 @@ impl Rmp {
                 validated: false,
                 vmsa: false,
                 vmsa_in_use: false,
-                needs_flush: (old.assigned || old.needs_flush) && !state.assigned,
+                guest_dirty: old.guest_dirty,
                 asid: state.asid,
                 gpa: if state.assigned { state.gpa + (i << PAGE_SHIFT) } else { 0 },
             };
@@ -563,14 +567,25 @@ impl Rmp {
         slot.store(entry.encode(), Ordering::Release);
     }
 
+    /// The guest stored to `pfn` through its key (a private access the RMP check allowed): its
+    /// cache lines for the frame may now be dirty.
+    pub fn note_guest_write(&self, pfn: Pfn) {
+        if let Some(region) = self.region(pfn) {
+            let slot = &region.entries[(pfn.0 % PAGES_PER_2M) as usize];
+            if slot.load(Ordering::Relaxed) & RmpEntry::GUEST_DIRTY == 0 {
+                let _ = slot.fetch_or(RmpEntry::GUEST_DIRTY, Ordering::AcqRel);
+            }
+        }
+    }
+
     /// `clflush_cache_range` over `npages` frames from `pfn`: the guest's cache lines are
-    /// written back and dropped (clears the model's needs-flush bit).
+    /// written back and dropped (clears the model's guest-dirty bit).
     pub fn clflush(&self, pfn: Pfn, npages: u64) {
         for i in 0..npages {
             let target = Pfn(pfn.0 + i);
             let Some(region) = self.region(target) else { continue };
             let slot = &region.entries[(target.0 % PAGES_PER_2M) as usize];
-            let _ = slot.fetch_and(!RmpEntry::NEEDS_FLUSH, Ordering::AcqRel);
+            let _ = slot.fetch_and(!RmpEntry::GUEST_DIRTY, Ordering::AcqRel);
         }
     }
 
@@ -604,10 +619,10 @@ impl Rmp {
                 region.assigned.load(Ordering::Acquire)
             ));
         }
-        if entry.needs_flush {
+        if entry.guest_dirty {
             return Some(format!(
-                "S9: host write to {pfn:?}, made hypervisor-owned without a cache flush: the guest's dirty lines \
-                 (encrypted with its key) may be written back over the host's data"
+                "S9: host write to {pfn:?}, which the guest wrote and the host took back without a cache flush: \
+                 the guest's dirty lines (encrypted with its key) may be written back over the host's data"
             ));
         }
         None
@@ -763,9 +778,10 @@ mod tests {
         // RMPUPDATE clears Validated, whatever it writes.
         rmp.rmpupdate(pfn, &private(0x5000, 7, false)).unwrap();
         assert!(!rmp.read(pfn).unwrap().validated);
+        rmp.note_guest_write(pfn);
         rmp.rmpupdate(pfn, &shared(false)).unwrap();
         let entry = rmp.read(pfn).unwrap();
-        assert!(!entry.assigned && entry.needs_flush);
+        assert!(!entry.assigned && entry.guest_dirty, "an RMPUPDATE does not flush");
         assert_eq!(rmp.assigned_count(), 0);
     }
 
@@ -901,7 +917,8 @@ mod tests {
         // Without the split, a neighbour in the same 2M region faults too.
         rmp.rmpupdate(Pfn(600), &private(0x1000, 1, false)).unwrap();
         assert!(rmp.host_write_fault(Pfn(601)).unwrap().contains("direct-map"));
-        // Back to shared: the frame needs a flush before the host writes it.
+        // The guest wrote it; back to shared, it needs a flush before the host writes it.
+        rmp.note_guest_write(Pfn(10));
         rmp.rmpupdate(Pfn(10), &shared(false)).unwrap();
         assert!(rmp.host_write_fault(Pfn(10)).unwrap().starts_with("S9"));
         rmp.clflush(Pfn(10), 1);
