@@ -790,3 +790,23 @@ fn the_snp_tables_match_the_firmware_model() {
     let types: Vec<u64> = gmem_arch::sev::measure::SnpPageType::ALL.iter().map(|t| *t as u64).collect();
     assert_eq!(SNP_PAGE_TYPES.names.iter().map(|(_, v)| *v).collect::<Vec<_>>(), types);
 }
+
+#[test]
+fn exception_vectors_in_expectations_are_not_comments() {
+    let program = parse(
+        "t.gms",
+        "vm = create_vm   # a comment: #VC here is a comment too\n\
+         c = create_vcpu vm\n\
+         guest_load c gpa=0 len=1 => guest #VC gpa=0x0 reason=page-not-validated   # comment\n\
+         guest_load c gpa=0 len=1 => ok 00 #note\n\
+         guest_load c gpa=0 len=1 => ok 00 # #VC after a comment's #\n",
+    )
+    .expect("parses");
+    let expected: Vec<Option<&str>> = program.lines.iter().map(|line| line.expected.as_deref()).collect();
+    assert_eq!(
+        expected,
+        [None, None, Some("guest #VC gpa=0x0 reason=page-not-validated"), Some("ok 00"), Some("ok 00")]
+    );
+    // Before `=>`, `#` followed by an uppercase letter still starts a comment.
+    assert_eq!(op("create_vm #VC"), Op::CreateVm { vm_type: 0 });
+}
