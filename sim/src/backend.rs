@@ -7,6 +7,7 @@
 //! created (VMs, descriptors, mappings) when it is dropped.
 
 use gmem_mm::Errno;
+use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
 
 /// A signal raised by a host access through a mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +55,44 @@ pub enum Failure {
         /// The fields in the order they print, values already formatted.
         fields: Vec<(String, String)>,
     },
+    /// A `KVM_MEMORY_ENCRYPT_OP` command failed with this errno, and left this firmware status
+    /// (`SEV_RET_*`, 0 when the firmware was not involved) in `kvm_sev_cmd.error`. Prints the
+    /// errno, then ` fw_error=NAME` when the status is not 0 (`EIO fw_error=INVALID_PARAM`).
+    Sev {
+        /// The ioctl's errno.
+        errno: Errno,
+        /// `kvm_sev_cmd.error`.
+        fw_error: u32,
+    },
     /// This backend cannot run the verb; the text says why.
     Skip(String),
+}
+
+/// What KVM answered a guest's VMGEXIT it completed (without an exit to user space).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GhcbAnswer {
+    /// `SW_EXITINFO2` of the GHCB: a page-state change's status (0 or `VMGEXIT_PSC_ERROR_*`),
+    /// an AP creation's GHCB error. Prints `ok status=0xN`.
+    Status(u64),
+    /// The new GHCB MSR value (MSR protocol). Prints `ok msr=0xN`.
+    Msr(u64),
+    /// KVM resumed the guest without handling the request (no GHCB it could map). Prints
+    /// `ok ignored`.
+    Ignored,
+}
+
+/// `KVM_SEV_SNP_LAUNCH_UPDATE`'s parameters as the kernel left them, and the `uaddr` passed in
+/// (the runner prints the new `uaddr` relative to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchUpdated {
+    /// `gfn_start`, advanced past the pages done.
+    pub gfn_start: u64,
+    /// `len`, the bytes left.
+    pub len: u64,
+    /// `uaddr`, advanced past the pages done (not for ZERO pages).
+    pub uaddr: u64,
+    /// The `uaddr` the call was given.
+    pub uaddr_in: u64,
 }
 
 /// The fields of `struct stat` a script prints.
@@ -86,6 +123,21 @@ pub struct Violation {
 
 /// The result of a backend call.
 pub type BResult<T> = Result<T, Failure>;
+
+/// The most memory a backend maps for one call's `bytes=` source.
+pub const STAGING_MAX: u64 = 1 << 30;
+
+/// How much memory a backend maps to stage `bytes` as the source of a `len`-byte launch update:
+/// `len` (at least the bytes), rounded up to pages, so that every page the kernel reads is
+/// mapped (those past the bytes read as zeros); only the bytes' pages when that would exceed
+/// [`STAGING_MAX`] (a huge `len`, which the call may refuse before reading anything). Never 0.
+pub fn staging_len(len: u64, bytes: usize) -> u64 {
+    let pages = |n: u64| n.checked_add(4095).map(|n| n & !4095);
+    match pages(len.max(bytes as u64)) {
+        Some(n) if (1..=STAGING_MAX).contains(&n) => n,
+        _ => pages(bytes as u64).filter(|&n| n > 0).unwrap_or(4096),
+    }
+}
 
 /// The failure the optional verbs return on a backend that does not implement them.
 fn unsupported<T>() -> BResult<T> {
@@ -139,6 +191,48 @@ pub trait Backend {
     /// script ends.
     fn map_anonymous(&mut self, len: u64) -> BResult<u64>;
 
+    /// `KVM_ENABLE_CAP` on a VM.
+    fn enable_cap(&mut self, _vm: i32, _cap: u32, _flags: u32, _args: [u64; 4]) -> BResult<()> {
+        unsupported()
+    }
+    /// `open("/dev/sev", O_RDWR)`: returns the descriptor.
+    fn open_dev_sev(&mut self) -> BResult<i32> {
+        unsupported()
+    }
+    /// `KVM_MEMORY_ENCRYPT_OP(KVM_SEV_INIT2)`.
+    fn sev_init2(&mut self, _vm: i32, _params: &kvm_sev_init) -> BResult<()> {
+        unsupported()
+    }
+    /// `KVM_MEMORY_ENCRYPT_OP(KVM_SEV_SNP_LAUNCH_START)` through the `/dev/sev` descriptor
+    /// `sev_fd`.
+    fn snp_launch_start(&mut self, _vm: i32, _sev_fd: i32, _params: &kvm_sev_snp_launch_start) -> BResult<()> {
+        unsupported()
+    }
+    /// `KVM_MEMORY_ENCRYPT_OP(KVM_SEV_SNP_LAUNCH_UPDATE)`. With `bytes`, the backend maps fresh
+    /// memory of `params.len` bytes (page-rounded), copies `bytes` to its start and passes its
+    /// address as `uaddr` instead, removing the mapping after the call.
+    fn snp_launch_update(
+        &mut self,
+        _vm: i32,
+        _sev_fd: i32,
+        _params: &kvm_sev_snp_launch_update,
+        _bytes: Option<&[u8]>,
+    ) -> BResult<LaunchUpdated> {
+        unsupported()
+    }
+    /// `KVM_MEMORY_ENCRYPT_OP(KVM_SEV_SNP_LAUNCH_FINISH)`. With `id_block` (at most 96 bytes,
+    /// zero-padded), the backend stages the ID block and a zeroed ID authentication structure
+    /// and sets `id_block_en`.
+    fn snp_launch_finish(
+        &mut self,
+        _vm: i32,
+        _sev_fd: i32,
+        _params: &kvm_sev_snp_launch_finish,
+        _id_block: Option<&[u8]>,
+    ) -> BResult<()> {
+        unsupported()
+    }
+
     /// `KVM_CREATE_VCPU`: returns the vCPU descriptor.
     fn create_vcpu(&mut self, _vm: i32, _id: u64) -> BResult<i32> {
         unsupported()
@@ -155,6 +249,54 @@ pub trait Backend {
     fn pre_fault_memory(&mut self, _vcpu: i32, _gpa: u64, _size: u64) -> BResult<u64> {
         unsupported()
     }
+    /// The SNP guest's PVALIDATE of the page at `gpa`: the instruction's result code.
+    fn pvalidate(&mut self, _vcpu: i32, _gpa: u64, _size_2m: bool, _validate: bool) -> BResult<u64> {
+        unsupported()
+    }
+    /// The SNP guest's RMPADJUST of the page at `gpa` into a VMSA (or back): 0 or the
+    /// instruction's failure code.
+    fn rmpadjust(&mut self, _vcpu: i32, _gpa: u64, _vmsa: bool) -> BResult<u64> {
+        unsupported()
+    }
+    /// The guest registers its GHCB at `gpa` (GHCB MSR protocol).
+    fn ghcb_register(&mut self, _vcpu: i32, _gpa: u64) -> BResult<GhcbAnswer> {
+        unsupported()
+    }
+    /// The guest writes a PSC buffer of `npages` entries (pages of 4K, or 2M if `size_2m`, from
+    /// `gpa`, operation `op`) into its GHCB at `ghcb`, then `VMGEXIT(SVM_VMGEXIT_PSC)`: KVM's
+    /// answer, or the `KVM_EXIT_HYPERCALL` (as [`Failure::Exit`]).
+    fn psc(&mut self, _vcpu: i32, _ghcb: u64, _gpa: u64, _npages: u16, _op: u8, _size_2m: bool) -> BResult<GhcbAnswer> {
+        unsupported()
+    }
+    /// A page-state change of the 4K page at `gpa` by the GHCB MSR protocol.
+    fn psc_msr(&mut self, _vcpu: i32, _gpa: u64, _op: u8) -> BResult<GhcbAnswer> {
+        unsupported()
+    }
+    /// `KVM_RUN` after user space handled a `KVM_EXIT_HYPERCALL`, with `hypercall.ret` = `ret`.
+    fn complete_hypercall(&mut self, _vcpu: i32, _ret: u64) -> BResult<GhcbAnswer> {
+        unsupported()
+    }
+    /// `VMGEXIT(SVM_VMGEXIT_AP_CREATION)`: the GHCB status the guest gets.
+    fn ap_create(
+        &mut self,
+        _vcpu: i32,
+        _apic_id: u32,
+        _gpa: u64,
+        _request: u32,
+        _sev_features: u64,
+    ) -> BResult<GhcbAnswer> {
+        unsupported()
+    }
+    /// The SNP guest context's launch digest (48 bytes).
+    fn snp_launch_digest(&mut self, _vm: i32) -> BResult<Vec<u8>> {
+        unsupported()
+    }
+    /// Arms an SNP firmware error: after `after` calls of firmware command `cmd` pass, the next
+    /// `count` fail with status `ret`.
+    fn inject_snp_firmware(&mut self, _cmd: u32, _ret: u32, _count: u32, _after: u32) -> BResult<()> {
+        unsupported()
+    }
+
     /// The arch's launch-time populate path: returns the pages populated.
     fn populate(&mut self, _vm: i32, _gpa: u64, _npages: u64, _bytes: Option<&[u8]>) -> BResult<u64> {
         unsupported()

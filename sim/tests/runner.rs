@@ -5,9 +5,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use gmem_mm::Errno;
-use gmem_sim::backend::{BResult, Backend, Failure, MemoryRegion2, Signal, Stat, VcpuExit, Violation};
+use gmem_sim::backend::{
+    BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat, VcpuExit, Violation,
+};
 use gmem_sim::runner::{run, LineReport, Report, RunError, RunOptions};
 use gmem_sim::script::{parse, Program};
+use kvm_bindings::{kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
 
 /// What the mock does, shared with the test so it can be inspected after the backend is gone.
 #[derive(Default)]
@@ -145,6 +148,42 @@ impl Backend for Mock {
     fn guest_load(&mut self, vcpu: i32, gpa: u64, len: u64, p: Option<bool>) -> BResult<Vec<u8>> {
         let call = format!("guest_load({vcpu}, {gpa:#x}, {len}, {p:?})");
         self.answer("guest_load", call, vec![0; len as usize])
+    }
+    fn open_dev_sev(&mut self) -> BResult<i32> {
+        let fd = self.fd();
+        self.answer("open_dev_sev", "open_dev_sev()".into(), fd)
+    }
+    fn snp_launch_start(&mut self, vm: i32, sev_fd: i32, params: &kvm_sev_snp_launch_start) -> BResult<()> {
+        let call = format!("snp_launch_start({vm}, sev_fd={sev_fd}, policy={:#x})", params.policy);
+        self.answer("snp_launch_start", call, ())
+    }
+    fn snp_launch_update(
+        &mut self,
+        vm: i32,
+        sev_fd: i32,
+        params: &kvm_sev_snp_launch_update,
+        bytes: Option<&[u8]>,
+    ) -> BResult<LaunchUpdated> {
+        // Stages `bytes` at a fresh address; does one page.
+        let uaddr = match bytes {
+            Some(_) => self.addr(),
+            None => params.uaddr,
+        };
+        let call = format!(
+            "snp_launch_update({vm}, sev_fd={sev_fd}, gfn_start={:#x} len={:#x} type={} uaddr={uaddr:#x} bytes={bytes:?})",
+            params.gfn_start, params.len, params.type_
+        );
+        let done = LaunchUpdated {
+            gfn_start: params.gfn_start + 1,
+            len: params.len - 4096,
+            uaddr: uaddr + 4096,
+            uaddr_in: uaddr,
+        };
+        self.answer("snp_launch_update", call, done)
+    }
+    fn psc(&mut self, vcpu: i32, ghcb: u64, gpa: u64, npages: u16, op: u8, size_2m: bool) -> BResult<GhcbAnswer> {
+        let call = format!("psc({vcpu}, {ghcb:#x}, {gpa:#x}, {npages}, {op}, {size_2m})");
+        self.answer("psc", call, GhcbAnswer::Status(0))
     }
     fn warnings(&mut self) -> BResult<u64> {
         self.answer("warnings", "warnings()".into(), 0)
@@ -570,4 +609,65 @@ fn output_is_deterministic() {
     let source =
         "vm = create_vm\ng = create_guest_memfd vm size=4K\nm = mmap g len=4K\nload m len=4\ncheck_invariants\n";
     assert_eq!(Bench::new().run(source), Bench::new().run(source));
+}
+
+#[test]
+fn sev_fd_defaults_to_the_most_recent_open_dev_sev() {
+    let bench = Bench::new();
+    bench.errno("open_dev_sev", Errno::ENOENT);
+    let out = bench.run(
+        "vm = create_vm type=SEV_SNP\n\
+         open_dev_sev\n\
+         snp_launch_start vm\n\
+         a = open_dev_sev\n\
+         b = open_dev_sev\n\
+         snp_launch_start vm\n\
+         snp_launch_start vm sev_fd=a policy=RSVD_MBO\n",
+    );
+    assert_eq!(out, lines(&["1: ok", "2: ENOENT", "3: ok", "4: ok", "5: ok", "6: ok", "7: ok"]));
+    let log = bench.state.borrow().log.clone();
+    // A failed open leaves -1 as the default; then the latest descriptor (the mock numbers the
+    // failed open too, so `a` is 5 and `b` 6); `sev_fd=` wins.
+    assert!(log.contains(&"snp_launch_start(3, sev_fd=-1, policy=0x30000)".to_string()), "{log:?}");
+    assert!(log.contains(&"snp_launch_start(3, sev_fd=6, policy=0x30000)".to_string()), "{log:?}");
+    assert!(log.contains(&"snp_launch_start(3, sev_fd=5, policy=0x20000)".to_string()), "{log:?}");
+}
+
+#[test]
+fn launch_update_records_print_uaddr_relative_to_its_source() {
+    let bench = Bench::new();
+    bench.fail("snp_launch_update", Failure::Sev { errno: Errno::EIO, fw_error: 0x16 });
+    bench.fail("snp_launch_update", Failure::Sev { errno: Errno::EINVAL, fw_error: 0 });
+    let out = bench.run(
+        "vm = create_vm\n\
+         img = mmap 3 len=8K\n\
+         open_dev_sev\n\
+         snp_launch_update vm gfn_start=0 len=4K bytes=00\n\
+         snp_launch_update vm gfn_start=0 len=4K bytes=00\n\
+         snp_launch_update vm gfn_start=2 len=8K uaddr=img\n\
+         snp_launch_update vm gfn_start=4 len=8K bytes=2a\n\
+         snp_launch_update vm gfn_start=6 len=8K uaddr=0x10000\n\
+         psc 5 ghcb=0x1000 gpa=0x7000 npages=3 op=SHARED size=2M\n",
+    );
+    assert_eq!(
+        out,
+        lines(&[
+            "1: ok",
+            "2: ok",
+            "3: ok",
+            "4: EIO fw_error=INVALID_PARAM",
+            "5: EINVAL",
+            "6: ok gfn_start=3 len=4096 uaddr=img+0x1000",
+            "7: ok gfn_start=5 len=4096 uaddr=bytes+0x1000",
+            "8: ok gfn_start=7 len=4096 uaddr=0x11000",
+            "9: ok status=0x0",
+        ])
+    );
+    let log = bench.state.borrow().log.clone();
+    assert!(log.contains(&"psc(5, 0x1000, 0x7000, 3, 2, true)".to_string()), "{log:?}");
+    assert!(
+        log.iter().any(|call| call
+            .starts_with("snp_launch_update(3, sev_fd=4, gfn_start=0x2 len=0x2000 type=1 uaddr=0x7f0000000000")),
+        "{log:?}"
+    );
 }

@@ -30,8 +30,16 @@
 //!   process.
 //! * `Kvm::new_with_path`, `Kvm::open_with_cloexec`, `FromRawFd` and every vCPU, device, irqchip
 //!   and dirty-log call, because the simulator has no counterpart.
+//! * `VmFd::encrypt_op<T>(*mut T)`, because a pointer into the caller's memory means nothing to the
+//!   simulated kernel, which reads user memory of the simulated process. `encrypt_op_sev` is
+//!   mirrored; its `kvm_sev_cmd.data` is an address in the simulated process.
+//!
+//! gmem-uapi's typed SEV-SNP helpers (`VmFd::sev_init2`, `snp_launch_start`, `snp_launch_update`,
+//! `snp_launch_finish`) have no kvm-ioctls counterpart and are not listed here.
 #![cfg(target_os = "linux")]
 
+#[cfg(target_arch = "x86_64")] // kvm-ioctls' gate of encrypt_op_sev
+use kvm_bindings::kvm_sev_cmd;
 use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
 use std::error::Error as StdError;
 use std::fmt::Debug;
@@ -129,6 +137,7 @@ macro_rules! same_errno {
 // ---- Structs: the uAPI structs are kvm-bindings' (the signatures below check kvm-ioctls takes them). ----
 
 same_type!(kvm_create_guest_memfd, kvm_userspace_memory_region2, kvm_memory_attributes);
+same_type!(kvm_sev_cmd, kvm_sev_init, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, kvm_sev_snp_launch_finish);
 
 // ---- Constants: the re-exports equal kvm-bindings', and the 6.18 ones have the uAPI values. ----
 
@@ -150,6 +159,18 @@ same_const!(
     KVM_X86_SNP_VM,
     KVM_X86_SW_PROTECTED_VM,
     KVM_X86_TDX_VM,
+    KVM_CAP_EXIT_HYPERCALL,
+    sev_cmd_id_KVM_SEV_INIT2,
+    sev_cmd_id_KVM_SEV_SNP_LAUNCH_START,
+    sev_cmd_id_KVM_SEV_SNP_LAUNCH_UPDATE,
+    sev_cmd_id_KVM_SEV_SNP_LAUNCH_FINISH,
+    KVM_SEV_SNP_PAGE_TYPE_NORMAL,
+    KVM_SEV_SNP_PAGE_TYPE_ZERO,
+    KVM_SEV_SNP_PAGE_TYPE_UNMEASURED,
+    KVM_SEV_SNP_PAGE_TYPE_SECRETS,
+    KVM_SEV_SNP_PAGE_TYPE_CPUID,
+    KVM_SEV_SNP_ID_BLOCK_SIZE,
+    KVM_SEV_SNP_ID_AUTH_SIZE,
 );
 
 /// Linux 6.18's `include/uapi/linux/kvm.h` values of the constants gmem-uapi defines itself. Both
@@ -262,6 +283,8 @@ same_shape!(VmFd::set_user_memory_region2, unsafe fn(&VmFd, kvm_userspace_memory
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))] // kvm-ioctls' own gate
 same_shape!(VmFd::set_memory_attributes, fn(&VmFd, kvm_memory_attributes) -> Result<(), E>);
 same_shape!(VmFd::enable_cap, fn(&VmFd, &kvm_bindings::kvm_enable_cap) -> Result<(), E>);
+#[cfg(target_arch = "x86_64")] // kvm-ioctls' own gate
+same_shape!(VmFd::encrypt_op_sev, fn(&VmFd, &mut kvm_sev_cmd) -> Result<(), E>);
 
 same_traits!(Kvm: Debug + Send + Sync);
 same_traits!(VmFd: AsRawFd + Debug + Send + Sync);

@@ -8,6 +8,15 @@ pub use kvm_bindings::{
     KVM_X86_TDX_VM,
 };
 
+/// The `KVM_MEMORY_ENCRYPT_OP` command ids of an SEV-SNP launch (`enum sev_cmd_id`) and the SNP
+/// launch constants, as kvm-bindings names them.
+pub use kvm_bindings::{
+    sev_cmd_id_KVM_SEV_INIT2, sev_cmd_id_KVM_SEV_SNP_LAUNCH_FINISH, sev_cmd_id_KVM_SEV_SNP_LAUNCH_START,
+    sev_cmd_id_KVM_SEV_SNP_LAUNCH_UPDATE, KVM_CAP_EXIT_HYPERCALL, KVM_SEV_SNP_ID_AUTH_SIZE, KVM_SEV_SNP_ID_BLOCK_SIZE,
+    KVM_SEV_SNP_PAGE_TYPE_CPUID, KVM_SEV_SNP_PAGE_TYPE_NORMAL, KVM_SEV_SNP_PAGE_TYPE_SECRETS,
+    KVM_SEV_SNP_PAGE_TYPE_UNMEASURED, KVM_SEV_SNP_PAGE_TYPE_ZERO,
+};
+
 /// `GUEST_MEMFD_FLAG_MMAP` (Linux 6.18).
 pub const GUEST_MEMFD_FLAG_MMAP: u64 = 1 << 0;
 /// `GUEST_MEMFD_FLAG_INIT_SHARED` (Linux 6.18).
@@ -37,5 +46,19 @@ mod tests {
         assert_eq!(super::KVM_MEMORY_ATTRIBUTE_PRIVATE as u64, attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE);
         assert_eq!(super::KVM_X86_SW_PROTECTED_VM as u64, gmem_kvm::VmType::SwProtected as u64);
         assert_eq!(super::KVM_X86_TDX_VM as u64, gmem_kvm::VmType::Tdx as u64);
+        assert_eq!(super::KVM_CAP_EXIT_HYPERCALL as u64, caps::KVM_CAP_EXIT_HYPERCALL);
+        use gmem_arch::sev::kvm as sev;
+        assert_eq!(super::sev_cmd_id_KVM_SEV_INIT2, sev::KVM_SEV_INIT2);
+        assert_eq!(super::sev_cmd_id_KVM_SEV_SNP_LAUNCH_START, sev::KVM_SEV_SNP_LAUNCH_START);
+        assert_eq!(super::sev_cmd_id_KVM_SEV_SNP_LAUNCH_UPDATE, sev::KVM_SEV_SNP_LAUNCH_UPDATE);
+        assert_eq!(super::sev_cmd_id_KVM_SEV_SNP_LAUNCH_FINISH, sev::KVM_SEV_SNP_LAUNCH_FINISH);
+        assert_eq!(super::KVM_SEV_SNP_ID_BLOCK_SIZE as usize, sev::KVM_SEV_SNP_ID_BLOCK_SIZE);
+        assert_eq!(super::KVM_SEV_SNP_ID_AUTH_SIZE as usize, sev::KVM_SEV_SNP_ID_AUTH_SIZE);
+        use gmem_arch::sev::measure::SnpPageType;
+        assert_eq!(super::KVM_SEV_SNP_PAGE_TYPE_NORMAL, SnpPageType::Normal as u32);
+        assert_eq!(super::KVM_SEV_SNP_PAGE_TYPE_ZERO, SnpPageType::Zero as u32);
+        assert_eq!(super::KVM_SEV_SNP_PAGE_TYPE_UNMEASURED, SnpPageType::Unmeasured as u32);
+        assert_eq!(super::KVM_SEV_SNP_PAGE_TYPE_SECRETS, SnpPageType::Secrets as u32);
+        assert_eq!(super::KVM_SEV_SNP_PAGE_TYPE_CPUID, SnpPageType::Cpuid as u32);
     }
 }

@@ -339,9 +339,25 @@ impl SimHost {
     }
 
     /// `open("/dev/sev", O_RDWR)`: the PSP's SEV device, which the SNP launch commands need.
+    ///
+    /// The device exists only on a host with SEV (the vendor module's [`SevModule`] enabled, as
+    /// in the profiles with SEV-SNP VMs); elsewhere the path lookup fails with ENOENT, as on a
+    /// machine without `/dev/sev`. `do_sys_openat2` reserves the descriptor before the lookup, so
+    /// a full table is EMFILE first.
+    ///
+    /// [`SevModule`]: gmem_arch::sev::kvm::SevModule
     pub fn open_dev_sev(&self) -> Result<i32> {
         let _span = tracing::debug_span!("open_dev_sev").entered();
-        let result = gmem_arch::sev::psp::open_dev_sev(self.machine(), &self.process.files);
+        let sev_enabled = gmem_arch::X86Host::of(&self.system).is_some_and(|host| host.sev().sev_enabled);
+        let result = if sev_enabled {
+            gmem_arch::sev::psp::open_dev_sev(self.machine(), &self.process.files)
+        } else {
+            let files = &self.process.files;
+            files.get_unused_fd().and_then(|fd| {
+                files.put_unused_fd(fd);
+                Err(Errno::ENOENT)
+            })
+        };
         self.process.syscall_exit(result)
     }
 

@@ -21,7 +21,10 @@ pub mod vmm;
 pub use convert::{memory_attributes, userspace_memory_region2};
 pub use gmem_mm::{Errno, KResult};
 pub use host::{SevError, SimHost, Stat};
-pub use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
+pub use kvm_bindings::{
+    kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_cmd, kvm_sev_init, kvm_sev_snp_launch_finish,
+    kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, kvm_userspace_memory_region2,
+};
 pub use vmfd::{Kvm, VmFd};
 pub use vmm::{Vmm, VmmConfig};
 

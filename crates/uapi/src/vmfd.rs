@@ -1,9 +1,12 @@
 //! [`Kvm`] and [`VmFd`]: the kvm-ioctls-shaped handles over a [`SimHost`].
 
-use crate::{Result, SimHost};
+use crate::{Result, SevError, SimHost};
 use gmem_kvm::KernelProfile;
 use gmem_sync::Arc;
-use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
+use kvm_bindings::{
+    kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_cmd, kvm_sev_init, kvm_sev_snp_launch_finish,
+    kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, kvm_userspace_memory_region2,
+};
 use std::os::raw::c_ulong;
 use std::os::unix::io::{AsRawFd, RawFd};
 
@@ -95,10 +98,159 @@ impl VmFd {
     pub fn enable_cap(&self, cap: &kvm_bindings::kvm_enable_cap) -> Result<()> {
         self.host.enable_cap(self.fd, cap)
     }
+
+    /// `KVM_MEMORY_ENCRYPT_OP` with a `struct kvm_sev_cmd` (kvm-ioctls' `encrypt_op_sev`): the
+    /// command comes back as the kernel left it, with the firmware status in `op.error`.
+    ///
+    /// The kernel reads the command's parameters from user memory. Here that is the memory of the
+    /// simulated process: `op.data`, and every address inside the parameters (such as
+    /// `kvm_sev_snp_launch_update::uaddr` or `kvm_sev_snp_launch_finish::id_block_uaddr`), is an
+    /// address in the simulated process, as a memslot's `userspace_addr` is, not a pointer into
+    /// the caller's own memory. Put the parameters there first: [`SimHost::encrypt_op_staged`]
+    /// copies a parameter block into a page of the process, points `data` at it, issues the
+    /// command and copies the block back; the typed helpers [`VmFd::sev_init2`],
+    /// [`VmFd::snp_launch_start`], [`VmFd::snp_launch_update`] and [`VmFd::snp_launch_finish`]
+    /// (and the same methods of [`SimHost`]) do that for one kvm-bindings struct each. Source
+    /// images for LAUNCH_UPDATE live in process memory too (for example a mapping from
+    /// `SimHost::process().mmap_anonymous`, filled with `SimHost::store`).
+    ///
+    /// `op.sev_fd` is a descriptor of the simulated process (`SimHost::open_dev_sev`).
+    pub fn encrypt_op_sev(&self, op: &mut kvm_sev_cmd) -> Result<()> {
+        self.host.encrypt_op_staged(self.fd, op, &mut [])
+    }
+
+    /// `KVM_SEV_INIT2` with `params` staged in the simulated process (a convenience of the
+    /// simulator; kvm-ioctls has only [`VmFd::encrypt_op_sev`]).
+    pub fn sev_init2(&self, params: &kvm_sev_init) -> std::result::Result<(), SevError> {
+        self.host.sev_init2(self.fd, params)
+    }
+
+    /// `KVM_SEV_SNP_LAUNCH_START` through the `/dev/sev` descriptor `sev_fd` (a simulator
+    /// convenience, see [`VmFd::sev_init2`]).
+    pub fn snp_launch_start(
+        &self,
+        sev_fd: RawFd,
+        params: &kvm_sev_snp_launch_start,
+    ) -> std::result::Result<(), SevError> {
+        self.host.snp_launch_start(self.fd, sev_fd, params)
+    }
+
+    /// `KVM_SEV_SNP_LAUNCH_UPDATE` through `sev_fd`: `params.uaddr` is an address in the
+    /// simulated process; on success `params` comes back advanced past the pages done (a partial
+    /// success leaves `len` non-zero, callers loop). A simulator convenience, see
+    /// [`VmFd::sev_init2`].
+    pub fn snp_launch_update(
+        &self,
+        sev_fd: RawFd,
+        params: &mut kvm_sev_snp_launch_update,
+    ) -> std::result::Result<(), SevError> {
+        self.host.snp_launch_update(self.fd, sev_fd, params)
+    }
+
+    /// `KVM_SEV_SNP_LAUNCH_FINISH` through `sev_fd` (the ID block addresses, if enabled, are in
+    /// the simulated process). A simulator convenience, see [`VmFd::sev_init2`].
+    pub fn snp_launch_finish(
+        &self,
+        sev_fd: RawFd,
+        params: &kvm_sev_snp_launch_finish,
+    ) -> std::result::Result<(), SevError> {
+        self.host.snp_launch_finish(self.fd, sev_fd, params)
+    }
 }
 
 impl Drop for VmFd {
     fn drop(&mut self) {
         let _ = self.host.close(self.fd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Errno;
+    use gmem_arch::sev::kvm::KVM_SEV_INIT2;
+
+    /// The policy of QEMU's default SNP guest: the must-be-one bit and SMT allowed.
+    const POLICY: u64 = (1 << 17) | (1 << 16);
+
+    #[test]
+    fn encrypt_op_sev_reads_its_parameters_from_the_simulated_process() {
+        let kvm = Kvm::new().unwrap();
+        let vm = kvm.create_vm_with_type(kvm_bindings::KVM_X86_SNP_VM as u64).unwrap();
+        let host = kvm.host();
+        // The parameters live in the process: a kvm_sev_init with a bad flag, then a good one.
+        let data = host.process().mmap_anonymous(4096).unwrap();
+        let bad = kvm_sev_init { flags: 1, ..Default::default() };
+        host.store(data, &gmem_arch::sev::kvm::uapi_bytes(&bad)).unwrap();
+        let mut cmd = kvm_sev_cmd { id: KVM_SEV_INIT2, data, ..Default::default() };
+        assert_eq!(vm.encrypt_op_sev(&mut cmd), Err(Errno::EINVAL));
+        // `data` is an address of the simulated process: one nothing is mapped at is EFAULT.
+        let mut unmapped = kvm_sev_cmd { id: KVM_SEV_INIT2, data: 0x1000, ..Default::default() };
+        assert_eq!(vm.encrypt_op_sev(&mut unmapped), Err(Errno::EFAULT));
+        host.store(data, &gmem_arch::sev::kvm::uapi_bytes(&kvm_sev_init::default())).unwrap();
+        vm.encrypt_op_sev(&mut cmd).unwrap();
+        assert_eq!(cmd.error, 0);
+        // Once the VM is an SNP guest, only SNP commands are allowed: INIT2 again is EPERM.
+        assert_eq!(vm.sev_init2(&kvm_sev_init::default()), Err(Errno::EPERM.into()));
+    }
+
+    #[test]
+    fn the_typed_helpers_launch_an_snp_guest() {
+        let kvm = Kvm::new().unwrap();
+        let vm = kvm.create_vm_with_type(kvm_bindings::KVM_X86_SNP_VM as u64).unwrap();
+        let host = kvm.host();
+        vm.sev_init2(&kvm_sev_init::default()).unwrap();
+        let gmem = vm.create_guest_memfd(kvm_create_guest_memfd { size: 1 << 20, ..Default::default() }).unwrap();
+        let region = kvm_userspace_memory_region2 {
+            flags: kvm_bindings::KVM_MEM_GUEST_MEMFD,
+            memory_size: 1 << 20,
+            userspace_addr: host.process().mmap_anonymous(1 << 20).unwrap(),
+            guest_memfd: gmem as u32,
+            ..Default::default()
+        };
+        // SAFETY: the simulator checks the region like the kernel does; nothing here is unsound.
+        unsafe { vm.set_user_memory_region2(region) }.unwrap();
+        let private = kvm_memory_attributes {
+            size: 1 << 20,
+            attributes: kvm_bindings::KVM_MEMORY_ATTRIBUTE_PRIVATE as u64,
+            ..Default::default()
+        };
+        vm.set_memory_attributes(private).unwrap();
+        let sev = host.open_dev_sev().unwrap();
+        let start = kvm_sev_snp_launch_start { policy: POLICY, ..Default::default() };
+        vm.snp_launch_start(sev, &start).unwrap();
+        let image = host.process().mmap_anonymous(8192).unwrap();
+        host.store(image, b"kernel").unwrap();
+        let mut update = kvm_sev_snp_launch_update {
+            gfn_start: 0,
+            uaddr: image,
+            len: 8192,
+            type_: kvm_bindings::KVM_SEV_SNP_PAGE_TYPE_NORMAL as u8,
+            ..Default::default()
+        };
+        vm.snp_launch_update(sev, &mut update).unwrap();
+        assert_eq!((update.gfn_start, update.len, update.uaddr), (2, 0, image + 8192));
+        // The same pages again: already launched, EIO without a firmware status.
+        let mut again = kvm_sev_snp_launch_update { uaddr: image, len: 4096, type_: 1, ..Default::default() };
+        assert_eq!(vm.snp_launch_update(sev, &mut again), Err(Errno::EIO.into()));
+        vm.snp_launch_finish(sev, &kvm_sev_snp_launch_finish::default()).unwrap();
+        assert!(host.snp_launch_digest(vm.as_raw_fd()).unwrap().is_some());
+    }
+
+    #[test]
+    fn without_sev_dev_sev_is_missing_and_the_encrypt_op_is_enotty() {
+        let kvm = Kvm::with_profile(KernelProfile::v6_18_pvm());
+        let host = kvm.host();
+        assert_eq!(host.open_dev_sev(), Err(Errno::ENOENT));
+        let vm = kvm.create_vm().unwrap();
+        let mut cmd = kvm_sev_cmd { id: KVM_SEV_INIT2, ..Default::default() };
+        assert_eq!(vm.encrypt_op_sev(&mut cmd), Err(Errno::ENOTTY));
+        assert_eq!(vm.sev_init2(&kvm_sev_init::default()), Err(Errno::ENOTTY.into()));
+        // A failed open uses no descriptor: the next one is still the lowest free.
+        let gmem = vm.create_guest_memfd(kvm_create_guest_memfd { size: 4096, ..Default::default() });
+        assert_eq!(gmem, Ok(vm.as_raw_fd() + 1));
+        // With SEV the device opens.
+        let sev_host = Kvm::new().unwrap();
+        assert!(sev_host.host().open_dev_sev().is_ok());
     }
 }

@@ -1,32 +1,46 @@
 //! The simulator backend: every verb runs on a fresh simulated kernel (one [`SimHost`] per
 //! script file, dropped, and so fully released, at the end of the file).
 
-use crate::backend::{BResult, Backend, Failure, MemoryRegion2, Signal, Stat, VcpuExit, Violation};
+use crate::backend::{
+    staging_len, BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat, VcpuExit, Violation,
+};
+use gmem_arch::sev::firmware::{SevCmd, SevRet};
+use gmem_arch::sev::ghcb::{GhcbResponse, PscEntry};
+use gmem_arch::sev::measure::SnpPageType;
 use gmem_kvm::guest_memfd::gmem_of_file;
 use gmem_kvm::invariants;
 use gmem_kvm::vcpu::{self, RunError, KVM_MEMORY_EXIT_FLAG_PRIVATE};
-use gmem_kvm::KernelProfile;
+use gmem_kvm::{KernelProfile, VmType};
 use gmem_mm::file::FileRef;
 use gmem_mm::vma::AccessSignal;
 use gmem_mm::Errno;
 use gmem_sync::inject::FaultPoint;
 use gmem_sync::Arc;
-use gmem_uapi::{kvm_create_guest_memfd, kvm_memory_attributes, SimHost};
+use gmem_uapi::{
+    kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start,
+    kvm_sev_snp_launch_update, SevError, SimHost,
+};
 use std::collections::BTreeMap;
 
 /// The largest `load` a script may ask for (its bytes are printed as hex).
 const LOAD_LEN_MAX: u64 = 16 << 20;
 
+/// The size of a page.
+const PAGE: u64 = 4096;
+
 /// The simulator backend.
 #[derive(Debug)]
 pub struct SimBackend {
     host: SimHost,
+    /// The descriptor of the most recent successful `open_dev_sev` (`populate` of an SNP VM
+    /// uses it while it is still `/dev/sev`).
+    dev_sev: Option<i32>,
 }
 
 impl SimBackend {
     /// A fresh simulated kernel booted with `profile`.
     pub fn new(profile: KernelProfile) -> SimBackend {
-        SimBackend { host: SimHost::new(profile) }
+        SimBackend { host: SimHost::new(profile), dev_sev: None }
     }
 
     /// The host (for tests that look behind the script).
@@ -50,6 +64,67 @@ impl SimBackend {
     fn vms(&self) -> Vec<(i32, Arc<gmem_kvm::Kvm>)> {
         let process = self.host.process();
         process.files.open_fds().into_iter().filter_map(|fd| Some((fd, self.host.vm(fd).ok()?))).collect()
+    }
+
+    /// Maps fresh anonymous memory of the process for a `len`-byte source and copies `bytes` to
+    /// its start: `(address, size)`.
+    fn stage(&self, bytes: &[u8], len: u64) -> BResult<(u64, u64)> {
+        let size = staging_len(len, bytes.len());
+        let addr = errno(self.host.process().mmap_anonymous(size))?;
+        if let Err(failure) = signal(self.host.store(addr, bytes)) {
+            self.unstage(addr, size);
+            return Err(failure);
+        }
+        Ok((addr, size))
+    }
+
+    /// Removes a mapping made by [`SimBackend::stage`].
+    fn unstage(&self, addr: u64, size: u64) {
+        let _ = self.host.process().munmap(addr, size);
+    }
+
+    /// The `/dev/sev` descriptor for an SNP `populate`: the script's most recent one while it is
+    /// still open on `/dev/sev`, else one opened for the call (`true`: close it afterwards).
+    fn dev_sev_for_call(&self) -> BResult<(i32, bool)> {
+        if let Some(fd) = self.dev_sev {
+            let still_dev_sev = self.host.process().fget(fd).is_ok_and(|file| gmem_arch::sev::psp::is_dev_sev(&file));
+            if still_dev_sev {
+                return Ok((fd, false));
+            }
+        }
+        errno(self.host.open_dev_sev()).map(|fd| (fd, true))
+    }
+
+    /// `populate` of an SNP VM: `KVM_SEV_SNP_LAUNCH_UPDATE` of `npages` pages from `gpa`, NORMAL
+    /// pages from `bytes` (staged in the process) or ZERO pages without. Returns the pages done.
+    fn snp_populate(&mut self, vm: i32, gpa: u64, npages: u64, bytes: Option<&[u8]>) -> BResult<u64> {
+        let (sev_fd, opened) = self.dev_sev_for_call()?;
+        let page_type = if bytes.is_some() { SnpPageType::Normal } else { SnpPageType::Zero };
+        let params = kvm_sev_snp_launch_update {
+            gfn_start: gpa >> 12,
+            len: npages.wrapping_mul(PAGE),
+            type_: page_type as u8,
+            ..Default::default()
+        };
+        let result = self.snp_launch_update(vm, sev_fd, &params, bytes);
+        if opened {
+            let _ = self.host.close(sev_fd);
+        }
+        result.map(|updated| params.len.wrapping_sub(updated.len) / PAGE)
+    }
+}
+
+/// A failed `KVM_MEMORY_ENCRYPT_OP` as a script result.
+fn sev<T>(result: Result<T, SevError>) -> BResult<T> {
+    result.map_err(|error| Failure::Sev { errno: error.errno, fw_error: error.fw_error })
+}
+
+/// KVM's answer to a VMGEXIT as a script result.
+fn ghcb_answer(response: GhcbResponse) -> GhcbAnswer {
+    match response {
+        GhcbResponse::ExitInfo2(status) => GhcbAnswer::Status(status),
+        GhcbResponse::Msr(value) => GhcbAnswer::Msr(value),
+        GhcbResponse::Ignored => GhcbAnswer::Ignored,
     }
 }
 
@@ -98,7 +173,7 @@ fn run<T>(result: Result<T, RunError>) -> BResult<T> {
             reason: "FAIL_ENTRY".into(),
             fields: vec![("hardware_entry_failure_reason".to_string(), format!("{reason:#x}"))],
         }),
-        // No script verb issues a hypercall; printed in the same shape should one ever exit.
+        // A page-state change KVM forwards to user space (`psc`, `psc_msr`, `complete_hypercall`).
         RunError::Exit(vcpu::VcpuExit::Hypercall { nr, args, flags }) => Failure::Exit(VcpuExit {
             reason: "HYPERCALL".into(),
             fields: vec![
@@ -209,6 +284,75 @@ impl Backend for SimBackend {
         errno(self.host.process().mmap_anonymous(len))
     }
 
+    fn enable_cap(&mut self, vm: i32, cap: u32, flags: u32, args: [u64; 4]) -> BResult<()> {
+        let cap = kvm_bindings::kvm_enable_cap { cap, flags, args, ..Default::default() };
+        errno(self.host.enable_cap(vm, &cap))
+    }
+
+    fn open_dev_sev(&mut self) -> BResult<i32> {
+        let fd = errno(self.host.open_dev_sev())?;
+        self.dev_sev = Some(fd);
+        Ok(fd)
+    }
+
+    fn sev_init2(&mut self, vm: i32, params: &kvm_sev_init) -> BResult<()> {
+        sev(self.host.sev_init2(vm, params))
+    }
+
+    fn snp_launch_start(&mut self, vm: i32, sev_fd: i32, params: &kvm_sev_snp_launch_start) -> BResult<()> {
+        sev(self.host.snp_launch_start(vm, sev_fd, params))
+    }
+
+    fn snp_launch_update(
+        &mut self,
+        vm: i32,
+        sev_fd: i32,
+        params: &kvm_sev_snp_launch_update,
+        bytes: Option<&[u8]>,
+    ) -> BResult<LaunchUpdated> {
+        let mut params = *params;
+        let staged = match bytes {
+            Some(bytes) => {
+                let (addr, size) = self.stage(bytes, params.len)?;
+                params.uaddr = addr;
+                Some((addr, size))
+            }
+            None => None,
+        };
+        let uaddr_in = params.uaddr;
+        let result = sev(self.host.snp_launch_update(vm, sev_fd, &mut params));
+        if let Some((addr, size)) = staged {
+            self.unstage(addr, size);
+        }
+        result.map(|()| LaunchUpdated { gfn_start: params.gfn_start, len: params.len, uaddr: params.uaddr, uaddr_in })
+    }
+
+    fn snp_launch_finish(
+        &mut self,
+        vm: i32,
+        sev_fd: i32,
+        params: &kvm_sev_snp_launch_finish,
+        id_block: Option<&[u8]>,
+    ) -> BResult<()> {
+        let mut params = *params;
+        // The ID block in the first page, a zeroed ID authentication structure in the second.
+        let staged = match id_block {
+            Some(block) => {
+                let (addr, size) = self.stage(block, 2 * PAGE)?;
+                params.id_block_en = 1;
+                params.id_block_uaddr = addr;
+                params.id_auth_uaddr = addr + PAGE;
+                Some((addr, size))
+            }
+            None => None,
+        };
+        let result = sev(self.host.snp_launch_finish(vm, sev_fd, &params));
+        if let Some((addr, size)) = staged {
+            self.unstage(addr, size);
+        }
+        result
+    }
+
     fn create_vcpu(&mut self, vm: i32, id: u64) -> BResult<i32> {
         errno(self.host.create_vcpu(vm, id))
     }
@@ -230,7 +374,65 @@ impl Backend for SimBackend {
         errno(self.host.pre_fault_memory(vcpu, gpa, size))
     }
 
+    fn pvalidate(&mut self, vcpu: i32, gpa: u64, size_2m: bool, validate: bool) -> BResult<u64> {
+        run(self.host.snp_pvalidate(vcpu, gpa, size_2m, validate)).map(u64::from)
+    }
+
+    fn rmpadjust(&mut self, vcpu: i32, gpa: u64, vmsa: bool) -> BResult<u64> {
+        run(self.host.snp_rmpadjust_vmsa(vcpu, gpa, vmsa)).map(u64::from)
+    }
+
+    fn ghcb_register(&mut self, vcpu: i32, gpa: u64) -> BResult<GhcbAnswer> {
+        run(self.host.snp_register_ghcb(vcpu, gpa)).map(GhcbAnswer::Msr)
+    }
+
+    fn psc(&mut self, vcpu: i32, ghcb: u64, gpa: u64, npages: u16, op: u8, size_2m: bool) -> BResult<GhcbAnswer> {
+        let step = if size_2m { 512 } else { 1 };
+        let entries: Vec<PscEntry> = (0..u64::from(npages))
+            .map(|i| PscEntry {
+                cur_page: 0,
+                gfn: (gpa >> 12).wrapping_add(i * step),
+                operation: op,
+                pagesize_2m: size_2m,
+            })
+            .collect();
+        run(self.host.snp_write_psc_buffer(vcpu, ghcb, &entries))?;
+        run(self.host.snp_vmgexit_psc(vcpu, ghcb)).map(ghcb_answer)
+    }
+
+    fn psc_msr(&mut self, vcpu: i32, gpa: u64, op: u8) -> BResult<GhcbAnswer> {
+        run(self.host.snp_psc_msr(vcpu, gpa, op)).map(ghcb_answer)
+    }
+
+    fn complete_hypercall(&mut self, vcpu: i32, ret: u64) -> BResult<GhcbAnswer> {
+        run(self.host.complete_hypercall(vcpu, ret)).map(ghcb_answer)
+    }
+
+    fn ap_create(&mut self, vcpu: i32, apic_id: u32, gpa: u64, request: u32, sev_features: u64) -> BResult<GhcbAnswer> {
+        run(self.host.snp_ap_creation(vcpu, request, apic_id, gpa, sev_features)).map(GhcbAnswer::Status)
+    }
+
+    fn snp_launch_digest(&mut self, vm: i32) -> BResult<Vec<u8>> {
+        // EINVAL for a VM without an SNP guest context (before LAUNCH_START).
+        let digest = errno(self.host.snp_launch_digest(vm))?;
+        digest.map(|digest| digest.to_vec()).ok_or(Failure::Errno(Errno::EINVAL))
+    }
+
+    fn inject_snp_firmware(&mut self, cmd: u32, ret: u32, count: u32, after: u32) -> BResult<()> {
+        let cmd = SevCmd::ALL.into_iter().find(|known| *known as u32 == cmd);
+        let ret = SevRet::ALL.into_iter().find(|known| known.code() == ret);
+        let (Some(cmd), Some(ret), Some(snp)) = (cmd, ret, self.host.snp_host()) else {
+            return Err(Failure::Errno(Errno::EINVAL));
+        };
+        snp.firmware().inject(cmd, ret, after, count);
+        Ok(())
+    }
+
     fn populate(&mut self, vm: i32, gpa: u64, npages: u64, bytes: Option<&[u8]>) -> BResult<u64> {
+        // An SNP VM is populated by KVM_SEV_SNP_LAUNCH_UPDATE, through /dev/sev.
+        if self.host.vm(vm).is_ok_and(|kvm| kvm.vm_type() == VmType::SevSnp) {
+            return self.snp_populate(vm, gpa, npages, bytes);
+        }
         // Page i is copied from byte i * 4096 of the source; pages past its end are zeroed.
         errno(self.host.populate(vm, gpa, npages, bytes)).map(|pages| pages as u64)
     }

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::backend::{BResult, Backend, Failure, MemoryRegion2, Stat, Violation};
-use crate::script::{Handle, Line, Op, UserAddr};
+use crate::backend::{BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Stat, Violation};
+use crate::script::{Handle, LaunchSource, Line, Op, UserAddr};
+use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
 
 /// `MAP_FAILED`: what a name bound by a failed `mmap` holds.
 pub(crate) const MAP_FAILED: u64 = u64::MAX;
@@ -47,6 +48,10 @@ pub(crate) enum Success {
     Dump(Vec<String>),
     /// `check_invariants`' violations (empty: all hold).
     Invariants(Vec<Violation>),
+    /// A record: `ok key=value ...`, values already formatted.
+    Record(Vec<(&'static str, String)>),
+    /// KVM's answer to a VMGEXIT it completed.
+    Ghcb(GhcbAnswer),
 }
 
 /// The result of one line.
@@ -86,11 +91,14 @@ impl Env {
 pub(crate) struct Executor<'b> {
     backend: &'b mut dyn Backend,
     env: Env,
+    /// The descriptor the most recent `open_dev_sev` returned (-1 if it failed): the default
+    /// `sev_fd=`.
+    last_dev_sev: i32,
 }
 
 impl<'b> Executor<'b> {
     pub fn new(backend: &'b mut dyn Backend) -> Self {
-        Executor { backend, env: Env::default() }
+        Executor { backend, env: Env::default(), last_dev_sev: -1 }
     }
 
     /// Executes `line` and binds its name: to the handle, or to an invalid one on failure.
@@ -111,9 +119,86 @@ impl<'b> Executor<'b> {
         self.execute_vm(op)
             .or_else(|| self.execute_file(op))
             .or_else(|| self.execute_mapping(op))
+            .or_else(|| self.execute_sev(op))
             .or_else(|| self.execute_guest(op))
+            .or_else(|| self.execute_snp_guest(op))
             .or_else(|| self.execute_simulator(op))
             .unwrap_or(Ok(Success::Unit))
+    }
+
+    /// A `sev_fd=` argument: the given descriptor, or the script's most recent `open_dev_sev`.
+    fn sev_fd(&self, sev_fd: &Option<Handle>) -> i32 {
+        sev_fd.as_ref().map_or(self.last_dev_sev, |fd| self.env.fd(fd))
+    }
+
+    fn execute_sev(&mut self, op: &Op) -> Option<Outcome> {
+        Some(match op {
+            Op::OpenDevSev => {
+                let result = self.backend.open_dev_sev();
+                self.last_dev_sev = *result.as_ref().unwrap_or(&-1);
+                result.map(descriptor)
+            }
+            Op::SevInit2 { vm, vmsa_features, ghcb_version, flags } => {
+                let params = kvm_sev_init {
+                    vmsa_features: *vmsa_features,
+                    flags: *flags,
+                    ghcb_version: *ghcb_version,
+                    ..Default::default()
+                };
+                self.backend.sev_init2(self.env.fd(vm), &params).map(unit)
+            }
+            Op::SnpLaunchStart { vm, sev_fd, policy, flags } => {
+                let params = kvm_sev_snp_launch_start { policy: *policy, flags: *flags, ..Default::default() };
+                let (vm, sev_fd) = (self.env.fd(vm), self.sev_fd(sev_fd));
+                self.backend.snp_launch_start(vm, sev_fd, &params).map(unit)
+            }
+            Op::SnpLaunchUpdate { vm, sev_fd, gfn_start, len, page_type, source, flags } => {
+                let (uaddr, bytes) = match source {
+                    LaunchSource::Address(handle) => (self.env.number(handle), None),
+                    LaunchSource::Bytes(bytes) => (0, Some(bytes.as_slice())),
+                };
+                let params = kvm_sev_snp_launch_update {
+                    gfn_start: *gfn_start,
+                    uaddr,
+                    len: *len,
+                    type_: *page_type,
+                    flags: *flags,
+                    ..Default::default()
+                };
+                let (vm, sev_fd) = (self.env.fd(vm), self.sev_fd(sev_fd));
+                let updated = self.backend.snp_launch_update(vm, sev_fd, &params, bytes);
+                updated.map(|updated| launch_updated(&updated, source))
+            }
+            Op::SnpLaunchFinish { vm, sev_fd, host_data, id_block, flags } => {
+                let mut params = kvm_sev_snp_launch_finish { flags: *flags, ..Default::default() };
+                for (to, from) in params.host_data.iter_mut().zip(host_data) {
+                    *to = *from;
+                }
+                let (vm, sev_fd) = (self.env.fd(vm), self.sev_fd(sev_fd));
+                self.backend.snp_launch_finish(vm, sev_fd, &params, id_block.as_deref()).map(unit)
+            }
+            _ => return None,
+        })
+    }
+
+    fn execute_snp_guest(&mut self, op: &Op) -> Option<Outcome> {
+        let (b, env) = (&mut *self.backend, &self.env);
+        Some(match op {
+            Op::Pvalidate { vcpu, gpa, size_2m, validate } => {
+                b.pvalidate(env.fd(vcpu), *gpa, *size_2m, *validate).map(Success::Count)
+            }
+            Op::Rmpadjust { vcpu, gpa, vmsa } => b.rmpadjust(env.fd(vcpu), *gpa, *vmsa).map(Success::Count),
+            Op::GhcbRegister { vcpu, gpa } => b.ghcb_register(env.fd(vcpu), *gpa).map(Success::Ghcb),
+            Op::Psc { vcpu, ghcb, gpa, npages, op, size_2m } => {
+                b.psc(env.fd(vcpu), *ghcb, *gpa, *npages, *op, *size_2m).map(Success::Ghcb)
+            }
+            Op::PscMsr { vcpu, gpa, op } => b.psc_msr(env.fd(vcpu), *gpa, *op).map(Success::Ghcb),
+            Op::CompleteHypercall { vcpu, ret } => b.complete_hypercall(env.fd(vcpu), *ret).map(Success::Ghcb),
+            Op::ApCreate { vcpu, apic_id, gpa, request, sev_features } => {
+                b.ap_create(env.fd(vcpu), *apic_id, *gpa, *request, *sev_features).map(Success::Ghcb)
+            }
+            _ => return None,
+        })
     }
 
     fn execute_vm(&mut self, op: &Op) -> Option<Outcome> {
@@ -141,6 +226,7 @@ impl<'b> Executor<'b> {
             Op::SetMemoryAttributes { vm, address, size, attributes, flags } => {
                 b.set_memory_attributes(env.fd(vm), *address, *size, *attributes, *flags).map(unit)
             }
+            Op::EnableCap { vm, cap, flags, args } => b.enable_cap(env.fd(vm), *cap, *flags, *args).map(unit),
             _ => return None,
         })
     }
@@ -221,6 +307,10 @@ impl<'b> Executor<'b> {
             }
             Op::InjectMemoryFailure { fd, offset } => b.inject_memory_failure(env.fd(fd), *offset).map(unit),
             Op::Inject { fault, count, after } => b.inject(fault, *count, *after).map(unit),
+            Op::InjectSnpFirmware { cmd, ret, count, after } => {
+                b.inject_snp_firmware(*cmd, *ret, *count, *after).map(unit)
+            }
+            Op::SnpLaunchDigest { vm } => b.snp_launch_digest(env.fd(vm)).map(Success::Bytes),
             Op::Warnings => b.warnings().map(Success::Count),
             Op::CheckInvariants => b.check_invariants().map(Success::Invariants),
             Op::Dump { target } => {
@@ -230,6 +320,23 @@ impl<'b> Executor<'b> {
             _ => return None,
         })
     }
+}
+
+/// `snp_launch_update`'s record: `gfn_start` and `len` in decimal; `uaddr` relative to where the
+/// source was (`MAP+0xN` for a name, `bytes+0xN` for staged bytes), so both backends print the
+/// same; a number given as `uaddr=` prints the new address in hexadecimal.
+fn launch_updated(updated: &LaunchUpdated, source: &LaunchSource) -> Success {
+    let advanced = updated.uaddr.wrapping_sub(updated.uaddr_in);
+    let uaddr = match source {
+        LaunchSource::Address(Handle::Name(name)) => format!("{name}+{advanced:#x}"),
+        LaunchSource::Bytes(_) => format!("bytes+{advanced:#x}"),
+        LaunchSource::Address(Handle::Number(_)) => format!("{:#x}", updated.uaddr),
+    };
+    Success::Record(vec![
+        ("gfn_start", updated.gfn_start.to_string()),
+        ("len", updated.len.to_string()),
+        ("uaddr", uaddr),
+    ])
 }
 
 fn descriptor(fd: i32) -> Success {

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::exec::{Outcome, Success};
-use crate::backend::{Failure, Stat, Violation};
+use crate::backend::{Failure, GhcbAnswer, Stat, Violation};
 
 /// A line's result: the text after `LINE: `, and the detail lines printed under it
 /// (without their two-space indent).
@@ -37,6 +37,16 @@ fn format_success(success: &Success) -> Formatted {
         Success::Stat(stat) => Formatted::line(format_stat(stat)),
         Success::Dump(lines) => Formatted { result: "ok".into(), details: lines.clone() },
         Success::Invariants(violations) => format_violations(violations),
+        Success::Record(fields) => {
+            let mut text = "ok".to_string();
+            for (key, value) in fields {
+                let _ = write!(text, " {key}={value}");
+            }
+            Formatted::line(text)
+        }
+        Success::Ghcb(GhcbAnswer::Status(status)) => Formatted::line(format!("ok status={status:#x}")),
+        Success::Ghcb(GhcbAnswer::Msr(msr)) => Formatted::line(format!("ok msr={msr:#x}")),
+        Success::Ghcb(GhcbAnswer::Ignored) => Formatted::line("ok ignored".into()),
     }
 }
 
@@ -77,6 +87,10 @@ fn format_failure(failure: &Failure) -> String {
                 let _ = write!(text, " {key}={value}");
             }
             text
+        }
+        Failure::Sev { errno, fw_error: 0 } => errno.name().into_owned(),
+        Failure::Sev { errno, fw_error } => {
+            format!("{} fw_error={}", errno.name(), gmem_arch::sev::kvm::fw_error_name(*fw_error))
         }
         Failure::Skip(reason) if reason.is_empty() => "skip".to_string(),
         Failure::Skip(reason) => format!("skip {reason}"),
@@ -119,6 +133,27 @@ mod tests {
     fn expectations_compare_with_white_space_collapsed() {
         assert_eq!(collapse_spaces("  ok \t size=1   blocks=0 "), "ok size=1 blocks=0");
         assert_ne!(collapse_spaces("ok 3"), collapse_spaces("ok3"));
+    }
+
+    #[test]
+    fn firmware_statuses_print_by_name_after_the_errno() {
+        let sev = |fw_error| format_failure(&Failure::Sev { errno: gmem_mm::Errno::EIO, fw_error });
+        assert_eq!(sev(0), "EIO");
+        assert_eq!(sev(0x16), "EIO fw_error=INVALID_PARAM");
+        assert_eq!(sev(0x02), "EIO fw_error=INVALID_GUEST_STATE");
+        assert_eq!(sev(0x99), "EIO fw_error=0x99");
+    }
+
+    #[test]
+    fn ghcb_answers_and_records() {
+        let line = |success: Success| format_success(&success).result;
+        assert_eq!(line(Success::Ghcb(GhcbAnswer::Status(0))), "ok status=0x0");
+        assert_eq!(line(Success::Ghcb(GhcbAnswer::Status(1 << 40))), "ok status=0x10000000000");
+        assert_eq!(line(Success::Ghcb(GhcbAnswer::Msr(0x7015))), "ok msr=0x7015");
+        assert_eq!(line(Success::Ghcb(GhcbAnswer::Ignored)), "ok ignored");
+        let record =
+            Success::Record(vec![("gfn_start", "2".into()), ("len", "0".into()), ("uaddr", "m+0x2000".into())]);
+        assert_eq!(line(record), "ok gfn_start=2 len=0 uaddr=m+0x2000");
     }
 
     #[test]

@@ -135,6 +135,37 @@ impl<'a, 'n> ArgReader<'a, 'n> {
         self.check(token, parse(token.text)).unwrap_or_default()
     }
 
+    /// An optional `key=value` parsed by `parse`, with its default.
+    pub fn parsed_or<T>(&mut self, key: &str, parse: impl Fn(&str) -> Result<T, String>, default: T) -> T {
+        self.optional(key, parse).unwrap_or(default)
+    }
+
+    /// An optional `key=value` parsed by `parse`.
+    pub fn optional_parsed<T>(&mut self, key: &str, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
+        self.optional(key, parse)
+    }
+
+    /// A required `key=value` parsed by `parse`.
+    pub fn parsed<T: Default>(&mut self, key: &str, parse: impl Fn(&str) -> Result<T, String>) -> T {
+        self.required(key, parse)
+    }
+
+    /// An optional `key=NAME|N`.
+    pub fn handle_key_opt(&mut self, key: &str) -> Option<Handle> {
+        let token = self.take_key(key)?;
+        Some(self.handle_value(token))
+    }
+
+    /// Records an error if both `first=` and `second=` are given (at the later of the two).
+    pub fn reject_together(&mut self, first: &str, second: &str) {
+        let present = |key: &str| self.keyed.iter().find(|k| k.key.text == key).map(|k| k.key.column);
+        if let (Some(a), Some(b)) = (present(first), present(second)) {
+            let column = a.max(b);
+            let message = format!("`{first}=` and `{second}=` cannot be given together");
+            self.fail(ErrorClass::Structure, column, message);
+        }
+    }
+
     /// A required integer.
     pub fn int(&mut self, key: &str) -> u64 {
         self.required(key, value::parse_int)

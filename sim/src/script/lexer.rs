@@ -3,6 +3,9 @@
 //! A line is `CODE [=> EXPECTED] [# COMMENT]`. CODE is split into words (runs of characters
 //! other than white space and `=`) and `=` signs, each with its 1-based column (in
 //! characters), so the parser can tell `key=value` (no spaces) from `NAME = VERB`.
+//!
+//! A `#` starts the comment, except inside EXPECTED where it is directly followed by an
+//! uppercase letter: that is an exception vector of a result (`guest #VC gpa=...`).
 
 /// What a token is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +55,7 @@ pub(crate) struct LexedLine<'a> {
 
 /// Splits `line` (without its line terminator).
 pub(crate) fn lex_line(line: &str) -> LexedLine<'_> {
-    let code = line.find('#').map_or(line, |hash| &line[..hash]);
+    let code = comment_start(line).map_or(line, |hash| &line[..hash]);
     match code.find("=>") {
         Some(arrow) => LexedLine {
             tokens: tokenize(&code[..arrow]),
@@ -60,6 +63,25 @@ pub(crate) fn lex_line(line: &str) -> LexedLine<'_> {
         },
         None => LexedLine { tokens: tokenize(code), expected: None },
     }
+}
+
+/// The byte offset of the `#` that starts the comment: the first `#`, but after `=>` not one
+/// directly followed by an uppercase letter (an exception vector such as `#VC`, which results
+/// print).
+fn comment_start(line: &str) -> Option<usize> {
+    let mut in_expectation = false;
+    for (byte, c) in line.char_indices() {
+        let rest = &line[byte..];
+        if c == '#' {
+            let vector = rest[1..].starts_with(|next: char| next.is_ascii_uppercase());
+            if !(in_expectation && vector) {
+                return Some(byte);
+            }
+        } else if rest.starts_with("=>") {
+            in_expectation = true;
+        }
+    }
+    None
 }
 
 /// The 1-based character column of byte offset `byte` in `text`.

@@ -23,7 +23,7 @@ mod tests;
 
 use std::fmt;
 
-pub use op::{Handle, HandleKind, Op, UserAddr, VERBS};
+pub use op::{Handle, HandleKind, LaunchSource, Op, UserAddr, VERBS};
 
 /// A parsed script.
 #[derive(Debug, Clone, PartialEq, Eq)]

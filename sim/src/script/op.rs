@@ -18,6 +18,16 @@ pub enum UserAddr {
     Given(Handle),
 }
 
+/// Where `snp_launch_update` takes its source pages from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchSource {
+    /// `uaddr=MAP|N` (default `0`): an address of the process, passed as `uaddr`.
+    Address(Handle),
+    /// `bytes=HEX`: the runner maps fresh memory for the call, copies the bytes to its start
+    /// (the rest reads as zeros) and passes its address; the mapping is removed afterwards.
+    Bytes(Vec<u8>),
+}
+
 /// What kind of handle a verb returns, and so what a name bound to it stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandleKind {
@@ -29,6 +39,8 @@ pub enum HandleKind {
     Mapping,
     /// A vCPU descriptor (`create_vcpu`).
     Vcpu,
+    /// A `/dev/sev` descriptor (`open_dev_sev`).
+    DevSev,
 }
 
 /// One verb with its typed arguments.
@@ -58,6 +70,8 @@ pub enum Op {
     },
     /// `set_memory_attributes VM address= size= attributes= [flags=]`.
     SetMemoryAttributes { vm: Handle, address: u64, size: u64, attributes: u64, flags: u64 },
+    /// `enable_cap VM CAP [flags=] [arg0=] [arg1=] [arg2=] [arg3=]`: `KVM_ENABLE_CAP`.
+    EnableCap { vm: Handle, cap: u32, flags: u32, args: [u64; 4] },
     /// `fallocate FD mode= [offset=] len=`.
     Fallocate { fd: Handle, mode: u64, offset: u64, len: u64 },
     /// `fstat FD`.
@@ -86,6 +100,28 @@ pub enum Op {
     Madvise { map: String, offset: u64, len: u64, advice: u64 },
     /// `close NAME`.
     Close { handle: Handle },
+    /// `open_dev_sev`: `open("/dev/sev", O_RDWR)`.
+    OpenDevSev,
+    /// `sev_init2 VM [vmsa_features=] [ghcb_version=] [flags=]`: `KVM_SEV_INIT2`.
+    SevInit2 { vm: Handle, vmsa_features: u64, ghcb_version: u16, flags: u32 },
+    /// `snp_launch_start VM [sev_fd=] [policy=] [flags=]`: `KVM_SEV_SNP_LAUNCH_START`. A
+    /// `sev_fd` of `None` is the descriptor of the script's most recent `open_dev_sev`.
+    SnpLaunchStart { vm: Handle, sev_fd: Option<Handle>, policy: u64, flags: u16 },
+    /// `snp_launch_update VM [sev_fd=] gfn_start= len= [type=] [uaddr=|bytes=] [flags=]`:
+    /// `KVM_SEV_SNP_LAUNCH_UPDATE`.
+    SnpLaunchUpdate {
+        vm: Handle,
+        sev_fd: Option<Handle>,
+        gfn_start: u64,
+        len: u64,
+        page_type: u8,
+        source: LaunchSource,
+        flags: u16,
+    },
+    /// `snp_launch_finish VM [sev_fd=] [host_data=] [id_block=] [flags=]`:
+    /// `KVM_SEV_SNP_LAUNCH_FINISH` (`host_data` at most 32 bytes, `id_block` at most 96, both
+    /// zero-padded).
+    SnpLaunchFinish { vm: Handle, sev_fd: Option<Handle>, host_data: Vec<u8>, id_block: Option<Vec<u8>>, flags: u16 },
     /// `create_vcpu VM [id=]`.
     CreateVcpu { vm: Handle, id: u64 },
     /// `guest_store VCPU gpa= bytes= [private=]`.
@@ -94,12 +130,34 @@ pub enum Op {
     GuestLoad { vcpu: Handle, gpa: u64, len: u64, private: Option<bool> },
     /// `pre_fault_memory VCPU gpa= size=`.
     PreFaultMemory { vcpu: Handle, gpa: u64, size: u64 },
+    /// `pvalidate VCPU gpa= [size=] [validate=]`: the SNP guest's PVALIDATE.
+    Pvalidate { vcpu: Handle, gpa: u64, size_2m: bool, validate: bool },
+    /// `rmpadjust VCPU gpa= vmsa=`: the SNP guest's RMPADJUST making a page a VMSA (or not).
+    Rmpadjust { vcpu: Handle, gpa: u64, vmsa: bool },
+    /// `ghcb_register VCPU gpa=`: GHCB GPA registration (GHCB MSR protocol).
+    GhcbRegister { vcpu: Handle, gpa: u64 },
+    /// `psc VCPU ghcb= gpa= npages= op= [size=]`: a PSC buffer of `npages` entries written into
+    /// the GHCB, then `VMGEXIT(SVM_VMGEXIT_PSC)`.
+    Psc { vcpu: Handle, ghcb: u64, gpa: u64, npages: u16, op: u8, size_2m: bool },
+    /// `psc_msr VCPU gpa= op=`: a page-state change by the GHCB MSR protocol.
+    PscMsr { vcpu: Handle, gpa: u64, op: u8 },
+    /// `complete_hypercall VCPU [ret=]`: `KVM_RUN` after user space handled a
+    /// `KVM_EXIT_HYPERCALL`.
+    CompleteHypercall { vcpu: Handle, ret: u64 },
+    /// `ap_create VCPU apic_id= gpa= [request=] [sev_features=]`:
+    /// `VMGEXIT(SVM_VMGEXIT_AP_CREATION)`.
+    ApCreate { vcpu: Handle, apic_id: u32, gpa: u64, request: u32, sev_features: u64 },
     /// `populate VM gpa= npages= [bytes=]`.
     Populate { vm: Handle, gpa: u64, npages: u64, bytes: Option<Vec<u8>> },
     /// `inject_memory_failure FD [offset=]`.
     InjectMemoryFailure { fd: Handle, offset: u64 },
+    /// `snp_launch_digest VM`: the SNP guest context's launch digest.
+    SnpLaunchDigest { vm: Handle },
     /// `inject FAULT [count=] [after=]`.
     Inject { fault: String, count: u64, after: u64 },
+    /// `inject snp_fw cmd= ret= [count=] [after=]`: the next `count` calls of the firmware
+    /// command `cmd`, after `after` pass, fail with status `ret`.
+    InjectSnpFirmware { cmd: u32, ret: u32, count: u32, after: u32 },
     /// `warnings`.
     Warnings,
     /// `check_invariants`.
@@ -116,6 +174,7 @@ impl HandleKind {
             HandleKind::GuestMemfd => "create_guest_memfd",
             HandleKind::Mapping => "mmap",
             HandleKind::Vcpu => "create_vcpu",
+            HandleKind::DevSev => "open_dev_sev",
         }
     }
 }
@@ -129,6 +188,7 @@ impl Op {
             Op::CreateGuestMemfd { .. } => "create_guest_memfd",
             Op::SetUserMemoryRegion2 { .. } => "set_user_memory_region2",
             Op::SetMemoryAttributes { .. } => "set_memory_attributes",
+            Op::EnableCap { .. } => "enable_cap",
             Op::Fallocate { .. } => "fallocate",
             Op::Fstat { .. } => "fstat",
             Op::Ftruncate { .. } => "ftruncate",
@@ -143,13 +203,26 @@ impl Op {
             Op::Load { .. } => "load",
             Op::Madvise { .. } => "madvise",
             Op::Close { .. } => "close",
+            Op::OpenDevSev => "open_dev_sev",
+            Op::SevInit2 { .. } => "sev_init2",
+            Op::SnpLaunchStart { .. } => "snp_launch_start",
+            Op::SnpLaunchUpdate { .. } => "snp_launch_update",
+            Op::SnpLaunchFinish { .. } => "snp_launch_finish",
             Op::CreateVcpu { .. } => "create_vcpu",
             Op::GuestStore { .. } => "guest_store",
             Op::GuestLoad { .. } => "guest_load",
             Op::PreFaultMemory { .. } => "pre_fault_memory",
+            Op::Pvalidate { .. } => "pvalidate",
+            Op::Rmpadjust { .. } => "rmpadjust",
+            Op::GhcbRegister { .. } => "ghcb_register",
+            Op::Psc { .. } => "psc",
+            Op::PscMsr { .. } => "psc_msr",
+            Op::CompleteHypercall { .. } => "complete_hypercall",
+            Op::ApCreate { .. } => "ap_create",
             Op::Populate { .. } => "populate",
             Op::InjectMemoryFailure { .. } => "inject_memory_failure",
-            Op::Inject { .. } => "inject",
+            Op::SnpLaunchDigest { .. } => "snp_launch_digest",
+            Op::Inject { .. } | Op::InjectSnpFirmware { .. } => "inject",
             Op::Warnings => "warnings",
             Op::CheckInvariants => "check_invariants",
             Op::Dump { .. } => "dump",
@@ -163,8 +236,20 @@ impl Op {
             Op::CreateGuestMemfd { .. } => Some(HandleKind::GuestMemfd),
             Op::Mmap { .. } => Some(HandleKind::Mapping),
             Op::CreateVcpu { .. } => Some(HandleKind::Vcpu),
+            Op::OpenDevSev => Some(HandleKind::DevSev),
             _ => None,
         }
+    }
+
+    /// Whether the verb takes its `/dev/sev` descriptor from the script's most recent
+    /// `open_dev_sev` (no `sev_fd=` given).
+    pub fn uses_default_sev_fd(&self) -> bool {
+        matches!(
+            self,
+            Op::SnpLaunchStart { sev_fd: None, .. }
+                | Op::SnpLaunchUpdate { sev_fd: None, .. }
+                | Op::SnpLaunchFinish { sev_fd: None, .. }
+        )
     }
 }
 
@@ -175,6 +260,7 @@ pub const VERBS: &[&str] = &[
     "create_guest_memfd",
     "set_user_memory_region2",
     "set_memory_attributes",
+    "enable_cap",
     "fallocate",
     "fstat",
     "ftruncate",
@@ -189,11 +275,24 @@ pub const VERBS: &[&str] = &[
     "load",
     "madvise",
     "close",
+    "open_dev_sev",
+    "sev_init2",
+    "snp_launch_start",
+    "snp_launch_update",
+    "snp_launch_finish",
     "create_vcpu",
     "guest_store",
     "guest_load",
     "pre_fault_memory",
+    "pvalidate",
+    "rmpadjust",
+    "ghcb_register",
+    "psc",
+    "psc_msr",
+    "complete_hypercall",
+    "ap_create",
     "populate",
+    "snp_launch_digest",
     "inject_memory_failure",
     "inject",
     "warnings",

@@ -3,7 +3,7 @@
 
 use super::args::{ArgReader, Located, Names, RawArg};
 use super::lexer::{lex_line, Expectation, Token, TokenKind};
-use super::op::{Handle, Op, VERBS};
+use super::op::{Handle, LaunchSource, Op, VERBS};
 use super::value::{self, *};
 use super::{Line, ParseError, Program};
 
@@ -11,9 +11,10 @@ use super::{Line, ParseError, Program};
 pub(super) fn parse_program(file: &str, source: &str) -> Result<Program, ParseError> {
     let mut names = Names::new();
     let mut lines = Vec::new();
+    let mut dev_sev_opened = false;
     for (index, text) in source.lines().enumerate() {
         let number = index + 1;
-        let parsed = parse_line(number, text, &names).map_err(|e| ParseError {
+        let parsed = parse_line(number, text, &names, dev_sev_opened).map_err(|e| ParseError {
             file: file.to_string(),
             line: number,
             column: e.column,
@@ -25,13 +26,15 @@ pub(super) fn parse_program(file: &str, source: &str) -> Result<Program, ParseEr
         if let (Some(name), Some(kind)) = (&line.binding, line.op.handle_kind()) {
             names.insert(name.clone(), kind);
         }
+        dev_sev_opened |= line.op == Op::OpenDevSev;
         lines.push(line);
     }
     Ok(Program { file: file.to_string(), lines })
 }
 
-/// Line `number`: `None` for a blank or comment-only line.
-fn parse_line(number: usize, text: &str, names: &Names) -> Result<Option<Line>, Located> {
+/// Line `number`: `None` for a blank or comment-only line. `dev_sev_opened`: an earlier line
+/// runs `open_dev_sev` (whose descriptor is the default `sev_fd=`).
+fn parse_line(number: usize, text: &str, names: &Names, dev_sev_opened: bool) -> Result<Option<Line>, Located> {
     let lexed = lex_line(text);
     if lexed.tokens.is_empty() {
         return match lexed.expected {
@@ -53,6 +56,10 @@ fn parse_line(number: usize, text: &str, names: &Names) -> Result<Option<Line>, 
         check_binding(name, &op)?;
     }
     reader.finish()?;
+    if op.uses_default_sev_fd() && !dev_sev_opened {
+        let message = format!("{} needs `sev_fd=` (no open_dev_sev before this line)", verb.text);
+        return Err(Located::new(verb.column, message));
+    }
     Ok(Some(Line {
         number,
         binding: binding.map(|name| name.text.to_string()),
@@ -133,8 +140,113 @@ pub(super) fn build_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
     vm_op(verb, r)
         .or_else(|| file_op(verb, r))
         .or_else(|| mapping_op(verb, r))
+        .or_else(|| sev_op(verb, r))
         .or_else(|| guest_op(verb, r))
+        .or_else(|| snp_guest_op(verb, r))
         .or_else(|| simulator_op(verb, r))
+}
+
+/// `snp_launch_start`'s default policy: QEMU's default for an SNP guest (the must-be-one bit
+/// and SMT allowed).
+pub(crate) const DEFAULT_SNP_POLICY: u64 = 0x30000;
+
+/// The most entries a PSC buffer in the GHCB holds (`VMGEXIT_PSC_MAX_COUNT`).
+const PSC_ENTRIES_MAX: u64 = 253;
+
+/// A byte string of at most `max` bytes.
+fn bytes_at_most(max: usize) -> impl Fn(&str) -> Result<Vec<u8>, String> {
+    move |text| {
+        let bytes = value::parse_bytes(text)?;
+        match bytes.len() <= max {
+            true => Ok(bytes),
+            false => Err(format!("{} bytes given, at most {max} fit", bytes.len())),
+        }
+    }
+}
+
+/// The number of entries of a PSC buffer: 1 to 253.
+fn psc_entries(text: &str) -> Result<u64, String> {
+    let count = value::parse_int(text)?;
+    match (1..=PSC_ENTRIES_MAX).contains(&count) {
+        true => Ok(count),
+        false => Err(format!("a PSC buffer holds 1 to {PSC_ENTRIES_MAX} entries, not `{text}`")),
+    }
+}
+
+/// The host side of an SEV-SNP launch: `/dev/sev` and the `KVM_MEMORY_ENCRYPT_OP` commands.
+fn sev_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
+    Some(match verb {
+        "open_dev_sev" => Op::OpenDevSev,
+        "sev_init2" => Op::SevInit2 {
+            vm: r.handle("VM"),
+            vmsa_features: r.int_or("vmsa_features", 0),
+            ghcb_version: r.int_or("ghcb_version", 0) as u16,
+            flags: r.flags_or("flags", &NO_NAMES, 0) as u32,
+        },
+        "snp_launch_start" => Op::SnpLaunchStart {
+            vm: r.handle("VM"),
+            sev_fd: r.handle_key_opt("sev_fd"),
+            policy: r.flags_or("policy", &SNP_POLICY, DEFAULT_SNP_POLICY),
+            flags: r.flags_or("flags", &NO_NAMES, 0) as u16,
+        },
+        "snp_launch_update" => {
+            r.reject_together("uaddr", "bytes");
+            let vm = r.handle("VM");
+            let sev_fd = r.handle_key_opt("sev_fd");
+            let gfn_start = r.int("gfn_start");
+            let len = r.int("len");
+            let page_type = r.constant_or("type", &SNP_PAGE_TYPES, 1) as u8;
+            let uaddr = r.handle_key_opt("uaddr");
+            let source = match (r.bytes_opt("bytes"), uaddr) {
+                (Some(bytes), _) => LaunchSource::Bytes(bytes),
+                (None, uaddr) => LaunchSource::Address(uaddr.unwrap_or(Handle::Number(0))),
+            };
+            let flags = r.flags_or("flags", &NO_NAMES, 0) as u16;
+            Op::SnpLaunchUpdate { vm, sev_fd, gfn_start, len, page_type, source, flags }
+        }
+        "snp_launch_finish" => Op::SnpLaunchFinish {
+            vm: r.handle("VM"),
+            sev_fd: r.handle_key_opt("sev_fd"),
+            host_data: r.parsed_or("host_data", bytes_at_most(32), Vec::new()),
+            id_block: r.optional_parsed("id_block", bytes_at_most(96)),
+            flags: r.flags_or("flags", &NO_NAMES, 0) as u16,
+        },
+        _ => return None,
+    })
+}
+
+/// The SNP guest's instructions and VMGEXITs, each one step of a vCPU.
+fn snp_guest_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
+    Some(match verb {
+        "pvalidate" => Op::Pvalidate {
+            vcpu: r.handle("VCPU"),
+            gpa: r.int("gpa"),
+            size_2m: r.parsed_or("size", value::parse_page_size, false),
+            validate: r.bool_opt("validate").unwrap_or(true),
+        },
+        "rmpadjust" => {
+            Op::Rmpadjust { vcpu: r.handle("VCPU"), gpa: r.int("gpa"), vmsa: r.parsed("vmsa", value::parse_bool) }
+        }
+        "ghcb_register" => Op::GhcbRegister { vcpu: r.handle("VCPU"), gpa: r.int("gpa") },
+        "psc" => Op::Psc {
+            vcpu: r.handle("VCPU"),
+            ghcb: r.int("ghcb"),
+            gpa: r.int("gpa"),
+            npages: r.parsed("npages", psc_entries) as u16,
+            op: r.constant("op", &PSC_OPS) as u8,
+            size_2m: r.parsed_or("size", value::parse_page_size, false),
+        },
+        "psc_msr" => Op::PscMsr { vcpu: r.handle("VCPU"), gpa: r.int("gpa"), op: r.constant("op", &PSC_OPS) as u8 },
+        "complete_hypercall" => Op::CompleteHypercall { vcpu: r.handle("VCPU"), ret: r.int_or("ret", 0) },
+        "ap_create" => Op::ApCreate {
+            vcpu: r.handle("VCPU"),
+            apic_id: r.int("apic_id") as u32,
+            gpa: r.int("gpa"),
+            request: r.constant_or("request", &AP_REQUESTS, 1) as u32,
+            sev_features: r.int_or("sev_features", 1),
+        },
+        _ => return None,
+    })
 }
 
 fn vm_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
@@ -163,6 +275,12 @@ fn vm_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
             size: r.int("size"),
             attributes: r.flags("attributes", &ATTRIBUTES),
             flags: r.flags_or("flags", &NO_NAMES, 0),
+        },
+        "enable_cap" => Op::EnableCap {
+            vm: r.handle("VM"),
+            cap: r.positional_constant("CAP", &CAPS) as u32,
+            flags: r.flags_or("flags", &NO_NAMES, 0) as u32,
+            args: [r.int_or("arg0", 0), r.int_or("arg1", 0), r.int_or("arg2", 0), r.int_or("arg3", 0)],
         },
         _ => return None,
     })
@@ -238,7 +356,16 @@ fn simulator_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
             Op::Populate { vm: r.handle("VM"), gpa: r.int("gpa"), npages: r.int("npages"), bytes: r.bytes_opt("bytes") }
         }
         "inject_memory_failure" => Op::InjectMemoryFailure { fd: r.handle("FD"), offset: r.int_or("offset", 0) },
-        "inject" => Op::Inject { fault: r.word("FAULT"), count: r.int_or("count", 1), after: r.int_or("after", 0) },
+        "snp_launch_digest" => Op::SnpLaunchDigest { vm: r.handle("VM") },
+        "inject" => match r.word("FAULT") {
+            fault if fault == "snp_fw" => Op::InjectSnpFirmware {
+                cmd: r.parsed("cmd", |text| value::parse_member(text, &SEV_CMDS)) as u32,
+                ret: r.parsed("ret", |text| value::parse_member(text, &SEV_RETS)) as u32,
+                count: r.parsed_or("count", |text| value::parse_int_bits(text, 32), 1) as u32,
+                after: r.parsed_or("after", |text| value::parse_int_bits(text, 32), 0) as u32,
+            },
+            fault => Op::Inject { fault, count: r.int_or("count", 1), after: r.int_or("after", 0) },
+        },
         "warnings" => Op::Warnings,
         "check_invariants" => Op::CheckInvariants,
         "dump" => Op::Dump { target: r.handle_opt() },

@@ -1,7 +1,7 @@
 //! Unit tests of the lexer and parser: value forms, every verb with its defaults, and every
 //! error class with its position.
 
-use super::op::{Handle, HandleKind, Op, UserAddr, VERBS};
+use super::op::{Handle, HandleKind, LaunchSource, Op, UserAddr, VERBS};
 use super::{parse, Line, Program};
 
 /// Binds `vm` (a VM), `g` (a guest_memfd), `m` (a mapping) and `c` (a vCPU) on lines 1-4.
@@ -461,7 +461,7 @@ fn argument_errors() {
             "check_extension vm",
             "t.gms:5:17: unknown capability `vm` (expected USER_MEMORY2, \
           MEMORY_FAULT_INFO, MEMORY_ATTRIBUTES, GUEST_MEMFD, VM_TYPES, PRE_FAULT_MEMORY, \
-          GUEST_MEMFD_FLAGS or a number)",
+          GUEST_MEMFD_FLAGS, EXIT_HYPERCALL or a number)",
         ),
         ("check_extension vm GUEST_MEMFD 1", "t.gms:5:32: unexpected argument `1` for check_extension"),
         ("inject", "t.gms:5:1: inject needs a FAULT argument"),
@@ -528,4 +528,285 @@ fn the_spec_example_parses() {
     assert_eq!(program.lines.len(), 16);
     assert_eq!(program.lines[5].expected.as_deref(), Some("ok size=2097152 blksize=4096 blocks=0 mode=0o100600"));
     assert_eq!(program.lines[12].op, Op::Fallocate { fd: name("g"), mode: 3, offset: 0x1000, len: 4096 });
+}
+
+// ---- SEV-SNP verbs ----
+
+/// The prelude plus `sev = open_dev_sev` on line 5 (so a line written after it is line 6).
+fn op_after_dev_sev(line: &str) -> Op {
+    op(&format!("sev = open_dev_sev\n{line}"))
+}
+
+#[test]
+fn sev_host_verbs_with_defaults() {
+    let cases: Vec<(&str, Op)> = vec![
+        ("open_dev_sev", Op::OpenDevSev),
+        ("sev_init2 vm", Op::SevInit2 { vm: name("vm"), vmsa_features: 0, ghcb_version: 0, flags: 0 }),
+        (
+            "sev_init2 vm vmsa_features=0x20 ghcb_version=0x10002 flags=-1",
+            Op::SevInit2 { vm: name("vm"), vmsa_features: 0x20, ghcb_version: 2, flags: u32::MAX },
+        ),
+        ("snp_launch_start vm", Op::SnpLaunchStart { vm: name("vm"), sev_fd: None, policy: 0x30000, flags: 0 }),
+        (
+            "snp_launch_start vm sev_fd=g policy=SMT|RSVD_MBO|DEBUG|SINGLE_SOCKET|0x40000 flags=0x10001",
+            Op::SnpLaunchStart { vm: name("vm"), sev_fd: Some(name("g")), policy: 0x1f0000, flags: 1 },
+        ),
+        (
+            "snp_launch_update vm gfn_start=0 len=8K",
+            Op::SnpLaunchUpdate {
+                vm: name("vm"),
+                sev_fd: None,
+                gfn_start: 0,
+                len: 8192,
+                page_type: 1,
+                source: LaunchSource::Address(Handle::Number(0)),
+                flags: 0,
+            },
+        ),
+        (
+            "snp_launch_update vm sev_fd=3 gfn_start=2 len=4K type=CPUID uaddr=m flags=1",
+            Op::SnpLaunchUpdate {
+                vm: name("vm"),
+                sev_fd: Some(Handle::Number(3)),
+                gfn_start: 2,
+                len: 4096,
+                page_type: 6,
+                source: LaunchSource::Address(name("m")),
+                flags: 1,
+            },
+        ),
+        (
+            "snp_launch_update vm gfn_start=0 len=4K type=VMSA bytes=2a",
+            Op::SnpLaunchUpdate {
+                vm: name("vm"),
+                sev_fd: None,
+                gfn_start: 0,
+                len: 4096,
+                page_type: 2,
+                source: LaunchSource::Bytes(vec![0x2a]),
+                flags: 0,
+            },
+        ),
+        (
+            "snp_launch_update vm gfn_start=0 len=4K type=0x103",
+            Op::SnpLaunchUpdate {
+                vm: name("vm"),
+                sev_fd: None,
+                gfn_start: 0,
+                len: 4096,
+                page_type: 3,
+                source: LaunchSource::Address(Handle::Number(0)),
+                flags: 0,
+            },
+        ),
+        (
+            "snp_launch_finish vm",
+            Op::SnpLaunchFinish { vm: name("vm"), sev_fd: None, host_data: vec![], id_block: None, flags: 0 },
+        ),
+        (
+            "snp_launch_finish vm sev_fd=sev host_data=0102 id_block=ff flags=2",
+            Op::SnpLaunchFinish {
+                vm: name("vm"),
+                sev_fd: Some(name("sev")),
+                host_data: vec![1, 2],
+                id_block: Some(vec![0xff]),
+                flags: 2,
+            },
+        ),
+        (
+            "enable_cap vm EXIT_HYPERCALL arg0=0x1000",
+            Op::EnableCap { vm: name("vm"), cap: 201, flags: 0, args: [0x1000, 0, 0, 0] },
+        ),
+        (
+            "enable_cap vm 7 flags=1 arg0=1 arg1=2 arg2=3 arg3=4",
+            Op::EnableCap { vm: name("vm"), cap: 7, flags: 1, args: [1, 2, 3, 4] },
+        ),
+    ];
+    for (line, expected) in cases {
+        assert_eq!(op_after_dev_sev(line), expected, "{line}");
+        let verb = line.split_whitespace().next().unwrap();
+        assert_eq!(expected.verb(), verb, "Op::verb of {line}");
+        assert!(VERBS.contains(&verb));
+    }
+}
+
+#[test]
+fn snp_guest_and_simulator_verbs_with_defaults() {
+    let cases: Vec<(&str, Op)> = vec![
+        ("pvalidate c gpa=0x5000", Op::Pvalidate { vcpu: name("c"), gpa: 0x5000, size_2m: false, validate: true }),
+        (
+            "pvalidate c gpa=0 size=2M validate=0",
+            Op::Pvalidate { vcpu: name("c"), gpa: 0, size_2m: true, validate: false },
+        ),
+        ("pvalidate c gpa=0 size=0x1000", Op::Pvalidate { vcpu: name("c"), gpa: 0, size_2m: false, validate: true }),
+        ("rmpadjust c gpa=0x3000 vmsa=1", Op::Rmpadjust { vcpu: name("c"), gpa: 0x3000, vmsa: true }),
+        ("ghcb_register c gpa=0x101000", Op::GhcbRegister { vcpu: name("c"), gpa: 0x101000 }),
+        (
+            "psc c ghcb=0x101000 gpa=0x7000 npages=2 op=SHARED",
+            Op::Psc { vcpu: name("c"), ghcb: 0x101000, gpa: 0x7000, npages: 2, op: 2, size_2m: false },
+        ),
+        (
+            "psc c ghcb=0x101000 gpa=0 npages=253 op=PSMASH size=2M",
+            Op::Psc { vcpu: name("c"), ghcb: 0x101000, gpa: 0, npages: 253, op: 3, size_2m: true },
+        ),
+        ("psc_msr c gpa=0x7000 op=PRIVATE", Op::PscMsr { vcpu: name("c"), gpa: 0x7000, op: 1 }),
+        ("psc_msr c gpa=0x7000 op=9", Op::PscMsr { vcpu: name("c"), gpa: 0x7000, op: 9 }),
+        ("complete_hypercall c", Op::CompleteHypercall { vcpu: name("c"), ret: 0 }),
+        ("complete_hypercall c ret=-1", Op::CompleteHypercall { vcpu: name("c"), ret: u64::MAX }),
+        (
+            "ap_create c apic_id=1 gpa=0x3000",
+            Op::ApCreate { vcpu: name("c"), apic_id: 1, gpa: 0x3000, request: 1, sev_features: 1 },
+        ),
+        (
+            "ap_create c apic_id=1 gpa=0 request=DESTROY sev_features=0x21",
+            Op::ApCreate { vcpu: name("c"), apic_id: 1, gpa: 0, request: 2, sev_features: 0x21 },
+        ),
+        ("snp_launch_digest vm", Op::SnpLaunchDigest { vm: name("vm") }),
+        (
+            "inject snp_fw cmd=LAUNCH_UPDATE ret=INVALID_PARAM",
+            Op::InjectSnpFirmware { cmd: 0xa1, ret: 0x16, count: 1, after: 0 },
+        ),
+        (
+            "inject snp_fw cmd=0xc7 ret=0x1a count=3 after=2",
+            Op::InjectSnpFirmware { cmd: 0xc7, ret: 0x1a, count: 3, after: 2 },
+        ),
+        ("inject snp count=2", Op::Inject { fault: "snp".into(), count: 2, after: 0 }),
+    ];
+    for (line, expected) in cases {
+        assert_eq!(op(line), expected, "{line}");
+        let verb = line.split_whitespace().next().unwrap();
+        assert_eq!(expected.verb(), verb, "Op::verb of {line}");
+        assert!(VERBS.contains(&verb));
+    }
+}
+
+#[test]
+fn the_default_sev_fd_needs_an_earlier_open_dev_sev() {
+    assert_eq!(
+        error_after_prelude("snp_launch_start vm"),
+        "t.gms:5:1: snp_launch_start needs `sev_fd=` (no open_dev_sev before this line)"
+    );
+    assert_eq!(
+        error_after_prelude("snp_launch_update vm gfn_start=0 len=4K"),
+        "t.gms:5:1: snp_launch_update needs `sev_fd=` (no open_dev_sev before this line)"
+    );
+    // Given explicitly, no open_dev_sev is needed; after one (even unbound), the default works.
+    assert!(matches!(op("snp_launch_finish vm sev_fd=-1"), Op::SnpLaunchFinish { sev_fd: Some(_), .. }));
+    assert!(matches!(op("open_dev_sev\nsnp_launch_finish vm"), Op::SnpLaunchFinish { sev_fd: None, .. }));
+    // Other errors of the line come first.
+    assert_eq!(
+        error_after_prelude("snp_launch_start vm policy=FOO"),
+        "t.gms:5:28: unknown SNP policy `FOO` (expected SMT, RSVD_MBO, DEBUG, SINGLE_SOCKET or a number)"
+    );
+}
+
+#[test]
+fn sev_argument_errors() {
+    let cases = [
+        (
+            "snp_launch_update vm sev_fd=3 gfn_start=0 len=4K uaddr=m bytes=00",
+            "t.gms:5:58: `uaddr=` and `bytes=` cannot be given together",
+        ),
+        (
+            "snp_launch_update vm sev_fd=3 gfn_start=0 len=4K bytes=00 uaddr=m",
+            "t.gms:5:59: `uaddr=` and `bytes=` cannot be given together",
+        ),
+        ("snp_launch_update vm sev_fd=3 len=4K", "t.gms:5:1: snp_launch_update needs `gfn_start=`"),
+        (
+            "snp_launch_update vm sev_fd=3 gfn_start=0 len=4K type=BIG",
+            "t.gms:5:55: unknown SNP page type `BIG` (expected NORMAL, VMSA, ZERO, UNMEASURED, SECRETS, CPUID or a \
+             number)",
+        ),
+        (
+            "snp_launch_finish vm sev_fd=3 host_data=000102030405060708090a0b0c0d0e0f000102030405060708090a0b0c0d0e0f00",
+            "t.gms:5:41: 33 bytes given, at most 32 fit",
+        ),
+        ("snp_launch_finish vm sev_fd=3 id_block=zz", "t.gms:5:40: `zz` is not a hexadecimal byte string"),
+        ("pvalidate c gpa=0 size=8K", "t.gms:5:24: page size `8K` is neither 4K nor 2M"),
+        ("pvalidate c gpa=0 validate=2", "t.gms:5:28: expected 0 or 1, found `2`"),
+        ("rmpadjust c gpa=0", "t.gms:5:1: rmpadjust needs `vmsa=`"),
+        ("psc c ghcb=0 gpa=0 npages=0 op=SHARED", "t.gms:5:27: a PSC buffer holds 1 to 253 entries, not `0`"),
+        ("psc c ghcb=0 gpa=0 npages=254 op=SHARED", "t.gms:5:27: a PSC buffer holds 1 to 253 entries, not `254`"),
+        ("psc c ghcb=0 gpa=0 npages=1", "t.gms:5:1: psc needs `op=`"),
+        (
+            "psc_msr c gpa=0 op=HUGE",
+            "t.gms:5:20: unknown page-state operation `HUGE` (expected PRIVATE, SHARED, PSMASH, UNSMASH or a number)",
+        ),
+        ("ap_create c gpa=0", "t.gms:5:1: ap_create needs `apic_id=`"),
+        (
+            "ap_create c apic_id=0 gpa=0 request=RUN",
+            "t.gms:5:37: unknown AP creation request `RUN` (expected CREATE_ON_INIT, CREATE, DESTROY or a number)",
+        ),
+        ("inject snp_fw ret=INVALID_PARAM", "t.gms:5:1: inject needs `cmd=`"),
+        ("inject snp_fw cmd=LAUNCH_UPDATE", "t.gms:5:1: inject needs `ret=`"),
+        (
+            "inject snp_fw cmd=LAUNCH cmd=1",
+            "t.gms:5:26: duplicate key `cmd`",
+        ),
+        (
+            "inject snp_fw cmd=0xa3 ret=INVALID_PARAM",
+            "t.gms:5:19: unknown SNP firmware command `0xa3` (expected one of INIT_EX, DF_FLUSH, DECOMMISSION, \
+             ACTIVATE, GCTX_CREATE, LAUNCH_START, LAUNCH_UPDATE, LAUNCH_FINISH, PAGE_RECLAIM)",
+        ),
+        (
+            "inject snp_fw cmd=LAUNCH_UPDATE ret=0x21",
+            "t.gms:5:37: unknown SNP firmware status `0x21` (expected one of INVALID_PLATFORM_STATE, \
+             INVALID_GUEST_STATE, INVALID_CONFIG, INVALID_LEN, ALREADY_OWNED, INVALID_CERTIFICATE, POLICY_FAILURE, \
+             INACTIVE, INVALID_ADDRESS, BAD_SIGNATURE, BAD_MEASUREMENT, ASID_OWNED, INVALID_ASID, WBINVD_REQUIRED, \
+             DFFLUSH_REQUIRED, INVALID_GUEST, INVALID_COMMAND, ACTIVE, HWSEV_RET_PLATFORM, HWSEV_RET_UNSAFE, \
+             UNSUPPORTED, INVALID_PARAM, RESOURCE_LIMIT, SECURE_DATA_INVALID, INVALID_PAGE_SIZE, INVALID_PAGE_STATE, \
+             INVALID_MDATA_ENTRY, INVALID_PAGE_OWNER, AEAD_OFLOW, RMP_INIT_REQUIRED)",
+        ),
+        (
+            "inject snp_fw cmd=LAUNCH_UPDATE ret=INVALID_PARAM count=0x100000000",
+            "t.gms:5:57: `0x100000000` does not fit in 32 bits",
+        ),
+        ("enable_cap vm", "t.gms:5:1: enable_cap needs a CAP argument"),
+        ("x = sev_init2 vm", "t.gms:5:1: `x` cannot be bound: this verb returns no handle"),
+    ];
+    for (line, message) in cases {
+        assert_eq!(error_after_prelude(line), message, "{line}");
+    }
+}
+
+#[test]
+fn dev_sev_names_are_descriptors() {
+    assert_eq!(op("s = open_dev_sev").handle_kind(), Some(HandleKind::DevSev));
+    assert_eq!(
+        error_after_prelude("s = open_dev_sev\nmunmap s"),
+        "t.gms:6:8: `s` is not a mapping (it was bound by open_dev_sev)"
+    );
+    assert_eq!(op("s = open_dev_sev\nclose s"), Op::Close { handle: name("s") });
+}
+
+#[test]
+fn the_snp_tables_match_the_firmware_model() {
+    use super::value::{SEV_CMDS, SEV_RETS, SNP_PAGE_TYPES};
+    use gmem_arch::sev::firmware::{SevCmd, SevRet};
+    let cmds: Vec<(&str, u64)> = SevCmd::ALL.iter().map(|cmd| (cmd.name(), *cmd as u64)).collect();
+    assert_eq!(SEV_CMDS.names.to_vec(), cmds);
+    let rets: Vec<(&str, u64)> = SevRet::ALL.iter().map(|ret| (ret.name(), u64::from(ret.code()))).collect();
+    assert_eq!(SEV_RETS.names.to_vec(), rets);
+    let types: Vec<u64> = gmem_arch::sev::measure::SnpPageType::ALL.iter().map(|t| *t as u64).collect();
+    assert_eq!(SNP_PAGE_TYPES.names.iter().map(|(_, v)| *v).collect::<Vec<_>>(), types);
+}
+
+#[test]
+fn exception_vectors_in_expectations_are_not_comments() {
+    let program = parse(
+        "t.gms",
+        "vm = create_vm   # a comment: #VC here is a comment too\n\
+         c = create_vcpu vm\n\
+         guest_load c gpa=0 len=1 => guest #VC gpa=0x0 reason=page-not-validated   # comment\n\
+         guest_load c gpa=0 len=1 => ok 00 #note\n\
+         guest_load c gpa=0 len=1 => ok 00 # #VC after a comment's #\n",
+    )
+    .expect("parses");
+    let expected: Vec<Option<&str>> = program.lines.iter().map(|line| line.expected.as_deref()).collect();
+    assert_eq!(
+        expected,
+        [None, None, Some("guest #VC gpa=0x0 reason=page-not-validated"), Some("ok 00"), Some("ok 00")]
+    );
+    // Before `=>`, `#` followed by an uppercase letter still starts a comment.
+    assert_eq!(op("create_vm #VC"), Op::CreateVm { vm_type: 0 });
 }

@@ -27,6 +27,7 @@ pub(crate) const CAPS: Table = Table {
         ("VM_TYPES", 235),
         ("PRE_FAULT_MEMORY", 236),
         ("GUEST_MEMFD_FLAGS", 244),
+        ("EXIT_HYPERCALL", 201),
     ],
 };
 
@@ -57,11 +58,86 @@ pub(crate) const MMAP_PROT: Table =
     Table { what: "mmap prot", names: &[("NONE", 0), ("READ", 1), ("WRITE", 2), ("EXEC", 4)] };
 
 pub(crate) const MMAP_FLAGS: Table =
-    Table { what: "mmap flags", names: &[("SHARED", 1), ("PRIVATE", 2), ("SHARED_VALIDATE", 3)] };
+    Table { what: "mmap flags", names: &[("SHARED", 1), ("PRIVATE", 2), ("SHARED_VALIDATE", 3), ("ANONYMOUS", 0x20)] };
 
 pub(crate) const MADVISE_ADVICE: Table = Table { what: "madvise advice", names: &[("DONTNEED", 4), ("REMOVE", 9)] };
 
 pub(crate) const LSEEK_WHENCE: Table = Table { what: "lseek whence", names: &[("SET", 0), ("CUR", 1), ("END", 2)] };
+
+/// `snp_launch_start policy=`: the `SNP_POLICY_MASK_*` bits the kernel names.
+pub(crate) const SNP_POLICY: Table = Table {
+    what: "SNP policy",
+    names: &[("SMT", 1 << 16), ("RSVD_MBO", 1 << 17), ("DEBUG", 1 << 19), ("SINGLE_SOCKET", 1 << 20)],
+};
+
+/// `snp_launch_update type=`: `KVM_SEV_SNP_PAGE_TYPE_*` (VMSA is the firmware's type 2, which
+/// KVM refuses from user space).
+pub(crate) const SNP_PAGE_TYPES: Table = Table {
+    what: "SNP page type",
+    names: &[("NORMAL", 1), ("VMSA", 2), ("ZERO", 3), ("UNMEASURED", 4), ("SECRETS", 5), ("CPUID", 6)],
+};
+
+/// `psc op=` and `psc_msr op=`: `SNP_PAGE_STATE_*` / `VMGEXIT_PSC_OP_*`.
+pub(crate) const PSC_OPS: Table =
+    Table { what: "page-state operation", names: &[("PRIVATE", 1), ("SHARED", 2), ("PSMASH", 3), ("UNSMASH", 4)] };
+
+/// `ap_create request=`: `SVM_VMGEXIT_AP_*`.
+pub(crate) const AP_REQUESTS: Table =
+    Table { what: "AP creation request", names: &[("CREATE_ON_INIT", 0), ("CREATE", 1), ("DESTROY", 2)] };
+
+/// `inject snp_fw cmd=`: the SNP firmware commands the model runs (`SEV_CMD_SNP_*`).
+pub(crate) const SEV_CMDS: Table = Table {
+    what: "SNP firmware command",
+    names: &[
+        ("INIT_EX", 0x85),
+        ("DF_FLUSH", 0x84),
+        ("DECOMMISSION", 0x90),
+        ("ACTIVATE", 0x91),
+        ("GCTX_CREATE", 0x93),
+        ("LAUNCH_START", 0xa0),
+        ("LAUNCH_UPDATE", 0xa1),
+        ("LAUNCH_FINISH", 0xa2),
+        ("PAGE_RECLAIM", 0xc7),
+    ],
+};
+
+/// `inject snp_fw ret=`: the firmware's status codes (`SEV_RET_*`), also the names results
+/// print after `fw_error=`.
+pub(crate) const SEV_RETS: Table = Table {
+    what: "SNP firmware status",
+    names: &[
+        ("INVALID_PLATFORM_STATE", 0x01),
+        ("INVALID_GUEST_STATE", 0x02),
+        ("INVALID_CONFIG", 0x03),
+        ("INVALID_LEN", 0x04),
+        ("ALREADY_OWNED", 0x05),
+        ("INVALID_CERTIFICATE", 0x06),
+        ("POLICY_FAILURE", 0x07),
+        ("INACTIVE", 0x08),
+        ("INVALID_ADDRESS", 0x09),
+        ("BAD_SIGNATURE", 0x0a),
+        ("BAD_MEASUREMENT", 0x0b),
+        ("ASID_OWNED", 0x0c),
+        ("INVALID_ASID", 0x0d),
+        ("WBINVD_REQUIRED", 0x0e),
+        ("DFFLUSH_REQUIRED", 0x0f),
+        ("INVALID_GUEST", 0x10),
+        ("INVALID_COMMAND", 0x11),
+        ("ACTIVE", 0x12),
+        ("HWSEV_RET_PLATFORM", 0x13),
+        ("HWSEV_RET_UNSAFE", 0x14),
+        ("UNSUPPORTED", 0x15),
+        ("INVALID_PARAM", 0x16),
+        ("RESOURCE_LIMIT", 0x17),
+        ("SECURE_DATA_INVALID", 0x18),
+        ("INVALID_PAGE_SIZE", 0x19),
+        ("INVALID_PAGE_STATE", 0x1a),
+        ("INVALID_MDATA_ENTRY", 0x1b),
+        ("INVALID_PAGE_OWNER", 0x1c),
+        ("AEAD_OFLOW", 0x1d),
+        ("RMP_INIT_REQUIRED", 0x20),
+    ],
+};
 
 impl Table {
     fn lookup(&self, name: &str) -> Result<u64, String> {
@@ -151,6 +227,35 @@ pub(crate) fn parse_flags(text: &str, table: &Table) -> Result<u64, String> {
 /// One constant: a name of `table` or an integer.
 pub(crate) fn parse_constant(text: &str, table: &Table) -> Result<u64, String> {
     parse_int_or_name(text, table)
+}
+
+/// One member of a closed set: a name of `table`, or an integer that is one of its values.
+pub(crate) fn parse_member(text: &str, table: &Table) -> Result<u64, String> {
+    let value = parse_int_or_name(text, table)?;
+    match table.names.iter().any(|&(_, v)| v == value) {
+        true => Ok(value),
+        false => Err(format!("unknown {} `{text}` (expected one of {})", table.what, table.choices())),
+    }
+}
+
+/// A page size: `4K` or `2M` (the only sizes PVALIDATE and page-state changes know); `true`
+/// for 2M.
+pub(crate) fn parse_page_size(text: &str) -> Result<bool, String> {
+    match parse_int(text)? {
+        0x1000 => Ok(false),
+        0x20_0000 => Ok(true),
+        _ => Err(format!("page size `{text}` is neither 4K nor 2M")),
+    }
+}
+
+/// An integer of at most `bits` bits (a count the firmware model keeps as a 32-bit number, a
+/// byte string's length limit...).
+pub(crate) fn parse_int_bits(text: &str, bits: u32) -> Result<u64, String> {
+    let value = parse_int(text)?;
+    match bits >= 64 || value >> bits == 0 {
+        true => Ok(value),
+        false => Err(format!("`{text}` does not fit in {bits} bits")),
+    }
 }
 
 /// A byte string: hexadecimal digits, two per byte.

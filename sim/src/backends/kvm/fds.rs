@@ -23,13 +23,15 @@ pub enum Object {
     Vm(VmFd),
     /// A guest_memfd (`KVM_CREATE_GUEST_MEMFD`).
     GuestMemfd(OwnedFd),
+    /// A device file the script opened (`/dev/sev`).
+    Device(OwnedFd),
 }
 
 impl Object {
     /// The runner's real descriptor.
     pub fn raw(&self) -> i32 {
         match self {
-            Object::Stream(fd) | Object::GuestMemfd(fd) => fd.as_raw_fd(),
+            Object::Stream(fd) | Object::GuestMemfd(fd) | Object::Device(fd) => fd.as_raw_fd(),
             Object::Vm(vm) => vm.as_raw_fd(),
         }
     }

@@ -20,6 +20,11 @@
 //! verbs skip: on this machine's PVM backend a guest reads the memslot's `userspace_addr`,
 //! not guest_memfd (reference/kernel-semantics.md §0.2). Simulator-only verbs skip.
 //!
+//! The SEV-SNP host verbs are real calls: `open_dev_sev` opens `/dev/sev` (absent here: ENOENT),
+//! and the launch commands issue `KVM_MEMORY_ENCRYPT_OP` (`VmFd::encrypt_op_sev`) with their
+//! parameters in this process's memory (`bytes=` and `id_block=` staged in memory mapped for the
+//! call). The SNP guest's instructions and VMGEXITs skip like the other guest verbs.
+//!
 //! The backend owns what it creates: dropping it closes every descriptor and unmaps every
 //! mapping, so thousands of scripts in one process do not grow its descriptors or memory.
 
@@ -31,10 +36,16 @@ mod sys;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use gmem_mm::Errno;
-use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
+use kvm_bindings::{
+    kvm_create_guest_memfd, kvm_enable_cap, kvm_memory_attributes, kvm_sev_cmd, kvm_sev_init,
+    kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, kvm_userspace_memory_region2,
+    sev_cmd_id_KVM_SEV_INIT2, sev_cmd_id_KVM_SEV_SNP_LAUNCH_FINISH, sev_cmd_id_KVM_SEV_SNP_LAUNCH_START,
+    sev_cmd_id_KVM_SEV_SNP_LAUNCH_UPDATE, KVM_SEV_SNP_ID_AUTH_SIZE, KVM_SEV_SNP_ID_BLOCK_SIZE,
+    KVM_SEV_SNP_PAGE_TYPE_CPUID,
+};
 use kvm_ioctls::Kvm;
 
-use crate::backend::{BResult, Backend, Failure, MemoryRegion2, Signal, Stat};
+use crate::backend::{staging_len, BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat};
 use fds::{FdTable, Object};
 use memory::{page_align, RegionKind, Regions, PAGE_SIZE};
 
@@ -194,6 +205,50 @@ impl KvmBackend {
         };
         let addr = addr as *mut libc::c_void;
         Ok(IoBuffer::Mapped { addr, len: len as usize })
+    }
+}
+
+impl KvmBackend {
+    /// `KVM_MEMORY_ENCRYPT_OP` with `cmd` on script descriptor `vm` (kvm-ioctls'
+    /// `encrypt_op_sev` for a VM, the raw ioctl for anything else, so the kernel answers): the
+    /// errno with the firmware status the kernel left in `cmd.error`.
+    fn encrypt_op(&self, vm: i32, cmd: &mut kvm_sev_cmd) -> BResult<()> {
+        let result = match self.fds.get(vm) {
+            Some(Object::Vm(vm)) => vm.encrypt_op_sev(cmd).map_err(|error| Errno::from_raw(error.errno())),
+            _ => sys::memory_encrypt_op(self.raw(vm), cmd).map(drop),
+        };
+        result.map_err(|errno| Failure::Sev { errno, fw_error: cmd.error })
+    }
+
+    /// The real descriptor for a script's `sev_fd`, as the `u32` of `struct kvm_sev_cmd`.
+    fn raw_sev_fd(&self, sev_fd: i32) -> u32 {
+        self.raw(sev_fd) as u32
+    }
+}
+
+/// Memory mapped for one call (a `bytes=` source), unmapped when dropped.
+struct Staged {
+    addr: u64,
+    len: u64,
+}
+
+impl Staged {
+    /// `len` bytes of fresh memory with `bytes` at the start (`len` >= `bytes.len()`).
+    fn new(bytes: &[u8], len: u64) -> BResult<Staged> {
+        let Ok(addr) = sys::mmap_anonymous(None, len, libc::PROT_READ | libc::PROT_WRITE) else {
+            return skip(format!("cannot map {len} bytes for the source on this host"));
+        };
+        // SAFETY: the mapping was just made, is `len` >= `bytes.len()` bytes long, writable, and
+        // nothing else refers to it.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len()) };
+        Ok(Staged { addr, len })
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in `Staged::new`, which nothing refers to any more.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len as usize) };
     }
 }
 
@@ -453,7 +508,7 @@ impl Backend for KvmBackend {
                 }
                 raw
             }
-            Some(Object::Stream(fd) | Object::GuestMemfd(fd)) => fd.into_raw_fd(),
+            Some(Object::Stream(fd) | Object::GuestMemfd(fd) | Object::Device(fd)) => fd.into_raw_fd(),
             None => -1,
         };
         // SAFETY: `raw` is owned here (or -1), and is not used again.
@@ -464,6 +519,103 @@ impl Backend for KvmBackend {
         let addr = errno(sys::mmap_anonymous(None, len, libc::PROT_READ | libc::PROT_WRITE))?;
         self.regions.add(addr, len, RegionKind::Anonymous);
         Ok(addr)
+    }
+
+    fn enable_cap(&mut self, vm: i32, cap: u32, flags: u32, args: [u64; 4]) -> BResult<()> {
+        let mut cap = kvm_enable_cap { cap, flags, args, ..Default::default() };
+        match self.fds.get(vm) {
+            Some(Object::Vm(vm)) => vm.enable_cap(&cap).map_err(kvm_error),
+            _ => errno(sys::ioctl_with_mut(self.raw(vm), sys::KVM_ENABLE_CAP, &mut cap)).map(drop),
+        }
+    }
+
+    fn open_dev_sev(&mut self) -> BResult<i32> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).open("/dev/sev");
+        match file {
+            Ok(file) => Ok(self.fds.install(Object::Device(OwnedFd::from(file)))),
+            Err(error) => Err(Failure::Errno(Errno::from_raw(error.raw_os_error().unwrap_or(libc::EIO)))),
+        }
+    }
+
+    fn sev_init2(&mut self, vm: i32, params: &kvm_sev_init) -> BResult<()> {
+        let mut params = *params;
+        let mut cmd = kvm_sev_cmd {
+            id: sev_cmd_id_KVM_SEV_INIT2,
+            data: &mut params as *mut kvm_sev_init as u64,
+            sev_fd: u32::MAX,
+            ..Default::default()
+        };
+        self.encrypt_op(vm, &mut cmd)
+    }
+
+    fn snp_launch_start(&mut self, vm: i32, sev_fd: i32, params: &kvm_sev_snp_launch_start) -> BResult<()> {
+        let mut params = *params;
+        let mut cmd = kvm_sev_cmd {
+            id: sev_cmd_id_KVM_SEV_SNP_LAUNCH_START,
+            data: &mut params as *mut kvm_sev_snp_launch_start as u64,
+            sev_fd: self.raw_sev_fd(sev_fd),
+            ..Default::default()
+        };
+        self.encrypt_op(vm, &mut cmd)
+    }
+
+    fn snp_launch_update(
+        &mut self,
+        vm: i32,
+        sev_fd: i32,
+        params: &kvm_sev_snp_launch_update,
+        bytes: Option<&[u8]>,
+    ) -> BResult<LaunchUpdated> {
+        let mut params = *params;
+        let staged = match bytes {
+            Some(bytes) => Some(Staged::new(bytes, staging_len(params.len, bytes.len()))?),
+            None => None,
+        };
+        if let Some(staged) = &staged {
+            params.uaddr = staged.addr;
+        } else if u32::from(params.type_) == KVM_SEV_SNP_PAGE_TYPE_CPUID
+            && !self.regions.may_touch(params.uaddr, params.len)
+        {
+            // A CPUID page the firmware rejects is written back to the source.
+            return skip("the range holds memory of the runner on this host");
+        }
+        let uaddr_in = params.uaddr;
+        let mut cmd = kvm_sev_cmd {
+            id: sev_cmd_id_KVM_SEV_SNP_LAUNCH_UPDATE,
+            data: &mut params as *mut kvm_sev_snp_launch_update as u64,
+            sev_fd: self.raw_sev_fd(sev_fd),
+            ..Default::default()
+        };
+        self.encrypt_op(vm, &mut cmd)?;
+        drop(staged);
+        Ok(LaunchUpdated { gfn_start: params.gfn_start, len: params.len, uaddr: params.uaddr, uaddr_in })
+    }
+
+    fn snp_launch_finish(
+        &mut self,
+        vm: i32,
+        sev_fd: i32,
+        params: &kvm_sev_snp_launch_finish,
+        id_block: Option<&[u8]>,
+    ) -> BResult<()> {
+        let mut params = *params;
+        let mut block = vec![0u8; KVM_SEV_SNP_ID_BLOCK_SIZE as usize];
+        let auth = vec![0u8; KVM_SEV_SNP_ID_AUTH_SIZE as usize];
+        if let Some(id_block) = id_block {
+            for (to, from) in block.iter_mut().zip(id_block) {
+                *to = *from;
+            }
+            params.id_block_en = 1;
+            params.id_block_uaddr = block.as_ptr() as u64;
+            params.id_auth_uaddr = auth.as_ptr() as u64;
+        }
+        let mut cmd = kvm_sev_cmd {
+            id: sev_cmd_id_KVM_SEV_SNP_LAUNCH_FINISH,
+            data: &mut params as *mut kvm_sev_snp_launch_finish as u64,
+            sev_fd: self.raw_sev_fd(sev_fd),
+            ..Default::default()
+        };
+        self.encrypt_op(vm, &mut cmd)
     }
 
     fn create_vcpu(&mut self, _vm: i32, _id: u64) -> BResult<i32> {
@@ -480,6 +632,49 @@ impl Backend for KvmBackend {
 
     fn pre_fault_memory(&mut self, _vcpu: i32, _gpa: u64, _size: u64) -> BResult<u64> {
         skip(GUEST_SKIP)
+    }
+
+    fn pvalidate(&mut self, _vcpu: i32, _gpa: u64, _size_2m: bool, _validate: bool) -> BResult<u64> {
+        skip(GUEST_SKIP)
+    }
+
+    fn rmpadjust(&mut self, _vcpu: i32, _gpa: u64, _vmsa: bool) -> BResult<u64> {
+        skip(GUEST_SKIP)
+    }
+
+    fn ghcb_register(&mut self, _vcpu: i32, _gpa: u64) -> BResult<GhcbAnswer> {
+        skip(GUEST_SKIP)
+    }
+
+    fn psc(&mut self, _vcpu: i32, _ghcb: u64, _gpa: u64, _npages: u16, _op: u8, _size_2m: bool) -> BResult<GhcbAnswer> {
+        skip(GUEST_SKIP)
+    }
+
+    fn psc_msr(&mut self, _vcpu: i32, _gpa: u64, _op: u8) -> BResult<GhcbAnswer> {
+        skip(GUEST_SKIP)
+    }
+
+    fn complete_hypercall(&mut self, _vcpu: i32, _ret: u64) -> BResult<GhcbAnswer> {
+        skip(GUEST_SKIP)
+    }
+
+    fn ap_create(
+        &mut self,
+        _vcpu: i32,
+        _apic_id: u32,
+        _gpa: u64,
+        _request: u32,
+        _sev_features: u64,
+    ) -> BResult<GhcbAnswer> {
+        skip(GUEST_SKIP)
+    }
+
+    fn snp_launch_digest(&mut self, _vm: i32) -> BResult<Vec<u8>> {
+        skip(SIMULATOR_ONLY)
+    }
+
+    fn inject_snp_firmware(&mut self, _cmd: u32, _ret: u32, _count: u32, _after: u32) -> BResult<()> {
+        skip(SIMULATOR_ONLY)
     }
 
     fn populate(&mut self, _vm: i32, _gpa: u64, _npages: u64, _bytes: Option<&[u8]>) -> BResult<u64> {

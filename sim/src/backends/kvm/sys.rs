@@ -4,7 +4,9 @@
 use std::os::raw::c_ulong;
 
 use gmem_mm::Errno;
-use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
+use kvm_bindings::{
+    kvm_create_guest_memfd, kvm_enable_cap, kvm_memory_attributes, kvm_sev_cmd, kvm_userspace_memory_region2,
+};
 
 /// `KVMIO`, the ioctl type byte of every KVM ioctl.
 const KVMIO: c_ulong = 0xAE;
@@ -28,8 +30,16 @@ pub const KVM_SET_USER_MEMORY_REGION2: c_ulong =
 /// `KVM_SET_MEMORY_ATTRIBUTES` = `_IOW(KVMIO, 0xd2, struct kvm_memory_attributes)`.
 pub const KVM_SET_MEMORY_ATTRIBUTES: c_ulong = ioc(IOC_WRITE, 0xd2, std::mem::size_of::<kvm_memory_attributes>());
 
+/// `KVM_ENABLE_CAP` = `_IOW(KVMIO, 0xa3, struct kvm_enable_cap)`.
+pub const KVM_ENABLE_CAP: c_ulong = ioc(IOC_WRITE, 0xa3, std::mem::size_of::<kvm_enable_cap>());
+/// `KVM_MEMORY_ENCRYPT_OP` = `_IOWR(KVMIO, 0xba, unsigned long)`: the size field is the uAPI's
+/// `unsigned long`, not the `struct kvm_sev_cmd` the argument points at.
+pub const KVM_MEMORY_ENCRYPT_OP: c_ulong = ioc(IOC_READ | IOC_WRITE, 0xba, std::mem::size_of::<c_ulong>());
+
 // The numbers measured on x86-64 (reference/kernel-semantics.md §1).
 const _: () = assert!(KVM_CHECK_EXTENSION == 0xAE03);
+const _: () = assert!(KVM_ENABLE_CAP == 0x4068_AEA3);
+const _: () = assert!(KVM_MEMORY_ENCRYPT_OP == 0xC008_AEBA);
 const _: () = assert!(KVM_CREATE_GUEST_MEMFD == 0xC040_AED4);
 const _: () = assert!(KVM_SET_USER_MEMORY_REGION2 == 0x40A0_AE49);
 const _: () = assert!(KVM_SET_MEMORY_ATTRIBUTES == 0x4020_AED2);
@@ -63,6 +73,15 @@ pub fn ioctl_with_mut<T>(fd: i32, request: c_ulong, arg: &mut T) -> Result<i64, 
     // SAFETY: `arg` is a live, exclusively borrowed `T` whose size is the one encoded in
     // `request`, so the kernel's copy_from_user/copy_to_user stays inside it.
     check(i64::from(unsafe { libc::ioctl(fd, request, arg as *mut T) }))
+}
+
+/// `KVM_MEMORY_ENCRYPT_OP` with a pointer to `cmd`, which the kernel reads and writes back (its
+/// `error`); the command's own parameters are at `cmd.data`.
+pub fn memory_encrypt_op(fd: i32, cmd: &mut kvm_sev_cmd) -> Result<i64, Errno> {
+    // SAFETY: `cmd` is a live, exclusively borrowed `struct kvm_sev_cmd`, the structure
+    // sev_mem_enc_ioctl copies in and back out; `cmd.data` is the caller's to keep valid (the
+    // kernel copies the parameters from it with copy_from_user, which faults safely otherwise).
+    check(i64::from(unsafe { libc::ioctl(fd, KVM_MEMORY_ENCRYPT_OP, cmd as *mut kvm_sev_cmd) }))
 }
 
 /// A private anonymous mapping of `len` bytes with no swap reservation (`MAP_NORESERVE`), at the
