@@ -23,5 +23,5 @@ snp_launch_finish vm                                             => ok
 # The page fallocate prepared is private but was never launched: the guest gets a #VC on it.
 guest_load vcpu gpa=0 len=1                                      => guest #VC gpa=0x0 reason=page-not-validated
 guest_load vcpu gpa=0x1000 len=6                                 => ok 6b65726e656c
-warnings                                                         => ok 0
+warnings                                                         => ok 1   # S8: fallocate prepared a page before LAUNCH_FINISH
 check_invariants                                                 => ok

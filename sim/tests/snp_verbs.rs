@@ -36,7 +36,7 @@ fn launched(backend: &SimBackend) -> Vec<(u64, SnpPageType)> {
     let kvm = backend.host().vm(3).expect("the VM is descriptor 3");
     let vm = SvmVm::of(&kvm).expect("an SEV VM");
     let context = vm.host().firmware().context(vm.snp_context().expect("launching")).expect("a context");
-    context.updates
+    context.updates.iter().map(|record| (record.gpa, record.page_type)).collect()
 }
 
 fn open_fds(backend: &SimBackend) -> Vec<i32> {
