@@ -13,6 +13,7 @@ use crate::sev::ghcb::{
 };
 use crate::sev::kvm::SvmVm;
 use crate::sev::rmp::{PvalidateOutcome, RmpError};
+use gmem_kvm::arch::GuestException;
 use gmem_kvm::vcpu::{guest_access, guest_page_op, KvmVcpu, RunError};
 use gmem_kvm::Kvm;
 use gmem_mm::types::PAGE_SHIFT;
@@ -26,8 +27,14 @@ pub const PVALIDATE_FAIL_SIZEMISMATCH: u32 = 6;
 /// `PVALIDATE_FAIL_NOUPDATE`: Linux's code for the instruction's "no update" carry flag.
 pub const PVALIDATE_FAIL_NOUPDATE: u32 = 255;
 
+/// The VM's SEV back-end, for an instruction only an SNP guest has: on any other VM the CPU
+/// raises #UD in the guest.
 fn svm(kvm: &Kvm) -> Result<&SvmVm, RunError> {
-    SvmVm::of(kvm).ok_or(RunError::Errno(Errno::EINVAL))
+    SvmVm::of(kvm).filter(|vm| vm.sev_snp_guest()).ok_or(RunError::GuestException(GuestException {
+        vector: "#UD",
+        gpa: 0,
+        reason: "not-an-snp-guest",
+    }))
 }
 
 /// PVALIDATE of the page at `gpa` (2M if `size_2m`), validating or rescinding. Returns the

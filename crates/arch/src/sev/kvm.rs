@@ -35,7 +35,7 @@ use gmem_kvm::arch::{
     Current, GuestAccess, GuestFault, KvmArch, PgLevel, PopulateSource, PFERR_GUEST_ENC_MASK, PFERR_GUEST_RMP_MASK,
 };
 use gmem_kvm::guest_memfd::{kvm_gmem_get_pfn, kvm_gmem_populate};
-use gmem_kvm::profile::Fix;
+use gmem_kvm::profile::{Fix, KernelVersion};
 use gmem_kvm::vcpu::{KvmVcpu, RunError, VcpuExit};
 use gmem_kvm::{Gfn, Kvm, VmType};
 use gmem_mm::folio::Folio;
@@ -858,7 +858,10 @@ impl SvmVm {
                     | SnpPageType::Cpuid
             )
         );
-        if params.len & (PAGE_SIZE - 1) != 0 || params.flags != 0 || !valid_type {
+        // v6.18 also refuses an empty update (the fix that made kvm_gmem_populate WARN on
+        // npages <= 0 checked `!params.len` here); v6.14 passes it on to kvm_gmem_populate.
+        let empty = kvm.profile().version == KernelVersion::V6_18 && params.len == 0;
+        if empty || params.len & (PAGE_SIZE - 1) != 0 || params.flags != 0 || !valid_type {
             return Err(Errno::EINVAL);
         }
         let npages = (params.len / PAGE_SIZE) as i64;
@@ -1286,6 +1289,10 @@ impl KvmArch for SvmVm {
     }
 
     fn vcpu_pre_run(&self, kvm: &Kvm, vcpu: &KvmVcpu) -> Result<(), RunError> {
+        // svm_vcpu_pre_run: an SEV VM must be initialised (KVM_SEV_INIT2) before it runs.
+        if self.info.lock().need_init {
+            return Err(RunError::Errno(Errno::EINVAL));
+        }
         let Some(sev) = vcpu.arch::<SevVcpu>() else { return Ok(()) };
         if !self.sev_es_guest() {
             return Ok(());
@@ -1297,6 +1304,14 @@ impl KvmArch for SvmVm {
         // VMRUN of an SNP guest whose VMSA was never launched fails the entry (SVM_EXIT_ERR).
         if self.sev_snp_guest() && !state.guest_state_protected {
             return Err(RunError::Exit(VcpuExit::FailEntry { reason: SVM_EXIT_ERR }));
+        }
+        // VMRUN checks that a guest-provided VMSA is one in the RMP (the guest's RMPADJUST made
+        // it so), owned by this guest.
+        if state.snp_has_guest_vmsa {
+            let entry = self.host.rmp().read(vmsa_pa).unwrap_or_default();
+            if !entry.assigned || !entry.vmsa || entry.asid != self.asid() {
+                return Err(RunError::Exit(VcpuExit::FailEntry { reason: SVM_EXIT_ERR }));
+            }
         }
         if !state.vmsa_loaded {
             self.host.rmp().set_vmsa_in_use(vmsa_pa, true);
