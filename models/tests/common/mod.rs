@@ -1,5 +1,7 @@
 //! What the loom models share: the loom builder ([`check`]), per-model coverage counters
-//! ([`Coverage`]), and for the TLB models a one-page private guest on the real code ([`guest`]).
+//! ([`Coverage`]), for the TLB models a one-page private guest on the real code ([`guest`]), and
+//! for the SEV-SNP models a one-page SNP guest between LAUNCH_START and LAUNCH_FINISH
+//! ([`snp_guest`]).
 //!
 //! Each test binary includes this module and uses part of it.
 #![allow(dead_code)]
@@ -209,4 +211,109 @@ pub fn race_load_against_punch(g: &Arc<Guest>, after: &'static str) {
     puncher.join().unwrap();
     stop_exploring();
     g.assert_quiescent_state();
+}
+
+/// An SEV-SNP VM on the x86 vendor module (the RMP checks every host write), launched up to
+/// SNP_LAUNCH_START: a 1-page guest_memfd bound at [`GPA`], the gfn PRIVATE, one vCPU, `/dev/sev`
+/// open, and one page of user memory holding the image to launch. The guest_memfd page is
+/// allocated (`fallocate`, which with F6 only allocates: the frame is still the hypervisor's and
+/// the folio not prepared), so its frame is known before the model runs; nothing is faulted in or
+/// populated yet.
+pub struct SnpGuest {
+    pub host: SimHost,
+    pub machine: Arc<Machine>,
+    pub kvm: Arc<Kvm>,
+    pub vm_fd: i32,
+    pub vcpu_fd: i32,
+    pub sev_fd: i32,
+    pub gmem_fd: i32,
+    /// The user address of the image page.
+    pub image: u64,
+}
+
+/// Builds the SNP guest on `profile` (the set-up runs before the model's `explore()`).
+pub fn snp_guest(profile: KernelProfile) -> SnpGuest {
+    use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_start};
+    let machine = Machine::new(MachineConfig { vfs: profile.vfs_version(), ..MachineConfig::tiny(32) });
+    let system = KvmSystem::builder(profile).machine(machine.clone()).arch(gmem_arch::X86Host::setup()).build();
+    let host = SimHost::with_system(system);
+    let vm_fd = host.create_vm(VmType::SevSnp as u64).expect("KVM_CREATE_VM");
+    host.sev_init2(vm_fd, &kvm_sev_init::default()).expect("KVM_SEV_INIT2");
+    let kvm = host.vm(vm_fd).expect("the VM fd");
+    let gmem_fd = host
+        .create_guest_memfd(vm_fd, &kvm_create_guest_memfd { size: PAGE_SIZE, flags: 0, ..Default::default() })
+        .expect("KVM_CREATE_GUEST_MEMFD");
+    let image = host.process().mmap_anonymous(2 * PAGE_SIZE).expect("mmap");
+    let region = kvm_userspace_memory_region2 {
+        slot: 0,
+        flags: KVM_MEM_GUEST_MEMFD,
+        guest_phys_addr: GPA,
+        memory_size: PAGE_SIZE,
+        userspace_addr: image + PAGE_SIZE,
+        guest_memfd_offset: 0,
+        guest_memfd: gmem_fd as u32,
+        ..Default::default()
+    };
+    host.set_user_memory_region2(vm_fd, &region).expect("KVM_SET_USER_MEMORY_REGION2");
+    host.set_memory_attributes(
+        vm_fd,
+        &kvm_memory_attributes { address: GPA, size: PAGE_SIZE, attributes: PRIVATE, ..Default::default() },
+    )
+    .expect("KVM_SET_MEMORY_ATTRIBUTES");
+    let vcpu_fd = host.create_vcpu(vm_fd, 0).expect("KVM_CREATE_VCPU");
+    let sev_fd = host.open_dev_sev().expect("open /dev/sev");
+    // The must-be-one policy bit and SMT allowed.
+    let start = kvm_sev_snp_launch_start { policy: (1 << 17) | (1 << 16), ..Default::default() };
+    host.snp_launch_start(vm_fd, sev_fd, &start).expect("KVM_SEV_SNP_LAUNCH_START");
+    host.store(image, b"the guest kernel").expect("the image");
+    host.fallocate(gmem_fd, gmem_mm::vfs::FALLOC_FL_KEEP_SIZE, 0, PAGE_SIZE as i64).expect("fallocate");
+    let guest = SnpGuest { host, machine, kvm, vm_fd, vcpu_fd, sev_fd, gmem_fd, image };
+    let entry = guest.rmp_entry().expect("the allocated page");
+    assert!(!entry.assigned, "fallocate only allocates (F6): {entry:?}");
+    assert!(guest.machine.warnings.is_empty(), "{:#?}", guest.machine.warnings.snapshot());
+    guest
+}
+
+impl SnpGuest {
+    /// `KVM_SEV_SNP_LAUNCH_UPDATE` of the page at [`GPA`] from the image (a NORMAL page).
+    pub fn launch_update(&self) -> Result<(), gmem_uapi::SevError> {
+        let mut update = kvm_bindings::kvm_sev_snp_launch_update {
+            gfn_start: GPA / PAGE_SIZE,
+            uaddr: self.image,
+            len: PAGE_SIZE,
+            type_: gmem_arch::sev::measure::SnpPageType::Normal as u8,
+            ..Default::default()
+        };
+        self.host.snp_launch_update(self.vm_fd, self.sev_fd, &mut update)
+    }
+
+    /// `KVM_PRE_FAULT_MEMORY` of the page at [`GPA`]: the size left.
+    pub fn pre_fault(&self) -> gmem_mm::KResult<u64> {
+        self.host.pre_fault_memory(self.vcpu_fd, GPA, PAGE_SIZE)
+    }
+
+    /// The frame of the guest_memfd page (`None` if the page cache has none).
+    pub fn gmem_pfn(&self) -> Option<gmem_mm::Pfn> {
+        let file = self.host.guest_memfd(self.gmem_fd).expect("the guest_memfd");
+        let folio = file.inode().mapping().get_folio(gmem_mm::types::PgOff(0))?;
+        let pfn = folio.pfn();
+        folio.put();
+        Some(pfn)
+    }
+
+    /// The RMP entry of the guest_memfd page's frame (`None` if the page cache has none).
+    pub fn rmp_entry(&self) -> Option<gmem_arch::sev::rmp::RmpEntry> {
+        let vm = gmem_arch::sev::kvm::SvmVm::of(&self.kvm).expect("an SVM VM");
+        vm.host().rmp().read(self.gmem_pfn()?)
+    }
+
+    /// No WARN or Oops was recorded (an RMP #PF on a host write is an Oops: the host does not
+    /// survive it) and every invariant holds (the threads have joined).
+    pub fn assert_quiescent_state(&self) {
+        let warnings: Vec<String> = self.machine.warnings.snapshot().iter().map(ToString::to_string).collect();
+        assert!(warnings.is_empty(), "WARNs: {warnings:#?}");
+        let file = self.host.guest_memfd(self.gmem_fd).expect("the guest_memfd");
+        let violations = invariants::check(std::slice::from_ref(&self.kvm), &[file]);
+        assert!(violations.is_empty(), "{violations:#?}");
+    }
 }

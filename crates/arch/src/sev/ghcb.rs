@@ -531,13 +531,23 @@ pub fn sev_snp_ap_creation(
 /// `kvm_gmem_get_pfn`, as the vCPU's `vmsa_pa`; the page reference is dropped right away (gmem
 /// pages do not migrate), which is why an invalidation of that page must also make the vCPU let
 /// go of it (upstream fix F11, [`snp_zap_guest_vmsas`]).
-pub fn sev_snp_init_protected_guest_state(vm: &SvmVm, kvm: &Kvm, sev: &SevVcpu) {
+///
+/// Without F11 (v6.14 to v6.18) the VMSA GPA is forgotten once used and the pfn is installed as
+/// soon as guest_memfd returns it. With F11 the GPA is kept (so an invalidation can find the vCPU
+/// that uses it), the vCPU counts as having a guest VMSA even if the lookup fails, and the pfn is
+/// installed as the APIC-access page's is: the invalidation sequence is snapshotted before the
+/// lookup, and the pfn is committed under `mmu_lock` (read) only if no invalidation of the gfn
+/// ran or is running meanwhile; otherwise the request is made again. Returns whether the request
+/// was made again (the caller must not enter the guest yet and comes back, as `vcpu_run`'s loop
+/// does).
+pub fn sev_snp_init_protected_guest_state(vm: &SvmVm, kvm: &Kvm, sev: &SevVcpu) -> bool {
     if !vm.sev_snp_guest() {
-        return;
+        return false;
     }
+    let fixed = kvm.profile().has_fix(Fix::F11InvalidateGuestVmsa);
     let mut state = sev.state.lock();
     if !std::mem::take(&mut state.update_protected_guest_state) || !state.snp_ap_waiting_for_reset {
-        return;
+        return false;
     }
     state.snp_ap_waiting_for_reset = false;
     // Clear use of the VMSA.
@@ -546,25 +556,53 @@ pub fn sev_snp_init_protected_guest_state(vm: &SvmVm, kvm: &Kvm, sev: &SevVcpu) 
             vm.host().rmp().set_vmsa_in_use(old, false);
         }
     }
-    let Some(vmsa_gpa) = state.snp_vmsa_gpa else { return };
-    // Without fix F11 KVM forgets the GPA here; with it the GPA is kept so an invalidation can
-    // find the vCPU using it.
-    if !kvm.profile().has_fix(Fix::F11InvalidateGuestVmsa) {
+    let Some(vmsa_gpa) = state.snp_vmsa_gpa else { return false };
+    if fixed {
+        // "Mark vCPU as having guest-provided VMSA even if it's invalid" and "Track the GPA of
+        // the guest-controlled VMSA".
+        state.snp_has_guest_vmsa = true;
+    } else {
         state.snp_vmsa_gpa = None;
     }
     let gfn = Gfn(vmsa_gpa >> PAGE_SHIFT);
+    // F11: 1. snapshot the invalidation sequence counter.
+    let mmu_seq = kvm.mmu_invalidate_seq();
     let srcu = kvm.srcu_read_lock();
-    let Some(slot) = kvm.gfn_to_memslot(&srcu, gfn) else { return };
-    // The new VMSA will be private guest memory, so retrieve the PFN from the gmem backend.
-    let Ok(got) = kvm_gmem_get_pfn(kvm, slot, gfn) else { return };
+    let Some(slot) = kvm.gfn_to_memslot(&srcu, gfn) else { return false };
+    // The new VMSA will be private guest memory, so retrieve the PFN from the gmem backend
+    // (F11: 2. grab the pfn).
+    let Ok(got) = kvm_gmem_get_pfn(kvm, slot, gfn) else { return false };
     drop(srcu);
-    state.snp_has_guest_vmsa = true;
-    state.vmsa_pa = Some(got.pfn);
+    if !fixed {
+        state.snp_has_guest_vmsa = true;
+        state.vmsa_pa = Some(got.pfn);
+        got.page.put();
+        return false;
+    }
+    // F11: 3. acquire mmu_lock for read (it nests outside the vCPU's SEV state, as in the
+    // invalidation), 4. re-request the reload if an invalidation covered the gfn since the
+    // snapshot, else commit.
+    drop(state);
+    let mmu_lock = kvm.mmu_lock_read();
+    let mut state = sev.state.lock();
+    let retry = kvm.mmu_invalidate_retry_gfn(mmu_seq, gfn);
+    if retry {
+        state.snp_ap_waiting_for_reset = true;
+        state.update_protected_guest_state = true;
+        state.vmsa_reload_retries += 1;
+    } else {
+        state.vmsa_pa = Some(got.pfn);
+    }
+    drop(state);
+    drop(mmu_lock);
     got.page.put();
+    retry
 }
 
-/// Upstream fix F11's half in the invalidation (`kvm_unmap_gfn_range` under `mmu_lock`): a vCPU
-/// whose guest-provided VMSA lies in `range` stops using it now and reloads it at its next entry,
+/// Upstream fix F11's half in the invalidation (`kvm_gmem_invalidate_begin` →
+/// `kvm_mmu_unmap_gfn_range`, `mmu_lock` held for write; upstream's `gmem_invalid_range` hook):
+/// a vCPU whose guest-provided VMSA lies in `range` is made to stop using it now (the request
+/// and the kick that waits for the vCPU to leave guest mode) and to reload it at its next entry,
 /// so the folio's `free_folio` can give the frame back to the hypervisor. Without the fix nothing
 /// happens: the VMSA stays in use, RMPUPDATE fails with `FAIL_INUSE`, and the frame is freed
 /// still assigned to the guest.

@@ -36,7 +36,7 @@ use gmem_kvm::arch::{
 };
 use gmem_kvm::guest_memfd::{kvm_gmem_get_pfn, kvm_gmem_populate};
 use gmem_kvm::profile::{Fix, KernelVersion};
-use gmem_kvm::vcpu::{KvmVcpu, RunError, VcpuExit};
+use gmem_kvm::vcpu::{KvmVcpu, RunError, VcpuExit, FAULT_RETRY_LIMIT};
 use gmem_kvm::{Gfn, Kvm, VmType};
 use gmem_mm::folio::Folio;
 use gmem_mm::types::{PAGE_SHIFT, PAGE_SIZE};
@@ -305,6 +305,9 @@ pub struct SevVcpuState {
     pub update_protected_guest_state: bool,
     /// The vCPU has entered the guest since `vmsa_pa` was set (the hardware holds the VMSA).
     pub vmsa_loaded: bool,
+    /// Model-only statistic: reloads of the guest VMSA that found an invalidation of its gfn
+    /// and made the request again (upstream fix F11).
+    pub vmsa_reload_retries: u64,
 }
 
 /// The vendor state of one vCPU of an [`SvmVm`].
@@ -1297,7 +1300,26 @@ impl KvmArch for SvmVm {
         if !self.sev_es_guest() {
             return Ok(());
         }
-        crate::sev::ghcb::sev_snp_init_protected_guest_state(self, kvm, sev);
+        // KVM_REQ_UPDATE_PROTECTED_GUEST_STATE. A reload that must wait for an invalidation
+        // (F11) made the request again: vcpu_enter_guest cancels the entry and vcpu_run comes
+        // back (it drops its locks and reschedules); a vCPU that cannot get its VMSA in
+        // FAULT_RETRY_LIMIT tries is reported and the run ends with EINTR, as a signal would end
+        // the loop.
+        let mut attempts = 0;
+        while crate::sev::ghcb::sev_snp_init_protected_guest_state(self, kvm, sev) {
+            attempts += 1;
+            if attempts > FAULT_RETRY_LIMIT {
+                kvm.machine().warnings.report(
+                    WarnKind::Warn,
+                    format!(
+                        "vCPU {}: its guest VMSA reload made no progress in {FAULT_RETRY_LIMIT} tries",
+                        vcpu.vcpu_id()
+                    ),
+                );
+                return Err(RunError::Errno(Errno::EINTR));
+            }
+            gmem_sync::thread::backoff(attempts);
+        }
         let mut state = sev.state.lock();
         // pre_sev_run: reject KVM_RUN with an invalid VMSA.
         let Some(vmsa_pa) = state.vmsa_pa else { return Err(RunError::Errno(Errno::EINVAL)) };
