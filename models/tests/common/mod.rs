@@ -307,6 +307,21 @@ impl SnpGuest {
         vm.host().rmp().read(self.gmem_pfn()?)
     }
 
+    /// INV-NO-HOST-WRITE-PRIVATE alone: no Oops was recorded (an RMP #PF on a host write is one).
+    /// For runs that break another rule on purpose (a page prepared before LAUNCH_FINISH without
+    /// F7's gate is S8's, by construction).
+    pub fn assert_no_host_write_to_private(&self) {
+        let oopses: Vec<String> = self
+            .machine
+            .warnings
+            .snapshot()
+            .iter()
+            .filter(|w| w.kind == gmem_sync::warn::WarnKind::Oops)
+            .map(ToString::to_string)
+            .collect();
+        assert!(oopses.is_empty(), "Oops: {oopses:#?}");
+    }
+
     /// No WARN or Oops was recorded (an RMP #PF on a host write is an Oops: the host does not
     /// survive it) and every invariant holds (the threads have joined).
     pub fn assert_quiescent_state(&self) {
