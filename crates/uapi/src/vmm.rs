@@ -536,15 +536,21 @@ impl Vmm {
         }
     }
 
-    /// `kvm_convert_memory(start, size, to_private)`.
+    /// `kvm_convert_memory(start, size, to_private)`. Each region is a RAM block of its own
+    /// (it has its own guest_memfd), so a range that runs from one region into the next is
+    /// refused after its attributes changed, as QEMU refuses a range past its RAM block
+    /// (`ram_block_attributes_state_change`'s range check in QEMU 10.1+; before it,
+    /// `ram_block_discard_range`'s overrun check for a conversion to private).
     pub fn convert(&self, gpa: u64, size: u64, to_private: bool) -> Result<()> {
         // 1. Alignment.
         if gpa & (PAGE_SIZE - 1) != 0 || size & (PAGE_SIZE - 1) != 0 || size == 0 {
             return Err(Errno::EINVAL);
         }
+        let end = gpa.checked_add(size).ok_or(Errno::EINVAL)?;
         let regions = self.regions.lock();
-        // 2. memory_region_find: no region → to-shared is accepted (MMIO holes), to-private not.
-        let Some(region) = regions.iter().find(|r| r.contains(gpa, size)).copied() else {
+        // 2. memory_region_find: the first region the range meets. None → to-shared is
+        //    accepted (MMIO holes), to-private not.
+        let Some(region) = regions.iter().find(|r| r.gpa < end && gpa < r.gpa + r.size).copied() else {
             return if to_private { Err(Errno::EINVAL) } else { Ok(()) };
         };
         // 3. A region without guest_memfd cannot be converted (QEMU: "Convert non guest_memfd
@@ -555,6 +561,10 @@ impl Vmm {
         // 4. kvm_set_memory_attributes_private / _shared: attributes first. On failure nothing
         //    is discarded (V1).
         self.set_attributes(gpa, size, to_private)?;
+        // 5. The range must lie in the RAM block: nothing is discarded otherwise.
+        if !region.contains(gpa, size) {
+            return Err(Errno::EINVAL);
+        }
         // 6. Discard the stale backing.
         if to_private {
             // ram_block_discard_range on the shared backing: MADV_DONTNEED.
@@ -1054,6 +1064,36 @@ mod tests {
         // The vCPU is not left waiting for user space.
         assert_eq!(vmm.host().complete_hypercall(vcpu, 0), Err(RunError::Errno(Errno::EINVAL)));
         assert_clean(&vmm);
+    }
+
+    /// A conversion running from one region (RAM block) into the next changes the attributes
+    /// of the whole range, then is refused without discarding anything, as QEMU refuses a
+    /// range past its RAM block; one inside a region, or in no region to shared, succeeds.
+    #[test]
+    fn a_conversion_past_its_region_is_refused_after_the_attributes() {
+        let (vmm, vcpu) = vmm();
+        let second = vmm.regions()[1];
+        let last = second.gpa - PAGE_SIZE;
+        let mut data = *b"private!";
+        vmm.guest_access(vcpu, last, &mut data, true).expect("private store");
+        assert_eq!(vmm.convert(last, 2 * PAGE_SIZE, false), Err(Errno::EINVAL));
+        assert_eq!(vmm.convert(last, 2 * PAGE_SIZE, true), Err(Errno::EINVAL));
+        assert_eq!(vmm.stats.punches.load(Ordering::Relaxed), 0, "no guest_memfd punched");
+        assert_eq!(vmm.stats.discards.load(Ordering::Relaxed), 0, "no shared backing discarded");
+        assert_eq!(read(&vmm, vcpu, last), *b"private!", "the private page kept its data");
+        vmm.convert(last, 2 * PAGE_SIZE, false).expect_err("still refused");
+        // Both pages' attributes changed, each region's part: a private access now exits.
+        for gpa in [last, second.gpa] {
+            assert!(matches!(
+                vmm.host().guest_access(vcpu, gpa, &mut [0u8; 8], false, Some(true)),
+                Err(RunError::Exit(VcpuExit::MemoryFault { .. }))
+            ));
+        }
+        assert_eq!(vmm.convert(Vmm::page_gpa(0x10000), PAGE_SIZE, false), Ok(()), "an MMIO hole");
+        assert_eq!(vmm.convert(Vmm::page_gpa(0x10000), PAGE_SIZE, true), Err(Errno::EINVAL));
+        assert_eq!(vmm.convert(second.gpa, PAGE_SIZE, true), Ok(()));
+        assert_eq!(vmm.stats.to_shared.load(Ordering::Relaxed), 0);
+        assert_eq!(vmm.stats.to_private.load(Ordering::Relaxed), 1);
     }
 
     /// An exit that is not `KVM_HC_MAP_GPA_RANGE` is not the VMM's to answer.
