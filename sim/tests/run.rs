@@ -148,32 +148,39 @@ fn an_snp_run_ends_clean_on_both_snp_profiles() {
     }
 }
 
-/// An SNP guest's vCPUs convert only their own pages and never touch their GHCB (their last
-/// page); the control thread makes no conversions.
+/// An SNP guest's vCPUs convert only their own pages, within one region (a RAM block of its
+/// own), and never touch their GHCB (their last page); the control thread makes no
+/// conversions.
 #[test]
 fn snp_streams_leave_the_ghcb_alone_and_convert_from_the_vcpus() {
-    let mut config = small(5);
-    config.vm_type = KVM_X86_SNP_VM;
-    let (control, vcpus) = run::generate(&config, 20_000);
-    assert!(control.iter().all(|op| !matches!(op, run::ControlOp::Convert { .. })));
-    let pages = config.memory / 4096;
-    let mut conversions = 0;
-    for (vcpu, ops) in vcpus.iter().enumerate() {
-        let vcpu = vcpu as u64;
-        let ghcb = (pages - 1 - vcpu) / 2 * 2 + vcpu;
-        for op in ops {
-            assert_eq!(op.page % 2, vcpu);
-            let npages = match op.action {
-                VcpuAction::Convert { npages, .. } => {
-                    conversions += 1;
-                    npages
-                }
-                _ => 1,
-            };
-            assert!(npages >= 1 && op.page + (npages - 1) * 2 < ghcb, "{op:?} reaches the GHCB page {ghcb}");
+    for nr_vcpus in [1u64, 2, 3] {
+        let mut config = small(5);
+        config.vm_type = KVM_X86_SNP_VM;
+        config.vcpus = nr_vcpus as u32;
+        let (control, vcpus) = run::generate(&config, 20_000);
+        assert!(control.iter().all(|op| !matches!(op, run::ControlOp::Convert { .. })));
+        let pages = config.memory / 4096;
+        let region_pages = pages / 4;
+        let mut conversions = 0;
+        for (vcpu, ops) in vcpus.iter().enumerate() {
+            let vcpu = vcpu as u64;
+            let ghcb = (pages - 1 - vcpu) / nr_vcpus * nr_vcpus + vcpu;
+            for op in ops {
+                assert_eq!(op.page % nr_vcpus, vcpu);
+                let npages = match op.action {
+                    VcpuAction::Convert { npages, .. } => {
+                        conversions += 1;
+                        npages
+                    }
+                    _ => 1,
+                };
+                let last = op.page + (npages - 1) * nr_vcpus;
+                assert!(npages >= 1 && last < ghcb, "{op:?} reaches the GHCB page {ghcb}");
+                assert_eq!(op.page / region_pages, last / region_pages, "{op:?} leaves its region");
+            }
         }
+        assert_ne!(conversions, 0);
     }
-    assert_ne!(conversions, 0);
     // SW_PROTECTED streams have no vCPU conversions.
     let (_, plain) = run::generate(&small(5), 20_000);
     assert!(plain.iter().flatten().all(|op| !matches!(op.action, VcpuAction::Convert { .. })));

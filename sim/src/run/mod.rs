@@ -35,7 +35,7 @@
 //! zero). A stable read of a page whose last write was stable at the same `gen` must return
 //! exactly what was written; any other read must return zero or a record this vCPU wrote to
 //! that page (or, for an SNP guest, the page's image record until the page is first written or
-//! converted), never anything else. Deleting and re-adding a memslot is not destructive: the
+//! made shared), never anything else. Deleting and re-adding a memslot is not destructive: the
 //! data must survive it. For an SNP guest the validation must survive too: a #VC on a page the
 //! guest validated with no destructive operation on the page since is an integrity error.
 //!
@@ -426,6 +426,7 @@ pub struct VcpuStream {
     cursor: u64,
     /// `(convert weight, access + convert weight)` for an SNP guest.
     convert: Option<(u64, u64)>,
+    region_pages: u64,
 }
 
 impl VcpuStream {
@@ -448,6 +449,7 @@ impl VcpuStream {
             owned,
             cursor: 0,
             convert,
+            region_pages: config.pages() / u64::from(REGIONS),
         }
     }
 }
@@ -465,7 +467,12 @@ impl Iterator for VcpuStream {
         let page = self.cursor * self.vcpus + self.vcpu;
         if let Some((weight, total)) = self.convert {
             if self.rng.below(total) < weight {
-                let npages = (1 + self.rng.below(MAX_RANGE_PAGES)).min(self.owned - self.cursor);
+                // The guest's pages from the cursor on, within the page's region: each region is
+                // a RAM block of its own, and the VMM refuses a conversion that leaves one (KVM
+                // merges adjacent pages into one request, which happens with a single vCPU).
+                let region_end = (page / self.region_pages + 1) * self.region_pages;
+                let in_region = (region_end - 1 - self.vcpu) / self.vcpus + 1 - self.cursor;
+                let npages = (1 + self.rng.below(MAX_RANGE_PAGES)).min(self.owned - self.cursor).min(in_region);
                 let to_private = self.rng.below(2) == 0;
                 return Some(VcpuOp { action: VcpuAction::Convert { npages, to_private }, page });
             }
@@ -781,6 +788,9 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>, mut 
             None => Some(plain_access(shared, fd, op.page, &mut buf, write)),
             Some(guest) => guest.access(op.page, &mut buf, write),
         };
+        // Read inside the window the two `gen` reads bound, so a stable access sees the flag
+        // as it was during the access, not as a destructive operation after it left it.
+        let poisoned = epoch.poisoned.load(Ordering::SeqCst);
         let e2 = epoch.gen.load(Ordering::SeqCst);
         let slots_quiet = s1 % 2 == 0 && slot_gen.load(Ordering::SeqCst) == s1;
         let stable = e1 == e2 && active == 0;
@@ -835,7 +845,7 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>, mut 
             }
             Some(Err(RunError::Exit(VcpuExit::MemoryFault { errno: Errno::EHWPOISON, .. }))) => {
                 shared.exits_hwpoison.fetch_add(1, Ordering::Relaxed);
-                if stable && !epoch.poisoned.load(Ordering::SeqCst) {
+                if stable && !poisoned {
                     shared.error(
                         &shared.integrity_errors,
                         format!("vCPU {vcpu} op {index}: {what} of page {} (gpa {gpa:#x}) hit hardware poison no memory failure put there", op.page),
@@ -1196,10 +1206,19 @@ fn control_op(shared: &Shared<'_>, op: ControlOp) {
         }
         ControlOp::MemFail { page } => {
             shared.begin(page, 1);
-            shared.pages[page as usize].poisoned.store(true, Ordering::SeqCst);
+            let poisoned = &shared.pages[page as usize].poisoned;
+            poisoned.store(true, Ordering::SeqCst);
             let result = match vmm.memory_failure(Vmm::page_gpa(page)) {
-                // No folio there (a shared page, or never touched), or already poisoned.
-                Err(Errno::ENOENT | Errno::EHWPOISON) | Ok(_) => Ok(()),
+                // A folio was poisoned, or already was: say so again now. An SNP guest's
+                // conversion of the page to shared may have cleared the flag meanwhile (its
+                // punch drops whatever folio was there) and the page may have a new folio by
+                // the time the failure reached it.
+                Ok(_) | Err(Errno::EHWPOISON) => {
+                    poisoned.store(true, Ordering::SeqCst);
+                    Ok(())
+                }
+                // No folio there (a shared page, or never touched).
+                Err(Errno::ENOENT) => Ok(()),
                 Err(errno) => Err(errno),
             };
             shared.end(page, 1, false);

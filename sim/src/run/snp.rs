@@ -52,7 +52,8 @@ struct PageView {
     /// The page's epoch `gen` when that validation was known not to overlap a destructive
     /// operation.
     validated_at: Option<u64>,
-    /// The boot image may still be in the page (no store or conversion since the launch).
+    /// The boot image may still be in the page (no store, and no completed conversion to
+    /// shared, since the launch).
     image: bool,
 }
 
@@ -293,13 +294,13 @@ impl<'a> SnpGuest<'a> {
             }
         }
         if !self.psc(targets, to_private) {
+            // Some pages may have been converted, others not (their contents are still there).
             bump(&self.shared.snp.psc_incomplete);
             for &p in targets {
                 let view = self.view_mut(p);
                 view.pending = Some(to_private);
                 view.validated = false;
                 view.validated_at = None;
-                view.image = false;
             }
             return (false, Vec::new());
         }
@@ -309,7 +310,11 @@ impl<'a> SnpGuest<'a> {
             view.pending = None;
             view.validated = false;
             view.validated_at = None;
-            view.image = false;
+            // Made shared, the page's guest_memfd folio was punched. (Made private, a page
+            // pending since a failed conversion to shared may still hold what it held.)
+            if !to_private {
+                view.image = false;
+            }
         }
         let mut validated = Vec::new();
         if to_private {
