@@ -387,8 +387,9 @@ pub enum VcpuAction {
     Load,
     /// A guest store.
     Store,
-    /// An SNP guest converts `npages` of its pages, from the operation's page on (the vCPU's
-    /// pages are every `vcpus`-th, so they are not adjacent), to private or to shared.
+    /// An SNP guest converts `npages` of its pages, from the operation's page on and within
+    /// its region (the vCPU's pages are every `vcpus`-th, so with more than one vCPU they are
+    /// not adjacent), to private or to shared.
     Convert {
         /// Pages (the operation's page and the next ones the vCPU owns).
         npages: u64,
