@@ -35,14 +35,17 @@ enum Command {
     Diff(DiffArgs),
     /// The full-system workload: a VMM runs a VM whose vCPU threads access guest memory while a
     /// control thread converts, punches, changes memslots, injects memory failures and closes
-    /// guest_memfds; data integrity and invariants are checked. Exit 1 on any warning,
-    /// invariant violation or integrity error.
+    /// guest_memfds; data integrity and invariants are checked. An SEV_SNP guest is launched
+    /// with a measured image, and its vCPUs validate their pages and convert them themselves
+    /// (page-state changes the VMM answers). Exit 1 on any warning, invariant violation or
+    /// integrity error.
     Run(RunArgs),
 }
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// The VM type: SW_PROTECTED (private memory, conversions) or DEFAULT.
+    /// The VM type: SW_PROTECTED (private memory, conversions), DEFAULT, or SEV_SNP (an SEV-SNP
+    /// guest, on the v6.18 and v6.14 profiles).
     #[arg(long, default_value = "SW_PROTECTED", value_parser = run::parse_vm_type)]
     vm_type: u64,
     /// Guest memory (bytes, or with a K, M or G suffix).

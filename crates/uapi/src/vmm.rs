@@ -24,6 +24,21 @@
 //! `ram_block_add`), each region at its gpa's offset in it, so shared memory can be mapped with
 //! 2M leaves where the memslot allows.
 //!
+//! An SEV-SNP VM (`KVM_X86_SNP_VM`) is set up as QEMU's `sev-snp-guest` machine sets it up
+//! (`target/i386/sev.c`): `/dev/sev` is opened and `KVM_SEV_INIT2` issued right after
+//! `KVM_CREATE_VM` (`sev_common_kvm_init`), then `KVM_SEV_SNP_LAUNCH_START` with the policy
+//! (`sev_snp_launch_start`), before any memslot or vCPU exists; the hypercall exit is enabled
+//! and the memory starts PRIVATE as for any guest_memfd VM. Once the vCPUs exist,
+//! [`Vmm::launch`] measures the boot image into private memory (`KVM_SEV_SNP_LAUNCH_UPDATE`,
+//! looping on partial progress as `sev_snp_launch_update` does) and finishes the launch
+//! (`KVM_SEV_SNP_LAUNCH_FINISH`, which also measures the vCPUs' VMSAs): that is QEMU's
+//! `sev_snp_launch_finish`, run when the machine starts. The guest's page-state changes (the
+//! GHCB MSR protocol and the PSC buffer) reach the VMM as `KVM_EXIT_HYPERCALL`
+//! (`KVM_HC_MAP_GPA_RANGE`); [`Vmm::snp_psc_msr`] and [`Vmm::snp_vmgexit_psc`] run the vCPU
+//! until KVM answers the guest, handling each exit with [`Vmm::handle_hypercall`] and
+//! re-entering with `hypercall.ret` as `kvm_cpu_exec` does. The GHCB is the guest's choice of
+//! page, not the VMM's.
+//!
 //! VMM-level operations (conversions, hole punching, memslot changes, closing a guest_memfd)
 //! are serialised by one lock, as QEMU runs them under the BQL; guest accesses
 //! ([`Vmm::guest_access`]) take no VMM lock, as vCPU threads run `KVM_RUN` outside it.
@@ -32,8 +47,9 @@
 //! owner's address space, as in the kernel; QEMU's order (attributes first) means the
 //! attribute change has already zapped the shared SPTEs of a range converted to private.
 
-use crate::host::SimHost;
+use crate::host::{SevError, SimHost};
 use crate::Result;
+use gmem_arch::sev::measure::SnpPageType;
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use gmem_kvm::caps::{KVM_CAP_EXIT_HYPERCALL, KVM_EXIT_HYPERCALL_VALID_MASK, KVM_HC_MAP_GPA_RANGE};
 use gmem_kvm::invariants::{self, Violation};
@@ -47,7 +63,16 @@ use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MADV_DONTNEED, MAD
 use gmem_mm::Errno;
 use gmem_sync::atomic::{AtomicU64, Ordering};
 use gmem_sync::{LockClass, Mutex};
-use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes};
+use kvm_bindings::{
+    kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start,
+    kvm_sev_snp_launch_update,
+};
+
+pub use gmem_arch::sev::ghcb::{
+    GhcbResponse, PscEntry, GHCB_MSR_PSC_RESP, GHCB_MSR_PSC_RESP_ERROR, PSC_OP_PRIVATE, PSC_OP_SHARED,
+    VMGEXIT_PSC_ERROR_GENERIC, VMGEXIT_PSC_MAX_COUNT,
+};
+pub use gmem_arch::sev::guest::{PVALIDATE_FAIL_INPUT, PVALIDATE_FAIL_NOUPDATE, PVALIDATE_FAIL_SIZEMISMATCH};
 
 /// The VMM's big lock (QEMU's BQL): outermost, taken around every VMM-level operation.
 static VMM_LOCK: LockClass = LockClass::new("vmm->bql");
@@ -56,6 +81,17 @@ static VMM_LOCK: LockClass = LockClass::new("vmm->bql");
 pub const KVM_X86_DEFAULT_VM: u64 = 0;
 /// `KVM_X86_SW_PROTECTED_VM`.
 pub const KVM_X86_SW_PROTECTED_VM: u64 = 1;
+
+/// `KVM_X86_SNP_VM`.
+pub const KVM_X86_SNP_VM: u64 = 4;
+
+/// The SNP guest policy QEMU's `sev-snp-guest` uses by default (`DEFAULT_SEV_SNP_POLICY`,
+/// 0x30000): SMT allowed (bit 16) and the reserved must-be-one bit (bit 17).
+pub const SNP_POLICY: u64 = (1 << 17) | (1 << 16);
+
+/// The most `KVM_EXIT_HYPERCALL` exits one guest request can produce: a PSC buffer holds at
+/// most [`VMGEXIT_PSC_MAX_COUNT`] entries and every exit completes at least one of them.
+const MAX_EXITS_PER_REQUEST: u32 = VMGEXIT_PSC_MAX_COUNT as u32;
 
 /// Where guest memory starts (above the first MiB, as a PC's RAM above the legacy hole).
 pub const GUEST_MEMORY_BASE: u64 = 1 << 20;
@@ -119,6 +155,13 @@ pub struct VmmStats {
     pub gmem_closes: AtomicU64,
     /// `KVM_EXIT_HYPERCALL` exits for `KVM_HC_MAP_GPA_RANGE` handled (each is a conversion).
     pub map_gpa_range_exits: AtomicU64,
+    /// Of those, the ones whose conversion failed (answered to the guest with a non-zero
+    /// `hypercall.ret` by [`Vmm::handle_hypercall`]; [`Vmm::guest_map_gpa_range`] returns the exit).
+    pub map_gpa_range_failures: AtomicU64,
+    /// `KVM_SEV_SNP_LAUNCH_UPDATE` calls (one per partial step).
+    pub launch_updates: AtomicU64,
+    /// Pages measured into the guest by `KVM_SEV_SNP_LAUNCH_UPDATE`.
+    pub launched_pages: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -131,6 +174,8 @@ pub struct Vmm {
     host: SimHost,
     vm_fd: i32,
     private_mem: bool,
+    /// `/dev/sev` (`sev_common->sev_fd`) for an SEV-SNP VM.
+    sev_fd: Option<i32>,
     regions: Mutex<Vec<Region>>,
     vcpu_fds: Mutex<Vec<i32>>,
     /// What the VMM did.
@@ -145,16 +190,25 @@ impl Vmm {
         if config.memory == 0 || config.memory % (regions * PAGE_SIZE) != 0 {
             return Err(Errno::EINVAL);
         }
-        let private_mem = VmType::from_raw(config.vm_type).is_some_and(|t| t.has_private_mem());
+        let vm_type = VmType::from_raw(config.vm_type);
+        let private_mem = vm_type.is_some_and(|t| t.has_private_mem());
         let vm_fd = host.create_vm(config.vm_type)?;
-        let vmm = Vmm {
+        let mut vmm = Vmm {
             host,
             vm_fd,
             private_mem,
+            sev_fd: None,
             regions: Mutex::new(&VMM_LOCK, Vec::new()),
             vcpu_fds: Mutex::new(&VMM_LOCK, Vec::new()),
             stats: VmmStats::default(),
         };
+        if vm_type == Some(VmType::SevSnp) {
+            // sev_common_kvm_init: open the SEV device, KVM_SEV_INIT2 (default VMSA features and
+            // GHCB version), before any memory or vCPU.
+            let sev_fd = vmm.host.open_dev_sev()?;
+            vmm.sev_fd = Some(sev_fd);
+            vmm.host.sev_init2(vm_fd, &kvm_sev_init::default()).map_err(sev_errno)?;
+        }
         if private_mem {
             // Confidential guests convert with KVM_HC_MAP_GPA_RANGE: QEMU enables its exit
             // (sev_kvm_init / tdx_kvm_init: KVM_CAP_EXIT_HYPERCALL, KVM_EXIT_HYPERCALL_VALID_MASK).
@@ -164,6 +218,11 @@ impl Vmm {
                 ..Default::default()
             };
             vmm.host.enable_cap(vmm.vm_fd, &cap)?;
+        }
+        if let Some(sev_fd) = vmm.sev_fd {
+            // sev_common_kvm_init → sev_snp_launch_start: the guest context, with the policy.
+            let start = kvm_sev_snp_launch_start { policy: SNP_POLICY, ..Default::default() };
+            vmm.host.snp_launch_start(vm_fd, sev_fd, &start).map_err(sev_errno)?;
         }
         let size = config.memory / regions;
         // qemu_ram_mmap: one host block for all of guest RAM, 2M-aligned (QEMU_VMALLOC_ALIGN),
@@ -207,6 +266,73 @@ impl Vmm {
     /// Whether the VM type has private memory (conversions exist).
     pub fn has_private_mem(&self) -> bool {
         self.private_mem
+    }
+
+    /// Whether the VM is an SEV-SNP guest.
+    pub fn is_snp(&self) -> bool {
+        self.sev_fd.is_some()
+    }
+
+    /// `sev_snp_launch_finish` when the machine starts (after the vCPUs are created): the boot
+    /// `image` is measured into private memory from [`GUEST_MEMORY_BASE`] (its last page padded
+    /// with zeros), then `KVM_SEV_SNP_LAUNCH_FINISH` measures the vCPUs' VMSAs and seals the
+    /// launch. The image is staged in a buffer of the VMM process, as QEMU's firmware loader
+    /// holds it, and copied by `KVM_SEV_SNP_LAUNCH_UPDATE` (`sev_snp_launch_update`: the range
+    /// is set PRIVATE first, then the call repeats while it makes partial progress). Returns
+    /// the pages measured. ENOTTY for a VM that is not an SNP guest; EIO if the kernel stops
+    /// making progress or ends the update anywhere but at the image's end.
+    pub fn launch(&self, image: &[u8]) -> std::result::Result<u64, SevError> {
+        let sev_fd = self.sev_fd.ok_or(Errno::ENOTTY)?;
+        if !image.is_empty() {
+            let len = (image.len() as u64).next_multiple_of(PAGE_SIZE);
+            let buffer = self.host.process().mmap_anonymous(len)?;
+            let result = self
+                .host
+                .store(buffer, image)
+                .map_err(|_| SevError::from(Errno::EFAULT))
+                .and_then(|()| self.launch_update(sev_fd, GUEST_MEMORY_BASE, buffer, len));
+            self.host.process().munmap(buffer, len)?;
+            result?;
+        }
+        self.host.snp_launch_finish(self.vm_fd, sev_fd, &kvm_sev_snp_launch_finish::default())?;
+        Ok(image.len().div_ceil(PAGE_SIZE as usize) as u64)
+    }
+
+    /// `sev_snp_launch_update` of `len` bytes at `gpa` from the user buffer `uaddr`.
+    fn launch_update(&self, sev_fd: i32, gpa: u64, uaddr: u64, len: u64) -> std::result::Result<(), SevError> {
+        // KVM_SEV_SNP_LAUNCH_UPDATE requires the range to be PRIVATE already.
+        self.set_attributes(gpa, len, true)?;
+        let mut update = kvm_sev_snp_launch_update {
+            gfn_start: gpa >> PAGE_SHIFT,
+            uaddr,
+            len,
+            type_: SnpPageType::Normal as u8,
+            ..Default::default()
+        };
+        // Every successful call measures at least one page (the kernel returns an error
+        // otherwise), so `len / 4K` calls suffice; one that does not advance ends the loop.
+        for _ in 0..len / PAGE_SIZE {
+            if update.len == 0 {
+                break;
+            }
+            let before = update.len;
+            self.host.snp_launch_update(self.vm_fd, sev_fd, &mut update)?;
+            bump(&self.stats.launch_updates);
+            self.stats.launched_pages.fetch_add((before - update.len) / PAGE_SIZE, Ordering::Relaxed);
+            if update.len >= before {
+                return Err(Errno::EIO.into());
+            }
+        }
+        if update.len != 0 || update.gfn_start << PAGE_SHIFT != gpa + len {
+            return Err(Errno::EIO.into());
+        }
+        Ok(())
+    }
+
+    /// The SNP launch digest as the firmware holds it (what an attestation report would show as
+    /// MEASUREMENT); `None` for a VM that is not an SNP guest.
+    pub fn launch_digest(&self) -> Option<[u8; 48]> {
+        self.host.snp_launch_digest(self.vm_fd).ok().flatten()
     }
 
     /// A copy of the memory layout.
@@ -270,11 +396,116 @@ impl Vmm {
                 }
                 let (gpa, size, attributes) = (args[0], args[1] << PAGE_SHIFT, args[2]);
                 bump(&self.stats.map_gpa_range_exits);
-                self.convert(gpa, size, attributes & KVM_MAP_GPA_RANGE_ENCRYPTED != 0).map_err(|_| exit)?;
+                self.convert(gpa, size, attributes & KVM_MAP_GPA_RANGE_ENCRYPTED != 0).map_err(|_| {
+                    bump(&self.stats.map_gpa_range_failures);
+                    exit
+                })?;
                 Ok(0)
             }
             Err(other) => Err(other),
         }
+    }
+
+    /// A guest access with an explicit kind: `private` is the C-bit of an SEV-SNP guest's
+    /// page-table entry (an SNP guest chooses it per access; the attribute only decides whether
+    /// KVM exits for a mismatch). Otherwise as [`Vmm::guest_access`].
+    pub fn guest_access_as(
+        &self,
+        vcpu_fd: i32,
+        gpa: u64,
+        buf: &mut [u8],
+        write: bool,
+        private: bool,
+    ) -> std::result::Result<(), RunError> {
+        let in_page = (gpa & (PAGE_SIZE - 1)) as usize;
+        if in_page + buf.len() > PAGE_SIZE as usize {
+            return Err(RunError::Errno(Errno::EINVAL));
+        }
+        self.host.guest_access(vcpu_fd, gpa, buf, write, Some(private))
+    }
+
+    /// `kvm_handle_hypercall` for a `KVM_EXIT_HYPERCALL` the guest's request produced: for
+    /// `KVM_HC_MAP_GPA_RANGE`, `kvm_handle_hc_map_gpa_range` → `kvm_convert_memory(args[0],
+    /// args[1] * 4K, args[2] & KVM_MAP_GPA_RANGE_ENCRYPTED)` (attributes first, then the
+    /// discard; the page-size bit is not looked at). Returns `hypercall.ret` for the re-entry:
+    /// 0 when the conversion succeeded, else the negative errno (two's complement), which KVM
+    /// turns into an error for the guest (`VMGEXIT_PSC_ERROR_GENERIC` for a PSC buffer, the
+    /// MSR protocol's error response), so a failure is never dropped (V3); it is also counted
+    /// in [`VmmStats::map_gpa_range_failures`]. (QEMU instead stops the vCPU with an internal
+    /// error when `kvm_convert_memory` fails; answering the guest keeps the run going and makes
+    /// the failure the guest's to see.) Any other exit, or this one on a VM without private
+    /// memory (QEMU: `-EINVAL`, the vCPU stops), is returned.
+    pub fn handle_hypercall(&self, exit: RunError) -> std::result::Result<u64, RunError> {
+        let RunError::Exit(VcpuExit::Hypercall { nr, args, .. }) = exit else { return Err(exit) };
+        if nr != KVM_HC_MAP_GPA_RANGE || !self.private_mem {
+            return Err(exit);
+        }
+        bump(&self.stats.map_gpa_range_exits);
+        let result = args[1]
+            .checked_mul(PAGE_SIZE)
+            .ok_or(Errno::EINVAL)
+            .and_then(|size| self.convert(args[0], size, args[2] & KVM_MAP_GPA_RANGE_ENCRYPTED != 0));
+        match result {
+            Ok(()) => Ok(0),
+            Err(errno) => {
+                bump(&self.stats.map_gpa_range_failures);
+                tracing::debug!("kvm_handle_hc_map_gpa_range: conversion failed: {errno:?}");
+                Ok(errno.to_kernel() as u64)
+            }
+        }
+    }
+
+    /// The rest of `KVM_RUN` after a guest request (`step` is what the first entry returned):
+    /// every `KVM_EXIT_HYPERCALL` is handled ([`Vmm::handle_hypercall`]) and the vCPU re-entered
+    /// with `hypercall.ret` ([`SimHost::complete_hypercall`]) until KVM answers the guest.
+    /// Anything else ends it. Bounded: a request needs at most one exit per PSC entry; more is
+    /// EIO.
+    fn finish_guest_request(
+        &self,
+        vcpu_fd: i32,
+        mut step: std::result::Result<GhcbResponse, RunError>,
+    ) -> std::result::Result<GhcbResponse, RunError> {
+        for _ in 0..=MAX_EXITS_PER_REQUEST {
+            match step {
+                Err(exit @ RunError::Exit(VcpuExit::Hypercall { .. })) => {
+                    let ret = self.handle_hypercall(exit)?;
+                    step = self.host.complete_hypercall(vcpu_fd, ret);
+                }
+                other => return other,
+            }
+        }
+        Err(RunError::Errno(Errno::EIO))
+    }
+
+    /// The SNP guest's page-state change of the 4K page at `gpa` by the GHCB MSR protocol (what
+    /// a Linux guest uses before its GHCB is set up, `early_set_pages_state`), run to KVM's
+    /// answer: the MSR value the guest reads back ([`GHCB_MSR_PSC_RESP`] on success).
+    pub fn snp_psc_msr(&self, vcpu_fd: i32, gpa: u64, to_private: bool) -> std::result::Result<GhcbResponse, RunError> {
+        let op = if to_private { PSC_OP_PRIVATE } else { PSC_OP_SHARED };
+        let first = self.host.snp_psc_msr(vcpu_fd, gpa, op);
+        self.finish_guest_request(vcpu_fd, first)
+    }
+
+    /// The SNP guest's `VMGEXIT(SVM_VMGEXIT_PSC)` with the PSC buffer it wrote into the shared
+    /// buffer of its GHCB at `ghcb_gpa`, run to KVM's answer (`SW_EXITINFO2`: 0 or a
+    /// `VMGEXIT_PSC_ERROR_*`; or [`GhcbResponse::Ignored`] if KVM could not map the GHCB).
+    pub fn snp_vmgexit_psc(&self, vcpu_fd: i32, ghcb_gpa: u64) -> std::result::Result<GhcbResponse, RunError> {
+        let first = self.host.snp_vmgexit_psc(vcpu_fd, ghcb_gpa);
+        self.finish_guest_request(vcpu_fd, first)
+    }
+
+    /// A Linux SNP guest's `set_pages_state` of `npages` contiguous pages from `gpa` with its
+    /// GHCB at `ghcb_gpa` (rescind, PSC, validate; [`SimHost::snp_set_pages_state`]), the VMM
+    /// handling each exit: the final PSC status.
+    pub fn snp_set_pages_state(
+        &self,
+        vcpu_fd: i32,
+        ghcb_gpa: u64,
+        gpa: u64,
+        npages: u64,
+        to_private: bool,
+    ) -> std::result::Result<u64, RunError> {
+        self.host.snp_set_pages_state(vcpu_fd, ghcb_gpa, gpa, npages, to_private, |exit| self.handle_hypercall(exit))
     }
 
     /// `kvm_cpu_exec`'s handling of an exit: `KVM_EXIT_MEMORY_FAULT` returned with EFAULT is a
@@ -305,15 +536,21 @@ impl Vmm {
         }
     }
 
-    /// `kvm_convert_memory(start, size, to_private)`.
+    /// `kvm_convert_memory(start, size, to_private)`. Each region is a RAM block of its own
+    /// (it has its own guest_memfd), so a range that runs from one region into the next is
+    /// refused after its attributes changed, as QEMU refuses a range past its RAM block
+    /// (`ram_block_attributes_state_change`'s range check in QEMU 10.1+; before it,
+    /// `ram_block_discard_range`'s overrun check for a conversion to private).
     pub fn convert(&self, gpa: u64, size: u64, to_private: bool) -> Result<()> {
         // 1. Alignment.
         if gpa & (PAGE_SIZE - 1) != 0 || size & (PAGE_SIZE - 1) != 0 || size == 0 {
             return Err(Errno::EINVAL);
         }
+        let end = gpa.checked_add(size).ok_or(Errno::EINVAL)?;
         let regions = self.regions.lock();
-        // 2. memory_region_find: no region → to-shared is accepted (MMIO holes), to-private not.
-        let Some(region) = regions.iter().find(|r| r.contains(gpa, size)).copied() else {
+        // 2. memory_region_find: the first region the range meets. None → to-shared is
+        //    accepted (MMIO holes), to-private not.
+        let Some(region) = regions.iter().find(|r| r.gpa < end && gpa < r.gpa + r.size).copied() else {
             return if to_private { Err(Errno::EINVAL) } else { Ok(()) };
         };
         // 3. A region without guest_memfd cannot be converted (QEMU: "Convert non guest_memfd
@@ -324,6 +561,10 @@ impl Vmm {
         // 4. kvm_set_memory_attributes_private / _shared: attributes first. On failure nothing
         //    is discarded (V1).
         self.set_attributes(gpa, size, to_private)?;
+        // 5. The range must lie in the RAM block: nothing is discarded otherwise.
+        if !region.contains(gpa, size) {
+            return Err(Errno::EINVAL);
+        }
         // 6. Discard the stale backing.
         if to_private {
             // ram_block_discard_range on the shared backing: MADV_DONTNEED.
@@ -496,6 +737,12 @@ impl Vmm {
     }
 }
 
+/// The errno of a failed SEV command (the firmware status is traced).
+fn sev_errno(error: SevError) -> Errno {
+    tracing::debug!("SEV command failed: {:?} (fw_error {:#x})", error.errno, error.fw_error);
+    error.errno
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,5 +894,216 @@ mod tests {
         assert_eq!(host.enable_cap(vmm.vm_fd(), &cap(0, 0)), Ok(()));
         let enosys = Ok(gmem_kvm::vcpu::KVM_ENOSYS.wrapping_neg());
         assert_eq!(vmm.guest_map_gpa_range(vcpu, Vmm::page_gpa(1), PAGE_SIZE, false), enosys);
+    }
+
+    fn snp_vmm(profile: KernelProfile, pages: u64) -> (Vmm, i32) {
+        let vmm = Vmm::new(
+            SimHost::new(profile),
+            VmmConfig { vm_type: KVM_X86_SNP_VM, memory: pages * PAGE_SIZE, regions: 2 },
+        )
+        .expect("SNP VMM");
+        let vcpu = vmm.create_vcpu(0).expect("vCPU");
+        (vmm, vcpu)
+    }
+
+    fn is_vc(result: std::result::Result<(), RunError>) -> bool {
+        matches!(result, Err(RunError::GuestException(e)) if e.vector == "#VC")
+    }
+
+    fn assert_clean(vmm: &Vmm) {
+        assert_eq!(vmm.check_invariants(), Vec::new());
+        assert!(vmm.host().machine().warnings.is_empty(), "{:?}", vmm.host().machine().warnings.snapshot());
+    }
+
+    /// The guest's GHCB at `gpa`, made shared the way a Linux guest does it before it has a
+    /// GHCB: rescind, the MSR-protocol PSC (one exit the VMM handles), then registration.
+    fn set_up_ghcb(vmm: &Vmm, vcpu: i32, gpa: u64) {
+        let rc = vmm.host().snp_pvalidate(vcpu, gpa, false, false).expect("rescind");
+        assert!(rc == 0 || rc == PVALIDATE_FAIL_NOUPDATE, "rescind: {rc}");
+        assert_eq!(vmm.snp_psc_msr(vcpu, gpa, false), Ok(GhcbResponse::Msr(GHCB_MSR_PSC_RESP)));
+        vmm.host().snp_register_ghcb(vcpu, gpa).expect("GHCB registered");
+    }
+
+    /// The SNP machine's setup and launch: INIT2 and LAUNCH_START before the memory and the
+    /// vCPUs, then LAUNCH_UPDATE of the image (its last page padded) and LAUNCH_FINISH. The
+    /// launch digest is the chain over the image's pages and the VMSA; the guest reads the image
+    /// privately without validating it (the firmware left it Guest-Valid), while a page the
+    /// launch did not cover is a #VC until the guest validates it, and then reads zero.
+    #[test]
+    fn snp_launch_measures_the_image_and_the_guest_reads_it() {
+        use gmem_arch::sev::measure::LaunchDigest;
+        for profile in [KernelProfile::v6_18(), KernelProfile::v6_14()] {
+            let (vmm, vcpu) = snp_vmm(profile.clone(), 16);
+            assert!(vmm.is_snp() && vmm.has_private_mem());
+            let mut image = vec![0u8; 2 * PAGE_SIZE as usize + 7];
+            image[..6].copy_from_slice(b"kernel");
+            image[PAGE_SIZE as usize..PAGE_SIZE as usize + 6].copy_from_slice(b"initrd");
+            image[2 * PAGE_SIZE as usize..].copy_from_slice(b"cmdline");
+            assert_eq!(vmm.launch(&image), Ok(3), "{}", profile.name);
+            assert_eq!(vmm.stats.launched_pages.load(Ordering::Relaxed), 3);
+            assert!(vmm.stats.launch_updates.load(Ordering::Relaxed) >= 1);
+
+            let mut expected = LaunchDigest::new();
+            for (i, chunk) in image.chunks(PAGE_SIZE as usize).enumerate() {
+                let mut page = [0u8; PAGE_SIZE as usize];
+                page[..chunk.len()].copy_from_slice(chunk);
+                expected.extend(SnpPageType::Normal, Vmm::page_gpa(i as u64), &page);
+            }
+            expected.extend(SnpPageType::Vmsa, gmem_arch::sev::kvm::INITIAL_VMSA_GPA, &[0; PAGE_SIZE as usize]);
+            assert_eq!(vmm.launch_digest(), Some(*expected.as_bytes()), "{}", profile.name);
+
+            let mut buf = [0u8; 8];
+            vmm.guest_access_as(vcpu, Vmm::page_gpa(2), &mut buf, false, true).expect("launched page");
+            assert_eq!(&buf[..7], b"cmdline");
+            vmm.guest_access_as(vcpu, Vmm::page_gpa(1), &mut buf, false, true).expect("launched page");
+            assert_eq!(&buf[..6], b"initrd");
+            assert!(is_vc(vmm.guest_access_as(vcpu, Vmm::page_gpa(5), &mut buf, false, true)));
+            assert_eq!(vmm.host().snp_pvalidate(vcpu, Vmm::page_gpa(5), false, true), Ok(0));
+            vmm.guest_access_as(vcpu, Vmm::page_gpa(5), &mut buf, false, true).expect("validated");
+            assert_eq!(buf, [0; 8]);
+            // The image was staged outside guest RAM: the shared backing holds none of it.
+            let region = vmm.regions()[0];
+            assert_eq!(vmm.host().load(region.hva, 6).expect("host load"), [0; 6]);
+            assert_clean(&vmm);
+        }
+        // Only an SNP guest has a launch.
+        let (vmm, _) = vmm();
+        assert_eq!(vmm.launch(b"image").map_err(|e| e.errno), Err(Errno::ENOTTY));
+        assert_eq!(vmm.launch_digest(), None);
+    }
+
+    /// A PSC round trip through the VMM. The guest makes its GHCB shared with
+    /// the MSR protocol, then converts two non-adjacent private pages to shared with one PSC
+    /// buffer: KVM forwards each entry as its own KVM_HC_MAP_GPA_RANGE exit, the VMM sets the
+    /// attributes and punches guest_memfd (the frames go back to the hypervisor in the RMP), and
+    /// re-enters until KVM answers 0. Back to private, the shared backing is discarded and the
+    /// guest validates and reads a fresh page.
+    #[test]
+    fn snp_psc_round_trip_through_the_vmm() {
+        let (vmm, vcpu) = snp_vmm(KernelProfile::v6_18(), 16);
+        vmm.launch(&[]).expect("launch");
+        let ghcb = Vmm::page_gpa(1);
+        set_up_ghcb(&vmm, vcpu, ghcb);
+        assert_eq!(vmm.stats.to_shared.load(Ordering::Relaxed), 1);
+        assert_eq!(vmm.stats.map_gpa_range_exits.load(Ordering::Relaxed), 1);
+
+        let (a, b) = (Vmm::page_gpa(3), Vmm::page_gpa(5));
+        let region = vmm.regions()[0];
+        let file = vmm.host().guest_memfd(region.gmem_fd.expect("gmem")).expect("gmem file");
+        let has_folio = |gpa: u64| {
+            let index = (gpa - region.gpa) >> PAGE_SHIFT;
+            file.inode().mapping().folios().into_iter().any(|(i, _)| i.0 == index)
+        };
+        for gpa in [a, b] {
+            assert_eq!(vmm.host().snp_pvalidate(vcpu, gpa, false, true), Ok(0));
+            vmm.guest_access_as(vcpu, gpa, &mut b"private!".clone(), true, true).expect("private store");
+            assert!(has_folio(gpa));
+            assert_eq!(vmm.host().snp_pvalidate(vcpu, gpa, false, false), Ok(0), "rescind");
+        }
+        let entries: Vec<PscEntry> = [a, b]
+            .iter()
+            .map(|gpa| PscEntry { cur_page: 0, gfn: gpa >> PAGE_SHIFT, operation: PSC_OP_SHARED, pagesize_2m: false })
+            .collect();
+        vmm.host().snp_write_psc_buffer(vcpu, ghcb, &entries).expect("PSC buffer");
+        assert_eq!(vmm.snp_vmgexit_psc(vcpu, ghcb), Ok(GhcbResponse::ExitInfo2(0)));
+        assert_eq!(vmm.stats.map_gpa_range_exits.load(Ordering::Relaxed), 3, "one exit per non-adjacent entry");
+        assert_eq!(vmm.stats.to_shared.load(Ordering::Relaxed), 3);
+        let (cur, end, done) = vmm.host().snp_read_psc_buffer(vcpu, ghcb, 2).expect("read back");
+        assert_eq!((cur, end), (2, 1));
+        assert!(done.iter().all(|entry| entry.cur_page == 1));
+        assert!(!has_folio(a) && !has_folio(b), "punched");
+        // A private access to a shared page exits; a shared one reaches the shared backing.
+        assert!(matches!(
+            vmm.guest_access_as(vcpu, a, &mut [0u8; 8], false, true),
+            Err(RunError::Exit(VcpuExit::MemoryFault { flags: KVM_MEMORY_EXIT_FLAG_PRIVATE, .. }))
+        ));
+        vmm.guest_access_as(vcpu, a, &mut b"shared!!".clone(), true, false).expect("shared store");
+        let hva = region.hva + (a - region.gpa);
+        assert_eq!(vmm.host().load(hva, 8).expect("host load"), b"shared!!");
+
+        assert_eq!(vmm.snp_set_pages_state(vcpu, ghcb, a, 1, true), Ok(0), "to private and validated");
+        assert_eq!(vmm.stats.to_private.load(Ordering::Relaxed), 1);
+        assert_eq!(vmm.host().load(hva, 8).expect("host load"), [0; 8], "shared backing discarded");
+        let mut buf = [0xffu8; 8];
+        vmm.guest_access_as(vcpu, a, &mut buf, false, true).expect("validated private page");
+        assert_eq!(buf, [0; 8]);
+        assert_eq!(vmm.stats.map_gpa_range_failures.load(Ordering::Relaxed), 0);
+        drop(file);
+        assert_clean(&vmm);
+    }
+
+    /// A conversion the VMM cannot make (to private outside guest RAM: `kvm_convert_memory`
+    /// finds no region) is answered with `hypercall.ret != 0`, and the guest sees a PSC error:
+    /// the MSR protocol's error response, or `VMGEXIT_PSC_ERROR_GENERIC` with the entries done
+    /// before it marked complete and the failed one not. Nothing else changed.
+    #[test]
+    fn a_failed_conversion_reaches_the_guest_as_a_psc_error() {
+        let (vmm, vcpu) = snp_vmm(KernelProfile::v6_18(), 16);
+        vmm.launch(&[]).expect("launch");
+        let ghcb = Vmm::page_gpa(1);
+        set_up_ghcb(&vmm, vcpu, ghcb);
+        let outside = Vmm::page_gpa(64);
+        assert_eq!(vmm.snp_psc_msr(vcpu, outside, true), Ok(GhcbResponse::Msr(GHCB_MSR_PSC_RESP_ERROR)));
+        assert_eq!(vmm.stats.map_gpa_range_failures.load(Ordering::Relaxed), 1);
+
+        let page = Vmm::page_gpa(4);
+        assert_eq!(vmm.host().snp_pvalidate(vcpu, page, false, false), Ok(PVALIDATE_FAIL_NOUPDATE));
+        let entries = [
+            PscEntry { cur_page: 0, gfn: page >> PAGE_SHIFT, operation: PSC_OP_SHARED, pagesize_2m: false },
+            PscEntry { cur_page: 0, gfn: outside >> PAGE_SHIFT, operation: PSC_OP_PRIVATE, pagesize_2m: false },
+        ];
+        vmm.host().snp_write_psc_buffer(vcpu, ghcb, &entries).expect("PSC buffer");
+        assert_eq!(vmm.snp_vmgexit_psc(vcpu, ghcb), Ok(GhcbResponse::ExitInfo2(VMGEXIT_PSC_ERROR_GENERIC)));
+        assert_eq!(vmm.stats.map_gpa_range_failures.load(Ordering::Relaxed), 2);
+        let (cur, _, done) = vmm.host().snp_read_psc_buffer(vcpu, ghcb, 2).expect("read back");
+        assert_eq!((cur, done[0].cur_page, done[1].cur_page), (1, 1, 0), "the first entry done, the second not");
+        // The first entry's conversion happened: the page is shared now.
+        vmm.guest_access_as(vcpu, page, &mut [0u8; 8], false, false).expect("shared load");
+        assert_eq!(vmm.stats.to_shared.load(Ordering::Relaxed), 2);
+        assert_eq!(vmm.stats.to_private.load(Ordering::Relaxed), 0);
+        // The vCPU is not left waiting for user space.
+        assert_eq!(vmm.host().complete_hypercall(vcpu, 0), Err(RunError::Errno(Errno::EINVAL)));
+        assert_clean(&vmm);
+    }
+
+    /// A conversion running from one region (RAM block) into the next changes the attributes
+    /// of the whole range, then is refused without discarding anything, as QEMU refuses a
+    /// range past its RAM block; one inside a region, or in no region to shared, succeeds.
+    #[test]
+    fn a_conversion_past_its_region_is_refused_after_the_attributes() {
+        let (vmm, vcpu) = vmm();
+        let second = vmm.regions()[1];
+        let last = second.gpa - PAGE_SIZE;
+        let mut data = *b"private!";
+        vmm.guest_access(vcpu, last, &mut data, true).expect("private store");
+        assert_eq!(vmm.convert(last, 2 * PAGE_SIZE, false), Err(Errno::EINVAL));
+        assert_eq!(vmm.convert(last, 2 * PAGE_SIZE, true), Err(Errno::EINVAL));
+        assert_eq!(vmm.stats.punches.load(Ordering::Relaxed), 0, "no guest_memfd punched");
+        assert_eq!(vmm.stats.discards.load(Ordering::Relaxed), 0, "no shared backing discarded");
+        assert_eq!(read(&vmm, vcpu, last), *b"private!", "the private page kept its data");
+        vmm.convert(last, 2 * PAGE_SIZE, false).expect_err("still refused");
+        // Both pages' attributes changed, each region's part: a private access now exits.
+        for gpa in [last, second.gpa] {
+            assert!(matches!(
+                vmm.host().guest_access(vcpu, gpa, &mut [0u8; 8], false, Some(true)),
+                Err(RunError::Exit(VcpuExit::MemoryFault { .. }))
+            ));
+        }
+        assert_eq!(vmm.convert(Vmm::page_gpa(0x10000), PAGE_SIZE, false), Ok(()), "an MMIO hole");
+        assert_eq!(vmm.convert(Vmm::page_gpa(0x10000), PAGE_SIZE, true), Err(Errno::EINVAL));
+        assert_eq!(vmm.convert(second.gpa, PAGE_SIZE, true), Ok(()));
+        assert_eq!(vmm.stats.to_shared.load(Ordering::Relaxed), 0);
+        assert_eq!(vmm.stats.to_private.load(Ordering::Relaxed), 1);
+    }
+
+    /// An exit that is not `KVM_HC_MAP_GPA_RANGE` is not the VMM's to answer.
+    #[test]
+    fn handle_hypercall_returns_other_exits() {
+        let (vmm, _) = snp_vmm(KernelProfile::v6_18(), 16);
+        let other = RunError::Exit(VcpuExit::Hypercall { nr: 99, args: [0; 6], flags: 0 });
+        assert_eq!(vmm.handle_hypercall(other), Err(other));
+        let mmio = RunError::Errno(Errno::EINTR);
+        assert_eq!(vmm.handle_hypercall(mmio), Err(mmio));
+        assert_eq!(vmm.stats.map_gpa_range_exits.load(Ordering::Relaxed), 0);
     }
 }

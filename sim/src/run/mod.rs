@@ -3,6 +3,19 @@
 //! private and shared, punches holes, deletes and re-adds memslots, injects memory failures and
 //! closes guest_memfds under running vCPUs, all at once, on real threads.
 //!
+//! # SEV-SNP
+//!
+//! With `--vm-type SEV_SNP` the VMM sets the VM up as QEMU's SNP machine does and launches it
+//! with a boot image over the first sixteenth of memory ([`Config::image_pages`]; each image
+//! page starts with a record of its own, so the guest knows what it holds). The vCPU threads
+//! then act as a Linux SNP guest (`run/snp.rs`): each makes its last page its GHCB (shared, never
+//! touched by the workload), validates a private page before its first use, accesses pages
+//! private or shared by its own view of them, and converts its own pages through page-state
+//! changes (the mix's `convert` weight moves from the control thread to the vCPUs). A #VC for a
+//! page that is not validated, after a destructive host operation, is recovered from by
+//! validating the page again. The control thread punches, changes memslots, injects memory
+//! failures and closes guest_memfds as for any VM with private memory.
+//!
 //! # Determinism
 //!
 //! Every thread draws its operations from its own stream ([`VcpuStream`], [`ControlStream`]),
@@ -14,14 +27,17 @@
 //!
 //! Each vCPU writes and reads only the pages it owns (`page % vcpus == vcpu`), 16-byte records
 //! holding its id, the page and a sequence number. Destructive operations (conversions, punches,
-//! memory failures, closing a guest_memfd; and a conversion a vCPU makes for a
-//! `KVM_EXIT_MEMORY_FAULT`) bracket the pages they touch in [`PageEpoch`]: `active` counts
+//! memory failures, closing a guest_memfd; a conversion a vCPU makes for a
+//! `KVM_EXIT_MEMORY_FAULT`; an SNP guest's conversion of its own pages) bracket the pages they
+//! touch in [`PageEpoch`]: `active` counts
 //! destructive operations in flight, `gen` is bumped when one starts and when it ends. An access
 //! is *stable* if no destructive operation overlapped it (same `gen` before and after, `active`
 //! zero). A stable read of a page whose last write was stable at the same `gen` must return
 //! exactly what was written; any other read must return zero or a record this vCPU wrote to
-//! that page, never anything else. Deleting and re-adding a memslot is not destructive: the data
-//! must survive it.
+//! that page (or, for an SNP guest, the page's image record until the page is first written or
+//! made shared), never anything else. Deleting and re-adding a memslot is not destructive: the
+//! data must survive it. For an SNP guest the validation must survive too: a #VC on a page the
+//! guest validated with no destructive operation on the page since is an integrity error.
 //!
 //! # Checks
 //!
@@ -39,8 +55,15 @@
 //! `fault_retries`, `huge_mappings` (2M/1G leaves installed), `sptes_zapped`, `zap_all_fast`, `tlb_flushes` (remote flush requests),
 //! `vcpu_tlb_flushes` (flushes the vCPUs carried out), `exits_memory_fault`, `exits_mmio`, `exits_hwpoison`, `exits_unresolved`,
 //! `conversions_to_private`, `conversions_to_shared`, `punches`, `memslot_changes`,
-//! `memory_failures`, `gmem_closes`, `invariant_checks`, `invariant_violations`, `warnings`,
-//! `integrity_errors`, `vmm_errors`, `ok`.
+//! `memory_failures`, `gmem_closes`; an SNP guest's figures (`n/a` for other VM types):
+//! `guest_conversions` (conversion operations the vCPUs made), `psc_requests` (page-state change
+//! requests), `psc_exits` (the `KVM_HC_MAP_GPA_RANGE` exits the VMM handled), `psc_errors`
+//! (requests answered with an error or not taken, then retried), `psc_incomplete`
+//! (conversions left unknown after every retry), `conversions_aborted` (given up before the
+//! request: a rescind could not reach its page), `vc_exceptions`, `pvalidates`,
+//! `launched_pages`, `rmp_assigned_at_end`, `rmp_leaked_pages`; then `invariant_checks`,
+//! `invariant_violations`, `warnings`, `integrity_errors`, `vmm_errors`, `ok`. `guest_accesses`
+//! counts loads and stores only; `ops` is their sum with `guest_conversions` and `control_ops`.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -51,9 +74,13 @@ use std::time::{Duration, Instant};
 
 use gmem_kvm::vcpu::{RunError, VcpuExit};
 use gmem_kvm::KernelProfile;
+use gmem_kvm::VmType;
 use gmem_mm::{Errno, PAGE_SIZE};
-use gmem_uapi::vmm::{KVM_X86_DEFAULT_VM, KVM_X86_SW_PROTECTED_VM};
+use gmem_uapi::vmm::{KVM_X86_DEFAULT_VM, KVM_X86_SNP_VM, KVM_X86_SW_PROTECTED_VM};
 use gmem_uapi::{SimHost, Vmm, VmmConfig};
+
+mod snp;
+use snp::SnpGuest;
 
 /// Control operations between two invariant checks in release builds (throughput runs).
 pub const INVARIANT_EVERY: u64 = 64;
@@ -217,6 +244,32 @@ impl Config {
         self.memory / PAGE_SIZE
     }
 
+    /// Whether the VM is an SEV-SNP guest (its vCPUs make the conversions).
+    pub fn is_snp(&self) -> bool {
+        self.vm_type == KVM_X86_SNP_VM
+    }
+
+    /// The weight of the vCPU threads' operations: accesses, and for an SNP guest also its
+    /// conversions (an SNP guest converts its own pages; the VMM only answers).
+    fn vcpu_weight(&self) -> u64 {
+        u64::from(self.mix.access) + if self.is_snp() { u64::from(self.mix.convert) } else { 0 }
+    }
+
+    /// The mix the control thread draws from (without conversions for an SNP guest).
+    fn control_mix(&self) -> Mix {
+        Mix { convert: if self.is_snp() { 0 } else { self.mix.convert }, ..self.mix }
+    }
+
+    /// The pages of the boot image an SNP guest is launched with (from page 0): a sixteenth of
+    /// memory, at least one page, leaving each vCPU its GHCB page.
+    pub fn image_pages(&self) -> u64 {
+        if self.is_snp() {
+            (self.pages() / 16).max(1).min(self.pages() - u64::from(self.vcpus))
+        } else {
+            0
+        }
+    }
+
     /// Checks the configuration against the VM type and profile.
     pub fn validate(&self) -> Result<KernelProfile, String> {
         let profile = KernelProfile::by_name(&self.kernel)?;
@@ -238,8 +291,19 @@ impl Config {
                     "a DEFAULT VM has no private memory: convert, punch, memfail and close must be 0 (got {m}); try --mix {DEFAULT_MIX_NO_PRIVATE}"
                 ));
             }
-        } else if self.vm_type != KVM_X86_SW_PROTECTED_VM {
+        } else if self.vm_type != KVM_X86_SW_PROTECTED_VM && self.vm_type != KVM_X86_SNP_VM {
             return Err(format!("unsupported VM type {}", self.vm_type));
+        }
+        let vm_type = VmType::from_raw(self.vm_type).expect("a VM type checked above");
+        if !profile.supports_vm_type(vm_type) {
+            let supported: Vec<&str> =
+                VmType::ALL.iter().filter(|t| profile.supports_vm_type(**t)).map(|t| t.name()).collect();
+            return Err(format!(
+                "profile {} has no {} VMs (it supports: {})",
+                self.kernel,
+                vm_type.name(),
+                supported.join(", ")
+            ));
         }
         if self.mix.memfail != 0 && !profile.config.memory_failure {
             return Err(format!("profile {} does not model memory failure: use memfail=0", self.kernel));
@@ -248,12 +312,12 @@ impl Config {
     }
 }
 
-/// `DEFAULT` or `SW_PROTECTED`.
+/// `DEFAULT`, `SW_PROTECTED` or `SEV_SNP`.
 pub fn vm_type_name(vm_type: u64) -> &'static str {
-    if vm_type == KVM_X86_DEFAULT_VM {
-        "DEFAULT"
-    } else {
-        "SW_PROTECTED"
+    match vm_type {
+        KVM_X86_DEFAULT_VM => "DEFAULT",
+        KVM_X86_SNP_VM => "SEV_SNP",
+        _ => "SW_PROTECTED",
     }
 }
 
@@ -262,7 +326,8 @@ pub fn parse_vm_type(text: &str) -> Result<u64, String> {
     match text.to_ascii_uppercase().as_str() {
         "DEFAULT" | "0" => Ok(KVM_X86_DEFAULT_VM),
         "SW_PROTECTED" | "1" => Ok(KVM_X86_SW_PROTECTED_VM),
-        _ => Err(format!("unknown VM type `{text}` (expected DEFAULT or SW_PROTECTED)")),
+        "SEV_SNP" | "SNP" | "4" => Ok(KVM_X86_SNP_VM),
+        _ => Err(format!("unknown VM type `{text}` (expected DEFAULT, SW_PROTECTED or SEV_SNP)")),
     }
 }
 
@@ -315,17 +380,44 @@ impl Rng {
     }
 }
 
-/// One guest access.
+/// What a vCPU does in one operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuAction {
+    /// A guest load.
+    Load,
+    /// A guest store.
+    Store,
+    /// An SNP guest converts `npages` of its pages, from the operation's page on and within
+    /// its region (the vCPU's pages are every `vcpus`-th, so with more than one vCPU they are
+    /// not adjacent), to private or to shared.
+    Convert {
+        /// Pages (the operation's page and the next ones the vCPU owns).
+        npages: u64,
+        /// To private (else to shared).
+        to_private: bool,
+    },
+}
+
+/// One vCPU operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VcpuOp {
-    /// A store (else a load).
-    pub write: bool,
+    /// What it does.
+    pub action: VcpuAction,
     /// The page (index into guest memory), one the vCPU owns.
     pub page: u64,
 }
 
+impl VcpuOp {
+    /// A store.
+    pub fn is_write(&self) -> bool {
+        self.action == VcpuAction::Store
+    }
+}
+
 /// A vCPU's operation stream: accesses with locality (mostly a short step from the previous
-/// page, sometimes a jump).
+/// page, sometimes a jump); for an SNP guest also conversions of its own pages, with the
+/// mix's `convert` weight against `access`. An SNP vCPU's last page is its GHCB, which the
+/// stream leaves alone.
 #[derive(Clone, Debug)]
 pub struct VcpuStream {
     rng: Rng,
@@ -333,14 +425,33 @@ pub struct VcpuStream {
     vcpus: u64,
     owned: u64,
     cursor: u64,
+    /// `(convert weight, access + convert weight)` for an SNP guest.
+    convert: Option<(u64, u64)>,
+    region_pages: u64,
 }
 
 impl VcpuStream {
     /// vCPU `vcpu`'s stream.
     pub fn new(config: &Config, vcpu: u32) -> VcpuStream {
         let vcpus = u64::from(config.vcpus);
-        let owned = (config.pages() - u64::from(vcpu)).div_ceil(vcpus);
-        VcpuStream { rng: Rng::new(config.seed, 1 + u64::from(vcpu)), vcpu: u64::from(vcpu), vcpus, owned, cursor: 0 }
+        let mut owned = (config.pages() - u64::from(vcpu)).div_ceil(vcpus);
+        let mut convert = None;
+        if config.is_snp() {
+            owned -= 1; // the GHCB page
+            let weight = u64::from(config.mix.convert);
+            if weight != 0 {
+                convert = Some((weight, config.vcpu_weight()));
+            }
+        }
+        VcpuStream {
+            rng: Rng::new(config.seed, 1 + u64::from(vcpu)),
+            vcpu: u64::from(vcpu),
+            vcpus,
+            owned,
+            cursor: 0,
+            convert,
+            region_pages: config.pages() / u64::from(REGIONS),
+        }
     }
 }
 
@@ -354,8 +465,21 @@ impl Iterator for VcpuStream {
             let step = (r >> 8) % 9;
             self.cursor = (self.cursor + self.owned + step - 4) % self.owned;
         }
-        let write = (r >> 16) % 5 < 2;
-        Some(VcpuOp { write, page: self.cursor * self.vcpus + self.vcpu })
+        let page = self.cursor * self.vcpus + self.vcpu;
+        if let Some((weight, total)) = self.convert {
+            if self.rng.below(total) < weight {
+                // The guest's pages from the cursor on, within the page's region: each region is
+                // a RAM block of its own, and the VMM refuses a conversion that leaves one (KVM
+                // merges adjacent pages into one request, which happens with a single vCPU).
+                let region_end = (page / self.region_pages + 1) * self.region_pages;
+                let in_region = (region_end - 1 - self.vcpu) / self.vcpus + 1 - self.cursor;
+                let npages = (1 + self.rng.below(MAX_RANGE_PAGES)).min(self.owned - self.cursor).min(in_region);
+                let to_private = self.rng.below(2) == 0;
+                return Some(VcpuOp { action: VcpuAction::Convert { npages, to_private }, page });
+            }
+        }
+        let action = if (r >> 16) % 5 < 2 { VcpuAction::Store } else { VcpuAction::Load };
+        Some(VcpuOp { action, page })
     }
 }
 
@@ -406,7 +530,7 @@ pub struct ControlStream {
 impl ControlStream {
     /// The control stream of `config`.
     pub fn new(config: &Config) -> ControlStream {
-        ControlStream { rng: Rng::new(config.seed, 0), mix: config.mix, pages: config.pages() }
+        ControlStream { rng: Rng::new(config.seed, 0), mix: config.control_mix(), pages: config.pages() }
     }
 
     fn range(&mut self) -> (u64, u64) {
@@ -449,12 +573,12 @@ impl Iterator for ControlStream {
     }
 }
 
-/// How many guest accesses each vCPU makes and how many control operations run, for
-/// `Length::Ops` (`None` for a timed run: unbounded).
+/// How many operations each vCPU makes (guest accesses; an SNP guest's conversions too) and
+/// how many control operations run, for `Length::Ops` (`None` for a timed run: unbounded).
 pub fn op_counts(config: &Config) -> Option<(Vec<u64>, u64)> {
     let Length::Ops(total) = config.length else { return None };
     let weights = config.mix.total();
-    let accesses = (u128::from(total) * u128::from(config.mix.access) / u128::from(weights)) as u64;
+    let accesses = (u128::from(total) * u128::from(config.vcpu_weight()) / u128::from(weights)) as u64;
     let vcpus = u64::from(config.vcpus);
     let per = (0..vcpus).map(|v| accesses / vcpus + u64::from(v < accesses % vcpus)).collect();
     Some((per, total - accesses))
@@ -478,6 +602,29 @@ pub struct PageEpoch {
     poisoned: AtomicBool,
 }
 
+/// What an SEV-SNP guest's vCPUs did (see [`SnpGuest`]).
+#[derive(Debug, Default)]
+struct SnpCounters {
+    /// Page-state change requests (the boot's MSR-protocol ones, then PSC buffers).
+    psc_requests: AtomicU64,
+    /// Requests KVM answered with an error, or did not take (its GHCB unreachable): retried.
+    psc_errors: AtomicU64,
+    /// Conversions whose PSC still failed after every attempt (the pages' state is unknown
+    /// to the guest until it converts them again).
+    psc_incomplete: AtomicU64,
+    /// Conversions given up before their PSC (a rescind exited: no memslot, no guest_memfd,
+    /// poison).
+    conversions_aborted: AtomicU64,
+    /// Conversion operations the vCPUs made (each a `set_pages_state` of the pages not
+    /// already in the state asked for; nothing if there were none).
+    guest_conversions: AtomicU64,
+    /// #VC exceptions for a page that is not validated, after which the vCPU validated the page
+    /// again and retried.
+    vc_exceptions: AtomicU64,
+    /// PVALIDATE instructions (validations and rescissions).
+    pvalidates: AtomicU64,
+}
+
 /// Everything the threads share.
 struct Shared<'a> {
     config: &'a Config,
@@ -489,10 +636,12 @@ struct Shared<'a> {
     pause: AtomicBool,
     paused: AtomicUsize,
     finished: AtomicUsize,
-    accesses_done: AtomicU64,
+    /// vCPU operations done (accesses, and an SNP guest's conversions).
+    vcpu_ops_done: AtomicU64,
     exits_mmio: AtomicU64,
     exits_hwpoison: AtomicU64,
     exits_unresolved: AtomicU64,
+    snp: SnpCounters,
     errors: Mutex<Vec<String>>,
     integrity_errors: AtomicU64,
     vmm_errors: AtomicU64,
@@ -524,6 +673,11 @@ impl Shared<'_> {
         }
     }
 
+    /// The region of a page.
+    fn region_of(&self, page: u64) -> usize {
+        (page / (self.config.pages() / u64::from(REGIONS))) as usize
+    }
+
     /// Waits at the pause barrier if the control thread asked for one.
     fn maybe_pause(&self) {
         if self.pause.load(Ordering::SeqCst) {
@@ -542,6 +696,16 @@ fn record(vcpu: u32, page: u64, seq: u64) -> [u8; 16] {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&tag.to_le_bytes());
     bytes[8..].copy_from_slice(&(tag ^ 0x5a5a_a5a5_0f0f_f0f0).to_le_bytes());
+    bytes
+}
+
+/// What an SNP guest's boot image holds at the start of page `page` (a check word unlike a
+/// record's, so neither passes for the other).
+fn image_record(page: u64) -> [u8; 16] {
+    let tag = ((page & 0xff_ffff) << 32) | 0x494d_4147;
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&tag.to_le_bytes());
+    bytes[8..].copy_from_slice(&(tag ^ 0xa5a5_5a5a_f0f0_0f0f).to_le_bytes());
     bytes
 }
 
@@ -565,53 +729,91 @@ struct Shadow {
     stable_gen: Option<u64>,
 }
 
-fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>) {
+/// One access as a SW_PROTECTED or DEFAULT VM's vCPU makes it: the VM type's default kind,
+/// and a `KVM_EXIT_MEMORY_FAULT` handled by the VMM (a conversion of the page, destructive
+/// for it) before the access is retried.
+fn plain_access(shared: &Shared<'_>, fd: i32, page: u64, buf: &mut [u8; 16], write: bool) -> Result<(), RunError> {
+    let gpa = Vmm::page_gpa(page);
+    let mut outcome = Err(RunError::Errno(Errno::EINTR));
+    for _ in 0..ACCESS_RETRIES {
+        outcome = shared.vmm.guest_access(fd, gpa, buf, write);
+        match outcome {
+            Err(RunError::Exit(VcpuExit::MemoryFault { errno: Errno::EFAULT, .. })) => {
+                // kvm_convert_memory for the faulting page: destructive for that page.
+                shared.begin(page, 1);
+                let handled = shared.vmm.handle_exit(outcome.expect_err("an exit"));
+                shared.end(page, 1, false);
+                if handled.is_err() {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    outcome
+}
+
+fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>, mut guest: Option<SnpGuest<'_>>) {
     let config = shared.config;
     let mut stream = VcpuStream::new(config, vcpu);
     // One entry per page this vCPU owns (`page % vcpus == vcpu`, so index `page / vcpus`).
     let vcpus = u64::from(config.vcpus);
     let owned = config.pages().div_ceil(vcpus) as usize;
     let mut shadow: Vec<Shadow> = vec![Shadow { value: [0; 16], stable_gen: Some(0) }; owned];
-    let region_pages = config.pages() / u64::from(REGIONS);
+    // An SNP guest's boot image is what its pages hold at first.
+    for page in (u64::from(vcpu)..config.image_pages()).step_by(config.vcpus as usize) {
+        shadow[(page / vcpus) as usize].value = image_record(page);
+    }
     let mut index = 0u64;
     while count.is_none_or(|count| index < count) && !shared.stop.load(Ordering::Relaxed) {
         shared.maybe_pause();
         let op = stream.next().expect("infinite stream");
+        if let VcpuAction::Convert { npages, to_private } = op.action {
+            if let Some(guest) = guest.as_mut() {
+                guest.convert(op.page, npages, to_private);
+                shared.snp.guest_conversions.fetch_add(1, Ordering::Relaxed);
+            }
+            index += 1;
+            shared.vcpu_ops_done.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let write = op.is_write();
         let gpa = Vmm::page_gpa(op.page);
         let epoch = &shared.pages[op.page as usize];
-        let mut buf = if op.write { record(vcpu, op.page, index) } else { [0u8; 16] };
-        let mut outcome = Err(RunError::Errno(Errno::EINTR));
-        let region = (op.page / region_pages) as usize;
-        let slot_gen = &shared.slot_gens[region];
+        let mut buf = if write { record(vcpu, op.page, index) } else { [0u8; 16] };
+        let slot_gen = &shared.slot_gens[shared.region_of(op.page)];
         let s1 = slot_gen.load(Ordering::SeqCst);
         let e1 = epoch.gen.load(Ordering::SeqCst);
         let active = epoch.active.load(Ordering::SeqCst);
-        for _ in 0..ACCESS_RETRIES {
-            outcome = shared.vmm.guest_access(fd, gpa, &mut buf, op.write);
-            match outcome {
-                Err(RunError::Exit(VcpuExit::MemoryFault { errno: Errno::EFAULT, .. })) => {
-                    // kvm_convert_memory for the faulting page: destructive for that page.
-                    shared.begin(op.page, 1);
-                    let handled = shared.vmm.handle_exit(outcome.expect_err("an exit"));
-                    shared.end(op.page, 1, false);
-                    if handled.is_err() {
-                        break;
-                    }
-                }
-                _ => break,
-            }
-        }
+        let outcome = match guest.as_mut() {
+            None => Some(plain_access(shared, fd, op.page, &mut buf, write)),
+            Some(guest) => guest.access(op.page, &mut buf, write),
+        };
+        // Read inside the window the two `gen` reads bound, so a stable access sees the flag
+        // as it was during the access, not as a destructive operation after it left it.
+        let poisoned = epoch.poisoned.load(Ordering::SeqCst);
         let e2 = epoch.gen.load(Ordering::SeqCst);
         let slots_quiet = s1 % 2 == 0 && slot_gen.load(Ordering::SeqCst) == s1;
         let stable = e1 == e2 && active == 0;
-        let what = if op.write { "store" } else { "load" };
+        let what = if write { "store" } else { "load" };
+        let image_live = guest.as_ref().is_some_and(|guest| guest.image_live(op.page));
         match outcome {
-            Ok(()) if op.write => {
-                shadow[(op.page / vcpus) as usize] = Shadow { value: buf, stable_gen: stable.then_some(e1) };
+            None => {
+                // An SNP guest could not finish converting the page (its PSC kept failing while
+                // its GHCB's memslot changed): nothing was accessed.
+                shared.exits_unresolved.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(()) => {
+            Some(Ok(())) if write => {
+                shadow[(op.page / vcpus) as usize] = Shadow { value: buf, stable_gen: stable.then_some(e1) };
+                if let Some(guest) = guest.as_mut() {
+                    guest.overwritten(op.page);
+                }
+            }
+            Some(Ok(())) => {
                 let expected = shadow[(op.page / vcpus) as usize];
-                let known = buf == [0; 16] || is_earlier_record(&buf, vcpu, op.page, index);
+                let known = buf == [0; 16]
+                    || is_earlier_record(&buf, vcpu, op.page, index)
+                    || (image_live && buf == image_record(op.page));
                 if stable && expected.stable_gen == Some(e1) {
                     if buf != expected.value {
                         shared.error(
@@ -631,7 +833,7 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>) {
                     shadow[(op.page / vcpus) as usize] = Shadow { value: buf, stable_gen: Some(e1) };
                 }
             }
-            Err(RunError::Exit(VcpuExit::Mmio { .. })) => {
+            Some(Err(RunError::Exit(VcpuExit::Mmio { .. }))) => {
                 // The memslot is being deleted and re-added: the device model gets the access.
                 shared.exits_mmio.fetch_add(1, Ordering::Relaxed);
                 std::thread::yield_now();
@@ -642,19 +844,20 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>) {
                     );
                 }
             }
-            Err(RunError::Exit(VcpuExit::MemoryFault { errno: Errno::EHWPOISON, .. })) => {
+            Some(Err(RunError::Exit(VcpuExit::MemoryFault { errno: Errno::EHWPOISON, .. }))) => {
                 shared.exits_hwpoison.fetch_add(1, Ordering::Relaxed);
-                if stable && !epoch.poisoned.load(Ordering::SeqCst) {
+                if stable && !poisoned {
                     shared.error(
                         &shared.integrity_errors,
                         format!("vCPU {vcpu} op {index}: {what} of page {} (gpa {gpa:#x}) hit hardware poison no memory failure put there", op.page),
                     );
                 }
             }
-            Err(RunError::Exit(VcpuExit::MemoryFault { errno: Errno::EFAULT, .. })) => {
+            Some(Err(RunError::Exit(VcpuExit::MemoryFault { errno: Errno::EFAULT, .. }))) => {
                 // The region's guest_memfd is closed and not yet replaced, or its memslot is
                 // being re-added (a private access with no memslot exits this way): let the
-                // control thread finish.
+                // control thread finish. (An SNP guest's accesses always match the attributes,
+                // so for it this exit never asks for a conversion.)
                 shared.exits_unresolved.fetch_add(1, Ordering::Relaxed);
                 std::thread::yield_now();
                 if stable && slots_quiet {
@@ -664,7 +867,18 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>) {
                     );
                 }
             }
-            Err(error) => {
+            Some(Err(RunError::GuestException(exception))) => {
+                // An SNP guest validated the page again after each #VC, and each time something
+                // took the validation away before the access: only a destructive operation may.
+                shared.exits_unresolved.fetch_add(1, Ordering::Relaxed);
+                if stable {
+                    shared.error(
+                        &shared.integrity_errors,
+                        format!("vCPU {vcpu} op {index}: {what} of page {} (gpa {gpa:#x}) kept raising {exception:?} with no destructive operation on the page", op.page),
+                    );
+                }
+            }
+            Some(Err(error)) => {
                 shared.exits_unresolved.fetch_add(1, Ordering::Relaxed);
                 shared.error(
                     &shared.vmm_errors,
@@ -673,7 +887,7 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>) {
             }
         }
         index += 1;
-        shared.accesses_done.fetch_add(1, Ordering::Relaxed);
+        shared.vcpu_ops_done.fetch_add(1, Ordering::Relaxed);
     }
     shared.finished.fetch_add(1, Ordering::SeqCst);
 }
@@ -760,6 +974,15 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         .map(|id| vmm.create_vcpu(u64::from(id)))
         .collect::<Result<_, _>>()
         .map_err(|errno| format!("KVM_CREATE_VCPU: {errno:?}"))?;
+    if config.is_snp() {
+        // The machine starts: the boot image is measured into the first pages.
+        let mut image = vec![0u8; (config.image_pages() * PAGE_SIZE) as usize];
+        for page in 0..config.image_pages() {
+            let at = (page * PAGE_SIZE) as usize;
+            image[at..at + 16].copy_from_slice(&image_record(page));
+        }
+        vmm.launch(&image).map_err(|error| format!("the SNP launch failed: {error:?}"))?;
+    }
     let counts = op_counts(config);
     let shared = Shared {
         config,
@@ -770,36 +993,39 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         pause: AtomicBool::new(false),
         paused: AtomicUsize::new(0),
         finished: AtomicUsize::new(0),
-        accesses_done: AtomicU64::new(0),
+        vcpu_ops_done: AtomicU64::new(0),
         exits_mmio: AtomicU64::new(0),
         exits_hwpoison: AtomicU64::new(0),
         exits_unresolved: AtomicU64::new(0),
+        snp: SnpCounters::default(),
         errors: Mutex::new(Vec::new()),
         integrity_errors: AtomicU64::new(0),
         vmm_errors: AtomicU64::new(0),
     };
+    // An SNP guest's vCPUs boot: each sets up its GHCB.
+    let mut guests: Vec<Option<SnpGuest<'_>>> = Vec::new();
+    for (v, &fd) in fds.iter().enumerate() {
+        guests.push(if config.is_snp() { Some(SnpGuest::boot(&shared, v as u32, fd)?) } else { None });
+    }
     let started = Instant::now();
     let mut control_done = 0u64;
     let mut checks = 0u64;
     let mut violations = Vec::new();
     let total_ops = counts.as_ref().map(|(per, control)| per.iter().sum::<u64>() + control);
     std::thread::scope(|scope| {
-        for (v, &fd) in fds.iter().enumerate() {
+        for (v, (&fd, guest)) in fds.iter().zip(guests).enumerate() {
             let count = counts.as_ref().map(|(per, _)| per[v]);
             let shared = &shared;
             std::thread::Builder::new()
                 .name(format!("vcpu{v}"))
-                .spawn_scoped(scope, move || vcpu_thread(shared, v as u32, fd, count))
+                .spawn_scoped(scope, move || vcpu_thread(shared, v as u32, fd, count, guest))
                 .expect("spawn a vCPU thread");
         }
         let control_limit = counts.as_ref().map(|(_, control)| *control);
         let mut stream = ControlStream::new(config);
-        // Accesses per control operation, to spread control operations over the run.
-        let ratio = if config.mix.control_total() == 0 {
-            0.0
-        } else {
-            f64::from(config.mix.access) / config.mix.control_total() as f64
-        };
+        // vCPU operations per control operation, to spread control operations over the run.
+        let control_total = config.control_mix().control_total();
+        let ratio = if control_total == 0 { 0.0 } else { config.vcpu_weight() as f64 / control_total as f64 };
         let vcpus = config.vcpus as usize;
         let deadline = match config.length {
             Length::Duration(d) => Some(started + d),
@@ -810,7 +1036,7 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
             if let Some(out) = progress.as_deref_mut() {
                 if last_progress.elapsed() >= Duration::from_millis(100) {
                     last_progress = Instant::now();
-                    let done = shared.accesses_done.load(Ordering::Relaxed) + control_done;
+                    let done = shared.vcpu_ops_done.load(Ordering::Relaxed) + control_done;
                     progress_line(out, done, total_ops, started, config.length);
                 }
             }
@@ -825,7 +1051,7 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
             let Some(op) = stream.next() else { break };
             // Pace: wait until the vCPUs made their share of accesses.
             let due = (control_done as f64 * ratio) as u64;
-            while shared.accesses_done.load(Ordering::Relaxed) < due
+            while shared.vcpu_ops_done.load(Ordering::Relaxed) < due
                 && shared.finished.load(Ordering::SeqCst) < vcpus
                 && !shared.stop.load(Ordering::SeqCst)
             {
@@ -855,12 +1081,19 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
     });
     let elapsed = started.elapsed();
     if let Some(out) = progress {
-        let done = shared.accesses_done.load(Ordering::Relaxed) + control_done;
+        let done = shared.vcpu_ops_done.load(Ordering::Relaxed) + control_done;
         progress_line(out, done, Some(done), started, config.length);
         let _ = writeln!(out);
     }
     checks += 1;
     violations.extend(vmm.check_invariants());
+    let failed_conversions = vmm.stats.map_gpa_range_failures.load(Ordering::Relaxed);
+    if failed_conversions != 0 {
+        shared.error(
+            &shared.vmm_errors,
+            format!("{failed_conversions} conversions the guest asked for failed in the VMM (answered with an error)"),
+        );
+    }
     let warnings = vmm.host().machine().warnings.snapshot();
     let mut failures = shared.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
     failures.extend(warnings.iter().map(|w| w.to_string()));
@@ -868,15 +1101,18 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
     let integrity = shared.integrity_errors.load(Ordering::Relaxed);
     let vmm_errors = shared.vmm_errors.load(Ordering::Relaxed);
     let ok = integrity == 0 && vmm_errors == 0 && warnings.is_empty() && violations.is_empty();
-    let accesses = shared.accesses_done.load(Ordering::Relaxed);
-    let ops = accesses + control_done;
+    let snp = &shared.snp;
+    let guest_conversions = snp.guest_conversions.load(Ordering::Relaxed);
+    let vcpu_ops = shared.vcpu_ops_done.load(Ordering::Relaxed);
+    let accesses = vcpu_ops - guest_conversions;
+    let ops = vcpu_ops + control_done;
     let vcpu = vmm.vcpu_stats();
     let mmu = vmm.mmu_stats();
     let mmu_field =
         |f: fn(&gmem_kvm::tdp_mmu::TdpMmuStats) -> u64| mmu.as_ref().map_or("n/a".to_string(), |s| f(s).to_string());
     let stat = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed).to_string();
     let s = &vmm.stats;
-    let fields = vec![
+    let mut fields = vec![
         ("seed", format!("{:#x}", config.seed)),
         ("kernel", config.kernel.clone()),
         ("vm_type", vm_type_name(config.vm_type).to_string()),
@@ -907,13 +1143,33 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         ("memslot_changes", stat(&s.memslot_changes)),
         ("memory_failures", stat(&s.memory_failures)),
         ("gmem_closes", stat(&s.gmem_closes)),
+    ];
+    // An SEV-SNP guest's own figures (`n/a` for other VM types).
+    let snp_host = vmm.host().snp_host();
+    let snp_fields: [(&'static str, String); 11] = [
+        ("guest_conversions", guest_conversions.to_string()),
+        ("psc_requests", stat(&snp.psc_requests)),
+        ("psc_exits", stat(&s.map_gpa_range_exits)),
+        ("psc_errors", stat(&snp.psc_errors)),
+        ("psc_incomplete", stat(&snp.psc_incomplete)),
+        ("conversions_aborted", stat(&snp.conversions_aborted)),
+        ("vc_exceptions", stat(&snp.vc_exceptions)),
+        ("pvalidates", stat(&snp.pvalidates)),
+        ("launched_pages", stat(&s.launched_pages)),
+        ("rmp_assigned_at_end", snp_host.map_or("n/a".to_string(), |h| h.rmp().assigned_count().to_string())),
+        ("rmp_leaked_pages", snp_host.map_or("n/a".to_string(), |h| h.nr_leaked_pages().to_string())),
+    ];
+    for (key, value) in snp_fields {
+        fields.push((key, if config.is_snp() { value } else { "n/a".to_string() }));
+    }
+    fields.extend([
         ("invariant_checks", checks.to_string()),
         ("invariant_violations", violations.len().to_string()),
         ("warnings", warnings.len().to_string()),
         ("integrity_errors", integrity.to_string()),
         ("vmm_errors", vmm_errors.to_string()),
         ("ok", ok.to_string()),
-    ];
+    ]);
     Ok(Summary { fields, failures, ok, reproduce: config.reproduce_command() })
 }
 
@@ -951,10 +1207,19 @@ fn control_op(shared: &Shared<'_>, op: ControlOp) {
         }
         ControlOp::MemFail { page } => {
             shared.begin(page, 1);
-            shared.pages[page as usize].poisoned.store(true, Ordering::SeqCst);
+            let poisoned = &shared.pages[page as usize].poisoned;
+            poisoned.store(true, Ordering::SeqCst);
             let result = match vmm.memory_failure(Vmm::page_gpa(page)) {
-                // No folio there (a shared page, or never touched), or already poisoned.
-                Err(Errno::ENOENT | Errno::EHWPOISON) | Ok(_) => Ok(()),
+                // A folio was poisoned, or already was: say so again now. An SNP guest's
+                // conversion of the page to shared may have cleared the flag meanwhile (its
+                // punch drops whatever folio was there) and the page may have a new folio by
+                // the time the failure reached it.
+                Ok(_) | Err(Errno::EHWPOISON) => {
+                    poisoned.store(true, Ordering::SeqCst);
+                    Ok(())
+                }
+                // No folio there (a shared page, or never touched).
+                Err(Errno::ENOENT) => Ok(()),
                 Err(errno) => Err(errno),
             };
             shared.end(page, 1, false);
