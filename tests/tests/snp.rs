@@ -216,3 +216,39 @@ fn the_hooks_take_2m_rmp_entries_when_the_folio_allows() {
     gmem_mm::folio::Folio::from_pfn(mem, small).put();
     gmem_mm::folio::Folio::from_pfn(mem, head).put();
 }
+
+/// `KVM_BUG_ON` kills the VM: a LAUNCH_UPDATE whose firmware update fails and whose reclaim of
+/// the page fails too bugs the VM (`snp_page_reclaim`), leaks the page, and every later VM and
+/// vCPU ioctl is EIO.
+#[test]
+fn a_failed_reclaim_bugs_the_vm_and_later_ioctls_are_eio() {
+    use gmem_arch::sev::firmware::{SevCmd, SevRet};
+    let snp = Snp::new(KernelProfile::v6_18());
+    snp.start();
+    let kvm = snp.host.kvm(snp.vm);
+    let vm = SvmVm::of(&kvm).unwrap();
+    let firmware = vm.host().firmware();
+    firmware.inject(SevCmd::SnpLaunchUpdate, SevRet::ResourceLimit, 0, 1);
+    firmware.inject(SevCmd::SnpPageReclaim, SevRet::InvalidPageState, 0, 1);
+    let image = snp.host.mmap_anonymous(PAGE).unwrap();
+    let mut update = kvm_sev_snp_launch_update {
+        gfn_start: 0,
+        uaddr: image,
+        len: PAGE,
+        type_: SnpPageType::Normal as u8,
+        ..Default::default()
+    };
+    let error = snp.host.unchecked().snp_launch_update(snp.vm, snp.sev, &mut update).unwrap_err();
+    assert_eq!((error.errno, error.fw_error), (gmem_mm::Errno::EIO, SevRet::ResourceLimit.code()));
+    assert!(kvm.is_dead());
+    assert_eq!(vm.host().nr_leaked_pages(), 1);
+    let warnings = snp.host.take_warnings();
+    assert!(
+        warnings.iter().any(|w| w.kind == gmem_sync::warn::WarnKind::Bug && w.detail.contains("Failed to reclaim PFN")),
+        "{warnings:?}"
+    );
+    let host = snp.host.unchecked();
+    assert_eq!(host.set_memory_attributes(snp.vm, &attrs(0, PAGE, 0)), Err(gmem_mm::Errno::EIO));
+    assert_eq!(host.pre_fault_memory(snp.vcpu, 0, PAGE), Err(gmem_mm::Errno::EIO));
+    assert_eq!(host.guest_access(snp.vcpu, 0, &mut [0u8], false, None), Err(RunError::Errno(gmem_mm::Errno::EIO)));
+}

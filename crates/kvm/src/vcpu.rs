@@ -793,7 +793,7 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
         if kvm.machine().signal_pending() {
             return Err(Errno::EINTR);
         }
-        if kvm.is_destroyed() {
+        if kvm.is_destroyed() || kvm.is_dead() {
             return Err(Errno::EIO);
         }
         let result = kvm_mmu_page_fault_level(kvm, vcpu, mm, gpa, is_private, false, true);

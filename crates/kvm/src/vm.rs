@@ -187,6 +187,7 @@ impl KvmSystem {
             created_vcpus: AtomicU32::new(0),
             vcpu_array: Mutex::new(&VCPU_ARRAY_LOCK, Vec::new()),
             destroyed: AtomicBool::new(false),
+            vm_dead: AtomicBool::new(false),
             mn_invalidate_lock: Mutex::new(&MN_INVALIDATE_LOCK, ()),
             mn_active_invalidate_count: AtomicU64::new(0),
             mmu_notifier: Mutex::new(&MMU_NOTIFIER_LOCK, None),
@@ -254,6 +255,9 @@ pub struct Kvm {
     /// `kvm->vcpu_array`, indexed by `vcpu_idx` (`online_vcpus` is its length).
     pub(crate) vcpu_array: Mutex<Vec<Arc<KvmVcpu>>>,
     destroyed: AtomicBool,
+    /// `kvm->vm_dead` (set with `vm_bugged` by `KVM_BUG_ON`): every later VM and vCPU ioctl is
+    /// EIO.
+    vm_dead: AtomicBool,
     /// `kvm->mn_invalidate_lock`, protecting `mn_active_invalidate_count`.
     pub(crate) mn_invalidate_lock: Mutex<()>,
     /// `kvm->mn_active_invalidate_count`: MMU-notifier invalidations between start and end;
@@ -342,6 +346,23 @@ impl Kvm {
     /// `refcount_read(&kvm->users_count)`.
     pub fn users_count(&self) -> i64 {
         self.users_count.load(Ordering::Acquire)
+    }
+
+    /// `KVM_BUG_ON(cond, kvm)` / `KVM_BUG(cond, kvm, fmt)` when `cond` holds: record the bug
+    /// (kind `Bug`) and `kvm_vm_bugged`: the VM is dead, every later ioctl on it or its vCPUs is
+    /// EIO. Returns `cond`.
+    #[track_caller]
+    pub fn kvm_bug_on(&self, cond: bool, detail: impl FnOnce() -> String) -> bool {
+        if cond {
+            self.machine.warnings.report(gmem_sync::warn::WarnKind::Bug, format!("KVM_BUG_ON: {}", detail()));
+            self.vm_dead.store(true, Ordering::Release);
+        }
+        cond
+    }
+
+    /// `kvm->vm_dead`.
+    pub fn is_dead(&self) -> bool {
+        self.vm_dead.load(Ordering::Acquire)
     }
 
     /// Whether `kvm_destroy_vm` has run.

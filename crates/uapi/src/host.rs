@@ -191,7 +191,8 @@ impl SimHost {
 
     /// Runs a VM ioctl and returns to user space.
     fn vm_ioctl<T>(&self, vm_fd: i32, ioctl: impl FnOnce(&Arc<gmem_kvm::Kvm>) -> Result<T>) -> Result<T> {
-        let result = self.vm(vm_fd).and_then(|kvm| ioctl(&kvm));
+        // kvm_vm_ioctl: a VM a KVM_BUG_ON killed answers nothing but EIO.
+        let result = self.vm(vm_fd).and_then(|kvm| if kvm.is_dead() { Err(Errno::EIO) } else { ioctl(&kvm) });
         self.process.syscall_exit(result)
     }
 
@@ -260,6 +261,16 @@ impl SimHost {
         })
     }
 
+    /// The VM and vCPU behind a descriptor for a vCPU ioctl (`kvm_vcpu_ioctl`): EBADF if it is not
+    /// open, ENOTTY if it is not a vCPU, EIO if a `KVM_BUG_ON` killed the VM.
+    fn vcpu_for_ioctl(&self, vcpu_fd: i32) -> Result<(Arc<gmem_kvm::Kvm>, Arc<KvmVcpu>)> {
+        let (kvm, vcpu) = self.vcpu(vcpu_fd)?;
+        if kvm.is_dead() {
+            return Err(Errno::EIO);
+        }
+        Ok((kvm, vcpu))
+    }
+
     /// The VM and vCPU behind a descriptor for a vCPU ioctl: EBADF if it is not open, ENOTTY if it
     /// is not a vCPU.
     pub fn vcpu(&self, vcpu_fd: i32) -> Result<(Arc<gmem_kvm::Kvm>, Arc<KvmVcpu>)> {
@@ -287,7 +298,7 @@ impl SimHost {
     ) -> std::result::Result<(), RunError> {
         let _span = tracing::debug_span!("kvm_vcpu_run", vcpu_fd, gpa, write).entered();
         let result = self
-            .vcpu(vcpu_fd)
+            .vcpu_for_ioctl(vcpu_fd)
             .map_err(RunError::Errno)
             .and_then(|(kvm, vcpu)| guest_access(&kvm, &vcpu, &self.process.mm, gpa, buf, write, private));
         self.process.syscall_exit(result)
@@ -306,7 +317,7 @@ impl SimHost {
     ) -> std::result::Result<u64, RunError> {
         let _span = tracing::debug_span!("kvm_emulate_hypercall", vcpu_fd, nr, a0, a1, a2).entered();
         let result = self
-            .vcpu(vcpu_fd)
+            .vcpu_for_ioctl(vcpu_fd)
             .map_err(RunError::Errno)
             .and_then(|(kvm, vcpu)| gmem_kvm::vcpu::guest_hypercall(&kvm, &vcpu, nr, a0, a1, a2));
         self.process.syscall_exit(result)
@@ -316,7 +327,7 @@ impl SimHost {
     pub fn pre_fault_memory(&self, vcpu_fd: i32, gpa: u64, size: u64) -> Result<u64> {
         let _span = tracing::debug_span!("kvm_vcpu_ioctl_pre_fault_memory", vcpu_fd, gpa, size).entered();
         let result = self
-            .vcpu(vcpu_fd)
+            .vcpu_for_ioctl(vcpu_fd)
             .and_then(|(kvm, vcpu)| kvm_vcpu_pre_fault_memory(&kvm, &vcpu, &self.process.mm, gpa, size));
         self.process.syscall_exit(result)
     }
@@ -460,8 +471,10 @@ impl SimHost {
         vcpu_fd: i32,
         step: impl FnOnce(&gmem_kvm::Kvm, &KvmVcpu, &gmem_mm::vma::Mm) -> std::result::Result<T, RunError>,
     ) -> std::result::Result<T, RunError> {
-        let result =
-            self.vcpu(vcpu_fd).map_err(RunError::Errno).and_then(|(kvm, vcpu)| step(&kvm, &vcpu, &self.process.mm));
+        let result = self
+            .vcpu_for_ioctl(vcpu_fd)
+            .map_err(RunError::Errno)
+            .and_then(|(kvm, vcpu)| step(&kvm, &vcpu, &self.process.mm));
         self.process.syscall_exit(result)
     }
 

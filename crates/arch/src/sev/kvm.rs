@@ -635,17 +635,13 @@ impl SvmVm {
     }
 
     /// `kvm_rmp_make_shared(kvm, pfn, level)`: give a page back to the hypervisor; if the RMP
-    /// refuses, the VM is bugged (`KVM_BUG_ON`) and the page leaked. EIO then.
+    /// refuses, the VM is bugged (`KVM_BUG_ON`: dead, every later ioctl EIO) and the page
+    /// leaked. EIO then.
     pub fn kvm_rmp_make_shared(&self, kvm: &Kvm, pfn: Pfn, level: PgLevel) -> KResult<()> {
-        if self.host.rmp_make_shared(pfn, level).is_err() {
-            kvm.machine().warnings.report(
-                WarnKind::Bug,
-                format!(
-                    "KVM_BUG_ON: rmp_make_shared(PFN {:#x}, {level}) failed: {}",
-                    pfn.0,
-                    self.host.dump_rmpentry(pfn)
-                ),
-            );
+        let failed = self.host.rmp_make_shared(pfn, level).is_err();
+        if kvm.kvm_bug_on(failed, || {
+            format!("rmp_make_shared(PFN {:#x}, {level}) failed: {}", pfn.0, self.host.dump_rmpentry(pfn))
+        }) {
             self.host.snp_leak_pages(pfn, level.pages());
             return Err(Errno::EIO);
         }
@@ -657,16 +653,10 @@ impl SvmVm {
     /// VM and leaks the page; EIO.
     pub fn snp_page_reclaim(&self, kvm: &Kvm, pfn: Pfn) -> KResult<()> {
         let mut fw_err = 0;
-        if let Err(errno) = self.host.sev_do_cmd(&SevCommand::PageReclaim(pfn), &mut fw_err) {
-            kvm.machine().warnings.report(
-                WarnKind::Bug,
-                format!(
-                    "KVM_BUG: Failed to reclaim PFN {:#x}, rc {} fw_err {}",
-                    pfn.0,
-                    errno.name(),
-                    SnpHost::sev_ret_name(fw_err)
-                ),
-            );
+        let rc = self.host.sev_do_cmd(&SevCommand::PageReclaim(pfn), &mut fw_err);
+        if kvm.kvm_bug_on(rc.is_err(), || {
+            format!("Failed to reclaim PFN {:#x}, rc {:?} fw_err {}", pfn.0, rc, SnpHost::sev_ret_name(fw_err))
+        }) {
             self.host.snp_leak_pages(pfn, 1);
             return Err(Errno::EIO);
         }
