@@ -252,3 +252,46 @@ fn a_failed_reclaim_bugs_the_vm_and_later_ioctls_are_eio() {
     assert_eq!(host.pre_fault_memory(snp.vcpu, 0, PAGE), Err(gmem_mm::Errno::EIO));
     assert_eq!(host.guest_access(snp.vcpu, 0, &mut [0u8], false, None), Err(RunError::Errno(gmem_mm::Errno::EIO)));
 }
+
+/// The RMP fault handler end to end: a 2M RMP entry over guest_memfd pages the guest maps at 4K
+/// (as a 2M folio would give, which the modelled kernels do not allocate). PVALIDATE of one 4K
+/// page is a nested fault with PFERR_GUEST_SIZEM; `sev_handle_rmp_fault` PSMASHes the entry and
+/// zaps the 2M range; the retried PVALIDATE succeeds on the page's 4K entry.
+#[test]
+fn a_4k_pvalidate_on_a_2m_rmp_entry_is_psmashed_and_retried() {
+    let snp = Snp::new(KernelProfile::v6_18());
+    snp.start();
+    snp.finish();
+    let kvm = snp.host.kvm(snp.vm);
+    let vm = SvmVm::of(&kvm).unwrap();
+    let rmp = vm.host().rmp().clone();
+    let mem = &snp.host.machine().mem;
+    // Free one 2M-aligned block: the page cache's next 512 order-0 allocations take its frames in
+    // order (the allocator reuses the last freed frame first, the head last freed).
+    let block = mem.alloc(9).unwrap();
+    gmem_mm::folio::Folio::from_pfn(mem, block).put();
+    // Fault the whole 2M slot in, private, in gfn order.
+    let host = snp.host.unchecked();
+    host.set_memory_attributes(snp.vm, &attrs(0, 2 << 20, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+    let (kvm2, vcpu) = snp.vm_back_end();
+    let mm = &host.process().mm;
+    for gfn in 0..0x200u64 {
+        assert_eq!(guest::pvalidate(&kvm2, &vcpu, mm, gfn << 12, false, true), Ok(0));
+    }
+    assert_eq!(snp.gmem_pfn(0), block, "the block's frames back the 2M-aligned gfns");
+    assert_eq!(snp.gmem_pfn(0x1ff), block.offset(511));
+    // Re-make the 512 4K entries as one 2M entry (Guest-Invalid), as a 2M prepare would, with
+    // the mappings zapped first (S9).
+    kvm.zap_gfn_range(gmem_kvm::Gfn(0), gmem_kvm::Gfn(0x200));
+    for i in 0..512 {
+        vm.host().rmp_make_shared(block.offset(i), gmem_kvm::arch::PgLevel::Level4K).unwrap();
+    }
+    vm.host().rmp_make_private(block, 0, gmem_kvm::arch::PgLevel::Level2M, vm.asid(), false).unwrap();
+    let faults_before = snp.host.vcpu_faults(snp.vcpu).0;
+    assert_eq!(guest::pvalidate(&kvm2, &vcpu, mm, 0x5000, false, true), Ok(0));
+    let entry = rmp.read(block.offset(5)).unwrap();
+    assert!(entry.validated && !entry.pagesize_2m, "{entry:?}");
+    assert_eq!(rmp.level(block), Some(gmem_kvm::arch::PgLevel::Level4K), "PSMASHed");
+    assert!(snp.host.vcpu_faults(snp.vcpu).0 >= faults_before + 2, "the fault, then the RMP fault");
+    assert!(snp.host.machine().warnings.is_empty(), "{:?}", snp.host.machine().warnings.snapshot());
+}
