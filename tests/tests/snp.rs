@@ -295,3 +295,41 @@ fn a_4k_pvalidate_on_a_2m_rmp_entry_is_psmashed_and_retried() {
     assert!(snp.host.vcpu_faults(snp.vcpu).0 >= faults_before + 2, "the fault, then the RMP fault");
     assert!(snp.host.machine().warnings.is_empty(), "{:?}", snp.host.machine().warnings.snapshot());
 }
+
+/// `sev_asid_new`: SNP guests share the ASIDs below `min_sev_asid` (32 on the model's host). The
+/// 33rd live SNP VM's KVM_SEV_INIT2 is EBUSY; a destroyed VM's ASID waits for reclaim and is
+/// reused only after `sev_flush_asids` issues SNP_DF_FLUSH, which happens when the range is full.
+#[test]
+fn snp_asids_run_out_at_min_sev_asid_and_recycle_through_df_flush() {
+    use gmem_arch::sev::firmware::SevCmd;
+    use gmem_arch::sev::kvm::SevModule;
+    let host = CheckedHost::new(KernelProfile::v6_18());
+    let nr_snp_asids = (SevModule::MIN_SEV_ASID - 1) as usize;
+    let mut vms = Vec::new();
+    for _ in 0..nr_snp_asids {
+        let vm = host.create_vm(SNP_VM).unwrap();
+        host.unchecked().sev_init2(vm, &kvm_sev_init::default()).unwrap();
+        vms.push(vm);
+    }
+    let asids: Vec<u32> = vms.iter().map(|&vm| SvmVm::of(&host.kvm(vm)).unwrap().asid()).collect();
+    assert_eq!(asids, (1..=nr_snp_asids as u32).collect::<Vec<_>>(), "lowest free ASID first");
+    let first_kvm = host.kvm(vms[0]);
+    let firmware = SvmVm::of(&first_kvm).unwrap().host().firmware();
+    let flushes = firmware.executed(SevCmd::SnpDfFlush);
+
+    // Full, and nothing awaits reclaim: EBUSY without a flush.
+    let extra = host.create_vm(SNP_VM).unwrap();
+    let error = host.unchecked().sev_init2(extra, &kvm_sev_init::default()).unwrap_err();
+    assert_eq!(error.errno, gmem_mm::Errno::EBUSY);
+    assert_eq!(firmware.executed(SevCmd::SnpDfFlush), flushes);
+
+    // Destroy the VM holding ASID 5: its ASID is reclaimed by a DF_FLUSH and reused.
+    host.close(vms.remove(4)).unwrap();
+    host.unchecked().sev_init2(extra, &kvm_sev_init::default()).unwrap();
+    assert_eq!(SvmVm::of(&host.kvm(extra)).unwrap().asid(), 5);
+    assert_eq!(firmware.executed(SevCmd::SnpDfFlush), flushes + 1);
+    vms.push(extra);
+    for vm in vms {
+        host.close(vm).unwrap();
+    }
+}
