@@ -13,9 +13,11 @@
 //! | module | vendor |
 //! |---|---|
 //! | [`sev`] | AMD SEV-SNP: RMP, SNP instructions, the kernel's host support, the firmware, KVM's SNP code |
+//! | [`tdx`] | Intel TDX: the TDX module (SEAMCALLs, PAMT, Secure EPT, MRTD, TD epochs) and its guest and host access rules; not yet wired to KVM |
 #![deny(missing_docs)]
 
 pub mod sev;
+pub mod tdx;
 
 use gmem_kvm::arch::{ArchFactory, ArchSetup, GenericArchFactory, KvmArch};
 use gmem_kvm::{KernelProfile, VmType};

@@ -1,0 +1,460 @@
+//! The TDX module's part of the TDX invariants of `arch-and-mmu.md` §5.3, as checks over the
+//! module's state at a quiescent point (no SEAMCALL in flight): T1, T3 and T10. The other
+//! invariants are about KVM (the mirror root, the zap protocol, the error policy) and belong to
+//! the KVM integration; T2's and T4's rules are enforced by the SEAMCALLs themselves (a SEAMCALL
+//! in the wrong phase, or a REMOVE before the tracking, fails).
+//!
+//! | name | checked here |
+//! |---|---|
+//! | T1 PAMT single ownership | every frame is claimed by at most one TD structure (TDR, TDCS page, TDVPR, TDCX page, S-EPT table, S-EPT leaf); each claimed frame's PAMT entry has the matching type and owner (a leaf's: `PT_REG` at the leaf's GPA); every TD-owned PAMT entry belongs to a live TD that claims the frame (in teardown, a frame need not be claimed: the host reclaims pages in any order, and reclaiming a table drops the entries in it); no TD-owned frame is in the host allocator's free pool |
+//! | T3 walk order | while the HKID is assigned: every S-EPT table is reached by exactly one link from a table one level up, at the GPA it translates; no link points at a table the tree does not have; no leaf above 1G; every table page is still `PT_EPT` of the TD and allocated in the host |
+//! | T10 measurement | MRTD equals a replay of the PAGE.ADD and MR.EXTEND records; once finalised it is frozen: the value is set, unchanged, and nothing was measured after MR.FINALIZE |
+//!
+//! The checks take the module's locks one at a time (the PAMT, then each TD), so they are only
+//! meaningful when nothing runs concurrently.
+
+use crate::tdx::measure::{hex, Mrtd};
+use crate::tdx::module::{TdLifecycle, TdOpState, TdxModule};
+use crate::tdx::pamt::{FrameState, PageType, PamtEntry};
+use crate::tdx::sept::{SeptLeaf, SeptTableInfo};
+use gmem_kvm::invariants::Violation;
+use gmem_mm::Pfn;
+use std::collections::BTreeMap;
+
+/// `T1`: PAMT single ownership.
+pub const T1_PAMT_OWNERSHIP: &str = "T1";
+/// `T3`: S-EPT walk order; tables not freed while the HKID is assigned.
+pub const T3_WALK_ORDER: &str = "T3";
+/// `T10`: MRTD.
+pub const T10_MEASUREMENT: &str = "T10";
+
+/// What a TD structure says a frame is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Tdr,
+    Tdcs,
+    Tdvpr,
+    Tdcx { tdvpr: Pfn },
+    Table,
+    Leaf { gpa: u64 },
+}
+
+impl Role {
+    fn page_type(self) -> PageType {
+        match self {
+            Role::Tdr => PageType::Tdr,
+            Role::Tdcs | Role::Tdcx { .. } => PageType::Tdcx,
+            Role::Tdvpr => PageType::Tdvpr,
+            Role::Table => PageType::Ept,
+            Role::Leaf { .. } => PageType::Reg,
+        }
+    }
+
+    fn matches(self, entry: &PamtEntry, tdr: Pfn) -> bool {
+        entry.pt == self.page_type()
+            && entry.owner == tdr
+            && match self {
+                Role::Leaf { gpa } => entry.gpa == gpa,
+                _ => true,
+            }
+    }
+}
+
+/// What the checks need of one TD.
+struct TdSnapshot {
+    tdr: Pfn,
+    lifecycle: TdLifecycle,
+    op_state: TdOpState,
+    claims: Vec<(Pfn, Role)>,
+    leaves: Vec<SeptLeaf>,
+    tables: Vec<SeptTableInfo>,
+    links: Vec<(u8, u64, Pfn)>,
+    mrtd: Mrtd,
+    records_at_finalize: Option<usize>,
+}
+
+fn snapshot(module: &TdxModule) -> (BTreeMap<u64, FrameState>, Vec<TdSnapshot>) {
+    let frames: BTreeMap<u64, FrameState> =
+        module.pamt_frames().into_iter().map(|(pfn, frame)| (pfn.0, frame)).collect();
+    let mut tds = Vec::new();
+    for td in module.tds() {
+        let state = td.state.lock().clone();
+        let sept = td.sept.lock().clone();
+        let tdr = td.tdr();
+        let mut claims = vec![(tdr, Role::Tdr)];
+        claims.extend(state.tdcs.iter().map(|&pfn| (pfn, Role::Tdcs)));
+        for (&tdvpr, vcpu) in &state.vcpus {
+            claims.push((Pfn(tdvpr), Role::Tdvpr));
+            claims.extend(vcpu.tdcx.iter().map(|&pfn| (pfn, Role::Tdcx { tdvpr: Pfn(tdvpr) })));
+        }
+        let leaves = sept.leaves();
+        let tables = sept.tables();
+        claims.extend(tables.iter().map(|table| (table.table, Role::Table)));
+        claims.extend(leaves.iter().map(|leaf| (leaf.pfn, Role::Leaf { gpa: leaf.gpa })));
+        tds.push(TdSnapshot {
+            tdr,
+            lifecycle: state.lifecycle,
+            op_state: state.op_state,
+            claims,
+            leaves,
+            tables,
+            links: sept.links(),
+            mrtd: state.mrtd,
+            records_at_finalize: state.records_at_finalize,
+        });
+    }
+    (frames, tds)
+}
+
+/// Runs T1, T3 and T10 over `module`, appending what is wrong to `out`.
+pub fn check(module: &TdxModule, out: &mut Vec<Violation>) {
+    let (frames, tds) = snapshot(module);
+    check_t1(module, &frames, &tds, out);
+    check_t3(module, &frames, &tds, out);
+    check_t10(&tds, out);
+}
+
+/// [`check`], returning the violations.
+pub fn violations(module: &TdxModule) -> Vec<Violation> {
+    let mut out = Vec::new();
+    check(module, &mut out);
+    out
+}
+
+fn entry_of(frames: &BTreeMap<u64, FrameState>, pfn: Pfn) -> PamtEntry {
+    frames.get(&pfn.0).map(|frame| frame.entry).unwrap_or_default()
+}
+
+/// Whether the host allocator has `pfn` in its free pool.
+fn in_free_pool(module: &TdxModule, pfn: Pfn) -> bool {
+    let mem = &module.machine().mem;
+    mem.is_valid_pfn(pfn) && !mem.is_allocated(pfn)
+}
+
+fn check_t1(module: &TdxModule, frames: &BTreeMap<u64, FrameState>, tds: &[TdSnapshot], out: &mut Vec<Violation>) {
+    let mut claimed: BTreeMap<u64, Vec<(Pfn, Role)>> = BTreeMap::new();
+    for td in tds {
+        for &(pfn, role) in &td.claims {
+            claimed.entry(pfn.0).or_default().push((td.tdr, role));
+        }
+    }
+    for (&pfn, claims) in &claimed {
+        let pfn = Pfn(pfn);
+        if claims.len() > 1 {
+            out.push(Violation {
+                invariant: T1_PAMT_OWNERSHIP,
+                detail: format!("{pfn:?} is claimed {} times: {claims:?}", claims.len()),
+            });
+        }
+        let entry = entry_of(frames, pfn);
+        for &(tdr, role) in claims {
+            if !role.matches(&entry, tdr) {
+                out.push(Violation {
+                    invariant: T1_PAMT_OWNERSHIP,
+                    detail: format!(
+                        "{pfn:?} is the {role:?} of the TD with TDR {tdr} but its PAMT entry is {entry:?} (expected a {} \
+                         of that TD)",
+                        role.page_type()
+                    ),
+                });
+            }
+        }
+    }
+    for (&pfn, frame) in frames {
+        let pfn = Pfn(pfn);
+        let entry = frame.entry;
+        if !entry.pt.is_td_owned() {
+            continue;
+        }
+        let owner = tds.iter().find(|td| td.tdr == entry.owner);
+        // In teardown the TD is being taken apart in whatever order the host reclaims its pages
+        // (a table drops the entries in it, a TDVPR its vCPU's TDCX list): a frame still waiting
+        // for its RECLAIM needs only an owner, as the module only counts them.
+        let dismantled = owner.is_some_and(|td| td.lifecycle == TdLifecycle::Teardown);
+        if owner.is_none() {
+            out.push(Violation {
+                invariant: T1_PAMT_OWNERSHIP,
+                detail: format!("{pfn:?} is {entry:?}, but no TD has that TDR"),
+            });
+        } else if !dismantled
+            && !claimed.get(&pfn.0).is_some_and(|claims| claims.iter().any(|(tdr, _)| *tdr == entry.owner))
+        {
+            out.push(Violation {
+                invariant: T1_PAMT_OWNERSHIP,
+                detail: format!("{pfn:?} is {entry:?}, but that TD has no such page (an orphan PAMT entry)"),
+            });
+        }
+        if in_free_pool(module, pfn) {
+            out.push(Violation {
+                invariant: T1_PAMT_OWNERSHIP,
+                detail: format!("{pfn:?} is {entry:?} but is in the host allocator's free pool"),
+            });
+        }
+    }
+}
+
+fn check_t3(module: &TdxModule, frames: &BTreeMap<u64, FrameState>, tds: &[TdSnapshot], out: &mut Vec<Violation>) {
+    for td in tds {
+        if matches!(td.lifecycle, TdLifecycle::Teardown) || td.op_state == TdOpState::Uninitialized {
+            continue;
+        }
+        let tdr = td.tdr;
+        let mut incoming: BTreeMap<u64, Vec<(u8, u64)>> = BTreeMap::new();
+        for &(level, gpa, child) in &td.links {
+            incoming.entry(child.0).or_default().push((level, gpa));
+        }
+        for (&child, links) in &incoming {
+            if !td.tables.iter().any(|table| table.table.0 == child) {
+                out.push(Violation {
+                    invariant: T3_WALK_ORDER,
+                    detail: format!(
+                        "TD {tdr}: S-EPT links {links:?} point at {:?}, which is no table of the TD",
+                        Pfn(child)
+                    ),
+                });
+            }
+        }
+        for table in &td.tables {
+            match incoming.get(&table.table.0).map(Vec::as_slice) {
+                Some([(level, gpa)]) if *level == table.level + 1 && *gpa == table.base => {}
+                Some(links) => out.push(Violation {
+                    invariant: T3_WALK_ORDER,
+                    detail: format!(
+                        "TD {tdr}: the level-{} S-EPT table {:?} at {:#x} is linked by {links:?} (expected one link at \
+                         level {})",
+                        table.level,
+                        table.table,
+                        table.base,
+                        table.level + 1
+                    ),
+                }),
+                None => out.push(Violation {
+                    invariant: T3_WALK_ORDER,
+                    detail: format!(
+                        "TD {tdr}: the level-{} S-EPT table {:?} at {:#x} has no parent link ({} entries under no \
+                         present parent)",
+                        table.level, table.table, table.base, table.used
+                    ),
+                }),
+            }
+            let entry = entry_of(frames, table.table);
+            if entry.pt != PageType::Ept || entry.owner != tdr {
+                out.push(Violation {
+                    invariant: T3_WALK_ORDER,
+                    detail: format!(
+                        "TD {tdr}: S-EPT table {:?} is {entry:?} while the TD's HKID is assigned",
+                        table.table
+                    ),
+                });
+            }
+            if in_free_pool(module, table.table) {
+                out.push(Violation {
+                    invariant: T3_WALK_ORDER,
+                    detail: format!(
+                        "TD {tdr}: S-EPT table {:?} was freed to the host allocator while the TD's HKID is assigned",
+                        table.table
+                    ),
+                });
+            }
+        }
+        for leaf in td.leaves.iter().filter(|leaf| leaf.level > 2) {
+            out.push(Violation {
+                invariant: T3_WALK_ORDER,
+                detail: format!("TD {tdr}: a level-{} leaf at {:#x} ({:?})", leaf.level, leaf.gpa, leaf.pfn),
+            });
+        }
+    }
+}
+
+fn check_t10(tds: &[TdSnapshot], out: &mut Vec<Violation>) {
+    for td in tds.iter().filter(|td| td.op_state != TdOpState::Uninitialized) {
+        let tdr = td.tdr;
+        let replay = Mrtd::replay(td.mrtd.records());
+        match (td.op_state, td.mrtd.value()) {
+            (TdOpState::Runnable, None) => out.push(Violation {
+                invariant: T10_MEASUREMENT,
+                detail: format!("TD {tdr} is runnable but its MRTD was never finalised"),
+            }),
+            (TdOpState::Runnable, Some(value)) => {
+                if value != replay {
+                    out.push(Violation {
+                        invariant: T10_MEASUREMENT,
+                        detail: format!(
+                            "TD {tdr}: MRTD {} is not the replay of its {} records ({})",
+                            hex(&value),
+                            td.mrtd.records().len(),
+                            hex(&replay)
+                        ),
+                    });
+                }
+                if td.records_at_finalize != Some(td.mrtd.records().len()) || td.mrtd.current() != value {
+                    out.push(Violation {
+                        invariant: T10_MEASUREMENT,
+                        detail: format!(
+                            "TD {tdr}: something was measured after MR.FINALIZE ({:?} records then, {} now)",
+                            td.records_at_finalize,
+                            td.mrtd.records().len()
+                        ),
+                    });
+                }
+            }
+            (_, Some(value)) => out.push(Violation {
+                invariant: T10_MEASUREMENT,
+                detail: format!("TD {tdr} has a final MRTD {} but is not runnable", hex(&value)),
+            }),
+            (_, None) => {
+                if td.mrtd.current() != replay {
+                    out.push(Violation {
+                        invariant: T10_MEASUREMENT,
+                        detail: format!(
+                            "TD {tdr}: the MRTD being built is not the replay of its {} records",
+                            td.mrtd.records().len()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tdx::measure::MrtdRecord;
+    use crate::tdx::module::fixture::*;
+    use crate::tdx::pamt::FrameState;
+    use crate::tdx::sept::{LeafState, SeptEntry};
+    use gmem_mm::folio::Folio;
+
+    fn names(module: &TdxModule) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = violations(module).into_iter().map(|v| v.invariant).collect();
+        names.dedup();
+        names
+    }
+
+    /// A runnable TD with a private page at GPA, and one PAGE.ADDed before finalising.
+    fn populated() -> (Fx, Pfn) {
+        let mut fx = Fx::initialized();
+        fx.add_vcpu();
+        fx.tables(GPA);
+        fx.tdx.tdh_mem_page_add(fx.tdr, GPA + 0x1000, fx.page(), fx.page()).unwrap();
+        fx.tdx.tdh_mr_extend(fx.tdr, GPA + 0x1000).unwrap();
+        assert_eq!(violations(&fx.tdx), vec![], "while building");
+        fx.tdx.tdh_mr_finalize(fx.tdr).unwrap();
+        let page = fx.aug(GPA);
+        (fx, page)
+    }
+
+    #[test]
+    fn a_well_behaved_module_has_no_violations() {
+        let (fx, page) = populated();
+        let tdx = &fx.tdx;
+        assert_eq!(violations(tdx), vec![]);
+        tdx.tdh_mem_range_block(fx.tdr, GPA, 0).unwrap();
+        tdx.tdh_mem_track(fx.tdr).unwrap();
+        tdx.tdh_mem_page_remove(fx.tdr, GPA, 0).unwrap();
+        Folio::from_pfn(&fx.machine.mem, page).put();
+        assert_eq!(violations(tdx), vec![], "a removed frame may go back to the allocator");
+        tdx.tdh_vp_flush(fx.vcpus[0]).unwrap();
+        tdx.tdh_mng_vpflushdone(fx.tdr).unwrap();
+        tdx.tdh_phymem_cache_wb(false).unwrap();
+        tdx.tdh_mng_key_freeid(fx.tdr).unwrap();
+        // Reclaim in an awkward order: the level-3 table first orphans the others.
+        let mut frames: Vec<(Pfn, PageType)> = tdx
+            .pamt_frames()
+            .into_iter()
+            .filter(|(pfn, frame)| frame.entry.pt.is_td_owned() && *pfn != fx.tdr)
+            .map(|(pfn, frame)| (pfn, frame.entry.pt))
+            .collect();
+        frames.sort_by_key(|(_, pt)| std::cmp::Reverse(*pt == PageType::Ept));
+        for (pfn, _) in frames {
+            tdx.tdh_phymem_page_reclaim(pfn).unwrap();
+            assert_eq!(violations(tdx), vec![], "after reclaiming {pfn:?}");
+        }
+        tdx.tdh_phymem_page_reclaim(fx.tdr).unwrap();
+        assert_eq!(violations(tdx), vec![]);
+    }
+
+    #[test]
+    fn t1_catches_a_frame_whose_pamt_entry_was_lost_or_forged() {
+        let (fx, page) = populated();
+        let tdx = &fx.tdx;
+        // The leaf still maps the frame, but the PAMT says it is free.
+        let frame = tdx.frame_state(page).unwrap();
+        tdx.forge_pamt_for_test(page, FrameState::default());
+        assert_eq!(names(tdx), vec![T1_PAMT_OWNERSHIP]);
+        tdx.forge_pamt_for_test(page, frame);
+        assert_eq!(violations(tdx), vec![]);
+        // A PT_REG entry at the wrong GPA.
+        let mut wrong = frame;
+        wrong.entry.gpa += 0x1000;
+        tdx.forge_pamt_for_test(page, wrong);
+        assert!(violations(tdx)[0].detail.contains("PAMT entry"), "{:?}", violations(tdx));
+        tdx.forge_pamt_for_test(page, frame);
+        // An owned frame no structure of the TD claims, and one of a TD that does not exist.
+        let orphan = fx.page();
+        tdx.forge_pamt_for_test(orphan, FrameState { entry: PamtEntry::private(fx.tdr, 0x9000), ..frame });
+        assert!(violations(tdx).iter().any(|v| v.detail.contains("orphan")));
+        tdx.forge_pamt_for_test(orphan, FrameState { entry: PamtEntry::private(Pfn(77), 0x9000), ..frame });
+        assert!(violations(tdx).iter().any(|v| v.detail.contains("no TD has that TDR")));
+        tdx.forge_pamt_for_test(orphan, FrameState::default());
+        // Two leaves mapping one frame.
+        assert!(tdx.forge_sept_for_test(
+            fx.tdr,
+            GPA + 0x2000,
+            0,
+            SeptEntry::Leaf { pfn: page, state: LeafState::Mapped }
+        ));
+        assert!(violations(tdx)
+            .iter()
+            .any(|v| v.invariant == T1_PAMT_OWNERSHIP && v.detail.contains("claimed 2 times")));
+        assert!(tdx.forge_sept_for_test(fx.tdr, GPA + 0x2000, 0, SeptEntry::Free));
+        assert_eq!(violations(tdx), vec![]);
+        // The host freed a page the TD still owns.
+        Folio::from_pfn(&fx.machine.mem, page).put();
+        let found = violations(tdx);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].detail.contains("free pool"));
+    }
+
+    #[test]
+    fn t3_catches_an_orphan_table_and_a_freed_table_page() {
+        let (fx, _) = populated();
+        let tdx = &fx.tdx;
+        let table = match tdx.sept_entry(fx.tdr, GPA, 1) {
+            Some(Ok(SeptEntry::Table { table, .. })) => table,
+            other => panic!("{other:?}"),
+        };
+        // The table page freed in the PAMT while the HKID is assigned.
+        let frame = tdx.frame_state(table).unwrap();
+        tdx.forge_pamt_for_test(table, FrameState::default());
+        let found = names(tdx);
+        assert!(found.contains(&T3_WALK_ORDER) && found.contains(&T1_PAMT_OWNERSHIP), "{found:?}");
+        tdx.forge_pamt_for_test(table, frame);
+        // The link to it replaced by a link to a page that is no table: the table is orphaned.
+        assert!(tdx.forge_sept_for_test(fx.tdr, GPA, 1, SeptEntry::Table { table: Pfn(3000), blocked: false }));
+        let found = violations(tdx);
+        assert!(found.iter().any(|v| v.invariant == T3_WALK_ORDER && v.detail.contains("no parent link")), "{found:?}");
+        assert!(found.iter().any(|v| v.invariant == T3_WALK_ORDER && v.detail.contains("no table of the TD")));
+        assert!(tdx.forge_sept_for_test(fx.tdr, GPA, 1, SeptEntry::Table { table, blocked: false }));
+        assert_eq!(violations(tdx), vec![]);
+        // The host freed the table page.
+        Folio::from_pfn(&fx.machine.mem, table).put();
+        assert!(violations(tdx).iter().any(|v| v.invariant == T3_WALK_ORDER && v.detail.contains("host allocator")));
+    }
+
+    #[test]
+    fn t10_catches_a_measurement_after_finalize_and_a_log_that_lies() {
+        let (fx, _) = populated();
+        let tdx = &fx.tdx;
+        assert!(tdx.forge_mrtd_for_test(fx.tdr, MrtdRecord::PageAdd { gpa: 0x5000 }, true));
+        let found = violations(tdx);
+        assert!(found.iter().all(|v| v.invariant == T10_MEASUREMENT) && found.len() == 2, "{found:?}");
+        let (fx, _) = populated();
+        assert!(fx.tdx.forge_mrtd_for_test(fx.tdr, MrtdRecord::PageAdd { gpa: 0x5000 }, false));
+        assert_eq!(names(&fx.tdx), vec![T10_MEASUREMENT], "hashed after FINALIZE, not logged");
+        let building = Fx::initialized();
+        assert!(building.tdx.forge_mrtd_for_test(building.tdr, MrtdRecord::PageAdd { gpa: 0x5000 }, false));
+        assert_eq!(names(&building.tdx), vec![T10_MEASUREMENT], "an MRTD being built that is not its log");
+    }
+}
