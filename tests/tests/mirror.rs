@@ -573,6 +573,7 @@ fn zap_all_fast_leaves_the_mirror_root_alone() {
 /// and 0x200.
 fn two_page_tables() -> (Guest, Vec<Hook>) {
     let guest = Guest::new(0x400);
+    assert_eq!(guest.host.machine().mem.allocated_pages(), 0, "nothing allocated before the first fault");
     guest.host.guest_store(guest.vcpu, 0x2000, &[1], None).unwrap();
     guest.host.guest_store(guest.vcpu, 0x200 * PAGE, &[2], None).unwrap();
     let calls = guest.recorder.take();
@@ -649,6 +650,7 @@ fn destroying_the_vm_removes_the_leaves_then_frees_the_tables_bottom_up() {
     assert_freed_bottom_up(&links, &calls);
     let mem = &host.machine().mem;
     assert!(linked(&links).iter().all(|&spt| !mem.is_allocated(spt)));
+    assert_eq!(mem.allocated_pages(), 0, "tables, the vCPU's cache and guest_memfd all went back");
 }
 
 #[test]
@@ -734,6 +736,53 @@ fn the_t8_checker_names_a_huge_mirror_leaf_a_buggy_back_end_allowed() {
     assert!(violations.iter().any(|v| v.invariant == T8_4K && v.detail.contains("is 2M")), "{violations:?}");
     assert!(violations.iter().any(|v| v.invariant == M6_HUGE), "{violations:?}");
     guest.host.take_warnings();
+}
+
+#[test]
+fn a_huge_mirror_leaf_over_a_table_or_under_a_fault_is_kvm_bug_on() {
+    // A 2M private leaf where a page table is present: set_external_spte_present's
+    // KVM_BUG_ON(was_present) (v6.18 never replaces a present mirror SPTE).
+    let guest = Guest::new(0x400);
+    guest.host.guest_store(guest.vcpu, 0x10 * PAGE, &[1], None).unwrap();
+    *guest.recorder.private_level.lock().unwrap() = Some(PgLevel::Level2M);
+    let kvm = guest.kvm();
+    kvm.set_gmem_max_order_for_test(Some(9));
+    guest.recorder.take();
+    let mut buf = [1u8];
+    let result = guest.host.unchecked().guest_access(guest.vcpu, 0x11 * PAGE, &mut buf, true, None);
+    assert_eq!(result, Err(RunError::Errno(Errno::EIO)));
+    let warnings = guest.host.take_warnings();
+    assert!(
+        warnings.iter().any(|w| w.kind == WarnKind::Bug && w.detail.contains("present mirror page table")),
+        "{warnings:?}"
+    );
+    assert_eq!(guest.recorder.take(), vec![], "no hook for a replacement");
+
+    // A 4K fault under a 2M mirror leaf would split it: not for mirror roots.
+    let guest = Guest::new(0x400);
+    *guest.recorder.private_level.lock().unwrap() = Some(PgLevel::Level2M);
+    let kvm = guest.kvm();
+    kvm.set_gmem_max_order_for_test(Some(9));
+    let _ = guest.host.unchecked().guest_access(guest.vcpu, 0, &mut buf, true, None);
+    guest.host.take_warnings();
+    assert_eq!(guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(0x3))).map(|spte| spte.level), Some(PgLevel::Level2M));
+    *guest.recorder.private_level.lock().unwrap() = None;
+    kvm.set_gmem_max_order_for_test(None);
+    // The hardware walk finds the 2M leaf, so the guest's own access would not fault; a fault
+    // whose goal is 4K under it (one that resolved its pfn before the 2M leaf went in) is
+    // driven directly.
+    let result = kvm_mmu_page_fault(
+        &kvm,
+        &guest.host.unchecked().vcpu(guest.vcpu).unwrap().1,
+        &guest.host.process().mm,
+        0x3000,
+        true,
+        true,
+        false,
+    );
+    assert_eq!(result, Ok(RetPf::Retry));
+    let warnings = guest.host.take_warnings();
+    assert!(warnings.iter().any(|w| w.kind == WarnKind::Bug && w.detail.contains("split")), "{warnings:?}");
 }
 
 #[test]
