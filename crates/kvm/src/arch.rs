@@ -15,7 +15,10 @@
 //! | `kvm_gmem_populate`'s `post_populate` callback | [`KvmArch::post_populate`] |
 //! | `mem_enc_ioctl` (`KVM_MEMORY_ENCRYPT_OP`) | [`KvmArch::mem_enc_ioctl`] |
 //! | `vcpu_create` / `vcpu_free` | [`KvmArch::vcpu_create`] / [`KvmArch::vcpu_free`] |
-//! | `vm_destroy` | [`KvmArch::vm_destroy`] |
+//! | `vm_pre_destroy` / `vm_destroy` | [`KvmArch::vm_pre_destroy`] / [`KvmArch::vm_destroy`] |
+//! | `kvm_has_mirrored_tdp` (the VM has a mirror root) | [`KvmArch::has_mirror_root`] |
+//! | `link_external_spt` / `set_external_spte` | [`KvmArch::link_external_spt`] / [`KvmArch::set_external_spte`] |
+//! | `remove_external_spte` / `free_external_spt` | [`KvmArch::remove_external_spte`] / [`KvmArch::free_external_spt`] |
 //! | the hardware's checks on a guest access (the RMP check) | [`KvmArch::guest_access_check`] |
 //! | the vendor part of the NPF handler (`sev_handle_rmp_fault`) | [`KvmArch::handle_npf`] |
 //! | (model only) the vendor's invariants, for [`invariants::check`](crate::invariants::check) | [`KvmArch::check_invariants`] |
@@ -104,6 +107,100 @@ impl PgLevel {
 }
 
 impl fmt::Display for PgLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `enum pg_level` as the TDP MMU and the external-SPT hooks use it: the leaf levels of
+/// [`PgLevel`] plus `PG_LEVEL_512G`, the level of the entries of a 4-level root (a PML4E), which
+/// [`KvmArch::link_external_spt`] sees when it links a page-directory-pointer table under the
+/// mirror root. (A separate type, so that the leaf level of a mapping can never be 512G.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SpteLevel {
+    /// `PG_LEVEL_4K`: an entry of a page table (PT).
+    Level4K = 1,
+    /// `PG_LEVEL_2M`: an entry of a page directory (PD).
+    Level2M = 2,
+    /// `PG_LEVEL_1G`: an entry of a page-directory-pointer table (PDPT).
+    Level1G = 3,
+    /// `PG_LEVEL_512G`: an entry of the PML4, the root of a 4-level TDP page table.
+    Level512G = 4,
+}
+
+impl SpteLevel {
+    /// `PT64_ROOT_4LEVEL`: the level of a 4-level root (the model's TDX uses GPAW 48).
+    pub const ROOT_4LEVEL: SpteLevel = SpteLevel::Level512G;
+
+    /// The level from its number (1 to 4).
+    pub const fn from_raw(raw: u8) -> Option<SpteLevel> {
+        match raw {
+            1 => Some(SpteLevel::Level4K),
+            2 => Some(SpteLevel::Level2M),
+            3 => Some(SpteLevel::Level1G),
+            4 => Some(SpteLevel::Level512G),
+            _ => None,
+        }
+    }
+
+    /// `KVM_HPAGE_GFN_SHIFT(level)`: 0, 9, 18, 27.
+    pub const fn gfn_shift(self) -> u32 {
+        (self as u32 - 1) * 9
+    }
+
+    /// `KVM_PAGES_PER_HPAGE(level)`: the gfns an entry of this level covers.
+    pub const fn pages(self) -> u64 {
+        1 << self.gfn_shift()
+    }
+
+    /// `gfn_round_for_level(gfn, level)`.
+    pub const fn round(self, gfn: u64) -> u64 {
+        gfn & !(self.pages() - 1)
+    }
+
+    /// `SPTE_INDEX(gfn << PAGE_SHIFT, level)`: the entry of a table of this level that `gfn`
+    /// goes through.
+    pub const fn index(self, gfn: u64) -> usize {
+        ((gfn >> self.gfn_shift()) & 511) as usize
+    }
+
+    /// The next level down (4K has none).
+    pub const fn lower(self) -> Option<SpteLevel> {
+        SpteLevel::from_raw(self as u8 - 1)
+    }
+
+    /// The leaf level with this number (none for 512G).
+    pub const fn leaf(self) -> Option<PgLevel> {
+        match self {
+            SpteLevel::Level4K => Some(PgLevel::Level4K),
+            SpteLevel::Level2M => Some(PgLevel::Level2M),
+            SpteLevel::Level1G => Some(PgLevel::Level1G),
+            SpteLevel::Level512G => None,
+        }
+    }
+
+    /// `4K`, `2M`, `1G`, `512G`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SpteLevel::Level4K => "4K",
+            SpteLevel::Level2M => "2M",
+            SpteLevel::Level1G => "1G",
+            SpteLevel::Level512G => "512G",
+        }
+    }
+}
+
+impl From<PgLevel> for SpteLevel {
+    fn from(level: PgLevel) -> SpteLevel {
+        match level {
+            PgLevel::Level4K => SpteLevel::Level4K,
+            PgLevel::Level2M => SpteLevel::Level2M,
+            PgLevel::Level1G => SpteLevel::Level1G,
+        }
+    }
+}
+
+impl fmt::Display for SpteLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -325,6 +422,62 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
     /// `kvm_x86_ops.vm_destroy` (from `kvm_arch_destroy_vm`, before the vCPUs and memslots go).
     fn vm_destroy(&self, _kvm: &Kvm) {}
 
+    /// `kvm_x86_ops.vm_pre_destroy` (from `kvm_arch_pre_destroy_vm`, the first step of
+    /// `kvm_destroy_vm`, before the MMU notifier is unregistered and long before
+    /// `kvm_mmu_uninit_vm` tears the mirror root down: TDX releases the HKID here, which
+    /// [`KvmArch::free_external_spt`] requires). Default: nothing.
+    fn vm_pre_destroy(&self, _kvm: &Kvm) {}
+
+    /// Whether the VM's TDP MMU has a mirror root next to its direct root
+    /// (`kvm_has_mirrored_tdp`: TDX VMs): private faults map into the mirror root, whose changes
+    /// are propagated to the vendor's external page tables through the four external-SPT hooks
+    /// below; shared faults map into the direct root at `gfn | kvm_gfn_direct_bits`. Read once
+    /// when the VM is created. Default: no mirror root (the hooks are never called).
+    fn has_mirror_root(&self) -> bool {
+        false
+    }
+
+    /// `kvm_x86_ops.link_external_spt(kvm, gfn, level, external_spt)`: a non-leaf SPTE of the
+    /// mirror root at `level` covering `gfn` (rounded to `level`) is becoming present, pointing
+    /// to a new page table whose external page is `external_spt` (TDX: `TDH.MEM.SEPT.ADD`).
+    /// Called from `set_external_spte_present` with `mmu_lock` held for read, the SPTE FROZEN,
+    /// and no other lock held. An error (TDX: `EBUSY` for a contended S-EPT, `EIO` after a
+    /// `KVM_BUG_ON` of its own) restores the SPTE and the fault returns `RET_PF_RETRY`; the table
+    /// and its external page are freed. The default (a VM without a mirror root never gets
+    /// here) records a WARN and returns `EIO`.
+    fn link_external_spt(&self, kvm: &Kvm, gfn: Gfn, level: SpteLevel, external_spt: Pfn) -> KResult<()> {
+        external_hook_without_mirror_root(kvm, "link_external_spt", gfn, level, external_spt)
+    }
+
+    /// `kvm_x86_ops.set_external_spte(kvm, gfn, level, pfn)`: a leaf SPTE of the mirror root is
+    /// becoming present, mapping `gfn` to `pfn` at `level` (TDX: `TDH.MEM.PAGE.AUG`, or the
+    /// premap of the initial image). Called as [`KvmArch::link_external_spt`] is, with the same
+    /// error convention. Default: WARN and `EIO`.
+    fn set_external_spte(&self, kvm: &Kvm, gfn: Gfn, level: PgLevel, pfn: Pfn) -> KResult<()> {
+        external_hook_without_mirror_root(kvm, "set_external_spte", gfn, level.into(), pfn)
+    }
+
+    /// `kvm_x86_ops.remove_external_spte(kvm, gfn, level, pfn)`: a present leaf SPTE of the
+    /// mirror root mapping `gfn` to `pfn` at `level` was just made non-present (TDX:
+    /// `TDH.MEM.RANGE.BLOCK`, `TDH.MEM.TRACK` and the kick, `TDH.MEM.PAGE.REMOVE`, WBINVD).
+    /// Called with `mmu_lock` held for **write**, after the SPTE was cleared, with no other lock
+    /// held. v6.18 expects it to succeed: an error is `KVM_BUG_ON` (the VM is dead). Default:
+    /// WARN and `EIO`.
+    fn remove_external_spte(&self, kvm: &Kvm, gfn: Gfn, level: PgLevel, pfn: Pfn) -> KResult<()> {
+        external_hook_without_mirror_root(kvm, "remove_external_spte", gfn, level.into(), pfn)
+    }
+
+    /// `kvm_x86_ops.free_external_spt(kvm, gfn, level, external_spt)`: the mirror page table of
+    /// `level` (its own level: 1 for a PT) whose first gfn is `gfn` was unlinked and emptied
+    /// (`handle_removed_pt`, bottom-up: its leaves were removed and its child tables freed
+    /// first); release `external_spt` (TDX: `TDH.PHYMEM.PAGE.RECLAIM`, valid only once the HKID
+    /// is released). Called with `mmu_lock` held for write. On success the TDP MMU frees the
+    /// page; an error is a WARN and the page is leaked (never handed back to the host). Default:
+    /// WARN and `EIO`.
+    fn free_external_spt(&self, kvm: &Kvm, gfn: Gfn, level: SpteLevel, external_spt: Pfn) -> KResult<()> {
+        external_hook_without_mirror_root(kvm, "free_external_spt", gfn, level, external_spt)
+    }
+
     /// `kvm->arch.pre_fault_allowed` as `kvm_arch_init_vm` and the vendor's `vm_init` leave it:
     /// VMs whose memory needs no launch may be pre-faulted from the start.
     fn init_pre_fault_allowed(&self, vm_type: VmType) -> bool {
@@ -401,6 +554,16 @@ pub type ArchSetup = Arc<dyn Fn(&Arc<Machine>, &KernelProfile) -> Arc<dyn ArchFa
 /// mappings of a TD are 4K (S-EPT huge pages are not supported); shared ones unrestricted.
 pub fn tdx_gmem_max_mapping_level(is_private: bool) -> Option<PgLevel> {
     is_private.then_some(PgLevel::Level4K)
+}
+
+/// What the external-SPT hooks do on a back-end without them: the TDP MMU only calls them on a
+/// mirror root, so getting here is a KVM bug (the kernel would call a NULL `kvm_x86_ops` member).
+fn external_hook_without_mirror_root(kvm: &Kvm, hook: &str, gfn: Gfn, level: SpteLevel, pfn: Pfn) -> KResult<()> {
+    kvm.machine().warnings.report(
+        gmem_sync::warn::WarnKind::Warn,
+        format!("{hook}(gfn {gfn}, {level}, {pfn:?}) on a {} VM without a mirror root", kvm.arch().name()),
+    );
+    Err(Errno::EIO)
 }
 
 /// The back-end of DEFAULT, SEV and SEV-ES VMs: no private memory, so the hooks do nothing

@@ -43,6 +43,21 @@
 //!   recomputation from the attribute xarray (a huge page wholly inside the slot is MIXED iff its
 //!   gfns' attributes differ, or, at 1G, a 2M part is MIXED; any other page is never MIXED).
 //!
+//! On a VM with a mirror root (TDX) the checks above cover both roots, each at the memslot gfn
+//! (a direct-root leaf at `gfn | kvm_gfn_direct_bits` is checked at `gfn`), and the MMU side of
+//! the TDX invariants of arch-and-mmu.md §5.3 holds:
+//!
+//! * **T5** (mirror consistency, the MMU's half): no mirror SPTE is FROZEN at a quiescent point
+//!   (a frozen SPTE is only ever seen inside an install, by the threads it makes retry, and the
+//!   hardware walk treats it as not present); every present non-leaf mirror SPTE points to a
+//!   table with a linked external page that is an allocated frame. Zaps of mirror SPTEs only
+//!   non-atomically under `mmu_lock` held for write is enforced at the call (`KVM_BUG_ON` on an
+//!   atomic zap).
+//! * **T8** (4K only): every mirror leaf is 4K.
+//! * **T9** (aliasing): mirror leaves are at gfns without the direct bits and private; the
+//!   direct root holds only gfns with the direct bits (once they are set) and only shared
+//!   leaves.
+//!
 //! M7 (memory-fault exits) is a property of one call: it is checked continuously, at the call
 //! (`vcpu::kvm_mmu_page_fault`), and reported as a WARN, which every test asserts absent. M8's
 //! call half (a no-op `KVM_SET_MEMORY_ATTRIBUTES` opens no invalidation, a failed reservation
@@ -125,6 +140,13 @@ pub const M5_FLUSH: &str = "M5";
 pub const M6_HUGE: &str = "M6";
 /// M8, the MIXED flags equal their recomputation from the attributes.
 pub const M8_MIXED: &str = "M8";
+/// T5, mirror consistency (the MMU's half).
+pub const T5_MIRROR: &str = "T5";
+/// T8, mirror leaves are 4K.
+pub const T8_4K: &str = "T8";
+/// T9, private mappings in the mirror root at gfns without the shared bit, shared ones in the
+/// direct root at gfns with it.
+pub const T9_ALIAS: &str = "T9";
 
 /// Checks every invariant over the given VMs and files (non-guest_memfd files are ignored; the
 /// VMs of the guest_memfds are added to `vms`).
@@ -153,6 +175,7 @@ pub fn check(vms: &[Arc<Kvm>], files: &[FileRef]) -> Vec<Violation> {
         check_no_stale_pfn(kvm, &mut out);
         check_mmu(kvm, &gmem_files, &mut out);
         check_huge_leaves(kvm, &gmem_files, &mut out);
+        check_mirror_root(kvm, &mut out);
         check_mixed_flags(kvm, &mut out);
         kvm.arch().check_invariants(kvm, &all_vms, &gmem_files, &mut out);
     }
@@ -169,11 +192,20 @@ fn check_mmu(kvm: &Arc<Kvm>, gmem_files: &[(&FileRef, &KvmGmem)], out: &mut Vec<
         });
     }
     let Some(tdp) = kvm.mmu().as_tdp() else { return };
-    let sptes = tdp.sptes();
+    let direct_bits = kvm.gfn_direct_bits();
     let srcu = kvm.srcu_read_lock();
-    for (base, leaf) in &sptes {
+    for (base, leaf) in &tdp.sptes() {
+        // The direct root's leaves of a VM with a mirror root are at `gfn | direct bits`.
+        let base = Gfn(base.0 & !direct_bits);
         for offset in 0..leaf.level.pages() {
             check_leaf_gfn(kvm, &srcu, gmem_files, Gfn(base.0 + offset), leaf.pfn.offset(offset), leaf, out);
+        }
+    }
+    if kvm.has_mirrored_tdp() {
+        for (base, leaf) in &tdp.mirror_sptes() {
+            for offset in 0..leaf.level.pages() {
+                check_leaf_gfn(kvm, &srcu, gmem_files, Gfn(base.0 + offset), leaf.pfn.offset(offset), leaf, out);
+            }
         }
     }
     drop(srcu);
@@ -183,8 +215,9 @@ fn check_mmu(kvm: &Arc<Kvm>, gmem_files: &[(&FileRef, &KvmGmem)], out: &mut Vec<
             continue;
         }
         for (gfn, entry) in tlb.entries() {
-            let backed =
-                tdp.covering_leaf(gfn).is_some_and(|(base, spte)| spte.pfn.offset(gfn.0 - base.0) == entry.pfn);
+            let covering =
+                if kvm.has_mirrored_tdp() { tdp.root_covering_leaf(kvm, gfn) } else { tdp.covering_leaf(gfn) };
+            let backed = covering.is_some_and(|(base, spte)| spte.pfn.offset(gfn.0 - base.0) == entry.pfn);
             if !backed {
                 out.push(Violation {
                     invariant: M5_FLUSH,
@@ -199,13 +232,20 @@ fn check_mmu(kvm: &Arc<Kvm>, gmem_files: &[(&FileRef, &KvmGmem)], out: &mut Vec<
     }
 }
 
-/// INV-NO-STALE-PFN over one VM's SPTEs (every frame of a huge leaf).
+/// INV-NO-STALE-PFN over one VM's SPTEs (every frame of a huge leaf), in both roots.
 fn check_no_stale_pfn(kvm: &Arc<Kvm>, out: &mut Vec<Violation>) {
     let Some(tdp) = kvm.mmu().as_tdp() else { return };
     let mem = &kvm.machine().mem;
-    for (base, spte) in tdp.sptes() {
-        let generations =
-            if spte.level == PgLevel::Level4K { vec![spte.generation] } else { tdp.frame_generations(base) };
+    let mirror = if kvm.has_mirrored_tdp() { tdp.mirror_sptes() } else { Vec::new() };
+    let leaves = tdp.sptes().into_iter().map(|leaf| (false, leaf)).chain(mirror.into_iter().map(|leaf| (true, leaf)));
+    for (in_mirror, (base, spte)) in leaves {
+        let generations = if spte.level == PgLevel::Level4K {
+            vec![spte.generation]
+        } else if in_mirror {
+            tdp.mirror_frame_generations(base)
+        } else {
+            tdp.frame_generations(base)
+        };
         for (offset, &installed) in generations.iter().enumerate() {
             let pfn = spte.pfn.offset(offset as u64);
             let gfn = Gfn(base.0 + offset as u64);
@@ -306,11 +346,13 @@ fn gmem_folio_at<'f>(file: &'f FileRef, index: u64) -> Option<gmem_mm::folio::Fo
         .map(|(_, folio)| folio)
 }
 
-/// M6 over one VM's leaves above 4K.
+/// M6 over one VM's leaves above 4K (both roots, at the memslot gfn).
 fn check_huge_leaves(kvm: &Arc<Kvm>, gmem_files: &[(&FileRef, &KvmGmem)], out: &mut Vec<Violation>) {
     let Some(tdp) = kvm.mmu().as_tdp() else { return };
+    let direct_bits = kvm.gfn_direct_bits();
+    let mirror = if kvm.has_mirrored_tdp() { tdp.mirror_sptes() } else { Vec::new() };
     let srcu = kvm.srcu_read_lock();
-    for (gfn, spte) in tdp.sptes() {
+    for (gfn, spte) in tdp.sptes().into_iter().map(|(gfn, spte)| (Gfn(gfn.0 & !direct_bits), spte)).chain(mirror) {
         let level = spte.level;
         if level == PgLevel::Level4K {
             continue;
@@ -351,6 +393,76 @@ fn check_huge_leaves(kvm: &Arc<Kvm>, gmem_files: &[(&FileRef, &KvmGmem)], out: &
                     fail(format!("the vendor hook allows {hook} at most"));
                 }
             }
+        }
+    }
+}
+
+/// T5, T8 and T9 (the MMU's side) over one VM, alone: they take no lock but the TDP MMU's own
+/// (so they may run where `check` may not, with `mmu_lock` held). Empty for a VM without a
+/// mirror root.
+pub fn check_mirror(kvm: &Arc<Kvm>) -> Vec<Violation> {
+    let mut out = Vec::new();
+    check_mirror_root(kvm, &mut out);
+    out
+}
+
+/// T5, T8 and T9 (the MMU's side) over one VM with a mirror root.
+fn check_mirror_root(kvm: &Arc<Kvm>, out: &mut Vec<Violation>) {
+    let Some(tdp) = kvm.mmu().as_tdp() else { return };
+    let direct_bits = kvm.gfn_direct_bits();
+    if !kvm.has_mirrored_tdp() {
+        return;
+    }
+    let mem = &kvm.machine().mem;
+    for frozen in tdp.mirror_frozen() {
+        out.push(Violation {
+            invariant: T5_MIRROR,
+            detail: format!("the {} mirror SPTE at gfn {} is FROZEN at a quiescent point", frozen.level, frozen.gfn),
+        });
+    }
+    for table in tdp.mirror_tables().into_iter().skip(1) {
+        let linked = table.external_spt.is_some_and(|pfn| mem.is_valid_pfn(pfn) && mem.is_allocated(pfn));
+        if !linked {
+            out.push(Violation {
+                invariant: T5_MIRROR,
+                detail: format!(
+                    "the {} mirror table at gfn {} is linked without an allocated external page ({:?})",
+                    table.level, table.gfn, table.external_spt
+                ),
+            });
+        }
+    }
+    for (gfn, spte) in tdp.mirror_sptes() {
+        if spte.level != PgLevel::Level4K {
+            out.push(Violation {
+                invariant: T8_4K,
+                detail: format!("mirror leaf at gfn {gfn} is {} ({:?})", spte.level, spte.pfn),
+            });
+        }
+        if gfn.0 & direct_bits != 0 || !spte.private {
+            out.push(Violation {
+                invariant: T9_ALIAS,
+                detail: format!(
+                    "mirror leaf at gfn {gfn} ({}) {}",
+                    if spte.private { "private" } else { "shared" },
+                    if gfn.0 & direct_bits != 0 { "has the direct bits" } else { "is not private" }
+                ),
+            });
+        }
+    }
+    if direct_bits == 0 {
+        return;
+    }
+    for (gfn, spte) in tdp.sptes() {
+        if gfn.0 & direct_bits == 0 || spte.private {
+            out.push(Violation {
+                invariant: T9_ALIAS,
+                detail: format!(
+                    "direct-root leaf at gfn {gfn} ({}) {}",
+                    if spte.private { "private" } else { "shared" },
+                    if gfn.0 & direct_bits == 0 { "lacks the direct bits" } else { "is private" }
+                ),
+            });
         }
     }
 }

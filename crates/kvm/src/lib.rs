@@ -11,7 +11,7 @@
 //! | [`attributes`] | `KVM_SET_MEMORY_ATTRIBUTES` and the attribute queries |
 //! | [`mmu`] | the MMU boundary (`kvm_mmu_unmap_gfn_range`, `kvm_flush_remote_tlbs`) and `mmu_invalidate_*` |
 //! | [`mmu_notifier`] | `kvm_mmu_notifier_invalidate_range_start`/`_end`, `kvm_handle_hva_range`: zaps on munmap/madvise of a slot's `userspace_addr` |
-//! | [`tdp_mmu`] | the software TDP MMU: 4K leaf SPTEs, zaps, `kvm_mmu_zap_all_fast` |
+//! | [`tdp_mmu`] | the software TDP MMU: the direct root (leaf SPTEs at 4K, 2M, 1G), the mirror root of VMs with mirrored TDP and its external-SPT hooks, zaps, `kvm_mmu_zap_all_fast` |
 //! | [`tlb`] | per-vCPU TLBs, `vcpu->mode`, `vcpu->requests`, `kvm_make_all_cpus_request` (the remote TLB flush) |
 //! | [`vcpu`] | `KVM_CREATE_VCPU`, the x86 TDP page-fault path, guest accesses, `KVM_PRE_FAULT_MEMORY` |
 //! | [`arch`] | the vendor layer (`kvm_x86_ops`): the `KvmArch` hooks of one VM, the `ArchFactory` of the host, the vendor-less back-ends (DEFAULT, SW_PROTECTED); SEV-SNP is in gmem-arch |
@@ -31,8 +31,9 @@
 //! The MMU is the software TDP MMU ([`tdp_mmu`]; [`mmu::RecordingMmu`] remains for tests), driven
 //! by vCPUs that only access guest memory ([`vcpu`]) through per-vCPU TLBs ([`tlb`]). Not modelled
 //! here: huge guest_memfd folios, SMM address spaces, dirty logging, the vendor back-ends
-//! (SEV-SNP lives in the gmem-arch crate, which implements [`arch::KvmArch`]; TDX is not
-//! modelled yet), and capabilities unrelated to guest memory (they read 0).
+//! (SEV-SNP lives in the gmem-arch crate, which implements [`arch::KvmArch`]; TDX's back-end is
+//! not modelled yet, the MMU half it needs is: the mirror root and the external-SPT hooks), and
+//! capabilities unrelated to guest memory (they read 0).
 #![deny(missing_docs)]
 
 pub mod arch;

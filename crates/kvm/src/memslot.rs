@@ -617,10 +617,12 @@ impl Kvm {
             arch_lock = relocked;
         }
         // kvm_prepare_memory_region → kvm_arch_prepare_memory_region: on x86, CREATE and MOVE
-        // fail for a slot that ends beyond the MMU's largest gfn.
+        // fail for a slot that ends beyond the MMU's largest gfn, or, on a VM with a mirror root,
+        // whose last gfn carries the direct bits (`kvm_is_gfn_alias`: memslots live below them).
         if let (Some(new), MrChange::Create | MrChange::Move) = (new, change) {
             let max_gfn = (1u64 << (self.profile().config.max_phys_bits - PAGE_SHIFT)) - 1;
-            if new.base_gfn + new.npages - 1 > max_gfn {
+            let last = new.base_gfn + new.npages - 1;
+            if last > max_gfn || self.is_gfn_alias(Gfn(last)) {
                 if let (Some(invalid), Some(old)) = (invalid, old) {
                     // kvm_activate_memslot(kvm, invalid_slot, old): restore the old slot.
                     self.swap_active_memslots(slots_lock, arch_lock, Some(invalid.handle), Some(old));

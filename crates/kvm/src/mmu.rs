@@ -12,14 +12,31 @@ use gmem_sync::atomic::{fence, Ordering};
 use gmem_sync::{LockClass, Mutex};
 use std::fmt;
 
-/// `KVM_FILTER_*`: which kind of mappings an invalidation targets (only TDX's mirror roots tell
-/// them apart; other x86 VMs zap both).
+/// `enum kvm_gfn_range_filter` (`KVM_FILTER_*` bits): which kind of mappings an invalidation
+/// targets. Only a VM with a mirror root tells them apart (`kvm_gfn_range_filter_to_root_types`:
+/// PRIVATE is the mirror root, SHARED the direct root); other x86 VMs zap their one root
+/// whatever the filter says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AttrFilter {
     /// `KVM_FILTER_PRIVATE`.
     Private,
     /// `KVM_FILTER_SHARED`.
     Shared,
+    /// `KVM_FILTER_PRIVATE | KVM_FILTER_SHARED` (`kvm_mmu_zap_memslot`: a memslot going away
+    /// loses both kinds of mappings).
+    Both,
+}
+
+impl AttrFilter {
+    /// `attr_filter & KVM_FILTER_PRIVATE`.
+    pub fn includes_private(self) -> bool {
+        matches!(self, AttrFilter::Private | AttrFilter::Both)
+    }
+
+    /// `attr_filter & KVM_FILTER_SHARED`.
+    pub fn includes_shared(self) -> bool {
+        matches!(self, AttrFilter::Shared | AttrFilter::Both)
+    }
 }
 
 impl fmt::Display for AttrFilter {
@@ -27,6 +44,7 @@ impl fmt::Display for AttrFilter {
         f.write_str(match self {
             AttrFilter::Private => "PRIVATE",
             AttrFilter::Shared => "SHARED",
+            AttrFilter::Both => "PRIVATE|SHARED",
         })
     }
 }
@@ -70,8 +88,14 @@ pub trait KvmMmu: Send + Sync + fmt::Debug {
 
     /// `kvm_arch_flush_shadow_all`: the owner's address space is going away (the MMU notifier's
     /// release, at process exit or when the VM unregisters it) or the VM is being destroyed
-    /// without a notifier; drop every mapping. Default: nothing mapped.
+    /// without a notifier; drop every mapping the MMU notifier protects (`kvm_tdp_mmu_zap_all`:
+    /// the direct root only; a mirror root stays until [`KvmMmu::uninit_vm`]). Default: nothing
+    /// mapped.
     fn flush_shadow_all(&self, _kvm: &Kvm) {}
+
+    /// `kvm_mmu_uninit_vm` (from `kvm_arch_destroy_vm`, after the vCPUs are gone): tear every root
+    /// down, a mirror root included (`kvm_mmu_uninit_tdp_mmu`). Default: nothing mapped.
+    fn uninit_vm(&self, _kvm: &Kvm) {}
 
     /// The software TDP MMU behind this trait object, if it is one (the fault path needs page
     /// tables; an MMU without them cannot run a guest).
@@ -169,7 +193,8 @@ impl Kvm {
                     start: lo,
                     end: hi,
                     slot_id: slot.id().0,
-                    attr_filter: AttrFilter::Private,
+                    // kvm_tdp_mmu_zap_leafs: every valid root, whatever its kind.
+                    attr_filter: AttrFilter::Both,
                     may_block: true,
                 })
             })

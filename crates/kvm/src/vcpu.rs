@@ -36,7 +36,7 @@ use gmem_mm::vma::Mm;
 use gmem_mm::{Errno, KResult, Pfn};
 use gmem_sync::atomic::{AtomicU64, Ordering};
 use gmem_sync::warn::WarnKind;
-use gmem_sync::Arc;
+use gmem_sync::{Arc, LockClass, Mutex};
 use std::any::Any;
 
 /// `KVM_MAX_VCPUS` on x86.
@@ -59,7 +59,16 @@ pub struct KvmVcpu {
     pub(crate) tlb: VcpuTlb,
     /// The vendor's per-vCPU state ([`KvmArch::vcpu_create`](crate::arch::KvmArch::vcpu_create)).
     arch: Box<dyn Any + Send + Sync>,
+    /// `vcpu->arch.mmu_external_spt_cache`: pages for the external page tables of new mirror
+    /// tables, topped up before a fault takes `mmu_lock` (VMs with a mirror root only).
+    mmu_external_spt_cache: Mutex<Vec<Pfn>>,
 }
+
+/// `vcpu->arch.mmu_external_spt_cache` (taken alone, under `mmu_lock` or outside it).
+static EXTERNAL_SPT_CACHE_LOCK: LockClass = LockClass::new("vcpu->arch.mmu_external_spt_cache");
+
+/// `PT64_ROOT_MAX_LEVEL`: a fault needs at most one new table per level below the root.
+pub const PT64_ROOT_MAX_LEVEL: usize = 5;
 
 impl std::fmt::Debug for KvmVcpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,6 +120,44 @@ impl KvmVcpu {
 
     fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `mmu_topup_memory_caches`' part for a VM with a mirror root:
+    /// `kvm_mmu_topup_memory_cache(&vcpu->arch.mmu_external_spt_cache, PT64_ROOT_MAX_LEVEL)`,
+    /// before the fault takes `mmu_lock`. ENOMEM if the machine is out of pages.
+    pub(crate) fn topup_external_spt_cache(&self, kvm: &Kvm) -> KResult<()> {
+        let mut cache = self.mmu_external_spt_cache.lock();
+        while cache.len() < PT64_ROOT_MAX_LEVEL {
+            cache.push(kvm.machine().mem.alloc(0)?);
+        }
+        Ok(())
+    }
+
+    /// `kvm_mmu_memory_cache_alloc(&vcpu->arch.mmu_external_spt_cache)`: a page for a new mirror
+    /// table's `external_spt`. An empty cache is a WARN and a direct (atomic) allocation, as in
+    /// the kernel; `None` if that fails too.
+    pub(crate) fn alloc_external_spt(&self, kvm: &Kvm) -> Option<Pfn> {
+        let cached = self.mmu_external_spt_cache.lock().pop();
+        cached.or_else(|| {
+            kvm.machine()
+                .warnings
+                .warn_on_once(true, || format!("vCPU {}: mmu_external_spt_cache empty under mmu_lock", self.vcpu_id));
+            kvm.machine().mem.alloc(0).ok()
+        })
+    }
+
+    /// `mmu_free_memory_caches` (from `kvm_mmu_destroy` when the vCPU is freed): the pages left
+    /// in the external-SPT cache go back to the machine.
+    pub(crate) fn free_mmu_caches(&self, kvm: &Kvm) {
+        let pages = std::mem::take(&mut *self.mmu_external_spt_cache.lock());
+        for pfn in pages {
+            Folio::from_pfn(&kvm.machine().mem, pfn).put();
+        }
+    }
+
+    /// How many pages the external-SPT cache holds.
+    pub fn external_spt_cache_len(&self) -> usize {
+        self.mmu_external_spt_cache.lock().len()
     }
 }
 
@@ -223,6 +270,7 @@ impl Kvm {
             stat: VcpuStat::default(),
             tlb: VcpuTlb::new(),
             arch,
+            mmu_external_spt_cache: Mutex::new(&EXTERNAL_SPT_CACHE_LOCK, Vec::new()),
         });
         if array.iter().any(|other| other.vcpu_id as u64 == id) {
             drop(array);
@@ -312,8 +360,23 @@ fn kvm_mmu_page_fault_level(
     let tdp = kvm.tdp()?;
     KvmVcpu::count(&vcpu.stat.pf_taken);
     let mut installed = false;
-    let mut result =
-        kvm_tdp_mmu_page_fault(kvm, tdp, mm, Gpa(gpa).to_gfn(), is_private, write, prefetch, &mut installed);
+    // kvm_mmu_do_page_fault: `fault.gfn = gpa_to_gfn(fault.addr) & ~kvm_gfn_direct_bits(kvm)`,
+    // the gfn memslots and attributes know; `tdp_mmu_get_root_for_fault` picks the mirror root
+    // for a gpa without the direct bits (`kvm_is_addr_direct`). Without a mirror root: the
+    // direct root at the gpa's gfn.
+    let root = if kvm.has_mirrored_tdp() {
+        let direct_bits = kvm.gfn_direct_bits();
+        let gfn = Gfn(Gpa(gpa).to_gfn().0 & !direct_bits);
+        if kvm.is_addr_direct(gpa) {
+            FaultRoot::Direct { gfn, direct_bits }
+        } else {
+            FaultRoot::Mirror { gfn }
+        }
+    } else {
+        FaultRoot::Direct { gfn: Gpa(gpa).to_gfn(), direct_bits: 0 }
+    };
+    let gfn = root.gfn();
+    let mut result = kvm_tdp_mmu_page_fault(kvm, vcpu, tdp, mm, root, is_private, write, prefetch, &mut installed);
     match result {
         Ok((RetPf::Fixed, _)) => KvmVcpu::count(&vcpu.stat.pf_fixed),
         Ok((RetPf::Spurious, _)) => KvmVcpu::count(&vcpu.stat.pf_spurious),
@@ -322,13 +385,32 @@ fn kvm_mmu_page_fault_level(
             KvmVcpu::count(&vcpu.stat.pf_emulate);
             // A private fault that would need emulation is refused (kvm_mmu_page_fault).
             if is_private {
-                result = Err(memory_fault_exit(Gpa(gpa).to_gfn(), true, Errno::EFAULT));
+                result = Err(memory_fault_exit(gfn, true, Errno::EFAULT));
             }
         }
         Err(_) => {}
     }
-    check_memory_fault_exit(kvm, &result, gpa, is_private, installed);
+    // The exit reports `gfn_to_gpa(fault->gfn)`: the gpa without the direct bits.
+    check_memory_fault_exit(kvm, &result, gfn.to_gpa().0 | (gpa & (PAGE_SIZE - 1)), is_private, installed);
     result
+}
+
+/// The root a fault installs into (`tdp_mmu_get_root_for_fault`), with the fault's gfn
+/// (`fault->gfn`: without the direct bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FaultRoot {
+    /// The direct root, whose leaves for `gfn` are at `gfn | direct_bits` (`kvm_gfn_root_bits`).
+    Direct { gfn: Gfn, direct_bits: u64 },
+    /// The mirror root (a private gpa of a VM with mirrored TDP).
+    Mirror { gfn: Gfn },
+}
+
+impl FaultRoot {
+    fn gfn(self) -> Gfn {
+        match self {
+            FaultRoot::Direct { gfn, .. } | FaultRoot::Mirror { gfn } => gfn,
+        }
+    }
 }
 
 /// M7 (arch-and-mmu.md §5.1), checked at every fault that exits with `KVM_EXIT_MEMORY_FAULT`
@@ -436,20 +518,27 @@ fn kvm_mmu_max_mapping_level(
 }
 
 /// `kvm_tdp_mmu_page_fault`: faultin, then under `mmu_lock` for read, unless stale,
-/// `kvm_mmu_hugepage_adjust` and install. Returns the fault's `goal_level` with its result;
-/// `installed` tells whether a leaf was installed.
+/// `kvm_mmu_hugepage_adjust` and install into `root` (`kvm_tdp_mmu_map`). Memslots, attributes
+/// and the invalidation checks use the root's gfn (without the direct bits). Returns the
+/// fault's `goal_level` with its result; `installed` tells whether a leaf was installed.
 #[allow(clippy::too_many_arguments)]
 fn kvm_tdp_mmu_page_fault(
     kvm: &Kvm,
+    vcpu: &KvmVcpu,
     tdp: &TdpMmu,
     mm: &Mm,
-    gfn: Gfn,
+    root: FaultRoot,
     is_private: bool,
     write: bool,
     prefetch: bool,
     installed: &mut bool,
 ) -> Result<(RetPf, PgLevel), RunError> {
     let four_k = |ret: RetPf| Ok((ret, PgLevel::Level4K));
+    let gfn = root.gfn();
+    if kvm.has_mirrored_tdp() {
+        // mmu_topup_memory_caches: the external-SPT cache, before anything else.
+        vcpu.topup_external_spt_cache(kvm)?;
+    }
     let srcu = kvm.srcu_read_lock();
     // The root this fault will install into: a zap-all that makes it obsolete forces a retry.
     let mmu_gen = tdp.mmu_valid_gen();
@@ -547,12 +636,13 @@ fn kvm_tdp_mmu_page_fault(
                 accessed: !prefetch,
                 generation: generation_of(pfn),
             };
-            match tdp.map(kvm, gfn, base, spte, mmu_seq) {
+            match kvm_tdp_mmu_map(kvm, vcpu, tdp, root, base, spte, mmu_seq) {
                 MapResult::Fixed => {
                     *installed = true;
                     (RetPf::Fixed, goal_level)
                 }
                 MapResult::Spurious => (RetPf::Spurious, goal_level),
+                MapResult::Retry => (RetPf::Retry, PgLevel::Level4K),
             }
         }
         Some(_) => (RetPf::Retry, PgLevel::Level4K),
@@ -567,12 +657,13 @@ fn kvm_tdp_mmu_page_fault(
                 accessed: !prefetch,
                 generation: mem.generation(faultin.pfn),
             };
-            match tdp.map(kvm, gfn, gfn, spte, mmu_seq) {
+            match kvm_tdp_mmu_map(kvm, vcpu, tdp, root, gfn, spte, mmu_seq) {
                 MapResult::Fixed => {
                     *installed = true;
                     (RetPf::Fixed, PgLevel::Level4K)
                 }
                 MapResult::Spurious => (RetPf::Spurious, PgLevel::Level4K),
+                MapResult::Retry => (RetPf::Retry, PgLevel::Level4K),
             }
         }
     };
@@ -582,6 +673,27 @@ fn kvm_tdp_mmu_page_fault(
     // the page it resolved (not the aligned-down head of a huge mapping).
     release(&faultin);
     Ok(result)
+}
+
+/// `kvm_tdp_mmu_map` into the fault's root: the leaf whose first (memslot) gfn is `base`, at
+/// `base | direct_bits` in the direct root, at `base` in the mirror root.
+#[allow(clippy::too_many_arguments)]
+fn kvm_tdp_mmu_map(
+    kvm: &Kvm,
+    vcpu: &KvmVcpu,
+    tdp: &TdpMmu,
+    root: FaultRoot,
+    base: Gfn,
+    spte: Spte,
+    mmu_seq: u64,
+) -> MapResult {
+    match root {
+        FaultRoot::Direct { gfn, direct_bits } => tdp.map(kvm, gfn, Gfn(base.0 | direct_bits), spte, mmu_seq),
+        FaultRoot::Mirror { gfn } => {
+            debug_assert_eq!(spte.level.round(gfn.0), base.0);
+            tdp.map_mirror(kvm, vcpu, gfn, spte, mmu_seq)
+        }
+    }
 }
 
 /// A guest load (`write == false`) or store of `buf` at `gpa`, page by page, each through
@@ -604,7 +716,7 @@ pub fn guest_access(
         let at = gpa.checked_add(done as u64).ok_or(RunError::Errno(Errno::EFAULT))?;
         let in_page = (at & (PAGE_SIZE - 1)) as usize;
         let chunk = (PAGE_SIZE as usize - in_page).min(buf.len() - done);
-        let is_private = private.unwrap_or_else(|| kvm.default_access_is_private(Gpa(at).to_gfn()));
+        let is_private = access_kind(kvm, at, private)?;
         let piece = &mut buf[done..done + chunk];
         guest_page_op(kvm, vcpu, mm, at, write, is_private, chunk, |access| {
             if kvm.arch_checks_guest_accesses() {
@@ -620,6 +732,21 @@ pub fn guest_access(
         done += chunk;
     }
     Ok(())
+}
+
+/// The kind of a guest access to `gpa`: `private` if given, else the VM type's default
+/// ([`Kvm::default_access_is_private`]). On a VM with a mirror root the gpa itself says
+/// (TDX: private without the shared bit, `kvm_is_addr_direct`); an explicit kind that
+/// contradicts it is EINVAL.
+fn access_kind(kvm: &Kvm, gpa: u64, private: Option<bool>) -> Result<bool, RunError> {
+    if kvm.has_mirrored_tdp() && kvm.gfn_direct_bits() != 0 {
+        let is_private = !kvm.is_addr_direct(gpa);
+        return match private {
+            Some(kind) if kind != is_private => Err(RunError::Errno(Errno::EINVAL)),
+            _ => Ok(is_private),
+        };
+    }
+    Ok(private.unwrap_or_else(|| kvm.default_access_is_private(Gpa(gpa).to_gfn())))
 }
 
 /// One guest operation on the page of `gpa` (a load, a store, or an instruction such as SEV-SNP's
@@ -673,6 +800,11 @@ pub fn guest_page_op<T>(
                 if let Some(code) = error_code {
                     kvm.arch().handle_npf(kvm, vcpu, gpa, code);
                 }
+                // vcpu_enter_guest: a KVM_BUG_ON meanwhile (an external-SPT hook's, say) left
+                // KVM_REQ_VM_DEAD, and the re-entry fails with EIO.
+                if kvm.is_dead() {
+                    return Err(RunError::Errno(Errno::EIO));
+                }
                 if ret == RetPf::Retry {
                     // The guest re-faults; the invalidator runs meanwhile (give it the CPU; under
                     // loom a spinning vCPU would otherwise be explored forever).
@@ -716,7 +848,9 @@ fn attempt_in_guest<T>(
         }
         None => {
             KvmVcpu::count(&vcpu.stat.spte_walks);
-            tdp.walk(gfn, write).map(|spte| {
+            // The EPT walk: with a mirror root, the root the gpa selects.
+            let spte = if kvm.has_mirrored_tdp() { tdp.walk_root(kvm, gfn, write) } else { tdp.walk(gfn, write) };
+            spte.map(|spte| {
                 vcpu.tlb.fill(gfn, &spte);
                 crate::tlb::TlbEntry::from(&spte)
             })
@@ -731,6 +865,9 @@ fn attempt_in_guest<T>(
                     format!("guest access to gfn {gfn} through a stale translation ({:?} was freed)", entry.pfn),
                 );
             }
+            // The access as the hardware's checks see it: at the memslot gfn (without the
+            // direct bits of a VM with a mirror root; `private` tells the alias).
+            let gfn = if kvm.has_mirrored_tdp() { Gfn(gfn.0 & !kvm.gfn_direct_bits()) } else { gfn };
             let access = GuestAccess { gfn, pfn: entry.pfn, npt_level: entry.level, write, private };
             match op(&access) {
                 Ok(value) => Attempt::Done(value),
@@ -787,7 +924,14 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
     if !kvm.profile().config.pre_fault {
         return Err(Errno::EOPNOTSUPP);
     }
+    // Alias gfns (a TDX shared-bit address) are refused: memslots know the gfn without the bits.
+    if kvm.has_mirrored_tdp() && kvm.is_gfn_alias(Gpa(gpa).to_gfn()) {
+        return Err(Errno::EINVAL);
+    }
     let is_private = kvm.default_access_is_private(Gpa(gpa).to_gfn());
+    // A shared pre-fault maps the direct root's alias: `range->gpa | direct_bits`.
+    let fault_gpa =
+        if kvm.has_mirrored_tdp() && !is_private { gpa | (kvm.gfn_direct_bits() << PAGE_SHIFT) } else { gpa };
     let mut attempts = 0;
     loop {
         if kvm.machine().signal_pending() {
@@ -796,7 +940,7 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
         if kvm.is_destroyed() || kvm.is_dead() {
             return Err(Errno::EIO);
         }
-        let result = kvm_mmu_page_fault_level(kvm, vcpu, mm, gpa, is_private, false, true);
+        let result = kvm_mmu_page_fault_level(kvm, vcpu, mm, fault_gpa, is_private, false, true);
         match result {
             Ok((RetPf::Retry, _)) => {
                 attempts += 1;

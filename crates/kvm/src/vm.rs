@@ -180,6 +180,8 @@ impl KvmSystem {
             mmu_invalidate: MmuInvalidate::default(),
             mmu: (self.mmu_factory)(),
             guest_access_checks: arch.checks_guest_accesses(),
+            mirrored_tdp: arch.has_mirror_root(),
+            gfn_direct_bits: AtomicU64::new(0),
             // kvm_arch_init_vm: only VMs whose memory needs no launch may be pre-faulted from
             // the start; SNP sets it at LAUNCH_FINISH, TDX at FINALIZE_VM.
             pre_fault_allowed: AtomicBool::new(arch.init_pre_fault_allowed(vm_type)),
@@ -248,6 +250,11 @@ pub struct Kvm {
     arch: Arc<dyn KvmArch>,
     /// `arch.checks_guest_accesses()`, read once: the guest-access hot path asks it.
     guest_access_checks: bool,
+    /// `kvm_has_mirrored_tdp(kvm)`: `arch.has_mirror_root()`, read once.
+    mirrored_tdp: bool,
+    /// `kvm->arch.gfn_direct_bits`: the gfn bits of the direct root's alias of guest memory (TDX:
+    /// the shared bit), set by the vendor when the VM is initialised; 0 without a mirror root.
+    gfn_direct_bits: AtomicU64,
     /// `kvm->arch.pre_fault_allowed`: `KVM_PRE_FAULT_MEMORY` is refused (EOPNOTSUPP) until set.
     pre_fault_allowed: AtomicBool,
     /// `kvm->created_vcpus` (under `kvm->lock`).
@@ -318,6 +325,53 @@ impl Kvm {
         self.guest_access_checks
     }
 
+    /// `kvm_has_mirrored_tdp(kvm)`: the TDP MMU has a mirror root (private faults) next to the
+    /// direct root ([`KvmArch::has_mirror_root`]).
+    #[inline]
+    pub fn has_mirrored_tdp(&self) -> bool {
+        self.mirrored_tdp
+    }
+
+    /// `kvm_gfn_direct_bits(kvm)`: the gfn bits under which guest memory is mapped in the direct
+    /// root (TDX: the shared bit, gfn bit 35 with GPAW 48); 0 for a VM without a mirror root.
+    #[inline]
+    pub fn gfn_direct_bits(&self) -> u64 {
+        self.gfn_direct_bits.load(Ordering::Relaxed)
+    }
+
+    /// Sets `kvm->arch.gfn_direct_bits` (TDX's `KVM_TDX_INIT_VM`, from the TD's GPAW). WARNs,
+    /// and changes nothing, on a VM without a mirror root, or once the direct root maps
+    /// anything (the kernel sets the bits before any vCPU runs).
+    pub fn set_gfn_direct_bits(&self, bits: u64) {
+        let mapped = self.mmu.as_tdp().is_some_and(|tdp| !tdp.sptes().is_empty());
+        if self.machine.warnings.warn_on_once(!self.mirrored_tdp || mapped, || {
+            format!(
+                "gfn_direct_bits {bits:#x} set on a {} VM {}",
+                self.vm_type.name(),
+                if mapped { "whose direct root maps gfns" } else { "without a mirror root" }
+            )
+        }) {
+            return;
+        }
+        self.gfn_direct_bits.store(bits, Ordering::Relaxed);
+    }
+
+    /// `kvm_is_addr_direct(kvm, gpa)`: whether an access to `gpa` goes through the direct root
+    /// (no direct bits configured, or the gpa has them; otherwise it is private and goes through
+    /// the mirror root).
+    #[inline]
+    pub fn is_addr_direct(&self, gpa: u64) -> bool {
+        let gpa_direct_bits = self.gfn_direct_bits() << gmem_mm::types::PAGE_SHIFT;
+        gpa_direct_bits == 0 || gpa & gpa_direct_bits != 0
+    }
+
+    /// `kvm_is_gfn_alias(kvm, gfn)`: the gfn carries the direct bits (a shared alias of memory
+    /// whose memslots and attributes are keyed by the gfn without them).
+    #[inline]
+    pub fn is_gfn_alias(&self, gfn: crate::types::Gfn) -> bool {
+        gfn.0 & self.gfn_direct_bits() != 0
+    }
+
     /// `kvm->arch.pre_fault_allowed`.
     pub fn pre_fault_allowed(&self) -> bool {
         self.pre_fault_allowed.load(Ordering::Acquire)
@@ -370,14 +424,18 @@ impl Kvm {
         self.destroyed.load(Ordering::Acquire)
     }
 
-    /// `kvm_destroy_vm`, the parts the model keeps: free every memslot (guest_memfd slots are
-    /// unbound: no gmem file can still be alive, since each holds a VM reference) and the
-    /// attributes.
+    /// `kvm_destroy_vm`, the parts the model keeps: the vendor's `vm_pre_destroy`, the MMU
+    /// notifier's release (the direct root), `kvm_arch_destroy_vm` (the vendor's `vm_destroy`,
+    /// the vCPUs, `kvm_mmu_uninit_vm`: every root, the mirror root included), then every memslot
+    /// (guest_memfd slots are unbound: no gmem file can still be alive, since each holds a VM
+    /// reference) and the attributes.
     fn destroy_vm(&self) {
         let _span = tracing::debug_span!("kvm_destroy_vm").entered();
         self.machine.warnings.warn_on(self.mmu_invalidate_in_progress() != 0, || {
             "kvm_destroy_vm with mmu_invalidate_in_progress".into()
         });
+        // kvm_arch_pre_destroy_vm → kvm_x86_call(vm_pre_destroy).
+        self.arch.vm_pre_destroy(self);
         let slots = self.memslots.swap(Box::into_raw(Box::new(Memslots::empty(0))), Ordering::AcqRel);
         // SAFETY: the generation was made by Box::into_raw; with users_count at zero nobody can
         // be inside an SRCU read section of this VM any more.
@@ -394,8 +452,13 @@ impl Kvm {
         let vcpus = std::mem::take(&mut *self.vcpu_array.lock());
         for vcpu in &vcpus {
             self.arch.vcpu_free(self, vcpu);
+            // kvm_mmu_destroy → mmu_free_memory_caches.
+            vcpu.free_mmu_caches(self);
         }
         drop(vcpus);
+        // kvm_mmu_uninit_vm → kvm_mmu_uninit_tdp_mmu: every root, the mirror root included, is
+        // torn down (the MMU notifier's release above only zapped the direct root).
+        self.mmu.uninit_vm(self);
         for entry in slots.iter() {
             self.free_memslot(entry.handle);
         }
