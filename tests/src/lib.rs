@@ -159,6 +159,49 @@ impl CheckedHost {
         CheckedHost { host: SimHost::new(profile), mmu: None }
     }
 
+    /// A new Intel machine booted with `profile` (`kvm_intel` with TDX: [`SimHost::new_intel`]).
+    pub fn new_intel(profile: KernelProfile) -> CheckedHost {
+        CheckedHost { host: SimHost::new_intel(profile), mmu: None }
+    }
+
+    /// `KVM_TDX_INIT_VM` with `cpuid` ([`SimHost::tdx_init_vm`]).
+    #[track_caller]
+    pub fn tdx_init_vm(
+        &self,
+        vm_fd: i32,
+        init_vm: &gmem_uapi::kvm_tdx_init_vm,
+        cpuid: &[kvm_bindings::kvm_cpuid_entry2],
+    ) -> Result<(), gmem_uapi::TdxError> {
+        let result = self.host.tdx_init_vm(vm_fd, init_vm, cpuid);
+        self.checked(|| format!("tdx_init_vm({vm_fd})"), result)
+    }
+
+    /// `KVM_TDX_FINALIZE_VM`.
+    #[track_caller]
+    pub fn tdx_finalize_vm(&self, vm_fd: i32) -> Result<(), gmem_uapi::TdxError> {
+        let result = self.host.tdx_finalize_vm(vm_fd);
+        self.checked(|| format!("tdx_finalize_vm({vm_fd})"), result)
+    }
+
+    /// `KVM_TDX_INIT_VCPU`.
+    #[track_caller]
+    pub fn tdx_init_vcpu(&self, vcpu_fd: i32, rcx: u64) -> Result<(), gmem_uapi::TdxError> {
+        let result = self.host.tdx_init_vcpu(vcpu_fd, rcx);
+        self.checked(|| format!("tdx_init_vcpu({vcpu_fd})"), result)
+    }
+
+    /// `KVM_TDX_INIT_MEM_REGION` (`region` comes back advanced).
+    #[track_caller]
+    pub fn tdx_init_mem_region(
+        &self,
+        vcpu_fd: i32,
+        region: &mut gmem_uapi::kvm_tdx_init_mem_region,
+        flags: u32,
+    ) -> Result<(), gmem_uapi::TdxError> {
+        let result = self.host.tdx_init_mem_region(vcpu_fd, region, flags);
+        self.checked(|| format!("tdx_init_mem_region({vcpu_fd}, {region:?}, {flags})"), result)
+    }
+
     /// A process on an existing kernel (a [`KvmSystem`] built with a back-end or MMU of the
     /// test's own).
     pub fn with_system(system: Arc<KvmSystem>) -> CheckedHost {

@@ -36,6 +36,12 @@
 //!
 //! gmem-uapi's typed SEV-SNP helpers (`VmFd::sev_init2`, `snp_launch_start`, `snp_launch_update`,
 //! `snp_launch_finish`) have no kvm-ioctls counterpart and are not listed here.
+//!
+//! The TDX uAPI structures (`kvm_tdx_cmd`, `kvm_tdx_capabilities`, `kvm_tdx_init_vm`,
+//! `kvm_tdx_init_mem_region`) are not in kvm-bindings 0.14, so there is nothing to compare them
+//! with here: `gmem_arch::tdx::kvm` defines them with the uAPI layout of
+//! `arch/x86/include/uapi/asm/kvm.h` and asserts their sizes and offsets at compile time. When
+//! kvm-bindings gains them, they become `same_type!` entries.
 #![cfg(target_os = "linux")]
 
 #[cfg(target_arch = "x86_64")] // kvm-ioctls' gate of encrypt_op_sev

@@ -14,6 +14,7 @@
 //! | `gmem_max_mapping_level` (v6.14: `private_max_mapping_level`) | [`KvmArch::gmem_max_mapping_level`] |
 //! | `kvm_gmem_populate`'s `post_populate` callback | [`KvmArch::post_populate`] |
 //! | `mem_enc_ioctl` (`KVM_MEMORY_ENCRYPT_OP`) | [`KvmArch::mem_enc_ioctl`] |
+//! | `vcpu_mem_enc_ioctl` (`KVM_MEMORY_ENCRYPT_OP` on a vCPU; v6.19 also `vcpu_mem_enc_unlocked_ioctl`) | [`KvmArch::vcpu_mem_enc_ioctl`], [`KvmArch::vcpu_mem_enc_ioctl_unlocked`] |
 //! | `vcpu_create` / `vcpu_free` | [`KvmArch::vcpu_create`] / [`KvmArch::vcpu_free`] |
 //! | `vm_pre_destroy` / `vm_destroy` | [`KvmArch::vm_pre_destroy`] / [`KvmArch::vm_destroy`] |
 //! | `kvm_has_mirrored_tdp` (the VM has a mirror root) | [`KvmArch::has_mirror_root`] |
@@ -405,13 +406,39 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
         Err(Errno::ENOTTY)
     }
 
+    /// `kvm_x86_ops.vcpu_mem_enc_ioctl` (`KVM_MEMORY_ENCRYPT_OP` on a vCPU descriptor, from
+    /// `kvm_arch_vcpu_ioctl`) with the user pointer `argp`. Default: the vendor has none
+    /// (`kvm_arch_vcpu_ioctl` answers ENOTTY).
+    fn vcpu_mem_enc_ioctl(
+        &self,
+        _kvm: &Arc<Kvm>,
+        _vcpu: &Arc<crate::vcpu::KvmVcpu>,
+        _current: Current<'_>,
+        _argp: u64,
+    ) -> KResult<()> {
+        Err(Errno::ENOTTY)
+    }
+
+    /// Whether `KVM_MEMORY_ENCRYPT_OP` on a vCPU of `kvm` runs without `vcpu->mutex`
+    /// (v6.19's `vcpu_mem_enc_unlocked_ioctl`, which TDX uses once it takes "all the locks"
+    /// itself: upstream fix F16). Default: `kvm_vcpu_ioctl` takes `vcpu->mutex` first.
+    fn vcpu_mem_enc_ioctl_unlocked(&self, _kvm: &Kvm) -> bool {
+        false
+    }
+
+    /// A vCPU is being kicked out of guest mode (`kvm_make_all_cpus_request` with a kick): what
+    /// the IPI does to the vendor's guest state before KVM sees the vCPU outside guest mode (TDX:
+    /// the TD exit that ends `TDH.VP.ENTER`, so the vCPU leaves the TD epoch it entered in).
+    /// Model only: the kernel's IPI does it in hardware. Default: nothing.
+    fn kick_vcpu(&self, _kvm: &Kvm, _vcpu: &crate::vcpu::KvmVcpu) {}
+
     /// `kvm_x86_ops.vcpu_create`: the vendor's per-vCPU state (`struct vcpu_svm` and friends),
     /// kept in the vCPU and reached with [`KvmVcpu::arch`](crate::vcpu::KvmVcpu::arch).
     fn vcpu_create(&self, _kvm: &Kvm, _vcpu_id: u32) -> KResult<Box<dyn Any + Send + Sync>> {
         Ok(Box::new(()))
     }
 
-    /// `kvm_x86_ops.vcpu_free` (from `kvm_destroy_vcpus`, after [`KvmArch::vm_destroy`]).
+    /// `kvm_x86_ops.vcpu_free` (from `kvm_destroy_vcpus`, before `kvm_mmu_uninit_vm` and [`KvmArch::vm_destroy`]).
     fn vcpu_free(&self, _kvm: &Kvm, _vcpu: &crate::vcpu::KvmVcpu) {}
 
     /// The vendor's part of `kvm_unmap_gfn_range` (`mmu_lock` held for write, inside the
@@ -419,7 +446,8 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
     /// guest-provided VMSA with upstream fix F11). Default: nothing.
     fn unmap_gfn_range(&self, _kvm: &Kvm, _range: &crate::mmu::KvmGfnRange) {}
 
-    /// `kvm_x86_ops.vm_destroy` (from `kvm_arch_destroy_vm`, before the vCPUs and memslots go).
+    /// `kvm_x86_ops.vm_destroy` (the last step of `kvm_arch_destroy_vm`: after the vCPUs were freed and
+    /// `kvm_mmu_uninit_vm` tore the roots down; before the memslots go).
     fn vm_destroy(&self, _kvm: &Kvm) {}
 
     /// `kvm_x86_ops.vm_pre_destroy` (from `kvm_arch_pre_destroy_vm`, the first step of
@@ -514,6 +542,14 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
     /// resume the guest (SVM's `npf_interception` calls `sev_handle_rmp_fault` when the error
     /// code has `PFERR_GUEST_RMP`).
     fn handle_npf(&self, _kvm: &Kvm, _vcpu: &crate::vcpu::KvmVcpu, _gpa: u64, _error_code: u64) {}
+
+    /// How many references the vendor holds on the guest_memfd page `pfn` besides the page
+    /// cache's (v6.18 TDX pins every page it maps into the S-EPT with `get_page`, because
+    /// guest_memfd has no migration callback yet). INV-REFCOUNT adds them to what it expects.
+    /// Model only. Default: none.
+    fn gmem_page_pins(&self, _pfn: Pfn) -> i32 {
+        0
+    }
 
     /// The vendor's named invariants over `kvm` (SEV-SNP's S1–S12 of arch-and-mmu.md §5.2),
     /// pushed onto `out`. [`invariants::check`](crate::invariants::check) calls it for every VM

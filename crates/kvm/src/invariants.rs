@@ -601,13 +601,15 @@ fn gmem_bindings_in(gmem: &KvmGmem, first: u64, last: u64, mut f: impl FnMut(gme
 fn check_page_cache(file: &FileRef, gmem: &KvmGmem, out: &mut Vec<Violation>) {
     let inode = file.inode();
     let private_vm = gmem.kvm().has_private_mem();
+    let arch = gmem.kvm().arch().clone();
     for (index, folio) in inode.mapping().folios() {
-        let expected = folio.nr_pages() as i32;
+        let pins: i32 = (0..folio.nr_pages()).map(|i| arch.gmem_page_pins(folio.pfn().offset(i))).sum();
+        let expected = folio.nr_pages() as i32 + pins;
         if folio.refcount() != expected {
             out.push(Violation {
                 invariant: INV_REFCOUNT,
                 detail: format!(
-                    "gmem ino {} index {:#x} ({:?}): refcount {} but the page cache holds {expected}",
+                    "gmem ino {} index {:#x} ({:?}): refcount {} but the page cache and the vendor's pins hold {expected}",
                     inode.ino(),
                     index.0,
                     folio.pfn(),

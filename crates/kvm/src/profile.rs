@@ -42,17 +42,32 @@ pub enum Fix {
     /// (linux-next, 2026): a guest_memfd invalidation makes a vCPU whose VMSA is in the range drop
     /// it before the folio is freed.
     F11InvalidateGuestVmsa,
+    /// F15 "KVM: TDX: ADD pages to the TD image while populating mirror EPT entries"
+    /// (6b5b71ffabf9, v6.19): `TDH.MEM.PAGE.ADD` runs inside the S-EPT set hook under
+    /// `mmu_lock`, with the source page passed through `kvm_tdx->page_add_src`, so the mirror
+    /// EPT and the S-EPT always agree; no `nr_premapped`. Off in v6.18, whose populate premaps
+    /// the mirror leaf and ADDs afterwards.
+    F15TdxAddWhileMapping,
+    /// F16 "KVM: TDX: Guard VM state transitions with "all" the locks" (15945e9ec195, v6.19):
+    /// `KVM_TDX_INIT_VM`, `KVM_TDX_FINALIZE_VM`, `KVM_TDX_INIT_VCPU` and
+    /// `KVM_TDX_INIT_MEM_REGION` run under `kvm->lock`, every `vcpu->mutex` and `slots_lock`
+    /// (the vCPU ones on the unlocked vCPU-ioctl path). Off in v6.18, where INIT_VCPU on one vCPU
+    /// and INIT_MEM_REGION on another contend in the TDX module (`TDX_OPERAND_BUSY` →
+    /// `KVM_BUG_ON`).
+    F16TdxStateLocks,
 }
 
 impl Fix {
     /// Every fix the model knows.
-    pub const ALL: [Fix; 6] = [
+    pub const ALL: [Fix; 8] = [
         Fix::F1DyingGmemUnbind,
         Fix::F2NoGuestMemfdToggle,
         Fix::F6LazyPrepare,
         Fix::F7PreFaultGate,
         Fix::F8PostPopulateKunmap,
         Fix::F11InvalidateGuestVmsa,
+        Fix::F15TdxAddWhileMapping,
+        Fix::F16TdxStateLocks,
     ];
 
     /// The short name used on the command line and in reports (`F1`, `F2`, ...).
@@ -64,6 +79,8 @@ impl Fix {
             Fix::F7PreFaultGate => "F7",
             Fix::F8PostPopulateKunmap => "F8",
             Fix::F11InvalidateGuestVmsa => "F11",
+            Fix::F15TdxAddWhileMapping => "F15",
+            Fix::F16TdxStateLocks => "F16",
         }
     }
 
@@ -216,10 +233,8 @@ impl KernelProfile {
 
     /// `v6.14`: the seed, x86-64 with SW_PROTECTED, SEV, SEV-ES and SEV-SNP VMs, generic memory
     /// attributes and memory failure; without F1 and F2, so the seed's two bugs reproduce, and
-    /// with the SNP fixes of v6.11 (F6, F7) but not the later ones (F8, F11).
-    ///
-    /// TDX VMs join `v6.18` when their back-end exists; until then no profile claims them
-    /// (`KVM_CAP_VM_TYPES` omits them, creating one is EINVAL).
+    /// with the SNP fixes of v6.11 (F6, F7) but not the later ones (F8, F11). No TDX: KVM's TDX
+    /// support was merged in v6.16.
     pub fn v6_14() -> KernelProfile {
         KernelProfile {
             name: "v6.14".into(),
@@ -236,8 +251,12 @@ impl KernelProfile {
     }
 
     /// `v6.18`: Linux 6.18.44 with the full x86 configuration, F1, F2, F6 and F7 applied (the
-    /// default).
+    /// default), and TDX VMs besides the v6.14 types (which of them a host offers is its vendor
+    /// module's choice: an AMD host has no TDX, an Intel host no SEV). Without the TDX fixes of
+    /// v6.19 (F15, F16).
     pub fn v6_18() -> KernelProfile {
+        let mut config = KernelProfile::v6_14().config;
+        config.vm_types |= types(&[VmType::Tdx]);
         KernelProfile {
             name: "v6.18".into(),
             version: KernelVersion::V6_18,
@@ -245,7 +264,7 @@ impl KernelProfile {
                 .fixes
                 .with(Fix::F1DyingGmemUnbind, true)
                 .with(Fix::F2NoGuestMemfdToggle, true),
-            config: KernelProfile::v6_14().config,
+            config,
         }
     }
 
@@ -308,8 +327,9 @@ impl KernelProfile {
     }
 
     /// Test-only: the profile with `vm_type` added to `kvm_caps.supported_vm_types`, for a test
-    /// that brings a back-end of its own for a VM type no built-in profile claims yet (TDX, until
-    /// its back-end exists). The name is unchanged; the vendor module must support the type too.
+    /// that brings a back-end of its own for a VM type the profile does not list (TDX on
+    /// `v6.14`, or a recording TDX back-end on a host without the TDX module). The name is
+    /// unchanged; the vendor module must support the type too.
     #[doc(hidden)]
     pub fn with_vm_type_for_test(mut self, vm_type: VmType) -> KernelProfile {
         self.config.vm_types |= 1 << vm_type as u32;
@@ -363,5 +383,12 @@ mod tests {
         assert!(KernelProfile::by_name("v5.0").is_err());
         assert!(KernelProfile::by_name("v6.14+F9").is_err());
         assert!(KernelProfile::by_name("").is_err());
+        let tdx_fixed = KernelProfile::by_name("v6.18+F15+F16").unwrap();
+        assert!(tdx_fixed.has_fix(Fix::F15TdxAddWhileMapping) && tdx_fixed.has_fix(Fix::F16TdxStateLocks));
+        assert!(!KernelProfile::v6_18().has_fix(Fix::F15TdxAddWhileMapping));
+        assert!(!KernelProfile::v6_18().has_fix(Fix::F16TdxStateLocks));
+        assert!(KernelProfile::v6_18().supports_vm_type(VmType::Tdx));
+        assert!(!KernelProfile::v6_14().supports_vm_type(VmType::Tdx));
+        assert!(!KernelProfile::v6_18_pvm().supports_vm_type(VmType::Tdx));
     }
 }

@@ -54,6 +54,10 @@ pub const KVM_REQUEST_WAIT: u32 = 1 << 9;
 pub const KVM_REQUEST_NO_ACTION: u32 = 1 << 10;
 /// `KVM_REQ_TLB_FLUSH` = `0 | KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP`.
 pub const KVM_REQ_TLB_FLUSH: u32 = KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP;
+/// `KVM_REQ_OUTSIDE_GUEST_MODE` = `KVM_REQUEST_NO_ACTION | KVM_REQUEST_WAIT |
+/// KVM_REQUEST_NO_WAKEUP`: no request bit, only the kick and the wait for every vCPU in guest
+/// mode to leave it (TDX's `tdx_track` and `tdx_no_vcpus_enter_start`).
+pub const KVM_REQ_OUTSIDE_GUEST_MODE: u32 = KVM_REQUEST_NO_ACTION | KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP;
 
 /// The lock of one vCPU's TLB (a model-only lock: hardware TLBs need none; only the vCPU fills
 /// and flushes its TLB, the lock lets the invariant checker read it).
@@ -270,9 +274,12 @@ impl Kvm {
         let vcpus = self.vcpus();
         let mut kicked = Vec::new();
         for vcpu in &vcpus {
-            // kvm_make_vcpu_request: KVM_REQ_TLB_FLUSH has NO_WAKEUP, so no kvm_vcpu_wake_up.
-            vcpu.tlb.make_request(req);
-            if req & KVM_REQUEST_NO_ACTION != 0 || !kick {
+            // kvm_make_vcpu_request: a NO_ACTION request sets no bit (it only kicks); both
+            // requests the model makes have NO_WAKEUP, so no kvm_vcpu_wake_up.
+            if req & KVM_REQUEST_NO_ACTION == 0 {
+                vcpu.tlb.make_request(req);
+            }
+            if !kick {
                 continue;
             }
             // kvm_request_needs_ipi.
@@ -294,5 +301,17 @@ impl Kvm {
             }
         }
         !kicked.is_empty()
+    }
+
+    /// `kvm_make_all_cpus_request(kvm, KVM_REQ_OUTSIDE_GUEST_MODE)`: kick every vCPU in guest
+    /// mode and wait until each has left it. Returns whether any vCPU was kicked. The vendor
+    /// sees the kicked vCPUs leave its own guest state through
+    /// [`KvmArch::kick_vcpu`](crate::arch::KvmArch::kick_vcpu) first (TDX: the TD exit that ends
+    /// `TDH.VP.ENTER`).
+    pub fn make_all_cpus_request_outside_guest_mode(&self) -> bool {
+        for vcpu in self.vcpus() {
+            self.arch().kick_vcpu(self, &vcpu);
+        }
+        self.make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE, true)
     }
 }

@@ -19,7 +19,10 @@
 //! its own). An explicit access kind stands for the vendor's error code (SNP's C-bit, TDX's
 //! shared bit) and can mismatch.
 
-use crate::arch::{GuestAccess, GuestException, GuestFault, PgLevel, KVM_MAX_HUGEPAGE_LEVEL};
+use crate::arch::{
+    GuestAccess, GuestException, GuestFault, PgLevel, KVM_MAX_HUGEPAGE_LEVEL, PFERR_GUEST_FINAL_MASK,
+    PFERR_PRIVATE_ACCESS, PFERR_WRITE_MASK,
+};
 use crate::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use crate::guest_memfd::kvm_gmem_get_pfn;
 use crate::memslot::{
@@ -62,7 +65,14 @@ pub struct KvmVcpu {
     /// `vcpu->arch.mmu_external_spt_cache`: pages for the external page tables of new mirror
     /// tables, topped up before a fault takes `mmu_lock` (VMs with a mirror root only).
     mmu_external_spt_cache: Mutex<Vec<Pfn>>,
+    /// `vcpu->mutex`: taken by `kvm_vcpu_ioctl` around the ioctls that need it (in the model:
+    /// `KVM_MEMORY_ENCRYPT_OP` on a vCPU) and by `kvm_lock_all_vcpus`
+    /// ([`Kvm::lock_all_vcpus`]). Lock order: `kvm->lock` → `vcpu->mutex` → `kvm->slots_lock`.
+    pub mutex: Mutex<()>,
 }
+
+/// `vcpu->mutex`.
+pub static VCPU_MUTEX: LockClass = LockClass::new("vcpu->mutex");
 
 /// `vcpu->arch.mmu_external_spt_cache` (taken alone, under `mmu_lock` or outside it).
 static EXTERNAL_SPT_CACHE_LOCK: LockClass = LockClass::new("vcpu->arch.mmu_external_spt_cache");
@@ -271,6 +281,7 @@ impl Kvm {
             tlb: VcpuTlb::new(),
             arch,
             mmu_external_spt_cache: Mutex::new(&EXTERNAL_SPT_CACHE_LOCK, Vec::new()),
+            mutex: Mutex::new(&VCPU_MUTEX, ()),
         });
         if array.iter().any(|other| other.vcpu_id as u64 == id) {
             drop(array);
@@ -292,6 +303,35 @@ impl Kvm {
                 Err(errno)
             }
         }
+    }
+
+    /// `kvm_lock_all_vcpus(kvm)` ... `kvm_unlock_all_vcpus(kvm)` around `f` (the caller holds
+    /// `kvm->lock`): every vCPU's `vcpu->mutex`, in `vcpu_idx` order, held while `f` runs. The
+    /// kernel takes them with `mutex_lock_killable_nest_lock(..., &kvm->lock)`, whose
+    /// `nest_lock` annotation tells lockdep that holding `kvm->lock` serialises everyone who
+    /// takes several of them; the model's lockdep has no nesting annotations, so the first is
+    /// taken with a plain `mutex_lock` (recording `kvm->lock` → `vcpu->mutex`) and the others
+    /// by waiting on `mutex_trylock`, which records no dependency. A closure rather than a list
+    /// of guards, so that the guards can borrow the vCPUs they lock.
+    pub fn with_all_vcpus_locked<R>(&self, f: impl FnOnce() -> R) -> R {
+        gmem_sync::lockdep_assert_held(&crate::vm::KVM_LOCK);
+        fn nest<R>(vcpus: &[Arc<KvmVcpu>], first: bool, f: impl FnOnce() -> R) -> R {
+            let Some((vcpu, rest)) = vcpus.split_first() else { return f() };
+            let _guard = if first {
+                vcpu.mutex.lock()
+            } else {
+                let mut attempt = 0;
+                loop {
+                    if let Some(guard) = vcpu.mutex.try_lock() {
+                        break guard;
+                    }
+                    attempt += 1;
+                    gmem_sync::thread::backoff(attempt);
+                }
+            };
+            nest(rest, false, f)
+        }
+        nest(&self.vcpus(), true, f)
     }
 
     /// `kvm->created_vcpus`.
@@ -928,10 +968,33 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
     if kvm.has_mirrored_tdp() && kvm.is_gfn_alias(Gpa(gpa).to_gfn()) {
         return Err(Errno::EINVAL);
     }
-    let is_private = kvm.default_access_is_private(Gpa(gpa).to_gfn());
+    let mut error_code = PFERR_GUEST_FINAL_MASK;
+    if kvm.default_access_is_private(Gpa(gpa).to_gfn()) {
+        error_code |= PFERR_PRIVATE_ACCESS;
+    }
     // A shared pre-fault maps the direct root's alias: `range->gpa | direct_bits`.
-    let fault_gpa =
-        if kvm.has_mirrored_tdp() && !is_private { gpa | (kvm.gfn_direct_bits() << PAGE_SHIFT) } else { gpa };
+    let fault_gpa = if kvm.has_mirrored_tdp() && error_code & PFERR_PRIVATE_ACCESS == 0 {
+        gpa | (kvm.gfn_direct_bits() << PAGE_SHIFT)
+    } else {
+        gpa
+    };
+    let level = kvm_tdp_map_page(kvm, vcpu, mm, fault_gpa, error_code)?;
+    // The end of the page that was mapped, at the fault's goal level.
+    let huge_size = level.pages() << PAGE_SHIFT;
+    let end = (gpa & !(huge_size - 1)) + huge_size;
+    Ok(size.min(end - gpa))
+}
+
+/// `kvm_tdp_map_page(vcpu, gpa, error_code, &level)`: fault `gpa` in as a prefetch with
+/// `error_code` (`PFERR_WRITE_MASK`, `PFERR_PRIVATE_ACCESS`), retrying while the fault returns
+/// `RET_PF_RETRY`, and return the level it mapped at. The loop ends with EINTR on a pending
+/// signal and EIO once the VM is dead (`KVM_REQ_VM_DEAD`, upstream fix F14, in v6.18); the
+/// model also gives up, with a WARN and EINTR, after [`FAULT_RETRY_LIMIT`] retries (the kernel
+/// would spin until a signal). `RET_PF_EMULATE` (no memslot) is ENOENT; a memory-fault exit
+/// is its errno. Used by `KVM_PRE_FAULT_MEMORY` and by TDX's `tdx_gmem_post_populate`.
+pub fn kvm_tdp_map_page(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, error_code: u64) -> KResult<PgLevel> {
+    let is_private = error_code & PFERR_PRIVATE_ACCESS != 0;
+    let write = error_code & PFERR_WRITE_MASK != 0;
     let mut attempts = 0;
     loop {
         if kvm.machine().signal_pending() {
@@ -940,24 +1003,20 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
         if kvm.is_destroyed() || kvm.is_dead() {
             return Err(Errno::EIO);
         }
-        let result = kvm_mmu_page_fault_level(kvm, vcpu, mm, fault_gpa, is_private, false, true);
+        let result = kvm_mmu_page_fault_level(kvm, vcpu, mm, gpa, is_private, write, true);
         match result {
             Ok((RetPf::Retry, _)) => {
                 attempts += 1;
                 if attempts > FAULT_RETRY_LIMIT {
                     kvm.machine().warnings.report(
                         WarnKind::Warn,
-                        format!("pre-fault at gpa {gpa:#x} made no progress in {FAULT_RETRY_LIMIT} tries"),
+                        format!("kvm_tdp_map_page at gpa {gpa:#x} made no progress in {FAULT_RETRY_LIMIT} tries"),
                     );
                     return Err(Errno::EINTR);
                 }
+                gmem_sync::thread::backoff(attempts);
             }
-            // The end of the page that was mapped, at the fault's goal level.
-            Ok((RetPf::Fixed | RetPf::Spurious, level)) => {
-                let huge_size = level.pages() << PAGE_SHIFT;
-                let end = (gpa & !(huge_size - 1)) + huge_size;
-                return Ok(size.min(end - gpa));
-            }
+            Ok((RetPf::Fixed | RetPf::Spurious, level)) => return Ok(level),
             Ok((RetPf::Emulate, _)) => return Err(Errno::ENOENT),
             Err(RunError::Exit(VcpuExit::MemoryFault { errno, .. })) => return Err(errno),
             Err(RunError::Exit(VcpuExit::Mmio { .. })) => return Err(Errno::ENOENT),
@@ -966,7 +1025,7 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
             // kvm_handle_error_pfn sent SIGBUS (a poisoned shared page) and returned
             // RET_PF_RETRY; kvm_tdp_map_page's loop then finds the signal pending.
             Err(RunError::Sigbus) => return Err(Errno::EINTR),
-            // A pre-fault runs no guest code, so nothing can raise a guest exception.
+            // A prefetch fault runs no guest code, so nothing can raise a guest exception.
             Err(RunError::GuestException(_)) => return Err(Errno::EIO),
         }
     }

@@ -425,8 +425,9 @@ impl Kvm {
     }
 
     /// `kvm_destroy_vm`, the parts the model keeps: the vendor's `vm_pre_destroy`, the MMU
-    /// notifier's release (the direct root), `kvm_arch_destroy_vm` (the vendor's `vm_destroy`,
-    /// the vCPUs, `kvm_mmu_uninit_vm`: every root, the mirror root included), then every memslot
+    /// notifier's release (the direct root), `kvm_arch_destroy_vm` (the vCPUs,
+    /// `kvm_mmu_uninit_vm`: every root, the mirror root included, then the vendor's
+    /// `vm_destroy`), then every memslot
     /// (guest_memfd slots are unbound: no gmem file can still be alive, since each holds a VM
     /// reference) and the attributes.
     fn destroy_vm(&self) {
@@ -447,8 +448,9 @@ impl Kvm {
             Some(handle) => handle.unregister(),
             None => self.mmu.flush_shadow_all(self),
         }
-        // kvm_arch_destroy_vm: kvm_x86_call(vm_destroy), then kvm_destroy_vcpus.
-        self.arch.vm_destroy(self);
+        // kvm_arch_destroy_vm (v6.16+): kvm_destroy_vcpus, then kvm_mmu_uninit_vm, and
+        // kvm_x86_call(vm_destroy) last ("vCPUs must be destroyed before any VM state"; TDX
+        // reclaims its TDR page there, after every other page of the TD).
         let vcpus = std::mem::take(&mut *self.vcpu_array.lock());
         for vcpu in &vcpus {
             self.arch.vcpu_free(self, vcpu);
@@ -459,6 +461,7 @@ impl Kvm {
         // kvm_mmu_uninit_vm → kvm_mmu_uninit_tdp_mmu: every root, the mirror root included, is
         // torn down (the MMU notifier's release above only zapped the direct root).
         self.mmu.uninit_vm(self);
+        self.arch.vm_destroy(self);
         for entry in slots.iter() {
             self.free_memslot(entry.handle);
         }

@@ -5,6 +5,10 @@ use crate::Result;
 use gmem_arch::sev::ghcb::{GhcbResponse, PscEntry};
 use gmem_arch::sev::guest as snp_guest;
 use gmem_arch::sev::kvm::SvmVm;
+use gmem_arch::tdx::kvm::{
+    kvm_tdx_capabilities, kvm_tdx_cmd, kvm_tdx_init_mem_region, kvm_tdx_init_vm, KvmCpuid2Header, KVM_TDX_CAPABILITIES,
+    KVM_TDX_FINALIZE_VM, KVM_TDX_INIT_MEM_REGION, KVM_TDX_INIT_VCPU, KVM_TDX_INIT_VM,
+};
 use gmem_kvm::arch::{Current, PopulateSource};
 use gmem_kvm::caps::check_extension;
 use gmem_kvm::guest_memfd::{gmem_memory_failure, gmem_of_file, kvm_gmem_create, kvm_gmem_populate};
@@ -20,8 +24,8 @@ use gmem_mm::vma::AccessSignal;
 use gmem_mm::{Errno, Machine, Process};
 use gmem_sync::{Arc, LockClass, Mutex};
 use kvm_bindings::{
-    kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_cmd, kvm_sev_init, kvm_sev_snp_launch_finish,
-    kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, kvm_userspace_memory_region2,
+    kvm_cpuid_entry2, kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_cmd, kvm_sev_init,
+    kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, kvm_userspace_memory_region2,
 };
 use std::any::Any;
 use std::fmt;
@@ -74,6 +78,10 @@ pub struct SimHost {
     staging: Mutex<Option<u64>>,
 }
 
+/// The size of the staging area of the typed `KVM_MEMORY_ENCRYPT_OP` helpers: the command at
+/// its start, the parameters from byte 64 (room for `KVM_MAX_CPUID_ENTRIES` CPUID entries).
+const STAGING_SIZE: u64 = 4 * PAGE_SIZE;
+
 /// `vmm->sev_staging`: the staging page's lock (a leaf, held around one encrypt op).
 static SEV_STAGING_LOCK: LockClass = LockClass::new("vmm->sev_staging");
 
@@ -85,6 +93,22 @@ pub struct SevError {
     pub errno: Errno,
     /// `kvm_sev_cmd.error` (`SEV_RET_*`).
     pub fw_error: u32,
+}
+
+/// A failed TDX `KVM_MEMORY_ENCRYPT_OP`: the errno, and the SEAMCALL status KVM left in
+/// `kvm_tdx_cmd.hw_error` (0 when none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TdxError {
+    /// The ioctl's errno.
+    pub errno: Errno,
+    /// `kvm_tdx_cmd.hw_error`.
+    pub hw_error: u64,
+}
+
+impl From<Errno> for TdxError {
+    fn from(errno: Errno) -> Self {
+        TdxError { errno, hw_error: 0 }
+    }
 }
 
 impl From<Errno> for SevError {
@@ -124,6 +148,14 @@ impl SimHost {
     /// ([`gmem_arch::X86Host`]: SEV-SNP), and a process on it.
     pub fn new(profile: KernelProfile) -> SimHost {
         SimHost::with_system(KvmSystem::builder(profile).arch(gmem_arch::X86Host::setup()).build())
+    }
+
+    /// A new machine booted with `profile` whose CPU is Intel's: the vendor module is
+    /// `kvm_intel` with TDX ([`gmem_arch::X86Host::setup_intel`]: the TDX module, its
+    /// host-write check on the machine), and a process on it. TDX VMs exist when the profile
+    /// lists them (`v6.18`); SEV VMs never do on this host.
+    pub fn new_intel(profile: KernelProfile) -> SimHost {
+        SimHost::with_system(KvmSystem::builder(profile).arch(gmem_arch::X86Host::setup_intel()).build())
     }
 
     /// A process on an existing kernel.
@@ -389,12 +421,15 @@ impl SimHost {
         let page = match *staging {
             Some(page) => page,
             None => {
-                let page = self.process.mmap_anonymous(PAGE_SIZE)?;
+                let page = self.process.mmap_anonymous(STAGING_SIZE)?;
                 *staging = Some(page);
                 page
             }
         };
         let params_at = page + 64;
+        if params.len() as u64 > STAGING_SIZE - 64 {
+            return Err(Errno::E2BIG);
+        }
         if !params.is_empty() {
             self.process.mm.access(params_at, params, true).map_err(|_| Errno::EFAULT)?;
             cmd.data = params_at;
@@ -590,9 +625,138 @@ impl SimHost {
         Ok(digest)
     }
 
+    /// `KVM_MEMORY_ENCRYPT_OP` on the vCPU behind `vcpu_fd` with the user pointer `argp`
+    /// (`kvm_vcpu_ioctl` → `kvm_arch_vcpu_ioctl` → the vendor's `vcpu_mem_enc_ioctl`; ENOTTY
+    /// without one). `kvm_vcpu_ioctl` holds `vcpu->mutex` around it, unless the vendor's
+    /// handler is the unlocked one (TDX with upstream fix F16).
+    pub fn vcpu_memory_encrypt_op(&self, vcpu_fd: i32, argp: u64) -> Result<()> {
+        let _span = tracing::debug_span!("kvm_arch_vcpu_ioctl_memory_encrypt_op", vcpu_fd, argp).entered();
+        let current = Current { mm: &self.process.mm, files: &self.process.files };
+        let result = self.vcpu_for_ioctl(vcpu_fd).and_then(|(kvm, vcpu)| {
+            let arch = kvm.arch().clone();
+            if arch.vcpu_mem_enc_ioctl_unlocked(&kvm) {
+                return arch.vcpu_mem_enc_ioctl(&kvm, &vcpu, current, argp);
+            }
+            let _mutex = vcpu.mutex.lock();
+            arch.vcpu_mem_enc_ioctl(&kvm, &vcpu, current, argp)
+        });
+        self.process.syscall_exit(result)
+    }
+
+    /// A TDX `KVM_MEMORY_ENCRYPT_OP` (on the VM behind `fd`, or on the vCPU behind it when
+    /// `vcpu`) with `cmd` and the parameter bytes `params` staged in this process's memory
+    /// (`cmd.data` points at them unless `params` is empty); `cmd` (its `hw_error`) and the
+    /// parameters come back as the kernel left them. E2BIG if the parameters do not fit the
+    /// staging area (16 KiB less 64 bytes).
+    pub fn tdx_op_staged(&self, fd: i32, vcpu: bool, cmd: &mut kvm_tdx_cmd, params: &mut [u8]) -> Result<()> {
+        let mut staging = self.staging.lock();
+        let page = match *staging {
+            Some(page) => page,
+            None => {
+                let page = self.process.mmap_anonymous(STAGING_SIZE)?;
+                *staging = Some(page);
+                page
+            }
+        };
+        let params_at = page + 64;
+        if params.len() as u64 > STAGING_SIZE - 64 {
+            return Err(Errno::E2BIG);
+        }
+        if !params.is_empty() {
+            self.process.mm.access(params_at, params, true).map_err(|_| Errno::EFAULT)?;
+            cmd.data = params_at;
+        }
+        let mut cmd_bytes = gmem_arch::uapi::as_bytes(cmd).to_vec();
+        self.process.mm.access(page, &mut cmd_bytes, true).map_err(|_| Errno::EFAULT)?;
+        let result = if vcpu { self.vcpu_memory_encrypt_op(fd, page) } else { self.memory_encrypt_op(fd, page) };
+        self.process.mm.access(page, &mut cmd_bytes, false).map_err(|_| Errno::EFAULT)?;
+        *cmd = gmem_arch::uapi::from_bytes(&cmd_bytes);
+        if !params.is_empty() {
+            self.process.mm.access(params_at, params, false).map_err(|_| Errno::EFAULT)?;
+        }
+        result
+    }
+
+    /// One typed TDX command: `id` with `flags`, `data` as given when `params` is empty.
+    fn tdx_command(
+        &self,
+        fd: i32,
+        vcpu: bool,
+        id: u32,
+        flags: u32,
+        data: u64,
+        params: &mut [u8],
+    ) -> std::result::Result<(), TdxError> {
+        let mut cmd = kvm_tdx_cmd { id, flags, data, hw_error: 0 };
+        self.tdx_op_staged(fd, vcpu, &mut cmd, params).map_err(|errno| TdxError { errno, hw_error: cmd.hw_error })
+    }
+
+    /// `KVM_TDX_CAPABILITIES` with room for `nent` CPUID entries: the capabilities and the
+    /// configurable CPUID leaves.
+    pub fn tdx_capabilities(&self, vm_fd: i32, nent: u32) -> Result<(kvm_tdx_capabilities, Vec<kvm_cpuid_entry2>)> {
+        let caps = kvm_tdx_capabilities { cpuid: KvmCpuid2Header { nent, padding: 0 }, ..Default::default() };
+        let head = std::mem::size_of::<kvm_tdx_capabilities>();
+        let entry_size = std::mem::size_of::<kvm_cpuid_entry2>();
+        let mut bytes = gmem_arch::uapi::as_bytes(&caps).to_vec();
+        bytes.resize(head + nent as usize * entry_size, 0);
+        self.tdx_command(vm_fd, false, KVM_TDX_CAPABILITIES, 0, 0, &mut bytes).map_err(|error| error.errno)?;
+        let caps: kvm_tdx_capabilities = gmem_arch::uapi::from_bytes(&bytes[..head]);
+        let entries = (0..caps.cpuid.nent.min(nent) as usize)
+            .map(|i| gmem_arch::uapi::from_bytes(&bytes[head + i * entry_size..head + (i + 1) * entry_size]))
+            .collect();
+        Ok((caps, entries))
+    }
+
+    /// `KVM_TDX_INIT_VM` with `init_vm` (whose `cpuid.nent` is set to the number of `cpuid`
+    /// entries) followed by `cpuid`.
+    pub fn tdx_init_vm(
+        &self,
+        vm_fd: i32,
+        init_vm: &kvm_tdx_init_vm,
+        cpuid: &[kvm_cpuid_entry2],
+    ) -> std::result::Result<(), TdxError> {
+        let mut init_vm = *init_vm;
+        init_vm.cpuid.nent = cpuid.len() as u32;
+        let mut bytes = gmem_arch::uapi::as_bytes(&init_vm).to_vec();
+        for entry in cpuid {
+            bytes.extend_from_slice(gmem_arch::uapi::as_bytes(entry));
+        }
+        self.tdx_command(vm_fd, false, KVM_TDX_INIT_VM, 0, 0, &mut bytes)
+    }
+
+    /// `KVM_TDX_FINALIZE_VM`.
+    pub fn tdx_finalize_vm(&self, vm_fd: i32) -> std::result::Result<(), TdxError> {
+        self.tdx_command(vm_fd, false, KVM_TDX_FINALIZE_VM, 0, 0, &mut [])
+    }
+
+    /// `KVM_TDX_INIT_VCPU` on the vCPU behind `vcpu_fd`, with `rcx` for the guest's firmware.
+    pub fn tdx_init_vcpu(&self, vcpu_fd: i32, rcx: u64) -> std::result::Result<(), TdxError> {
+        self.tdx_command(vcpu_fd, true, KVM_TDX_INIT_VCPU, 0, rcx, &mut [])
+    }
+
+    /// `KVM_TDX_INIT_MEM_REGION` on the vCPU behind `vcpu_fd` with `flags`
+    /// (`KVM_TDX_MEASURE_MEMORY_REGION`): `region.source_addr` is an address in this process.
+    /// `region` comes back advanced past what was done, whatever the result.
+    pub fn tdx_init_mem_region(
+        &self,
+        vcpu_fd: i32,
+        region: &mut kvm_tdx_init_mem_region,
+        flags: u32,
+    ) -> std::result::Result<(), TdxError> {
+        let mut bytes = gmem_arch::uapi::as_bytes(region).to_vec();
+        let result = self.tdx_command(vcpu_fd, true, KVM_TDX_INIT_MEM_REGION, flags, 0, &mut bytes);
+        *region = gmem_arch::uapi::from_bytes(&bytes);
+        result
+    }
+
+    /// The host's KVM TDX state and TDX module (an Intel host: [`SimHost::new_intel`]).
+    pub fn tdx_host(&self) -> Option<&Arc<gmem_arch::tdx::kvm::TdxHost>> {
+        gmem_arch::X86Host::of(&self.system).and_then(|host| host.tdx())
+    }
+
     /// The simulated host's SEV-SNP platform (`None` on a system without the x86 vendor module).
     pub fn snp_host(&self) -> Option<&Arc<gmem_arch::sev::host::SnpHost>> {
-        gmem_arch::X86Host::of(&self.system).map(|host| host.snp())
+        gmem_arch::X86Host::of(&self.system).and_then(|host| host.snp())
     }
 
     /// The guest_memfd behind a descriptor (EBADF if not open, EINVAL if not a guest_memfd).

@@ -19,8 +19,9 @@ mod vmfd;
 pub mod vmm;
 
 pub use convert::{memory_attributes, userspace_memory_region2};
+pub use gmem_arch::tdx::kvm::{kvm_tdx_capabilities, kvm_tdx_cmd, kvm_tdx_init_mem_region, kvm_tdx_init_vm};
 pub use gmem_mm::{Errno, KResult};
-pub use host::{SevError, SimHost, Stat};
+pub use host::{SevError, SimHost, Stat, TdxError};
 pub use kvm_bindings::{
     kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_cmd, kvm_sev_init, kvm_sev_snp_launch_finish,
     kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, kvm_userspace_memory_region2,

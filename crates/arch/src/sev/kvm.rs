@@ -31,6 +31,7 @@ use crate::sev::host::SnpHost;
 use crate::sev::measure::SnpPageType;
 use crate::sev::psp::SevCommand;
 use crate::sev::rmp::{RmpError, PAGES_PER_2M};
+use crate::uapi::{copy_struct_from_user, copy_struct_to_user, UapiStruct};
 use gmem_kvm::arch::{
     Current, GuestAccess, GuestFault, KvmArch, PgLevel, PopulateSource, PFERR_GUEST_ENC_MASK, PFERR_GUEST_RMP_MASK,
 };
@@ -86,39 +87,16 @@ pub const KVM_SEV_SNP_ID_AUTH_SIZE: usize = 4096;
 /// `SEV_RET_INVALID_PARAM`, the firmware's answer to a CPUID page it rejects.
 const SEV_RET_INVALID_PARAM: u32 = 0x16;
 
-/// The uAPI structures `copy_from_user` / `copy_to_user` move as raw bytes.
-///
-/// # Safety
-///
-/// Implemented only for kvm-bindings' `repr(C)` structures made of integers and integer arrays,
-/// for which every bit pattern is a valid value.
-unsafe trait UapiStruct: Copy + Default {}
-// SAFETY: repr(C) integers only (kvm-bindings).
+// SAFETY: repr(C) integers only (kvm-bindings), no padding.
 unsafe impl UapiStruct for kvm_sev_cmd {}
-// SAFETY: repr(C) integers only (kvm-bindings).
+// SAFETY: repr(C) integers only (kvm-bindings), no padding.
 unsafe impl UapiStruct for kvm_sev_init {}
-// SAFETY: repr(C) integers only (kvm-bindings).
+// SAFETY: repr(C) integers only (kvm-bindings), no padding.
 unsafe impl UapiStruct for kvm_sev_snp_launch_start {}
-// SAFETY: repr(C) integers only (kvm-bindings).
+// SAFETY: repr(C) integers only (kvm-bindings), no padding.
 unsafe impl UapiStruct for kvm_sev_snp_launch_update {}
-// SAFETY: repr(C) integers only (kvm-bindings).
+// SAFETY: repr(C) integers only (kvm-bindings), no padding.
 unsafe impl UapiStruct for kvm_sev_snp_launch_finish {}
-
-/// `copy_from_user(&value, uaddr, sizeof(value))`.
-fn copy_struct_from_user<T: UapiStruct>(current: Current<'_>, uaddr: u64) -> KResult<T> {
-    let mut bytes = vec![0u8; std::mem::size_of::<T>()];
-    current.copy_from_user(&mut bytes, uaddr)?;
-    // SAFETY: `bytes` holds exactly size_of::<T>() bytes and `T` accepts any bit pattern
-    // (UapiStruct); read_unaligned copes with the Vec's alignment.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
-}
-
-/// `copy_to_user(uaddr, &value, sizeof(value))`.
-fn copy_struct_to_user<T: UapiStruct>(current: Current<'_>, uaddr: u64, value: &T) -> KResult<()> {
-    // SAFETY: `T` is plain old data (UapiStruct) and the slice covers exactly its bytes.
-    let bytes = unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) };
-    current.copy_to_user(uaddr, bytes)
-}
 
 /// The raw bytes of a uAPI structure (for callers that stage one in user memory).
 pub fn uapi_bytes<T: Copy + Default + 'static>(value: &T) -> Vec<u8> {

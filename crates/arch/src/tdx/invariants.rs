@@ -317,6 +317,144 @@ fn check_t10(tds: &[TdSnapshot], out: &mut Vec<Violation>) {
     }
 }
 
+/// `T2`: KVM's TD state agrees with the module's phase.
+pub const T2_PHASE: &str = "T2";
+/// `T4`: no frame that left a TD reaches the host allocator's free pool before its release
+/// finished (WBINVD and clear, or RECLAIM and clear).
+pub const T4_RELEASE: &str = "T4";
+/// `T5`: the mirror root and the S-EPT agree.
+pub const T5_MIRROR_SYNC: &str = "T5";
+/// `T6`: no SEPT zap retry is in progress at a quiescent point (`wait_for_sept_zap` clear).
+pub const T6_NO_ENTRY_DURING_ZAP: &str = "T6";
+
+/// The KVM side of §5.3 for one TD ([`crate::tdx::kvm::TdxVm`]), plus the module's own checks
+/// ([`check`]: T1, T3, T10 and the host-wide T4) once per call, from the first TD of `vms` on
+/// the module. A VM a `KVM_BUG_ON` killed is exempt from T5 (its mirror and S-EPT may disagree:
+/// that is what killed it); every other check still applies to it, T4 above all (no
+/// half-released page reaches the host).
+///
+/// | name | checked here |
+/// |---|---|
+/// | T2 | `TD_STATE_RUNNABLE` exactly when the module's TD is `RUNNABLE`; `TD_STATE_INITIALIZED` when it is `INITIALIZED`; `pre_fault_allowed` exactly when runnable |
+/// | T4 | every frame the PAMT tracks whose reuse is still hazardous (a TD owns it, its lines may be dirty under a TD key, or it was not cleared since) is allocated in the host, not in its free pool |
+/// | T5 | with the HKID assigned: every mirror leaf is a 4K S-EPT leaf at the same GPA with the same frame, MAPPED or PENDING (not blocked), PT_REG of the TD; every S-EPT leaf has its mirror leaf; before FINALIZE (v6.18) the mirror leaves without an S-EPT leaf are premapped and exactly `nr_premapped` of them |
+/// | T6 | `wait_for_sept_zap` is clear |
+pub fn check_kvm(
+    vm: &crate::tdx::kvm::TdxVm,
+    kvm: &gmem_kvm::Kvm,
+    vms: &[&gmem_sync::Arc<gmem_kvm::Kvm>],
+    out: &mut Vec<Violation>,
+) {
+    use crate::tdx::kvm::{TdState, TdxVm};
+    let module = vm.module();
+    let first =
+        vms.iter().find(|other| TdxVm::of(other).is_some_and(|other| gmem_sync::Arc::ptr_eq(other.module(), module)));
+    if first.is_some_and(|first| std::ptr::eq(gmem_sync::Arc::as_ptr(first), kvm)) {
+        check(module, out);
+        check_t4(module, out);
+    }
+    if vm.wait_for_sept_zap() {
+        out.push(Violation {
+            invariant: T6_NO_ENTRY_DURING_ZAP,
+            detail: "wait_for_sept_zap is set at a quiescent point".into(),
+        });
+    }
+    let Some(tdr) = vm.tdr() else { return };
+    let Some(info) = module.td_info(tdr) else { return };
+    let state = vm.td_state();
+    let expected = match info.op_state {
+        TdOpState::Uninitialized => None,
+        TdOpState::Initialized => Some(TdState::Initialized),
+        TdOpState::Runnable => Some(TdState::Runnable),
+    };
+    if vm.is_hkid_assigned() && expected.is_some_and(|expected| expected != state) {
+        out.push(Violation {
+            invariant: T2_PHASE,
+            detail: format!("KVM's TD state {state:?} but the module's TD {tdr:?} is {:?}", info.op_state),
+        });
+    }
+    if kvm.pre_fault_allowed() != (state == TdState::Runnable) {
+        out.push(Violation {
+            invariant: T2_PHASE,
+            detail: format!("pre_fault_allowed {} with the TD {state:?}", kvm.pre_fault_allowed()),
+        });
+    }
+    if vm.is_hkid_assigned() && !kvm.is_dead() {
+        check_t5(vm, kvm, tdr, state, out);
+    }
+}
+
+fn check_t4(module: &TdxModule, out: &mut Vec<Violation>) {
+    for (pfn, _) in module.pamt_frames() {
+        let Some(hazard) = module.host_reuse_hazard(pfn) else { continue };
+        if in_free_pool(module, pfn) {
+            out.push(Violation {
+                invariant: T4_RELEASE,
+                detail: format!("{pfn:?} is in the host's free pool but {hazard}"),
+            });
+        }
+    }
+}
+
+fn check_t5(
+    vm: &crate::tdx::kvm::TdxVm,
+    kvm: &gmem_kvm::Kvm,
+    tdr: Pfn,
+    state: crate::tdx::kvm::TdState,
+    out: &mut Vec<Violation>,
+) {
+    use crate::tdx::kvm::{is_private_page_of, TdState};
+    use crate::tdx::sept::LeafState;
+    let module = vm.module();
+    let Some(tdp) = kvm.mmu().as_tdp() else { return };
+    let Some(sept) = module.sept(tdr) else { return };
+    let f15 = kvm.profile().has_fix(gmem_kvm::profile::Fix::F15TdxAddWhileMapping);
+    let sept_leaves: BTreeMap<u64, SeptLeaf> = sept.leaves().into_iter().map(|leaf| (leaf.gpa, leaf)).collect();
+    let mirror = tdp.mirror_sptes();
+    let mut premapped = 0i64;
+    for (gfn, spte) in &mirror {
+        let gpa = gfn.to_gpa().0;
+        match sept_leaves.get(&gpa) {
+            Some(leaf) => {
+                let ok_state = matches!(leaf.state, LeafState::Mapped | LeafState::Pending);
+                if leaf.level != 0
+                    || leaf.pfn != spte.pfn
+                    || !ok_state
+                    || !is_private_page_of(module, tdr, spte.pfn, gpa)
+                {
+                    out.push(Violation {
+                        invariant: T5_MIRROR_SYNC,
+                        detail: format!(
+                            "mirror leaf gfn {gfn} → {:?} ({}) but the S-EPT leaf is {:?} at level {} in state {:?}",
+                            spte.pfn, spte.level, leaf.pfn, leaf.level, leaf.state
+                        ),
+                    });
+                }
+            }
+            None if state != TdState::Runnable && !f15 => premapped += 1,
+            None => out.push(Violation {
+                invariant: T5_MIRROR_SYNC,
+                detail: format!("mirror leaf gfn {gfn} → {:?} has no S-EPT leaf (TD {state:?})", spte.pfn),
+            }),
+        }
+    }
+    let mirror_gpas: std::collections::BTreeSet<u64> = mirror.iter().map(|(gfn, _)| gfn.to_gpa().0).collect();
+    for (gpa, leaf) in &sept_leaves {
+        if !mirror_gpas.contains(gpa) {
+            out.push(Violation {
+                invariant: T5_MIRROR_SYNC,
+                detail: format!("S-EPT leaf at gpa {gpa:#x} → {:?} ({:?}) has no mirror leaf", leaf.pfn, leaf.state),
+            });
+        }
+    }
+    if premapped != vm.nr_premapped() {
+        out.push(Violation {
+            invariant: T5_MIRROR_SYNC,
+            detail: format!("{premapped} premapped mirror leaves but nr_premapped is {}", vm.nr_premapped()),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
