@@ -23,7 +23,7 @@ use gmem_kvm::arch::{
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use gmem_kvm::invariants::{self, M6_HUGE, T5_MIRROR, T8_4K, T9_ALIAS};
 use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
-use gmem_kvm::tdp_mmu::{FrozenSpte, Spte, TdpMmu};
+use gmem_kvm::tdp_mmu::{FrozenSpte, MapResult, Spte, TdpMmu, MIRROR_LOCAL_RETRY_LIMIT};
 use gmem_kvm::vcpu::{kvm_mmu_page_fault, RetPf, RunError, VcpuExit, FAULT_RETRY_LIMIT, KVM_MEMORY_EXIT_FLAG_PRIVATE};
 use gmem_kvm::{Gfn, KernelProfile, Kvm, KvmSystem};
 use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
@@ -200,13 +200,18 @@ impl ArchFactory for MirrorHost {
     }
 }
 
-/// A checked host whose kernel offers TDX VMs backed by [`MirrorArch`].
+/// A checked host whose v6.18 kernel offers TDX VMs backed by [`MirrorArch`].
 fn mirror_host() -> (CheckedHost, Arc<Recorder>) {
+    mirror_host_on(KernelProfile::v6_18())
+}
+
+/// [`mirror_host`] on `profile`.
+fn mirror_host_on(profile: KernelProfile) -> (CheckedHost, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
     let shared = recorder.clone();
     let setup: ArchSetup =
         Arc::new(move |_, _| Arc::new(MirrorHost { recorder: shared.clone() }) as Arc<dyn ArchFactory>);
-    let profile = KernelProfile::v6_18().with_vm_type_for_test(VmType::Tdx);
+    let profile = profile.with_vm_type_for_test(VmType::Tdx);
     (CheckedHost::with_system(KvmSystem::builder(profile).arch(setup).build()), recorder)
 }
 
@@ -223,7 +228,12 @@ struct Guest {
 
 impl Guest {
     fn new(pages: u64) -> Guest {
-        let (host, recorder) = mirror_host();
+        Guest::on(pages, KernelProfile::v6_18())
+    }
+
+    /// [`Guest::new`] on `profile`.
+    fn on(pages: u64, profile: KernelProfile) -> Guest {
+        let (host, recorder) = mirror_host_on(profile);
         let vm = host.create_vm(TDX_VM).expect("KVM_CREATE_VM (TDX)");
         assert!(host.kvm(vm).has_mirrored_tdp());
         host.kvm(vm).set_gfn_direct_bits(SHARED);
@@ -847,4 +857,97 @@ fn tdx_is_a_vm_type_of_v6_18_only_on_a_host_with_a_tdx_module() {
     assert_eq!(host.create_vm(TDX_VM), Err(Errno::EINVAL), "the vendor module does not support TDX");
     let (host, _) = mirror_host();
     assert!(host.create_vm(TDX_VM).is_ok());
+}
+
+/// The race of F17 on the test-only local-retry install: gfn 2's leaf was zapped (the tables
+/// stay, guest_memfd keeps the page), the local-retry install walks to its 4K entry and reads it
+/// non-present, and before its freeze cmpxchg vCPU 1's fault installs the leaf (from another
+/// thread: both hold `mmu_lock` for read). Returns the guest, the frame, and the install's
+/// result.
+fn local_retry_install_racing_a_fault(profile: &str) -> (Guest, Pfn, KResult<MapResult>) {
+    let guest = Guest::on(16, KernelProfile::by_name(profile).unwrap());
+    let host = &guest.host;
+    host.guest_store(guest.vcpu, 0x2000, &[1], None).unwrap();
+    let spte = guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(2))).unwrap();
+    host.set_memory_attributes(guest.vm, &attrs(0x2000, PAGE, 0)).unwrap();
+    host.set_memory_attributes(guest.vm, &attrs(0x2000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+    assert_eq!(guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(2))), None);
+    guest.recorder.take();
+    let vcpu2 = host.create_vcpu(guest.vm, 1).unwrap();
+    let (_, second) = host.unchecked().vcpu(vcpu2).unwrap();
+    let kvm = guest.kvm();
+    let mm = &host.process().mm;
+    let result = kvm.mmu().as_tdp().unwrap().map_mirror_leaf_local_retry_for_test(&kvm, Gfn(2), spte, || {
+        let fault = std::thread::scope(|scope| {
+            scope.spawn(|| kvm_mmu_page_fault(&kvm, &second, mm, 0x2000, true, true, false)).join().unwrap()
+        });
+        assert_eq!(fault, Ok(RetPf::Fixed), "vCPU 1 installed the leaf");
+    });
+    (guest, spte.pfn, result)
+}
+
+#[test]
+fn f17_a_local_retry_after_a_failed_freeze_starts_from_the_spte_the_cmpxchg_saw() {
+    let (guest, pfn, result) = local_retry_install_racing_a_fault("v6.18+F17");
+    // The freeze cmpxchg failed on vCPU 1's leaf and refreshed iter->old_spte with it: the
+    // retry finds it present.
+    assert_eq!(result, Ok(MapResult::Spurious));
+    assert_eq!(guest.host.take_warnings(), vec![]);
+    assert_eq!(guest.recorder.take(), vec![Hook::Set { gfn: 2, level: PgLevel::Level4K, pfn }], "vCPU 1's only");
+    assert_eq!(guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(2))).map(|spte| spte.pfn), Some(pfn));
+    guest.host.check("the local retry with F17");
+}
+
+#[test]
+fn without_f17_a_local_retry_after_a_failed_freeze_starts_from_a_stale_old_spte() {
+    // v6.18 predates F17.
+    let (guest, pfn, result) = local_retry_install_racing_a_fault("v6.18");
+    // iter->old_spte is still the non-present value the walk read: every retry's cmpxchg fails
+    // on the present leaf, until the bound.
+    assert_eq!(result, Ok(MapResult::Retry));
+    let warnings = guest.host.take_warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(
+        warnings[0].detail.contains("failed on Some(Leaf")
+            && warnings[0].detail.contains("yet iter->old_spte is still None")
+            && warnings[0].detail.contains("F17 missing"),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings[1].detail.contains(&format!("made no progress in {MIRROR_LOCAL_RETRY_LIMIT} tries"))
+            && warnings[1].detail.contains("iter->old_spte is None, the SPTE is Some(Leaf"),
+        "{warnings:#?}"
+    );
+    // No retry reached the hook (each cmpxchg failed first), and vCPU 1's leaf stands.
+    assert_eq!(guest.recorder.take(), vec![Hook::Set { gfn: 2, level: PgLevel::Level4K, pfn }]);
+    assert_eq!(guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(2))).map(|spte| spte.pfn), Some(pfn));
+    guest.host.check("the local retry without F17");
+}
+
+#[test]
+fn without_the_race_the_local_retry_install_installs_with_or_without_f17() {
+    for profile in ["v6.18", "v6.18+F17"] {
+        let guest = Guest::on(16, KernelProfile::by_name(profile).unwrap());
+        let host = &guest.host;
+        host.guest_store(guest.vcpu, 0x2000, &[1], None).unwrap();
+        let spte = guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(2))).unwrap();
+        host.set_memory_attributes(guest.vm, &attrs(0x2000, PAGE, 0)).unwrap();
+        host.set_memory_attributes(guest.vm, &attrs(0x2000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+        guest.recorder.take();
+        let kvm = guest.kvm();
+        let tdp = kvm.mmu().as_tdp().unwrap();
+        assert_eq!(tdp.map_mirror_leaf_local_retry_for_test(&kvm, Gfn(2), spte, || {}), Ok(MapResult::Fixed));
+        assert_eq!(guest.recorder.take(), vec![Hook::Set { gfn: 2, level: PgLevel::Level4K, pfn: spte.pfn }]);
+        // A hook that fails with EBUSY is retried from the restored (correct) value.
+        host.set_memory_attributes(guest.vm, &attrs(0x2000, PAGE, 0)).unwrap();
+        host.set_memory_attributes(guest.vm, &attrs(0x2000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+        guest.recorder.take();
+        guest.recorder.fail(HookKind::Set, Errno::EBUSY, 2);
+        assert_eq!(tdp.map_mirror_leaf_local_retry_for_test(&kvm, Gfn(2), spte, || {}), Ok(MapResult::Fixed));
+        assert_eq!(guest.recorder.take().len(), 3, "{profile}: two EBUSY, then the install");
+        // Below a table that is not linked there is nothing to retry on.
+        assert_eq!(tdp.map_mirror_leaf_local_retry_for_test(&kvm, Gfn(0x400), spte, || {}), Err(Errno::ENOENT));
+        assert_eq!(host.guest_load(guest.vcpu, 0x2000, 1, None).unwrap(), vec![1], "{profile}");
+        host.check(profile);
+    }
 }

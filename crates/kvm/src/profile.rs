@@ -55,11 +55,26 @@ pub enum Fix {
     /// and INIT_MEM_REGION on another contend in the TDX module (`TDX_OPERAND_BUSY` →
     /// `KVM_BUG_ON`).
     F16TdxStateLocks,
+    /// F17 "KVM: x86/mmu: Update iter->old_spte if cmpxchg64 on mirror SPTE "fails"" (Sean
+    /// Christopherson, posted 2026-01-28 as patch 2 of "[RFC PATCH v5 00/45] TDX: Dynamic PAMT +
+    /// S-EPT Hugepage", on kvm-x86-next-2026.01.23; Fixes 77ac7079e66d "KVM: x86/tdp_mmu:
+    /// Propagate building mirror page tables"). Not in upstream-fixes.md's list, and not in
+    /// v6.18: that posting's pre-image still has `set_external_spte_present(..., u64 old_spte,
+    /// ...)`. With it `__tdp_mmu_set_spte_atomic` passes `&iter->old_spte`, so a failed freeze
+    /// cmpxchg of a mirror SPTE refreshes the iterator's value as the direct-root cmpxchg always
+    /// did; without it the refresh lands in `set_external_spte_present`'s copy and the caller
+    /// keeps a stale `old_spte`. Benign upstream, and in the model: no caller retries a mirror
+    /// SPTE locally from `iter->old_spte` (TDX excludes dirty logging, whose
+    /// `clear_dirty_gfn_range` / `wrprot_gfn_range` do, and the model has neither); the fault
+    /// path returns `RET_PF_RETRY` and walks again. The toggle is observable through the
+    /// test-only local-retry install (`TdpMmu::map_mirror_leaf_local_retry_for_test`), whose
+    /// check of the iterator is the detector.
+    F17MirrorOldSpteRefresh,
 }
 
 impl Fix {
     /// Every fix the model knows.
-    pub const ALL: [Fix; 8] = [
+    pub const ALL: [Fix; 9] = [
         Fix::F1DyingGmemUnbind,
         Fix::F2NoGuestMemfdToggle,
         Fix::F6LazyPrepare,
@@ -68,6 +83,7 @@ impl Fix {
         Fix::F11InvalidateGuestVmsa,
         Fix::F15TdxAddWhileMapping,
         Fix::F16TdxStateLocks,
+        Fix::F17MirrorOldSpteRefresh,
     ];
 
     /// The short name used on the command line and in reports (`F1`, `F2`, ...).
@@ -81,6 +97,7 @@ impl Fix {
             Fix::F11InvalidateGuestVmsa => "F11",
             Fix::F15TdxAddWhileMapping => "F15",
             Fix::F16TdxStateLocks => "F16",
+            Fix::F17MirrorOldSpteRefresh => "F17",
         }
     }
 
@@ -233,8 +250,8 @@ impl KernelProfile {
 
     /// `v6.14`: the seed, x86-64 with SW_PROTECTED, SEV, SEV-ES and SEV-SNP VMs, generic memory
     /// attributes and memory failure; without F1 and F2, so the seed's two bugs reproduce, and
-    /// with the SNP fixes of v6.11 (F6, F7) but not the later ones (F8, F11). No TDX: KVM's TDX
-    /// support was merged in v6.16.
+    /// with the SNP fixes of v6.11 (F6, F7) but not the later ones (F8, F11, F17). No TDX: KVM's
+    /// TDX support was merged in v6.16.
     pub fn v6_14() -> KernelProfile {
         KernelProfile {
             name: "v6.14".into(),
@@ -253,7 +270,7 @@ impl KernelProfile {
     /// `v6.18`: Linux 6.18.44 with the full x86 configuration, F1, F2, F6 and F7 applied (the
     /// default), and TDX VMs besides the v6.14 types (which of them a host offers is its vendor
     /// module's choice: an AMD host has no TDX, an Intel host no SEV). Without the TDX fixes of
-    /// v6.19 (F15, F16).
+    /// v6.19 (F15, F16) and the later mirror-root one (F17).
     pub fn v6_18() -> KernelProfile {
         let mut config = KernelProfile::v6_14().config;
         config.vm_types |= types(&[VmType::Tdx]);
@@ -380,6 +397,10 @@ mod tests {
         assert!(pvm.has_fix(Fix::F2NoGuestMemfdToggle));
         let no_f2 = KernelProfile::by_name("v6.18-pvm-F2").unwrap();
         assert!(!no_f2.has_fix(Fix::F2NoGuestMemfdToggle));
+        let no_f17 = KernelProfile::by_name("v6.18-F17").unwrap();
+        assert!(!no_f17.has_fix(Fix::F17MirrorOldSpteRefresh) && no_f17.has_fix(Fix::F2NoGuestMemfdToggle));
+        assert!(KernelProfile::by_name("v6.18+F17").unwrap().has_fix(Fix::F17MirrorOldSpteRefresh));
+        assert!(!KernelProfile::v6_18().has_fix(Fix::F17MirrorOldSpteRefresh), "posted after v6.18");
         assert!(KernelProfile::by_name("v5.0").is_err());
         assert!(KernelProfile::by_name("v6.14+F9").is_err());
         assert!(KernelProfile::by_name("").is_err());

@@ -27,7 +27,10 @@
 //!     the new value is written, or on error the old value is restored and the fault returns
 //!     `RET_PF_RETRY` (the table and its external page are freed). A fault, or a hardware walk,
 //!     that meets a FROZEN SPTE sees it not present: the fault retries. Replacing a present
-//!     mirror SPTE, and zapping one atomically, is a `KVM_BUG_ON`.
+//!     mirror SPTE, and zapping one atomically, is a `KVM_BUG_ON`. A failed freeze cmpxchg
+//!     refreshes the caller's `iter->old_spte` only with F17 (not in v6.18); no caller here
+//!     retries from it, so only the test-only local-retry install
+//!     ([`TdpMmu::map_mirror_leaf_local_retry_for_test`]) shows the difference.
 //!   - **zap**, `mmu_lock` held for write (`tdp_mmu_set_spte`): a leaf is made non-present,
 //!     then `remove_external_spte` runs (an error is `KVM_BUG_ON`). Leaf zaps
 //!     (`tdp_mmu_zap_leafs`) leave the tables in place.
@@ -70,7 +73,7 @@
 
 use crate::arch::{PgLevel, SpteLevel};
 use crate::mmu::{AttrFilter, KvmGfnRange, KvmMmu};
-use crate::profile::VmType;
+use crate::profile::{Fix, VmType};
 use crate::tlb::{ProtocolWeakening, KVM_REQ_TLB_FLUSH};
 use crate::types::Gfn;
 use crate::vcpu::KvmVcpu;
@@ -210,6 +213,44 @@ enum MirrorSpte {
     Leaf(Leaf),
 }
 
+/// Where one mirror SPTE is (`iter->sptep`: entry `index` of table `id`), the first gfn it
+/// covers (`iter->gfn`) and the level of its table (`iter->level`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SptePos {
+    id: usize,
+    index: usize,
+    gfn: u64,
+    level: SpteLevel,
+}
+
+/// The part of `struct tdp_iter` the mirror install paths use: the SPTE's position and
+/// `iter->old_spte`, the caller's view of its value (`None`: `SHADOW_NONPRESENT_VALUE`), read
+/// by the walk and refreshed by a failed cmpxchg, as `try_cmpxchg64(sptep, &iter->old_spte, new)`
+/// does. For a mirror SPTE the freeze cmpxchg runs in `set_external_spte_present`, which gets
+/// `&iter->old_spte` only with F17 ([`Fix::F17MirrorOldSpteRefresh`]); see
+/// [`TdpMmu::mirror_set_spte_atomic`].
+#[derive(Clone, Debug)]
+struct MirrorIter {
+    pos: SptePos,
+    old_spte: Option<MirrorSpte>,
+}
+
+/// Why `__tdp_mmu_set_spte_atomic` on a mirror SPTE failed. The kernel's callers see `-EBUSY`
+/// or the hook's error only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum MirrorSetError {
+    /// The freeze cmpxchg failed: the SPTE held `seen`, not the caller's old value (`EBUSY`).
+    /// The model keeps `seen` for the F17 detector; in the kernel only `try_cmpxchg64`'s `old`
+    /// argument receives it.
+    Changed { seen: Option<MirrorSpte> },
+    /// `KVM_BUG_ON`, or the external-SPT hook failed (its error; the SPTE was restored).
+    Errno(gmem_mm::Errno),
+}
+
+/// How many times [`TdpMmu::map_mirror_leaf_local_retry_for_test`] retries locally before it
+/// reports a livelock (the kernel's loop has no bound).
+pub const MIRROR_LOCAL_RETRY_LIMIT: u32 = 8;
+
 /// A page table of the mirror root (`struct kvm_mmu_page` with `role.is_mirror`).
 #[derive(Debug)]
 struct MirrorTable {
@@ -289,6 +330,28 @@ impl MirrorRoot {
                 MirrorSpte::Frozen => return None,
                 MirrorSpte::Table(child) => id = *child,
                 MirrorSpte::Leaf(_) => return Some((id, index)),
+            }
+        }
+    }
+
+    /// The iterator on the entry of `level` on the walk for `gfn` (`tdp_iter` stepping down to
+    /// it), or `None` if a table on the way is not linked.
+    fn iter_at(&self, gfn: u64, level: SpteLevel) -> Option<MirrorIter> {
+        if gfn >> (SpteLevel::ROOT_4LEVEL.gfn_shift() + 9) != 0 {
+            return None;
+        }
+        let mut id = MIRROR_ROOT;
+        loop {
+            let table = self.table(id);
+            let index = table.level.index(gfn);
+            let entry = table.entries.get(&index);
+            if table.level == level {
+                let pos = SptePos { id, index, gfn: table.entry_gfn(index), level };
+                return Some(MirrorIter { pos, old_spte: entry.cloned() });
+            }
+            match entry? {
+                MirrorSpte::Table(child) => id = *child,
+                MirrorSpte::Frozen | MirrorSpte::Leaf(_) => return None,
             }
         }
     }
@@ -728,6 +791,10 @@ impl TdpMmu {
     /// leaf on the way (the kernel cannot split one) or a page table where the leaf goes is
     /// `KVM_BUG_ON`. `mmu_lock` held for read, `is_page_fault_stale` checked; M1 is asserted.
     /// New tables take their external page from `vcpu`'s cache.
+    ///
+    /// The walk keeps a [`MirrorIter`] per level, as `tdp_mmu_for_each_pte` keeps `iter`; a failed
+    /// atomic set refreshes its `old_spte` only with F17, but nothing here reads it again: the
+    /// fault returns `RET_PF_RETRY` and the next one walks afresh (why the bug F17 fixes is benign).
     pub(crate) fn map_mirror(&self, kvm: &Kvm, vcpu: &KvmVcpu, fault_gfn: Gfn, spte: Spte, mmu_seq: u64) -> MapResult {
         kvm.assert_mmu_lock_held();
         Self::assert_not_stale(kvm, fault_gfn, mmu_seq);
@@ -740,21 +807,23 @@ impl TdpMmu {
         }
         let mut id = MIRROR_ROOT;
         loop {
-            let (level, index, old) = {
+            // The iterator on this level's entry: iter.old_spte = kvm_tdp_mmu_read_spte(sptep).
+            let mut iter = {
                 let root = self.mirror.lock();
                 let table = root.table(id);
                 let index = table.level.index(gfn);
-                (table.level, index, table.entries.get(&index).cloned())
+                let pos = SptePos { id, index, gfn: table.entry_gfn(index), level: table.level };
+                MirrorIter { pos, old_spte: table.entries.get(&index).cloned() }
             };
-            let entry_gfn = level.round(gfn);
+            let SptePos { level, gfn: entry_gfn, .. } = iter.pos;
             // "If SPTE has been frozen by another thread, just give up and retry".
-            if old == Some(MirrorSpte::Frozen) {
+            if iter.old_spte == Some(MirrorSpte::Frozen) {
                 return MapResult::Retry;
             }
             if level == goal {
-                return self.mirror_map_target_level(kvm, id, index, entry_gfn, old, spte);
+                return self.mirror_map_target_level(kvm, &mut iter, spte);
             }
-            match old {
+            match iter.old_spte {
                 // Step down into the lower level page table.
                 Some(MirrorSpte::Table(child)) => id = child,
                 // A huge leaf above the goal would be split: "Don't support large page for
@@ -777,15 +846,7 @@ impl TdpMmu {
                         entries: BTreeMap::new(),
                     });
                     // tdp_mmu_link_sp(kvm, &iter, sp, true) → tdp_mmu_set_spte_atomic.
-                    let linked = self.mirror_set_spte_atomic(
-                        kvm,
-                        id,
-                        index,
-                        entry_gfn,
-                        level,
-                        None,
-                        Some(MirrorSpte::Table(child)),
-                    );
+                    let linked = self.mirror_set_spte_atomic(kvm, &mut iter, Some(MirrorSpte::Table(child)));
                     if linked.is_err() {
                         // "Force the guest to retry if installing an upper level SPTE failed":
                         // tdp_mmu_free_sp frees the table and its external page.
@@ -802,16 +863,9 @@ impl TdpMmu {
 
     /// `tdp_mmu_map_handle_target_level` on a mirror SPTE: a present leaf is spurious; a
     /// non-present one gets the new leaf through `set_external_spte_present`.
-    fn mirror_map_target_level(
-        &self,
-        kvm: &Kvm,
-        id: usize,
-        index: usize,
-        gfn: u64,
-        old: Option<MirrorSpte>,
-        spte: Spte,
-    ) -> MapResult {
-        match &old {
+    fn mirror_map_target_level(&self, kvm: &Kvm, iter: &mut MirrorIter, spte: Spte) -> MapResult {
+        let gfn = iter.pos.gfn;
+        match &iter.old_spte {
             Some(MirrorSpte::Leaf(existing)) => {
                 // Mirror leaves are RWX: the access is always allowed.
                 kvm.machine().warnings.warn_on_once(existing.spte.pfn != spte.pfn, || {
@@ -835,60 +889,72 @@ impl TdpMmu {
             }
             Some(MirrorSpte::Frozen) | None => {}
         }
-        let level = SpteLevel::from(spte.level);
         let leaf = Leaf { spte, generations: frame_generations(&kvm.machine().mem, &spte) };
-        if self.mirror_set_spte_atomic(kvm, id, index, gfn, level, old, Some(MirrorSpte::Leaf(leaf))).is_err() {
+        // "else if (tdp_mmu_set_spte_atomic(vcpu->kvm, iter, new_spte)) return RET_PF_RETRY;"
+        if self.mirror_set_spte_atomic(kvm, iter, Some(MirrorSpte::Leaf(leaf))).is_err() {
             return MapResult::Retry;
         }
-        self.installed.fetch_add(1, Ordering::Relaxed);
-        if spte.level != PgLevel::Level4K {
-            self.installed_huge.fetch_add(1, Ordering::Relaxed);
-        }
+        self.count_installed(spte.level);
         MapResult::Fixed
     }
 
-    /// `__tdp_mmu_set_spte_atomic` on a mirror SPTE (entry `index` of table `id`, covering `gfn`
-    /// at `level`), from `old` to `new` (`None`: `SHADOW_NONPRESENT_VALUE`). Only installs go
-    /// this way: "Users of atomic zapping don't operate on mirror roots", so a zap is
-    /// `KVM_BUG_ON` and `EBUSY`.
-    #[allow(clippy::too_many_arguments)]
+    fn count_installed(&self, level: PgLevel) {
+        self.installed.fetch_add(1, Ordering::Relaxed);
+        if level != PgLevel::Level4K {
+            self.installed_huge.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `__tdp_mmu_set_spte_atomic` on a mirror SPTE (`iter`), from `iter.old_spte` to `new`
+    /// (`None`: `SHADOW_NONPRESENT_VALUE`). Only installs go this way: "Users of atomic zapping
+    /// don't operate on mirror roots", so a zap is `KVM_BUG_ON` and `EBUSY`.
+    ///
+    /// `set_external_spte_present` does the freeze cmpxchg, whose failure refreshes the old value
+    /// it was given. With F17 ([`Fix::F17MirrorOldSpteRefresh`]) that is `&iter->old_spte`, so
+    /// the caller sees the SPTE's current value, as `tdp_mmu_set_spte_atomic` promises ("If
+    /// setting the SPTE fails because it has changed, iter->old_spte will be refreshed");
+    /// without it (v6.18) `iter->old_spte` is passed by value and the refresh lands in the
+    /// callee's copy: the iterator keeps the stale value.
     fn mirror_set_spte_atomic(
         &self,
         kvm: &Kvm,
-        id: usize,
-        index: usize,
-        gfn: u64,
-        level: SpteLevel,
-        old: Option<MirrorSpte>,
+        iter: &mut MirrorIter,
         new: Option<MirrorSpte>,
-    ) -> gmem_mm::KResult<()> {
-        kvm.machine().warnings.warn_on_once(old == Some(MirrorSpte::Frozen), || {
-            format!("__tdp_mmu_set_spte_atomic on the FROZEN mirror SPTE at gfn {gfn:#x}")
+    ) -> Result<(), MirrorSetError> {
+        let pos = iter.pos;
+        kvm.machine().warnings.warn_on_once(iter.old_spte == Some(MirrorSpte::Frozen), || {
+            format!("__tdp_mmu_set_spte_atomic on the FROZEN mirror SPTE at gfn {:#x}", pos.gfn)
         });
         let Some(new) = new else {
-            kvm.kvm_bug_on(true, || format!("atomic zap of the {level} mirror SPTE at gfn {gfn:#x}"));
-            return Err(gmem_mm::Errno::EBUSY);
+            kvm.kvm_bug_on(true, || format!("atomic zap of the {} mirror SPTE at gfn {:#x}", pos.level, pos.gfn));
+            return Err(MirrorSetError::Errno(gmem_mm::Errno::EBUSY));
         };
-        self.set_external_spte_present(kvm, id, index, gfn, level, old, new)
+        if kvm.profile().has_fix(Fix::F17MirrorOldSpteRefresh) {
+            // set_external_spte_present(kvm, iter->sptep, iter->gfn, &iter->old_spte, ...).
+            self.set_external_spte_present(kvm, pos, &mut iter.old_spte, new)
+        } else {
+            // set_external_spte_present(kvm, iter->sptep, iter->gfn, iter->old_spte, ...): the
+            // callee's parameter is a copy.
+            let mut old_spte = iter.old_spte.clone();
+            self.set_external_spte_present(kvm, pos, &mut old_spte, new)
+        }
     }
 
-    /// `set_external_spte_present`: freeze the SPTE (the cmpxchg from `old`: `EBUSY` if it
-    /// changed), drop the SPTE lock, propagate the change with `link_external_spt` (a table) or
-    /// `set_external_spte` (a leaf), then write `new` on success or restore `old` on error, and
-    /// return the hook's result. Replacing a present SPTE is `KVM_BUG_ON` (then carries on, as the
-    /// kernel does).
-    #[allow(clippy::too_many_arguments)]
+    /// `set_external_spte_present`: freeze the SPTE at `pos` (`try_cmpxchg64(sptep, old_spte,
+    /// FROZEN_SPTE)`: on failure `*old_spte` becomes the current value and the result is
+    /// `EBUSY`), drop the SPTE lock, propagate the change with `link_external_spt` (a table) or
+    /// `set_external_spte` (a leaf), then write `new` on success or restore `*old_spte` on error,
+    /// and return the hook's result. Replacing a present SPTE is `KVM_BUG_ON` (then carries on,
+    /// as the kernel does).
     fn set_external_spte_present(
         &self,
         kvm: &Kvm,
-        id: usize,
-        index: usize,
-        gfn: u64,
-        level: SpteLevel,
-        old: Option<MirrorSpte>,
+        pos: SptePos,
+        old_spte: &mut Option<MirrorSpte>,
         new: MirrorSpte,
-    ) -> gmem_mm::KResult<()> {
-        kvm.kvm_bug_on(old.is_some(), || {
+    ) -> Result<(), MirrorSetError> {
+        let SptePos { id, index, gfn, level } = pos;
+        kvm.kvm_bug_on(old_spte.is_some(), || {
             format!("set_external_spte_present: the {level} mirror SPTE at gfn {gfn:#x} is present")
         });
         kvm.assert_mmu_lock_held();
@@ -899,9 +965,12 @@ impl TdpMmu {
                 _ => None,
             };
             let entries = &mut root.table_mut(id).entries;
-            // try_cmpxchg64(sptep, &old_spte, FROZEN_SPTE).
-            if entries.get(&index) != old.as_ref() {
-                return Err(gmem_mm::Errno::EBUSY);
+            // try_cmpxchg64(sptep, old_spte, FROZEN_SPTE).
+            let current = entries.get(&index);
+            if current != old_spte.as_ref() {
+                let seen = current.cloned();
+                old_spte.clone_from(&seen);
+                return Err(MirrorSetError::Changed { seen });
             }
             entries.insert(index, MirrorSpte::Frozen);
             external_spt
@@ -921,18 +990,104 @@ impl TdpMmu {
         };
         let mut root = self.mirror.lock();
         let entries = &mut root.table_mut(id).entries;
-        match (&ret, old) {
+        match (&ret, old_spte) {
             (Ok(()), _) => {
                 entries.insert(index, new);
             }
+            // __kvm_tdp_mmu_write_spte(sptep, *old_spte): the cmpxchg succeeded, so it is the
+            // value the SPTE had.
             (Err(_), Some(old)) => {
-                entries.insert(index, old);
+                entries.insert(index, old.clone());
             }
             (Err(_), None) => {
                 entries.remove(&index);
             }
         }
-        ret
+        ret.map_err(MirrorSetError::Errno)
+    }
+
+    /// Test-only: a user of the mirror root that the kernel does not have, for F17
+    /// ([`Fix::F17MirrorOldSpteRefresh`]): install the 4K mirror leaf `spte` at `gfn` with the
+    /// **local** retry of `clear_dirty_gfn_range`, `wrprot_gfn_range` or the shared
+    /// `__tdp_mmu_zap_root` (`retry:` ... `if (tdp_mmu_set_spte_atomic(kvm, &iter, new))
+    /// goto retry;`), which retries from the `iter.old_spte` the failed set refreshed instead of
+    /// walking again. In the kernel those users never meet a mirror root (TDX excludes dirty
+    /// logging; mirror roots are zapped only under `mmu_lock` held for write), and the model has
+    /// none: this is what makes the toggle observable. Takes `mmu_lock` for read; the tables down
+    /// to the 4K entry must be linked (`ENOENT` otherwise). `race` runs once between the walk
+    /// that read `iter.old_spte` and the first set, where a concurrent fault can change the SPTE.
+    ///
+    /// `retry:` looks at `iter.old_spte`: a present leaf means someone else installed it
+    /// ([`MapResult::Spurious`]), FROZEN that someone is installing it ([`MapResult::Retry`]),
+    /// non-present that the set is tried (again). The F17 detector: after a failed freeze
+    /// cmpxchg the iterator must hold what the SPTE held when it failed; if not, a WARN names
+    /// both values. The loop then goes on as the kernel's would (from a stale non-present value
+    /// every cmpxchg fails again), and after [`MIRROR_LOCAL_RETRY_LIMIT`] failures a second WARN
+    /// reports the livelock and the result is [`MapResult::Retry`]. A failed hook is retried too
+    /// (`EBUSY`) or returned (any other error).
+    #[doc(hidden)]
+    pub fn map_mirror_leaf_local_retry_for_test(
+        &self,
+        kvm: &Kvm,
+        gfn: Gfn,
+        spte: Spte,
+        race: impl FnOnce(),
+    ) -> gmem_mm::KResult<MapResult> {
+        let _mmu_lock = kvm.mmu_lock_read();
+        let leaf = Leaf { spte, generations: frame_generations(&kvm.machine().mem, &spte) };
+        let Some(mut iter) = self.mirror.lock().iter_at(gfn.0, SpteLevel::Level4K) else {
+            return Err(gmem_mm::Errno::ENOENT);
+        };
+        race();
+        let mut failures = 0;
+        loop {
+            // retry:
+            match &iter.old_spte {
+                Some(MirrorSpte::Leaf(existing)) => {
+                    kvm.machine().warnings.warn_on_once(existing.spte.pfn != spte.pfn, || {
+                        format!(
+                            "local retry: mirror gfn {gfn} present with {:?}, not {:?}",
+                            existing.spte.pfn, spte.pfn
+                        )
+                    });
+                    return Ok(MapResult::Spurious);
+                }
+                Some(MirrorSpte::Frozen) => return Ok(MapResult::Retry),
+                Some(MirrorSpte::Table(_)) => unreachable!("a 4K entry has no child table"),
+                None => {}
+            }
+            let failure = match self.mirror_set_spte_atomic(kvm, &mut iter, Some(MirrorSpte::Leaf(leaf.clone()))) {
+                Ok(()) => {
+                    self.count_installed(spte.level);
+                    return Ok(MapResult::Fixed);
+                }
+                Err(MirrorSetError::Changed { seen }) => {
+                    kvm.machine().warnings.warn_on_once(iter.old_spte != seen, || {
+                        format!(
+                            "tdp_mmu_set_spte_atomic: the freeze cmpxchg of the mirror SPTE at gfn {gfn} failed on \
+                             {seen:?}, yet iter->old_spte is still {:?}: the local retry starts from a stale value \
+                             (set_external_spte_present got iter->old_spte by value: F17 missing)",
+                            iter.old_spte
+                        )
+                    });
+                    format!("the SPTE is {seen:?}")
+                }
+                Err(MirrorSetError::Errno(gmem_mm::Errno::EBUSY)) => "the hook returned EBUSY".to_string(),
+                Err(MirrorSetError::Errno(errno)) => return Err(errno),
+            };
+            failures += 1;
+            if failures >= MIRROR_LOCAL_RETRY_LIMIT {
+                kvm.machine().warnings.report(
+                    WarnKind::Warn,
+                    format!(
+                        "local retry of the mirror SPTE at gfn {gfn} made no progress in {MIRROR_LOCAL_RETRY_LIMIT} \
+                         tries: iter->old_spte is {:?}, {failure}",
+                        iter.old_spte
+                    ),
+                );
+                return Ok(MapResult::Retry);
+            }
+        }
     }
 
     /// `remove_external_spte`: the hook for a mirror leaf that was just made non-present (only
@@ -1070,11 +1225,15 @@ impl TdpMmu {
             let root = self.mirror.lock();
             root.find_leaf(gfn.0).map(|(id, index)| {
                 let table = root.table(id);
-                (id, index, table.entry_gfn(index), table.level, table.entries.get(&index).cloned())
+                let pos = SptePos { id, index, gfn: table.entry_gfn(index), level: table.level };
+                MirrorIter { pos, old_spte: table.entries.get(&index).cloned() }
             })
         };
-        let Some((id, index, base, level, old)) = found else { return Err(gmem_mm::Errno::ENOENT) };
-        self.mirror_set_spte_atomic(kvm, id, index, base, level, old, None)
+        let Some(mut iter) = found else { return Err(gmem_mm::Errno::ENOENT) };
+        self.mirror_set_spte_atomic(kvm, &mut iter, None).map_err(|error| match error {
+            MirrorSetError::Changed { .. } => gmem_mm::Errno::EBUSY,
+            MirrorSetError::Errno(errno) => errno,
+        })
     }
 }
 

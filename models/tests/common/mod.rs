@@ -3,8 +3,11 @@
 //! for the SEV-SNP models a one-page SNP guest between LAUNCH_START and LAUNCH_FINISH
 //! ([`snp_guest`]).
 //!
-//! Each test binary includes this module and uses part of it.
+//! Each test binary includes this module and uses part of it; the mirror-root models also use
+//! [`mirror`] (a TDX-typed guest on a test back-end).
 #![allow(dead_code)]
+
+pub mod mirror;
 
 use gmem_kvm::invariants;
 use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
