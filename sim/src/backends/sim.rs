@@ -1,6 +1,7 @@
 //! The simulator backend: every verb runs on a fresh simulated kernel (one [`SimHost`] per
 //! script file, dropped, and so fully released, at the end of the file).
 
+use super::Host;
 use crate::backend::{
     staging_len, BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat, VcpuExit, Violation,
 };
@@ -38,9 +39,19 @@ pub struct SimBackend {
 }
 
 impl SimBackend {
-    /// A fresh simulated kernel booted with `profile`.
+    /// A fresh simulated kernel booted with `profile`, on the default (AMD) host.
     pub fn new(profile: KernelProfile) -> SimBackend {
-        SimBackend { host: SimHost::new(profile), dev_sev: None }
+        SimBackend::on(Host::Amd, profile)
+    }
+
+    /// A fresh simulated kernel booted with `profile` on `host` (AMD with SEV-SNP, or Intel with
+    /// TDX).
+    pub fn on(host: Host, profile: KernelProfile) -> SimBackend {
+        let host = match host {
+            Host::Amd => SimHost::new(profile),
+            Host::Intel => SimHost::new_intel(profile),
+        };
+        SimBackend { host, dev_sev: None }
     }
 
     /// The host (for tests that look behind the script).
