@@ -18,7 +18,9 @@
 //!
 //! A verb not performed prints `skip` with the reason, and the line is not compared. Guest
 //! verbs skip: on this machine's PVM backend a guest reads the memslot's `userspace_addr`,
-//! not guest_memfd (reference/kernel-semantics.md §0.2). Simulator-only verbs skip.
+//! not guest_memfd (reference/kernel-semantics.md §0.2). `create_vcpu` is the real
+//! `KVM_CREATE_VCPU` (kvm-ioctls' `VmFd::create_vcpu`): the vCPU-scope `KVM_MEMORY_ENCRYPT_OP`
+//! commands need a vCPU descriptor, and nothing here runs it. Simulator-only verbs skip.
 //!
 //! The SEV-SNP host verbs are real calls: `open_dev_sev` opens `/dev/sev` (absent here: ENOENT),
 //! and the launch commands issue `KVM_MEMORY_ENCRYPT_OP` (`VmFd::encrypt_op_sev`) with their
@@ -496,13 +498,13 @@ impl Backend for KvmBackend {
 
     fn close(&mut self, fd: i32) -> BResult<()> {
         let raw = match self.fds.remove(fd) {
-            Some(Object::Vm(vm)) => {
-                // kvm-ioctls' VmFd closes its descriptor when dropped and discards the result.
-                // Close a duplicate last instead, so the final close (the one that releases
-                // the VM) is the one whose result the script sees.
-                // SAFETY: dup takes no pointers; the VmFd's descriptor is open.
-                let raw = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&vm)) };
-                drop(vm);
+            Some(object @ (Object::Vm(_) | Object::Vcpu(_))) => {
+                // kvm-ioctls' VmFd and VcpuFd close their descriptor when dropped and discard
+                // the result. Close a duplicate last instead, so the final close (the one that
+                // releases the VM or vCPU) is the one whose result the script sees.
+                // SAFETY: dup takes no pointers; the object's descriptor is open.
+                let raw = unsafe { libc::dup(object.raw()) };
+                drop(object);
                 if raw < 0 {
                     return Err(Failure::Errno(sys::last_errno()));
                 }
@@ -618,8 +620,16 @@ impl Backend for KvmBackend {
         self.encrypt_op(vm, &mut cmd)
     }
 
-    fn create_vcpu(&mut self, _vm: i32, _id: u64) -> BResult<i32> {
-        skip(GUEST_SKIP)
+    fn create_vcpu(&mut self, vm: i32, id: u64) -> BResult<i32> {
+        let object = match self.fds.get(vm) {
+            Some(Object::Vm(vm)) => Object::Vcpu(vm.create_vcpu(id).map_err(kvm_error)?),
+            _ => {
+                let fd = errno(sys::ioctl_with_val(self.raw(vm), sys::KVM_CREATE_VCPU, id))? as i32;
+                // SAFETY: the kernel just returned this new descriptor and nothing else owns it.
+                Object::Device(unsafe { OwnedFd::from_raw_fd(fd) })
+            }
+        };
+        Ok(self.fds.install(object))
     }
 
     fn guest_store(&mut self, _vcpu: i32, _gpa: u64, _bytes: &[u8], _private: Option<bool>) -> BResult<()> {

@@ -21,6 +21,8 @@ const IOC_READ: c_ulong = 2;
 
 /// `KVM_CHECK_EXTENSION` = `_IO(KVMIO, 0x03)`.
 pub const KVM_CHECK_EXTENSION: c_ulong = ioc(0, 0x03, 0);
+/// `KVM_CREATE_VCPU` = `_IO(KVMIO, 0x41)`.
+pub const KVM_CREATE_VCPU: c_ulong = ioc(0, 0x41, 0);
 /// `KVM_CREATE_GUEST_MEMFD` = `_IOWR(KVMIO, 0xd4, struct kvm_create_guest_memfd)`.
 pub const KVM_CREATE_GUEST_MEMFD: c_ulong =
     ioc(IOC_READ | IOC_WRITE, 0xd4, std::mem::size_of::<kvm_create_guest_memfd>());
@@ -38,6 +40,7 @@ pub const KVM_MEMORY_ENCRYPT_OP: c_ulong = ioc(IOC_READ | IOC_WRITE, 0xba, std::
 
 // The numbers measured on x86-64 (reference/kernel-semantics.md §1).
 const _: () = assert!(KVM_CHECK_EXTENSION == 0xAE03);
+const _: () = assert!(KVM_CREATE_VCPU == 0xAE41);
 const _: () = assert!(KVM_ENABLE_CAP == 0x4068_AEA3);
 const _: () = assert!(KVM_MEMORY_ENCRYPT_OP == 0xC008_AEBA);
 const _: () = assert!(KVM_CREATE_GUEST_MEMFD == 0xC040_AED4);
@@ -61,8 +64,8 @@ pub fn check(ret: i64) -> Result<i64, Errno> {
 /// An ioctl whose argument is a value.
 pub fn ioctl_with_val(fd: i32, request: c_ulong, arg: u64) -> Result<i64, Errno> {
     // SAFETY: the argument is passed by value; the kernel does not dereference it for the
-    // requests this module issues (KVM_CHECK_EXTENSION), and a descriptor that is not a KVM
-    // file answers ENOTTY (or EBADF for -1) without touching memory.
+    // requests this module issues (KVM_CHECK_EXTENSION, KVM_CREATE_VCPU), and a descriptor that
+    // is not a KVM file answers ENOTTY (or EBADF for -1) without touching memory.
     check(i64::from(unsafe { libc::ioctl(fd, request, arg as c_ulong) }))
 }
 
