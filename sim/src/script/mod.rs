@@ -26,7 +26,7 @@ mod tests;
 use std::fmt;
 
 pub use header::{header, Header, HeaderError, HeaderLine};
-pub use op::{Handle, HandleKind, LaunchSource, Op, UserAddr, VERBS};
+pub use op::{CpuidEntry, Handle, HandleKind, LaunchSource, Op, UserAddr, VERBS};
 
 /// A parsed script.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 
 use std::os::raw::c_ulong;
 
+use gmem_arch::tdx::kvm::kvm_tdx_cmd;
 use gmem_mm::Errno;
 use kvm_bindings::{
     kvm_create_guest_memfd, kvm_enable_cap, kvm_memory_attributes, kvm_sev_cmd, kvm_userspace_memory_region2,
@@ -85,6 +86,17 @@ pub fn memory_encrypt_op(fd: i32, cmd: &mut kvm_sev_cmd) -> Result<i64, Errno> {
     // sev_mem_enc_ioctl copies in and back out; `cmd.data` is the caller's to keep valid (the
     // kernel copies the parameters from it with copy_from_user, which faults safely otherwise).
     check(i64::from(unsafe { libc::ioctl(fd, KVM_MEMORY_ENCRYPT_OP, cmd as *mut kvm_sev_cmd) }))
+}
+
+/// `KVM_MEMORY_ENCRYPT_OP` with a pointer to a TDX command, which the kernel reads and writes
+/// back (its `hw_error`); the command's parameters are at `cmd.data` (or `data` is an immediate).
+/// On a VM descriptor it is the VM-scope command, on a vCPU descriptor the vCPU-scope one.
+pub fn memory_encrypt_op_tdx(fd: i32, cmd: &mut kvm_tdx_cmd) -> Result<i64, Errno> {
+    // SAFETY: `cmd` is a live, exclusively borrowed `struct kvm_tdx_cmd`, the structure
+    // tdx_vm_ioctl and tdx_vcpu_ioctl copy in and back out; `cmd.data` is the caller's to keep
+    // valid (the kernel copies parameters from it with copy_from_user, which faults safely
+    // otherwise).
+    check(i64::from(unsafe { libc::ioctl(fd, KVM_MEMORY_ENCRYPT_OP, cmd as *mut kvm_tdx_cmd) }))
 }
 
 /// A private anonymous mapping of `len` bytes with no swap reservation (`MAP_NORESERVE`), at the
