@@ -6,8 +6,11 @@
 //! the backend unchanged. A backend lives for one script file and releases everything it
 //! created (VMs, descriptors, mappings) when it is dropped.
 
+use gmem_arch::tdx::kvm::{kvm_tdx_init_mem_region, kvm_tdx_init_vm};
 use gmem_mm::Errno;
-use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update,
+};
 
 /// A signal raised by a host access through a mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +67,27 @@ pub enum Failure {
         /// `kvm_sev_cmd.error`.
         fw_error: u32,
     },
+    /// A TDX `KVM_MEMORY_ENCRYPT_OP` command failed with this errno and left this SEAMCALL status
+    /// in `kvm_tdx_cmd.hw_error` (0 when none). Prints the errno, then ` hw_error=STATUS` when the
+    /// status is not 0 (`EBUSY hw_error=OPERAND_BUSY|SEPT`), then `fields` (INIT_MEM_REGION's
+    /// region when the kernel advanced it before failing).
+    Tdx {
+        /// The ioctl's errno.
+        errno: Errno,
+        /// `kvm_tdx_cmd.hw_error`.
+        hw_error: u64,
+        /// Further fields, in the order they print, values already formatted.
+        fields: Vec<(String, String)>,
+    },
     /// This backend cannot run the verb; the text says why.
     Skip(String),
+}
+
+impl Failure {
+    /// A failed TDX command without further fields.
+    pub fn tdx(errno: Errno, hw_error: u64) -> Failure {
+        Failure::Tdx { errno, hw_error, fields: Vec::new() }
+    }
 }
 
 /// What KVM answered a guest's VMGEXIT it completed (without an exit to user space).
@@ -93,6 +115,45 @@ pub struct LaunchUpdated {
     pub uaddr: u64,
     /// The `uaddr` the call was given.
     pub uaddr_in: u64,
+}
+
+/// What `KVM_TDX_CAPABILITIES` answered (the fields `tdx_capabilities` prints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TdxCaps {
+    /// `supported_attrs`.
+    pub supported_attrs: u64,
+    /// `supported_xfam`.
+    pub supported_xfam: u64,
+    /// `cpuid.nent`: the number of configurable CPUID leaves.
+    pub nent: u32,
+}
+
+/// `KVM_TDX_INIT_MEM_REGION`'s region as the kernel left it in user memory, the `source_addr`
+/// the call was given (the runner prints the new one relative to it), and the call's errno and
+/// `hw_error` if it failed (the kernel copies the region back after a partial failure too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TdxRegionDone {
+    /// The region after the call.
+    pub region: kvm_tdx_init_mem_region,
+    /// The `source_addr` passed in.
+    pub source_in: u64,
+    /// The failure: errno and `kvm_tdx_cmd.hw_error`.
+    pub error: Option<(Errno, u64)>,
+}
+
+/// KVM's state of a TD (`struct kvm_tdx`), as `tdx_state` prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TdxVmState {
+    /// `kvm_tdx->state`: `UNINITIALIZED`, `INITIALIZED` or `RUNNABLE` (`TD_STATE_*`).
+    pub state: &'static str,
+    /// `kvm_tdx->nr_premapped`.
+    pub nr_premapped: i64,
+    /// `is_hkid_assigned(kvm_tdx)`.
+    pub hkid_assigned: bool,
+    /// Pages KVM leaked after a failed release (never handed back to the host).
+    pub leaked: usize,
+    /// `kvm->vm_bugged`: a `KVM_BUG_ON` killed the VM (every ioctl is EIO).
+    pub bugged: bool,
 }
 
 /// The fields of `struct stat` a script prints.
@@ -230,6 +291,54 @@ pub trait Backend {
         _params: &kvm_sev_snp_launch_finish,
         _id_block: Option<&[u8]>,
     ) -> BResult<()> {
+        unsupported()
+    }
+
+    /// `KVM_MEMORY_ENCRYPT_OP(KVM_TDX_CAPABILITIES)` on `vm` with room for `nent` CPUID entries
+    /// (at most 256 are provided; the header says `nent`). A failure is [`Failure::Tdx`].
+    fn tdx_capabilities(&mut self, _vm: i32, _nent: u32, _flags: u32) -> BResult<TdxCaps> {
+        unsupported()
+    }
+    /// `KVM_MEMORY_ENCRYPT_OP(KVM_TDX_INIT_VM)` on `vm` with `init_vm` followed by `cpuid` (its
+    /// `cpuid.nent` is `cpuid.len()`). A failure is [`Failure::Tdx`].
+    fn tdx_init_vm(
+        &mut self,
+        _vm: i32,
+        _flags: u32,
+        _init_vm: &kvm_tdx_init_vm,
+        _cpuid: &[kvm_cpuid_entry2],
+    ) -> BResult<()> {
+        unsupported()
+    }
+    /// `KVM_MEMORY_ENCRYPT_OP(KVM_TDX_INIT_VCPU)` on `vcpu` with `rcx` as `data`. A failure is
+    /// [`Failure::Tdx`].
+    fn tdx_init_vcpu(&mut self, _vcpu: i32, _flags: u32, _rcx: u64) -> BResult<()> {
+        unsupported()
+    }
+    /// `KVM_MEMORY_ENCRYPT_OP(KVM_TDX_INIT_MEM_REGION)` on `vcpu`. With `bytes`, the backend maps
+    /// fresh memory of `region.nr_pages` pages (see [`staging_len`]), copies `bytes` to its start
+    /// and passes its address as `source_addr`, removing the mapping after the call. The
+    /// command's failure is in [`TdxRegionDone::error`]; `Err` is for what kept it from running.
+    fn tdx_init_mem_region(
+        &mut self,
+        _vcpu: i32,
+        _flags: u32,
+        _region: &kvm_tdx_init_mem_region,
+        _bytes: Option<&[u8]>,
+    ) -> BResult<TdxRegionDone> {
+        unsupported()
+    }
+    /// `KVM_MEMORY_ENCRYPT_OP(KVM_TDX_FINALIZE_VM)` on `vm`. A failure is [`Failure::Tdx`].
+    fn tdx_finalize_vm(&mut self, _vm: i32, _flags: u32) -> BResult<()> {
+        unsupported()
+    }
+    /// KVM's state of the TD `vm`.
+    fn tdx_state(&mut self, _vm: i32) -> BResult<TdxVmState> {
+        unsupported()
+    }
+    /// Arms a SEAMCALL error: after `after` calls of leaf `leaf` pass, the next `count` fail with
+    /// `status` and change nothing.
+    fn inject_tdx(&mut self, _leaf: u16, _status: u64, _count: u32, _after: u32) -> BResult<()> {
         unsupported()
     }
 

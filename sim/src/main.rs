@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use gmem_sim::backends::{self, BACKENDS, DEFAULT_KERNEL};
+use gmem_sim::backends::{self, Host, BACKENDS, DEFAULT_KERNEL, HOSTS};
 use gmem_sim::diff;
 use gmem_sim::run;
 use gmem_sim::runner::{self, RunOptions};
@@ -26,8 +26,9 @@ struct Cli {
 enum Command {
     /// Run scenario scripts (.gms) and print one result per line.
     Script(ScriptArgs),
-    /// Run every bundled example script under the profile its `# profile:` line names, with
-    /// `--check`, and print a summary per file.
+    /// Run every bundled example script under the profile its `# profile:` line names (on the
+    /// host its `# host:` line names, AMD without one), with `--check`, and print a summary per
+    /// file.
     Examples(ExamplesArgs),
     /// Differential fuzzing: run random host-side sequences on /dev/kvm and on the simulator,
     /// compare every result, and print each divergence shrunk to a minimal script. The last
@@ -130,6 +131,11 @@ struct ScriptArgs {
     /// upstream fixes toggled (`v6.14+F1`, `v6.18-F2`).
     #[arg(long, default_value = DEFAULT_KERNEL, value_parser = parse_kernel)]
     kernel: String,
+    /// The simulated host: `amd` (kvm_amd with SEV-SNP) or `intel` (kvm_intel with TDX). Default:
+    /// the host a file's `# host:` line names, else amd; a file that names another host is an
+    /// error. On the kvm backend the host is this machine (the name is only checked).
+    #[arg(long, value_parser = HOSTS.to_vec())]
+    host: Option<String>,
     /// Compare results with `=> EXPECTED` and exit 1 on any mismatch.
     #[arg(long)]
     check: bool,
@@ -264,21 +270,20 @@ fn run_examples(args: &ExamplesArgs) -> ExitCode {
         }
     };
     files.sort();
-    let Some(programs) = parse_all(&files) else {
+    let Some(scripts) = parse_all(&files) else {
         return ExitCode::from(USAGE_ERROR);
     };
     let (mut checked, mut failed) = (0, 0);
-    for (path, program) in files.iter().zip(&programs) {
-        let source = std::fs::read_to_string(path).unwrap_or_default();
-        let Some(profile) = source.lines().next().and_then(|line| line.strip_prefix("# profile:")) else {
+    for (path, script) in files.iter().zip(&scripts) {
+        let Some(profile) = script.profile.as_ref().filter(|profile| profile.number == 1) else {
             eprintln!("gmem-sim: {}: the first line must be `# profile: PROFILE`", path.display());
             return ExitCode::from(USAGE_ERROR);
         };
-        let profile = profile.trim().to_string();
-        let mut factory = || backends::open("sim", &profile);
+        let (profile, host) = (profile.value.clone(), script.host.unwrap_or_default());
+        let mut factory = || backends::open_on("sim", &profile, host);
         let options = RunOptions { check: true, skip_is_pass: false };
         let mut output = Vec::new();
-        let report = match runner::run(std::slice::from_ref(program), &mut factory, options, &mut output) {
+        let report = match runner::run(std::slice::from_ref(&script.program), &mut factory, options, &mut output) {
             Ok(report) => report,
             Err(error) => {
                 eprintln!("gmem-sim: {error}");
@@ -290,7 +295,11 @@ fn run_examples(args: &ExamplesArgs) -> ExitCode {
             println!("  {line}");
         }
         let name = path.file_name().map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into());
-        println!("{name} [{profile}]: {}", report.summary());
+        let shown_host = match script.host {
+            Some(host) => format!(", host {}", host.name()),
+            None => String::new(),
+        };
+        println!("{name} [{profile}{shown_host}]: {}", report.summary());
         checked += report.checked();
         failed += report.failed();
     }
@@ -299,12 +308,28 @@ fn run_examples(args: &ExamplesArgs) -> ExitCode {
 }
 
 fn run_scripts(args: &ScriptArgs) -> ExitCode {
-    let Some(programs) = parse_all(&args.files) else {
+    let Some(scripts) = parse_all(&args.files) else {
         return ExitCode::from(USAGE_ERROR);
     };
-    let mut factory = || backends::open(&args.backend, &args.kernel);
+    // clap has checked the name against HOSTS.
+    let flag = args.host.as_deref().and_then(|name| Host::by_name(name).ok());
+    let mut hosts = Vec::with_capacity(scripts.len());
+    for script in &scripts {
+        match backends::choose_host(script.host, flag) {
+            Ok(host) => hosts.push(host),
+            Err(error) => {
+                eprintln!("gmem-sim: {}: {error}", script.program.file);
+                return ExitCode::from(USAGE_ERROR);
+            }
+        }
+    }
+    let programs: Vec<Program> = scripts.into_iter().map(|script| script.program).collect();
+    let mut factory = |program: &Program| {
+        let index = programs.iter().position(|p| std::ptr::eq(p, program)).unwrap_or(0);
+        backends::open_on(&args.backend, &args.kernel, hosts.get(index).copied().unwrap_or_default())
+    };
     let options = RunOptions { check: args.check, skip_is_pass: false };
-    match runner::run(&programs, &mut factory, options, &mut io::stdout().lock()) {
+    match runner::run_with(&programs, &mut factory, options, &mut io::stdout().lock()) {
         Ok(report) => {
             if args.check {
                 eprintln!("{}", report.summary());
@@ -318,9 +343,18 @@ fn run_scripts(args: &ScriptArgs) -> ExitCode {
     }
 }
 
+/// A parsed script with what its header declares.
+struct Script {
+    program: Program,
+    /// The `# profile:` line.
+    profile: Option<script::HeaderLine>,
+    /// The host its `# host:` line names.
+    host: Option<Host>,
+}
+
 /// Reads and parses every file, printing every error; `None` if any failed.
-fn parse_all(files: &[PathBuf]) -> Option<Vec<Program>> {
-    let parsed: Vec<Result<Program, String>> = files.iter().map(PathBuf::as_path).map(parse_file).collect();
+fn parse_all(files: &[PathBuf]) -> Option<Vec<Script>> {
+    let parsed: Vec<Result<Script, String>> = files.iter().map(PathBuf::as_path).map(parse_file).collect();
     let mut failed = false;
     for error in parsed.iter().filter_map(|p| p.as_ref().err()) {
         eprintln!("{error}");
@@ -329,8 +363,12 @@ fn parse_all(files: &[PathBuf]) -> Option<Vec<Program>> {
     (!failed).then(|| parsed.into_iter().filter_map(Result::ok).collect())
 }
 
-fn parse_file(path: &Path) -> Result<Program, String> {
+fn parse_file(path: &Path) -> Result<Script, String> {
     let name = path.display().to_string();
     let source = std::fs::read_to_string(path).map_err(|error| format!("gmem-sim: cannot read {name}: {error}"))?;
-    script::parse(&name, &source).map_err(|error| error.to_string())
+    let header_error = |error: script::HeaderError| format!("{name}:{}: {}", error.line, error.message);
+    let header = script::header(&source).map_err(header_error)?;
+    let host = backends::declared_host(&source).map_err(header_error)?;
+    let program = script::parse(&name, &source).map_err(|error| error.to_string())?;
+    Ok(Script { program, profile: header.profile, host })
 }

@@ -110,6 +110,9 @@ impl From<io::Error> for RunError {
 /// Creates a fresh backend for each file.
 pub type BackendFactory<'f> = dyn FnMut() -> Result<Box<dyn Backend>, String> + 'f;
 
+/// Creates a fresh backend for the file it is given (which may decide the backend: its host).
+pub type ProgramBackendFactory<'f> = dyn FnMut(&Program) -> Result<Box<dyn Backend>, String> + 'f;
+
 /// Runs `programs` in order, each on a fresh backend from `factory`, writing results to `out`.
 ///
 /// Result lines carry a `FILE:` prefix when there are several programs.
@@ -119,10 +122,21 @@ pub fn run(
     options: RunOptions,
     out: &mut dyn Write,
 ) -> Result<Report, RunError> {
+    run_with(programs, &mut |_| factory(), options, out)
+}
+
+/// [`run`], with a factory that is told which program the backend is for.
+pub fn run_with(
+    programs: &[Program],
+    factory: &mut ProgramBackendFactory<'_>,
+    options: RunOptions,
+    out: &mut dyn Write,
+) -> Result<Report, RunError> {
     let prefix_files = programs.len() > 1;
     let mut report = Report { check: options.check, lines: Vec::new() };
     for program in programs {
-        let mut backend = factory().map_err(|message| RunError::Backend { file: program.file.clone(), message })?;
+        let mut backend =
+            factory(program).map_err(|message| RunError::Backend { file: program.file.clone(), message })?;
         let lines = run_program(program, backend.as_mut(), options, prefix_files, out)?;
         drop(backend);
         report.lines.extend(lines);

@@ -1,8 +1,9 @@
 //! Every bundled example script passes its own expectations on the simulator, under the profile
-//! its header names (`# profile: v6.14`).
+//! its header names (`# profile: v6.14`), on the host it names (`# host: intel`; AMD without).
 //!
-//! Method: parse each `examples/*.gms`, read the profile from its first line, run it with
-//! `--check` semantics through the library runner on a fresh simulator backend, and require
+//! Method: parse each `examples/*.gms`, read the profile from its first line and the host from its
+//! header, run it with `--check` semantics through the library runner on a fresh simulator
+//! backend, and require
 //! every expectation to match. Output is also run twice to check it is byte-identical
 //! (determinism is part of the script contract).
 
@@ -34,8 +35,9 @@ fn declared_profile(text: &str, path: &Path) -> String {
 fn run_checked(path: &Path) -> (String, gmem_sim::runner::Report) {
     let text = std::fs::read_to_string(path).expect("readable");
     let profile = declared_profile(&text, path);
+    let host = backends::declared_host(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
     let program = parse(&path.display().to_string(), &text).unwrap_or_else(|error| panic!("{error}"));
-    let mut factory = || backends::open("sim", &profile);
+    let mut factory = || backends::open_on("sim", &profile, host.unwrap_or_default());
     let mut out = Vec::new();
     let options = RunOptions { check: true, skip_is_pass: false };
     let report = run(std::slice::from_ref(&program), &mut factory, options, &mut out).expect("runs");

@@ -4,13 +4,15 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
+use gmem_arch::tdx::kvm::{kvm_tdx_init_mem_region, kvm_tdx_init_vm};
 use gmem_mm::Errno;
 use gmem_sim::backend::{
-    BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat, VcpuExit, Violation,
+    BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat, TdxRegionDone, VcpuExit,
+    Violation,
 };
 use gmem_sim::runner::{run, LineReport, Report, RunError, RunOptions};
 use gmem_sim::script::{parse, Program};
-use kvm_bindings::{kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
+use kvm_bindings::{kvm_cpuid_entry2, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
 
 /// What the mock does, shared with the test so it can be inspected after the backend is gone.
 #[derive(Default)]
@@ -180,6 +182,57 @@ impl Backend for Mock {
             uaddr_in: uaddr,
         };
         self.answer("snp_launch_update", call, done)
+    }
+    fn tdx_init_vm(
+        &mut self,
+        vm: i32,
+        flags: u32,
+        init_vm: &kvm_tdx_init_vm,
+        cpuid: &[kvm_cpuid_entry2],
+    ) -> BResult<()> {
+        let entries: Vec<String> = cpuid
+            .iter()
+            .map(|e| {
+                let regs = format!("{:#x}:{:#x}:{:#x}:{:#x}", e.eax, e.ebx, e.ecx, e.edx);
+                format!("{:#x}.{}/{}:{regs}", e.function, e.index, e.flags)
+            })
+            .collect();
+        let call = format!(
+            "tdx_init_vm({vm}, flags={flags}, attributes={:#x}, xfam={:#x}, cpuid=[{}])",
+            init_vm.attributes,
+            init_vm.xfam,
+            entries.join(" ")
+        );
+        self.answer("tdx_init_vm", call, ())
+    }
+    fn tdx_init_mem_region(
+        &mut self,
+        vcpu: i32,
+        flags: u32,
+        region: &kvm_tdx_init_mem_region,
+        bytes: Option<&[u8]>,
+    ) -> BResult<TdxRegionDone> {
+        // Stages `bytes` at a fresh address; does one page, and fails afterwards if a failure
+        // is scripted (the failure's errno, with the region advanced).
+        let source = match bytes {
+            Some(_) => self.addr(),
+            None => region.source_addr,
+        };
+        let call = format!(
+            "tdx_init_mem_region({vcpu}, flags={flags}, source={source:#x}, gpa={:#x}, nr_pages={}, bytes={bytes:?})",
+            region.gpa, region.nr_pages
+        );
+        let done = kvm_tdx_init_mem_region {
+            source_addr: source + 4096,
+            gpa: region.gpa + 4096,
+            nr_pages: region.nr_pages - 1,
+        };
+        let error = match self.answer("tdx_init_mem_region", call, ()) {
+            Ok(()) => None,
+            Err(Failure::Tdx { errno, hw_error, .. }) => Some((errno, hw_error)),
+            Err(other) => return Err(other),
+        };
+        Ok(TdxRegionDone { region: done, source_in: source, error })
     }
     fn psc(&mut self, vcpu: i32, ghcb: u64, gpa: u64, npages: u16, op: u8, size_2m: bool) -> BResult<GhcbAnswer> {
         let call = format!("psc({vcpu}, {ghcb:#x}, {gpa:#x}, {npages}, {op}, {size_2m})");
@@ -670,4 +723,52 @@ fn launch_update_records_print_uaddr_relative_to_its_source() {
             .starts_with("snp_launch_update(3, sev_fd=4, gfn_start=0x2 len=0x2000 type=1 uaddr=0x7f0000000000")),
         "{log:?}"
     );
+}
+
+#[test]
+fn tdx_verbs_build_the_kernels_parameters_and_print_the_region() {
+    let bench = Bench::new();
+    bench.fail("tdx_init_vm", Failure::tdx(Errno::EINVAL, 0xC000_0100_0000_0001));
+    bench.fail("tdx_init_mem_region", Failure::tdx(Errno::EBUSY, 0));
+    let out = bench.run(
+        "vm = create_vm type=TDX\n\
+         tdx_init_vm vm attributes=PKS\n\
+         tdx_init_vm vm gpaw=0 xfam=3 cpuid=7.0:0:0x800,0x40000000:1:2:3:4 flags=1\n\
+         v = create_vcpu vm\n\
+         img = mmap 3 len=8K\n\
+         tdx_init_mem_region v gpa=0x2000 size=8K source=img measure=1\n\
+         tdx_init_mem_region v gpa=0 size=8K bytes=2a\n\
+         tdx_init_mem_region v gpa=0 nr_pages=1 source=0x10000 flags=2\n",
+    );
+    assert_eq!(
+        out,
+        lines(&[
+            "1: ok",
+            "2: EINVAL hw_error=OPERAND_INVALID|RCX",
+            "3: ok",
+            "4: ok",
+            "5: ok",
+            // The scripted EBUSY comes after one page: the region advanced is printed.
+            "6: EBUSY source_addr=img+0x1000 gpa=0x3000 nr_pages=1",
+            "7: ok source_addr=bytes+0x1000 gpa=0x1000 nr_pages=1",
+            "8: ok source_addr=0x11000 gpa=0x1000 nr_pages=0",
+        ])
+    );
+    let log = bench.log();
+    let call = |prefix: &str| log.iter().filter(|c| c.starts_with(prefix)).cloned().collect::<Vec<_>>();
+    assert_eq!(
+        call("tdx_init_vm"),
+        [
+            // GPAW 48 in leaf 0x80000008's EAX[23:16], no significant index.
+            "tdx_init_vm(3, flags=0, attributes=0x40000000, xfam=0x0, cpuid=[0x80000008.0/0:0x300000:0x0:0x0:0x0])",
+            // No GPAW entry; `.0` makes the index significant (flag 1).
+            "tdx_init_vm(3, flags=1, attributes=0x10000000, xfam=0x3, cpuid=[0x7.0/1:0x0:0x800:0x0:0x0 \
+             0x40000000.0/0:0x1:0x2:0x3:0x4])",
+        ]
+    );
+    let regions = call("tdx_init_mem_region");
+    assert_eq!(regions.len(), 3);
+    assert!(regions[0].starts_with("tdx_init_mem_region(4, flags=1, source=0x7f0000000000, gpa=0x2000, nr_pages=2"));
+    assert!(regions[1].ends_with("gpa=0x0, nr_pages=2, bytes=Some([42]))"), "{regions:?}");
+    assert!(regions[2].starts_with("tdx_init_mem_region(4, flags=2, source=0x10000, gpa=0x0, nr_pages=1"));
 }

@@ -1,7 +1,8 @@
 //! Conformance: every bundled example script on the real kernel and on the simulator.
 //!
 //! Each `examples/*.gms` runs on the kvm backend (this machine's `/dev/kvm`) and on the
-//! simulator under `v6.18-pvm`, the profile that models this machine's kernel. Every line the
+//! simulator under `v6.18-pvm`, the profile that models this machine's kernel, on the host the
+//! script declares (`# host:`; the kvm backend's host is this machine whatever it declares). Every line the
 //! kvm backend does not skip must print byte-identical results on both (with their detail
 //! lines). Scripts written for this kernel (`# profile: v6.18-pvm`) must also meet their
 //! `=> EXPECTED` lines on both backends; scripts written for another profile describe another
@@ -14,14 +15,17 @@
 
 use std::path::{Path, PathBuf};
 
-use gmem_sim::backends::{self, kvm_or_skip};
+use gmem_sim::backends::{self, kvm_or_skip, Host};
 use gmem_sim::runner::{self, LineReport, Report, RunOptions};
 use gmem_sim::script::{self, Program};
 
 /// The profile that models the kernel of this project's machines.
 const THIS_KERNEL: &str = "v6.18-pvm";
 
-fn examples() -> Vec<(PathBuf, String, Program)> {
+/// An example: its path, declared profile and host, and program.
+type Example = (PathBuf, String, Host, Program);
+
+fn examples() -> Vec<Example> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("examples/ exists")
@@ -40,14 +44,15 @@ fn examples() -> Vec<(PathBuf, String, Program)> {
                 .and_then(|line| line.strip_prefix("# profile:"))
                 .map(|profile| profile.trim().to_string())
                 .unwrap_or_else(|| panic!("{}: first line must name the profile", path.display()));
+            let host = backends::declared_host(&source).expect("a valid `# host:` line").unwrap_or_default();
             let program = script::parse(&path.display().to_string(), &source).expect("examples parse");
-            (path, profile, program)
+            (path, profile, host, program)
         })
         .collect()
 }
 
-fn run(program: &Program, backend: &str, kernel: &str, options: RunOptions) -> Report {
-    let mut factory = || backends::open(backend, kernel);
+fn run(program: &Program, backend: &str, kernel: &str, host: Host, options: RunOptions) -> Report {
+    let mut factory = || backends::open_on(backend, kernel, host);
     let mut output = Vec::new();
     runner::run(std::slice::from_ref(program), &mut factory, options, &mut output).expect("the backend opens")
 }
@@ -67,9 +72,9 @@ fn every_example_prints_the_same_on_the_kernel_and_the_simulator() {
     }
     let mut mismatches = Vec::new();
     let (mut compared, mut skipped) = (0, 0);
-    for (_, _, program) in examples() {
-        let kvm = run(&program, "kvm", THIS_KERNEL, RunOptions::default());
-        let sim = run(&program, "sim", THIS_KERNEL, RunOptions::default());
+    for (_, _, host, program) in examples() {
+        let kvm = run(&program, "kvm", THIS_KERNEL, host, RunOptions::default());
+        let sim = run(&program, "sim", THIS_KERNEL, host, RunOptions::default());
         assert_eq!(kvm.lines.len(), sim.lines.len(), "{}: both backends run every line", program.file);
         for (k, s) in kvm.lines.iter().zip(&sim.lines) {
             if k.result.starts_with("skip") {
@@ -92,14 +97,14 @@ fn scripts_for_this_kernel_meet_their_expectations_on_both_backends() {
     if !kvm_or_skip("scripts_for_this_kernel_meet_their_expectations_on_both_backends") {
         return;
     }
-    let for_this_kernel: Vec<_> = examples().into_iter().filter(|(_, profile, _)| profile == THIS_KERNEL).collect();
+    let for_this_kernel: Vec<_> = examples().into_iter().filter(|(_, profile, _, _)| profile == THIS_KERNEL).collect();
     assert!(for_this_kernel.len() >= 3, "the measured examples declare `# profile: {THIS_KERNEL}`");
-    for (path, _, program) in for_this_kernel {
+    for (path, _, host, program) in for_this_kernel {
         for (backend, options) in [
             ("kvm", RunOptions { check: true, skip_is_pass: true }),
             ("sim", RunOptions { check: true, skip_is_pass: false }),
         ] {
-            let report = run(&program, backend, THIS_KERNEL, options);
+            let report = run(&program, backend, THIS_KERNEL, host, options);
             let failed: Vec<String> = report
                 .lines
                 .iter()

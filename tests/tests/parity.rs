@@ -9,8 +9,8 @@
 //! `#[test]` at all, because every check has already run in the compiler.
 //!
 //! To extend it when gmem-uapi mirrors another kvm-ioctls call, add one `same_shape!` line. It
-//! gives the method path and its signature once, written with `Kvm`, `VmFd` and `E` (the error
-//! type). The macro resolves those names once to gmem-uapi's types and once to kvm-ioctls' types,
+//! gives the method path and its signature once, written with `Kvm`, `VmFd`, `VcpuFd` and `E` (the
+//! error type). The macro resolves those names once to gmem-uapi's types and once to kvm-ioctls' types,
 //! and coerces both crates' method to that `fn` type. So the signatures must match exactly except
 //! for the error type, which is `gmem_uapi::Errno` on one side and `kvm_ioctls::Error` on the other.
 //! For an `unsafe fn` it also checks that both methods are `unsafe`. Each other kind of item has its
@@ -28,20 +28,28 @@
 //!   `check_extension_raw`.
 //! * `AsRawFd for Kvm`, because the simulated `Kvm` opens no `/dev/kvm` descriptor in the simulated
 //!   process.
-//! * `Kvm::new_with_path`, `Kvm::open_with_cloexec`, `FromRawFd` and every vCPU, device, irqchip
-//!   and dirty-log call, because the simulator has no counterpart.
+//! * `Kvm::new_with_path`, `Kvm::open_with_cloexec`, `FromRawFd`, every device, irqchip and
+//!   dirty-log call, and every vCPU call but `create_vcpu` (`KVM_RUN`, registers, ...), because
+//!   the simulator has no counterpart.
 //! * `VmFd::encrypt_op<T>(*mut T)`, because a pointer into the caller's memory means nothing to the
 //!   simulated kernel, which reads user memory of the simulated process. `encrypt_op_sev` is
-//!   mirrored; its `kvm_sev_cmd.data` is an address in the simulated process.
+//!   mirrored; its `kvm_sev_cmd.data` is an address in the simulated process. kvm-ioctls has no
+//!   typed TDX call (a VMM issues `kvm_tdx_cmd` through `encrypt_op`, on the VM or, with its own
+//!   ioctl, on the vCPU), so gmem-uapi's `VmFd::encrypt_op_tdx` and `VcpuFd::encrypt_op_tdx`
+//!   have no counterpart to compare with.
 //!
 //! gmem-uapi's typed SEV-SNP helpers (`VmFd::sev_init2`, `snp_launch_start`, `snp_launch_update`,
-//! `snp_launch_finish`) have no kvm-ioctls counterpart and are not listed here.
+//! `snp_launch_finish`) and TDX helpers (`VmFd::tdx_capabilities`, `tdx_init_vm`,
+//! `tdx_finalize_vm`, `VcpuFd::tdx_init_vcpu`, `tdx_init_mem_region`) have no kvm-ioctls
+//! counterpart and are not listed here.
 //!
 //! The TDX uAPI structures (`kvm_tdx_cmd`, `kvm_tdx_capabilities`, `kvm_tdx_init_vm`,
-//! `kvm_tdx_init_mem_region`) are not in kvm-bindings 0.14, so there is nothing to compare them
-//! with here: `gmem_arch::tdx::kvm` defines them with the uAPI layout of
-//! `arch/x86/include/uapi/asm/kvm.h` and asserts their sizes and offsets at compile time. When
-//! kvm-bindings gains them, they become `same_type!` entries.
+//! `kvm_tdx_init_mem_region`) and command ids are not in kvm-bindings 0.14 (it has only
+//! `KVM_X86_TDX_VM`, checked below), so there is nothing to compare them with here:
+//! `gmem_arch::tdx::kvm` defines them with the uAPI layout of `arch/x86/include/uapi/asm/kvm.h`
+//! and asserts their sizes and offsets at compile time. When kvm-bindings gains them, they become
+//! `same_type!` and `same_const!` entries. The CPUID entries they carry are kvm-bindings'
+//! `kvm_cpuid_entry2` (checked below).
 #![cfg(target_os = "linux")]
 
 #[cfg(target_arch = "x86_64")] // kvm-ioctls' gate of encrypt_op_sev
@@ -55,16 +63,16 @@ use std::os::unix::io::{AsRawFd, RawFd};
 
 /// The gmem-uapi side of every signature.
 mod sim {
-    pub use gmem_uapi::{Errno as E, Kvm, VmFd};
+    pub use gmem_uapi::{Errno as E, Kvm, VcpuFd, VmFd};
 }
 
 /// The kvm-ioctls side of every signature.
 mod real {
-    pub use kvm_ioctls::{Error as E, Kvm, VmFd};
+    pub use kvm_ioctls::{Error as E, Kvm, VcpuFd, VmFd};
 }
 
 /// `same_shape!(PATH, SIGNATURE)`: `PATH` coerces to the `fn` type `SIGNATURE` both with `Kvm`,
-/// `VmFd` and `E` taken from gmem-uapi and with them taken from kvm-ioctls. For an `unsafe fn`
+/// `VmFd`, `VcpuFd` and `E` taken from gmem-uapi and with them taken from kvm-ioctls. For an `unsafe fn`
 /// signature, the method must also not be a safe fn on either side. (A safe fn coerces to an
 /// `unsafe fn` pointer too, so the check is separate: only a safe fn item implements `Fn`, which
 /// makes `must_be_unsafe` ambiguous.)
@@ -82,14 +90,14 @@ macro_rules! same_shape {
     (@each $side:ident, $method:expr, $($sig:tt)+) => {
         const _: () = {
             #[allow(unused_imports)]
-            use $side::{Kvm, VmFd, E};
+            use $side::{Kvm, VcpuFd, VmFd, E};
             let _: $($sig)+ = $method;
         };
     };
     (@unsafe $side:ident, $method:expr, ($($arg:ty),*) -> $ret:ty) => {
         const _: fn() = || {
             #[allow(unused_imports)]
-            use $side::{Kvm, VmFd, E};
+            use $side::{Kvm, VcpuFd, VmFd, E};
             trait AmbiguousIfSafe<Marker> {}
             impl<F> AmbiguousIfSafe<()> for F {}
             struct Safe;
@@ -144,6 +152,7 @@ macro_rules! same_errno {
 
 same_type!(kvm_create_guest_memfd, kvm_userspace_memory_region2, kvm_memory_attributes);
 same_type!(kvm_sev_cmd, kvm_sev_init, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, kvm_sev_snp_launch_finish);
+same_type!(kvm_cpuid_entry2);
 
 // ---- Constants: the re-exports equal kvm-bindings', and the 6.18 ones have the uAPI values. ----
 
@@ -193,6 +202,16 @@ const LOCAL_CONSTANTS_HAVE_THE_UAPI_VALUES: () = {
     assert!(KVM_CAP_GUEST_MEMFD_FLAGS == 244);
     // The same type as kvm-bindings' other capability numbers.
     let _ = [KVM_CAP_GUEST_MEMFD_FLAGS, KVM_CAP_GUEST_MEMFD];
+    // enum kvm_tdx_cmd_id and the TDX attribute and INIT_MEM_REGION flags (arch/x86/include/uapi/asm/kvm.h).
+    assert!(KVM_TDX_CAPABILITIES == 0);
+    assert!(KVM_TDX_INIT_VM == 1);
+    assert!(KVM_TDX_INIT_VCPU == 2);
+    assert!(KVM_TDX_INIT_MEM_REGION == 3);
+    assert!(KVM_TDX_FINALIZE_VM == 4);
+    assert!(KVM_TDX_GET_CPUID == 5);
+    assert!(KVM_TDX_MEASURE_MEMORY_REGION == 1 << 0);
+    assert!(TDX_TD_ATTR_DEBUG == 1 << 0);
+    assert!(TDX_TD_ATTR_SEPT_VE_DISABLE == 1 << 28);
 };
 const _: () = LOCAL_CONSTANTS_HAVE_THE_UAPI_VALUES;
 
@@ -291,9 +310,13 @@ same_shape!(VmFd::set_memory_attributes, fn(&VmFd, kvm_memory_attributes) -> Res
 same_shape!(VmFd::enable_cap, fn(&VmFd, &kvm_bindings::kvm_enable_cap) -> Result<(), E>);
 #[cfg(target_arch = "x86_64")] // kvm-ioctls' own gate
 same_shape!(VmFd::encrypt_op_sev, fn(&VmFd, &mut kvm_sev_cmd) -> Result<(), E>);
+same_shape!(VmFd::create_vcpu, fn(&VmFd, u64) -> Result<VcpuFd, E>);
+
+same_shape!(<VcpuFd as AsRawFd>::as_raw_fd, fn(&VcpuFd) -> RawFd);
 
 same_traits!(Kvm: Debug + Send + Sync);
 same_traits!(VmFd: AsRawFd + Debug + Send + Sync);
+same_traits!(VcpuFd: AsRawFd + Debug + Send + Sync);
 
 // ---- Errors: both are a plain errno that `?` can box, and the numbers are the kernel's. ----
 

@@ -17,6 +17,14 @@ pub use kvm_bindings::{
     KVM_SEV_SNP_PAGE_TYPE_UNMEASURED, KVM_SEV_SNP_PAGE_TYPE_ZERO,
 };
 
+/// The `KVM_MEMORY_ENCRYPT_OP` command ids of a TDX launch (`enum kvm_tdx_cmd_id`) and the TDX
+/// uAPI constants (kvm-bindings 0.14 has none of them), from Linux 6.18's
+/// `arch/x86/include/uapi/asm/kvm.h`.
+pub use gmem_arch::tdx::kvm::{
+    KVM_TDX_CAPABILITIES, KVM_TDX_FINALIZE_VM, KVM_TDX_GET_CPUID, KVM_TDX_INIT_MEM_REGION, KVM_TDX_INIT_VCPU,
+    KVM_TDX_INIT_VM, KVM_TDX_MEASURE_MEMORY_REGION, TDX_TD_ATTR_DEBUG, TDX_TD_ATTR_SEPT_VE_DISABLE,
+};
+
 /// `GUEST_MEMFD_FLAG_MMAP` (Linux 6.18).
 pub const GUEST_MEMFD_FLAG_MMAP: u64 = 1 << 0;
 /// `GUEST_MEMFD_FLAG_INIT_SHARED` (Linux 6.18).

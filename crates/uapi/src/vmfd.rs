@@ -1,11 +1,12 @@
-//! [`Kvm`] and [`VmFd`]: the kvm-ioctls-shaped handles over a [`SimHost`].
+//! [`Kvm`], [`VmFd`] and [`VcpuFd`]: the kvm-ioctls-shaped handles over a [`SimHost`].
 
-use crate::{Result, SevError, SimHost};
+use crate::{Result, SevError, SimHost, TdxError};
+use gmem_arch::tdx::kvm::{kvm_tdx_capabilities, kvm_tdx_cmd, kvm_tdx_init_mem_region, kvm_tdx_init_vm};
 use gmem_kvm::KernelProfile;
 use gmem_sync::Arc;
 use kvm_bindings::{
-    kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_cmd, kvm_sev_init, kvm_sev_snp_launch_finish,
-    kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, kvm_userspace_memory_region2,
+    kvm_cpuid_entry2, kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_cmd, kvm_sev_init,
+    kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, kvm_userspace_memory_region2,
 };
 use std::os::raw::c_ulong;
 use std::os::unix::io::{AsRawFd, RawFd};
@@ -27,6 +28,12 @@ impl Kvm {
     /// Boots a simulated machine with `profile`.
     pub fn with_profile(profile: KernelProfile) -> Kvm {
         Kvm { host: Arc::new(SimHost::new(profile)) }
+    }
+
+    /// Boots a simulated Intel machine with `profile` ([`SimHost::new_intel`]: `kvm_intel` with
+    /// the TDX module; TDX VMs exist when the profile lists them, as `v6.18` does).
+    pub fn new_intel(profile: KernelProfile) -> Kvm {
+        Kvm { host: Arc::new(SimHost::new_intel(profile)) }
     }
 
     /// The process the handles live in (for the file system calls: fallocate, mmap, ...).
@@ -99,6 +106,12 @@ impl VmFd {
         self.host.enable_cap(self.fd, cap)
     }
 
+    /// `KVM_CREATE_VCPU`: a new vCPU with vCPU id `id`.
+    pub fn create_vcpu(&self, id: u64) -> Result<VcpuFd> {
+        let fd = self.host.create_vcpu(self.fd, id)?;
+        Ok(VcpuFd { host: self.host.clone(), fd })
+    }
+
     /// `KVM_MEMORY_ENCRYPT_OP` with a `struct kvm_sev_cmd` (kvm-ioctls' `encrypt_op_sev`): the
     /// command comes back as the kernel left it, with the firmware status in `op.error`.
     ///
@@ -156,9 +169,96 @@ impl VmFd {
     ) -> std::result::Result<(), SevError> {
         self.host.snp_launch_finish(self.fd, sev_fd, params)
     }
+
+    /// `KVM_MEMORY_ENCRYPT_OP` with a `struct kvm_tdx_cmd`, the VM-scope TDX commands
+    /// (`KVM_TDX_CAPABILITIES`, `KVM_TDX_INIT_VM`, `KVM_TDX_FINALIZE_VM`): the command comes back
+    /// as the kernel left it, with the SEAMCALL status in `cmd.hw_error`. The shape of
+    /// [`VmFd::encrypt_op_sev`] (kvm-ioctls has only the untyped `encrypt_op` for TDX), and the
+    /// same rule: `cmd.data` is an address in the simulated process (put the parameters there
+    /// first, or use the typed helpers [`VmFd::tdx_capabilities`], [`VmFd::tdx_init_vm`] and
+    /// [`VmFd::tdx_finalize_vm`]).
+    pub fn encrypt_op_tdx(&self, cmd: &mut kvm_tdx_cmd) -> Result<()> {
+        self.host.tdx_op_staged(self.fd, false, cmd, &mut [])
+    }
+
+    /// `KVM_TDX_CAPABILITIES` with room for `nent` CPUID entries (E2BIG below the module's number
+    /// of configurable leaves): the capabilities and the configurable CPUID leaves. A simulator
+    /// convenience, see [`VmFd::encrypt_op_tdx`].
+    pub fn tdx_capabilities(&self, nent: u32) -> Result<(kvm_tdx_capabilities, Vec<kvm_cpuid_entry2>)> {
+        self.host.tdx_capabilities(self.fd, nent)
+    }
+
+    /// `KVM_TDX_INIT_VM` with `init_vm` and the TD's CPUID configuration `cpuid` (its
+    /// `cpuid.nent` is set to `cpuid.len()`). On failure, `hw_error` holds the SEAMCALL status
+    /// KVM reported (TDH.MNG.INIT's, for operands the module refused). A simulator convenience,
+    /// see [`VmFd::encrypt_op_tdx`].
+    pub fn tdx_init_vm(
+        &self,
+        init_vm: &kvm_tdx_init_vm,
+        cpuid: &[kvm_cpuid_entry2],
+    ) -> std::result::Result<(), TdxError> {
+        self.host.tdx_init_vm(self.fd, init_vm, cpuid)
+    }
+
+    /// `KVM_TDX_FINALIZE_VM` (TDH.MR.FINALIZE's status in `hw_error` on failure). A simulator
+    /// convenience, see [`VmFd::encrypt_op_tdx`].
+    pub fn tdx_finalize_vm(&self) -> std::result::Result<(), TdxError> {
+        self.host.tdx_finalize_vm(self.fd)
+    }
 }
 
 impl Drop for VmFd {
+    fn drop(&mut self) {
+        let _ = self.host.close(self.fd);
+    }
+}
+
+/// A vCPU file descriptor (mirrors `kvm_ioctls::VcpuFd` as far as the simulator has vCPU
+/// ioctls: the vCPU-scope `KVM_MEMORY_ENCRYPT_OP`). Dropping it closes the descriptor; the vCPU
+/// file holds a reference to its VM, as in the kernel, so it may outlive the [`VmFd`].
+#[derive(Debug)]
+pub struct VcpuFd {
+    host: Arc<SimHost>,
+    fd: RawFd,
+}
+
+/// The descriptor number, through the trait as in kvm-ioctls.
+impl AsRawFd for VcpuFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
+impl VcpuFd {
+    /// `KVM_MEMORY_ENCRYPT_OP` on the vCPU with a `struct kvm_tdx_cmd`, the vCPU-scope TDX
+    /// commands (`KVM_TDX_INIT_VCPU`, `KVM_TDX_INIT_MEM_REGION`): the command comes back as the
+    /// kernel left it. As for [`VmFd::encrypt_op_tdx`], `cmd.data` is an immediate or an address
+    /// in the simulated process; the typed helpers [`VcpuFd::tdx_init_vcpu`] and
+    /// [`VcpuFd::tdx_init_mem_region`] stage the parameters themselves.
+    pub fn encrypt_op_tdx(&self, cmd: &mut kvm_tdx_cmd) -> Result<()> {
+        self.host.tdx_op_staged(self.fd, true, cmd, &mut [])
+    }
+
+    /// `KVM_TDX_INIT_VCPU`, with `rcx` handed to the guest's firmware. A simulator convenience,
+    /// see [`VcpuFd::encrypt_op_tdx`].
+    pub fn tdx_init_vcpu(&self, rcx: u64) -> std::result::Result<(), TdxError> {
+        self.host.tdx_init_vcpu(self.fd, rcx)
+    }
+
+    /// `KVM_TDX_INIT_MEM_REGION` with `flags` (`KVM_TDX_MEASURE_MEMORY_REGION`):
+    /// `region.source_addr` is an address in the simulated process. `region` comes back as the
+    /// kernel copied it back, advanced past the pages done, also when the call fails part way (a
+    /// VMM resumes from there). A simulator convenience, see [`VcpuFd::encrypt_op_tdx`].
+    pub fn tdx_init_mem_region(
+        &self,
+        region: &mut kvm_tdx_init_mem_region,
+        flags: u32,
+    ) -> std::result::Result<(), TdxError> {
+        self.host.tdx_init_mem_region(self.fd, region, flags)
+    }
+}
+
+impl Drop for VcpuFd {
     fn drop(&mut self) {
         let _ = self.host.close(self.fd);
     }
@@ -235,6 +335,86 @@ mod tests {
         assert_eq!(vm.snp_launch_update(sev, &mut again), Err(Errno::EIO.into()));
         vm.snp_launch_finish(sev, &kvm_sev_snp_launch_finish::default()).unwrap();
         assert!(host.snp_launch_digest(vm.as_raw_fd()).unwrap().is_some());
+    }
+
+    /// The CPUID a VMM passes to INIT_VM: leaf 0x80000008 with GPAW 48.
+    fn gpaw48() -> [kvm_cpuid_entry2; 1] {
+        [kvm_cpuid_entry2 { function: 0x8000_0008, eax: 48 << 16, ..Default::default() }]
+    }
+
+    #[test]
+    fn the_typed_helpers_launch_a_td() {
+        use crate::consts::{KVM_TDX_MEASURE_MEMORY_REGION, TDX_TD_ATTR_SEPT_VE_DISABLE};
+        use gmem_arch::tdx::kvm::{TdState, TdxVm};
+        let kvm = Kvm::new_intel(KernelProfile::v6_18());
+        let vm = kvm.create_vm_with_type(kvm_bindings::KVM_X86_TDX_VM as u64).unwrap();
+        let host = kvm.host();
+        let (caps, entries) = vm.tdx_capabilities(16).unwrap();
+        assert_eq!((caps.supported_attrs, caps.cpuid.nent, entries.len()), (TDX_TD_ATTR_SEPT_VE_DISABLE, 5, 5));
+        assert_eq!(vm.tdx_capabilities(4).unwrap_err(), Errno::E2BIG);
+        // No vCPU before INIT_VM (tdx_vcpu_create).
+        assert_eq!(vm.create_vcpu(0).unwrap_err(), Errno::EIO);
+        let init_vm = kvm_tdx_init_vm { attributes: TDX_TD_ATTR_SEPT_VE_DISABLE, ..Default::default() };
+        assert_eq!(vm.tdx_init_vm(&init_vm, &[]), Err(Errno::EINVAL.into()), "no GPAW");
+        vm.tdx_init_vm(&init_vm, &gpaw48()).unwrap();
+        let gmem = vm.create_guest_memfd(kvm_create_guest_memfd { size: 1 << 20, ..Default::default() }).unwrap();
+        let region = kvm_userspace_memory_region2 {
+            flags: kvm_bindings::KVM_MEM_GUEST_MEMFD,
+            memory_size: 1 << 20,
+            userspace_addr: host.process().mmap_anonymous(1 << 20).unwrap(),
+            guest_memfd: gmem as u32,
+            ..Default::default()
+        };
+        // SAFETY: the simulator checks the region like the kernel does; nothing here is unsound.
+        unsafe { vm.set_user_memory_region2(region) }.unwrap();
+        let private = kvm_memory_attributes {
+            size: 1 << 20,
+            attributes: kvm_bindings::KVM_MEMORY_ATTRIBUTE_PRIVATE as u64,
+            ..Default::default()
+        };
+        vm.set_memory_attributes(private).unwrap();
+        let vcpu = vm.create_vcpu(0).unwrap();
+        vcpu.tdx_init_vcpu(0).unwrap();
+        let image = host.process().mmap_anonymous(8192).unwrap();
+        host.store(image, b"kernel").unwrap();
+        // Two pages of image, then one past the memslot: the region comes back advanced past the
+        // pages done, with the error of the one that failed.
+        let mut region = kvm_tdx_init_mem_region { source_addr: image, gpa: (1 << 20) - 8192, nr_pages: 3 };
+        let error = vcpu.tdx_init_mem_region(&mut region, KVM_TDX_MEASURE_MEMORY_REGION).unwrap_err();
+        assert_eq!(error, Errno::EINVAL.into(), "the third page is outside the memslot");
+        assert_eq!((region.source_addr, region.gpa, region.nr_pages), (image + 8192, 1 << 20, 1));
+        vm.tdx_finalize_vm().unwrap();
+        let td = kvm.host().vm(vm.as_raw_fd()).unwrap();
+        assert_eq!(TdxVm::of(&td).unwrap().td_state(), TdState::Runnable);
+        // The raw command: FINALIZE again is EINVAL, INIT_VCPU once the TD runs too.
+        let mut cmd = kvm_tdx_cmd { id: crate::consts::KVM_TDX_FINALIZE_VM, ..Default::default() };
+        assert_eq!(vm.encrypt_op_tdx(&mut cmd), Err(Errno::EINVAL));
+        let mut cmd = kvm_tdx_cmd { id: crate::consts::KVM_TDX_INIT_VCPU, ..Default::default() };
+        assert_eq!(vcpu.encrypt_op_tdx(&mut cmd), Err(Errno::EINVAL));
+        // The vCPU file holds the VM: closing the VM first leaves the vCPU usable.
+        let vcpu_fd = vcpu.as_raw_fd();
+        drop(vm);
+        assert!(host.vcpu(vcpu_fd).is_ok());
+        drop((vcpu, td));
+        assert_eq!(host.tdx_host().unwrap().nr_configured_hkid(), 1, "the guest_memfd still holds the TD");
+        host.close(gmem).unwrap();
+        assert_eq!(host.tdx_host().unwrap().nr_configured_hkid(), 0);
+    }
+
+    #[test]
+    fn without_tdx_the_tdx_commands_are_enotty_on_the_vm_and_the_vcpu() {
+        use crate::consts::KVM_TDX_CAPABILITIES;
+        for kvm in [Kvm::new().unwrap(), Kvm::new_intel(KernelProfile::v6_18_pvm())] {
+            assert_eq!(kvm.create_vm_with_type(kvm_bindings::KVM_X86_TDX_VM as u64).unwrap_err(), Errno::EINVAL);
+            let vm = kvm.create_vm().unwrap();
+            let mut cmd = kvm_tdx_cmd { id: KVM_TDX_CAPABILITIES, ..Default::default() };
+            assert_eq!(vm.encrypt_op_tdx(&mut cmd), Err(Errno::ENOTTY));
+            let vcpu = vm.create_vcpu(0).unwrap();
+            assert_eq!(vm.create_vcpu(0).unwrap_err(), Errno::EEXIST);
+            assert_eq!(vcpu.tdx_init_vcpu(0), Err(Errno::ENOTTY.into()));
+            let mut region = kvm_tdx_init_mem_region { nr_pages: 1, ..Default::default() };
+            assert_eq!(vcpu.tdx_init_mem_region(&mut region, 0), Err(Errno::ENOTTY.into()));
+        }
     }
 
     #[test]

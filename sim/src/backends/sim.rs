@@ -1,12 +1,19 @@
 //! The simulator backend: every verb runs on a fresh simulated kernel (one [`SimHost`] per
 //! script file, dropped, and so fully released, at the end of the file).
 
+use super::Host;
 use crate::backend::{
-    staging_len, BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat, VcpuExit, Violation,
+    staging_len, BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat, TdxCaps,
+    TdxRegionDone, TdxVmState, VcpuExit, Violation,
 };
 use gmem_arch::sev::firmware::{SevCmd, SevRet};
 use gmem_arch::sev::ghcb::{GhcbResponse, PscEntry};
 use gmem_arch::sev::measure::SnpPageType;
+use gmem_arch::tdx::kvm::{
+    kvm_tdx_capabilities, kvm_tdx_cmd, kvm_tdx_init_mem_region, kvm_tdx_init_vm, KvmCpuid2Header, TdState, TdxVm,
+    KVM_TDX_CAPABILITIES, KVM_TDX_FINALIZE_VM, KVM_TDX_INIT_MEM_REGION, KVM_TDX_INIT_VCPU, KVM_TDX_INIT_VM,
+};
+use gmem_arch::tdx::status::{SeamcallLeaf, TdxStatus};
 use gmem_kvm::guest_memfd::gmem_of_file;
 use gmem_kvm::invariants;
 use gmem_kvm::vcpu::{self, RunError, KVM_MEMORY_EXIT_FLAG_PRIVATE};
@@ -20,6 +27,7 @@ use gmem_uapi::{
     kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start,
     kvm_sev_snp_launch_update, SevError, SimHost,
 };
+use kvm_bindings::kvm_cpuid_entry2;
 use std::collections::BTreeMap;
 
 /// The largest `load` a script may ask for (its bytes are printed as hex).
@@ -38,9 +46,19 @@ pub struct SimBackend {
 }
 
 impl SimBackend {
-    /// A fresh simulated kernel booted with `profile`.
+    /// A fresh simulated kernel booted with `profile`, on the default (AMD) host.
     pub fn new(profile: KernelProfile) -> SimBackend {
-        SimBackend { host: SimHost::new(profile), dev_sev: None }
+        SimBackend::on(Host::Amd, profile)
+    }
+
+    /// A fresh simulated kernel booted with `profile` on `host` (AMD with SEV-SNP, or Intel with
+    /// TDX).
+    pub fn on(host: Host, profile: KernelProfile) -> SimBackend {
+        let host = match host {
+            Host::Amd => SimHost::new(profile),
+            Host::Intel => SimHost::new_intel(profile),
+        };
+        SimBackend { host, dev_sev: None }
     }
 
     /// The host (for tests that look behind the script).
@@ -111,6 +129,22 @@ impl SimBackend {
             let _ = self.host.close(sev_fd);
         }
         result.map(|updated| params.len.wrapping_sub(updated.len) / PAGE)
+    }
+}
+
+/// The most CPUID entries `tdx_capabilities` provides room for (`KVM_MAX_CPUID_ENTRIES`).
+const TDX_CPUID_ROOM_MAX: u32 = 256;
+
+impl SimBackend {
+    /// A TDX `KVM_MEMORY_ENCRYPT_OP` with `id`, `flags` and `data` (used as given when `params` is
+    /// empty, else pointed at `params` staged in the process) on descriptor `fd`: the vCPU ioctl
+    /// if `fd` is a vCPU, else the VM ioctl (which answers ENOTTY or EBADF for anything else), as
+    /// the kernel dispatches on the file. `params` comes back as the kernel left it.
+    fn tdx_command(&self, fd: i32, id: u32, flags: u32, data: u64, params: &mut [u8]) -> Result<(), Failure> {
+        let vcpu = self.host.vcpu(fd).is_ok();
+        let mut cmd = kvm_tdx_cmd { id, flags, data, hw_error: 0 };
+        let result = self.host.tdx_op_staged(fd, vcpu, &mut cmd, params);
+        result.map_err(|errno| Failure::tdx(errno, cmd.hw_error))
     }
 }
 
@@ -353,6 +387,101 @@ impl Backend for SimBackend {
         result
     }
 
+    fn tdx_capabilities(&mut self, vm: i32, nent: u32, flags: u32) -> BResult<TdxCaps> {
+        let header = kvm_tdx_capabilities { cpuid: KvmCpuid2Header { nent, padding: 0 }, ..Default::default() };
+        let head = std::mem::size_of::<kvm_tdx_capabilities>();
+        let room = nent.min(TDX_CPUID_ROOM_MAX) as usize * std::mem::size_of::<kvm_cpuid_entry2>();
+        let mut bytes = gmem_arch::uapi::as_bytes(&header).to_vec();
+        bytes.resize(head + room, 0);
+        self.tdx_command(vm, KVM_TDX_CAPABILITIES, flags, 0, &mut bytes)?;
+        let caps: kvm_tdx_capabilities = gmem_arch::uapi::from_bytes(&bytes[..head]);
+        Ok(TdxCaps {
+            supported_attrs: caps.supported_attrs,
+            supported_xfam: caps.supported_xfam,
+            nent: caps.cpuid.nent,
+        })
+    }
+
+    fn tdx_init_vm(
+        &mut self,
+        vm: i32,
+        flags: u32,
+        init_vm: &kvm_tdx_init_vm,
+        cpuid: &[kvm_cpuid_entry2],
+    ) -> BResult<()> {
+        let mut init_vm = *init_vm;
+        init_vm.cpuid.nent = cpuid.len() as u32;
+        let mut bytes = gmem_arch::uapi::as_bytes(&init_vm).to_vec();
+        for entry in cpuid {
+            bytes.extend_from_slice(gmem_arch::uapi::as_bytes(entry));
+        }
+        self.tdx_command(vm, KVM_TDX_INIT_VM, flags, 0, &mut bytes)
+    }
+
+    fn tdx_init_vcpu(&mut self, vcpu: i32, flags: u32, rcx: u64) -> BResult<()> {
+        self.tdx_command(vcpu, KVM_TDX_INIT_VCPU, flags, rcx, &mut [])
+    }
+
+    fn tdx_init_mem_region(
+        &mut self,
+        vcpu: i32,
+        flags: u32,
+        region: &kvm_tdx_init_mem_region,
+        bytes: Option<&[u8]>,
+    ) -> BResult<TdxRegionDone> {
+        let mut region = *region;
+        let staged = match bytes {
+            Some(bytes) => {
+                let (addr, size) = self.stage(bytes, region.nr_pages.saturating_mul(PAGE))?;
+                region.source_addr = addr;
+                Some((addr, size))
+            }
+            None => None,
+        };
+        let source_in = region.source_addr;
+        let mut params = gmem_arch::uapi::as_bytes(&region).to_vec();
+        let result = self.tdx_command(vcpu, KVM_TDX_INIT_MEM_REGION, flags, 0, &mut params);
+        if let Some((addr, size)) = staged {
+            self.unstage(addr, size);
+        }
+        let error = match result {
+            Ok(()) => None,
+            Err(Failure::Tdx { errno, hw_error, .. }) => Some((errno, hw_error)),
+            Err(other) => return Err(other),
+        };
+        Ok(TdxRegionDone { region: gmem_arch::uapi::from_bytes(&params), source_in, error })
+    }
+
+    fn tdx_finalize_vm(&mut self, vm: i32, flags: u32) -> BResult<()> {
+        self.tdx_command(vm, KVM_TDX_FINALIZE_VM, flags, 0, &mut [])
+    }
+
+    fn tdx_state(&mut self, vm: i32) -> BResult<TdxVmState> {
+        let kvm = errno(self.host.vm(vm))?;
+        let td = TdxVm::of(&kvm).ok_or(Failure::Errno(Errno::EINVAL))?;
+        let state = match td.td_state() {
+            TdState::Uninitialized => "UNINITIALIZED",
+            TdState::Initialized => "INITIALIZED",
+            TdState::Runnable => "RUNNABLE",
+        };
+        Ok(TdxVmState {
+            state,
+            nr_premapped: td.nr_premapped(),
+            hkid_assigned: td.is_hkid_assigned(),
+            leaked: td.leaked_pages().len(),
+            bugged: kvm.is_dead(),
+        })
+    }
+
+    fn inject_tdx(&mut self, leaf: u16, status: u64, count: u32, after: u32) -> BResult<()> {
+        let leaf = SeamcallLeaf::ALL.into_iter().find(|known| known.number() == leaf);
+        let (Some(leaf), Some(tdx)) = (leaf, self.host.tdx_host()) else {
+            return Err(Failure::Errno(Errno::EINVAL));
+        };
+        tdx.module().inject(leaf, TdxStatus(status), after, count);
+        Ok(())
+    }
+
     fn create_vcpu(&mut self, vm: i32, id: u64) -> BResult<i32> {
         errno(self.host.create_vcpu(vm, id))
     }
@@ -454,8 +583,16 @@ impl Backend for SimBackend {
     fn check_invariants(&mut self) -> BResult<Vec<Violation>> {
         let vms: Vec<Arc<gmem_kvm::Kvm>> = self.vms().into_iter().map(|(_, kvm)| kvm).collect();
         let files: Vec<FileRef> = self.reachable_files().into_iter().map(|(_, file)| file).collect();
+        let mut violations = invariants::check(&vms, &files);
+        // The TDX module's own invariants run with the first TD reachable; with none (after a
+        // teardown), directly, so that what a destroyed TD left behind is checked too.
+        let gmem_vms = files.iter().filter_map(|file| gmem_of_file(file).map(|gmem| gmem.kvm().clone()));
+        let any_td = vms.iter().cloned().chain(gmem_vms).any(|kvm| TdxVm::of(&kvm).is_some());
+        if let (Some(tdx), false) = (self.host.tdx_host(), any_td) {
+            gmem_arch::tdx::invariants::check_module(tdx.module(), &mut violations);
+        }
         let mut grouped: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
-        for violation in invariants::check(&vms, &files) {
+        for violation in violations {
             grouped.entry(violation.invariant).or_default().push(violation.detail);
         }
         Ok(grouped.into_iter().map(|(name, details)| Violation { name: name.to_string(), details }).collect())

@@ -3,9 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::backend::{BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Stat, Violation};
-use crate::script::{Handle, LaunchSource, Line, Op, UserAddr};
-use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
+use crate::backend::{
+    BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Stat, TdxRegionDone, Violation,
+};
+use crate::script::{CpuidEntry, Handle, LaunchSource, Line, Op, UserAddr};
+use gmem_arch::tdx::kvm::{kvm_tdx_init_mem_region, kvm_tdx_init_vm, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update,
+};
 
 /// `MAP_FAILED`: what a name bound by a failed `mmap` holds.
 pub(crate) const MAP_FAILED: u64 = u64::MAX;
@@ -120,6 +125,7 @@ impl<'b> Executor<'b> {
             .or_else(|| self.execute_file(op))
             .or_else(|| self.execute_mapping(op))
             .or_else(|| self.execute_sev(op))
+            .or_else(|| self.execute_tdx(op))
             .or_else(|| self.execute_guest(op))
             .or_else(|| self.execute_snp_guest(op))
             .or_else(|| self.execute_simulator(op))
@@ -177,6 +183,46 @@ impl<'b> Executor<'b> {
                 let (vm, sev_fd) = (self.env.fd(vm), self.sev_fd(sev_fd));
                 self.backend.snp_launch_finish(vm, sev_fd, &params, id_block.as_deref()).map(unit)
             }
+            _ => return None,
+        })
+    }
+
+    fn execute_tdx(&mut self, op: &Op) -> Option<Outcome> {
+        let (b, env) = (&mut *self.backend, &self.env);
+        Some(match op {
+            Op::TdxCapabilities { vm, nent, flags } => b.tdx_capabilities(env.fd(vm), *nent, *flags).map(|caps| {
+                Success::Record(vec![
+                    ("supported_attrs", format!("{:#x}", caps.supported_attrs)),
+                    ("supported_xfam", format!("{:#x}", caps.supported_xfam)),
+                    ("nent", caps.nent.to_string()),
+                ])
+            }),
+            Op::TdxInitVm { vm, attributes, xfam, gpaw, cpuid, flags } => {
+                let init_vm = kvm_tdx_init_vm { attributes: *attributes, xfam: *xfam, ..Default::default() };
+                let entries = tdx_cpuid(*gpaw, cpuid);
+                b.tdx_init_vm(env.fd(vm), *flags, &init_vm, &entries).map(unit)
+            }
+            Op::TdxInitVcpu { vcpu, rcx, flags } => b.tdx_init_vcpu(env.fd(vcpu), *flags, *rcx).map(unit),
+            Op::TdxInitMemRegion { vcpu, gpa, nr_pages, source, flags } => {
+                let (source_addr, bytes) = match source {
+                    LaunchSource::Address(handle) => (env.number(handle), None),
+                    LaunchSource::Bytes(bytes) => (0, Some(bytes.as_slice())),
+                };
+                let region = kvm_tdx_init_mem_region { source_addr, gpa: *gpa, nr_pages: *nr_pages };
+                b.tdx_init_mem_region(env.fd(vcpu), *flags, &region, bytes)
+                    .and_then(|done| region_done(&done, *nr_pages, source))
+            }
+            Op::TdxFinalizeVm { vm, flags } => b.tdx_finalize_vm(env.fd(vm), *flags).map(unit),
+            Op::TdxState { vm } => b.tdx_state(env.fd(vm)).map(|td| {
+                Success::Record(vec![
+                    ("state", td.state.to_string()),
+                    ("nr_premapped", td.nr_premapped.to_string()),
+                    ("hkid_assigned", u8::from(td.hkid_assigned).to_string()),
+                    ("leaked", td.leaked.to_string()),
+                    ("bugged", u8::from(td.bugged).to_string()),
+                ])
+            }),
+            Op::InjectTdx { leaf, status, count, after } => b.inject_tdx(*leaf, *status, *count, *after).map(unit),
             _ => return None,
         })
     }
@@ -337,6 +383,55 @@ fn launch_updated(updated: &LaunchUpdated, source: &LaunchSource) -> Success {
         ("len", updated.len.to_string()),
         ("uaddr", uaddr),
     ])
+}
+
+/// `tdx_init_vm`'s CPUID: leaf 0x80000008 with the guest physical address width in EAX[23:16]
+/// (none for a width of 0), then the script's entries.
+fn tdx_cpuid(gpaw: u8, extra: &[CpuidEntry]) -> Vec<kvm_cpuid_entry2> {
+    let gpaw_entry = kvm_cpuid_entry2 { function: 0x8000_0008, eax: u32::from(gpaw) << 16, ..Default::default() };
+    let extra = extra.iter().map(|entry| {
+        let [eax, ebx, ecx, edx] = entry.regs;
+        kvm_cpuid_entry2 {
+            function: entry.function,
+            index: entry.index.unwrap_or(0),
+            flags: if entry.index.is_some() { KVM_CPUID_FLAG_SIGNIFCANT_INDEX } else { 0 },
+            eax,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        }
+    });
+    (gpaw != 0).then_some(gpaw_entry).into_iter().chain(extra).collect()
+}
+
+/// `tdx_init_mem_region`'s result: the region as the kernel copied it back, `source_addr`
+/// relative to where the source was (as `snp_launch_update`'s `uaddr`), `gpa` in hexadecimal,
+/// `nr_pages` in decimal; on a failure the errno and `hw_error`, with the region only if the
+/// kernel advanced it (fewer than `nr_pages_in` pages left).
+fn region_done(done: &TdxRegionDone, nr_pages_in: u64, source: &LaunchSource) -> Outcome {
+    let advanced = done.region.source_addr.wrapping_sub(done.source_in);
+    let source_addr = match source {
+        LaunchSource::Address(Handle::Name(name)) => format!("{name}+{advanced:#x}"),
+        LaunchSource::Bytes(_) => format!("bytes+{advanced:#x}"),
+        LaunchSource::Address(Handle::Number(_)) => format!("{:#x}", done.region.source_addr),
+    };
+    let fields = vec![
+        ("source_addr", source_addr),
+        ("gpa", format!("{:#x}", done.region.gpa)),
+        ("nr_pages", done.region.nr_pages.to_string()),
+    ];
+    match done.error {
+        None => Ok(Success::Record(fields)),
+        Some((errno, hw_error)) => {
+            let progressed = done.region.nr_pages != nr_pages_in;
+            let fields = match progressed {
+                true => fields.into_iter().map(|(key, value)| (key.to_string(), value)).collect(),
+                false => Vec::new(),
+            };
+            Err(Failure::Tdx { errno, hw_error, fields })
+        }
+    }
 }
 
 fn descriptor(fd: i32) -> Success {

@@ -92,8 +92,34 @@ fn format_failure(failure: &Failure) -> String {
         Failure::Sev { errno, fw_error } => {
             format!("{} fw_error={}", errno.name(), gmem_arch::sev::kvm::fw_error_name(*fw_error))
         }
+        Failure::Tdx { errno, hw_error, fields } => {
+            let mut text = errno.name().into_owned();
+            if *hw_error != 0 {
+                let _ = write!(text, " hw_error={}", tdx_status_name(*hw_error));
+            }
+            for (key, value) in fields {
+                let _ = write!(text, " {key}={value}");
+            }
+            text
+        }
         Failure::Skip(reason) if reason.is_empty() => "skip".to_string(),
         Failure::Skip(reason) => format!("skip {reason}"),
+    }
+}
+
+/// A SEAMCALL status as `inject tdx status=` names it: the TDX module's class without `TDX_`,
+/// then `|OPERAND` unless the operand id is 0 (`OPERAND_BUSY|SEPT`, `EPT_WALK_FAILED|0x5`); a
+/// class the model does not name prints as the whole value in hexadecimal.
+pub(crate) fn tdx_status_name(raw: u64) -> String {
+    let status = gmem_arch::tdx::status::TdxStatus(raw);
+    let class = status.name();
+    if class == "UNKNOWN" {
+        return format!("{raw:#x}");
+    }
+    match (status.operand(), status.operand_name()) {
+        (0, _) => class.to_string(),
+        (_, Some(operand)) => format!("{class}|{operand}"),
+        (operand, None) => format!("{class}|{operand:#x}"),
     }
 }
 
@@ -142,6 +168,27 @@ mod tests {
         assert_eq!(sev(0x16), "EIO fw_error=INVALID_PARAM");
         assert_eq!(sev(0x02), "EIO fw_error=INVALID_GUEST_STATE");
         assert_eq!(sev(0x99), "EIO fw_error=0x99");
+    }
+
+    #[test]
+    fn seamcall_statuses_print_by_name_after_the_errno() {
+        let tdx = |hw_error| format_failure(&Failure::tdx(gmem_mm::Errno::EBUSY, hw_error));
+        assert_eq!(tdx(0), "EBUSY");
+        assert_eq!(tdx(0x8000_0200_0000_0092), "EBUSY hw_error=OPERAND_BUSY|SEPT");
+        assert_eq!(tdx(0x8000_0200_0000_0000), "EBUSY hw_error=OPERAND_BUSY");
+        assert_eq!(tdx(0xC000_0B00_0000_0005), "EBUSY hw_error=EPT_WALK_FAILED|0x5");
+        assert_eq!(tdx(0xC000_0999_0000_0001), "EBUSY hw_error=0xc000099900000001");
+        // Each name parses back to the same status (`inject tdx status=`).
+        for raw in [0x8000_0200_0000_0092, 0x8000_0200_0000_0000, 0xC000_0B00_0000_0005, 0xC000_0999_0000_0001] {
+            let name = tdx_status_name(raw);
+            assert_eq!(crate::script::value::parse_tdx_status(&name), Ok(raw), "{name}");
+        }
+        let region = Failure::Tdx {
+            errno: gmem_mm::Errno::EINVAL,
+            hw_error: 0,
+            fields: vec![("gpa".into(), "0x1000".into()), ("nr_pages".into(), "1".into())],
+        };
+        assert_eq!(format_failure(&region), "EINVAL gpa=0x1000 nr_pages=1");
     }
 
     #[test]

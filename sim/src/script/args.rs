@@ -166,6 +166,15 @@ impl<'a, 'n> ArgReader<'a, 'n> {
         }
     }
 
+    /// Records a missing argument unless `first=` or `second=` is given (one of two ways to give
+    /// a value; [`ArgReader::reject_together`] refuses both).
+    pub fn need_one_of(&mut self, first: &str, second: &str) {
+        let present = |key: &str| self.keyed.iter().any(|k| k.key.text == key);
+        if !present(first) && !present(second) {
+            self.missing(format!("`{first}=` or `{second}=`"));
+        }
+    }
+
     /// A required integer.
     pub fn int(&mut self, key: &str) -> u64 {
         self.required(key, value::parse_int)

@@ -10,9 +10,11 @@
 //! Modules: `lexer` (a line into tokens, expectation and comment), `value` (integers, flag
 //! sets, constants, byte strings, names and the constant tables), `args` (typed access to a
 //! verb's arguments), `parser` (line structure and the schema of every verb), [`op`] (the
-//! typed program).
+//! typed program), `header` (the `# profile:` and `# host:` lines a script starts with:
+//! [`header()`]).
 
 mod args;
+mod header;
 mod lexer;
 pub mod op;
 mod parser;
@@ -23,7 +25,8 @@ mod tests;
 
 use std::fmt;
 
-pub use op::{Handle, HandleKind, LaunchSource, Op, UserAddr, VERBS};
+pub use header::{header, Header, HeaderError, HeaderLine};
+pub use op::{CpuidEntry, Handle, HandleKind, LaunchSource, Op, UserAddr, VERBS};
 
 /// A parsed script.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,6 +28,17 @@ pub enum LaunchSource {
     Bytes(Vec<u8>),
 }
 
+/// One CPUID entry of `tdx_init_vm cpuid=`: `FUNCTION[.INDEX][:EAX[:EBX[:ECX[:EDX]]]]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuidEntry {
+    /// `function`.
+    pub function: u32,
+    /// `index`; given, the entry has `KVM_CPUID_FLAG_SIGNIFCANT_INDEX`.
+    pub index: Option<u32>,
+    /// `eax`, `ebx`, `ecx`, `edx`.
+    pub regs: [u32; 4],
+}
+
 /// What kind of handle a verb returns, and so what a name bound to it stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandleKind {
@@ -158,6 +169,25 @@ pub enum Op {
     /// `inject snp_fw cmd= ret= [count=] [after=]`: the next `count` calls of the firmware
     /// command `cmd`, after `after` pass, fail with status `ret`.
     InjectSnpFirmware { cmd: u32, ret: u32, count: u32, after: u32 },
+    /// `tdx_capabilities VM [nent=] [flags=]`: `KVM_TDX_CAPABILITIES` with room for `nent` CPUID
+    /// entries.
+    TdxCapabilities { vm: Handle, nent: u32, flags: u32 },
+    /// `tdx_init_vm VM [attributes=] [xfam=] [gpaw=] [cpuid=] [flags=]`: `KVM_TDX_INIT_VM` with a
+    /// CPUID of leaf 0x80000008 giving `gpaw` (none for 0), then `cpuid`.
+    TdxInitVm { vm: Handle, attributes: u64, xfam: u64, gpaw: u8, cpuid: Vec<CpuidEntry>, flags: u32 },
+    /// `tdx_init_vcpu VCPU [rcx=] [flags=]`: `KVM_TDX_INIT_VCPU`.
+    TdxInitVcpu { vcpu: Handle, rcx: u64, flags: u32 },
+    /// `tdx_init_mem_region VCPU gpa= size=|nr_pages= [measure=] [source=|bytes=] [flags=]`:
+    /// `KVM_TDX_INIT_MEM_REGION`; `flags` includes `KVM_TDX_MEASURE_MEMORY_REGION` for
+    /// `measure=1`. Without a source, zero-filled pages are staged (`Bytes` of none).
+    TdxInitMemRegion { vcpu: Handle, gpa: u64, nr_pages: u64, source: LaunchSource, flags: u32 },
+    /// `tdx_finalize_vm VM [flags=]`: `KVM_TDX_FINALIZE_VM`.
+    TdxFinalizeVm { vm: Handle, flags: u32 },
+    /// `tdx_state VM`: KVM's state of a TD.
+    TdxState { vm: Handle },
+    /// `inject tdx leaf= status= [count=] [after=]`: the next `count` calls of SEAMCALL `leaf`,
+    /// after `after` pass, fail with `status` and change nothing.
+    InjectTdx { leaf: u16, status: u64, count: u32, after: u32 },
     /// `warnings`.
     Warnings,
     /// `check_invariants`.
@@ -222,7 +252,13 @@ impl Op {
             Op::Populate { .. } => "populate",
             Op::InjectMemoryFailure { .. } => "inject_memory_failure",
             Op::SnpLaunchDigest { .. } => "snp_launch_digest",
-            Op::Inject { .. } | Op::InjectSnpFirmware { .. } => "inject",
+            Op::TdxCapabilities { .. } => "tdx_capabilities",
+            Op::TdxInitVm { .. } => "tdx_init_vm",
+            Op::TdxInitVcpu { .. } => "tdx_init_vcpu",
+            Op::TdxInitMemRegion { .. } => "tdx_init_mem_region",
+            Op::TdxFinalizeVm { .. } => "tdx_finalize_vm",
+            Op::TdxState { .. } => "tdx_state",
+            Op::Inject { .. } | Op::InjectSnpFirmware { .. } | Op::InjectTdx { .. } => "inject",
             Op::Warnings => "warnings",
             Op::CheckInvariants => "check_invariants",
             Op::Dump { .. } => "dump",
@@ -280,6 +316,11 @@ pub const VERBS: &[&str] = &[
     "snp_launch_start",
     "snp_launch_update",
     "snp_launch_finish",
+    "tdx_capabilities",
+    "tdx_init_vm",
+    "tdx_init_vcpu",
+    "tdx_init_mem_region",
+    "tdx_finalize_vm",
     "create_vcpu",
     "guest_store",
     "guest_load",
@@ -293,6 +334,7 @@ pub const VERBS: &[&str] = &[
     "ap_create",
     "populate",
     "snp_launch_digest",
+    "tdx_state",
     "inject_memory_failure",
     "inject",
     "warnings",

@@ -141,6 +141,7 @@ pub(super) fn build_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
         .or_else(|| file_op(verb, r))
         .or_else(|| mapping_op(verb, r))
         .or_else(|| sev_op(verb, r))
+        .or_else(|| tdx_op(verb, r))
         .or_else(|| guest_op(verb, r))
         .or_else(|| snp_guest_op(verb, r))
         .or_else(|| simulator_op(verb, r))
@@ -214,6 +215,63 @@ fn sev_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
         _ => return None,
     })
 }
+
+/// A byte count given as `size=` for `nr_pages`: a multiple of 4096.
+fn page_multiple(text: &str) -> Result<u64, String> {
+    let size = value::parse_int(text)?;
+    match size % 4096 {
+        0 => Ok(size),
+        _ => Err(format!("size `{text}` is not a multiple of 4096 (nr_pages= gives a page count)")),
+    }
+}
+
+/// The host side of a TDX launch: the `KVM_MEMORY_ENCRYPT_OP` commands on a VM and a vCPU.
+fn tdx_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
+    let flags = |r: &mut ArgReader<'_, '_>| r.flags_or("flags", &NO_NAMES, 0) as u32;
+    Some(match verb {
+        "tdx_capabilities" => Op::TdxCapabilities {
+            vm: r.handle("VM"),
+            nent: r.int_or("nent", u64::from(TDX_CAPABILITIES_NENT)) as u32,
+            flags: flags(r),
+        },
+        "tdx_init_vm" => Op::TdxInitVm {
+            vm: r.handle("VM"),
+            attributes: r.flags_or("attributes", &TDX_ATTRIBUTES, DEFAULT_TDX_ATTRIBUTES),
+            xfam: r.int_or("xfam", 0),
+            gpaw: r.parsed_or("gpaw", |text| value::parse_int_bits(text, 8), 48) as u8,
+            cpuid: r.parsed_or("cpuid", value::parse_cpuid_entries, Vec::new()),
+            flags: flags(r),
+        },
+        "tdx_init_vcpu" => Op::TdxInitVcpu { vcpu: r.handle("VCPU"), rcx: r.int_or("rcx", 0), flags: flags(r) },
+        "tdx_init_mem_region" => {
+            r.reject_together("source", "bytes");
+            r.reject_together("size", "nr_pages");
+            r.need_one_of("size", "nr_pages");
+            let vcpu = r.handle("VCPU");
+            let gpa = r.int("gpa");
+            let size = r.optional_parsed("size", page_multiple);
+            let nr_pages = r.optional_parsed("nr_pages", value::parse_int);
+            let measure = r.bool_opt("measure").unwrap_or(false);
+            let source = match (r.handle_key_opt("source"), r.bytes_opt("bytes")) {
+                (Some(source), _) => LaunchSource::Address(source),
+                (None, bytes) => LaunchSource::Bytes(bytes.unwrap_or_default()),
+            };
+            let flags = flags(r) | u32::from(measure);
+            Op::TdxInitMemRegion {
+                vcpu,
+                gpa,
+                nr_pages: size.map_or(nr_pages.unwrap_or(0), |size| size >> 12),
+                source,
+                flags,
+            }
+        }
+        "tdx_finalize_vm" => Op::TdxFinalizeVm { vm: r.handle("VM"), flags: flags(r) },
+        _ => return None,
+    })
+}
+
+/// `tdx_capabilities`' default `nent`: `KVM_MAX_CPUID_ENTRIES`, the room QEMU gives.
+pub(crate) const TDX_CAPABILITIES_NENT: u32 = 256;
 
 /// The SNP guest's instructions and VMGEXITs, each one step of a vCPU.
 fn snp_guest_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
@@ -357,7 +415,14 @@ fn simulator_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
         }
         "inject_memory_failure" => Op::InjectMemoryFailure { fd: r.handle("FD"), offset: r.int_or("offset", 0) },
         "snp_launch_digest" => Op::SnpLaunchDigest { vm: r.handle("VM") },
+        "tdx_state" => Op::TdxState { vm: r.handle("VM") },
         "inject" => match r.word("FAULT") {
+            fault if fault == "tdx" => Op::InjectTdx {
+                leaf: r.parsed("leaf", value::parse_seamcall_leaf) as u16,
+                status: r.parsed("status", value::parse_tdx_status),
+                count: r.parsed_or("count", |text| value::parse_int_bits(text, 32), 1) as u32,
+                after: r.parsed_or("after", |text| value::parse_int_bits(text, 32), 0) as u32,
+            },
             fault if fault == "snp_fw" => Op::InjectSnpFirmware {
                 cmd: r.parsed("cmd", |text| value::parse_member(text, &SEV_CMDS)) as u32,
                 ret: r.parsed("ret", |text| value::parse_member(text, &SEV_RETS)) as u32,

@@ -810,3 +810,196 @@ fn exception_vectors_in_expectations_are_not_comments() {
     // Before `=>`, `#` followed by an uppercase letter still starts a comment.
     assert_eq!(op("create_vm #VC"), Op::CreateVm { vm_type: 0 });
 }
+
+// ---- TDX ----
+
+#[test]
+fn tdx_verbs_with_defaults() {
+    use super::op::CpuidEntry;
+    let sept_ve_disable = 1 << 28;
+    let cases: Vec<(&str, Op)> = vec![
+        ("tdx_capabilities vm", Op::TdxCapabilities { vm: name("vm"), nent: 256, flags: 0 }),
+        ("tdx_capabilities vm nent=4 flags=1", Op::TdxCapabilities { vm: name("vm"), nent: 4, flags: 1 }),
+        (
+            "tdx_init_vm vm",
+            Op::TdxInitVm { vm: name("vm"), attributes: sept_ve_disable, xfam: 0, gpaw: 48, cpuid: vec![], flags: 0 },
+        ),
+        (
+            "tdx_init_vm vm attributes=DEBUG|SEPT_VE_DISABLE xfam=0x3 gpaw=0 flags=1",
+            Op::TdxInitVm {
+                vm: name("vm"),
+                attributes: sept_ve_disable | 1,
+                xfam: 3,
+                gpaw: 0,
+                cpuid: vec![],
+                flags: 1,
+            },
+        ),
+        (
+            "tdx_init_vm vm attributes=0 cpuid=7.0:0:0x800,0x40000000,0xd.1:0xf:0:0:1",
+            Op::TdxInitVm {
+                vm: name("vm"),
+                attributes: 0,
+                xfam: 0,
+                gpaw: 48,
+                cpuid: vec![
+                    CpuidEntry { function: 7, index: Some(0), regs: [0, 0x800, 0, 0] },
+                    CpuidEntry { function: 0x4000_0000, index: None, regs: [0; 4] },
+                    CpuidEntry { function: 0xd, index: Some(1), regs: [0xf, 0, 0, 1] },
+                ],
+                flags: 0,
+            },
+        ),
+        ("tdx_init_vcpu c", Op::TdxInitVcpu { vcpu: name("c"), rcx: 0, flags: 0 }),
+        ("tdx_init_vcpu c rcx=0x1000 flags=1", Op::TdxInitVcpu { vcpu: name("c"), rcx: 0x1000, flags: 1 }),
+        (
+            "tdx_init_mem_region c gpa=0 size=8K",
+            Op::TdxInitMemRegion {
+                vcpu: name("c"),
+                gpa: 0,
+                nr_pages: 2,
+                source: LaunchSource::Bytes(vec![]),
+                flags: 0,
+            },
+        ),
+        (
+            "tdx_init_mem_region c gpa=0x1000 nr_pages=-1 measure=1 bytes=6b",
+            Op::TdxInitMemRegion {
+                vcpu: name("c"),
+                gpa: 0x1000,
+                nr_pages: u64::MAX,
+                source: LaunchSource::Bytes(vec![0x6b]),
+                flags: 1,
+            },
+        ),
+        (
+            "tdx_init_mem_region c gpa=0 size=0 source=m flags=2",
+            Op::TdxInitMemRegion {
+                vcpu: name("c"),
+                gpa: 0,
+                nr_pages: 0,
+                source: LaunchSource::Address(name("m")),
+                flags: 2,
+            },
+        ),
+        (
+            "tdx_init_mem_region c gpa=0 nr_pages=1 source=0x1001 measure=1 flags=2",
+            Op::TdxInitMemRegion {
+                vcpu: name("c"),
+                gpa: 0,
+                nr_pages: 1,
+                source: LaunchSource::Address(Handle::Number(0x1001)),
+                flags: 3,
+            },
+        ),
+        ("tdx_finalize_vm vm", Op::TdxFinalizeVm { vm: name("vm"), flags: 0 }),
+        ("tdx_state vm", Op::TdxState { vm: name("vm") }),
+        (
+            "inject tdx leaf=MEM_PAGE_ADD status=OPERAND_BUSY|SEPT",
+            Op::InjectTdx { leaf: 2, status: 0x8000_0200_0000_0092, count: 1, after: 0 },
+        ),
+        (
+            "inject tdx leaf=TDH.MR.FINALIZE status=0xc000010000000001 count=2 after=3",
+            Op::InjectTdx { leaf: 17, status: 0xC000_0100_0000_0001, count: 2, after: 3 },
+        ),
+        (
+            "inject tdx leaf=29 status=EPT_WALK_FAILED",
+            Op::InjectTdx { leaf: 29, status: 0xC000_0B00_0000_0000, count: 1, after: 0 },
+        ),
+    ];
+    for (line, expected) in cases {
+        assert_eq!(op(line), expected, "{line}");
+        let verb = line.split_whitespace().next().unwrap();
+        assert_eq!(expected.verb(), verb, "Op::verb of {line}");
+        assert!(VERBS.contains(&verb));
+    }
+    assert_eq!(create_vm_type("TDX"), 5);
+}
+
+#[test]
+fn tdx_argument_errors() {
+    let cases = [
+        ("tdx_init_mem_region c gpa=0", "t.gms:5:1: tdx_init_mem_region needs `size=` or `nr_pages=`"),
+        ("tdx_init_mem_region c size=4K", "t.gms:5:1: tdx_init_mem_region needs `gpa=`"),
+        (
+            "tdx_init_mem_region c gpa=0 size=4K nr_pages=1",
+            "t.gms:5:37: `size=` and `nr_pages=` cannot be given together",
+        ),
+        (
+            "tdx_init_mem_region c gpa=0 size=4K source=m bytes=00",
+            "t.gms:5:46: `source=` and `bytes=` cannot be given together",
+        ),
+        (
+            "tdx_init_mem_region c gpa=0 size=0x800",
+            "t.gms:5:34: size `0x800` is not a multiple of 4096 (nr_pages= gives a page count)",
+        ),
+        ("tdx_init_mem_region c gpa=0 size=4K measure=2", "t.gms:5:45: expected 0 or 1, found `2`"),
+        ("tdx_init_mem_region vm gpa=0 size=4K source=nowhere", "t.gms:5:45: unbound name `nowhere`"),
+        ("tdx_init_vm vm gpaw=256", "t.gms:5:21: `256` does not fit in 8 bits"),
+        (
+            "tdx_init_vm vm attributes=SEPT_VE",
+            "t.gms:5:27: unknown TD attribute `SEPT_VE` (expected DEBUG, SEPT_VE_DISABLE, PKS, PERFMON or a number)",
+        ),
+        ("tdx_init_vm vm cpuid=7.x", "t.gms:5:22: CPUID entry `7.x`: `x` is not an integer"),
+        (
+            "tdx_init_vm vm cpuid=0x100000000",
+            "t.gms:5:22: CPUID entry `0x100000000`: function `0x100000000` does not fit in 32 bits",
+        ),
+        ("tdx_init_vm vm cpuid=1:1:2:3:4:5", "t.gms:5:22: CPUID entry `1:1:2:3:4:5` has more than 4 registers"),
+        ("tdx_init_vm vm cpuid=1,,2", "t.gms:5:22: empty CPUID entry in `1,,2`"),
+        ("tdx_init_vcpu c rcx", "t.gms:5:17: unexpected argument `rcx` for tdx_init_vcpu"),
+        ("tdx_capabilities", "t.gms:5:1: tdx_capabilities needs a VM argument"),
+        ("tdx_state", "t.gms:5:1: tdx_state needs a VM argument"),
+        ("inject tdx status=OPERAND_BUSY", "t.gms:5:1: inject needs `leaf=`"),
+        ("inject tdx leaf=MEM_PAGE_ADD", "t.gms:5:1: inject needs `status=`"),
+        (
+            "inject tdx leaf=PAGE.ADD status=OPERAND_BUSY",
+            "t.gms:5:17: unknown SEAMCALL leaf `PAGE.ADD` (expected one of VP_ENTER, MNG_ADDCX, MEM_PAGE_ADD, \
+             MEM_SEPT_ADD, VP_ADDCX, MEM_PAGE_AUG, MEM_RANGE_BLOCK, MNG_KEY_CONFIG, MNG_CREATE, VP_CREATE, MR_EXTEND, \
+             MR_FINALIZE, VP_FLUSH, MNG_VPFLUSHDONE, MNG_KEY_FREEID, MNG_INIT, VP_INIT, PHYMEM_PAGE_RECLAIM, \
+             MEM_PAGE_REMOVE, MEM_SEPT_REMOVE, MEM_TRACK, PHYMEM_CACHE_WB, PHYMEM_PAGE_WBINVD)",
+        ),
+        (
+            "inject tdx leaf=5 status=OPERAND_BUSY",
+            "t.gms:5:17: unknown SEAMCALL leaf `5` (expected one of VP_ENTER, MNG_ADDCX, MEM_PAGE_ADD, \
+             MEM_SEPT_ADD, VP_ADDCX, MEM_PAGE_AUG, MEM_RANGE_BLOCK, MNG_KEY_CONFIG, MNG_CREATE, VP_CREATE, MR_EXTEND, \
+             MR_FINALIZE, VP_FLUSH, MNG_VPFLUSHDONE, MNG_KEY_FREEID, MNG_INIT, VP_INIT, PHYMEM_PAGE_RECLAIM, \
+             MEM_PAGE_REMOVE, MEM_SEPT_REMOVE, MEM_TRACK, PHYMEM_CACHE_WB, PHYMEM_PAGE_WBINVD)",
+        ),
+        (
+            "inject tdx leaf=MEM_PAGE_ADD status=BUSY",
+            "t.gms:5:37: unknown TDX status `BUSY` (expected a class such as OPERAND_BUSY or EPT_WALK_FAILED, \
+             optionally `|OPERAND` such as `|SEPT`, or a 64-bit number)",
+        ),
+        (
+            "inject tdx leaf=MEM_PAGE_ADD status=OPERAND_BUSY|NOWHERE",
+            "t.gms:5:37: unknown TDX status `OPERAND_BUSY|NOWHERE` (expected a class such as OPERAND_BUSY or \
+             EPT_WALK_FAILED, optionally `|OPERAND` such as `|SEPT`, or a 64-bit number)",
+        ),
+        (
+            "inject tdx leaf=MEM_PAGE_ADD status=SUCCESS",
+            "t.gms:5:37: `SUCCESS` is TDX_SUCCESS: an injected status must fail",
+        ),
+        ("inject tdx leaf=MEM_PAGE_ADD status=0", "t.gms:5:37: `0` is TDX_SUCCESS: an injected status must fail"),
+        ("inject tdx leaf=MEM_PAGE_ADD status=OPERAND_BUSY after=-1", "t.gms:5:56: `-1` does not fit in 32 bits"),
+        ("x = tdx_init_vm vm", "t.gms:5:1: `x` cannot be bound: this verb returns no handle"),
+    ];
+    for (line, message) in cases {
+        assert_eq!(error_after_prelude(line), message, "{line}");
+    }
+}
+
+#[test]
+fn the_tdx_tables_match_the_kernel() {
+    use super::value::{DEFAULT_TDX_ATTRIBUTES, TDX_ATTRIBUTES};
+    use gmem_arch::tdx::kvm::{TDX_TD_ATTR_DEBUG, TDX_TD_ATTR_SEPT_VE_DISABLE};
+    let attribute = |name: &str| TDX_ATTRIBUTES.names.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    assert_eq!(attribute("DEBUG"), Some(TDX_TD_ATTR_DEBUG));
+    assert_eq!(attribute("SEPT_VE_DISABLE"), Some(TDX_TD_ATTR_SEPT_VE_DISABLE));
+    assert_eq!(DEFAULT_TDX_ATTRIBUTES, TDX_TD_ATTR_SEPT_VE_DISABLE);
+    // Every leaf parses by its name and number to itself.
+    for leaf in gmem_arch::tdx::status::SeamcallLeaf::ALL {
+        assert_eq!(super::value::parse_seamcall_leaf(leaf.name()), Ok(u64::from(leaf.number())));
+        assert_eq!(super::value::parse_seamcall_leaf(&leaf.number().to_string()), Ok(u64::from(leaf.number())));
+    }
+}

@@ -3,6 +3,8 @@
 //!
 //! Every function returns the error message (without position) on bad input.
 
+use super::op::CpuidEntry;
+
 /// A table of constant names for one argument, with the argument's description for messages.
 #[derive(Debug)]
 pub(crate) struct Table {
@@ -138,6 +140,81 @@ pub(crate) const SEV_RETS: Table = Table {
         ("RMP_INIT_REQUIRED", 0x20),
     ],
 };
+
+/// `tdx_init_vm attributes=`: the TD attributes (`TDX_TD_ATTR_*`).
+pub(crate) const TDX_ATTRIBUTES: Table = Table {
+    what: "TD attribute",
+    names: &[("DEBUG", 1 << 0), ("SEPT_VE_DISABLE", 1 << 28), ("PKS", 1 << 30), ("PERFMON", 1 << 63)],
+};
+
+/// `tdx_init_vm`'s default attributes: QEMU's default for a TD (`sept-ve-disable=on`).
+pub(crate) const DEFAULT_TDX_ATTRIBUTES: u64 = 1 << 28;
+
+/// The most CPUID entries `tdx_init_vm cpuid=` takes (with the GPAW entry, at most
+/// `KVM_MAX_CPUID_ENTRIES`).
+pub(crate) const TDX_CPUID_ENTRIES_MAX: usize = 255;
+
+/// `cpuid=`: CPUID entries separated by `,`, each `FUNCTION[.INDEX][:EAX[:EBX[:ECX[:EDX]]]]`
+/// (registers left out are 0; an entry without `.INDEX` has no significant index).
+pub(crate) fn parse_cpuid_entries(text: &str) -> Result<Vec<CpuidEntry>, String> {
+    let u32_of = |part: &str, what: &str| -> Result<u32, String> {
+        let value = parse_int(part).map_err(|error| format!("CPUID entry `{text}`: {error}"))?;
+        u32::try_from(value).map_err(|_| format!("CPUID entry `{text}`: {what} `{part}` does not fit in 32 bits"))
+    };
+    let entries: Vec<CpuidEntry> = text
+        .split(',')
+        .map(|entry| {
+            let mut parts = entry.split(':');
+            let leaf = parts.next().unwrap_or_default();
+            if leaf.is_empty() {
+                return Err(format!("empty CPUID entry in `{text}`"));
+            }
+            let (function, index) = match leaf.split_once('.') {
+                Some((function, index)) => (u32_of(function, "function")?, Some(u32_of(index, "index")?)),
+                None => (u32_of(leaf, "function")?, None),
+            };
+            let mut regs = [0u32; 4];
+            for (slot, part) in parts.enumerate() {
+                let reg =
+                    regs.get_mut(slot).ok_or_else(|| format!("CPUID entry `{entry}` has more than 4 registers"))?;
+                *reg = u32_of(part, "register")?;
+            }
+            Ok(CpuidEntry { function, index, regs })
+        })
+        .collect::<Result<_, String>>()?;
+    match entries.len() <= TDX_CPUID_ENTRIES_MAX {
+        true => Ok(entries),
+        false => Err(format!("{} CPUID entries given, at most {TDX_CPUID_ENTRIES_MAX} fit", entries.len())),
+    }
+}
+
+/// `inject tdx leaf=`: a SEAMCALL leaf KVM issues, by the kernel's name without `TDH_`
+/// (`MEM_PAGE_ADD`), the TDX module's (`TDH.MEM.PAGE.ADD`), or its number (2).
+pub(crate) fn parse_seamcall_leaf(text: &str) -> Result<u64, String> {
+    use gmem_arch::tdx::status::SeamcallLeaf;
+    match SeamcallLeaf::from_name(text) {
+        Some(leaf) => Ok(u64::from(leaf.number())),
+        None => {
+            let names: Vec<&str> = SeamcallLeaf::ALL.iter().map(|leaf| leaf.name()).collect();
+            Err(format!("unknown SEAMCALL leaf `{text}` (expected one of {})", names.join(", ")))
+        }
+    }
+}
+
+/// `inject tdx status=`: a SEAMCALL status by the TDX module's class name without `TDX_`
+/// (`OPERAND_BUSY`), optionally with `|OPERAND` (`OPERAND_BUSY|SEPT`, `EPT_WALK_FAILED|0x1`), or
+/// the whole 64-bit value. Not `SUCCESS`: an injected call fails.
+pub(crate) fn parse_tdx_status(text: &str) -> Result<u64, String> {
+    use gmem_arch::tdx::status::TdxStatus;
+    match TdxStatus::from_name(text) {
+        Some(status) if status.is_success() => Err(format!("`{text}` is TDX_SUCCESS: an injected status must fail")),
+        Some(status) => Ok(status.raw()),
+        None => Err(format!(
+            "unknown TDX status `{text}` (expected a class such as OPERAND_BUSY or EPT_WALK_FAILED, optionally \
+             `|OPERAND` such as `|SEPT`, or a 64-bit number)"
+        )),
+    }
+}
 
 impl Table {
     fn lookup(&self, name: &str) -> Result<u64, String> {

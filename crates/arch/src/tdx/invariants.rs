@@ -114,6 +114,14 @@ pub fn check(module: &TdxModule, out: &mut Vec<Violation>) {
     check_t10(&tds, out);
 }
 
+/// Every check over the module alone: T1, T3 and T10 ([`check`]) and T4 (no frame whose reuse
+/// is still hazardous in the host's free pool). [`check_kvm`] runs it for the first TD of a
+/// module; run it directly where no TD is left to reach the module through (after a teardown).
+pub fn check_module(module: &TdxModule, out: &mut Vec<Violation>) {
+    check(module, out);
+    check_t4(module, out);
+}
+
 /// [`check`], returning the violations.
 pub fn violations(module: &TdxModule) -> Vec<Violation> {
     let mut out = Vec::new();
@@ -350,8 +358,7 @@ pub fn check_kvm(
     let first =
         vms.iter().find(|other| TdxVm::of(other).is_some_and(|other| gmem_sync::Arc::ptr_eq(other.module(), module)));
     if first.is_some_and(|first| std::ptr::eq(gmem_sync::Arc::as_ptr(first), kvm)) {
-        check(module, out);
-        check_t4(module, out);
+        check_module(module, out);
     }
     if vm.wait_for_sept_zap() {
         out.push(Violation {

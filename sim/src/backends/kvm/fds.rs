@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{VcpuFd, VmFd};
 
 /// What a script descriptor refers to.
 #[derive(Debug)]
@@ -21,6 +21,8 @@ pub enum Object {
     Stream(OwnedFd),
     /// A VM (`KVM_CREATE_VM`).
     Vm(VmFd),
+    /// A vCPU (`KVM_CREATE_VCPU`).
+    Vcpu(VcpuFd),
     /// A guest_memfd (`KVM_CREATE_GUEST_MEMFD`).
     GuestMemfd(OwnedFd),
     /// A device file the script opened (`/dev/sev`).
@@ -33,6 +35,7 @@ impl Object {
         match self {
             Object::Stream(fd) | Object::GuestMemfd(fd) | Object::Device(fd) => fd.as_raw_fd(),
             Object::Vm(vm) => vm.as_raw_fd(),
+            Object::Vcpu(vcpu) => vcpu.as_raw_fd(),
         }
     }
 }

@@ -18,12 +18,17 @@
 //!
 //! A verb not performed prints `skip` with the reason, and the line is not compared. Guest
 //! verbs skip: on this machine's PVM backend a guest reads the memslot's `userspace_addr`,
-//! not guest_memfd (reference/kernel-semantics.md §0.2). Simulator-only verbs skip.
+//! not guest_memfd (reference/kernel-semantics.md §0.2). `create_vcpu` is the real
+//! `KVM_CREATE_VCPU` (kvm-ioctls' `VmFd::create_vcpu`): the vCPU-scope `KVM_MEMORY_ENCRYPT_OP`
+//! commands need a vCPU descriptor, and nothing here runs it. Simulator-only verbs skip.
 //!
 //! The SEV-SNP host verbs are real calls: `open_dev_sev` opens `/dev/sev` (absent here: ENOENT),
 //! and the launch commands issue `KVM_MEMORY_ENCRYPT_OP` (`VmFd::encrypt_op_sev`) with their
 //! parameters in this process's memory (`bytes=` and `id_block=` staged in memory mapped for the
-//! call). The SNP guest's instructions and VMGEXITs skip like the other guest verbs.
+//! call). The SNP guest's instructions and VMGEXITs skip like the other guest verbs. So are the
+//! TDX host verbs: `KVM_MEMORY_ENCRYPT_OP` with a `struct kvm_tdx_cmd` on the VM (kvm-ioctls'
+//! `VmFd::encrypt_op`) or on the vCPU (the raw ioctl; kvm-ioctls' `VcpuFd` has no wrapper), the
+//! parameters in this process's memory; `tdx_state` and `inject tdx` are simulator-only.
 //!
 //! The backend owns what it creates: dropping it closes every descriptor and unmaps every
 //! mapping, so thousands of scripts in one process do not grow its descriptors or memory.
@@ -45,8 +50,16 @@ use kvm_bindings::{
 };
 use kvm_ioctls::Kvm;
 
-use crate::backend::{staging_len, BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat};
+use crate::backend::{
+    staging_len, BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat, TdxCaps,
+    TdxRegionDone, TdxVmState,
+};
 use fds::{FdTable, Object};
+use gmem_arch::tdx::kvm::{
+    kvm_tdx_capabilities, kvm_tdx_cmd, kvm_tdx_init_mem_region, kvm_tdx_init_vm, KvmCpuid2Header, KVM_TDX_CAPABILITIES,
+    KVM_TDX_FINALIZE_VM, KVM_TDX_INIT_MEM_REGION, KVM_TDX_INIT_VCPU, KVM_TDX_INIT_VM,
+};
+use kvm_bindings::kvm_cpuid_entry2;
 use memory::{page_align, RegionKind, Regions, PAGE_SIZE};
 
 /// Why guest-side verbs skip here (issue text and reference/kernel-semantics.md §0.2).
@@ -60,6 +73,9 @@ const STREAM_SKIP: &str = "the standard streams differ between hosts (the simula
 
 /// The largest `load` a script may ask for (the simulator's limit too).
 const LOAD_LEN_MAX: u64 = 16 << 20;
+
+/// The most CPUID entries `tdx_capabilities` provides room for (`KVM_MAX_CPUID_ENTRIES`).
+const TDX_CPUID_ROOM_MAX: u32 = 256;
 
 /// The largest memslot this backend creates in one call: 64 GiB costs about 170 MiB of
 /// kernel memory on the measured kernel.
@@ -218,6 +234,22 @@ impl KvmBackend {
             _ => sys::memory_encrypt_op(self.raw(vm), cmd).map(drop),
         };
         result.map_err(|errno| Failure::Sev { errno, fw_error: cmd.error })
+    }
+
+    /// A TDX `KVM_MEMORY_ENCRYPT_OP` with `cmd` on script descriptor `fd` (kvm-ioctls'
+    /// `encrypt_op` for a VM, the raw ioctl for a vCPU or anything else, so the kernel dispatches
+    /// and answers): the errno with the SEAMCALL status the kernel left in `cmd.hw_error`.
+    fn tdx_op(&self, fd: i32, cmd: &mut kvm_tdx_cmd) -> BResult<()> {
+        let result = match self.fds.get(fd) {
+            Some(Object::Vm(vm)) => {
+                // SAFETY: `cmd` is a live `struct kvm_tdx_cmd`, which is what
+                // KVM_MEMORY_ENCRYPT_OP reads and writes back on a TDX VM; its `data` points at
+                // parameters the caller keeps alive for the call (or is an immediate, or 0).
+                unsafe { vm.encrypt_op(cmd as *mut kvm_tdx_cmd) }.map_err(|e| Errno::from_raw(e.errno()))
+            }
+            _ => sys::memory_encrypt_op_tdx(self.raw(fd), cmd).map(drop),
+        };
+        result.map_err(|errno| Failure::tdx(errno, cmd.hw_error))
     }
 
     /// The real descriptor for a script's `sev_fd`, as the `u32` of `struct kvm_sev_cmd`.
@@ -496,13 +528,13 @@ impl Backend for KvmBackend {
 
     fn close(&mut self, fd: i32) -> BResult<()> {
         let raw = match self.fds.remove(fd) {
-            Some(Object::Vm(vm)) => {
-                // kvm-ioctls' VmFd closes its descriptor when dropped and discards the result.
-                // Close a duplicate last instead, so the final close (the one that releases
-                // the VM) is the one whose result the script sees.
-                // SAFETY: dup takes no pointers; the VmFd's descriptor is open.
-                let raw = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&vm)) };
-                drop(vm);
+            Some(object @ (Object::Vm(_) | Object::Vcpu(_))) => {
+                // kvm-ioctls' VmFd and VcpuFd close their descriptor when dropped and discard
+                // the result. Close a duplicate last instead, so the final close (the one that
+                // releases the VM or vCPU) is the one whose result the script sees.
+                // SAFETY: dup takes no pointers; the object's descriptor is open.
+                let raw = unsafe { libc::dup(object.raw()) };
+                drop(object);
                 if raw < 0 {
                     return Err(Failure::Errno(sys::last_errno()));
                 }
@@ -618,8 +650,101 @@ impl Backend for KvmBackend {
         self.encrypt_op(vm, &mut cmd)
     }
 
-    fn create_vcpu(&mut self, _vm: i32, _id: u64) -> BResult<i32> {
-        skip(GUEST_SKIP)
+    fn tdx_capabilities(&mut self, vm: i32, nent: u32, flags: u32) -> BResult<TdxCaps> {
+        let header = kvm_tdx_capabilities { cpuid: KvmCpuid2Header { nent, padding: 0 }, ..Default::default() };
+        let head = std::mem::size_of::<kvm_tdx_capabilities>();
+        let room = nent.min(TDX_CPUID_ROOM_MAX) as usize * std::mem::size_of::<kvm_cpuid_entry2>();
+        let mut bytes = gmem_arch::uapi::as_bytes(&header).to_vec();
+        bytes.resize(head + room, 0);
+        let mut cmd = kvm_tdx_cmd { id: KVM_TDX_CAPABILITIES, flags, data: bytes.as_mut_ptr() as u64, hw_error: 0 };
+        self.tdx_op(vm, &mut cmd)?;
+        let caps: kvm_tdx_capabilities = gmem_arch::uapi::from_bytes(&bytes[..head]);
+        Ok(TdxCaps {
+            supported_attrs: caps.supported_attrs,
+            supported_xfam: caps.supported_xfam,
+            nent: caps.cpuid.nent,
+        })
+    }
+
+    fn tdx_init_vm(
+        &mut self,
+        vm: i32,
+        flags: u32,
+        init_vm: &kvm_tdx_init_vm,
+        cpuid: &[kvm_cpuid_entry2],
+    ) -> BResult<()> {
+        let mut init_vm = *init_vm;
+        init_vm.cpuid.nent = cpuid.len() as u32;
+        let mut bytes = gmem_arch::uapi::as_bytes(&init_vm).to_vec();
+        for entry in cpuid {
+            bytes.extend_from_slice(gmem_arch::uapi::as_bytes(entry));
+        }
+        let mut cmd = kvm_tdx_cmd { id: KVM_TDX_INIT_VM, flags, data: bytes.as_mut_ptr() as u64, hw_error: 0 };
+        self.tdx_op(vm, &mut cmd)
+    }
+
+    fn tdx_init_vcpu(&mut self, vcpu: i32, flags: u32, rcx: u64) -> BResult<()> {
+        let mut cmd = kvm_tdx_cmd { id: KVM_TDX_INIT_VCPU, flags, data: rcx, hw_error: 0 };
+        self.tdx_op(vcpu, &mut cmd)
+    }
+
+    fn tdx_init_mem_region(
+        &mut self,
+        vcpu: i32,
+        flags: u32,
+        region: &kvm_tdx_init_mem_region,
+        bytes: Option<&[u8]>,
+    ) -> BResult<TdxRegionDone> {
+        let mut region = *region;
+        // The kernel only reads the source (a read-only pin), so any address may be passed.
+        let staged = match bytes {
+            Some(bytes) => {
+                Some(Staged::new(bytes, staging_len(region.nr_pages.saturating_mul(PAGE_SIZE), bytes.len()))?)
+            }
+            None => None,
+        };
+        if let Some(staged) = &staged {
+            region.source_addr = staged.addr;
+        }
+        let source_in = region.source_addr;
+        let mut cmd = kvm_tdx_cmd {
+            id: KVM_TDX_INIT_MEM_REGION,
+            flags,
+            data: &mut region as *mut kvm_tdx_init_mem_region as u64,
+            hw_error: 0,
+        };
+        let error = match self.tdx_op(vcpu, &mut cmd) {
+            Ok(()) => None,
+            Err(Failure::Tdx { errno, hw_error, .. }) => Some((errno, hw_error)),
+            Err(other) => return Err(other),
+        };
+        drop(staged);
+        Ok(TdxRegionDone { region, source_in, error })
+    }
+
+    fn tdx_finalize_vm(&mut self, vm: i32, flags: u32) -> BResult<()> {
+        let mut cmd = kvm_tdx_cmd { id: KVM_TDX_FINALIZE_VM, flags, data: 0, hw_error: 0 };
+        self.tdx_op(vm, &mut cmd)
+    }
+
+    fn tdx_state(&mut self, _vm: i32) -> BResult<TdxVmState> {
+        skip(SIMULATOR_ONLY)
+    }
+
+    fn inject_tdx(&mut self, _leaf: u16, _status: u64, _count: u32, _after: u32) -> BResult<()> {
+        skip(SIMULATOR_ONLY)
+    }
+
+    fn create_vcpu(&mut self, vm: i32, id: u64) -> BResult<i32> {
+        let object = match self.fds.get(vm) {
+            Some(Object::Vm(vm)) => Object::Vcpu(vm.create_vcpu(id).map_err(kvm_error)?),
+            _ => {
+                let fd = errno(sys::ioctl_with_val(self.raw(vm), sys::KVM_CREATE_VCPU, id))? as i32;
+                // SAFETY: the kernel just returned this new descriptor and nothing else owns it.
+                Object::Device(unsafe { OwnedFd::from_raw_fd(fd) })
+            }
+        };
+        Ok(self.fds.install(object))
     }
 
     fn guest_store(&mut self, _vcpu: i32, _gpa: u64, _bytes: &[u8], _private: Option<bool>) -> BResult<()> {

@@ -3,6 +3,7 @@
 
 use std::os::raw::c_ulong;
 
+use gmem_arch::tdx::kvm::kvm_tdx_cmd;
 use gmem_mm::Errno;
 use kvm_bindings::{
     kvm_create_guest_memfd, kvm_enable_cap, kvm_memory_attributes, kvm_sev_cmd, kvm_userspace_memory_region2,
@@ -21,6 +22,8 @@ const IOC_READ: c_ulong = 2;
 
 /// `KVM_CHECK_EXTENSION` = `_IO(KVMIO, 0x03)`.
 pub const KVM_CHECK_EXTENSION: c_ulong = ioc(0, 0x03, 0);
+/// `KVM_CREATE_VCPU` = `_IO(KVMIO, 0x41)`.
+pub const KVM_CREATE_VCPU: c_ulong = ioc(0, 0x41, 0);
 /// `KVM_CREATE_GUEST_MEMFD` = `_IOWR(KVMIO, 0xd4, struct kvm_create_guest_memfd)`.
 pub const KVM_CREATE_GUEST_MEMFD: c_ulong =
     ioc(IOC_READ | IOC_WRITE, 0xd4, std::mem::size_of::<kvm_create_guest_memfd>());
@@ -38,6 +41,7 @@ pub const KVM_MEMORY_ENCRYPT_OP: c_ulong = ioc(IOC_READ | IOC_WRITE, 0xba, std::
 
 // The numbers measured on x86-64 (reference/kernel-semantics.md §1).
 const _: () = assert!(KVM_CHECK_EXTENSION == 0xAE03);
+const _: () = assert!(KVM_CREATE_VCPU == 0xAE41);
 const _: () = assert!(KVM_ENABLE_CAP == 0x4068_AEA3);
 const _: () = assert!(KVM_MEMORY_ENCRYPT_OP == 0xC008_AEBA);
 const _: () = assert!(KVM_CREATE_GUEST_MEMFD == 0xC040_AED4);
@@ -61,8 +65,8 @@ pub fn check(ret: i64) -> Result<i64, Errno> {
 /// An ioctl whose argument is a value.
 pub fn ioctl_with_val(fd: i32, request: c_ulong, arg: u64) -> Result<i64, Errno> {
     // SAFETY: the argument is passed by value; the kernel does not dereference it for the
-    // requests this module issues (KVM_CHECK_EXTENSION), and a descriptor that is not a KVM
-    // file answers ENOTTY (or EBADF for -1) without touching memory.
+    // requests this module issues (KVM_CHECK_EXTENSION, KVM_CREATE_VCPU), and a descriptor that
+    // is not a KVM file answers ENOTTY (or EBADF for -1) without touching memory.
     check(i64::from(unsafe { libc::ioctl(fd, request, arg as c_ulong) }))
 }
 
@@ -82,6 +86,17 @@ pub fn memory_encrypt_op(fd: i32, cmd: &mut kvm_sev_cmd) -> Result<i64, Errno> {
     // sev_mem_enc_ioctl copies in and back out; `cmd.data` is the caller's to keep valid (the
     // kernel copies the parameters from it with copy_from_user, which faults safely otherwise).
     check(i64::from(unsafe { libc::ioctl(fd, KVM_MEMORY_ENCRYPT_OP, cmd as *mut kvm_sev_cmd) }))
+}
+
+/// `KVM_MEMORY_ENCRYPT_OP` with a pointer to a TDX command, which the kernel reads and writes
+/// back (its `hw_error`); the command's parameters are at `cmd.data` (or `data` is an immediate).
+/// On a VM descriptor it is the VM-scope command, on a vCPU descriptor the vCPU-scope one.
+pub fn memory_encrypt_op_tdx(fd: i32, cmd: &mut kvm_tdx_cmd) -> Result<i64, Errno> {
+    // SAFETY: `cmd` is a live, exclusively borrowed `struct kvm_tdx_cmd`, the structure
+    // tdx_vm_ioctl and tdx_vcpu_ioctl copy in and back out; `cmd.data` is the caller's to keep
+    // valid (the kernel copies parameters from it with copy_from_user, which faults safely
+    // otherwise).
+    check(i64::from(unsafe { libc::ioctl(fd, KVM_MEMORY_ENCRYPT_OP, cmd as *mut kvm_tdx_cmd) }))
 }
 
 /// A private anonymous mapping of `len` bytes with no swap reservation (`MAP_NORESERVE`), at the
