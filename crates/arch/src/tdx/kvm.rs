@@ -517,6 +517,8 @@ pub struct TdxVm {
     /// vCPUs found inside the TD after `tdx_no_vcpus_enter_start` kicked them all out (T6;
     /// model only: reported by the invariants).
     t6_breaches: Mutex<Vec<String>>,
+    /// Test-only: `tdx_track` skips its kick ([`TdxVm::skip_track_kick_for_test`]).
+    skip_track_kick: AtomicBool,
 }
 
 /// Counters of a TD's run path and S-EPT hooks (model only; `gmem-sim run` prints them).
@@ -618,7 +620,18 @@ impl TdxVm {
             pins: Mutex::new(&KVM_TDX_PINS_LOCK, std::collections::BTreeMap::new()),
             stats: TdxStats::default(),
             t6_breaches: Mutex::new(&KVM_TDX_T6_LOCK, Vec::new()),
+            skip_track_kick: AtomicBool::new(false),
         }
+    }
+
+    /// Test-only, not a kernel knob: with `skip`, `tdx_track` leaves out the kick that follows
+    /// `TDH.MEM.TRACK` (`kvm_make_all_cpus_request(kvm, KVM_REQ_OUTSIDE_GUEST_MODE)`), so that
+    /// the loom model `loom_tdx_track_vs_vcpu_entry` can show what the kick is for: without it
+    /// a vCPU that entered the TD in the epoch of the block may still be inside, holding the
+    /// translation, when `TDH.MEM.PAGE.REMOVE` runs.
+    #[doc(hidden)]
+    pub fn skip_track_kick_for_test(&self, skip: bool) {
+        self.skip_track_kick.store(skip, Ordering::Relaxed);
     }
 
     /// The VM's back-end, if it is a TD.
@@ -1436,7 +1449,9 @@ impl TdxVm {
         if let Err(error) = result {
             kvm.kvm_bug_on(true, || format!("SEAMCALL TDH_MEM_TRACK failed: {error}"));
         }
-        kvm.make_all_cpus_request_outside_guest_mode();
+        if !self.skip_track_kick.load(Ordering::Relaxed) {
+            kvm.make_all_cpus_request_outside_guest_mode();
+        }
     }
 
     /// `tdx_sept_drop_private_spte`: `TDH.MEM.PAGE.REMOVE` (once more with the vCPUs kept out if
