@@ -20,6 +20,8 @@
 //! | `kvm_has_mirrored_tdp` (the VM has a mirror root) | [`KvmArch::has_mirror_root`] |
 //! | `link_external_spt` / `set_external_spte` | [`KvmArch::link_external_spt`] / [`KvmArch::set_external_spte`] |
 //! | `remove_external_spte` / `free_external_spt` | [`KvmArch::remove_external_spte`] / [`KvmArch::free_external_spt`] |
+//! | `vcpu_pre_run` (`KVM_RUN`'s entry checks) | [`KvmArch::vcpu_pre_run`] |
+//! | `vcpu_run` up to the VM entry (TDX: `tdx_vcpu_run`, `TDH.VP.ENTER`) / the VM exit that ends it | [`KvmArch::vcpu_run`] / [`KvmArch::vcpu_run_exit`] |
 //! | the hardware's checks on a guest access (the RMP check) | [`KvmArch::guest_access_check`] |
 //! | the vendor part of the NPF handler (`sev_handle_rmp_fault`) | [`KvmArch::handle_npf`] |
 //! | (model only) the vendor's invariants, for [`invariants::check`](crate::invariants::check) | [`KvmArch::check_invariants`] |
@@ -519,6 +521,24 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// `kvm_x86_ops.vcpu_run` up to the VM entry (`vcpu_enter_guest` calls it in guest mode,
+    /// after the request check that may cancel the entry): whether the guest runs now. TDX's
+    /// `tdx_vcpu_run` enters with `TDH.VP.ENTER`, or returns `EXIT_FASTPATH_EXIT_HANDLED` without
+    /// entering while `wait_for_sept_zap` is set ([`VcpuRunEntry::NotEntered`]: `vcpu_run`'s
+    /// loop goes round and the vCPU tries again). After [`VcpuRunEntry::Entered`] the guest's
+    /// access runs, then [`KvmArch::vcpu_run_exit`], both still in guest mode. Called on every
+    /// attempt of [`guest_page_op`](crate::vcpu::guest_page_op) and of
+    /// [`guest_run_to_exit`](crate::vcpu::guest_run_to_exit). Default: the hardware enters
+    /// (VMRUN, VMLAUNCH), nothing for the model to do.
+    fn vcpu_run(&self, _kvm: &Kvm, _vcpu: &crate::vcpu::KvmVcpu) -> VcpuRunEntry {
+        VcpuRunEntry::Entered
+    }
+
+    /// The VM exit that ends an entry [`KvmArch::vcpu_run`] made (TDX: the TD exit that ends
+    /// `TDH.VP.ENTER`, after which the vCPU no longer holds the TD epoch it entered in), in
+    /// guest mode, before `vcpu->mode` goes back to `OUTSIDE_GUEST_MODE`. Default: nothing.
+    fn vcpu_run_exit(&self, _kvm: &Kvm, _vcpu: &crate::vcpu::KvmVcpu) {}
+
     /// Whether [`KvmArch::guest_access_check`] can ever refuse an access (so that VMs without a
     /// platform memory protection pay nothing for it on every guest access).
     fn checks_guest_accesses(&self) -> bool {
@@ -566,6 +586,20 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
         _out: &mut Vec<Violation>,
     ) {
     }
+}
+
+/// What [`KvmArch::vcpu_run`] did with one attempt to enter the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuRunEntry {
+    /// The guest runs (its access happens, then [`KvmArch::vcpu_run_exit`]).
+    Entered,
+    /// No entry, and nothing for user space: `EXIT_FASTPATH_EXIT_HANDLED` (TDX while
+    /// `wait_for_sept_zap` is set, or when `TDH.VP.ENTER` found a TD lock busy). `vcpu_run`'s
+    /// loop goes round: the vCPU tries again (the model bounds the tries, see
+    /// [`FAULT_RETRY_LIMIT`](crate::vcpu::FAULT_RETRY_LIMIT)), unless a signal is pending.
+    NotEntered,
+    /// The entry failed: `KVM_RUN` returns this.
+    Failed(crate::vcpu::RunError),
 }
 
 /// The vendor module of the host: one per machine, it holds the host-wide hardware state and

@@ -20,7 +20,7 @@
 //! shared bit) and can mismatch.
 
 use crate::arch::{
-    GuestAccess, GuestException, GuestFault, PgLevel, KVM_MAX_HUGEPAGE_LEVEL, PFERR_GUEST_FINAL_MASK,
+    GuestAccess, GuestException, GuestFault, PgLevel, VcpuRunEntry, KVM_MAX_HUGEPAGE_LEVEL, PFERR_GUEST_FINAL_MASK,
     PFERR_PRIVATE_ACCESS, PFERR_WRITE_MASK,
 };
 use crate::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
@@ -37,7 +37,7 @@ use gmem_mm::folio::Folio;
 use gmem_mm::types::{PAGE_SHIFT, PAGE_SIZE};
 use gmem_mm::vma::Mm;
 use gmem_mm::{Errno, KResult, Pfn};
-use gmem_sync::atomic::{AtomicU64, Ordering};
+use gmem_sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use gmem_sync::warn::WarnKind;
 use gmem_sync::{Arc, LockClass, Mutex};
 use std::any::Any;
@@ -69,6 +69,9 @@ pub struct KvmVcpu {
     /// `KVM_MEMORY_ENCRYPT_OP` on a vCPU) and by `kvm_lock_all_vcpus`
     /// ([`Kvm::lock_all_vcpus`]). Lock order: `kvm->lock` → `vcpu->mutex` → `kvm->slots_lock`.
     pub mutex: Mutex<()>,
+    /// Events waiting to be injected (interrupts, NMIs: what `kvm_vcpu_has_events` looks for),
+    /// delivered at the next guest entry ([`KvmVcpu::queue_event`]).
+    pending_events: AtomicU32,
 }
 
 /// `vcpu->mutex`.
@@ -168,6 +171,28 @@ impl KvmVcpu {
     /// How many pages the external-SPT cache holds.
     pub fn external_spt_cache_len(&self) -> usize {
         self.mmu_external_spt_cache.lock().len()
+    }
+
+    /// An event for the vCPU (an interrupt routed to it, an NMI): it stays pending, and
+    /// [`KvmVcpu::has_events`] true, until the next guest entry delivers it. The model has no
+    /// interrupt controller; this stands for whatever made `kvm_vcpu_has_events` true (tests
+    /// and the run post one to make TDX's MapGPA return `TDVMCALL_STATUS_RETRY`, or end an EPT
+    /// violation's local retries).
+    pub fn queue_event(&self) {
+        self.pending_events.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `kvm_vcpu_has_events(vcpu)`: an event waits for the next entry.
+    pub fn has_events(&self) -> bool {
+        self.pending_events.load(Ordering::Acquire) != 0
+    }
+
+    /// The entry's event injection (`kvm_check_and_inject_events`; TDX's posted interrupts):
+    /// every pending event reaches the guest.
+    fn deliver_events(&self) {
+        if self.pending_events.load(Ordering::Relaxed) != 0 {
+            self.pending_events.swap(0, Ordering::AcqRel);
+        }
     }
 }
 
@@ -282,6 +307,7 @@ impl Kvm {
             arch,
             mmu_external_spt_cache: Mutex::new(&EXTERNAL_SPT_CACHE_LOCK, Vec::new()),
             mutex: Mutex::new(&VCPU_MUTEX, ()),
+            pending_events: AtomicU32::new(0),
         });
         if array.iter().any(|other| other.vcpu_id as u64 == id) {
             drop(array);
@@ -790,8 +816,10 @@ fn access_kind(kvm: &Kvm, gpa: u64, private: Option<bool>) -> Result<bool, RunEr
 }
 
 /// One guest operation on the page of `gpa` (a load, a store, or an instruction such as SEV-SNP's
-/// PVALIDATE), as the hardware runs it: in guest mode, translate through the TLB or a walk of the
-/// SPTEs (filling the TLB), then `op` on the translation. A missing or read-only translation is
+/// PVALIDATE), as the hardware runs it: in guest mode, after the vendor's entry
+/// ([`KvmArch::vcpu_run`](crate::arch::KvmArch::vcpu_run): TDX's `TDH.VP.ENTER`, or no entry
+/// while `wait_for_sept_zap` is set, which is tried again), translate through the TLB or a walk
+/// of the SPTEs (filling the TLB), then `op` on the translation. A missing or read-only translation is
 /// an EPT/NPT violation: the vCPU leaves guest mode and runs the fault path
 /// ([`kvm_mmu_page_fault`], a private fault if `private`). `op` may refuse with a nested fault
 /// (handled the same way, then by the vendor's [`KvmArch::handle_npf`](crate::arch::KvmArch::handle_npf))
@@ -814,10 +842,19 @@ pub fn guest_page_op<T>(
     let gfn = Gpa(gpa).to_gfn();
     let mut attempts = 0;
     loop {
+        // vcpu_enter_guest: KVM_REQ_VM_DEAD (a KVM_BUG_ON, or kvm_vm_dead) ends the run.
+        if kvm.is_dead() {
+            return Err(RunError::Errno(Errno::EIO));
+        }
         kvm.arch().vcpu_pre_run(kvm, vcpu)?;
         let error_code = match attempt_in_guest(kvm, vcpu, tdp, gfn, write, private, &mut op) {
             Attempt::Done(value) => return Ok(value),
             Attempt::Exception(exception) => return Err(RunError::GuestException(exception)),
+            Attempt::Failed(error) => return Err(error),
+            Attempt::NotEntered => {
+                not_entered(kvm, vcpu, &mut attempts)?;
+                continue;
+            }
             Attempt::Violation => None,
             Attempt::Npf(error_code) => Some(error_code),
         };
@@ -855,6 +892,26 @@ pub fn guest_page_op<T>(
     }
 }
 
+/// An entry the vendor did not make ([`VcpuRunEntry::NotEntered`]): `vcpu_run`'s loop goes
+/// round. A pending signal ends `KVM_RUN` with EINTR (`KVM_EXIT_INTR`); the model also gives up,
+/// with a WARN and EINTR, after [`FAULT_RETRY_LIMIT`] tries (the kernel would spin until a
+/// signal, or until the vendor lets the vCPU in).
+fn not_entered(kvm: &Kvm, vcpu: &KvmVcpu, attempts: &mut u32) -> Result<(), RunError> {
+    *attempts += 1;
+    if kvm.machine().signal_pending() {
+        return Err(RunError::Errno(Errno::EINTR));
+    }
+    if *attempts > FAULT_RETRY_LIMIT {
+        kvm.machine().warnings.report(
+            WarnKind::Warn,
+            format!("vCPU {} could not enter the guest in {FAULT_RETRY_LIMIT} tries", vcpu.vcpu_id),
+        );
+        return Err(RunError::Errno(Errno::EINTR));
+    }
+    gmem_sync::thread::backoff(*attempts);
+    Ok(())
+}
+
 /// How one attempt in guest mode ended.
 enum Attempt<T> {
     /// `op` completed.
@@ -865,11 +922,65 @@ enum Attempt<T> {
     Npf(u64),
     /// `op` raised an exception for the guest.
     Exception(GuestException),
+    /// The vendor did not enter the guest ([`VcpuRunEntry::NotEntered`]).
+    NotEntered,
+    /// The entry failed ([`VcpuRunEntry::Failed`]).
+    Failed(RunError),
 }
 
-/// One translation and `op` in guest mode (`vcpu_enter_guest` .. exit): the TLB, else a walk
-/// that fills it. An access through a translation whose frame was freed since is reported as a
-/// use-after-free: that is what the flush protocol exists to prevent.
+/// `vcpu_enter_guest` up to the VM entry: guest mode (the TLB flush a request asked for is
+/// done first), then the vendor's `vcpu_run` ([`KvmArch::vcpu_run`](crate::arch::KvmArch::vcpu_run)).
+/// `Ok(())`: the guest runs, its pending events delivered; the caller ends the entry with
+/// [`exit_from_guest`]. Otherwise the vCPU is outside guest mode again.
+fn enter_guest_mode(kvm: &Kvm, vcpu: &KvmVcpu) -> Result<(), VcpuRunEntry> {
+    vcpu.enter_guest();
+    match kvm.arch().vcpu_run(kvm, vcpu) {
+        VcpuRunEntry::Entered => {
+            vcpu.deliver_events();
+            Ok(())
+        }
+        other => {
+            vcpu.exit_guest();
+            Err(other)
+        }
+    }
+}
+
+/// The VM exit that ends an entry [`enter_guest_mode`] made: the vendor's part
+/// ([`KvmArch::vcpu_run_exit`](crate::arch::KvmArch::vcpu_run_exit)), then
+/// `vcpu->mode = OUTSIDE_GUEST_MODE`.
+fn exit_from_guest(kvm: &Kvm, vcpu: &KvmVcpu) {
+    kvm.arch().vcpu_run_exit(kvm, vcpu);
+    vcpu.exit_guest();
+}
+
+/// One entry into the guest that ends with an exit the guest asked for (a `VMCALL`, a TDX
+/// `TDCALL`): `KVM_RUN`'s entry checks ([`KvmArch::vcpu_pre_run`](crate::arch::KvmArch::vcpu_pre_run)),
+/// guest mode, the vendor's entry ([`KvmArch::vcpu_run`](crate::arch::KvmArch::vcpu_run)) and
+/// its exit. `Ok(())` once the guest ran and exited: the caller handles the exit. An entry the
+/// vendor did not make is tried again as [`guest_page_op`] does (bounded; EINTR on a signal).
+/// EIO once the VM is dead.
+pub fn guest_run_to_exit(kvm: &Kvm, vcpu: &KvmVcpu) -> Result<(), RunError> {
+    let mut attempts = 0;
+    loop {
+        if kvm.is_dead() {
+            return Err(RunError::Errno(Errno::EIO));
+        }
+        kvm.arch().vcpu_pre_run(kvm, vcpu)?;
+        match enter_guest_mode(kvm, vcpu) {
+            Ok(()) => {
+                exit_from_guest(kvm, vcpu);
+                return Ok(());
+            }
+            Err(VcpuRunEntry::Failed(error)) => return Err(error),
+            Err(_) => not_entered(kvm, vcpu, &mut attempts)?,
+        }
+    }
+}
+
+/// One translation and `op` in guest mode (`vcpu_enter_guest` .. exit): the vendor's entry, then
+/// the TLB, else a walk that fills it. An access through a translation whose frame was freed
+/// since is reported as a use-after-free: that is what the flush protocol exists to prevent.
 fn attempt_in_guest<T>(
     kvm: &Kvm,
     vcpu: &KvmVcpu,
@@ -880,7 +991,11 @@ fn attempt_in_guest<T>(
     op: &mut impl FnMut(&GuestAccess) -> Result<T, GuestFault>,
 ) -> Attempt<T> {
     let mem = &kvm.machine().mem;
-    vcpu.enter_guest();
+    match enter_guest_mode(kvm, vcpu) {
+        Ok(()) => {}
+        Err(VcpuRunEntry::Failed(error)) => return Attempt::Failed(error),
+        Err(_) => return Attempt::NotEntered,
+    }
     let entry = match vcpu.tlb.lookup(gfn, write) {
         Some(entry) => {
             KvmVcpu::count(&vcpu.stat.tlb_hits);
@@ -916,7 +1031,7 @@ fn attempt_in_guest<T>(
             }
         }
     };
-    vcpu.exit_guest();
+    exit_from_guest(kvm, vcpu);
     outcome
 }
 

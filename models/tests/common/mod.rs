@@ -1,7 +1,7 @@
 //! What the loom models share: the loom builder ([`check`]), per-model coverage counters
 //! ([`Coverage`]), for the TLB models a one-page private guest on the real code ([`guest`]), and
 //! for the SEV-SNP models a one-page SNP guest between LAUNCH_START and LAUNCH_FINISH
-//! ([`snp_guest`]).
+//! ([`snp_guest`]), and for the TDX models a launched one-page TD ([`td_guest`]).
 //!
 //! Each test binary includes this module and uses part of it; the mirror-root models also use
 //! [`mirror`] (a TDX-typed guest on a test back-end).
@@ -330,6 +330,103 @@ impl SnpGuest {
     pub fn assert_quiescent_state(&self) {
         let warnings: Vec<String> = self.machine.warnings.snapshot().iter().map(ToString::to_string).collect();
         assert!(warnings.is_empty(), "WARNs: {warnings:#?}");
+        let file = self.host.guest_memfd(self.gmem_fd).expect("the guest_memfd");
+        let violations = invariants::check(std::slice::from_ref(&self.kvm), &[file]);
+        assert!(violations.is_empty(), "{violations:#?}");
+    }
+}
+
+/// A launched TD on an Intel host (v6.18): INIT_VM (`SEPT_VE_DISABLE`, GPAW 48), a 1-page
+/// guest_memfd bound at [`GPA`], the gfn PRIVATE, one vCPU after INIT_VCPU, FINALIZE (no image:
+/// the TD is runnable and pre-faults are allowed), then the page at [`GPA`] pre-faulted
+/// (`KVM_PRE_FAULT_MEMORY`: the mirror leaf, SEPT.ADD of the tables, PAGE.AUG) and accepted by
+/// the guest (the module's `TDG.MEM.PAGE.ACCEPT`: MAPPED, zeroed). No guest access ran, so the
+/// vCPU's TLB is empty and the vCPU is outside the TD (the simulator's `TDH.VP.ENTER` does not
+/// yet flush private translations after a TRACK, so a TLB filled before a zap would outlive it:
+/// see `loom_tdx_track_vs_vcpu_entry.rs`).
+pub struct TdGuest {
+    pub host: SimHost,
+    pub machine: Arc<Machine>,
+    pub kvm: Arc<Kvm>,
+    pub vcpu: Arc<KvmVcpu>,
+    pub module: Arc<gmem_arch::tdx::module::TdxModule>,
+    /// The TD's TDR page.
+    pub tdr: gmem_mm::Pfn,
+    pub vm_fd: i32,
+    pub vcpu_fd: i32,
+    pub gmem_fd: i32,
+    /// The private page at [`GPA`].
+    pub pfn: gmem_mm::Pfn,
+    /// The TD epoch after the set-up.
+    pub epoch: u64,
+}
+
+/// Builds the TD (the set-up runs before the model's `explore()`).
+pub fn td_guest() -> TdGuest {
+    use gmem_arch::tdx::kvm::{TdxVm, TDX_TD_ATTR_SEPT_VE_DISABLE};
+    use gmem_arch::tdx::sept::{LeafState, SeptEntry};
+    use gmem_uapi::kvm_tdx_init_vm;
+    let profile = KernelProfile::v6_18();
+    let machine = Machine::new(MachineConfig { vfs: profile.vfs_version(), ..MachineConfig::tiny(64) });
+    let system = KvmSystem::builder(profile).machine(machine.clone()).arch(gmem_arch::X86Host::setup_intel()).build();
+    let host = SimHost::with_system(system);
+    let vm_fd = host.create_vm(VmType::Tdx as u64).expect("KVM_CREATE_VM");
+    // CPUID leaf 0x80000008 with GPAW 48: the shared bit is gpa bit 47.
+    let cpuid = [kvm_bindings::kvm_cpuid_entry2 { function: 0x8000_0008, eax: 48 << 16, ..Default::default() }];
+    let init_vm = kvm_tdx_init_vm { attributes: TDX_TD_ATTR_SEPT_VE_DISABLE, ..Default::default() };
+    host.tdx_init_vm(vm_fd, &init_vm, &cpuid).expect("KVM_TDX_INIT_VM");
+    let kvm = host.vm(vm_fd).expect("the VM fd");
+    let gmem_fd = host
+        .create_guest_memfd(vm_fd, &kvm_create_guest_memfd { size: PAGE_SIZE, flags: 0, ..Default::default() })
+        .expect("KVM_CREATE_GUEST_MEMFD");
+    let region = kvm_userspace_memory_region2 {
+        slot: 0,
+        flags: KVM_MEM_GUEST_MEMFD,
+        guest_phys_addr: GPA,
+        memory_size: PAGE_SIZE,
+        userspace_addr: HVA,
+        guest_memfd_offset: 0,
+        guest_memfd: gmem_fd as u32,
+        ..Default::default()
+    };
+    host.set_user_memory_region2(vm_fd, &region).expect("KVM_SET_USER_MEMORY_REGION2");
+    host.set_memory_attributes(
+        vm_fd,
+        &kvm_memory_attributes { address: GPA, size: PAGE_SIZE, attributes: PRIVATE, ..Default::default() },
+    )
+    .expect("KVM_SET_MEMORY_ATTRIBUTES");
+    let vcpu_fd = host.create_vcpu(vm_fd, 0).expect("KVM_CREATE_VCPU");
+    let (_, vcpu) = host.vcpu(vcpu_fd).expect("the vCPU fd");
+    host.tdx_init_vcpu(vcpu_fd, 0).expect("KVM_TDX_INIT_VCPU");
+    host.tdx_finalize_vm(vm_fd).expect("KVM_TDX_FINALIZE_VM");
+    assert_eq!(host.pre_fault_memory(vcpu_fd, GPA, PAGE_SIZE), Ok(0), "KVM_PRE_FAULT_MEMORY");
+    let module = host.tdx_host().expect("an Intel host with TDX").module().clone();
+    let tdr = TdxVm::of(&kvm).and_then(TdxVm::tdr).expect("the TDR");
+    let accepted = module.tdg_mem_page_accept(tdr, GPA, 0).expect("TDG.MEM.PAGE.ACCEPT");
+    assert!(accepted.is_success(), "TDG.MEM.PAGE.ACCEPT: {accepted}");
+    let pfn = kvm
+        .mmu()
+        .as_tdp()
+        .expect("TDP MMU")
+        .lookup_mirror(gmem_kvm::Gfn(GPA / PAGE_SIZE))
+        .expect("the mirror leaf")
+        .pfn;
+    let leaf = module.sept_entry(tdr, GPA, 0).expect("the TD").expect("the S-EPT walk");
+    assert_eq!(leaf, SeptEntry::Leaf { pfn, state: LeafState::Mapped });
+    assert!(vcpu.tlb().entries().is_empty(), "no guest access ran");
+    let epoch = module.td_epoch(tdr).expect("the TD");
+    let guest = TdGuest { host, machine, kvm, vcpu, module, tdr, vm_fd, vcpu_fd, gmem_fd, pfn, epoch };
+    guest.assert_quiescent_state();
+    guest
+}
+
+impl TdGuest {
+    /// No WARN, KVM_BUG_ON or use-after-free was recorded, the VM is alive and every invariant
+    /// holds (the core ones and TDX's T1–T6, T10; the threads have joined).
+    pub fn assert_quiescent_state(&self) {
+        let warnings: Vec<String> = self.machine.warnings.snapshot().iter().map(ToString::to_string).collect();
+        assert!(warnings.is_empty(), "WARNs: {warnings:#?}");
+        assert!(!self.kvm.is_dead(), "the VM is dead");
         let file = self.host.guest_memfd(self.gmem_fd).expect("the guest_memfd");
         let violations = invariants::check(std::slice::from_ref(&self.kvm), &[file]);
         assert!(violations.is_empty(), "{violations:#?}");

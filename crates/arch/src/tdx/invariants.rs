@@ -332,7 +332,8 @@ pub const T2_PHASE: &str = "T2";
 pub const T4_RELEASE: &str = "T4";
 /// `T5`: the mirror root and the S-EPT agree.
 pub const T5_MIRROR_SYNC: &str = "T5";
-/// `T6`: no SEPT zap retry is in progress at a quiescent point (`wait_for_sept_zap` clear).
+/// `T6`: no SEPT zap retry is in progress at a quiescent point (`wait_for_sept_zap` clear), and
+/// none ever ran with a vCPU inside the TD.
 pub const T6_NO_ENTRY_DURING_ZAP: &str = "T6";
 
 /// The KVM side of §5.3 for one TD ([`crate::tdx::kvm::TdxVm`]), plus the module's own checks
@@ -346,7 +347,7 @@ pub const T6_NO_ENTRY_DURING_ZAP: &str = "T6";
 /// | T2 | `TD_STATE_RUNNABLE` exactly when the module's TD is `RUNNABLE`; `TD_STATE_INITIALIZED` when it is `INITIALIZED`; `pre_fault_allowed` exactly when runnable |
 /// | T4 | every frame the PAMT tracks whose reuse is still hazardous (a TD owns it, its lines may be dirty under a TD key, or it was not cleared since) is allocated in the host, not in its free pool |
 /// | T5 | with the HKID assigned: every mirror leaf is a 4K S-EPT leaf at the same GPA with the same frame, MAPPED or PENDING (not blocked), PT_REG of the TD; every S-EPT leaf has its mirror leaf; before FINALIZE (v6.18) the mirror leaves without an S-EPT leaf are premapped and exactly `nr_premapped` of them |
-/// | T6 | `wait_for_sept_zap` is clear |
+/// | T6 | `wait_for_sept_zap` is clear; no vCPU was found inside the TD when a zap retry's kick (`tdx_no_vcpus_enter_start`) returned |
 pub fn check_kvm(
     vm: &crate::tdx::kvm::TdxVm,
     kvm: &gmem_kvm::Kvm,
@@ -365,6 +366,9 @@ pub fn check_kvm(
             invariant: T6_NO_ENTRY_DURING_ZAP,
             detail: "wait_for_sept_zap is set at a quiescent point".into(),
         });
+    }
+    for breach in vm.t6_breaches() {
+        out.push(Violation { invariant: T6_NO_ENTRY_DURING_ZAP, detail: breach });
     }
     let Some(tdr) = vm.tdr() else { return };
     let Some(info) = module.td_info(tdr) else { return };

@@ -20,7 +20,8 @@
 //! | `tdx_sept_free_private_spt`, `tdx_reclaim_page`, `tdx_clear_page` | [`KvmArch::free_external_spt`], [`TdxVm::tdx_reclaim_page`] |
 //! | `tdx_mmu_release_hkid`, `tdx_flush_vp`, `smp_func_do_phymem_cache_wb` | [`TdxVm::tdx_mmu_release_hkid`] |
 //! | `tdx_vm_destroy`, `tdx_reclaim_td_control_pages`, `tdx_vcpu_free` | [`KvmArch::vm_destroy`], [`KvmArch::vcpu_free`] |
-//! | `tdx_vm_init`, `tdx_vcpu_create`, `tdx_vcpu_pre_run` | [`TdxVm::new`], [`KvmArch::vcpu_create`], [`KvmArch::vcpu_pre_run`] |
+//! | `tdx_vm_init`, `tdx_vcpu_create` | [`TdxVm::new`], [`KvmArch::vcpu_create`] |
+//! | `tdx_vcpu_pre_run`, `tdx_vcpu_run` and the rest of the run path | [`crate::tdx::run`] |
 //! | `tdx_gmem_private_max_mapping_level` | [`KvmArch::gmem_max_mapping_level`] |
 //!
 //! # The v6.18 populate scheme (`nr_premapped`)
@@ -57,7 +58,7 @@ use crate::tdx::sept::{SEPT_RWX, TDX_SHARED_BIT};
 use crate::tdx::status::*;
 use crate::uapi::{copy_struct_from_user, copy_struct_to_user, UapiStruct};
 use gmem_kvm::arch::{
-    Current, KvmArch, PgLevel, PopulateSource, SpteLevel, PFERR_GUEST_FINAL_MASK, PFERR_PRIVATE_ACCESS,
+    Current, KvmArch, PgLevel, PopulateSource, SpteLevel, VcpuRunEntry, PFERR_GUEST_FINAL_MASK, PFERR_PRIVATE_ACCESS,
 };
 use gmem_kvm::guest_memfd::kvm_gmem_populate;
 use gmem_kvm::invariants::Violation;
@@ -248,6 +249,8 @@ static KVM_TDX_LEAKED_LOCK: LockClass = LockClass::new("kvm_tdx->leaked");
 static KVM_TDX_PINS_LOCK: LockClass = LockClass::new("kvm_tdx->pins");
 /// `tdx->vp` (a vCPU's control pages' bookkeeping; a leaf).
 static VCPU_TDX_LOCK: LockClass = LockClass::new("vcpu_tdx->vp");
+/// The model's record of T6 breaches (a leaf).
+static KVM_TDX_T6_LOCK: LockClass = LockClass::new("kvm_tdx->t6_breaches");
 
 /// The parts of `tdx_sysinfo->td_conf` KVM reads: what a TD may be configured with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -509,6 +512,56 @@ pub struct TdxVm {
     /// The pages pinned by `tdx_sept_set_private_spte` (v6.18's `get_page`), with the count of
     /// pins (model only: for INV-REFCOUNT, [`KvmArch::gmem_page_pins`]).
     pins: Mutex<std::collections::BTreeMap<u64, i32>>,
+    /// What the TD's vCPUs and S-EPT hooks did (model only).
+    pub stats: TdxStats,
+    /// vCPUs found inside the TD after `tdx_no_vcpus_enter_start` kicked them all out (T6;
+    /// model only: reported by the invariants).
+    t6_breaches: Mutex<Vec<String>>,
+    /// Test-only: `tdx_track` skips its kick ([`TdxVm::skip_track_kick_for_test`]).
+    skip_track_kick: AtomicBool,
+}
+
+/// Counters of a TD's run path and S-EPT hooks (model only; `gmem-sim run` prints them).
+#[derive(Debug, Default)]
+pub struct TdxStats {
+    /// `TDH.VP.ENTER` calls that entered the TD.
+    pub vp_enters: AtomicU64,
+    /// `TDH.VP.ENTER` calls that found a TD lock busy (`tdx_exit_handlers_fastpath`: no entry).
+    pub vp_enter_busy: AtomicU64,
+    /// Entries `tdx_vcpu_run` did not make because `wait_for_sept_zap` was set.
+    pub entries_deferred: AtomicU64,
+    /// EPT violations handled (`tdx_handle_ept_violation`).
+    pub ept_violations: AtomicU64,
+    /// Of the private ones, the faults retried without re-entering the TD (local retries).
+    pub local_retries: AtomicU64,
+    /// Local retries ended because the gfn's memslot is being deleted or moved (upstream
+    /// 2bc2694fe20b, in v6.18).
+    pub local_retry_invalid_slot: AtomicU64,
+    /// Local retries ended because the vCPU has an event to take.
+    pub local_retry_events: AtomicU64,
+    /// `TDH.MEM.PAGE.AUG` that found the S-EPT busy (the fault retries).
+    pub aug_busy: AtomicU64,
+    /// `TDH.MEM.SEPT.ADD` that found the S-EPT busy (the fault retries).
+    pub sept_add_busy: AtomicU64,
+    /// `TDH.MEM.RANGE.BLOCK` that found the S-EPT busy (retried with the vCPUs kept out).
+    pub block_busy: AtomicU64,
+    /// `TDH.MEM.TRACK` that found the epoch busy (retried with the vCPUs kept out).
+    pub track_busy: AtomicU64,
+    /// `TDH.MEM.PAGE.REMOVE` that found the S-EPT busy (retried with the vCPUs kept out).
+    pub remove_busy: AtomicU64,
+    /// TDVMCALL<MapGPA> requests the guest made.
+    pub map_gpa_requests: AtomicU64,
+    /// `KVM_EXIT_HYPERCALL` exits MapGPA produced (one per chunk of at most 2 MiB).
+    pub map_gpa_exits: AtomicU64,
+    /// MapGPA requests answered `TDVMCALL_STATUS_RETRY` (an event was pending between chunks).
+    pub map_gpa_retries: AtomicU64,
+}
+
+impl TdxStats {
+    /// Adds one to `counter`.
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for TdxVm {
@@ -565,7 +618,20 @@ impl TdxVm {
             page_add_src: AtomicU64::new(0),
             leaked: Mutex::new(&KVM_TDX_LEAKED_LOCK, Vec::new()),
             pins: Mutex::new(&KVM_TDX_PINS_LOCK, std::collections::BTreeMap::new()),
+            stats: TdxStats::default(),
+            t6_breaches: Mutex::new(&KVM_TDX_T6_LOCK, Vec::new()),
+            skip_track_kick: AtomicBool::new(false),
         }
+    }
+
+    /// Test-only, not a kernel knob: with `skip`, `tdx_track` leaves out the kick that follows
+    /// `TDH.MEM.TRACK` (`kvm_make_all_cpus_request(kvm, KVM_REQ_OUTSIDE_GUEST_MODE)`), so that
+    /// the loom model `loom_tdx_track_vs_vcpu_entry` can show what the kick is for: without it
+    /// a vCPU that entered the TD in the epoch of the block may still be inside, holding the
+    /// translation, when `TDH.MEM.PAGE.REMOVE` runs.
+    #[doc(hidden)]
+    pub fn skip_track_kick_for_test(&self, skip: bool) {
+        self.skip_track_kick.store(skip, Ordering::Relaxed);
     }
 
     /// The VM's back-end, if it is a TD.
@@ -611,7 +677,7 @@ impl TdxVm {
         }
     }
 
-    fn tdr_or_zero(&self) -> Pfn {
+    pub(crate) fn tdr_or_zero(&self) -> Pfn {
         Pfn(self.tdr.load(Ordering::Acquire))
     }
 
@@ -1284,6 +1350,7 @@ impl TdxVm {
         match result {
             Ok(()) => Ok(()),
             Err(error) if tdx_operand_busy(error.status) => {
+                TdxStats::bump(&self.stats.aug_busy);
                 unpin();
                 Err(Errno::EBUSY)
             }
@@ -1300,6 +1367,19 @@ impl TdxVm {
     pub fn tdx_no_vcpus_enter_start(&self, kvm: &Kvm) {
         self.wait_for_sept_zap.store(true, Ordering::Release);
         kvm.make_all_cpus_request_outside_guest_mode();
+        // T6 (model only): from here until tdx_no_vcpus_enter_stop no vCPU may be inside the TD.
+        let inside = self.module().vcpus_in_td(self.tdr_or_zero());
+        if !inside.is_empty() {
+            let mut breaches = self.t6_breaches.lock();
+            if breaches.len() < 16 {
+                breaches.push(format!("vCPUs {inside:?} (TDVPR, epoch) inside the TD after the zap retry's kick"));
+            }
+        }
+    }
+
+    /// The T6 breaches seen so far (vCPUs inside the TD while `wait_for_sept_zap` kept them out).
+    pub fn t6_breaches(&self) -> Vec<String> {
+        self.t6_breaches.lock().clone()
     }
 
     /// `tdx_no_vcpus_enter_stop(kvm)`.
@@ -1330,6 +1410,7 @@ impl TdxVm {
         let gpa = gfn.to_gpa().0;
         let mut result = module.tdh_mem_range_block(self.tdr_or_zero(), gpa, 0);
         if matches!(&result, Err(error) if tdx_operand_busy(error.status)) {
+            TdxStats::bump(&self.stats.block_busy);
             // After no vCPUs enter, the second retry is expected to succeed.
             self.tdx_no_vcpus_enter_start(kvm);
             result = module.tdh_mem_range_block(self.tdr_or_zero(), gpa, 0);
@@ -1360,6 +1441,7 @@ impl TdxVm {
         let module = self.module();
         let mut result = module.tdh_mem_track(self.tdr_or_zero());
         if matches!(&result, Err(error) if tdx_operand_busy(error.status)) {
+            TdxStats::bump(&self.stats.track_busy);
             self.tdx_no_vcpus_enter_start(kvm);
             result = module.tdh_mem_track(self.tdr_or_zero());
             self.tdx_no_vcpus_enter_stop(kvm);
@@ -1367,7 +1449,9 @@ impl TdxVm {
         if let Err(error) = result {
             kvm.kvm_bug_on(true, || format!("SEAMCALL TDH_MEM_TRACK failed: {error}"));
         }
-        kvm.make_all_cpus_request_outside_guest_mode();
+        if !self.skip_track_kick.load(Ordering::Relaxed) {
+            kvm.make_all_cpus_request_outside_guest_mode();
+        }
     }
 
     /// `tdx_sept_drop_private_spte`: `TDH.MEM.PAGE.REMOVE` (once more with the vCPUs kept out if
@@ -1385,6 +1469,7 @@ impl TdxVm {
         let gpa = gfn.to_gpa().0;
         let mut result = module.tdh_mem_page_remove(self.tdr_or_zero(), gpa, 0);
         if matches!(&result, Err(error) if tdx_operand_busy(error.status)) {
+            TdxStats::bump(&self.stats.remove_busy);
             // The second retry is expected to succeed after kicking off all other vCPUs and
             // prevent them from invoking TDH.VP.ENTER.
             self.tdx_no_vcpus_enter_start(kvm);
@@ -1596,6 +1681,17 @@ impl KvmArch for TdxVm {
         }
     }
 
+    fn vcpu_run(&self, kvm: &Kvm, vcpu: &KvmVcpu) -> VcpuRunEntry {
+        self.tdx_vcpu_run(kvm, vcpu)
+    }
+
+    fn vcpu_run_exit(&self, _kvm: &Kvm, vcpu: &KvmVcpu) {
+        // The TD exit: TDH.VP.ENTER returns (the kick's IPI may have ended it already).
+        if let Some(tdvpr) = vcpu.arch::<TdxVcpu>().and_then(TdxVcpu::tdvpr) {
+            self.module().vp_exit(tdvpr);
+        }
+    }
+
     fn vcpu_create(&self, _kvm: &Kvm, _vcpu_id: u32) -> KResult<Box<dyn Any + Send + Sync>> {
         // tdx_vcpu_create: only between KVM_TDX_INIT_VM and KVM_TDX_FINALIZE_VM.
         if self.td_state() != TdState::Initialized {
@@ -1648,7 +1744,10 @@ impl KvmArch for TdxVm {
         let gpa = gfn.to_gpa().0;
         match self.module().tdh_mem_sept_add(self.tdr_or_zero(), gpa, tdx_sept_level(level), external_spt) {
             Ok(()) => Ok(()),
-            Err(error) if tdx_operand_busy(error.status) => Err(Errno::EBUSY),
+            Err(error) if tdx_operand_busy(error.status) => {
+                TdxStats::bump(&self.stats.sept_add_busy);
+                Err(Errno::EBUSY)
+            }
             Err(error) => {
                 kvm.kvm_bug_on(true, || format!("SEAMCALL TDH_MEM_SEPT_ADD failed: {error}"));
                 Err(Errno::EIO)
@@ -1679,13 +1778,8 @@ impl KvmArch for TdxVm {
         false
     }
 
-    fn vcpu_pre_run(&self, _kvm: &Kvm, vcpu: &KvmVcpu) -> Result<(), RunError> {
-        // tdx_vcpu_pre_run.
-        let initialized = vcpu.arch::<TdxVcpu>().is_some_and(TdxVcpu::initialized);
-        if !initialized || self.td_state() != TdState::Runnable {
-            return Err(RunError::Errno(Errno::EINVAL));
-        }
-        Ok(())
+    fn vcpu_pre_run(&self, kvm: &Kvm, vcpu: &KvmVcpu) -> Result<(), RunError> {
+        self.tdx_vcpu_pre_run(kvm, vcpu)
     }
 
     fn check_invariants(

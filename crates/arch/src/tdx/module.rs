@@ -1530,6 +1530,14 @@ impl TdxModule {
     pub fn td_epoch(&self, tdr: Pfn) -> Option<u64> {
         Some(self.td(tdr)?.epoch.lock().epoch)
     }
+
+    /// The vCPUs (by TDVPR) inside the TD whose TDR is `tdr` (entered with TDH.VP.ENTER and not
+    /// exited since), with the epoch each entered in.
+    pub fn vcpus_in_td(&self, tdr: Pfn) -> Vec<(Pfn, u64)> {
+        let Some(td) = self.td(tdr) else { return Vec::new() };
+        let inside = td.epoch.lock().in_td.iter().map(|(&tdvpr, &epoch)| (Pfn(tdvpr), epoch)).collect();
+        inside
+    }
 }
 
 /// A TD built the way KVM builds one, for the tests of this module's files.
