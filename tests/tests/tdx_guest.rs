@@ -1,15 +1,20 @@
 //! A TD's vCPUs in `KVM_RUN` (`arch/x86/kvm/vmx/tdx.c` v6.18: `tdx_vcpu_pre_run`,
-//! `tdx_vcpu_run`) on a simulated Intel host: the entry checks, `TDH.VP.ENTER` at every guest
-//! entry and the TD exit after it (so the TD epochs and the kicks see the vCPUs), and no entry
-//! while `wait_for_sept_zap` keeps the vCPUs out. Every checked call is followed by the
-//! invariants (T1–T6, T10 and the core ones) and a check that no WARN was recorded.
+//! `tdx_vcpu_run`, `tdx_handle_ept_violation`) on a simulated Intel host: the entry checks,
+//! `TDH.VP.ENTER` at every guest entry and the TD exit after it (so the TD epochs and the kicks
+//! see the vCPUs), no entry while `wait_for_sept_zap` keeps the vCPUs out; private accesses
+//! checked by the TDX module (a PENDING page: the TD killed with `SEPT_VE_DISABLE`, a #VE
+//! without), EPT violations retried locally and bounded (an event, a signal, a dead VM, an
+//! invalid memslot end the local retries). Every checked call is followed by the invariants
+//! (T1–T6, T10 and the core ones) and a check that no WARN was recorded.
 
 use gmem_arch::tdx::kvm::{kvm_tdx_init_mem_region, kvm_tdx_init_vm, TdxVm, TDX_TD_ATTR_SEPT_VE_DISABLE};
 use gmem_arch::tdx::module::TdxModule;
-use gmem_arch::tdx::status::SeamcallLeaf;
+use gmem_arch::tdx::sept::{LeafState, SeptEntry};
+use gmem_arch::tdx::status::{SeamcallLeaf, TdxStatus, TDX_OPERAND_BUSY, TDX_OPERAND_ID_SEPT};
+use gmem_kvm::arch::GuestException;
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
-use gmem_kvm::vcpu::RunError;
+use gmem_kvm::vcpu::{RunError, VcpuExit, FAULT_RETRY_LIMIT, KVM_MEMORY_EXIT_FLAG_PRIVATE};
 use gmem_kvm::KernelProfile;
 use gmem_mm::Errno;
 use gmem_sync::atomic::Ordering;
@@ -84,6 +89,11 @@ impl Td {
         let kvm = self.kvm();
         assert!(TdxVm::of(&kvm).is_some());
         kvm
+    }
+
+    fn sept_leaf(&self, gpa: u64) -> SeptEntry {
+        let tdr = vm_of(&self.kvm()).tdr().unwrap();
+        self.module().sept_entry(tdr, gpa, 0).unwrap().unwrap_or(SeptEntry::Free)
     }
 
     /// Makes `[gpa, gpa + size)` shared (the attributes only, as a conversion's first step).
@@ -178,5 +188,139 @@ fn a_vcpu_does_not_enter_while_wait_for_sept_zap_is_set() {
     });
     assert!(module.executed(SeamcallLeaf::VpEnter) > enters);
     assert!(vm.t6_breaches().is_empty());
+    td.host.check("end");
+}
+
+/// `TDX_OPERAND_BUSY` on the S-EPT.
+fn busy_sept() -> TdxStatus {
+    TdxStatus::new(TDX_OPERAND_BUSY, TDX_OPERAND_ID_SEPT)
+}
+
+fn ve(gpa: u64) -> RunError {
+    RunError::GuestException(GuestException { vector: "#VE", gpa, reason: "ept-violation-pending-page" })
+}
+
+#[test]
+fn the_image_is_accepted_and_a_private_first_touch_augs_a_pending_page() {
+    let td = Td::finalized(0, 1);
+    let vcpu = td.vcpus[0];
+    // The launched image is MAPPED: the guest reads it without accepting.
+    assert_eq!(td.host.guest_load(vcpu, 0, 6, None).unwrap(), b"kernel");
+    // A first touch of any other private page: an EPT violation, KVM AUGs it PENDING, and the
+    // re-entered access finds it PENDING: without SEPT_VE_DISABLE the guest gets a #VE.
+    assert_eq!(td.host.guest_store(vcpu, 0x40010, b"data", None), Err(ve(0x40000)));
+    let pfn = td.kvm().mmu().as_tdp().unwrap().lookup_mirror(gmem_kvm::Gfn(0x40)).unwrap().pfn;
+    assert_eq!(td.sept_leaf(0x40000), SeptEntry::Leaf { pfn, state: LeafState::Pending });
+    assert_eq!(td.host.guest_load(vcpu, 0x40000, 4, Some(true)), Err(ve(0x40000)), "again: still PENDING");
+    assert!(!td.kvm().is_dead());
+    // An explicit kind that contradicts the gpa's shared bit is refused.
+    assert_eq!(td.host.guest_load(vcpu, 0x40000, 4, Some(false)), Err(RunError::Errno(Errno::EINVAL)));
+    td.host.check("end");
+}
+
+#[test]
+fn an_access_before_accept_with_sept_ve_disable_kills_the_td() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let vcpu = td.vcpus[0];
+    let kvm = td.tdx();
+    assert_eq!(td.host.guest_store(vcpu, 0x40000, b"data", None), Err(RunError::Errno(Errno::EIO)));
+    // kvm_vm_dead: no WARN (the kernel's pr_warn is not one), and every later ioctl is EIO.
+    assert!(kvm.is_dead());
+    assert!(td.host.machine().warnings.is_empty());
+    assert_eq!(td.host.guest_load(vcpu, 0, 6, None), Err(RunError::Errno(Errno::EIO)));
+    assert_eq!(td.host.set_memory_attributes(td.vm, &attrs(0x40000, PAGE, 0)), Err(Errno::EIO));
+    assert_eq!(td.host.pre_fault_memory(vcpu, 0x50000, PAGE), Err(Errno::EIO));
+    td.host.check("end");
+}
+
+#[test]
+fn private_ept_violations_are_write_faults_retried_locally() {
+    let td = Td::finalized(0, 1);
+    let vcpu = td.vcpus[0];
+    let kvm = td.tdx();
+    let vm = vm_of(&kvm);
+    let module = td.module();
+    // AUG finds the S-EPT busy five times: the fault is retried without re-entering the TD.
+    module.inject(SeamcallLeaf::MemPageAug, busy_sept(), 0, 5);
+    let (enters, retries) = (module.executed(SeamcallLeaf::VpEnter), vm.stats.local_retries.load(Ordering::Relaxed));
+    // A load: the private violation is handled as a write fault (the AUGed leaf is writable).
+    assert_eq!(td.host.guest_load(vcpu, 0x60000, 1, None), Err(ve(0x60000)));
+    assert_eq!(vm.stats.local_retries.load(Ordering::Relaxed), retries + 5);
+    assert_eq!(vm.stats.aug_busy.load(Ordering::Relaxed), 5);
+    assert_eq!(module.executed(SeamcallLeaf::VpEnter), enters + 2, "one entry faults, one finds the page PENDING");
+    assert!(td.kvm().mmu().as_tdp().unwrap().lookup_mirror(gmem_kvm::Gfn(0x60)).unwrap().writable);
+    // A pending event ends the local retries: the vCPU re-enters to take it, then faults again.
+    module.inject(SeamcallLeaf::MemPageAug, busy_sept(), 0, 3);
+    let (_, vcpu_ref) = td.host.unchecked().vcpu(vcpu).unwrap();
+    vcpu_ref.queue_event();
+    let enters = module.executed(SeamcallLeaf::VpEnter);
+    assert_eq!(td.host.guest_load(vcpu, 0x61000, 1, None), Err(ve(0x61000)));
+    assert!(!vcpu_ref.has_events(), "delivered at the next entry");
+    assert_eq!(vm.stats.local_retry_events.load(Ordering::Relaxed), 0, "the event was taken at the first entry");
+    assert_eq!(module.executed(SeamcallLeaf::VpEnter), enters + 2);
+    // An event posted while the vCPU is outside the guest, between its exit and the fault.
+    module.inject(SeamcallLeaf::MemPageAug, busy_sept(), 0, 3);
+    td.kvm().mmu().as_tdp().unwrap().set_fault_hook(|kvm| {
+        for vcpu in kvm.vcpus() {
+            vcpu.queue_event();
+        }
+    });
+    let enters = module.executed(SeamcallLeaf::VpEnter);
+    assert_eq!(td.host.guest_load(vcpu, 0x62000, 1, None), Err(ve(0x62000)));
+    assert_eq!(vm.stats.local_retry_events.load(Ordering::Relaxed), 1);
+    assert_eq!(module.executed(SeamcallLeaf::VpEnter), enters + 3, "one more entry, to take the event");
+    // A signal ends KVM_RUN with EINTR; nothing is left half done.
+    module.inject(SeamcallLeaf::MemPageAug, busy_sept(), 0, 3);
+    td.host.machine().inject.arm(FaultPoint::SignalPending, 0, 1);
+    assert_eq!(td.host.guest_load(vcpu, 0x63000, 1, None), Err(RunError::Errno(Errno::EINTR)));
+    module.clear_injected();
+    td.host.check("end");
+}
+
+#[test]
+fn local_retries_are_bounded_and_reported() {
+    let td = Td::finalized(0, 1);
+    let vcpu = td.vcpus[0];
+    let module = td.module();
+    module.inject(SeamcallLeaf::MemPageAug, busy_sept(), 0, u32::MAX);
+    let mut buf = [0u8; 1];
+    let result = td.host.unchecked().guest_access(vcpu, 0x70000, &mut buf, false, None);
+    assert_eq!(result, Err(RunError::Errno(Errno::EINTR)));
+    module.clear_injected();
+    let warnings = td.host.take_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].to_string().contains(&format!("no progress in {FAULT_RETRY_LIMIT} local retries")));
+    td.host.check("end");
+}
+
+/// F13's TDX half (2bc2694fe20b, in v6.18): a vCPU retrying a private fault locally holds
+/// kvm->srcu; when the fault's memslot is being deleted it stops retrying locally, so the
+/// deletion's synchronize_srcu completes and the access ends with the no-memslot exit.
+#[test]
+fn local_retries_end_on_an_invalid_memslot() {
+    let td = Td::finalized(0, 1);
+    let vcpu = td.vcpus[0];
+    let kvm = td.tdx();
+    let vm = vm_of(&kvm);
+    let module = td.module();
+    // AUG is busy until the memslot is gone: the vCPU retries locally meanwhile.
+    module.inject(SeamcallLeaf::MemPageAug, busy_sept(), 0, u32::MAX);
+    std::thread::scope(|scope| {
+        let access = scope.spawn(|| {
+            let mut buf = [0u8; 1];
+            td.host.unchecked().guest_access(vcpu, 0x80000, &mut buf, true, None)
+        });
+        gmem_sync::thread::wait_until(|| vm.stats.local_retries.load(Ordering::Relaxed) >= 3);
+        td.host.unchecked().set_user_memory_region2(td.vm, &delete_region(0, 0)).unwrap();
+        let exit = RunError::Exit(VcpuExit::MemoryFault {
+            gpa: 0x80000,
+            size: PAGE,
+            flags: KVM_MEMORY_EXIT_FLAG_PRIVATE,
+            errno: Errno::EFAULT,
+        });
+        assert_eq!(access.join().unwrap(), Err(exit), "no memslot: a private fault KVM cannot emulate");
+    });
+    module.clear_injected();
+    assert!(vm.stats.local_retry_invalid_slot.load(Ordering::Relaxed) >= 1);
     td.host.check("end");
 }

@@ -58,7 +58,8 @@ use crate::tdx::sept::{SEPT_RWX, TDX_SHARED_BIT};
 use crate::tdx::status::*;
 use crate::uapi::{copy_struct_from_user, copy_struct_to_user, UapiStruct};
 use gmem_kvm::arch::{
-    Current, KvmArch, PgLevel, PopulateSource, SpteLevel, VcpuRunEntry, PFERR_GUEST_FINAL_MASK, PFERR_PRIVATE_ACCESS,
+    Current, GuestAccess, GuestFault, GuestFaultExit, KvmArch, PgLevel, PopulateSource, SpteLevel, VcpuRunEntry,
+    PFERR_GUEST_FINAL_MASK, PFERR_PRIVATE_ACCESS,
 };
 use gmem_kvm::guest_memfd::kvm_gmem_populate;
 use gmem_kvm::invariants::Violation;
@@ -1765,6 +1766,24 @@ impl KvmArch for TdxVm {
 
     fn vcpu_pre_run(&self, kvm: &Kvm, vcpu: &KvmVcpu) -> Result<(), RunError> {
         self.tdx_vcpu_pre_run(kvm, vcpu)
+    }
+
+    fn checks_guest_accesses(&self) -> bool {
+        true
+    }
+
+    fn guest_access_check(&self, kvm: &Kvm, access: &GuestAccess) -> Result<(), GuestFault> {
+        self.tdx_guest_access_check(kvm, access)
+    }
+
+    fn handle_guest_fault(
+        &self,
+        kvm: &Kvm,
+        vcpu: &KvmVcpu,
+        mm: &Mm,
+        fault: &GuestFaultExit,
+    ) -> Result<gmem_kvm::vcpu::RetPf, RunError> {
+        self.tdx_handle_ept_violation(kvm, vcpu, mm, fault)
     }
 
     fn check_invariants(
