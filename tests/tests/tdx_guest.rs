@@ -4,30 +4,44 @@
 //! see the vCPUs), no entry while `wait_for_sept_zap` keeps the vCPUs out; private accesses
 //! checked by the TDX module (a PENDING page: the TD killed with `SEPT_VE_DISABLE`, a #VE
 //! without), EPT violations retried locally and bounded (an event, a signal, a dead VM, an
-//! invalid memslot end the local retries). Every checked call is followed by the invariants
-//! (T1–T6, T10 and the core ones) and a check that no WARN was recorded.
+//! invalid memslot end the local retries); the guest's TDCALLs: `TDG.MEM.PAGE.ACCEPT` (KVM AUGs
+//! the page on the ACCEPT's EPT violation, ACCEPT zeroes it) and `TDG.VP.VMCALL<MapGPA>` (every
+//! status code, 2 MiB `KVM_EXIT_HYPERCALL` chunks, RETRY on a pending event, a VMM error as
+//! INVALID_OPERAND with R11). Every checked call is followed by the invariants (T1–T6, T10 and
+//! the core ones) and a check that no WARN was recorded.
 
 use gmem_arch::tdx::kvm::{kvm_tdx_init_mem_region, kvm_tdx_init_vm, TdxVm, TDX_TD_ATTR_SEPT_VE_DISABLE};
 use gmem_arch::tdx::module::TdxModule;
 use gmem_arch::tdx::sept::{LeafState, SeptEntry};
-use gmem_arch::tdx::status::{SeamcallLeaf, TdxStatus, TDX_OPERAND_BUSY, TDX_OPERAND_ID_SEPT};
+use gmem_arch::tdx::status::{
+    SeamcallLeaf, TdxStatus, TDX_OPERAND_BUSY, TDX_OPERAND_ID_RCX, TDX_OPERAND_ID_SEPT, TDX_OPERAND_INVALID,
+    TDX_PAGE_ALREADY_ACCEPTED,
+};
 use gmem_kvm::arch::GuestException;
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use gmem_kvm::caps::{KVM_CAP_EXIT_HYPERCALL, KVM_HC_MAP_GPA_RANGE};
 use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
-use gmem_kvm::vcpu::{RunError, VcpuExit, FAULT_RETRY_LIMIT, KVM_MEMORY_EXIT_FLAG_PRIVATE};
+use gmem_kvm::vcpu::{
+    RunError, VcpuExit, FAULT_RETRY_LIMIT, KVM_ENOSYS, KVM_EXIT_HYPERCALL_LONG_MODE, KVM_MAP_GPA_RANGE_DECRYPTED,
+    KVM_MAP_GPA_RANGE_ENCRYPTED, KVM_MEMORY_EXIT_FLAG_PRIVATE,
+};
 use gmem_kvm::KernelProfile;
 use gmem_mm::Errno;
 use gmem_sync::atomic::Ordering;
 use gmem_sync::inject::FaultPoint;
 use gmem_sync::Arc;
 use gmem_tests::*;
+use gmem_uapi::vmm::{
+    TdvmcallArgs, TdvmcallResult, TDVMCALL_MAP_GPA, TDVMCALL_STATUS_ALIGN_ERROR, TDVMCALL_STATUS_INVALID_OPERAND,
+    TDVMCALL_STATUS_RETRY, TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, TDVMCALL_STATUS_SUCCESS,
+};
 use kvm_bindings::kvm_cpuid_entry2;
 
 const TDX_VM: u64 = VmType::Tdx as u64;
 /// The shared bit of a TD with GPAW 48 (gpa bit 47).
 const SHARED: u64 = 1 << 47;
 /// Guest memory: one guest_memfd memslot of this size at gpa 0.
-const MEMORY: u64 = 4 << 20;
+const MEMORY: u64 = 8 << 20;
 
 /// The CPUID a VMM passes to INIT_VM: leaf 0x80000008 with GPAW 48.
 fn cpuid() -> Vec<kvm_cpuid_entry2> {
@@ -94,6 +108,16 @@ impl Td {
     fn sept_leaf(&self, gpa: u64) -> SeptEntry {
         let tdr = vm_of(&self.kvm()).tdr().unwrap();
         self.module().sept_entry(tdr, gpa, 0).unwrap().unwrap_or(SeptEntry::Free)
+    }
+
+    /// `KVM_CAP_EXIT_HYPERCALL` for `KVM_HC_MAP_GPA_RANGE`, as a VMM enables it.
+    fn enable_map_gpa_exit(&self) {
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: KVM_CAP_EXIT_HYPERCALL as u32,
+            args: [1 << KVM_HC_MAP_GPA_RANGE, 0, 0, 0],
+            ..Default::default()
+        };
+        self.host.enable_cap(self.vm, &cap).unwrap();
     }
 
     /// Makes `[gpa, gpa + size)` shared (the attributes only, as a conversion's first step).
@@ -322,5 +346,170 @@ fn local_retries_end_on_an_invalid_memslot() {
     });
     module.clear_injected();
     assert!(vm.stats.local_retry_invalid_slot.load(Ordering::Relaxed) >= 1);
+    td.host.check("end");
+}
+
+#[test]
+fn accept_after_the_aug_zeroes_the_page_and_maps_it() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let vcpu = td.vcpus[0];
+    let module = td.module();
+    // ACCEPT of a page the S-EPT does not map: an EPT violation, KVM AUGs the page, the ACCEPT
+    // runs again and maps it.
+    let (augs, faults) = (module.executed(SeamcallLeaf::MemPageAug), td.host.vcpu_faults(vcpu).0);
+    assert_eq!(td.host.tdx_accept(vcpu, 0x40000), Ok(TdxStatus::SUCCESS));
+    assert_eq!(module.executed(SeamcallLeaf::MemPageAug), augs + 1);
+    assert_eq!(td.host.vcpu_faults(vcpu).0, faults + 1);
+    assert!(matches!(td.sept_leaf(0x40000), SeptEntry::Leaf { state: LeafState::Mapped, .. }));
+    assert_eq!(td.host.guest_load(vcpu, 0x40000, 8, None).unwrap(), [0; 8]);
+    td.host.guest_store(vcpu, 0x40000, b"private!", None).unwrap();
+    assert_eq!(td.host.guest_load(vcpu, 0x40000, 8, None).unwrap(), b"private!");
+    // Accepting it again is the module's "already accepted" (a warning status, not an error).
+    let already = TdxStatus::new(TDX_PAGE_ALREADY_ACCEPTED, 0);
+    assert_eq!(td.host.tdx_accept(vcpu, 0x40000), Ok(already));
+    assert!(!already.is_error());
+    // A page AUGed (here by a pre-fault) holds whatever the frame held: ACCEPT zeroes it.
+    assert_eq!(td.host.pre_fault_memory(vcpu, 0x41000, PAGE), Ok(0));
+    let pfn = td.kvm().mmu().as_tdp().unwrap().lookup_mirror(gmem_kvm::Gfn(0x41)).unwrap().pfn;
+    assert_eq!(td.sept_leaf(0x41000), SeptEntry::Leaf { pfn, state: LeafState::Pending });
+    td.host.machine().mem.write_unchecked(pfn, 0, b"stale bytes");
+    assert_eq!(td.host.tdx_accept(vcpu, 0x41000), Ok(TdxStatus::SUCCESS));
+    assert_eq!(td.host.guest_load(vcpu, 0x41000, 11, None).unwrap(), [0; 11]);
+    // Operands the module refuses: a shared gpa, a 2M page (not mapped by KVM's TDX), bits 11:3.
+    let invalid = TdxStatus::new(TDX_OPERAND_INVALID, TDX_OPERAND_ID_RCX);
+    assert_eq!(td.host.tdx_accept(vcpu, SHARED | 0x42000), Ok(invalid));
+    assert_eq!(td.host.tdx_accept(vcpu, 0x20_0000 | 1), Ok(invalid));
+    assert_eq!(td.host.tdx_accept(vcpu, 0x42000 | 0x8), Ok(invalid));
+    assert_eq!(td.host.tdx_accept(vcpu, 0x42000 | 3), Ok(invalid));
+    td.host.check("end");
+}
+
+#[test]
+fn linux_accepts_a_range_page_by_page_and_fails_on_an_accepted_page() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let vcpu = td.vcpus[0];
+    // [2M, 2M + 3 pages): 2M-aligned but shorter than 2M, so 4K ACCEPTs.
+    assert_eq!(td.host.tdx_accept_memory(vcpu, 0x20_0000, 0x20_3000), Ok(true));
+    for gpa in [0x20_0000, 0x20_1000, 0x20_2000] {
+        assert!(matches!(td.sept_leaf(gpa), SeptEntry::Leaf { state: LeafState::Mapped, .. }));
+    }
+    // v6.18's try_accept_one takes any non-zero status as a failure, "already accepted" too.
+    assert_eq!(td.host.tdx_accept_memory(vcpu, 0x20_2000, 0x20_4000), Ok(false));
+    // A whole 2M range: the 2M ACCEPT is refused (the model's module maps 4K pages only), then
+    // every 4K page is accepted.
+    let augs = td.module().executed(SeamcallLeaf::MemPageAug);
+    assert_eq!(td.host.tdx_accept_memory(vcpu, 4 << 20, 6 << 20), Ok(true));
+    assert_eq!(td.module().executed(SeamcallLeaf::MemPageAug), augs + 512);
+    assert!(matches!(td.sept_leaf((6 << 20) - PAGE), SeptEntry::Leaf { state: LeafState::Mapped, .. }));
+    // On a VM that is not a TD the TDCALL is #UD.
+    let vm = td.host.create_vm(VmType::SwProtected as u64).unwrap();
+    let other = td.host.create_vcpu(vm, 0).unwrap();
+    let ud = GuestException { vector: "#UD", gpa: 0, reason: "not-a-td" };
+    assert_eq!(td.host.tdx_accept(other, 0x1000), Err(RunError::GuestException(ud)));
+    td.host.check("end");
+}
+
+fn map_gpa_exit(gpa: u64, pages: u64, private: bool) -> RunError {
+    let attrs = if private { KVM_MAP_GPA_RANGE_ENCRYPTED } else { KVM_MAP_GPA_RANGE_DECRYPTED };
+    RunError::Exit(VcpuExit::Hypercall {
+        nr: KVM_HC_MAP_GPA_RANGE,
+        args: [gpa, pages, attrs, 0, 0, 0],
+        flags: KVM_EXIT_HYPERCALL_LONG_MODE,
+    })
+}
+
+fn answer(r10: u64, r11: u64) -> Result<TdvmcallResult, RunError> {
+    Ok(TdvmcallResult { r10, r11 })
+}
+
+#[test]
+fn map_gpa_checks_each_operand_in_the_kernels_order() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let vcpu = td.vcpus[0];
+    // Without the KVM_HC_MAP_GPA_RANGE exit the VMM cannot implement MapGPA.
+    assert_eq!(td.host.tdx_map_gpa(vcpu, 0x1000, PAGE), answer(TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, 0x1000));
+    td.enable_map_gpa_exit();
+    let invalid =
+        |gpa: u64, size: u64| (td.host.tdx_map_gpa(vcpu, gpa, size), answer(TDVMCALL_STATUS_INVALID_OPERAND, gpa));
+    for (gpa, size) in [
+        (0x1000, 0),                  // an empty range wraps (gpa + 0 <= gpa)
+        (u64::MAX - 0xfff, 0x2000),   // wraps
+        (1 << 52, PAGE),              // above MAXPHYADDR
+        ((1 << 52) - PAGE, 2 * PAGE), // its last byte above MAXPHYADDR
+        (SHARED - PAGE, 2 * PAGE),    // straddles the shared bit
+    ] {
+        let (got, expected) = invalid(gpa, size);
+        assert_eq!(got, expected, "gpa {gpa:#x} size {size:#x}");
+    }
+    // The range checks come before the alignment checks.
+    assert_eq!(td.host.tdx_map_gpa(vcpu, 0x1800, 0), answer(TDVMCALL_STATUS_INVALID_OPERAND, 0x1800));
+    assert_eq!(td.host.tdx_map_gpa(vcpu, 0x1800, PAGE), answer(TDVMCALL_STATUS_ALIGN_ERROR, 0x1800));
+    assert_eq!(td.host.tdx_map_gpa(vcpu, 0x1000, 0x800), answer(TDVMCALL_STATUS_ALIGN_ERROR, 0x1000));
+    // Other TDVMCALLs: GetTdVmCallInfo leaf 0, a bad leaf of it, an unknown TDVMCALL, and a
+    // KVM hypercall (R10 non-zero) the kernel completes itself.
+    let call =
+        |r10: u64, r11: u64, r12: u64| td.host.tdx_vmcall(vcpu, TdvmcallArgs { r10, r11, r12, ..Default::default() });
+    assert_eq!(call(0, 0x10000, 0), answer(TDVMCALL_STATUS_SUCCESS, 0));
+    assert_eq!(call(0, 0x10000, 7), answer(TDVMCALL_STATUS_INVALID_OPERAND, 0x10000));
+    assert_eq!(call(0, 0x12345, 0), answer(TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, 0x12345));
+    assert_eq!(call(99, 1, 2), answer(KVM_ENOSYS.wrapping_neg(), 1));
+    assert_eq!(
+        call(0, 0x10003, 0),
+        Err(RunError::Errno(Errno::EOPNOTSUPP)),
+        "ReportFatalError: no such exit in the model"
+    );
+    // Nothing was waiting for user space.
+    assert_eq!(td.host.tdx_complete_hypercall(vcpu, 0), Err(RunError::Errno(Errno::EINVAL)));
+    td.host.check("end");
+}
+
+#[test]
+fn map_gpa_goes_to_user_space_in_2m_chunks() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let vcpu = td.vcpus[0];
+    td.enable_map_gpa_exit();
+    let kvm = td.tdx();
+    let vm = vm_of(&kvm);
+    // 5 MiB to shared from 1M: three exits (2M, 2M, 1M), args[0] without the shared bit.
+    let start = 0x10_0000;
+    assert_eq!(td.host.tdx_map_gpa(vcpu, SHARED | start, 5 << 20), Err(map_gpa_exit(start, 512, false)));
+    // The vCPU waits for user space: another TDVMCALL is refused.
+    assert_eq!(td.host.tdx_map_gpa(vcpu, SHARED | start, PAGE), Err(RunError::Errno(Errno::EINVAL)));
+    assert_eq!(td.host.tdx_complete_hypercall(vcpu, 0), Err(map_gpa_exit(start + (2 << 20), 512, false)));
+    assert_eq!(td.host.tdx_complete_hypercall(vcpu, 0), Err(map_gpa_exit(start + (4 << 20), 256, false)));
+    assert_eq!(td.host.tdx_complete_hypercall(vcpu, 0), answer(TDVMCALL_STATUS_SUCCESS, TDVMCALL_MAP_GPA));
+    assert_eq!(vm.stats.map_gpa_exits.load(Ordering::Relaxed), 3);
+    // To private: ENCRYPTED, one exit.
+    assert_eq!(td.host.tdx_map_gpa(vcpu, start, 2 * PAGE), Err(map_gpa_exit(start, 2, true)));
+    assert_eq!(td.host.tdx_complete_hypercall(vcpu, 0), answer(TDVMCALL_STATUS_SUCCESS, TDVMCALL_MAP_GPA));
+    td.host.check("end");
+}
+
+#[test]
+fn map_gpa_returns_retry_with_a_pending_event_and_invalid_operand_on_a_vmm_error() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let vcpu = td.vcpus[0];
+    td.enable_map_gpa_exit();
+    let kvm = td.tdx();
+    let vm = vm_of(&kvm);
+    let start = SHARED | 0x10_0000;
+    // An interrupt arrives while user space handles the first chunk: KVM stops after it, and
+    // the guest asks again from R11.
+    assert_eq!(td.host.tdx_map_gpa(vcpu, start, 5 << 20), Err(map_gpa_exit(0x10_0000, 512, false)));
+    td.host.unchecked().queue_event(vcpu).unwrap();
+    assert_eq!(td.host.tdx_complete_hypercall(vcpu, 0), answer(TDVMCALL_STATUS_RETRY, start + (2 << 20)));
+    assert_eq!(vm.stats.map_gpa_retries.load(Ordering::Relaxed), 1);
+    // The guest's next entry takes the event; MapGPA resumes from R11.
+    let next = start + (2 << 20);
+    assert_eq!(td.host.tdx_map_gpa(vcpu, next, 3 << 20), Err(map_gpa_exit(0x30_0000, 512, false)));
+    let (_, vcpu_ref) = td.host.unchecked().vcpu(vcpu).unwrap();
+    assert!(!vcpu_ref.has_events());
+    // The VMM fails the second chunk: INVALID_OPERAND with R11 = that chunk's gpa.
+    assert_eq!(td.host.tdx_complete_hypercall(vcpu, 0), Err(map_gpa_exit(0x50_0000, 256, false)));
+    let einval = Errno::EINVAL.to_kernel() as u64;
+    assert_eq!(
+        td.host.tdx_complete_hypercall(vcpu, einval),
+        answer(TDVMCALL_STATUS_INVALID_OPERAND, start + (4 << 20))
+    );
     td.host.check("end");
 }

@@ -1151,6 +1151,8 @@ pub const KVM_ENOSYS: u64 = 1000;
 pub const KVM_EINVAL: u64 = 22;
 /// `KVM_MAP_GPA_RANGE_ENCRYPTED` (`KVM_MAP_GPA_RANGE_ENC_STAT(1)`): the range becomes private.
 pub const KVM_MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
+/// `KVM_MAP_GPA_RANGE_DECRYPTED` (`KVM_MAP_GPA_RANGE_ENC_STAT(0)`): the range becomes shared.
+pub const KVM_MAP_GPA_RANGE_DECRYPTED: u64 = 0;
 
 /// A guest `VMCALL` from 64-bit mode at CPL 0 (`kvm_emulate_hypercall` → `____kvm_emulate_hypercall`),
 /// with the hypercall number and its first three arguments. `Ok(rax)` is the value the guest

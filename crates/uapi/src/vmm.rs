@@ -73,6 +73,11 @@ pub use gmem_arch::sev::ghcb::{
     VMGEXIT_PSC_ERROR_GENERIC, VMGEXIT_PSC_MAX_COUNT,
 };
 pub use gmem_arch::sev::guest::{PVALIDATE_FAIL_INPUT, PVALIDATE_FAIL_NOUPDATE, PVALIDATE_FAIL_SIZEMISMATCH};
+pub use gmem_arch::tdx::run::{
+    TdvmcallArgs, TdvmcallResult, TDVMCALL_MAP_GPA, TDVMCALL_STATUS_ALIGN_ERROR, TDVMCALL_STATUS_INVALID_OPERAND,
+    TDVMCALL_STATUS_RETRY, TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, TDVMCALL_STATUS_SUCCESS,
+};
+pub use gmem_arch::tdx::status::{TdxStatus, TDX_PAGE_ALREADY_ACCEPTED};
 
 /// The VMM's big lock (QEMU's BQL): outermost, taken around every VMM-level operation.
 static VMM_LOCK: LockClass = LockClass::new("vmm->bql");

@@ -250,6 +250,8 @@ static KVM_TDX_LEAKED_LOCK: LockClass = LockClass::new("kvm_tdx->leaked");
 static KVM_TDX_PINS_LOCK: LockClass = LockClass::new("kvm_tdx->pins");
 /// `tdx->vp` (a vCPU's control pages' bookkeeping; a leaf).
 static VCPU_TDX_LOCK: LockClass = LockClass::new("vcpu_tdx->vp");
+/// `tdx->map_gpa_*` and the pending completion of a vCPU's TDVMCALL (a leaf).
+static VCPU_TDX_TDVMCALL_LOCK: LockClass = LockClass::new("vcpu_tdx->tdvmcall");
 /// The model's record of T6 breaches (a leaf).
 static KVM_TDX_T6_LOCK: LockClass = LockClass::new("kvm_tdx->t6_breaches");
 
@@ -460,6 +462,9 @@ pub struct TdxVcpu {
     tdvpr: AtomicU64,
     /// `tdx->vp.tdcx_pages`.
     tdcx: Mutex<Option<Vec<Option<Pfn>>>>,
+    /// `tdx->map_gpa_next`, `tdx->map_gpa_end` and the TDVMCALL waiting for user space
+    /// (`vcpu->arch.complete_userspace_io`).
+    pub(crate) tdvmcall: Mutex<crate::tdx::run::TdvmcallState>,
 }
 
 impl fmt::Debug for TdxVcpu {
@@ -1687,6 +1692,7 @@ impl KvmArch for TdxVm {
             initialized: AtomicBool::new(false),
             tdvpr: AtomicU64::new(0),
             tdcx: Mutex::new(&VCPU_TDX_LOCK, None),
+            tdvmcall: Mutex::new(&VCPU_TDX_TDVMCALL_LOCK, crate::tdx::run::TdvmcallState::default()),
         }))
     }
 

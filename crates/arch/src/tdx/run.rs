@@ -7,6 +7,8 @@
 //! | `tdx_vcpu_run`, `tdx_vcpu_enter_exit`, `tdx_exit_handlers_fastpath` | [`TdxVm::tdx_vcpu_run`] ([`KvmArch::vcpu_run`](gmem_kvm::arch::KvmArch::vcpu_run)); the TD exit is [`KvmArch::vcpu_run_exit`](gmem_kvm::arch::KvmArch::vcpu_run_exit) |
 //! | the TDX module's checks of a private access (S-EPT walk: #VE, pending EPT violation, #MC) | [`TdxVm::tdx_guest_access_check`] ([`KvmArch::guest_access_check`](gmem_kvm::arch::KvmArch::guest_access_check)) |
 //! | `tdx_handle_ept_violation`, `tdx_is_sept_violation_unexpected_pending` (`tdx_handle_exit`'s `EXIT_REASON_EPT_VIOLATION`) | [`TdxVm::tdx_handle_ept_violation`] ([`KvmArch::handle_guest_fault`](gmem_kvm::arch::KvmArch::handle_guest_fault)) |
+//! | `handle_tdvmcall` (`EXIT_REASON_TDCALL`), `tdx_emulate_vmcall` (`EXIT_REASON_VMCALL`), `tdx_get_td_vm_call_info` | [`TdxVm::handle_tdvmcall`] |
+//! | `tdx_map_gpa`, `__tdx_map_gpa`, `tdx_complete_vmcall_map_gpa`, `complete_hypercall_exit` | [`TdxVm::tdx_map_gpa`], [`TdxVm::tdx_complete_userspace_io`] |
 //!
 //! # Entering the TD
 //!
@@ -48,13 +50,42 @@
 //! violation is an ordinary fault with the access's own kind, not retried locally; an
 //! instruction fetch from shared memory (a `KVM_BUG_ON` in the kernel) is outside the model,
 //! whose guests make loads and stores only.
+//!
+//! # TDVMCALL
+//!
+//! A `TDG.VP.VMCALL` is a TD exit (`EXIT_REASON_TDCALL`) with the guest's registers:
+//! [`TdvmcallArgs`] in, [`TdvmcallResult`] (R10, the status; R11) out. R10 non-zero on entry is
+//! a KVM hypercall (`tdx_emulate_vmcall`: R10 is its number, R11..R14 its arguments, the result
+//! goes back in R10). Otherwise R11 selects the leaf: `MapGPA` and `GetTdVmCallInfo` (leaf 0)
+//! are modelled, an unknown leaf is `TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED`; the leaves that exit
+//! to user space with `KVM_EXIT_TDX` or `KVM_EXIT_SYSTEM_EVENT` (`ReportFatalError`, `GetQuote`,
+//! `SetupEventNotifyInterrupt`, `GetTdVmCallInfo` leaf 1) need exits the model does not have
+//! and are EOPNOTSUPP.
+//!
+//! `MapGPA(gpa, size)` (the guest's private/shared conversion request) checks, in the kernel's
+//! order: user space enabled the `KVM_HC_MAP_GPA_RANGE` exit (else
+//! `TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED`); the range does not wrap, both ends are legal gpas
+//! (below `MAXPHYADDR`, [`TD_MAXPHYADDR`] here) and on the same side of the shared bit (else
+//! `TDVMCALL_STATUS_INVALID_OPERAND`); gpa and size are page aligned (else
+//! `TDVMCALL_STATUS_ALIGN_ERROR`); a failure puts the gpa in R11. Then the range goes to user
+//! space in chunks of at most 2 MiB, each a `KVM_EXIT_HYPERCALL` (`KVM_HC_MAP_GPA_RANGE`,
+//! `args[0]` the chunk's gpa without the shared bit, `args[1]` its pages, `args[2]`
+//! `KVM_MAP_GPA_RANGE_ENCRYPTED` for a private gpa and `..._DECRYPTED` for a shared one,
+//! `hypercall.ret` zeroed). The next `KVM_RUN` completes the chunk with the VMM's
+//! `hypercall.ret`: non-zero is `TDVMCALL_STATUS_INVALID_OPERAND` with R11 = the chunk's gpa;
+//! otherwise the next chunk, unless the range is done (success) or the vCPU has an event to
+//! take (`TDVMCALL_STATUS_RETRY` with R11 = the next gpa: the guest asks again from there).
 
 use crate::tdx::guest::TdExit;
 use crate::tdx::kvm::{TdState, TdxStats, TdxVcpu, TdxVm};
 use crate::tdx::status::TDX_OPERAND_BUSY;
 use gmem_kvm::arch::{GuestAccess, GuestException, GuestFault, GuestFaultExit, VcpuRunEntry};
+use gmem_kvm::caps::KVM_HC_MAP_GPA_RANGE;
 use gmem_kvm::memslot::KVM_MEMSLOT_INVALID;
-use gmem_kvm::vcpu::{kvm_mmu_page_fault, KvmVcpu, RetPf, RunError, FAULT_RETRY_LIMIT};
+use gmem_kvm::vcpu::{
+    kvm_mmu_page_fault, KvmVcpu, RetPf, RunError, VcpuExit, FAULT_RETRY_LIMIT, KVM_EXIT_HYPERCALL_LONG_MODE,
+    KVM_MAP_GPA_RANGE_DECRYPTED, KVM_MAP_GPA_RANGE_ENCRYPTED,
+};
 use gmem_kvm::{Gfn, Kvm};
 use gmem_mm::vma::Mm;
 use gmem_mm::Errno;
@@ -100,6 +131,77 @@ pub const fn tdx_is_sept_violation_unexpected_pending(exit_qual: u64, ext_exit_q
         return false;
     }
     exit_qual & EPT_VIOLATION_PROT_MASK == 0 && exit_qual & EPT_VIOLATION_EXEC_FOR_RING3_LIN == 0
+}
+
+/// `TDX_HYPERCALL_STANDARD`: R10 of a `TDG.VP.VMCALL` the GHCI defines (else a KVM hypercall).
+pub const TDX_HYPERCALL_STANDARD: u64 = 0;
+/// `TDVMCALL_GET_TD_VM_CALL_INFO`.
+pub const TDVMCALL_GET_TD_VM_CALL_INFO: u64 = 0x10000;
+/// `TDVMCALL_MAP_GPA`.
+pub const TDVMCALL_MAP_GPA: u64 = 0x10001;
+/// `TDVMCALL_GET_QUOTE`.
+pub const TDVMCALL_GET_QUOTE: u64 = 0x10002;
+/// `TDVMCALL_REPORT_FATAL_ERROR`.
+pub const TDVMCALL_REPORT_FATAL_ERROR: u64 = 0x10003;
+/// `TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT`.
+pub const TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT: u64 = 0x10004;
+/// `TDVMCALL_STATUS_SUCCESS`.
+pub const TDVMCALL_STATUS_SUCCESS: u64 = 0;
+/// `TDVMCALL_STATUS_RETRY`: the guest asks again from the gpa in R11.
+pub const TDVMCALL_STATUS_RETRY: u64 = 1;
+/// `TDVMCALL_STATUS_INVALID_OPERAND`.
+pub const TDVMCALL_STATUS_INVALID_OPERAND: u64 = 0x8000_0000_0000_0000;
+/// `TDVMCALL_STATUS_ALIGN_ERROR`.
+pub const TDVMCALL_STATUS_ALIGN_ERROR: u64 = 0x8000_0000_0000_0002;
+/// `TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED`.
+pub const TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED: u64 = 0x8000_0000_0000_0003;
+/// `TDX_MAP_GPA_MAX_LEN`: MapGPA goes to user space in chunks of at most this many bytes.
+pub const TDX_MAP_GPA_MAX_LEN: u64 = 2 << 20;
+/// The `MAXPHYADDR` of a TD's vCPUs (`kvm_vcpu_is_legal_gpa`): the model host's, which QEMU
+/// gives its vCPUs (`host-phys-bits`).
+pub const TD_MAXPHYADDR: u32 = 52;
+
+/// The registers of a `TDG.VP.VMCALL` the guest makes (`vp_enter_args` at the TD exit).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TdvmcallArgs {
+    /// R10: [`TDX_HYPERCALL_STANDARD`], or a KVM hypercall number.
+    pub r10: u64,
+    /// R11: the TDVMCALL leaf (`TDVMCALL_*`).
+    pub r11: u64,
+    /// R12.
+    pub r12: u64,
+    /// R13.
+    pub r13: u64,
+    /// R14.
+    pub r14: u64,
+}
+
+/// What the guest finds in R10 and R11 when the TDVMCALL returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TdvmcallResult {
+    /// R10: the status (`TDVMCALL_STATUS_*`; a KVM hypercall's result).
+    pub r10: u64,
+    /// R11: the leaf's output (MapGPA: the gpa to retry from, or the failing one).
+    pub r11: u64,
+}
+
+/// What a vCPU's `KVM_EXIT_HYPERCALL` waits for (`vcpu->arch.complete_userspace_io`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TdvmcallPending {
+    /// `tdx_complete_vmcall_map_gpa`.
+    MapGpa,
+    /// `complete_hypercall_exit` (a KVM hypercall the guest made with `TDG.VP.VMCALL`).
+    Hypercall,
+}
+
+/// A vCPU's TDVMCALL state: `tdx->map_gpa_next`, `tdx->map_gpa_end`, the guest's R11 and the
+/// completion user space owes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TdvmcallState {
+    map_gpa_next: u64,
+    map_gpa_end: u64,
+    r11: u64,
+    pending: Option<TdvmcallPending>,
 }
 
 /// The exit qualification of a load or store whose walk found no permission.
@@ -272,5 +374,142 @@ impl TdxVm {
             // cond_resched.
             gmem_sync::thread::backoff(retries);
         }
+    }
+}
+
+impl TdxVm {
+    fn tdvmcall_state(vcpu: &KvmVcpu) -> Result<&TdxVcpu, RunError> {
+        vcpu.arch::<TdxVcpu>().ok_or(RunError::Errno(Errno::EINVAL))
+    }
+
+    /// Whether `vcpu` waits for user space to complete a `KVM_EXIT_HYPERCALL` its TDVMCALL made.
+    pub fn tdvmcall_pending(vcpu: &KvmVcpu) -> bool {
+        vcpu.arch::<TdxVcpu>().is_some_and(|tdx| tdx.tdvmcall.lock().pending.is_some())
+    }
+
+    /// `handle_tdvmcall(vcpu)` (with `tdx_emulate_vmcall` for a KVM hypercall): the TD exited
+    /// with `TDG.VP.VMCALL` and `args`. `Ok` is what the guest finds when it resumes;
+    /// `Err(RunError::Exit(..))` an exit to user space, completed by
+    /// [`TdxVm::tdx_complete_userspace_io`] at the next `KVM_RUN`.
+    pub fn handle_tdvmcall(&self, kvm: &Kvm, vcpu: &KvmVcpu, args: TdvmcallArgs) -> Result<TdvmcallResult, RunError> {
+        let tdx = Self::tdvmcall_state(vcpu)?;
+        if args.r10 != TDX_HYPERCALL_STANDARD {
+            // tdx_emulate_vmcall → __kvm_emulate_hypercall(vcpu, 0, complete_hypercall_exit):
+            // RAX = R10 (the number), RBX, RCX, RDX = R11..R13; the result goes to R10.
+            return match gmem_kvm::vcpu::guest_hypercall(kvm, vcpu, args.r10, args.r11, args.r12, args.r13) {
+                Ok(ret) => Ok(TdvmcallResult { r10: ret, r11: args.r11 }),
+                Err(exit @ RunError::Exit(_)) => {
+                    let mut state = tdx.tdvmcall.lock();
+                    state.r11 = args.r11;
+                    state.pending = Some(TdvmcallPending::Hypercall);
+                    Err(exit)
+                }
+                Err(other) => Err(other),
+            };
+        }
+        let done = |r10: u64, r11: u64| Ok(TdvmcallResult { r10, r11 });
+        match args.r11 {
+            TDVMCALL_MAP_GPA => self.tdx_map_gpa(kvm, vcpu, args.r12, args.r13),
+            TDVMCALL_GET_TD_VM_CALL_INFO => match args.r12 {
+                0 => done(TDVMCALL_STATUS_SUCCESS, 0),
+                // Leaf 1 asks user space (KVM_EXIT_TDX).
+                1 => Err(RunError::Errno(Errno::EOPNOTSUPP)),
+                _ => done(TDVMCALL_STATUS_INVALID_OPERAND, args.r11),
+            },
+            // KVM_EXIT_SYSTEM_EVENT and KVM_EXIT_TDX: not modelled.
+            TDVMCALL_REPORT_FATAL_ERROR | TDVMCALL_GET_QUOTE | TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT => {
+                Err(RunError::Errno(Errno::EOPNOTSUPP))
+            }
+            _ => done(TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, args.r11),
+        }
+    }
+
+    /// `kvm_vcpu_is_legal_gpa(vcpu, gpa)`: no bit at or above [`TD_MAXPHYADDR`].
+    fn is_legal_gpa(gpa: u64) -> bool {
+        gpa >> TD_MAXPHYADDR == 0
+    }
+
+    /// `tdx_map_gpa(vcpu)`: `TDG.VP.VMCALL<MapGPA>(gpa, size)` (see the module docs).
+    pub fn tdx_map_gpa(&self, kvm: &Kvm, vcpu: &KvmVcpu, gpa: u64, size: u64) -> Result<TdvmcallResult, RunError> {
+        let tdx = Self::tdvmcall_state(vcpu)?;
+        TdxStats::bump(&self.stats.map_gpa_requests);
+        let error = |ret: u64| Ok(TdvmcallResult { r10: ret, r11: gpa });
+        // Converting TDVMCALL_MAP_GPA to KVM_HC_MAP_GPA_RANGE requires user space to enable
+        // KVM_CAP_EXIT_HYPERCALL with the KVM_HC_MAP_GPA_RANGE bit set.
+        if !kvm.user_exit_on_hypercall(KVM_HC_MAP_GPA_RANGE) {
+            return error(TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED);
+        }
+        let last = gpa.wrapping_add(size).wrapping_sub(1);
+        if gpa.wrapping_add(size) <= gpa
+            || !Self::is_legal_gpa(gpa)
+            || !Self::is_legal_gpa(last)
+            || TdxVm::is_private_gpa(kvm, gpa) != TdxVm::is_private_gpa(kvm, last)
+        {
+            return error(TDVMCALL_STATUS_INVALID_OPERAND);
+        }
+        if gpa % gmem_mm::PAGE_SIZE != 0 || size % gmem_mm::PAGE_SIZE != 0 {
+            return error(TDVMCALL_STATUS_ALIGN_ERROR);
+        }
+        let mut state = tdx.tdvmcall.lock();
+        state.map_gpa_end = gpa + size;
+        state.map_gpa_next = gpa;
+        state.r11 = TDVMCALL_MAP_GPA;
+        Err(self.__tdx_map_gpa(kvm, &mut state))
+    }
+
+    /// `__tdx_map_gpa(tdx)`: the next chunk's `KVM_EXIT_HYPERCALL`, with `tdx_complete_vmcall_map_gpa`
+    /// as the completion.
+    fn __tdx_map_gpa(&self, kvm: &Kvm, state: &mut TdvmcallState) -> RunError {
+        let gpa = state.map_gpa_next;
+        let size = (state.map_gpa_end - state.map_gpa_next).min(TDX_MAP_GPA_MAX_LEN);
+        let shared_bit = kvm.gfn_direct_bits() << gmem_mm::types::PAGE_SHIFT;
+        let attrs =
+            if TdxVm::is_private_gpa(kvm, gpa) { KVM_MAP_GPA_RANGE_ENCRYPTED } else { KVM_MAP_GPA_RANGE_DECRYPTED };
+        state.pending = Some(TdvmcallPending::MapGpa);
+        TdxStats::bump(&self.stats.map_gpa_exits);
+        // hypercall.ret is zeroed for QEMU <= 9.2, which assumed KVM never changes it.
+        RunError::Exit(VcpuExit::Hypercall {
+            nr: KVM_HC_MAP_GPA_RANGE,
+            args: [gpa & !shared_bit, size / gmem_mm::PAGE_SIZE, attrs, 0, 0, 0],
+            flags: KVM_EXIT_HYPERCALL_LONG_MODE,
+        })
+    }
+
+    /// The next `KVM_RUN` after user space handled a TDVMCALL's `KVM_EXIT_HYPERCALL`, with its
+    /// `hypercall.ret` (`kvm_arch_vcpu_ioctl_run`: `vcpu_pre_run`, then
+    /// `complete_userspace_io`): `tdx_complete_vmcall_map_gpa` (an error, the next chunk, done,
+    /// or `TDVMCALL_STATUS_RETRY` when the vCPU has an event) or `complete_hypercall_exit`.
+    /// `None` if the vCPU waited for nothing.
+    pub fn tdx_complete_userspace_io(
+        &self,
+        kvm: &Kvm,
+        vcpu: &KvmVcpu,
+        ret: u64,
+    ) -> Option<Result<TdvmcallResult, RunError>> {
+        let tdx = vcpu.arch::<TdxVcpu>()?;
+        if let Err(error) = self.tdx_vcpu_pre_run(kvm, vcpu) {
+            return tdx.tdvmcall.lock().pending.is_some().then_some(Err(error));
+        }
+        let mut state = tdx.tdvmcall.lock();
+        let pending = state.pending.take()?;
+        Some(match pending {
+            TdvmcallPending::Hypercall => Ok(TdvmcallResult { r10: ret, r11: state.r11 }),
+            TdvmcallPending::MapGpa => {
+                if ret != 0 {
+                    return Some(Ok(TdvmcallResult { r10: TDVMCALL_STATUS_INVALID_OPERAND, r11: state.map_gpa_next }));
+                }
+                state.map_gpa_next += TDX_MAP_GPA_MAX_LEN;
+                if state.map_gpa_next >= state.map_gpa_end {
+                    return Some(Ok(TdvmcallResult { r10: TDVMCALL_STATUS_SUCCESS, r11: state.r11 }));
+                }
+                // Stop processing the remaining part if there is a pending interrupt, which
+                // could be qualified to deliver.
+                if vcpu.has_events() {
+                    TdxStats::bump(&self.stats.map_gpa_retries);
+                    return Some(Ok(TdvmcallResult { r10: TDVMCALL_STATUS_RETRY, r11: state.map_gpa_next }));
+                }
+                Err(self.__tdx_map_gpa(kvm, &mut state))
+            }
+        })
     }
 }
