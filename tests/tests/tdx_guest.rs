@@ -7,8 +7,10 @@
 //! invalid memslot end the local retries); the guest's TDCALLs: `TDG.MEM.PAGE.ACCEPT` (KVM AUGs
 //! the page on the ACCEPT's EPT violation, ACCEPT zeroes it) and `TDG.VP.VMCALL<MapGPA>` (every
 //! status code, 2 MiB `KVM_EXIT_HYPERCALL` chunks, RETRY on a pending event, a VMM error as
-//! INVALID_OPERAND with R11). Every checked call is followed by the invariants (T1–T6, T10 and
-//! the core ones) and a check that no WARN was recorded.
+//! INVALID_OPERAND with R11); and the QEMU-shaped VMM's TD (`Vmm`: setup, launch and MRTD, a
+//! private → shared → private round trip through MapGPA exits and ACCEPT). Every checked call
+//! is followed by the invariants (T1–T6, T10 and the core ones) and a check that no WARN was
+//! recorded; the VMM tests check them after each step.
 
 use gmem_arch::tdx::kvm::{kvm_tdx_init_mem_region, kvm_tdx_init_vm, TdxVm, TDX_TD_ATTR_SEPT_VE_DISABLE};
 use gmem_arch::tdx::module::TdxModule;
@@ -32,8 +34,9 @@ use gmem_sync::inject::FaultPoint;
 use gmem_sync::Arc;
 use gmem_tests::*;
 use gmem_uapi::vmm::{
-    TdvmcallArgs, TdvmcallResult, TDVMCALL_MAP_GPA, TDVMCALL_STATUS_ALIGN_ERROR, TDVMCALL_STATUS_INVALID_OPERAND,
-    TDVMCALL_STATUS_RETRY, TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, TDVMCALL_STATUS_SUCCESS,
+    TdvmcallArgs, TdvmcallResult, Vmm, VmmConfig, GUEST_MEMORY_BASE, KVM_X86_TDX_VM, TDVMCALL_MAP_GPA,
+    TDVMCALL_STATUS_ALIGN_ERROR, TDVMCALL_STATUS_INVALID_OPERAND, TDVMCALL_STATUS_RETRY,
+    TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, TDVMCALL_STATUS_SUCCESS,
 };
 use kvm_bindings::kvm_cpuid_entry2;
 
@@ -512,4 +515,128 @@ fn map_gpa_returns_retry_with_a_pending_event_and_invalid_operand_on_a_vmm_error
         answer(TDVMCALL_STATUS_INVALID_OPERAND, start + (4 << 20))
     );
     td.host.check("end");
+}
+
+fn tdx_vmm(attributes: u64, pages: u64) -> (Vmm, i32) {
+    let host = gmem_uapi::SimHost::new_intel(KernelProfile::v6_18());
+    let config = VmmConfig { vm_type: KVM_X86_TDX_VM, memory: pages * PAGE, regions: 2 };
+    let vmm = Vmm::new_tdx(host, config, attributes).expect("TDX VMM");
+    let vcpu = vmm.create_vcpu(0).expect("vCPU");
+    (vmm, vcpu)
+}
+
+fn assert_clean(vmm: &Vmm, step: &str) {
+    assert_eq!(vmm.check_invariants(), Vec::new(), "after {step}");
+    assert!(vmm.host().machine().warnings.is_empty(), "after {step}: {:?}", vmm.host().machine().warnings.snapshot());
+}
+
+/// MRTD by hand: SHA-384 over one PAGE.ADD buffer per page, each followed (MEASURE) by 16
+/// MR.EXTEND records of the page's 256-byte chunks.
+fn expected_mrtd(pages: &[(u64, [u8; 4096])]) -> [u8; 48] {
+    use gmem_arch::tdx::measure::{mr_extend_buffer, page_add_buffer};
+    use sha2::{Digest, Sha384};
+    let mut sha = Sha384::new();
+    for (gpa, contents) in pages {
+        sha.update(page_add_buffer(*gpa));
+        for chunk in 0..16u64 {
+            sha.update(mr_extend_buffer(gpa + chunk * 256));
+            sha.update(&contents[chunk as usize * 256..(chunk as usize + 1) * 256]);
+        }
+    }
+    sha.finalize().into()
+}
+
+#[test]
+fn the_vmm_sets_a_td_up_as_qemu_and_its_launch_measures_the_image() {
+    let (vmm, vcpu) = tdx_vmm(TDX_TD_ATTR_SEPT_VE_DISABLE, 32);
+    assert!(vmm.is_tdx() && vmm.has_private_mem() && !vmm.is_snp());
+    assert_eq!(vmm.shared_bit(), SHARED);
+    // Before the machine starts the vCPU cannot run.
+    assert_eq!(vmm.guest_access(vcpu, Vmm::page_gpa(0), &mut [0u8; 1], false), Err(RunError::Errno(Errno::EINVAL)));
+    assert_eq!(vmm.mrtd(), None);
+    let mut image = vec![0u8; PAGE as usize + 7];
+    image[..6].copy_from_slice(b"kernel");
+    image[PAGE as usize..].copy_from_slice(b"cmdline");
+    assert_eq!(vmm.launch(&image), Ok(2));
+    assert_eq!(vmm.stats.launched_pages.load(std::sync::atomic::Ordering::Relaxed), 2);
+    let mut pages = Vec::new();
+    for (i, chunk) in image.chunks(PAGE as usize).enumerate() {
+        let mut page = [0u8; 4096];
+        page[..chunk.len()].copy_from_slice(chunk);
+        pages.push((GUEST_MEMORY_BASE + i as u64 * PAGE, page));
+    }
+    assert_eq!(vmm.mrtd(), Some(expected_mrtd(&pages)));
+    // The image is MAPPED: the guest reads it without accepting; other pages need an ACCEPT.
+    let mut buf = [0u8; 7];
+    vmm.guest_access(vcpu, Vmm::page_gpa(1), &mut buf, false).unwrap();
+    assert_eq!(&buf, b"cmdline");
+    assert_eq!(vmm.tdx_accept(vcpu, Vmm::page_gpa(3)), Ok(TdxStatus::SUCCESS));
+    vmm.guest_access(vcpu, Vmm::page_gpa(3), &mut buf, false).unwrap();
+    assert_eq!(buf, [0; 7]);
+    assert_clean(&vmm, "launch");
+    // The launch happens once.
+    assert_eq!(vmm.launch(&image).map_err(|e| e.errno), Err(Errno::EINVAL));
+    assert_clean(&vmm, "a second launch");
+    // A TD with attributes the platform does not offer is refused.
+    let host = gmem_uapi::SimHost::new_intel(KernelProfile::v6_18());
+    let config = VmmConfig { vm_type: KVM_X86_TDX_VM, memory: 32 * PAGE, regions: 2 };
+    assert_eq!(Vmm::new_tdx(host, config, 1 << 0).err(), Some(Errno::EINVAL), "DEBUG is not offered by KVM");
+}
+
+#[test]
+fn a_conversion_round_trip_through_the_vmm_loses_the_data_and_needs_a_new_accept() {
+    let (vmm, vcpu) = tdx_vmm(TDX_TD_ATTR_SEPT_VE_DISABLE, 32);
+    vmm.launch(&[]).unwrap();
+    let gpa = Vmm::page_gpa(5);
+    let region = vmm.regions()[0];
+    let file = vmm.host().guest_memfd(region.gmem_fd.unwrap()).unwrap();
+    let has_folio = |gpa: u64| {
+        let index = (gpa - region.gpa) >> gmem_mm::types::PAGE_SHIFT;
+        file.inode().mapping().folios().into_iter().any(|(i, _)| i.0 == index)
+    };
+    assert_eq!(vmm.tdx_accept(vcpu, gpa), Ok(TdxStatus::SUCCESS));
+    vmm.guest_access_as(vcpu, gpa, &mut b"private!".to_vec(), true, true).unwrap();
+    assert!(has_folio(gpa));
+    assert_clean(&vmm, "accept and store");
+    // To shared: MapGPA(shared gpa) → one KVM_EXIT_HYPERCALL → attributes, then the punch.
+    assert_eq!(vmm.tdx_enc_status_changed(vcpu, gpa, gpa + PAGE, false), Ok(true));
+    assert_eq!(vmm.stats.map_gpa_range_exits.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(vmm.stats.to_shared.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(!has_folio(gpa), "the guest_memfd page was punched");
+    assert_clean(&vmm, "to shared");
+    // The guest uses it through the shared alias: the VMM's shared backing.
+    vmm.guest_access_as(vcpu, gpa, &mut b"shared!!".to_vec(), true, false).unwrap();
+    let hva = region.hva + (gpa - region.gpa);
+    assert_eq!(vmm.host().load(hva, 8).unwrap(), b"shared!!");
+    // A private access now is a memory-fault exit (the attributes say shared).
+    assert!(matches!(
+        vmm.guest_access_as(vcpu, gpa, &mut [0u8; 8], false, true),
+        Err(RunError::Exit(VcpuExit::MemoryFault { flags: KVM_MEMORY_EXIT_FLAG_PRIVATE, .. }))
+    ));
+    // Back to private: MapGPA, the shared backing discarded, then ACCEPT of the fresh page.
+    assert_eq!(vmm.tdx_enc_status_changed(vcpu, gpa, gpa + PAGE, true), Ok(true));
+    assert_eq!(vmm.stats.to_private.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(vmm.host().load(hva, 8).unwrap(), [0; 8], "shared backing discarded");
+    let mut buf = [0xffu8; 8];
+    vmm.guest_access_as(vcpu, gpa, &mut buf, false, true).unwrap();
+    assert_eq!(buf, [0; 8], "the private data is gone");
+    assert_eq!(vmm.tdx_accept(vcpu, gpa), Ok(TdxStatus::new(TDX_PAGE_ALREADY_ACCEPTED, 0)), "re-accepted");
+    assert_eq!(vmm.stats.map_gpa_range_failures.load(std::sync::atomic::Ordering::Relaxed), 0);
+    drop(file);
+    assert_clean(&vmm, "round trip");
+}
+
+#[test]
+fn a_vmm_td_without_sept_ve_disable_gives_the_guest_a_ve() {
+    let (vmm, vcpu) = tdx_vmm(0, 32);
+    vmm.launch(&[]).unwrap();
+    let gpa = Vmm::page_gpa(2);
+    assert_eq!(vmm.guest_access(vcpu, gpa, &mut [0u8; 4], false), Err(ve(gpa)));
+    assert_eq!(vmm.tdx_accept(vcpu, gpa), Ok(TdxStatus::SUCCESS));
+    vmm.guest_access(vcpu, gpa, &mut [0u8; 4], false).unwrap();
+    // A MapGPA the VMM cannot carry out (private, outside guest RAM): INVALID_OPERAND, R11.
+    let outside = Vmm::page_gpa(64);
+    assert_eq!(vmm.tdx_map_gpa(vcpu, outside, PAGE), answer(TDVMCALL_STATUS_INVALID_OPERAND, outside));
+    assert_eq!(vmm.stats.map_gpa_range_failures.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_clean(&vmm, "end");
 }
