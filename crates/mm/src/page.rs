@@ -440,12 +440,21 @@ impl PhysMem {
 
     fn store(&self, pfn: Pfn, offset: usize, bytes: &[u8]) {
         let data = self.contents_or_alloc(pfn);
-        for (i, &byte) in bytes.iter().enumerate() {
+        let mut i = 0;
+        while i < bytes.len() {
             let at = offset + i;
-            let shift = (at % 8) * 8;
             let word = &data.0[at / 8];
+            if at % 8 == 0 && bytes.len() - i >= 8 {
+                // A whole word: no other byte of it to keep.
+                let value = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+                word.store(value, Ordering::Relaxed);
+                i += 8;
+                continue;
+            }
+            let shift = (at % 8) * 8;
             word.fetch_and(!(0xffu64 << shift), Ordering::Relaxed);
-            word.fetch_or((byte as u64) << shift, Ordering::Relaxed);
+            word.fetch_or((bytes[i] as u64) << shift, Ordering::Relaxed);
+            i += 1;
         }
     }
 
