@@ -807,6 +807,22 @@ impl SimHost {
         })
     }
 
+    /// A Linux TD guest's `tdx_map_gpa(start, end, enc)` on the vCPU behind `vcpu_fd`: MapGPA
+    /// of the private range `[start, end)` (to shared unless `enc`), asking again from R11 on
+    /// `TDVMCALL_STATUS_RETRY`; `handle` answers each `KVM_EXIT_HYPERCALL` as the VMM. True on
+    /// success.
+    pub fn tdx_guest_map_gpa(
+        &self,
+        vcpu_fd: i32,
+        start: u64,
+        end: u64,
+        enc: bool,
+        handle: impl FnMut(RunError) -> std::result::Result<u64, RunError>,
+    ) -> std::result::Result<bool, RunError> {
+        let _span = tracing::debug_span!("tdx_map_gpa", vcpu_fd, start, end, enc).entered();
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, _| td_guest::tdx_map_gpa(kvm, vcpu, start, end, enc, handle))
+    }
+
     /// An event (an interrupt) for the vCPU behind `vcpu_fd`, delivered at its next entry
     /// ([`KvmVcpu::queue_event`]).
     pub fn queue_event(&self, vcpu_fd: i32) -> Result<()> {
