@@ -210,6 +210,9 @@ pub struct Vmm {
     sev_fd: Option<i32>,
     /// A TDX VM's attributes for `KVM_TDX_INIT_VM` (`None` for other VM types).
     tdx_attributes: Option<u64>,
+    /// A TD's shared bit as a gpa bit, once `KVM_TDX_INIT_VM` set it (0 before, and for other
+    /// VM types).
+    shared_bit: AtomicU64,
     regions: Mutex<Vec<Region>>,
     vcpu_fds: Mutex<Vec<i32>>,
     /// What the VMM did.
@@ -249,6 +252,7 @@ impl Vmm {
             private_mem,
             sev_fd: None,
             tdx_attributes: (vm_type == Some(VmType::Tdx)).then_some(attributes),
+            shared_bit: AtomicU64::new(0),
             regions: Mutex::new(&VMM_LOCK, Vec::new()),
             vcpu_fds: Mutex::new(&VMM_LOCK, Vec::new()),
             stats: VmmStats::default(),
@@ -346,10 +350,7 @@ impl Vmm {
     /// The shared bit of the guest's gpas (a TD's: gpa bit 47 with GPAW 48, known once
     /// `KVM_TDX_INIT_VM` ran); 0 for other VM types.
     pub fn shared_bit(&self) -> u64 {
-        if !self.is_tdx() {
-            return 0;
-        }
-        self.host.vm(self.vm_fd).map_or(0, |kvm| kvm.gfn_direct_bits() << PAGE_SHIFT)
+        self.shared_bit.load(Ordering::Acquire)
     }
 
     /// The TD's MRTD as the TDX module holds it (frozen by `KVM_TDX_FINALIZE_VM`: what an
@@ -500,6 +501,8 @@ impl Vmm {
                 let cpuid =
                     [kvm_bindings::kvm_cpuid_entry2 { function: 0x8000_0008, eax: 48 << 16, ..Default::default() }];
                 self.host.tdx_init_vm(self.vm_fd, &init_vm, &cpuid).map_err(tdx_errno)?;
+                let kvm = self.host.vm(self.vm_fd)?;
+                self.shared_bit.store(kvm.gfn_direct_bits() << PAGE_SHIFT, Ordering::Release);
             }
         }
         let fd = self.host.create_vcpu(self.vm_fd, id)?;
