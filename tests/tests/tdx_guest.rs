@@ -181,6 +181,38 @@ fn every_guest_entry_is_a_tdh_vp_enter_and_the_td_exit_leaves_the_epoch() {
     td.host.check("end");
 }
 
+/// A vCPU inside the TD holds the epoch it entered in: a TRACK moves the epoch on, a second one
+/// is refused with `TDX_PREVIOUS_TLB_EPOCH_BUSY` until the vCPU leaves, which the kick's IPI
+/// makes it do (`KvmArch::kick_vcpu`, the first half of `tdx_track`'s
+/// `KVM_REQ_OUTSIDE_GUEST_MODE`).
+#[test]
+fn a_vcpu_inside_the_td_holds_its_epoch_until_the_kick() {
+    use gmem_arch::tdx::status::TDX_PREVIOUS_TLB_EPOCH_BUSY;
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let kvm = td.tdx();
+    let vm = vm_of(&kvm);
+    let module = td.module();
+    let tdr = vm.tdr().unwrap();
+    let (_, vcpu) = td.host.unchecked().vcpu(td.vcpus[0]).unwrap();
+    let mm = &td.host.process().mm;
+    // The launched page at gpa 0: the op runs inside the TD.
+    let inside = gmem_kvm::vcpu::guest_page_op(&kvm, &vcpu, mm, 0, false, true, 1, |_| {
+        let entered = module.vcpus_in_td(tdr);
+        let first = module.tdh_mem_track(tdr).map_err(|e| e.status);
+        let second = module.tdh_mem_track(tdr).map_err(|e| e.status);
+        kvm.arch().kick_vcpu(&kvm, &vcpu);
+        let after_kick = module.tdh_mem_track(tdr).map_err(|e| e.status);
+        Ok((entered, first, second, after_kick))
+    });
+    let (entered, first, second, after_kick) = inside.unwrap();
+    assert_eq!(entered.len(), 1, "the vCPU is inside the TD during its access");
+    assert_eq!(first, Ok(()));
+    assert_eq!(second.map_err(|status| status.class()), Err(TDX_PREVIOUS_TLB_EPOCH_BUSY));
+    assert_eq!(after_kick, Ok(()));
+    assert_eq!(module.vcpus_in_td(tdr), vec![]);
+    td.host.check("end");
+}
+
 #[test]
 fn a_vcpu_does_not_enter_while_wait_for_sept_zap_is_set() {
     let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
@@ -240,6 +272,13 @@ fn the_image_is_accepted_and_a_private_first_touch_augs_a_pending_page() {
     assert_eq!(td.sept_leaf(0x40000), SeptEntry::Leaf { pfn, state: LeafState::Pending });
     assert_eq!(td.host.guest_load(vcpu, 0x40000, 4, Some(true)), Err(ve(0x40000)), "again: still PENDING");
     assert!(!td.kvm().is_dead());
+    // The guest accepts it: MAPPED, zeroed, and its accesses complete.
+    td.host.machine().mem.write_unchecked(pfn, 0, b"stale");
+    assert_eq!(td.host.tdx_accept(vcpu, 0x40000), Ok(TdxStatus::SUCCESS));
+    assert_eq!(td.sept_leaf(0x40000), SeptEntry::Leaf { pfn, state: LeafState::Mapped });
+    assert_eq!(td.host.guest_load(vcpu, 0x40000, 5, None).unwrap(), [0; 5]);
+    td.host.guest_store(vcpu, 0x40010, b"data", None).unwrap();
+    assert_eq!(td.host.guest_load(vcpu, 0x40010, 4, None).unwrap(), b"data");
     // An explicit kind that contradicts the gpa's shared bit is refused.
     assert_eq!(td.host.guest_load(vcpu, 0x40000, 4, Some(false)), Err(RunError::Errno(Errno::EINVAL)));
     td.host.check("end");
