@@ -38,15 +38,15 @@ enum Command {
     /// control thread converts, punches, changes memslots, injects memory failures and closes
     /// guest_memfds; data integrity and invariants are checked. An SEV_SNP guest is launched
     /// with a measured image, and its vCPUs validate their pages and convert them themselves
-    /// (page-state changes the VMM answers). Exit 1 on any warning, invariant violation or
-    /// integrity error.
+    /// (page-state changes the VMM answers); a TDX guest likewise accepts its pages and converts
+    /// them with MapGPA. Exit 1 on any warning, invariant violation or integrity error.
     Run(RunArgs),
 }
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// The VM type: SW_PROTECTED (private memory, conversions), DEFAULT, or SEV_SNP (an SEV-SNP
-    /// guest, on the v6.18 and v6.14 profiles).
+    /// The VM type: SW_PROTECTED (private memory, conversions), DEFAULT, SEV_SNP (an SEV-SNP
+    /// guest, on the v6.18 and v6.14 profiles) or TDX (a TD on an Intel host, v6.18).
     #[arg(long, default_value = "SW_PROTECTED", value_parser = run::parse_vm_type)]
     vm_type: u64,
     /// Guest memory (bytes, or with a K, M or G suffix).

@@ -1,9 +1,10 @@
 //! `gmem-sim run`: a small default-mix run is clean, streams are a function of the seed, the
 //! JSON summary has the documented keys, and bad flags exit 2. An SEV-SNP guest's run is clean
-//! on both SNP profiles, with its guest-side figures, and refused on a profile without SNP.
+//! on both SNP profiles, with its guest-side figures, and refused on a profile without SNP; a
+//! TD's run is clean on v6.18 with its figures, and refused on a profile without TDX.
 
 use gmem_sim::run::{self, Config, Length, Mix, VcpuAction};
-use gmem_uapi::vmm::KVM_X86_SNP_VM;
+use gmem_uapi::vmm::{KVM_X86_SNP_VM, KVM_X86_TDX_VM};
 use std::process::{Command, Output};
 
 fn gmem_sim(args: &[&str]) -> Output {
@@ -88,6 +89,7 @@ fn bad_flags_exit_2() {
         &["run", "--ops", "10", "--duration", "1"],
         &["run", "--vm-type", "DEFAULT", "--mix", "access=1,convert=1"],
         &["run", "--vm-type", "SEV_SNP", "--kernel", "v6.18-pvm"],
+        &["run", "--vm-type", "TDX", "--kernel", "v6.14"],
     ] {
         let output = gmem_sim(args);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
@@ -209,4 +211,55 @@ fn snp_keys_and_the_profile_without_snp() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("v6.18-pvm has no SEV_SNP VMs"), "{stderr}");
+}
+
+/// A small TDX run: the TD launched (INIT_MEM_REGION of a sixteenth of memory), its vCPUs
+/// accepting pages before their first private use and converting their own through MapGPA
+/// exits the VMM handled, under punches, memslot changes, memory failures and guest_memfd
+/// closes that cost them #VEs they recovered from; clean, with the TD's figures.
+#[test]
+fn a_tdx_run_ends_clean() {
+    let mut config = small(11);
+    config.vm_type = KVM_X86_TDX_VM;
+    let summary = run::run(&config, None).expect("runs");
+    assert!(summary.ok, "failures: {:#?}\n{}", summary.failures, summary.table());
+    assert_eq!(field(&summary, "vm_type"), "TDX");
+    assert_eq!(number(&summary, "ops"), 20_000);
+    for key in ["warnings", "invariant_violations", "integrity_errors", "vmm_errors", "tdx_leaked_pages"] {
+        assert_eq!(number(&summary, key), 0, "{key}");
+    }
+    assert_eq!(number(&summary, "launched_pages"), (4 << 20) / 4096 / 16);
+    for key in [
+        "guest_conversions",
+        "tdx_accepts",
+        "map_gpa_requests",
+        "map_gpa_exits",
+        "ve_exceptions",
+        "vp_enters",
+        "ept_violations",
+        "gmem_closes",
+        "memslot_changes",
+        "pamt_pages_owned_at_end",
+    ] {
+        assert_ne!(number(&summary, key), 0, "{key}\n{}", summary.table());
+    }
+    // Every MapGPA exit was one conversion in the VMM; conversions come only from the guest.
+    assert_eq!(
+        number(&summary, "map_gpa_exits"),
+        number(&summary, "conversions_to_private") + number(&summary, "conversions_to_shared")
+    );
+    assert_eq!(number(&summary, "exits_memory_fault"), 0, "a TD's accesses match the attributes");
+    assert_eq!(field(&summary, "psc_requests"), "n/a");
+    let (_, streams) = run::generate(&config, usize::MAX);
+    let conversions =
+        streams.iter().flatten().filter(|op| matches!(op.action, VcpuAction::Convert { .. })).count() as u64;
+    assert_eq!(number(&summary, "guest_conversions"), conversions);
+    // Other VM types show `n/a` for the TD's keys; a profile without TDX refuses the VM type.
+    let summary = run::run(&small(11), None).expect("runs");
+    assert_eq!(field(&summary, "ve_exceptions"), "n/a");
+    let mut old = small(11);
+    old.vm_type = KVM_X86_TDX_VM;
+    old.kernel = "v6.14".to_string();
+    let error = run::run(&old, None).expect_err("no TDX on v6.14");
+    assert!(error.contains("v6.14 has no TDX VMs"), "{error}");
 }

@@ -524,6 +524,52 @@ impl CheckedHost {
         self.checked(|| format!("pre_fault_memory({vcpu_fd}, {gpa:#x}, {size:#x})"), result)
     }
 
+    /// `KVM_ENABLE_CAP` on a VM.
+    #[track_caller]
+    pub fn enable_cap(&self, vm_fd: i32, cap: &kvm_bindings::kvm_enable_cap) -> KResult<()> {
+        let result = self.host.enable_cap(vm_fd, cap);
+        self.checked(|| format!("enable_cap({vm_fd}, {})", cap.cap), result)
+    }
+
+    /// A TD guest's `TDG.MEM.PAGE.ACCEPT` with RCX = `rcx`.
+    #[track_caller]
+    pub fn tdx_accept(&self, vcpu_fd: i32, rcx: u64) -> Result<gmem_uapi::vmm::TdxStatus, RunError> {
+        let result = self.host.tdx_accept(vcpu_fd, rcx);
+        self.checked(|| format!("tdx_accept({vcpu_fd}, {rcx:#x})"), result)
+    }
+
+    /// A TD guest's `TDG.VP.VMCALL`.
+    #[track_caller]
+    pub fn tdx_vmcall(
+        &self,
+        vcpu_fd: i32,
+        args: gmem_uapi::vmm::TdvmcallArgs,
+    ) -> Result<gmem_uapi::vmm::TdvmcallResult, RunError> {
+        let result = self.host.tdx_vmcall(vcpu_fd, args);
+        self.checked(|| format!("tdx_vmcall({vcpu_fd}, {args:x?})"), result)
+    }
+
+    /// A TD guest's `TDG.VP.VMCALL<MapGPA>(gpa, size)`.
+    #[track_caller]
+    pub fn tdx_map_gpa(&self, vcpu_fd: i32, gpa: u64, size: u64) -> Result<gmem_uapi::vmm::TdvmcallResult, RunError> {
+        let result = self.host.tdx_map_gpa(vcpu_fd, gpa, size);
+        self.checked(|| format!("tdx_map_gpa({vcpu_fd}, {gpa:#x}, {size:#x})"), result)
+    }
+
+    /// `KVM_RUN` after a TDVMCALL's `KVM_EXIT_HYPERCALL`, with `hypercall.ret`.
+    #[track_caller]
+    pub fn tdx_complete_hypercall(&self, vcpu_fd: i32, ret: u64) -> Result<gmem_uapi::vmm::TdvmcallResult, RunError> {
+        let result = self.host.tdx_complete_hypercall(vcpu_fd, ret);
+        self.checked(|| format!("tdx_complete_hypercall({vcpu_fd}, {ret:#x})"), result)
+    }
+
+    /// A Linux TD guest's `tdx_accept_memory(start, end)`.
+    #[track_caller]
+    pub fn tdx_accept_memory(&self, vcpu_fd: i32, start: u64, end: u64) -> Result<bool, RunError> {
+        let result = self.host.tdx_accept_memory(vcpu_fd, start, end);
+        self.checked(|| format!("tdx_accept_memory({vcpu_fd}, {start:#x}, {end:#x})"), result)
+    }
+
     /// A VM of `vm_type` and a guest_memfd of `size` bytes with `flags` on it.
     #[track_caller]
     pub fn vm_and_gmem(&self, vm_type: u64, size: u64, flags: u64) -> (i32, i32) {

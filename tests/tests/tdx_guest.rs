@@ -1,28 +1,50 @@
 //! A TD's vCPUs in `KVM_RUN` (`arch/x86/kvm/vmx/tdx.c` v6.18: `tdx_vcpu_pre_run`,
-//! `tdx_vcpu_run`) on a simulated Intel host: the entry checks, `TDH.VP.ENTER` at every guest
-//! entry and the TD exit after it (so the TD epochs and the kicks see the vCPUs), and no entry
-//! while `wait_for_sept_zap` keeps the vCPUs out. Every checked call is followed by the
-//! invariants (T1–T6, T10 and the core ones) and a check that no WARN was recorded.
+//! `tdx_vcpu_run`, `tdx_handle_ept_violation`) on a simulated Intel host: the entry checks,
+//! `TDH.VP.ENTER` at every guest entry and the TD exit after it (so the TD epochs and the kicks
+//! see the vCPUs), no entry while `wait_for_sept_zap` keeps the vCPUs out; private accesses
+//! checked by the TDX module (a PENDING page: the TD killed with `SEPT_VE_DISABLE`, a #VE
+//! without), EPT violations retried locally and bounded (an event, a signal, a dead VM, an
+//! invalid memslot end the local retries); the guest's TDCALLs: `TDG.MEM.PAGE.ACCEPT` (KVM AUGs
+//! the page on the ACCEPT's EPT violation, ACCEPT zeroes it) and `TDG.VP.VMCALL<MapGPA>` (every
+//! status code, 2 MiB `KVM_EXIT_HYPERCALL` chunks, RETRY on a pending event, a VMM error as
+//! INVALID_OPERAND with R11); and the QEMU-shaped VMM's TD (`Vmm`: setup, launch and MRTD, a
+//! private → shared → private round trip through MapGPA exits and ACCEPT). Every checked call
+//! is followed by the invariants (T1–T6, T10 and the core ones) and a check that no WARN was
+//! recorded; the VMM tests check them after each step.
 
 use gmem_arch::tdx::kvm::{kvm_tdx_init_mem_region, kvm_tdx_init_vm, TdxVm, TDX_TD_ATTR_SEPT_VE_DISABLE};
 use gmem_arch::tdx::module::TdxModule;
-use gmem_arch::tdx::status::SeamcallLeaf;
+use gmem_arch::tdx::sept::{LeafState, SeptEntry};
+use gmem_arch::tdx::status::{
+    SeamcallLeaf, TdxStatus, TDX_OPERAND_BUSY, TDX_OPERAND_ID_RCX, TDX_OPERAND_ID_SEPT, TDX_OPERAND_INVALID,
+    TDX_PAGE_ALREADY_ACCEPTED,
+};
+use gmem_kvm::arch::GuestException;
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use gmem_kvm::caps::{KVM_CAP_EXIT_HYPERCALL, KVM_HC_MAP_GPA_RANGE};
 use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
-use gmem_kvm::vcpu::RunError;
+use gmem_kvm::vcpu::{
+    RunError, VcpuExit, FAULT_RETRY_LIMIT, KVM_ENOSYS, KVM_EXIT_HYPERCALL_LONG_MODE, KVM_MAP_GPA_RANGE_DECRYPTED,
+    KVM_MAP_GPA_RANGE_ENCRYPTED, KVM_MEMORY_EXIT_FLAG_PRIVATE,
+};
 use gmem_kvm::KernelProfile;
 use gmem_mm::Errno;
 use gmem_sync::atomic::Ordering;
 use gmem_sync::inject::FaultPoint;
 use gmem_sync::Arc;
 use gmem_tests::*;
+use gmem_uapi::vmm::{
+    TdvmcallArgs, TdvmcallResult, Vmm, VmmConfig, GUEST_MEMORY_BASE, KVM_X86_TDX_VM, TDVMCALL_MAP_GPA,
+    TDVMCALL_STATUS_ALIGN_ERROR, TDVMCALL_STATUS_INVALID_OPERAND, TDVMCALL_STATUS_RETRY,
+    TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, TDVMCALL_STATUS_SUCCESS,
+};
 use kvm_bindings::kvm_cpuid_entry2;
 
 const TDX_VM: u64 = VmType::Tdx as u64;
 /// The shared bit of a TD with GPAW 48 (gpa bit 47).
 const SHARED: u64 = 1 << 47;
 /// Guest memory: one guest_memfd memslot of this size at gpa 0.
-const MEMORY: u64 = 4 << 20;
+const MEMORY: u64 = 8 << 20;
 
 /// The CPUID a VMM passes to INIT_VM: leaf 0x80000008 with GPAW 48.
 fn cpuid() -> Vec<kvm_cpuid_entry2> {
@@ -86,6 +108,21 @@ impl Td {
         kvm
     }
 
+    fn sept_leaf(&self, gpa: u64) -> SeptEntry {
+        let tdr = vm_of(&self.kvm()).tdr().unwrap();
+        self.module().sept_entry(tdr, gpa, 0).unwrap().unwrap_or(SeptEntry::Free)
+    }
+
+    /// `KVM_CAP_EXIT_HYPERCALL` for `KVM_HC_MAP_GPA_RANGE`, as a VMM enables it.
+    fn enable_map_gpa_exit(&self) {
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: KVM_CAP_EXIT_HYPERCALL as u32,
+            args: [1 << KVM_HC_MAP_GPA_RANGE, 0, 0, 0],
+            ..Default::default()
+        };
+        self.host.enable_cap(self.vm, &cap).unwrap();
+    }
+
     /// Makes `[gpa, gpa + size)` shared (the attributes only, as a conversion's first step).
     fn make_shared(&self, gpa: u64, size: u64) {
         self.host.set_memory_attributes(self.vm, &attrs(gpa, size, 0)).unwrap();
@@ -144,6 +181,38 @@ fn every_guest_entry_is_a_tdh_vp_enter_and_the_td_exit_leaves_the_epoch() {
     td.host.check("end");
 }
 
+/// A vCPU inside the TD holds the epoch it entered in: a TRACK moves the epoch on, a second one
+/// is refused with `TDX_PREVIOUS_TLB_EPOCH_BUSY` until the vCPU leaves, which the kick's IPI
+/// makes it do (`KvmArch::kick_vcpu`, the first half of `tdx_track`'s
+/// `KVM_REQ_OUTSIDE_GUEST_MODE`).
+#[test]
+fn a_vcpu_inside_the_td_holds_its_epoch_until_the_kick() {
+    use gmem_arch::tdx::status::TDX_PREVIOUS_TLB_EPOCH_BUSY;
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let kvm = td.tdx();
+    let vm = vm_of(&kvm);
+    let module = td.module();
+    let tdr = vm.tdr().unwrap();
+    let (_, vcpu) = td.host.unchecked().vcpu(td.vcpus[0]).unwrap();
+    let mm = &td.host.process().mm;
+    // The launched page at gpa 0: the op runs inside the TD.
+    let inside = gmem_kvm::vcpu::guest_page_op(&kvm, &vcpu, mm, 0, false, true, 1, |_| {
+        let entered = module.vcpus_in_td(tdr);
+        let first = module.tdh_mem_track(tdr).map_err(|e| e.status);
+        let second = module.tdh_mem_track(tdr).map_err(|e| e.status);
+        kvm.arch().kick_vcpu(&kvm, &vcpu);
+        let after_kick = module.tdh_mem_track(tdr).map_err(|e| e.status);
+        Ok((entered, first, second, after_kick))
+    });
+    let (entered, first, second, after_kick) = inside.unwrap();
+    assert_eq!(entered.len(), 1, "the vCPU is inside the TD during its access");
+    assert_eq!(first, Ok(()));
+    assert_eq!(second.map_err(|status| status.class()), Err(TDX_PREVIOUS_TLB_EPOCH_BUSY));
+    assert_eq!(after_kick, Ok(()));
+    assert_eq!(module.vcpus_in_td(tdr), vec![]);
+    td.host.check("end");
+}
+
 #[test]
 fn a_vcpu_does_not_enter_while_wait_for_sept_zap_is_set() {
     let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
@@ -179,4 +248,434 @@ fn a_vcpu_does_not_enter_while_wait_for_sept_zap_is_set() {
     assert!(module.executed(SeamcallLeaf::VpEnter) > enters);
     assert!(vm.t6_breaches().is_empty());
     td.host.check("end");
+}
+
+/// `TDX_OPERAND_BUSY` on the S-EPT.
+fn busy_sept() -> TdxStatus {
+    TdxStatus::new(TDX_OPERAND_BUSY, TDX_OPERAND_ID_SEPT)
+}
+
+fn ve(gpa: u64) -> RunError {
+    RunError::GuestException(GuestException { vector: "#VE", gpa, reason: "ept-violation-pending-page" })
+}
+
+#[test]
+fn the_image_is_accepted_and_a_private_first_touch_augs_a_pending_page() {
+    let td = Td::finalized(0, 1);
+    let vcpu = td.vcpus[0];
+    // The launched image is MAPPED: the guest reads it without accepting.
+    assert_eq!(td.host.guest_load(vcpu, 0, 6, None).unwrap(), b"kernel");
+    // A first touch of any other private page: an EPT violation, KVM AUGs it PENDING, and the
+    // re-entered access finds it PENDING: without SEPT_VE_DISABLE the guest gets a #VE.
+    assert_eq!(td.host.guest_store(vcpu, 0x40010, b"data", None), Err(ve(0x40000)));
+    let pfn = td.kvm().mmu().as_tdp().unwrap().lookup_mirror(gmem_kvm::Gfn(0x40)).unwrap().pfn;
+    assert_eq!(td.sept_leaf(0x40000), SeptEntry::Leaf { pfn, state: LeafState::Pending });
+    assert_eq!(td.host.guest_load(vcpu, 0x40000, 4, Some(true)), Err(ve(0x40000)), "again: still PENDING");
+    assert!(!td.kvm().is_dead());
+    // The guest accepts it: MAPPED, zeroed, and its accesses complete.
+    td.host.machine().mem.write_unchecked(pfn, 0, b"stale");
+    assert_eq!(td.host.tdx_accept(vcpu, 0x40000), Ok(TdxStatus::SUCCESS));
+    assert_eq!(td.sept_leaf(0x40000), SeptEntry::Leaf { pfn, state: LeafState::Mapped });
+    assert_eq!(td.host.guest_load(vcpu, 0x40000, 5, None).unwrap(), [0; 5]);
+    td.host.guest_store(vcpu, 0x40010, b"data", None).unwrap();
+    assert_eq!(td.host.guest_load(vcpu, 0x40010, 4, None).unwrap(), b"data");
+    // An explicit kind that contradicts the gpa's shared bit is refused.
+    assert_eq!(td.host.guest_load(vcpu, 0x40000, 4, Some(false)), Err(RunError::Errno(Errno::EINVAL)));
+    td.host.check("end");
+}
+
+#[test]
+fn an_access_before_accept_with_sept_ve_disable_kills_the_td() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let vcpu = td.vcpus[0];
+    let kvm = td.tdx();
+    assert_eq!(td.host.guest_store(vcpu, 0x40000, b"data", None), Err(RunError::Errno(Errno::EIO)));
+    // kvm_vm_dead: no WARN (the kernel's pr_warn is not one), and every later ioctl is EIO.
+    assert!(kvm.is_dead());
+    assert!(td.host.machine().warnings.is_empty());
+    assert_eq!(td.host.guest_load(vcpu, 0, 6, None), Err(RunError::Errno(Errno::EIO)));
+    assert_eq!(td.host.set_memory_attributes(td.vm, &attrs(0x40000, PAGE, 0)), Err(Errno::EIO));
+    assert_eq!(td.host.pre_fault_memory(vcpu, 0x50000, PAGE), Err(Errno::EIO));
+    td.host.check("end");
+}
+
+#[test]
+fn private_ept_violations_are_write_faults_retried_locally() {
+    let td = Td::finalized(0, 1);
+    let vcpu = td.vcpus[0];
+    let kvm = td.tdx();
+    let vm = vm_of(&kvm);
+    let module = td.module();
+    // AUG finds the S-EPT busy five times: the fault is retried without re-entering the TD.
+    module.inject(SeamcallLeaf::MemPageAug, busy_sept(), 0, 5);
+    let (enters, retries) = (module.executed(SeamcallLeaf::VpEnter), vm.stats.local_retries.load(Ordering::Relaxed));
+    // A load: the private violation is handled as a write fault (the AUGed leaf is writable).
+    assert_eq!(td.host.guest_load(vcpu, 0x60000, 1, None), Err(ve(0x60000)));
+    assert_eq!(vm.stats.local_retries.load(Ordering::Relaxed), retries + 5);
+    assert_eq!(vm.stats.aug_busy.load(Ordering::Relaxed), 5);
+    assert_eq!(module.executed(SeamcallLeaf::VpEnter), enters + 2, "one entry faults, one finds the page PENDING");
+    assert!(td.kvm().mmu().as_tdp().unwrap().lookup_mirror(gmem_kvm::Gfn(0x60)).unwrap().writable);
+    // A pending event ends the local retries: the vCPU re-enters to take it, then faults again.
+    module.inject(SeamcallLeaf::MemPageAug, busy_sept(), 0, 3);
+    let (_, vcpu_ref) = td.host.unchecked().vcpu(vcpu).unwrap();
+    vcpu_ref.queue_event();
+    let enters = module.executed(SeamcallLeaf::VpEnter);
+    assert_eq!(td.host.guest_load(vcpu, 0x61000, 1, None), Err(ve(0x61000)));
+    assert!(!vcpu_ref.has_events(), "delivered at the next entry");
+    assert_eq!(vm.stats.local_retry_events.load(Ordering::Relaxed), 0, "the event was taken at the first entry");
+    assert_eq!(module.executed(SeamcallLeaf::VpEnter), enters + 2);
+    // An event posted while the vCPU is outside the guest, between its exit and the fault.
+    module.inject(SeamcallLeaf::MemPageAug, busy_sept(), 0, 3);
+    td.kvm().mmu().as_tdp().unwrap().set_fault_hook(|kvm| {
+        for vcpu in kvm.vcpus() {
+            vcpu.queue_event();
+        }
+    });
+    let enters = module.executed(SeamcallLeaf::VpEnter);
+    assert_eq!(td.host.guest_load(vcpu, 0x62000, 1, None), Err(ve(0x62000)));
+    assert_eq!(vm.stats.local_retry_events.load(Ordering::Relaxed), 1);
+    assert_eq!(module.executed(SeamcallLeaf::VpEnter), enters + 3, "one more entry, to take the event");
+    // A signal ends KVM_RUN with EINTR; nothing is left half done.
+    module.inject(SeamcallLeaf::MemPageAug, busy_sept(), 0, 3);
+    td.host.machine().inject.arm(FaultPoint::SignalPending, 0, 1);
+    assert_eq!(td.host.guest_load(vcpu, 0x63000, 1, None), Err(RunError::Errno(Errno::EINTR)));
+    module.clear_injected();
+    td.host.check("end");
+}
+
+#[test]
+fn local_retries_are_bounded_and_reported() {
+    let td = Td::finalized(0, 1);
+    let vcpu = td.vcpus[0];
+    let module = td.module();
+    module.inject(SeamcallLeaf::MemPageAug, busy_sept(), 0, u32::MAX);
+    let mut buf = [0u8; 1];
+    let result = td.host.unchecked().guest_access(vcpu, 0x70000, &mut buf, false, None);
+    assert_eq!(result, Err(RunError::Errno(Errno::EINTR)));
+    module.clear_injected();
+    let warnings = td.host.take_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].to_string().contains(&format!("no progress in {FAULT_RETRY_LIMIT} local retries")));
+    td.host.check("end");
+}
+
+/// F13's TDX half (2bc2694fe20b, in v6.18): a vCPU retrying a private fault locally holds
+/// kvm->srcu; when the fault's memslot is being deleted it stops retrying locally, so the
+/// deletion's synchronize_srcu completes and the access ends with the no-memslot exit.
+#[test]
+fn local_retries_end_on_an_invalid_memslot() {
+    let td = Td::finalized(0, 1);
+    let vcpu = td.vcpus[0];
+    let kvm = td.tdx();
+    let vm = vm_of(&kvm);
+    let module = td.module();
+    // AUG is busy until the memslot is gone: the vCPU retries locally meanwhile.
+    module.inject(SeamcallLeaf::MemPageAug, busy_sept(), 0, u32::MAX);
+    std::thread::scope(|scope| {
+        let access = scope.spawn(|| {
+            let mut buf = [0u8; 1];
+            td.host.unchecked().guest_access(vcpu, 0x80000, &mut buf, true, None)
+        });
+        gmem_sync::thread::wait_until(|| vm.stats.local_retries.load(Ordering::Relaxed) >= 3);
+        td.host.unchecked().set_user_memory_region2(td.vm, &delete_region(0, 0)).unwrap();
+        let exit = RunError::Exit(VcpuExit::MemoryFault {
+            gpa: 0x80000,
+            size: PAGE,
+            flags: KVM_MEMORY_EXIT_FLAG_PRIVATE,
+            errno: Errno::EFAULT,
+        });
+        assert_eq!(access.join().unwrap(), Err(exit), "no memslot: a private fault KVM cannot emulate");
+    });
+    module.clear_injected();
+    assert!(vm.stats.local_retry_invalid_slot.load(Ordering::Relaxed) >= 1);
+    td.host.check("end");
+}
+
+#[test]
+fn accept_after_the_aug_zeroes_the_page_and_maps_it() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let vcpu = td.vcpus[0];
+    let module = td.module();
+    // ACCEPT of a page the S-EPT does not map: an EPT violation, KVM AUGs the page, the ACCEPT
+    // runs again and maps it.
+    let (augs, faults) = (module.executed(SeamcallLeaf::MemPageAug), td.host.vcpu_faults(vcpu).0);
+    assert_eq!(td.host.tdx_accept(vcpu, 0x40000), Ok(TdxStatus::SUCCESS));
+    assert_eq!(module.executed(SeamcallLeaf::MemPageAug), augs + 1);
+    assert_eq!(td.host.vcpu_faults(vcpu).0, faults + 1);
+    assert!(matches!(td.sept_leaf(0x40000), SeptEntry::Leaf { state: LeafState::Mapped, .. }));
+    assert_eq!(td.host.guest_load(vcpu, 0x40000, 8, None).unwrap(), [0; 8]);
+    td.host.guest_store(vcpu, 0x40000, b"private!", None).unwrap();
+    assert_eq!(td.host.guest_load(vcpu, 0x40000, 8, None).unwrap(), b"private!");
+    // Accepting it again is the module's "already accepted" (a warning status, not an error).
+    let already = TdxStatus::new(TDX_PAGE_ALREADY_ACCEPTED, 0);
+    assert_eq!(td.host.tdx_accept(vcpu, 0x40000), Ok(already));
+    assert!(!already.is_error());
+    // A page AUGed (here by a pre-fault) holds whatever the frame held: ACCEPT zeroes it.
+    assert_eq!(td.host.pre_fault_memory(vcpu, 0x41000, PAGE), Ok(0));
+    let pfn = td.kvm().mmu().as_tdp().unwrap().lookup_mirror(gmem_kvm::Gfn(0x41)).unwrap().pfn;
+    assert_eq!(td.sept_leaf(0x41000), SeptEntry::Leaf { pfn, state: LeafState::Pending });
+    td.host.machine().mem.write_unchecked(pfn, 0, b"stale bytes");
+    assert_eq!(td.host.tdx_accept(vcpu, 0x41000), Ok(TdxStatus::SUCCESS));
+    assert_eq!(td.host.guest_load(vcpu, 0x41000, 11, None).unwrap(), [0; 11]);
+    // Operands the module refuses: a shared gpa, a 2M page (not mapped by KVM's TDX), bits 11:3.
+    let invalid = TdxStatus::new(TDX_OPERAND_INVALID, TDX_OPERAND_ID_RCX);
+    assert_eq!(td.host.tdx_accept(vcpu, SHARED | 0x42000), Ok(invalid));
+    assert_eq!(td.host.tdx_accept(vcpu, 0x20_0000 | 1), Ok(invalid));
+    assert_eq!(td.host.tdx_accept(vcpu, 0x42000 | 0x8), Ok(invalid));
+    assert_eq!(td.host.tdx_accept(vcpu, 0x42000 | 3), Ok(invalid));
+    td.host.check("end");
+}
+
+#[test]
+fn linux_accepts_a_range_page_by_page_and_fails_on_an_accepted_page() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let vcpu = td.vcpus[0];
+    // [2M, 2M + 3 pages): 2M-aligned but shorter than 2M, so 4K ACCEPTs.
+    assert_eq!(td.host.tdx_accept_memory(vcpu, 0x20_0000, 0x20_3000), Ok(true));
+    for gpa in [0x20_0000, 0x20_1000, 0x20_2000] {
+        assert!(matches!(td.sept_leaf(gpa), SeptEntry::Leaf { state: LeafState::Mapped, .. }));
+    }
+    // v6.18's try_accept_one takes any non-zero status as a failure, "already accepted" too.
+    assert_eq!(td.host.tdx_accept_memory(vcpu, 0x20_2000, 0x20_4000), Ok(false));
+    // A whole 2M range: the 2M ACCEPT is refused (the model's module maps 4K pages only), then
+    // every 4K page is accepted.
+    let augs = td.module().executed(SeamcallLeaf::MemPageAug);
+    assert_eq!(td.host.tdx_accept_memory(vcpu, 4 << 20, 6 << 20), Ok(true));
+    assert_eq!(td.module().executed(SeamcallLeaf::MemPageAug), augs + 512);
+    assert!(matches!(td.sept_leaf((6 << 20) - PAGE), SeptEntry::Leaf { state: LeafState::Mapped, .. }));
+    // On a VM that is not a TD the TDCALL is #UD.
+    let vm = td.host.create_vm(VmType::SwProtected as u64).unwrap();
+    let other = td.host.create_vcpu(vm, 0).unwrap();
+    let ud = GuestException { vector: "#UD", gpa: 0, reason: "not-a-td" };
+    assert_eq!(td.host.tdx_accept(other, 0x1000), Err(RunError::GuestException(ud)));
+    td.host.check("end");
+}
+
+fn map_gpa_exit(gpa: u64, pages: u64, private: bool) -> RunError {
+    let attrs = if private { KVM_MAP_GPA_RANGE_ENCRYPTED } else { KVM_MAP_GPA_RANGE_DECRYPTED };
+    RunError::Exit(VcpuExit::Hypercall {
+        nr: KVM_HC_MAP_GPA_RANGE,
+        args: [gpa, pages, attrs, 0, 0, 0],
+        flags: KVM_EXIT_HYPERCALL_LONG_MODE,
+    })
+}
+
+fn answer(r10: u64, r11: u64) -> Result<TdvmcallResult, RunError> {
+    Ok(TdvmcallResult { r10, r11 })
+}
+
+#[test]
+fn map_gpa_checks_each_operand_in_the_kernels_order() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let vcpu = td.vcpus[0];
+    // Without the KVM_HC_MAP_GPA_RANGE exit the VMM cannot implement MapGPA.
+    assert_eq!(td.host.tdx_map_gpa(vcpu, 0x1000, PAGE), answer(TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, 0x1000));
+    td.enable_map_gpa_exit();
+    let invalid =
+        |gpa: u64, size: u64| (td.host.tdx_map_gpa(vcpu, gpa, size), answer(TDVMCALL_STATUS_INVALID_OPERAND, gpa));
+    for (gpa, size) in [
+        (0x1000, 0),                  // an empty range wraps (gpa + 0 <= gpa)
+        (u64::MAX - 0xfff, 0x2000),   // wraps
+        (1 << 52, PAGE),              // above MAXPHYADDR
+        ((1 << 52) - PAGE, 2 * PAGE), // its last byte above MAXPHYADDR
+        (SHARED - PAGE, 2 * PAGE),    // straddles the shared bit
+    ] {
+        let (got, expected) = invalid(gpa, size);
+        assert_eq!(got, expected, "gpa {gpa:#x} size {size:#x}");
+    }
+    // The range checks come before the alignment checks.
+    assert_eq!(td.host.tdx_map_gpa(vcpu, 0x1800, 0), answer(TDVMCALL_STATUS_INVALID_OPERAND, 0x1800));
+    assert_eq!(td.host.tdx_map_gpa(vcpu, 0x1800, PAGE), answer(TDVMCALL_STATUS_ALIGN_ERROR, 0x1800));
+    assert_eq!(td.host.tdx_map_gpa(vcpu, 0x1000, 0x800), answer(TDVMCALL_STATUS_ALIGN_ERROR, 0x1000));
+    // Other TDVMCALLs: GetTdVmCallInfo leaf 0, a bad leaf of it, an unknown TDVMCALL, and a
+    // KVM hypercall (R10 non-zero) the kernel completes itself.
+    let call =
+        |r10: u64, r11: u64, r12: u64| td.host.tdx_vmcall(vcpu, TdvmcallArgs { r10, r11, r12, ..Default::default() });
+    assert_eq!(call(0, 0x10000, 0), answer(TDVMCALL_STATUS_SUCCESS, 0));
+    assert_eq!(call(0, 0x10000, 7), answer(TDVMCALL_STATUS_INVALID_OPERAND, 0x10000));
+    assert_eq!(call(0, 0x12345, 0), answer(TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, 0x12345));
+    assert_eq!(call(99, 1, 2), answer(KVM_ENOSYS.wrapping_neg(), 1));
+    assert_eq!(
+        call(0, 0x10003, 0),
+        Err(RunError::Errno(Errno::EOPNOTSUPP)),
+        "ReportFatalError: no such exit in the model"
+    );
+    // Nothing was waiting for user space.
+    assert_eq!(td.host.tdx_complete_hypercall(vcpu, 0), Err(RunError::Errno(Errno::EINVAL)));
+    td.host.check("end");
+}
+
+#[test]
+fn map_gpa_goes_to_user_space_in_2m_chunks() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let vcpu = td.vcpus[0];
+    td.enable_map_gpa_exit();
+    let kvm = td.tdx();
+    let vm = vm_of(&kvm);
+    // 5 MiB to shared from 1M: three exits (2M, 2M, 1M), args[0] without the shared bit.
+    let start = 0x10_0000;
+    assert_eq!(td.host.tdx_map_gpa(vcpu, SHARED | start, 5 << 20), Err(map_gpa_exit(start, 512, false)));
+    // The vCPU waits for user space: another TDVMCALL is refused.
+    assert_eq!(td.host.tdx_map_gpa(vcpu, SHARED | start, PAGE), Err(RunError::Errno(Errno::EINVAL)));
+    assert_eq!(td.host.tdx_complete_hypercall(vcpu, 0), Err(map_gpa_exit(start + (2 << 20), 512, false)));
+    assert_eq!(td.host.tdx_complete_hypercall(vcpu, 0), Err(map_gpa_exit(start + (4 << 20), 256, false)));
+    assert_eq!(td.host.tdx_complete_hypercall(vcpu, 0), answer(TDVMCALL_STATUS_SUCCESS, TDVMCALL_MAP_GPA));
+    assert_eq!(vm.stats.map_gpa_exits.load(Ordering::Relaxed), 3);
+    // To private: ENCRYPTED, one exit.
+    assert_eq!(td.host.tdx_map_gpa(vcpu, start, 2 * PAGE), Err(map_gpa_exit(start, 2, true)));
+    assert_eq!(td.host.tdx_complete_hypercall(vcpu, 0), answer(TDVMCALL_STATUS_SUCCESS, TDVMCALL_MAP_GPA));
+    td.host.check("end");
+}
+
+#[test]
+fn map_gpa_returns_retry_with_a_pending_event_and_invalid_operand_on_a_vmm_error() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let vcpu = td.vcpus[0];
+    td.enable_map_gpa_exit();
+    let kvm = td.tdx();
+    let vm = vm_of(&kvm);
+    let start = SHARED | 0x10_0000;
+    // An interrupt arrives while user space handles the first chunk: KVM stops after it, and
+    // the guest asks again from R11.
+    assert_eq!(td.host.tdx_map_gpa(vcpu, start, 5 << 20), Err(map_gpa_exit(0x10_0000, 512, false)));
+    td.host.unchecked().queue_event(vcpu).unwrap();
+    assert_eq!(td.host.tdx_complete_hypercall(vcpu, 0), answer(TDVMCALL_STATUS_RETRY, start + (2 << 20)));
+    assert_eq!(vm.stats.map_gpa_retries.load(Ordering::Relaxed), 1);
+    // The guest's next entry takes the event; MapGPA resumes from R11.
+    let next = start + (2 << 20);
+    assert_eq!(td.host.tdx_map_gpa(vcpu, next, 3 << 20), Err(map_gpa_exit(0x30_0000, 512, false)));
+    let (_, vcpu_ref) = td.host.unchecked().vcpu(vcpu).unwrap();
+    assert!(!vcpu_ref.has_events());
+    // The VMM fails the second chunk: INVALID_OPERAND with R11 = that chunk's gpa.
+    assert_eq!(td.host.tdx_complete_hypercall(vcpu, 0), Err(map_gpa_exit(0x50_0000, 256, false)));
+    let einval = Errno::EINVAL.to_kernel() as u64;
+    assert_eq!(
+        td.host.tdx_complete_hypercall(vcpu, einval),
+        answer(TDVMCALL_STATUS_INVALID_OPERAND, start + (4 << 20))
+    );
+    td.host.check("end");
+}
+
+fn tdx_vmm(attributes: u64, pages: u64) -> (Vmm, i32) {
+    let host = gmem_uapi::SimHost::new_intel(KernelProfile::v6_18());
+    let config = VmmConfig { vm_type: KVM_X86_TDX_VM, memory: pages * PAGE, regions: 2 };
+    let vmm = Vmm::new_tdx(host, config, attributes).expect("TDX VMM");
+    let vcpu = vmm.create_vcpu(0).expect("vCPU");
+    (vmm, vcpu)
+}
+
+fn assert_clean(vmm: &Vmm, step: &str) {
+    assert_eq!(vmm.check_invariants(), Vec::new(), "after {step}");
+    assert!(vmm.host().machine().warnings.is_empty(), "after {step}: {:?}", vmm.host().machine().warnings.snapshot());
+}
+
+/// MRTD by hand: SHA-384 over one PAGE.ADD buffer per page, each followed (MEASURE) by 16
+/// MR.EXTEND records of the page's 256-byte chunks.
+fn expected_mrtd(pages: &[(u64, [u8; 4096])]) -> [u8; 48] {
+    use gmem_arch::tdx::measure::{mr_extend_buffer, page_add_buffer};
+    use sha2::{Digest, Sha384};
+    let mut sha = Sha384::new();
+    for (gpa, contents) in pages {
+        sha.update(page_add_buffer(*gpa));
+        for chunk in 0..16u64 {
+            sha.update(mr_extend_buffer(gpa + chunk * 256));
+            sha.update(&contents[chunk as usize * 256..(chunk as usize + 1) * 256]);
+        }
+    }
+    sha.finalize().into()
+}
+
+#[test]
+fn the_vmm_sets_a_td_up_as_qemu_and_its_launch_measures_the_image() {
+    let (vmm, vcpu) = tdx_vmm(TDX_TD_ATTR_SEPT_VE_DISABLE, 32);
+    assert!(vmm.is_tdx() && vmm.has_private_mem() && !vmm.is_snp());
+    assert_eq!(vmm.shared_bit(), SHARED);
+    // Before the machine starts the vCPU cannot run.
+    assert_eq!(vmm.guest_access(vcpu, Vmm::page_gpa(0), &mut [0u8; 1], false), Err(RunError::Errno(Errno::EINVAL)));
+    assert_eq!(vmm.mrtd(), None);
+    let mut image = vec![0u8; PAGE as usize + 7];
+    image[..6].copy_from_slice(b"kernel");
+    image[PAGE as usize..].copy_from_slice(b"cmdline");
+    assert_eq!(vmm.launch(&image), Ok(2));
+    assert_eq!(vmm.stats.launched_pages.load(std::sync::atomic::Ordering::Relaxed), 2);
+    let mut pages = Vec::new();
+    for (i, chunk) in image.chunks(PAGE as usize).enumerate() {
+        let mut page = [0u8; 4096];
+        page[..chunk.len()].copy_from_slice(chunk);
+        pages.push((GUEST_MEMORY_BASE + i as u64 * PAGE, page));
+    }
+    assert_eq!(vmm.mrtd(), Some(expected_mrtd(&pages)));
+    // The image is MAPPED: the guest reads it without accepting; other pages need an ACCEPT.
+    let mut buf = [0u8; 7];
+    vmm.guest_access(vcpu, Vmm::page_gpa(1), &mut buf, false).unwrap();
+    assert_eq!(&buf, b"cmdline");
+    assert_eq!(vmm.tdx_accept(vcpu, Vmm::page_gpa(3)), Ok(TdxStatus::SUCCESS));
+    vmm.guest_access(vcpu, Vmm::page_gpa(3), &mut buf, false).unwrap();
+    assert_eq!(buf, [0; 7]);
+    assert_clean(&vmm, "launch");
+    // The launch happens once.
+    assert_eq!(vmm.launch(&image).map_err(|e| e.errno), Err(Errno::EINVAL));
+    assert_clean(&vmm, "a second launch");
+    // A TD with attributes the platform does not offer is refused.
+    let host = gmem_uapi::SimHost::new_intel(KernelProfile::v6_18());
+    let config = VmmConfig { vm_type: KVM_X86_TDX_VM, memory: 32 * PAGE, regions: 2 };
+    assert_eq!(Vmm::new_tdx(host, config, 1 << 0).err(), Some(Errno::EINVAL), "DEBUG is not offered by KVM");
+}
+
+#[test]
+fn a_conversion_round_trip_through_the_vmm_loses_the_data_and_needs_a_new_accept() {
+    let (vmm, vcpu) = tdx_vmm(TDX_TD_ATTR_SEPT_VE_DISABLE, 32);
+    vmm.launch(&[]).unwrap();
+    let gpa = Vmm::page_gpa(5);
+    let region = vmm.regions()[0];
+    let file = vmm.host().guest_memfd(region.gmem_fd.unwrap()).unwrap();
+    let has_folio = |gpa: u64| {
+        let index = (gpa - region.gpa) >> gmem_mm::types::PAGE_SHIFT;
+        file.inode().mapping().folios().into_iter().any(|(i, _)| i.0 == index)
+    };
+    assert_eq!(vmm.tdx_accept(vcpu, gpa), Ok(TdxStatus::SUCCESS));
+    vmm.guest_access_as(vcpu, gpa, &mut b"private!".to_vec(), true, true).unwrap();
+    assert!(has_folio(gpa));
+    assert_clean(&vmm, "accept and store");
+    // To shared: MapGPA(shared gpa) → one KVM_EXIT_HYPERCALL → attributes, then the punch.
+    assert_eq!(vmm.tdx_enc_status_changed(vcpu, gpa, gpa + PAGE, false), Ok(true));
+    assert_eq!(vmm.stats.map_gpa_range_exits.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(vmm.stats.to_shared.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(!has_folio(gpa), "the guest_memfd page was punched");
+    assert_clean(&vmm, "to shared");
+    // The guest uses it through the shared alias: the VMM's shared backing.
+    vmm.guest_access_as(vcpu, gpa, &mut b"shared!!".to_vec(), true, false).unwrap();
+    let hva = region.hva + (gpa - region.gpa);
+    assert_eq!(vmm.host().load(hva, 8).unwrap(), b"shared!!");
+    // A private access now is a memory-fault exit (the attributes say shared).
+    assert!(matches!(
+        vmm.guest_access_as(vcpu, gpa, &mut [0u8; 8], false, true),
+        Err(RunError::Exit(VcpuExit::MemoryFault { flags: KVM_MEMORY_EXIT_FLAG_PRIVATE, .. }))
+    ));
+    // Back to private: MapGPA, the shared backing discarded, then ACCEPT of the fresh page.
+    assert_eq!(vmm.tdx_enc_status_changed(vcpu, gpa, gpa + PAGE, true), Ok(true));
+    assert_eq!(vmm.stats.to_private.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(vmm.host().load(hva, 8).unwrap(), [0; 8], "shared backing discarded");
+    let mut buf = [0xffu8; 8];
+    vmm.guest_access_as(vcpu, gpa, &mut buf, false, true).unwrap();
+    assert_eq!(buf, [0; 8], "the private data is gone");
+    assert_eq!(vmm.tdx_accept(vcpu, gpa), Ok(TdxStatus::new(TDX_PAGE_ALREADY_ACCEPTED, 0)), "re-accepted");
+    assert_eq!(vmm.stats.map_gpa_range_failures.load(std::sync::atomic::Ordering::Relaxed), 0);
+    drop(file);
+    assert_clean(&vmm, "round trip");
+}
+
+#[test]
+fn a_vmm_td_without_sept_ve_disable_gives_the_guest_a_ve() {
+    let (vmm, vcpu) = tdx_vmm(0, 32);
+    vmm.launch(&[]).unwrap();
+    let gpa = Vmm::page_gpa(2);
+    assert_eq!(vmm.guest_access(vcpu, gpa, &mut [0u8; 4], false), Err(ve(gpa)));
+    assert_eq!(vmm.tdx_accept(vcpu, gpa), Ok(TdxStatus::SUCCESS));
+    vmm.guest_access(vcpu, gpa, &mut [0u8; 4], false).unwrap();
+    // A MapGPA the VMM cannot carry out (private, outside guest RAM): INVALID_OPERAND, R11.
+    let outside = Vmm::page_gpa(64);
+    assert_eq!(vmm.tdx_map_gpa(vcpu, outside, PAGE), answer(TDVMCALL_STATUS_INVALID_OPERAND, outside));
+    assert_eq!(vmm.stats.map_gpa_range_failures.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_clean(&vmm, "end");
 }

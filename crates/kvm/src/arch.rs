@@ -24,6 +24,7 @@
 //! | `vcpu_run` up to the VM entry (TDX: `tdx_vcpu_run`, `TDH.VP.ENTER`) / the VM exit that ends it | [`KvmArch::vcpu_run`] / [`KvmArch::vcpu_run_exit`] |
 //! | the hardware's checks on a guest access (the RMP check) | [`KvmArch::guest_access_check`] |
 //! | the vendor part of the NPF handler (`sev_handle_rmp_fault`) | [`KvmArch::handle_npf`] |
+//! | the exit handler of a guest access that faulted (`npf_interception`, `handle_ept_violation`; TDX: `tdx_handle_ept_violation`) | [`KvmArch::handle_guest_fault`] |
 //! | (model only) the vendor's invariants, for [`invariants::check`](crate::invariants::check) | [`KvmArch::check_invariants`] |
 //!
 //! This crate ships the back-ends that need no vendor hardware: [`DefaultArch`] for DEFAULT VMs
@@ -563,6 +564,23 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
     /// code has `PFERR_GUEST_RMP`).
     fn handle_npf(&self, _kvm: &Kvm, _vcpu: &crate::vcpu::KvmVcpu, _gpa: u64, _error_code: u64) {}
 
+    /// The exit handler of a guest access the hardware stopped with a fault for the hypervisor
+    /// (an EPT/NPT violation: no usable translation, or a [`GuestFault::Npf`] from
+    /// [`KvmArch::guest_access_check`]), outside guest mode, with `mm` the VM owner's address
+    /// space: resolve it through the MMU and say what the run does next (`RET_PF_RETRY`: enter
+    /// again; `RET_PF_EMULATE`: an MMIO exit; an error ends `KVM_RUN`). TDX overrides it with
+    /// `tdx_handle_ept_violation` (private faults are write faults retried locally, a pending
+    /// page touched with `SEPT_VE_DISABLE` kills the TD). Default: [`default_handle_guest_fault`].
+    fn handle_guest_fault(
+        &self,
+        kvm: &Kvm,
+        vcpu: &crate::vcpu::KvmVcpu,
+        mm: &Mm,
+        fault: &GuestFaultExit,
+    ) -> Result<crate::vcpu::RetPf, crate::vcpu::RunError> {
+        default_handle_guest_fault(kvm, vcpu, mm, fault)
+    }
+
     /// How many references the vendor holds on the guest_memfd page `pfn` besides the page
     /// cache's (v6.18 TDX pins every page it maps into the S-EPT with `get_page`, because
     /// guest_memfd has no migration callback yet). INV-REFCOUNT adds them to what it expects.
@@ -586,6 +604,41 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
         _out: &mut Vec<Violation>,
     ) {
     }
+}
+
+/// A guest access that exited with a fault (what [`KvmArch::handle_guest_fault`] is given).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestFaultExit {
+    /// The faulting gpa (a TD's shared accesses carry the shared bit).
+    pub gpa: u64,
+    /// The access was a write.
+    pub write: bool,
+    /// The access was private (its kind: the C-bit, the absence of TDX's shared bit).
+    pub private: bool,
+    /// The error code of a [`GuestFault::Npf`] the access check raised; `None` for a missing or
+    /// read-only translation (a plain violation).
+    pub error_code: Option<u64>,
+}
+
+/// The generic exit handler of a faulted guest access (`npf_interception` /
+/// `handle_ept_violation` → `kvm_mmu_page_fault`): a private fault if the vendor classifies the
+/// error code as one ([`KvmArch::npf_is_private`]: SNP's `PFERR_GUEST_ENC`), else if the access
+/// was; then, unless the fault is to be emulated, the vendor's part ([`KvmArch::handle_npf`]).
+pub fn default_handle_guest_fault(
+    kvm: &Kvm,
+    vcpu: &crate::vcpu::KvmVcpu,
+    mm: &Mm,
+    fault: &GuestFaultExit,
+) -> Result<crate::vcpu::RetPf, crate::vcpu::RunError> {
+    let arch = kvm.arch();
+    let is_private = fault.error_code.and_then(|code| arch.npf_is_private(code)).unwrap_or(fault.private);
+    let ret = crate::vcpu::kvm_mmu_page_fault(kvm, vcpu, mm, fault.gpa, is_private, fault.write, false)?;
+    if ret != crate::vcpu::RetPf::Emulate {
+        if let Some(code) = fault.error_code {
+            arch.handle_npf(kvm, vcpu, fault.gpa, code);
+        }
+    }
+    Ok(ret)
 }
 
 /// What [`KvmArch::vcpu_run`] did with one attempt to enter the guest.

@@ -338,12 +338,7 @@ fn check_leaf_gfn(
 
 /// The page-cache folio of `file` holding `index`.
 fn gmem_folio_at<'f>(file: &'f FileRef, index: u64) -> Option<gmem_mm::folio::Folio<'f>> {
-    file.inode()
-        .mapping()
-        .folios()
-        .into_iter()
-        .find(|(start, folio)| index >= start.0 && index < start.0 + folio.nr_pages())
-        .map(|(_, folio)| folio)
+    file.inode().mapping().peek_folio(gmem_mm::PgOff(index))
 }
 
 /// M6 over one VM's leaves above 4K (both roots, at the memslot gfn).

@@ -20,8 +20,8 @@
 //! shared bit) and can mismatch.
 
 use crate::arch::{
-    GuestAccess, GuestException, GuestFault, PgLevel, VcpuRunEntry, KVM_MAX_HUGEPAGE_LEVEL, PFERR_GUEST_FINAL_MASK,
-    PFERR_PRIVATE_ACCESS, PFERR_WRITE_MASK,
+    GuestAccess, GuestException, GuestFault, GuestFaultExit, PgLevel, VcpuRunEntry, KVM_MAX_HUGEPAGE_LEVEL,
+    PFERR_GUEST_FINAL_MASK, PFERR_PRIVATE_ACCESS, PFERR_WRITE_MASK,
 };
 use crate::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use crate::guest_memfd::kvm_gmem_get_pfn;
@@ -866,17 +866,14 @@ pub fn guest_page_op<T>(
             );
             return Err(RunError::Errno(Errno::EINTR));
         }
-        // npf_interception: the vendor may classify the fault from its error code (SNP's
-        // PFERR_GUEST_ENC); a plain violation is private if the access was.
-        let is_private = error_code.and_then(|code| kvm.arch().npf_is_private(code)).unwrap_or(private);
-        match kvm_mmu_page_fault(kvm, vcpu, mm, gpa, is_private, write, false)? {
+        // The vendor's exit handler (npf_interception, handle_ept_violation,
+        // tdx_handle_ept_violation).
+        let fault = GuestFaultExit { gpa, write, private, error_code };
+        match kvm.arch().handle_guest_fault(kvm, vcpu, mm, &fault)? {
             RetPf::Emulate => {
                 return Err(RunError::Exit(VcpuExit::Mmio { phys_addr: gpa, len: len.min(8) as u64, is_write: write }))
             }
             ret => {
-                if let Some(code) = error_code {
-                    kvm.arch().handle_npf(kvm, vcpu, gpa, code);
-                }
                 // vcpu_enter_guest: a KVM_BUG_ON meanwhile (an external-SPT hook's, say) left
                 // KVM_REQ_VM_DEAD, and the re-entry fails with EIO.
                 if kvm.is_dead() {
@@ -1154,6 +1151,8 @@ pub const KVM_ENOSYS: u64 = 1000;
 pub const KVM_EINVAL: u64 = 22;
 /// `KVM_MAP_GPA_RANGE_ENCRYPTED` (`KVM_MAP_GPA_RANGE_ENC_STAT(1)`): the range becomes private.
 pub const KVM_MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
+/// `KVM_MAP_GPA_RANGE_DECRYPTED` (`KVM_MAP_GPA_RANGE_ENC_STAT(0)`): the range becomes shared.
+pub const KVM_MAP_GPA_RANGE_DECRYPTED: u64 = 0;
 
 /// A guest `VMCALL` from 64-bit mode at CPL 0 (`kvm_emulate_hypercall` → `____kvm_emulate_hypercall`),
 /// with the hypercall number and its first three arguments. `Ok(rax)` is the value the guest

@@ -414,6 +414,13 @@ impl Kvm {
         cond
     }
 
+    /// `kvm_vm_dead(kvm)`: the VM is dead (`kvm->vm_dead`, `KVM_REQ_VM_DEAD` for every vCPU)
+    /// without a WARN: every later VM and vCPU ioctl fails with EIO. TDX uses it for a guest
+    /// that touched a page it never accepted.
+    pub fn kvm_vm_dead(&self) {
+        self.vm_dead.store(true, Ordering::Release);
+    }
+
     /// `kvm->vm_dead`.
     pub fn is_dead(&self) -> bool {
         self.vm_dead.load(Ordering::Acquire)

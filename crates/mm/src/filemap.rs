@@ -320,6 +320,12 @@ impl AddressSpace {
         Folio::from_pfn(&self.machine.mem, crate::Pfn(pfn))
     }
 
+    /// The folio whose range holds `index` (`xa_load`), without taking a reference: for
+    /// checkers that look at the page cache while nothing changes it.
+    pub fn peek_folio(&self, index: PgOff) -> Option<Folio<'_>> {
+        self.i_pages.load(index.0).map(|pfn| self.folio(pfn))
+    }
+
     /// `filemap_get_folio(mapping, index)` (`filemap_get_entry`): a referenced folio, or `None`.
     /// Lock-free: try_get, then recheck that the entry did not change under us.
     pub fn get_folio(&self, index: PgOff) -> Option<Folio<'_>> {

@@ -449,8 +449,9 @@ impl PhysMem {
             let at = offset + i;
             let word = &data.0[at / 8];
             if at % 8 == 0 && bytes.len() - i >= 8 {
-                let whole: [u8; 8] = bytes[i..i + 8].try_into().expect("eight bytes");
-                word.store(u64::from_le_bytes(whole), Ordering::Relaxed);
+                // A whole word: no other byte of it to keep.
+                let value = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+                word.store(value, Ordering::Relaxed);
                 i += 8;
                 continue;
             }

@@ -9,6 +9,9 @@ use gmem_arch::tdx::kvm::{
     kvm_tdx_capabilities, kvm_tdx_cmd, kvm_tdx_init_mem_region, kvm_tdx_init_vm, KvmCpuid2Header, KVM_TDX_CAPABILITIES,
     KVM_TDX_FINALIZE_VM, KVM_TDX_INIT_MEM_REGION, KVM_TDX_INIT_VCPU, KVM_TDX_INIT_VM,
 };
+use gmem_arch::tdx::run::{TdvmcallArgs, TdvmcallResult};
+use gmem_arch::tdx::status::TdxStatus;
+use gmem_arch::tdx::tdcall as td_guest;
 use gmem_kvm::arch::{Current, PopulateSource};
 use gmem_kvm::caps::check_extension;
 use gmem_kvm::guest_memfd::{gmem_memory_failure, gmem_of_file, kvm_gmem_create, kvm_gmem_populate};
@@ -499,9 +502,9 @@ impl SimHost {
         self.sev_command(vm_fd, gmem_arch::sev::kvm::KVM_SEV_SNP_LAUNCH_FINISH, sev_fd, &mut params)
     }
 
-    /// Runs `step` as the vCPU behind `vcpu_fd` (a `KVM_RUN` whose guest executes one SNP
-    /// instruction or VMGEXIT), returning to user space afterwards.
-    fn snp_step<T>(
+    /// Runs `step` as the vCPU behind `vcpu_fd` (a `KVM_RUN` whose guest executes one SNP or TDX
+    /// instruction, VMGEXIT or TDCALL), returning to user space afterwards.
+    fn vcpu_step<T>(
         &self,
         vcpu_fd: i32,
         step: impl FnOnce(&gmem_kvm::Kvm, &KvmVcpu, &gmem_mm::vma::Mm) -> std::result::Result<T, RunError>,
@@ -523,26 +526,26 @@ impl SimHost {
         validate: bool,
     ) -> std::result::Result<u32, RunError> {
         let _span = tracing::debug_span!("pvalidate", vcpu_fd, gpa, size_2m, validate).entered();
-        self.snp_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::pvalidate(kvm, vcpu, mm, gpa, size_2m, validate))
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::pvalidate(kvm, vcpu, mm, gpa, size_2m, validate))
     }
 
     /// The guest's RMPADJUST of the page at `gpa` into a VMSA (or back).
     pub fn snp_rmpadjust_vmsa(&self, vcpu_fd: i32, gpa: u64, vmsa: bool) -> std::result::Result<u32, RunError> {
         let _span = tracing::debug_span!("rmpadjust", vcpu_fd, gpa, vmsa).entered();
-        self.snp_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::rmpadjust_vmsa(kvm, vcpu, mm, gpa, vmsa))
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::rmpadjust_vmsa(kvm, vcpu, mm, gpa, vmsa))
     }
 
     /// The guest registers its GHCB at `ghcb_gpa` (GHCB MSR protocol): the response MSR value.
     pub fn snp_register_ghcb(&self, vcpu_fd: i32, ghcb_gpa: u64) -> std::result::Result<u64, RunError> {
         let _span = tracing::debug_span!("vmgexit_reg_gpa", vcpu_fd, ghcb_gpa).entered();
-        self.snp_step(vcpu_fd, |kvm, vcpu, _| snp_guest::register_ghcb(kvm, vcpu, ghcb_gpa))
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, _| snp_guest::register_ghcb(kvm, vcpu, ghcb_gpa))
     }
 
     /// A page-state change of one 4K page by the GHCB MSR protocol (`op` 1 private, 2 shared):
     /// KVM's answer, or the `KVM_EXIT_HYPERCALL` to handle (then [`SimHost::complete_hypercall`]).
     pub fn snp_psc_msr(&self, vcpu_fd: i32, gpa: u64, op: u8) -> std::result::Result<GhcbResponse, RunError> {
         let _span = tracing::debug_span!("vmgexit_psc_msr", vcpu_fd, gpa, op).entered();
-        self.snp_step(vcpu_fd, |kvm, vcpu, _| snp_guest::psc_msr(kvm, vcpu, gpa, op))
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, _| snp_guest::psc_msr(kvm, vcpu, gpa, op))
     }
 
     /// The guest writes `entries` as a PSC buffer into its GHCB at `ghcb_gpa`.
@@ -552,7 +555,7 @@ impl SimHost {
         ghcb_gpa: u64,
         entries: &[PscEntry],
     ) -> std::result::Result<(), RunError> {
-        self.snp_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::write_psc_buffer(kvm, vcpu, mm, ghcb_gpa, entries))
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::write_psc_buffer(kvm, vcpu, mm, ghcb_gpa, entries))
     }
 
     /// The guest reads its PSC buffer back: `(cur_entry, end_entry, entries)`.
@@ -562,14 +565,14 @@ impl SimHost {
         ghcb_gpa: u64,
         count: usize,
     ) -> std::result::Result<(u16, u16, Vec<PscEntry>), RunError> {
-        self.snp_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::read_psc_buffer(kvm, vcpu, mm, ghcb_gpa, count))
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::read_psc_buffer(kvm, vcpu, mm, ghcb_gpa, count))
     }
 
     /// `VMGEXIT(SVM_VMGEXIT_PSC)` with the buffer in the GHCB at `ghcb_gpa`: KVM's answer, or the
     /// `KVM_EXIT_HYPERCALL` of the first range.
     pub fn snp_vmgexit_psc(&self, vcpu_fd: i32, ghcb_gpa: u64) -> std::result::Result<GhcbResponse, RunError> {
         let _span = tracing::debug_span!("vmgexit_psc", vcpu_fd, ghcb_gpa).entered();
-        self.snp_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::vmgexit_psc(kvm, vcpu, mm, ghcb_gpa))
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, mm| snp_guest::vmgexit_psc(kvm, vcpu, mm, ghcb_gpa))
     }
 
     /// `VMGEXIT(SVM_VMGEXIT_AP_CREATION)`: 0 or the GHCB error the guest gets.
@@ -582,7 +585,7 @@ impl SimHost {
         sev_features: u64,
     ) -> std::result::Result<u64, RunError> {
         let _span = tracing::debug_span!("vmgexit_ap_creation", vcpu_fd, request, apic_id, vmsa_gpa).entered();
-        self.snp_step(vcpu_fd, |kvm, vcpu, _| {
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, _| {
             snp_guest::vmgexit_ap_creation(kvm, vcpu, request, apic_id, vmsa_gpa, sev_features)
         })
     }
@@ -592,7 +595,7 @@ impl SimHost {
     /// EINVAL if nothing was pending.
     pub fn complete_hypercall(&self, vcpu_fd: i32, ret: u64) -> std::result::Result<GhcbResponse, RunError> {
         let _span = tracing::debug_span!("complete_userspace_io", vcpu_fd, ret).entered();
-        self.snp_step(vcpu_fd, |kvm, vcpu, mm| {
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, mm| {
             snp_guest::complete_userspace_io(kvm, vcpu, mm, ret).unwrap_or(Err(RunError::Errno(Errno::EINVAL)))
         })
     }
@@ -610,7 +613,7 @@ impl SimHost {
         handle: impl FnMut(RunError) -> std::result::Result<u64, RunError>,
     ) -> std::result::Result<u64, RunError> {
         let _span = tracing::debug_span!("set_pages_state", vcpu_fd, gpa, npages, private).entered();
-        self.snp_step(vcpu_fd, |kvm, vcpu, mm| {
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, mm| {
             snp_guest::set_pages_state(kvm, vcpu, mm, ghcb_gpa, gpa, npages, private, handle)
         })
     }
@@ -747,6 +750,85 @@ impl SimHost {
         let result = self.tdx_command(vcpu_fd, true, KVM_TDX_INIT_MEM_REGION, flags, 0, &mut bytes);
         *region = gmem_arch::uapi::from_bytes(&bytes);
         result
+    }
+
+    /// The guest's `TDG.MEM.PAGE.ACCEPT` with RCX = `gpa | page size` on the vCPU behind
+    /// `vcpu_fd` (see [`gmem_arch::tdx::tdcall::tdg_mem_page_accept`]): the TDCALL's status.
+    pub fn tdx_accept(&self, vcpu_fd: i32, rcx: u64) -> std::result::Result<TdxStatus, RunError> {
+        let _span = tracing::debug_span!("tdg_mem_page_accept", vcpu_fd, rcx).entered();
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, mm| td_guest::tdg_mem_page_accept(kvm, vcpu, mm, rcx))
+    }
+
+    /// The guest's `TDG.VP.VMCALL` with `args` (see [`gmem_arch::tdx::tdcall::tdg_vp_vmcall`]):
+    /// R10 and R11 as the guest finds them, or the `KVM_EXIT_HYPERCALL` to complete with
+    /// [`SimHost::tdx_complete_hypercall`].
+    pub fn tdx_vmcall(&self, vcpu_fd: i32, args: TdvmcallArgs) -> std::result::Result<TdvmcallResult, RunError> {
+        let _span = tracing::debug_span!("tdg_vp_vmcall", vcpu_fd, args.r11).entered();
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, _| td_guest::tdg_vp_vmcall(kvm, vcpu, args))
+    }
+
+    /// The guest's `TDG.VP.VMCALL<MapGPA>(gpa, size)`: KVM's answer, or the first 2 MiB chunk's
+    /// `KVM_EXIT_HYPERCALL`.
+    pub fn tdx_map_gpa(&self, vcpu_fd: i32, gpa: u64, size: u64) -> std::result::Result<TdvmcallResult, RunError> {
+        let _span = tracing::debug_span!("tdg_vp_vmcall_map_gpa", vcpu_fd, gpa, size).entered();
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, _| td_guest::tdg_vp_vmcall_map_gpa(kvm, vcpu, gpa, size))
+    }
+
+    /// `KVM_RUN` again after user space handled a TDVMCALL's `KVM_EXIT_HYPERCALL`, with
+    /// `hypercall.ret`: R10/R11 for the guest, or the next chunk's exit. EINVAL if nothing was
+    /// pending.
+    pub fn tdx_complete_hypercall(&self, vcpu_fd: i32, ret: u64) -> std::result::Result<TdvmcallResult, RunError> {
+        let _span = tracing::debug_span!("complete_userspace_io", vcpu_fd, ret).entered();
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, _| {
+            td_guest::complete_userspace_io(kvm, vcpu, ret).unwrap_or(Err(RunError::Errno(Errno::EINVAL)))
+        })
+    }
+
+    /// A Linux TD guest's `tdx_accept_memory(start, end)` on the vCPU behind `vcpu_fd`.
+    pub fn tdx_accept_memory(&self, vcpu_fd: i32, start: u64, end: u64) -> std::result::Result<bool, RunError> {
+        let _span = tracing::debug_span!("tdx_accept_memory", vcpu_fd, start, end).entered();
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, mm| td_guest::tdx_accept_memory(kvm, vcpu, mm, start, end))
+    }
+
+    /// A Linux TD guest's `tdx_enc_status_changed` of `[start, end)` (MapGPA, then ACCEPT when
+    /// converting to private) on the vCPU behind `vcpu_fd`, `handle` answering each
+    /// `KVM_EXIT_HYPERCALL` as the VMM (`Ok(hypercall.ret)`).
+    pub fn tdx_enc_status_changed(
+        &self,
+        vcpu_fd: i32,
+        start: u64,
+        end: u64,
+        enc: bool,
+        handle: impl FnMut(RunError) -> std::result::Result<u64, RunError>,
+    ) -> std::result::Result<bool, RunError> {
+        let _span = tracing::debug_span!("tdx_enc_status_changed", vcpu_fd, start, end, enc).entered();
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, mm| {
+            td_guest::tdx_enc_status_changed(kvm, vcpu, mm, start, end, enc, handle)
+        })
+    }
+
+    /// A Linux TD guest's `tdx_map_gpa(start, end, enc)` on the vCPU behind `vcpu_fd`: MapGPA
+    /// of the private range `[start, end)` (to shared unless `enc`), asking again from R11 on
+    /// `TDVMCALL_STATUS_RETRY`; `handle` answers each `KVM_EXIT_HYPERCALL` as the VMM. True on
+    /// success.
+    pub fn tdx_guest_map_gpa(
+        &self,
+        vcpu_fd: i32,
+        start: u64,
+        end: u64,
+        enc: bool,
+        handle: impl FnMut(RunError) -> std::result::Result<u64, RunError>,
+    ) -> std::result::Result<bool, RunError> {
+        let _span = tracing::debug_span!("tdx_map_gpa", vcpu_fd, start, end, enc).entered();
+        self.vcpu_step(vcpu_fd, |kvm, vcpu, _| td_guest::tdx_map_gpa(kvm, vcpu, start, end, enc, handle))
+    }
+
+    /// An event (an interrupt) for the vCPU behind `vcpu_fd`, delivered at its next entry
+    /// ([`KvmVcpu::queue_event`]).
+    pub fn queue_event(&self, vcpu_fd: i32) -> Result<()> {
+        let (_, vcpu) = self.vcpu(vcpu_fd)?;
+        vcpu.queue_event();
+        Ok(())
     }
 
     /// The host's KVM TDX state and TDX module (an Intel host: [`SimHost::new_intel`]).

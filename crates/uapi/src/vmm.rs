@@ -39,6 +39,22 @@
 //! re-entering with `hypercall.ret` as `kvm_cpu_exec` does. The GHCB is the guest's choice of
 //! page, not the VMM's.
 //!
+//! A TDX VM (`KVM_X86_TDX_VM`, on an Intel host: [`SimHost::new_intel`]) is set up as QEMU's
+//! `tdx-guest` machine sets it up (`target/i386/kvm/tdx.c`): `tdx_kvm_init` reads
+//! `KVM_TDX_CAPABILITIES` (growing the CPUID buffer while the kernel answers E2BIG) and refuses
+//! attributes the platform does not offer, the hypercall exit is enabled and the memory starts
+//! PRIVATE as for any guest_memfd VM; `KVM_TDX_INIT_VM` (the TD's attributes, by default
+//! [`TDX_TD_ATTR_SEPT_VE_DISABLE`] as Linux guests require; CPUID leaf 0x80000008 with GPAW 48)
+//! comes before the first vCPU is created (`tdx_pre_create_vcpu`). [`Vmm::launch`] is QEMU's
+//! `tdx_finalize_vm`, run when the machine starts: `KVM_TDX_INIT_VCPU` on every vCPU, the boot
+//! image into private memory with `KVM_TDX_INIT_MEM_REGION` and
+//! `KVM_TDX_MEASURE_MEMORY_REGION` (repeated while it makes partial progress), then
+//! `KVM_TDX_FINALIZE_VM`; MRTD is [`Vmm::mrtd`]. The guest's conversions
+//! (`TDG.VP.VMCALL<MapGPA>`) reach the VMM as `KVM_EXIT_HYPERCALL` (`KVM_HC_MAP_GPA_RANGE`, one
+//! per 2 MiB chunk) and are handled by [`Vmm::handle_hypercall`] in QEMU's order, the vCPU
+//! re-entered with `hypercall.ret` ([`Vmm::tdx_map_gpa`], [`Vmm::tdx_enc_status_changed`]). A
+//! TD's shared accesses use the gpa with the shared bit ([`Vmm::shared_bit`]).
+//!
 //! VMM-level operations (conversions, hole punching, memslot changes, closing a guest_memfd)
 //! are serialised by one lock, as QEMU runs them under the BQL; guest accesses
 //! ([`Vmm::guest_access`]) take no VMM lock, as vCPU threads run `KVM_RUN` outside it.
@@ -47,9 +63,12 @@
 //! owner's address space, as in the kernel; QEMU's order (attributes first) means the
 //! attribute change has already zapped the shared SPTEs of a range converted to private.
 
-use crate::host::{SevError, SimHost};
+use crate::host::{SevError, SimHost, TdxError};
 use crate::Result;
 use gmem_arch::sev::measure::SnpPageType;
+use gmem_arch::tdx::kvm::{
+    kvm_tdx_init_mem_region, kvm_tdx_init_vm, TdxVm, KVM_MAX_CPUID_ENTRIES, KVM_TDX_MEASURE_MEMORY_REGION,
+};
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use gmem_kvm::caps::{KVM_CAP_EXIT_HYPERCALL, KVM_EXIT_HYPERCALL_VALID_MASK, KVM_HC_MAP_GPA_RANGE};
 use gmem_kvm::invariants::{self, Violation};
@@ -73,6 +92,12 @@ pub use gmem_arch::sev::ghcb::{
     VMGEXIT_PSC_ERROR_GENERIC, VMGEXIT_PSC_MAX_COUNT,
 };
 pub use gmem_arch::sev::guest::{PVALIDATE_FAIL_INPUT, PVALIDATE_FAIL_NOUPDATE, PVALIDATE_FAIL_SIZEMISMATCH};
+pub use gmem_arch::tdx::kvm::TDX_TD_ATTR_SEPT_VE_DISABLE;
+pub use gmem_arch::tdx::run::{
+    TdvmcallArgs, TdvmcallResult, TDVMCALL_MAP_GPA, TDVMCALL_STATUS_ALIGN_ERROR, TDVMCALL_STATUS_INVALID_OPERAND,
+    TDVMCALL_STATUS_RETRY, TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, TDVMCALL_STATUS_SUCCESS,
+};
+pub use gmem_arch::tdx::status::{TdxStatus, TDX_PAGE_ALREADY_ACCEPTED};
 
 /// The VMM's big lock (QEMU's BQL): outermost, taken around every VMM-level operation.
 static VMM_LOCK: LockClass = LockClass::new("vmm->bql");
@@ -84,6 +109,12 @@ pub const KVM_X86_SW_PROTECTED_VM: u64 = 1;
 
 /// `KVM_X86_SNP_VM`.
 pub const KVM_X86_SNP_VM: u64 = 4;
+/// `KVM_X86_TDX_VM`.
+pub const KVM_X86_TDX_VM: u64 = 5;
+
+/// The TD attributes QEMU's `tdx-guest` uses by default: `SEPT_VE_DISABLE` (Linux TD guests
+/// refuse to run without it: a #VE on a private page they did not accept is fatal to them).
+pub const TDX_DEFAULT_ATTRIBUTES: u64 = TDX_TD_ATTR_SEPT_VE_DISABLE;
 
 /// The SNP guest policy QEMU's `sev-snp-guest` uses by default (`DEFAULT_SEV_SNP_POLICY`,
 /// 0x30000): SMT allowed (bit 16) and the reserved must-be-one bit (bit 17).
@@ -158,9 +189,10 @@ pub struct VmmStats {
     /// Of those, the ones whose conversion failed (answered to the guest with a non-zero
     /// `hypercall.ret` by [`Vmm::handle_hypercall`]; [`Vmm::guest_map_gpa_range`] returns the exit).
     pub map_gpa_range_failures: AtomicU64,
-    /// `KVM_SEV_SNP_LAUNCH_UPDATE` calls (one per partial step).
+    /// `KVM_SEV_SNP_LAUNCH_UPDATE` (TDX: `KVM_TDX_INIT_MEM_REGION`) calls (one per partial step).
     pub launch_updates: AtomicU64,
-    /// Pages measured into the guest by `KVM_SEV_SNP_LAUNCH_UPDATE`.
+    /// Pages measured into the guest by `KVM_SEV_SNP_LAUNCH_UPDATE` (TDX:
+    /// `KVM_TDX_INIT_MEM_REGION`).
     pub launched_pages: AtomicU64,
 }
 
@@ -176,6 +208,11 @@ pub struct Vmm {
     private_mem: bool,
     /// `/dev/sev` (`sev_common->sev_fd`) for an SEV-SNP VM.
     sev_fd: Option<i32>,
+    /// A TDX VM's attributes for `KVM_TDX_INIT_VM` (`None` for other VM types).
+    tdx_attributes: Option<u64>,
+    /// A TD's shared bit as a gpa bit, once `KVM_TDX_INIT_VM` set it (0 before, and for other
+    /// VM types).
+    shared_bit: AtomicU64,
     regions: Mutex<Vec<Region>>,
     vcpu_fds: Mutex<Vec<i32>>,
     /// What the VMM did.
@@ -184,8 +221,24 @@ pub struct Vmm {
 
 impl Vmm {
     /// Creates the VM and its memory (QEMU's machine init: `kvm_init` → `KVM_CREATE_VM`, then
-    /// `ram_block_add` and `kvm_set_phys_mem` per region).
+    /// `ram_block_add` and `kvm_set_phys_mem` per region). A TDX VM gets
+    /// [`TDX_DEFAULT_ATTRIBUTES`] ([`Vmm::new_tdx`] chooses others).
     pub fn new(host: SimHost, config: VmmConfig) -> Result<Vmm> {
+        Vmm::with_tdx_attributes(host, config, TDX_DEFAULT_ATTRIBUTES)
+    }
+
+    /// A TDX VM (`config.vm_type` must be [`KVM_X86_TDX_VM`], else EINVAL) whose TD has
+    /// `attributes` (QEMU's `tdx-guest` `attributes` / `sept-ve-disable` properties): 0 lets the
+    /// guest take a #VE for a private page it did not accept, where
+    /// [`TDX_TD_ATTR_SEPT_VE_DISABLE`] makes such an access fatal for the TD.
+    pub fn new_tdx(host: SimHost, config: VmmConfig, attributes: u64) -> Result<Vmm> {
+        if config.vm_type != KVM_X86_TDX_VM {
+            return Err(Errno::EINVAL);
+        }
+        Vmm::with_tdx_attributes(host, config, attributes)
+    }
+
+    fn with_tdx_attributes(host: SimHost, config: VmmConfig, attributes: u64) -> Result<Vmm> {
         let regions = config.regions.max(1) as u64;
         if config.memory == 0 || config.memory % (regions * PAGE_SIZE) != 0 {
             return Err(Errno::EINVAL);
@@ -198,6 +251,8 @@ impl Vmm {
             vm_fd,
             private_mem,
             sev_fd: None,
+            tdx_attributes: (vm_type == Some(VmType::Tdx)).then_some(attributes),
+            shared_bit: AtomicU64::new(0),
             regions: Mutex::new(&VMM_LOCK, Vec::new()),
             vcpu_fds: Mutex::new(&VMM_LOCK, Vec::new()),
             stats: VmmStats::default(),
@@ -208,6 +263,20 @@ impl Vmm {
             let sev_fd = vmm.host.open_dev_sev()?;
             vmm.sev_fd = Some(sev_fd);
             vmm.host.sev_init2(vm_fd, &kvm_sev_init::default()).map_err(sev_errno)?;
+        }
+        if let Some(attributes) = vmm.tdx_attributes {
+            // tdx_kvm_init → get_tdx_capabilities: grow the CPUID buffer while it is too small.
+            let mut nent = 6;
+            let caps = loop {
+                match vmm.host.tdx_capabilities(vm_fd, nent) {
+                    Err(Errno::E2BIG) if nent < KVM_MAX_CPUID_ENTRIES => nent *= 2,
+                    other => break other?.0,
+                }
+            };
+            // tdx_kvm_init: "Invalid attributes".
+            if attributes & !caps.supported_attrs != 0 {
+                return Err(Errno::EINVAL);
+            }
         }
         if private_mem {
             // Confidential guests convert with KVM_HC_MAP_GPA_RANGE: QEMU enables its exit
@@ -273,15 +342,93 @@ impl Vmm {
         self.sev_fd.is_some()
     }
 
+    /// Whether the VM is a TD (`KVM_X86_TDX_VM`).
+    pub fn is_tdx(&self) -> bool {
+        self.tdx_attributes.is_some()
+    }
+
+    /// The shared bit of the guest's gpas (a TD's: gpa bit 47 with GPAW 48, known once
+    /// `KVM_TDX_INIT_VM` ran); 0 for other VM types.
+    pub fn shared_bit(&self) -> u64 {
+        self.shared_bit.load(Ordering::Acquire)
+    }
+
+    /// The TD's MRTD as the TDX module holds it (frozen by `KVM_TDX_FINALIZE_VM`: what an
+    /// attestation report would show); `None` for a VM that is not a finalized TD.
+    pub fn mrtd(&self) -> Option<[u8; 48]> {
+        let kvm = self.host.vm(self.vm_fd).ok()?;
+        let vm = TdxVm::of(&kvm)?;
+        vm.module().td_info(vm.tdr()?)?.mrtd
+    }
+
+    /// QEMU's `tdx_finalize_vm` (see the module docs): every vCPU's `KVM_TDX_INIT_VCPU`, the
+    /// image measured into private memory at [`GUEST_MEMORY_BASE`] by `KVM_TDX_INIT_MEM_REGION`
+    /// (from a staging buffer of the VMM process), `KVM_TDX_FINALIZE_VM`. Returns the pages
+    /// added.
+    fn tdx_launch(&self, image: &[u8]) -> std::result::Result<u64, LaunchError> {
+        let vcpus = self.vcpu_fds();
+        let Some(&first) = vcpus.first() else { return Err(Errno::EINVAL.into()) };
+        for &vcpu in &vcpus {
+            // tdx_init_vcpus: RCX is the TD HOB's address for the guest firmware.
+            self.host.tdx_init_vcpu(vcpu, GUEST_MEMORY_BASE)?;
+        }
+        if !image.is_empty() {
+            let len = (image.len() as u64).next_multiple_of(PAGE_SIZE);
+            let buffer = self.host.process().mmap_anonymous(len)?;
+            let result = self
+                .host
+                .store(buffer, image)
+                .map_err(|_| LaunchError::from(Errno::EFAULT))
+                .and_then(|()| self.tdx_init_mem_region(first, GUEST_MEMORY_BASE, buffer, len));
+            self.host.process().munmap(buffer, len)?;
+            result?;
+        }
+        self.host.tdx_finalize_vm(self.vm_fd)?;
+        Ok(image.len().div_ceil(PAGE_SIZE as usize) as u64)
+    }
+
+    /// `KVM_TDX_INIT_MEM_REGION` (measured) of `len` bytes at `gpa` from `uaddr`, repeated while
+    /// it makes progress and fails with EINTR or EAGAIN (QEMU's loop); a call that does not
+    /// advance the region is EIO.
+    fn tdx_init_mem_region(&self, vcpu: i32, gpa: u64, uaddr: u64, len: u64) -> std::result::Result<(), LaunchError> {
+        let mut region = kvm_tdx_init_mem_region { source_addr: uaddr, gpa, nr_pages: len / PAGE_SIZE };
+        for _ in 0..=len / PAGE_SIZE {
+            if region.nr_pages == 0 {
+                return Ok(());
+            }
+            let before = region.nr_pages;
+            let result = self.host.tdx_init_mem_region(vcpu, &mut region, KVM_TDX_MEASURE_MEMORY_REGION);
+            bump(&self.stats.launch_updates);
+            self.stats.launched_pages.fetch_add(before - region.nr_pages, Ordering::Relaxed);
+            match result {
+                Ok(()) => {}
+                Err(error) if matches!(error.errno, Errno::EINTR | Errno::EAGAIN) && region.nr_pages < before => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if region.nr_pages != 0 {
+            return Err(Errno::EIO.into());
+        }
+        Ok(())
+    }
+
     /// `sev_snp_launch_finish` when the machine starts (after the vCPUs are created): the boot
     /// `image` is measured into private memory from [`GUEST_MEMORY_BASE`] (its last page padded
     /// with zeros), then `KVM_SEV_SNP_LAUNCH_FINISH` measures the vCPUs' VMSAs and seals the
     /// launch. The image is staged in a buffer of the VMM process, as QEMU's firmware loader
     /// holds it, and copied by `KVM_SEV_SNP_LAUNCH_UPDATE` (`sev_snp_launch_update`: the range
     /// is set PRIVATE first, then the call repeats while it makes partial progress). Returns
-    /// the pages measured. ENOTTY for a VM that is not an SNP guest; EIO if the kernel stops
-    /// making progress or ends the update anywhere but at the image's end.
-    pub fn launch(&self, image: &[u8]) -> std::result::Result<u64, SevError> {
+    /// the pages measured. ENOTTY for a VM that is neither an SNP guest nor a TD; EIO if the
+    /// kernel stops making progress or ends the update anywhere but at the image's end. A TD's
+    /// launch is QEMU's `tdx_finalize_vm` (see the module docs; MRTD is [`Vmm::mrtd`]).
+    pub fn launch(&self, image: &[u8]) -> std::result::Result<u64, LaunchError> {
+        if self.is_tdx() {
+            return self.tdx_launch(image);
+        }
+        Ok(self.snp_launch(image)?)
+    }
+
+    fn snp_launch(&self, image: &[u8]) -> std::result::Result<u64, SevError> {
         let sev_fd = self.sev_fd.ok_or(Errno::ENOTTY)?;
         if !image.is_empty() {
             let len = (image.len() as u64).next_multiple_of(PAGE_SIZE);
@@ -340,8 +487,24 @@ impl Vmm {
         self.regions.lock().clone()
     }
 
-    /// `KVM_CREATE_VCPU` (`kvm_init_vcpu`).
+    /// `KVM_CREATE_VCPU` (`kvm_init_vcpu`). For a TD the first one is preceded by
+    /// `KVM_TDX_INIT_VM` (`kvm_arch_pre_create_vcpu` → `tdx_pre_create_vcpu`).
     pub fn create_vcpu(&self, id: u64) -> Result<i32> {
+        if let Some(attributes) = self.tdx_attributes {
+            let kvm = self.host.vm(self.vm_fd)?;
+            let initialized = TdxVm::of(&kvm).is_some_and(|vm| vm.tdr().is_some());
+            drop(kvm);
+            if !initialized {
+                // tdx_pre_create_vcpu: the TD's attributes, and CPUID leaf 0x80000008 with
+                // GPAW 48 in EAX[23:16].
+                let init_vm = kvm_tdx_init_vm { attributes, ..Default::default() };
+                let cpuid =
+                    [kvm_bindings::kvm_cpuid_entry2 { function: 0x8000_0008, eax: 48 << 16, ..Default::default() }];
+                self.host.tdx_init_vm(self.vm_fd, &init_vm, &cpuid).map_err(tdx_errno)?;
+                let kvm = self.host.vm(self.vm_fd)?;
+                self.shared_bit.store(kvm.gfn_direct_bits() << PAGE_SHIFT, Ordering::Release);
+            }
+        }
         let fd = self.host.create_vcpu(self.vm_fd, id)?;
         self.vcpu_fds.lock().push(fd);
         Ok(fd)
@@ -408,7 +571,8 @@ impl Vmm {
 
     /// A guest access with an explicit kind: `private` is the C-bit of an SEV-SNP guest's
     /// page-table entry (an SNP guest chooses it per access; the attribute only decides whether
-    /// KVM exits for a mismatch). Otherwise as [`Vmm::guest_access`].
+    /// KVM exits for a mismatch), and for a TD the absence of the shared bit, which a shared
+    /// access adds to `gpa` here ([`Vmm::shared_bit`]). Otherwise as [`Vmm::guest_access`].
     pub fn guest_access_as(
         &self,
         vcpu_fd: i32,
@@ -421,7 +585,45 @@ impl Vmm {
         if in_page + buf.len() > PAGE_SIZE as usize {
             return Err(RunError::Errno(Errno::EINVAL));
         }
+        let gpa = if private { gpa } else { gpa | self.shared_bit() };
         self.host.guest_access(vcpu_fd, gpa, buf, write, Some(private))
+    }
+
+    /// The TD guest's `TDG.VP.VMCALL<MapGPA>(gpa, size)` run to KVM's answer: every
+    /// `KVM_EXIT_HYPERCALL` (one per 2 MiB chunk) handled by [`Vmm::handle_hypercall`] and the
+    /// vCPU re-entered with `hypercall.ret`, as `kvm_cpu_exec` does. R10 and R11 as the guest
+    /// finds them. Bounded by the number of chunks (more exits: EIO).
+    pub fn tdx_map_gpa(&self, vcpu_fd: i32, gpa: u64, size: u64) -> std::result::Result<TdvmcallResult, RunError> {
+        let mut step = self.host.tdx_map_gpa(vcpu_fd, gpa, size);
+        for _ in 0..=size.div_ceil(gmem_arch::tdx::run::TDX_MAP_GPA_MAX_LEN) {
+            match step {
+                Err(exit @ RunError::Exit(VcpuExit::Hypercall { .. })) => {
+                    let ret = self.handle_hypercall(exit)?;
+                    step = self.host.tdx_complete_hypercall(vcpu_fd, ret);
+                }
+                other => return other,
+            }
+        }
+        Err(RunError::Errno(Errno::EIO))
+    }
+
+    /// A Linux TD guest's conversion of `[start, end)` (private gpas) to private (`enc`) or
+    /// shared: `tdx_enc_status_changed` (MapGPA with its retries, then ACCEPT of every page when
+    /// converting to private), the VMM handling each `KVM_EXIT_HYPERCALL`
+    /// ([`Vmm::handle_hypercall`]). True if the guest's routine succeeded.
+    pub fn tdx_enc_status_changed(
+        &self,
+        vcpu_fd: i32,
+        start: u64,
+        end: u64,
+        enc: bool,
+    ) -> std::result::Result<bool, RunError> {
+        self.host.tdx_enc_status_changed(vcpu_fd, start, end, enc, |exit| self.handle_hypercall(exit))
+    }
+
+    /// The TD guest's `TDG.MEM.PAGE.ACCEPT` of the 4K page at `gpa`: the TDCALL's status.
+    pub fn tdx_accept(&self, vcpu_fd: i32, gpa: u64) -> std::result::Result<TdxStatus, RunError> {
+        self.host.tdx_accept(vcpu_fd, gpa)
     }
 
     /// `kvm_handle_hypercall` for a `KVM_EXIT_HYPERCALL` the guest's request produced: for
@@ -735,6 +937,40 @@ impl Vmm {
     pub fn page_gpa(page: u64) -> u64 {
         GUEST_MEMORY_BASE + (page << PAGE_SHIFT)
     }
+}
+
+/// A failed launch: the ioctl's errno and the status the firmware (SEV: `kvm_sev_cmd.error`) or
+/// the TDX module (`kvm_tdx_cmd.hw_error`) left, 0 when neither was involved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchError {
+    /// The ioctl's errno.
+    pub errno: Errno,
+    /// `kvm_sev_cmd.error` or `kvm_tdx_cmd.hw_error`.
+    pub fw_error: u64,
+}
+
+impl From<Errno> for LaunchError {
+    fn from(errno: Errno) -> Self {
+        LaunchError { errno, fw_error: 0 }
+    }
+}
+
+impl From<SevError> for LaunchError {
+    fn from(error: SevError) -> Self {
+        LaunchError { errno: error.errno, fw_error: u64::from(error.fw_error) }
+    }
+}
+
+impl From<TdxError> for LaunchError {
+    fn from(error: TdxError) -> Self {
+        LaunchError { errno: error.errno, fw_error: error.hw_error }
+    }
+}
+
+/// The errno of a failed TDX command (the SEAMCALL status is traced).
+fn tdx_errno(error: TdxError) -> Errno {
+    tracing::debug!("TDX command failed: {:?} (hw_error {:#x})", error.errno, error.hw_error);
+    error.errno
 }
 
 /// The errno of a failed SEV command (the firmware status is traced).

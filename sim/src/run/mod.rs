@@ -16,6 +16,25 @@
 //! validating the page again. The control thread punches, changes memslots, injects memory
 //! failures and closes guest_memfds as for any VM with private memory.
 //!
+//! # TDX
+//!
+//! With `--vm-type TDX` the run builds an Intel host (`kvm_intel` with the TDX module; a
+//! profile without TDX VMs is refused) and the VMM sets the VM up as QEMU's `tdx-guest` machine
+//! does, without `SEPT_VE_DISABLE`, and launches it (`KVM_TDX_INIT_MEM_REGION` of the boot image
+//! over the first sixteenth of memory, measured, then `KVM_TDX_FINALIZE_VM`). Every guest entry
+//! is a `TDH.VP.ENTER`. The vCPU threads act as a Linux TD guest (`run/tdx.rs`): each accepts a
+//! private page (`TDG.MEM.PAGE.ACCEPT`) before its first use unless the launch added it,
+//! accesses pages private or shared by its own view of them (a shared access uses the gpa with
+//! the shared bit), and converts its own pages with `TDG.VP.VMCALL<MapGPA>` (to shared: MapGPA,
+//! then use; to private: MapGPA, then ACCEPT each page), whose 2 MiB `KVM_EXIT_HYPERCALL`
+//! chunks the VMM converts. A #VE on a page the guest had accepted, after a destructive host
+//! operation (the page came back PENDING), is recovered from by accepting it again; a #VE with
+//! no destructive operation on the page since its ACCEPT is an integrity error. Deleting and
+//! re-adding a memslot is destructive for a TD's private pages (KVM removes them from the
+//! S-EPT and clears them), so for a TD it is bracketed as such. Contention between the vCPUs'
+//! faults and ACCEPTs and the zaps (`TDX_OPERAND_BUSY` from the module's try-locks) arises on
+//! its own and is counted.
+//!
 //! # Determinism
 //!
 //! Every thread draws its operations from its own stream ([`VcpuStream`], [`ControlStream`]),
@@ -28,16 +47,18 @@
 //! Each vCPU writes and reads only the pages it owns (`page % vcpus == vcpu`), 16-byte records
 //! holding its id, the page and a sequence number. Destructive operations (conversions, punches,
 //! memory failures, closing a guest_memfd; a conversion a vCPU makes for a
-//! `KVM_EXIT_MEMORY_FAULT`; an SNP guest's conversion of its own pages) bracket the pages they
+//! `KVM_EXIT_MEMORY_FAULT`; an SNP guest's or a TD's conversion of its own pages; for a TD,
+//! deleting and re-adding a memslot) bracket the pages they
 //! touch in [`PageEpoch`]: `active` counts
 //! destructive operations in flight, `gen` is bumped when one starts and when it ends. An access
 //! is *stable* if no destructive operation overlapped it (same `gen` before and after, `active`
 //! zero). A stable read of a page whose last write was stable at the same `gen` must return
 //! exactly what was written; any other read must return zero or a record this vCPU wrote to
-//! that page (or, for an SNP guest, the page's image record until the page is first written or
-//! made shared), never anything else. Deleting and re-adding a memslot is not destructive: the
-//! data must survive it. For an SNP guest the validation must survive too: a #VC on a page the
-//! guest validated with no destructive operation on the page since is an integrity error.
+//! that page (or, for an SNP guest or a TD, the page's image record until the page is first
+//! written or made shared), never anything else. Deleting and re-adding a memslot is not
+//! destructive, except for a TD's private pages: the data must survive it. For an SNP guest the
+//! validation must survive too: a #VC on a page the guest validated with no destructive
+//! operation on the page since is an integrity error; likewise a TD's #VE on a page it accepted.
 //!
 //! # Checks
 //!
@@ -61,7 +82,17 @@
 //! (requests answered with an error or not taken, then retried), `psc_incomplete`
 //! (conversions left unknown after every retry), `conversions_aborted` (given up before the
 //! request: a rescind could not reach its page), `vc_exceptions`, `pvalidates`,
-//! `launched_pages`, `rmp_assigned_at_end`, `rmp_leaked_pages`; then `invariant_checks`,
+//! `launched_pages`, `rmp_assigned_at_end`, `rmp_leaked_pages` (`guest_conversions` and
+//! `launched_pages` are a TD's too); a TD's figures (`n/a` for other VM types): `tdx_accepts`
+//! (`TDG.MEM.PAGE.ACCEPT` calls), `tdx_accept_busy` (ACCEPTs the module found busy, repeated),
+//! `map_gpa_requests` (MapGPA TDVMCALLs), `map_gpa_exits` (the `KVM_EXIT_HYPERCALL` chunks the
+//! VMM handled), `map_gpa_retries` (MapGPAs answered `TDVMCALL_STATUS_RETRY`), `map_gpa_errors`
+//! (conversions whose MapGPA failed and was repeated), `tdx_conversions_incomplete`,
+//! `ve_exceptions`, `tdx_events_posted` (interrupts that arrived during MapGPA exits),
+//! `vp_enters`, `entries_deferred` (entries not made while `wait_for_sept_zap` was set),
+//! `ept_violations`, `ept_local_retries`, `aug_busy`, `block_busy`, `track_busy`, `remove_busy`
+//! (S-EPT SEAMCALLs that found the module busy), `tdx_leaked_pages`, `pamt_pages_owned_at_end`
+//! (frames the TD owns in the PAMT when the run ends); then `invariant_checks`,
 //! `invariant_violations`, `warnings`, `integrity_errors`, `vmm_errors`, `ok`. `guest_accesses`
 //! counts loads and stores only; `ops` is their sum with `guest_conversions` and `control_ops`.
 
@@ -76,11 +107,13 @@ use gmem_kvm::vcpu::{RunError, VcpuExit};
 use gmem_kvm::KernelProfile;
 use gmem_kvm::VmType;
 use gmem_mm::{Errno, PAGE_SIZE};
-use gmem_uapi::vmm::{KVM_X86_DEFAULT_VM, KVM_X86_SNP_VM, KVM_X86_SW_PROTECTED_VM};
+use gmem_uapi::vmm::{KVM_X86_DEFAULT_VM, KVM_X86_SNP_VM, KVM_X86_SW_PROTECTED_VM, KVM_X86_TDX_VM};
 use gmem_uapi::{SimHost, Vmm, VmmConfig};
 
 mod snp;
+mod tdx;
 use snp::SnpGuest;
+use tdx::{TdxCounters, TdxGuest};
 
 /// Control operations between two invariant checks in release builds (throughput runs).
 pub const INVARIANT_EVERY: u64 = 64;
@@ -249,21 +282,32 @@ impl Config {
         self.vm_type == KVM_X86_SNP_VM
     }
 
-    /// The weight of the vCPU threads' operations: accesses, and for an SNP guest also its
-    /// conversions (an SNP guest converts its own pages; the VMM only answers).
+    /// Whether the VM is a TD (its vCPUs make the conversions).
+    pub fn is_tdx(&self) -> bool {
+        self.vm_type == KVM_X86_TDX_VM
+    }
+
+    /// Whether the guest converts its own pages (SEV-SNP and TDX guests: the VMM only answers).
+    pub fn guest_converts(&self) -> bool {
+        self.is_snp() || self.is_tdx()
+    }
+
+    /// The weight of the vCPU threads' operations: accesses, and for a guest that converts its
+    /// own pages (SEV-SNP, TDX) also its conversions.
     fn vcpu_weight(&self) -> u64 {
-        u64::from(self.mix.access) + if self.is_snp() { u64::from(self.mix.convert) } else { 0 }
+        u64::from(self.mix.access) + if self.guest_converts() { u64::from(self.mix.convert) } else { 0 }
     }
 
-    /// The mix the control thread draws from (without conversions for an SNP guest).
+    /// The mix the control thread draws from (without conversions for SEV-SNP and TDX guests).
     fn control_mix(&self) -> Mix {
-        Mix { convert: if self.is_snp() { 0 } else { self.mix.convert }, ..self.mix }
+        Mix { convert: if self.guest_converts() { 0 } else { self.mix.convert }, ..self.mix }
     }
 
-    /// The pages of the boot image an SNP guest is launched with (from page 0): a sixteenth of
-    /// memory, at least one page, leaving each vCPU its GHCB page.
+    /// The pages of the boot image an SNP guest or a TD is launched with (from page 0): a
+    /// sixteenth of memory, at least one page, leaving each vCPU a page of its own (an SNP
+    /// vCPU's GHCB).
     pub fn image_pages(&self) -> u64 {
-        if self.is_snp() {
+        if self.guest_converts() {
             (self.pages() / 16).max(1).min(self.pages() - u64::from(self.vcpus))
         } else {
             0
@@ -291,10 +335,16 @@ impl Config {
                     "a DEFAULT VM has no private memory: convert, punch, memfail and close must be 0 (got {m}); try --mix {DEFAULT_MIX_NO_PRIVATE}"
                 ));
             }
-        } else if self.vm_type != KVM_X86_SW_PROTECTED_VM && self.vm_type != KVM_X86_SNP_VM {
+        } else if ![KVM_X86_SW_PROTECTED_VM, KVM_X86_SNP_VM, KVM_X86_TDX_VM].contains(&self.vm_type) {
             return Err(format!("unsupported VM type {}", self.vm_type));
         }
         let vm_type = VmType::from_raw(self.vm_type).expect("a VM type checked above");
+        if self.is_tdx() && !profile.supports_vm_type(vm_type) {
+            return Err(format!(
+                "profile {} has no TDX VMs: a TD needs a kernel that offers them (v6.18) on an Intel host with the TDX module",
+                self.kernel
+            ));
+        }
         if !profile.supports_vm_type(vm_type) {
             let supported: Vec<&str> =
                 VmType::ALL.iter().filter(|t| profile.supports_vm_type(**t)).map(|t| t.name()).collect();
@@ -312,11 +362,12 @@ impl Config {
     }
 }
 
-/// `DEFAULT`, `SW_PROTECTED` or `SEV_SNP`.
+/// `DEFAULT`, `SW_PROTECTED`, `SEV_SNP` or `TDX`.
 pub fn vm_type_name(vm_type: u64) -> &'static str {
     match vm_type {
         KVM_X86_DEFAULT_VM => "DEFAULT",
         KVM_X86_SNP_VM => "SEV_SNP",
+        KVM_X86_TDX_VM => "TDX",
         _ => "SW_PROTECTED",
     }
 }
@@ -327,7 +378,8 @@ pub fn parse_vm_type(text: &str) -> Result<u64, String> {
         "DEFAULT" | "0" => Ok(KVM_X86_DEFAULT_VM),
         "SW_PROTECTED" | "1" => Ok(KVM_X86_SW_PROTECTED_VM),
         "SEV_SNP" | "SNP" | "4" => Ok(KVM_X86_SNP_VM),
-        _ => Err(format!("unknown VM type `{text}` (expected DEFAULT, SW_PROTECTED or SEV_SNP)")),
+        "TDX" | "5" => Ok(KVM_X86_TDX_VM),
+        _ => Err(format!("unknown VM type `{text}` (expected DEFAULT, SW_PROTECTED, SEV_SNP or TDX)")),
     }
 }
 
@@ -387,8 +439,8 @@ pub enum VcpuAction {
     Load,
     /// A guest store.
     Store,
-    /// An SNP guest converts `npages` of its pages, from the operation's page on and within
-    /// its region (the vCPU's pages are every `vcpus`-th, so with more than one vCPU they are
+    /// An SNP guest or a TD converts `npages` of its pages, from the operation's page on and
+    /// within its region (the vCPU's pages are every `vcpus`-th, so with more than one vCPU they are
     /// not adjacent), to private or to shared.
     Convert {
         /// Pages (the operation's page and the next ones the vCPU owns).
@@ -425,7 +477,7 @@ pub struct VcpuStream {
     vcpus: u64,
     owned: u64,
     cursor: u64,
-    /// `(convert weight, access + convert weight)` for an SNP guest.
+    /// `(convert weight, access + convert weight)` for an SNP guest or a TD.
     convert: Option<(u64, u64)>,
     region_pages: u64,
 }
@@ -438,6 +490,8 @@ impl VcpuStream {
         let mut convert = None;
         if config.is_snp() {
             owned -= 1; // the GHCB page
+        }
+        if config.guest_converts() {
             let weight = u64::from(config.mix.convert);
             if weight != 0 {
                 convert = Some((weight, config.vcpu_weight()));
@@ -615,9 +669,6 @@ struct SnpCounters {
     /// Conversions given up before their PSC (a rescind exited: no memslot, no guest_memfd,
     /// poison).
     conversions_aborted: AtomicU64,
-    /// Conversion operations the vCPUs made (each a `set_pages_state` of the pages not
-    /// already in the state asked for; nothing if there were none).
-    guest_conversions: AtomicU64,
     /// #VC exceptions for a page that is not validated, after which the vCPU validated the page
     /// again and retried.
     vc_exceptions: AtomicU64,
@@ -641,7 +692,11 @@ struct Shared<'a> {
     exits_mmio: AtomicU64,
     exits_hwpoison: AtomicU64,
     exits_unresolved: AtomicU64,
+    /// Conversion operations the vCPUs of an SNP guest or a TD made (each a conversion of the
+    /// pages not already in the state asked for; nothing if there were none).
+    guest_conversions: AtomicU64,
     snp: SnpCounters,
+    tdx: TdxCounters,
     errors: Mutex<Vec<String>>,
     integrity_errors: AtomicU64,
     vmm_errors: AtomicU64,
@@ -753,7 +808,46 @@ fn plain_access(shared: &Shared<'_>, fd: i32, page: u64, buf: &mut [u8; 16], wri
     outcome
 }
 
-fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>, mut guest: Option<SnpGuest<'_>>) {
+/// The guest OS of a confidential VM's vCPU thread: it converts its own pages and keeps its
+/// view of them.
+enum CvmGuest<'a> {
+    /// A Linux SEV-SNP guest.
+    Snp(SnpGuest<'a>),
+    /// A Linux TD guest.
+    Tdx(TdxGuest<'a>),
+}
+
+impl CvmGuest<'_> {
+    fn convert(&mut self, page: u64, npages: u64, to_private: bool) {
+        match self {
+            CvmGuest::Snp(guest) => guest.convert(page, npages, to_private),
+            CvmGuest::Tdx(guest) => guest.convert(page, npages, to_private),
+        }
+    }
+
+    fn access(&mut self, page: u64, buf: &mut [u8; 16], write: bool) -> Option<Result<(), RunError>> {
+        match self {
+            CvmGuest::Snp(guest) => guest.access(page, buf, write),
+            CvmGuest::Tdx(guest) => guest.access(page, buf, write),
+        }
+    }
+
+    fn image_live(&self, page: u64) -> bool {
+        match self {
+            CvmGuest::Snp(guest) => guest.image_live(page),
+            CvmGuest::Tdx(guest) => guest.image_live(page),
+        }
+    }
+
+    fn overwritten(&mut self, page: u64) {
+        match self {
+            CvmGuest::Snp(guest) => guest.overwritten(page),
+            CvmGuest::Tdx(guest) => guest.overwritten(page),
+        }
+    }
+}
+
+fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>, mut guest: Option<CvmGuest<'_>>) {
     let config = shared.config;
     let mut stream = VcpuStream::new(config, vcpu);
     // One entry per page this vCPU owns (`page % vcpus == vcpu`, so index `page / vcpus`).
@@ -771,7 +865,7 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>, mut 
         if let VcpuAction::Convert { npages, to_private } = op.action {
             if let Some(guest) = guest.as_mut() {
                 guest.convert(op.page, npages, to_private);
-                shared.snp.guest_conversions.fetch_add(1, Ordering::Relaxed);
+                shared.guest_conversions.fetch_add(1, Ordering::Relaxed);
             }
             index += 1;
             shared.vcpu_ops_done.fetch_add(1, Ordering::Relaxed);
@@ -967,21 +1061,27 @@ fn progress_line(out: &mut dyn Write, done: u64, total: Option<u64>, started: In
 /// Runs the workload. `Err` is a setup error (bad configuration, VM creation failed).
 pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summary, String> {
     let profile = config.validate()?;
-    let host = SimHost::new(profile);
-    let vmm = Vmm::new(host, VmmConfig { vm_type: config.vm_type, memory: config.memory, regions: REGIONS })
-        .map_err(|errno| format!("cannot set up the VM: {errno:?}"))?;
+    let vmm_config = VmmConfig { vm_type: config.vm_type, memory: config.memory, regions: REGIONS };
+    let vmm = if config.is_tdx() {
+        // An Intel host (kvm_intel with the TDX module), and a TD without SEPT_VE_DISABLE: an
+        // access to a private page the host took away is a #VE for the guest to recover from.
+        Vmm::new_tdx(SimHost::new_intel(profile), vmm_config, 0)
+    } else {
+        Vmm::new(SimHost::new(profile), vmm_config)
+    }
+    .map_err(|errno| format!("cannot set up the VM: {errno:?}"))?;
     let fds: Vec<i32> = (0..config.vcpus)
         .map(|id| vmm.create_vcpu(u64::from(id)))
         .collect::<Result<_, _>>()
         .map_err(|errno| format!("KVM_CREATE_VCPU: {errno:?}"))?;
-    if config.is_snp() {
+    if config.guest_converts() {
         // The machine starts: the boot image is measured into the first pages.
         let mut image = vec![0u8; (config.image_pages() * PAGE_SIZE) as usize];
         for page in 0..config.image_pages() {
             let at = (page * PAGE_SIZE) as usize;
             image[at..at + 16].copy_from_slice(&image_record(page));
         }
-        vmm.launch(&image).map_err(|error| format!("the SNP launch failed: {error:?}"))?;
+        vmm.launch(&image).map_err(|error| format!("the {} launch failed: {error:?}", vm_type_name(config.vm_type)))?;
     }
     let counts = op_counts(config);
     let shared = Shared {
@@ -997,15 +1097,23 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         exits_mmio: AtomicU64::new(0),
         exits_hwpoison: AtomicU64::new(0),
         exits_unresolved: AtomicU64::new(0),
+        guest_conversions: AtomicU64::new(0),
         snp: SnpCounters::default(),
+        tdx: TdxCounters::default(),
         errors: Mutex::new(Vec::new()),
         integrity_errors: AtomicU64::new(0),
         vmm_errors: AtomicU64::new(0),
     };
-    // An SNP guest's vCPUs boot: each sets up its GHCB.
-    let mut guests: Vec<Option<SnpGuest<'_>>> = Vec::new();
+    // An SNP guest's vCPUs boot: each sets up its GHCB. A TD's start with the image accepted.
+    let mut guests: Vec<Option<CvmGuest<'_>>> = Vec::new();
     for (v, &fd) in fds.iter().enumerate() {
-        guests.push(if config.is_snp() { Some(SnpGuest::boot(&shared, v as u32, fd)?) } else { None });
+        guests.push(if config.is_snp() {
+            Some(CvmGuest::Snp(SnpGuest::boot(&shared, v as u32, fd)?))
+        } else if config.is_tdx() {
+            Some(CvmGuest::Tdx(TdxGuest::boot(&shared, v as u32, fd)))
+        } else {
+            None
+        });
     }
     let started = Instant::now();
     let mut control_done = 0u64;
@@ -1102,7 +1210,7 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
     let vmm_errors = shared.vmm_errors.load(Ordering::Relaxed);
     let ok = integrity == 0 && vmm_errors == 0 && warnings.is_empty() && violations.is_empty();
     let snp = &shared.snp;
-    let guest_conversions = snp.guest_conversions.load(Ordering::Relaxed);
+    let guest_conversions = shared.guest_conversions.load(Ordering::Relaxed);
     let vcpu_ops = shared.vcpu_ops_done.load(Ordering::Relaxed);
     let accesses = vcpu_ops - guest_conversions;
     let ops = vcpu_ops + control_done;
@@ -1160,7 +1268,40 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         ("rmp_leaked_pages", snp_host.map_or("n/a".to_string(), |h| h.nr_leaked_pages().to_string())),
     ];
     for (key, value) in snp_fields {
-        fields.push((key, if config.is_snp() { value } else { "n/a".to_string() }));
+        let shown = config.is_snp() || (config.is_tdx() && matches!(key, "guest_conversions" | "launched_pages"));
+        fields.push((key, if shown { value } else { "n/a".to_string() }));
+    }
+    // A TD's own figures (`n/a` for other VM types): the guest's, then KVM's TDX counters and
+    // the TDX module's state at the end.
+    let kvm = vmm.host().vm(vmm.vm_fd()).ok();
+    let td = kvm.as_deref().and_then(gmem_arch::tdx::kvm::TdxVm::of);
+    let td_stat = |f: fn(&gmem_arch::tdx::kvm::TdxStats) -> &std::sync::atomic::AtomicU64| {
+        td.map_or("n/a".to_string(), |vm| stat(f(&vm.stats)))
+    };
+    let tdx = &shared.tdx;
+    let tdx_fields: [(&'static str, String); 19] = [
+        ("tdx_accepts", stat(&tdx.accepts)),
+        ("tdx_accept_busy", stat(&tdx.accept_busy)),
+        ("map_gpa_requests", td_stat(|s| &s.map_gpa_requests)),
+        ("map_gpa_exits", stat(&s.map_gpa_range_exits)),
+        ("map_gpa_retries", td_stat(|s| &s.map_gpa_retries)),
+        ("map_gpa_errors", stat(&tdx.map_gpa_errors)),
+        ("tdx_conversions_incomplete", stat(&tdx.conversions_incomplete)),
+        ("ve_exceptions", stat(&tdx.ve_exceptions)),
+        ("tdx_events_posted", stat(&tdx.events_posted)),
+        ("vp_enters", td_stat(|s| &s.vp_enters)),
+        ("entries_deferred", td_stat(|s| &s.entries_deferred)),
+        ("ept_violations", td_stat(|s| &s.ept_violations)),
+        ("ept_local_retries", td_stat(|s| &s.local_retries)),
+        ("aug_busy", td_stat(|s| &s.aug_busy)),
+        ("block_busy", td_stat(|s| &s.block_busy)),
+        ("track_busy", td_stat(|s| &s.track_busy)),
+        ("remove_busy", td_stat(|s| &s.remove_busy)),
+        ("tdx_leaked_pages", td.map_or("n/a".to_string(), |vm| vm.leaked_pages().len().to_string())),
+        ("pamt_pages_owned_at_end", td.map_or("n/a".to_string(), |vm| vm.module().td_owned_frames().to_string())),
+    ];
+    for (key, value) in tdx_fields {
+        fields.push((key, if config.is_tdx() { value } else { "n/a".to_string() }));
     }
     fields.extend([
         ("invariant_checks", checks.to_string()),
@@ -1197,12 +1338,22 @@ fn control_op(shared: &Shared<'_>, op: ControlOp) {
             result
         }
         ControlOp::Memslot { region } => {
+            // A TD's private pages do not survive their memslot: its deletion removes them from
+            // the S-EPT (and clears them), so after the re-add they are AUGed afresh.
+            let first = region as u64 * region_pages;
+            let destructive = shared.config.is_tdx();
+            if destructive {
+                shared.begin(first, region_pages);
+            }
             shared.slot_gens[region].fetch_add(1, Ordering::SeqCst);
             let result = vmm.remove_memslot(region).and_then(|()| {
                 let_vcpus_run();
                 vmm.add_memslot(region)
             });
             shared.slot_gens[region].fetch_add(1, Ordering::SeqCst);
+            if destructive {
+                shared.end(first, region_pages, false);
+            }
             result
         }
         ControlOp::MemFail { page } => {

@@ -277,7 +277,7 @@ fn check_t3(module: &TdxModule, frames: &BTreeMap<u64, FrameState>, tds: &[TdSna
 fn check_t10(tds: &[TdSnapshot], out: &mut Vec<Violation>) {
     for td in tds.iter().filter(|td| td.op_state != TdOpState::Uninitialized) {
         let tdr = td.tdr;
-        let replay = Mrtd::replay(td.mrtd.records());
+        let replay = td.mrtd.replay_log();
         match (td.op_state, td.mrtd.value()) {
             (TdOpState::Runnable, None) => out.push(Violation {
                 invariant: T10_MEASUREMENT,

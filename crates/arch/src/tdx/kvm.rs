@@ -58,7 +58,8 @@ use crate::tdx::sept::{SEPT_RWX, TDX_SHARED_BIT};
 use crate::tdx::status::*;
 use crate::uapi::{copy_struct_from_user, copy_struct_to_user, UapiStruct};
 use gmem_kvm::arch::{
-    Current, KvmArch, PgLevel, PopulateSource, SpteLevel, VcpuRunEntry, PFERR_GUEST_FINAL_MASK, PFERR_PRIVATE_ACCESS,
+    Current, GuestAccess, GuestFault, GuestFaultExit, KvmArch, PgLevel, PopulateSource, SpteLevel, VcpuRunEntry,
+    PFERR_GUEST_FINAL_MASK, PFERR_PRIVATE_ACCESS,
 };
 use gmem_kvm::guest_memfd::kvm_gmem_populate;
 use gmem_kvm::invariants::Violation;
@@ -249,6 +250,8 @@ static KVM_TDX_LEAKED_LOCK: LockClass = LockClass::new("kvm_tdx->leaked");
 static KVM_TDX_PINS_LOCK: LockClass = LockClass::new("kvm_tdx->pins");
 /// `tdx->vp` (a vCPU's control pages' bookkeeping; a leaf).
 static VCPU_TDX_LOCK: LockClass = LockClass::new("vcpu_tdx->vp");
+/// `tdx->map_gpa_*` and the pending completion of a vCPU's TDVMCALL (a leaf).
+static VCPU_TDX_TDVMCALL_LOCK: LockClass = LockClass::new("vcpu_tdx->tdvmcall");
 /// The model's record of T6 breaches (a leaf).
 static KVM_TDX_T6_LOCK: LockClass = LockClass::new("kvm_tdx->t6_breaches");
 
@@ -459,6 +462,9 @@ pub struct TdxVcpu {
     tdvpr: AtomicU64,
     /// `tdx->vp.tdcx_pages`.
     tdcx: Mutex<Option<Vec<Option<Pfn>>>>,
+    /// `tdx->map_gpa_next`, `tdx->map_gpa_end` and the TDVMCALL waiting for user space
+    /// (`vcpu->arch.complete_userspace_io`).
+    pub(crate) tdvmcall: Mutex<crate::tdx::run::TdvmcallState>,
 }
 
 impl fmt::Debug for TdxVcpu {
@@ -1701,6 +1707,7 @@ impl KvmArch for TdxVm {
             initialized: AtomicBool::new(false),
             tdvpr: AtomicU64::new(0),
             tdcx: Mutex::new(&VCPU_TDX_LOCK, None),
+            tdvmcall: Mutex::new(&VCPU_TDX_TDVMCALL_LOCK, crate::tdx::run::TdvmcallState::default()),
         }))
     }
 
@@ -1780,6 +1787,24 @@ impl KvmArch for TdxVm {
 
     fn vcpu_pre_run(&self, kvm: &Kvm, vcpu: &KvmVcpu) -> Result<(), RunError> {
         self.tdx_vcpu_pre_run(kvm, vcpu)
+    }
+
+    fn checks_guest_accesses(&self) -> bool {
+        true
+    }
+
+    fn guest_access_check(&self, kvm: &Kvm, access: &GuestAccess) -> Result<(), GuestFault> {
+        self.tdx_guest_access_check(kvm, access)
+    }
+
+    fn handle_guest_fault(
+        &self,
+        kvm: &Kvm,
+        vcpu: &KvmVcpu,
+        mm: &Mm,
+        fault: &GuestFaultExit,
+    ) -> Result<gmem_kvm::vcpu::RetPf, RunError> {
+        self.tdx_handle_ept_violation(kvm, vcpu, mm, fault)
     }
 
     fn check_invariants(

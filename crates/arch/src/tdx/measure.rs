@@ -13,7 +13,10 @@
 //! independently; after [`Mrtd::finalize`] the value is frozen and nothing extends it.
 
 use sha2::{Digest, Sha384};
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The size of one extension buffer.
 pub const MR_BUFFER_SIZE: usize = 128;
@@ -88,9 +91,22 @@ impl MrtdRecord {
 #[derive(Clone)]
 pub struct Mrtd {
     hasher: Sha384,
-    records: Vec<MrtdRecord>,
+    /// The log: append-only, shared by the clones a snapshot takes.
+    records: Arc<Vec<MrtdRecord>>,
     finalized: Option<[u8; MRTD_SIZE]>,
+    /// Which stream this is (its clones share it), for [`Mrtd::replay_log`]'s memo.
+    id: u64,
 }
+
+/// The next [`Mrtd`] id.
+static NEXT_MRTD_ID: AtomicU64 = AtomicU64::new(1);
+
+/// [`Mrtd::replay_log`]'s memo: per stream, how many records were replayed and the hash state
+/// after them (a checker's cache, not modelled state).
+static REPLAY_MEMO: Mutex<Option<HashMap<u64, (usize, Sha384)>>> = Mutex::new(None);
+
+/// The most streams the memo keeps (it starts afresh beyond).
+const REPLAY_MEMO_STREAMS: usize = 256;
 
 impl Default for Mrtd {
     fn default() -> Self {
@@ -110,7 +126,12 @@ impl fmt::Debug for Mrtd {
 impl Mrtd {
     /// MNG.INIT: an empty stream.
     pub fn new() -> Mrtd {
-        Mrtd { hasher: Sha384::new(), records: Vec::new(), finalized: None }
+        Mrtd {
+            hasher: Sha384::new(),
+            records: Arc::new(Vec::new()),
+            finalized: None,
+            id: NEXT_MRTD_ID.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     /// Measures `record`. False (and nothing measured) once finalised.
@@ -119,7 +140,7 @@ impl Mrtd {
             return false;
         }
         record.feed(&mut self.hasher);
-        self.records.push(record);
+        Arc::make_mut(&mut self.records).push(record);
         true
     }
 
@@ -162,13 +183,36 @@ impl Mrtd {
         digest(&hasher)
     }
 
+    /// [`Mrtd::replay`] of this stream's own log, independent of the running hash (what T10
+    /// compares it with). The log only grows, so the replay is memoised per stream: a later
+    /// call hashes only the records logged since (the invariant checks replay a large image's
+    /// log once, not at every check).
+    pub fn replay_log(&self) -> [u8; MRTD_SIZE] {
+        let mut memo = REPLAY_MEMO.lock().unwrap_or_else(|e| e.into_inner());
+        let memo = memo.get_or_insert_with(HashMap::new);
+        if memo.len() > REPLAY_MEMO_STREAMS {
+            memo.clear();
+        }
+        let (done, hasher) = memo.entry(self.id).or_insert_with(|| (0, Sha384::new()));
+        if *done > self.records.len() {
+            // Not this log's prefix (cannot happen: logs only grow); start afresh.
+            *done = 0;
+            *hasher = Sha384::new();
+        }
+        for record in &self.records[*done..] {
+            record.feed(hasher);
+        }
+        *done = self.records.len();
+        digest(hasher)
+    }
+
     /// Test-only: measures `record` in the hash without logging it, or logs it without measuring
     /// it (`log_only`), even after finalisation: a module that hashed one thing and logged
     /// another (the negative controls of T10).
     #[doc(hidden)]
     pub fn forge(&mut self, record: MrtdRecord, log_only: bool) {
         if log_only {
-            self.records.push(record);
+            Arc::make_mut(&mut self.records).push(record);
         } else {
             record.feed(&mut self.hasher);
         }
