@@ -213,6 +213,42 @@ fn a_vcpu_inside_the_td_holds_its_epoch_until_the_kick() {
     td.host.check("end");
 }
 
+/// The TDX module flushes a vCPU's private translations when it enters the TD in a later TLB
+/// epoch than its previous entry: a translation cached before a TRACK cannot be used after it
+/// (which is what makes BLOCK, TRACK and the kick enough before PAGE.REMOVE). An entry in the
+/// same epoch keeps the TLB; shared-EPT translations are not the module's to flush.
+#[test]
+fn an_entry_after_a_track_flushes_the_vcpus_private_translations() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let kvm = td.tdx();
+    let vm = vm_of(&kvm);
+    let module = td.module();
+    let tdr = vm.tdr().unwrap();
+    let (_, vcpu) = td.host.unchecked().vcpu(td.vcpus[0]).unwrap();
+    let mm = &td.host.process().mm;
+    let private_gfn = gmem_kvm::Gfn(0);
+    let read = |gpa: u64| gmem_kvm::vcpu::guest_page_op(&kvm, &vcpu, mm, gpa, false, gpa & SHARED == 0, 1, |_| Ok(()));
+    // The launched page at gpa 0: the first entry flushes nothing cached, the walk fills the TLB.
+    read(0).unwrap();
+    let cached = |gfn: gmem_kvm::Gfn| vcpu.tlb().entries().iter().any(|(cached, _)| *cached == gfn);
+    assert!(cached(private_gfn), "the walk cached the private translation");
+    let flushes = || vm.stats.entry_tlb_flushes.load(Ordering::Relaxed);
+    let before = flushes();
+    // Another entry in the same epoch: the translation stays and serves the access.
+    read(0).unwrap();
+    assert!(cached(private_gfn));
+    assert_eq!(flushes(), before, "no flush without a TRACK");
+    // A TRACK moves the epoch: the next entry drops the cached private translation first.
+    module.tdh_mem_track(tdr).unwrap();
+    let entered = gmem_kvm::vcpu::guest_page_op(&kvm, &vcpu, mm, 0, false, true, 1, |_| {
+        Ok(vcpu.tlb().entries().iter().any(|(gfn, _)| *gfn == private_gfn))
+    });
+    // The op runs after the walk that refilled it; the flush counter shows the drop.
+    assert_eq!(entered, Ok(true));
+    assert_eq!(flushes(), before + 1, "the entry after TRACK flushed the cached private translation");
+    td.host.check("end");
+}
+
 #[test]
 fn a_vcpu_does_not_enter_while_wait_for_sept_zap_is_set() {
     let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);

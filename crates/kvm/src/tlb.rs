@@ -148,6 +148,17 @@ impl VcpuTlb {
         self.entries.lock().insert(gfn.0, TlbEntry::from(spte));
     }
 
+    /// A flush the hardware makes on its own, outside KVM's request protocol: every cached
+    /// translation whose gfn `selects` is dropped, and their number returned. The TDX module
+    /// flushes a vCPU's translations of the TD's private memory when the vCPU enters the TD in a
+    /// later TLB epoch than its previous entry (after a `TDH.MEM.TRACK`).
+    pub fn flush_translations(&self, selects: impl Fn(Gfn) -> bool) -> usize {
+        let mut entries = self.entries.lock();
+        let before = entries.len();
+        entries.retain(|&gfn, _| !selects(Gfn(gfn)));
+        before - entries.len()
+    }
+
     /// `kvm_make_request`: `smp_wmb()` then `set_bit`.
     fn make_request(&self, req: u32) {
         self.requests.fetch_or(1 << (req & KVM_REQUEST_MASK), Ordering::SeqCst);

@@ -341,9 +341,7 @@ impl SnpGuest {
 /// the TD is runnable and pre-faults are allowed), then the page at [`GPA`] pre-faulted
 /// (`KVM_PRE_FAULT_MEMORY`: the mirror leaf, SEPT.ADD of the tables, PAGE.AUG) and accepted by
 /// the guest (the module's `TDG.MEM.PAGE.ACCEPT`: MAPPED, zeroed). No guest access ran, so the
-/// vCPU's TLB is empty and the vCPU is outside the TD (the simulator's `TDH.VP.ENTER` does not
-/// yet flush private translations after a TRACK, so a TLB filled before a zap would outlive it:
-/// see `loom_tdx_track_vs_vcpu_entry.rs`).
+/// vCPU's TLB is empty and the vCPU is outside the TD.
 pub struct TdGuest {
     pub host: SimHost,
     pub machine: Arc<Machine>,

@@ -536,6 +536,9 @@ pub struct TdxStats {
     pub vp_enter_busy: AtomicU64,
     /// Entries `tdx_vcpu_run` did not make because `wait_for_sept_zap` was set.
     pub entries_deferred: AtomicU64,
+    /// Cached private translations the module flushed at `TDH.VP.ENTER` because the TD epoch
+    /// moved (a `TDH.MEM.TRACK`) since the vCPU's previous entry.
+    pub entry_tlb_flushes: AtomicU64,
     /// EPT violations handled (`tdx_handle_ept_violation`).
     pub ept_violations: AtomicU64,
     /// Of the private ones, the faults retried without re-entering the TD (local retries).

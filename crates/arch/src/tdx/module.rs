@@ -206,6 +206,21 @@ pub struct VcpuInfo {
     pub in_td_epoch: Option<u64>,
 }
 
+/// What `TDH.VP.ENTER` did besides entering: the TD epoch the vCPU now runs in, and whether the
+/// module flushed the vCPU's translations of the TD's private memory first. The module tracks
+/// TLB epochs per TD (`TDH.MEM.TRACK` advances the epoch); an entry in a later epoch than the
+/// vCPU's previous entry flushes the private translations it may still cache (the flush that
+/// makes a BLOCK + TRACK + kick sufficient before `TDH.MEM.PAGE.REMOVE`). The caller applies it
+/// to the vCPU's TLB, which the model keeps outside the module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VpEntry {
+    /// The TD epoch of this entry.
+    pub epoch: u64,
+    /// The vCPU's private translations were flushed (first entry, or the epoch moved since its
+    /// last entry).
+    pub flush_private_tlb: bool,
+}
+
 /// A machine check a TD took reading a line the host poisoned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TdMachineCheck {
@@ -248,6 +263,9 @@ pub(crate) struct Vcpu {
     pub(crate) tdcx: Vec<Pfn>,
     pub(crate) initialized: bool,
     pub(crate) associated: bool,
+    /// The TD epoch of its last TD entry (`None` before the first): an entry in a later epoch
+    /// flushes the vCPU's private translations first.
+    pub(crate) last_entry_epoch: Option<u64>,
 }
 
 /// The TDR and TDCS of one TD (what the model keeps of them).
@@ -1485,13 +1503,13 @@ impl TdxModule {
     /// `TDH.VP.ENTER(tdvpr)`: the vCPU enters the runnable TD, in the current epoch (it holds
     /// the epoch lock shared while it does: `TDX_OPERAND_BUSY` on `TD_EPOCH` during a TRACK).
     /// The TD runs until [`TdxModule::vp_exit`].
-    pub fn tdh_vp_enter(&self, tdvpr: Pfn) -> SeamcallResult<()> {
+    pub fn tdh_vp_enter(&self, tdvpr: Pfn) -> SeamcallResult<VpEntry> {
         let leaf = SeamcallLeaf::VpEnter;
         self.begin(leaf)?;
         Self::traced(leaf, self.vp_enter(tdvpr))
     }
 
-    fn vp_enter(&self, tdvpr: Pfn) -> SeamcallResult<()> {
+    fn vp_enter(&self, tdvpr: Pfn) -> SeamcallResult<VpEntry> {
         let td = self.vcpu_td(tdvpr, TDX_OPERAND_ID_RCX)?;
         let _tdr = td.tdr_lock.try_read().ok_or_else(|| busy(TDX_OPERAND_ID_TDR))?;
         let state = td.view();
@@ -1512,10 +1530,13 @@ impl TdxModule {
         epoch.in_td.insert(tdvpr.0, current);
         drop(epoch);
         drop(_epoch_lock);
+        let mut flush_private_tlb = true;
         if let Some(vcpu) = td.state.lock().vcpus.get_mut(&tdvpr.0) {
             vcpu.associated = true;
+            flush_private_tlb = vcpu.last_entry_epoch != Some(current);
+            vcpu.last_entry_epoch = Some(current);
         }
-        Ok(())
+        Ok(VpEntry { epoch: current, flush_private_tlb })
     }
 
     /// The vCPU leaves the TD (the TD exit that ends a TDH.VP.ENTER): it no longer holds the
@@ -2308,7 +2329,7 @@ mod tests {
             let mut entered = 0u64;
             for _ in 0..ROUNDS {
                 match tdx.tdh_vp_enter(vcpu) {
-                    Ok(()) => {
+                    Ok(_) => {
                         entered += 1;
                         assert!(tdx.vp_exit(vcpu));
                     }

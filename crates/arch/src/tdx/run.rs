@@ -89,6 +89,7 @@ use gmem_kvm::vcpu::{
 use gmem_kvm::{Gfn, Kvm};
 use gmem_mm::vma::Mm;
 use gmem_mm::Errno;
+use gmem_sync::atomic::Ordering;
 use gmem_sync::warn::WarnKind;
 
 /// `EPT_VIOLATION_ACC_READ`: the access was a read.
@@ -226,8 +227,11 @@ impl TdxVm {
     /// `tdx_vcpu_run(vcpu, run_flags)` up to the TD entry: no entry while `wait_for_sept_zap`
     /// is set ("Wait until retry of SEPT-zap-related SEAMCALL completes before allowing vCPU
     /// entry to avoid contention with tdh_vp_enter() and TDCALLs"), else `TDH.VP.ENTER`;
-    /// `TDX_OPERAND_BUSY` from it is `EXIT_FASTPATH_EXIT_HANDLED` (no entry, try again).
-    pub fn tdx_vcpu_run(&self, _kvm: &Kvm, vcpu: &KvmVcpu) -> VcpuRunEntry {
+    /// `TDX_OPERAND_BUSY` from it is `EXIT_FASTPATH_EXIT_HANDLED` (no entry, try again). An
+    /// entry in a later TD epoch than the vCPU's previous one first drops the vCPU's cached
+    /// private translations: the TDX module's flush on entry, which is what makes BLOCK,
+    /// TRACK and the kick enough before `TDH.MEM.PAGE.REMOVE` (arch-and-mmu.md §2.7).
+    pub fn tdx_vcpu_run(&self, kvm: &Kvm, vcpu: &KvmVcpu) -> VcpuRunEntry {
         if self.wait_for_sept_zap() {
             TdxStats::bump(&self.stats.entries_deferred);
             return VcpuRunEntry::NotEntered;
@@ -237,8 +241,15 @@ impl TdxVm {
             return VcpuRunEntry::Failed(RunError::Errno(Errno::EIO));
         };
         match self.module().tdh_vp_enter(tdvpr) {
-            Ok(()) => {
+            Ok(entry) => {
                 TdxStats::bump(&self.stats.vp_enters);
+                if entry.flush_private_tlb {
+                    // The module's flush on entry in a new TLB epoch: the vCPU's translations of
+                    // private gpas (those without the shared bit) go; shared-EPT translations
+                    // are KVM's to flush (KVM_REQ_TLB_FLUSH, tdx_flush_tlb_all's INVEPT).
+                    let flushed = vcpu.tlb().flush_translations(|gfn| !kvm.is_gfn_alias(gfn));
+                    self.stats.entry_tlb_flushes.fetch_add(flushed as u64, Ordering::Relaxed);
+                }
                 VcpuRunEntry::Entered
             }
             Err(error) if error.status.class() == TDX_OPERAND_BUSY => {
