@@ -51,9 +51,10 @@ pub enum Failure {
     /// A vCPU stopped with this exit.
     Exit(VcpuExit),
     /// The hardware delivered an exception to the guest instead of completing its access (an
-    /// SEV-SNP `#VC` for a page the guest has not validated). Prints `guest #VC gpa=... reason=...`.
+    /// SEV-SNP `#VC` for a page the guest has not validated, a TD's `#VE` for a page it has not
+    /// accepted, `#UD` for a TDCALL outside a TD). Prints `guest #VC gpa=... reason=...`.
     GuestException {
-        /// `"#VC"`.
+        /// `"#VC"`, `"#VE"`, ...
         vector: String,
         /// The fields in the order they print, values already formatted.
         fields: Vec<(String, String)>,
@@ -101,6 +102,25 @@ pub enum GhcbAnswer {
     /// KVM resumed the guest without handling the request (no GHCB it could map). Prints
     /// `ok ignored`.
     Ignored,
+}
+
+/// What a TD guest finds in R10 and R11 when its `TDG.VP.VMCALL` returns. Prints
+/// `ok status=NAME r11=0xN` (R10 by its `TDVMCALL_STATUS_*` name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TdvmcallAnswer {
+    /// R10: the TDVMCALL status.
+    pub r10: u64,
+    /// R11: the leaf's output (MapGPA: the gpa to retry from, or the failing one).
+    pub r11: u64,
+}
+
+/// What the guest gets when KVM completes a `KVM_EXIT_HYPERCALL` user space handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// An SEV-SNP guest's VMGEXIT.
+    Ghcb(GhcbAnswer),
+    /// A TD guest's `TDG.VP.VMCALL`.
+    Tdvmcall(TdvmcallAnswer),
 }
 
 /// `KVM_SEV_SNP_LAUNCH_UPDATE`'s parameters as the kernel left them, and the `uaddr` passed in
@@ -381,8 +401,9 @@ pub trait Backend {
     fn psc_msr(&mut self, _vcpu: i32, _gpa: u64, _op: u8) -> BResult<GhcbAnswer> {
         unsupported()
     }
-    /// `KVM_RUN` after user space handled a `KVM_EXIT_HYPERCALL`, with `hypercall.ret` = `ret`.
-    fn complete_hypercall(&mut self, _vcpu: i32, _ret: u64) -> BResult<GhcbAnswer> {
+    /// `KVM_RUN` after user space handled a `KVM_EXIT_HYPERCALL`, with `hypercall.ret` = `ret`:
+    /// what the guest's VMGEXIT (SEV-SNP) or `TDG.VP.VMCALL` (TDX) returns, or the next exit.
+    fn complete_hypercall(&mut self, _vcpu: i32, _ret: u64) -> BResult<Completion> {
         unsupported()
     }
     /// `VMGEXIT(SVM_VMGEXIT_AP_CREATION)`: the GHCB status the guest gets.
@@ -394,6 +415,24 @@ pub trait Backend {
         _request: u32,
         _sev_features: u64,
     ) -> BResult<GhcbAnswer> {
+        unsupported()
+    }
+    /// The shared bit of the gpas of the TD `vcpu` belongs to (`shared=1`). EINVAL for a VM that
+    /// is not a TD, or a TD without one yet (before `KVM_TDX_INIT_VM`).
+    fn tdx_shared_bit(&mut self, _vcpu: i32) -> BResult<u64> {
+        unsupported()
+    }
+    /// The TD guest's `TDG.MEM.PAGE.ACCEPT` with `rcx` (`gpa | level`): the TDX module's status.
+    fn tdx_accept(&mut self, _vcpu: i32, _rcx: u64) -> BResult<u64> {
+        unsupported()
+    }
+    /// The TD guest's `TDG.VP.VMCALL<MapGPA>(gpa, size)`: R10 and R11, or the
+    /// `KVM_EXIT_HYPERCALL` of the first chunk (as [`Failure::Exit`]).
+    fn tdx_map_gpa(&mut self, _vcpu: i32, _gpa: u64, _size: u64) -> BResult<TdvmcallAnswer> {
+        unsupported()
+    }
+    /// An event (an interrupt) for `vcpu`, taken at its next entry (`kvm_vcpu_has_events`).
+    fn queue_event(&mut self, _vcpu: i32) -> BResult<()> {
         unsupported()
     }
     /// The SNP guest context's launch digest (48 bytes).

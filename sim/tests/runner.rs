@@ -7,8 +7,8 @@ use std::rc::Rc;
 use gmem_arch::tdx::kvm::{kvm_tdx_init_mem_region, kvm_tdx_init_vm};
 use gmem_mm::Errno;
 use gmem_sim::backend::{
-    BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat, TdxRegionDone, VcpuExit,
-    Violation,
+    BResult, Backend, Completion, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat, TdvmcallAnswer,
+    TdxRegionDone, VcpuExit, Violation,
 };
 use gmem_sim::runner::{run, LineReport, Report, RunError, RunOptions};
 use gmem_sim::script::{parse, Program};
@@ -150,6 +150,24 @@ impl Backend for Mock {
     fn guest_load(&mut self, vcpu: i32, gpa: u64, len: u64, p: Option<bool>) -> BResult<Vec<u8>> {
         let call = format!("guest_load({vcpu}, {gpa:#x}, {len}, {p:?})");
         self.answer("guest_load", call, vec![0; len as usize])
+    }
+    fn tdx_shared_bit(&mut self, vcpu: i32) -> BResult<u64> {
+        // GPAW 48: gpa bit 47.
+        self.answer("tdx_shared_bit", format!("tdx_shared_bit({vcpu})"), 1 << 47)
+    }
+    fn tdx_accept(&mut self, vcpu: i32, rcx: u64) -> BResult<u64> {
+        self.answer("tdx_accept", format!("tdx_accept({vcpu}, {rcx:#x})"), 0)
+    }
+    fn tdx_map_gpa(&mut self, vcpu: i32, gpa: u64, size: u64) -> BResult<TdvmcallAnswer> {
+        let call = format!("tdx_map_gpa({vcpu}, {gpa:#x}, {size:#x})");
+        self.answer("tdx_map_gpa", call, TdvmcallAnswer { r10: 0x8000_0000_0000_0002, r11: gpa })
+    }
+    fn complete_hypercall(&mut self, vcpu: i32, ret: u64) -> BResult<Completion> {
+        let call = format!("complete_hypercall({vcpu}, {ret:#x})");
+        self.answer("complete_hypercall", call, Completion::Tdvmcall(TdvmcallAnswer { r10: 1, r11: 0x8000_0030_0000 }))
+    }
+    fn queue_event(&mut self, vcpu: i32) -> BResult<()> {
+        self.answer("queue_event", format!("queue_event({vcpu})"), ())
     }
     fn open_dev_sev(&mut self) -> BResult<i32> {
         let fd = self.fd();
@@ -771,4 +789,90 @@ fn tdx_verbs_build_the_kernels_parameters_and_print_the_region() {
     assert!(regions[0].starts_with("tdx_init_mem_region(4, flags=1, source=0x7f0000000000, gpa=0x2000, nr_pages=2"));
     assert!(regions[1].ends_with("gpa=0x0, nr_pages=2, bytes=Some([42]))"), "{regions:?}");
     assert!(regions[2].starts_with("tdx_init_mem_region(4, flags=2, source=0x10000, gpa=0x0, nr_pages=1"));
+}
+
+#[test]
+fn tdx_guest_verbs_pass_rcx_and_the_shared_bit_and_print_statuses() {
+    let bench = Bench::new();
+    let hypercall = VcpuExit {
+        reason: "HYPERCALL".into(),
+        fields: vec![
+            ("nr".into(), "12".into()),
+            ("args".into(), "0x100000,0x200,0x0".into()),
+            ("flags".into(), "0x1".into()),
+        ],
+    };
+    bench
+        .fail(
+            "tdx_accept",
+            Failure::GuestException {
+                vector: "#VE".into(),
+                fields: vec![("gpa".into(), "0x40000".into()), ("reason".into(), "ept-violation-pending-page".into())],
+            },
+        )
+        .fail("tdx_map_gpa", Failure::Exit(hypercall.clone()))
+        .fail("complete_hypercall", Failure::Exit(hypercall))
+        .errno("tdx_shared_bit", Errno::EINVAL)
+        .errno("guest_load", Errno::EIO);
+    let out = bench.run(
+        "vm = create_vm type=TDX\n\
+         v = create_vcpu vm\n\
+         tdx_accept v gpa=0x40000\n\
+         tdx_accept v gpa=0x40000 size=2M shared=1\n\
+         tdx_map_gpa v gpa=0x100000 size=5M shared=1\n\
+         guest_load v gpa=0x40000 len=1 shared=1\n\
+         tdx_map_gpa v gpa=0x100800 size=1G\n\
+         complete_hypercall v\n\
+         queue_event v\n\
+         complete_hypercall v ret=1\n\
+         guest_load v gpa=0x40000 len=1 shared=1\n\
+         guest_load v gpa=0x40000 len=2 private=1\n\
+         tdx_accept v gpa=0x1008 size=1G\n\
+         tdx_accept v gpa=0x40000 size=2M shared=1\n",
+    );
+    assert_eq!(
+        out,
+        lines(&[
+            "1: ok",
+            "2: ok",
+            "3: guest #VE gpa=0x40000 reason=ept-violation-pending-page",
+            // The shared bit could not be found: no ACCEPT is made.
+            "4: EINVAL",
+            "5: exit HYPERCALL nr=12 args=0x100000,0x200,0x0 flags=0x1",
+            "6: EIO",
+            "7: ok status=ALIGN_ERROR r11=0x100800",
+            "8: exit HYPERCALL nr=12 args=0x100000,0x200,0x0 flags=0x1",
+            "9: ok",
+            "10: ok status=RETRY r11=0x800000300000",
+            "11: ok 00",
+            "12: ok 0000",
+            "13: ok SUCCESS",
+            "14: ok SUCCESS",
+        ])
+    );
+    let log = bench.log();
+    let calls: Vec<&str> = log.iter().skip(3).map(String::as_str).collect();
+    assert_eq!(
+        calls,
+        [
+            "tdx_accept(4, 0x40000)",
+            "tdx_shared_bit(4)",
+            "tdx_shared_bit(4)",
+            "tdx_map_gpa(4, 0x800000100000, 0x500000)",
+            "tdx_shared_bit(4)",
+            "guest_load(4, 0x800000040000, 1, None)",
+            "tdx_map_gpa(4, 0x100800, 0x40000000)",
+            "complete_hypercall(4, 0x0)",
+            "queue_event(4)",
+            "complete_hypercall(4, 0x1)",
+            "tdx_shared_bit(4)",
+            "guest_load(4, 0x800000040000, 1, None)",
+            "guest_load(4, 0x40000, 2, Some(true))",
+            // RCX: the gpa as written (its low bits too), the level (2: 1G) in bits 2:0.
+            "tdx_accept(4, 0x100a)",
+            "tdx_shared_bit(4)",
+            "tdx_accept(4, 0x800000040001)",
+            "drop",
+        ]
+    );
 }

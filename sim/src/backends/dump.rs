@@ -10,8 +10,18 @@
 //! `pfn` is the host frame, `level` the mapping size (always 4K: no huge pages yet), `W` a
 //! writable and `R` a read-only mapping, and `private` or `shared` the kind of fault that
 //! installed it (guest_memfd or the memslot's `userspace_addr`). A VM whose MMU keeps no page
-//! tables (the recording MMU of tests) prints no SPTE lines.
+//! tables (the recording MMU of tests) prints no SPTE lines. A TD's direct root holds its shared
+//! mappings; its private ones are the TDX module's Secure EPT, whose leaves follow, one line
+//! each in ascending gpa order, with the leaf's state:
+//!
+//! ```text
+//!   sept gpa=0x40000 pfn=P level=4K PENDING
+//! ```
+//!
+//! (`MAPPED`, `PENDING`: AUGed and not yet accepted, `BLOCKED`, `PENDING_BLOCKED`).
 
+use gmem_arch::tdx::kvm::TdxVm;
+use gmem_arch::tdx::sept::LeafState;
 use gmem_kvm::guest_memfd::KvmGmem;
 use gmem_kvm::Kvm;
 use gmem_mm::file::File;
@@ -57,7 +67,32 @@ pub fn vm(fd: i32, kvm: &Kvm) -> Vec<String> {
             ));
         }
     }
+    lines.extend(sept_leaves(kvm));
     lines
+}
+
+/// A TD's Secure EPT leaves (none for another VM, or a TD without its TDR).
+fn sept_leaves(kvm: &Kvm) -> Vec<String> {
+    let Some(td) = TdxVm::of(kvm) else { return Vec::new() };
+    let Some(sept) = td.tdr().and_then(|tdr| td.module().sept(tdr)) else { return Vec::new() };
+    sept.leaves()
+        .into_iter()
+        .map(|leaf| {
+            let level = match leaf.level {
+                0 => "4K".to_string(),
+                1 => "2M".to_string(),
+                2 => "1G".to_string(),
+                other => other.to_string(),
+            };
+            let state = match leaf.state {
+                LeafState::Mapped => "MAPPED",
+                LeafState::Pending => "PENDING",
+                LeafState::Blocked => "BLOCKED",
+                LeafState::PendingBlocked => "PENDING_BLOCKED",
+            };
+            format!("  sept gpa={:#x} pfn={} level={level} {state}", leaf.gpa, leaf.pfn)
+        })
+        .collect()
 }
 
 /// The lines describing one guest_memfd.

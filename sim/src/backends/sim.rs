@@ -3,8 +3,8 @@
 
 use super::Host;
 use crate::backend::{
-    staging_len, BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat, TdxCaps,
-    TdxRegionDone, TdxVmState, VcpuExit, Violation,
+    staging_len, BResult, Backend, Completion, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat,
+    TdvmcallAnswer, TdxCaps, TdxRegionDone, TdxVmState, VcpuExit, Violation,
 };
 use gmem_arch::sev::firmware::{SevCmd, SevRet};
 use gmem_arch::sev::ghcb::{GhcbResponse, PscEntry};
@@ -148,6 +148,11 @@ impl SimBackend {
     }
 }
 
+/// What the TD guest finds in R10 and R11, as a script result.
+fn tdvmcall_answer(result: gmem_arch::tdx::run::TdvmcallResult) -> TdvmcallAnswer {
+    TdvmcallAnswer { r10: result.r10, r11: result.r11 }
+}
+
 /// A failed `KVM_MEMORY_ENCRYPT_OP` as a script result.
 fn sev<T>(result: Result<T, SevError>) -> BResult<T> {
     result.map_err(|error| Failure::Sev { errno: error.errno, fw_error: error.fw_error })
@@ -207,7 +212,8 @@ fn run<T>(result: Result<T, RunError>) -> BResult<T> {
             reason: "FAIL_ENTRY".into(),
             fields: vec![("hardware_entry_failure_reason".to_string(), format!("{reason:#x}"))],
         }),
-        // A page-state change KVM forwards to user space (`psc`, `psc_msr`, `complete_hypercall`).
+        // A page-state change KVM forwards to user space (`psc`, `psc_msr`, `tdx_map_gpa`,
+        // `complete_hypercall`).
         RunError::Exit(vcpu::VcpuExit::Hypercall { nr, args, flags }) => Failure::Exit(VcpuExit {
             reason: "HYPERCALL".into(),
             fields: vec![
@@ -533,8 +539,34 @@ impl Backend for SimBackend {
         run(self.host.snp_psc_msr(vcpu, gpa, op)).map(ghcb_answer)
     }
 
-    fn complete_hypercall(&mut self, vcpu: i32, ret: u64) -> BResult<GhcbAnswer> {
-        run(self.host.complete_hypercall(vcpu, ret)).map(ghcb_answer)
+    fn complete_hypercall(&mut self, vcpu: i32, ret: u64) -> BResult<Completion> {
+        // KVM_RUN completes what the vCPU's exit waits for: a TD's TDVMCALL, or an SNP VMGEXIT.
+        let td = self.host.vcpu(vcpu).is_ok_and(|(kvm, _)| TdxVm::of(&kvm).is_some());
+        match td {
+            true => run(self.host.tdx_complete_hypercall(vcpu, ret)).map(|r| Completion::Tdvmcall(tdvmcall_answer(r))),
+            false => run(self.host.complete_hypercall(vcpu, ret)).map(|r| Completion::Ghcb(ghcb_answer(r))),
+        }
+    }
+
+    fn tdx_shared_bit(&mut self, vcpu: i32) -> BResult<u64> {
+        let (kvm, _) = errno(self.host.vcpu(vcpu))?;
+        let bit = TdxVm::of(&kvm).map_or(0, |_| gmem_arch::tdx::tdcall::shared_bit(&kvm));
+        match bit {
+            0 => Err(Failure::Errno(Errno::EINVAL)),
+            bit => Ok(bit),
+        }
+    }
+
+    fn tdx_accept(&mut self, vcpu: i32, rcx: u64) -> BResult<u64> {
+        run(self.host.tdx_accept(vcpu, rcx)).map(|status| status.0)
+    }
+
+    fn tdx_map_gpa(&mut self, vcpu: i32, gpa: u64, size: u64) -> BResult<TdvmcallAnswer> {
+        run(self.host.tdx_map_gpa(vcpu, gpa, size)).map(tdvmcall_answer)
+    }
+
+    fn queue_event(&mut self, vcpu: i32) -> BResult<()> {
+        errno(self.host.queue_event(vcpu))
     }
 
     fn ap_create(&mut self, vcpu: i32, apic_id: u32, gpa: u64, request: u32, sev_features: u64) -> BResult<GhcbAnswer> {

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use crate::backend::{
-    BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Stat, TdxRegionDone, Violation,
+    BResult, Backend, Completion, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Stat, TdvmcallAnswer,
+    TdxRegionDone, Violation,
 };
 use crate::script::{CpuidEntry, Handle, LaunchSource, Line, Op, UserAddr};
 use gmem_arch::tdx::kvm::{kvm_tdx_init_mem_region, kvm_tdx_init_vm, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
@@ -57,6 +58,10 @@ pub(crate) enum Success {
     Record(Vec<(&'static str, String)>),
     /// KVM's answer to a VMGEXIT it completed.
     Ghcb(GhcbAnswer),
+    /// A TDX module status a TDCALL returned (`TDG.MEM.PAGE.ACCEPT`): `ok NAME`.
+    TdxStatus(u64),
+    /// KVM's answer to a `TDG.VP.VMCALL`: `ok status=NAME r11=0xN`.
+    Tdvmcall(TdvmcallAnswer),
 }
 
 /// The result of one line.
@@ -128,6 +133,7 @@ impl<'b> Executor<'b> {
             .or_else(|| self.execute_tdx(op))
             .or_else(|| self.execute_guest(op))
             .or_else(|| self.execute_snp_guest(op))
+            .or_else(|| self.execute_tdx_guest(op))
             .or_else(|| self.execute_simulator(op))
             .unwrap_or(Ok(Success::Unit))
     }
@@ -239,9 +245,29 @@ impl<'b> Executor<'b> {
                 b.psc(env.fd(vcpu), *ghcb, *gpa, *npages, *op, *size_2m).map(Success::Ghcb)
             }
             Op::PscMsr { vcpu, gpa, op } => b.psc_msr(env.fd(vcpu), *gpa, *op).map(Success::Ghcb),
-            Op::CompleteHypercall { vcpu, ret } => b.complete_hypercall(env.fd(vcpu), *ret).map(Success::Ghcb),
+            Op::CompleteHypercall { vcpu, ret } => b.complete_hypercall(env.fd(vcpu), *ret).map(|done| match done {
+                Completion::Ghcb(answer) => Success::Ghcb(answer),
+                Completion::Tdvmcall(answer) => Success::Tdvmcall(answer),
+            }),
             Op::ApCreate { vcpu, apic_id, gpa, request, sev_features } => {
                 b.ap_create(env.fd(vcpu), *apic_id, *gpa, *request, *sev_features).map(Success::Ghcb)
+            }
+            _ => return None,
+        })
+    }
+
+    fn execute_tdx_guest(&mut self, op: &Op) -> Option<Outcome> {
+        let (b, env) = (&mut *self.backend, &self.env);
+        Some(match op {
+            Op::TdxAccept { vcpu, gpa, level, shared } => {
+                let vcpu = env.fd(vcpu);
+                guest_gpa(b, vcpu, *gpa, *shared)
+                    .and_then(|gpa| b.tdx_accept(vcpu, gpa | level))
+                    .map(Success::TdxStatus)
+            }
+            Op::TdxMapGpa { vcpu, gpa, size, shared } => {
+                let vcpu = env.fd(vcpu);
+                guest_gpa(b, vcpu, *gpa, *shared).and_then(|gpa| b.tdx_map_gpa(vcpu, gpa, *size)).map(Success::Tdvmcall)
             }
             _ => return None,
         })
@@ -334,11 +360,15 @@ impl<'b> Executor<'b> {
         let (b, env) = (&mut *self.backend, &self.env);
         Some(match op {
             Op::CreateVcpu { vm, id } => b.create_vcpu(env.fd(vm), *id).map(descriptor),
-            Op::GuestStore { vcpu, gpa, bytes, private } => {
-                b.guest_store(env.fd(vcpu), *gpa, bytes, *private).map(unit)
+            Op::GuestStore { vcpu, gpa, bytes, private, shared } => {
+                let vcpu = env.fd(vcpu);
+                guest_gpa(b, vcpu, *gpa, *shared).and_then(|gpa| b.guest_store(vcpu, gpa, bytes, *private)).map(unit)
             }
-            Op::GuestLoad { vcpu, gpa, len, private } => {
-                b.guest_load(env.fd(vcpu), *gpa, *len, *private).map(Success::Bytes)
+            Op::GuestLoad { vcpu, gpa, len, private, shared } => {
+                let vcpu = env.fd(vcpu);
+                guest_gpa(b, vcpu, *gpa, *shared)
+                    .and_then(|gpa| b.guest_load(vcpu, gpa, *len, *private))
+                    .map(Success::Bytes)
             }
             Op::PreFaultMemory { vcpu, gpa, size } => b.pre_fault_memory(env.fd(vcpu), *gpa, *size).map(Success::Count),
             _ => return None,
@@ -357,6 +387,7 @@ impl<'b> Executor<'b> {
                 b.inject_snp_firmware(*cmd, *ret, *count, *after).map(unit)
             }
             Op::SnpLaunchDigest { vm } => b.snp_launch_digest(env.fd(vm)).map(Success::Bytes),
+            Op::QueueEvent { vcpu } => b.queue_event(env.fd(vcpu)).map(unit),
             Op::Warnings => b.warnings().map(Success::Count),
             Op::CheckInvariants => b.check_invariants().map(Success::Invariants),
             Op::Dump { target } => {
@@ -431,6 +462,15 @@ fn region_done(done: &TdxRegionDone, nr_pages_in: u64, source: &LaunchSource) ->
             };
             Err(Failure::Tdx { errno, hw_error, fields })
         }
+    }
+}
+
+/// A guest's gpa: `gpa`, with the TD's shared bit added for `shared=1` (the bit decides the
+/// access kind on a TD, so a script need not know the TD's GPAW).
+fn guest_gpa(b: &mut dyn Backend, vcpu: i32, gpa: u64, shared: bool) -> BResult<u64> {
+    match shared {
+        true => b.tdx_shared_bit(vcpu).map(|bit| gpa | bit),
+        false => Ok(gpa),
     }
 }
 

@@ -47,7 +47,29 @@ fn format_success(success: &Success) -> Formatted {
         Success::Ghcb(GhcbAnswer::Status(status)) => Formatted::line(format!("ok status={status:#x}")),
         Success::Ghcb(GhcbAnswer::Msr(msr)) => Formatted::line(format!("ok msr={msr:#x}")),
         Success::Ghcb(GhcbAnswer::Ignored) => Formatted::line("ok ignored".into()),
+        Success::TdxStatus(status) => Formatted::line(format!("ok {}", tdx_status_name(*status))),
+        Success::Tdvmcall(answer) => {
+            Formatted::line(format!("ok status={} r11={:#x}", tdvmcall_status_name(answer.r10), answer.r11))
+        }
     }
+}
+
+/// A TDVMCALL status (R10) by its name without `TDVMCALL_STATUS_` (`SUCCESS`, `RETRY`,
+/// `INVALID_OPERAND`, `ALIGN_ERROR`, `SUBFUNC_UNSUPPORTED`), or in hexadecimal.
+pub(crate) fn tdvmcall_status_name(r10: u64) -> String {
+    use gmem_arch::tdx::run::{
+        TDVMCALL_STATUS_ALIGN_ERROR, TDVMCALL_STATUS_INVALID_OPERAND, TDVMCALL_STATUS_RETRY,
+        TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, TDVMCALL_STATUS_SUCCESS,
+    };
+    let name = match r10 {
+        TDVMCALL_STATUS_SUCCESS => "SUCCESS",
+        TDVMCALL_STATUS_RETRY => "RETRY",
+        TDVMCALL_STATUS_INVALID_OPERAND => "INVALID_OPERAND",
+        TDVMCALL_STATUS_ALIGN_ERROR => "ALIGN_ERROR",
+        TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED => "SUBFUNC_UNSUPPORTED",
+        other => return format!("{other:#x}"),
+    };
+    name.to_string()
 }
 
 fn format_stat(stat: &Stat) -> String {
@@ -107,9 +129,10 @@ fn format_failure(failure: &Failure) -> String {
     }
 }
 
-/// A SEAMCALL status as `inject tdx status=` names it: the TDX module's class without `TDX_`,
-/// then `|OPERAND` unless the operand id is 0 (`OPERAND_BUSY|SEPT`, `EPT_WALK_FAILED|0x5`); a
-/// class the model does not name prints as the whole value in hexadecimal.
+/// A TDX module status (a SEAMCALL's, a TDCALL's) as `inject tdx status=` names it: the
+/// module's class without `TDX_`, then `|OPERAND` unless the operand id is 0 (`SUCCESS`,
+/// `OPERAND_BUSY|SEPT`, `EPT_WALK_FAILED|0x5`); a class the model does not name prints as the
+/// whole value in hexadecimal.
 pub(crate) fn tdx_status_name(raw: u64) -> String {
     let status = gmem_arch::tdx::status::TdxStatus(raw);
     let class = status.name();
@@ -201,6 +224,21 @@ mod tests {
         let record =
             Success::Record(vec![("gfn_start", "2".into()), ("len", "0".into()), ("uaddr", "m+0x2000".into())]);
         assert_eq!(line(record), "ok gfn_start=2 len=0 uaddr=m+0x2000");
+    }
+
+    #[test]
+    fn tdcall_answers_print_statuses_by_name() {
+        let line = |success: Success| format_success(&success).result;
+        assert_eq!(line(Success::TdxStatus(0)), "ok SUCCESS");
+        assert_eq!(line(Success::TdxStatus(0x0000_0B0A_0000_0000)), "ok PAGE_ALREADY_ACCEPTED");
+        assert_eq!(line(Success::TdxStatus(0xC000_0100_0000_0001)), "ok OPERAND_INVALID|RCX");
+        let vmcall = |r10, r11| line(Success::Tdvmcall(crate::backend::TdvmcallAnswer { r10, r11 }));
+        assert_eq!(vmcall(0, 0x10001), "ok status=SUCCESS r11=0x10001");
+        assert_eq!(vmcall(1, 0x8000_0030_0000), "ok status=RETRY r11=0x800000300000");
+        assert_eq!(vmcall(0x8000_0000_0000_0000, 0x1000), "ok status=INVALID_OPERAND r11=0x1000");
+        assert_eq!(vmcall(0x8000_0000_0000_0002, 0x1800), "ok status=ALIGN_ERROR r11=0x1800");
+        assert_eq!(vmcall(0x8000_0000_0000_0003, 0), "ok status=SUBFUNC_UNSUPPORTED r11=0x0");
+        assert_eq!(vmcall(0x8000_0000_0000_0001, 0), "ok status=0x8000000000000001 r11=0x0");
     }
 
     #[test]

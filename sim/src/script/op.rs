@@ -135,10 +135,11 @@ pub enum Op {
     SnpLaunchFinish { vm: Handle, sev_fd: Option<Handle>, host_data: Vec<u8>, id_block: Option<Vec<u8>>, flags: u16 },
     /// `create_vcpu VM [id=]`.
     CreateVcpu { vm: Handle, id: u64 },
-    /// `guest_store VCPU gpa= bytes= [private=]`.
-    GuestStore { vcpu: Handle, gpa: u64, bytes: Vec<u8>, private: Option<bool> },
-    /// `guest_load VCPU gpa= len= [private=]`.
-    GuestLoad { vcpu: Handle, gpa: u64, len: u64, private: Option<bool> },
+    /// `guest_store VCPU gpa= bytes= [private=|shared=]`; `shared=1` adds a TD's shared bit to
+    /// `gpa` when the line runs.
+    GuestStore { vcpu: Handle, gpa: u64, bytes: Vec<u8>, private: Option<bool>, shared: bool },
+    /// `guest_load VCPU gpa= len= [private=|shared=]`.
+    GuestLoad { vcpu: Handle, gpa: u64, len: u64, private: Option<bool>, shared: bool },
     /// `pre_fault_memory VCPU gpa= size=`.
     PreFaultMemory { vcpu: Handle, gpa: u64, size: u64 },
     /// `pvalidate VCPU gpa= [size=] [validate=]`: the SNP guest's PVALIDATE.
@@ -158,6 +159,11 @@ pub enum Op {
     /// `ap_create VCPU apic_id= gpa= [request=] [sev_features=]`:
     /// `VMGEXIT(SVM_VMGEXIT_AP_CREATION)`.
     ApCreate { vcpu: Handle, apic_id: u32, gpa: u64, request: u32, sev_features: u64 },
+    /// `tdx_accept VCPU gpa= [size=] [shared=]`: the TD guest's `TDG.MEM.PAGE.ACCEPT` with RCX
+    /// = `gpa | level` (`level` 0, 1, 2 for 4K, 2M, 1G).
+    TdxAccept { vcpu: Handle, gpa: u64, level: u64, shared: bool },
+    /// `tdx_map_gpa VCPU gpa= size= [shared=]`: the TD guest's `TDG.VP.VMCALL<MapGPA>`.
+    TdxMapGpa { vcpu: Handle, gpa: u64, size: u64, shared: bool },
     /// `populate VM gpa= npages= [bytes=]`.
     Populate { vm: Handle, gpa: u64, npages: u64, bytes: Option<Vec<u8>> },
     /// `inject_memory_failure FD [offset=]`.
@@ -185,6 +191,8 @@ pub enum Op {
     TdxFinalizeVm { vm: Handle, flags: u32 },
     /// `tdx_state VM`: KVM's state of a TD.
     TdxState { vm: Handle },
+    /// `queue_event VCPU`: an event (an interrupt) for the vCPU, taken at its next entry.
+    QueueEvent { vcpu: Handle },
     /// `inject tdx leaf= status= [count=] [after=]`: the next `count` calls of SEAMCALL `leaf`,
     /// after `after` pass, fail with `status` and change nothing.
     InjectTdx { leaf: u16, status: u64, count: u32, after: u32 },
@@ -249,6 +257,8 @@ impl Op {
             Op::PscMsr { .. } => "psc_msr",
             Op::CompleteHypercall { .. } => "complete_hypercall",
             Op::ApCreate { .. } => "ap_create",
+            Op::TdxAccept { .. } => "tdx_accept",
+            Op::TdxMapGpa { .. } => "tdx_map_gpa",
             Op::Populate { .. } => "populate",
             Op::InjectMemoryFailure { .. } => "inject_memory_failure",
             Op::SnpLaunchDigest { .. } => "snp_launch_digest",
@@ -258,6 +268,7 @@ impl Op {
             Op::TdxInitMemRegion { .. } => "tdx_init_mem_region",
             Op::TdxFinalizeVm { .. } => "tdx_finalize_vm",
             Op::TdxState { .. } => "tdx_state",
+            Op::QueueEvent { .. } => "queue_event",
             Op::Inject { .. } | Op::InjectSnpFirmware { .. } | Op::InjectTdx { .. } => "inject",
             Op::Warnings => "warnings",
             Op::CheckInvariants => "check_invariants",
@@ -332,9 +343,12 @@ pub const VERBS: &[&str] = &[
     "psc_msr",
     "complete_hypercall",
     "ap_create",
+    "tdx_accept",
+    "tdx_map_gpa",
     "populate",
     "snp_launch_digest",
     "tdx_state",
+    "queue_event",
     "inject_memory_failure",
     "inject",
     "warnings",

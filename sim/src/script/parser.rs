@@ -144,6 +144,7 @@ pub(super) fn build_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
         .or_else(|| tdx_op(verb, r))
         .or_else(|| guest_op(verb, r))
         .or_else(|| snp_guest_op(verb, r))
+        .or_else(|| tdx_guest_op(verb, r))
         .or_else(|| simulator_op(verb, r))
 }
 
@@ -307,6 +308,34 @@ fn snp_guest_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
     })
 }
 
+/// The page size of `TDG.MEM.PAGE.ACCEPT` as its level in RCX: `4K` 0, `2M` 1, `1G` 2
+/// (`TDX_PS_*`).
+fn accept_level(text: &str) -> Result<u64, String> {
+    match value::parse_int(text)? {
+        0x1000 => Ok(0),
+        0x20_0000 => Ok(1),
+        0x4000_0000 => Ok(2),
+        _ => Err(format!("page size `{text}` is not 4K, 2M or 1G")),
+    }
+}
+
+/// The TD guest's TDCALLs, each one step of a vCPU.
+fn tdx_guest_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
+    let shared = |r: &mut ArgReader<'_, '_>| r.bool_opt("shared").unwrap_or(false);
+    Some(match verb {
+        "tdx_accept" => Op::TdxAccept {
+            vcpu: r.handle("VCPU"),
+            gpa: r.int("gpa"),
+            level: r.parsed_or("size", accept_level, 0),
+            shared: shared(r),
+        },
+        "tdx_map_gpa" => {
+            Op::TdxMapGpa { vcpu: r.handle("VCPU"), gpa: r.int("gpa"), size: r.int("size"), shared: shared(r) }
+        }
+        _ => return None,
+    })
+}
+
 fn vm_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
     Some(match verb {
         "create_vm" => Op::CreateVm { vm_type: r.constant_or("type", &VM_TYPES, 0) },
@@ -391,18 +420,26 @@ fn mapping_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
 fn guest_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
     Some(match verb {
         "create_vcpu" => Op::CreateVcpu { vm: r.handle("VM"), id: r.int_or("id", 0) },
-        "guest_store" => Op::GuestStore {
-            vcpu: r.handle("VCPU"),
-            gpa: r.int("gpa"),
-            bytes: r.bytes("bytes"),
-            private: r.bool_opt("private"),
-        },
-        "guest_load" => Op::GuestLoad {
-            vcpu: r.handle("VCPU"),
-            gpa: r.int("gpa"),
-            len: r.int("len"),
-            private: r.bool_opt("private"),
-        },
+        "guest_store" => {
+            r.reject_together("private", "shared");
+            Op::GuestStore {
+                vcpu: r.handle("VCPU"),
+                gpa: r.int("gpa"),
+                bytes: r.bytes("bytes"),
+                private: r.bool_opt("private"),
+                shared: r.bool_opt("shared").unwrap_or(false),
+            }
+        }
+        "guest_load" => {
+            r.reject_together("private", "shared");
+            Op::GuestLoad {
+                vcpu: r.handle("VCPU"),
+                gpa: r.int("gpa"),
+                len: r.int("len"),
+                private: r.bool_opt("private"),
+                shared: r.bool_opt("shared").unwrap_or(false),
+            }
+        }
         "pre_fault_memory" => Op::PreFaultMemory { vcpu: r.handle("VCPU"), gpa: r.int("gpa"), size: r.int("size") },
         _ => return None,
     })
@@ -416,6 +453,7 @@ fn simulator_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
         "inject_memory_failure" => Op::InjectMemoryFailure { fd: r.handle("FD"), offset: r.int_or("offset", 0) },
         "snp_launch_digest" => Op::SnpLaunchDigest { vm: r.handle("VM") },
         "tdx_state" => Op::TdxState { vm: r.handle("VM") },
+        "queue_event" => Op::QueueEvent { vcpu: r.handle("VCPU") },
         "inject" => match r.word("FAULT") {
             fault if fault == "tdx" => Op::InjectTdx {
                 leaf: r.parsed("leaf", value::parse_seamcall_leaf) as u16,

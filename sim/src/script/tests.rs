@@ -279,11 +279,19 @@ fn guest_and_simulator_verbs_with_defaults() {
         ("create_vcpu vm id=3", Op::CreateVcpu { vm: name("vm"), id: 3 }),
         (
             "guest_store c gpa=0x2000 bytes=01",
-            Op::GuestStore { vcpu: name("c"), gpa: 0x2000, bytes: vec![1], private: None },
+            Op::GuestStore { vcpu: name("c"), gpa: 0x2000, bytes: vec![1], private: None, shared: false },
         ),
         (
             "guest_load c gpa=0x2000 len=4 private=1",
-            Op::GuestLoad { vcpu: name("c"), gpa: 0x2000, len: 4, private: Some(true) },
+            Op::GuestLoad { vcpu: name("c"), gpa: 0x2000, len: 4, private: Some(true), shared: false },
+        ),
+        (
+            "guest_store c gpa=0x2000 bytes=01 shared=1",
+            Op::GuestStore { vcpu: name("c"), gpa: 0x2000, bytes: vec![1], private: None, shared: true },
+        ),
+        (
+            "guest_load c gpa=0x2000 len=4 shared=0",
+            Op::GuestLoad { vcpu: name("c"), gpa: 0x2000, len: 4, private: None, shared: false },
         ),
         ("pre_fault_memory c gpa=0 size=2M", Op::PreFaultMemory { vcpu: name("c"), gpa: 0, size: 2 << 20 }),
         ("populate vm gpa=0 npages=2", Op::Populate { vm: name("vm"), gpa: 0, npages: 2, bytes: None }),
@@ -983,6 +991,58 @@ fn tdx_argument_errors() {
         ("inject tdx leaf=MEM_PAGE_ADD status=0", "t.gms:5:37: `0` is TDX_SUCCESS: an injected status must fail"),
         ("inject tdx leaf=MEM_PAGE_ADD status=OPERAND_BUSY after=-1", "t.gms:5:56: `-1` does not fit in 32 bits"),
         ("x = tdx_init_vm vm", "t.gms:5:1: `x` cannot be bound: this verb returns no handle"),
+    ];
+    for (line, message) in cases {
+        assert_eq!(error_after_prelude(line), message, "{line}");
+    }
+}
+
+#[test]
+fn tdx_guest_verbs_with_defaults() {
+    let cases: Vec<(&str, Op)> = vec![
+        ("tdx_accept c gpa=0x40000", Op::TdxAccept { vcpu: name("c"), gpa: 0x40000, level: 0, shared: false }),
+        (
+            "tdx_accept c gpa=0x200000 size=2M shared=1",
+            Op::TdxAccept { vcpu: name("c"), gpa: 0x20_0000, level: 1, shared: true },
+        ),
+        ("tdx_accept c gpa=0 size=1G", Op::TdxAccept { vcpu: name("c"), gpa: 0, level: 2, shared: false }),
+        ("tdx_accept c gpa=0x42008 size=4K", Op::TdxAccept { vcpu: name("c"), gpa: 0x42008, level: 0, shared: false }),
+        (
+            "tdx_map_gpa c gpa=0x100000 size=5M shared=1",
+            Op::TdxMapGpa { vcpu: name("c"), gpa: 0x10_0000, size: 5 << 20, shared: true },
+        ),
+        ("tdx_map_gpa c gpa=-1 size=0", Op::TdxMapGpa { vcpu: name("c"), gpa: u64::MAX, size: 0, shared: false }),
+        ("queue_event c", Op::QueueEvent { vcpu: name("c") }),
+    ];
+    for (line, expected) in cases {
+        assert_eq!(op(line), expected, "{line}");
+        let verb = line.split_whitespace().next().unwrap();
+        assert_eq!(expected.verb(), verb, "Op::verb of {line}");
+        assert!(VERBS.contains(&verb));
+    }
+}
+
+#[test]
+fn tdx_guest_argument_errors() {
+    let cases = [
+        ("tdx_accept c", "t.gms:5:1: tdx_accept needs `gpa=`"),
+        ("tdx_accept c gpa=0 size=8K", "t.gms:5:25: page size `8K` is not 4K, 2M or 1G"),
+        ("tdx_accept c gpa=0 shared=2", "t.gms:5:27: expected 0 or 1, found `2`"),
+        ("tdx_map_gpa c gpa=0", "t.gms:5:1: tdx_map_gpa needs `size=`"),
+        ("tdx_map_gpa c size=4K", "t.gms:5:1: tdx_map_gpa needs `gpa=`"),
+        ("tdx_map_gpa gpa=0 size=4K", "t.gms:5:1: tdx_map_gpa needs a VCPU argument"),
+        ("tdx_map_gpa c gpa=0 size=4K private=1", "t.gms:5:29: unknown key `private` for tdx_map_gpa"),
+        ("queue_event", "t.gms:5:1: queue_event needs a VCPU argument"),
+        ("queue_event nowhere", "t.gms:5:13: unbound name `nowhere`"),
+        (
+            "guest_store c gpa=0 bytes=00 private=0 shared=1",
+            "t.gms:5:40: `private=` and `shared=` cannot be given together",
+        ),
+        (
+            "guest_load c gpa=0 len=1 shared=1 private=1",
+            "t.gms:5:35: `private=` and `shared=` cannot be given together",
+        ),
+        ("x = tdx_accept c gpa=0", "t.gms:5:1: `x` cannot be bound: this verb returns no handle"),
     ];
     for (line, message) in cases {
         assert_eq!(error_after_prelude(line), message, "{line}");

@@ -25,10 +25,12 @@
 //! The SEV-SNP host verbs are real calls: `open_dev_sev` opens `/dev/sev` (absent here: ENOENT),
 //! and the launch commands issue `KVM_MEMORY_ENCRYPT_OP` (`VmFd::encrypt_op_sev`) with their
 //! parameters in this process's memory (`bytes=` and `id_block=` staged in memory mapped for the
-//! call). The SNP guest's instructions and VMGEXITs skip like the other guest verbs. So are the
-//! TDX host verbs: `KVM_MEMORY_ENCRYPT_OP` with a `struct kvm_tdx_cmd` on the VM (kvm-ioctls'
-//! `VmFd::encrypt_op`) or on the vCPU (the raw ioctl; kvm-ioctls' `VcpuFd` has no wrapper), the
-//! parameters in this process's memory; `tdx_state` and `inject tdx` are simulator-only.
+//! call). So are the TDX host verbs: `KVM_MEMORY_ENCRYPT_OP` with a `struct kvm_tdx_cmd` on the
+//! VM (kvm-ioctls' `VmFd::encrypt_op`) or on the vCPU (the raw ioctl; kvm-ioctls' `VcpuFd` has no
+//! wrapper), the parameters in this process's memory; `tdx_state`, `inject tdx` and `queue_event`
+//! are simulator-only. The guests' own steps skip like the other guest verbs: the SNP guest's
+//! instructions and VMGEXITs, the TD guest's TDCALLs (`tdx_accept`, `tdx_map_gpa`), the
+//! completion of their exits (`complete_hypercall`), and `shared=1` (a TD's shared bit).
 //!
 //! The backend owns what it creates: dropping it closes every descriptor and unmaps every
 //! mapping, so thousands of scripts in one process do not grow its descriptors or memory.
@@ -51,8 +53,8 @@ use kvm_bindings::{
 use kvm_ioctls::Kvm;
 
 use crate::backend::{
-    staging_len, BResult, Backend, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat, TdxCaps,
-    TdxRegionDone, TdxVmState,
+    staging_len, BResult, Backend, Completion, Failure, GhcbAnswer, LaunchUpdated, MemoryRegion2, Signal, Stat,
+    TdvmcallAnswer, TdxCaps, TdxRegionDone, TdxVmState,
 };
 use fds::{FdTable, Object};
 use gmem_arch::tdx::kvm::{
@@ -779,8 +781,24 @@ impl Backend for KvmBackend {
         skip(GUEST_SKIP)
     }
 
-    fn complete_hypercall(&mut self, _vcpu: i32, _ret: u64) -> BResult<GhcbAnswer> {
+    fn complete_hypercall(&mut self, _vcpu: i32, _ret: u64) -> BResult<Completion> {
         skip(GUEST_SKIP)
+    }
+
+    fn tdx_shared_bit(&mut self, _vcpu: i32) -> BResult<u64> {
+        skip(GUEST_SKIP)
+    }
+
+    fn tdx_accept(&mut self, _vcpu: i32, _rcx: u64) -> BResult<u64> {
+        skip(GUEST_SKIP)
+    }
+
+    fn tdx_map_gpa(&mut self, _vcpu: i32, _gpa: u64, _size: u64) -> BResult<TdvmcallAnswer> {
+        skip(GUEST_SKIP)
+    }
+
+    fn queue_event(&mut self, _vcpu: i32) -> BResult<()> {
+        skip(SIMULATOR_ONLY)
     }
 
     fn ap_create(
