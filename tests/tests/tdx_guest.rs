@@ -715,3 +715,57 @@ fn a_vmm_td_without_sept_ve_disable_gives_the_guest_a_ve() {
     assert_eq!(vmm.stats.map_gpa_range_failures.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_clean(&vmm, "end");
 }
+
+/// The named invariants a check over the TD's host reports.
+fn reported(td: &Td, invariant: &str) -> Vec<String> {
+    td.host.violations().into_iter().filter(|v| v.invariant == invariant).map(|v| v.detail).collect()
+}
+
+/// T7: KVM kills a TD with `SEPT_VE_DISABLE` on the "pending" EPT violation, so the invariant
+/// holds after the guest's own access; a pending violation the TD survived (here the module's
+/// check run directly, without KVM's exit handling) is reported.
+#[test]
+fn t7_reports_a_pending_violation_the_td_survived() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let kvm = td.tdx();
+    let tdr = vm_of(&kvm).tdr().unwrap();
+    // The page at 0x1000 AUGed by a pre-fault and never accepted: PENDING.
+    assert_eq!(td.host.pre_fault_memory(td.vcpus[0], 0x1000, PAGE), Ok(0));
+    assert!(matches!(td.sept_leaf(0x1000), SeptEntry::Leaf { state: LeafState::Pending, .. }));
+    assert!(reported(&td, "T7").is_empty());
+    let exit = td.module().guest_private_access(tdr, 0x1000, false);
+    assert!(exit.is_err(), "a PENDING page is not accessible: {exit:?}");
+    let t7 = reported(&td, "T7");
+    assert_eq!(t7.len(), 1, "{t7:?}");
+    assert!(t7[0].contains("pending EPT violations"), "{t7:?}");
+}
+
+/// T11: an injected non-BUSY failure of `TDH.MEM.PAGE.AUG` is `KVM_BUG_ON`: the VM is dead and
+/// T11 holds (the failure is logged, the VM dead); the same log with the VM alive is reported.
+#[test]
+fn t11_holds_after_a_fatal_aug_and_names_the_failure() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let kvm = td.tdx();
+    td.module().inject(SeamcallLeaf::MemPageAug, TdxStatus::new(TDX_OPERAND_INVALID, TDX_OPERAND_ID_RCX), 0, 1);
+    assert_eq!(td.host.unchecked().pre_fault_memory(td.vcpus[0], 0x1000, PAGE), Err(Errno::EIO));
+    assert!(kvm.is_dead(), "KVM_BUG_ON killed the TD");
+    assert_eq!(vm_of(&kvm).fatal_seamcalls().len(), 1);
+    assert!(reported(&td, "T11").is_empty(), "the VM is dead: the policy held");
+    td.host.take_warnings();
+}
+
+/// T12: the HKID goes only after every private leaf was removed; releasing it with an AUGed
+/// page still mapped is reported.
+#[test]
+fn t12_reports_an_hkid_released_with_private_pages_left() {
+    let td = Td::finalized(TDX_TD_ATTR_SEPT_VE_DISABLE, 1);
+    let kvm = td.tdx();
+    assert_eq!(td.host.pre_fault_memory(td.vcpus[0], 0x1000, PAGE), Ok(0));
+    assert!(reported(&td, "T12").is_empty());
+    vm_of(&kvm).tdx_mmu_release_hkid(&kvm);
+    assert!(!vm_of(&kvm).is_hkid_assigned());
+    let t12 = reported(&td, "T12");
+    assert_eq!(t12.len(), 1, "{t12:?}");
+    assert!(t12[0].contains("HKID is released"), "{t12:?}");
+    td.host.take_warnings();
+}

@@ -125,6 +125,7 @@ impl TdxModule {
                 Err(TdExit::EptViolation { gpa, level: failure.level, state: failure.entry.state(), pending: false })
             }
             Ok((level, _, LeafState::Pending)) if sept_ve_disable => {
+                td.state.lock().pending_violations += 1;
                 Err(TdExit::EptViolation { gpa, level, state: SeptState::Leaf(LeafState::Pending), pending: true })
             }
             Ok((_, _, LeafState::Pending)) => Err(TdExit::VirtualizationException { gpa }),

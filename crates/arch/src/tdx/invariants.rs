@@ -335,6 +335,15 @@ pub const T5_MIRROR_SYNC: &str = "T5";
 /// `T6`: no SEPT zap retry is in progress at a quiescent point (`wait_for_sept_zap` clear), and
 /// none ever ran with a vCPU inside the TD.
 pub const T6_NO_ENTRY_DURING_ZAP: &str = "T6";
+/// `T7`: a guest access to a PENDING page of a TD with `SEPT_VE_DISABLE` (the "pending" EPT
+/// violation) was fatal for the TD: the VM is dead.
+pub const T7_PENDING_FATAL: &str = "T7";
+/// `T11`: every SEAMCALL failure of a mapping or zap path that v6.18 answers with `KVM_BUG_ON`
+/// left the VM dead, and every page KVM leaked on the way stayed out of the host's free pool.
+pub const T11_ERROR_POLICY: &str = "T11";
+/// `T12`: with the HKID released, the TD has no private page left (no S-EPT leaf, no `PT_REG`
+/// frame): the HKID goes only after every private leaf was removed.
+pub const T12_TEARDOWN: &str = "T12";
 
 /// The KVM side of §5.3 for one TD ([`crate::tdx::kvm::TdxVm`]), plus the module's own checks
 /// ([`check`]: T1, T3, T10 and the host-wide T4) once per call, from the first TD of `vms` on
@@ -348,6 +357,9 @@ pub const T6_NO_ENTRY_DURING_ZAP: &str = "T6";
 /// | T4 | every frame the PAMT tracks whose reuse is still hazardous (a TD owns it, its lines may be dirty under a TD key, or it was not cleared since) is allocated in the host, not in its free pool |
 /// | T5 | with the HKID assigned: every mirror leaf is a 4K S-EPT leaf at the same GPA with the same frame, MAPPED or PENDING (not blocked), PT_REG of the TD; every S-EPT leaf has its mirror leaf; before FINALIZE (v6.18) the mirror leaves without an S-EPT leaf are premapped and exactly `nr_premapped` of them |
 /// | T6 | `wait_for_sept_zap` is clear; no vCPU was found inside the TD when a zap retry's kick (`tdx_no_vcpus_enter_start`) returned |
+/// | T7 | a TD that took the "pending" EPT violation (an access to an unaccepted page with `SEPT_VE_DISABLE`) is dead (`kvm_vm_dead`) |
+/// | T11 | a TD whose mapping or zap path met a fatal SEAMCALL failure (AUG, SEPT.ADD, BLOCK other than the premap signature, TRACK, REMOVE, WBINVD) is dead; no page it leaked is in the host's free pool |
+/// | T12 | a TD whose HKID is released has no S-EPT leaf and owns no `PT_REG` frame |
 pub fn check_kvm(
     vm: &crate::tdx::kvm::TdxVm,
     kvm: &gmem_kvm::Kvm,
@@ -370,8 +382,52 @@ pub fn check_kvm(
     for breach in vm.t6_breaches() {
         out.push(Violation { invariant: T6_NO_ENTRY_DURING_ZAP, detail: breach });
     }
+    let fatal = vm.fatal_seamcalls();
+    if !fatal.is_empty() && !kvm.is_dead() {
+        out.push(Violation {
+            invariant: T11_ERROR_POLICY,
+            detail: format!("the VM is alive after fatal SEAMCALL failures: {fatal:?}"),
+        });
+    }
+    for pfn in vm.leaked_pages() {
+        if in_free_pool(module, pfn) {
+            out.push(Violation {
+                invariant: T11_ERROR_POLICY,
+                detail: format!("{pfn:?}, which KVM leaked after a failed release, is in the host's free pool"),
+            });
+        }
+    }
     let Some(tdr) = vm.tdr() else { return };
     let Some(info) = module.td_info(tdr) else { return };
+    if info.pending_violations > 0 && !kvm.is_dead() {
+        out.push(Violation {
+            invariant: T7_PENDING_FATAL,
+            detail: format!(
+                "TD {tdr:?} took {} pending EPT violations (guest access before ACCEPT) and is alive",
+                info.pending_violations
+            ),
+        });
+    }
+    if !vm.is_hkid_assigned() {
+        let leaves = module.sept(tdr).map(|sept| sept.leaves()).unwrap_or_default();
+        let private: Vec<Pfn> = module
+            .pamt_frames()
+            .into_iter()
+            .filter(|(pfn, _)| {
+                module.pamt_entry(*pfn).is_some_and(|entry| entry.pt == PageType::Reg && entry.owner == tdr)
+            })
+            .map(|(pfn, _)| pfn)
+            .collect();
+        if !leaves.is_empty() || !private.is_empty() {
+            out.push(Violation {
+                invariant: T12_TEARDOWN,
+                detail: format!(
+                    "TD {tdr:?}'s HKID is released with {} S-EPT leaves and private pages {private:?} left",
+                    leaves.len()
+                ),
+            });
+        }
+    }
     let state = vm.td_state();
     let expected = match info.op_state {
         TdOpState::Uninitialized => None,

@@ -246,6 +246,8 @@ static TDX_LOCK: LockClass = LockClass::new("tdx_lock");
 static KVM_TDX_PAGES_LOCK: LockClass = LockClass::new("kvm_tdx->td");
 /// The model's record of the pages a TD leaked (a leaf).
 static KVM_TDX_LEAKED_LOCK: LockClass = LockClass::new("kvm_tdx->leaked");
+/// The model's record of the fatal SEAMCALL failures of the mapping and zap paths (a leaf).
+static KVM_TDX_FATAL_LOCK: LockClass = LockClass::new("kvm_tdx->fatal_seamcalls");
 /// The model's record of the pages a TD pinned (a leaf).
 static KVM_TDX_PINS_LOCK: LockClass = LockClass::new("kvm_tdx->pins");
 /// `tdx->vp` (a vCPU's control pages' bookkeeping; a leaf).
@@ -515,6 +517,10 @@ pub struct TdxVm {
     /// The `KVM_BUG_ON`s of this VM that left a page the host may not reuse (model only: what
     /// the invariants know was leaked on purpose).
     leaked: Mutex<Vec<Pfn>>,
+    /// The SEAMCALL failures of the mapping and zap paths (AUG, SEPT.ADD, BLOCK other than the
+    /// premap signature, TRACK, REMOVE, WBINVD with the HKID) that v6.18 answers with
+    /// `KVM_BUG_ON`, for T11 (model only).
+    fatal_seamcalls: Mutex<Vec<String>>,
     /// The pages pinned by `tdx_sept_set_private_spte` (v6.18's `get_page`), with the count of
     /// pins (model only: for INV-REFCOUNT, [`KvmArch::gmem_page_pins`]).
     pins: Mutex<std::collections::BTreeMap<u64, i32>>,
@@ -626,6 +632,7 @@ impl TdxVm {
             wait_for_sept_zap: AtomicBool::new(false),
             page_add_src: AtomicU64::new(0),
             leaked: Mutex::new(&KVM_TDX_LEAKED_LOCK, Vec::new()),
+            fatal_seamcalls: Mutex::new(&KVM_TDX_FATAL_LOCK, Vec::new()),
             pins: Mutex::new(&KVM_TDX_PINS_LOCK, std::collections::BTreeMap::new()),
             stats: TdxStats::default(),
             t6_breaches: Mutex::new(&KVM_TDX_T6_LOCK, Vec::new()),
@@ -724,6 +731,21 @@ impl TdxVm {
 
     fn leak(&self, pfn: Pfn) {
         self.leaked.lock().push(pfn);
+    }
+
+    /// Notes a SEAMCALL failure of a mapping or zap path that the error policy of v6.18 makes
+    /// fatal (T11 then checks that the VM is dead), and returns the message for `KVM_BUG_ON`.
+    fn fatal_seamcall(&self, what: String) -> String {
+        let mut log = self.fatal_seamcalls.lock();
+        if log.len() < 16 {
+            log.push(what.clone());
+        }
+        what
+    }
+
+    /// The fatal SEAMCALL failures of the mapping and zap paths so far (T11).
+    pub fn fatal_seamcalls(&self) -> Vec<String> {
+        self.fatal_seamcalls.lock().clone()
     }
 
     /// `get_page(pfn_to_page(pfn))` in the S-EPT hooks.
@@ -1364,7 +1386,7 @@ impl TdxVm {
                 Err(Errno::EBUSY)
             }
             Err(error) => {
-                kvm.kvm_bug_on(true, || format!("SEAMCALL TDH_MEM_PAGE_AUG failed: {error}"));
+                kvm.kvm_bug_on(true, || self.fatal_seamcall(format!("SEAMCALL TDH_MEM_PAGE_AUG failed: {error}")));
                 unpin();
                 Err(Errno::EIO)
             }
@@ -1434,7 +1456,7 @@ impl TdxVm {
             self.tdx_unpin(kvm, pfn);
             return Ok(false);
         }
-        kvm.kvm_bug_on(true, || format!("SEAMCALL TDH_MEM_RANGE_BLOCK failed: {error}"));
+        kvm.kvm_bug_on(true, || self.fatal_seamcall(format!("SEAMCALL TDH_MEM_RANGE_BLOCK failed: {error}")));
         Err(Errno::EIO)
     }
 
@@ -1456,7 +1478,7 @@ impl TdxVm {
             self.tdx_no_vcpus_enter_stop(kvm);
         }
         if let Err(error) = result {
-            kvm.kvm_bug_on(true, || format!("SEAMCALL TDH_MEM_TRACK failed: {error}"));
+            kvm.kvm_bug_on(true, || self.fatal_seamcall(format!("SEAMCALL TDH_MEM_TRACK failed: {error}")));
         }
         if !self.skip_track_kick.load(Ordering::Relaxed) {
             kvm.make_all_cpus_request_outside_guest_mode();
@@ -1486,12 +1508,12 @@ impl TdxVm {
             self.tdx_no_vcpus_enter_stop(kvm);
         }
         if let Err(error) = result {
-            kvm.kvm_bug_on(true, || format!("SEAMCALL TDH_MEM_PAGE_REMOVE failed: {error}"));
+            kvm.kvm_bug_on(true, || self.fatal_seamcall(format!("SEAMCALL TDH_MEM_PAGE_REMOVE failed: {error}")));
             self.leak(pfn);
             return Err(Errno::EIO);
         }
         if let Err(error) = module.tdh_phymem_page_wbinvd(pfn, hkid) {
-            kvm.kvm_bug_on(true, || format!("SEAMCALL TDH_PHYMEM_PAGE_WBINVD failed: {error}"));
+            kvm.kvm_bug_on(true, || self.fatal_seamcall(format!("SEAMCALL TDH_PHYMEM_PAGE_WBINVD failed: {error}")));
             self.leak(pfn);
             return Err(Errno::EIO);
         }
@@ -1759,7 +1781,7 @@ impl KvmArch for TdxVm {
                 Err(Errno::EBUSY)
             }
             Err(error) => {
-                kvm.kvm_bug_on(true, || format!("SEAMCALL TDH_MEM_SEPT_ADD failed: {error}"));
+                kvm.kvm_bug_on(true, || self.fatal_seamcall(format!("SEAMCALL TDH_MEM_SEPT_ADD failed: {error}")));
                 Err(Errno::EIO)
             }
         }

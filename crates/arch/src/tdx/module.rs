@@ -255,6 +255,9 @@ pub struct TdInfo {
     pub wbcache_done: bool,
     /// The machine checks it took.
     pub machine_checks: Vec<TdMachineCheck>,
+    /// Guest accesses to a PENDING page that exited as the "pending" EPT violation (with
+    /// `SEPT_VE_DISABLE`; without it the guest takes a #VE instead).
+    pub pending_violations: u64,
 }
 
 /// A vCPU's control state.
@@ -282,6 +285,9 @@ pub(crate) struct TdState {
     pub(crate) vcpus: BTreeMap<u64, Vcpu>,
     pub(crate) wbcache_done: bool,
     pub(crate) machine_checks: Vec<TdMachineCheck>,
+    /// Guest accesses to a PENDING page that exited as the "pending" EPT violation (the TD has
+    /// `SEPT_VE_DISABLE`): each one is fatal for the TD (T7).
+    pub(crate) pending_violations: u64,
 }
 
 /// The epoch tracking state of one TD (`TDCS.EPOCH_TRACKING`).
@@ -392,6 +398,7 @@ impl Td {
                     vcpus: BTreeMap::new(),
                     wbcache_done: false,
                     machine_checks: Vec::new(),
+                    pending_violations: 0,
                 },
             ),
             sept_lock: RwLock::new(&TDX_SEPT_TREE_LOCK, ()),
@@ -736,6 +743,7 @@ impl TdxModule {
             mrtd: state.mrtd.value(),
             wbcache_done: state.wbcache_done,
             machine_checks: state.machine_checks.clone(),
+            pending_violations: state.pending_violations,
         })
     }
 
