@@ -43,17 +43,6 @@ const PUNCH_HOLE: i32 = 3;
 /// The three back-ends, in the order of the table in `docs/PERFORMANCE.md`.
 const BACKENDS: [VmType; 3] = [VmType::SwProtected, VmType::SevSnp, VmType::Tdx];
 
-/// A VM of `vm_type` with one private guest_memfd memslot of [`PAGES`] pages at gpa 0 and one
-/// vCPU, launched: an SNP guest after LAUNCH_FINISH, a TD after FINALIZE (runnable, no image:
-/// every page is AUGed on demand).
-struct Guest {
-    host: SimHost,
-    vm: i32,
-    gmem: i32,
-    vcpu: i32,
-    vm_type: VmType,
-}
-
 fn name(vm_type: VmType) -> &'static str {
     match vm_type {
         VmType::SevSnp => "sev_snp",
@@ -62,56 +51,79 @@ fn name(vm_type: VmType) -> &'static str {
     }
 }
 
-fn guest(vm_type: VmType) -> Guest {
-    let host = match vm_type {
+/// The host a back-end's VMs run on: an AMD host for SEV-SNP, an Intel host (kvm_intel with
+/// TDX) for the TD and for SW_PROTECTED. Each bench creates its VMs on one host and destroys
+/// them there, as a long-running host does: the frames a destroyed VM freed are reused by the
+/// next (a new host per VM would also measure the process's allocator handing out fresh memory).
+fn host(vm_type: VmType) -> SimHost {
+    match vm_type {
         VmType::SevSnp => SimHost::new(KernelProfile::v6_18()),
         _ => SimHost::new_intel(KernelProfile::v6_18()),
-    };
-    let vm = host.create_vm(vm_type as u64).expect("KVM_CREATE_VM");
-    match vm_type {
-        VmType::SevSnp => host.sev_init2(vm, &kvm_sev_init::default()).expect("KVM_SEV_INIT2"),
-        VmType::Tdx => {
-            // The CPUID a VMM passes to INIT_VM: leaf 0x80000008 with GPAW 48.
-            let cpuid = [kvm_cpuid_entry2 { function: 0x8000_0008, eax: 48 << 16, ..Default::default() }];
-            let init = kvm_tdx_init_vm { attributes: TDX_TD_ATTR_SEPT_VE_DISABLE, ..Default::default() };
-            host.tdx_init_vm(vm, &init, &cpuid).expect("KVM_TDX_INIT_VM")
-        }
-        _ => {}
     }
-    let size = PAGES << PAGE_SHIFT;
-    let gmem = host
-        .create_guest_memfd(vm, &kvm_create_guest_memfd { size, ..Default::default() })
-        .expect("KVM_CREATE_GUEST_MEMFD");
-    let uaddr = host.process().mmap_anonymous(size).expect("mmap");
-    let region = kvm_userspace_memory_region2 {
-        slot: 0,
-        flags: KVM_MEM_GUEST_MEMFD,
-        memory_size: size,
-        userspace_addr: uaddr,
-        guest_memfd: gmem as u32,
-        ..Default::default()
-    };
-    host.set_user_memory_region2(vm, &region).expect("memslot");
-    let attrs = kvm_memory_attributes { address: 0, size, attributes: KVM_MEMORY_ATTRIBUTE_PRIVATE, flags: 0 };
-    host.set_memory_attributes(vm, &attrs).expect("attributes");
-    let vcpu = host.create_vcpu(vm, 0).expect("vCPU");
-    match vm_type {
-        VmType::SevSnp => {
-            let sev = host.open_dev_sev().expect("/dev/sev");
-            let start = kvm_sev_snp_launch_start { policy: (1 << 17) | (1 << 16), ..Default::default() };
-            host.snp_launch_start(vm, sev, &start).expect("LAUNCH_START");
-            host.snp_launch_finish(vm, sev, &Default::default()).expect("LAUNCH_FINISH");
-        }
-        VmType::Tdx => {
-            host.tdx_init_vcpu(vcpu, 0).expect("KVM_TDX_INIT_VCPU");
-            host.tdx_finalize_vm(vm).expect("KVM_TDX_FINALIZE_VM");
-        }
-        _ => {}
-    }
-    Guest { host, vm, gmem, vcpu, vm_type }
 }
 
-impl Guest {
+/// A VM of `vm_type` with one private guest_memfd memslot of [`PAGES`] pages at gpa 0 and one
+/// vCPU, launched: an SNP guest after LAUNCH_FINISH, a TD after FINALIZE (runnable, no image:
+/// every page is AUGed on demand). Dropping it closes its descriptors and unmaps its shared
+/// backing: the VM is destroyed.
+struct Guest<'h> {
+    host: &'h SimHost,
+    vm: i32,
+    gmem: i32,
+    vcpu: i32,
+    sev: Option<i32>,
+    uaddr: u64,
+    vm_type: VmType,
+}
+
+impl<'h> Guest<'h> {
+    fn new(host: &'h SimHost, vm_type: VmType) -> Guest<'h> {
+        let vm = host.create_vm(vm_type as u64).expect("KVM_CREATE_VM");
+        match vm_type {
+            VmType::SevSnp => host.sev_init2(vm, &kvm_sev_init::default()).expect("KVM_SEV_INIT2"),
+            VmType::Tdx => {
+                // The CPUID a VMM passes to INIT_VM: leaf 0x80000008 with GPAW 48.
+                let cpuid = [kvm_cpuid_entry2 { function: 0x8000_0008, eax: 48 << 16, ..Default::default() }];
+                let init = kvm_tdx_init_vm { attributes: TDX_TD_ATTR_SEPT_VE_DISABLE, ..Default::default() };
+                host.tdx_init_vm(vm, &init, &cpuid).expect("KVM_TDX_INIT_VM")
+            }
+            _ => {}
+        }
+        let size = PAGES << PAGE_SHIFT;
+        let gmem = host
+            .create_guest_memfd(vm, &kvm_create_guest_memfd { size, ..Default::default() })
+            .expect("KVM_CREATE_GUEST_MEMFD");
+        let uaddr = host.process().mmap_anonymous(size).expect("mmap");
+        let region = kvm_userspace_memory_region2 {
+            slot: 0,
+            flags: KVM_MEM_GUEST_MEMFD,
+            memory_size: size,
+            userspace_addr: uaddr,
+            guest_memfd: gmem as u32,
+            ..Default::default()
+        };
+        host.set_user_memory_region2(vm, &region).expect("memslot");
+        let attrs = kvm_memory_attributes { address: 0, size, attributes: KVM_MEMORY_ATTRIBUTE_PRIVATE, flags: 0 };
+        host.set_memory_attributes(vm, &attrs).expect("attributes");
+        let vcpu = host.create_vcpu(vm, 0).expect("vCPU");
+        let mut sev = None;
+        match vm_type {
+            VmType::SevSnp => {
+                let fd = host.open_dev_sev().expect("/dev/sev");
+                let start = kvm_sev_snp_launch_start { policy: (1 << 17) | (1 << 16), ..Default::default() };
+                host.snp_launch_start(vm, fd, &start).expect("LAUNCH_START");
+                host.snp_launch_finish(vm, fd, &Default::default()).expect("LAUNCH_FINISH");
+                sev = Some(fd);
+            }
+            VmType::Tdx => {
+                host.tdx_init_vcpu(vcpu, 0).expect("KVM_TDX_INIT_VCPU");
+                host.tdx_finalize_vm(vm).expect("KVM_TDX_FINALIZE_VM");
+            }
+            _ => {}
+        }
+        Guest { host, vm, gmem, vcpu, sev, uaddr, vm_type }
+    }
+
     /// The guest's first private touch of `page` (or its first since the host took it away):
     /// accept it as a Linux guest does (TD: `tdx_accept_memory` of the page; SNP: PVALIDATE),
     /// then a store.
@@ -154,35 +166,64 @@ impl Guest {
     }
 }
 
-/// The bench's own check that it measures what it says, outside any timing: on the TD, one
-/// round of `first_touch` AUGs and ACCEPTs each page, and `zap` BLOCKs, REMOVEs and WBINVDs
-/// each (with one TRACK per page) and leaves nothing mapped.
-fn check_td_work() {
+impl Drop for Guest<'_> {
+    fn drop(&mut self) {
+        for fd in [Some(self.vcpu), Some(self.gmem), self.sev, Some(self.vm)].into_iter().flatten() {
+            self.host.close(fd).expect("close");
+        }
+        self.host.process().munmap(self.uaddr, PAGES << PAGE_SHIFT).expect("munmap");
+    }
+}
+
+/// The bench's own checks that it measures what it says, outside any timing. On the TD, one
+/// round of `first_touch` AUGs and ACCEPTs each page, and `zap` BLOCKs, TRACKs, REMOVEs and
+/// WBINVDs each and leaves nothing mapped. On every back-end, a destroyed VM gives back every
+/// frame it took, so the benches that create a VM per iteration do not grow the host.
+fn check_work() {
     use SeamcallLeaf::*;
-    let g = guest(VmType::Tdx);
+    for vm_type in BACKENDS {
+        let host = host(vm_type);
+        Guest::new(&host, vm_type).touch_all();
+        let baseline = host.machine().mem.allocated_pages();
+        for _ in 0..3 {
+            Guest::new(&host, vm_type).touch_all();
+            assert_eq!(
+                host.machine().mem.allocated_pages(),
+                baseline,
+                "{}: a destroyed VM freed its frames",
+                name(vm_type)
+            );
+        }
+        assert!(host.machine().warnings.is_empty(), "{}: no WARN", name(vm_type));
+    }
+    let host = host(VmType::Tdx);
+    let g = Guest::new(&host, VmType::Tdx);
     let augs = g.seamcalls(MemPageAug);
     g.touch_all();
     assert_eq!(g.seamcalls(MemPageAug), augs + PAGES, "one AUG per first touch");
-    let before = [MemRangeBlock, MemTrack, MemPageRemove, PhymemPageWbinvd].map(|leaf| g.seamcalls(leaf));
+    let leaves = [MemRangeBlock, MemTrack, MemPageRemove, PhymemPageWbinvd];
+    let before = leaves.map(|leaf| g.seamcalls(leaf));
     g.punch_all();
-    let after = [MemRangeBlock, MemTrack, MemPageRemove, PhymemPageWbinvd].map(|leaf| g.seamcalls(leaf));
-    for (leaf, (before, after)) in ["BLOCK", "TRACK", "REMOVE", "WBINVD"].iter().zip(before.iter().zip(after)) {
-        assert_eq!(after - before, PAGES, "one {leaf} per zapped page");
+    let after = leaves.map(|leaf| g.seamcalls(leaf));
+    for (leaf, (before, after)) in leaves.iter().zip(before.iter().zip(after)) {
+        assert_eq!(after - before, PAGES, "one {leaf:?} per zapped page");
     }
-    let kvm = g.host.vm(g.vm).unwrap();
+    let kvm = host.vm(g.vm).unwrap();
     let tdp = kvm.mmu().as_tdp().expect("TDP MMU");
     assert!((0..PAGES).all(|page| tdp.lookup_mirror(Gfn(page)).is_none()), "the punch zapped every page");
     // Touched again after the zap: a new AUG and ACCEPT for each page.
     g.touch_all();
     assert_eq!(g.seamcalls(MemPageAug), augs + 2 * PAGES);
+    assert!(host.machine().warnings.is_empty(), "TD: no WARN");
 }
 
 fn get_pfn(c: &mut Criterion) {
     let mut group = c.benchmark_group("tdx");
     group.throughput(Throughput::Elements(1));
     for vm_type in BACKENDS {
-        let g = guest(vm_type);
-        let kvm = g.host.vm(g.vm).unwrap();
+        let host = host(vm_type);
+        let g = Guest::new(&host, vm_type);
+        let kvm = host.vm(g.vm).unwrap();
         let srcu = kvm.srcu_read_lock();
         let slot = kvm.gfn_to_memslot(&srcu, Gfn(0)).unwrap();
         for page in 0..64 {
@@ -218,8 +259,10 @@ fn get_pfn(c: &mut Criterion) {
     group.finish();
 }
 
-/// Benches of [`PAGES`] pages per iteration take milliseconds each (and their untimed setup as
-/// long again): 20 samples of one iteration each keep the run short.
+/// Benches of [`PAGES`] pages per iteration take up to milliseconds each, and the untimed setup
+/// of `first_touch` and `zap` (a new VM, or the pages touched again) as long again: 20 samples
+/// of equal size (flat sampling) fill the measurement time without criterion's linear sampling
+/// asking for thousands of iterations.
 fn batch_group<'a>(c: &'a mut Criterion) -> BenchmarkGroup<'a, criterion::measurement::WallTime> {
     let mut group = c.benchmark_group("tdx");
     group.throughput(Throughput::Elements(PAGES));
@@ -229,11 +272,13 @@ fn batch_group<'a>(c: &'a mut Criterion) -> BenchmarkGroup<'a, criterion::measur
 }
 
 fn first_touch(c: &mut Criterion) {
+    check_work();
     let mut group = batch_group(c);
     for vm_type in BACKENDS {
+        let host = host(vm_type);
         group.bench_function(format!("first_touch/{}", name(vm_type)), |b| {
             b.iter_batched(
-                || guest(vm_type),
+                || Guest::new(&host, vm_type),
                 |g| {
                     g.touch_all();
                     g
@@ -246,10 +291,10 @@ fn first_touch(c: &mut Criterion) {
 }
 
 fn zap(c: &mut Criterion) {
-    check_td_work();
     let mut group = batch_group(c);
     for vm_type in BACKENDS {
-        let g = guest(vm_type);
+        let host = host(vm_type);
+        let g = Guest::new(&host, vm_type);
         group.bench_function(format!("zap/{}", g.name()), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -267,10 +312,10 @@ fn zap(c: &mut Criterion) {
 }
 
 fn hit(c: &mut Criterion) {
-    let mut group = c.benchmark_group("tdx");
-    group.throughput(Throughput::Elements(PAGES));
+    let mut group = batch_group(c);
     for vm_type in BACKENDS {
-        let g = guest(vm_type);
+        let host = host(vm_type);
+        let g = Guest::new(&host, vm_type);
         g.touch_all();
         group.bench_function(format!("hit/{}", g.name()), |b| {
             b.iter(|| {
