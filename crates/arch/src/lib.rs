@@ -95,7 +95,7 @@ impl X86Host {
             }
             CpuVendor::Intel => {
                 let module = TdxModule::new(machine);
-                machine.mem.set_host_write_check(module.clone());
+                machine.mem.set_host_write_check(tdx::guest::TdxHostWriteCheck::new(&module));
                 X86Host {
                     vendor,
                     snp: None,

@@ -205,6 +205,26 @@ impl HostWriteCheck for TdxModule {
     }
 }
 
+/// The TDX module's host-write check as the machine holds it. The module keeps its machine
+/// (`Arc<Machine>`), so the machine must not keep the module in return: a strong reference both
+/// ways would keep every Intel host, its memory and its TDs alive forever. Once the module is
+/// gone there is no TD memory to poison, and host writes are allowed.
+#[derive(Debug)]
+pub struct TdxHostWriteCheck(gmem_sync::Weak<TdxModule>);
+
+impl TdxHostWriteCheck {
+    /// The check of `module`, for [`gmem_mm::page::PhysMem::set_host_write_check`].
+    pub fn new(module: &gmem_sync::Arc<TdxModule>) -> gmem_sync::Arc<TdxHostWriteCheck> {
+        gmem_sync::Arc::new(TdxHostWriteCheck(gmem_sync::Arc::downgrade(module)))
+    }
+}
+
+impl HostWriteCheck for TdxHostWriteCheck {
+    fn check_host_write(&self, pfn: Pfn) -> Option<String> {
+        self.0.upgrade().and_then(|module| module.check_host_write(pfn))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
