@@ -24,6 +24,7 @@ use gmem_kvm::memslot::{
     KVM_MEM_READONLY as READONLY,
 };
 use gmem_kvm::mmu::{AttrFilter, KvmGfnRange, MmuEvent};
+use gmem_kvm::vcpu::{RunError, VcpuExit, KVM_MEMORY_EXIT_FLAG_PRIVATE};
 use gmem_kvm::{Gfn, KernelProfile, Kvm};
 use gmem_mm::filemap::MfResult;
 use gmem_mm::vfs::*;
@@ -731,6 +732,67 @@ fn get_pfn_ehwpoison_after_memory_failure() {
         let ok = get_pfn(&kvm, GFN, GFN).expect("page 0 is fine");
         ok.page.put();
         host.check("get_pfn EHWPOISON");
+    }
+}
+
+#[test]
+fn get_pfn_and_a_private_fault_fail_with_the_prepare_hooks_errno_and_the_next_call_prepares_again() {
+    // kvm_gmem_prepare_folio's failure branch: kvm_arch_gmem_prepare fails (here through the
+    // gmem_prepare injection point, the only way for a SW_PROTECTED VM), the folio is not marked
+    // uptodate, the error goes back through __kvm_gmem_get_pfn / kvm_gmem_get_pfn, and the next
+    // get_pfn prepares it again (INV-UPTODATE-PREPARED). The fault path turns the errno into
+    // KVM_EXIT_MEMORY_FAULT (kvm_mmu_faultin_pfn_gmem -> kvm_mmu_prepare_memory_fault_exit).
+    for profile in both_versions() {
+        let name = profile.name.clone();
+        let (host, vm, gmem) = setup_private(profile);
+        let kvm = host.kvm(vm);
+        let file = host.gmem_file(gmem);
+        let uptodate = |index: u64| {
+            let folio = file.inode().mapping().get_folio(PgOff(index)).expect("the folio is in the page cache");
+            let uptodate = folio.test_uptodate();
+            folio.put();
+            uptodate
+        };
+        let inject = &host.machine().inject;
+
+        // kvm_gmem_get_pfn, called as the MMU would.
+        inject.arm(FaultPoint::GmemPrepare, 0, 1);
+        assert_errno(get_pfn(&kvm, GFN, GFN), EIO, "injected prepare failure");
+        assert_eq!(inject.fired(FaultPoint::GmemPrepare), 1, "{name}: the hook point was evaluated");
+        assert_eq!(nrpages(&host, gmem), 1, "{name}: the folio stays in the page cache");
+        assert!(!uptodate(0), "{name}: a failed prepare leaves the folio not uptodate");
+        host.check("get_pfn with a failing prepare hook (no WARN)");
+        let got = get_pfn(&kvm, GFN, GFN).expect("without the injection the next get_pfn prepares");
+        assert!(got.page.test_uptodate() && got.page.model_arch_prepared(), "{name}: prepared now");
+        got.page.put();
+        host.check("get_pfn after the failed prepare");
+
+        // A guest access: the private fault exits to user space with the hook's errno, twice in a
+        // row (the first failure did not mark the folio prepared, so the second fault prepares
+        // again and fails again); then the access succeeds.
+        let vcpu = host.create_vcpu(vm, 0).unwrap();
+        let exit = RunError::Exit(VcpuExit::MemoryFault {
+            gpa: GPA + PAGE,
+            size: PAGE,
+            flags: KVM_MEMORY_EXIT_FLAG_PRIVATE,
+            errno: EIO,
+        });
+        inject.arm(FaultPoint::GmemPrepare, 0, 2);
+        assert_eq!(host.guest_store(vcpu, GPA + PAGE + 0x10, &[1, 2, 3], None), Err(exit), "{name}");
+        assert!(!uptodate(1), "{name}: not prepared after the failed fault");
+        assert_eq!(
+            host.guest_load(vcpu, GPA + PAGE + 0x10, 3, None),
+            Err(exit),
+            "{name}: prepared again, failed again"
+        );
+        assert_eq!(inject.fired(FaultPoint::GmemPrepare), 3, "{name}");
+        assert!(!uptodate(1), "{name}: still not prepared");
+        assert!(!host.spte_present(vm, GFN + 1), "{name}: nothing was mapped");
+        host.guest_store(vcpu, GPA + PAGE + 0x10, &[1, 2, 3], None).expect("the fault prepares and maps the page");
+        assert!(uptodate(1), "{name}: prepared by the successful fault");
+        assert_eq!(host.guest_load(vcpu, GPA + PAGE + 0x10, 3, None).unwrap(), vec![1, 2, 3]);
+        assert_eq!(inject.fired(FaultPoint::GmemPrepare), 3, "{name}: disarmed after count failures");
+        host.check("guest accesses around a failing prepare hook");
     }
 }
 

@@ -26,6 +26,7 @@ use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
 use gmem_mm::vma::{vmf_error, VmFault, VmFaultError, VmOperations, Vma, VM_MAYSHARE, VM_SHARED};
 use gmem_mm::xarray::XArray;
 use gmem_mm::{Errno, KResult, Pfn};
+use gmem_sync::inject::FaultPoint;
 use gmem_sync::{lockdep_assert_held, Arc};
 use std::any::Any;
 use std::fmt;
@@ -174,21 +175,20 @@ fn kvm_gmem_prepare_folio(kvm: &Kvm, slot: MemslotRef<'_>, gfn: Gfn, folio: Foli
     Ok(())
 }
 
-/// `__kvm_gmem_prepare_folio`: `kvm_arch_gmem_prepare` for the folio's first page.
+/// `__kvm_gmem_prepare_folio`: `kvm_arch_gmem_prepare` for the folio's first page. The
+/// [`FaultPoint::GmemPrepare`] injection point stands in for a failing hook (EIO) for every VM
+/// type, so the failure branch (the folio is left not uptodate) is reachable without SNP.
 fn __kvm_gmem_prepare_folio(kvm: &Kvm, slot: MemslotRef<'_>, index: PgOff, folio: Folio<'_>) -> KResult<()> {
     let pfn = folio.file_pfn(index);
     let gfn = Gfn(slot.base_gfn().0.wrapping_add(index.0).wrapping_sub(slot.gmem_pgoff()));
-    kvm.arch().gmem_prepare(kvm, gfn, pfn, folio.order()).inspect(|()| folio.note_arch_prepared()).inspect_err(
-        |errno| {
-            tracing::warn!(
-                "gmem: Failed to prepare folio for index {:x} GFN {} PFN {} error {}",
-                index.0,
-                gfn,
-                pfn,
-                errno
-            );
-        },
-    )
+    let ret = if kvm.machine().inject.should_fail(FaultPoint::GmemPrepare) {
+        Err(Errno::EIO)
+    } else {
+        kvm.arch().gmem_prepare(kvm, gfn, pfn, folio.order())
+    };
+    ret.inspect(|()| folio.note_arch_prepared()).inspect_err(|errno| {
+        tracing::warn!("gmem: Failed to prepare folio for index {:x} GFN {} PFN {} error {}", index.0, gfn, pfn, errno);
+    })
 }
 
 /// `kvm_gmem_mark_prepared`: in v6.14 and v6.18 "prepared" is the uptodate flag.

@@ -1,6 +1,7 @@
 //! Fault injection: the kernel's failslab / fail_page_alloc and a pending signal, as points the
 //! simulator evaluates where the real code can fail, so tests can drive every error path
-//! (ENOMEM from folio or xarray allocation, EINTR from an interruptible wait).
+//! (ENOMEM from folio or xarray allocation, EINTR from an interruptible wait, EIO from the arch
+//! prepare hook of guest_memfd).
 
 use std::fmt;
 
@@ -20,9 +21,13 @@ pub enum FaultPoint {
     AllocXarray,
     /// `signal_pending(current)` in an interruptible wait or loop: EINTR / ERESTARTSYS.
     SignalPending,
+    /// The arch prepare hook (`kvm_arch_gmem_prepare()`, called from `kvm_gmem_prepare_folio()`)
+    /// fails for any VM type: EIO, as a failing hook would report.
+    GmemPrepare,
 }
 
-const ALL: [FaultPoint; 3] = [FaultPoint::AllocFolio, FaultPoint::AllocXarray, FaultPoint::SignalPending];
+const ALL: [FaultPoint; 4] =
+    [FaultPoint::AllocFolio, FaultPoint::AllocXarray, FaultPoint::SignalPending, FaultPoint::GmemPrepare];
 
 impl FaultPoint {
     /// Short name, as used on command lines and in scenario files.
@@ -31,6 +36,7 @@ impl FaultPoint {
             FaultPoint::AllocFolio => "alloc_folio",
             FaultPoint::AllocXarray => "alloc_xarray",
             FaultPoint::SignalPending => "signal",
+            FaultPoint::GmemPrepare => "gmem_prepare",
         }
     }
 
@@ -41,6 +47,7 @@ impl FaultPoint {
             "alloc_folio" | "ENOMEM" => Some(FaultPoint::AllocFolio),
             "alloc_xarray" => Some(FaultPoint::AllocXarray),
             "signal" | "signal_pending" => Some(FaultPoint::SignalPending),
+            "gmem_prepare" => Some(FaultPoint::GmemPrepare),
             _ => None,
         }
     }
@@ -56,6 +63,7 @@ impl FaultPoint {
             FaultPoint::AllocFolio => "folio allocation for the page cache fails (ENOMEM)",
             FaultPoint::AllocXarray => "xarray node allocation fails (ENOMEM)",
             FaultPoint::SignalPending => "a signal is pending in an interruptible wait (EINTR)",
+            FaultPoint::GmemPrepare => "the arch prepare hook kvm_arch_gmem_prepare fails (EIO)",
         }
     }
 
@@ -68,6 +76,7 @@ impl FaultPoint {
             FaultPoint::AllocFolio => 0,
             FaultPoint::AllocXarray => 1,
             FaultPoint::SignalPending => 2,
+            FaultPoint::GmemPrepare => 3,
         }
     }
 }
@@ -216,7 +225,7 @@ mod tests {
             assert!(!p.describe().is_empty());
             assert_eq!(p.to_string(), p.name());
         }
-        assert_eq!(FaultPoint::all().len(), 3);
+        assert_eq!(FaultPoint::all().len(), 4);
         assert_eq!(FaultPoint::from_name("ENOMEM"), Some(FaultPoint::AllocFolio));
         assert_eq!(FaultPoint::from_name("signal"), Some(FaultPoint::SignalPending));
         assert_eq!(FaultPoint::from_name("alloc_xarray"), Some(FaultPoint::AllocXarray));
