@@ -420,6 +420,21 @@ impl SimHost {
     /// used as given), both staged in this process's memory for the call; `cmd.error` and the
     /// parameters come back as the kernel left them.
     pub fn encrypt_op_staged(&self, vm_fd: i32, cmd: &mut kvm_sev_cmd, params: &mut [u8]) -> Result<()> {
+        self.staged_encrypt_op(cmd, params, |cmd, data| cmd.data = data, |argp| self.memory_encrypt_op(vm_fd, argp))
+    }
+
+    /// Stages `cmd` and the parameter bytes `params` in this process's staging page (the
+    /// parameters' address goes into the command through `set_data` unless `params` is empty),
+    /// runs `ioctl` with the command's address, and copies both back as the kernel left them.
+    /// E2BIG if the parameters do not fit (16 KiB less the 64 bytes of the command). The
+    /// staging lock is held across the call, so concurrent staged calls do not share the page.
+    fn staged_encrypt_op<C: gmem_arch::uapi::UapiStruct>(
+        &self,
+        cmd: &mut C,
+        params: &mut [u8],
+        set_data: impl FnOnce(&mut C, u64),
+        ioctl: impl FnOnce(u64) -> Result<()>,
+    ) -> Result<()> {
         let mut staging = self.staging.lock();
         let page = match *staging {
             Some(page) => page,
@@ -435,13 +450,13 @@ impl SimHost {
         }
         if !params.is_empty() {
             self.process.mm.access(params_at, params, true).map_err(|_| Errno::EFAULT)?;
-            cmd.data = params_at;
+            set_data(cmd, params_at);
         }
-        let mut cmd_bytes = gmem_arch::sev::kvm::uapi_bytes(cmd);
+        let mut cmd_bytes = gmem_arch::uapi::as_bytes(cmd).to_vec();
         self.process.mm.access(page, &mut cmd_bytes, true).map_err(|_| Errno::EFAULT)?;
-        let result = self.memory_encrypt_op(vm_fd, page);
+        let result = ioctl(page);
         self.process.mm.access(page, &mut cmd_bytes, false).map_err(|_| Errno::EFAULT)?;
-        *cmd = gmem_arch::sev::kvm::uapi_from_bytes(&cmd_bytes);
+        *cmd = gmem_arch::uapi::from_bytes(&cmd_bytes);
         if !params.is_empty() {
             self.process.mm.access(params_at, params, false).map_err(|_| Errno::EFAULT)?;
         }
@@ -652,32 +667,12 @@ impl SimHost {
     /// parameters come back as the kernel left them. E2BIG if the parameters do not fit the
     /// staging area (16 KiB less 64 bytes).
     pub fn tdx_op_staged(&self, fd: i32, vcpu: bool, cmd: &mut kvm_tdx_cmd, params: &mut [u8]) -> Result<()> {
-        let mut staging = self.staging.lock();
-        let page = match *staging {
-            Some(page) => page,
-            None => {
-                let page = self.process.mmap_anonymous(STAGING_SIZE)?;
-                *staging = Some(page);
-                page
-            }
-        };
-        let params_at = page + 64;
-        if params.len() as u64 > STAGING_SIZE - 64 {
-            return Err(Errno::E2BIG);
-        }
-        if !params.is_empty() {
-            self.process.mm.access(params_at, params, true).map_err(|_| Errno::EFAULT)?;
-            cmd.data = params_at;
-        }
-        let mut cmd_bytes = gmem_arch::uapi::as_bytes(cmd).to_vec();
-        self.process.mm.access(page, &mut cmd_bytes, true).map_err(|_| Errno::EFAULT)?;
-        let result = if vcpu { self.vcpu_memory_encrypt_op(fd, page) } else { self.memory_encrypt_op(fd, page) };
-        self.process.mm.access(page, &mut cmd_bytes, false).map_err(|_| Errno::EFAULT)?;
-        *cmd = gmem_arch::uapi::from_bytes(&cmd_bytes);
-        if !params.is_empty() {
-            self.process.mm.access(params_at, params, false).map_err(|_| Errno::EFAULT)?;
-        }
-        result
+        self.staged_encrypt_op(
+            cmd,
+            params,
+            |cmd, data| cmd.data = data,
+            |argp| if vcpu { self.vcpu_memory_encrypt_op(fd, argp) } else { self.memory_encrypt_op(fd, argp) },
+        )
     }
 
     /// One typed TDX command: `id` with `flags`, `data` as given when `params` is empty.
@@ -718,12 +713,7 @@ impl SimHost {
         init_vm: &kvm_tdx_init_vm,
         cpuid: &[kvm_cpuid_entry2],
     ) -> std::result::Result<(), TdxError> {
-        let mut init_vm = *init_vm;
-        init_vm.cpuid.nent = cpuid.len() as u32;
-        let mut bytes = gmem_arch::uapi::as_bytes(&init_vm).to_vec();
-        for entry in cpuid {
-            bytes.extend_from_slice(gmem_arch::uapi::as_bytes(entry));
-        }
+        let mut bytes = init_vm.with_cpuid(cpuid);
         self.tdx_command(vm_fd, false, KVM_TDX_INIT_VM, 0, 0, &mut bytes)
     }
 

@@ -415,12 +415,7 @@ impl Backend for SimBackend {
         init_vm: &kvm_tdx_init_vm,
         cpuid: &[kvm_cpuid_entry2],
     ) -> BResult<()> {
-        let mut init_vm = *init_vm;
-        init_vm.cpuid.nent = cpuid.len() as u32;
-        let mut bytes = gmem_arch::uapi::as_bytes(&init_vm).to_vec();
-        for entry in cpuid {
-            bytes.extend_from_slice(gmem_arch::uapi::as_bytes(entry));
-        }
+        let mut bytes = init_vm.with_cpuid(cpuid);
         self.tdx_command(vm, KVM_TDX_INIT_VM, flags, 0, &mut bytes)
     }
 

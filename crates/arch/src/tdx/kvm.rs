@@ -202,6 +202,21 @@ pub struct kvm_tdx_init_vm {
     pub cpuid: KvmCpuid2Header,
 }
 
+impl kvm_tdx_init_vm {
+    /// The bytes a VMM hands `KVM_TDX_INIT_VM`: the structure with `cpuid.nent` set to the
+    /// number of `cpuid` entries, followed by those entries (the flexible array of its
+    /// `struct kvm_cpuid2`).
+    pub fn with_cpuid(&self, cpuid: &[kvm_cpuid_entry2]) -> Vec<u8> {
+        let mut init_vm = *self;
+        init_vm.cpuid.nent = cpuid.len() as u32;
+        let mut bytes = crate::uapi::as_bytes(&init_vm).to_vec();
+        for entry in cpuid {
+            bytes.extend_from_slice(crate::uapi::as_bytes(entry));
+        }
+        bytes
+    }
+}
+
 /// `struct kvm_tdx_init_mem_region`.
 #[repr(C)]
 #[allow(non_camel_case_types)]

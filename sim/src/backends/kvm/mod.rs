@@ -675,12 +675,7 @@ impl Backend for KvmBackend {
         init_vm: &kvm_tdx_init_vm,
         cpuid: &[kvm_cpuid_entry2],
     ) -> BResult<()> {
-        let mut init_vm = *init_vm;
-        init_vm.cpuid.nent = cpuid.len() as u32;
-        let mut bytes = gmem_arch::uapi::as_bytes(&init_vm).to_vec();
-        for entry in cpuid {
-            bytes.extend_from_slice(gmem_arch::uapi::as_bytes(entry));
-        }
+        let mut bytes = init_vm.with_cpuid(cpuid);
         let mut cmd = kvm_tdx_cmd { id: KVM_TDX_INIT_VM, flags, data: bytes.as_mut_ptr() as u64, hw_error: 0 };
         self.tdx_op(vm, &mut cmd)
     }
