@@ -201,6 +201,13 @@ fn create_vcpu_checks_ids_and_descriptors() {
     assert_errno(host.create_vcpu(vm, 3), Errno::EEXIST, "duplicate id");
     assert_errno(host.create_vcpu(vm, 4096 * 4), Errno::EINVAL, "id >= KVM_MAX_VCPU_IDS");
     assert_errno(host.create_vcpu(vm, u64::MAX), Errno::EINVAL, "huge id");
+    // This project's machines have no MAXSMP: 1024 vCPUs, ids below 4096.
+    let pvm = CheckedHost::new(KernelProfile::v6_18_pvm());
+    let vm1024 = pvm.create_vm(DEFAULT_VM).unwrap();
+    assert!(pvm.create_vcpu(vm1024, 4095).is_ok(), "the largest id of v6.18-pvm");
+    assert_errno(pvm.create_vcpu(vm1024, 4096), Errno::EINVAL, "id >= KVM_MAX_VCPU_IDS of v6.18-pvm");
+    let maxsmp = host.create_vm(DEFAULT_VM).unwrap();
+    assert!(host.create_vcpu(maxsmp, 4096).is_ok(), "a MAXSMP kernel takes id 4096");
     assert_errno(host.create_vcpu(gmem, 0), Errno::ENOTTY, "not a VM");
     assert_errno(host.create_vcpu(vcpu, 0), Errno::ENOTTY, "a vCPU is not a VM");
     assert_errno(host.create_vcpu(99, 0), Errno::EBADF, "not open");
@@ -230,7 +237,17 @@ fn pre_fault_memory_maps_what_a_fault_would_or_says_why_not() {
     let pvm = CheckedHost::new(KernelProfile::v6_18_pvm());
     let vm = pvm.create_vm(DEFAULT_VM).unwrap();
     let vcpu = pvm.create_vcpu(vm, 0).unwrap();
+    // Shadow paging: the vCPU's root needs the MMU page budget the first memslot sets, and a
+    // shadow MMU cannot map by GPA (this host's answers, examples/pre_fault_memory_on_this_host).
+    assert_errno(pvm.pre_fault_memory(vcpu, 0, PAGE), Errno::ENOSPC, "shadow paging, no memslot yet");
+    let uaddr = pvm.mmap_anonymous(PAGE).unwrap();
+    pvm.set_user_memory_region2(vm, &region(0, 0, 0, PAGE, uaddr, 0, 0)).unwrap();
     assert_errno(pvm.pre_fault_memory(vcpu, 0, PAGE), Errno::EOPNOTSUPP, "shadow paging");
+    // A TDP MMU's root needs no budget: no memslot is RET_PF_EMULATE (ENOENT).
+    let tdp = CheckedHost::new(KernelProfile::v6_18());
+    let vm = tdp.create_vm(DEFAULT_VM).unwrap();
+    let vcpu = tdp.create_vcpu(vm, 0).unwrap();
+    assert_errno(tdp.pre_fault_memory(vcpu, 0, PAGE), Errno::ENOENT, "TDP, no memslot");
 }
 
 #[test]

@@ -27,6 +27,10 @@ pub const KVM_CAP_MEMORY_ATTRIBUTES: u64 = 233;
 pub const KVM_CAP_GUEST_MEMFD: u64 = 234;
 /// `KVM_CAP_VM_TYPES`.
 pub const KVM_CAP_VM_TYPES: u64 = 235;
+/// `KVM_CAP_MAX_VCPUS`.
+pub const KVM_CAP_MAX_VCPUS: u64 = 66;
+/// `KVM_CAP_MAX_VCPU_ID`.
+pub const KVM_CAP_MAX_VCPU_ID: u64 = 128;
 /// `KVM_CAP_PRE_FAULT_MEMORY`.
 pub const KVM_CAP_PRE_FAULT_MEMORY: u64 = 236;
 /// `KVM_CAP_GUEST_MEMFD_FLAGS` (v6.18; the number was unassigned in v6.14).
@@ -56,6 +60,9 @@ pub fn check_extension(profile: &KernelProfile, kvm: Option<&Kvm>, cap: u64) -> 
         KVM_CAP_GUEST_MEMFD_FLAGS => kvm_gmem_get_supported_flags(profile, kvm) as i64,
         KVM_CAP_VM_TYPES => profile.config.vm_types as i64,
         KVM_CAP_PRE_FAULT_MEMORY => profile.config.pre_fault as i64,
+        KVM_CAP_MAX_VCPUS => i64::from(profile.config.max_vcpus),
+        // KVM_MAX_VCPU_IDS (x86 reports the build's limit, not a VM's enabled max_vcpu_ids).
+        KVM_CAP_MAX_VCPU_ID => i64::from(profile.config.max_vcpus) * crate::vcpu::KVM_VCPU_ID_RATIO as i64,
         _ => 0,
     }
 }

@@ -722,16 +722,21 @@ impl Kvm {
 
     /// `kvm_commit_memory_region`: accounting, then the fate of the old slot.
     fn commit_memory_region(&self, old: Option<MemslotEntry>, new: Option<MemslotEntry>, change: MrChange) {
+        // The page count is updated before the arch hook, which sizes the MMU from it.
         match change {
             MrChange::Create => {
-                let new = new.expect("create has a new slot");
-                self.nr_memslot_pages.fetch_add(new.npages, Ordering::Relaxed);
+                self.nr_memslot_pages.fetch_add(new.expect("create has a new slot").npages, Ordering::Relaxed);
             }
             MrChange::Delete => {
-                let old = old.expect("delete has an old slot");
-                self.nr_memslot_pages.fetch_sub(old.npages, Ordering::Relaxed);
-                self.free_memslot(old.handle);
+                self.nr_memslot_pages.fetch_sub(old.expect("delete has an old slot").npages, Ordering::Relaxed);
             }
+            MrChange::Move | MrChange::FlagsOnly => {}
+        }
+        self.arch_commit_memory_region(change);
+        match change {
+            // Nothing more to do.
+            MrChange::Create => {}
+            MrChange::Delete => self.free_memslot(old.expect("delete has an old slot").handle),
             // MOVE and FLAGS_ONLY free the old slot without unbinding it: before F2 a gmem slot
             // could get here (by clearing GUEST_MEMFD), leaving its binding dangling.
             MrChange::Move => self.free_slot_storage(old.expect("move has an old slot").handle),
@@ -741,6 +746,22 @@ impl Kvm {
                 self.mmu_slot_apply_flags(old, new);
                 self.free_slot_storage(old.handle);
             }
+        }
+    }
+
+    /// x86 `kvm_arch_commit_memory_region`'s MMU sizing: unless userspace chose a size
+    /// (`KVM_SET_NR_MMU_PAGES`, not modelled), a CREATE or DELETE resizes the shadow MMU's page
+    /// budget to `nr_memslot_pages / KVM_MEMSLOT_PAGES_TO_MMU_PAGES_RATIO`, at least
+    /// `KVM_MIN_ALLOC_MMU_PAGES` (`kvm_mmu_change_mmu_pages`). Called after the generic code
+    /// updated `nr_memslot_pages`, as the kernel's order is.
+    fn arch_commit_memory_region(&self, change: MrChange) {
+        /// `KVM_MEMSLOT_PAGES_TO_MMU_PAGES_RATIO`.
+        const PAGES_TO_MMU_PAGES_RATIO: u64 = 50;
+        /// `KVM_MIN_ALLOC_MMU_PAGES`.
+        const MIN_ALLOC_MMU_PAGES: u64 = 64;
+        if matches!(change, MrChange::Create | MrChange::Delete) {
+            let pages = self.nr_memslot_pages.load(Ordering::Relaxed) / PAGES_TO_MMU_PAGES_RATIO;
+            self.n_max_mmu_pages.store(pages.max(MIN_ALLOC_MMU_PAGES), Ordering::Relaxed);
         }
     }
 

@@ -208,6 +208,9 @@ pub struct KernelConfig {
     /// The bits of `kvm_mmu_max_gfn`: the host MAXPHYADDR with TDP, a fixed 52 without (shadow
     /// paging). Memslots ending above them are EINVAL. The TDP profiles assume a 52-bit host.
     pub max_phys_bits: u32,
+    /// `KVM_MAX_VCPUS` (`CONFIG_KVM_MAX_NR_VCPUS`: 4096 with `MAXSMP`, else 1024), which
+    /// `KVM_CAP_MAX_VCPUS` reports; vCPU ids are below `KVM_MAX_VCPU_IDS`, four times as many.
+    pub max_vcpus: u32,
 }
 
 /// A kernel profile.
@@ -263,6 +266,7 @@ impl KernelProfile {
                 memory_failure: true,
                 pre_fault: true,
                 max_phys_bits: 52,
+                max_vcpus: crate::vcpu::KVM_MAX_VCPUS,
             },
         }
     }
@@ -287,6 +291,7 @@ impl KernelProfile {
 
     /// `v6.18-pvm`: the same kernel as configured on this project's machines (kvm_pvm): DEFAULT
     /// VMs only, no memory-attributes ioctl, no memory failure, no pre-fault (shadow paging),
+    /// `KVM_MAX_VCPUS` 1024 (no `MAXSMP`),
     /// so `kvm_mmu_max_gfn` uses its fixed 52 bits (measured: a slot at `(1 << 52) - 4096` is
     /// accepted, one at `1 << 52` is EINVAL). The profile that must agree with `/dev/kvm` here.
     pub fn v6_18_pvm() -> KernelProfile {
@@ -298,6 +303,8 @@ impl KernelProfile {
                 memory_failure: false,
                 pre_fault: false,
                 max_phys_bits: 52,
+                // Measured: KVM_CAP_MAX_VCPUS 1024, KVM_CAP_MAX_VCPU_ID 4096, id 4096 EINVAL.
+                max_vcpus: 1024,
             },
             ..KernelProfile::v6_18()
         }

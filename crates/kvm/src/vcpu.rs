@@ -42,10 +42,11 @@ use gmem_sync::warn::WarnKind;
 use gmem_sync::{Arc, LockClass, Mutex};
 use std::any::Any;
 
-/// `KVM_MAX_VCPUS` on x86.
+/// `KVM_MAX_VCPUS` on x86 with `MAXSMP` (the TDP profiles'; each profile has its own in
+/// [`KernelConfig::max_vcpus`](crate::profile::KernelConfig)).
 pub const KVM_MAX_VCPUS: u32 = 4096;
-/// `KVM_MAX_VCPU_IDS` on x86: `KVM_MAX_VCPUS * KVM_VCPU_ID_RATIO` (4).
-pub const KVM_MAX_VCPU_IDS: u64 = 4096 * 4;
+/// `KVM_VCPU_ID_RATIO`: `KVM_MAX_VCPU_IDS` is `KVM_MAX_VCPUS` times this.
+pub const KVM_VCPU_ID_RATIO: u64 = 4;
 /// `KVM_MEMORY_EXIT_FLAG_PRIVATE`.
 pub const KVM_MEMORY_EXIT_FLAG_PRIVATE: u64 = 1 << 3;
 /// How many times one access may re-fault before the model reports a vCPU that cannot make
@@ -278,12 +279,13 @@ impl Kvm {
     /// `create_vcpu_fd` does under `kvm->lock`); its failure undoes everything.
     pub fn create_vcpu(&self, id: u64, install: impl FnOnce(Arc<KvmVcpu>) -> KResult<i32>) -> KResult<i32> {
         let _span = tracing::debug_span!("kvm_vm_ioctl_create_vcpu", id).entered();
-        if id >= KVM_MAX_VCPU_IDS {
+        let max_vcpus = self.profile().config.max_vcpus;
+        if id >= u64::from(max_vcpus) * KVM_VCPU_ID_RATIO {
             return Err(Errno::EINVAL);
         }
         {
             let _lock = self.lock.lock();
-            if self.created_vcpus.load(Ordering::Relaxed) >= KVM_MAX_VCPUS {
+            if self.created_vcpus.load(Ordering::Relaxed) >= max_vcpus {
                 return Err(Errno::EINVAL);
             }
             // kvm_arch_vcpu_precreate: max_vcpu_ids defaults to KVM_MAX_VCPU_IDS (checked above).
@@ -1072,14 +1074,11 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
     if kvm.profile().has_fix(Fix::F7PreFaultGate) && !kvm.pre_fault_allowed() {
         return Err(Errno::EOPNOTSUPP);
     }
-    // Shadow paging (tdp_enabled off, KVM_CAP_PRE_FAULT_MEMORY 0) has no kvm_tdp_page_fault.
-    if !kvm.profile().config.pre_fault {
-        return Err(Errno::EOPNOTSUPP);
-    }
     // Alias gfns (a TDX shared-bit address) are refused: memslots know the gfn without the bits.
     if kvm.has_mirrored_tdp() && kvm.is_gfn_alias(Gpa(gpa).to_gfn()) {
         return Err(Errno::EINVAL);
     }
+    kvm_mmu_reload(kvm)?;
     let mut error_code = PFERR_GUEST_FINAL_MASK;
     if kvm.default_access_is_private(Gpa(gpa).to_gfn()) {
         error_code |= PFERR_PRIVATE_ACCESS;
@@ -1097,6 +1096,19 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
     Ok(size.min(end - gpa))
 }
 
+/// `kvm_mmu_reload`: load the vCPU's root if it has none. Only its failure is modelled: with
+/// shadow paging the root is a shadow page, and `make_mmu_pages_available` refuses it (ENOSPC)
+/// while the VM's MMU page budget is still 0, i.e. before any memslot was created
+/// (`kvm_arch_commit_memory_region` sizes it). The TDP MMU allocates its roots outside that
+/// budget, so a TDP vCPU always loads one.
+fn kvm_mmu_reload(kvm: &Kvm) -> KResult<()> {
+    let shadow_paging = !kvm.profile().config.pre_fault;
+    if shadow_paging && kvm.n_max_mmu_pages.load(Ordering::Relaxed) == 0 {
+        return Err(Errno::ENOSPC);
+    }
+    Ok(())
+}
+
 /// `kvm_tdp_map_page(vcpu, gpa, error_code, &level)`: fault `gpa` in as a prefetch with
 /// `error_code` (`PFERR_WRITE_MASK`, `PFERR_PRIVATE_ACCESS`), retrying while the fault returns
 /// `RET_PF_RETRY`, and return the level it mapped at. The loop ends with EINTR on a pending
@@ -1105,6 +1117,11 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
 /// would spin until a signal). `RET_PF_EMULATE` (no memslot) is ENOENT; a memory-fault exit
 /// is its errno. Used by `KVM_PRE_FAULT_MEMORY` and by TDX's `tdx_gmem_post_populate`.
 pub fn kvm_tdp_map_page(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, error_code: u64) -> KResult<PgLevel> {
+    // Only a TDP page fault is indexed by GPA: with shadow paging (`tdp_enabled` off, so
+    // `KVM_CAP_PRE_FAULT_MEMORY` is 0) the vCPU's MMU has no `kvm_tdp_page_fault`.
+    if !kvm.profile().config.pre_fault {
+        return Err(Errno::EOPNOTSUPP);
+    }
     let is_private = error_code & PFERR_PRIVATE_ACCESS != 0;
     let write = error_code & PFERR_WRITE_MASK != 0;
     let mut attempts = 0;

@@ -175,6 +175,7 @@ impl KvmSystem {
             memslots: AtomicPtr::new(Box::into_raw(Box::new(Memslots::empty(0)))),
             slot_slab: Slab::new("kvm_memory_slot"),
             nr_memslot_pages: AtomicU64::new(0),
+            n_max_mmu_pages: AtomicU64::new(0),
             mem_attr_array: XArray::new(),
             mmu_lock: RwLock::new(&MMU_LOCK, ()),
             mmu_invalidate: MmuInvalidate::default(),
@@ -241,6 +242,10 @@ pub struct Kvm {
     /// Storage for `struct kvm_memory_slot` (stale pointers are detected, not dereferenced).
     pub(crate) slot_slab: Slab<KvmMemorySlot>,
     pub(crate) nr_memslot_pages: AtomicU64,
+    /// `kvm->arch.n_max_mmu_pages`: the shadow MMU's page budget. 0 until the first memslot is
+    /// created or deleted (`kvm_arch_commit_memory_region` sizes it then), so a shadow-paging
+    /// vCPU cannot load a root before that (`make_mmu_pages_available`: ENOSPC).
+    pub(crate) n_max_mmu_pages: AtomicU64,
     /// `kvm->mem_attr_array`.
     pub(crate) mem_attr_array: XArray<u64>,
     /// `kvm->mmu_lock`.

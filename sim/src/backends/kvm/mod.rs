@@ -18,9 +18,11 @@
 //!
 //! A verb not performed prints `skip` with the reason, and the line is not compared. Guest
 //! verbs skip: on this machine's PVM backend a guest reads the memslot's `userspace_addr`,
-//! not guest_memfd (reference/kernel-semantics.md §0.2). `create_vcpu` is the real
-//! `KVM_CREATE_VCPU` (kvm-ioctls' `VmFd::create_vcpu`): the vCPU-scope `KVM_MEMORY_ENCRYPT_OP`
-//! commands need a vCPU descriptor, and nothing here runs it. Simulator-only verbs skip.
+//! not guest_memfd (reference/kernel-semantics.md §0.2). The vCPU's host ioctls are real:
+//! `create_vcpu` is `KVM_CREATE_VCPU` (kvm-ioctls' `VmFd::create_vcpu`), so descriptor numbers
+//! agree on both backends after it, and `pre_fault_memory` is `KVM_PRE_FAULT_MEMORY`; the
+//! vCPU-scope `KVM_MEMORY_ENCRYPT_OP` commands use the descriptor too. Nothing here runs the
+//! vCPU (`KVM_RUN`). Simulator-only verbs skip.
 //!
 //! The SEV-SNP host verbs are real calls: `open_dev_sev` opens `/dev/sev` (absent here: ENOENT),
 //! and the launch commands issue `KVM_MEMORY_ENCRYPT_OP` (`VmFd::encrypt_op_sev`) with their
@@ -752,8 +754,17 @@ impl Backend for KvmBackend {
         skip(GUEST_SKIP)
     }
 
-    fn pre_fault_memory(&mut self, _vcpu: i32, _gpa: u64, _size: u64) -> BResult<u64> {
-        skip(GUEST_SKIP)
+    /// The real `KVM_PRE_FAULT_MEMORY` on the vCPU: a host ioctl, run whatever the host's MMU
+    /// (on this machine's shadow-paging PVM it is ENOSPC before the first memslot and
+    /// EOPNOTSUPP after, as the `v6.18-pvm` profile models). Success is the size left in the
+    /// updated `range.size`.
+    fn pre_fault_memory(&mut self, vcpu: i32, gpa: u64, size: u64) -> BResult<u64> {
+        if let Some(skipped) = self.stream_skip(vcpu) {
+            return skipped;
+        }
+        let mut range = kvm_bindings::kvm_pre_fault_memory { gpa, size, ..Default::default() };
+        errno(sys::ioctl_with_mut(self.raw(vcpu), sys::KVM_PRE_FAULT_MEMORY, &mut range))?;
+        Ok(range.size)
     }
 
     fn pvalidate(&mut self, _vcpu: i32, _gpa: u64, _size_2m: bool, _validate: bool) -> BResult<u64> {

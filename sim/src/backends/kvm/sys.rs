@@ -38,10 +38,15 @@ pub const KVM_ENABLE_CAP: c_ulong = ioc(IOC_WRITE, 0xa3, std::mem::size_of::<kvm
 /// `KVM_MEMORY_ENCRYPT_OP` = `_IOWR(KVMIO, 0xba, unsigned long)`: the size field is the uAPI's
 /// `unsigned long`, not the `struct kvm_sev_cmd` the argument points at.
 pub const KVM_MEMORY_ENCRYPT_OP: c_ulong = ioc(IOC_READ | IOC_WRITE, 0xba, std::mem::size_of::<c_ulong>());
+/// `KVM_PRE_FAULT_MEMORY` = `_IOWR(KVMIO, 0xd5, struct kvm_pre_fault_memory)` (a vCPU ioctl;
+/// kvm-ioctls has no wrapper).
+pub const KVM_PRE_FAULT_MEMORY: c_ulong =
+    ioc(IOC_READ | IOC_WRITE, 0xd5, std::mem::size_of::<kvm_bindings::kvm_pre_fault_memory>());
 
 // The numbers measured on x86-64 (reference/kernel-semantics.md §1).
 const _: () = assert!(KVM_CHECK_EXTENSION == 0xAE03);
 const _: () = assert!(KVM_CREATE_VCPU == 0xAE41);
+const _: () = assert!(KVM_PRE_FAULT_MEMORY == 0xC040_AED5);
 const _: () = assert!(KVM_ENABLE_CAP == 0x4068_AEA3);
 const _: () = assert!(KVM_MEMORY_ENCRYPT_OP == 0xC008_AEBA);
 const _: () = assert!(KVM_CREATE_GUEST_MEMFD == 0xC040_AED4);
