@@ -9,7 +9,7 @@
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use gmem_kvm::guest_memfd::{GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP};
 use gmem_kvm::invariants::INV_NO_STALE_PFN;
-use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
+use gmem_kvm::memslot::{KVM_MEM_GUEST_MEMFD, KVM_MEM_READONLY};
 use gmem_kvm::vcpu::{RunError, VcpuExit, KVM_MEMORY_EXIT_FLAG_PRIVATE};
 use gmem_kvm::{Gfn, KernelProfile, Kvm};
 use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MAP_SHARED, PROT_READ, PROT_WRITE};
@@ -131,6 +131,28 @@ fn deleting_the_memslot_zaps_every_spte_and_the_gpa_becomes_mmio() {
         host.guest_store(guest.vcpu, 0, &[1, 2], None),
         Err(RunError::Exit(VcpuExit::Mmio { phys_addr: 0, len: 2, is_write: true }))
     );
+}
+
+#[test]
+fn a_private_fault_on_a_slot_without_guest_memfd_and_a_write_to_a_read_only_slot_exit() {
+    // kvm_mmu_faultin_pfn_gmem: a private fault on a memslot with no guest_memfd is a memory-fault
+    // exit (EFAULT). __kvm_faultin_pfn: a write to a KVM_MEM_READONLY slot is KVM_PFN_ERR_RO_FAULT,
+    // emulated as MMIO; a read of it maps.
+    let host = CheckedHost::new(KernelProfile::v6_18());
+    let vm = host.create_vm(SW_PROTECTED_VM).unwrap();
+    let uaddr = host.mmap_anonymous(2 * PAGE).unwrap();
+    host.set_user_memory_region2(vm, &region(0, 0, 0, PAGE, uaddr, 0, 0)).unwrap();
+    host.set_user_memory_region2(vm, &region(1, KVM_MEM_READONLY, PAGE, PAGE, uaddr + PAGE, 0, 0)).unwrap();
+    host.set_memory_attributes(vm, &attrs(0, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
+    let vcpu = host.create_vcpu(vm, 0).unwrap();
+    assert_eq!(host.guest_load(vcpu, 0x10, 1, None), Err(memory_fault(0, true)), "no guest_memfd behind the slot");
+    assert_eq!(
+        host.guest_store(vcpu, PAGE + 8, &[1, 2], None),
+        Err(RunError::Exit(VcpuExit::Mmio { phys_addr: PAGE + 8, len: 2, is_write: true })),
+        "a write to a read-only slot"
+    );
+    host.store(uaddr + PAGE + 8, &[7]).unwrap();
+    assert_eq!(host.guest_load(vcpu, PAGE + 8, 1, None), Ok(vec![7]), "a read of it maps");
 }
 
 #[test]

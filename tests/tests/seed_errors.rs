@@ -732,6 +732,17 @@ fn get_pfn_ehwpoison_after_memory_failure() {
         let ok = get_pfn(&kvm, GFN, GFN).expect("page 0 is fine");
         ok.page.put();
         host.check("get_pfn EHWPOISON");
+        // A private fault on it exits to user space with the errno (kvm_mmu_faultin_pfn_gmem).
+        host.set_memory_attributes(vm, &attrs(GPA, 4 * PAGE, PRIVATE)).unwrap();
+        let vcpu = host.create_vcpu(vm, 0).unwrap();
+        let exit = VcpuExit::MemoryFault {
+            gpa: GPA + PAGE,
+            size: PAGE,
+            flags: KVM_MEMORY_EXIT_FLAG_PRIVATE,
+            errno: EHWPOISON,
+        };
+        assert_eq!(host.guest_load(vcpu, GPA + PAGE, 1, None), Err(RunError::Exit(exit)));
+        host.check("a private fault on a poisoned folio");
     }
 }
 
@@ -793,6 +804,38 @@ fn get_pfn_and_a_private_fault_fail_with_the_prepare_hooks_errno_and_the_next_ca
         assert_eq!(host.guest_load(vcpu, GPA + PAGE + 0x10, 3, None).unwrap(), vec![1, 2, 3]);
         assert_eq!(inject.fired(FaultPoint::GmemPrepare), 3, "{name}: disarmed after count failures");
         host.check("guest accesses around a failing prepare hook");
+    }
+}
+
+#[test]
+fn fallocate_before_f6_fails_with_the_prepare_hooks_errno_and_prepares_only_bound_indices() {
+    // Without upstream fix F6 (`v6.14-F6`, `v6.18-F6`), kvm_gmem_allocate prepared each folio for
+    // every VM whose memslot is bound at its index. A failing hook ends the fallocate with its
+    // errno, the folio stays allocated and not uptodate, and the next fallocate prepares it.
+    // Indices no memslot binds are allocated but not prepared.
+    for name in ["v6.14-F6", "v6.18-F6"] {
+        let profile = KernelProfile::by_name(name).unwrap();
+        let (host, vm, gmem) = setup(profile, 4, 0);
+        host.set_user_memory_region2(vm, &gmem_region(1, GPA, 2 * PAGE, gmem, 0)).unwrap();
+        let file = host.gmem_file(gmem);
+        let uptodate = |index: u64| {
+            let folio = file.inode().mapping().get_folio(PgOff(index)).expect("allocated");
+            let uptodate = folio.test_uptodate();
+            folio.put();
+            uptodate
+        };
+        let inject = &host.machine().inject;
+        inject.arm(FaultPoint::GmemPrepare, 1, 1);
+        assert_errno(host.fallocate(gmem, KEEP, 0, 4 * PAGE as i64), EIO, "the second folio's prepare fails");
+        assert_eq!(nrpages(&host, gmem), 2, "{name}: the failing folio stays allocated");
+        assert!(uptodate(0) && !uptodate(1), "{name}: only the first folio is prepared");
+        host.check("fallocate with a failing prepare hook (no WARN)");
+        host.fallocate(gmem, KEEP, 0, 4 * PAGE as i64).unwrap();
+        assert_eq!(nrpages(&host, gmem), 4, "{name}");
+        assert!(uptodate(1), "{name}: prepared by the second fallocate");
+        assert!(!uptodate(2) && !uptodate(3), "{name}: unbound indices are allocated, not prepared");
+        assert_eq!(inject.fired(FaultPoint::GmemPrepare), 1, "{name}");
+        host.check("fallocate after the failed prepare");
     }
 }
 
@@ -958,6 +1001,27 @@ fn populate_returns_partial_progress_clamps_to_the_slot_and_copies_the_source() 
             folio.put();
         }
         assert_eq!(host.populate(vm, GPA + 3 * PAGE, 10, None), Ok(1), "clamped to the slot's last page");
+    }
+}
+
+#[test]
+fn populate_returns_get_pfns_errno_for_the_first_page_and_partial_progress_after_it() {
+    // __kvm_gmem_get_pfn failing inside the loop: a poisoned folio (EHWPOISON) or one that cannot
+    // be allocated (ENOMEM). `ret && !i ? ret : i`: the errno only when no page was done.
+    for profile in both_versions() {
+        let name = profile.name.clone();
+        let (host, vm, gmem) = setup_private(profile);
+        host.fallocate(gmem, KEEP, PAGE as i64, PAGE as i64).unwrap();
+        assert_eq!(host.inject_memory_failure(gmem, PAGE), Ok(MfResult::Delayed));
+        assert_errno(host.populate(vm, GPA + PAGE, 1, None), EHWPOISON, "a poisoned first page");
+        assert_eq!(host.populate(vm, GPA, 2, None), Ok(1), "{name}: stops at the poisoned page 1");
+        let inject = &host.machine().inject;
+        inject.arm(FaultPoint::AllocFolio, 0, 1);
+        assert_errno(host.populate(vm, GPA + 2 * PAGE, 2, None), ENOMEM, "the first folio cannot be allocated");
+        inject.arm(FaultPoint::AllocFolio, 1, 1);
+        assert_eq!(host.populate(vm, GPA + 2 * PAGE, 2, None), Ok(1), "{name}: the second cannot be allocated");
+        assert_eq!(nrpages(&host, gmem), 3, "{name}: pages 0 and 2 populated, page 1 poisoned, page 3 never allocated");
+        host.check("populate with __kvm_gmem_get_pfn errors");
     }
 }
 
