@@ -26,7 +26,7 @@ use crate::mmu_notifier::{
 use crate::types::{Pfn, PgOff, PAGE_SHIFT, PAGE_SIZE};
 use gmem_sync::atomic::{AtomicBool, Ordering};
 use gmem_sync::{Arc, LockClass, Mutex, RwSem};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// `VM_READ`.
@@ -45,6 +45,10 @@ pub const VM_MAYWRITE: u64 = 0x20;
 pub const VM_MAYEXEC: u64 = 0x40;
 /// `VM_MAYSHARE`.
 pub const VM_MAYSHARE: u64 = 0x80;
+/// `VM_LOCKED`: `MAP_LOCKED` (or `mlock`): the pages stay resident, and the madvise advice that
+/// would drop them (`MADV_DONTNEED`, `MADV_FREE`, `MADV_REMOVE`, `MADV_COLD`, `MADV_PAGEOUT`,
+/// `MADV_GUARD_INSTALL`) is refused with EINVAL.
+pub const VM_LOCKED: u64 = 0x2000;
 /// `VM_HUGEPAGE`: `MADV_HUGEPAGE` was given.
 pub const VM_HUGEPAGE: u64 = 0x2000_0000;
 /// `VM_NOHUGEPAGE`: `MADV_NOHUGEPAGE` was given.
@@ -61,6 +65,10 @@ static ANON_LOCK: LockClass = LockClass::new("anon_vma->lock");
 static PMD_LOCK: LockClass = LockClass::new("mm->pmd_lock");
 /// The page-table lock of a VMA's file PTEs (`pte_lockptr`; one per VMA in the model).
 static PTL: LockClass = LockClass::new("mm->page_table_lock");
+/// The runner's retired ranges (a leaf).
+static RETIRED_LOCK: LockClass = LockClass::new("mm->retired_ranges");
+/// The guard markers of a VMA's PTEs (part of its page tables in the kernel; a leaf here).
+static GUARD_LOCK: LockClass = LockClass::new("mm->guard_markers");
 
 /// `access_ok(addr, size)` on x86-64.
 pub fn access_ok(addr: u64, size: u64) -> bool {
@@ -138,6 +146,11 @@ pub struct Vma {
     pub(crate) anon: Mutex<BTreeMap<u64, Pfn>>,
     /// File mappings: the present PTEs, frame by page index within the VMA.
     file_ptes: Mutex<BTreeMap<u64, Pfn>>,
+    /// Guard markers (`MADV_GUARD_INSTALL`, `PTE_MARKER_GUARD`) by page index within the VMA: an
+    /// access to such a page is SIGSEGV whatever the VMA maps. They live in the page tables, so
+    /// zaps (`MADV_DONTNEED`, hole punching, `MADV_REMOVE`) keep them; munmap and
+    /// `MADV_GUARD_REMOVE` drop them.
+    guards: Mutex<BTreeSet<u64>>,
     /// `vm_mm`, as far as the reverse map needs it: the owning address space's MMU notifiers
     /// (set when the VMA is linked into an [`Mm`]).
     vm_mm: Option<Arc<MmuNotifierSubscriptions>>,
@@ -169,6 +182,7 @@ impl Vma {
             vm_ops: None,
             anon: Mutex::new(&ANON_LOCK, BTreeMap::new()),
             file_ptes: Mutex::new(&PTL, BTreeMap::new()),
+            guards: Mutex::new(&GUARD_LOCK, BTreeSet::new()),
             vm_mm: None,
             linked: AtomicBool::new(false),
         }
@@ -195,6 +209,21 @@ impl Vma {
     /// How many file PTEs are present.
     pub fn file_ptes_present(&self) -> usize {
         self.file_ptes.lock().len()
+    }
+
+    /// Whether the page at `page` (index within the VMA) holds a guard marker.
+    pub fn guarded(&self, page: u64) -> bool {
+        self.guards.lock().contains(&page)
+    }
+
+    /// Installs guard markers on pages `[from, to)` (indices within the VMA).
+    fn install_guards(&self, from: u64, to: u64) {
+        self.guards.lock().extend(from..to);
+    }
+
+    /// Removes the guard markers of pages `[from, to)`.
+    fn remove_guards(&self, from: u64, to: u64) {
+        self.guards.lock().retain(|&page| page < from || page >= to);
     }
 
     /// `set_pte_range` of `finish_fault` (and GUP's fault-in): the PTE at `page` maps `pfn`.
@@ -283,6 +312,9 @@ pub struct Mm {
     pub(crate) pmds: Mutex<BTreeMap<u64, Pmd>>,
     /// `mm->notifier_subscriptions`.
     notifiers: Arc<MmuNotifierSubscriptions>,
+    /// Ranges [`Mm::get_unmapped_area`] does not hand out although nothing is mapped there (see
+    /// [`Mm::retire`]).
+    retired: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Mm {
@@ -293,6 +325,17 @@ impl Mm {
             vmas: RwSem::new(&MMAP_LOCK, BTreeMap::new()),
             pmds: Mutex::new(&PMD_LOCK, BTreeMap::new()),
             notifiers: Arc::new(MmuNotifierSubscriptions::new()),
+            retired: Mutex::new(&RETIRED_LOCK, Vec::new()),
+        }
+    }
+
+    /// Keeps `[start, end)` out of future placements while leaving it unmapped. Not a kernel
+    /// mechanism: the script runner's, which keeps a range a script unmapped from being handed
+    /// out again while a name may still refer to it (`docs/script-format.md`), so that a stale
+    /// access is SIGSEGV and a second munmap unmaps nothing on every backend.
+    pub fn retire(&self, start: u64, end: u64) {
+        if start < end {
+            self.retired.lock().push((start, end));
         }
     }
 
@@ -326,12 +369,15 @@ impl Mm {
             return Err(Errno::ENOMEM);
         }
         let vmas = self.vmas.read();
+        let mut taken: Vec<(u64, u64)> = vmas.values().map(|vma| (vma.start, vma.end)).collect();
+        taken.extend(self.retired.lock().iter().copied());
+        taken.sort_unstable();
         let mut ceiling = MMAP_BASE;
-        for vma in vmas.values().rev() {
-            if vma.end <= ceiling && ceiling - vma.end >= len {
+        for &(start, end) in taken.iter().rev() {
+            if end <= ceiling && ceiling - end >= len {
                 return Ok(ceiling - len);
             }
-            ceiling = ceiling.min(vma.start);
+            ceiling = ceiling.min(start);
         }
         ceiling.checked_sub(len).filter(|&addr| addr >= PAGE_SIZE << 8).ok_or(Errno::ENOMEM)
     }
@@ -479,6 +525,14 @@ impl Mm {
             target.insert(page - shift, pfn);
         }
         drop(ptes);
+        let mut guards = vma.guards.lock();
+        let moved: Vec<u64> = guards.range(shift..shift + pages).copied().collect();
+        let target = part.guards.get_mut();
+        for page in moved {
+            guards.remove(&page);
+            target.insert(page - shift);
+        }
+        drop(guards);
         let mut anon = vma.anon.lock();
         let moved: Vec<(u64, Pfn)> = anon.range(shift..shift + pages).map(|(&page, &pfn)| (page, pfn)).collect();
         // The new part is not shared yet: no need (and no lockdep nesting) to lock it.
@@ -552,6 +606,9 @@ impl Mm {
             return Err(Errno::EFAULT);
         }
         let page_in_vma = (addr - vma.start) >> PAGE_SHIFT;
+        if vma.guarded(page_in_vma) {
+            return Err(Errno::EFAULT);
+        }
         let Some(ops) = vma.vm_ops else {
             // GUP faults anonymous memory in as a write (the model has no shared zero page), so
             // a VM_HUGEPAGE range gets a THP. The fault's reference is the caller's.
@@ -620,6 +677,10 @@ impl Mm {
         }
         let in_page = addr & (PAGE_SIZE - 1);
         let page_in_vma = (addr - vma.start) >> PAGE_SHIFT;
+        // A guard marker: handle_pte_marker answers VM_FAULT_SIGSEGV before any fault handler.
+        if vma.guarded(page_in_vma) {
+            return Err(AccessSignal::Sigsegv);
+        }
         let Some(ops) = vma.vm_ops else {
             return self.access_anon(&vma, addr, in_page, buf, write);
         };
@@ -677,6 +738,95 @@ impl Mm {
         }
     }
 
+    /// `MADV_GUARD_INSTALL` on `[start, end)` of `vma` (`madvise_guard_install`): the range is
+    /// zapped as `MADV_DONTNEED` zaps it (anonymous pages are freed, file pages stay in the page
+    /// cache) and every page gets a guard marker, so an access faults with SIGSEGV.
+    pub(crate) fn guard_install(&self, vma: &Vma, start: u64, end: u64) {
+        self.dontneed(vma, start, end);
+        vma.install_guards((start - vma.start) >> PAGE_SHIFT, (end - vma.start) >> PAGE_SHIFT);
+    }
+
+    /// `MADV_GUARD_REMOVE` on `[start, end)` of `vma`: the guard markers go; the pages fault in
+    /// again on the next access (the data of file pages is still in the page cache).
+    pub(crate) fn guard_remove(&self, vma: &Vma, start: u64, end: u64) {
+        vma.remove_guards((start - vma.start) >> PAGE_SHIFT, (end - vma.start) >> PAGE_SHIFT);
+    }
+
+    /// Faults one page of `vma` in as GUP does for `MADV_POPULATE_*` and `mm_populate`
+    /// (`faultin_page`): EFAULT for a guard marker or a fault handler's SIGBUS, EHWPOISON for a
+    /// poisoned page, ENOMEM when anonymous memory cannot be allocated.
+    fn faultin_page(&self, vma: &Vma, addr: u64, write: bool) -> KResult<()> {
+        let page_in_vma = (addr - vma.start) >> PAGE_SHIFT;
+        if vma.guarded(page_in_vma) {
+            return Err(Errno::EFAULT);
+        }
+        let Some(ops) = vma.vm_ops else {
+            if let Some(pfn) = self.anon_fault(vma, addr, write)? {
+                Folio::from_pfn(&self.machine.mem, pfn).put();
+            }
+            return Ok(());
+        };
+        match self.fault_file_page(vma, ops, page_in_vma, write, addr) {
+            Ok((folio, _)) => {
+                folio.unlock();
+                folio.put();
+                Ok(())
+            }
+            Err(FileFaultError::Hwpoison) => Err(Errno::EHWPOISON),
+            Err(FileFaultError::Failed) => Err(Errno::EFAULT),
+        }
+    }
+
+    /// `madvise_populate` over `[start, end)` (`MADV_POPULATE_READ` / `MADV_POPULATE_WRITE`,
+    /// `faultin_page_range` with `FOLL_MADV_POPULATE`): page by page from `start`, ENOMEM where
+    /// no VMA maps the address, EINVAL for a VMA without the access right (`check_vma_flags`:
+    /// a read needs `VM_READ`, a write `VM_WRITE`; no `FOLL_FORCE`), EFAULT where the fault
+    /// fails (SIGBUS, a guard marker), EHWPOISON for a poisoned page. The pages before the
+    /// failing one stay populated.
+    pub(crate) fn madvise_populate(&self, start: u64, end: u64, write: bool) -> KResult<()> {
+        let mut addr = start;
+        while addr < end {
+            let vma = self.find(addr).ok_or(Errno::ENOMEM)?;
+            let needed = if write { VM_WRITE } else { VM_READ };
+            if vma.vm_flags & needed == 0 {
+                return Err(Errno::EINVAL);
+            }
+            let stop = end.min(vma.end);
+            while addr < stop {
+                self.faultin_page(&vma, addr, write)?;
+                addr += PAGE_SIZE;
+            }
+        }
+        Ok(())
+    }
+
+    /// `mm_populate(start, len)` after an mmap with `MAP_POPULATE` or `MAP_LOCKED`
+    /// (`__mm_populate` with `ignore_errors`): each VMA of the range is faulted in page by page
+    /// (`populate_vma_page_range`: a write fault only for a private writable mapping, reads
+    /// forced on any accessible mapping, nothing on `PROT_NONE`) until its first failure, which
+    /// skips the rest of that VMA; errors never reach the caller (mmap has succeeded).
+    pub(crate) fn mm_populate(&self, start: u64, end: u64) {
+        let (vmas, _) = self.overlapping(start, end);
+        for vma in vmas {
+            if vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC) == 0 {
+                continue;
+            }
+            let write = vma.vm_flags & (VM_WRITE | VM_SHARED) == VM_WRITE;
+            let mut addr = start.max(vma.start);
+            while addr < end.min(vma.end) {
+                if self.faultin_page(&vma, addr, write).is_err() {
+                    break;
+                }
+                addr += PAGE_SIZE;
+            }
+        }
+    }
+
+    /// `mm->locked_vm`: the pages of `VM_LOCKED` VMAs.
+    pub fn locked_vm(&self) -> u64 {
+        self.vmas.read().values().filter(|vma| vma.vm_flags & VM_LOCKED != 0).map(|vma| vma.pages()).sum()
+    }
+
     /// `MADV_HUGEPAGE` / `MADV_NOHUGEPAGE` over `[start, end)` (`madvise_vma_behavior` →
     /// `hugepage_madvise` → `madvise_update_vma`, `mmap_lock` for write): each VMA of the range
     /// whose flags change is split at the range's edges (a huge PMD straddling an edge is split
@@ -720,7 +870,7 @@ impl Mm {
     }
 
     /// The VMAs overlapping `[start, end)`, ascending, and whether the range has holes.
-    pub(crate) fn overlapping(&self, start: u64, end: u64) -> (Vec<Arc<Vma>>, bool) {
+    pub fn overlapping(&self, start: u64, end: u64) -> (Vec<Arc<Vma>>, bool) {
         let vmas = self.vmas.read();
         let mut out = Vec::new();
         let mut expect = start;

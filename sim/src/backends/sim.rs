@@ -298,7 +298,17 @@ impl Backend for SimBackend {
     }
 
     fn munmap(&mut self, addr: u64, len: u64) -> BResult<()> {
-        errno(self.host.process().munmap(addr, len))
+        // The script contract: a range the script unmapped is not handed out again during the
+        // script (the kvm backend keeps it reserved), so a stale name never reaches a newer
+        // mapping. What was mapped in the range is what gets retired.
+        let process = self.host.process();
+        let end = addr.saturating_add(len.saturating_add(PAGE - 1) & !(PAGE - 1));
+        let (vmas, _) = process.mm.overlapping(addr, end);
+        errno(process.munmap(addr, len))?;
+        for vma in vmas {
+            process.mm.retire(addr.max(vma.start), end.min(vma.end));
+        }
+        Ok(())
     }
 
     fn store(&mut self, addr: u64, bytes: &[u8]) -> BResult<()> {

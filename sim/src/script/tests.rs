@@ -480,8 +480,13 @@ fn argument_errors() {
         ("set_user_memory_region2 vm slot=0 gpa=0 size=0 guest_memfd=x1", "t.gms:5:60: unbound name `x1`"),
         ("lseek g offset=0", "t.gms:5:1: lseek needs `whence=`"),
         (
-            "madvise m len=1 advice=FREE",
-            "t.gms:5:24: unknown madvise advice `FREE` (expected DONTNEED, REMOVE or a number)",
+            "madvise m len=1 advice=FRE",
+            concat!(
+                "t.gms:5:24: unknown madvise advice `FRE` (expected NORMAL, RANDOM, SEQUENTIAL, WILLNEED, DONTNEED, ",
+                "FREE, REMOVE, DONTFORK, DOFORK, MERGEABLE, UNMERGEABLE, HUGEPAGE, NOHUGEPAGE, DONTDUMP, DODUMP, ",
+                "WIPEONFORK, KEEPONFORK, COLD, PAGEOUT, POPULATE_READ, POPULATE_WRITE, DONTNEED_LOCKED, COLLAPSE, ",
+                "HWPOISON, SOFT_OFFLINE, GUARD_INSTALL, GUARD_REMOVE or a number)"
+            ),
         ),
     ];
     for (line, message) in cases {

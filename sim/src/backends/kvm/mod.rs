@@ -103,13 +103,38 @@ const GPA_LIMIT: u64 = 1 << 52;
 const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
 
 /// mmap flags this backend does not pass: it always maps with a NULL hint, so `MAP_FIXED`
-/// and `MAP_FIXED_NOREPLACE` would map at address 0 and could replace the runner's memory;
-/// `MAP_POPULATE` and `MAP_LOCKED` would commit a whole mapping of any size at once.
-const MMAP_FLAGS_REFUSED: u64 =
-    (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE | libc::MAP_POPULATE | libc::MAP_LOCKED) as u64;
+/// and `MAP_FIXED_NOREPLACE` would map at address 0 (the runner runs as root, which may map
+/// below `mmap_min_addr`) and could replace the runner's memory.
+const MMAP_FLAGS_REFUSED: u64 = (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) as u64;
 
-/// madvise advice this backend does not pass: they would poison or offline this host's pages.
-const MADVISE_REFUSED: [i32; 2] = [libc::MADV_HWPOISON, libc::MADV_SOFT_OFFLINE];
+/// mmap flags that fault the whole mapping in at once (`mm_populate`).
+const MMAP_FLAGS_POPULATING: u64 = (libc::MAP_POPULATE | libc::MAP_LOCKED) as u64;
+
+/// The largest range this backend populates in one call (`MAP_POPULATE`, `MAP_LOCKED`,
+/// `MADV_POPULATE_*`): populating commits real memory of this host.
+const POPULATE_BYTES_MAX: u64 = 256 << 20;
+
+/// madvise advice that would poison or offline this host's pages where the kernel has memory
+/// failure (`CONFIG_MEMORY_FAILURE`); without it the kernel refuses them (EINVAL) and they are
+/// passed.
+const MADVISE_MEMORY_FAILURE: [i32; 2] = [libc::MADV_HWPOISON, libc::MADV_SOFT_OFFLINE];
+
+/// Whether this kernel has memory failure: its sysctls exist only with `CONFIG_MEMORY_FAILURE`.
+fn kernel_has_memory_failure() -> bool {
+    std::path::Path::new("/proc/sys/vm/memory_failure_recovery").exists()
+}
+
+/// Whether the runner has `CAP_IPC_LOCK` (bit 14 of `CapEff` in `/proc/self/status`): without
+/// it, `MAP_LOCKED` is bounded by `RLIMIT_MEMLOCK`, which differs between hosts and users.
+fn runner_has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
 
 /// The real-kernel backend for one script.
 #[derive(Debug)]
@@ -465,7 +490,16 @@ impl Backend for KvmBackend {
 
     fn mmap(&mut self, fd: i32, len: u64, offset: i64, prot: u64, flags: u64) -> BResult<u64> {
         if flags & MMAP_FLAGS_REFUSED != 0 {
-            return skip("MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_POPULATE and MAP_LOCKED are not passed on this host");
+            return skip("MAP_FIXED and MAP_FIXED_NOREPLACE are not passed on this host");
+        }
+        if flags & MMAP_FLAGS_POPULATING != 0 && len > POPULATE_BYTES_MAX {
+            return skip(format!(
+                "populating more than {} MiB at once is not done on this host",
+                POPULATE_BYTES_MAX >> 20
+            ));
+        }
+        if flags & libc::MAP_LOCKED as u64 != 0 && !runner_has_cap_ipc_lock() {
+            return skip("MAP_LOCKED is bounded by this user's RLIMIT_MEMLOCK on this host (no CAP_IPC_LOCK)");
         }
         // SAFETY: a NULL hint without MAP_FIXED: the kernel picks a free range, so no existing
         // memory of the runner is replaced.
@@ -514,18 +548,36 @@ impl Backend for KvmBackend {
     }
 
     fn madvise(&mut self, addr: u64, len: u64, advice: i32) -> BResult<()> {
-        if MADVISE_REFUSED.contains(&advice) {
-            return skip("MADV_HWPOISON and MADV_SOFT_OFFLINE are not passed on this host");
+        if MADVISE_MEMORY_FAILURE.contains(&advice) && kernel_has_memory_failure() {
+            return skip("MADV_HWPOISON and MADV_SOFT_OFFLINE are not passed on a host with memory failure");
         }
-        if self.regions.overlaps_unmapped(addr, addr.saturating_add(len)) {
-            return skip("the range was unmapped by the script and is kept reserved on this host");
+        let populate = advice == libc::MADV_POPULATE_READ || advice == libc::MADV_POPULATE_WRITE;
+        if populate && len > POPULATE_BYTES_MAX {
+            return skip(format!(
+                "populating more than {} MiB at once is not done on this host",
+                POPULATE_BYTES_MAX >> 20
+            ));
         }
         if !self.regions.may_touch(addr, len) {
             return skip("the range holds memory of the runner on this host");
         }
+        // The ranges the script unmapped are reserved PROT_NONE here, which madvise would see
+        // as mappings (MADV_POPULATE_* EINVAL, the others 0) where the script's own process
+        // has holes (ENOMEM). They are released for the call and reserved again after it.
+        let end = addr.saturating_add(page_align(len));
+        let released = self.regions.take_unmapped_within(addr, end);
+        for &(start, end) in &released {
+            // SAFETY: the range is this backend's own PROT_NONE reservation.
+            unsafe { libc::munmap(start as *mut libc::c_void, (end - start) as usize) };
+        }
         // SAFETY: `may_touch` found only this script's mappings or nothing in the range.
-        errno(sys::check(i64::from(unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, advice) })))
-            .map(drop)
+        let result =
+            errno(sys::check(i64::from(unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, advice) })))
+                .map(drop);
+        for (start, end) in released {
+            self.reserve_unmapped(start, end - start);
+        }
+        result
     }
 
     fn close(&mut self, fd: i32) -> BResult<()> {
