@@ -12,6 +12,7 @@ use crate::fdtable::FdTable;
 use crate::file::{alloc_file_pseudo, FileRef, EMPTY_FOPS, FMODE_CAN_READ, FMODE_CAN_WRITE, FMODE_LSEEK};
 use crate::file::{FMODE_PREAD, FMODE_PWRITE, FMODE_READ, FMODE_WRITE, O_RDWR};
 use crate::filemap::EMPTY_AOPS;
+use crate::huge_memory::HPAGE_PMD_SIZE;
 use crate::inode::{
     InodeInit, Kstat, EMPTY_IOPS, MAX_LFS_FILESIZE, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFREG,
 };
@@ -662,10 +663,12 @@ impl Process {
     /// - GUARD_INSTALL: EINVAL on a locked VMA; zaps the range and installs guard markers.
     ///   GUARD_REMOVE removes them.
     /// - COLLAPSE: EINVAL unless THP may back the VMA (`thp_vma_allowable_order` with the
-    ///   measured `enabled=madvise`: private anonymous memory with `MADV_HUGEPAGE`, not file or
-    ///   shmem VMAs, so never guest_memfd); where it may, the collapse itself is not modelled
-    ///   (the data is the same either way; only the PMD mapping would change) and the call
-    ///   succeeds.
+    ///   measured `enabled=madvise`: never for guest_memfd; private anonymous memory with
+    ///   `MADV_HUGEPAGE` and room for an aligned huge page); where it may, the collapse itself is
+    ///   not modelled (the data is the same either way; only the PMD mapping would change) and
+    ///   the call succeeds. On the kernel the answer then depends on what is populated, and
+    ///   shmem VMAs that are PMD-aligned may collapse too; the model refuses shmem (measured,
+    ///   `docs/FIDELITY.md`).
     /// - WIPEONFORK: EINVAL on a file or shared VMA. The other VMA flag advice (NORMAL, RANDOM,
     ///   SEQUENTIAL, DONTFORK, DOFORK, KEEPONFORK, DONTDUMP, DODUMP, MERGEABLE, UNMERGEABLE)
     ///   succeeds on every modelled VMA (none is `VM_IO`, `VM_SPECIAL` or droppable, and KSM
@@ -689,7 +692,11 @@ impl Process {
             MADV_FREE if !anonymous => Err(Errno::EINVAL),
             MADV_FREE => Ok(()),
             MADV_COLLAPSE => {
-                let thp = anonymous && vma.vm_flags & (VM_HUGEPAGE | VM_NOHUGEPAGE) == VM_HUGEPAGE;
+                // thp_vma_allowable_order: THP for this VMA (private anonymous memory with
+                // MADV_HUGEPAGE), and room for a PMD-aligned huge page inside it.
+                let room =
+                    vma.start.checked_next_multiple_of(HPAGE_PMD_SIZE).is_some_and(|at| at + HPAGE_PMD_SIZE <= vma.end);
+                let thp = anonymous && vma.vm_flags & (VM_HUGEPAGE | VM_NOHUGEPAGE) == VM_HUGEPAGE && room;
                 if thp {
                     Ok(())
                 } else {
