@@ -110,6 +110,14 @@ const MMAP_FLAGS_REFUSED: u64 = (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) as
 /// mmap flags that fault the whole mapping in at once (`mm_populate`).
 const MMAP_FLAGS_POPULATING: u64 = (libc::MAP_POPULATE | libc::MAP_LOCKED) as u64;
 
+/// The room reserved above every mapping a script makes (the simulator's
+/// [`crate::backends::sim::GUARD_GAP`]): an access or madvise running past a mapping's end meets
+/// this reservation (SIGSEGV; released around madvise, so a hole) instead of the runner's memory.
+const GUARD_GAP: u64 = crate::backends::sim::GUARD_GAP;
+
+/// The longest mapping that gets a guard gap (longer ones are mapped where the kernel chooses).
+const GUARD_RESERVE_MAX: u64 = 1 << 40;
+
 /// The largest range this backend populates in one call (`MAP_POPULATE`, `MAP_LOCKED`,
 /// `MADV_POPULATE_*`): populating commits real memory of this host.
 const POPULATE_BYTES_MAX: u64 = 256 << 20;
@@ -501,12 +509,35 @@ impl Backend for KvmBackend {
         if flags & libc::MAP_LOCKED as u64 != 0 && !runner_has_cap_ipc_lock() {
             return skip("MAP_LOCKED is bounded by this user's RLIMIT_MEMLOCK on this host (no CAP_IPC_LOCK)");
         }
-        // SAFETY: a NULL hint without MAP_FIXED: the kernel picks a free range, so no existing
-        // memory of the runner is replaced.
-        let addr =
-            unsafe { libc::mmap(std::ptr::null_mut(), len as usize, prot as i32, flags as i32, self.raw(fd), offset) };
-        if addr == libc::MAP_FAILED {
-            return Err(Failure::Errno(sys::last_errno()));
+        // The guard gap above the mapping (docs/script-format.md, "Address space"): reserve the
+        // mapping's length plus the gap, free the head and pass it as a hint (never MAP_FIXED),
+        // so the kernel places the mapping there if nothing took the head meanwhile; the tail
+        // stays reserved. A hint changes where the kernel maps, never what it answers.
+        let aligned = page_align(len);
+        let reserved = (len != 0 && aligned <= GUARD_RESERVE_MAX)
+            .then(|| sys::mmap_anonymous(None, aligned + GUARD_GAP, libc::PROT_NONE).ok())
+            .flatten();
+        if let Some(head) = reserved {
+            // SAFETY: the head of this backend's own fresh reservation.
+            unsafe { libc::munmap(head as *mut libc::c_void, aligned as usize) };
+        }
+        let hint = reserved.unwrap_or(0) as *mut libc::c_void;
+        // SAFETY: a hint without MAP_FIXED: the kernel maps at the hint only if it is free, else
+        // wherever it finds room, so no existing memory of the runner is replaced.
+        let addr = unsafe { libc::mmap(hint, len as usize, prot as i32, flags as i32, self.raw(fd), offset) };
+        let failed = addr == libc::MAP_FAILED;
+        let errno = sys::last_errno();
+        if let Some(head) = reserved {
+            let tail = head + aligned;
+            if !failed && addr as u64 == head {
+                self.regions.add(tail, GUARD_GAP, RegionKind::Unmapped);
+            } else {
+                // SAFETY: the tail of this backend's own reservation, which nothing else maps.
+                unsafe { libc::munmap(tail as *mut libc::c_void, GUARD_GAP as usize) };
+            }
+        }
+        if failed {
+            return Err(Failure::Errno(errno));
         }
         self.regions.add(addr as u64, len, RegionKind::Mapping);
         Ok(addr as u64)
