@@ -1,6 +1,6 @@
 # profile: v6.18-pvm
 # The mm layer around guest_memfd mappings on this machine's kernel (Linux 6.18.44, kvm_pvm),
-# measured with probe p9 (docs/FIDELITY.md, "The mm layer"): every madvise advice the kernel
+# measured with docs/probes/p9_mm_layer.c (docs/FIDELITY.md, "The mm layer"): every advice the kernel
 # accepts with its errno on a guest_memfd mapping, on private and shared anonymous memory, on
 # locked mappings and over holes; guard regions; MAP_LOCKED, MAP_POPULATE, shared anonymous
 # memory, MAP_SHARED_VALIDATE's check order and the mmap offset limit per file type; a stale
@@ -206,6 +206,13 @@ munmap a                                                    => ok
 a = mmap 12345 len=16K flags=SHARED|ANONYMOUS               => ok      # the descriptor is ignored
 munmap a                                                    => ok
 a = mmap -1 len=0x800000000000 flags=SHARED|ANONYMOUS       => ENOMEM  # past TASK_SIZE
+
+################################################################################################
+# uaddr=auto for a slot no mapping can hold (128 TiB, past TASK_SIZE): the runner passes uaddr 0
+# and the ioctl gives its own answer
+################################################################################################
+set_user_memory_region2 vm slot=0 gpa=0 size=0x800000000000 => EINVAL
+set_user_memory_region2 vm slot=0 gpa=0 size=-4096          => EINVAL
 
 ################################################################################################
 # private anonymous memory
