@@ -68,6 +68,15 @@ fallocate g mode=KEEP_SIZE|PUNCH_HOLE offset=0x2000 len=4K  => ok
 load m offset=0x2000 len=1                                  => SIGSEGV
 madvise m offset=0x2000 len=4K advice=GUARD_REMOVE          => ok
 load m offset=0x2000 len=1                                  => ok 00
+# a punch of a page another mapping has present drops the markers at that page in every mapping
+# (unmap_mapping_folio's zap has ZAP_FLAG_DROP_MARKER); the punch above, of a page no mapping
+# had present, kept it
+n = mmap g len=16K flags=SHARED|POPULATE                    => ok
+madvise m offset=0x2000 len=4K advice=GUARD_INSTALL         => ok
+load m offset=0x2000 len=1                                  => SIGSEGV
+madvise n offset=0x2000 len=4K advice=REMOVE                => ok
+load m offset=0x2000 len=1                                  => ok 00
+munmap n                                                    => ok
 
 ################################################################################################
 # holes: the first VMA's error wins, else ENOMEM
@@ -143,6 +152,53 @@ load m offset=0x3000 len=1                                  => ok 77
 munmap m                                                    => ok
 m = mmap g len=16K flags=PRIVATE|LOCKED                     => EINVAL  # guest_memfd: shared only
 m = mmap g len=16K flags=SHARED_VALIDATE|LOCKED|POPULATE    => ok
+munmap m                                                    => ok
+
+################################################################################################
+# mlock and munlock (docs/probes/p11_mlock.c): VM_LOCKED on the part of the VMA locked; a hole
+# is ENOMEM (the VMAs before it stay locked); a population that faults (SIGBUS, past EOF,
+# PROT_NONE) is ENOMEM with the VMA locked all the same
+################################################################################################
+m = mmap g len=16K                                          => ok
+mlock m offset=0x1000 len=4K                                => ok
+madvise m offset=0x1000 len=4K advice=DONTNEED              => EINVAL
+madvise m offset=0x2000 len=4K advice=DONTNEED              => ok      # split: not locked
+madvise m offset=0 len=12K advice=DONTNEED                  => EINVAL
+munlock m offset=0x1000 len=4K                              => ok
+madvise m offset=0x1000 len=4K advice=DONTNEED              => ok
+mlock m offset=0x1001 len=4K                                => ok      # widened to pages 1 and 2
+madvise m offset=0x2000 len=4K advice=DONTNEED              => EINVAL
+munlock m len=16K                                           => ok
+mlock m len=0                                               => ok
+mlock m len=-1                                              => ok      # the length wraps to 0
+munmap m                                                    => ok
+m = mmap g len=32K                                          => ok
+mlock m len=32K                                             => ENOMEM  # past EOF
+madvise m offset=0 len=4K advice=DONTNEED                   => EINVAL  # locked all the same
+munmap m                                                    => ok
+m = mmap g1 len=16K                                         => ok
+mlock m len=16K                                             => ENOMEM  # the fault is SIGBUS
+munmap m                                                    => ok
+m = mmap g len=16K prot=NONE                                => ok
+mlock m len=16K                                             => ENOMEM
+madvise m offset=0 len=4K advice=DONTNEED                   => EINVAL
+munmap m                                                    => ok
+m = mmap g len=16K prot=WRITE                               => ok
+mlock m len=16K                                             => ok      # accessible: forced reads
+munmap m                                                    => ok
+m = mmap g len=16K                                          => ok
+munmap m                                                    => ok
+mlock m len=16K                                             => ENOMEM  # a stale name: a hole
+munlock m len=16K                                           => ENOMEM
+m = mmap g len=16K                                          => ok
+mlock m len=32K                                             => ENOMEM  # [map][guard gap]
+madvise m offset=0 len=4K advice=DONTNEED                   => EINVAL
+munlock m len=32K                                           => ENOMEM
+madvise m offset=0 len=4K advice=DONTNEED                   => ok
+munmap m                                                    => ok
+m = mmap g len=16K flags=SHARED|LOCKED                      => ok
+munlock m len=16K                                           => ok
+madvise m offset=0 len=4K advice=DONTNEED                   => ok
 munmap m                                                    => ok
 
 ################################################################################################

@@ -517,7 +517,8 @@ impl Process {
     /// `MAP_NONBLOCK`; its failures are ignored.
     fn populate_after_mmap(&self, addr: u64, len: u64, flags: u64, vm_flags: u64) {
         if vm_flags & VM_LOCKED != 0 || flags & (MAP_POPULATE | MAP_NONBLOCK) == MAP_POPULATE {
-            self.mm.mm_populate(addr, addr + len);
+            // mmap has succeeded: populate's failures are ignored.
+            let _ = self.mm.mm_populate(addr, addr + len, true);
         }
     }
 
@@ -557,6 +558,53 @@ impl Process {
     pub fn mmap_anonymous(&self, len: u64) -> KResult<u64> {
         let _span = tracing::trace_span!("mmap_anonymous", len).entered();
         self.do_mmap(None, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, 0)
+    }
+
+    /// `mlock(2)` (`do_mlock` without flags): EPERM without a memlock limit or `CAP_IPC_LOCK`;
+    /// the range widened to whole pages (a length that wraps when rounded locks nothing); ENOMEM
+    /// beyond `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`; `VM_LOCKED` on every VMA of the range
+    /// (ENOMEM at a hole, the VMAs before it stay locked); then the range is populated, its
+    /// failures mapped as `__mlock_posix_error_return` does (EFAULT, a page that cannot be faulted
+    /// in or a `PROT_NONE` VMA, is ENOMEM; ENOMEM is EAGAIN), the VMAs staying locked.
+    pub fn mlock(&self, start: u64, len: u64) -> KResult<()> {
+        let _span = tracing::trace_span!("mlock", start, len).entered();
+        let result = self.do_mlock(start, len);
+        self.syscall_exit(result)
+    }
+
+    fn do_mlock(&self, start: u64, len: u64) -> KResult<()> {
+        if !self.can_do_mlock() {
+            return Err(Errno::EPERM);
+        }
+        let (start, len) = page_range(start, len);
+        if !self.cap_ipc_lock {
+            let locked = (len >> PAGE_SHIFT) + self.mm.locked_vm();
+            if locked > self.rlimit_memlock >> PAGE_SHIFT {
+                // The kernel first discounts the pages of the range already locked.
+                let already = self.mm.locked_pages_within(start, start.wrapping_add(len));
+                if locked - already > self.rlimit_memlock >> PAGE_SHIFT {
+                    return Err(Errno::ENOMEM);
+                }
+            }
+        }
+        self.mm.apply_vma_lock_flags(start, len, true)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.mm.mm_populate(start, start + len, false).map_err(|errno| match errno {
+            Errno::EFAULT => Errno::ENOMEM,
+            Errno::ENOMEM => Errno::EAGAIN,
+            other => other,
+        })
+    }
+
+    /// `munlock(2)`: the range widened to whole pages, `VM_LOCKED` cleared on every VMA of it
+    /// (ENOMEM at a hole).
+    pub fn munlock(&self, start: u64, len: u64) -> KResult<()> {
+        let _span = tracing::trace_span!("munlock", start, len).entered();
+        let (start, len) = page_range(start, len);
+        let result = self.mm.apply_vma_lock_flags(start, len, false);
+        self.syscall_exit(result)
     }
 
     /// `munmap(2)`.
@@ -776,6 +824,14 @@ const VM_GROWSDOWN: u64 = 0x0100;
 /// `S_IFSOCK`.
 const S_IFSOCK: u32 = 0o140000;
 
+/// mlock's range: `start` rounded down to its page, `len` grown by the offset and rounded up to
+/// whole pages (wrapping as the kernel's `PAGE_ALIGN` does, so a huge length becomes 0).
+fn page_range(start: u64, len: u64) -> (u64, u64) {
+    let offset = start & (PAGE_SIZE - 1);
+    let len = len.wrapping_add(offset).wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+    (start - offset, len)
+}
+
 /// `calc_vm_flag_bits`: the VMA flags some mmap flags ask for.
 fn calc_vm_flag_bits(flags: u64) -> u64 {
     let mut vm_flags = 0;
@@ -993,5 +1049,45 @@ mod tests {
         // Descriptor 0 is a terminal (a character device): ULONG_MAX, then no mmap.
         assert_eq!(p.mmap(4 * PAGE_SIZE, RW, MAP_SHARED, 0, 0x7fff_ffff_ffff_f000), Err(Errno::ENODEV));
         assert_eq!(p.mmap(4 * PAGE_SIZE, RW, MAP_SHARED, 0, -8192), Err(Errno::EOVERFLOW));
+    }
+}
+
+#[cfg(test)]
+mod mlock_tests {
+    use super::*;
+    use crate::machine::MachineConfig;
+
+    const RW: u64 = PROT_READ | PROT_WRITE;
+
+    #[test]
+    fn mlock_locks_the_part_of_the_vma_it_covers_and_munlock_unlocks_it() {
+        let p = Process::new(Machine::new(MachineConfig::tiny(256)));
+        let a = p.mmap(4 * PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0).expect("maps");
+        assert_eq!(p.mlock(a + PAGE_SIZE + 1, PAGE_SIZE), Ok(()), "widened to pages 1 and 2");
+        assert_eq!(p.madvise(a, PAGE_SIZE, MADV_DONTNEED), Ok(()));
+        assert_eq!(p.madvise(a + PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED), Err(Errno::EINVAL));
+        assert_eq!(p.madvise(a + 2 * PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED), Err(Errno::EINVAL));
+        assert_eq!(p.madvise(a + 3 * PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED), Ok(()));
+        assert_eq!(p.munlock(a, 4 * PAGE_SIZE), Ok(()));
+        assert_eq!(p.madvise(a, 4 * PAGE_SIZE, MADV_DONTNEED), Ok(()));
+        assert_eq!(p.mlock(a, u64::MAX), Ok(()), "the rounded length wraps to 0");
+    }
+
+    #[test]
+    fn mlock_stops_at_a_hole_and_reports_a_failed_population_as_enomem() {
+        let p = Process::new(Machine::new(MachineConfig::tiny(256)));
+        let a = p.mmap(4 * PAGE_SIZE, RW, MAP_SHARED | MAP_ANONYMOUS, -1, 0).expect("maps");
+        p.munmap(a + 2 * PAGE_SIZE, PAGE_SIZE).expect("unmaps");
+        assert_eq!(p.mlock(a, 4 * PAGE_SIZE), Err(Errno::ENOMEM));
+        assert_eq!(p.madvise(a, PAGE_SIZE, MADV_DONTNEED), Err(Errno::EINVAL), "locked before the hole");
+        assert_eq!(p.madvise(a + 3 * PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED), Ok(()), "not after it");
+        assert_eq!(p.munlock(a + 2 * PAGE_SIZE, PAGE_SIZE), Err(Errno::ENOMEM), "starts in a hole");
+        let none = p.mmap(PAGE_SIZE, 0, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0).expect("maps");
+        assert_eq!(p.mlock(none, PAGE_SIZE), Err(Errno::ENOMEM), "PROT_NONE cannot be populated");
+        assert_eq!(p.madvise(none, PAGE_SIZE, MADV_DONTNEED), Err(Errno::EINVAL), "but it is locked");
+        let p = Process::new(Machine::new(MachineConfig::tiny(256))).without_cap_ipc_lock(PAGE_SIZE);
+        let b = p.mmap(2 * PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0).expect("maps");
+        assert_eq!(p.mlock(b, 2 * PAGE_SIZE), Err(Errno::ENOMEM), "over RLIMIT_MEMLOCK");
+        assert_eq!(p.mlock(b, PAGE_SIZE), Ok(()));
     }
 }

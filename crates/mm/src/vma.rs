@@ -276,6 +276,17 @@ impl Vma {
         });
     }
 
+    /// The guard markers of the pages that map file indices `[first, last]` go: the zap of
+    /// `unmap_mapping_folio` carries `ZAP_FLAG_DROP_MARKER`, so truncating a folio that some VMA
+    /// maps removes the markers at its index in every VMA of the file (measured: a guard on one
+    /// mapping disappears when the page, present in another mapping, is punched; a punch of a
+    /// page no VMA maps keeps it).
+    pub(crate) fn drop_file_guards(&self, first: u64, last: u64) {
+        if let Some((from, to)) = self.page_span(first, last) {
+            self.remove_guards(from, to + 1);
+        }
+    }
+
     /// `try_to_unmap_one` for memory failure (`TTU_HWPOISON`): an `MMU_NOTIFY_CLEAR`
     /// invalidation of the folio's span in this VMA, the PTEs of the folio cleared (the kernel
     /// leaves a hwpoison entry; the model re-faults through the handler, which reports the
@@ -800,26 +811,100 @@ impl Mm {
         Ok(())
     }
 
-    /// `mm_populate(start, len)` after an mmap with `MAP_POPULATE` or `MAP_LOCKED`
-    /// (`__mm_populate` with `ignore_errors`): each VMA of the range is faulted in page by page
-    /// (`populate_vma_page_range`: a write fault only for a private writable mapping, reads
-    /// forced on any accessible mapping, nothing on `PROT_NONE`) until its first failure, which
-    /// skips the rest of that VMA; errors never reach the caller (mmap has succeeded).
-    pub(crate) fn mm_populate(&self, start: u64, end: u64) {
+    /// `__mm_populate(start, len, ignore_errors)`: each VMA of the range is faulted in page by
+    /// page (`populate_vma_page_range`: a write fault only for a private writable mapping,
+    /// reads forced on any accessible mapping; a `PROT_NONE` VMA is not accessible, so GUP
+    /// refuses it with EFAULT). Holes are skipped. With `ignore_errors` (mmap's `MAP_POPULATE`
+    /// and `MAP_LOCKED`) a failure skips the rest of its VMA and nothing reaches the caller;
+    /// without (mlock) the first failure ends the walk with GUP's errno (EFAULT, ENOMEM,
+    /// EHWPOISON).
+    pub(crate) fn mm_populate(&self, start: u64, end: u64, ignore_errors: bool) -> KResult<()> {
         let (vmas, _) = self.overlapping(start, end);
         for vma in vmas {
-            if vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC) == 0 {
-                continue;
-            }
             let write = vma.vm_flags & (VM_WRITE | VM_SHARED) == VM_WRITE;
+            let accessible = vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC) != 0;
             let mut addr = start.max(vma.start);
-            while addr < end.min(vma.end) {
-                if self.faultin_page(&vma, addr, write).is_err() {
-                    break;
-                }
+            let mut result = if accessible { Ok(()) } else { Err(Errno::EFAULT) };
+            while result.is_ok() && addr < end.min(vma.end) {
+                result = self.faultin_page(&vma, addr, write);
                 addr += PAGE_SIZE;
             }
+            if let Err(errno) = result {
+                if !ignore_errors {
+                    return Err(errno);
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// `apply_vma_lock_flags(start, len, flags)` for `mlock` (`lock`) and `munlock`: from the VMA
+    /// containing `start`, each VMA in turn gets or loses `VM_LOCKED` over its part of the range
+    /// (`mlock_fixup` splits it at the range's edges), until the range ends or a hole: ENOMEM
+    /// (the VMAs before the hole keep the change), also when `start` itself is in a hole.
+    /// EINVAL when the range wraps; nothing for an empty one.
+    pub(crate) fn apply_vma_lock_flags(&self, start: u64, len: u64, lock: bool) -> KResult<()> {
+        let end = start.wrapping_add(len);
+        if end < start {
+            return Err(Errno::EINVAL);
+        }
+        if end == start {
+            return Ok(());
+        }
+        let (vmas, _) = self.overlapping(start, end);
+        let mut tmp = start;
+        for vma in vmas {
+            if vma.start > tmp {
+                return Err(Errno::ENOMEM);
+            }
+            let to = end.min(vma.end);
+            self.update_vma_flags(&vma, tmp, to, |flags| if lock { flags | VM_LOCKED } else { flags & !VM_LOCKED });
+            tmp = to;
+        }
+        if tmp < end {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(())
+    }
+
+    /// `vma_modify_flags` over `[from, to)` of `vma` (inside it): if the flags change, the VMA is
+    /// split at the edges (a huge PMD straddling an edge is split first) and the covered part
+    /// gets `update(vm_flags)`.
+    fn update_vma_flags(&self, vma: &Arc<Vma>, from: u64, to: u64, update: impl Fn(u64) -> u64) {
+        let flags = update(vma.vm_flags);
+        if flags == vma.vm_flags {
+            return;
+        }
+        // Splitting a PMD without unmapping leaves every subpage mapped: nothing to free.
+        for edge in [from, to] {
+            self.split_huge_pmd_address(vma, edge);
+        }
+        let mut vmas = self.vmas.write();
+        if vmas.get(&vma.start).is_none_or(|current| !Arc::ptr_eq(current, vma)) {
+            return;
+        }
+        vmas.remove(&vma.start);
+        for (part_start, part_end, part_flags) in
+            [(vma.start, from, vma.vm_flags), (from, to, flags), (to, vma.end, vma.vm_flags)]
+        {
+            if part_start < part_end {
+                let mut part = self.split(vma, part_start, part_end);
+                part.vm_flags = part_flags;
+                let part = Arc::new(part);
+                Self::link_file(&part);
+                vmas.insert(part_start, part);
+            }
+        }
+        Self::unlink_file(vma);
+    }
+
+    /// `count_mm_mlocked_page_nr`: the pages of `VM_LOCKED` VMAs inside `[start, end)`.
+    pub(crate) fn locked_pages_within(&self, start: u64, end: u64) -> u64 {
+        let (vmas, _) = self.overlapping(start, end);
+        vmas.iter()
+            .filter(|vma| vma.vm_flags & VM_LOCKED != 0)
+            .map(|vma| (end.min(vma.end) - start.max(vma.start)) >> PAGE_SHIFT)
+            .sum()
     }
 
     /// `mm->locked_vm`: the pages of `VM_LOCKED` VMAs.

@@ -347,6 +347,14 @@ impl Backend for SimBackend {
         errno(self.host.close(fd))
     }
 
+    fn mlock(&mut self, addr: u64, len: u64) -> BResult<()> {
+        errno(self.host.process().mlock(addr, len))
+    }
+
+    fn munlock(&mut self, addr: u64, len: u64) -> BResult<()> {
+        errno(self.host.process().munlock(addr, len))
+    }
+
     fn map_anonymous(&mut self, len: u64) -> BResult<u64> {
         let addr = errno(self.host.process().mmap_anonymous(len))?;
         self.keep_guard_gaps(addr, len);

@@ -214,6 +214,8 @@ pub enum AbstractOp {
     Load { map: MapRef, at: Place, len: u16 },
     /// `madvise`.
     Madvise { map: MapRef, at: Place, len: AdviseLen, advice: u64 },
+    /// `mlock`, or `munlock` when `unlock`.
+    Mlock { map: MapRef, at: Place, len: AdviseLen, unlock: bool },
     /// `close` of a VM or guest_memfd.
     Close { fd: Fd },
 }
@@ -294,6 +296,7 @@ pub fn op() -> BoxedStrategy<AbstractOp> {
         (8, store()),
         (8, load()),
         (6, madvise()),
+        (3, mlock()),
         (4, munmap()),
         (5, close()),
         (3, check_extension()),
@@ -695,6 +698,27 @@ fn madvise() -> BoxedStrategy<AbstractOp> {
         (1, &[100, 101, 5, 7, 26, 104, u64::from(u32::MAX)]),
     ]);
     (map_ref(), at, len, advice).prop_map(|(map, at, len, advice)| AbstractOp::Madvise { map, at, len, advice }).boxed()
+}
+
+fn mlock() -> BoxedStrategy<AbstractOp> {
+    let at = prop_oneof![10 => any::<u32>().prop_map(Place::Inside), 1 => pick(&[1, 0]).prop_map(Place::Raw)];
+    let len = weighted(&[
+        (4, &[AdviseLen::Raw(PAGE)]),
+        (3, &[AdviseLen::ToEnd]),
+        (
+            1,
+            &[
+                AdviseLen::Raw(0),
+                AdviseLen::Raw(1),
+                AdviseLen::Raw(8 * KIB),
+                AdviseLen::Raw(2 * MIB),
+                AdviseLen::Raw(u64::MAX),
+            ],
+        ),
+    ]);
+    (map_ref(), at, len, proptest::bool::weighted(0.4))
+        .prop_map(|(map, at, len, unlock)| AbstractOp::Mlock { map, at, len, unlock })
+        .boxed()
 }
 
 fn munmap() -> BoxedStrategy<AbstractOp> {

@@ -294,16 +294,7 @@ impl Scope {
             }
             AbstractOp::Madvise { map, at, len, advice } => {
                 let map = &self.maps[self.mapping(*map, STALE_NAMES)?];
-                let pages = (map.len / PAGE).max(1);
-                let offset = match at {
-                    Place::Inside(v) => u64::from(*v) % pages * PAGE,
-                    Place::Crossing(_) => map.len.saturating_sub(PAGE),
-                    Place::Raw(v) => *v,
-                };
-                let len = match len {
-                    AdviseLen::ToEnd => map.len.saturating_sub(offset),
-                    AdviseLen::Raw(len) => *len,
-                };
+                let (offset, len) = advise_range(map.len, at, len);
                 // MADV_COLLAPSE on anonymous memory depends on where the kernel placed the
                 // mapping (a shmem VMA must be PMD-aligned to hold a huge page) and on what is
                 // populated (measured, docs/FIDELITY.md): not a sequence both sides can agree on.
@@ -316,6 +307,12 @@ impl Scope {
                     num(len),
                     constant(advice, MADVISE_ADVICE)
                 )
+            }
+            AbstractOp::Mlock { map, at, len, unlock } => {
+                let map = &self.maps[self.mapping(*map, STALE_NAMES)?];
+                let (offset, len) = advise_range(map.len, at, len);
+                let verb = if *unlock { "munlock" } else { "mlock" };
+                format!("{verb} {} offset={} len={}", map.name, num(offset), num(len))
             }
             AbstractOp::Close { fd } => {
                 let handle = match fd {
@@ -392,6 +389,22 @@ impl Scope {
         }
         line
     }
+}
+
+/// The offset and length of a madvise, mlock or munlock at `at` in a mapping of (page-rounded)
+/// `map_len` bytes: inside ones start on a page of the mapping.
+fn advise_range(map_len: u64, at: &Place, len: &AdviseLen) -> (u64, u64) {
+    let pages = (map_len / PAGE).max(1);
+    let offset = match at {
+        Place::Inside(v) => u64::from(*v) % pages * PAGE,
+        Place::Crossing(_) => map_len.saturating_sub(PAGE),
+        Place::Raw(v) => *v,
+    };
+    let len = match len {
+        AdviseLen::ToEnd => map_len.saturating_sub(offset),
+        AdviseLen::Raw(len) => *len,
+    };
+    (offset, len)
 }
 
 /// The offset and length of a load or store at `at` in a mapping of (page-rounded) `map_len`

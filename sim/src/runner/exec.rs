@@ -357,6 +357,8 @@ impl<'b> Executor<'b> {
                 let addr = env.mapping(map).0.wrapping_add(*offset);
                 b.madvise(addr, *len, *advice as i32).map(unit)
             }
+            Op::Mlock { map, offset, len } => b.mlock(env.mapping(map).0.wrapping_add(*offset), *len).map(unit),
+            Op::Munlock { map, offset, len } => b.munlock(env.mapping(map).0.wrapping_add(*offset), *len).map(unit),
             _ => return None,
         })
     }

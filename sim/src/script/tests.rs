@@ -260,6 +260,9 @@ fn host_verbs_with_defaults() {
         ("store m bytes=2a", Op::Store { map: "m".into(), offset: 0, bytes: vec![0x2a] }),
         ("load m offset=0x1000 len=2", Op::Load { map: "m".into(), offset: 0x1000, len: 2 }),
         ("madvise m len=4K advice=REMOVE", Op::Madvise { map: "m".into(), offset: 0, len: 4096, advice: 9 }),
+        ("madvise m len=4K advice=GUARD_INSTALL", Op::Madvise { map: "m".into(), offset: 0, len: 4096, advice: 102 }),
+        ("mlock m offset=4K len=8K", Op::Mlock { map: "m".into(), offset: 4096, len: 8192 }),
+        ("munlock m len=4K", Op::Munlock { map: "m".into(), offset: 0, len: 4096 }),
         ("close g", Op::Close { handle: name("g") }),
         ("close m", Op::Close { handle: name("m") }),
         ("close -1", Op::Close { handle: Handle::Number(u64::MAX) }),
@@ -381,7 +384,7 @@ fn a_name_is_bound_only_after_its_line() {
 
 #[test]
 fn mapping_verbs_need_a_name_bound_by_mmap() {
-    for verb in ["munmap", "store", "load", "madvise"] {
+    for verb in ["munmap", "store", "load", "madvise", "mlock", "munlock"] {
         let line = format!("{verb} g");
         let column = verb.len() + 2;
         assert_eq!(

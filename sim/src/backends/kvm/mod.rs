@@ -127,6 +127,13 @@ const POPULATE_BYTES_MAX: u64 = 256 << 20;
 /// passed.
 const MADVISE_MEMORY_FAILURE: [i32; 2] = [libc::MADV_HWPOISON, libc::MADV_SOFT_OFFLINE];
 
+/// The bytes `mlock(addr, len)` and `munlock` act on: the length grown by `addr`'s offset in its
+/// page and rounded up to pages, wrapping as the kernel's `PAGE_ALIGN` does (so a length near
+/// `u64::MAX` acts on nothing).
+fn mlock_reach(addr: u64, len: u64) -> u64 {
+    len.wrapping_add(addr & (PAGE_SIZE - 1)).wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+}
+
 /// Whether this kernel has memory failure: its sysctls exist only with `CONFIG_MEMORY_FAILURE`.
 fn kernel_has_memory_failure() -> bool {
     std::path::Path::new("/proc/sys/vm/memory_failure_recovery").exists()
@@ -228,6 +235,29 @@ impl KvmBackend {
             },
             Err(_) => {}
         }
+    }
+
+    /// Runs `call(addr, len)` (madvise, mlock, munlock: calls that act on the VMAs of a range)
+    /// where the range holds only this script's memory or nothing, with this backend's
+    /// reservations in the range released: the ranges the script unmapped and the guard gaps are
+    /// `PROT_NONE` mappings here, which such a call would see where the script's own process has
+    /// holes. They are reserved again after the call.
+    /// `reach` is the length the call acts on (mlock's rounded length may wrap to 0).
+    fn with_holes(&mut self, addr: u64, len: u64, reach: u64, call: impl FnOnce(u64, u64) -> i32) -> BResult<()> {
+        if !self.regions.may_touch(addr, reach) {
+            return skip("the range holds memory of the runner on this host");
+        }
+        let end = addr.saturating_add(page_align(reach));
+        let released = self.regions.take_unmapped_within(addr & !(PAGE_SIZE - 1), end);
+        for &(start, end) in &released {
+            // SAFETY: the range is this backend's own PROT_NONE reservation.
+            unsafe { libc::munmap(start as *mut libc::c_void, (end - start) as usize) };
+        }
+        let result = errno(sys::check(i64::from(call(addr, len)))).map(drop);
+        for (start, end) in released {
+            self.reserve_unmapped(start, end - start);
+        }
+        result
     }
 
     /// `read`, `write`, `pread` or `pwrite` of `len` bytes on script descriptor `fd`: `io` gets
@@ -589,26 +619,33 @@ impl Backend for KvmBackend {
                 POPULATE_BYTES_MAX >> 20
             ));
         }
-        if !self.regions.may_touch(addr, len) {
-            return skip("the range holds memory of the runner on this host");
+        // SAFETY: `with_holes` found only this script's mappings or nothing in the range.
+        self.with_holes(addr, len, len, |addr, len| unsafe {
+            libc::madvise(addr as *mut libc::c_void, len as usize, advice)
+        })
+    }
+
+    fn mlock(&mut self, addr: u64, len: u64) -> BResult<()> {
+        if !runner_has_cap_ipc_lock() {
+            return skip("mlock is bounded by this user's RLIMIT_MEMLOCK on this host (no CAP_IPC_LOCK)");
         }
-        // The ranges the script unmapped are reserved PROT_NONE here, which madvise would see
-        // as mappings (MADV_POPULATE_* EINVAL, the others 0) where the script's own process
-        // has holes (ENOMEM). They are released for the call and reserved again after it.
-        let end = addr.saturating_add(page_align(len));
-        let released = self.regions.take_unmapped_within(addr, end);
-        for &(start, end) in &released {
-            // SAFETY: the range is this backend's own PROT_NONE reservation.
-            unsafe { libc::munmap(start as *mut libc::c_void, (end - start) as usize) };
+        let reach = mlock_reach(addr, len);
+        if reach > POPULATE_BYTES_MAX {
+            return skip(format!(
+                "locking more than {} MiB at once is not done on this host",
+                POPULATE_BYTES_MAX >> 20
+            ));
         }
-        // SAFETY: `may_touch` found only this script's mappings or nothing in the range.
-        let result =
-            errno(sys::check(i64::from(unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, advice) })))
-                .map(drop);
-        for (start, end) in released {
-            self.reserve_unmapped(start, end - start);
-        }
-        result
+        // SAFETY: `with_holes` found only this script's mappings or nothing in the range.
+        self.with_holes(addr, len, reach, |addr, len| unsafe { libc::mlock(addr as *const libc::c_void, len as usize) })
+    }
+
+    fn munlock(&mut self, addr: u64, len: u64) -> BResult<()> {
+        let reach = mlock_reach(addr, len);
+        // SAFETY: `with_holes` found only this script's mappings or nothing in the range.
+        self.with_holes(addr, len, reach, |addr, len| unsafe {
+            libc::munlock(addr as *const libc::c_void, len as usize)
+        })
     }
 
     fn close(&mut self, fd: i32) -> BResult<()> {
