@@ -5,8 +5,9 @@
 # mmap items of §5. The calls follow probes p3 (table, content rules), p6 (fallocated pages)
 # and p7 (length 0, unaligned offset), in their order. A gmem here has 4 pages, T = 16K.
 # Host-side verbs only, DEFAULT VMs only: this file also runs on /dev/kvm.
-# Not expressible (no verb): MADV_HUGEPAGE / COLLAPSE / PAGEOUT, mprotect, mlock, msync, mbind /
-# get_mempolicy, mmap flag bits above bit 31.
+# Not expressible (no verb): mprotect, mlock, msync, mbind / get_mempolicy, mmap flag bits
+# above bit 31. The madvise advice (HUGEPAGE, COLLAPSE, PAGEOUT, ...) is measured in
+# measured_6_18_44_madvise.gms.
 
 vm = create_vm type=DEFAULT                             => ok
 

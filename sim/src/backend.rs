@@ -266,6 +266,14 @@ pub trait Backend {
     fn load(&mut self, addr: u64, len: u64) -> BResult<Vec<u8>>;
     /// `madvise(2)`.
     fn madvise(&mut self, addr: u64, len: u64, advice: i32) -> BResult<()>;
+    /// `mlock(2)`.
+    fn mlock(&mut self, _addr: u64, _len: u64) -> BResult<()> {
+        Err(Failure::Skip("mlock is not implemented by this backend".into()))
+    }
+    /// `munlock(2)`.
+    fn munlock(&mut self, _addr: u64, _len: u64) -> BResult<()> {
+        Err(Failure::Skip("munlock is not implemented by this backend".into()))
+    }
     /// `close(2)`.
     fn close(&mut self, fd: i32) -> BResult<()>;
     /// `uaddr=auto`: fresh page-aligned anonymous memory of `len` bytes that lives until the

@@ -546,11 +546,13 @@ fn uaddr_auto_maps_fresh_memory_per_call() {
                   set_user_memory_region2 vm slot=1 gpa=0 size=2M\n\
                   set_user_memory_region2 vm slot=2 gpa=0 size=0\n";
     let output = bench.run(source);
-    assert_eq!(output, lines(&["1: ok", "2: ENOMEM", "3: ok", "4: ok", "5: ok"]));
+    // A slot no mapping can hold: the ioctl still runs, with uaddr 0, and gives its own answer.
+    assert_eq!(output, lines(&["1: ok", "2: ok", "3: ok", "4: ok", "5: ok"]));
     assert_eq!(
         bench.log()[2..],
         [
             "map_anonymous(0x100000)",
+            "set_user_memory_region2(3, slot=0x0 flags=0x0 gpa=0x0 size=0x100000 uaddr=0x0 offset=0x0 gmem=0x0)",
             "map_anonymous(0x200000)",
             "set_user_memory_region2(3, slot=0x0 flags=0x0 gpa=0x0 size=0x200000 uaddr=0x7f0000100000 offset=0x0 gmem=0x0)",
             "map_anonymous(0x200000)",

@@ -187,7 +187,8 @@ impl AddressSpace {
     /// `unmap_mapping_folio` (mm/memory.c): with the folio locked, zap every PTE that maps it,
     /// in every VMA of `i_mmap` overlapping its indices (`unmap_mapping_range_tree` →
     /// `zap_page_range_single` with `details->single_folio`), each inside an `MMU_NOTIFY_CLEAR`
-    /// invalidation of that VMA's address space, under `i_mmap_lock_read`.
+    /// invalidation of that VMA's address space, under `i_mmap_lock_read`. Its zap has
+    /// `ZAP_FLAG_DROP_MARKER`: the guard markers at the folio's indices go too.
     pub fn unmap_mapping_folio(&self, folio: Folio<'_>) {
         debug_assert!(folio.test_locked());
         let first = folio.index().0;
@@ -195,6 +196,7 @@ impl AddressSpace {
         let tree = self.i_mmap.read();
         for vma in Self::vmas_overlapping(&tree, first, last) {
             vma.zap_file_range(first, last, Some((folio.pfn(), folio.nr_pages())));
+            vma.drop_file_guards(first, last);
         }
     }
 

@@ -17,6 +17,7 @@
 //! | [`mmu_notifier`] | `mm/mmu_notifier.c`: secondary MMUs (KVM) told of every user-mapping invalidation |
 //! | [`huge_memory`] | `mm/huge_memory.c`: anonymous transparent huge pages (PMD mappings, split) |
 //! | [`vma`] | VMAs, `vm_operations_struct` and the user fault path (`mm/memory.c`) |
+//! | [`shmem`] | shared anonymous memory (`mm/shmem.c`: `shmem_zero_setup`, `shmem_fault`, the hole punch) |
 //! | [`vfs`] | the generic system-call checks in kernel order (`fs/open.c`, `fs/read_write.c`, `mm/mmap.c`, `fs/stat.c`) |
 //! | [`slab`] | `SLAB_TYPESAFE_BY_RCU` objects: storage that is reused but never unmapped, so stale handles are detectable |
 //!
@@ -51,6 +52,7 @@ pub mod inode;
 pub mod machine;
 pub mod mmu_notifier;
 pub mod page;
+pub mod shmem;
 pub mod slab;
 pub mod types;
 pub mod vfs;

@@ -26,7 +26,7 @@ use crate::mmu_notifier::{
 use crate::types::{Pfn, PgOff, PAGE_SHIFT, PAGE_SIZE};
 use gmem_sync::atomic::{AtomicBool, Ordering};
 use gmem_sync::{Arc, LockClass, Mutex, RwSem};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// `VM_READ`.
@@ -45,6 +45,10 @@ pub const VM_MAYWRITE: u64 = 0x20;
 pub const VM_MAYEXEC: u64 = 0x40;
 /// `VM_MAYSHARE`.
 pub const VM_MAYSHARE: u64 = 0x80;
+/// `VM_LOCKED`: `MAP_LOCKED` (or `mlock`): the pages stay resident, and the madvise advice that
+/// would drop them (`MADV_DONTNEED`, `MADV_FREE`, `MADV_REMOVE`, `MADV_COLD`, `MADV_PAGEOUT`,
+/// `MADV_GUARD_INSTALL`) is refused with EINVAL.
+pub const VM_LOCKED: u64 = 0x2000;
 /// `VM_HUGEPAGE`: `MADV_HUGEPAGE` was given.
 pub const VM_HUGEPAGE: u64 = 0x2000_0000;
 /// `VM_NOHUGEPAGE`: `MADV_NOHUGEPAGE` was given.
@@ -61,6 +65,10 @@ static ANON_LOCK: LockClass = LockClass::new("anon_vma->lock");
 static PMD_LOCK: LockClass = LockClass::new("mm->pmd_lock");
 /// The page-table lock of a VMA's file PTEs (`pte_lockptr`; one per VMA in the model).
 static PTL: LockClass = LockClass::new("mm->page_table_lock");
+/// The runner's retired ranges (a leaf).
+static RETIRED_LOCK: LockClass = LockClass::new("mm->retired_ranges");
+/// The guard markers of a VMA's PTEs (part of its page tables in the kernel; a leaf here).
+static GUARD_LOCK: LockClass = LockClass::new("mm->guard_markers");
 
 /// `access_ok(addr, size)` on x86-64.
 pub fn access_ok(addr: u64, size: u64) -> bool {
@@ -138,6 +146,11 @@ pub struct Vma {
     pub(crate) anon: Mutex<BTreeMap<u64, Pfn>>,
     /// File mappings: the present PTEs, frame by page index within the VMA.
     file_ptes: Mutex<BTreeMap<u64, Pfn>>,
+    /// Guard markers (`MADV_GUARD_INSTALL`, `PTE_MARKER_GUARD`) by page index within the VMA: an
+    /// access to such a page is SIGSEGV whatever the VMA maps. They live in the page tables, so
+    /// zaps (`MADV_DONTNEED`, hole punching, `MADV_REMOVE`) keep them; munmap and
+    /// `MADV_GUARD_REMOVE` drop them.
+    guards: Mutex<BTreeSet<u64>>,
     /// `vm_mm`, as far as the reverse map needs it: the owning address space's MMU notifiers
     /// (set when the VMA is linked into an [`Mm`]).
     vm_mm: Option<Arc<MmuNotifierSubscriptions>>,
@@ -169,6 +182,7 @@ impl Vma {
             vm_ops: None,
             anon: Mutex::new(&ANON_LOCK, BTreeMap::new()),
             file_ptes: Mutex::new(&PTL, BTreeMap::new()),
+            guards: Mutex::new(&GUARD_LOCK, BTreeSet::new()),
             vm_mm: None,
             linked: AtomicBool::new(false),
         }
@@ -195,6 +209,21 @@ impl Vma {
     /// How many file PTEs are present.
     pub fn file_ptes_present(&self) -> usize {
         self.file_ptes.lock().len()
+    }
+
+    /// Whether the page at `page` (index within the VMA) holds a guard marker.
+    pub fn guarded(&self, page: u64) -> bool {
+        self.guards.lock().contains(&page)
+    }
+
+    /// Installs guard markers on pages `[from, to)` (indices within the VMA).
+    fn install_guards(&self, from: u64, to: u64) {
+        self.guards.lock().extend(from..to);
+    }
+
+    /// Removes the guard markers of pages `[from, to)`.
+    fn remove_guards(&self, from: u64, to: u64) {
+        self.guards.lock().retain(|&page| page < from || page >= to);
     }
 
     /// `set_pte_range` of `finish_fault` (and GUP's fault-in): the PTE at `page` maps `pfn`.
@@ -247,6 +276,17 @@ impl Vma {
         });
     }
 
+    /// The guard markers of the pages that map file indices `[first, last]` go: the zap of
+    /// `unmap_mapping_folio` carries `ZAP_FLAG_DROP_MARKER`, so truncating a folio that some VMA
+    /// maps removes the markers at its index in every VMA of the file (measured: a guard on one
+    /// mapping disappears when the page, present in another mapping, is punched; a punch of a
+    /// page no VMA maps keeps it).
+    pub(crate) fn drop_file_guards(&self, first: u64, last: u64) {
+        if let Some((from, to)) = self.page_span(first, last) {
+            self.remove_guards(from, to + 1);
+        }
+    }
+
     /// `try_to_unmap_one` for memory failure (`TTU_HWPOISON`): an `MMU_NOTIFY_CLEAR`
     /// invalidation of the folio's span in this VMA, the PTEs of the folio cleared (the kernel
     /// leaves a hwpoison entry; the model re-faults through the handler, which reports the
@@ -283,6 +323,9 @@ pub struct Mm {
     pub(crate) pmds: Mutex<BTreeMap<u64, Pmd>>,
     /// `mm->notifier_subscriptions`.
     notifiers: Arc<MmuNotifierSubscriptions>,
+    /// Ranges [`Mm::get_unmapped_area`] does not hand out although nothing is mapped there (see
+    /// [`Mm::retire`]).
+    retired: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Mm {
@@ -293,6 +336,17 @@ impl Mm {
             vmas: RwSem::new(&MMAP_LOCK, BTreeMap::new()),
             pmds: Mutex::new(&PMD_LOCK, BTreeMap::new()),
             notifiers: Arc::new(MmuNotifierSubscriptions::new()),
+            retired: Mutex::new(&RETIRED_LOCK, Vec::new()),
+        }
+    }
+
+    /// Keeps `[start, end)` out of future placements while leaving it unmapped. Not a kernel
+    /// mechanism: the script runner's, which keeps a range a script unmapped from being handed
+    /// out again while a name may still refer to it (`docs/script-format.md`), so that a stale
+    /// access is SIGSEGV and a second munmap unmaps nothing on every backend.
+    pub fn retire(&self, start: u64, end: u64) {
+        if start < end {
+            self.retired.lock().push((start, end));
         }
     }
 
@@ -326,12 +380,15 @@ impl Mm {
             return Err(Errno::ENOMEM);
         }
         let vmas = self.vmas.read();
+        let mut taken: Vec<(u64, u64)> = vmas.values().map(|vma| (vma.start, vma.end)).collect();
+        taken.extend(self.retired.lock().iter().copied());
+        taken.sort_unstable();
         let mut ceiling = MMAP_BASE;
-        for vma in vmas.values().rev() {
-            if vma.end <= ceiling && ceiling - vma.end >= len {
+        for &(start, end) in taken.iter().rev() {
+            if end <= ceiling && ceiling - end >= len {
                 return Ok(ceiling - len);
             }
-            ceiling = ceiling.min(vma.start);
+            ceiling = ceiling.min(start);
         }
         ceiling.checked_sub(len).filter(|&addr| addr >= PAGE_SIZE << 8).ok_or(Errno::ENOMEM)
     }
@@ -479,6 +536,14 @@ impl Mm {
             target.insert(page - shift, pfn);
         }
         drop(ptes);
+        let mut guards = vma.guards.lock();
+        let moved: Vec<u64> = guards.range(shift..shift + pages).copied().collect();
+        let target = part.guards.get_mut();
+        for page in moved {
+            guards.remove(&page);
+            target.insert(page - shift);
+        }
+        drop(guards);
         let mut anon = vma.anon.lock();
         let moved: Vec<(u64, Pfn)> = anon.range(shift..shift + pages).map(|(&page, &pfn)| (page, pfn)).collect();
         // The new part is not shared yet: no need (and no lockdep nesting) to lock it.
@@ -552,6 +617,9 @@ impl Mm {
             return Err(Errno::EFAULT);
         }
         let page_in_vma = (addr - vma.start) >> PAGE_SHIFT;
+        if vma.guarded(page_in_vma) {
+            return Err(Errno::EFAULT);
+        }
         let Some(ops) = vma.vm_ops else {
             // GUP faults anonymous memory in as a write (the model has no shared zero page), so
             // a VM_HUGEPAGE range gets a THP. The fault's reference is the caller's.
@@ -620,6 +688,10 @@ impl Mm {
         }
         let in_page = addr & (PAGE_SIZE - 1);
         let page_in_vma = (addr - vma.start) >> PAGE_SHIFT;
+        // A guard marker: handle_pte_marker answers VM_FAULT_SIGSEGV before any fault handler.
+        if vma.guarded(page_in_vma) {
+            return Err(AccessSignal::Sigsegv);
+        }
         let Some(ops) = vma.vm_ops else {
             return self.access_anon(&vma, addr, in_page, buf, write);
         };
@@ -677,6 +749,169 @@ impl Mm {
         }
     }
 
+    /// `MADV_GUARD_INSTALL` on `[start, end)` of `vma` (`madvise_guard_install`): the range is
+    /// zapped as `MADV_DONTNEED` zaps it (anonymous pages are freed, file pages stay in the page
+    /// cache) and every page gets a guard marker, so an access faults with SIGSEGV.
+    pub(crate) fn guard_install(&self, vma: &Vma, start: u64, end: u64) {
+        self.dontneed(vma, start, end);
+        vma.install_guards((start - vma.start) >> PAGE_SHIFT, (end - vma.start) >> PAGE_SHIFT);
+    }
+
+    /// `MADV_GUARD_REMOVE` on `[start, end)` of `vma`: the guard markers go; the pages fault in
+    /// again on the next access (the data of file pages is still in the page cache).
+    pub(crate) fn guard_remove(&self, vma: &Vma, start: u64, end: u64) {
+        vma.remove_guards((start - vma.start) >> PAGE_SHIFT, (end - vma.start) >> PAGE_SHIFT);
+    }
+
+    /// Faults one page of `vma` in as GUP does for `MADV_POPULATE_*` and `mm_populate`
+    /// (`faultin_page`): EFAULT for a guard marker or a fault handler's SIGBUS, EHWPOISON for a
+    /// poisoned page, ENOMEM when anonymous memory cannot be allocated.
+    fn faultin_page(&self, vma: &Vma, addr: u64, write: bool) -> KResult<()> {
+        let page_in_vma = (addr - vma.start) >> PAGE_SHIFT;
+        if vma.guarded(page_in_vma) {
+            return Err(Errno::EFAULT);
+        }
+        let Some(ops) = vma.vm_ops else {
+            if let Some(pfn) = self.anon_fault(vma, addr, write)? {
+                Folio::from_pfn(&self.machine.mem, pfn).put();
+            }
+            return Ok(());
+        };
+        match self.fault_file_page(vma, ops, page_in_vma, write, addr) {
+            Ok((folio, _)) => {
+                folio.unlock();
+                folio.put();
+                Ok(())
+            }
+            Err(FileFaultError::Hwpoison) => Err(Errno::EHWPOISON),
+            Err(FileFaultError::Failed) => Err(Errno::EFAULT),
+        }
+    }
+
+    /// `madvise_populate` over `[start, end)` (`MADV_POPULATE_READ` / `MADV_POPULATE_WRITE`,
+    /// `faultin_page_range` with `FOLL_MADV_POPULATE`): page by page from `start`, ENOMEM where
+    /// no VMA maps the address, EINVAL for a VMA without the access right (`check_vma_flags`:
+    /// a read needs `VM_READ`, a write `VM_WRITE`; no `FOLL_FORCE`), EFAULT where the fault
+    /// fails (SIGBUS, a guard marker), EHWPOISON for a poisoned page. The pages before the
+    /// failing one stay populated.
+    pub(crate) fn madvise_populate(&self, start: u64, end: u64, write: bool) -> KResult<()> {
+        let mut addr = start;
+        while addr < end {
+            let vma = self.find(addr).ok_or(Errno::ENOMEM)?;
+            let needed = if write { VM_WRITE } else { VM_READ };
+            if vma.vm_flags & needed == 0 {
+                return Err(Errno::EINVAL);
+            }
+            let stop = end.min(vma.end);
+            while addr < stop {
+                self.faultin_page(&vma, addr, write)?;
+                addr += PAGE_SIZE;
+            }
+        }
+        Ok(())
+    }
+
+    /// `__mm_populate(start, len, ignore_errors)`: each VMA of the range is faulted in page by
+    /// page (`populate_vma_page_range`: a write fault only for a private writable mapping,
+    /// reads forced on any accessible mapping; a `PROT_NONE` VMA is not accessible, so GUP
+    /// refuses it with EFAULT). Holes are skipped. With `ignore_errors` (mmap's `MAP_POPULATE`
+    /// and `MAP_LOCKED`) a failure skips the rest of its VMA and nothing reaches the caller;
+    /// without (mlock) the first failure ends the walk with GUP's errno (EFAULT, ENOMEM,
+    /// EHWPOISON).
+    pub(crate) fn mm_populate(&self, start: u64, end: u64, ignore_errors: bool) -> KResult<()> {
+        let (vmas, _) = self.overlapping(start, end);
+        for vma in vmas {
+            let write = vma.vm_flags & (VM_WRITE | VM_SHARED) == VM_WRITE;
+            let accessible = vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC) != 0;
+            let mut addr = start.max(vma.start);
+            let mut result = if accessible { Ok(()) } else { Err(Errno::EFAULT) };
+            while result.is_ok() && addr < end.min(vma.end) {
+                result = self.faultin_page(&vma, addr, write);
+                addr += PAGE_SIZE;
+            }
+            if let Err(errno) = result {
+                if !ignore_errors {
+                    return Err(errno);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `apply_vma_lock_flags(start, len, flags)` for `mlock` (`lock`) and `munlock`: from the VMA
+    /// containing `start`, each VMA in turn gets or loses `VM_LOCKED` over its part of the range
+    /// (`mlock_fixup` splits it at the range's edges), until the range ends or a hole: ENOMEM
+    /// (the VMAs before the hole keep the change), also when `start` itself is in a hole.
+    /// EINVAL when the range wraps; nothing for an empty one.
+    pub(crate) fn apply_vma_lock_flags(&self, start: u64, len: u64, lock: bool) -> KResult<()> {
+        let end = start.wrapping_add(len);
+        if end < start {
+            return Err(Errno::EINVAL);
+        }
+        if end == start {
+            return Ok(());
+        }
+        let (vmas, _) = self.overlapping(start, end);
+        let mut tmp = start;
+        for vma in vmas {
+            if vma.start > tmp {
+                return Err(Errno::ENOMEM);
+            }
+            let to = end.min(vma.end);
+            self.update_vma_flags(&vma, tmp, to, |flags| if lock { flags | VM_LOCKED } else { flags & !VM_LOCKED });
+            tmp = to;
+        }
+        if tmp < end {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(())
+    }
+
+    /// `vma_modify_flags` over `[from, to)` of `vma` (inside it): if the flags change, the VMA is
+    /// split at the edges (a huge PMD straddling an edge is split first) and the covered part
+    /// gets `update(vm_flags)`.
+    fn update_vma_flags(&self, vma: &Arc<Vma>, from: u64, to: u64, update: impl Fn(u64) -> u64) {
+        let flags = update(vma.vm_flags);
+        if flags == vma.vm_flags {
+            return;
+        }
+        // Splitting a PMD without unmapping leaves every subpage mapped: nothing to free.
+        for edge in [from, to] {
+            self.split_huge_pmd_address(vma, edge);
+        }
+        let mut vmas = self.vmas.write();
+        if vmas.get(&vma.start).is_none_or(|current| !Arc::ptr_eq(current, vma)) {
+            return;
+        }
+        vmas.remove(&vma.start);
+        for (part_start, part_end, part_flags) in
+            [(vma.start, from, vma.vm_flags), (from, to, flags), (to, vma.end, vma.vm_flags)]
+        {
+            if part_start < part_end {
+                let mut part = self.split(vma, part_start, part_end);
+                part.vm_flags = part_flags;
+                let part = Arc::new(part);
+                Self::link_file(&part);
+                vmas.insert(part_start, part);
+            }
+        }
+        Self::unlink_file(vma);
+    }
+
+    /// `count_mm_mlocked_page_nr`: the pages of `VM_LOCKED` VMAs inside `[start, end)`.
+    pub(crate) fn locked_pages_within(&self, start: u64, end: u64) -> u64 {
+        let (vmas, _) = self.overlapping(start, end);
+        vmas.iter()
+            .filter(|vma| vma.vm_flags & VM_LOCKED != 0)
+            .map(|vma| (end.min(vma.end) - start.max(vma.start)) >> PAGE_SHIFT)
+            .sum()
+    }
+
+    /// `mm->locked_vm`: the pages of `VM_LOCKED` VMAs.
+    pub fn locked_vm(&self) -> u64 {
+        self.vmas.read().values().filter(|vma| vma.vm_flags & VM_LOCKED != 0).map(|vma| vma.pages()).sum()
+    }
+
     /// `MADV_HUGEPAGE` / `MADV_NOHUGEPAGE` over `[start, end)` (`madvise_vma_behavior` →
     /// `hugepage_madvise` → `madvise_update_vma`, `mmap_lock` for write): each VMA of the range
     /// whose flags change is split at the range's edges (a huge PMD straddling an edge is split
@@ -720,7 +955,7 @@ impl Mm {
     }
 
     /// The VMAs overlapping `[start, end)`, ascending, and whether the range has holes.
-    pub(crate) fn overlapping(&self, start: u64, end: u64) -> (Vec<Arc<Vma>>, bool) {
+    pub fn overlapping(&self, start: u64, end: u64) -> (Vec<Arc<Vma>>, bool) {
         let vmas = self.vmas.read();
         let mut out = Vec::new();
         let mut expect = start;

@@ -36,6 +36,11 @@ const LOAD_LEN_MAX: u64 = 16 << 20;
 /// The size of a page.
 const PAGE: u64 = 4096;
 
+/// The room kept free on either side of every mapping a script makes (`docs/script-format.md`,
+/// "Address space"): the kvm backend reserves it above each mapping, so an access or madvise
+/// that runs past a mapping's end meets a hole on both backends.
+pub const GUARD_GAP: u64 = 4 << 20;
+
 /// The simulator backend.
 #[derive(Debug)]
 pub struct SimBackend {
@@ -64,6 +69,16 @@ impl SimBackend {
     /// The host (for tests that look behind the script).
     pub fn host(&self) -> &SimHost {
         &self.host
+    }
+
+    /// Keeps [`GUARD_GAP`] bytes below and above the new mapping `[addr, addr + len)` out of
+    /// later placements: below, so the next mapping (placed top-down) ends a gap below this
+    /// one; above, so nothing is placed in a hole just past its end.
+    fn keep_guard_gaps(&self, addr: u64, len: u64) {
+        let mm = &self.host.process().mm;
+        let end = addr.saturating_add(len.saturating_add(PAGE - 1) & !(PAGE - 1));
+        mm.retire(addr.saturating_sub(GUARD_GAP), addr);
+        mm.retire(end, end.saturating_add(GUARD_GAP));
     }
 
     /// Every file the process can reach: its descriptors and its mappings.
@@ -294,11 +309,23 @@ impl Backend for SimBackend {
     }
 
     fn mmap(&mut self, fd: i32, len: u64, offset: i64, prot: u64, flags: u64) -> BResult<u64> {
-        errno(self.host.mmap(fd, len, offset, prot, flags))
+        let addr = errno(self.host.mmap(fd, len, offset, prot, flags))?;
+        self.keep_guard_gaps(addr, len);
+        Ok(addr)
     }
 
     fn munmap(&mut self, addr: u64, len: u64) -> BResult<()> {
-        errno(self.host.process().munmap(addr, len))
+        // The script contract: a range the script unmapped is not handed out again during the
+        // script (the kvm backend keeps it reserved), so a stale name never reaches a newer
+        // mapping. What was mapped in the range is what gets retired.
+        let process = self.host.process();
+        let end = addr.saturating_add(len.saturating_add(PAGE - 1) & !(PAGE - 1));
+        let (vmas, _) = process.mm.overlapping(addr, end);
+        errno(process.munmap(addr, len))?;
+        for vma in vmas {
+            process.mm.retire(addr.max(vma.start), end.min(vma.end));
+        }
+        Ok(())
     }
 
     fn store(&mut self, addr: u64, bytes: &[u8]) -> BResult<()> {
@@ -320,8 +347,18 @@ impl Backend for SimBackend {
         errno(self.host.close(fd))
     }
 
+    fn mlock(&mut self, addr: u64, len: u64) -> BResult<()> {
+        errno(self.host.process().mlock(addr, len))
+    }
+
+    fn munlock(&mut self, addr: u64, len: u64) -> BResult<()> {
+        errno(self.host.process().munlock(addr, len))
+    }
+
     fn map_anonymous(&mut self, len: u64) -> BResult<u64> {
-        errno(self.host.process().mmap_anonymous(len))
+        let addr = errno(self.host.process().mmap_anonymous(len))?;
+        self.keep_guard_gaps(addr, len);
+        Ok(addr)
     }
 
     fn enable_cap(&mut self, vm: i32, cap: u32, flags: u32, args: [u64; 4]) -> BResult<()> {

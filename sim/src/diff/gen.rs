@@ -40,6 +40,35 @@ const GPA_LIMIT_52: u64 = 1 << 52;
 pub const MEMSLOT_SIZE_MAX: u64 = GIB;
 /// The largest length an allocating fallocate is given ([`super::render`] clamps to it).
 pub const FALLOCATE_ALLOC_MAX: u64 = 64 * MIB;
+/// `MAP_SHARED`.
+pub const MAP_SHARED: u64 = 0x1;
+/// `MAP_PRIVATE`.
+pub const MAP_PRIVATE: u64 = 0x2;
+/// `MAP_SHARED_VALIDATE`.
+pub const MAP_SHARED_VALIDATE: u64 = 0x3;
+/// `MAP_ANONYMOUS`.
+pub const MAP_ANONYMOUS: u64 = 0x20;
+/// `MAP_32BIT`.
+const MAP_32BIT: u64 = 0x40;
+/// `MAP_GROWSDOWN`.
+const MAP_GROWSDOWN: u64 = 0x100;
+/// `MAP_LOCKED`.
+pub const MAP_LOCKED: u64 = 0x2000;
+/// `MAP_NORESERVE`.
+const MAP_NORESERVE: u64 = 0x4000;
+/// `MAP_POPULATE`.
+pub const MAP_POPULATE: u64 = 0x8000;
+/// `MAP_NONBLOCK`.
+const MAP_NONBLOCK: u64 = 0x10000;
+/// `MAP_STACK`.
+const MAP_STACK: u64 = 0x20000;
+/// `MAP_SYNC`.
+const MAP_SYNC: u64 = 0x80000;
+/// `MADV_DONTNEED`.
+const MADV_DONTNEED: u64 = 4;
+/// `MADV_REMOVE`.
+const MADV_REMOVE: u64 = 9;
+
 /// The largest mmap length generated.
 pub const MMAP_LEN_MAX: u64 = 64 * MIB;
 /// The longest host load or store generated.
@@ -86,8 +115,8 @@ pub enum GmemArg {
 /// The `uaddr=` of a memslot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Uaddr {
-    /// Fresh anonymous memory of the slot's size (only for sizes up to [`MEMSLOT_SIZE_MAX`];
-    /// larger sizes render as 0).
+    /// Fresh anonymous memory of the slot's size (`uaddr=auto`; for a size no mapping can hold
+    /// the runner passes 0 and the ioctl answers).
     Auto,
     /// The address of the `n`-th most recent mapping.
     Map(u8),
@@ -185,6 +214,8 @@ pub enum AbstractOp {
     Load { map: MapRef, at: Place, len: u16 },
     /// `madvise`.
     Madvise { map: MapRef, at: Place, len: AdviseLen, advice: u64 },
+    /// `mlock`, or `munlock` when `unlock`.
+    Mlock { map: MapRef, at: Place, len: AdviseLen, unlock: bool },
     /// `close` of a VM or guest_memfd.
     Close { fd: Fd },
 }
@@ -194,9 +225,9 @@ pub enum AbstractOp {
 pub type Sequence = Vec<Option<AbstractOp>>;
 
 /// A generated case: a setup (a VM of the default type, one or two guest_memfds on it, and
-/// usually a mapping of one, so that the body has something to act on) and a body of random
-/// operations.
-pub type Case = (Option<AbstractOp>, Sequence, Option<AbstractOp>, Sequence);
+/// usually one or two mappings of the latest mappable one, so that the body has something to
+/// act on) and a body of random operations.
+pub type Case = (Option<AbstractOp>, Sequence, Sequence, Sequence);
 
 /// The strategy for one case: the setup and a body of `ops_max / 2 ..= ops_max` random
 /// operations; the renderer keeps at most `ops_max` operations in all.
@@ -205,8 +236,8 @@ pub fn sequence(ops_max: usize) -> impl Strategy<Value = Case> {
     let body_min = (ops_max / 2).max(1);
     let vm = slot(Just(AbstractOp::CreateVm { vm_type: 0 }).boxed(), 0.98);
     let gmems = vec(slot(setup_gmem(), 0.98), 1..=2);
-    let map = slot(setup_mmap(), 0.7);
-    (vm, gmems, map, vec(slot(op(), 0.98), body_min..=ops_max))
+    let maps = vec(slot(setup_mmap(), 0.7), 1..=2);
+    (vm, gmems, maps, vec(slot(op(), 0.98), body_min..=ops_max))
 }
 
 /// An operation present with probability `p`, that shrinking can switch off (`None`).
@@ -260,10 +291,13 @@ pub fn op() -> BoxedStrategy<AbstractOp> {
         (14, set_user_memory_region2()),
         (12, fallocate()),
         (8, mmap()),
+        (2, mmap_populating()),
+        (2, mmap_anonymous()),
         (8, store()),
         (8, load()),
-        (3, madvise()),
-        (2, munmap()),
+        (6, madvise()),
+        (3, mlock()),
+        (4, munmap()),
         (5, close()),
         (3, check_extension()),
         (6, file_op()),
@@ -550,9 +584,81 @@ fn mmap() -> BoxedStrategy<AbstractOp> {
         (1, &[1, 4095, NEG_PAGE, 1 << 40, 1 << 62, u64::MAX]),
     ]);
     let prot = weighted(&[(10, &[3]), (2, &[1]), (2, &[0, 2, 4, 5, 6, 7, 8, 0x10])]);
-    let flags = weighted(&[(10, &[1]), (2, &[2]), (2, &[3])]);
+    let flags = weighted(&[
+        (10, &[MAP_SHARED]),
+        (2, &[MAP_PRIVATE]),
+        (2, &[MAP_SHARED_VALIDATE]),
+        (
+            2,
+            &[
+                MAP_SHARED | MAP_SYNC,
+                MAP_SHARED_VALIDATE | MAP_SYNC,
+                MAP_SHARED_VALIDATE | MAP_32BIT,
+                MAP_SHARED | MAP_GROWSDOWN,
+                MAP_PRIVATE | MAP_LOCKED,
+                MAP_SHARED | MAP_STACK | MAP_NORESERVE,
+                0,
+                0xf,
+            ],
+        ),
+    ]);
     (mmap_fd(), len, offset, prot, flags)
         .prop_map(|(fd, len, offset, prot, flags)| AbstractOp::Mmap { fd, len, offset, prot, flags })
+        .boxed()
+}
+
+/// An `mmap` that faults its pages in at once (`MAP_LOCKED`, `MAP_POPULATE`), of a small length:
+/// the real kernel commits the memory.
+fn mmap_populating() -> BoxedStrategy<AbstractOp> {
+    let len = weighted(&[(8, &[16 * KIB, 4 * KIB, 8 * KIB, 2 * MIB]), (1, &[1, 32 * KIB, 4 * MIB])]);
+    let prot = weighted(&[(10, &[3]), (2, &[1, 0, 2])]);
+    let flags = weighted(&[
+        (4, &[MAP_SHARED | MAP_LOCKED, MAP_SHARED | MAP_POPULATE]),
+        (
+            2,
+            &[
+                MAP_SHARED_VALIDATE | MAP_LOCKED | MAP_POPULATE,
+                MAP_SHARED | MAP_LOCKED | MAP_POPULATE,
+                MAP_SHARED | MAP_POPULATE | MAP_NONBLOCK,
+                MAP_SHARED_VALIDATE | MAP_POPULATE,
+            ],
+        ),
+    ]);
+    (mmap_fd(), len, prot, flags)
+        .prop_map(|(fd, len, prot, flags)| AbstractOp::Mmap { fd, len, offset: 0, prot, flags })
+        .boxed()
+}
+
+/// An anonymous `mmap` (the descriptor is ignored): shared (a shmem object) or private, with
+/// every protection, sometimes locked or populated, sometimes with a type anonymous memory
+/// refuses.
+fn mmap_anonymous() -> BoxedStrategy<AbstractOp> {
+    let len = weighted(&[(8, &[16 * KIB, 4 * KIB, 8 * KIB, 2 * MIB]), (1, &[0, 1, 4 * MIB])]);
+    let offset = weighted(&[(8, &[0]), (1, &[PAGE, 1, NEG_PAGE])]);
+    let prot = weighted(&[(10, &[3]), (3, &[1, 0, 2, 7])]);
+    let flags = weighted(&[
+        (8, &[MAP_SHARED | MAP_ANONYMOUS, MAP_PRIVATE | MAP_ANONYMOUS]),
+        (
+            2,
+            &[
+                MAP_SHARED | MAP_ANONYMOUS | MAP_LOCKED,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
+                MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_LOCKED,
+            ],
+        ),
+        (
+            1,
+            &[
+                MAP_SHARED_VALIDATE | MAP_ANONYMOUS,
+                MAP_ANONYMOUS,
+                MAP_SHARED | MAP_ANONYMOUS | MAP_GROWSDOWN,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN,
+            ],
+        ),
+    ]);
+    (len, offset, prot, flags)
+        .prop_map(|(len, offset, prot, flags)| AbstractOp::Mmap { fd: Fd::Invalid, len, offset, prot, flags })
         .boxed()
 }
 
@@ -586,8 +692,32 @@ fn madvise() -> BoxedStrategy<AbstractOp> {
         (3, &[AdviseLen::ToEnd]),
         (1, &[AdviseLen::Raw(0), AdviseLen::Raw(1), AdviseLen::Raw(8 * KIB), AdviseLen::Raw(2 * MIB)]),
     ]);
-    (map_ref(), at, len, pick(&[4, 9, 14, 15]))
-        .prop_map(|(map, at, len, advice)| AbstractOp::Madvise { map, at, len, advice })
+    let advice = weighted(&[
+        (6, &[MADV_DONTNEED, MADV_REMOVE]),
+        (8, &[0, 1, 2, 3, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 102, 103]),
+        (1, &[100, 101, 5, 7, 26, 104, u64::from(u32::MAX)]),
+    ]);
+    (map_ref(), at, len, advice).prop_map(|(map, at, len, advice)| AbstractOp::Madvise { map, at, len, advice }).boxed()
+}
+
+fn mlock() -> BoxedStrategy<AbstractOp> {
+    let at = prop_oneof![10 => any::<u32>().prop_map(Place::Inside), 1 => pick(&[1, 0]).prop_map(Place::Raw)];
+    let len = weighted(&[
+        (4, &[AdviseLen::Raw(PAGE)]),
+        (3, &[AdviseLen::ToEnd]),
+        (
+            1,
+            &[
+                AdviseLen::Raw(0),
+                AdviseLen::Raw(1),
+                AdviseLen::Raw(8 * KIB),
+                AdviseLen::Raw(2 * MIB),
+                AdviseLen::Raw(u64::MAX),
+            ],
+        ),
+    ]);
+    (map_ref(), at, len, proptest::bool::weighted(0.4))
+        .prop_map(|(map, at, len, unlock)| AbstractOp::Mlock { map, at, len, unlock })
         .boxed()
 }
 

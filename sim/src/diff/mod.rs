@@ -272,8 +272,8 @@ struct Comparison {
     skipped: Vec<String>,
     /// The verbs of the lines whose results were compared, one entry per line.
     compared: Vec<&'static str>,
-    /// The lines left uncompared after a line whose effect may differ between the sides (skipped,
-    /// excluded, or a store or madvise past its mapping).
+    /// The lines left uncompared after a line whose effect may differ between the sides (skipped
+    /// or excluded).
     uncompared: usize,
 }
 
@@ -307,7 +307,6 @@ impl Sides<'_, '_> {
         let reference_lines = self.run(&program, true)?;
         let sim_lines = self.run(&program, false)?;
         let mut comparison = Comparison::default();
-        let beyond = exclusions::beyond_mapping(&program);
         let lines = program.lines.iter().zip(reference_lines.iter().zip(&sim_lines)).enumerate();
         for (index, (line, (r, s))) in lines {
             let skipped = r.result.starts_with("skip");
@@ -315,22 +314,9 @@ impl Sides<'_, '_> {
                 comparison.compared.push(line.op.verb());
             }
             if !skipped && r.result == s.result && r.details == s.details {
-                // A store or madvise past its mapping's end acts on whatever lies there, which
-                // the two address-space layouts need not agree on (see `exclusions`): even
-                // when its own result agrees, what it changed may differ, so nothing after
-                // it is comparable.
-                if beyond.get(index).copied().unwrap_or(false) && !is_pure(&line.op) {
-                    comparison.uncompared = program.lines.len() - index - 1;
-                    break;
-                }
                 continue;
             }
-            let diverging = exclusions::DivergingLine {
-                op: &line.op,
-                reference: &r.result,
-                sim: &s.result,
-                beyond_mapping: beyond.get(index).copied().unwrap_or(false),
-            };
+            let diverging = exclusions::DivergingLine { op: &line.op, reference: &r.result, sim: &s.result };
             let exclusion = if skipped { None } else { exclusions::find(&diverging) };
             if let Some(exclusion) = exclusion {
                 comparison.excluded.push(exclusion.name);
@@ -374,8 +360,8 @@ fn case_rng(case_seed: u64) -> TestRng {
 
 /// Renders a generated case.
 fn render_case(case: &gen::Case, ops_max: usize) -> Rendered {
-    let (vm, gmems, map, body) = case;
-    render::render(std::iter::once(vm).chain(gmems).chain(std::iter::once(map)).chain(body), ops_max)
+    let (vm, gmems, maps, body) = case;
+    render::render(std::iter::once(vm).chain(gmems).chain(maps).chain(body), ops_max)
 }
 
 /// The sequence of case `case_seed` (for tests and tools): its script text.
@@ -594,7 +580,7 @@ fn print_totals(out: &mut dyn Write, summary: &Summary) -> io::Result<()> {
     writeln!(out, "{excluded_lines} excluded lines (accepted differences, not divergences)")?;
     writeln!(
         out,
-        "{} lines skipped by the reference, {} lines not compared after a skipped, excluded or out-of-mapping line",
+        "{} lines skipped by the reference, {} lines not compared after a skipped or excluded line",
         summary.skipped, summary.uncompared
     )?;
     writeln!(out, "{}", summary.last_line())?;

@@ -15,11 +15,10 @@ use super::gen::{
     AbstractOp, AdviseLen, Fd, GmemArg, MapRef, Place, SlotSize, Uaddr, FALLOCATE_ALLOC_MAX, MEMSLOT_SIZE_MAX, PAGE,
 };
 
-/// Whether a load or store may go through a mapping after its `munmap`. The kernel's answer is
-/// SIGSEGV unless something was mapped there since; the simulator reuses the range as a fresh
-/// process would, the kvm backend keeps it reserved, and where that makes the two differ the
-/// line is an accepted difference ([`super::exclusions`], `beyond-mapping`).
-const ACCESS_AFTER_MUNMAP: bool = true;
+/// Whether a load, store, madvise or munmap may name a mapping after its `munmap`. The script
+/// contract keeps the range from being handed out again while the script runs, on both
+/// backends, so the kernel's answer is that of a hole (SIGSEGV, ENOMEM, a munmap of nothing).
+const STALE_NAMES: bool = true;
 
 /// `KVM_MEM_MAX_NR_PAGES`: memslots with more pages are rejected before anything is allocated.
 const KVM_MEM_MAX_NR_PAGES: u64 = (1 << 31) - 1;
@@ -81,6 +80,8 @@ struct Mapping {
     unmapped: bool,
     /// The `mmap` looked valid to the renderer.
     valid: bool,
+    /// An anonymous mapping (`MAP_ANONYMOUS`).
+    anonymous: bool,
 }
 
 /// What the sequence has created so far.
@@ -258,53 +259,60 @@ impl Scope {
                     num(*len),
                     num(*offset),
                     flag_set(*prot, MMAP_PROT),
-                    constant(*flags, MMAP_FLAGS)
+                    mmap_flags(*flags)
                 );
-                let valid = self.usable_gmem(&fd_arg).is_some_and(|g| g.mmap)
-                    && *len > 0
-                    && *offset % PAGE == 0
-                    && (*offset as i64) >= 0
-                    && *flags != 2
-                    && *prot & 4 == 0;
+                let mapping_type = *flags & 0xf;
+                let valid = if *flags & MAP_ANONYMOUS != 0 {
+                    *len > 0 && *offset % PAGE == 0 && (mapping_type == 1 || mapping_type == 2) && *flags & 0x100 == 0
+                } else {
+                    self.usable_gmem(&fd_arg).is_some_and(|g| g.mmap)
+                        && *len > 0
+                        && *offset % PAGE == 0
+                        && (*offset as i64) >= 0
+                        && (mapping_type == 1 || mapping_type == 3)
+                        && *prot & 4 == 0
+                };
                 let len = len.checked_next_multiple_of(PAGE).unwrap_or(0);
-                self.maps.push(Mapping { name, len, unmapped: false, valid });
+                self.maps.push(Mapping { name, len, unmapped: false, valid, anonymous: *flags & MAP_ANONYMOUS != 0 });
                 line
             }
             AbstractOp::Munmap { map } => {
-                let map = self.mapping(*map, false)?;
+                let map = self.mapping(*map, STALE_NAMES)?;
                 self.maps[map].unmapped = true;
                 format!("munmap {}", self.maps[map].name)
             }
             AbstractOp::Store { map, at, len, byte } => {
-                let map = &self.maps[self.mapping(*map, ACCESS_AFTER_MUNMAP)?];
+                let map = &self.maps[self.mapping(*map, STALE_NAMES)?];
                 let (offset, len) = access(at, u64::from(*len), map.len);
                 let bytes: Vec<u8> = (0..len).map(|i| byte.wrapping_add(i as u8)).collect();
                 format!("store {} offset={} bytes={}", map.name, num(offset), hex(&bytes))
             }
             AbstractOp::Load { map, at, len } => {
-                let map = &self.maps[self.mapping(*map, ACCESS_AFTER_MUNMAP)?];
+                let map = &self.maps[self.mapping(*map, STALE_NAMES)?];
                 let (offset, len) = access(at, u64::from(*len), map.len);
                 format!("load {} offset={} len={}", map.name, num(offset), len)
             }
             AbstractOp::Madvise { map, at, len, advice } => {
-                let map = &self.maps[self.mapping(*map, false)?];
-                let pages = (map.len / PAGE).max(1);
-                let offset = match at {
-                    Place::Inside(v) => u64::from(*v) % pages * PAGE,
-                    Place::Crossing(_) => map.len.saturating_sub(PAGE),
-                    Place::Raw(v) => *v,
-                };
-                let len = match len {
-                    AdviseLen::ToEnd => map.len.saturating_sub(offset),
-                    AdviseLen::Raw(len) => *len,
-                };
+                let map = &self.maps[self.mapping(*map, STALE_NAMES)?];
+                let (offset, len) = advise_range(map.len, at, len);
+                // MADV_COLLAPSE on anonymous memory depends on where the kernel placed the
+                // mapping (a shmem VMA must be PMD-aligned to hold a huge page) and on what is
+                // populated (measured, docs/FIDELITY.md): not a sequence both sides can agree on.
+                // On guest_memfd mappings and holes it is compared.
+                let advice = if map.anonymous && *advice == MADV_COLLAPSE { MADV_DONTNEED } else { *advice };
                 format!(
                     "madvise {} offset={} len={} advice={}",
                     map.name,
                     num(offset),
                     num(len),
-                    constant(*advice, MADVISE_ADVICE)
+                    constant(advice, MADVISE_ADVICE)
                 )
+            }
+            AbstractOp::Mlock { map, at, len, unlock } => {
+                let map = &self.maps[self.mapping(*map, STALE_NAMES)?];
+                let (offset, len) = advise_range(map.len, at, len);
+                let verb = if *unlock { "munlock" } else { "mlock" };
+                format!("{verb} {} offset={} len={}", map.name, num(offset), num(len))
             }
             AbstractOp::Close { fd } => {
                 let handle = match fd {
@@ -368,8 +376,7 @@ impl Scope {
             num(size)
         );
         let uaddr = match uaddr {
-            Uaddr::Auto if size <= MEMSLOT_SIZE_MAX => None,
-            Uaddr::Auto => Some("0".to_string()),
+            Uaddr::Auto => None,
             Uaddr::Map(n) => Some(recent(&self.maps, *n).map_or_else(|| "0".to_string(), |m| m.name.clone())),
             Uaddr::Raw(addr) => Some(num(*addr)),
         };
@@ -382,6 +389,22 @@ impl Scope {
         }
         line
     }
+}
+
+/// The offset and length of a madvise, mlock or munlock at `at` in a mapping of (page-rounded)
+/// `map_len` bytes: inside ones start on a page of the mapping.
+fn advise_range(map_len: u64, at: &Place, len: &AdviseLen) -> (u64, u64) {
+    let pages = (map_len / PAGE).max(1);
+    let offset = match at {
+        Place::Inside(v) => u64::from(*v) % pages * PAGE,
+        Place::Crossing(_) => map_len.saturating_sub(PAGE),
+        Place::Raw(v) => *v,
+    };
+    let len = match len {
+        AdviseLen::ToEnd => map_len.saturating_sub(offset),
+        AdviseLen::Raw(len) => *len,
+    };
+    (offset, len)
 }
 
 /// The offset and length of a load or store at `at` in a mapping of (page-rounded) `map_len`
@@ -449,6 +472,28 @@ const MMAP_PROT: Names = value::MMAP_PROT.names;
 const MMAP_FLAGS: Names = value::MMAP_FLAGS.names;
 const MADVISE_ADVICE: Names = value::MADVISE_ADVICE.names;
 const LSEEK_WHENCE: Names = value::LSEEK_WHENCE.names;
+
+/// `MAP_ANONYMOUS`.
+const MAP_ANONYMOUS: u64 = 0x20;
+/// `MADV_DONTNEED`.
+const MADV_DONTNEED: u64 = 4;
+/// `MADV_COLLAPSE`.
+const MADV_COLLAPSE: u64 = 25;
+
+/// mmap flags: the mapping type by name (`SHARED`, `PRIVATE`, `SHARED_VALIDATE`, or its number),
+/// then the other named bits, then the rest as a number.
+fn mmap_flags(flags: u64) -> String {
+    let mapping_type = flags & 0xf;
+    let rest = flags & !0xf;
+    let mut parts = Vec::new();
+    if mapping_type != 0 || rest == 0 {
+        parts.push(constant(mapping_type, &MMAP_FLAGS[..3]));
+    }
+    if rest != 0 {
+        parts.push(flag_set(rest, &MMAP_FLAGS[3..]));
+    }
+    parts.join("|")
+}
 
 /// A constant: its name if it has one, else the number.
 fn constant(value: u64, names: Names) -> String {

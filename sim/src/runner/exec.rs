@@ -309,11 +309,16 @@ impl<'b> Executor<'b> {
         self.backend.set_user_memory_region2(vm, &region).map(unit)
     }
 
-    /// `uaddr=`: `auto` maps fresh anonymous memory of the slot's size (none for size 0).
+    /// `uaddr=`: `auto` maps fresh anonymous memory of the slot's size (none for size 0). A size
+    /// no mapping can hold (the mmap fails: past `TASK_SIZE`, or no room) passes 0, so the ioctl
+    /// gives its own answer for the size (out-of-range values are passed through).
     fn user_addr(&mut self, uaddr: &UserAddr, size: u64) -> BResult<u64> {
         match uaddr {
             UserAddr::Auto if size == 0 => Ok(0),
-            UserAddr::Auto => self.backend.map_anonymous(size),
+            UserAddr::Auto => match self.backend.map_anonymous(size) {
+                Err(Failure::Errno(_)) => Ok(0),
+                other => other,
+            },
             UserAddr::Given(handle) => Ok(self.env.number(handle)),
         }
     }
@@ -352,6 +357,8 @@ impl<'b> Executor<'b> {
                 let addr = env.mapping(map).0.wrapping_add(*offset);
                 b.madvise(addr, *len, *advice as i32).map(unit)
             }
+            Op::Mlock { map, offset, len } => b.mlock(env.mapping(map).0.wrapping_add(*offset), *len).map(unit),
+            Op::Munlock { map, offset, len } => b.munlock(env.mapping(map).0.wrapping_add(*offset), *len).map(unit),
             _ => return None,
         })
     }

@@ -109,6 +109,10 @@ pub enum Op {
     Load { map: String, offset: u64, len: u64 },
     /// `madvise MAP [offset=] len= advice=`.
     Madvise { map: String, offset: u64, len: u64, advice: u64 },
+    /// `mlock MAP [offset=] len=`.
+    Mlock { map: String, offset: u64, len: u64 },
+    /// `munlock MAP [offset=] len=`.
+    Munlock { map: String, offset: u64, len: u64 },
     /// `close NAME`.
     Close { handle: Handle },
     /// `open_dev_sev`: `open("/dev/sev", O_RDWR)`.
@@ -240,6 +244,8 @@ impl Op {
             Op::Store { .. } => "store",
             Op::Load { .. } => "load",
             Op::Madvise { .. } => "madvise",
+            Op::Mlock { .. } => "mlock",
+            Op::Munlock { .. } => "munlock",
             Op::Close { .. } => "close",
             Op::OpenDevSev => "open_dev_sev",
             Op::SevInit2 { .. } => "sev_init2",
@@ -321,6 +327,8 @@ pub const VERBS: &[&str] = &[
     "store",
     "load",
     "madvise",
+    "mlock",
+    "munlock",
     "close",
     "open_dev_sev",
     "sev_init2",

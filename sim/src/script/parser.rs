@@ -413,6 +413,8 @@ fn mapping_op(verb: &str, r: &mut ArgReader<'_, '_>) -> Option<Op> {
             len: r.int("len"),
             advice: r.constant("advice", &MADVISE_ADVICE),
         },
+        "mlock" => Op::Mlock { map: r.mapping(), offset: r.int_or("offset", 0), len: r.int("len") },
+        "munlock" => Op::Munlock { map: r.mapping(), offset: r.int_or("offset", 0), len: r.int("len") },
         _ => return None,
     })
 }

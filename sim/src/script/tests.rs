@@ -260,6 +260,9 @@ fn host_verbs_with_defaults() {
         ("store m bytes=2a", Op::Store { map: "m".into(), offset: 0, bytes: vec![0x2a] }),
         ("load m offset=0x1000 len=2", Op::Load { map: "m".into(), offset: 0x1000, len: 2 }),
         ("madvise m len=4K advice=REMOVE", Op::Madvise { map: "m".into(), offset: 0, len: 4096, advice: 9 }),
+        ("madvise m len=4K advice=GUARD_INSTALL", Op::Madvise { map: "m".into(), offset: 0, len: 4096, advice: 102 }),
+        ("mlock m offset=4K len=8K", Op::Mlock { map: "m".into(), offset: 4096, len: 8192 }),
+        ("munlock m len=4K", Op::Munlock { map: "m".into(), offset: 0, len: 4096 }),
         ("close g", Op::Close { handle: name("g") }),
         ("close m", Op::Close { handle: name("m") }),
         ("close -1", Op::Close { handle: Handle::Number(u64::MAX) }),
@@ -381,7 +384,7 @@ fn a_name_is_bound_only_after_its_line() {
 
 #[test]
 fn mapping_verbs_need_a_name_bound_by_mmap() {
-    for verb in ["munmap", "store", "load", "madvise"] {
+    for verb in ["munmap", "store", "load", "madvise", "mlock", "munlock"] {
         let line = format!("{verb} g");
         let column = verb.len() + 2;
         assert_eq!(
@@ -480,8 +483,13 @@ fn argument_errors() {
         ("set_user_memory_region2 vm slot=0 gpa=0 size=0 guest_memfd=x1", "t.gms:5:60: unbound name `x1`"),
         ("lseek g offset=0", "t.gms:5:1: lseek needs `whence=`"),
         (
-            "madvise m len=1 advice=FREE",
-            "t.gms:5:24: unknown madvise advice `FREE` (expected DONTNEED, REMOVE or a number)",
+            "madvise m len=1 advice=FRE",
+            concat!(
+                "t.gms:5:24: unknown madvise advice `FRE` (expected NORMAL, RANDOM, SEQUENTIAL, WILLNEED, DONTNEED, ",
+                "FREE, REMOVE, DONTFORK, DOFORK, MERGEABLE, UNMERGEABLE, HUGEPAGE, NOHUGEPAGE, DONTDUMP, DODUMP, ",
+                "WIPEONFORK, KEEPONFORK, COLD, PAGEOUT, POPULATE_READ, POPULATE_WRITE, DONTNEED_LOCKED, COLLAPSE, ",
+                "HWPOISON, SOFT_OFFLINE, GUARD_INSTALL, GUARD_REMOVE or a number)"
+            ),
         ),
     ];
     for (line, message) in cases {

@@ -59,10 +59,59 @@ pub(crate) const FALLOCATE_MODES: Table = Table {
 pub(crate) const MMAP_PROT: Table =
     Table { what: "mmap prot", names: &[("NONE", 0), ("READ", 1), ("WRITE", 2), ("EXEC", 4)] };
 
-pub(crate) const MMAP_FLAGS: Table =
-    Table { what: "mmap flags", names: &[("SHARED", 1), ("PRIVATE", 2), ("SHARED_VALIDATE", 3), ("ANONYMOUS", 0x20)] };
+pub(crate) const MMAP_FLAGS: Table = Table {
+    what: "mmap flags",
+    names: &[
+        ("SHARED", 1),
+        ("PRIVATE", 2),
+        ("SHARED_VALIDATE", 3),
+        ("FIXED", 0x10),
+        ("ANONYMOUS", 0x20),
+        ("GROWSDOWN", 0x100),
+        ("LOCKED", 0x2000),
+        ("NORESERVE", 0x4000),
+        ("POPULATE", 0x8000),
+        ("NONBLOCK", 0x10000),
+        ("STACK", 0x20000),
+        ("HUGETLB", 0x40000),
+        ("SYNC", 0x80000),
+        ("FIXED_NOREPLACE", 0x100000),
+    ],
+};
 
-pub(crate) const MADVISE_ADVICE: Table = Table { what: "madvise advice", names: &[("DONTNEED", 4), ("REMOVE", 9)] };
+/// `madvise advice=`: every `MADV_*` value of Linux 6.18's uAPI.
+pub(crate) const MADVISE_ADVICE: Table = Table {
+    what: "madvise advice",
+    names: &[
+        ("NORMAL", 0),
+        ("RANDOM", 1),
+        ("SEQUENTIAL", 2),
+        ("WILLNEED", 3),
+        ("DONTNEED", 4),
+        ("FREE", 8),
+        ("REMOVE", 9),
+        ("DONTFORK", 10),
+        ("DOFORK", 11),
+        ("MERGEABLE", 12),
+        ("UNMERGEABLE", 13),
+        ("HUGEPAGE", 14),
+        ("NOHUGEPAGE", 15),
+        ("DONTDUMP", 16),
+        ("DODUMP", 17),
+        ("WIPEONFORK", 18),
+        ("KEEPONFORK", 19),
+        ("COLD", 20),
+        ("PAGEOUT", 21),
+        ("POPULATE_READ", 22),
+        ("POPULATE_WRITE", 23),
+        ("DONTNEED_LOCKED", 24),
+        ("COLLAPSE", 25),
+        ("HWPOISON", 100),
+        ("SOFT_OFFLINE", 101),
+        ("GUARD_INSTALL", 102),
+        ("GUARD_REMOVE", 103),
+    ],
+};
 
 pub(crate) const LSEEK_WHENCE: Table = Table { what: "lseek whence", names: &[("SET", 0), ("CUR", 1), ("END", 2)] };
 

@@ -89,9 +89,17 @@ impl Regions {
             .collect()
     }
 
-    /// Whether any part of `[start, end)` is a range the script unmapped.
-    pub fn overlaps_unmapped(&self, start: u64, end: u64) -> bool {
-        self.regions.iter().any(|r| r.kind == RegionKind::Unmapped && r.start < end && r.end > start)
+    /// Forgets the whole ranges the script unmapped that overlap `[start, end)` and returns
+    /// them (the caller releases their reservations and reserves them again).
+    pub fn take_unmapped_within(&mut self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let taken: Vec<(u64, u64)> = self
+            .regions
+            .iter()
+            .filter(|r| r.kind == RegionKind::Unmapped && r.start < end && r.end > start)
+            .map(|r| (r.start, r.end))
+            .collect();
+        self.regions.retain(|r| !(r.kind == RegionKind::Unmapped && r.start < end && r.end > start));
+        taken
     }
 
     /// Every owned range, for the final release.

@@ -105,13 +105,53 @@ const GPA_LIMIT: u64 = 1 << 52;
 const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
 
 /// mmap flags this backend does not pass: it always maps with a NULL hint, so `MAP_FIXED`
-/// and `MAP_FIXED_NOREPLACE` would map at address 0 and could replace the runner's memory;
-/// `MAP_POPULATE` and `MAP_LOCKED` would commit a whole mapping of any size at once.
-const MMAP_FLAGS_REFUSED: u64 =
-    (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE | libc::MAP_POPULATE | libc::MAP_LOCKED) as u64;
+/// and `MAP_FIXED_NOREPLACE` would map at address 0 (the runner runs as root, which may map
+/// below `mmap_min_addr`) and could replace the runner's memory.
+const MMAP_FLAGS_REFUSED: u64 = (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) as u64;
 
-/// madvise advice this backend does not pass: they would poison or offline this host's pages.
-const MADVISE_REFUSED: [i32; 2] = [libc::MADV_HWPOISON, libc::MADV_SOFT_OFFLINE];
+/// mmap flags that fault the whole mapping in at once (`mm_populate`).
+const MMAP_FLAGS_POPULATING: u64 = (libc::MAP_POPULATE | libc::MAP_LOCKED) as u64;
+
+/// The room reserved above every mapping a script makes (the simulator's
+/// [`crate::backends::sim::GUARD_GAP`]): an access or madvise running past a mapping's end meets
+/// this reservation (SIGSEGV; released around madvise, so a hole) instead of the runner's memory.
+const GUARD_GAP: u64 = crate::backends::sim::GUARD_GAP;
+
+/// The longest mapping that gets a guard gap (longer ones are mapped where the kernel chooses).
+const GUARD_RESERVE_MAX: u64 = 1 << 40;
+
+/// The largest range this backend populates in one call (`MAP_POPULATE`, `MAP_LOCKED`,
+/// `MADV_POPULATE_*`): populating commits real memory of this host.
+const POPULATE_BYTES_MAX: u64 = 256 << 20;
+
+/// madvise advice that would poison or offline this host's pages where the kernel has memory
+/// failure (`CONFIG_MEMORY_FAILURE`); without it the kernel refuses them (EINVAL) and they are
+/// passed.
+const MADVISE_MEMORY_FAILURE: [i32; 2] = [libc::MADV_HWPOISON, libc::MADV_SOFT_OFFLINE];
+
+/// The bytes `mlock(addr, len)` and `munlock` act on: the length grown by `addr`'s offset in its
+/// page and rounded up to pages, wrapping as the kernel's `PAGE_ALIGN` does (so a length near
+/// `u64::MAX` acts on nothing).
+fn mlock_reach(addr: u64, len: u64) -> u64 {
+    len.wrapping_add(addr & (PAGE_SIZE - 1)).wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+}
+
+/// Whether this kernel has memory failure: its sysctls exist only with `CONFIG_MEMORY_FAILURE`.
+fn kernel_has_memory_failure() -> bool {
+    std::path::Path::new("/proc/sys/vm/memory_failure_recovery").exists()
+}
+
+/// Whether the runner has `CAP_IPC_LOCK` (bit 14 of `CapEff` in `/proc/self/status`): without
+/// it, `MAP_LOCKED` is bounded by `RLIMIT_MEMLOCK`, which differs between hosts and users.
+fn runner_has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
 
 /// The real-kernel backend for one script.
 #[derive(Debug)]
@@ -197,6 +237,29 @@ impl KvmBackend {
             },
             Err(_) => {}
         }
+    }
+
+    /// Runs `call(addr, len)` (madvise, mlock, munlock: calls that act on the VMAs of a range)
+    /// where the range holds only this script's memory or nothing, with this backend's
+    /// reservations in the range released: the ranges the script unmapped and the guard gaps are
+    /// `PROT_NONE` mappings here, which such a call would see where the script's own process has
+    /// holes. They are reserved again after the call.
+    /// `reach` is the length the call acts on (mlock's rounded length may wrap to 0).
+    fn with_holes(&mut self, addr: u64, len: u64, reach: u64, call: impl FnOnce(u64, u64) -> i32) -> BResult<()> {
+        if !self.regions.may_touch(addr, reach) {
+            return skip("the range holds memory of the runner on this host");
+        }
+        let end = addr.saturating_add(page_align(reach));
+        let released = self.regions.take_unmapped_within(addr & !(PAGE_SIZE - 1), end);
+        for &(start, end) in &released {
+            // SAFETY: the range is this backend's own PROT_NONE reservation.
+            unsafe { libc::munmap(start as *mut libc::c_void, (end - start) as usize) };
+        }
+        let result = errno(sys::check(i64::from(call(addr, len)))).map(drop);
+        for (start, end) in released {
+            self.reserve_unmapped(start, end - start);
+        }
+        result
     }
 
     /// `read`, `write`, `pread` or `pwrite` of `len` bytes on script descriptor `fd`: `io` gets
@@ -467,14 +530,46 @@ impl Backend for KvmBackend {
 
     fn mmap(&mut self, fd: i32, len: u64, offset: i64, prot: u64, flags: u64) -> BResult<u64> {
         if flags & MMAP_FLAGS_REFUSED != 0 {
-            return skip("MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_POPULATE and MAP_LOCKED are not passed on this host");
+            return skip("MAP_FIXED and MAP_FIXED_NOREPLACE are not passed on this host");
         }
-        // SAFETY: a NULL hint without MAP_FIXED: the kernel picks a free range, so no existing
-        // memory of the runner is replaced.
-        let addr =
-            unsafe { libc::mmap(std::ptr::null_mut(), len as usize, prot as i32, flags as i32, self.raw(fd), offset) };
-        if addr == libc::MAP_FAILED {
-            return Err(Failure::Errno(sys::last_errno()));
+        if flags & MMAP_FLAGS_POPULATING != 0 && len > POPULATE_BYTES_MAX {
+            return skip(format!(
+                "populating more than {} MiB at once is not done on this host",
+                POPULATE_BYTES_MAX >> 20
+            ));
+        }
+        if flags & libc::MAP_LOCKED as u64 != 0 && !runner_has_cap_ipc_lock() {
+            return skip("MAP_LOCKED is bounded by this user's RLIMIT_MEMLOCK on this host (no CAP_IPC_LOCK)");
+        }
+        // The guard gap above the mapping (docs/script-format.md, "Address space"): reserve the
+        // mapping's length plus the gap, free the head and pass it as a hint (never MAP_FIXED),
+        // so the kernel places the mapping there if nothing took the head meanwhile; the tail
+        // stays reserved. A hint changes where the kernel maps, never what it answers.
+        let aligned = page_align(len);
+        let reserved = (len != 0 && aligned <= GUARD_RESERVE_MAX)
+            .then(|| sys::mmap_anonymous(None, aligned + GUARD_GAP, libc::PROT_NONE).ok())
+            .flatten();
+        if let Some(head) = reserved {
+            // SAFETY: the head of this backend's own fresh reservation.
+            unsafe { libc::munmap(head as *mut libc::c_void, aligned as usize) };
+        }
+        let hint = reserved.unwrap_or(0) as *mut libc::c_void;
+        // SAFETY: a hint without MAP_FIXED: the kernel maps at the hint only if it is free, else
+        // wherever it finds room, so no existing memory of the runner is replaced.
+        let addr = unsafe { libc::mmap(hint, len as usize, prot as i32, flags as i32, self.raw(fd), offset) };
+        let failed = addr == libc::MAP_FAILED;
+        let errno = sys::last_errno();
+        if let Some(head) = reserved {
+            let tail = head + aligned;
+            if !failed && addr as u64 == head {
+                self.regions.add(tail, GUARD_GAP, RegionKind::Unmapped);
+            } else {
+                // SAFETY: the tail of this backend's own reservation, which nothing else maps.
+                unsafe { libc::munmap(tail as *mut libc::c_void, GUARD_GAP as usize) };
+            }
+        }
+        if failed {
+            return Err(Failure::Errno(errno));
         }
         self.regions.add(addr as u64, len, RegionKind::Mapping);
         Ok(addr as u64)
@@ -516,18 +611,43 @@ impl Backend for KvmBackend {
     }
 
     fn madvise(&mut self, addr: u64, len: u64, advice: i32) -> BResult<()> {
-        if MADVISE_REFUSED.contains(&advice) {
-            return skip("MADV_HWPOISON and MADV_SOFT_OFFLINE are not passed on this host");
+        if MADVISE_MEMORY_FAILURE.contains(&advice) && kernel_has_memory_failure() {
+            return skip("MADV_HWPOISON and MADV_SOFT_OFFLINE are not passed on a host with memory failure");
         }
-        if self.regions.overlaps_unmapped(addr, addr.saturating_add(len)) {
-            return skip("the range was unmapped by the script and is kept reserved on this host");
+        let populate = advice == libc::MADV_POPULATE_READ || advice == libc::MADV_POPULATE_WRITE;
+        if populate && len > POPULATE_BYTES_MAX {
+            return skip(format!(
+                "populating more than {} MiB at once is not done on this host",
+                POPULATE_BYTES_MAX >> 20
+            ));
         }
-        if !self.regions.may_touch(addr, len) {
-            return skip("the range holds memory of the runner on this host");
+        // SAFETY: `with_holes` found only this script's mappings or nothing in the range.
+        self.with_holes(addr, len, len, |addr, len| unsafe {
+            libc::madvise(addr as *mut libc::c_void, len as usize, advice)
+        })
+    }
+
+    fn mlock(&mut self, addr: u64, len: u64) -> BResult<()> {
+        if !runner_has_cap_ipc_lock() {
+            return skip("mlock is bounded by this user's RLIMIT_MEMLOCK on this host (no CAP_IPC_LOCK)");
         }
-        // SAFETY: `may_touch` found only this script's mappings or nothing in the range.
-        errno(sys::check(i64::from(unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, advice) })))
-            .map(drop)
+        let reach = mlock_reach(addr, len);
+        if reach > POPULATE_BYTES_MAX {
+            return skip(format!(
+                "locking more than {} MiB at once is not done on this host",
+                POPULATE_BYTES_MAX >> 20
+            ));
+        }
+        // SAFETY: `with_holes` found only this script's mappings or nothing in the range.
+        self.with_holes(addr, len, reach, |addr, len| unsafe { libc::mlock(addr as *const libc::c_void, len as usize) })
+    }
+
+    fn munlock(&mut self, addr: u64, len: u64) -> BResult<()> {
+        let reach = mlock_reach(addr, len);
+        // SAFETY: `with_holes` found only this script's mappings or nothing in the range.
+        self.with_holes(addr, len, reach, |addr, len| unsafe {
+            libc::munlock(addr as *const libc::c_void, len as usize)
+        })
     }
 
     fn close(&mut self, fd: i32) -> BResult<()> {
