@@ -66,6 +66,34 @@ impl KvmGmem {
     pub fn binding_at(&self, index: u64) -> Option<SlabHandle> {
         self.bindings.load(index)
     }
+
+    /// The bindings as maximal ranges `(first, last, slot)` of file page indices bound to one
+    /// slot: the pieces `xa_store_range` decomposed a binding into, joined again (for reports,
+    /// which should name a binding as `kvm_gmem_bind` made it, not its pieces).
+    pub fn binding_ranges(&self) -> Vec<(u64, u64, SlabHandle)> {
+        let pieces = self.bindings();
+        let mut out: Vec<(u64, u64, SlabHandle)> = Vec::new();
+        for (i, &(first, handle)) in pieces.iter().enumerate() {
+            // The piece ends before the next piece starts; where exactly, the entries say: every
+            // index from `first` to the piece's end loads `handle`, and none after it up to the
+            // next piece, so the end is found by a search over that monotone predicate.
+            let limit = pieces.get(i + 1).map_or(u64::MAX, |&(next, _)| next - 1);
+            let (mut lo, mut hi) = (first, limit);
+            while lo < hi {
+                let mid = lo + (hi - lo).div_ceil(2);
+                if self.bindings.load(mid) == Some(handle) {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            match out.last_mut() {
+                Some(last) if last.2 == handle && last.1.checked_add(1) == Some(first) => last.1 = lo,
+                _ => out.push((first, lo, handle)),
+            }
+        }
+        out
+    }
 }
 
 /// What the page-cache hooks need that the kernel finds elsewhere: the arch back-end (the global
