@@ -369,11 +369,14 @@ impl Memslots {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Every slot, by ascending gfn.
+    /// Every slot, by ascending gfn (`kvm_for_each_memslot`). The walk checks the generation
+    /// before each step, since a walk does work between steps (scheduling points under loom)
+    /// during which a broken protocol could free the generation; a report names the call site
+    /// that started the walk.
     #[track_caller]
-    pub fn iter(&self) -> impl Iterator<Item = &MemslotEntry> {
+    pub fn iter(&self) -> MemslotsIter<'_> {
         self.check_live();
-        self.entries.iter()
+        MemslotsIter { slots: self, entries: self.entries.iter(), walker: std::panic::Location::caller() }
     }
 
     /// `search_memslots`: the slot containing `gfn`.
@@ -410,6 +413,33 @@ impl Memslots {
             entries.sort_by_key(|entry| entry.base_gfn);
         }
         Memslots { generation: AtomicU64::new(self.generation()), entries, freed: FreeMark::live() }
+    }
+}
+
+/// A walk over a generation's slots ([`Memslots::iter`]).
+pub struct MemslotsIter<'a> {
+    slots: &'a Memslots,
+    entries: std::slice::Iter<'a, MemslotEntry>,
+    /// Where the walk began (the reader a use-after-free report names).
+    walker: &'static std::panic::Location<'static>,
+}
+
+impl fmt::Debug for MemslotsIter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemslotsIter").field("walker", &self.walker).finish_non_exhaustive()
+    }
+}
+
+impl<'a> Iterator for MemslotsIter<'a> {
+    type Item = &'a MemslotEntry;
+
+    fn next(&mut self) -> Option<&'a MemslotEntry> {
+        self.slots.freed.check_at(self.walker, || self.slots.describe());
+        self.entries.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.entries.size_hint()
     }
 }
 

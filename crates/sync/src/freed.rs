@@ -132,6 +132,18 @@ impl FreeMark {
         #[cfg(not(any(debug_assertions, gmem_loom)))]
         let _ = what;
     }
+
+    /// [`FreeMark::check`] for a reader whose call site was recorded earlier (a walk that
+    /// checks at every step names where it began).
+    #[inline]
+    pub fn check_at(&self, reader: &'static Location<'static>, what: impl FnOnce() -> String) {
+        #[cfg(any(debug_assertions, gmem_loom))]
+        if let Some(by) = self.freed.get() {
+            use_after_free(&what(), reader, by);
+        }
+        #[cfg(not(any(debug_assertions, gmem_loom)))]
+        let _ = (reader, what);
+    }
 }
 
 /// Panics with the use-after-free report: the object, the reader, and the free.

@@ -104,9 +104,9 @@ pub mod atomic {
 /// under `--cfg gmem_loom` so that loom controls their interleaving.
 pub mod thread {
     #[cfg(gmem_loom)]
-    pub use loom::thread::{spawn, yield_now, JoinHandle};
+    pub use loom::thread::{spawn, yield_now, Builder, JoinHandle};
     #[cfg(not(gmem_loom))]
-    pub use std::thread::{spawn, yield_now, JoinHandle};
+    pub use std::thread::{spawn, yield_now, Builder, JoinHandle};
 
     /// Busy-wait hint (the kernel's `cpu_relax()`): `std::hint::spin_loop` normally,
     /// `loom::thread::yield_now` under loom, because loom's scheduler needs a yield in every
