@@ -649,6 +649,29 @@ fn get_pfn_wrong_binding(file: &File, slot: MemslotRef<'_>, index: PgOff, bound:
     Errno::EIO
 }
 
+/// Test-only ways to break guest_memfd's reference protocol, so that tests and loom models can
+/// show that the use-after-free each causes is reported (see [`Kvm::weaken_gmem_for_test`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum GmemWeakening {
+    /// The kernel's protocol.
+    None = 0,
+    /// `kvm_gmem_get_pfn` drops the reference it should hand to its caller together with the
+    /// folio lock: the caller holds the folio with no reference, and a racing truncation frees
+    /// it. (Its caller must then not put it.)
+    NoReferenceForCaller = 1,
+}
+
+impl Kvm {
+    /// Test-only: breaks guest_memfd's reference protocol as `weakening` says
+    /// ([`GmemWeakening::None`] restores the kernel's). Set it before the threads it concerns
+    /// start.
+    #[doc(hidden)]
+    pub fn weaken_gmem_for_test(&self, weakening: GmemWeakening) {
+        self.gmem_weakening.set(weakening as u8);
+    }
+}
+
 /// `kvm_gmem_get_pfn`: the pfn backing `gfn` of a guest_memfd memslot, preparing the folio on
 /// first use. The caller holds `kvm->srcu` (the slot comes from a generation it protects).
 pub fn kvm_gmem_get_pfn<'a>(kvm: &'a Kvm, slot: MemslotRef<'_>, gfn: Gfn) -> KResult<GmemPfn<'a>> {
@@ -657,6 +680,9 @@ pub fn kvm_gmem_get_pfn<'a>(kvm: &'a Kvm, slot: MemslotRef<'_>, gfn: Gfn) -> KRe
     let (folio, pfn, is_prepared) = __kvm_gmem_get_pfn(&file, slot, index)?;
     let result = if is_prepared { Ok(()) } else { kvm_gmem_prepare_folio(kvm, slot, gfn, folio) };
     folio.unlock();
+    if result.is_ok() && kvm.gmem_weakening.get() == GmemWeakening::NoReferenceForCaller as u8 {
+        folio.put();
+    }
     // The folio lives in the machine's memory, which outlives the file reference.
     let page = Folio::from_pfn(&kvm.machine().mem, folio.pfn());
     drop(file);

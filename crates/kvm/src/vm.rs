@@ -181,6 +181,7 @@ impl KvmSystem {
             memslots: AtomicPtr::new(Box::into_raw(Box::new(Memslots::empty(0)))),
             retired_memslots: Quarantine::new(MEMSLOTS_QUARANTINE),
             memslot_weakening: TestSwitch::new(),
+            gmem_weakening: TestSwitch::new(),
             slot_slab: Slab::new("kvm_memory_slot"),
             nr_memslot_pages: AtomicU64::new(0),
             mem_attr_array: XArray::new(),
@@ -251,6 +252,8 @@ pub struct Kvm {
     pub(crate) retired_memslots: Quarantine<Memslots>,
     /// Test-only: a [`crate::memslot::MemslotWeakening`].
     pub(crate) memslot_weakening: TestSwitch,
+    /// Test-only: a [`crate::guest_memfd::GmemWeakening`].
+    pub(crate) gmem_weakening: TestSwitch,
     /// Storage for `struct kvm_memory_slot` (stale pointers are detected, not dereferenced).
     pub(crate) slot_slab: Slab<KvmMemorySlot>,
     pub(crate) nr_memslot_pages: AtomicU64,

@@ -146,6 +146,97 @@ impl FreeMark {
     }
 }
 
+/// The free state of memory that is reused rather than freed to the system (a page frame, as
+/// KASAN poisons a page on free and unpoisons it on allocation): who freed it, and what it was
+/// last known as (`T`, such as a folio's file and index, recorded with [`Poison::identify`]
+/// while it is allocated, since the kernel clears them before the free). An allocation clears
+/// both. Zero-sized in release builds.
+pub struct Poison<T> {
+    #[cfg(any(debug_assertions, gmem_loom))]
+    poisoned: std::sync::atomic::AtomicBool,
+    #[cfg(any(debug_assertions, gmem_loom))]
+    record: StdMutex<(Option<T>, Option<FreedBy>)>,
+    #[cfg(not(any(debug_assertions, gmem_loom)))]
+    _record: std::marker::PhantomData<T>,
+}
+
+impl<T> Default for Poison<T> {
+    fn default() -> Self {
+        Poison {
+            #[cfg(any(debug_assertions, gmem_loom))]
+            poisoned: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(any(debug_assertions, gmem_loom))]
+            record: StdMutex::new((None, None)),
+            #[cfg(not(any(debug_assertions, gmem_loom)))]
+            _record: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Poison<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Poison").field("poisoned", &self.is_poisoned()).finish()
+    }
+}
+
+impl<T> Poison<T> {
+    /// Records what the allocated memory is (the report of a later use-after-free names it so).
+    pub fn identify(&self, info: impl FnOnce() -> T) {
+        #[cfg(any(debug_assertions, gmem_loom))]
+        {
+            self.record.lock().unwrap_or_else(PoisonError::into_inner).0 = Some(info());
+        }
+        #[cfg(not(any(debug_assertions, gmem_loom)))]
+        let _ = info;
+    }
+
+    /// Records that the memory is freed here (the caller's call site) by this thread.
+    #[track_caller]
+    pub fn poison(&self) {
+        #[cfg(any(debug_assertions, gmem_loom))]
+        {
+            let by = FreedBy { at: Location::caller(), thread: current_thread_name() };
+            self.record.lock().unwrap_or_else(PoisonError::into_inner).1 = Some(by);
+            self.poisoned.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// The memory is allocated again (a new object: its identity is forgotten too).
+    pub fn unpoison(&self) {
+        #[cfg(any(debug_assertions, gmem_loom))]
+        {
+            self.poisoned.store(false, std::sync::atomic::Ordering::Release);
+            *self.record.lock().unwrap_or_else(PoisonError::into_inner) = (None, None);
+        }
+    }
+
+    /// Whether the memory is freed (always false in release builds).
+    pub fn is_poisoned(&self) -> bool {
+        #[cfg(any(debug_assertions, gmem_loom))]
+        return self.poisoned.load(std::sync::atomic::Ordering::Acquire);
+        #[cfg(not(any(debug_assertions, gmem_loom)))]
+        false
+    }
+
+    /// The check of an access: panics if the memory is freed, with the report naming the object
+    /// (`what` gets its last identity), the accessor's call site and thread, and the free.
+    #[inline]
+    #[track_caller]
+    pub fn check(&self, what: impl FnOnce(Option<&T>) -> String) {
+        #[cfg(any(debug_assertions, gmem_loom))]
+        if self.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+            let record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+            if let (identity, Some(by)) = &*record {
+                let (what, by) = (what(identity.as_ref()), by.clone());
+                drop(record);
+                use_after_free(&what, Location::caller(), &by);
+            }
+        }
+        #[cfg(not(any(debug_assertions, gmem_loom)))]
+        let _ = what;
+    }
+}
+
 /// Panics with the use-after-free report: the object, the reader, and the free.
 #[cold]
 #[inline(never)]
