@@ -357,13 +357,13 @@ impl Memslots {
 
     /// The reader's check (see the type's docs): nothing in release builds.
     #[inline]
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     fn check_live(&self) {
         self.freed.check(|| self.describe());
     }
 
     /// `slots->generation`.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn generation(&self) -> u64 {
         self.check_live();
         self.generation.load(Ordering::Acquire)
@@ -373,14 +373,14 @@ impl Memslots {
     /// before each step, since a walk does work between steps (scheduling points under loom)
     /// during which a broken protocol could free the generation; a report names the call site
     /// that started the walk.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn iter(&self) -> MemslotsIter<'_> {
         self.check_live();
         MemslotsIter { slots: self, entries: self.entries.iter(), walker: std::panic::Location::caller() }
     }
 
     /// `search_memslots`: the slot containing `gfn`.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn find_gfn(&self, gfn: Gfn) -> Option<&MemslotEntry> {
         self.check_live();
         let index = self.entries.partition_point(|entry| entry.base_gfn <= gfn.0);
@@ -389,21 +389,21 @@ impl Memslots {
     }
 
     /// `id_to_memslot`.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn find_id(&self, id: u32) -> Option<&MemslotEntry> {
         self.check_live();
         self.entries.iter().find(|entry| entry.id == id)
     }
 
     /// `kvm_check_memslot_overlap`: another slot (different id) intersects `[start, end)`.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     fn overlaps(&self, id: u32, start: u64, end: u64) -> bool {
         self.check_live();
         self.entries.iter().any(|entry| entry.id != id && entry.base_gfn < end && start < entry.base_gfn + entry.npages)
     }
 
     /// `kvm_replace_memslot` on a copy: the next generation with `old` replaced by `new`.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     fn replaced(&self, old: Option<SlabHandle>, new: Option<MemslotEntry>) -> Memslots {
         self.check_live();
         let mut entries: Vec<MemslotEntry> =
@@ -493,7 +493,7 @@ fn stale_published_slot(entry: &MemslotEntry, storage_generation: u32) -> ! {
 impl Kvm {
     /// The active generation. The guard ties the borrow to an SRCU read section (or use
     /// [`Kvm::memslots_locked`] under `slots_lock`).
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn memslots<'g>(&'g self, _srcu: &'g SrcuReadGuard<'_>) -> &'g Memslots {
         // SAFETY: generations are freed only after synchronize_srcu, which waits for this reader
         // (and in checked builds a freed generation stays allocated in the quarantine, where
@@ -505,7 +505,7 @@ impl Kvm {
 
     /// The active generation, for writers holding `slots_lock` (`__kvm_memslots` with
     /// `lockdep_is_held(&kvm->slots_lock)`).
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn memslots_locked<'g>(&'g self, _slots_lock: &'g gmem_sync::MutexGuard<'_, ()>) -> &'g Memslots {
         lockdep_assert_held(&SLOTS_LOCK);
         // SAFETY: only slots_lock holders replace and free generations.
@@ -542,7 +542,7 @@ impl Kvm {
     /// The slot behind an entry of a generation the caller is protecting. The entry's slot
     /// must be live: a freed one means the caller outlived the protection (a use-after-free),
     /// reported naming the slot and the caller.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn memslot<'g>(&'g self, entry: &MemslotEntry) -> MemslotRef<'g> {
         match self.slot_slab.get(entry.handle) {
             Ok(slot) => MemslotRef { handle: entry.handle, slot },
@@ -551,7 +551,7 @@ impl Kvm {
     }
 
     /// `gfn_to_memslot` (under SRCU).
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn gfn_to_memslot<'g>(&'g self, srcu: &'g SrcuReadGuard<'_>, gfn: Gfn) -> Option<MemslotRef<'g>> {
         let entry = self.memslots(srcu).find_gfn(gfn)?;
         Some(self.memslot(entry))

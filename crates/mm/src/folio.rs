@@ -62,7 +62,7 @@ impl<'m> Folio<'m> {
     /// or the lock): KASAN's report of an access to a freed page, in checked builds, naming the
     /// folio as it was and the accessor (see [`crate::page::Page::poison`]).
     #[inline]
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     fn check_allocated(self) {
         self.page.poison.check(|identity| match identity {
             Some(was) => format!("folio at pfn {:#x} index {} of inode {}", self.pfn().0, was.index, was.ino),
@@ -201,14 +201,14 @@ impl<'m> Folio<'m> {
     }
 
     /// `folio_trylock`.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn trylock(self) -> bool {
         self.check_allocated();
         self.page.flags.fetch_or(PG_LOCKED, Ordering::Acquire) & PG_LOCKED == 0
     }
 
     /// `folio_lock`: sleeps (here: spins with a scheduler hint) until the lock is free.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn lock(self) {
         while !self.trylock() {
             spin_hint();
@@ -233,7 +233,7 @@ impl<'m> Folio<'m> {
 
     /// `folio_mark_uptodate`: the Release pairs with the Acquire in `test_uptodate`, as the
     /// kernel's `smp_wmb` in folio_mark_uptodate pairs with `smp_rmb` in folio_test_uptodate.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn mark_uptodate(self) {
         self.check_allocated();
         self.page.flags.fetch_or(PG_UPTODATE, Ordering::Release);
@@ -256,7 +256,7 @@ impl<'m> Folio<'m> {
 
     /// `clear_highpage(folio_page(folio, i))`. Clearing the last page of the folio also records
     /// (model-only) that the whole folio was zeroed, the evidence INV-UPTODATE-PREPARED checks.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn clear_page(self, i: u64) {
         self.check_allocated();
         self.mem.clear(self.pfn().offset(i));
@@ -270,14 +270,14 @@ impl<'m> Folio<'m> {
     }
 
     /// Model-only: records that a populate callback initialised the folio.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn note_populated(self) {
         self.check_allocated();
         self.set_model_flag(PG_MODEL_POPULATED);
     }
 
     /// Model-only: records that the arch prepare hook ran on the folio and succeeded.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn note_arch_prepared(self) {
         self.check_allocated();
         self.set_model_flag(PG_MODEL_ARCH_PREPARED);
@@ -299,7 +299,7 @@ impl<'m> Folio<'m> {
     }
 
     /// `folio_zero_range`.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn zero_range(self, offset: u64, len: u64) {
         self.check_allocated();
         let mut at = offset;
@@ -315,7 +315,7 @@ impl<'m> Folio<'m> {
     }
 
     /// Reads bytes at `offset` within the folio (any span within it).
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn read(self, offset: u64, buf: &mut [u8]) {
         self.check_allocated();
         let mut done = 0usize;
@@ -329,7 +329,7 @@ impl<'m> Folio<'m> {
     }
 
     /// Writes bytes at `offset` within the folio.
-    #[track_caller]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn write(self, offset: u64, bytes: &[u8]) {
         self.check_allocated();
         let mut done = 0usize;
