@@ -658,7 +658,8 @@ pub enum GmemWeakening {
     None = 0,
     /// `kvm_gmem_get_pfn` drops the reference it should hand to its caller together with the
     /// folio lock: the caller holds the folio with no reference, and a racing truncation frees
-    /// it. (Its caller must then not put it.)
+    /// it. (Its caller must then not put it.) Checked builds only (debug and loom): the
+    /// release hot path does not read the switch.
     NoReferenceForCaller = 1,
 }
 
@@ -680,7 +681,11 @@ pub fn kvm_gmem_get_pfn<'a>(kvm: &'a Kvm, slot: MemslotRef<'_>, gfn: Gfn) -> KRe
     let (folio, pfn, is_prepared) = __kvm_gmem_get_pfn(&file, slot, index)?;
     let result = if is_prepared { Ok(()) } else { kvm_gmem_prepare_folio(kvm, slot, gfn, folio) };
     folio.unlock();
-    if result.is_ok() && kvm.gmem_weakening.get() == GmemWeakening::NoReferenceForCaller as u8 {
+    // Only checked builds have the switch, so the release hot path does not even read it.
+    if gmem_sync::freed::CHECKED
+        && result.is_ok()
+        && kvm.gmem_weakening.get() == GmemWeakening::NoReferenceForCaller as u8
+    {
         folio.put();
     }
     // The folio lives in the machine's memory, which outlives the file reference.

@@ -28,7 +28,9 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::Location;
-use std::sync::{Mutex as StdMutex, OnceLock, PoisonError};
+#[cfg(any(debug_assertions, gmem_loom))]
+use std::sync::OnceLock;
+use std::sync::{Mutex as StdMutex, PoisonError};
 
 /// Whether this build checks for use-after-free (debug builds and loom builds).
 pub const CHECKED: bool = cfg!(any(debug_assertions, gmem_loom));
