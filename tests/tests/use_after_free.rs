@@ -76,9 +76,9 @@ fn stale_generation_reader(weakening: MemslotWeakening) -> (Option<String>, bool
                 let srcu = kvm.srcu_read_lock();
                 let slots = kvm.memslots(&srcu);
                 entered_tx.send(()).unwrap();
-                // Until the main thread says so (or has waited long enough for a deletion
-                // that waits for this reader).
-                let _ = go_rx.recv_timeout(Duration::from_millis(300));
+                // Until the main thread has seen the deletion finish, or waited long enough to
+                // know that it waits for this reader.
+                go_rx.recv().unwrap();
                 slots.find_gfn(Gfn(SLOT1_GPA / PAGE)).map(|entry| entry.id)
             })
             .unwrap()
@@ -93,9 +93,13 @@ fn stale_generation_reader(weakening: MemslotWeakening) -> (Option<String>, bool
                 host.set_user_memory_region2(vm, &delete_region(0, 0)).unwrap();
                 done_tx.send(()).unwrap();
             });
-            // The kernel's deletion waits in synchronize_srcu for the reader; the weakened one
-            // does not.
-            let finished_under_reader = done_rx.recv_timeout(Duration::from_millis(150)).is_ok();
+            // The kernel's deletion waits in synchronize_srcu for the reader (150 ms show it); the
+            // weakened one does not (it gets as long as a loaded machine may need).
+            let patience = match weakening {
+                MemslotWeakening::None => Duration::from_millis(150),
+                _ => Duration::from_secs(30),
+            };
+            let finished_under_reader = done_rx.recv_timeout(patience).is_ok();
             go_tx.send(()).unwrap_or(());
             let result = reader.join();
             deleter.join().unwrap();
