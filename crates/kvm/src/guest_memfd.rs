@@ -66,6 +66,34 @@ impl KvmGmem {
     pub fn binding_at(&self, index: u64) -> Option<SlabHandle> {
         self.bindings.load(index)
     }
+
+    /// The bindings as maximal ranges `(first, last, slot)` of file page indices bound to one
+    /// slot: the pieces `xa_store_range` decomposed a binding into, joined again (for reports,
+    /// which should name a binding as `kvm_gmem_bind` made it, not its pieces).
+    pub fn binding_ranges(&self) -> Vec<(u64, u64, SlabHandle)> {
+        let pieces = self.bindings();
+        let mut out: Vec<(u64, u64, SlabHandle)> = Vec::new();
+        for (i, &(first, handle)) in pieces.iter().enumerate() {
+            // The piece ends before the next piece starts; where exactly, the entries say: every
+            // index from `first` to the piece's end loads `handle`, and none after it up to the
+            // next piece, so the end is found by a search over that monotone predicate.
+            let limit = pieces.get(i + 1).map_or(u64::MAX, |&(next, _)| next - 1);
+            let (mut lo, mut hi) = (first, limit);
+            while lo < hi {
+                let mid = lo + (hi - lo).div_ceil(2);
+                if self.bindings.load(mid) == Some(handle) {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            match out.last_mut() {
+                Some(last) if last.2 == handle && last.1.checked_add(1) == Some(first) => last.1 = lo,
+                _ => out.push((first, lo, handle)),
+            }
+        }
+        out
+    }
 }
 
 /// What the page-cache hooks need that the kernel finds elsewhere: the arch back-end (the global
@@ -621,6 +649,30 @@ fn get_pfn_wrong_binding(file: &File, slot: MemslotRef<'_>, index: PgOff, bound:
     Errno::EIO
 }
 
+/// Test-only ways to break guest_memfd's reference protocol, so that tests and loom models can
+/// show that the use-after-free each causes is reported (see [`Kvm::weaken_gmem_for_test`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum GmemWeakening {
+    /// The kernel's protocol.
+    None = 0,
+    /// `kvm_gmem_get_pfn` drops the reference it should hand to its caller together with the
+    /// folio lock: the caller holds the folio with no reference, and a racing truncation frees
+    /// it. (Its caller must then not put it.) Checked builds only (debug and loom): the
+    /// release hot path does not read the switch.
+    NoReferenceForCaller = 1,
+}
+
+impl Kvm {
+    /// Test-only: breaks guest_memfd's reference protocol as `weakening` says
+    /// ([`GmemWeakening::None`] restores the kernel's). Set it before the threads it concerns
+    /// start.
+    #[doc(hidden)]
+    pub fn weaken_gmem_for_test(&self, weakening: GmemWeakening) {
+        self.gmem_weakening.set(weakening as u8);
+    }
+}
+
 /// `kvm_gmem_get_pfn`: the pfn backing `gfn` of a guest_memfd memslot, preparing the folio on
 /// first use. The caller holds `kvm->srcu` (the slot comes from a generation it protects).
 pub fn kvm_gmem_get_pfn<'a>(kvm: &'a Kvm, slot: MemslotRef<'_>, gfn: Gfn) -> KResult<GmemPfn<'a>> {
@@ -629,6 +681,13 @@ pub fn kvm_gmem_get_pfn<'a>(kvm: &'a Kvm, slot: MemslotRef<'_>, gfn: Gfn) -> KRe
     let (folio, pfn, is_prepared) = __kvm_gmem_get_pfn(&file, slot, index)?;
     let result = if is_prepared { Ok(()) } else { kvm_gmem_prepare_folio(kvm, slot, gfn, folio) };
     folio.unlock();
+    // Only checked builds have the switch, so the release hot path does not even read it.
+    if gmem_sync::freed::CHECKED
+        && result.is_ok()
+        && kvm.gmem_weakening.get() == GmemWeakening::NoReferenceForCaller as u8
+    {
+        folio.put();
+    }
     // The folio lives in the machine's memory, which outlives the file reference.
     let page = Folio::from_pfn(&kvm.machine().mem, folio.pfn());
     drop(file);

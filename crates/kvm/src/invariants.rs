@@ -498,43 +498,55 @@ fn check_mixed_flags(kvm: &Arc<Kvm>, out: &mut Vec<Violation>) {
     }
 }
 
-/// INV-BIND, bindings → memslots.
+/// INV-BIND, bindings → memslots. Each binding is reported as one range of file pages (its
+/// xarray pieces joined), naming the guest_memfd's inode, the range and the slot.
 fn check_bindings_point_to_slots(file: &FileRef, gmem: &KvmGmem, out: &mut Vec<Violation>) {
     let kvm = gmem.kvm();
     let ino = file.inode().ino();
     let slots_lock = kvm.lock_slots();
     let published = kvm.memslots_locked(&slots_lock);
-    for (index, handle) in gmem.bindings() {
+    for (first, last, handle) in gmem.binding_ranges() {
+        let binding = format!("gmem ino {ino} pages [{first:#x}, {last:#x}]");
         let slot = match kvm.memslot_by_handle(handle) {
             Ok(slot) => slot,
             Err(_) => {
+                // The storage still says which slot it was, unless a new slot reused it.
+                let what = match kvm.freed_memslot(handle) {
+                    Some(freed) => format!(
+                        "slot id {}, as_id {}, gfns [{:#x}, {:#x})",
+                        freed.id().id(),
+                        freed.id().as_id(),
+                        freed.base_gfn().0,
+                        freed.base_gfn().0 + freed.npages()
+                    ),
+                    None => "its storage since reused".to_owned(),
+                };
                 out.push(Violation {
                     invariant: INV_BIND,
-                    detail: format!("gmem ino {ino} index {index:#x} is bound to freed memslot {handle:?}"),
+                    detail: format!(
+                        "{binding} is bound to freed memslot {handle:?} ({what}): the binding outlived its memslot"
+                    ),
                 });
                 continue;
             }
         };
+        let id = slot.id();
+        let named = format!("{binding} (memslot {handle:?}, slot id {}, as_id {})", id.id(), id.as_id());
         if !published.iter().any(|entry| entry.handle == handle) {
-            out.push(Violation {
-                invariant: INV_BIND,
-                detail: format!(
-                    "gmem ino {ino} index {index:#x} is bound to memslot {handle:?}, which is not published"
-                ),
-            });
+            out.push(Violation { invariant: INV_BIND, detail: format!("{named}: the memslot is not published") });
         }
         let bound_file = slot.gmem_file().load(Ordering::Acquire);
         if !std::ptr::eq(bound_file, file.as_ptr()) {
             out.push(Violation {
                 invariant: INV_BIND,
-                detail: format!("gmem ino {ino} index {index:#x}: memslot {} has gmem.file {bound_file:?}", slot.id()),
+                detail: format!("{named}: the memslot has gmem.file {bound_file:?}"),
             });
         }
         let pgoff = slot.gmem_pgoff();
-        if index < pgoff || index - pgoff >= slot.npages() {
+        if first < pgoff || last - pgoff >= slot.npages() {
             out.push(Violation {
                 invariant: INV_BIND,
-                detail: format!("gmem ino {ino} index {index:#x} outside memslot {} range", slot.id()),
+                detail: format!("{named}: outside the memslot's range [{pgoff:#x}, {:#x}]", pgoff + slot.npages() - 1),
             });
         }
     }

@@ -22,6 +22,7 @@ use gmem_mm::types::{PAGE_SHIFT, PAGE_SIZE};
 use gmem_mm::vma::access_ok;
 use gmem_mm::{Errno, KResult};
 use gmem_sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use gmem_sync::freed::FreeMark;
 use gmem_sync::srcu::SrcuReadGuard;
 use gmem_sync::{lockdep_assert_held, warn::WarnKind, LockClass, Mutex};
 use std::collections::BTreeSet;
@@ -322,6 +323,12 @@ pub struct MemslotEntry {
 }
 
 /// `struct kvm_memslots`: one immutable generation (address space 0).
+///
+/// A generation is reached through a raw pointer (`kvm->memslots[as_id]`) and freed once
+/// `synchronize_srcu` has waited out its readers. In checked builds (`gmem_sync::freed`) the
+/// freed generation is quarantined and marked, and every accessor below checks the mark, so a
+/// reader that outlived the grace period (a dropped `synchronize_srcu`, a reader outside its
+/// SRCU section) panics naming the generation and itself instead of reading freed memory.
 #[derive(Debug)]
 pub struct Memslots {
     /// Written twice per update while readers may look (in progress, then final), as the
@@ -329,50 +336,126 @@ pub struct Memslots {
     generation: AtomicU64,
     /// Sorted by `base_gfn`; GPA ranges never overlap.
     entries: Vec<MemslotEntry>,
+    /// Live, or freed at a recorded call site (checked builds).
+    pub(crate) freed: FreeMark,
 }
 
 impl Memslots {
     pub(crate) fn empty(generation: u64) -> Memslots {
-        Memslots { generation: AtomicU64::new(generation), entries: Vec::new() }
+        Memslots { generation: AtomicU64::new(generation), entries: Vec::new(), freed: FreeMark::live() }
+    }
+
+    /// What a use-after-free report calls this generation: its number (with the "update in
+    /// progress" bit spelled out) and address space.
+    pub(crate) fn describe(&self) -> String {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let number = generation & !KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS;
+        let in_progress =
+            if generation & KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS != 0 { ", update in progress" } else { "" };
+        format!("memslot generation {number} (as_id 0{in_progress}) at {:p}", self)
+    }
+
+    /// The reader's check (see the type's docs): nothing in release builds.
+    #[inline]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    fn check_live(&self) {
+        self.freed.check(|| self.describe());
     }
 
     /// `slots->generation`.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn generation(&self) -> u64 {
+        self.check_live();
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Every slot, by ascending gfn.
-    pub fn iter(&self) -> impl Iterator<Item = &MemslotEntry> {
-        self.entries.iter()
+    /// Every slot, by ascending gfn (`kvm_for_each_memslot`). The walk checks the generation
+    /// before each step, since a walk does work between steps (scheduling points under loom)
+    /// during which a broken protocol could free the generation; a report names the call site
+    /// that started the walk.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    pub fn iter(&self) -> MemslotsIter<'_> {
+        self.check_live();
+        MemslotsIter { slots: self, entries: self.entries.iter(), walker: std::panic::Location::caller() }
     }
 
     /// `search_memslots`: the slot containing `gfn`.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn find_gfn(&self, gfn: Gfn) -> Option<&MemslotEntry> {
+        self.check_live();
         let index = self.entries.partition_point(|entry| entry.base_gfn <= gfn.0);
         let entry = self.entries.get(index.checked_sub(1)?)?;
         (gfn.0 - entry.base_gfn < entry.npages).then_some(entry)
     }
 
     /// `id_to_memslot`.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn find_id(&self, id: u32) -> Option<&MemslotEntry> {
+        self.check_live();
         self.entries.iter().find(|entry| entry.id == id)
     }
 
     /// `kvm_check_memslot_overlap`: another slot (different id) intersects `[start, end)`.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     fn overlaps(&self, id: u32, start: u64, end: u64) -> bool {
+        self.check_live();
         self.entries.iter().any(|entry| entry.id != id && entry.base_gfn < end && start < entry.base_gfn + entry.npages)
     }
 
     /// `kvm_replace_memslot` on a copy: the next generation with `old` replaced by `new`.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     fn replaced(&self, old: Option<SlabHandle>, new: Option<MemslotEntry>) -> Memslots {
+        self.check_live();
         let mut entries: Vec<MemslotEntry> =
             self.entries.iter().copied().filter(|entry| Some(entry.handle) != old).collect();
         if let Some(new) = new {
             entries.push(new);
             entries.sort_by_key(|entry| entry.base_gfn);
         }
-        Memslots { generation: AtomicU64::new(self.generation()), entries }
+        Memslots { generation: AtomicU64::new(self.generation()), entries, freed: FreeMark::live() }
     }
+}
+
+/// A walk over a generation's slots ([`Memslots::iter`]).
+pub struct MemslotsIter<'a> {
+    slots: &'a Memslots,
+    entries: std::slice::Iter<'a, MemslotEntry>,
+    /// Where the walk began (the reader a use-after-free report names).
+    walker: &'static std::panic::Location<'static>,
+}
+
+impl fmt::Debug for MemslotsIter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemslotsIter").field("walker", &self.walker).finish_non_exhaustive()
+    }
+}
+
+impl<'a> Iterator for MemslotsIter<'a> {
+    type Item = &'a MemslotEntry;
+
+    fn next(&mut self) -> Option<&'a MemslotEntry> {
+        self.slots.freed.check_at(self.walker, || self.slots.describe());
+        self.entries.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.entries.size_hint()
+    }
+}
+
+/// Test-only ways to break the memslot protocol, so that tests and loom models can show that
+/// the use-after-free each causes is reported (see [`Kvm::weaken_memslots_for_test`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MemslotWeakening {
+    /// The kernel's protocol.
+    None = 0,
+    /// `kvm_swap_active_memslots` frees the old generation without `synchronize_srcu`: SRCU
+    /// readers of it may still be inside it.
+    NoSynchronizeBeforeFree = 1,
+    /// `kvm_free_memslot` frees a guest_memfd slot without `kvm_gmem_unbind`: its bindings
+    /// outlive it.
+    NoGmemUnbindOnFree = 2,
 }
 
 /// The kind of memslot update (`enum kvm_mr_change`).
@@ -388,29 +471,87 @@ pub enum MrChange {
     FlagsOnly,
 }
 
+/// A published entry's slot was freed under its reader: the report of [`Kvm::memslot`].
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn stale_published_slot(entry: &MemslotEntry, storage_generation: u32) -> ! {
+    let id = SlotId(entry.id);
+    panic!(
+        "use-after-free: kvm_memory_slot {:?} (slot id {}, as_id {}, gfns [{:#x}, {:#x})) is read at {} (thread {}) \
+         after it was freed (its storage is at generation {storage_generation})",
+        entry.handle,
+        id.id(),
+        id.as_id(),
+        entry.base_gfn,
+        entry.base_gfn + entry.npages,
+        std::panic::Location::caller(),
+        gmem_sync::freed::current_thread_name(),
+    )
+}
+
 impl Kvm {
     /// The active generation. The guard ties the borrow to an SRCU read section (or use
     /// [`Kvm::memslots_locked`] under `slots_lock`).
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn memslots<'g>(&'g self, _srcu: &'g SrcuReadGuard<'_>) -> &'g Memslots {
-        // SAFETY: generations are freed only after synchronize_srcu, which waits for this reader.
-        unsafe { &*self.memslots.load(Ordering::Acquire) }
+        // SAFETY: generations are freed only after synchronize_srcu, which waits for this reader
+        // (and in checked builds a freed generation stays allocated in the quarantine, where
+        // its accessors report the stale reader).
+        let slots = unsafe { &*self.memslots.load(Ordering::Acquire) };
+        slots.check_live();
+        slots
     }
 
     /// The active generation, for writers holding `slots_lock` (`__kvm_memslots` with
     /// `lockdep_is_held(&kvm->slots_lock)`).
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn memslots_locked<'g>(&'g self, _slots_lock: &'g gmem_sync::MutexGuard<'_, ()>) -> &'g Memslots {
         lockdep_assert_held(&SLOTS_LOCK);
         // SAFETY: only slots_lock holders replace and free generations.
-        unsafe { &*self.memslots.load(Ordering::Acquire) }
+        let slots = unsafe { &*self.memslots.load(Ordering::Acquire) };
+        slots.check_live();
+        slots
     }
 
-    /// The slot behind an entry of a generation the caller is protecting.
+    /// Frees a generation no longer published: in checked builds marks it freed here (the
+    /// caller's call site) and quarantines it, so a reader still inside it is reported.
+    ///
+    /// # Safety
+    ///
+    /// `slots` came from `Box::into_raw`, is no longer published, and is freed only here, once.
+    #[track_caller]
+    pub(crate) unsafe fn free_memslots(&self, slots: *mut Memslots) {
+        // SAFETY: the caller's contract.
+        let slots = unsafe { Box::from_raw(slots) };
+        slots.freed.mark_freed(|| slots.describe());
+        self.retired_memslots.retire(slots);
+    }
+
+    /// Test-only: breaks the memslot protocol as `weakening` says ([`MemslotWeakening::None`]
+    /// restores the kernel's). Set it before the threads it concerns start.
+    #[doc(hidden)]
+    pub fn weaken_memslots_for_test(&self, weakening: MemslotWeakening) {
+        self.memslot_weakening.set(weakening as u8);
+    }
+
+    pub(crate) fn memslot_weakened(&self, weakening: MemslotWeakening) -> bool {
+        self.memslot_weakening.get() == weakening as u8
+    }
+
+    /// The slot behind an entry of a generation the caller is protecting. The entry's slot
+    /// must be live: a freed one means the caller outlived the protection (a use-after-free),
+    /// reported naming the slot and the caller.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn memslot<'g>(&'g self, entry: &MemslotEntry) -> MemslotRef<'g> {
-        let slot = self.slot_slab.get(entry.handle).expect("a published memslot is live");
-        MemslotRef { handle: entry.handle, slot }
+        match self.slot_slab.get(entry.handle) {
+            Ok(slot) => MemslotRef { handle: entry.handle, slot },
+            Err(stale) => stale_published_slot(entry, stale.current_generation),
+        }
     }
 
     /// `gfn_to_memslot` (under SRCU).
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn gfn_to_memslot<'g>(&'g self, srcu: &'g SrcuReadGuard<'_>, gfn: Gfn) -> Option<MemslotRef<'g>> {
         let entry = self.memslots(srcu).find_gfn(gfn)?;
         Some(self.memslot(entry))
@@ -420,6 +561,12 @@ impl Kvm {
     /// use-after-free the kernel would have had.
     pub fn memslot_by_handle(&self, handle: SlabHandle) -> Result<MemslotRef<'_>, gmem_mm::slab::Stale> {
         self.slot_slab.get(handle).map(|slot| MemslotRef { handle, slot })
+    }
+
+    /// The freed slot a stale handle referred to, while its storage has not been reused (for
+    /// reports: its id and range are still the freed slot's).
+    pub fn freed_memslot(&self, handle: SlabHandle) -> Option<MemslotRef<'_>> {
+        self.slot_slab.freed_storage(handle).map(|slot| MemslotRef { handle, slot })
     }
 
     /// A memslot handle as the kernel would dereference it, freed or not: for a stale handle the
@@ -711,13 +858,18 @@ impl Kvm {
             true
         });
         drop(arch_lock);
-        self.srcu.synchronize();
+        if !self.memslot_weakened(MemslotWeakening::NoSynchronizeBeforeFree) {
+            self.srcu.synchronize();
+        }
         // SAFETY: `next` stays published (and alive) until the next swap, which needs slots_lock.
         let next = unsafe { &*next };
         let final_generation = (generation & !KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS) + KVM_ADDRESS_SPACE_NUM as u64;
         next.generation.store(final_generation, Ordering::Release);
-        // SAFETY: every SRCU reader that could see `previous` has finished (synchronize above).
-        drop(unsafe { Box::from_raw(previous) });
+        // SAFETY: every SRCU reader that could see `previous` has finished (synchronize above;
+        // without it, only in the test-only weakening, whose stale readers the checked builds
+        // report), `previous` was swapped out of `kvm->memslots` under slots_lock and came from
+        // Box::into_raw.
+        unsafe { self.free_memslots(previous) };
     }
 
     /// `kvm_commit_memory_region`: accounting, then the fate of the old slot.
@@ -787,7 +939,7 @@ impl Kvm {
             self.report_slot_use_after_free("kvm_free_memslot", "double free", handle);
             return;
         };
-        if slot.has_gmem() {
+        if slot.has_gmem() && !self.memslot_weakened(MemslotWeakening::NoGmemUnbindOnFree) {
             kvm_gmem_unbind(self, slot);
         }
         self.free_slot_storage(handle);

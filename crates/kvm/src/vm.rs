@@ -18,6 +18,7 @@ use gmem_mm::vma::Mm;
 use gmem_mm::xarray::XArray;
 use gmem_mm::{Errno, KResult, Machine};
 use gmem_sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use gmem_sync::freed::{Quarantine, TestSwitch};
 use gmem_sync::srcu::SrcuReadGuard;
 use gmem_sync::{
     lockdep_assert_held, Arc, LockClass, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Srcu,
@@ -36,6 +37,11 @@ pub static MMU_LOCK: LockClass = LockClass::new("kvm->mmu_lock");
 pub static MN_INVALIDATE_LOCK: LockClass = LockClass::new("kvm->mn_invalidate_lock");
 /// The model's slot for `kvm->mmu_notifier` (set once at creation, taken at destruction).
 static MMU_NOTIFIER_LOCK: LockClass = LockClass::new("kvm->mmu_notifier");
+
+/// How many freed memslot generations a VM keeps in quarantine (checked builds): a reader
+/// that is still inside a generation this many updates later is reported as well; beyond
+/// that the memory is really freed, so a VM with memslot churn does not grow without bound.
+const MEMSLOTS_QUARANTINE: usize = 64;
 /// `kvm->vcpu_array` (its xa_lock; written under `kvm->lock`).
 pub static VCPU_ARRAY_LOCK: LockClass = LockClass::new("kvm->vcpu_array");
 
@@ -173,6 +179,9 @@ impl KvmSystem {
             slots_arch_lock: Mutex::new(&SLOTS_ARCH_LOCK, ()),
             srcu: Srcu::new("kvm->srcu"),
             memslots: AtomicPtr::new(Box::into_raw(Box::new(Memslots::empty(0)))),
+            retired_memslots: Quarantine::new(MEMSLOTS_QUARANTINE),
+            memslot_weakening: TestSwitch::new(),
+            gmem_weakening: TestSwitch::new(),
             slot_slab: Slab::new("kvm_memory_slot"),
             nr_memslot_pages: AtomicU64::new(0),
             n_max_mmu_pages: AtomicU64::new(0),
@@ -239,6 +248,13 @@ pub struct Kvm {
     pub srcu: Srcu,
     /// `kvm->memslots[0]`: the active generation, published with Release and read under SRCU.
     pub(crate) memslots: AtomicPtr<Memslots>,
+    /// Freed generations, held back in checked builds so that a stale reader is reported
+    /// (`gmem_sync::freed`).
+    pub(crate) retired_memslots: Quarantine<Memslots>,
+    /// Test-only: a [`crate::memslot::MemslotWeakening`].
+    pub(crate) memslot_weakening: TestSwitch,
+    /// Test-only: a [`crate::guest_memfd::GmemWeakening`].
+    pub(crate) gmem_weakening: TestSwitch,
     /// Storage for `struct kvm_memory_slot` (stale pointers are detected, not dereferenced).
     pub(crate) slot_slab: Slab<KvmMemorySlot>,
     pub(crate) nr_memslot_pages: AtomicU64,
@@ -451,7 +467,7 @@ impl Kvm {
         self.arch.vm_pre_destroy(self);
         let slots = self.memslots.swap(Box::into_raw(Box::new(Memslots::empty(0))), Ordering::AcqRel);
         // SAFETY: the generation was made by Box::into_raw; with users_count at zero nobody can
-        // be inside an SRCU read section of this VM any more.
+        // be inside an SRCU read section of this VM any more. It is freed below, after its slots.
         let slots = unsafe { Box::from_raw(slots) };
         // mmu_notifier_unregister: its release (kvm_mmu_notifier_release) drops every mapping,
         // unless the owner's exit already did; a VM without a notifier flushes directly.
@@ -477,6 +493,9 @@ impl Kvm {
         for entry in slots.iter() {
             self.free_memslot(entry.handle);
         }
+        // SAFETY: unpublished above (swapped out of `kvm->memslots`), made by Box::into_raw,
+        // freed only here.
+        unsafe { self.free_memslots(Box::into_raw(slots)) };
         self.mem_attr_array.destroy();
         self.destroyed.store(true, Ordering::Release);
     }

@@ -7,6 +7,16 @@
 //! protocol under test is exactly who holds which reference when (INV-REFCOUNT checks that none
 //! leaks). The last `put` frees the frames.
 //!
+//! A handle outlives its folio easily (it is a pointer, not a reference), and the descriptor it
+//! points at is permanent, so the model cannot crash on it; what the kernel's KASAN reports, an
+//! access to a freed page, is checked instead: in checked builds (`gmem_sync::freed`) a free
+//! poisons each frame with what it was, and the operations only a holder of a reference or of
+//! the lock may perform (reading or writing the contents, locking, marking uptodate, the
+//! model's evidence flags) panic on a poisoned frame, naming the folio (pfn, index, inode,
+//! order), the caller and its thread, and the `folio_put` that freed it. Lookups that may meet a
+//! freed folio by design (`folio_try_get`, the refcount, `folio->mapping` and `->index` read
+//! for a recheck) are not checked, as KASAN does not check `struct page` either.
+//!
 //! The handle is the head page's descriptor itself (descriptors are permanent, see
 //! [`crate::page`]), resolved once when the handle is made, so the folio operations on the fault
 //! path do not each repeat the memmap lookup. It stays two words, so that an `Option<Folio>` is
@@ -48,6 +58,18 @@ impl fmt::Debug for Folio<'_> {
 }
 
 impl<'m> Folio<'m> {
+    /// The check of an operation that needs the folio allocated (its caller holds a reference
+    /// or the lock): KASAN's report of an access to a freed page, in checked builds, naming the
+    /// folio as it was and the accessor (see [`crate::page::Page::poison`]).
+    #[inline]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    fn check_allocated(self) {
+        self.page.poison.check(|identity| match identity {
+            Some(was) => format!("folio at pfn {:#x} index {} of inode {}", self.pfn().0, was.index, was.ino),
+            None => format!("folio at pfn {:#x} (in no page cache)", self.pfn().0),
+        });
+    }
+
     /// `page_folio(pfn_to_page(pfn))`: the folio the frame `pfn` belongs to (its head page for a
     /// tail of a large folio). The frame must have been handed out at some point (see
     /// [`PhysMem::page`]).
@@ -103,6 +125,9 @@ impl<'m> Folio<'m> {
 
     pub(crate) fn set_mapping(self, ino: u64, index: PgOff) {
         let page = self.page;
+        if ino != 0 {
+            page.poison.identify(|| crate::page::FrameIdentity { ino, index: index.0 });
+        }
         page.index.store(index.0, Ordering::Relaxed);
         page.mapping.store(ino, Ordering::Release);
     }
@@ -145,12 +170,14 @@ impl<'m> Folio<'m> {
     }
 
     /// `folio_put`: drops a reference; the last one frees the frames.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn put(self) {
         self.put_refs(1);
     }
 
     /// `folio_put_refs`.
     #[inline]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn put_refs(self, count: i32) {
         let old = self.page.refcount.fetch_sub(count, Ordering::Release);
         assert!(old >= count, "folio refcount underflow on {:?}", self.pfn());
@@ -163,6 +190,7 @@ impl<'m> Folio<'m> {
     /// stays a decrement and a test.
     #[cold]
     #[inline(never)]
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     fn free_last(self) {
         fence(Ordering::Acquire);
         self.mem.free(self.pfn());
@@ -173,11 +201,14 @@ impl<'m> Folio<'m> {
     }
 
     /// `folio_trylock`.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn trylock(self) -> bool {
+        self.check_allocated();
         self.page.flags.fetch_or(PG_LOCKED, Ordering::Acquire) & PG_LOCKED == 0
     }
 
     /// `folio_lock`: sleeps (here: spins with a scheduler hint) until the lock is free.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn lock(self) {
         while !self.trylock() {
             spin_hint();
@@ -202,7 +233,9 @@ impl<'m> Folio<'m> {
 
     /// `folio_mark_uptodate`: the Release pairs with the Acquire in `test_uptodate`, as the
     /// kernel's `smp_wmb` in folio_mark_uptodate pairs with `smp_rmb` in folio_test_uptodate.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn mark_uptodate(self) {
+        self.check_allocated();
         self.page.flags.fetch_or(PG_UPTODATE, Ordering::Release);
     }
 
@@ -223,7 +256,9 @@ impl<'m> Folio<'m> {
 
     /// `clear_highpage(folio_page(folio, i))`. Clearing the last page of the folio also records
     /// (model-only) that the whole folio was zeroed, the evidence INV-UPTODATE-PREPARED checks.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn clear_page(self, i: u64) {
+        self.check_allocated();
         self.mem.clear(self.pfn().offset(i));
         if i + 1 == self.nr_pages() {
             self.set_model_flag(PG_MODEL_ZEROED);
@@ -235,12 +270,16 @@ impl<'m> Folio<'m> {
     }
 
     /// Model-only: records that a populate callback initialised the folio.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn note_populated(self) {
+        self.check_allocated();
         self.set_model_flag(PG_MODEL_POPULATED);
     }
 
     /// Model-only: records that the arch prepare hook ran on the folio and succeeded.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn note_arch_prepared(self) {
+        self.check_allocated();
         self.set_model_flag(PG_MODEL_ARCH_PREPARED);
     }
 
@@ -260,7 +299,9 @@ impl<'m> Folio<'m> {
     }
 
     /// `folio_zero_range`.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn zero_range(self, offset: u64, len: u64) {
+        self.check_allocated();
         let mut at = offset;
         let end = offset + len;
         while at < end {
@@ -274,7 +315,9 @@ impl<'m> Folio<'m> {
     }
 
     /// Reads bytes at `offset` within the folio (any span within it).
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn read(self, offset: u64, buf: &mut [u8]) {
+        self.check_allocated();
         let mut done = 0usize;
         while done < buf.len() {
             let at = offset + done as u64;
@@ -286,7 +329,9 @@ impl<'m> Folio<'m> {
     }
 
     /// Writes bytes at `offset` within the folio.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn write(self, offset: u64, bytes: &[u8]) {
+        self.check_allocated();
         let mut done = 0usize;
         while done < bytes.len() {
             let at = offset + done as u64;
@@ -337,6 +382,34 @@ mod tests {
         again.clear_page(0);
         again.read(10, &mut buf);
         assert_eq!(buf, [0, 0, 0]);
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    fn an_access_to_a_freed_folio_is_reported_naming_the_folio_and_the_accessor() {
+        let mem = mem();
+        let folio = Folio::alloc(&mem, 0).unwrap();
+        folio.set_mapping(3, PgOff(5));
+        folio.write(0, &[1]);
+        // Leaving the page cache clears the descriptor (page_cache_delete); the report still
+        // names the folio as the page cache knew it.
+        folio.set_mapping(0, PgOff(0));
+        folio.put();
+        let freed_line = line!() - 1;
+        let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| folio.write(0, &[2])))
+            .expect_err("a use-after-free");
+        let message = panic.downcast_ref::<String>().expect("a formatted message");
+        let expected =
+            format!("use-after-free: folio at pfn {:#x} index 5 of inode 3 is read at {}", folio.pfn().0, file!());
+        assert!(message.starts_with(&expected), "{message}");
+        assert!(
+            message.contains(&format!("freed at {}:{freed_line}:", file!())),
+            "the folio_put that freed it: {message}"
+        );
+        // Allocated again, the frame is a new folio, and the access is legitimate.
+        let again = Folio::alloc(&mem, 0).unwrap();
+        assert_eq!(again.pfn(), folio.pfn());
+        again.write(0, &[3]);
     }
 
     #[test]

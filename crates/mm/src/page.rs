@@ -27,6 +27,7 @@
 use crate::errno::{Errno, KResult};
 use crate::types::{Pfn, PAGE_SIZE};
 use gmem_sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, AtomicU8, Ordering};
+use gmem_sync::freed::Poison;
 use gmem_sync::inject::{FaultInjector, FaultPoint};
 use gmem_sync::warn::{WarnKind, WarnRegistry};
 use gmem_sync::{Arc, LockClass, Mutex};
@@ -82,6 +83,21 @@ pub struct Page {
     /// The frame's own number: constant, so that a [`Folio`](crate::folio::Folio) handle can be
     /// the descriptor itself (`page_to_pfn`).
     pfn: u64,
+    /// KASAN's page poisoning (checked builds): set when the frame is freed, with what it was
+    /// and who freed it, cleared when it is allocated. The folio operations a holder of a
+    /// reference performs check it (see [`crate::folio`]). Zero-sized in release builds.
+    pub(crate) poison: Poison<FrameIdentity>,
+}
+
+/// What a folio's head frame was last known as, for a use-after-free report: the page cache it
+/// was added to (the descriptor's `mapping` and `index` are cleared when it leaves, before it
+/// is freed).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FrameIdentity {
+    /// `folio->mapping`, as the owning inode number.
+    pub(crate) ino: u64,
+    /// `folio->index`.
+    pub(crate) index: u64,
 }
 
 impl Page {
@@ -96,6 +112,7 @@ impl Page {
             head: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             contents: AtomicPtr::new(std::ptr::null_mut()),
+            poison: Poison::default(),
         }
     }
 
@@ -275,6 +292,7 @@ impl PhysMem {
             page.index.store(0, Ordering::Relaxed);
             page.head.store(if i == 0 { 0 } else { pfn }, Ordering::Relaxed);
             page.refcount.store(if i == 0 { 1 } else { 0 }, Ordering::Relaxed);
+            page.poison.unpoison();
             page.flags.store(PG_ALLOCATED, Ordering::Release);
         }
         self.allocated.fetch_add(nr, Ordering::Relaxed);
@@ -358,10 +376,12 @@ impl PhysMem {
     /// `__free_pages`: returns the frames of a folio whose refcount reached zero to the pool.
     /// Bumps each frame's generation first, so any holder of an old `(pfn, generation)` sees
     /// the change.
+    #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub(crate) fn free(&self, pfn: Pfn) {
         let nr = 1u64 << self.page(pfn).order.load(Ordering::Relaxed);
         for i in 0..nr {
             let page = self.page(pfn.offset(i));
+            page.poison.poison();
             page.generation.fetch_add(1, Ordering::AcqRel);
             let old_flags = page.flags.swap(0, Ordering::AcqRel);
             assert!(old_flags & PG_ALLOCATED != 0, "double free of {:?}", pfn.offset(i));

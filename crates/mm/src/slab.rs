@@ -188,6 +188,15 @@ impl<T: SlabObject> Slab<T> {
         &self.entry(handle.index).object
     }
 
+    /// The storage of a handle's object that was freed and not reused since: its contents are
+    /// still the freed object's (a free does not clear it), which lets a report name what the
+    /// stale handle referred to. `None` if the object is live or its storage was reused.
+    pub fn freed_storage(&self, handle: SlabHandle) -> Option<&T> {
+        let entry = self.entry(handle.index);
+        let current = entry.generation.load(Ordering::Acquire) & GENERATION_MASK;
+        (current == (handle.generation + 1) & GENERATION_MASK).then_some(&entry.object)
+    }
+
     /// Whether the handle's object is still live.
     pub fn is_live(&self, handle: SlabHandle) -> bool {
         self.get(handle).is_ok()
@@ -250,10 +259,17 @@ mod tests {
         slab.free(first).unwrap();
         assert!(slab.get(first).is_err());
         assert!(slab.free(first).is_err(), "double free is detected");
+        assert_eq!(
+            slab.freed_storage(first).map(|obj| obj.0.load(Ordering::Relaxed)),
+            Some(7),
+            "a freed, not yet reused object keeps its contents"
+        );
         let (second, _) = slab.alloc();
         assert_eq!(second.index(), first.index(), "storage is reused");
         assert!(slab.get(first).is_err(), "the old handle stays stale after reuse");
         assert!(slab.get(second).is_ok());
+        assert!(slab.freed_storage(first).is_none(), "reused storage is no longer the freed object's");
+        assert!(slab.freed_storage(second).is_none(), "a live object is not freed storage");
         assert_eq!(SlabHandle::from_raw(second.to_raw()), second);
         assert!(second.to_raw() < 1 << 62);
     }

@@ -15,6 +15,7 @@
 //! | [`lockdep`] | lockdep's lock-order graph | global graph + thread-local held stack | always off |
 //! | [`srcu`] | `srcu_read_lock()`, `srcu_read_unlock()`, `synchronize_srcu()` | two-index algorithm on atomics | same code on loom atomics |
 //! | [`rcu`] | `rcu_read_lock()`, `call_rcu()` (reclamation only) | `crossbeam-epoch` | nothing; objects are leaked |
+//! | [`freed`] | KASAN's use-after-free reports for RCU/SRCU-freed objects | checked in debug builds: poison mark + bounded quarantine | checked, without scheduling points |
 //! | [`warn`] | `WARN_ON()`, `WARN_ON_ONCE()`, `KVM_BUG_ON()`, KASAN reports | recorded as data | same |
 //! | [`inject`] | fault injection (`should_failslab()`), `signal_pending()` | armed per machine | same |
 //! | [`task`] | `task_work_add()`, `task_work_run()` | thread-local queue | `loom::thread_local!` queue |
@@ -56,6 +57,7 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
+pub mod freed;
 pub mod inject;
 pub mod lock;
 pub mod lockdep;
@@ -102,9 +104,9 @@ pub mod atomic {
 /// under `--cfg gmem_loom` so that loom controls their interleaving.
 pub mod thread {
     #[cfg(gmem_loom)]
-    pub use loom::thread::{spawn, yield_now, JoinHandle};
+    pub use loom::thread::{spawn, yield_now, Builder, JoinHandle};
     #[cfg(not(gmem_loom))]
-    pub use std::thread::{spawn, yield_now, JoinHandle};
+    pub use std::thread::{spawn, yield_now, Builder, JoinHandle};
 
     /// Busy-wait hint (the kernel's `cpu_relax()`): `std::hint::spin_loop` normally,
     /// `loom::thread::yield_now` under loom, because loom's scheduler needs a yield in every
