@@ -74,6 +74,18 @@ struct RunArgs {
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// The watchdog: if no operation makes progress, or one thread waits in one wait (a lock,
+    /// an SRCU grace period, an invalidation to end), for this many seconds, the run ends with
+    /// exit status 1, a diagnosis (who waits on what, each thread's last operation, the MMU
+    /// invalidation and SRCU state), the state dump and the replay command.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = run::parse_watchdog)]
+    watchdog: std::time::Duration,
+    /// Break the run on purpose, to see the watchdog or the panic handling at work:
+    /// `stuck-invalidation` (an MMU invalidation is begun and never ended) or `vcpu-panic`
+    /// (vCPU 0 panics after 100 operations). Simulator-only; for kernel developers checking
+    /// what a broken model reports.
+    #[arg(long = "break", value_name = "WHAT", value_parser = run::Breakage::parse)]
+    breakage: Option<run::Breakage>,
 }
 
 fn parse_duration(value: &str) -> Result<f64, String> {
@@ -219,6 +231,8 @@ fn run_run(args: &RunArgs) -> ExitCode {
     config.memory = args.memory;
     config.vcpus = args.vcpus;
     config.kernel = args.kernel.clone();
+    config.watchdog = args.watchdog;
+    config.breakage = args.breakage;
     if let Some(ops) = args.ops {
         config.length = run::Length::Ops(ops);
     } else if let Some(secs) = args.duration {
@@ -242,6 +256,9 @@ fn run_run(args: &RunArgs) -> ExitCode {
     };
     for failure in &summary.failures {
         eprintln!("gmem-sim run: {failure}");
+    }
+    if let Some(diagnosis) = &summary.diagnosis {
+        eprint!("{diagnosis}");
     }
     if args.json {
         println!("{}", summary.to_json());

@@ -263,3 +263,89 @@ fn a_tdx_run_ends_clean() {
     let error = run::run(&old, None).expect_err("no TDX on v6.14");
     assert!(error.contains("v6.14 has no TDX VMs"), "{error}");
 }
+
+/// A small run broken on purpose, with a short watchdog.
+fn broken(breakage: run::Breakage) -> Config {
+    let mut config = small(11);
+    config.memory = 1 << 20;
+    config.length = Length::Ops(1_000_000);
+    config.watchdog = std::time::Duration::from_millis(300);
+    config.breakage = Some(breakage);
+    config
+}
+
+#[test]
+fn a_stuck_invalidation_is_ended_by_the_watchdog_with_a_diagnosis() {
+    let started = std::time::Instant::now();
+    let summary = run::run(&broken(run::Breakage::StuckInvalidation), None).expect("runs");
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "the watchdog took {took:?}");
+    assert!(!summary.ok);
+    assert!(
+        summary.failures.first().is_some_and(|f| f.starts_with("the watchdog ended the run: ")),
+        "{:#?}",
+        summary.failures
+    );
+    let diagnosis = summary.diagnosis.as_deref().expect("a diagnosis");
+    // The invalidation that never ended, over all of guest memory (gfns 0x100..0x200 for 1 MiB
+    // at the VMM's base), and a vCPU retrying its fault behind it.
+    assert!(diagnosis.contains("MMU invalidation: mmu_invalidate_in_progress=1 range=[0x100, 0x200)"), "{diagnosis}");
+    assert!(diagnosis.contains("waits on fault retry (vCPU "), "{diagnosis}");
+    assert!(diagnosis.contains("SRCU kvm->srcu: index "), "{diagnosis}");
+    let vcpu0 = diagnosis.lines().find(|l| l.trim_start().starts_with("vcpu0: ")).expect("vcpu0's line");
+    assert!(vcpu0.contains(" operation ") && vcpu0.contains("page "), "{vcpu0}");
+    assert!(diagnosis.contains("state dump:\n  vm fd="), "{diagnosis}");
+    assert!(summary.reproduce.ends_with("--watchdog 0.3 --break stuck-invalidation"), "{}", summary.reproduce);
+}
+
+#[test]
+fn a_panicking_vcpu_is_a_failure_with_its_message() {
+    let started = std::time::Instant::now();
+    let summary = run::run(&broken(run::Breakage::VcpuPanic), None).expect("runs");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(!summary.ok);
+    assert_eq!(
+        summary.failures.first().map(String::as_str),
+        Some("vcpu0 panicked: deliberate panic of vCPU 0 after 100 operations (--break vcpu-panic)"),
+        "{:#?}",
+        summary.failures
+    );
+    let diagnosis = summary.diagnosis.as_deref().expect("a diagnosis");
+    assert!(
+        !summary.failures.iter().any(|f| f.contains("watchdog")),
+        "not a hang: {:#?}\n{diagnosis}",
+        summary.failures
+    );
+    assert!(diagnosis.contains("vcpu0: panicked in operation 100: "), "{diagnosis}");
+    assert!(summary.reproduce.contains("--break vcpu-panic"), "{}", summary.reproduce);
+}
+
+#[test]
+fn the_cli_reports_a_hang_and_exits_1() {
+    let output = gmem_sim(&[
+        "run",
+        "--memory",
+        "1M",
+        "--seed",
+        "5",
+        "--ops",
+        "1000000",
+        "--watchdog",
+        "0.3",
+        "--break",
+        "stuck-invalidation",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("gmem-sim run: the watchdog ended the run: "), "{stderr}");
+    assert!(stderr.contains("mmu_invalidate_in_progress=1"), "{stderr}");
+    assert!(stderr.contains("state dump:"), "{stderr}");
+    assert!(stderr.contains("reproduce with: gmem-sim run --seed 0x5 "), "{stderr}");
+    for bad in [["--watchdog", "0"], ["--watchdog", "x"], ["--break", "nothing"]] {
+        let output = gmem_sim(&["run", "--ops", "10", bad[0], bad[1]]);
+        assert_eq!(output.status.code(), Some(2), "{bad:?}");
+        assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"), "{bad:?}");
+    }
+    let help = String::from_utf8_lossy(&gmem_sim(&["run", "--help"]).stdout).to_string();
+    assert!(help.contains("--watchdog <SECS>") && help.contains("--break <WHAT>"), "{help}");
+}
