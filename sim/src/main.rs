@@ -274,6 +274,11 @@ fn run_run(args: &RunArgs) -> ExitCode {
 /// The repository's examples directory, as built.
 const EXAMPLES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
 
+/// The longest a script's model may wait in one wait (a lock, a grace period, an invalidation
+/// to end) before the script is reported as stuck. A script runs on one thread, so such a wait
+/// has no one to end it: it is a broken model, never a slow one.
+const SCRIPT_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn run_examples(args: &ExamplesArgs) -> ExitCode {
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(EXAMPLES_DIR));
     let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
@@ -300,11 +305,21 @@ fn run_examples(args: &ExamplesArgs) -> ExitCode {
         let mut factory = || backends::open_on("sim", &profile, host);
         let options = RunOptions { check: true, skip_is_pass: false };
         let mut output = Vec::new();
-        let report = match runner::run(std::slice::from_ref(&script.program), &mut factory, options, &mut output) {
-            Ok(report) => report,
-            Err(error) => {
+        let supervised = gmem_sync::waits::supervise(&path.display().to_string(), SCRIPT_WAIT_LIMIT, || {
+            runner::run(std::slice::from_ref(&script.program), &mut factory, options, &mut output)
+        });
+        let report = match supervised {
+            Ok(Ok(report)) => report,
+            Ok(Err(error)) => {
                 eprintln!("gmem-sim: {error}");
                 return ExitCode::from(USAGE_ERROR);
+            }
+            Err(stuck) => {
+                let text = String::from_utf8_lossy(&output);
+                let last = text.lines().last().unwrap_or("(before its first line)");
+                println!("{}: STUCK after `{last}`: {stuck}", path.display());
+                failed += 1;
+                continue;
             }
         };
         let text = String::from_utf8_lossy(&output);
@@ -346,7 +361,14 @@ fn run_scripts(args: &ScriptArgs) -> ExitCode {
         backends::open_on(&args.backend, &args.kernel, hosts.get(index).copied().unwrap_or_default())
     };
     let options = RunOptions { check: args.check, skip_is_pass: false };
-    match runner::run_with(&programs, &mut factory, options, &mut io::stdout().lock()) {
+    let supervised = gmem_sync::waits::supervise("the script", SCRIPT_WAIT_LIMIT, || {
+        runner::run_with(&programs, &mut factory, options, &mut io::stdout().lock())
+    });
+    let Ok(result) = supervised.map_err(|stuck| eprintln!("gmem-sim: STUCK after the last line printed: {stuck}"))
+    else {
+        return ExitCode::from(1);
+    };
+    match result {
         Ok(report) => {
             if args.check {
                 eprintln!("{}", report.summary());

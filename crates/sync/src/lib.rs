@@ -152,6 +152,26 @@ pub mod thread {
         wait_for("a condition", || format!("at {caller}").into(), done);
     }
 
+    /// For tests: [`wait_until`], but a condition still false after `limit` is a panic that
+    /// says what was waited for, not a hang.
+    #[cfg(not(gmem_loom))]
+    #[track_caller]
+    pub fn wait_until_within(limit: std::time::Duration, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + limit;
+        let caller = std::panic::Location::caller();
+        wait_for(
+            "a test condition",
+            || format!("at {caller}").into(),
+            || {
+                if done() {
+                    return true;
+                }
+                assert!(std::time::Instant::now() < deadline, "{caller}: still waiting for {what} after {limit:?}");
+                false
+            },
+        );
+    }
+
     /// [`wait_until`], registered as waiting on `kind` / `object` (e.g. `"SRCU grace period"`,
     /// the srcu_struct's name) when it starts to block; `object` is only built then.
     pub fn wait_for(

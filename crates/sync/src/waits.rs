@@ -134,7 +134,7 @@ impl WaitDomain {
                     .collect::<Vec<_>>()
             })
             .collect();
-        reports.sort_by(|a, b| b.waited.cmp(&a.waited));
+        reports.sort_by_key(|r| std::cmp::Reverse(r.waited));
         reports
     }
 
@@ -286,6 +286,50 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Runs `f` in the calling thread, supervised: a watcher thread aborts `f`'s waits once one of
+/// them has lasted `limit`, and `f`'s result is then `Err` with a report of that wait (for
+/// single-threaded drivers such as a script runner, where no wait can legitimately last long:
+/// nothing else would end it). A real panic in `f` propagates. Not available under loom.
+#[cfg(not(gmem_loom))]
+pub fn supervise<T>(name: &str, limit: Duration, f: impl FnOnce() -> T) -> Result<T, String> {
+    let domain = WaitDomain::new();
+    let done = Arc::new(AtomicBool::new(false));
+    let found: Arc<Mutex<Option<String>>> = Arc::default();
+    let watcher = {
+        let (domain, done, found) = (domain.clone(), done.clone(), found.clone());
+        let poll = (limit / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
+        std::thread::Builder::new()
+            .name(format!("supervisor of {name}"))
+            .spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    std::thread::sleep(poll);
+                    if let Some(wait) = domain.waits().into_iter().find(|w| w.waited >= limit) {
+                        *found.lock().unwrap_or_else(PoisonError::into_inner) = Some(wait.to_string());
+                        domain.abort(&format!("the supervisor (a wait longer than {:.1} s)", limit.as_secs_f64()));
+                        return;
+                    }
+                }
+            })
+            .expect("spawn a supervisor thread")
+    };
+    let result = {
+        let _member = domain.enter(name);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+    };
+    done.store(true, Ordering::SeqCst);
+    let _ = watcher.join();
+    match result {
+        Ok(value) => Ok(value),
+        Err(payload) => match payload.downcast::<Aborted>() {
+            Ok(aborted) => {
+                let wait = found.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_default();
+                Err(format!("{wait}: {aborted}"))
+            }
+            Err(payload) => std::panic::resume_unwind(payload),
+        },
+    }
+}
+
 #[cfg(all(test, not(gmem_loom)))]
 mod tests {
     use super::*;
@@ -334,6 +378,23 @@ mod tests {
         drop(held);
         assert!(domain.waits().is_empty(), "the aborted wait unregistered while unwinding");
         assert_eq!(*lock.lock(), 0);
+    }
+
+    #[test]
+    fn supervise_ends_a_wait_that_never_ends() {
+        let quick = supervise("quick", Duration::from_secs(5), || 7);
+        assert_eq!(quick, Ok(7));
+        let started = Instant::now();
+        let stuck = supervise("script x.gms", Duration::from_millis(100), || {
+            crate::thread::wait_for("MMU notifier invalidations to end", || "(test)".into(), || false)
+        });
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let report = stuck.expect_err("aborted");
+        assert!(
+            report.starts_with("script x.gms waits on MMU notifier invalidations to end (test) for 0."),
+            "{report}"
+        );
+        assert!(report.ends_with("while waiting on MMU notifier invalidations to end (test)"), "{report}");
     }
 
     #[test]

@@ -68,6 +68,35 @@
 //! at the end. The exit status is 1 if there is any warning, violation, integrity error or
 //! unexpected VMM error.
 //!
+//! # The watchdog
+//!
+//! A broken model must not hang the run. Every wait of the model that can block (a contended
+//! lock, an SRCU grace period, a remote TLB flush waiting for a vCPU, the memslot swap waiting
+//! for MMU notifiers, a folio lock, a fault retrying behind an invalidation) registers, once it
+//! blocks, in the run's `gmem_sync::waits::WaitDomain`, which every worker thread joins. A
+//! watchdog thread ends the run when, for [`Config::watchdog`] (`--watchdog`, default
+//! [`DEFAULT_WATCHDOG`]), either no operation made progress (control operations, and vCPU
+//! operations the model did not give up on with EINTR after its fault-retry bound; an
+//! invariant check and a panic being reported stop the clock) or one thread stayed in one wait.
+//! It first takes the diagnosis from lock-free reads (the registered waits with their age; each
+//! thread's phase and operation, regenerated from its stream; the VM's
+//! `mmu_invalidate_in_progress`, range and sequence; `kvm->srcu`'s index and readers), then
+//! stops the run and aborts the domain's waits: each unwinds its thread (the vCPU threads and
+//! the control loop catch it), releasing its locks. The state dump (the `dump` verb's text) is
+//! taken after the threads are gone. The summary is not `ok`, its first failure says why the
+//! watchdog fired, and [`Summary::diagnosis`] holds the rest; the CLI prints them and the
+//! replay command and exits 1. If some thread does not unwind (a wait that does not poll), a
+//! fuse prints the report and the replay command and exits the process with status 1 after
+//! `UNWIND_GRACE` (at least the watchdog's bound): the run never hangs.
+//!
+//! A panic in a vCPU thread or the control loop is caught: a failure with its message, the
+//! other threads stopped (their waits aborted), the same diagnosis and state dump, exit 1.
+//!
+//! [`Config::breakage`] (`--break`, simulator-only) breaks a run on purpose to show both:
+//! `stuck-invalidation` leaves an MMU invalidation over all of guest memory open (what a
+//! missing `kvm_gmem_invalidate_end` leaves), `vcpu-panic` panics vCPU 0 after
+//! [`BREAK_PANIC_AFTER`] operations.
+//!
 //! # Output
 //!
 //! A table (or, with `--json`, one JSON object) with the keys of [`Summary::fields`]:
