@@ -81,8 +81,9 @@ struct RunArgs {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = run::parse_watchdog)]
     watchdog: std::time::Duration,
     /// Break the run on purpose, to see the watchdog or the panic handling at work:
-    /// `stuck-invalidation` (an MMU invalidation is begun and never ended) or `vcpu-panic`
-    /// (vCPU 0 panics after 100 operations). Simulator-only; for kernel developers checking
+    /// `stuck-invalidation` (an MMU invalidation is begun and never ended), `stuck-srcu-reader`
+    /// (a kvm->srcu reader never leaves, so the next memslot change waits forever) or
+    /// `vcpu-panic` (vCPU 0 panics after 100 operations). Simulator-only; for kernel developers checking
     /// what a broken model reports.
     #[arg(long = "break", value_name = "WHAT", value_parser = run::Breakage::parse)]
     breakage: Option<run::Breakage>,

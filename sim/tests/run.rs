@@ -299,6 +299,29 @@ fn a_stuck_invalidation_is_ended_by_the_watchdog_with_a_diagnosis() {
 }
 
 #[test]
+fn a_grace_period_that_never_ends_is_reported_as_the_wait_it_is() {
+    let mut config = broken(run::Breakage::StuckSrcuReader);
+    // Memslot changes only, so the control thread's first operation waits for the reader.
+    config.mix = Mix::parse("access=50,memslot=50").unwrap();
+    let started = std::time::Instant::now();
+    let summary = run::run(&config, None).expect("runs");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(!summary.ok);
+    let reason = summary.failures.first().expect("a failure");
+    assert!(
+        reason.starts_with(
+            "the watchdog ended the run: control waits on SRCU grace period of kvm->srcu (readers on counter half "
+        ),
+        "{reason}"
+    );
+    let diagnosis = summary.diagnosis.as_deref().expect("a diagnosis");
+    assert!(diagnosis.contains("control: in control operation 0: Memslot"), "{diagnosis}");
+    // The stuck reader is visible in the counters: one reader on a half.
+    let srcu = diagnosis.lines().find(|l| l.starts_with("SRCU kvm->srcu: ")).expect("the SRCU line");
+    assert!(srcu.contains(": 1"), "{srcu}");
+}
+
+#[test]
 fn a_panicking_vcpu_is_a_failure_with_its_message() {
     let started = std::time::Instant::now();
     let summary = run::run(&broken(run::Breakage::VcpuPanic), None).expect("runs");

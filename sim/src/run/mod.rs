@@ -94,7 +94,8 @@
 //!
 //! [`Config::breakage`] (`--break`, simulator-only) breaks a run on purpose to show both:
 //! `stuck-invalidation` leaves an MMU invalidation over all of guest memory open (what a
-//! missing `kvm_gmem_invalidate_end` leaves), `vcpu-panic` panics vCPU 0 after
+//! missing `kvm_gmem_invalidate_end` leaves), `stuck-srcu-reader` leaves a `kvm->srcu` reader
+//! inside (the next memslot change waits for it forever), `vcpu-panic` panics vCPU 0 after
 //! [`BREAK_PANIC_AFTER`] operations.
 //!
 //! # Output
@@ -301,18 +302,23 @@ pub enum Breakage {
     /// as a `kvm_gmem_invalidate_begin` without its `_end` would leave it: every fault retries
     /// until the model gives up, and nothing progresses.
     StuckInvalidation,
+    /// Before its first operation the control thread has an SRCU read-side critical section
+    /// of `kvm->srcu` entered and never left (an `srcu_read_unlock` missing): the next memslot
+    /// change or guest_memfd close waits in `synchronize_srcu` forever, while the vCPUs go on.
+    StuckSrcuReader,
     /// vCPU 0 panics after [`BREAK_PANIC_AFTER`] operations.
     VcpuPanic,
 }
 
 impl Breakage {
     /// The `--break` values.
-    pub const ALL: [Breakage; 2] = [Breakage::StuckInvalidation, Breakage::VcpuPanic];
+    pub const ALL: [Breakage; 3] = [Breakage::StuckInvalidation, Breakage::StuckSrcuReader, Breakage::VcpuPanic];
 
     /// The `--break` value.
     pub fn name(self) -> &'static str {
         match self {
             Breakage::StuckInvalidation => "stuck-invalidation",
+            Breakage::StuckSrcuReader => "stuck-srcu-reader",
             Breakage::VcpuPanic => "vcpu-panic",
         }
     }
@@ -1353,9 +1359,11 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         let member = shared.domain.enter("control");
         let epoch = shared.epoch;
         let control = AssertUnwindSafe(|| loop {
-            if control_done == 0 && config.breakage == Some(Breakage::StuckInvalidation) {
-                if let Some(kvm) = kvm.as_deref() {
-                    leave_an_invalidation_open(kvm, config);
+            if let (0, Some(breakage), Some(kvm)) = (control_done, config.breakage, kvm.as_deref()) {
+                match breakage {
+                    Breakage::StuckInvalidation => leave_an_invalidation_open(kvm, config),
+                    Breakage::StuckSrcuReader => leave_an_srcu_reader_inside(kvm),
+                    Breakage::VcpuPanic => {}
                 }
             }
             if control_limit.is_some_and(|limit| control_done >= limit) || shared.stop.load(Ordering::SeqCst) {
@@ -1587,6 +1595,16 @@ fn leave_an_invalidation_open(kvm: &gmem_kvm::Kvm, config: &Config) {
     let _mmu_lock = kvm.mmu_lock_write();
     kvm.mmu_invalidate_begin();
     kvm.mmu_invalidate_range_add(start, end);
+}
+
+/// `--break stuck-srcu-reader`: a read-side critical section of `kvm->srcu` that is never
+/// left. Entered on a thread of its own, which then ends: the reader is nobody the run's
+/// threads know (in checked builds the control thread's own `synchronize` would otherwise be
+/// refused as a self-deadlock, not wait).
+fn leave_an_srcu_reader_inside(kvm: &gmem_kvm::Kvm) {
+    std::thread::scope(|scope| {
+        scope.spawn(|| std::mem::forget(kvm.srcu_read_lock()));
+    });
 }
 
 /// Lets vCPUs run for a moment (against a deleted memslot or a closed guest_memfd).
