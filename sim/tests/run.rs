@@ -292,8 +292,13 @@ fn a_stuck_invalidation_is_ended_by_the_watchdog_with_a_diagnosis() {
     assert!(diagnosis.contains("MMU invalidation: mmu_invalidate_in_progress=1 range=[0x100, 0x200)"), "{diagnosis}");
     assert!(diagnosis.contains("waits on fault retry (vCPU "), "{diagnosis}");
     assert!(diagnosis.contains("SRCU kvm->srcu: index "), "{diagnosis}");
-    let vcpu0 = diagnosis.lines().find(|l| l.trim_start().starts_with("vcpu0: ")).expect("vcpu0's line");
-    assert!(vcpu0.contains(" operation ") && vcpu0.contains("page "), "{vcpu0}");
+    // The retrying vCPU's operation (the other may be at the pause barrier: debug builds check
+    // invariants after every control operation).
+    assert!(
+        diagnosis.lines().any(|l| l.starts_with("  vcpu") && l.contains(": in operation ") && l.contains(" of page ")
+            || l.contains(" to page ")),
+        "{diagnosis}"
+    );
     assert!(diagnosis.contains("state dump:\n  vm fd="), "{diagnosis}");
     assert!(summary.reproduce.ends_with("--watchdog 0.3 --break stuck-invalidation"), "{}", summary.reproduce);
 }
@@ -308,13 +313,14 @@ fn a_grace_period_that_never_ends_is_reported_as_the_wait_it_is() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
     assert!(!summary.ok);
     let reason = summary.failures.first().expect("a failure");
-    assert!(
-        reason.starts_with(
-            "the watchdog ended the run: control waits on SRCU grace period of kvm->srcu (readers on counter half "
-        ),
-        "{reason}"
-    );
+    assert!(reason.starts_with("the watchdog ended the run: "), "{reason}");
+    // The control thread waits for the grace period; a vCPU whose fault met the memslot marked
+    // invalid meanwhile may have waited as long (it retries behind the same update).
     let diagnosis = summary.diagnosis.as_deref().expect("a diagnosis");
+    assert!(
+        diagnosis.contains("\n  control waits on SRCU grace period of kvm->srcu (readers on counter half "),
+        "{diagnosis}"
+    );
     assert!(diagnosis.contains("control: in control operation 0: Memslot"), "{diagnosis}");
     // The stuck reader is visible in the counters: one reader on a half.
     let srcu = diagnosis.lines().find(|l| l.starts_with("SRCU kvm->srcu: ")).expect("the SRCU line");

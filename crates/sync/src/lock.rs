@@ -7,7 +7,8 @@
 //! are recorded as held but create no dependency, because a trylock cannot wait.
 //!
 //! A blocking acquisition first tries the lock; only if that fails does it register as a wait
-//! in the thread's [`WaitDomain`](crate::waits::WaitDomain) ("lock" on the class name and mode)
+//! in the thread's [`WaitDomain`](crate::waits::WaitDomain) (a "lock (exclusive)" or
+//! "lock (shared)" wait on the class name)
 //! and park in [`POLL`](crate::waits::POLL)-long timed tries, checking the domain's abort
 //! between them, so a supervisor can see and end a deadlock. Uncontended acquisitions cost what
 //! they did (one try-lock is what `lock()` starts with anyway).
@@ -92,7 +93,8 @@ fn contended<G>(
     mode: &'static str,
     mut try_for: impl FnMut(std::time::Duration) -> Option<G>,
 ) -> G {
-    let wait = crate::waits::waiting("lock", || format!("{} ({mode})", class.name).into());
+    // No allocation: contended acquisitions are frequent in a run.
+    let wait = crate::waits::waiting(mode, || class.name.into());
     let timeout = if wait.supervised() { crate::waits::POLL } else { std::time::Duration::from_secs(3600) };
     loop {
         if let Some(guard) = try_for(timeout) {
@@ -147,7 +149,7 @@ impl<T: ?Sized> Mutex<T> {
         #[cfg(not(gmem_loom))]
         let inner = match self.inner.try_lock() {
             Some(inner) => inner,
-            None => contended(self.class, "exclusive", |timeout| self.inner.try_lock_for(timeout)),
+            None => contended(self.class, "lock (exclusive)", |timeout| self.inner.try_lock_for(timeout)),
         };
         MutexGuard { inner, _held: held }
     }
@@ -264,7 +266,7 @@ impl<T: ?Sized> RwLock<T> {
         #[cfg(not(gmem_loom))]
         let inner = match self.inner.try_read() {
             Some(inner) => inner,
-            None => contended(self.class, "shared", |timeout| self.inner.try_read_for(timeout)),
+            None => contended(self.class, "lock (shared)", |timeout| self.inner.try_read_for(timeout)),
         };
         RwLockReadGuard { inner, _held: held }
     }
@@ -278,7 +280,7 @@ impl<T: ?Sized> RwLock<T> {
         #[cfg(not(gmem_loom))]
         let inner = match self.inner.try_write() {
             Some(inner) => inner,
-            None => contended(self.class, "exclusive", |timeout| self.inner.try_write_for(timeout)),
+            None => contended(self.class, "lock (exclusive)", |timeout| self.inner.try_write_for(timeout)),
         };
         RwLockWriteGuard { inner, _held: held }
     }

@@ -152,6 +152,10 @@ impl WaitDomain {
         self.panics.load(Ordering::SeqCst)
     }
 
+    fn reason(&self) -> String {
+        self.reason.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// Whether [`abort`](Self::abort) was called.
     pub fn is_aborted(&self) -> bool {
         self.aborted.load(Ordering::Relaxed)
@@ -182,10 +186,17 @@ impl fmt::Debug for DomainGuard {
     }
 }
 
-/// A registered wait; dropping it unregisters (see [`waiting`]).
+/// A registered wait; dropping it unregisters (see [`waiting`]). It holds no reference to the
+/// domain (the thread-local has it): cloning an `Arc` shared by every thread of the run at each
+/// contended lock would make the threads contend on its count.
 #[must_use = "the wait is registered only while the guard lives"]
 pub struct Waiting {
-    current: Option<(Arc<WaitDomain>, Arc<ThreadSlot>)>,
+    supervised: bool,
+}
+
+/// Calls `f` with the calling thread's domain and slot, if it is in a domain.
+fn with_current<R>(f: impl FnOnce(&WaitDomain, &ThreadSlot) -> R) -> Option<R> {
+    CURRENT.try_with(|c| c.borrow().as_ref().map(|(domain, slot)| f(domain, slot))).ok().flatten()
 }
 
 /// Registers the calling thread as waiting on `kind` / `object` (built only if the thread is in
@@ -195,46 +206,54 @@ pub fn waiting(kind: &'static str, object: impl FnOnce() -> Cow<'static, str>) -
     #[cfg(gmem_loom)]
     {
         let _ = (kind, object);
-        Waiting { current: None }
+        Waiting { supervised: false }
     }
     #[cfg(not(gmem_loom))]
     {
-        let current = CURRENT.try_with(|c| c.borrow().clone()).ok().flatten();
-        if let Some((_, slot)) = &current {
+        let supervised = with_current(|_, slot| {
             let entry = Entry { kind, object: object(), since: Instant::now() };
             slot.waits.lock().unwrap_or_else(PoisonError::into_inner).push(entry);
-        }
-        Waiting { current }
+        })
+        .is_some();
+        Waiting { supervised }
     }
 }
 
 impl Waiting {
     /// Whether the thread is in a domain (else the wait cannot be aborted and need not poll).
     pub fn supervised(&self) -> bool {
-        self.current.is_some()
+        self.supervised
     }
 
     /// Unwinds with [`Aborted`] if the thread's domain was aborted.
     pub fn check_abort(&self) {
-        if let Some((domain, slot)) = &self.current {
-            if domain.is_aborted() {
-                let what = slot
-                    .waits
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .last()
-                    .map(|e| format!("{} {}", e.kind, e.object));
-                unwind(domain, what);
-            }
+        if !self.supervised {
+            return;
+        }
+        let aborted = with_current(|domain, slot| {
+            domain.is_aborted().then(|| {
+                let what = slot.waits.lock().unwrap_or_else(PoisonError::into_inner).last().map(|e| e.to_string());
+                (domain.reason(), what)
+            })
+        })
+        .flatten();
+        if let Some((reason, waiting_on)) = aborted {
+            std::panic::resume_unwind(Box::new(Aborted { reason, waiting_on }));
         }
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        if let Some((_, slot)) = &self.current {
-            slot.waits.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        if self.supervised {
+            with_current(|_, slot| slot.waits.lock().unwrap_or_else(PoisonError::into_inner).pop());
         }
+    }
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind, self.object)
     }
 }
 
@@ -248,28 +267,15 @@ impl fmt::Debug for Waiting {
 /// are bounded but slow (a fault re-faulting with backoff), so an abort ends them at once.
 pub fn check_abort() {
     #[cfg(not(gmem_loom))]
-    {
-        let current = CURRENT.try_with(|c| c.borrow().as_ref().map(|(d, _)| d.clone())).ok().flatten();
-        if let Some(domain) = current {
-            if domain.is_aborted() {
-                unwind(&domain, None);
-            }
-        }
+    if let Some(Some(reason)) = with_current(|domain, _| domain.is_aborted().then(|| domain.reason())) {
+        std::panic::resume_unwind(Box::new(Aborted { reason, waiting_on: None }));
     }
 }
 
 /// Counts a panic beginning in the calling thread's domain, if any: call it from a panic hook
 /// (aborts unwind with `resume_unwind`, which runs no hook, so they are not counted).
 pub fn note_panic() {
-    let current = CURRENT.try_with(|c| c.borrow().as_ref().map(|(d, _)| d.clone())).ok().flatten();
-    if let Some(domain) = current {
-        domain.panics.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn unwind(domain: &WaitDomain, waiting_on: Option<String>) -> ! {
-    let reason = domain.reason.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    std::panic::resume_unwind(Box::new(Aborted { reason, waiting_on }))
+    with_current(|domain, _| domain.panics.fetch_add(1, Ordering::SeqCst));
 }
 
 /// The message of a caught panic payload: an [`Aborted`]'s text, a `panic!` message, or a
@@ -363,16 +369,16 @@ mod tests {
             let waits = domain.waits();
             assert_eq!(waits.len(), 1, "{waits:?}");
             assert_eq!(waits[0].thread, "waiter");
-            assert_eq!(waits[0].kind, "lock");
-            assert_eq!(waits[0].object, "waits-test lock (exclusive)");
+            assert_eq!(waits[0].kind, "lock (exclusive)");
+            assert_eq!(waits[0].object, "waits-test lock");
             domain.abort("the test");
             let payload = waiter.join().expect("joined").expect_err("the wait was aborted");
             let aborted = payload.downcast_ref::<Aborted>().expect("an Aborted payload");
             assert_eq!(aborted.reason, "the test");
-            assert_eq!(aborted.waiting_on.as_deref(), Some("lock waits-test lock (exclusive)"));
+            assert_eq!(aborted.waiting_on.as_deref(), Some("lock (exclusive) waits-test lock"));
             assert_eq!(
                 panic_message(&*payload),
-                "aborted by the test while waiting on lock waits-test lock (exclusive)"
+                "aborted by the test while waiting on lock (exclusive) waits-test lock"
             );
         });
         drop(held);

@@ -145,6 +145,7 @@ mod snp;
 mod tdx;
 mod watchdog;
 use gmem_sync::waits::{self, WaitDomain};
+use gmem_sync::CachePadded;
 use snp::SnpGuest;
 use tdx::{TdxCounters, TdxGuest};
 use watchdog::{phase, Status};
@@ -812,13 +813,11 @@ struct Shared<'a> {
     errors: Mutex<Vec<String>>,
     integrity_errors: AtomicU64,
     vmm_errors: AtomicU64,
-    /// Operations that did something (control operations; vCPU operations the model did not
-    /// give up on with EINTR after its fault-retry bound): the watchdog's measure of progress.
-    progress: AtomicU64,
-    /// What each vCPU thread is doing.
-    vcpus: Vec<Status>,
-    /// What the control thread is doing.
-    control: Status,
+    /// What each vCPU thread is doing, and its operations that made progress (all but those
+    /// the model gave up on with EINTR after its fault-retry bound).
+    vcpus: Vec<CachePadded<Status>>,
+    /// What the control thread is doing, and its operations.
+    control: CachePadded<Status>,
     /// The run's threads, for the wait registry and the abort.
     domain: Arc<WaitDomain>,
     /// The origin of the [`Status`] timestamps.
@@ -1027,7 +1026,7 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>, mut 
             }
             index += 1;
             shared.vcpu_ops_done.fetch_add(1, Ordering::Relaxed);
-            shared.progress.fetch_add(1, Ordering::Relaxed);
+            status.moved();
             continue;
         }
         let write = op.is_write();
@@ -1145,7 +1144,7 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>, mut 
         index += 1;
         shared.vcpu_ops_done.fetch_add(1, Ordering::Relaxed);
         if moved {
-            shared.progress.fetch_add(1, Ordering::Relaxed);
+            status.moved();
         }
     }
     status.set(shared.epoch, phase::FINISHED, index);
@@ -1273,9 +1272,8 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         errors: Mutex::new(Vec::new()),
         integrity_errors: AtomicU64::new(0),
         vmm_errors: AtomicU64::new(0),
-        progress: AtomicU64::new(0),
-        vcpus: (0..config.vcpus).map(|_| Status::default()).collect(),
-        control: Status::default(),
+        vcpus: (0..config.vcpus).map(|_| CachePadded::default()).collect(),
+        control: CachePadded::default(),
         domain: WaitDomain::new(),
         epoch: Instant::now(),
         panics: Mutex::new(Vec::new()),
@@ -1303,7 +1301,7 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         Length::Duration(d) => Some(started + d),
         Length::Ops(_) => None,
     };
-    let control_over = AtomicBool::new(false);
+    let (over, watching) = std::sync::mpsc::channel::<()>();
     let mut tripped = None;
     std::thread::scope(|scope| {
         for (v, (&fd, guest)) in fds.iter().zip(guests).enumerate() {
@@ -1324,9 +1322,7 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         let watcher = std::thread::Builder::new()
             .name("watchdog".to_string())
             .spawn_scoped(scope, || {
-                let all_done =
-                    || control_over.load(Ordering::SeqCst) && shared.finished.load(Ordering::SeqCst) >= vcpus;
-                let trip = watchdog::watch(&shared, deadline, all_done)?;
+                let trip = watchdog::watch(&shared, deadline, watching)?;
                 // Diagnose before the abort changes what the threads are doing; arm the fuse
                 // before anything that could itself hang.
                 let reason = trip.reason(config.watchdog);
@@ -1383,7 +1379,7 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
             shared.control.set(epoch, phase::IN_OP, control_done);
             control_op(&shared, op);
             control_done += 1;
-            shared.progress.fetch_add(1, Ordering::Relaxed);
+            shared.control.moved();
             tick(&shared, control_done, &mut progress);
             if CHECK_EVERY_CONTROL_OP || control_done % INVARIANT_EVERY == 0 {
                 shared.control.set(epoch, phase::PAUSING, control_done);
@@ -1419,7 +1415,8 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         if shared.control.phase() == phase::FINAL_WAIT {
             shared.control.set(epoch, phase::FINISHED, control_done);
         }
-        control_over.store(true, Ordering::SeqCst);
+        // Every worker is done: the watchdog stops watching (if it has not tripped meanwhile).
+        let _ = over.send(());
         tripped = watcher.join().unwrap_or_else(|payload| std::panic::resume_unwind(payload));
     });
     let panics = shared.panics.lock().unwrap_or_else(|e| e.into_inner()).clone();

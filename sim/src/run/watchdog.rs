@@ -11,9 +11,13 @@ use gmem_uapi::Vmm;
 
 use super::{ControlStream, Shared, VcpuAction, VcpuStream};
 
-/// What a worker thread is doing, for the diagnosis. Three relaxed atomics per operation.
+/// What a worker thread is doing, for the diagnosis, and how far it got, for the watchdog: a
+/// few relaxed stores per operation to a cache line of the thread's own (padded, so vCPUs do
+/// not bounce each other's lines).
 #[derive(Debug, Default)]
 pub(super) struct Status {
+    /// Operations that made progress (see [`watch`]).
+    moved: AtomicU64,
     /// The index of the operation in progress (or, between operations, of the next one).
     op: AtomicU64,
     phase: AtomicU8,
@@ -52,6 +56,11 @@ impl Status {
         self.phase.store(phase, Ordering::Release);
     }
 
+    /// One more operation made progress.
+    pub(super) fn moved(&self) {
+        self.moved.store(self.moved.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
     /// The operation index last recorded.
     pub(super) fn op(&self) -> u64 {
         self.op.load(Ordering::Relaxed)
@@ -77,26 +86,26 @@ pub(super) enum Trip {
     LongWait(String),
 }
 
-/// Watches the run until every worker is done (`all_done`): progress is the count of
+/// Watches the run until every worker is done (a message on `over`, which also wakes it, so the
+/// end of a run waits for no poll interval): progress is the count of
 /// operations that did something (vCPU operations the model did not give up on, control
 /// operations); the time of an invariant check does not count against it. Returns why it
 /// tripped, after aborting the run; `None` if the run ended by itself. Also ends a timed run at
 /// its deadline (the control thread's own check cannot if it is stuck).
-pub(super) fn watch(shared: &Shared<'_>, deadline: Option<Instant>, all_done: impl Fn() -> bool) -> Option<Trip> {
+pub(super) fn watch(shared: &Shared<'_>, deadline: Option<Instant>, over: mpsc::Receiver<()>) -> Option<Trip> {
     let limit = shared.config.watchdog;
     let poll = (limit / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
-    let mut last = shared.progress.load(Ordering::Relaxed);
+    let mut last = u64::MAX;
     let mut last_change = Instant::now();
     loop {
-        if all_done() {
+        if let Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) = over.recv_timeout(poll) {
             return None;
         }
-        std::thread::sleep(poll);
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
             shared.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         }
-        let progress = shared.progress.load(Ordering::Relaxed);
+        let progress = shared.vcpus.iter().chain([&shared.control]).map(|s| s.moved.load(Ordering::Relaxed)).sum();
         // A panic being reported (its hook may symbolize a backtrace for seconds) is not a
         // hang: the panic is the failure, and the clock restarts once it is caught.
         let reporting_panic = shared.domain.panics_begun() as usize > shared.panics_caught();
