@@ -295,8 +295,9 @@ fn a_stuck_invalidation_is_ended_by_the_watchdog_with_a_diagnosis() {
     // The retrying vCPU's operation (the other may be at the pause barrier: debug builds check
     // invariants after every control operation).
     assert!(
-        diagnosis.lines().any(|l| l.starts_with("  vcpu") && l.contains(": in operation ") && l.contains(" of page ")
-            || l.contains(" to page ")),
+        diagnosis.lines().any(|l| l.starts_with("  vcpu")
+            && l.contains(": in operation ")
+            && (l.contains("load of page ") || l.contains("store to page "))),
         "{diagnosis}"
     );
     assert!(diagnosis.contains("state dump:\n  vm fd="), "{diagnosis}");
