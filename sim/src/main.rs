@@ -39,7 +39,8 @@ enum Command {
     /// guest_memfds; data integrity and invariants are checked. An SEV_SNP guest is launched
     /// with a measured image, and its vCPUs validate their pages and convert them themselves
     /// (page-state changes the VMM answers); a TDX guest likewise accepts its pages and converts
-    /// them with MapGPA. Exit 1 on any warning, invariant violation or integrity error.
+    /// them with MapGPA. Exit 1 on any warning, invariant violation or integrity error, on a
+    /// panic, and when the watchdog ends a run that stopped making progress (`--watchdog`).
     Run(RunArgs),
 }
 

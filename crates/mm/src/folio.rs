@@ -177,14 +177,10 @@ impl<'m> Folio<'m> {
     }
 
     /// `folio_lock`: sleeps (here: spins with a scheduler hint) until the lock is free.
+    /// The first `trylock` is the fast path; the wait registers (see `gmem_sync::waits`) only
+    /// once it spins. Under loom this is exactly a trylock-then-yield loop.
     pub fn lock(self) {
-        if !self.trylock() {
-            gmem_sync::thread::wait_for(
-                "folio lock",
-                || format!("of pfn {:#x}", self.pfn().0).into(),
-                || self.trylock(),
-            );
-        }
+        gmem_sync::thread::wait_for("folio lock", || format!("of pfn {:#x}", self.pfn().0).into(), || self.trylock());
     }
 
     /// `folio_unlock`.
