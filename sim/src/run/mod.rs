@@ -1565,8 +1565,13 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         ("vmm_errors", vmm_errors.to_string()),
         ("ok", ok.to_string()),
     ]);
+    let summary = Summary { fields, failures, ok, reproduce: config.reproduce_command(), diagnosis };
+    // Tearing the VM down (closing every descriptor) may meet what an unwound thread left
+    // behind, so it is under the fuse too.
+    drop(shared);
+    drop(vmm);
     drop(fuse);
-    Ok(Summary { fields, failures, ok, reproduce: config.reproduce_command(), diagnosis })
+    Ok(summary)
 }
 
 /// Chains a panic hook (once per process) that counts each panic beginning in a run's thread
