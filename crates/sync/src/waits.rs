@@ -158,7 +158,8 @@ impl WaitDomain {
 
     /// Whether [`abort`](Self::abort) was called.
     pub fn is_aborted(&self) -> bool {
-        self.aborted.load(Ordering::Relaxed)
+        // Acquire: a thread that sees the abort also sees its reason.
+        self.aborted.load(Ordering::Acquire)
     }
 }
 
