@@ -39,7 +39,8 @@ enum Command {
     /// guest_memfds; data integrity and invariants are checked. An SEV_SNP guest is launched
     /// with a measured image, and its vCPUs validate their pages and convert them themselves
     /// (page-state changes the VMM answers); a TDX guest likewise accepts its pages and converts
-    /// them with MapGPA. Exit 1 on any warning, invariant violation or integrity error.
+    /// them with MapGPA. Exit 1 on any warning, invariant violation or integrity error, on a
+    /// panic, and when the watchdog ends a run that stopped making progress (`--watchdog`).
     Run(RunArgs),
 }
 
@@ -74,6 +75,19 @@ struct RunArgs {
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// The watchdog: if no operation makes progress, or one thread waits in one wait (a lock,
+    /// an SRCU grace period, an invalidation to end), for this many seconds, the run ends with
+    /// exit status 1, a diagnosis (who waits on what, each thread's last operation, the MMU
+    /// invalidation and SRCU state), the state dump and the replay command.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = run::parse_watchdog)]
+    watchdog: std::time::Duration,
+    /// Break the run on purpose, to see the watchdog or the panic handling at work:
+    /// `stuck-invalidation` (an MMU invalidation is begun and never ended), `stuck-srcu-reader`
+    /// (a kvm->srcu reader never leaves, so the next memslot change waits forever) or
+    /// `vcpu-panic` (vCPU 0 panics after 100 operations). Simulator-only; for kernel developers checking
+    /// what a broken model reports.
+    #[arg(long = "break", value_name = "WHAT", value_parser = run::Breakage::parse)]
+    breakage: Option<run::Breakage>,
 }
 
 fn parse_duration(value: &str) -> Result<f64, String> {
@@ -219,6 +233,8 @@ fn run_run(args: &RunArgs) -> ExitCode {
     config.memory = args.memory;
     config.vcpus = args.vcpus;
     config.kernel = args.kernel.clone();
+    config.watchdog = args.watchdog;
+    config.breakage = args.breakage;
     if let Some(ops) = args.ops {
         config.length = run::Length::Ops(ops);
     } else if let Some(secs) = args.duration {
@@ -243,6 +259,9 @@ fn run_run(args: &RunArgs) -> ExitCode {
     for failure in &summary.failures {
         eprintln!("gmem-sim run: {failure}");
     }
+    if let Some(diagnosis) = &summary.diagnosis {
+        eprint!("{diagnosis}");
+    }
     if args.json {
         println!("{}", summary.to_json());
     } else {
@@ -256,6 +275,11 @@ fn run_run(args: &RunArgs) -> ExitCode {
 
 /// The repository's examples directory, as built.
 const EXAMPLES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+
+/// The longest a script's model may wait in one wait (a lock, a grace period, an invalidation
+/// to end) before the script is reported as stuck. A script runs on one thread, so such a wait
+/// has no one to end it: it is a broken model, never a slow one.
+const SCRIPT_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn run_examples(args: &ExamplesArgs) -> ExitCode {
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(EXAMPLES_DIR));
@@ -283,11 +307,21 @@ fn run_examples(args: &ExamplesArgs) -> ExitCode {
         let mut factory = || backends::open_on("sim", &profile, host);
         let options = RunOptions { check: true, skip_is_pass: false };
         let mut output = Vec::new();
-        let report = match runner::run(std::slice::from_ref(&script.program), &mut factory, options, &mut output) {
-            Ok(report) => report,
-            Err(error) => {
+        let supervised = gmem_sync::waits::supervise(&path.display().to_string(), SCRIPT_WAIT_LIMIT, || {
+            runner::run(std::slice::from_ref(&script.program), &mut factory, options, &mut output)
+        });
+        let report = match supervised {
+            Ok(Ok(report)) => report,
+            Ok(Err(error)) => {
                 eprintln!("gmem-sim: {error}");
                 return ExitCode::from(USAGE_ERROR);
+            }
+            Err(stuck) => {
+                let text = String::from_utf8_lossy(&output);
+                let last = text.lines().last().unwrap_or("(before its first line)");
+                println!("{}: STUCK after `{last}`: {stuck}", path.display());
+                failed += 1;
+                continue;
             }
         };
         let text = String::from_utf8_lossy(&output);
@@ -329,7 +363,14 @@ fn run_scripts(args: &ScriptArgs) -> ExitCode {
         backends::open_on(&args.backend, &args.kernel, hosts.get(index).copied().unwrap_or_default())
     };
     let options = RunOptions { check: args.check, skip_is_pass: false };
-    match runner::run_with(&programs, &mut factory, options, &mut io::stdout().lock()) {
+    let supervised = gmem_sync::waits::supervise("the script", SCRIPT_WAIT_LIMIT, || {
+        runner::run_with(&programs, &mut factory, options, &mut io::stdout().lock())
+    });
+    let Ok(result) = supervised.map_err(|stuck| eprintln!("gmem-sim: STUCK after the last line printed: {stuck}"))
+    else {
+        return ExitCode::from(1);
+    };
+    match result {
         Ok(report) => {
             if args.check {
                 eprintln!("{}", report.summary());

@@ -11,6 +11,7 @@ use gmem_sim::backends;
 use gmem_sim::runner::{run, RunOptions};
 use gmem_sim::script::parse;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 fn examples() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
@@ -40,7 +41,11 @@ fn run_checked(path: &Path) -> (String, gmem_sim::runner::Report) {
     let mut factory = || backends::open_on("sim", &profile, host.unwrap_or_default());
     let mut out = Vec::new();
     let options = RunOptions { check: true, skip_is_pass: false };
-    let report = run(std::slice::from_ref(&program), &mut factory, options, &mut out).expect("runs");
+    // A model that waits for nothing (a script runs on one thread) fails the test, not hangs it.
+    let supervised = gmem_sync::waits::supervise(&path.display().to_string(), Duration::from_secs(30), || {
+        run(std::slice::from_ref(&program), &mut factory, options, &mut out)
+    });
+    let report = supervised.unwrap_or_else(|stuck| panic!("{} is stuck: {stuck}", path.display())).expect("runs");
     (String::from_utf8(out).expect("utf-8"), report)
 }
 

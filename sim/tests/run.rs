@@ -263,3 +263,119 @@ fn a_tdx_run_ends_clean() {
     let error = run::run(&old, None).expect_err("no TDX on v6.14");
     assert!(error.contains("v6.14 has no TDX VMs"), "{error}");
 }
+
+/// A small run broken on purpose, with a short watchdog.
+fn broken(breakage: run::Breakage) -> Config {
+    let mut config = small(11);
+    config.memory = 1 << 20;
+    config.length = Length::Ops(1_000_000);
+    config.watchdog = std::time::Duration::from_millis(300);
+    config.breakage = Some(breakage);
+    config
+}
+
+#[test]
+fn a_stuck_invalidation_is_ended_by_the_watchdog_with_a_diagnosis() {
+    let started = std::time::Instant::now();
+    let summary = run::run(&broken(run::Breakage::StuckInvalidation), None).expect("runs");
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "the watchdog took {took:?}");
+    assert!(!summary.ok);
+    assert!(
+        summary.failures.first().is_some_and(|f| f.starts_with("the watchdog ended the run: ")),
+        "{:#?}",
+        summary.failures
+    );
+    let diagnosis = summary.diagnosis.as_deref().expect("a diagnosis");
+    // The invalidation that never ended, over all of guest memory (gfns 0x100..0x200 for 1 MiB
+    // at the VMM's base), and a vCPU retrying its fault behind it.
+    assert!(diagnosis.contains("MMU invalidation: mmu_invalidate_in_progress=1 range=[0x100, 0x200)"), "{diagnosis}");
+    assert!(diagnosis.contains("waits on fault retry (vCPU "), "{diagnosis}");
+    assert!(diagnosis.contains("SRCU kvm->srcu: index "), "{diagnosis}");
+    // The retrying vCPU's operation (the other may be at the pause barrier: debug builds check
+    // invariants after every control operation).
+    assert!(
+        diagnosis.lines().any(|l| l.starts_with("  vcpu")
+            && l.contains(": in operation ")
+            && (l.contains("load of page ") || l.contains("store to page "))),
+        "{diagnosis}"
+    );
+    assert!(diagnosis.contains("state dump:\n  vm fd="), "{diagnosis}");
+    assert!(summary.reproduce.ends_with("--watchdog 0.3 --break stuck-invalidation"), "{}", summary.reproduce);
+}
+
+#[test]
+fn a_grace_period_that_never_ends_is_reported_as_the_wait_it_is() {
+    let mut config = broken(run::Breakage::StuckSrcuReader);
+    // Memslot changes only, so the control thread's first operation waits for the reader.
+    config.mix = Mix::parse("access=50,memslot=50").unwrap();
+    let started = std::time::Instant::now();
+    let summary = run::run(&config, None).expect("runs");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(!summary.ok);
+    let reason = summary.failures.first().expect("a failure");
+    assert!(reason.starts_with("the watchdog ended the run: "), "{reason}");
+    // The control thread waits for the grace period; a vCPU whose fault met the memslot marked
+    // invalid meanwhile may have waited as long (it retries behind the same update).
+    let diagnosis = summary.diagnosis.as_deref().expect("a diagnosis");
+    assert!(
+        diagnosis.contains("\n  control waits on SRCU grace period of kvm->srcu (readers on counter half "),
+        "{diagnosis}"
+    );
+    assert!(diagnosis.contains("control: in control operation 0: Memslot"), "{diagnosis}");
+    // The stuck reader is visible in the counters: one reader on a half.
+    let srcu = diagnosis.lines().find(|l| l.starts_with("SRCU kvm->srcu: ")).expect("the SRCU line");
+    assert!(srcu.contains(": 1"), "{srcu}");
+}
+
+#[test]
+fn a_panicking_vcpu_is_a_failure_with_its_message() {
+    let started = std::time::Instant::now();
+    let summary = run::run(&broken(run::Breakage::VcpuPanic), None).expect("runs");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(!summary.ok);
+    assert_eq!(
+        summary.failures.first().map(String::as_str),
+        Some("vcpu0 panicked: deliberate panic of vCPU 0 after 100 operations (--break vcpu-panic)"),
+        "{:#?}",
+        summary.failures
+    );
+    let diagnosis = summary.diagnosis.as_deref().expect("a diagnosis");
+    assert!(
+        !summary.failures.iter().any(|f| f.contains("watchdog")),
+        "not a hang: {:#?}\n{diagnosis}",
+        summary.failures
+    );
+    assert!(diagnosis.contains("vcpu0: panicked in operation 100: "), "{diagnosis}");
+    assert!(summary.reproduce.contains("--break vcpu-panic"), "{}", summary.reproduce);
+}
+
+#[test]
+fn the_cli_reports_a_hang_and_exits_1() {
+    let output = gmem_sim(&[
+        "run",
+        "--memory",
+        "1M",
+        "--seed",
+        "5",
+        "--ops",
+        "1000000",
+        "--watchdog",
+        "0.3",
+        "--break",
+        "stuck-invalidation",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("gmem-sim run: the watchdog ended the run: "), "{stderr}");
+    assert!(stderr.contains("mmu_invalidate_in_progress=1"), "{stderr}");
+    assert!(stderr.contains("state dump:"), "{stderr}");
+    assert!(stderr.contains("reproduce with: gmem-sim run --seed 0x5 "), "{stderr}");
+    for bad in [["--watchdog", "0"], ["--watchdog", "x"], ["--break", "nothing"]] {
+        let output = gmem_sim(&["run", "--ops", "10", bad[0], bad[1]]);
+        assert_eq!(output.status.code(), Some(2), "{bad:?}");
+        assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"), "{bad:?}");
+    }
+    let help = String::from_utf8_lossy(&gmem_sim(&["run", "--help"]).stdout).to_string();
+    assert!(help.contains("--watchdog <SECS>") && help.contains("--break <WHAT>"), "{help}");
+}

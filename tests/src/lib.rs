@@ -39,6 +39,12 @@ use std::fmt;
 pub use gmem_kvm::guest_memfd::{GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP};
 pub use gmem_kvm::VmType;
 
+/// How long a test waits for another thread to reach a point (a retry counted, an entry
+/// deferred) before failing with what it waited for: far beyond the milliseconds it takes, so
+/// only a broken model reaches it, and then as a failure rather than a hang
+/// (`gmem_sync::thread::wait_until_within`).
+pub const TEST_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `PAGE_SIZE`.
 pub const PAGE: u64 = gmem_mm::PAGE_SIZE;
 

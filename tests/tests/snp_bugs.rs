@@ -488,9 +488,9 @@ fn f11_a_vmsa_reload_waits_for_an_invalidation_of_its_gfn() {
         std::thread::scope(|scope| {
             let run = scope.spawn(|| host.snp_register_ghcb(snp.vcpus[1], GHCB_GPA));
             if fixed {
-                while retries() == 0 && !run.is_finished() {
-                    std::thread::yield_now();
-                }
+                gmem_sync::thread::wait_until_within(TEST_WAIT, "the AP to retry its VMSA reload", || {
+                    retries() != 0 || run.is_finished()
+                });
                 assert!(retries() > 0, "{name}: the AP did not retry its reload inside the invalidation");
                 assert_eq!(guest_vmsa(&ap), None, "{name}: a VMSA was installed inside the invalidation");
                 end_invalidation();

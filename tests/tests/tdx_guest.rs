@@ -274,7 +274,9 @@ fn a_vcpu_does_not_enter_while_wait_for_sept_zap_is_set() {
     // The zapper lets the vCPUs in again while one is trying: its access completes.
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            gmem_sync::thread::wait_until(|| vm.stats.entries_deferred.load(Ordering::Relaxed) >= 8);
+            gmem_sync::thread::wait_until_within(TEST_WAIT, "8 deferred entries", || {
+                vm.stats.entries_deferred.load(Ordering::Relaxed) >= 8
+            });
             let _mmu_lock = kvm.mmu_lock_write();
             vm.tdx_no_vcpus_enter_stop(&kvm);
         });
@@ -412,7 +414,9 @@ fn local_retries_end_on_an_invalid_memslot() {
             let mut buf = [0u8; 1];
             td.host.unchecked().guest_access(vcpu, 0x80000, &mut buf, true, None)
         });
-        gmem_sync::thread::wait_until(|| vm.stats.local_retries.load(Ordering::Relaxed) >= 3);
+        gmem_sync::thread::wait_until_within(TEST_WAIT, "3 local retries", || {
+            vm.stats.local_retries.load(Ordering::Relaxed) >= 3
+        });
         td.host.unchecked().set_user_memory_region2(td.vm, &delete_region(0, 0)).unwrap();
         let exit = RunError::Exit(VcpuExit::MemoryFault {
             gpa: 0x80000,

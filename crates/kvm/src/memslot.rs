@@ -849,14 +849,18 @@ impl Kvm {
         // Do not publish while an MMU-notifier invalidation is between start and end: both must
         // see the same memslots, or mmu_invalidate_in_progress would be unbalanced.
         let mut previous = std::ptr::null_mut();
-        gmem_sync::thread::wait_until(|| {
-            let _lock = self.mn_invalidate_lock.lock();
-            if self.mn_active_invalidate_count.load(Ordering::Relaxed) != 0 {
-                return false;
-            }
-            previous = self.memslots.swap(next, Ordering::AcqRel);
-            true
-        });
+        gmem_sync::thread::wait_for(
+            "MMU notifier invalidations to end",
+            || "(kvm->mn_active_invalidate_count == 0, to swap the memslots)".into(),
+            || {
+                let _lock = self.mn_invalidate_lock.lock();
+                if self.mn_active_invalidate_count.load(Ordering::Relaxed) != 0 {
+                    return false;
+                }
+                previous = self.memslots.swap(next, Ordering::AcqRel);
+                true
+            },
+        );
         drop(arch_lock);
         if !self.memslot_weakened(MemslotWeakening::NoSynchronizeBeforeFree) {
             self.srcu.synchronize();

@@ -308,7 +308,11 @@ impl Kvm {
                 // csd_lock_wait: smp_cond_load_acquire. The vCPU's exit is an exchange ordered
                 // after our cmpxchg (see `leave_guest_mode`), so a load that has seen our
                 // EXITING_GUEST_MODE eventually sees what came after it.
-                gmem_sync::thread::wait_until(|| vcpu.tlb.mode.load(Ordering::Acquire) != EXITING_GUEST_MODE);
+                gmem_sync::thread::wait_for(
+                    "a remote TLB flush",
+                    || format!("(vCPU {} to leave guest mode)", vcpu.vcpu_id()).into(),
+                    || vcpu.tlb.mode.load(Ordering::Acquire) != EXITING_GUEST_MODE,
+                );
             }
         }
         !kicked.is_empty()

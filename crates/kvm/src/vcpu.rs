@@ -843,6 +843,9 @@ pub fn guest_page_op<T>(
     let tdp = kvm.tdp()?;
     let gfn = Gpa(gpa).to_gfn();
     let mut attempts = 0;
+    // Registered at the first retry, so a supervisor sees which invalidation a spinning vCPU
+    // waits behind (see gmem_sync::waits); unregistered when the access ends.
+    let mut retrying = None;
     loop {
         // vcpu_enter_guest: KVM_REQ_VM_DEAD (a KVM_BUG_ON, or kvm_vm_dead) ends the run.
         if kvm.is_dead() {
@@ -882,6 +885,18 @@ pub fn guest_page_op<T>(
                     return Err(RunError::Errno(Errno::EIO));
                 }
                 if ret == RetPf::Retry {
+                    retrying.get_or_insert_with(|| {
+                        gmem_sync::waits::waiting("fault retry", || {
+                            let (start, end) = kvm.mmu_invalidate_range();
+                            format!(
+                                "(vCPU {} at gpa {gpa:#x}; at the first retry mmu_invalidate_in_progress={} range=[{start:#x}, {end:#x}) seq={})",
+                                vcpu.vcpu_id,
+                                kvm.mmu_invalidate_in_progress(),
+                                kvm.mmu_invalidate_seq()
+                            )
+                            .into()
+                        })
+                    });
                     // The guest re-faults; the invalidator runs meanwhile (give it the CPU; under
                     // loom a spinning vCPU would otherwise be explored forever).
                     gmem_sync::thread::backoff(attempts);

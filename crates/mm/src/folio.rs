@@ -26,7 +26,6 @@ use crate::page::PG_UPTODATE;
 use crate::page::{Page, PhysMem, PG_HWPOISON, PG_LOCKED, PG_MODEL_ARCH_PREPARED, PG_MODEL_POPULATED, PG_MODEL_ZEROED};
 use crate::types::{Pfn, PgOff, PAGE_SIZE};
 use gmem_sync::atomic::{fence, Ordering};
-use gmem_sync::thread::spin_hint;
 use std::fmt;
 
 /// A handle to a folio (its head page) in `mem`.
@@ -208,11 +207,11 @@ impl<'m> Folio<'m> {
     }
 
     /// `folio_lock`: sleeps (here: spins with a scheduler hint) until the lock is free.
+    /// The first `trylock` is the fast path; the wait registers (see `gmem_sync::waits`) only
+    /// once it spins. Under loom this is exactly a trylock-then-yield loop.
     #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
     pub fn lock(self) {
-        while !self.trylock() {
-            spin_hint();
-        }
+        gmem_sync::thread::wait_for("folio lock", || format!("of pfn {:#x}", self.pfn().0).into(), || self.trylock());
     }
 
     /// `folio_unlock`.

@@ -20,6 +20,7 @@
 //! | [`inject`] | fault injection (`should_failslab()`), `signal_pending()` | armed per machine | same |
 //! | [`task`] | `task_work_add()`, `task_work_run()` | thread-local queue | `loom::thread_local!` queue |
 //! | [`map`] | (none: a simulator-side registry) | `dashmap` | `Mutex<HashMap>` |
+//! | [`waits`] | (none: what lockdep's and the hung-task detector's reports show) | who waits on what, cooperative abort | nothing registers |
 //! | `model` (only under `gmem_loom`) | (none) | absent | `loom::model` entry points |
 //!
 //! # What is modelled and what is not
@@ -65,6 +66,7 @@ pub mod map;
 pub mod rcu;
 pub mod srcu;
 pub mod task;
+pub mod waits;
 pub mod warn;
 
 /// Reference counting for shared simulator objects. Always `std::sync::Arc`, also under loom:
@@ -128,6 +130,9 @@ pub mod thread {
         let _ = attempt;
         #[cfg(gmem_loom)]
         loom::thread::yield_now();
+        // A supervised retry loop gives up at once when its run is aborted (see `waits`).
+        #[cfg(not(gmem_loom))]
+        crate::waits::check_abort();
         #[cfg(not(gmem_loom))]
         if attempt > 64 {
             std::thread::sleep(std::time::Duration::from_micros(u64::from(attempt.min(1000))));
@@ -139,19 +144,67 @@ pub mod thread {
     /// Waits until `done()` returns true. Why not a bare `spin_hint` loop: outside loom the
     /// waiter may wait for a thread that is itself waiting for this core (the test machines have
     /// two), so after a short spin it yields and then sleeps briefly, as the kernel's sleeping
-    /// waits would. Under loom it is exactly a `spin_hint` loop.
-    pub fn wait_until(mut done: impl FnMut() -> bool) {
+    /// waits would. Once it starts yielding the wait is registered in the thread's
+    /// [`WaitDomain`](crate::waits::WaitDomain), if any, as a wait for the condition at the
+    /// caller's location, and polls the domain's abort. Under loom it is exactly a `spin_hint`
+    /// loop. Prefer [`wait_for`], which says what is waited for.
+    #[track_caller]
+    pub fn wait_until(done: impl FnMut() -> bool) {
+        let caller = std::panic::Location::caller();
+        wait_for("a condition", || format!("at {caller}").into(), done);
+    }
+
+    /// For tests: [`wait_until`], but a condition still false after `limit` is a panic that
+    /// says what was waited for, not a hang.
+    #[cfg(not(gmem_loom))]
+    #[track_caller]
+    pub fn wait_until_within(limit: std::time::Duration, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + limit;
+        let caller = std::panic::Location::caller();
+        wait_for(
+            "a test condition",
+            || format!("at {caller}").into(),
+            || {
+                if done() {
+                    return true;
+                }
+                assert!(std::time::Instant::now() < deadline, "{caller}: still waiting for {what} after {limit:?}");
+                false
+            },
+        );
+    }
+
+    /// [`wait_until`], registered as waiting on `kind` / `object` (e.g. `"SRCU grace period"`,
+    /// the srcu_struct's name) when it starts to block; `object` is only built then.
+    pub fn wait_for(
+        kind: &'static str,
+        object: impl FnOnce() -> std::borrow::Cow<'static, str>,
+        mut done: impl FnMut() -> bool,
+    ) {
+        #[cfg(gmem_loom)]
+        {
+            let _ = (kind, object);
+            while !done() {
+                spin_hint();
+            }
+        }
         #[cfg(not(gmem_loom))]
-        let mut spins: u32 = 0;
-        while !done() {
-            spin_hint();
-            #[cfg(not(gmem_loom))]
-            {
+        {
+            let mut spins: u32 = 0;
+            let mut object = Some(object);
+            let mut registered = None;
+            while !done() {
+                spin_hint();
                 spins = spins.saturating_add(1);
-                if spins > 1024 {
-                    std::thread::sleep(std::time::Duration::from_micros(50));
-                } else if spins > 64 {
-                    std::thread::yield_now();
+                if spins > 64 {
+                    let wait = registered
+                        .get_or_insert_with(|| crate::waits::waiting(kind, object.take().expect("registered once")));
+                    wait.check_abort();
+                    if spins > 1024 {
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                    } else {
+                        std::thread::yield_now();
+                    }
                 }
             }
         }

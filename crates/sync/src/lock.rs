@@ -5,6 +5,13 @@
 //! Every blocking acquisition is reported to lockdep *before* it blocks (as the kernel's
 //! `lock_acquire()` is), so an inversion is reported even when the run then deadlocks. Trylocks
 //! are recorded as held but create no dependency, because a trylock cannot wait.
+//!
+//! A blocking acquisition first tries the lock; only if that fails does it register as a wait
+//! in the thread's [`WaitDomain`](crate::waits::WaitDomain) (a "lock (exclusive)" or
+//! "lock (shared)" wait on the class name)
+//! and park in [`POLL`](crate::waits::POLL)-long timed tries, checking the domain's abort
+//! between them, so a supervisor can see and end a deadlock. Uncontended acquisitions cost what
+//! they did (one try-lock is what `lock()` starts with anyway).
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -75,6 +82,28 @@ fn instance<T: ?Sized>(lock: &T) -> usize {
     lock as *const T as *const () as usize
 }
 
+/// The slow path of a blocking acquisition whose first try failed: registered as a wait on
+/// the class, then timed tries until the lock is ours. Outside a supervised domain the tries
+/// are long (nothing to poll for); inside one each is [`POLL`](crate::waits::POLL) long and
+/// followed by an abort check.
+#[cfg(not(gmem_loom))]
+#[cold]
+fn contended<G>(
+    class: &'static LockClass,
+    mode: &'static str,
+    mut try_for: impl FnMut(std::time::Duration) -> Option<G>,
+) -> G {
+    // No allocation: contended acquisitions are frequent in a run.
+    let wait = crate::waits::waiting(mode, || class.name.into());
+    let timeout = if wait.supervised() { crate::waits::POLL } else { std::time::Duration::from_secs(3600) };
+    loop {
+        if let Some(guard) = try_for(timeout) {
+            return guard;
+        }
+        wait.check_abort();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Mutex
 
@@ -118,7 +147,10 @@ impl<T: ?Sized> Mutex<T> {
         #[cfg(gmem_loom)]
         let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         #[cfg(not(gmem_loom))]
-        let inner = self.inner.lock();
+        let inner = match self.inner.try_lock() {
+            Some(inner) => inner,
+            None => contended(self.class, "lock (exclusive)", |timeout| self.inner.try_lock_for(timeout)),
+        };
         MutexGuard { inner, _held: held }
     }
 
@@ -232,7 +264,10 @@ impl<T: ?Sized> RwLock<T> {
         #[cfg(gmem_loom)]
         let inner = self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         #[cfg(not(gmem_loom))]
-        let inner = self.inner.read();
+        let inner = match self.inner.try_read() {
+            Some(inner) => inner,
+            None => contended(self.class, "lock (shared)", |timeout| self.inner.try_read_for(timeout)),
+        };
         RwLockReadGuard { inner, _held: held }
     }
 
@@ -243,7 +278,10 @@ impl<T: ?Sized> RwLock<T> {
         #[cfg(gmem_loom)]
         let inner = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         #[cfg(not(gmem_loom))]
-        let inner = self.inner.write();
+        let inner = match self.inner.try_write() {
+            Some(inner) => inner,
+            None => contended(self.class, "lock (exclusive)", |timeout| self.inner.try_write_for(timeout)),
+        };
         RwLockWriteGuard { inner, _held: held }
     }
 

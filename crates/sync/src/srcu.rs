@@ -122,7 +122,20 @@ impl Srcu {
     }
 
     fn wait_for_readers(&self, half: usize) {
-        thread::wait_until(|| self.readers[half].load(Ordering::Acquire) == 0);
+        thread::wait_for(
+            "SRCU grace period",
+            || format!("of {} (readers on counter half {half})", self.name).into(),
+            || self.readers[half].load(Ordering::Acquire) == 0,
+        );
+    }
+
+    /// `(index, readers on half 0, readers on half 1)` now, for diagnoses of a stuck grace
+    /// period: which half `synchronize` waits for and who is still in it. Racy by nature.
+    pub fn state(&self) -> (usize, [usize; 2]) {
+        (
+            self.idx.load(Ordering::Relaxed),
+            [self.readers[0].load(Ordering::Relaxed), self.readers[1].load(Ordering::Relaxed)],
+        )
     }
 
     /// Number of index flips so far (tests use it to know a grace period has started).

@@ -126,6 +126,26 @@ pub fn gmem(fd: Option<i32>, file: &File, gmem: &KvmGmem) -> Vec<String> {
     lines
 }
 
+/// The `dump` verb's text for a whole simulated host: every VM the process has open, then every
+/// guest_memfd it can reach (open descriptors, then mappings). Used by `gmem-sim run`'s watchdog
+/// for the state it reports.
+pub fn host(host: &gmem_uapi::SimHost) -> Vec<String> {
+    let process = host.process();
+    let mut lines = Vec::new();
+    for fd in process.files.open_fds() {
+        if let Ok(kvm) = host.vm(fd) {
+            lines.extend(vm(fd, &kvm));
+        }
+    }
+    for fd in process.files.open_fds() {
+        let Some(file) = process.files.fget(fd) else { continue };
+        if let Some(kvm_gmem) = gmem_kvm::guest_memfd::gmem_of_file(&file) {
+            lines.extend(gmem(Some(fd), &file, kvm_gmem));
+        }
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use gmem_kvm::memslot::UserspaceMemoryRegion2;

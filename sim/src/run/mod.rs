@@ -68,6 +68,36 @@
 //! at the end. The exit status is 1 if there is any warning, violation, integrity error or
 //! unexpected VMM error.
 //!
+//! # The watchdog
+//!
+//! A broken model must not hang the run. Every wait of the model that can block (a contended
+//! lock, an SRCU grace period, a remote TLB flush waiting for a vCPU, the memslot swap waiting
+//! for MMU notifiers, a folio lock, a fault retrying behind an invalidation) registers, once it
+//! blocks, in the run's `gmem_sync::waits::WaitDomain`, which every worker thread joins. A
+//! watchdog thread ends the run when, for [`Config::watchdog`] (`--watchdog`, default
+//! [`DEFAULT_WATCHDOG`]), either no operation made progress (control operations, and vCPU
+//! operations the model did not give up on with EINTR after its fault-retry bound; an
+//! invariant check and a panic being reported stop the clock) or one thread stayed in one wait.
+//! It first takes the diagnosis from lock-free reads (the registered waits with their age; each
+//! thread's phase and operation, regenerated from its stream; the VM's
+//! `mmu_invalidate_in_progress`, range and sequence; `kvm->srcu`'s index and readers), then
+//! stops the run and aborts the domain's waits: each unwinds its thread (the vCPU threads and
+//! the control loop catch it), releasing its locks. The state dump (the `dump` verb's text) is
+//! taken after the threads are gone. The summary is not `ok`, its first failure says why the
+//! watchdog fired, and [`Summary::diagnosis`] holds the rest; the CLI prints them and the
+//! replay command and exits 1. If some thread does not unwind (a wait that does not poll), a
+//! fuse prints the report and the replay command and exits the process with status 1 after
+//! `UNWIND_GRACE` (at least the watchdog's bound): the run never hangs.
+//!
+//! A panic in a vCPU thread or the control loop is caught: a failure with its message, the
+//! other threads stopped (their waits aborted), the same diagnosis and state dump, exit 1.
+//!
+//! [`Config::breakage`] (`--break`, simulator-only) breaks a run on purpose to show both:
+//! `stuck-invalidation` leaves an MMU invalidation over all of guest memory open (what a
+//! missing `kvm_gmem_invalidate_end` leaves), `stuck-srcu-reader` leaves a `kvm->srcu` reader
+//! inside (the next memslot change waits for it forever), `vcpu-panic` panics vCPU 0 after
+//! [`BREAK_PANIC_AFTER`] operations.
+//!
 //! # Output
 //!
 //! A table (or, with `--json`, one JSON object) with the keys of [`Summary::fields`]:
@@ -99,8 +129,9 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gmem_kvm::vcpu::{RunError, VcpuExit};
@@ -112,8 +143,12 @@ use gmem_uapi::{SimHost, Vmm, VmmConfig};
 
 mod snp;
 mod tdx;
+mod watchdog;
+use gmem_sync::waits::{self, WaitDomain};
+use gmem_sync::CachePadded;
 use snp::SnpGuest;
 use tdx::{TdxCounters, TdxGuest};
+use watchdog::{phase, Status};
 
 /// Control operations between two invariant checks in release builds (throughput runs).
 pub const INVARIANT_EVERY: u64 = 64;
@@ -240,6 +275,72 @@ pub struct Config {
     pub kernel: String,
     /// The seed of every stream.
     pub seed: u64,
+    /// The watchdog's bound on time without progress (see [the module docs](self#the-watchdog)).
+    pub watchdog: Duration,
+    /// A deliberate breakage of the run, to see the watchdog and the panic handling work
+    /// (`--break`); `None` in every real run.
+    pub breakage: Option<Breakage>,
+}
+
+/// The default [`Config::watchdog`]: far above any legitimate pause (an invariant check of a
+/// 4 GiB VM is suspended from it, a fault retry lasts at most about half a second), short
+/// enough that a hung run is reported while its developer still waits for it.
+pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(5);
+
+/// After the watchdog aborts a run, how long the threads get to unwind (and the state dump to
+/// be taken) before the process prints what it has and exits with status 1 anyway.
+const UNWIND_GRACE: Duration = Duration::from_secs(2);
+
+/// The vCPU operation after which `--break vcpu-panic` panics vCPU 0.
+pub const BREAK_PANIC_AFTER: u64 = 100;
+
+/// A deliberate breakage (`--break`): simulator-only, to show what the watchdog and the panic
+/// handling report; the replay command carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Breakage {
+    /// Before its first operation the control thread opens an MMU invalidation over all of guest
+    /// memory (`kvm_mmu_invalidate_begin` and `_range_add` under `mmu_lock`) and never ends it,
+    /// as a `kvm_gmem_invalidate_begin` without its `_end` would leave it: every fault retries
+    /// until the model gives up, and nothing progresses.
+    StuckInvalidation,
+    /// Before its first operation the control thread has an SRCU read-side critical section
+    /// of `kvm->srcu` entered and never left (an `srcu_read_unlock` missing): the next memslot
+    /// change or guest_memfd close waits in `synchronize_srcu` forever, while the vCPUs go on.
+    StuckSrcuReader,
+    /// vCPU 0 panics after [`BREAK_PANIC_AFTER`] operations.
+    VcpuPanic,
+}
+
+impl Breakage {
+    /// The `--break` values.
+    pub const ALL: [Breakage; 3] = [Breakage::StuckInvalidation, Breakage::StuckSrcuReader, Breakage::VcpuPanic];
+
+    /// The `--break` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Breakage::StuckInvalidation => "stuck-invalidation",
+            Breakage::StuckSrcuReader => "stuck-srcu-reader",
+            Breakage::VcpuPanic => "vcpu-panic",
+        }
+    }
+
+    /// Parses a `--break` value.
+    pub fn parse(text: &str) -> Result<Breakage, String> {
+        Breakage::ALL.into_iter().find(|b| b.name() == text).ok_or_else(|| {
+            let names: Vec<&str> = Breakage::ALL.iter().map(|b| b.name()).collect();
+            format!("unknown breakage `{text}` (expected one of: {})", names.join(", "))
+        })
+    }
+}
+
+/// Parses `--watchdog` (seconds, more than 0 and at most a day).
+pub fn parse_watchdog(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs > 0.0 && *secs <= 86_400.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("`{text}` is not a number of seconds in (0, 86400]"))
 }
 
 impl Config {
@@ -253,6 +354,8 @@ impl Config {
             mix: Mix::parse(DEFAULT_MIX).expect("the default mix parses"),
             kernel: "v6.18".to_string(),
             seed,
+            watchdog: DEFAULT_WATCHDOG,
+            breakage: None,
         }
     }
 
@@ -262,7 +365,7 @@ impl Config {
             Length::Ops(n) => format!("--ops {n}"),
             Length::Duration(d) => format!("--duration {}", d.as_secs_f64()),
         };
-        format!(
+        let mut command = format!(
             "gmem-sim run --seed {:#x} {length} --vm-type {} --memory {} --vcpus {} --mix {} --kernel {}",
             self.seed,
             vm_type_name(self.vm_type),
@@ -270,7 +373,14 @@ impl Config {
             self.vcpus,
             self.mix,
             self.kernel
-        )
+        );
+        if self.watchdog != DEFAULT_WATCHDOG {
+            command.push_str(&format!(" --watchdog {}", self.watchdog.as_secs_f64()));
+        }
+        if let Some(breakage) = self.breakage {
+            command.push_str(&format!(" --break {}", breakage.name()));
+        }
+        command
     }
 
     fn pages(&self) -> u64 {
@@ -317,6 +427,9 @@ impl Config {
     /// Checks the configuration against the VM type and profile.
     pub fn validate(&self) -> Result<KernelProfile, String> {
         let profile = KernelProfile::by_name(&self.kernel)?;
+        if self.watchdog.is_zero() {
+            return Err("--watchdog must be more than 0 seconds".to_string());
+        }
         if self.vcpus == 0 || self.vcpus > 64 {
             return Err(format!("--vcpus {} is not in 1..=64", self.vcpus));
         }
@@ -700,6 +813,17 @@ struct Shared<'a> {
     errors: Mutex<Vec<String>>,
     integrity_errors: AtomicU64,
     vmm_errors: AtomicU64,
+    /// What each vCPU thread is doing, and its operations that made progress (all but those
+    /// the model gave up on with EINTR after its fault-retry bound).
+    vcpus: Vec<CachePadded<Status>>,
+    /// What the control thread is doing, and its operations.
+    control: CachePadded<Status>,
+    /// The run's threads, for the wait registry and the abort.
+    domain: Arc<WaitDomain>,
+    /// The origin of the [`Status`] timestamps.
+    epoch: Instant,
+    /// Panics of the run's threads, as failure lines.
+    panics: Mutex<Vec<String>>,
 }
 
 impl Shared<'_> {
@@ -733,15 +857,40 @@ impl Shared<'_> {
         (page / (self.config.pages() / u64::from(REGIONS))) as usize
     }
 
-    /// Waits at the pause barrier if the control thread asked for one.
-    fn maybe_pause(&self) {
+    /// Waits at the pause barrier if the control thread asked for one (not once the run is
+    /// stopping: the control thread may be gone).
+    fn maybe_pause(&self, status: &Status, index: u64) {
         if self.pause.load(Ordering::SeqCst) {
+            status.set(self.epoch, phase::PAUSED, index);
             self.paused.fetch_add(1, Ordering::SeqCst);
-            while self.pause.load(Ordering::SeqCst) {
+            while self.pause.load(Ordering::SeqCst) && !self.stop.load(Ordering::SeqCst) {
                 std::thread::yield_now();
             }
             self.paused.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// Panics caught so far (each began in the domain).
+    fn panics_caught(&self) -> usize {
+        self.panics.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// A worker thread (`name`, whose status is `status`) ended with a panic: an abort of its
+    /// wait by the run's [`WaitDomain`] is only recorded in its status (the abort's reason is
+    /// the run's failure); any other panic is a failure with its message, and stops the run,
+    /// aborting the waits of the other threads (which may wait for what the panicked thread
+    /// would have done).
+    fn worker_panicked(&self, name: &str, status: &Status, payload: Box<dyn std::any::Any + Send>) {
+        let op = status.op();
+        if payload.downcast_ref::<waits::Aborted>().is_some() {
+            status.set(self.epoch, phase::ABORTED, op);
+            return;
+        }
+        status.set(self.epoch, phase::PANICKED, op);
+        let message = waits::panic_message(&*payload);
+        self.panics.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{name} panicked: {message}"));
+        self.stop.store(true, Ordering::SeqCst);
+        self.domain.abort(&format!("the panic of {name}"));
     }
 }
 
@@ -859,8 +1008,16 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>, mut 
         shadow[(page / vcpus) as usize].value = image_record(page);
     }
     let mut index = 0u64;
+    let status = &shared.vcpus[vcpu as usize];
     while count.is_none_or(|count| index < count) && !shared.stop.load(Ordering::Relaxed) {
-        shared.maybe_pause();
+        shared.maybe_pause(status, index);
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        status.set(shared.epoch, phase::IN_OP, index);
+        if vcpu == 0 && index == BREAK_PANIC_AFTER && config.breakage == Some(Breakage::VcpuPanic) {
+            panic!("deliberate panic of vCPU 0 after {BREAK_PANIC_AFTER} operations (--break vcpu-panic)");
+        }
         let op = stream.next().expect("infinite stream");
         if let VcpuAction::Convert { npages, to_private } = op.action {
             if let Some(guest) = guest.as_mut() {
@@ -869,6 +1026,7 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>, mut 
             }
             index += 1;
             shared.vcpu_ops_done.fetch_add(1, Ordering::Relaxed);
+            status.moved();
             continue;
         }
         let write = op.is_write();
@@ -891,6 +1049,9 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>, mut 
         let stable = e1 == e2 && active == 0;
         let what = if write { "store" } else { "load" };
         let image_live = guest.as_ref().is_some_and(|guest| guest.image_live(op.page));
+        // EINTR is the model giving up on a fault that retried FAULT_RETRY_LIMIT times (the run
+        // injects no signals): the access did nothing, which is no progress.
+        let moved = !matches!(outcome, Some(Err(RunError::Errno(Errno::EINTR))));
         match outcome {
             None => {
                 // An SNP guest could not finish converting the page (its PSC kept failing while
@@ -982,8 +1143,11 @@ fn vcpu_thread(shared: &Shared<'_>, vcpu: u32, fd: i32, count: Option<u64>, mut 
         }
         index += 1;
         shared.vcpu_ops_done.fetch_add(1, Ordering::Relaxed);
+        if moved {
+            status.moved();
+        }
     }
-    shared.finished.fetch_add(1, Ordering::SeqCst);
+    status.set(shared.epoch, phase::FINISHED, index);
 }
 
 /// The result of a run.
@@ -999,6 +1163,10 @@ pub struct Summary {
     pub ok: bool,
     /// The replay command.
     pub reproduce: String,
+    /// When the watchdog ended the run or a thread panicked (why is in `failures`): who waited
+    /// on what, what each thread was doing, the MMU invalidation and SRCU state, and the state
+    /// dump.
+    pub diagnosis: Option<String>,
 }
 
 impl Summary {
@@ -1061,6 +1229,7 @@ fn progress_line(out: &mut dyn Write, done: u64, total: Option<u64>, started: In
 /// Runs the workload. `Err` is a setup error (bad configuration, VM creation failed).
 pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summary, String> {
     let profile = config.validate()?;
+    count_panics_in_runs();
     let vmm_config = VmmConfig { vm_type: config.vm_type, memory: config.memory, regions: REGIONS };
     let vmm = if config.is_tdx() {
         // An Intel host (kvm_intel with the TDX module), and a TD without SEPT_VE_DISABLE: an
@@ -1103,6 +1272,11 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         errors: Mutex::new(Vec::new()),
         integrity_errors: AtomicU64::new(0),
         vmm_errors: AtomicU64::new(0),
+        vcpus: (0..config.vcpus).map(|_| CachePadded::default()).collect(),
+        control: CachePadded::default(),
+        domain: WaitDomain::new(),
+        epoch: Instant::now(),
+        panics: Mutex::new(Vec::new()),
     };
     // An SNP guest's vCPUs boot: each sets up its GHCB. A TD's start with the image accepted.
     let mut guests: Vec<Option<CvmGuest<'_>>> = Vec::new();
@@ -1120,25 +1294,51 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
     let mut checks = 0u64;
     let mut violations = Vec::new();
     let total_ops = counts.as_ref().map(|(per, control)| per.iter().sum::<u64>() + control);
+    // Taken now, while nothing can be stuck: the watchdog reads the VM's state lock-free.
+    let kvm = vmm.host().vm(vmm.vm_fd()).ok();
+    let vcpus = config.vcpus as usize;
+    let deadline = match config.length {
+        Length::Duration(d) => Some(started + d),
+        Length::Ops(_) => None,
+    };
+    let (over, watching) = std::sync::mpsc::channel::<()>();
+    let mut tripped = None;
     std::thread::scope(|scope| {
         for (v, (&fd, guest)) in fds.iter().zip(guests).enumerate() {
             let count = counts.as_ref().map(|(per, _)| per[v]);
             let shared = &shared;
             std::thread::Builder::new()
                 .name(format!("vcpu{v}"))
-                .spawn_scoped(scope, move || vcpu_thread(shared, v as u32, fd, count, guest))
+                .spawn_scoped(scope, move || {
+                    let _member = shared.domain.enter(format!("vcpu{v}"));
+                    let body = AssertUnwindSafe(|| vcpu_thread(shared, v as u32, fd, count, guest));
+                    if let Err(payload) = catch_unwind(body) {
+                        shared.worker_panicked(&format!("vcpu{v}"), &shared.vcpus[v], payload);
+                    }
+                    shared.finished.fetch_add(1, Ordering::SeqCst);
+                })
                 .expect("spawn a vCPU thread");
         }
+        let watcher = std::thread::Builder::new()
+            .name("watchdog".to_string())
+            .spawn_scoped(scope, || {
+                let trip = watchdog::watch(&shared, deadline, watching)?;
+                // Diagnose before the abort changes what the threads are doing; arm the fuse
+                // before anything that could itself hang.
+                let reason = trip.reason(config.watchdog);
+                let diagnosis = watchdog::diagnose(&shared, kvm.as_deref(), shared.epoch);
+                let report = format!("{reason}\n{diagnosis}replay: {}", config.reproduce_command());
+                let fuse = watchdog::Fuse::arm(watchdog::grace(config.watchdog), report);
+                shared.stop.store(true, Ordering::SeqCst);
+                shared.domain.abort("the watchdog");
+                Some((reason, diagnosis, fuse))
+            })
+            .expect("spawn the watchdog thread");
         let control_limit = counts.as_ref().map(|(_, control)| *control);
         let mut stream = ControlStream::new(config);
         // vCPU operations per control operation, to spread control operations over the run.
         let control_total = config.control_mix().control_total();
         let ratio = if control_total == 0 { 0.0 } else { config.vcpu_weight() as f64 / control_total as f64 };
-        let vcpus = config.vcpus as usize;
-        let deadline = match config.length {
-            Length::Duration(d) => Some(started + d),
-            Length::Ops(_) => None,
-        };
         let mut last_progress = Instant::now();
         let mut tick = |shared: &Shared<'_>, control_done: u64, progress: &mut Option<&mut dyn Write>| {
             if let Some(out) = progress.as_deref_mut() {
@@ -1152,12 +1352,22 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
                 shared.stop.store(true, Ordering::SeqCst);
             }
         };
-        loop {
+        let member = shared.domain.enter("control");
+        let epoch = shared.epoch;
+        let control = AssertUnwindSafe(|| loop {
+            if let (0, Some(breakage), Some(kvm)) = (control_done, config.breakage, kvm.as_deref()) {
+                match breakage {
+                    Breakage::StuckInvalidation => leave_an_invalidation_open(kvm, config),
+                    Breakage::StuckSrcuReader => leave_an_srcu_reader_inside(kvm),
+                    Breakage::VcpuPanic => {}
+                }
+            }
             if control_limit.is_some_and(|limit| control_done >= limit) || shared.stop.load(Ordering::SeqCst) {
                 break;
             }
             let Some(op) = stream.next() else { break };
             // Pace: wait until the vCPUs made their share of accesses.
+            shared.control.set(epoch, phase::PACING, control_done);
             let due = (control_done as f64 * ratio) as u64;
             while shared.vcpu_ops_done.load(Ordering::Relaxed) < due
                 && shared.finished.load(Ordering::SeqCst) < vcpus
@@ -1166,35 +1376,76 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
                 tick(&shared, control_done, &mut progress);
                 std::thread::yield_now();
             }
+            shared.control.set(epoch, phase::IN_OP, control_done);
             control_op(&shared, op);
             control_done += 1;
+            shared.control.moved();
             tick(&shared, control_done, &mut progress);
             if CHECK_EVERY_CONTROL_OP || control_done % INVARIANT_EVERY == 0 {
+                shared.control.set(epoch, phase::PAUSING, control_done);
                 shared.pause.store(true, Ordering::SeqCst);
-                while shared.paused.load(Ordering::SeqCst) + shared.finished.load(Ordering::SeqCst) < vcpus {
+                while shared.paused.load(Ordering::SeqCst) + shared.finished.load(Ordering::SeqCst) < vcpus
+                    && !shared.stop.load(Ordering::SeqCst)
+                {
                     std::thread::yield_now();
                 }
-                checks += 1;
-                violations.extend(vmm.check_invariants());
+                if !shared.stop.load(Ordering::SeqCst) {
+                    shared.control.set(epoch, phase::CHECKING, control_done);
+                    checks += 1;
+                    violations.extend(vmm.check_invariants());
+                }
                 shared.pause.store(false, Ordering::SeqCst);
                 while shared.paused.load(Ordering::SeqCst) != 0 {
                     std::thread::yield_now();
                 }
             }
+        });
+        if let Err(payload) = catch_unwind(control) {
+            shared.worker_panicked("control", &shared.control, payload);
+            // vCPUs at the pause barrier see `stop` and leave.
+        }
+        drop(member);
+        if !matches!(shared.control.phase(), phase::PANICKED | phase::ABORTED) {
+            shared.control.set(epoch, phase::FINAL_WAIT, control_done);
         }
         while shared.finished.load(Ordering::SeqCst) < vcpus {
             tick(&shared, control_done, &mut progress);
             std::thread::sleep(Duration::from_millis(1));
         }
+        if shared.control.phase() == phase::FINAL_WAIT {
+            shared.control.set(epoch, phase::FINISHED, control_done);
+        }
+        // Every worker is done: the watchdog stops watching (if it has not tripped meanwhile).
+        let _ = over.send(());
+        tripped = watcher.join().unwrap_or_else(|payload| std::panic::resume_unwind(payload));
     });
+    let panics = shared.panics.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // After an abort or a panic the model's state is whatever the unwound threads left: the
+    // report is the diagnosis and the state dump, not an invariant check. Taking the dump may
+    // meet something an unwound thread left locked, so a fuse bounds it too.
+    let (fuse, reason, diagnosis) = match tripped {
+        Some((reason, diagnosis, fuse)) => {
+            (Some(fuse), Some(reason), Some(format!("{diagnosis}{}", watchdog::state_dump(&vmm))))
+        }
+        None if !panics.is_empty() => {
+            let report = format!("{}\nreplay: {}", panics.join("\n"), config.reproduce_command());
+            let fuse = watchdog::Fuse::arm(watchdog::grace(config.watchdog), report);
+            let diagnosis = watchdog::diagnose(&shared, kvm.as_deref(), shared.epoch);
+            (Some(fuse), None, Some(format!("{diagnosis}{}", watchdog::state_dump(&vmm))))
+        }
+        None => (None, None, None),
+    };
+    drop(kvm);
     let elapsed = started.elapsed();
     if let Some(out) = progress {
         let done = shared.vcpu_ops_done.load(Ordering::Relaxed) + control_done;
         progress_line(out, done, Some(done), started, config.length);
         let _ = writeln!(out);
     }
-    checks += 1;
-    violations.extend(vmm.check_invariants());
+    if fuse.is_none() {
+        checks += 1;
+        violations.extend(vmm.check_invariants());
+    }
     let failed_conversions = vmm.stats.map_gpa_range_failures.load(Ordering::Relaxed);
     if failed_conversions != 0 {
         shared.error(
@@ -1203,12 +1454,15 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         );
     }
     let warnings = vmm.host().machine().warnings.snapshot();
-    let mut failures = shared.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // A panic first, then why the watchdog ended the run, then what the run found.
+    let mut failures = panics.clone();
+    failures.extend(reason);
+    failures.extend(shared.errors.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
     failures.extend(warnings.iter().map(|w| w.to_string()));
     failures.extend(violations.iter().map(|v| format!("invariant violated: {v}")));
     let integrity = shared.integrity_errors.load(Ordering::Relaxed);
     let vmm_errors = shared.vmm_errors.load(Ordering::Relaxed);
-    let ok = integrity == 0 && vmm_errors == 0 && warnings.is_empty() && violations.is_empty();
+    let ok = integrity == 0 && vmm_errors == 0 && warnings.is_empty() && violations.is_empty() && diagnosis.is_none();
     let snp = &shared.snp;
     let guest_conversions = shared.guest_conversions.load(Ordering::Relaxed);
     let vcpu_ops = shared.vcpu_ops_done.load(Ordering::Relaxed);
@@ -1311,7 +1565,48 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         ("vmm_errors", vmm_errors.to_string()),
         ("ok", ok.to_string()),
     ]);
-    Ok(Summary { fields, failures, ok, reproduce: config.reproduce_command() })
+    let summary = Summary { fields, failures, ok, reproduce: config.reproduce_command(), diagnosis };
+    // Tearing the VM down (closing every descriptor) may meet what an unwound thread left
+    // behind, so it is under the fuse too.
+    drop(shared);
+    drop(vmm);
+    drop(fuse);
+    Ok(summary)
+}
+
+/// Chains a panic hook (once per process) that counts each panic beginning in a run's thread
+/// in the run's [`WaitDomain`], so the watchdog does not take a slow panic report for a hang.
+fn count_panics_in_runs() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            waits::note_panic();
+            previous(info);
+        }));
+    });
+}
+
+/// `--break stuck-invalidation`: an MMU invalidation over all of guest memory that is begun
+/// and never ended, exactly what a `kvm_gmem_invalidate_begin` without its
+/// `kvm_gmem_invalidate_end` leaves behind (`mmu_invalidate_in_progress` stays above zero, so
+/// every fault in the range retries).
+fn leave_an_invalidation_open(kvm: &gmem_kvm::Kvm, config: &Config) {
+    let start = gmem_kvm::Gpa(Vmm::page_gpa(0)).to_gfn();
+    let end = gmem_kvm::Gpa(Vmm::page_gpa(config.pages())).to_gfn();
+    let _mmu_lock = kvm.mmu_lock_write();
+    kvm.mmu_invalidate_begin();
+    kvm.mmu_invalidate_range_add(start, end);
+}
+
+/// `--break stuck-srcu-reader`: a read-side critical section of `kvm->srcu` that is never
+/// left. Entered on a thread of its own, which then ends: the reader is nobody the run's
+/// threads know (in checked builds the control thread's own `synchronize` would otherwise be
+/// refused as a self-deadlock, not wait).
+fn leave_an_srcu_reader_inside(kvm: &gmem_kvm::Kvm) {
+    std::thread::scope(|scope| {
+        scope.spawn(|| std::mem::forget(kvm.srcu_read_lock()));
+    });
 }
 
 /// Lets vCPUs run for a moment (against a deleted memslot or a closed guest_memfd).
