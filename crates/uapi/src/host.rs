@@ -41,9 +41,11 @@ pub type Stat = Kstat;
 static KVM_VM_FOPS: FileOperations =
     FileOperations { name: "kvm_vm_fops", release: Some(kvm_vm_release), llseek: Some(noop_llseek), ..EMPTY_FOPS };
 
-/// `kvm_vcpu_fops`: a vCPU file's release drops the VM reference it holds.
+/// `kvm_vcpu_fops`: a vCPU file's release drops the VM reference it holds; `llseek` is
+/// `noop_llseek` (measured on 6.18.44: `lseek` on a vCPU returns 0). Its `mmap` (the `kvm_run`
+/// page and the PIO and coalesced-MMIO pages) is not modelled: `mmap` of a vCPU is ENODEV here.
 static KVM_VCPU_FOPS: FileOperations =
-    FileOperations { name: "kvm_vcpu_fops", release: Some(kvm_vcpu_release), ..EMPTY_FOPS };
+    FileOperations { name: "kvm_vcpu_fops", release: Some(kvm_vcpu_release), llseek: Some(noop_llseek), ..EMPTY_FOPS };
 
 /// `file->private_data` of a vCPU file.
 struct VcpuFile {
@@ -211,12 +213,16 @@ impl SimHost {
         Ok(fd)
     }
 
-    /// The VM behind a descriptor for a VM ioctl: EBADF if it is not open, ENOTTY if it is not a
-    /// VM (its file has no such ioctl).
+    /// The VM behind a descriptor for a VM ioctl: EBADF if it is not open; on a vCPU,
+    /// `kvm_vcpu_ioctl` gets the command: EIO once its VM is dead, else EINVAL (the default of
+    /// `kvm_arch_vcpu_ioctl`); ENOTTY for any other file (it has no ioctl, or not this one).
     pub fn vm(&self, vm_fd: i32) -> Result<Arc<gmem_kvm::Kvm>> {
         let file = self.process.fget(vm_fd)?;
         let vm = if std::ptr::eq(file.f_op(), &KVM_VM_FOPS) {
             Ok(file.private::<VmFile>().expect("VM file").kvm.clone())
+        } else if std::ptr::eq(file.f_op(), &KVM_VCPU_FOPS) {
+            let vcpu = file.private::<VcpuFile>().expect("vCPU file");
+            Err(if vcpu.kvm.is_dead() { Errno::EIO } else { Errno::EINVAL })
         } else {
             Err(Errno::ENOTTY)
         };

@@ -85,6 +85,8 @@ pub enum Fd {
     /// The `n`-th most recent open, valid-looking guest_memfd created with `MMAP` (else as
     /// [`Fd::Gmem`]).
     Mappable(u8),
+    /// The `n`-th most recently created vCPU (among the open, valid-looking ones if any).
+    Vcpu(u8),
     /// The `n`-th most recent VM or guest_memfd that was closed or whose creation failed.
     Dead(u8),
     /// Standard input, output or error (`n` is 0, 1 or 2): open, but not KVM's.
@@ -216,7 +218,11 @@ pub enum AbstractOp {
     Madvise { map: MapRef, at: Place, len: AdviseLen, advice: u64 },
     /// `mlock`, or `munlock` when `unlock`.
     Mlock { map: MapRef, at: Place, len: AdviseLen, unlock: bool },
-    /// `close` of a VM or guest_memfd.
+    /// `create_vcpu` (`KVM_CREATE_VCPU`).
+    CreateVcpu { vm: Fd, id: u64 },
+    /// `pre_fault_memory` (`KVM_PRE_FAULT_MEMORY`) on a vCPU (or on what `vcpu` names).
+    PreFaultMemory { vcpu: Fd, gpa: u64, size: u64 },
+    /// `close` of a VM, guest_memfd or vCPU.
     Close { fd: Fd },
 }
 
@@ -224,10 +230,14 @@ pub enum AbstractOp {
 /// off.
 pub type Sequence = Vec<Option<AbstractOp>>;
 
-/// A generated case: a setup (a VM of the default type, one or two guest_memfds on it, and
-/// usually one or two mappings of the latest mappable one, so that the body has something to
-/// act on) and a body of random operations.
-pub type Case = (Option<AbstractOp>, Sequence, Sequence, Sequence);
+/// A generated case: a setup (a VM of the default type, one or two guest_memfds on it, often a
+/// vCPU or two, and usually one or two mappings of the latest mappable one, so that the body
+/// has something to act on) and a body of random operations.
+///
+/// vCPUs are created only in the setup, before anything is closed: a vCPU created later takes
+/// the lowest free descriptor, often a closed guest_memfd's, and the body's stale references
+/// to that name would then reach a vCPU, whose `mmap` (the `kvm_run` page) is not modelled.
+pub type Case = (Option<AbstractOp>, Sequence, Sequence, Sequence, Sequence);
 
 /// The strategy for one case: the setup and a body of `ops_max / 2 ..= ops_max` random
 /// operations; the renderer keeps at most `ops_max` operations in all.
@@ -236,8 +246,9 @@ pub fn sequence(ops_max: usize) -> impl Strategy<Value = Case> {
     let body_min = (ops_max / 2).max(1);
     let vm = slot(Just(AbstractOp::CreateVm { vm_type: 0 }).boxed(), 0.98);
     let gmems = vec(slot(setup_gmem(), 0.98), 1..=2);
+    let vcpus = vec(slot(create_vcpu(), 0.5), 1..=2);
     let maps = vec(slot(setup_mmap(), 0.7), 1..=2);
-    (vm, gmems, maps, vec(slot(op(), 0.98), body_min..=ops_max))
+    (vm, gmems, vcpus, maps, vec(slot(op(), 0.98), body_min..=ops_max))
 }
 
 /// An operation present with probability `p`, that shrinking can switch off (`None`).
@@ -302,6 +313,7 @@ pub fn op() -> BoxedStrategy<AbstractOp> {
         (3, check_extension()),
         (6, file_op()),
         (1, set_memory_attributes()),
+        (3, pre_fault_memory()),
     ])
     .boxed()
 }
@@ -317,6 +329,26 @@ fn vm_fd() -> BoxedStrategy<Fd> {
         (1, &[Std(0), Std(1), Std(2)]),
         (1, &[Invalid]),
     ])
+}
+
+/// `create_vcpu` (of the setup): mostly on a VM with a small id; the id limits of this
+/// machine's kernel (`KVM_MAX_VCPU_IDS` 4096) and of a `MAXSMP` build (16384), and other
+/// descriptors.
+fn create_vcpu() -> BoxedStrategy<AbstractOp> {
+    use Fd::*;
+    let vm = weighted(&[(10, &[Vm(0), Vm(1)]), (1, &[Dead(0), Gmem(0), Vcpu(0), Invalid])]);
+    let id = weighted(&[(6, &[0, 1, 2]), (2, &[4095, 4096, 16383, 16384]), (1, &[u64::MAX, 1 << 32])]);
+    (vm, id).prop_map(|(vm, id)| AbstractOp::CreateVcpu { vm, id }).boxed()
+}
+
+/// `pre_fault_memory`: mostly on a vCPU over a small aligned range; unaligned, empty and
+/// wrapping ranges, and descriptors that are not vCPUs.
+fn pre_fault_memory() -> BoxedStrategy<AbstractOp> {
+    use Fd::*;
+    let vcpu = weighted(&[(10, &[Vcpu(0), Vcpu(1)]), (1, &[Vm(0), Gmem(0), Dead(0), Invalid])]);
+    let gpa = weighted(&[(6, &[0, 2 * MIB, 4 * KIB]), (2, &[1, GPA_LIMIT_52, NEG_PAGE])]);
+    let size = weighted(&[(6, &[4 * KIB, 2 * MIB]), (2, &[0, 1, 4097, NEG_PAGE])]);
+    (vcpu, gpa, size).prop_map(|(vcpu, gpa, size)| AbstractOp::PreFaultMemory { vcpu, gpa, size }).boxed()
 }
 
 /// A file argument for calls that are safe on the standard streams (`fallocate`).
@@ -727,7 +759,12 @@ fn munmap() -> BoxedStrategy<AbstractOp> {
 
 fn close() -> BoxedStrategy<AbstractOp> {
     use Fd::*;
-    weighted(&[(5, &[Gmem(0), Gmem(1), Gmem(2)]), (1, &[Vm(0), Vm(1), Vm(2)]), (1, &[Dead(0), Dead(1)])])
-        .prop_map(|fd| AbstractOp::Close { fd })
-        .boxed()
+    weighted(&[
+        (5, &[Gmem(0), Gmem(1), Gmem(2)]),
+        (1, &[Vm(0), Vm(1), Vm(2)]),
+        (1, &[Dead(0), Dead(1)]),
+        (1, &[Vcpu(0)]),
+    ])
+    .prop_map(|fd| AbstractOp::Close { fd })
+    .boxed()
 }

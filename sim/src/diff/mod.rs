@@ -360,8 +360,8 @@ fn case_rng(case_seed: u64) -> TestRng {
 
 /// Renders a generated case.
 fn render_case(case: &gen::Case, ops_max: usize) -> Rendered {
-    let (vm, gmems, maps, body) = case;
-    render::render(std::iter::once(vm).chain(gmems).chain(maps).chain(body), ops_max)
+    let (vm, gmems, vcpus, maps, body) = case;
+    render::render(std::iter::once(vm).chain(gmems).chain(vcpus).chain(maps).chain(body), ops_max)
 }
 
 /// The sequence of case `case_seed` (for tests and tools): its script text.

@@ -89,6 +89,7 @@ struct Mapping {
 struct Scope {
     vms: Vec<Handle>,
     gmems: Vec<Gmem>,
+    vcpus: Vec<Handle>,
     maps: Vec<Mapping>,
     lines: Vec<String>,
 }
@@ -151,6 +152,7 @@ impl Scope {
             Fd::Vm(n) => self.vm_handle(n).map(|h| h.name.clone()),
             Fd::Gmem(n) => self.gmem(n).map(|g| g.handle.name.clone()),
             Fd::Mappable(n) => self.mappable(n).map(|g| g.handle.name.clone()),
+            Fd::Vcpu(n) => recent_preferring(&self.vcpus, n, Handle::usable).map(|h| h.name.clone()),
             Fd::Dead(n) => self.dead(n).map(|h| h.name.clone()),
             Fd::Std(n) if allow_std => Some((n % 3).to_string()),
             Fd::Unopened => Some("1000000".to_string()),
@@ -169,7 +171,7 @@ impl Scope {
     }
 
     fn next_order(&self) -> usize {
-        self.vms.len() + self.gmems.len()
+        self.vms.len() + self.gmems.len() + self.vcpus.len()
     }
 
     /// The index of the mapping `map` names, if the sequence has one.
@@ -314,15 +316,34 @@ impl Scope {
                 let verb = if *unlock { "munlock" } else { "mlock" };
                 format!("{verb} {} offset={} len={}", map.name, num(offset), num(len))
             }
+            AbstractOp::CreateVcpu { vm, id } => {
+                let name = format!("c{}", self.vcpus.len());
+                let vm_arg = self.fd(*vm, false);
+                let line = format!("{name} = create_vcpu {vm_arg} id={}", num(*id));
+                // A guess that steers references (the backends decide): a live VM, an id below
+                // this machine's KVM_MAX_VCPU_IDS, not taken yet on that VM.
+                let valid = self.usable_vm(&vm_arg) && *id < 4096;
+                let order = self.next_order();
+                self.vcpus.push(Handle { name, open: true, valid, order });
+                line
+            }
+            AbstractOp::PreFaultMemory { vcpu, gpa, size } => {
+                format!("pre_fault_memory {} gpa={} size={}", self.fd(*vcpu, false), num(*gpa), num(*size))
+            }
             AbstractOp::Close { fd } => {
                 let handle = match fd {
                     Fd::Vm(n) => self.vm_handle(*n)?,
+                    Fd::Vcpu(n) => recent_preferring(&self.vcpus, *n, Handle::usable)?,
                     Fd::Gmem(n) | Fd::Mappable(n) => &self.gmem(*n)?.handle,
                     Fd::Dead(n) => self.dead(*n)?,
                     Fd::Std(_) | Fd::Invalid | Fd::Unopened => return None,
                 };
                 let name = handle.name.clone();
-                let handles = self.vms.iter_mut().chain(self.gmems.iter_mut().map(|g| &mut g.handle));
+                let handles = self
+                    .vms
+                    .iter_mut()
+                    .chain(self.gmems.iter_mut().map(|g| &mut g.handle))
+                    .chain(self.vcpus.iter_mut());
                 for handle in handles.filter(|h| h.name == name) {
                     handle.open = false;
                 }

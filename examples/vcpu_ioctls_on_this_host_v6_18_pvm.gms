@@ -1,6 +1,6 @@
 # profile: v6.18-pvm
-# KVM_PRE_FAULT_MEMORY on this project's machines (Linux 6.18.44 with kvm_pvm). It is a vCPU
-# ioctl that runs no guest code, so it runs on /dev/kvm like the other host ioctls. This host
+# vCPU ioctls on this project's machines (Linux 6.18.44 with kvm_pvm). First KVM_PRE_FAULT_MEMORY:
+# a vCPU ioctl that runs no guest code, so it runs on /dev/kvm like the other host ioctls. This host
 # pages its guests with the shadow MMU (tdp_enabled off, KVM_CAP_PRE_FAULT_MEMORY 0), so no
 # range is ever mapped, but the checks before that still run, in the kernel's order:
 #   kvm_vcpu_pre_fault_memory: flags, then gpa/size page-aligned and not wrapping (EINVAL);
@@ -9,8 +9,8 @@
 #   is created or deleted (make_mmu_pages_available: ENOSPC), then
 #   kvm_tdp_map_page: not a TDP MMU (EOPNOTSUPP).
 # Measured on /dev/kvm with the kvm backend; the simulator under v6.18-pvm gives the same answers:
-#   gmem-sim script examples/pre_fault_memory_on_this_host_v6_18_pvm.gms --backend kvm --check
-#   gmem-sim script examples/pre_fault_memory_on_this_host_v6_18_pvm.gms --kernel v6.18-pvm --check
+#   gmem-sim script examples/vcpu_ioctls_on_this_host_v6_18_pvm.gms --backend kvm --check
+#   gmem-sim script examples/vcpu_ioctls_on_this_host_v6_18_pvm.gms --kernel v6.18-pvm --check
 
 vm = create_vm                                                   => ok
 # This kernel has no MAXSMP: KVM_MAX_VCPUS 1024, vCPU ids below KVM_MAX_VCPU_IDS (4096).
@@ -44,3 +44,14 @@ pre_fault_memory c gpa=0 size=4K                                 => EOPNOTSUPP
 # A second vCPU of the same VM: the budget is the VM's.
 c1 = create_vcpu vm id=1                                         => ok
 pre_fault_memory c1 gpa=0 size=4K                                => EOPNOTSUPP
+
+# A vCPU descriptor is a vCPU's file: a VM ioctl on it reaches kvm_vcpu_ioctl, whose x86 default
+# is EINVAL (not the ENOTTY of a file without ioctls), and lseek is noop_llseek.
+c2 = create_vcpu c1 id=2                                         => EINVAL
+check_extension c1 66                                            => EINVAL
+set_user_memory_region2 c1 slot=1 gpa=0 size=4K uaddr=auto       => EINVAL
+g = create_guest_memfd c1 size=4K                                => EINVAL
+lseek c1 offset=5 whence=SET                                     => ok 0
+# A vCPU ioctl on a guest_memfd: its file has no ioctls.
+g2 = create_guest_memfd vm size=4K                               => ok
+pre_fault_memory g2 gpa=0 size=4K                                => ENOTTY
