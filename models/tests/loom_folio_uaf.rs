@@ -29,18 +29,16 @@
 
 mod common;
 
-use common::check;
+use common::{check, one_page_vm, OnePageVm, GPA};
 use gmem_kvm::guest_memfd::{kvm_gmem_get_pfn, GmemWeakening};
-use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
 use gmem_kvm::mmu::RecordingMmu;
-use gmem_kvm::{Gfn, KernelProfile, Kvm, KvmSystem, VmType};
+use gmem_kvm::{Gfn, Kvm};
 use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
-use gmem_mm::{Machine, MachineConfig, PAGE_SIZE};
+use gmem_mm::{Machine, PAGE_SIZE};
 use gmem_sync::model::{explore, stop_exploring};
 use gmem_sync::{task, thread, Arc};
-use gmem_uapi::{kvm_create_guest_memfd, kvm_userspace_memory_region2, SimHost};
+use gmem_uapi::SimHost;
 
-const GPA: u64 = 0x10_0000;
 const GFN: Gfn = Gfn(GPA / PAGE_SIZE);
 
 struct Setup {
@@ -51,25 +49,7 @@ struct Setup {
 }
 
 fn setup(weakening: GmemWeakening) -> Setup {
-    let profile = KernelProfile::v6_18();
-    let machine = Machine::new(MachineConfig { vfs: profile.vfs_version(), ..MachineConfig::tiny(8) });
-    let system = KvmSystem::with_machine(machine.clone(), profile, Arc::new(|| Arc::new(RecordingMmu::new(true))));
-    let host = SimHost::with_system(system);
-    let vm_fd = host.create_vm(VmType::SwProtected as u64).expect("KVM_CREATE_VM");
-    let kvm = host.vm(vm_fd).expect("the VM fd");
-    let gmem_fd = host
-        .create_guest_memfd(vm_fd, &kvm_create_guest_memfd { size: PAGE_SIZE, flags: 0, ..Default::default() })
-        .expect("KVM_CREATE_GUEST_MEMFD");
-    let region = kvm_userspace_memory_region2 {
-        slot: 0,
-        flags: KVM_MEM_GUEST_MEMFD,
-        guest_phys_addr: GPA,
-        memory_size: PAGE_SIZE,
-        userspace_addr: 0x7f00_0000_0000,
-        guest_memfd: gmem_fd as u32,
-        ..Default::default()
-    };
-    host.set_user_memory_region2(vm_fd, &region).expect("KVM_SET_USER_MEMORY_REGION2");
+    let OnePageVm { host, machine, kvm, gmem_fd, .. } = one_page_vm(Arc::new(|| Arc::new(RecordingMmu::new(true))));
     kvm.weaken_gmem_for_test(weakening);
     Setup { host, machine, kvm, gmem_fd }
 }

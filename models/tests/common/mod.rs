@@ -14,6 +14,7 @@ use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
 use gmem_kvm::tdp_mmu::TdpMmu;
 use gmem_kvm::tlb::KVM_REQ_TLB_FLUSH;
 use gmem_kvm::vcpu::{guest_access, KvmVcpu};
+use gmem_kvm::vm::MmuFactory;
 use gmem_kvm::{KernelProfile, Kvm, KvmSystem, VmType};
 use gmem_mm::{Machine, MachineConfig, PAGE_SIZE};
 use gmem_sync::model::Builder;
@@ -111,11 +112,21 @@ pub struct Guest {
     pub gmem_fd: i32,
 }
 
-/// Builds the guest; with `faulted_in`, the vCPU accessed the page once (SPTE and TLB filled).
-pub fn guest(faulted_in: bool) -> Guest {
+/// A SW_PROTECTED VM on v6.18 on a tiny machine, with the MMU `mmu` makes and a 1-page
+/// guest_memfd bound at [`GPA`] (memslot 0): what the models of one private page start from.
+pub struct OnePageVm {
+    pub host: SimHost,
+    pub machine: Arc<Machine>,
+    pub kvm: Arc<Kvm>,
+    pub vm_fd: i32,
+    pub gmem_fd: i32,
+}
+
+/// Builds a [`OnePageVm`].
+pub fn one_page_vm(mmu: MmuFactory) -> OnePageVm {
     let profile = KernelProfile::v6_18();
     let machine = Machine::new(MachineConfig { vfs: profile.vfs_version(), ..MachineConfig::tiny(8) });
-    let system = KvmSystem::with_machine(machine.clone(), profile, TdpMmu::factory());
+    let system = KvmSystem::with_machine(machine.clone(), profile, mmu);
     let host = SimHost::with_system(system);
     let vm_fd = host.create_vm(VmType::SwProtected as u64).expect("KVM_CREATE_VM");
     let kvm = host.vm(vm_fd).expect("the VM fd");
@@ -133,6 +144,12 @@ pub fn guest(faulted_in: bool) -> Guest {
         ..Default::default()
     };
     host.set_user_memory_region2(vm_fd, &region).expect("KVM_SET_USER_MEMORY_REGION2");
+    OnePageVm { host, machine, kvm, vm_fd, gmem_fd }
+}
+
+/// Builds the guest; with `faulted_in`, the vCPU accessed the page once (SPTE and TLB filled).
+pub fn guest(faulted_in: bool) -> Guest {
+    let OnePageVm { host, machine, kvm, vm_fd, gmem_fd } = one_page_vm(TdpMmu::factory());
     host.set_memory_attributes(
         vm_fd,
         &kvm_memory_attributes { address: GPA, size: PAGE_SIZE, attributes: PRIVATE, ..Default::default() },
