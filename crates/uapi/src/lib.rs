@@ -17,6 +17,7 @@
 pub mod consts;
 mod convert;
 mod host;
+pub mod run;
 mod vmfd;
 pub mod vmm;
 
@@ -28,6 +29,7 @@ pub use kvm_bindings::{
     kvm_cpuid_entry2, kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_cmd, kvm_sev_init,
     kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, kvm_userspace_memory_region2,
 };
+pub use run::{GuestOp, GuestOutcome, GuestProgram, GuestSequence, HypercallExit, VcpuExit};
 pub use vmfd::{Kvm, VcpuFd, VmFd};
 pub use vmm::{Vmm, VmmConfig};
 
