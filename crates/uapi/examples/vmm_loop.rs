@@ -21,7 +21,10 @@
 //! `kvm_convert_memory` sets the attributes first (`KVM_SET_MEMORY_ATTRIBUTES`), then discards
 //! the side the range left: the shared backing (`madvise(MADV_DONTNEED)`) when it became
 //! private, the guest_memfd range (`fallocate(PUNCH_HOLE | KEEP_SIZE)`) when it became shared.
-//! Only the imports and the simulator's own calls (`set_guest`, the process's `mmap`,
+//! At the end it prints what the guest saw and checks it (the conversions' results, private
+//! data gone after a conversion to shared, the device's data): any difference, or an exit the
+//! loop cannot handle, is exit status 1, so CI runs it as a test. Only the imports and the
+//! simulator's own calls (`set_guest`, the process's `mmap`,
 //! `madvise`, `fallocate`) differ from a VMM on kvm-ioctls.
 
 use gmem_uapi::consts::{
@@ -144,8 +147,36 @@ fn run_one(vm_type: u64) -> Result<(), String> {
             VcpuExit::FailEntry(reason, cpu) => return Err(format!("KVM_EXIT_FAIL_ENTRY {reason:#x} on CPU {cpu}")),
         }
     }
-    for (op, outcome) in machine.vcpu.take_guest_outcomes() {
-        println!("  guest {} -> {}", describe(&op), show(&outcome));
+    let outcomes = machine.vcpu.take_guest_outcomes();
+    for (op, outcome) in &outcomes {
+        println!("  guest {} -> {}", describe(op), show(outcome));
+    }
+    check(&outcomes, machine.gmem.is_some())
+}
+
+/// What the guest must have seen: on a VM with private memory its conversions succeeded and
+/// page 1's private data was gone once the page became shared (the guest_memfd was punched);
+/// on a DEFAULT VM the kernel answered the conversion requests itself (`-KVM_ENOSYS`: the exit
+/// is not enabled) and the page kept its data. The device's reads return what the VMM wrote.
+fn check(outcomes: &[(GuestOp, GuestOutcome)], private_mem: bool) -> Result<(), String> {
+    const KVM_ENOSYS: u64 = 1000;
+    let mapped = GuestOutcome::Mapped { ret: if private_mem { 0 } else { KVM_ENOSYS.wrapping_neg() } };
+    let loaded = |bytes: &[u8]| GuestOutcome::Loaded(bytes.to_vec());
+    let expected = [
+        mapped.clone(),
+        GuestOutcome::Stored,
+        loaded(b"private!"),
+        GuestOutcome::Stored,
+        loaded(b"shared!!"),
+        mapped,
+        loaded(if private_mem { &[0; 8] } else { b"private!" }),
+        loaded(b"device!\n"),
+        GuestOutcome::Stored,
+        loaded(b"written\n"),
+    ];
+    let got: Vec<&GuestOutcome> = outcomes.iter().map(|(_, outcome)| outcome).collect();
+    if got.len() != expected.len() || got.iter().zip(&expected).any(|(got, want)| *got != want) {
+        return Err(format!("the guest saw {got:?}, expected {expected:?}"));
     }
     Ok(())
 }

@@ -289,16 +289,7 @@ impl Guest {
 
     /// Whether an exit of the operation in flight waits for user space's completion.
     pub(crate) fn waits_for_completion(&self) -> bool {
-        matches!(
-            self.current,
-            Some((
-                _,
-                OpState::Mmio { .. }
-                    | OpState::Hypercall
-                    | OpState::Snp { phase: SnpPhase::PscWaiting, .. }
-                    | OpState::TdxMapGpa { waiting: true, .. }
-            ))
-        )
+        self.current.as_ref().is_some_and(|(_, state)| is_waiting(*state))
     }
 
     /// The completed operations since the last call, with their outcomes.
@@ -325,9 +316,25 @@ impl Guest {
                     }
                 },
             };
-            match self.step(host, vcpu_fd, run, op, state)? {
-                Step::Continue => {}
-                Step::Exit(exit) => return Ok(exit),
+            let waiting = is_waiting(state);
+            let saved = (!waiting).then(|| op.clone());
+            match self.step(host, vcpu_fd, run, op, state) {
+                Ok(Step::Continue) => {}
+                Ok(Step::Exit(exit)) => {
+                    if let Exit::Hypercall { .. } = exit {
+                        // KVM zeroes hypercall.ret before the exit (for VMMs that do not set it).
+                        run.hypercall_ret = 0;
+                    }
+                    return Ok(exit);
+                }
+                Err(errno) => {
+                    // An instruction that failed before it could park itself is executed again
+                    // at the next run; a failed completion abandons its operation.
+                    if self.current.is_none() {
+                        self.current = saved.map(|op| (op, state));
+                    }
+                    return Err(errno);
+                }
             }
         }
     }
@@ -578,13 +585,22 @@ impl Guest {
             Ok(TdvmcallResult { r10: 0, .. }) if to_private => self.park_continue(op, OpState::TdxAccept),
             Ok(TdvmcallResult { r10, .. }) => self.finish(op, GuestOutcome::Mapped { ret: r10 }),
             Err(error @ RunError::Exit(_)) => self.fail(op, OpState::TdxMapGpa { next, waiting: false, stalls }, error),
-            Err(error) => {
-                // An entry error: MapGPA is issued again from `next` at the next run.
-                self.current = Some((op, OpState::TdxMapGpa { next, waiting: false, stalls }));
-                Err(run_errno(error))
-            }
+            // An entry error: `run` issues MapGPA again from `next` at the next run, unless this
+            // was the completion of an exit (then the request is abandoned).
+            Err(error) => Err(run_errno(error)),
         }
     }
+}
+
+/// Whether an operation at `state` waits for the completion of its exit.
+fn is_waiting(state: OpState) -> bool {
+    matches!(
+        state,
+        OpState::Mmio { .. }
+            | OpState::Hypercall
+            | OpState::Snp { phase: SnpPhase::PscWaiting, .. }
+            | OpState::TdxMapGpa { waiting: true, .. }
+    )
 }
 
 /// The SNP phase a page starts at.
@@ -648,4 +664,339 @@ fn access(
         gpa
     };
     host.guest_access(vcpu_fd, gpa, buf, write, private)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Kvm, VcpuFd, VmFd};
+    use gmem_arch::sev::ghcb::GHCB_MSR_PSC_RESP_ERROR;
+    use gmem_arch::tdx::run::TDVMCALL_STATUS_INVALID_OPERAND;
+    use gmem_kvm::vcpu::{KVM_ENOSYS, KVM_MEMORY_EXIT_FLAG_PRIVATE};
+    use gmem_kvm::KernelProfile;
+    use kvm_bindings::{
+        kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_init, kvm_sev_snp_launch_finish,
+        kvm_sev_snp_launch_start, kvm_userspace_memory_region2,
+    };
+
+    const RAM: u64 = 1 << 20;
+    const RAM_SIZE: u64 = 1 << 20;
+    /// A gpa no memslot backs.
+    const HOLE: u64 = 0xfed0_0000;
+
+    fn page(n: u64) -> u64 {
+        RAM + n * PAGE_SIZE
+    }
+
+    /// The pieces of a QEMU-shaped VM: one memslot of RAM at 1 MiB, a guest_memfd and all of it
+    /// PRIVATE for VM types with private memory, the MAP_GPA_RANGE exit enabled, one vCPU; SNP
+    /// and TDX launched (`launch`) or left before the launch's end.
+    struct Machine {
+        _kvm: Kvm,
+        vm: VmFd,
+        vcpu: VcpuFd,
+    }
+
+    fn machine(vm_type: u32, launch: bool) -> Machine {
+        let kvm = if vm_type == kvm_bindings::KVM_X86_TDX_VM {
+            Kvm::new_intel(KernelProfile::v6_18())
+        } else {
+            Kvm::new().unwrap()
+        };
+        let host = kvm.host().clone();
+        let vm = kvm.create_vm_with_type(vm_type.into()).unwrap();
+        let snp = vm_type == kvm_bindings::KVM_X86_SNP_VM;
+        let tdx = vm_type == kvm_bindings::KVM_X86_TDX_VM;
+        let private_mem = vm_type != kvm_bindings::KVM_X86_DEFAULT_VM;
+        let sev_fd = snp.then(|| host.open_dev_sev().unwrap());
+        if snp {
+            vm.sev_init2(&kvm_sev_init::default()).unwrap();
+        }
+        if tdx {
+            let cpuid = [kvm_bindings::kvm_cpuid_entry2 { function: 0x8000_0008, eax: 48 << 16, ..Default::default() }];
+            vm.tdx_init_vm(&Default::default(), &cpuid).unwrap();
+        }
+        if private_mem {
+            let cap = kvm_bindings::kvm_enable_cap {
+                cap: kvm_bindings::KVM_CAP_EXIT_HYPERCALL,
+                args: [1 << KVM_HC_MAP_GPA_RANGE, 0, 0, 0],
+                ..Default::default()
+            };
+            vm.enable_cap(&cap).unwrap();
+        }
+        if let Some(sev_fd) = sev_fd {
+            vm.snp_launch_start(sev_fd, &kvm_sev_snp_launch_start { policy: 0x30000, ..Default::default() }).unwrap();
+        }
+        let gmem = private_mem
+            .then(|| vm.create_guest_memfd(kvm_create_guest_memfd { size: RAM_SIZE, ..Default::default() }).unwrap());
+        let region = kvm_userspace_memory_region2 {
+            flags: if private_mem { kvm_bindings::KVM_MEM_GUEST_MEMFD } else { 0 },
+            guest_phys_addr: RAM,
+            memory_size: RAM_SIZE,
+            userspace_addr: host.process().mmap_anonymous(RAM_SIZE).unwrap(),
+            guest_memfd: gmem.map_or(0, |fd| fd as u32),
+            ..Default::default()
+        };
+        // SAFETY: the simulator checks the region as the kernel does; nothing here is unsound.
+        unsafe { vm.set_user_memory_region2(region) }.unwrap();
+        if private_mem {
+            set_private(&vm, RAM, RAM_SIZE, true);
+        }
+        let vcpu = vm.create_vcpu(0).unwrap();
+        if launch {
+            if let Some(sev_fd) = sev_fd {
+                vm.snp_launch_finish(sev_fd, &kvm_sev_snp_launch_finish::default()).unwrap();
+            }
+            if tdx {
+                vcpu.tdx_init_vcpu(0).unwrap();
+                vm.tdx_finalize_vm().unwrap();
+            }
+        }
+        Machine { _kvm: kvm, vm, vcpu }
+    }
+
+    fn set_private(vm: &VmFd, gpa: u64, size: u64, private: bool) {
+        let attributes = if private { u64::from(kvm_bindings::KVM_MEMORY_ATTRIBUTE_PRIVATE) } else { 0 };
+        vm.set_memory_attributes(kvm_memory_attributes { address: gpa, size, attributes, flags: 0 }).unwrap();
+    }
+
+    fn outcomes(vcpu: &mut VcpuFd) -> Vec<GuestOutcome> {
+        vcpu.take_guest_outcomes().into_iter().map(|(_, outcome)| outcome).collect()
+    }
+
+    fn load(gpa: u64, len: usize, private: Option<bool>) -> GuestOp {
+        GuestOp::Load { gpa, len, private }
+    }
+
+    fn store(gpa: u64, data: &[u8], private: Option<bool>) -> GuestOp {
+        GuestOp::Store { gpa, data: data.to_vec(), private }
+    }
+
+    /// `KVM_HC_MAP_GPA_RANGE` exits with the guest's gpa, page count and attributes, in long
+    /// mode, with `ret` zeroed; what the VMM writes into `ret` is the guest's RAX at the next
+    /// run (here a failure code, so nothing is converted and the guest sees it).
+    #[test]
+    fn the_hypercall_exit_hands_ret_to_the_guest() {
+        let mut m = machine(kvm_bindings::KVM_X86_SW_PROTECTED_VM, true);
+        let ops = [
+            GuestOp::MapGpaRange { gpa: page(2), size: 3 * PAGE_SIZE, to_private: false },
+            GuestOp::MapGpaRange { gpa: page(2), size: PAGE_SIZE, to_private: true },
+        ];
+        m.vcpu.set_guest(GuestSequence::new(ops)).unwrap();
+        match m.vcpu.run().unwrap() {
+            VcpuExit::Hypercall(HypercallExit { nr, args, ret, longmode }) => {
+                assert_eq!((nr, args, *ret, longmode), (KVM_HC_MAP_GPA_RANGE, [page(2), 3, 0, 0, 0, 0], 0, 1));
+                *ret = 0x1234;
+            }
+            other => panic!("expected a hypercall exit, got {other:?}"),
+        }
+        match m.vcpu.run().unwrap() {
+            VcpuExit::Hypercall(exit) => {
+                assert_eq!(exit.args[..3], [page(2), 1, KVM_MAP_GPA_RANGE_ENCRYPTED]);
+                assert_eq!(*exit.ret, 0, "KVM zeroes hypercall.ret before each exit");
+            }
+            other => panic!("expected a hypercall exit, got {other:?}"),
+        }
+        assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)));
+        assert_eq!(outcomes(&mut m.vcpu), [GuestOutcome::Mapped { ret: 0x1234 }, GuestOutcome::Mapped { ret: 0 }]);
+    }
+
+    /// A load from a gpa no memslot backs is `MmioRead` with a slice of the access's length;
+    /// the bytes the VMM writes into it are what the guest's load returns. A store is
+    /// `MmioWrite` with the guest's bytes.
+    #[test]
+    fn mmio_read_data_reaches_the_guest_load() {
+        let mut m = machine(kvm_bindings::KVM_X86_DEFAULT_VM, true);
+        m.vcpu.set_guest(GuestSequence::new([load(HOLE + 4, 4, None), store(HOLE, b"out", None)])).unwrap();
+        match m.vcpu.run().unwrap() {
+            VcpuExit::MmioRead(addr, data) => {
+                assert_eq!((addr, data.len()), (HOLE + 4, 4));
+                data.copy_from_slice(b"dev!");
+            }
+            other => panic!("expected an MMIO read, got {other:?}"),
+        }
+        match m.vcpu.run().unwrap() {
+            VcpuExit::MmioWrite(addr, data) => assert_eq!((addr, data), (HOLE, &b"out"[..])),
+            other => panic!("expected an MMIO write, got {other:?}"),
+        }
+        assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)));
+        assert_eq!(outcomes(&mut m.vcpu), [GuestOutcome::Loaded(b"dev!".to_vec()), GuestOutcome::Stored]);
+    }
+
+    /// A private access to a shared page is `MemoryFault` with the private flag, the page's gpa
+    /// and size; until the VMM converts, every run repeats it (the access is retried); after
+    /// the conversion the access completes and the guest goes on to halt, for good.
+    #[test]
+    fn a_memory_fault_is_retried_until_the_vmm_converts() {
+        let mut m = machine(kvm_bindings::KVM_X86_SW_PROTECTED_VM, true);
+        set_private(&m.vm, page(1), PAGE_SIZE, false);
+        m.vcpu
+            .set_guest(GuestSequence::new([store(page(1) + 8, b"secret", Some(true)), load(page(1) + 8, 6, None)]))
+            .unwrap();
+        for _ in 0..2 {
+            match m.vcpu.run().unwrap() {
+                VcpuExit::MemoryFault { flags, gpa, size } => {
+                    assert_eq!((flags, gpa, size), (KVM_MEMORY_EXIT_FLAG_PRIVATE, page(1), PAGE_SIZE))
+                }
+                other => panic!("expected a memory fault, got {other:?}"),
+            }
+        }
+        assert!(outcomes(&mut m.vcpu).is_empty(), "the faulting store did not complete");
+        set_private(&m.vm, page(1), PAGE_SIZE, true);
+        assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)));
+        assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)), "a halted guest stays halted");
+        assert_eq!(outcomes(&mut m.vcpu), [GuestOutcome::Stored, GuestOutcome::Loaded(b"secret".to_vec())]);
+    }
+
+    /// Without a workload the vCPU halts; a closure workload sees each outcome (here it stores
+    /// what it loaded, shifted by one); on a DEFAULT VM, where no exit is enabled, the kernel
+    /// answers MAP_GPA_RANGE itself with -KVM_ENOSYS.
+    #[test]
+    fn closures_see_outcomes_and_the_kernel_answers_without_the_exit() {
+        let mut m = machine(kvm_bindings::KVM_X86_DEFAULT_VM, true);
+        assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)));
+        let mut step = 0;
+        let program = move |last: Option<&GuestOutcome>| {
+            step += 1;
+            match (step, last) {
+                (1, None) => Some(store(page(0), &[41], None)),
+                (2, Some(GuestOutcome::Stored)) => Some(load(page(0), 1, None)),
+                (3, Some(GuestOutcome::Loaded(bytes))) => Some(store(page(0), &[bytes[0] + 1], None)),
+                (4, Some(GuestOutcome::Stored)) => {
+                    Some(GuestOp::MapGpaRange { gpa: page(0), size: PAGE_SIZE, to_private: true })
+                }
+                (5, Some(GuestOutcome::Mapped { .. })) => Some(load(page(0), 1, None)),
+                _ => None,
+            }
+        };
+        m.vcpu.set_guest(program).unwrap();
+        assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)));
+        let got = outcomes(&mut m.vcpu);
+        assert_eq!(got[3], GuestOutcome::Mapped { ret: KVM_ENOSYS.wrapping_neg() });
+        assert_eq!(got[4], GuestOutcome::Loaded(vec![42]));
+    }
+
+    /// Operations no guest instruction makes are EINVAL and are not consumed (the same error at
+    /// the next run); a new workload replaces them. Replacing a workload whose exit waits for
+    /// its completion is EBUSY.
+    #[test]
+    fn bad_operations_and_replacing_a_waiting_workload_are_errors() {
+        let mut m = machine(kvm_bindings::KVM_X86_SW_PROTECTED_VM, true);
+        let bad = [
+            load(page(0), 0, None),
+            load(page(0), 9, None),
+            load(page(1) - 4, 8, None),
+            store(page(0), &[], None),
+            GuestOp::MapGpaRange { gpa: page(0), size: 100, to_private: true },
+            GuestOp::MapGpaRange { gpa: page(0), size: 0, to_private: true },
+            GuestOp::MapGpaRange { gpa: !(PAGE_SIZE - 1), size: 2 * PAGE_SIZE, to_private: true },
+        ];
+        for op in bad {
+            m.vcpu.set_guest(GuestSequence::new([op.clone()])).unwrap();
+            assert_eq!(m.vcpu.run().unwrap_err(), Errno::EINVAL, "{op:?}");
+            assert_eq!(m.vcpu.run().unwrap_err(), Errno::EINVAL, "{op:?} again");
+        }
+        let op = GuestOp::MapGpaRange { gpa: page(0), size: PAGE_SIZE, to_private: false };
+        m.vcpu.set_guest(GuestSequence::new([op])).unwrap();
+        assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hypercall(_))));
+        assert_eq!(m.vcpu.set_guest(GuestSequence::default()).unwrap_err(), Errno::EBUSY);
+        assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)));
+        m.vcpu.set_guest(GuestSequence::default()).unwrap();
+    }
+
+    /// An SNP guest converts page by page with the GHCB MSR protocol: one exit per page, and a
+    /// non-zero `ret` reaches it as the PSC error response, which ends its request. With
+    /// success it validates the pages and uses them privately; before LAUNCH_FINISH the
+    /// hardware refuses the entry: `FailEntry`.
+    #[test]
+    fn snp_conversions_exit_per_page_and_ret_reaches_the_guest() {
+        let mut m = machine(kvm_bindings::KVM_X86_SNP_VM, true);
+        let ops = [
+            GuestOp::MapGpaRange { gpa: page(4), size: 2 * PAGE_SIZE, to_private: true },
+            store(page(5), b"snp", None),
+            load(page(5), 3, None),
+            GuestOp::MapGpaRange { gpa: page(6), size: 2 * PAGE_SIZE, to_private: false },
+        ];
+        m.vcpu.set_guest(GuestSequence::new(ops)).unwrap();
+        for gpa in [page(4), page(5)] {
+            match m.vcpu.run().unwrap() {
+                VcpuExit::Hypercall(exit) => {
+                    assert_eq!(
+                        (exit.nr, exit.args[..3].to_vec()),
+                        (KVM_HC_MAP_GPA_RANGE, vec![gpa, 1, KVM_MAP_GPA_RANGE_ENCRYPTED])
+                    );
+                    *exit.ret = 0;
+                }
+                other => panic!("expected a hypercall exit, got {other:?}"),
+            }
+        }
+        match m.vcpu.run().unwrap() {
+            VcpuExit::Hypercall(exit) => {
+                assert_eq!(exit.args[..3], [page(6), 1, 0]);
+                *exit.ret = 1;
+            }
+            other => panic!("expected a hypercall exit, got {other:?}"),
+        }
+        assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)), "the failed request ends before page 7");
+        assert_eq!(
+            outcomes(&mut m.vcpu),
+            [
+                GuestOutcome::Mapped { ret: 0 },
+                GuestOutcome::Stored,
+                GuestOutcome::Loaded(b"snp".to_vec()),
+                GuestOutcome::Mapped { ret: GHCB_MSR_PSC_RESP_ERROR },
+            ]
+        );
+
+        let mut unlaunched = machine(kvm_bindings::KVM_X86_SNP_VM, false);
+        unlaunched.vcpu.set_guest(GuestSequence::new([load(page(0), 8, None)])).unwrap();
+        assert!(matches!(unlaunched.vcpu.run(), Ok(VcpuExit::FailEntry(_, 0))));
+    }
+
+    /// A TD converts with MapGPA: one exit for a range within 2 MiB, the gpa without the shared
+    /// bit; a non-zero `ret` reaches the guest as `TDVMCALL_STATUS_INVALID_OPERAND`. After a
+    /// successful MapGPA to private the guest accepts the pages and uses them privately; its
+    /// shared accesses carry the shared bit.
+    #[test]
+    fn tdx_map_gpa_exits_and_ret_reaches_the_guest() {
+        let mut m = machine(kvm_bindings::KVM_X86_TDX_VM, true);
+        let ops = [
+            GuestOp::MapGpaRange { gpa: page(0), size: 2 * PAGE_SIZE, to_private: true },
+            store(page(1), b"td", None),
+            load(page(1), 2, None),
+            GuestOp::MapGpaRange { gpa: page(3), size: PAGE_SIZE, to_private: false },
+        ];
+        m.vcpu.set_guest(GuestSequence::new(ops)).unwrap();
+        match m.vcpu.run().unwrap() {
+            VcpuExit::Hypercall(exit) => {
+                assert_eq!(exit.args[..3], [page(0), 2, KVM_MAP_GPA_RANGE_ENCRYPTED]);
+                *exit.ret = 0;
+            }
+            other => panic!("expected a hypercall exit, got {other:?}"),
+        }
+        match m.vcpu.run().unwrap() {
+            VcpuExit::Hypercall(exit) => {
+                assert_eq!(exit.args[..3], [page(3), 1, 0], "the shared bit is stripped");
+                *exit.ret = 1;
+            }
+            other => panic!("expected a hypercall exit, got {other:?}"),
+        }
+        assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)));
+        assert_eq!(
+            outcomes(&mut m.vcpu),
+            [
+                GuestOutcome::Mapped { ret: 0 },
+                GuestOutcome::Stored,
+                GuestOutcome::Loaded(b"td".to_vec()),
+                GuestOutcome::Mapped { ret: TDVMCALL_STATUS_INVALID_OPERAND },
+            ]
+        );
+        // A shared access to a private page: the memory fault names the gfn without the shared
+        // bit (kvm_mmu_do_page_fault strips the direct bits), as the VMM's attributes do.
+        m.vcpu.set_guest(GuestSequence::new([load(page(1), 2, Some(false))])).unwrap();
+        match m.vcpu.run().unwrap() {
+            VcpuExit::MemoryFault { flags, gpa, size } => assert_eq!((flags, gpa, size), (0, page(1), PAGE_SIZE)),
+            other => panic!("expected a memory fault, got {other:?}"),
+        }
+    }
 }

@@ -247,7 +247,8 @@ impl VcpuFd {
     /// access of 0 or more than 8 bytes or across a page, a conversion whose size is not a
     /// non-zero multiple of 4 KiB; EIO once the VM is dead; EINTR after a SIGBUS), and the
     /// operation that failed is executed again at the next call, as a guest instruction that did
-    /// not complete is.
+    /// not complete is (unless what failed was the completion of its exit: then the guest's
+    /// request is abandoned and the workload goes on).
     pub fn run(&mut self) -> Result<VcpuExit<'_>> {
         let Some(guest) = self.guest.as_mut() else { return Ok(VcpuExit::Hlt) };
         let exit = guest.run(&self.host, self.fd, &mut self.kvm_run)?;
@@ -258,7 +259,9 @@ impl VcpuFd {
     /// call: a real vCPU runs the guest code in its memory). A [`GuestSequence`] or a closure
     /// `FnMut(Option<&GuestOutcome>) -> Option<GuestOp>` that sees each operation's outcome.
     /// EBUSY while an exit of the current workload waits for its completion (the next `run()`):
-    /// the kernel holds that guest request open.
+    /// the kernel holds that guest request open. A workload whose operations never exit keeps
+    /// `run()` in the guest, as a guest that never exits keeps `KVM_RUN` there: end it with
+    /// `None`.
     ///
     /// [`GuestSequence`]: crate::GuestSequence
     pub fn set_guest(&mut self, program: impl GuestProgram + 'static) -> Result<()> {
@@ -270,7 +273,7 @@ impl VcpuFd {
     }
 
     /// The guest operations completed since the last call, in order, each with how it ended
-    /// (the data a load read, the status a conversion request got).
+    /// (the data a load read, the status a conversion request got). They are kept until taken.
     pub fn take_guest_outcomes(&mut self) -> Vec<(GuestOp, GuestOutcome)> {
         self.guest.as_mut().map(Guest::take_outcomes).unwrap_or_default()
     }
