@@ -292,6 +292,11 @@ impl Guest {
         self.current.as_ref().is_some_and(|(_, state)| is_waiting(*state))
     }
 
+    /// Starts the outcome log with `outcomes` (those of a replaced workload, not taken yet).
+    pub(crate) fn keep_outcomes(&mut self, outcomes: Vec<(GuestOp, GuestOutcome)>) {
+        self.outcomes = outcomes;
+    }
+
     /// The completed operations since the last call, with their outcomes.
     pub(crate) fn take_outcomes(&mut self) -> Vec<(GuestOp, GuestOutcome)> {
         std::mem::take(&mut self.outcomes)
@@ -692,8 +697,9 @@ mod tests {
     /// PRIVATE for VM types with private memory, the MAP_GPA_RANGE exit enabled, one vCPU; SNP
     /// and TDX launched (`launch`) or left before the launch's end.
     struct Machine {
-        _kvm: Kvm,
+        kvm: Kvm,
         vm: VmFd,
+        gmem: Option<i32>,
         vcpu: VcpuFd,
     }
 
@@ -752,7 +758,7 @@ mod tests {
                 vm.tdx_finalize_vm().unwrap();
             }
         }
-        Machine { _kvm: kvm, vm, vcpu }
+        Machine { kvm, vm, gmem, vcpu }
     }
 
     fn set_private(vm: &VmFd, gpa: u64, size: u64, private: bool) {
@@ -846,6 +852,31 @@ mod tests {
         assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)));
         assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)), "a halted guest stays halted");
         assert_eq!(outcomes(&mut m.vcpu), [GuestOutcome::Stored, GuestOutcome::Loaded(b"secret".to_vec())]);
+    }
+
+    /// A private access to a poisoned guest_memfd page: `KVM_RUN` fails with EHWPOISON and
+    /// `KVM_EXIT_MEMORY_FAULT`, which kvm-ioctls returns as `Ok(MemoryFault)`; the access stays
+    /// pending until the VMM replaces the page (here: punches it, as a VMM drops poisoned
+    /// memory), then completes on a fresh zeroed page.
+    #[test]
+    fn a_poisoned_page_is_a_memory_fault_exit_not_an_error() {
+        let mut m = machine(kvm_bindings::KVM_X86_SW_PROTECTED_VM, true);
+        let gmem = m.gmem.unwrap();
+        m.vcpu.set_guest(GuestSequence::new([store(page(3), b"data", None)])).unwrap();
+        assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)));
+        m.kvm.host().inject_memory_failure(gmem, 3 * PAGE_SIZE).unwrap();
+        m.vcpu.set_guest(GuestSequence::new([load(page(3), 4, None)])).unwrap();
+        match m.vcpu.run().unwrap() {
+            VcpuExit::MemoryFault { flags, gpa, size } => {
+                assert_eq!((flags, gpa, size), (KVM_MEMORY_EXIT_FLAG_PRIVATE, page(3), PAGE_SIZE))
+            }
+            other => panic!("expected a memory fault, got {other:?}"),
+        }
+        assert_eq!(outcomes(&mut m.vcpu), [GuestOutcome::Stored]);
+        let punch = gmem_mm::vfs::FALLOC_FL_PUNCH_HOLE | gmem_mm::vfs::FALLOC_FL_KEEP_SIZE;
+        m.kvm.host().fallocate(gmem, punch, 3 * PAGE_SIZE as i64, PAGE_SIZE as i64).unwrap();
+        assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)));
+        assert_eq!(outcomes(&mut m.vcpu), [GuestOutcome::Loaded(vec![0; 4])]);
     }
 
     /// Without a workload the vCPU halts; a closure workload sees each outcome (here it stores

@@ -250,6 +250,7 @@ impl VcpuFd {
     /// not complete is (unless what failed was the completion of its exit: then the guest's
     /// request is abandoned and the workload goes on).
     pub fn run(&mut self) -> Result<VcpuExit<'_>> {
+        let _span = tracing::debug_span!("kvm_arch_vcpu_ioctl_run", vcpu_fd = self.fd).entered();
         let Some(guest) = self.guest.as_mut() else { return Ok(VcpuExit::Hlt) };
         let exit = guest.run(&self.host, self.fd, &mut self.kvm_run)?;
         Ok(exit.view(&mut self.kvm_run))
@@ -268,12 +269,18 @@ impl VcpuFd {
         if self.guest.as_ref().is_some_and(Guest::waits_for_completion) {
             return Err(crate::Errno::EBUSY);
         }
-        self.guest = Some(Guest::new(program));
+        // Outcomes of the old workload not taken yet stay for take_guest_outcomes.
+        let mut guest = Guest::new(program);
+        if let Some(mut old) = self.guest.take() {
+            guest.keep_outcomes(old.take_outcomes());
+        }
+        self.guest = Some(guest);
         Ok(())
     }
 
     /// The guest operations completed since the last call, in order, each with how it ended
-    /// (the data a load read, the status a conversion request got). They are kept until taken.
+    /// (the data a load read, the status a conversion request got). They are kept until taken,
+    /// also across [`VcpuFd::set_guest`].
     pub fn take_guest_outcomes(&mut self) -> Vec<(GuestOp, GuestOutcome)> {
         self.guest.as_mut().map(Guest::take_outcomes).unwrap_or_default()
     }
