@@ -18,7 +18,7 @@
 //! |---|---|---|
 //! | `DEFAULT`, `SW_PROTECTED` | the page's attribute unless given | `VMCALL(KVM_HC_MAP_GPA_RANGE)`: one exit, RAX = `hypercall.ret` |
 //! | `SEV_SNP` | the C-bit (private unless given) | per 4K page, `early_set_pages_state`: rescind (`PVALIDATE` 0) before a conversion to shared, the GHCB MSR protocol's page-state change (one `KVM_HC_MAP_GPA_RANGE` exit), `PVALIDATE` after a conversion to private |
-//! | `TDX` | the shared bit (private unless given) | `tdx_map_gpa`: `TDG.VP.VMCALL<MapGPA>` (one exit per 2 MiB chunk, `TDVMCALL_STATUS_RETRY` followed from R11), then `tdx_accept_memory` after a conversion to private |
+//! | `TDX` | the shared bit (private unless given; MMIO exits name the address without it, as `tdx_emulate_mmio` does) | `tdx_map_gpa`: `TDG.VP.VMCALL<MapGPA>` (one exit per 2 MiB chunk, `TDVMCALL_STATUS_RETRY` followed from R11), then `tdx_accept_memory` after a conversion to private |
 //!
 //! An SEV-SNP or TDX vCPU runs only once its VM is launched (`KVM_SEV_SNP_LAUNCH_FINISH`,
 //! `KVM_TDX_FINALIZE_VM`); before, the kernel refuses the entry and `run()` returns its error.
@@ -663,12 +663,19 @@ fn access(
         VmType::SevSnp | VmType::Tdx => Some(private.unwrap_or(true)),
         _ => private,
     };
-    let gpa = if vm_type == VmType::Tdx && private == Some(false) {
-        gpa | shared_bit(host, vcpu_fd).map_err(RunError::Errno)?
+    let shared = if vm_type == VmType::Tdx && private == Some(false) {
+        shared_bit(host, vcpu_fd).map_err(RunError::Errno)?
     } else {
-        gpa
+        0
     };
-    host.guest_access(vcpu_fd, gpa, buf, write, private)
+    match host.guest_access(vcpu_fd, gpa | shared, buf, write, private) {
+        // A TD's MMIO reaches user space through its #VE handler's TDG.VP.VMCALL<#VE.RequestMMIO>,
+        // whose handler (tdx_emulate_mmio) strips the shared bit from the address.
+        Err(RunError::Exit(KernelExit::Mmio { phys_addr, len, is_write })) => {
+            Err(RunError::Exit(KernelExit::Mmio { phys_addr: phys_addr & !shared, len, is_write }))
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -1022,6 +1029,17 @@ mod tests {
                 GuestOutcome::Mapped { ret: TDVMCALL_STATUS_INVALID_OPERAND },
             ]
         );
+        // MMIO from a TD: the address without the shared bit, the read data reaching the guest.
+        m.vcpu.set_guest(GuestSequence::new([load(HOLE, 2, Some(false))])).unwrap();
+        match m.vcpu.run().unwrap() {
+            VcpuExit::MmioRead(addr, data) => {
+                assert_eq!(addr, HOLE);
+                data.copy_from_slice(b"io");
+            }
+            other => panic!("expected an MMIO read, got {other:?}"),
+        }
+        assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)));
+        assert_eq!(outcomes(&mut m.vcpu), [GuestOutcome::Loaded(b"io".to_vec())]);
         // A shared access to a private page: the memory fault names the gfn without the shared
         // bit (kvm_mmu_do_page_fault strips the direct bits), as the VMM's attributes do.
         m.vcpu.set_guest(GuestSequence::new([load(page(1), 2, Some(false))])).unwrap();
