@@ -29,8 +29,13 @@
 //! * `AsRawFd for Kvm`, because the simulated `Kvm` opens no `/dev/kvm` descriptor in the simulated
 //!   process.
 //! * `Kvm::new_with_path`, `Kvm::open_with_cloexec`, `FromRawFd`, every device, irqchip and
-//!   dirty-log call, and every vCPU call but `create_vcpu` (`KVM_RUN`, registers, ...), because
-//!   the simulator has no counterpart.
+//!   dirty-log call, and every vCPU call but `create_vcpu` and `run` (registers, MSRs,
+//!   `get_kvm_run`, `set_kvm_immediate_exit`, ...), because the simulator has no counterpart.
+//! * The `VcpuExit` variants the simulator never produces (port I/O, debug, system events, MSR
+//!   exits, ...). The ones it has are checked by `same_exit_shapes!`: each exists in kvm-ioctls
+//!   with the same fields and types, and the simulator has no variant kvm-ioctls lacks. Its
+//!   simulator-only calls `VcpuFd::set_guest` and `take_guest_outcomes` (the guest workload
+//!   `run` executes) have no counterpart.
 //! * `VmFd::encrypt_op<T>(*mut T)`, because a pointer into the caller's memory means nothing to the
 //!   simulated kernel, which reads user memory of the simulated process. `encrypt_op_sev` is
 //!   mirrored; its `kvm_sev_cmd.data` is an address in the simulated process. kvm-ioctls has no
@@ -63,12 +68,12 @@ use std::os::unix::io::{AsRawFd, RawFd};
 
 /// The gmem-uapi side of every signature.
 mod sim {
-    pub use gmem_uapi::{Errno as E, Kvm, VcpuFd, VmFd};
+    pub use gmem_uapi::{Errno as E, HypercallExit, Kvm, VcpuExit, VcpuFd, VmFd};
 }
 
 /// The kvm-ioctls side of every signature.
 mod real {
-    pub use kvm_ioctls::{Error as E, Kvm, VcpuFd, VmFd};
+    pub use kvm_ioctls::{Error as E, HypercallExit, Kvm, VcpuExit, VcpuFd, VmFd};
 }
 
 /// `same_shape!(PATH, SIGNATURE)`: `PATH` coerces to the `fn` type `SIGNATURE` both with `Kvm`,
@@ -90,7 +95,7 @@ macro_rules! same_shape {
     (@each $side:ident, $method:expr, $($sig:tt)+) => {
         const _: () = {
             #[allow(unused_imports)]
-            use $side::{Kvm, VcpuFd, VmFd, E};
+            use $side::{Kvm, VcpuExit, VcpuFd, VmFd, E};
             let _: $($sig)+ = $method;
         };
     };
@@ -104,6 +109,36 @@ macro_rules! same_shape {
             impl<F: Fn($($arg),*) -> $ret> AmbiguousIfSafe<Safe> for F {}
             fn must_be_unsafe<F: AmbiguousIfSafe<Marker>, Marker>(_: F) {}
             must_be_unsafe($method);
+        };
+    };
+}
+
+/// `same_exit_shapes!(SIDE $(, WILDCARD)?)`: `SIDE::VcpuExit` has the variants the simulator
+/// produces, each with kvm-ioctls' fields and types (matched by reference, so every binding's
+/// type is named), and `SIDE::HypercallExit` has kvm-ioctls' fields. Without the wildcard the
+/// match is exhaustive: the simulator has no variant beyond these.
+macro_rules! same_exit_shapes {
+    ($side:ident $(, $wildcard:tt)?) => {
+        const _: for<'a, 'b> fn(&'b mut $side::VcpuExit<'a>) = |exit| match exit {
+            $side::VcpuExit::MmioRead(address, data) => {
+                let _: (&mut u64, &mut &mut [u8]) = (address, data);
+            }
+            $side::VcpuExit::MmioWrite(address, data) => {
+                let _: (&mut u64, &mut &[u8]) = (address, data);
+            }
+            $side::VcpuExit::Hypercall(hypercall) => {
+                let _: &mut $side::HypercallExit<'_> = hypercall;
+                let $side::HypercallExit { nr, args, ret, longmode } = hypercall;
+                let _: (&mut u64, &mut [u64; 6], &mut &mut u64, &mut u32) = (nr, args, ret, longmode);
+            }
+            $side::VcpuExit::Hlt => {}
+            $side::VcpuExit::FailEntry(hardware_entry_failure_reason, cpu) => {
+                let _: (&mut u64, &mut u32) = (hardware_entry_failure_reason, cpu);
+            }
+            $side::VcpuExit::MemoryFault { flags, gpa, size } => {
+                let _: (&mut u64, &mut u64, &mut u64) = (flags, gpa, size);
+            }
+            $(#[allow(unreachable_patterns)] $wildcard => {})?
         };
     };
 }
@@ -175,6 +210,7 @@ same_const!(
     KVM_X86_SW_PROTECTED_VM,
     KVM_X86_TDX_VM,
     KVM_CAP_EXIT_HYPERCALL,
+    KVM_MEMORY_EXIT_FLAG_PRIVATE,
     sev_cmd_id_KVM_SEV_INIT2,
     sev_cmd_id_KVM_SEV_SNP_LAUNCH_START,
     sev_cmd_id_KVM_SEV_SNP_LAUNCH_UPDATE,
@@ -212,6 +248,9 @@ const LOCAL_CONSTANTS_HAVE_THE_UAPI_VALUES: () = {
     assert!(KVM_TDX_MEASURE_MEMORY_REGION == 1 << 0);
     assert!(TDX_TD_ATTR_DEBUG == 1 << 0);
     assert!(TDX_TD_ATTR_SEPT_VE_DISABLE == 1 << 28);
+    // include/uapi/linux/kvm_para.h (kvm-bindings does not generate it).
+    assert!(KVM_HC_MAP_GPA_RANGE == 12);
+    assert!(KVM_MAP_GPA_RANGE_ENCRYPTED == 1 << 4);
 };
 const _: () = LOCAL_CONSTANTS_HAVE_THE_UAPI_VALUES;
 
@@ -313,6 +352,12 @@ same_shape!(VmFd::encrypt_op_sev, fn(&VmFd, &mut kvm_sev_cmd) -> Result<(), E>);
 same_shape!(VmFd::create_vcpu, fn(&VmFd, u64) -> Result<VcpuFd, E>);
 
 same_shape!(<VcpuFd as AsRawFd>::as_raw_fd, fn(&VcpuFd) -> RawFd);
+same_shape!(VcpuFd::run, fn(&mut VcpuFd) -> Result<VcpuExit<'_>, E>);
+
+same_exit_shapes!(sim);
+same_exit_shapes!(real, _);
+same_traits!(HypercallExit: Debug);
+same_traits!(VcpuExit: Debug);
 
 same_traits!(Kvm: Debug + Send + Sync);
 same_traits!(VmFd: AsRawFd + Debug + Send + Sync);

@@ -3,9 +3,9 @@
 
 pub use kvm_bindings::{
     KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES, KVM_CAP_MEMORY_FAULT_INFO, KVM_CAP_PRE_FAULT_MEMORY,
-    KVM_CAP_USER_MEMORY2, KVM_CAP_VM_TYPES, KVM_MEMORY_ATTRIBUTE_PRIVATE, KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES,
-    KVM_MEM_READONLY, KVM_X86_DEFAULT_VM, KVM_X86_SEV_ES_VM, KVM_X86_SEV_VM, KVM_X86_SNP_VM, KVM_X86_SW_PROTECTED_VM,
-    KVM_X86_TDX_VM,
+    KVM_CAP_USER_MEMORY2, KVM_CAP_VM_TYPES, KVM_MEMORY_ATTRIBUTE_PRIVATE, KVM_MEMORY_EXIT_FLAG_PRIVATE,
+    KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_X86_DEFAULT_VM, KVM_X86_SEV_ES_VM,
+    KVM_X86_SEV_VM, KVM_X86_SNP_VM, KVM_X86_SW_PROTECTED_VM, KVM_X86_TDX_VM,
 };
 
 /// The `KVM_MEMORY_ENCRYPT_OP` command ids of an SEV-SNP launch (`enum sev_cmd_id`) and the SNP
@@ -31,6 +31,13 @@ pub const GUEST_MEMFD_FLAG_MMAP: u64 = 1 << 0;
 pub const GUEST_MEMFD_FLAG_INIT_SHARED: u64 = 1 << 1;
 /// `KVM_CAP_GUEST_MEMFD_FLAGS` (Linux 6.18).
 pub const KVM_CAP_GUEST_MEMFD_FLAGS: u32 = 244;
+/// `KVM_HC_MAP_GPA_RANGE` (`include/uapi/linux/kvm_para.h`): the guest's conversion request,
+/// `hypercall.nr` of its `KVM_EXIT_HYPERCALL`; `KVM_CAP_EXIT_HYPERCALL`'s `args[0]` enables the
+/// exit with bit `1 << KVM_HC_MAP_GPA_RANGE`.
+pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
+/// `KVM_MAP_GPA_RANGE_ENCRYPTED` (`KVM_MAP_GPA_RANGE_ENC_STAT(1)`, `kvm_para.h`): in
+/// `hypercall.args[2]`, the range becomes private; without it, shared.
+pub const KVM_MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
 /// `KVM_CAP_NR_MEMSLOTS`.
 pub const KVM_CAP_NR_MEMSLOTS: u32 = kvm_bindings::KVM_CAP_NR_MEMSLOTS;
 
@@ -55,6 +62,9 @@ mod tests {
         assert_eq!(super::KVM_X86_SW_PROTECTED_VM as u64, gmem_kvm::VmType::SwProtected as u64);
         assert_eq!(super::KVM_X86_TDX_VM as u64, gmem_kvm::VmType::Tdx as u64);
         assert_eq!(super::KVM_CAP_EXIT_HYPERCALL as u64, caps::KVM_CAP_EXIT_HYPERCALL);
+        assert_eq!(super::KVM_HC_MAP_GPA_RANGE, caps::KVM_HC_MAP_GPA_RANGE);
+        assert_eq!(super::KVM_MAP_GPA_RANGE_ENCRYPTED, gmem_kvm::vcpu::KVM_MAP_GPA_RANGE_ENCRYPTED);
+        assert_eq!(super::KVM_MEMORY_EXIT_FLAG_PRIVATE as u64, gmem_kvm::vcpu::KVM_MEMORY_EXIT_FLAG_PRIVATE);
         use gmem_arch::sev::kvm as sev;
         assert_eq!(super::sev_cmd_id_KVM_SEV_INIT2, sev::KVM_SEV_INIT2);
         assert_eq!(super::sev_cmd_id_KVM_SEV_SNP_LAUNCH_START, sev::KVM_SEV_SNP_LAUNCH_START);

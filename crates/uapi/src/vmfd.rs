@@ -1,5 +1,6 @@
 //! [`Kvm`], [`VmFd`] and [`VcpuFd`]: the kvm-ioctls-shaped handles over a [`SimHost`].
 
+use crate::run::{Guest, GuestOp, GuestOutcome, GuestProgram, KvmRun, VcpuExit};
 use crate::{Result, SevError, SimHost, TdxError};
 use gmem_arch::tdx::kvm::{kvm_tdx_capabilities, kvm_tdx_cmd, kvm_tdx_init_mem_region, kvm_tdx_init_vm};
 use gmem_kvm::KernelProfile;
@@ -109,7 +110,7 @@ impl VmFd {
     /// `KVM_CREATE_VCPU`: a new vCPU with vCPU id `id`.
     pub fn create_vcpu(&self, id: u64) -> Result<VcpuFd> {
         let fd = self.host.create_vcpu(self.fd, id)?;
-        Ok(VcpuFd { host: self.host.clone(), fd })
+        Ok(VcpuFd { host: self.host.clone(), fd, kvm_run: KvmRun::default(), guest: None })
     }
 
     /// `KVM_MEMORY_ENCRYPT_OP` with a `struct kvm_sev_cmd` (kvm-ioctls' `encrypt_op_sev`): the
@@ -214,12 +215,17 @@ impl Drop for VmFd {
 }
 
 /// A vCPU file descriptor (mirrors `kvm_ioctls::VcpuFd` as far as the simulator has vCPU
-/// ioctls: the vCPU-scope `KVM_MEMORY_ENCRYPT_OP`). Dropping it closes the descriptor; the vCPU
-/// file holds a reference to its VM, as in the kernel, so it may outlive the [`VmFd`].
+/// ioctls: `KVM_RUN` over a guest workload, the vCPU-scope `KVM_MEMORY_ENCRYPT_OP`). Dropping it
+/// closes the descriptor; the vCPU file holds a reference to its VM, as in the kernel, so it may
+/// outlive the [`VmFd`].
 #[derive(Debug)]
 pub struct VcpuFd {
     host: Arc<SimHost>,
     fd: RawFd,
+    /// The fields of the vCPU's `struct kvm_run` an exit lends to user space.
+    kvm_run: KvmRun,
+    /// The guest workload ([`VcpuFd::set_guest`]).
+    guest: Option<Guest>,
 }
 
 /// The descriptor number, through the trait as in kvm-ioctls.
@@ -230,6 +236,55 @@ impl AsRawFd for VcpuFd {
 }
 
 impl VcpuFd {
+    /// `KVM_RUN` (kvm-ioctls' `run`): completes what the previous exit left to user space (the
+    /// guest's MMIO load gets the data written into [`VcpuExit::MmioRead`]'s slice, the guest's
+    /// hypercall gets [`HypercallExit::ret`](crate::HypercallExit::ret)), then runs the guest
+    /// workload ([`VcpuFd::set_guest`]) until an operation exits to user space, and returns that
+    /// exit. [`VcpuExit::Hlt`] once the workload has ended (or when none was set). As in
+    /// kvm-ioctls, `KVM_EXIT_MEMORY_FAULT` is `Ok(VcpuExit::MemoryFault { .. })` although the
+    /// ioctl failed with EFAULT or EHWPOISON; the faulting access runs again at the next call.
+    /// Any other failure is the errno (EINVAL for an operation the workload cannot express: an
+    /// access of 0 or more than 8 bytes or across a page, a conversion whose size is not a
+    /// non-zero multiple of 4 KiB; EIO once the VM is dead; EINTR after a SIGBUS), and the
+    /// operation that failed is executed again at the next call, as a guest instruction that did
+    /// not complete is (unless what failed was the completion of its exit: then the guest's
+    /// request is abandoned and the workload goes on).
+    pub fn run(&mut self) -> Result<VcpuExit<'_>> {
+        let _span = tracing::debug_span!("kvm_arch_vcpu_ioctl_run", vcpu_fd = self.fd).entered();
+        let Some(guest) = self.guest.as_mut() else { return Ok(VcpuExit::Hlt) };
+        let exit = guest.run(&self.host, self.fd, &mut self.kvm_run)?;
+        Ok(exit.view(&mut self.kvm_run))
+    }
+
+    /// Gives the vCPU the guest workload it runs from the next [`VcpuFd::run`] on (a simulator
+    /// call: a real vCPU runs the guest code in its memory). A [`GuestSequence`] or a closure
+    /// `FnMut(Option<&GuestOutcome>) -> Option<GuestOp>` that sees each operation's outcome.
+    /// EBUSY while an exit of the current workload waits for its completion (the next `run()`):
+    /// the kernel holds that guest request open. A workload whose operations never exit keeps
+    /// `run()` in the guest, as a guest that never exits keeps `KVM_RUN` there: end it with
+    /// `None`.
+    ///
+    /// [`GuestSequence`]: crate::GuestSequence
+    pub fn set_guest(&mut self, program: impl GuestProgram + 'static) -> Result<()> {
+        if self.guest.as_ref().is_some_and(Guest::waits_for_completion) {
+            return Err(crate::Errno::EBUSY);
+        }
+        // Outcomes of the old workload not taken yet stay for take_guest_outcomes.
+        let mut guest = Guest::new(program);
+        if let Some(mut old) = self.guest.take() {
+            guest.keep_outcomes(old.take_outcomes());
+        }
+        self.guest = Some(guest);
+        Ok(())
+    }
+
+    /// The guest operations completed since the last call, in order, each with how it ended
+    /// (the data a load read, the status a conversion request got). They are kept until taken,
+    /// also across [`VcpuFd::set_guest`].
+    pub fn take_guest_outcomes(&mut self) -> Vec<(GuestOp, GuestOutcome)> {
+        self.guest.as_mut().map(Guest::take_outcomes).unwrap_or_default()
+    }
+
     /// `KVM_MEMORY_ENCRYPT_OP` on the vCPU with a `struct kvm_tdx_cmd`, the vCPU-scope TDX
     /// commands (`KVM_TDX_INIT_VCPU`, `KVM_TDX_INIT_MEM_REGION`): the command comes back as the
     /// kernel left it. As for [`VmFd::encrypt_op_tdx`], `cmd.data` is an immediate or an address
