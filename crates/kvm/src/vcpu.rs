@@ -876,7 +876,10 @@ pub fn guest_page_op<T>(
         let fault = GuestFaultExit { gpa, write, private, error_code };
         match kvm.arch().handle_guest_fault(kvm, vcpu, mm, &fault)? {
             RetPf::Emulate => {
-                return Err(RunError::Exit(VcpuExit::Mmio { phys_addr: gpa, len: len.min(8) as u64, is_write: write }))
+                // A TD's MMIO reaches user space through its #VE handler's TDVMCALL<MMIO>
+                // (folded in here): tdx_emulate_mmio names the address without the shared bit.
+                let phys_addr = gpa & !(kvm.gfn_direct_bits() << PAGE_SHIFT);
+                return Err(RunError::Exit(VcpuExit::Mmio { phys_addr, len: len.min(8) as u64, is_write: write }));
             }
             ret => {
                 // vcpu_enter_guest: a KVM_BUG_ON meanwhile (an external-SPT hook's, say) left

@@ -668,14 +668,9 @@ fn access(
     } else {
         0
     };
-    match host.guest_access(vcpu_fd, gpa | shared, buf, write, private) {
-        // A TD's MMIO reaches user space through its #VE handler's TDG.VP.VMCALL<#VE.RequestMMIO>,
-        // whose handler (tdx_emulate_mmio) strips the shared bit from the address.
-        Err(RunError::Exit(KernelExit::Mmio { phys_addr, len, is_write })) => {
-            Err(RunError::Exit(KernelExit::Mmio { phys_addr: phys_addr & !shared, len, is_write }))
-        }
-        other => other,
-    }
+    // A TD's MMIO exit names the address without the shared bit (the kernel model strips it, as
+    // tdx_emulate_mmio does).
+    host.guest_access(vcpu_fd, gpa | shared, buf, write, private)
 }
 
 #[cfg(test)]
