@@ -22,7 +22,6 @@
 #![cfg(gmem_loom)]
 
 use gmem_sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
-use gmem_sync::model::Builder;
 use gmem_sync::{thread, Arc, Srcu};
 
 /// Number of generations a model may publish (generation 0 is never used).
@@ -65,12 +64,7 @@ impl State {
     }
 }
 
-fn builder() -> Builder {
-    let mut builder = Builder::new();
-    let bound = std::env::var("LOOM_MAX_PREEMPTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    builder.preemption_bound = Some(bound);
-    builder
-}
+use gmem_sync::model::builder;
 
 #[test]
 fn synchronize_waits_for_readers() {

@@ -218,6 +218,19 @@ pub mod model {
     pub use loom::model;
     pub use loom::model::Builder;
     pub use loom::{explore, skip_branch, stop_exploring};
+
+    /// The preemption bound every model runs with: `LOOM_MAX_PREEMPTIONS`, 2 when it is unset
+    /// or not a number. Read here only, so that CI's bound (`.ci/run`) holds for every model.
+    pub fn preemption_bound() -> usize {
+        std::env::var("LOOM_MAX_PREEMPTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2)
+    }
+
+    /// A loom builder with [`preemption_bound`].
+    pub fn builder() -> Builder {
+        let mut builder = Builder::new();
+        builder.preemption_bound = Some(preemption_bound());
+        builder
+    }
 }
 
 /// Runs a single-threaded test body: directly normally, inside `loom::model` under loom (loom

@@ -339,9 +339,7 @@ mod loom_tests {
     /// A small in-crate model; the full one is models/tests/loom_srcu.rs.
     #[test]
     fn grace_period_covers_reader() {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(2);
-        b.check(|| {
+        crate::model::builder().check(|| {
             let srcu = Arc::new(Srcu::new("loom"));
             let retired = Arc::new(AtomicBool::new(false));
             let published = Arc::new(AtomicBool::new(false));

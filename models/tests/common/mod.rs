@@ -17,7 +17,6 @@ use gmem_kvm::vcpu::{guest_access, KvmVcpu};
 use gmem_kvm::vm::MmuFactory;
 use gmem_kvm::{KernelProfile, Kvm, KvmSystem, VmType};
 use gmem_mm::{Machine, MachineConfig, PAGE_SIZE};
-use gmem_sync::model::Builder;
 use gmem_sync::Arc;
 use gmem_uapi::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2, SimHost};
 use std::collections::BTreeMap;
@@ -40,9 +39,7 @@ const PRIVATE: u64 = 1 << 3;
 /// loom's thread switches and the kernel functions' span entries are logged; the end of the log is
 /// the failing schedule.
 pub fn check(f: impl Fn() + Send + Sync + 'static) {
-    let mut builder = Builder::new();
-    let bound = std::env::var("LOOM_MAX_PREEMPTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    builder.preemption_bound = Some(bound);
+    let mut builder = gmem_sync::model::builder();
     if std::env::var("LOOM_MAX_BRANCHES").is_err() {
         builder.max_branches = 100_000;
     }
