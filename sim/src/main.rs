@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use gmem_sim::backends::{self, Host, BACKENDS, DEFAULT_KERNEL, HOSTS};
 use gmem_sim::diff;
+use gmem_sim::rng;
 use gmem_sim::run;
 use gmem_sim::runner::{self, RunOptions};
 use gmem_sim::script::{self, Program};
@@ -199,16 +200,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// A seed for runs that do not give one: the clock and the process id.
-fn fresh_seed() -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    (nanos as u64) ^ (u64::from(std::process::id()) << 32)
-}
-
 fn run_diff(args: &DiffArgs) -> ExitCode {
     let config = diff::Config {
         cases: args.cases,
-        seed: args.seed.unwrap_or_else(fresh_seed),
+        seed: args.seed.unwrap_or_else(rng::fresh_seed),
         ops_max: usize::try_from(args.ops_max).unwrap_or(usize::MAX),
         shrink_iters: args.shrink_iters,
         reference: args.reference.clone(),
@@ -228,7 +223,7 @@ fn run_diff(args: &DiffArgs) -> ExitCode {
 }
 
 fn run_run(args: &RunArgs) -> ExitCode {
-    let mut config = run::Config::new(args.seed.unwrap_or_else(fresh_seed));
+    let mut config = run::Config::new(args.seed.unwrap_or_else(rng::fresh_seed));
     config.vm_type = args.vm_type;
     config.memory = args.memory;
     config.vcpus = args.vcpus;

@@ -36,6 +36,7 @@ use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, Tes
 
 use crate::backend::Backend;
 use crate::backends;
+use crate::rng::Rng;
 use crate::runner::{run_program, LineReport, RunOptions};
 use crate::script;
 use render::Rendered;
@@ -50,7 +51,7 @@ pub const DEFAULT_REFERENCE: &str = "kvm";
 pub const DEFAULT_KERNEL: &str = "v6.18-pvm";
 
 /// The odd constant that spreads case seeds (the 64-bit golden ratio).
-const SEED_STRIDE: u64 = 0x9e37_79b9_7f4a_7c15;
+const SEED_STRIDE: u64 = crate::rng::GOLDEN_GAMMA;
 
 /// What a run does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,11 +351,8 @@ impl Sides<'_, '_> {
 
 /// The proptest RNG of the case generated from `case_seed`.
 fn case_rng(case_seed: u64) -> TestRng {
-    let mut rng = crate::run::Rng::from_state(case_seed);
     let mut bytes = [0u8; 32];
-    for chunk in bytes.chunks_mut(8) {
-        chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
-    }
+    Rng::from_state(case_seed).fill_bytes(&mut bytes);
     TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)
 }
 

@@ -35,7 +35,7 @@ use gmem_uapi::vmm::{
 };
 use gmem_uapi::Vmm;
 
-use super::{Shared, ACCESS_RETRIES};
+use super::workers::{Shared, ACCESS_RETRIES};
 
 /// Attempts of one PSC request before the guest leaves its pages pending.
 const PSC_ATTEMPTS: u32 = 64;
