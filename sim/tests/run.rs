@@ -22,12 +22,44 @@ fn small(seed: u64) -> Config {
 fn a_default_mix_run_ends_clean() {
     let summary = run::run(&small(7), None).expect("runs");
     assert!(summary.ok, "failures: {:#?}\n{}", summary.failures, summary.table());
-    let field = |key: &str| summary.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()).unwrap();
-    assert_eq!(field("ops"), "20000");
-    for key in ["warnings", "invariant_violations", "integrity_errors", "vmm_errors"] {
-        assert_eq!(field(key), "0", "{key}");
+    assert_eq!(summary.ops, 20_000);
+    for (key, count) in [
+        ("warnings", summary.warnings),
+        ("invariant_violations", summary.invariant_violations),
+        ("integrity_errors", summary.integrity_errors),
+        ("vmm_errors", summary.vmm_errors),
+    ] {
+        assert_eq!(count, 0, "{key}");
     }
-    assert_ne!(field("invariant_checks"), "0");
+    assert_ne!(summary.invariant_checks, 0);
+    // A SW_PROTECTED VM has none of a TD's figures, and a TDP MMU's.
+    assert_eq!(summary.tdx.vp_enters, None);
+    assert!(summary.sptes_zapped.is_some());
+}
+
+/// The table is rendered from the JSON's fields: the same keys in the same order, the same
+/// values (strings unquoted), `n/a` for what the VM type does not have.
+#[test]
+fn the_table_and_the_json_list_the_same_figures() {
+    let summary = run::run(&small(7), None).expect("runs");
+    let json: serde_json::Value = serde_json::from_str(&summary.to_json()).expect("the JSON parses");
+    let object = json.as_object().expect("one object");
+    let rows = summary.rows();
+    assert_eq!(rows.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>(), object.keys().collect::<Vec<_>>());
+    for (key, shown) in &rows {
+        let value = &object[key.as_str()];
+        let printed = match (value.as_str(), value.as_f64()) {
+            (Some(text), _) => text.to_string(),
+            (None, Some(fraction)) if value.is_f64() => format!("{fraction:.3}"),
+            _ => value.to_string(),
+        };
+        assert_eq!(&printed, shown, "{key}");
+    }
+    assert_eq!(object["psc_requests"], "n/a");
+    assert_eq!(object["seed"], "0x7");
+    let seconds = summary.to_json().split("\"seconds\":").nth(1).and_then(|rest| rest.split(',').next()).map(str::len);
+    assert_eq!(seconds, Some(format!("{:.3}", summary.seconds).len()), "three decimals");
+    assert!(summary.table().lines().all(|line| line.split_whitespace().count() >= 2));
 }
 
 #[test]
@@ -106,7 +138,7 @@ fn mix_parsing() {
 }
 
 fn field(summary: &run::Summary, key: &str) -> String {
-    summary.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("no field {key}"))
+    summary.rows().into_iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or_else(|| panic!("no field {key}"))
 }
 
 fn number(summary: &run::Summary, key: &str) -> u64 {

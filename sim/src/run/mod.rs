@@ -100,7 +100,8 @@
 //!
 //! # Output
 //!
-//! A table (or, with `--json`, one JSON object) with the keys of [`Summary::fields`]:
+//! A table (or, with `--json`, one JSON object) of the figures of one typed [`Summary`], which
+//! serde serialises once for both (`summary.rs`); its fields are the keys, in this order:
 //! `seed`, `kernel`, `vm_type`, `memory`, `vcpus`, `mix`, `ops`, `guest_accesses`,
 //! `control_ops`, `seconds`, `ops_per_sec`, `faults`, `faults_fixed`, `faults_spurious`,
 //! `fault_retries`, `huge_mappings` (2M/1G leaves installed), `sptes_zapped`, `zap_all_fast`, `tlb_flushes` (remote flush requests),
@@ -406,126 +407,16 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         checks += 1;
         violations.extend(vmm.check_invariants());
     }
-    let failed_conversions = vmm.stats.map_gpa_range_failures.load(Ordering::Relaxed);
-    if failed_conversions != 0 {
-        shared.error(
-            &shared.vmm_errors,
-            format!("{failed_conversions} conversions the guest asked for failed in the VMM (answered with an error)"),
-        );
-    }
-    let warnings = vmm.host().machine().warnings.snapshot();
-    // A panic first, then why the watchdog ended the run, then what the run found.
-    let mut failures = panics.clone();
-    failures.extend(reason);
-    failures.extend(shared.errors.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
-    failures.extend(warnings.iter().map(|w| w.to_string()));
-    failures.extend(violations.iter().map(|v| format!("invariant violated: {v}")));
-    let integrity = shared.integrity_errors.load(Ordering::Relaxed);
-    let vmm_errors = shared.vmm_errors.load(Ordering::Relaxed);
-    let ok = integrity == 0 && vmm_errors == 0 && warnings.is_empty() && violations.is_empty() && diagnosis.is_none();
-    let snp = &shared.snp;
-    let guest_conversions = shared.guest_conversions.load(Ordering::Relaxed);
-    let vcpu_ops = shared.vcpu_ops_done.load(Ordering::Relaxed);
-    let accesses = vcpu_ops - guest_conversions;
-    let ops = vcpu_ops + control_done;
-    let vcpu = vmm.vcpu_stats();
-    let mmu = vmm.mmu_stats();
-    let mmu_field =
-        |f: fn(&gmem_kvm::tdp_mmu::TdpMmuStats) -> u64| mmu.as_ref().map_or("n/a".to_string(), |s| f(s).to_string());
-    let stat = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed).to_string();
-    let s = &vmm.stats;
-    let mut fields = vec![
-        ("seed", format!("{:#x}", config.seed)),
-        ("kernel", config.kernel.clone()),
-        ("vm_type", vm_type_name(config.vm_type).to_string()),
-        ("memory", config.memory.to_string()),
-        ("vcpus", config.vcpus.to_string()),
-        ("mix", config.mix.to_string()),
-        ("ops", ops.to_string()),
-        ("guest_accesses", accesses.to_string()),
-        ("control_ops", control_done.to_string()),
-        ("seconds", format!("{:.3}", elapsed.as_secs_f64())),
-        ("ops_per_sec", format!("{:.0}", ops as f64 / elapsed.as_secs_f64().max(1e-9))),
-        ("faults", vcpu.pf_taken.to_string()),
-        ("faults_fixed", vcpu.pf_fixed.to_string()),
-        ("faults_spurious", vcpu.pf_spurious.to_string()),
-        ("fault_retries", vcpu.pf_retry.to_string()),
-        ("huge_mappings", mmu_field(|s| s.installed_huge)),
-        ("sptes_zapped", mmu_field(|s| s.zapped)),
-        ("zap_all_fast", mmu_field(|s| s.zap_all_fast)),
-        ("tlb_flushes", mmu_field(|s| s.remote_tlb_flushes)),
-        ("vcpu_tlb_flushes", vcpu.tlb_flushes.to_string()),
-        ("exits_memory_fault", stat(&s.memory_fault_exits)),
-        ("exits_mmio", stat(&shared.exits_mmio)),
-        ("exits_hwpoison", stat(&shared.exits_hwpoison)),
-        ("exits_unresolved", stat(&shared.exits_unresolved)),
-        ("conversions_to_private", stat(&s.to_private)),
-        ("conversions_to_shared", stat(&s.to_shared)),
-        ("punches", stat(&s.punches)),
-        ("memslot_changes", stat(&s.memslot_changes)),
-        ("memory_failures", stat(&s.memory_failures)),
-        ("gmem_closes", stat(&s.gmem_closes)),
-    ];
-    // An SEV-SNP guest's own figures (`n/a` for other VM types).
-    let snp_host = vmm.host().snp_host();
-    let snp_fields: [(&'static str, String); 11] = [
-        ("guest_conversions", guest_conversions.to_string()),
-        ("psc_requests", stat(&snp.psc_requests)),
-        ("psc_exits", stat(&s.map_gpa_range_exits)),
-        ("psc_errors", stat(&snp.psc_errors)),
-        ("psc_incomplete", stat(&snp.psc_incomplete)),
-        ("conversions_aborted", stat(&snp.conversions_aborted)),
-        ("vc_exceptions", stat(&snp.vc_exceptions)),
-        ("pvalidates", stat(&snp.pvalidates)),
-        ("launched_pages", stat(&s.launched_pages)),
-        ("rmp_assigned_at_end", snp_host.map_or("n/a".to_string(), |h| h.rmp().assigned_count().to_string())),
-        ("rmp_leaked_pages", snp_host.map_or("n/a".to_string(), |h| h.nr_leaked_pages().to_string())),
-    ];
-    for (key, value) in snp_fields {
-        let shown = config.is_snp() || (config.is_tdx() && matches!(key, "guest_conversions" | "launched_pages"));
-        fields.push((key, if shown { value } else { "n/a".to_string() }));
-    }
-    // A TD's own figures (`n/a` for other VM types): the guest's, then KVM's TDX counters and
-    // the TDX module's state at the end.
-    let kvm = vmm.host().vm(vmm.vm_fd()).ok();
-    let td = kvm.as_deref().and_then(gmem_arch::tdx::kvm::TdxVm::of);
-    let td_stat = |f: fn(&gmem_arch::tdx::kvm::TdxStats) -> &std::sync::atomic::AtomicU64| {
-        td.map_or("n/a".to_string(), |vm| stat(f(&vm.stats)))
+    let ending = summary::Ending {
+        control_ops: control_done,
+        elapsed,
+        invariant_checks: checks,
+        violations,
+        panics,
+        watchdog_reason: reason,
+        diagnosis,
     };
-    let tdx = &shared.tdx;
-    let tdx_fields: [(&'static str, String); 19] = [
-        ("tdx_accepts", stat(&tdx.accepts)),
-        ("tdx_accept_busy", stat(&tdx.accept_busy)),
-        ("map_gpa_requests", td_stat(|s| &s.map_gpa_requests)),
-        ("map_gpa_exits", stat(&s.map_gpa_range_exits)),
-        ("map_gpa_retries", td_stat(|s| &s.map_gpa_retries)),
-        ("map_gpa_errors", stat(&tdx.map_gpa_errors)),
-        ("tdx_conversions_incomplete", stat(&tdx.conversions_incomplete)),
-        ("ve_exceptions", stat(&tdx.ve_exceptions)),
-        ("tdx_events_posted", stat(&tdx.events_posted)),
-        ("vp_enters", td_stat(|s| &s.vp_enters)),
-        ("entries_deferred", td_stat(|s| &s.entries_deferred)),
-        ("ept_violations", td_stat(|s| &s.ept_violations)),
-        ("ept_local_retries", td_stat(|s| &s.local_retries)),
-        ("aug_busy", td_stat(|s| &s.aug_busy)),
-        ("block_busy", td_stat(|s| &s.block_busy)),
-        ("track_busy", td_stat(|s| &s.track_busy)),
-        ("remove_busy", td_stat(|s| &s.remove_busy)),
-        ("tdx_leaked_pages", td.map_or("n/a".to_string(), |vm| vm.leaked_pages().len().to_string())),
-        ("pamt_pages_owned_at_end", td.map_or("n/a".to_string(), |vm| vm.module().td_owned_frames().to_string())),
-    ];
-    for (key, value) in tdx_fields {
-        fields.push((key, if config.is_tdx() { value } else { "n/a".to_string() }));
-    }
-    fields.extend([
-        ("invariant_checks", checks.to_string()),
-        ("invariant_violations", violations.len().to_string()),
-        ("warnings", warnings.len().to_string()),
-        ("integrity_errors", integrity.to_string()),
-        ("vmm_errors", vmm_errors.to_string()),
-        ("ok", ok.to_string()),
-    ]);
-    let summary = Summary { fields, failures, ok, reproduce: config.reproduce_command(), diagnosis };
+    let summary = Summary::collect(config, &vmm, &shared, ending);
     // Tearing the VM down (closing every descriptor) may meet what an unwound thread left
     // behind, so it is under the fuse too.
     drop(shared);
