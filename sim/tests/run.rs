@@ -3,6 +3,7 @@
 //! on both SNP profiles, with its guest-side figures, and refused on a profile without SNP; a
 //! TD's run is clean on v6.18 with its figures, and refused on a profile without TDX.
 
+use gmem_sim::progress::Progress;
 use gmem_sim::run::{self, Config, Length, Mix, VcpuAction};
 use gmem_uapi::vmm::{KVM_X86_SNP_VM, KVM_X86_TDX_VM};
 use std::process::{Command, Output};
@@ -20,7 +21,7 @@ fn small(seed: u64) -> Config {
 
 #[test]
 fn a_default_mix_run_ends_clean() {
-    let summary = run::run(&small(7), None).expect("runs");
+    let summary = run::run(&small(7), &Progress::hidden()).expect("runs");
     assert!(summary.ok, "failures: {:#?}\n{}", summary.failures, summary.table());
     assert_eq!(summary.ops, 20_000);
     for (key, count) in [
@@ -41,7 +42,7 @@ fn a_default_mix_run_ends_clean() {
 /// values (strings unquoted), `n/a` for what the VM type does not have.
 #[test]
 fn the_table_and_the_json_list_the_same_figures() {
-    let summary = run::run(&small(7), None).expect("runs");
+    let summary = run::run(&small(7), &Progress::hidden()).expect("runs");
     let json: serde_json::Value = serde_json::from_str(&summary.to_json()).expect("the JSON parses");
     let object = json.as_object().expect("one object");
     let rows = summary.rows();
@@ -158,7 +159,7 @@ fn an_snp_run_ends_clean_on_both_snp_profiles() {
         let mut config = small(11);
         config.vm_type = KVM_X86_SNP_VM;
         config.kernel = kernel.to_string();
-        let summary = run::run(&config, None).expect("runs");
+        let summary = run::run(&config, &Progress::hidden()).expect("runs");
         assert!(summary.ok, "{kernel}: failures: {:#?}\n{}", summary.failures, summary.table());
         assert_eq!(field(&summary, "vm_type"), "SEV_SNP");
         assert_eq!(number(&summary, "ops"), 20_000);
@@ -253,7 +254,7 @@ fn snp_keys_and_the_profile_without_snp() {
 fn a_tdx_run_ends_clean() {
     let mut config = small(11);
     config.vm_type = KVM_X86_TDX_VM;
-    let summary = run::run(&config, None).expect("runs");
+    let summary = run::run(&config, &Progress::hidden()).expect("runs");
     assert!(summary.ok, "failures: {:#?}\n{}", summary.failures, summary.table());
     assert_eq!(field(&summary, "vm_type"), "TDX");
     assert_eq!(number(&summary, "ops"), 20_000);
@@ -287,12 +288,12 @@ fn a_tdx_run_ends_clean() {
         streams.iter().flatten().filter(|op| matches!(op.action, VcpuAction::Convert { .. })).count() as u64;
     assert_eq!(number(&summary, "guest_conversions"), conversions);
     // Other VM types show `n/a` for the TD's keys; a profile without TDX refuses the VM type.
-    let summary = run::run(&small(11), None).expect("runs");
+    let summary = run::run(&small(11), &Progress::hidden()).expect("runs");
     assert_eq!(field(&summary, "ve_exceptions"), "n/a");
     let mut old = small(11);
     old.vm_type = KVM_X86_TDX_VM;
     old.kernel = "v6.14".to_string();
-    let error = run::run(&old, None).expect_err("no TDX on v6.14");
+    let error = run::run(&old, &Progress::hidden()).expect_err("no TDX on v6.14");
     assert!(error.contains("v6.14 has no TDX VMs"), "{error}");
 }
 
@@ -309,7 +310,7 @@ fn broken(breakage: run::Breakage) -> Config {
 #[test]
 fn a_stuck_invalidation_is_ended_by_the_watchdog_with_a_diagnosis() {
     let started = std::time::Instant::now();
-    let summary = run::run(&broken(run::Breakage::StuckInvalidation), None).expect("runs");
+    let summary = run::run(&broken(run::Breakage::StuckInvalidation), &Progress::hidden()).expect("runs");
     let took = started.elapsed();
     assert!(took < std::time::Duration::from_secs(10), "the watchdog took {took:?}");
     assert!(!summary.ok);
@@ -342,7 +343,7 @@ fn a_grace_period_that_never_ends_is_reported_as_the_wait_it_is() {
     // Memslot changes only, so the control thread's first operation waits for the reader.
     config.mix = Mix::parse("access=50,memslot=50").unwrap();
     let started = std::time::Instant::now();
-    let summary = run::run(&config, None).expect("runs");
+    let summary = run::run(&config, &Progress::hidden()).expect("runs");
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
     assert!(!summary.ok);
     let reason = summary.failures.first().expect("a failure");
@@ -363,7 +364,7 @@ fn a_grace_period_that_never_ends_is_reported_as_the_wait_it_is() {
 #[test]
 fn a_panicking_vcpu_is_a_failure_with_its_message() {
     let started = std::time::Instant::now();
-    let summary = run::run(&broken(run::Breakage::VcpuPanic), None).expect("runs");
+    let summary = run::run(&broken(run::Breakage::VcpuPanic), &Progress::hidden()).expect("runs");
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
     assert!(!summary.ok);
     assert_eq!(

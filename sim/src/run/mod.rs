@@ -127,7 +127,6 @@
 //! `invariant_violations`, `warnings`, `integrity_errors`, `vmm_errors`, `ok`. `guest_accesses`
 //! counts loads and stores only; `ops` is their sum with `guest_conversions` and `control_ops`.
 
-use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -137,6 +136,8 @@ use gmem_mm::PAGE_SIZE;
 use gmem_sync::waits::WaitDomain;
 use gmem_sync::CachePadded;
 use gmem_uapi::{SimHost, Vmm, VmmConfig};
+
+use crate::progress::Progress;
 
 mod config;
 mod integrity;
@@ -169,26 +170,9 @@ pub const INVARIANT_EVERY: u64 = 64;
 /// Debug builds check after every control operation (continuous checking while developing).
 const CHECK_EVERY_CONTROL_OP: bool = cfg!(debug_assertions);
 
-fn progress_line(out: &mut dyn Write, done: u64, total: Option<u64>, started: Instant, length: Length) {
-    let fraction = match (total, length) {
-        (Some(total), _) => done as f64 / total.max(1) as f64,
-        (None, Length::Duration(d)) => started.elapsed().as_secs_f64() / d.as_secs_f64().max(1e-9),
-        _ => 0.0,
-    }
-    .min(1.0);
-    let filled = (fraction * 30.0) as usize;
-    let _ = write!(
-        out,
-        "\r[{}{}] {:>3}% {done} ops",
-        "#".repeat(filled),
-        ".".repeat(30 - filled),
-        (fraction * 100.0) as u32
-    );
-    let _ = out.flush();
-}
-
-/// Runs the workload. `Err` is a setup error (bad configuration, VM creation failed).
-pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summary, String> {
+/// Runs the workload, showing its progress on `progress` (operations done, or for a timed run
+/// the time gone). `Err` is a setup error (bad configuration, VM creation failed).
+pub fn run(config: &Config, progress: &Progress) -> Result<Summary, String> {
     let profile = config.validate()?;
     count_panics_in_runs();
     let vmm_config = VmmConfig { vm_type: config.vm_type, memory: config.memory, regions: REGIONS };
@@ -262,6 +246,12 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         Length::Duration(d) => Some(started + d),
         Length::Ops(_) => None,
     };
+    // The bar counts operations, or for a timed run milliseconds.
+    progress.start(match (total_ops, config.length) {
+        (Some(total), _) => total,
+        (None, Length::Duration(d)) => d.as_millis() as u64,
+        (None, Length::Ops(total)) => total,
+    });
     let (over, watching) = std::sync::mpsc::channel::<()>();
     let mut tripped = None;
     std::thread::scope(|scope| {
@@ -300,14 +290,11 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
         // vCPU operations per control operation, to spread control operations over the run.
         let control_total = config.control_mix().control_total();
         let ratio = if control_total == 0 { 0.0 } else { config.vcpu_weight() as f64 / control_total as f64 };
-        let mut last_progress = Instant::now();
-        let mut tick = |shared: &Shared<'_>, control_done: u64, progress: &mut Option<&mut dyn Write>| {
-            if let Some(out) = progress.as_deref_mut() {
-                if last_progress.elapsed() >= Duration::from_millis(100) {
-                    last_progress = Instant::now();
-                    let done = shared.vcpu_ops_done.load(Ordering::Relaxed) + control_done;
-                    progress_line(out, done, total_ops, started, config.length);
-                }
+        let tick = |shared: &Shared<'_>, control_done: u64| {
+            if progress.is_shown() {
+                let done = shared.vcpu_ops_done.load(Ordering::Relaxed) + control_done;
+                let position = if deadline.is_some() { started.elapsed().as_millis() as u64 } else { done };
+                progress.update(position, || format!("{done} operations"));
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 shared.stop.store(true, Ordering::SeqCst);
@@ -334,14 +321,14 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
                 && shared.finished.load(Ordering::SeqCst) < vcpus
                 && !shared.stop.load(Ordering::SeqCst)
             {
-                tick(&shared, control_done, &mut progress);
+                tick(&shared, control_done);
                 std::thread::yield_now();
             }
             shared.control.set(epoch, phase::IN_OP, control_done);
             control_op(&shared, op);
             control_done += 1;
             shared.control.moved();
-            tick(&shared, control_done, &mut progress);
+            tick(&shared, control_done);
             if CHECK_EVERY_CONTROL_OP || control_done % INVARIANT_EVERY == 0 {
                 shared.control.set(epoch, phase::PAUSING, control_done);
                 shared.pause.store(true, Ordering::SeqCst);
@@ -370,7 +357,7 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
             shared.control.set(epoch, phase::FINAL_WAIT, control_done);
         }
         while shared.finished.load(Ordering::SeqCst) < vcpus {
-            tick(&shared, control_done, &mut progress);
+            tick(&shared, control_done);
             std::thread::sleep(Duration::from_millis(1));
         }
         if shared.control.phase() == phase::FINAL_WAIT {
@@ -398,11 +385,7 @@ pub fn run(config: &Config, mut progress: Option<&mut dyn Write>) -> Result<Summ
     };
     drop(kvm);
     let elapsed = started.elapsed();
-    if let Some(out) = progress {
-        let done = shared.vcpu_ops_done.load(Ordering::Relaxed) + control_done;
-        progress_line(out, done, Some(done), started, config.length);
-        let _ = writeln!(out);
-    }
+    progress.finish(|| format!("{} operations", shared.vcpu_ops_done.load(Ordering::Relaxed) + control_done));
     if fuse.is_none() {
         checks += 1;
         violations.extend(vmm.check_invariants());
