@@ -126,7 +126,7 @@ pub struct Config {
     pub kernel: String,
     /// The seed of every stream.
     pub seed: u64,
-    /// The watchdog's bound on time without progress (see [the module docs](self#the-watchdog)).
+    /// The watchdog's bound on time without progress (see [the module docs](super#the-watchdog)).
     pub watchdog: Duration,
     /// A deliberate breakage of the run, to see the watchdog and the panic handling work
     /// (`--break`); `None` in every real run.

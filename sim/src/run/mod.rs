@@ -98,6 +98,16 @@
 //! inside (the next memslot change waits for it forever), `vcpu-panic` panics vCPU 0 after
 //! [`BREAK_PANIC_AFTER`] operations.
 //!
+//! # Where things are
+//!
+//! This module sets the VM up, spawns the threads, paces the control thread and checks the
+//! invariants at pause points. `config.rs` holds what the flags set and the checks of it,
+//! `streams.rs` the operation streams, `integrity.rs` the records and the per-page brackets of
+//! destructive operations, `workers.rs` what the threads share and what each does, `snp.rs` and
+//! `tdx.rs` the confidential guests' own loops, `watchdog.rs` the watchdog, `summary.rs` the
+//! figures printed at the end. The streams' generator is [`crate::rng`], the progress bar
+//! [`crate::progress`].
+//!
 //! # Output
 //!
 //! A table (or, with `--json`, one JSON object) of the figures of one typed [`Summary`], which
