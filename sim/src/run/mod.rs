@@ -167,12 +167,12 @@ pub use streams::{generate, op_counts, ControlOp, ControlStream, VcpuAction, Vcp
 pub use summary::Summary;
 
 use integrity::image_record;
-use snp::SnpGuest;
+use snp::{SnpCounters, SnpGuest};
 use tdx::{TdxCounters, TdxGuest};
 use watchdog::phase;
 use workers::{
     control_op, count_panics_in_runs, leave_an_invalidation_open, leave_an_srcu_reader_inside, vcpu_thread, CvmGuest,
-    Shared, SnpCounters,
+    Shared,
 };
 
 /// Control operations between two invariant checks in release builds (throughput runs).

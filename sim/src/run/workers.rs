@@ -16,7 +16,7 @@ use gmem_uapi::Vmm;
 
 use super::config::{Breakage, Config, BREAK_PANIC_AFTER, REGIONS};
 use super::integrity::{image_record, is_earlier_record, record, PageEpoch, Shadow};
-use super::snp::SnpGuest;
+use super::snp::{SnpCounters, SnpGuest};
 use super::streams::{ControlOp, VcpuAction, VcpuStream};
 use super::tdx::{TdxCounters, TdxGuest};
 use super::watchdog::{phase, Status};
@@ -25,26 +25,6 @@ use super::watchdog::{phase, Status};
 pub(super) const ACCESS_RETRIES: u32 = 4;
 /// Integrity errors kept for printing.
 const MAX_REPORTED: usize = 20;
-
-/// What an SEV-SNP guest's vCPUs did (see [`SnpGuest`]).
-#[derive(Debug, Default)]
-pub(super) struct SnpCounters {
-    /// Page-state change requests (the boot's MSR-protocol ones, then PSC buffers).
-    pub(super) psc_requests: AtomicU64,
-    /// Requests KVM answered with an error, or did not take (its GHCB unreachable): retried.
-    pub(super) psc_errors: AtomicU64,
-    /// Conversions whose PSC still failed after every attempt (the pages' state is unknown
-    /// to the guest until it converts them again).
-    pub(super) psc_incomplete: AtomicU64,
-    /// Conversions given up before their PSC (a rescind exited: no memslot, no guest_memfd,
-    /// poison).
-    pub(super) conversions_aborted: AtomicU64,
-    /// #VC exceptions for a page that is not validated, after which the vCPU validated the page
-    /// again and retried.
-    pub(super) vc_exceptions: AtomicU64,
-    /// PVALIDATE instructions (validations and rescissions).
-    pub(super) pvalidates: AtomicU64,
-}
 
 /// Everything the threads share.
 pub(super) struct Shared<'a> {
