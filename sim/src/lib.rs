@@ -18,13 +18,17 @@
 //! - [`diff`]: the differential fuzzer (`gmem-sim diff`): random host-side sequences run on
 //!   `/dev/kvm` and on the simulator, compared line by line, divergences shrunk to scripts;
 //! - [`run`]: the full-system workload (`gmem-sim run`): a VMM, vCPU threads and a control
-//!   thread on the simulator, with data-integrity and invariant checks.
+//!   thread on the simulator, with data-integrity and invariant checks;
+//! - [`rng`]: the seeded generator `run` and `diff` draw from;
+//! - [`progress`]: the progress bar long commands draw on a terminal.
 
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod backends;
 pub mod diff;
+pub mod progress;
+pub mod rng;
 pub mod run;
 pub mod runner;
 pub mod script;

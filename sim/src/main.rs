@@ -1,12 +1,14 @@
 //! The `gmem-sim` command line. See the crate documentation of `gmem_sim`.
 
-use std::io::{self, IsTerminal, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use gmem_sim::backends::{self, Host, BACKENDS, DEFAULT_KERNEL, HOSTS};
 use gmem_sim::diff;
+use gmem_sim::progress::Progress;
+use gmem_sim::rng;
 use gmem_sim::run;
 use gmem_sim::runner::{self, RunOptions};
 use gmem_sim::script::{self, Program};
@@ -199,16 +201,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// A seed for runs that do not give one: the clock and the process id.
-fn fresh_seed() -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    (nanos as u64) ^ (u64::from(std::process::id()) << 32)
-}
-
 fn run_diff(args: &DiffArgs) -> ExitCode {
     let config = diff::Config {
         cases: args.cases,
-        seed: args.seed.unwrap_or_else(fresh_seed),
+        seed: args.seed.unwrap_or_else(rng::fresh_seed),
         ops_max: usize::try_from(args.ops_max).unwrap_or(usize::MAX),
         shrink_iters: args.shrink_iters,
         reference: args.reference.clone(),
@@ -216,9 +212,8 @@ fn run_diff(args: &DiffArgs) -> ExitCode {
     };
     let mut reference = || diff::open_reference(&args.reference, &args.kernel);
     let mut sim = || backends::open("sim", &args.kernel);
-    let mut stderr = io::stderr();
-    let progress: Option<&mut dyn Write> = if stderr.is_terminal() { Some(&mut stderr) } else { None };
-    match diff::run(&config, &mut reference, &mut sim, &mut io::stdout().lock(), progress) {
+    let progress = Progress::on_terminal("gmem-sim diff");
+    match diff::run(&config, &mut reference, &mut sim, &mut io::stdout().lock(), &progress) {
         Ok(summary) => ExitCode::from(u8::from(!summary.divergences.is_empty())),
         Err(error) => {
             eprintln!("gmem-sim diff: {error}");
@@ -228,7 +223,7 @@ fn run_diff(args: &DiffArgs) -> ExitCode {
 }
 
 fn run_run(args: &RunArgs) -> ExitCode {
-    let mut config = run::Config::new(args.seed.unwrap_or_else(fresh_seed));
+    let mut config = run::Config::new(args.seed.unwrap_or_else(rng::fresh_seed));
     config.vm_type = args.vm_type;
     config.memory = args.memory;
     config.vcpus = args.vcpus;
@@ -247,9 +242,9 @@ fn run_run(args: &RunArgs) -> ExitCode {
         }
         None => config.mix,
     };
-    let mut stderr = io::stderr();
-    let progress: Option<&mut dyn Write> = if stderr.is_terminal() && !args.json { Some(&mut stderr) } else { None };
-    let summary = match run::run(&config, progress) {
+    // With --json the output is for a program: no bar even on a terminal.
+    let progress = if args.json { Progress::hidden() } else { Progress::on_terminal("gmem-sim run") };
+    let summary = match run::run(&config, &progress) {
         Ok(summary) => summary,
         Err(error) => {
             eprintln!("gmem-sim run: {error}");

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use gmem_sim::backend::Backend;
 use gmem_sim::backends;
 use gmem_sim::diff::{self, Config, Summary};
+use gmem_sim::progress::Progress;
 use gmem_sim::runner::{self, RunOptions};
 use gmem_sim::script;
 
@@ -17,7 +18,8 @@ fn run(config: &Config, reference: &str, kernel: &str) -> (Summary, String) {
     let mut reference = || backends::open("sim", reference);
     let mut sim = || backends::open("sim", kernel);
     let mut out = Vec::new();
-    let summary = diff::run(config, &mut reference, &mut sim, &mut out, None).expect("the run completes");
+    let summary =
+        diff::run(config, &mut reference, &mut sim, &mut out, &Progress::hidden()).expect("the run completes");
     (summary, String::from_utf8(out).expect("utf-8 output"))
 }
 
@@ -163,7 +165,8 @@ fn a_reference_that_cannot_open_is_a_setup_error_with_status_2() {
     let mut reference = || Err::<Box<dyn Backend>, String>("cannot open /dev/kvm: No such file or directory".into());
     let mut sim = || backends::open("sim", "v6.18-pvm");
     let mut out = Vec::new();
-    let error = diff::run(&Config::new(5, 1), &mut reference, &mut sim, &mut out, None).expect_err("no reference");
+    let error = diff::run(&Config::new(5, 1), &mut reference, &mut sim, &mut out, &Progress::hidden())
+        .expect_err("no reference");
     assert_eq!(
         error.to_string(),
         "cannot open the reference backend `kvm`: cannot open /dev/kvm: No such file or directory"

@@ -8,6 +8,7 @@
 
 use gmem_sim::backends;
 use gmem_sim::diff::{self, Config};
+use gmem_sim::progress::Progress;
 
 #[test]
 fn the_simulator_agrees_with_dev_kvm_on_random_sequences() {
@@ -18,7 +19,8 @@ fn the_simulator_agrees_with_dev_kvm_on_random_sequences() {
     let mut reference = || diff::open_reference("kvm", diff::DEFAULT_KERNEL);
     let mut sim = || backends::open("sim", diff::DEFAULT_KERNEL);
     let mut out = Vec::new();
-    let summary = diff::run(&config, &mut reference, &mut sim, &mut out, None).expect("the run completes");
+    let summary =
+        diff::run(&config, &mut reference, &mut sim, &mut out, &Progress::hidden()).expect("the run completes");
     let output = String::from_utf8_lossy(&out);
     assert_eq!(summary.sequences, 50);
     assert!(summary.divergences.is_empty(), "{output}");

@@ -3,6 +3,7 @@
 //! on both SNP profiles, with its guest-side figures, and refused on a profile without SNP; a
 //! TD's run is clean on v6.18 with its figures, and refused on a profile without TDX.
 
+use gmem_sim::progress::Progress;
 use gmem_sim::run::{self, Config, Length, Mix, VcpuAction};
 use gmem_uapi::vmm::{KVM_X86_SNP_VM, KVM_X86_TDX_VM};
 use std::process::{Command, Output};
@@ -20,14 +21,46 @@ fn small(seed: u64) -> Config {
 
 #[test]
 fn a_default_mix_run_ends_clean() {
-    let summary = run::run(&small(7), None).expect("runs");
+    let summary = run::run(&small(7), &Progress::hidden()).expect("runs");
     assert!(summary.ok, "failures: {:#?}\n{}", summary.failures, summary.table());
-    let field = |key: &str| summary.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()).unwrap();
-    assert_eq!(field("ops"), "20000");
-    for key in ["warnings", "invariant_violations", "integrity_errors", "vmm_errors"] {
-        assert_eq!(field(key), "0", "{key}");
+    assert_eq!(summary.ops, 20_000);
+    for (key, count) in [
+        ("warnings", summary.warnings),
+        ("invariant_violations", summary.invariant_violations),
+        ("integrity_errors", summary.integrity_errors),
+        ("vmm_errors", summary.vmm_errors),
+    ] {
+        assert_eq!(count, 0, "{key}");
     }
-    assert_ne!(field("invariant_checks"), "0");
+    assert_ne!(summary.invariant_checks, 0);
+    // A SW_PROTECTED VM has none of a TD's figures, and a TDP MMU's.
+    assert_eq!(summary.tdx.vp_enters, None);
+    assert!(summary.sptes_zapped.is_some());
+}
+
+/// The table is rendered from the JSON's fields: the same keys in the same order, the same
+/// values (strings unquoted), `n/a` for what the VM type does not have.
+#[test]
+fn the_table_and_the_json_list_the_same_figures() {
+    let summary = run::run(&small(7), &Progress::hidden()).expect("runs");
+    let json: serde_json::Value = serde_json::from_str(&summary.to_json()).expect("the JSON parses");
+    let object = json.as_object().expect("one object");
+    let rows = summary.rows();
+    assert_eq!(rows.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>(), object.keys().collect::<Vec<_>>());
+    for (key, shown) in &rows {
+        let value = &object[key.as_str()];
+        let printed = match (value.as_str(), value.as_f64()) {
+            (Some(text), _) => text.to_string(),
+            (None, Some(fraction)) if value.is_f64() => format!("{fraction:.3}"),
+            _ => value.to_string(),
+        };
+        assert_eq!(&printed, shown, "{key}");
+    }
+    assert_eq!(object["psc_requests"], "n/a");
+    assert_eq!(object["seed"], "0x7");
+    let seconds = summary.to_json().split("\"seconds\":").nth(1).and_then(|rest| rest.split(',').next()).map(str::len);
+    assert_eq!(seconds, Some(format!("{:.3}", summary.seconds).len()), "three decimals");
+    assert!(summary.table().lines().all(|line| line.split_whitespace().count() >= 2));
 }
 
 #[test]
@@ -106,7 +139,7 @@ fn mix_parsing() {
 }
 
 fn field(summary: &run::Summary, key: &str) -> String {
-    summary.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("no field {key}"))
+    summary.rows().into_iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or_else(|| panic!("no field {key}"))
 }
 
 fn number(summary: &run::Summary, key: &str) -> u64 {
@@ -126,7 +159,7 @@ fn an_snp_run_ends_clean_on_both_snp_profiles() {
         let mut config = small(11);
         config.vm_type = KVM_X86_SNP_VM;
         config.kernel = kernel.to_string();
-        let summary = run::run(&config, None).expect("runs");
+        let summary = run::run(&config, &Progress::hidden()).expect("runs");
         assert!(summary.ok, "{kernel}: failures: {:#?}\n{}", summary.failures, summary.table());
         assert_eq!(field(&summary, "vm_type"), "SEV_SNP");
         assert_eq!(number(&summary, "ops"), 20_000);
@@ -221,7 +254,7 @@ fn snp_keys_and_the_profile_without_snp() {
 fn a_tdx_run_ends_clean() {
     let mut config = small(11);
     config.vm_type = KVM_X86_TDX_VM;
-    let summary = run::run(&config, None).expect("runs");
+    let summary = run::run(&config, &Progress::hidden()).expect("runs");
     assert!(summary.ok, "failures: {:#?}\n{}", summary.failures, summary.table());
     assert_eq!(field(&summary, "vm_type"), "TDX");
     assert_eq!(number(&summary, "ops"), 20_000);
@@ -255,12 +288,12 @@ fn a_tdx_run_ends_clean() {
         streams.iter().flatten().filter(|op| matches!(op.action, VcpuAction::Convert { .. })).count() as u64;
     assert_eq!(number(&summary, "guest_conversions"), conversions);
     // Other VM types show `n/a` for the TD's keys; a profile without TDX refuses the VM type.
-    let summary = run::run(&small(11), None).expect("runs");
+    let summary = run::run(&small(11), &Progress::hidden()).expect("runs");
     assert_eq!(field(&summary, "ve_exceptions"), "n/a");
     let mut old = small(11);
     old.vm_type = KVM_X86_TDX_VM;
     old.kernel = "v6.14".to_string();
-    let error = run::run(&old, None).expect_err("no TDX on v6.14");
+    let error = run::run(&old, &Progress::hidden()).expect_err("no TDX on v6.14");
     assert!(error.contains("v6.14 has no TDX VMs"), "{error}");
 }
 
@@ -277,7 +310,7 @@ fn broken(breakage: run::Breakage) -> Config {
 #[test]
 fn a_stuck_invalidation_is_ended_by_the_watchdog_with_a_diagnosis() {
     let started = std::time::Instant::now();
-    let summary = run::run(&broken(run::Breakage::StuckInvalidation), None).expect("runs");
+    let summary = run::run(&broken(run::Breakage::StuckInvalidation), &Progress::hidden()).expect("runs");
     let took = started.elapsed();
     assert!(took < std::time::Duration::from_secs(10), "the watchdog took {took:?}");
     assert!(!summary.ok);
@@ -310,7 +343,7 @@ fn a_grace_period_that_never_ends_is_reported_as_the_wait_it_is() {
     // Memslot changes only, so the control thread's first operation waits for the reader.
     config.mix = Mix::parse("access=50,memslot=50").unwrap();
     let started = std::time::Instant::now();
-    let summary = run::run(&config, None).expect("runs");
+    let summary = run::run(&config, &Progress::hidden()).expect("runs");
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
     assert!(!summary.ok);
     let reason = summary.failures.first().expect("a failure");
@@ -331,7 +364,7 @@ fn a_grace_period_that_never_ends_is_reported_as_the_wait_it_is() {
 #[test]
 fn a_panicking_vcpu_is_a_failure_with_its_message() {
     let started = std::time::Instant::now();
-    let summary = run::run(&broken(run::Breakage::VcpuPanic), None).expect("runs");
+    let summary = run::run(&broken(run::Breakage::VcpuPanic), &Progress::hidden()).expect("runs");
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
     assert!(!summary.ok);
     assert_eq!(

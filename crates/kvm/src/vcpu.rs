@@ -116,6 +116,68 @@ pub struct VcpuStat {
     pub tlb_flushes: AtomicU64,
 }
 
+/// The values of a [`VcpuStat`]'s counters at one moment (one field per counter, same names), or
+/// their sums over vCPUs: what a caller reads, apart from the atomics the vCPU updates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuStatValues {
+    /// `pf_taken`: faults entered.
+    pub pf_taken: u64,
+    /// `pf_fixed`: faults that installed an SPTE.
+    pub pf_fixed: u64,
+    /// `pf_spurious`: faults that found the SPTE already there.
+    pub pf_spurious: u64,
+    /// `pf_emulate`: faults handed to emulation (MMIO).
+    pub pf_emulate: u64,
+    /// Faults that returned `RET_PF_RETRY` (a racing invalidation, an INVALID memslot).
+    pub pf_retry: u64,
+    /// Translations served by the TLB (the model's own).
+    pub tlb_hits: u64,
+    /// Translations that walked the SPTEs (TLB misses; the model's own).
+    pub spte_walks: u64,
+    /// `KVM_REQ_TLB_FLUSH` serviced on entry (`kvm_vcpu_flush_tlb_all`).
+    pub tlb_flushes: u64,
+}
+
+impl VcpuStat {
+    /// The counters' values now (each read on its own, relaxed: exact once the vCPU is idle).
+    pub fn values(&self) -> VcpuStatValues {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        VcpuStatValues {
+            pf_taken: read(&self.pf_taken),
+            pf_fixed: read(&self.pf_fixed),
+            pf_spurious: read(&self.pf_spurious),
+            pf_emulate: read(&self.pf_emulate),
+            pf_retry: read(&self.pf_retry),
+            tlb_hits: read(&self.tlb_hits),
+            spte_walks: read(&self.spte_walks),
+            tlb_flushes: read(&self.tlb_flushes),
+        }
+    }
+}
+
+impl std::ops::Add for VcpuStatValues {
+    type Output = VcpuStatValues;
+
+    fn add(self, other: VcpuStatValues) -> VcpuStatValues {
+        VcpuStatValues {
+            pf_taken: self.pf_taken + other.pf_taken,
+            pf_fixed: self.pf_fixed + other.pf_fixed,
+            pf_spurious: self.pf_spurious + other.pf_spurious,
+            pf_emulate: self.pf_emulate + other.pf_emulate,
+            pf_retry: self.pf_retry + other.pf_retry,
+            tlb_hits: self.tlb_hits + other.tlb_hits,
+            spte_walks: self.spte_walks + other.spte_walks,
+            tlb_flushes: self.tlb_flushes + other.tlb_flushes,
+        }
+    }
+}
+
+impl std::iter::Sum for VcpuStatValues {
+    fn sum<I: Iterator<Item = VcpuStatValues>>(values: I) -> VcpuStatValues {
+        values.fold(VcpuStatValues::default(), std::ops::Add::add)
+    }
+}
+
 impl KvmVcpu {
     /// `vcpu->vcpu_id`.
     pub fn vcpu_id(&self) -> u32 {

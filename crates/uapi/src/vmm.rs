@@ -75,7 +75,7 @@ use gmem_kvm::invariants::{self, Violation};
 use gmem_kvm::memslot::{UserspaceMemoryRegion2, KVM_MEM_GUEST_MEMFD};
 use gmem_kvm::profile::VmType;
 use gmem_kvm::tdp_mmu::TdpMmuStats;
-use gmem_kvm::vcpu::{RunError, VcpuExit, KVM_MAP_GPA_RANGE_ENCRYPTED, KVM_MEMORY_EXIT_FLAG_PRIVATE};
+use gmem_kvm::vcpu::{RunError, VcpuExit, VcpuStatValues, KVM_MAP_GPA_RANGE_ENCRYPTED, KVM_MEMORY_EXIT_FLAG_PRIVATE};
 use gmem_mm::filemap::MfResult;
 use gmem_mm::types::{PAGE_SHIFT, PAGE_SIZE};
 use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MADV_DONTNEED, MADV_HUGEPAGE};
@@ -897,26 +897,9 @@ impl Vmm {
         stats
     }
 
-    /// The vCPUs' counters, summed: `(pf_taken, pf_fixed, pf_spurious, pf_emulate, pf_retry,
-    /// tlb_flushes)`.
-    pub fn vcpu_stats(&self) -> [u64; 6] {
-        let mut sum = [0u64; 6];
-        for fd in self.vcpu_fds() {
-            if let Ok((_, vcpu)) = self.host.vcpu(fd) {
-                let stat = &vcpu.stat;
-                for (slot, counter) in sum.iter_mut().zip([
-                    &stat.pf_taken,
-                    &stat.pf_fixed,
-                    &stat.pf_spurious,
-                    &stat.pf_emulate,
-                    &stat.pf_retry,
-                    &stat.tlb_flushes,
-                ]) {
-                    *slot += counter.load(Ordering::Relaxed);
-                }
-            }
-        }
-        sum
+    /// The vCPUs' counters, each summed over the VM's vCPUs.
+    pub fn vcpu_stats(&self) -> VcpuStatValues {
+        self.vcpu_fds().into_iter().filter_map(|fd| self.host.vcpu(fd).ok()).map(|(_, vcpu)| vcpu.stat.values()).sum()
     }
 
     /// Checks every named invariant over the VM and its guest_memfds (call at a quiescent

@@ -29,13 +29,14 @@ pub mod render;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::{self, Write};
-use std::time::{Duration, Instant};
 
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
 
 use crate::backend::Backend;
 use crate::backends;
+use crate::progress::Progress;
+use crate::rng::Rng;
 use crate::runner::{run_program, LineReport, RunOptions};
 use crate::script;
 use render::Rendered;
@@ -50,7 +51,7 @@ pub const DEFAULT_REFERENCE: &str = "kvm";
 pub const DEFAULT_KERNEL: &str = "v6.18-pvm";
 
 /// The odd constant that spreads case seeds (the 64-bit golden ratio).
-const SEED_STRIDE: u64 = 0x9e37_79b9_7f4a_7c15;
+const SEED_STRIDE: u64 = crate::rng::GOLDEN_GAMMA;
 
 /// What a run does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,11 +351,8 @@ impl Sides<'_, '_> {
 
 /// The proptest RNG of the case generated from `case_seed`.
 fn case_rng(case_seed: u64) -> TestRng {
-    let mut rng = crate::run::Rng::from_state(case_seed);
     let mut bytes = [0u8; 32];
-    for chunk in bytes.chunks_mut(8) {
-        chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
-    }
+    Rng::from_state(case_seed).fill_bytes(&mut bytes);
     TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)
 }
 
@@ -374,14 +372,13 @@ pub fn generate(case_seed: u64, ops_max: usize) -> Result<String, DiffError> {
 
 /// Runs `config.cases` sequences, each on a fresh backend from `reference` and from `sim`,
 /// printing every divergence (shrunk) to `out` as it is found, then the excluded counts, the
-/// divergence kinds and the last line. `progress`, if given, receives a counter line that
-/// overwrites itself (for a terminal).
+/// divergence kinds and the last line, while `progress` shows the sequences done.
 pub fn run(
     config: &Config,
     reference: &mut Factory<'_>,
     sim: &mut Factory<'_>,
     out: &mut dyn Write,
-    mut progress: Option<&mut dyn Write>,
+    progress: &Progress,
 ) -> Result<Summary, DiffError> {
     let mut sides = Sides { reference, sim, config };
     // Fail early, with a clear message, if a side cannot be opened at all.
@@ -398,7 +395,7 @@ pub fn run(
     )?;
     let strategy = gen::sequence(config.ops_max);
     let mut summary = Summary::default();
-    let mut last_progress = Instant::now();
+    progress.start(config.cases);
     for case in 0..config.cases {
         let seed = case_seed(config.seed, case);
         let mut runner = TestRunner::new_with_rng(ProptestConfig::default(), case_rng(seed));
@@ -418,28 +415,12 @@ pub fn run(
         summary.uncompared += comparison.uncompared as u64;
         if let Some(diff) = comparison.divergence {
             let divergence = shrink(&mut sides, &mut tree, rendered, diff, case, seed)?;
-            print_divergence(out, config, summary.divergences.len() + 1, &divergence)?;
+            progress.suspend(|| print_divergence(out, config, summary.divergences.len() + 1, &divergence))?;
             summary.divergences.push(divergence);
         }
-        if let Some(progress) = progress.as_deref_mut() {
-            if last_progress.elapsed() >= Duration::from_millis(100) || case + 1 == config.cases {
-                last_progress = Instant::now();
-                let _ = write!(
-                    progress,
-                    "\r{} {}/{} sequences, {} operations, {} divergences",
-                    progress_bar(case + 1, config.cases),
-                    case + 1,
-                    config.cases,
-                    summary.operations,
-                    summary.divergences.len()
-                );
-                let _ = progress.flush();
-            }
-        }
+        progress.update(case + 1, || progress_message(case + 1, config.cases, &summary));
     }
-    if let Some(progress) = progress {
-        let _ = writeln!(progress);
-    }
+    progress.finish(|| progress_message(config.cases, config.cases, &summary));
     print_totals(out, &summary)?;
     Ok(summary)
 }
@@ -587,12 +568,9 @@ fn print_totals(out: &mut dyn Write, summary: &Summary) -> io::Result<()> {
     out.flush()
 }
 
-/// `[#######.............]  35%`: `done` of `total` as a 20-cell bar.
-fn progress_bar(done: u64, total: u64) -> String {
-    const CELLS: u64 = 20;
-    let total = total.max(1);
-    let filled = (done.min(total) * CELLS / total) as usize;
-    format!("[{}{}] {:3}%", "#".repeat(filled), ".".repeat(CELLS as usize - filled), done.min(total) * 100 / total)
+/// The diff's counts beside its progress bar.
+fn progress_message(done: u64, cases: u64, summary: &Summary) -> String {
+    format!("{done}/{cases} sequences, {} operations, {} divergences", summary.operations, summary.divergences.len())
 }
 
 /// `text`, cut to 60 characters with `...` (results of long loads fill a line).
@@ -606,17 +584,4 @@ fn abbreviate(text: &str) -> String {
 
 fn first_word(text: &str) -> &str {
     text.split_whitespace().next().unwrap_or("")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::progress_bar;
-
-    #[test]
-    fn the_progress_bar_fills_in_proportion() {
-        assert_eq!(progress_bar(0, 10), "[....................]   0%");
-        assert_eq!(progress_bar(5, 10), "[##########..........]  50%");
-        assert_eq!(progress_bar(10, 10), "[####################] 100%");
-        assert_eq!(progress_bar(3, 0), "[####################] 100%");
-    }
 }

@@ -35,10 +35,30 @@ use gmem_uapi::vmm::{
 };
 use gmem_uapi::Vmm;
 
-use super::{Shared, ACCESS_RETRIES};
+use super::workers::{Shared, ACCESS_RETRIES};
 
 /// Attempts of one PSC request before the guest leaves its pages pending.
 const PSC_ATTEMPTS: u32 = 64;
+
+/// What an SEV-SNP guest's vCPUs did (see [`SnpGuest`]).
+#[derive(Debug, Default)]
+pub(super) struct SnpCounters {
+    /// Page-state change requests (the boot's MSR-protocol ones, then PSC buffers).
+    pub(super) psc_requests: AtomicU64,
+    /// Requests KVM answered with an error, or did not take (its GHCB unreachable): retried.
+    pub(super) psc_errors: AtomicU64,
+    /// Conversions whose PSC still failed after every attempt (the pages' state is unknown
+    /// to the guest until it converts them again).
+    pub(super) psc_incomplete: AtomicU64,
+    /// Conversions given up before their PSC (a rescind exited: no memslot, no guest_memfd,
+    /// poison).
+    pub(super) conversions_aborted: AtomicU64,
+    /// #VC exceptions for a page that is not validated, after which the vCPU validated the page
+    /// again and retried.
+    pub(super) vc_exceptions: AtomicU64,
+    /// PVALIDATE instructions (validations and rescissions).
+    pub(super) pvalidates: AtomicU64,
+}
 
 /// The guest's view of one of its pages.
 #[derive(Clone, Copy, Debug)]

@@ -34,7 +34,8 @@ use gmem_kvm::vcpu::RunError;
 use gmem_uapi::vmm::{TdxStatus, TDX_PAGE_ALREADY_ACCEPTED};
 use gmem_uapi::Vmm;
 
-use super::{Rng, Shared, ACCESS_RETRIES};
+use super::workers::{Shared, ACCESS_RETRIES};
+use crate::rng::Rng;
 
 /// Attempts of one MapGPA conversion before the guest leaves its pages pending.
 const MAP_GPA_ATTEMPTS: u32 = 4;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use gmem_kvm::Kvm;
 use gmem_uapi::Vmm;
 
-use super::{ControlStream, Shared, VcpuAction, VcpuStream};
+use super::streams::{ControlStream, VcpuAction, VcpuStream};
+use super::workers::Shared;
 
 /// What a worker thread is doing, for the diagnosis, and how far it got, for the watchdog: a
 /// few relaxed stores per operation to a cache line of the thread's own (padded, so vCPUs do
@@ -279,5 +280,5 @@ impl Drop for Fuse {
 
 /// The grace period of [`Fuse`] for a run with watchdog `limit`.
 pub(super) fn grace(limit: Duration) -> Duration {
-    super::UNWIND_GRACE.max(limit)
+    super::config::UNWIND_GRACE.max(limit)
 }
