@@ -32,3 +32,11 @@ pub mod rng;
 pub mod run;
 pub mod runner;
 pub mod script;
+
+/// The environment variables that give the command line's most repeated options their default
+/// (an option given on the command line wins): `GMEM_SEED` (`run`, `diff`), `GMEM_KERNEL`
+/// (`run`, `script`; `diff` keeps its own default, the profile of this machine's kernel),
+/// `GMEM_VM_TYPE` and `GMEM_WATCHDOG` (`run`), `GMEM_BACKEND` and `GMEM_HOST` (`script`).
+/// Tests that start `gmem-sim` remove them so a developer's settings cannot change the result.
+pub const ENV_DEFAULTS: &[&str] =
+    &["GMEM_SEED", "GMEM_KERNEL", "GMEM_VM_TYPE", "GMEM_WATCHDOG", "GMEM_BACKEND", "GMEM_HOST"];

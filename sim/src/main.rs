@@ -50,7 +50,7 @@ enum Command {
 struct RunArgs {
     /// The VM type: SW_PROTECTED (private memory, conversions), DEFAULT, SEV_SNP (an SEV-SNP
     /// guest, on the v6.18 and v6.14 profiles) or TDX (a TD on an Intel host, v6.18).
-    #[arg(long, default_value = "SW_PROTECTED", value_parser = run::parse_vm_type)]
+    #[arg(long, env = "GMEM_VM_TYPE", default_value = "SW_PROTECTED", value_parser = run::parse_vm_type)]
     vm_type: u64,
     /// Guest memory (bytes, or with a K, M or G suffix).
     #[arg(long, default_value = "64M", value_parser = run::parse_size)]
@@ -69,10 +69,10 @@ struct RunArgs {
     #[arg(long, value_parser = run::Mix::parse)]
     mix: Option<run::Mix>,
     /// The kernel profile.
-    #[arg(long, default_value = "v6.18", value_parser = parse_kernel)]
+    #[arg(long, env = "GMEM_KERNEL", default_value = "v6.18", value_parser = parse_kernel)]
     kernel: String,
     /// The seed of every operation stream (decimal or 0x hexadecimal). Random if not given.
-    #[arg(long, value_name = "S", value_parser = parse_seed)]
+    #[arg(long, value_name = "S", env = "GMEM_SEED", value_parser = parse_seed)]
     seed: Option<u64>,
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
@@ -81,7 +81,7 @@ struct RunArgs {
     /// an SRCU grace period, an invalidation to end), for this many seconds, the run ends with
     /// exit status 1, a diagnosis (who waits on what, each thread's last operation, the MMU
     /// invalidation and SRCU state), the state dump and the replay command.
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = run::parse_watchdog)]
+    #[arg(long, value_name = "SECS", env = "GMEM_WATCHDOG", default_value = "5", value_parser = run::parse_watchdog)]
     watchdog: std::time::Duration,
     /// Break the run on purpose, to see the watchdog or the panic handling at work:
     /// `stuck-invalidation` (an MMU invalidation is begun and never ended), `stuck-srcu-reader`
@@ -107,7 +107,7 @@ struct DiffArgs {
     cases: u64,
     /// The seed (decimal or 0x hexadecimal); case i uses seed + i * 0x9e3779b97f4a7c15, so
     /// `--cases 1 --seed X` re-runs one case. Random if not given (printed on the first line).
-    #[arg(long, value_name = "S", value_parser = parse_seed)]
+    #[arg(long, value_name = "S", env = "GMEM_SEED", value_parser = parse_seed)]
     seed: Option<u64>,
     /// The most operations in one sequence.
     #[arg(long, value_name = "K", default_value_t = diff::DEFAULT_OPS_MAX as u64,
@@ -141,16 +141,16 @@ struct ScriptArgs {
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
     /// Where to run them.
-    #[arg(long, default_value = "sim", value_parser = BACKENDS.to_vec())]
+    #[arg(long, env = "GMEM_BACKEND", default_value = "sim", value_parser = BACKENDS.to_vec())]
     backend: String,
     /// The kernel profile the simulator models: v6.14, v6.18 or v6.18-pvm, optionally with
     /// upstream fixes toggled (`v6.14+F1`, `v6.18-F2`).
-    #[arg(long, default_value = DEFAULT_KERNEL, value_parser = parse_kernel)]
+    #[arg(long, env = "GMEM_KERNEL", default_value = DEFAULT_KERNEL, value_parser = parse_kernel)]
     kernel: String,
     /// The simulated host: `amd` (kvm_amd with SEV-SNP) or `intel` (kvm_intel with TDX). Default:
     /// the host a file's `# host:` line names, else amd; a file that names another host is an
     /// error. On the kvm backend the host is this machine (the name is only checked).
-    #[arg(long, value_parser = HOSTS.to_vec())]
+    #[arg(long, env = "GMEM_HOST", value_parser = HOSTS.to_vec())]
     host: Option<String>,
     /// Compare results with `=> EXPECTED` and exit 1 on any mismatch.
     #[arg(long)]

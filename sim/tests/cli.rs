@@ -13,7 +13,11 @@ fn script(name: &str, source: &str) -> PathBuf {
 }
 
 fn gmem_sim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gmem-sim")).args(args).output().expect("gmem-sim runs")
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gmem-sim"));
+    for knob in gmem_sim::ENV_DEFAULTS {
+        command.env_remove(knob);
+    }
+    command.args(args).output().expect("gmem-sim runs")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -72,5 +76,34 @@ fn help_lists_the_script_options() {
     let help = text(&output.stdout);
     for option in ["--backend", "--kernel", "--check", "sim", "kvm", "v6.14", "v6.18-pvm"] {
         assert!(help.contains(option), "{option} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn environment_variables_give_defaults_and_the_command_line_wins() {
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gmem-sim"));
+        for knob in gmem_sim::ENV_DEFAULTS {
+            command.env_remove(knob);
+        }
+        command.envs(env.iter().copied()).args(args).output().expect("gmem-sim runs")
+    };
+    let small = ["run", "--ops", "2000", "--memory", "1M", "--json"];
+    let output = run(&[("GMEM_SEED", "0x5eed"), ("GMEM_KERNEL", "v6.14")], &small);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let json = text(&output.stdout);
+    assert!(json.contains(r#""seed":"0x5eed""#) && json.contains(r#""kernel":"v6.14""#), "{json}");
+    let mut explicit = small.to_vec();
+    explicit.extend(["--seed", "7", "--kernel", "v6.18"]);
+    let json = text(&run(&[("GMEM_SEED", "0x5eed"), ("GMEM_KERNEL", "v6.14")], &explicit).stdout);
+    assert!(json.contains(r#""seed":"0x7""#) && json.contains(r#""kernel":"v6.18""#), "the flags win: {json}");
+    // A bad value in the environment is a usage error naming the variable's option.
+    let output = run(&[("GMEM_KERNEL", "v9.99")], &small);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("--kernel"), "{}", text(&output.stderr));
+    // Every variable is shown in the help of the commands it applies to.
+    let help: String = ["run", "script", "diff"].iter().map(|cmd| text(&gmem_sim(&[cmd, "--help"]).stdout)).collect();
+    for knob in gmem_sim::ENV_DEFAULTS {
+        assert!(help.contains(&format!("env: {knob}")), "{knob} in --help");
     }
 }

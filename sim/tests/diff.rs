@@ -118,7 +118,11 @@ fn the_simulator_gives_the_kernels_answer_where_the_fuzzer_found_it_wrong() {
 }
 
 fn gmem_sim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gmem-sim")).args(args).output().expect("gmem-sim runs")
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gmem-sim"));
+    for knob in gmem_sim::ENV_DEFAULTS {
+        command.env_remove(knob);
+    }
+    command.args(args).output().expect("gmem-sim runs")
 }
 
 fn text(bytes: &[u8]) -> String {

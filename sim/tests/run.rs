@@ -9,7 +9,11 @@ use gmem_uapi::vmm::{KVM_X86_SNP_VM, KVM_X86_TDX_VM};
 use std::process::{Command, Output};
 
 fn gmem_sim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gmem-sim")).args(args).output().expect("gmem-sim runs")
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gmem-sim"));
+    for knob in gmem_sim::ENV_DEFAULTS {
+        command.env_remove(knob);
+    }
+    command.args(args).output().expect("gmem-sim runs")
 }
 
 fn small(seed: u64) -> Config {

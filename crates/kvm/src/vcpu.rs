@@ -68,7 +68,7 @@ pub struct KvmVcpu {
     mmu_external_spt_cache: Mutex<Vec<Pfn>>,
     /// `vcpu->mutex`: taken by `kvm_vcpu_ioctl` around the ioctls that need it (in the model:
     /// `KVM_MEMORY_ENCRYPT_OP` on a vCPU) and by `kvm_lock_all_vcpus`
-    /// ([`Kvm::lock_all_vcpus`]). Lock order: `kvm->lock` → `vcpu->mutex` → `kvm->slots_lock`.
+    /// ([`Kvm::with_all_vcpus_locked`]). Lock order: `kvm->lock` → `vcpu->mutex` → `kvm->slots_lock`.
     pub mutex: Mutex<()>,
     /// Events waiting to be injected (interrupts, NMIs: what `kvm_vcpu_has_events` looks for),
     /// delivered at the next guest entry ([`KvmVcpu::queue_event`]).

@@ -8,7 +8,7 @@
 //! space, as `____fput` does. That window is where upstream fix F1 lives, and the model keeps it.
 //!
 //! File memory is freed through RCU after release (`SLAB_TYPESAFE_BY_RCU` in the kernel), so a
-//! reader that loaded a file pointer under [`rcu_read_lock`](gmem_sync::rcu::rcu_read_lock) may
+//! reader that loaded a file pointer under [`gmem_sync::rcu::rcu_read_lock`] may
 //! still look at it while it dies.
 
 use crate::errno::KResult;

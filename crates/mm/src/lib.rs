@@ -12,7 +12,7 @@
 //! | [`xarray`] | `lib/xarray.c`: lock-free readers, multi-index entries |
 //! | [`filemap`] | `struct address_space`, the page cache (`mm/filemap.c`, `mm/truncate.c`) |
 //! | [`inode`] | `struct inode`, `inode_operations`, `file_modified` |
-//! | [`file`] | `struct file`, `file_operations`, `file_ref`, `fget`/`fput`/`get_file_active` (`fs/file.c`, `fs/file_table.c`) |
+//! | [`file`](mod@file) | `struct file`, `file_operations`, `file_ref`, `fget`/`fput`/`get_file_active` (`fs/file.c`, `fs/file_table.c`) |
 //! | [`fdtable`] | the per-process descriptor table (lowest free descriptor first) |
 //! | [`mmu_notifier`] | `mm/mmu_notifier.c`: secondary MMUs (KVM) told of every user-mapping invalidation |
 //! | [`huge_memory`] | `mm/huge_memory.c`: anonymous transparent huge pages (PMD mappings, split) |

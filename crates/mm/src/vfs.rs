@@ -637,7 +637,7 @@ impl Process {
     /// other advice through `madvise_walk_vmas`: each VMA of the range in address order, the
     /// first VMA's error returned at once (the VMAs before it keep the advice), ENOMEM at the end
     /// if the range had holes. What each advice checks and does on a VMA is in
-    /// [`Process::madvise_vma`].
+    /// `Process::madvise_vma`.
     pub fn madvise(&self, start: u64, len_in: u64, advice: i32) -> KResult<()> {
         let _span = tracing::trace_span!("madvise", start, len_in, advice).entered();
         let result = self.do_madvise(start, len_in, advice);

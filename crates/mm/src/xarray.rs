@@ -361,7 +361,7 @@ impl<V: XaValue> XArray<V> {
     ///
     /// This is on every page-cache lookup, so the common words (a value, an empty slot, a node
     /// to descend into) are told apart by their tag directly; siblings (and corrupt words) go
-    /// through [`decode`](Self::decode).
+    /// through `decode`.
     #[inline]
     pub fn load(&self, index: u64) -> Option<V> {
         let Slot::Node(mut node) = self.decode(self.head.load(Ordering::Acquire)) else {

@@ -8,7 +8,7 @@
 //! | `tdx_vm_ioctl` | [`TdxVm::tdx_vm_ioctl`] |
 //! | `tdx_get_capabilities`, `init_kvm_tdx_caps`, `td_init_cpuid_entry2` | [`TdxVm::tdx_get_capabilities`], [`TdConf`] |
 //! | `tdx_td_init`, `setup_tdparams`, `setup_tdparams_eptp_controls`, `setup_tdparams_cpuids` | [`TdxVm::tdx_td_init`], [`TdxVm::setup_tdparams`] |
-//! | `__tdx_td_init`, `tdx_do_tdh_mng_key_config` | [`TdxVm::__tdx_td_init`] |
+//! | `__tdx_td_init`, `tdx_do_tdh_mng_key_config` | `TdxVm::__tdx_td_init` |
 //! | `tdx_td_finalize` | [`TdxVm::tdx_td_finalize`] |
 //! | `tdx_vcpu_ioctl` (v6.19: `tdx_vcpu_unlocked_ioctl`) | [`TdxVm::tdx_vcpu_ioctl`] |
 //! | `tdx_vcpu_init`, `tdx_td_vcpu_init` | [`TdxVm::tdx_vcpu_init`] |
@@ -579,7 +579,7 @@ pub struct TdxStats {
     pub track_busy: AtomicU64,
     /// `TDH.MEM.PAGE.REMOVE` that found the S-EPT busy (retried with the vCPUs kept out).
     pub remove_busy: AtomicU64,
-    /// TDVMCALL<MapGPA> requests the guest made.
+    /// `TDVMCALL<MapGPA>` requests the guest made.
     pub map_gpa_requests: AtomicU64,
     /// `KVM_EXIT_HYPERCALL` exits MapGPA produced (one per chunk of at most 2 MiB).
     pub map_gpa_exits: AtomicU64,

@@ -7,11 +7,11 @@
 //! gives its own answer. File and memory calls are plain libc calls.
 //!
 //! What this backend adds around the kernel, and why:
-//! - [`fds`]: script descriptor numbers are translated, because the script format fixes
+//! - `fds`: script descriptor numbers are translated, because the script format fixes
 //!   them (lowest free, 0 to 2 open) and the runner's process has others open;
-//! - [`probe`]: loads and stores run in a `CLONE_VM` child, so SIGBUS and SIGSEGV are results
+//! - `probe`: loads and stores run in a `CLONE_VM` child, so SIGBUS and SIGSEGV are results
 //!   rather than the end of the runner;
-//! - [`memory`]: stores, `munmap` and `madvise` never reach the runner's own memory;
+//! - `memory`: stores, `munmap` and `madvise` never reach the runner's own memory;
 //! - resource guards: a memslot the kernel would accept costs about 10 bytes of kernel memory
 //!   per 4 KiB page here, so calls that would create very large ones (or allocate many GiB of
 //!   guest_memfd) are not performed.
