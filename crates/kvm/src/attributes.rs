@@ -36,6 +36,7 @@ pub struct MemoryAttributes {
 
 impl Kvm {
     /// `kvm_supported_mem_attributes(kvm)`.
+    #[doc(alias = "kvm_supported_mem_attributes")]
     pub fn supported_mem_attributes(&self) -> u64 {
         if self.has_private_mem() {
             KVM_MEMORY_ATTRIBUTE_PRIVATE
@@ -56,6 +57,7 @@ impl Kvm {
 
     /// `kvm_range_has_memory_attributes(kvm, start, end, mask, attrs)`: every gfn of
     /// `[start, end)` has `attrs` in the bits of `mask` (lock-free, as under RCU).
+    #[doc(alias = "kvm_range_has_memory_attributes")]
     pub fn range_has_memory_attributes(&self, start: Gfn, end: Gfn, mask: u64, attrs: u64) -> bool {
         let mask = mask & self.supported_mem_attributes();
         if attrs & !mask != 0 {
@@ -101,6 +103,7 @@ impl Kvm {
     /// stored (`tests/tests/seed_errors.rs` asserts both leave no MMU request and the sequence
     /// unchanged), and every invalidation begun in the pre pass is ended in the post pass (M2
     /// checks none is left open).
+    #[doc(alias("kvm_pre_set_memory_attributes", "kvm_vm_set_mem_attributes"))]
     fn vm_set_mem_attributes(&self, start: Gfn, end: Gfn, attributes: u64) -> KResult<()> {
         let _slots_lock = self.lock_slots();
         // Nothing to do if the entire range has the desired attributes.
@@ -169,6 +172,7 @@ impl Kvm {
     /// straddle the range, lie inside the slot and are not already MIXED to the invalidation, so
     /// no fault installs a huge page over gfns whose attributes are changing; then zap the
     /// mappings of the kind being converted away from.
+    #[doc(alias = "kvm_arch_pre_set_memory_attributes")]
     fn arch_pre_set_memory_attributes(&self, range: &KvmGfnRange, slot: &MemslotRef<'_>, attributes: u64) -> bool {
         if self.machine().warnings.warn_on_once(!self.has_private_mem(), || {
             "kvm_arch_pre_set_memory_attributes on a VM without private memory".into()
@@ -264,6 +268,7 @@ impl Kvm {
     /// x86 `kvm_mmu_init_memslot_memory_attributes`: the MIXED flags of a new slot, for every
     /// huge page wholly inside it, from the current attributes. (Fast path, the same result: a
     /// slot without any stored attribute has no MIXED page.)
+    #[doc(alias = "kvm_mmu_init_memslot_memory_attributes")]
     pub(crate) fn mmu_init_memslot_memory_attributes(&self, slot: MemslotRef<'_>) {
         if !self.has_private_mem() {
             return;
@@ -311,6 +316,7 @@ impl Kvm {
 
     /// `kvm_handle_gfn_range`: run `handler` on every memslot's part of `[start, end)`, taking
     /// `mmu_lock` and calling `on_lock` at the first memslot found; flush if asked and needed.
+    #[doc(alias = "kvm_handle_gfn_range")]
     fn handle_gfn_range(
         &self,
         start: Gfn,

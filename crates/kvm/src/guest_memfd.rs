@@ -174,6 +174,7 @@ fn kvm_gmem_get_invalidate_filter(profile: &KernelProfile, gmem_flags: u64) -> A
 
 /// `kvm_gmem_get_supported_flags(kvm)` (v6.18; `kvm` is `None` for `/dev/kvm`). v6.14 has no
 /// flags at all (`valid_flags = 0`).
+#[doc(alias = "kvm_arch_supports_gmem_init_shared")]
 pub fn kvm_gmem_get_supported_flags(profile: &KernelProfile, kvm: Option<&Kvm>) -> u64 {
     match profile.version {
         KernelVersion::V6_14 => 0,

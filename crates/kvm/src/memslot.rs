@@ -397,6 +397,7 @@ impl Memslots {
 
     /// `kvm_check_memslot_overlap`: another slot (different id) intersects `[start, end)`.
     #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    #[doc(alias = "kvm_check_memslot_overlap")]
     fn overlaps(&self, id: u32, start: u64, end: u64) -> bool {
         self.check_live();
         self.entries.iter().any(|entry| entry.id != id && entry.base_gfn < end && start < entry.base_gfn + entry.npages)
@@ -404,6 +405,7 @@ impl Memslots {
 
     /// `kvm_replace_memslot` on a copy: the next generation with `old` replaced by `new`.
     #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    #[doc(alias = "kvm_replace_memslot")]
     fn replaced(&self, old: Option<SlabHandle>, new: Option<MemslotEntry>) -> Memslots {
         self.check_live();
         let mut entries: Vec<MemslotEntry> =
@@ -605,6 +607,7 @@ impl Kvm {
     }
 
     /// `check_memory_region_flags`.
+    #[doc(alias = "kvm_arch_has_readonly_mem")]
     fn check_memory_region_flags(&self, mem: &UserspaceMemoryRegion2) -> KResult<()> {
         let mut valid = KVM_MEM_LOG_DIRTY_PAGES;
         let gmem_allowed = match self.profile().version {
@@ -748,6 +751,15 @@ impl Kvm {
     }
 
     /// `kvm_set_memslot`.
+    #[doc(alias(
+        "kvm_arch_prepare_memory_region",
+        "kvm_create_memslot",
+        "kvm_delete_memslot",
+        "kvm_is_gfn_alias",
+        "kvm_move_memslot",
+        "kvm_set_memslot",
+        "kvm_update_flags_memslot"
+    ))]
     fn set_memslot(
         &self,
         slots_lock: &gmem_sync::MutexGuard<'_, ()>,
@@ -805,6 +817,7 @@ impl Kvm {
     /// `kvm_invalidate_memslot`: publish an INVALID copy of `old` in its place, wait for readers,
     /// zap the old slot's mappings. The swap drops `slots_arch_lock` before waiting for readers;
     /// it is taken again afterwards, as the kernel does, and handed back.
+    #[doc(alias("kvm_copy_memslot", "kvm_invalidate_memslot"))]
     fn invalidate_memslot<'k>(
         &'k self,
         slots_lock: &gmem_sync::MutexGuard<'_, ()>,
@@ -831,6 +844,7 @@ impl Kvm {
     /// `kvm_swap_active_memslots` (with the `kvm_replace_memslot` it follows): publish the next
     /// generation (its number marked "update in progress"), drop `slots_arch_lock`, wait for every
     /// reader of the previous generation, give the new one its final number, free the old one.
+    #[doc(alias("kvm_activate_memslot", "kvm_swap_active_memslots"))]
     fn swap_active_memslots(
         &self,
         slots_lock: &gmem_sync::MutexGuard<'_, ()>,
@@ -877,6 +891,7 @@ impl Kvm {
     }
 
     /// `kvm_commit_memory_region`: accounting, then the fate of the old slot.
+    #[doc(alias = "kvm_commit_memory_region")]
     fn commit_memory_region(&self, old: Option<MemslotEntry>, new: Option<MemslotEntry>, change: MrChange) {
         // The page count is updated before the arch hook, which sizes the MMU from it.
         match change {
@@ -924,6 +939,7 @@ impl Kvm {
     /// x86 `kvm_mmu_slot_apply_flags` for FLAGS_ONLY: READONLY and geometry changes were filtered
     /// out earlier, so the only flag left to change is LOG_DIRTY_PAGES; anything else WARNs (which
     /// is what clearing GUEST_MEMFD on a v6.14 kernel does, on its way to the F2 use-after-free).
+    #[doc(alias = "kvm_mmu_slot_apply_flags")]
     fn mmu_slot_apply_flags(&self, old: MemslotEntry, new: MemslotEntry) {
         let old_flags = self.memslot(&old).flags();
         let new_flags = self.memslot(&new).flags();
@@ -938,6 +954,7 @@ impl Kvm {
     }
 
     /// `kvm_free_memslot`: unbind a guest_memfd slot, then free it.
+    #[doc(alias = "kvm_free_memslot")]
     pub(crate) fn free_memslot(&self, handle: SlabHandle) {
         let Ok(slot) = self.memslot_by_handle(handle) else {
             self.report_slot_use_after_free("kvm_free_memslot", "double free", handle);

@@ -243,6 +243,7 @@ impl Kvm {
     }
 
     /// `kvm_mmu_unmap_gfn_range` = range_add + the arch unmap.
+    #[doc(alias = "kvm_mmu_unmap_gfn_range")]
     pub fn mmu_unmap_gfn_range(&self, range: &KvmGfnRange) -> bool {
         self.mmu_invalidate_range_add(range.start, range.end);
         let flush = self.mmu().unmap_gfn_range(self, range);

@@ -670,6 +670,7 @@ impl TdpMmu {
     /// On the way down to the goal level a huge leaf covering the gfn is split
     /// (`tdp_mmu_split_huge_page`); at the goal level a present leaf makes the fault spurious,
     /// and a page table of smaller leaves is replaced by the new leaf, with a remote flush.
+    #[doc(alias = "tdp_mmu_split_huge_page")]
     pub(crate) fn map(&self, kvm: &Kvm, fault_gfn: Gfn, gfn: Gfn, spte: Spte, mmu_seq: u64) -> MapResult {
         kvm.assert_mmu_lock_held();
         Self::assert_not_stale(kvm, fault_gfn, mmu_seq);
@@ -755,6 +756,7 @@ impl TdpMmu {
     /// generation wraps): the direct roots become obsolete (`mmu_valid_gen++`, so in-flight faults
     /// retry: `is_obsolete_sp`) and every leaf of the direct root goes. Only `KVM_DIRECT_ROOTS`:
     /// "External page tables don't support fast zapping", so a mirror root is left alone.
+    #[doc(alias("kvm_mmu_invalidate_mmio_sptes", "kvm_mmu_zap_all_fast"))]
     pub fn zap_all_fast(&self, kvm: &Kvm) {
         let _mmu_lock = kvm.mmu_lock_write();
         self.mmu_valid_gen.fetch_add(1, Ordering::AcqRel);
@@ -915,6 +917,7 @@ impl TdpMmu {
     /// setting the SPTE fails because it has changed, iter->old_spte will be refreshed");
     /// without it (v6.18) `iter->old_spte` is passed by value and the refresh lands in the
     /// callee's copy: the iterator keeps the stale value.
+    #[doc(alias("__tdp_mmu_set_spte_atomic", "sptep", "tdp_mmu_set_spte_atomic"))]
     fn mirror_set_spte_atomic(
         &self,
         kvm: &Kvm,
@@ -1143,6 +1146,7 @@ impl TdpMmu {
     /// `free_external_spt` and the table's pages are freed, or on error a WARN and the external
     /// page is leaked ("Intentionally leak the page to prevent the kernel from accessing the
     /// encrypted page").
+    #[doc(alias = "sp")]
     fn handle_removed_pt(&self, kvm: &Kvm, id: usize) {
         let indexes: Vec<usize> = self.mirror.lock().table(id).entries.keys().copied().collect();
         for index in indexes {
@@ -1199,6 +1203,7 @@ impl TdpMmu {
     /// (`tdp_mmu_iter_set_spte`): the leaves first (`remove_external_spte`), then every page
     /// table bottom-up as the entry pointing to it goes (`handle_removed_pt` →
     /// `free_external_spt`). The root table itself has no external page and stays, empty.
+    #[doc(alias("__tdp_mmu_zap_root", "tdp_mmu_zap_root"))]
     fn zap_mirror_root(&self, kvm: &Kvm) {
         let mut zap_level = Some(SpteLevel::Level4K);
         while let Some(level) = zap_level {

@@ -169,6 +169,7 @@ impl VcpuTlb {
     /// outside guest mode and fills nothing meanwhile, so the only difference is that a request
     /// made in between is absorbed by a TLB that is already empty; in exchange "no flush
     /// pending" implies "flushed", which lets the invariant checker run while vCPUs do.
+    #[doc(alias = "kvm_vcpu_flush_tlb_all")]
     fn service_flush(&self) -> bool {
         let bit = 1 << (KVM_REQ_TLB_FLUSH & KVM_REQUEST_MASK);
         if self.requests.load(Ordering::Acquire) & bit == 0 {
@@ -191,6 +192,7 @@ impl VcpuTlb {
     /// could keep reading its own `EXITING_GUEST_MODE` forever. The exchange reads the latest
     /// value, so its store is ordered after the cmpxchg in loom too, as the kernel's `csd_unlock`
     /// store is ordered after the requester's `csd_lock` it read through the IPI queue.
+    #[doc(alias = "csd_unlock")]
     fn leave_guest_mode(&self) {
         self.mode.swap(OUTSIDE_GUEST_MODE, Ordering::Release);
     }
@@ -203,6 +205,7 @@ impl VcpuTlb {
     /// make that pair under loom, which treats `SeqCst` accesses as `AcqRel` and only
     /// `SeqCst` fences as sequentially consistent: without it loom lets the vCPU's request check
     /// miss a request set before the kick found it outside guest mode.
+    #[doc(alias = "kvm_vcpu_exiting_guest_mode")]
     fn exiting_guest_mode(&self) -> u8 {
         fence(Ordering::SeqCst);
         match self.mode.compare_exchange(IN_GUEST_MODE, EXITING_GUEST_MODE, Ordering::SeqCst, Ordering::SeqCst) {
@@ -273,6 +276,7 @@ impl Kvm {
     }
 
     /// `kvm_get_vcpu_by_id`.
+    #[doc(alias = "kvm_get_vcpu_by_id")]
     pub fn get_vcpu_by_id(&self, id: u32) -> Option<gmem_sync::Arc<KvmVcpu>> {
         self.vcpu_array.lock().iter().find(|vcpu| vcpu.vcpu_id() == id).cloned()
     }

@@ -403,6 +403,7 @@ impl Kvm {
     /// taken with a plain `mutex_lock` (recording `kvm->lock` → `vcpu->mutex`) and the others
     /// by waiting on `mutex_trylock`, which records no dependency. A closure rather than a list
     /// of guards, so that the guards can borrow the vCPUs they lock.
+    #[doc(alias("kvm_lock_all_vcpus", "kvm_unlock_all_vcpus"))]
     pub fn with_all_vcpus_locked<R>(&self, f: impl FnOnce() -> R) -> R {
         gmem_sync::lockdep_assert_held(&crate::vm::KVM_LOCK);
         fn nest<R>(vcpus: &[Arc<KvmVcpu>], first: bool, f: impl FnOnce() -> R) -> R {
@@ -446,6 +447,7 @@ impl Kvm {
 }
 
 /// `kvm_mmu_prepare_memory_fault_exit`.
+#[doc(alias = "kvm_mmu_prepare_memory_fault_exit")]
 fn memory_fault_exit(gfn: Gfn, is_private: bool, errno: Errno) -> RunError {
     RunError::Exit(VcpuExit::MemoryFault {
         gpa: gfn.to_gpa().0,
@@ -464,6 +466,7 @@ struct FaultinPfn {
 
 /// `kvm_mmu_page_fault` → `kvm_tdp_page_fault` for one gpa: resolve and install, or tell why not.
 /// `mm` is the VM owner's address space (`kvm->mm`), for the shared backing.
+#[doc(alias = "kvm_mmu_do_page_fault")]
 pub fn kvm_mmu_page_fault(
     kvm: &Kvm,
     vcpu: &KvmVcpu,
@@ -612,6 +615,7 @@ fn host_pfn_mapping_level(kvm: &Kvm, mm: &Mm, slot: &MemslotRef<'_>, gfn: Gfn) -
 /// private fault or a `GMEM_ONLY` slot, guest_memfd's level and the vendor hook instead).
 /// `mmu_lock` held.
 #[allow(clippy::too_many_arguments)]
+#[doc(alias = "__kvm_mmu_max_mapping_level")]
 fn kvm_mmu_max_mapping_level(
     kvm: &Kvm,
     mm: &Mm,
@@ -652,6 +656,14 @@ fn kvm_mmu_max_mapping_level(
 /// and the invalidation checks use the root's gfn (without the direct bits). Returns the
 /// fault's `goal_level` with its result; `installed` tells whether a leaf was installed.
 #[allow(clippy::too_many_arguments)]
+#[doc(alias(
+    "__kvm_mmu_faultin_pfn",
+    "is_page_fault_stale",
+    "kvm_handle_error_pfn",
+    "kvm_mmu_faultin_pfn",
+    "kvm_mmu_faultin_pfn_gmem",
+    "kvm_mmu_hugepage_adjust"
+))]
 fn kvm_tdp_mmu_page_fault(
     kvm: &Kvm,
     vcpu: &KvmVcpu,
@@ -1181,6 +1193,7 @@ fn kvm_arch_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, 
 /// while the VM's MMU page budget is still 0, i.e. before any memslot was created
 /// (`kvm_arch_commit_memory_region` sizes it). The TDP MMU allocates its roots outside that
 /// budget, so a TDP vCPU always loads one.
+#[doc(alias = "make_mmu_pages_available")]
 fn kvm_mmu_reload(kvm: &Kvm) -> KResult<()> {
     let shadow_paging = !kvm.profile().config.pre_fault;
     if shadow_paging && kvm.n_max_mmu_pages.load(Ordering::Relaxed) == 0 {

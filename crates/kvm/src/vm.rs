@@ -458,6 +458,7 @@ impl Kvm {
     /// `vm_destroy`), then every memslot
     /// (guest_memfd slots are unbound: no gmem file can still be alive, since each holds a VM
     /// reference) and the attributes.
+    #[doc(alias = "kvm_destroy_vm")]
     fn destroy_vm(&self) {
         let _span = tracing::debug_span!("kvm_destroy_vm").entered();
         self.machine.warnings.warn_on(self.mmu_invalidate_in_progress() != 0, || {

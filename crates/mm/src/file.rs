@@ -267,6 +267,7 @@ impl DyingFile {
 /// inode. `f_mode` is derived as the kernel's `file_init_path` does: read/write from the access
 /// mode, `FMODE_LSEEK`/`FMODE_CAN_READ`/`FMODE_CAN_WRITE` only where the operations exist,
 /// never `FMODE_PREAD`/`FMODE_PWRITE`.
+#[doc(alias = "anon_inode_create_getfile")]
 pub fn alloc_file_pseudo(
     machine: &Arc<Machine>,
     name: &'static str,
@@ -307,6 +308,7 @@ pub fn alloc_file_pseudo(
 /// `get_file_active(&ptr)`: a reference to the file `slot` points at, or `None` if the pointer is
 /// NULL or the file is already dead (its count reached zero, release may still be pending).
 /// No retry, exactly like the kernel: a concurrent change of `slot` also gives `None`.
+#[doc(alias = "__get_file_rcu")]
 pub fn get_file_active(slot: &AtomicPtr<File>) -> Option<FileRef> {
     let _rcu = rcu_read_lock();
     let ptr = NonNull::new(slot.load(Ordering::Acquire))?;

@@ -175,6 +175,7 @@ impl AddressSpace {
     /// `folio_mapped`: whether a present PTE of any VMA maps a page of the folio. The model keeps
     /// no `_mapcount`; it asks the reverse map, which is equivalent (every present file PTE is in
     /// a VMA linked in `i_mmap`).
+    #[doc(alias = "_mapcount")]
     pub fn folio_mapped(&self, folio: Folio<'_>) -> bool {
         let first = folio.index().0;
         let last = first + folio.nr_pages() - 1;
@@ -227,6 +228,7 @@ impl AddressSpace {
     }
 
     /// `truncate_cleanup_folio`: a mapped folio is unmapped from every user page table first.
+    #[doc(alias("truncate_inode_folio", "truncate_inode_pages_range"))]
     fn truncate_cleanup_folio(&self, folio: Folio<'_>) {
         if self.skip_truncate_unmap_for_test.load(Ordering::Relaxed) {
             return;
@@ -330,6 +332,7 @@ impl AddressSpace {
 
     /// `filemap_get_folio(mapping, index)` (`filemap_get_entry`): a referenced folio, or `None`.
     /// Lock-free: try_get, then recheck that the entry did not change under us.
+    #[doc(alias("filemap_get_entry", "filemap_get_folio"))]
     pub fn get_folio(&self, index: PgOff) -> Option<Folio<'_>> {
         loop {
             let pfn = self.i_pages.load(index.0)?;
@@ -412,6 +415,7 @@ impl AddressSpace {
 
     /// `filemap_remove_folio` + `filemap_free_folio`: the folio must be locked and in this page
     /// cache. Calls `a_ops->free_folio`, then drops the page cache's reference.
+    #[doc(alias("filemap_free_folio", "filemap_remove_folio"))]
     fn remove_folio(&self, folio: Folio<'_>) {
         debug_assert!(folio.test_locked());
         let erased = self.i_pages.erase(folio.index().0);
@@ -506,6 +510,7 @@ impl AddressSpace {
 
     /// `migrate_folio` through the a_ops hook (the only path guest_memfd has). A mapping without
     /// the hook would use `fallback_migrate_folio`, which the model does not implement.
+    #[doc(alias = "move_to_new_folio")]
     pub fn migrate_folio(&self, dst: Folio<'_>, src: Folio<'_>) -> KResult<()> {
         match self.a_ops.migrate_folio {
             Some(migrate) => migrate(self, dst, src),

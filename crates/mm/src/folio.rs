@@ -137,6 +137,7 @@ impl<'m> Folio<'m> {
     }
 
     /// `folio_file_pfn(folio, index)`: the pfn of the page holding file index `index`.
+    #[doc(alias = "folio_file_pfn")]
     pub fn file_pfn(self, index: PgOff) -> Pfn {
         self.pfn().offset(index.0 & (self.nr_pages() - 1))
     }

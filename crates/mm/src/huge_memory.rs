@@ -60,6 +60,7 @@ impl Mm {
     /// `thp_vma_allowable_order(vma, vm_flags, TVA_PAGEFAULT, PMD_ORDER)` with `enabled=madvise`,
     /// plus `thp_vma_suitable_order`: an anonymous VMA with `VM_HUGEPAGE` and not
     /// `VM_NOHUGEPAGE`, whose PMD-aligned range at `haddr` lies inside it.
+    #[doc(alias("thp_vma_allowable_order", "thp_vma_suitable_order"))]
     pub(crate) fn thp_allowed(vma: &Vma, haddr: u64) -> bool {
         vma.file.is_none()
             && vma.vm_flags & VM_HUGEPAGE != 0
@@ -73,6 +74,7 @@ impl Mm {
     /// `try_grab_folio` under the PTE lock; a CPU access is covered the same way by its TLB
     /// entry until the zap's flush), which the caller puts; or `None` when a read maps a zero
     /// page (the caller reads zeroes). ENOMEM when a 4K page cannot be allocated either.
+    #[doc(alias("__pte_alloc", "do_anonymous_page", "do_huge_pmd_anonymous_page", "do_huge_pmd_wp_page"))]
     pub(crate) fn anon_fault(&self, vma: &Vma, addr: u64, write: bool) -> KResult<Option<Pfn>> {
         let haddr = addr & HPAGE_PMD_MASK;
         let subpage = (addr - haddr) >> PAGE_SHIFT;
@@ -219,6 +221,7 @@ impl Mm {
     /// invalidation): a huge PMD wholly inside is cleared and its folio reference dropped
     /// (`zap_huge_pmd`); one partly inside is split. Returns the heads of folios whose PMD was
     /// split, for [`Mm::deferred_split_folio`] once their PTEs in the range are zapped.
+    #[doc(alias("zap_huge_pmd", "zap_pmd_range"))]
     pub(crate) fn zap_huge_pmds(&self, vma: &Vma, start: u64, end: u64) -> Vec<Pfn> {
         let huge: Vec<(u64, Pmd)> = self
             .pmds

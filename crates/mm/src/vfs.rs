@@ -724,6 +724,18 @@ impl Process {
     ///   (fork, core dumps, readahead, KSM) reads them.
     /// - WILLNEED: succeeds (readahead of guest_memfd's and shmem's pages does nothing
     ///   observable).
+    #[doc(alias(
+        "can_madv_lru_vma",
+        "ksm_madvise",
+        "madvise_cold",
+        "madvise_collapse",
+        "madvise_dontneed_free",
+        "madvise_dontneed_free_valid_vma",
+        "madvise_free_single_vma",
+        "madvise_pageout",
+        "madvise_willneed",
+        "thp_vma_allowable_order"
+    ))]
     fn madvise_vma(&self, vma: &Vma, start: u64, end: u64, advice: i32) -> KResult<()> {
         let locked = vma.vm_flags & VM_LOCKED != 0;
         let anonymous = vma.vm_ops.is_none() && vma.file.is_none();
@@ -766,6 +778,7 @@ impl Process {
     }
 
     /// `madvise_remove`: punch the file range behind a shared writable mapping.
+    #[doc(alias = "vma_is_shared_maywrite")]
     fn madvise_remove(&self, vma: &Vma, start: u64, end: u64) -> KResult<()> {
         if vma.vm_flags & VM_LOCKED != 0 {
             return Err(Errno::EINVAL);
@@ -852,6 +865,7 @@ fn calc_vm_flag_bits(flags: u64) -> u64 {
 /// block devices and sockets, `ULONG_MAX` for everything else (the KVM VM and vCPU files, whose
 /// anonymous inodes have no type, character devices). Measured: a guest_memfd mapping of 16 KiB
 /// at offset `0x7fffffffffffc000` is EOVERFLOW, a VM descriptor's at `0x7ffffffffffff000` ENODEV.
+#[doc(alias = "file_mmap_size_max")]
 fn file_mmap_ok(file: &FileRef, pgoff: u64, len: u64) -> bool {
     let mode = file.inode().mode() & S_IFMT;
     let maxsize = match mode {

@@ -398,6 +398,7 @@ impl Mm {
     /// `thp_get_unmapped_area_vmflags`, which asks for `len + 2M` and aligns the result to 2M
     /// (top-down: an already aligned gap start moves up by 2M, as `__thp_get_unmapped_area`
     /// does), falling back to the plain search if the padded length does not fit.
+    #[doc(alias("__get_unmapped_area", "thp_get_unmapped_area_vmflags"))]
     pub fn get_unmapped_area_anon(&self, len: u64) -> KResult<u64> {
         if len > TASK_SIZE {
             return Err(Errno::ENOMEM);
@@ -557,6 +558,7 @@ impl Mm {
     }
 
     /// Removes every mapping (process exit: `exit_mmap` releases the MMU notifiers first).
+    #[doc(alias = "exit_mmap")]
     pub fn unmap_all(&self) {
         self.notifiers.release_all();
         let all: Vec<Arc<Vma>> = std::mem::take(&mut *self.vmas.write()).into_values().collect();
@@ -610,6 +612,7 @@ impl Mm {
     /// with a reference the caller puts. EFAULT without a VMA, without the access right, or when the
     /// fault handler fails; EHWPOISON for a poisoned page (`KVM_PFN_ERR_HWPOISON`). Anonymous memory
     /// is allocated (and zeroed) on first use: the model has no shared zero page.
+    #[doc(alias("__kvm_faultin_pfn", "hva_to_pfn"))]
     pub fn get_user_page(&self, addr: u64, write: bool) -> KResult<Pfn> {
         let vma = self.find(addr).ok_or(Errno::EFAULT)?;
         let needed = if write { VM_WRITE } else { VM_READ | VM_WRITE | VM_EXEC };
@@ -731,6 +734,7 @@ impl Mm {
     /// A huge PMD wholly inside the range is zapped, one partly inside is split first (with its
     /// own invalidation of the 2M range, nested in this one), and the THP is then split and its
     /// unmapped subpages freed (see [`crate::huge_memory`]).
+    #[doc(alias = "zap_page_range_single")]
     pub(crate) fn dontneed(&self, vma: &Vma, start: u64, end: u64) {
         let mmap_lock = self.vmas.read();
         let range = self.notify_start(start, end, MmuNotifyEvent::Clear);

@@ -212,6 +212,7 @@ fn map_gpa_range_exit(gpa: u64, npages: u64, private: bool, size_2m: bool) -> Ru
 
 /// `GHCB_MSR_REG_GPA_REQ`: the guest registers its GHCB (an SNP guest must, before using it).
 /// Returns the response MSR value.
+#[doc(alias = "sev_handle_vmgexit_msr_protocol")]
 pub fn snp_register_ghcb_gpa(vm: &SvmVm, vcpu: &KvmVcpu, gfn: u64) -> Result<u64, RunError> {
     if !vm.sev_snp_guest() {
         return Err(RunError::Errno(Errno::EINVAL));

@@ -65,6 +65,7 @@ impl fmt::Debug for SnpHost {
 impl SnpHost {
     /// `snp_rmptable_init`: an RMP covering the machine's memory, cleared, installed as the
     /// check of every host write (SNP is enabled from now on).
+    #[doc(alias = "snp_rmptable_init")]
     pub fn init(machine: &Arc<Machine>) -> Arc<SnpHost> {
         let rmp = Arc::new(Rmp::new(machine.mem.total_pages()));
         machine.mem.set_host_write_check(rmp.clone());

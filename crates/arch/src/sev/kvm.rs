@@ -607,6 +607,7 @@ impl SvmVm {
 
     /// `__sev_issue_cmd(fd, id, data, error)`: the command on behalf of the `/dev/sev` descriptor
     /// `fd` of the calling task (EBADF if it is not open or not `/dev/sev`).
+    #[doc(alias("__sev_issue_cmd", "sev_issue_cmd"))]
     fn sev_issue_cmd_fd(&self, current: Current<'_>, fd: i32, command: &SevCommand, error: &mut u32) -> KResult<()> {
         let file = current.files.fget(fd).ok_or(Errno::EBADF)?;
         self.host.sev_issue_cmd_external_user(&file, command, error)
@@ -1021,6 +1022,7 @@ impl SvmVm {
     /// `sev_private_max_mapping_level` (v6.14) / `sev_gmem_max_mapping_level` (v6.18, with an
     /// `is_private` the body does not read): no restriction (0) unless the VM is an SNP guest;
     /// 4K for a frame the RMP cannot look up or that is not assigned; else the RMP level.
+    #[doc(alias = "sev_private_max_mapping_level")]
     pub fn sev_gmem_max_mapping_level(&self, pfn: Pfn) -> Option<PgLevel> {
         if !self.sev_snp_guest() {
             return None;

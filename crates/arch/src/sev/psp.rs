@@ -100,6 +100,7 @@ impl SnpHost {
     /// `sev_do_cmd(cmd, data, psp_ret)`: run one firmware command. A firmware error is EIO with
     /// the status in `psp_ret`; commands other than platform init need the platform initialised
     /// (the firmware answers `INVALID_PLATFORM_STATE` otherwise).
+    #[doc(alias = "__sev_do_cmd_locked")]
     pub fn sev_do_cmd(&self, command: &SevCommand, psp_ret: &mut u32) -> KResult<()> {
         let fw = self.firmware();
         let _span = tracing::debug_span!("sev_do_cmd", cmd = command.cmd().name()).entered();
@@ -137,6 +138,7 @@ impl SnpHost {
 
     /// `sev_platform_init`: initialise the SNP platform (`SNP_INIT_EX`) unless it is already;
     /// a failure is EIO with the firmware status in `error`.
+    #[doc(alias = "__sev_snp_init_locked")]
     pub fn sev_platform_init(&self, error: &mut u32) -> KResult<()> {
         if self.firmware().is_initialized() {
             return Ok(());
@@ -150,6 +152,7 @@ impl SnpHost {
     /// `snp_alloc_firmware_page`: a zeroed page made firmware-owned in the RMP
     /// (`rmp_mark_pages_firmware`: assigned, ASID 0, immutable). `None` when allocation or the
     /// RMP update fails (the page is freed).
+    #[doc(alias = "rmp_mark_pages_firmware")]
     pub fn snp_alloc_firmware_page(&self) -> Option<Pfn> {
         let mem = &self.machine().mem;
         let pfn = mem.alloc(0).ok()?;

@@ -1140,6 +1140,7 @@ impl TdxVm {
     /// or a vCPU already initialised; the TDVPR and TDCX pages (ENOMEM), `TDH.VP.CREATE`,
     /// `TDH.VP.ADDCX` for each TDCX page and `TDH.VP.INIT(data, vcpu_id)`, each failure a
     /// `KVM_BUG_ON` and EIO. (The x2APIC base the kernel sets first is outside the model.)
+    #[doc(alias = "tdx_td_vcpu_init")]
     pub fn tdx_vcpu_init(&self, kvm: &Kvm, vcpu: &KvmVcpu, cmd: &kvm_tdx_cmd) -> KResult<()> {
         if cmd.flags != 0 {
             return Err(Errno::EINVAL);
@@ -1349,6 +1350,7 @@ impl TdxVm {
     /// (`tdx_mem_page_record_premap_cnt`: `KVM_BUG_ON` if pre-faults are already allowed, else
     /// `nr_premapped++`), or with upstream fix F15 added to the image with `TDH.MEM.PAGE.ADD`
     /// from `page_add_src`.
+    #[doc(alias = "tdx_mem_page_record_premap_cnt")]
     pub fn tdx_sept_set_private_spte(&self, kvm: &Kvm, gfn: Gfn, level: PgLevel, pfn: Pfn) -> KResult<()> {
         if kvm.kvm_bug_on(level != PgLevel::Level4K, || format!("tdx_sept_set_private_spte at level {level}")) {
             return Err(Errno::EINVAL);

@@ -1192,6 +1192,7 @@ impl TdxModule {
 
     /// `TDH.PHYMEM.PAGE.WBINVD(page | hkid << keyid_shift)`: writes back and invalidates the
     /// page's cache lines tagged with `hkid` (a TDX KeyID: a TD's, or the global one for a TDR).
+    #[doc(alias("tdh_phymem_page_wbinvd_hkid", "tdh_phymem_page_wbinvd_tdr"))]
     pub fn tdh_phymem_page_wbinvd(&self, page: Pfn, hkid: u16) -> SeamcallResult<()> {
         let leaf = SeamcallLeaf::PhymemPageWbinvd;
         self.begin(leaf)?;

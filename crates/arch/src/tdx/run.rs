@@ -402,6 +402,7 @@ impl TdxVm {
     /// with `TDG.VP.VMCALL` and `args`. `Ok` is what the guest finds when it resumes;
     /// `Err(RunError::Exit(..))` an exit to user space, completed by
     /// [`TdxVm::tdx_complete_userspace_io`] at the next `KVM_RUN`.
+    #[doc(alias("tdx_emulate_vmcall", "tdx_get_td_vm_call_info"))]
     pub fn handle_tdvmcall(&self, kvm: &Kvm, vcpu: &KvmVcpu, args: TdvmcallArgs) -> Result<TdvmcallResult, RunError> {
         let tdx = Self::tdvmcall_state(vcpu)?;
         if args.r10 != TDX_HYPERCALL_STANDARD {
@@ -491,6 +492,7 @@ impl TdxVm {
     /// `complete_userspace_io`): `tdx_complete_vmcall_map_gpa` (an error, the next chunk, done,
     /// or `TDVMCALL_STATUS_RETRY` when the vCPU has an event) or `complete_hypercall_exit`.
     /// `None` if the vCPU waited for nothing.
+    #[doc(alias("complete_hypercall_exit", "tdx_complete_vmcall_map_gpa"))]
     pub fn tdx_complete_userspace_io(
         &self,
         kvm: &Kvm,
