@@ -148,6 +148,30 @@ pub struct TdxCaps {
     pub nent: u32,
 }
 
+impl TdxCaps {
+    /// The most CPUID entries a request provides room for (`KVM_MAX_CPUID_ENTRIES`).
+    const CPUID_ROOM_MAX: u32 = 256;
+
+    /// The user buffer of a `KVM_TDX_CAPABILITIES` request: `struct kvm_tdx_capabilities` with
+    /// `cpuid.nent` set, followed by room for `nent` entries (at most 256).
+    pub fn request(nent: u32) -> Vec<u8> {
+        use gmem_arch::tdx::kvm::{kvm_tdx_capabilities, KvmCpuid2Header};
+        let header = kvm_tdx_capabilities { cpuid: KvmCpuid2Header { nent, padding: 0 }, ..Default::default() };
+        let room = nent.min(Self::CPUID_ROOM_MAX) as usize * std::mem::size_of::<kvm_bindings::kvm_cpuid_entry2>();
+        let mut bytes = gmem_arch::uapi::as_bytes(&header).to_vec();
+        bytes.resize(std::mem::size_of::<kvm_tdx_capabilities>() + room, 0);
+        bytes
+    }
+
+    /// What the kernel wrote back into a [`TdxCaps::request`] buffer.
+    pub fn from_reply(bytes: &[u8]) -> TdxCaps {
+        use gmem_arch::tdx::kvm::kvm_tdx_capabilities;
+        let caps: kvm_tdx_capabilities =
+            gmem_arch::uapi::from_bytes(&bytes[..std::mem::size_of::<kvm_tdx_capabilities>()]);
+        TdxCaps { supported_attrs: caps.supported_attrs, supported_xfam: caps.supported_xfam, nent: caps.cpuid.nent }
+    }
+}
+
 /// `KVM_TDX_INIT_MEM_REGION`'s region as the kernel left it in user memory, the `source_addr`
 /// the call was given (the runner prints the new one relative to it), and the call's errno and
 /// `hw_error` if it failed (the kernel copies the region back after a partial failure too).

@@ -10,8 +10,8 @@ use gmem_arch::sev::firmware::{SevCmd, SevRet};
 use gmem_arch::sev::ghcb::{GhcbResponse, PscEntry};
 use gmem_arch::sev::measure::SnpPageType;
 use gmem_arch::tdx::kvm::{
-    kvm_tdx_capabilities, kvm_tdx_cmd, kvm_tdx_init_mem_region, kvm_tdx_init_vm, KvmCpuid2Header, TdState, TdxVm,
-    KVM_TDX_CAPABILITIES, KVM_TDX_FINALIZE_VM, KVM_TDX_INIT_MEM_REGION, KVM_TDX_INIT_VCPU, KVM_TDX_INIT_VM,
+    kvm_tdx_cmd, kvm_tdx_init_mem_region, kvm_tdx_init_vm, TdState, TdxVm, KVM_TDX_CAPABILITIES, KVM_TDX_FINALIZE_VM,
+    KVM_TDX_INIT_MEM_REGION, KVM_TDX_INIT_VCPU, KVM_TDX_INIT_VM,
 };
 use gmem_arch::tdx::status::{SeamcallLeaf, TdxStatus};
 use gmem_kvm::guest_memfd::gmem_of_file;
@@ -146,9 +146,6 @@ impl SimBackend {
         result.map(|updated| params.len.wrapping_sub(updated.len) / PAGE)
     }
 }
-
-/// The most CPUID entries `tdx_capabilities` provides room for (`KVM_MAX_CPUID_ENTRIES`).
-const TDX_CPUID_ROOM_MAX: u32 = 256;
 
 impl SimBackend {
     /// A TDX `KVM_MEMORY_ENCRYPT_OP` with `id`, `flags` and `data` (used as given when `params` is
@@ -431,18 +428,9 @@ impl Backend for SimBackend {
     }
 
     fn tdx_capabilities(&mut self, vm: i32, nent: u32, flags: u32) -> BResult<TdxCaps> {
-        let header = kvm_tdx_capabilities { cpuid: KvmCpuid2Header { nent, padding: 0 }, ..Default::default() };
-        let head = std::mem::size_of::<kvm_tdx_capabilities>();
-        let room = nent.min(TDX_CPUID_ROOM_MAX) as usize * std::mem::size_of::<kvm_cpuid_entry2>();
-        let mut bytes = gmem_arch::uapi::as_bytes(&header).to_vec();
-        bytes.resize(head + room, 0);
+        let mut bytes = TdxCaps::request(nent);
         self.tdx_command(vm, KVM_TDX_CAPABILITIES, flags, 0, &mut bytes)?;
-        let caps: kvm_tdx_capabilities = gmem_arch::uapi::from_bytes(&bytes[..head]);
-        Ok(TdxCaps {
-            supported_attrs: caps.supported_attrs,
-            supported_xfam: caps.supported_xfam,
-            nent: caps.cpuid.nent,
-        })
+        Ok(TdxCaps::from_reply(&bytes))
     }
 
     fn tdx_init_vm(

@@ -60,8 +60,8 @@ use crate::backend::{
 };
 use fds::{FdTable, Object};
 use gmem_arch::tdx::kvm::{
-    kvm_tdx_capabilities, kvm_tdx_cmd, kvm_tdx_init_mem_region, kvm_tdx_init_vm, KvmCpuid2Header, KVM_TDX_CAPABILITIES,
-    KVM_TDX_FINALIZE_VM, KVM_TDX_INIT_MEM_REGION, KVM_TDX_INIT_VCPU, KVM_TDX_INIT_VM,
+    kvm_tdx_cmd, kvm_tdx_init_mem_region, kvm_tdx_init_vm, KVM_TDX_CAPABILITIES, KVM_TDX_FINALIZE_VM,
+    KVM_TDX_INIT_MEM_REGION, KVM_TDX_INIT_VCPU, KVM_TDX_INIT_VM,
 };
 use kvm_bindings::kvm_cpuid_entry2;
 use memory::{page_align, RegionKind, Regions, PAGE_SIZE};
@@ -77,9 +77,6 @@ const STREAM_SKIP: &str = "the standard streams differ between hosts (the simula
 
 /// The largest `load` a script may ask for (the simulator's limit too).
 const LOAD_LEN_MAX: u64 = 16 << 20;
-
-/// The most CPUID entries `tdx_capabilities` provides room for (`KVM_MAX_CPUID_ENTRIES`).
-const TDX_CPUID_ROOM_MAX: u32 = 256;
 
 /// The largest memslot this backend creates in one call: 64 GiB costs about 170 MiB of
 /// kernel memory on the measured kernel.
@@ -775,19 +772,10 @@ impl Backend for KvmBackend {
     }
 
     fn tdx_capabilities(&mut self, vm: i32, nent: u32, flags: u32) -> BResult<TdxCaps> {
-        let header = kvm_tdx_capabilities { cpuid: KvmCpuid2Header { nent, padding: 0 }, ..Default::default() };
-        let head = std::mem::size_of::<kvm_tdx_capabilities>();
-        let room = nent.min(TDX_CPUID_ROOM_MAX) as usize * std::mem::size_of::<kvm_cpuid_entry2>();
-        let mut bytes = gmem_arch::uapi::as_bytes(&header).to_vec();
-        bytes.resize(head + room, 0);
+        let mut bytes = TdxCaps::request(nent);
         let mut cmd = kvm_tdx_cmd { id: KVM_TDX_CAPABILITIES, flags, data: bytes.as_mut_ptr() as u64, hw_error: 0 };
         self.tdx_op(vm, &mut cmd)?;
-        let caps: kvm_tdx_capabilities = gmem_arch::uapi::from_bytes(&bytes[..head]);
-        Ok(TdxCaps {
-            supported_attrs: caps.supported_attrs,
-            supported_xfam: caps.supported_xfam,
-            nent: caps.cpuid.nent,
-        })
+        Ok(TdxCaps::from_reply(&bytes))
     }
 
     fn tdx_init_vm(
