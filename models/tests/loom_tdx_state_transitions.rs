@@ -72,14 +72,13 @@ use gmem_arch::tdx::measure::{Mrtd, MrtdRecord, MR_EXTEND_CHUNK};
 use gmem_arch::tdx::module::TdxModule;
 use gmem_arch::tdx::status::SeamcallLeaf;
 use gmem_kvm::invariants;
-use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
 use gmem_kvm::profile::Fix;
 use gmem_kvm::vcpu::KvmVcpu;
 use gmem_kvm::{KernelProfile, Kvm, KvmSystem, VmType};
 use gmem_mm::{Machine, MachineConfig, PAGE_SIZE};
 use gmem_sync::model::{explore, stop_exploring};
 use gmem_sync::{thread, Arc};
-use gmem_uapi::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2, SimHost};
+use gmem_uapi::{kvm_memory_attributes, SimHost};
 use kvm_bindings::kvm_cpuid_entry2;
 
 /// `KVM_MEMORY_ATTRIBUTE_PRIVATE`.
@@ -115,23 +114,10 @@ fn td(profile: KernelProfile) -> Td {
     let init_vm = kvm_tdx_init_vm { attributes: TDX_TD_ATTR_SEPT_VE_DISABLE, ..Default::default() };
     host.tdx_init_vm(vm_fd, &init_vm, &cpuid).expect("KVM_TDX_INIT_VM");
     let kvm = host.vm(vm_fd).expect("the VM fd");
-    let gmem_fd = host
-        .create_guest_memfd(vm_fd, &kvm_create_guest_memfd { size: PAGE_SIZE, flags: 0, ..Default::default() })
-        .expect("KVM_CREATE_GUEST_MEMFD");
     // Three pages of user memory: the memslot's shared side, the image, the commands.
     let user = host.process().mmap_anonymous(3 * PAGE_SIZE).expect("mmap");
     let image = user + PAGE_SIZE;
-    let region = kvm_userspace_memory_region2 {
-        slot: 0,
-        flags: KVM_MEM_GUEST_MEMFD,
-        guest_phys_addr: GPA,
-        memory_size: PAGE_SIZE,
-        userspace_addr: user,
-        guest_memfd_offset: 0,
-        guest_memfd: gmem_fd as u32,
-        ..Default::default()
-    };
-    host.set_user_memory_region2(vm_fd, &region).expect("KVM_SET_USER_MEMORY_REGION2");
+    let gmem_fd = common::bind_one_page(&host, vm_fd, user);
     host.set_memory_attributes(
         vm_fd,
         &kvm_memory_attributes { address: GPA, size: PAGE_SIZE, attributes: PRIVATE, ..Default::default() },

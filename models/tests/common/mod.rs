@@ -127,6 +127,13 @@ pub fn one_page_vm(mmu: MmuFactory) -> OnePageVm {
     let host = SimHost::with_system(system);
     let vm_fd = host.create_vm(VmType::SwProtected as u64).expect("KVM_CREATE_VM");
     let kvm = host.vm(vm_fd).expect("the VM fd");
+    let gmem_fd = bind_one_page(&host, vm_fd, HVA);
+    OnePageVm { host, machine, kvm, vm_fd, gmem_fd }
+}
+
+/// Creates a 1-page guest_memfd on `vm_fd` and binds it at [`GPA`] as memslot 0, whose shared
+/// side is at `uaddr`; returns it.
+pub fn bind_one_page(host: &SimHost, vm_fd: i32, uaddr: u64) -> i32 {
     let gmem_fd = host
         .create_guest_memfd(vm_fd, &kvm_create_guest_memfd { size: PAGE_SIZE, flags: 0, ..Default::default() })
         .expect("KVM_CREATE_GUEST_MEMFD");
@@ -135,13 +142,13 @@ pub fn one_page_vm(mmu: MmuFactory) -> OnePageVm {
         flags: KVM_MEM_GUEST_MEMFD,
         guest_phys_addr: GPA,
         memory_size: PAGE_SIZE,
-        userspace_addr: HVA,
+        userspace_addr: uaddr,
         guest_memfd_offset: 0,
         guest_memfd: gmem_fd as u32,
         ..Default::default()
     };
     host.set_user_memory_region2(vm_fd, &region).expect("KVM_SET_USER_MEMORY_REGION2");
-    OnePageVm { host, machine, kvm, vm_fd, gmem_fd }
+    gmem_fd
 }
 
 /// Builds the guest; with `faulted_in`, the vCPU accessed the page once (SPTE and TLB filled).
@@ -257,21 +264,8 @@ pub fn snp_guest(profile: KernelProfile) -> SnpGuest {
     let vm_fd = host.create_vm(VmType::SevSnp as u64).expect("KVM_CREATE_VM");
     host.sev_init2(vm_fd, &kvm_sev_init::default()).expect("KVM_SEV_INIT2");
     let kvm = host.vm(vm_fd).expect("the VM fd");
-    let gmem_fd = host
-        .create_guest_memfd(vm_fd, &kvm_create_guest_memfd { size: PAGE_SIZE, flags: 0, ..Default::default() })
-        .expect("KVM_CREATE_GUEST_MEMFD");
     let image = host.process().mmap_anonymous(2 * PAGE_SIZE).expect("mmap");
-    let region = kvm_userspace_memory_region2 {
-        slot: 0,
-        flags: KVM_MEM_GUEST_MEMFD,
-        guest_phys_addr: GPA,
-        memory_size: PAGE_SIZE,
-        userspace_addr: image + PAGE_SIZE,
-        guest_memfd_offset: 0,
-        guest_memfd: gmem_fd as u32,
-        ..Default::default()
-    };
-    host.set_user_memory_region2(vm_fd, &region).expect("KVM_SET_USER_MEMORY_REGION2");
+    let gmem_fd = bind_one_page(&host, vm_fd, image + PAGE_SIZE);
     host.set_memory_attributes(
         vm_fd,
         &kvm_memory_attributes { address: GPA, size: PAGE_SIZE, attributes: PRIVATE, ..Default::default() },
@@ -388,20 +382,7 @@ pub fn td_guest() -> TdGuest {
     let init_vm = kvm_tdx_init_vm { attributes: TDX_TD_ATTR_SEPT_VE_DISABLE, ..Default::default() };
     host.tdx_init_vm(vm_fd, &init_vm, &cpuid).expect("KVM_TDX_INIT_VM");
     let kvm = host.vm(vm_fd).expect("the VM fd");
-    let gmem_fd = host
-        .create_guest_memfd(vm_fd, &kvm_create_guest_memfd { size: PAGE_SIZE, flags: 0, ..Default::default() })
-        .expect("KVM_CREATE_GUEST_MEMFD");
-    let region = kvm_userspace_memory_region2 {
-        slot: 0,
-        flags: KVM_MEM_GUEST_MEMFD,
-        guest_phys_addr: GPA,
-        memory_size: PAGE_SIZE,
-        userspace_addr: HVA,
-        guest_memfd_offset: 0,
-        guest_memfd: gmem_fd as u32,
-        ..Default::default()
-    };
-    host.set_user_memory_region2(vm_fd, &region).expect("KVM_SET_USER_MEMORY_REGION2");
+    let gmem_fd = bind_one_page(&host, vm_fd, HVA);
     host.set_memory_attributes(
         vm_fd,
         &kvm_memory_attributes { address: GPA, size: PAGE_SIZE, attributes: PRIVATE, ..Default::default() },
