@@ -55,3 +55,7 @@ lseek c1 offset=5 whence=SET                                     => ok 0
 # A vCPU ioctl on a guest_memfd: its file has no ioctls.
 g2 = create_guest_memfd vm size=4K                               => ok
 pre_fault_memory g2 gpa=0 size=4K                                => ENOTTY
+# KVM_MEMORY_ENCRYPT_OP is a vCPU ioctl too (kvm_arch_vcpu_ioctl): without the vendor's vCPU
+# hook (no SEV or TDX here) it is ENOTTY, not the EINVAL of a VM ioctl on a vCPU.
+sev_init2 c1                                                     => ENOTTY
+snp_launch_start c1 sev_fd=0                                     => ENOTTY

@@ -415,8 +415,12 @@ impl SimHost {
 
     /// `KVM_MEMORY_ENCRYPT_OP` with the user pointer `argp` (a `struct kvm_sev_cmd` in this
     /// process's memory, whose `data` points at the command's parameters): the vendor's
-    /// `mem_enc_ioctl` (ENOTTY without one).
+    /// `mem_enc_ioctl` (ENOTTY without one). On a vCPU descriptor the command is the vCPU's
+    /// (`kvm_arch_vcpu_ioctl` knows `KVM_MEMORY_ENCRYPT_OP` too: [`Self::vcpu_memory_encrypt_op`]).
     pub fn memory_encrypt_op(&self, vm_fd: i32, argp: u64) -> Result<()> {
+        if self.vcpu(vm_fd).is_ok() {
+            return self.vcpu_memory_encrypt_op(vm_fd, argp);
+        }
         let _span = tracing::debug_span!("kvm_arch_vm_ioctl_memory_encrypt_op", vm_fd, argp).entered();
         let current = Current { mm: &self.process.mm, files: &self.process.files };
         self.vm_ioctl(vm_fd, |kvm| kvm.arch().clone().mem_enc_ioctl(kvm, current, argp))
