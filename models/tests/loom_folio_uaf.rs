@@ -49,7 +49,7 @@ struct Setup {
 }
 
 fn setup(weakening: GmemWeakening) -> Setup {
-    let OnePageVm { host, machine, kvm, gmem_fd, .. } = one_page_vm(Arc::new(|| Arc::new(RecordingMmu::new(true))));
+    let OnePageVm { host, machine, kvm, gmem_fd, .. } = one_page_vm(RecordingMmu::factory(true));
     kvm.weaken_gmem_for_test(weakening);
     Setup { host, machine, kvm, gmem_fd }
 }

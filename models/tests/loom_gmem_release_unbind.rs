@@ -87,8 +87,7 @@ fn region(gmem_fd: i32, memory_size: u64) -> kvm_userspace_memory_region2 {
 /// A process on a tiny machine with a VM, a 1-page guest_memfd and memslot 0 bound to it.
 fn setup(profile: &KernelProfile) -> Setup {
     let machine = Machine::new(MachineConfig { vfs: profile.vfs_version(), ..MachineConfig::tiny(8) });
-    let system =
-        KvmSystem::with_machine(machine.clone(), profile.clone(), Arc::new(|| Arc::new(RecordingMmu::new(true))));
+    let system = KvmSystem::with_machine(machine.clone(), profile.clone(), RecordingMmu::factory(true));
     let host = SimHost::with_system(system);
     let vm_fd = host.create_vm(VmType::SwProtected as u64).expect("KVM_CREATE_VM");
     let kvm = host.vm(vm_fd).expect("the VM fd");

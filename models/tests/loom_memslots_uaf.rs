@@ -64,7 +64,7 @@ struct Setup {
 fn setup(weakening: MemslotWeakening) -> Setup {
     let profile = KernelProfile::v6_18();
     let machine = Machine::new(MachineConfig { vfs: profile.vfs_version(), ..MachineConfig::tiny(8) });
-    let system = KvmSystem::with_machine(machine.clone(), profile, Arc::new(|| Arc::new(RecordingMmu::new(true))));
+    let system = KvmSystem::with_machine(machine.clone(), profile, RecordingMmu::factory(true));
     let host = SimHost::with_system(system);
     let vm_fd = host.create_vm(VmType::Default as u64).expect("KVM_CREATE_VM");
     let kvm = host.vm(vm_fd).expect("the VM fd");

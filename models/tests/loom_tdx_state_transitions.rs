@@ -216,7 +216,7 @@ fn model(profile: &'static str, coverage: Arc<Coverage>) {
         let seen = Arc::new(std::sync::Mutex::new(None));
         {
             let (vcpu1, seen) = (Arc::clone(&td.vcpu1), Arc::clone(&seen));
-            td.kvm.mmu().as_tdp().expect("TDP MMU").set_fault_hook(move |_| {
+            td.kvm.tdp_mmu().expect("TDP MMU").set_fault_hook(move |_| {
                 let tdx = vcpu1.arch::<TdxVcpu>().expect("a TDX vCPU");
                 let state = match (tdx.initialized(), tdx.tdvpr()) {
                     (true, _) => SeenAtFault::Done,

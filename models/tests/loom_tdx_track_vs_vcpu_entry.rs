@@ -178,7 +178,7 @@ fn model(skip_track_kick: bool, cached_translation: bool, coverage: Arc<Coverage
         }
         // The page ends removed: no mirror leaf, a FREE S-EPT entry, the frame back to PT_NDA,
         // written back and cleared (the host may reuse it), unpinned.
-        assert_eq!(g.kvm.mmu().as_tdp().expect("TDP MMU").lookup_mirror(Gfn(GPA / PAGE_SIZE)), None);
+        assert_eq!(g.kvm.tdp_mmu().expect("TDP MMU").lookup_mirror(Gfn(GPA / PAGE_SIZE)), None);
         assert_eq!(g.module.sept_entry(g.tdr, GPA, 0).expect("the TD"), Ok(SeptEntry::Free));
         assert_eq!(g.module.is_td_private(g.pfn), None);
         assert_eq!(g.module.host_reuse_hazard(g.pfn), None);

@@ -25,6 +25,7 @@ use gmem_kvm::invariants::{self, Violation};
 use gmem_kvm::memslot::{MemslotEntry, KVM_MEM_GUEST_MEMFD};
 use gmem_kvm::mmu::{KvmMmu, MmuEvent, RecordingMmu};
 use gmem_kvm::vcpu::RunError;
+use gmem_kvm::vm::VmMmu;
 use gmem_kvm::{KernelProfile, Kvm, KvmSystem};
 use gmem_mm::file::FileRef;
 use gmem_mm::filemap::MfResult;
@@ -220,7 +221,7 @@ impl CheckedHost {
         let machine = Machine::new(profile.machine_config());
         let mmu = Arc::new(RecordingMmu::new(true));
         let shared = mmu.clone();
-        let factory = Arc::new(move || shared.clone() as Arc<dyn KvmMmu>);
+        let factory = Arc::new(move || VmMmu::Other(shared.clone() as Arc<dyn KvmMmu>));
         let system = KvmSystem::with_machine(machine, profile, factory);
         CheckedHost { host: SimHost::with_system(system), mmu: Some(mmu) }
     }
@@ -263,7 +264,7 @@ impl CheckedHost {
 
     /// Whether the TDP MMU of VM `vm_fd` has an SPTE for `gfn`.
     pub fn spte_present(&self, vm_fd: i32, gfn: u64) -> bool {
-        self.kvm(vm_fd).mmu().as_tdp().expect("the VM has the TDP MMU").lookup(gmem_kvm::Gfn(gfn)).is_some()
+        self.kvm(vm_fd).tdp_mmu().expect("the VM has the TDP MMU").lookup(gmem_kvm::Gfn(gfn)).is_some()
     }
 
     /// A vCPU's fault counters: `(pf_taken, pf_fixed, pf_retry)`.
@@ -735,8 +736,7 @@ impl SnpGuest {
     #[track_caller]
     pub fn mapped_pfn(&self, gfn: u64) -> gmem_mm::Pfn {
         let kvm = self.kvm();
-        let (base, spte) =
-            kvm.mmu().as_tdp().expect("the TDP MMU").covering_leaf(gmem_kvm::Gfn(gfn)).expect("gfn mapped");
+        let (base, spte) = kvm.tdp_mmu().expect("the TDP MMU").covering_leaf(gmem_kvm::Gfn(gfn)).expect("gfn mapped");
         spte.pfn.offset(gfn - base.0)
     }
 

@@ -56,7 +56,7 @@ impl Setup {
     }
 
     fn spte(&self, gfn: u64) -> Option<gmem_mm::Pfn> {
-        self.host.kvm(self.vm).mmu().as_tdp().unwrap().lookup(Gfn(gfn)).map(|spte| spte.pfn)
+        self.host.kvm(self.vm).tdp_mmu().unwrap().lookup(Gfn(gfn)).map(|spte| spte.pfn)
     }
 
     /// The present file PTE of the mapping at page `page`.

@@ -70,7 +70,7 @@ impl Guest {
     }
 
     fn leaf(&self, gfn: u64) -> Option<(Gfn, Spte)> {
-        self.kvm().mmu().as_tdp().unwrap().covering_leaf(Gfn(gfn))
+        self.kvm().tdp_mmu().unwrap().covering_leaf(Gfn(gfn))
     }
 
     fn level(&self, gfn: u64) -> Option<PgLevel> {
@@ -79,7 +79,7 @@ impl Guest {
 
     fn flushes(&self) -> u64 {
         let kvm = self.kvm();
-        let tdp: &TdpMmu = kvm.mmu().as_tdp().unwrap();
+        let tdp: &TdpMmu = kvm.tdp_mmu().unwrap();
         tdp.stats().remote_tlb_flushes
     }
 
@@ -133,7 +133,7 @@ fn a_2m_aligned_slot_over_a_2m_host_mapping_maps_one_2m_leaf() {
         assert_eq!(host.guest_load(guest.vcpu, 0x1ff000, 1, None).unwrap(), vec![0x1ff_u64 as u8 ^ 0x5a]);
         assert_eq!(host.guest_load(guest.vcpu, 0x10000, 1, None).unwrap(), vec![0x10 ^ 0x5a]);
         assert_eq!(guest.host.vcpu_faults(guest.vcpu), (1, 1, 0), "one fault for the whole 2M page");
-        assert_eq!(guest.kvm().mmu().as_tdp().unwrap().sptes().len(), 1);
+        assert_eq!(guest.kvm().tdp_mmu().unwrap().sptes().len(), 1);
         // Control: the same memory without the 2M host mapping maps 4K.
         guest.kvm().set_host_mapping_order_for_test(None);
         host.guest_load(guest.vcpu, 0x200000, 1, None).unwrap();
@@ -251,10 +251,10 @@ fn a_fault_below_a_huge_leaf_splits_it_and_is_spurious() {
     // With the host mapping at 4K, a pre-fault of a gfn under the 2M leaf has goal level 4K.
     guest.kvm().set_host_mapping_order_for_test(None);
     assert_eq!(host.pre_fault_memory(guest.vcpu, 0x6000, PAGE), Ok(0));
-    assert_eq!(guest.kvm().mmu().as_tdp().unwrap().sptes().len(), HUGE as usize, "split into 512 4K leaves");
+    assert_eq!(guest.kvm().tdp_mmu().unwrap().sptes().len(), HUGE as usize, "split into 512 4K leaves");
     let (base, spte) = guest.leaf(6).unwrap();
     assert_eq!((base, spte.level, spte.pfn), (Gfn(6), PgLevel::Level4K, Pfn(before.0 + 6)));
-    assert_eq!(guest.kvm().mmu().as_tdp().unwrap().stats().installed, 1, "the pre-fault found its leaf present");
+    assert_eq!(guest.kvm().tdp_mmu().unwrap().stats().installed, 1, "the pre-fault found its leaf present");
 }
 
 #[test]
@@ -387,7 +387,7 @@ fn m6_names_a_huge_leaf_where_disallow_lpage_forbids_it() {
     assert!(guest.host.violations().is_empty());
     let spte =
         Spte { pfn: first, level: PgLevel::Level2M, writable: true, private: false, accessed: true, generation: 0 };
-    kvm.mmu().as_tdp().unwrap().install_unchecked_for_test(&kvm, Gfn(0), spte);
+    kvm.tdp_mmu().unwrap().install_unchecked_for_test(&kvm, Gfn(0), spte);
     let violations = guest.host.violations();
     assert!(
         violations.iter().any(|v| v.invariant == M6_HUGE && v.detail.contains("disallow_lpage is 0x1")),
@@ -447,7 +447,7 @@ fn thp_backing_maps_2m_leaves_until_the_host_splits_the_thp() {
         host.set_user_memory_region2(vm, &region(0, 0, 0, size, uaddr, 0, 0)).unwrap();
         let vcpu = host.create_vcpu(vm, 0).unwrap();
         let kvm = host.kvm(vm);
-        let tdp = || kvm.mmu().as_tdp().unwrap();
+        let tdp = || kvm.tdp_mmu().unwrap();
         let mm = &host.process().mm;
 
         host.guest_store(vcpu, 0x5000, &[0xab], None).unwrap();

@@ -23,8 +23,9 @@ use gmem_kvm::arch::{
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use gmem_kvm::invariants::{self, M6_HUGE, T5_MIRROR, T8_4K, T9_ALIAS};
 use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
+use gmem_kvm::page_fault::kvm_mmu_page_fault;
 use gmem_kvm::tdp_mmu::{FrozenSpte, MapResult, Spte, TdpMmu, MIRROR_LOCAL_RETRY_LIMIT};
-use gmem_kvm::vcpu::{kvm_mmu_page_fault, RetPf, RunError, VcpuExit, FAULT_RETRY_LIMIT, KVM_MEMORY_EXIT_FLAG_PRIVATE};
+use gmem_kvm::vcpu::{RetPf, RunError, VcpuExit, FAULT_RETRY_LIMIT, KVM_MEMORY_EXIT_FLAG_PRIVATE};
 use gmem_kvm::{Gfn, KernelProfile, Kvm, KvmSystem};
 use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
 use gmem_mm::vma::Mm;
@@ -252,7 +253,7 @@ impl Guest {
     }
 
     fn with_tdp<T>(&self, f: impl FnOnce(&TdpMmu) -> T) -> T {
-        f(self.kvm().mmu().as_tdp().expect("the TDP MMU"))
+        f(self.kvm().tdp_mmu().expect("the TDP MMU"))
     }
 
     /// Makes `gfn` shared and has the guest read it through the shared alias (a direct-root leaf
@@ -451,7 +452,7 @@ fn a_fault_meeting_a_frozen_spte_retries_without_calling_the_hook() {
     // While vCPU 0's fault is inside set_external_spte with gfn 2's SPTE FROZEN, vCPU 1 faults on
     // the same gfn from another thread, and the hardware walks it.
     guest.recorder.during_next_set(move |kvm: &Kvm| {
-        let tdp = kvm.mmu().as_tdp().unwrap();
+        let tdp = kvm.tdp_mmu().unwrap();
         let frozen = tdp.mirror_frozen();
         let walk = tdp.walk_mirror(Gfn(2), false);
         let second_fault = std::thread::scope(|scope| {
@@ -530,7 +531,7 @@ fn an_atomic_zap_of_a_mirror_spte_is_kvm_bug_on() {
     guest.host.guest_store(guest.vcpu, 0x2000, &[1], None).unwrap();
     guest.recorder.take();
     let kvm = guest.kvm();
-    let result = kvm.mmu().as_tdp().unwrap().zap_mirror_spte_atomic_for_test(&kvm, Gfn(2));
+    let result = kvm.tdp_mmu().unwrap().zap_mirror_spte_atomic_for_test(&kvm, Gfn(2));
     assert_eq!(result, Err(Errno::EBUSY));
     let warnings = guest.host.take_warnings();
     assert!(warnings.len() == 1 && warnings[0].detail.contains("atomic zap"), "{warnings:?}");
@@ -566,7 +567,7 @@ fn zap_all_fast_leaves_the_mirror_root_alone() {
     guest.map_shared(5);
     guest.recorder.take();
     let kvm = guest.kvm();
-    let tdp = kvm.mmu().as_tdp().unwrap();
+    let tdp = kvm.tdp_mmu().unwrap();
     let gen = tdp.mmu_valid_gen();
     // As kvm_mmu_invalidate_mmio_sptes does when the memslot generation wraps.
     tdp.zap_all_fast(&kvm);
@@ -623,7 +624,7 @@ fn the_mirror_teardown_removes_the_leaves_then_frees_the_tables_bottom_up() {
     let kvm = guest.kvm();
     // kvm_mmu_uninit_tdp_mmu with leaves still present (the path VM destruction takes, where no
     // vCPU is left to flush: here the test flushes the live vCPU's TLB itself).
-    kvm.mmu().as_tdp().unwrap().uninit_tdp_mmu(&kvm);
+    kvm.tdp_mmu().unwrap().uninit_tdp_mmu(&kvm);
     kvm.mmu().flush_remote_tlbs(&kvm);
     let calls = guest.recorder.take();
     assert_eq!(
@@ -669,7 +670,7 @@ fn a_failed_free_external_spt_is_a_warning_and_the_page_is_leaked() {
     let (guest, links) = two_page_tables();
     let kvm = guest.kvm();
     guest.recorder.fail(HookKind::Free, Errno::EIO, 1);
-    kvm.mmu().as_tdp().unwrap().uninit_tdp_mmu(&kvm);
+    kvm.tdp_mmu().unwrap().uninit_tdp_mmu(&kvm);
     kvm.mmu().flush_remote_tlbs(&kvm);
     let calls = guest.recorder.take();
     let Some(Hook::Free { spt: leaked, .. }) = calls.iter().find(|call| matches!(call, Hook::Free { .. })) else {
@@ -715,7 +716,7 @@ fn the_t9_checker_names_a_direct_leaf_without_the_shared_bit() {
     let guest = Guest::new(16);
     guest.map_shared(5);
     let kvm = guest.kvm();
-    let tdp = kvm.mmu().as_tdp().unwrap();
+    let tdp = kvm.tdp_mmu().unwrap();
     let spte = tdp.lookup(Gfn(SHARED | 5)).unwrap();
     // A buggy install at the memslot gfn instead of the shared alias.
     tdp.install_unchecked_for_test(&kvm, Gfn(5), spte);
@@ -824,7 +825,7 @@ fn a_vm_without_a_mirror_root_calls_no_hook_and_keeps_its_behaviour() {
     let vcpu = host.create_vcpu(vm, 0).unwrap();
     host.guest_store(vcpu, 0x2000, &[1], None).unwrap();
     host.guest_store(vcpu, 0x9000, &[2], None).unwrap();
-    let tdp = kvm.mmu().as_tdp().unwrap();
+    let tdp = kvm.tdp_mmu().unwrap();
     // Private and shared leaves both in the one (direct) root, at their gfns.
     assert!(tdp.lookup(Gfn(2)).unwrap().private && !tdp.lookup(Gfn(9)).unwrap().private);
     assert_eq!(tdp.mirror_tables().len(), 1);
@@ -877,7 +878,7 @@ fn local_retry_install_racing_a_fault(profile: &str) -> (Guest, Pfn, KResult<Map
     let (_, second) = host.unchecked().vcpu(vcpu2).unwrap();
     let kvm = guest.kvm();
     let mm = &host.process().mm;
-    let result = kvm.mmu().as_tdp().unwrap().map_mirror_leaf_local_retry_for_test(&kvm, Gfn(2), spte, || {
+    let result = kvm.tdp_mmu().unwrap().map_mirror_leaf_local_retry_for_test(&kvm, Gfn(2), spte, || {
         let fault = std::thread::scope(|scope| {
             scope.spawn(|| kvm_mmu_page_fault(&kvm, &second, mm, 0x2000, true, true, false)).join().unwrap()
         });
@@ -935,7 +936,7 @@ fn without_the_race_the_local_retry_install_installs_with_or_without_f17() {
         host.set_memory_attributes(guest.vm, &attrs(0x2000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
         guest.recorder.take();
         let kvm = guest.kvm();
-        let tdp = kvm.mmu().as_tdp().unwrap();
+        let tdp = kvm.tdp_mmu().unwrap();
         assert_eq!(tdp.map_mirror_leaf_local_retry_for_test(&kvm, Gfn(2), spte, || {}), Ok(MapResult::Fixed));
         assert_eq!(guest.recorder.take(), vec![Hook::Set { gfn: 2, level: PgLevel::Level4K, pfn: spte.pfn }]);
         // A hook that fails with EBUSY is retried from the restored (correct) value.

@@ -84,11 +84,11 @@ fn punching_a_hole_zaps_the_spte_and_the_guest_reads_a_fresh_zeroed_page() {
     let host = &guest.host;
     host.guest_store(guest.vcpu, 0x3000, &[0xaa; 8], None).unwrap();
     assert!(guest.spte_present(3));
-    let flushes = guest.kvm().mmu().as_tdp().unwrap().stats().remote_tlb_flushes;
+    let flushes = guest.kvm().tdp_mmu().unwrap().stats().remote_tlb_flushes;
     // The checked call runs INV-NO-STALE-PFN right after the folio was freed.
     host.fallocate(guest.gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 0x3000, PAGE as i64).unwrap();
     assert!(!guest.spte_present(3));
-    assert_eq!(guest.kvm().mmu().as_tdp().unwrap().stats().remote_tlb_flushes, flushes + 1);
+    assert_eq!(guest.kvm().tdp_mmu().unwrap().stats().remote_tlb_flushes, flushes + 1);
     assert_eq!(host.guest_load(guest.vcpu, 0x3000, 8, None).unwrap(), vec![0; 8]);
     assert_eq!(guest.faults().1, 2);
 }
@@ -105,7 +105,7 @@ fn a_conversion_zaps_and_a_private_access_to_shared_memory_exits() {
     // The default access now follows the attribute: shared, through userspace_addr.
     host.store(guest.uaddr + 0x1000, &[9]).unwrap();
     assert_eq!(host.guest_load(guest.vcpu, 0x1000, 1, None).unwrap(), vec![9]);
-    let spte = guest.kvm().mmu().as_tdp().unwrap().lookup(Gfn(1)).unwrap();
+    let spte = guest.kvm().tdp_mmu().unwrap().lookup(Gfn(1)).unwrap();
     assert!(!spte.private);
     // And a shared access to private memory exits without the PRIVATE flag.
     assert_eq!(host.guest_load(guest.vcpu, 0x4000, 1, Some(false)), Err(memory_fault(0x4000, false)));
@@ -122,8 +122,8 @@ fn deleting_the_memslot_zaps_every_spte_and_the_gpa_becomes_mmio() {
     host.guest_store(guest.vcpu, 0, &[1], None).unwrap();
     host.guest_store(guest.vcpu, 0x5000, &[1], None).unwrap();
     host.set_user_memory_region2(guest.vm, &delete_region(0, KVM_MEM_GUEST_MEMFD)).unwrap();
-    assert!(guest.kvm().mmu().as_tdp().unwrap().sptes().is_empty());
-    assert_eq!(guest.kvm().mmu().as_tdp().unwrap().stats().zap_all_fast, 1);
+    assert!(guest.kvm().tdp_mmu().unwrap().sptes().is_empty());
+    assert_eq!(guest.kvm().tdp_mmu().unwrap().stats().zap_all_fast, 1);
     // Still PRIVATE, no slot: a private fault that would need emulation is a memory fault.
     assert_eq!(host.guest_load(guest.vcpu, 0, 1, None), Err(memory_fault(0, true)));
     host.set_memory_attributes(guest.vm, &attrs(0, PAGE, 0)).unwrap();
@@ -160,7 +160,7 @@ fn a_fault_that_raced_an_invalidation_retries_and_then_installs() {
     let guest = Guest::new();
     let kvm = guest.kvm();
     // Between the pfn lookup and mmu_lock, an invalidation covering gfn 6 comes and goes.
-    kvm.mmu().as_tdp().unwrap().set_fault_hook(|kvm: &Kvm| {
+    kvm.tdp_mmu().unwrap().set_fault_hook(|kvm: &Kvm| {
         let _mmu_lock = kvm.mmu_lock_write();
         kvm.mmu_invalidate_begin();
         kvm.mmu_invalidate_range_add(Gfn(6), Gfn(7));
@@ -206,7 +206,7 @@ fn inv_no_stale_pfn_catches_a_frame_freed_under_an_spte() {
     host.set_user_memory_region2(vm, &region(0, 0, 0, PAGES * PAGE, uaddr, 0, 0)).unwrap();
     let vcpu = host.create_vcpu(vm, 0).unwrap();
     host.guest_store(vcpu, 0x1000, &[1], None).unwrap();
-    let spte = host.kvm(vm).mmu().as_tdp().unwrap().lookup(Gfn(1)).expect("a shared SPTE");
+    let spte = host.kvm(vm).tdp_mmu().unwrap().lookup(Gfn(1)).expect("a shared SPTE");
     assert!(!spte.private);
     host.gmem_file(gmem).inode().mapping().skip_truncate_unmap_for_test();
     host.unchecked().fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 0x1000, PAGE as i64).unwrap();
@@ -248,7 +248,7 @@ fn pre_fault_memory_maps_what_a_fault_would_or_says_why_not() {
     let host = &guest.host;
     assert_eq!(host.pre_fault_memory(guest.vcpu, 0, 4 * PAGE), Ok(0));
     assert!((0..4).all(|gfn| guest.spte_present(gfn)));
-    let spte = guest.kvm().mmu().as_tdp().unwrap().lookup(Gfn(0)).unwrap();
+    let spte = guest.kvm().tdp_mmu().unwrap().lookup(Gfn(0)).unwrap();
     assert!(spte.private && !spte.accessed, "prefetched private SPTEs are not accessed");
     assert_errno(host.pre_fault_memory(guest.vcpu, 0x800, PAGE), Errno::EINVAL, "unaligned gpa");
     assert_errno(host.pre_fault_memory(guest.vcpu, 0, 0), Errno::EINVAL, "empty range");

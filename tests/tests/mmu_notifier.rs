@@ -74,13 +74,13 @@ fn munmap_of_the_backing_zaps_and_the_guest_faults_into_the_new_backing() {
     host.guest_store(guest.vcpu, GPA + 0x3000, &[0x33], None).unwrap();
     assert_eq!(guest.faults(), (2, 2, 0));
     let seq = guest.kvm().mmu_invalidate_seq();
-    let flushes = guest.kvm().mmu().as_tdp().unwrap().stats().remote_tlb_flushes;
+    let flushes = guest.kvm().tdp_mmu().unwrap().stats().remote_tlb_flushes;
     // Unmap the page behind gfn+1 only: its SPTE goes, gfn+3's stays.
     host.munmap(guest.uaddr + PAGE, PAGE).unwrap();
     assert!(!guest.spte_present(GFN + 1));
     assert!(guest.spte_present(GFN + 3));
     assert_eq!(guest.kvm().mmu_invalidate_seq(), seq + 1);
-    assert_eq!(guest.kvm().mmu().as_tdp().unwrap().stats().remote_tlb_flushes, flushes + 1);
+    assert_eq!(guest.kvm().tdp_mmu().unwrap().stats().remote_tlb_flushes, flushes + 1);
     guest.assert_balanced();
     // Nothing maps the hva now: KVM_RUN fails with EFAULT, after one more fault.
     assert_eq!(host.guest_load(guest.vcpu, GPA + 0x1000, 1, None), Err(RunError::Errno(Errno::EFAULT)));
@@ -90,7 +90,7 @@ fn munmap_of_the_backing_zaps_and_the_guest_faults_into_the_new_backing() {
     assert_eq!(guest.faults().0, 3, "gfn+3 still hits its SPTE");
     // Unmap everything, map fresh memory at the same address: the guest sees the new backing.
     host.munmap(guest.uaddr, PAGES * PAGE).unwrap();
-    assert!(guest.kvm().mmu().as_tdp().unwrap().sptes().is_empty());
+    assert!(guest.kvm().tdp_mmu().unwrap().sptes().is_empty());
     assert_eq!(host.mmap_anonymous(PAGES * PAGE).unwrap(), guest.uaddr, "top-down placement reuses the range");
     host.store(guest.uaddr + 0x3000, &[0x77]).unwrap();
     assert_eq!(host.guest_load(guest.vcpu, GPA + 0x3000, 1, None).unwrap(), vec![0x77]);
@@ -131,13 +131,13 @@ fn madv_dontneed_of_a_file_mapping_zaps_but_the_data_stays_in_the_page_cache() {
     let vcpu = host.create_vcpu(vm, 0).unwrap();
     host.guest_store(vcpu, GPA, &[0x5a], None).unwrap();
     let tdp = host.kvm(vm);
-    assert!(tdp.mmu().as_tdp().unwrap().lookup(Gfn(GFN)).is_some());
+    assert!(tdp.tdp_mmu().unwrap().lookup(Gfn(GFN)).is_some());
     host.madvise(uaddr, PAGE, MADV_DONTNEED).unwrap();
-    assert!(tdp.mmu().as_tdp().unwrap().lookup(Gfn(GFN)).is_none());
+    assert!(tdp.tdp_mmu().unwrap().lookup(Gfn(GFN)).is_none());
     assert_eq!(host.guest_load(vcpu, GPA, 1, None).unwrap(), vec![0x5a]);
     // MADV_REMOVE punches the file: zapped first, then the guest reads a fresh page.
     host.madvise(uaddr, PAGE, MADV_REMOVE).unwrap();
-    assert!(tdp.mmu().as_tdp().unwrap().lookup(Gfn(GFN)).is_none());
+    assert!(tdp.tdp_mmu().unwrap().lookup(Gfn(GFN)).is_none());
     assert_eq!(tdp.mmu_invalidate_in_progress(), 0);
     assert_eq!(host.guest_load(vcpu, GPA, 1, None).unwrap(), vec![0]);
 }
@@ -158,7 +158,7 @@ fn the_notifier_unmaps_with_the_shared_filter_and_private_data_survives() {
     host.guest_store(vcpu, GPA + 0x1000, &[0xaa], None).unwrap();
     host.guest_store(vcpu, GPA + 0x5000, &[0xbb], None).unwrap();
     let tdp = host.kvm(vm);
-    let tdp = tdp.mmu().as_tdp().unwrap();
+    let tdp = tdp.tdp_mmu().unwrap();
     let private = tdp.lookup(Gfn(GFN + 1)).unwrap();
     assert!(private.private);
     assert!(!tdp.lookup(Gfn(GFN + 5)).unwrap().private);
@@ -212,7 +212,7 @@ fn a_shared_fault_racing_the_notifier_retries_and_then_installs_the_new_page() {
     let kvm = guest.kvm();
     let hva = guest.uaddr + 0x6000;
     // Between the pfn lookup and mmu_lock, the notifier of an unmap covering the hva runs.
-    kvm.mmu().as_tdp().unwrap().set_fault_hook(move |kvm: &Kvm| {
+    kvm.tdp_mmu().unwrap().set_fault_hook(move |kvm: &Kvm| {
         kvm_mmu_notifier_invalidate_range_start(kvm, hva, hva + PAGE);
         assert_eq!(kvm.mmu_invalidate_in_progress(), 1);
         kvm_mmu_notifier_invalidate_range_end(kvm, hva, hva + PAGE);
@@ -241,9 +241,9 @@ fn the_vm_unsubscribes_at_destruction_and_process_exit_releases_it() {
     let guest = Guest::default_vm();
     guest.host.guest_store(guest.vcpu, GPA, &[1], None).unwrap();
     let kvm = guest.kvm();
-    let gen = kvm.mmu().as_tdp().unwrap().mmu_valid_gen();
+    let gen = kvm.tdp_mmu().unwrap().mmu_valid_gen();
     drop(guest);
     assert!(kvm.is_destroyed());
-    assert!(kvm.mmu().as_tdp().unwrap().sptes().is_empty());
-    assert_eq!(kvm.mmu().as_tdp().unwrap().mmu_valid_gen(), gen + 1, "one flush_shadow_all, by the release");
+    assert!(kvm.tdp_mmu().unwrap().sptes().is_empty());
+    assert_eq!(kvm.tdp_mmu().unwrap().mmu_valid_gen(), gen + 1, "one flush_shadow_all, by the release");
 }

@@ -58,7 +58,7 @@ impl Snp {
 
     fn gmem_pfn(&self, gfn: u64) -> Pfn {
         let kvm = self.host.kvm(self.vm);
-        let tdp = kvm.mmu().as_tdp().unwrap();
+        let tdp = kvm.tdp_mmu().unwrap();
         tdp.lookup(gmem_kvm::Gfn(gfn)).expect("mapped").pfn
     }
 }

@@ -188,7 +188,7 @@ fn s4_names_a_2m_mapping_over_4k_rmp_entries_and_the_hardware_faults_it() {
         accessed: false,
         generation: mem.generation(base),
     };
-    kvm.mmu().as_tdp().unwrap().install_unchecked_for_test(&kvm, Gfn(0x200), spte);
+    kvm.tdp_mmu().unwrap().install_unchecked_for_test(&kvm, Gfn(0x200), spte);
     assert!(violations_named(&guest, S4_NPT_LEVEL).is_empty(), "{:?}", guest.host.violations());
     // PSMASH under the mapping without zapping it: the NPT leaf is now larger than the RMP's.
     assert_eq!(snp.psmash(base), Ok(Ok(())));

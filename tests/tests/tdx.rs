@@ -101,7 +101,7 @@ impl Td {
     }
 
     fn mirror_leaf(&self, gfn: u64) -> Option<Pfn> {
-        self.kvm().mmu().as_tdp().unwrap().lookup_mirror(Gfn(gfn)).map(|spte| spte.pfn)
+        self.kvm().tdp_mmu().unwrap().lookup_mirror(Gfn(gfn)).map(|spte| spte.pfn)
     }
 
     /// Closes every descriptor: the VM is destroyed.

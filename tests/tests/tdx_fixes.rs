@@ -83,7 +83,7 @@ fn concurrent_init_vcpu_and_init_mem_region(profile: KernelProfile) -> bool {
     host.store(cmd_page, gmem_arch::uapi::as_bytes(&cmd)).unwrap();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    kvm.mmu().as_tdp().unwrap().set_fault_hook(move |_kvm| {
+    kvm.tdp_mmu().unwrap().set_fault_hook(move |_kvm| {
         let held = td.try_hold(TdLock::TdrShared).expect("the TDR lock is free");
         go_tx.send(()).unwrap();
         // v6.18: INIT_VCPU finishes meanwhile; with F16 it waits for our locks.

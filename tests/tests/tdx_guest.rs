@@ -306,7 +306,7 @@ fn the_image_is_accepted_and_a_private_first_touch_augs_a_pending_page() {
     // A first touch of any other private page: an EPT violation, KVM AUGs it PENDING, and the
     // re-entered access finds it PENDING: without SEPT_VE_DISABLE the guest gets a #VE.
     assert_eq!(td.host.guest_store(vcpu, 0x40010, b"data", None), Err(ve(0x40000)));
-    let pfn = td.kvm().mmu().as_tdp().unwrap().lookup_mirror(gmem_kvm::Gfn(0x40)).unwrap().pfn;
+    let pfn = td.kvm().tdp_mmu().unwrap().lookup_mirror(gmem_kvm::Gfn(0x40)).unwrap().pfn;
     assert_eq!(td.sept_leaf(0x40000), SeptEntry::Leaf { pfn, state: LeafState::Pending });
     assert_eq!(td.host.guest_load(vcpu, 0x40000, 4, Some(true)), Err(ve(0x40000)), "again: still PENDING");
     assert!(!td.kvm().is_dead());
@@ -352,7 +352,7 @@ fn private_ept_violations_are_write_faults_retried_locally() {
     assert_eq!(vm.stats.local_retries.load(Ordering::Relaxed), retries + 5);
     assert_eq!(vm.stats.aug_busy.load(Ordering::Relaxed), 5);
     assert_eq!(module.executed(SeamcallLeaf::VpEnter), enters + 2, "one entry faults, one finds the page PENDING");
-    assert!(td.kvm().mmu().as_tdp().unwrap().lookup_mirror(gmem_kvm::Gfn(0x60)).unwrap().writable);
+    assert!(td.kvm().tdp_mmu().unwrap().lookup_mirror(gmem_kvm::Gfn(0x60)).unwrap().writable);
     // A pending event ends the local retries: the vCPU re-enters to take it, then faults again.
     module.inject(SeamcallLeaf::MemPageAug, busy_sept(), 0, 3);
     let (_, vcpu_ref) = td.host.unchecked().vcpu(vcpu).unwrap();
@@ -364,7 +364,7 @@ fn private_ept_violations_are_write_faults_retried_locally() {
     assert_eq!(module.executed(SeamcallLeaf::VpEnter), enters + 2);
     // An event posted while the vCPU is outside the guest, between its exit and the fault.
     module.inject(SeamcallLeaf::MemPageAug, busy_sept(), 0, 3);
-    td.kvm().mmu().as_tdp().unwrap().set_fault_hook(|kvm| {
+    td.kvm().tdp_mmu().unwrap().set_fault_hook(|kvm| {
         for vcpu in kvm.vcpus() {
             vcpu.queue_event();
         }
@@ -452,7 +452,7 @@ fn accept_after_the_aug_zeroes_the_page_and_maps_it() {
     assert!(!already.is_error());
     // A page AUGed (here by a pre-fault) holds whatever the frame held: ACCEPT zeroes it.
     assert_eq!(td.host.pre_fault_memory(vcpu, 0x41000, PAGE), Ok(0));
-    let pfn = td.kvm().mmu().as_tdp().unwrap().lookup_mirror(gmem_kvm::Gfn(0x41)).unwrap().pfn;
+    let pfn = td.kvm().tdp_mmu().unwrap().lookup_mirror(gmem_kvm::Gfn(0x41)).unwrap().pfn;
     assert_eq!(td.sept_leaf(0x41000), SeptEntry::Leaf { pfn, state: LeafState::Pending });
     td.host.machine().mem.write_unchecked(pfn, 0, b"stale bytes");
     assert_eq!(td.host.tdx_accept(vcpu, 0x41000), Ok(TdxStatus::SUCCESS));

@@ -191,7 +191,7 @@ fn check_mmu(kvm: &Arc<Kvm>, gmem_files: &[(&FileRef, &KvmGmem)], out: &mut Vec<
             detail: format!("mmu_invalidate_in_progress is {in_progress} at a quiescent point"),
         });
     }
-    let Some(tdp) = kvm.mmu().as_tdp() else { return };
+    let Some(tdp) = kvm.tdp_mmu() else { return };
     let direct_bits = kvm.gfn_direct_bits();
     let srcu = kvm.srcu_read_lock();
     for (base, leaf) in &tdp.sptes() {
@@ -234,7 +234,7 @@ fn check_mmu(kvm: &Arc<Kvm>, gmem_files: &[(&FileRef, &KvmGmem)], out: &mut Vec<
 
 /// INV-NO-STALE-PFN over one VM's SPTEs (every frame of a huge leaf), in both roots.
 fn check_no_stale_pfn(kvm: &Arc<Kvm>, out: &mut Vec<Violation>) {
-    let Some(tdp) = kvm.mmu().as_tdp() else { return };
+    let Some(tdp) = kvm.tdp_mmu() else { return };
     let mem = &kvm.machine().mem;
     let mirror = if kvm.has_mirrored_tdp() { tdp.mirror_sptes() } else { Vec::new() };
     let leaves = tdp.sptes().into_iter().map(|leaf| (false, leaf)).chain(mirror.into_iter().map(|leaf| (true, leaf)));
@@ -343,7 +343,7 @@ fn gmem_folio_at<'f>(file: &'f FileRef, index: u64) -> Option<gmem_mm::folio::Fo
 
 /// M6 over one VM's leaves above 4K (both roots, at the memslot gfn).
 fn check_huge_leaves(kvm: &Arc<Kvm>, gmem_files: &[(&FileRef, &KvmGmem)], out: &mut Vec<Violation>) {
-    let Some(tdp) = kvm.mmu().as_tdp() else { return };
+    let Some(tdp) = kvm.tdp_mmu() else { return };
     let direct_bits = kvm.gfn_direct_bits();
     let mirror = if kvm.has_mirrored_tdp() { tdp.mirror_sptes() } else { Vec::new() };
     let srcu = kvm.srcu_read_lock();
@@ -403,7 +403,7 @@ pub fn check_mirror(kvm: &Arc<Kvm>) -> Vec<Violation> {
 
 /// T5, T8 and T9 (the MMU's side) over one VM with a mirror root.
 fn check_mirror_root(kvm: &Arc<Kvm>, out: &mut Vec<Violation>) {
-    let Some(tdp) = kvm.mmu().as_tdp() else { return };
+    let Some(tdp) = kvm.tdp_mmu() else { return };
     let direct_bits = kvm.gfn_direct_bits();
     if !kvm.has_mirrored_tdp() {
         return;

@@ -11,9 +11,10 @@
 //! | [`attributes`] | `KVM_SET_MEMORY_ATTRIBUTES` and the attribute queries |
 //! | [`mmu`] | the MMU boundary (`kvm_mmu_unmap_gfn_range`, `kvm_flush_remote_tlbs`) and `mmu_invalidate_*` |
 //! | [`mmu_notifier`] | `kvm_mmu_notifier_invalidate_range_start`/`_end`, `kvm_handle_hva_range`: zaps on munmap/madvise of a slot's `userspace_addr` |
+//! | [`page_fault`] | the x86 TDP page-fault path: `struct kvm_page_fault`, `kvm_mmu_page_fault` → `kvm_tdp_mmu_page_fault` (faultin, `is_page_fault_stale`, `kvm_tdp_mmu_map`, `kvm_mmu_hugepage_adjust`) |
 //! | [`tdp_mmu`] | the software TDP MMU: the direct root (leaf SPTEs at 4K, 2M, 1G), the mirror root of VMs with mirrored TDP and its external-SPT hooks, zaps, `kvm_mmu_zap_all_fast` |
 //! | [`tlb`] | per-vCPU TLBs, `vcpu->mode`, `vcpu->requests`, `kvm_make_all_cpus_request` (the remote TLB flush) |
-//! | [`vcpu`] | `KVM_CREATE_VCPU`, the x86 TDP page-fault path, guest accesses, `KVM_PRE_FAULT_MEMORY` |
+//! | [`vcpu`] | `KVM_CREATE_VCPU`, guest accesses (TLB, SPTE walk, exits), `KVM_PRE_FAULT_MEMORY` (`kvm_tdp_map_page`) |
 //! | [`arch`] | the vendor layer (`kvm_x86_ops`): the `KvmArch` hooks of one VM, the `ArchFactory` of the host, the vendor-less back-ends (DEFAULT, SW_PROTECTED); SEV-SNP is in gmem-arch |
 //! | [`guest_memfd`] | `virt/kvm/guest_memfd.c`, every function of the seed |
 //! | [`caps`] | `KVM_CHECK_EXTENSION` |
@@ -44,6 +45,7 @@ pub mod invariants;
 pub mod memslot;
 pub mod mmu;
 pub mod mmu_notifier;
+pub mod page_fault;
 pub mod profile;
 pub mod tdp_mmu;
 pub mod tlb;

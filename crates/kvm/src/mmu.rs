@@ -96,12 +96,6 @@ pub trait KvmMmu: Send + Sync + fmt::Debug {
     /// `kvm_mmu_uninit_vm` (from `kvm_arch_destroy_vm`, after the vCPUs are gone): tear every root
     /// down, a mirror root included (`kvm_mmu_uninit_tdp_mmu`). Default: nothing mapped.
     fn uninit_vm(&self, _kvm: &Kvm) {}
-
-    /// The software TDP MMU behind this trait object, if it is one (the fault path needs page
-    /// tables; an MMU without them cannot run a guest).
-    fn as_tdp(&self) -> Option<&crate::tdp_mmu::TdpMmu> {
-        None
-    }
 }
 
 /// One call the recording MMU saw.
@@ -141,6 +135,11 @@ impl RecordingMmu {
     /// A recorder whose `unmap_gfn_range` answers `unmap_result` ("something was zapped, flush").
     pub fn new(unmap_result: bool) -> RecordingMmu {
         RecordingMmu { events: Mutex::new(&RECORDING_LOCK, Vec::new()), unmap_result }
+    }
+
+    /// Builds each VM a recorder answering `unmap_result` ([`KvmSystemBuilder::mmu`](crate::vm::KvmSystemBuilder::mmu)).
+    pub fn factory(unmap_result: bool) -> crate::vm::MmuFactory {
+        gmem_sync::Arc::new(move || crate::vm::VmMmu::Other(gmem_sync::Arc::new(RecordingMmu::new(unmap_result))))
     }
 
     /// Everything recorded so far.

@@ -77,7 +77,7 @@ use crate::profile::{Fix, VmType};
 use crate::tlb::{ProtocolWeakening, KVM_REQ_TLB_FLUSH};
 use crate::types::Gfn;
 use crate::vcpu::KvmVcpu;
-use crate::vm::{Kvm, MmuFactory};
+use crate::vm::{Kvm, MmuFactory, VmMmu};
 use gmem_mm::folio::Folio;
 use gmem_mm::Pfn;
 use gmem_sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -451,7 +451,7 @@ impl TdpMmu {
 
     /// The factory that gives every new VM its own TDP MMU.
     pub fn factory() -> MmuFactory {
-        Arc::new(|| Arc::new(TdpMmu::new()))
+        Arc::new(|| VmMmu::Tdp(Arc::new(TdpMmu::new())))
     }
 
     /// The direct root's leaf covering `gfn` (with the direct bits, on a VM with a mirror root),
@@ -633,7 +633,9 @@ impl TdpMmu {
     }
 
     /// Test hook: `hook` runs once, in the next fault, after the pfn was resolved and before
-    /// `mmu_lock` is taken (where a racing invalidation can slip in).
+    /// `mmu_lock` is taken (where a racing invalidation can slip in). It runs inside the fault's
+    /// `kvm->srcu` read section, as that window does in the kernel: a hook that waits for SRCU
+    /// readers (a memslot update) waits for its own fault.
     pub fn set_fault_hook(&self, mut hook: impl FnMut(&Kvm) + Send + 'static) {
         *self.fault_hook.lock() = Some(Box::new(move |kvm: &Kvm, _: Gfn, _: Pfn| hook(kvm)));
     }
@@ -1341,9 +1343,5 @@ impl KvmMmu for TdpMmu {
     /// `kvm_mmu_uninit_vm` → [`TdpMmu::uninit_tdp_mmu`].
     fn uninit_vm(&self, kvm: &Kvm) {
         self.uninit_tdp_mmu(kvm);
-    }
-
-    fn as_tdp(&self) -> Option<&TdpMmu> {
-        Some(self)
     }
 }

@@ -20,17 +20,14 @@
 //! shared bit) and can mismatch.
 
 use crate::arch::{
-    GuestAccess, GuestException, GuestFault, GuestFaultExit, PgLevel, VcpuRunEntry, KVM_MAX_HUGEPAGE_LEVEL,
-    PFERR_GUEST_FINAL_MASK, PFERR_PRIVATE_ACCESS, PFERR_WRITE_MASK,
+    GuestAccess, GuestException, GuestFault, GuestFaultExit, PgLevel, VcpuRunEntry, PFERR_GUEST_FINAL_MASK,
+    PFERR_PRIVATE_ACCESS, PFERR_WRITE_MASK,
 };
 use crate::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
-use crate::guest_memfd::kvm_gmem_get_pfn;
-use crate::memslot::{
-    MemslotRef, KVM_MEMSLOT_GMEM_ONLY, KVM_MEMSLOT_INVALID, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
-};
-use crate::profile::{Fix, KernelVersion};
-use crate::tdp_mmu::{MapResult, Spte, TdpMmu};
-use crate::tlb::{ProtocolWeakening, VcpuTlb};
+use crate::page_fault::kvm_mmu_do_page_fault;
+use crate::profile::Fix;
+use crate::tdp_mmu::TdpMmu;
+use crate::tlb::VcpuTlb;
 use crate::types::{Gfn, Gpa};
 use crate::vm::Kvm;
 use gmem_mm::folio::Folio;
@@ -194,7 +191,7 @@ impl KvmVcpu {
         self.arch.downcast_ref()
     }
 
-    fn count(counter: &AtomicU64) {
+    pub(crate) fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -435,406 +432,14 @@ impl Kvm {
         self.vcpu_array.lock().len()
     }
 
-    fn tdp(&self) -> KResult<&TdpMmu> {
+    pub(crate) fn tdp(&self) -> KResult<&TdpMmu> {
         // A VM whose MMU has no page tables (the recording MMU of tests) cannot run a guest.
-        self.mmu().as_tdp().ok_or(Errno::EOPNOTSUPP)
+        self.tdp_mmu().ok_or(Errno::EOPNOTSUPP)
     }
 
     /// Whether a guest access without an explicit kind is private (see the module docs).
     pub fn default_access_is_private(&self, gfn: Gfn) -> bool {
         self.has_private_mem() && self.get_memory_attributes(gfn) & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0
-    }
-}
-
-/// `kvm_mmu_prepare_memory_fault_exit`.
-#[doc(alias = "kvm_mmu_prepare_memory_fault_exit")]
-fn memory_fault_exit(gfn: Gfn, is_private: bool, errno: Errno) -> RunError {
-    RunError::Exit(VcpuExit::MemoryFault {
-        gpa: gfn.to_gpa().0,
-        size: PAGE_SIZE,
-        flags: if is_private { KVM_MEMORY_EXIT_FLAG_PRIVATE } else { 0 },
-        errno,
-    })
-}
-
-/// A resolved pfn with the reference the fault holds until it finishes
-/// (`fault->refcounted_page`).
-struct FaultinPfn {
-    pfn: Pfn,
-    map_writable: bool,
-}
-
-/// `kvm_mmu_page_fault` → `kvm_tdp_page_fault` for one gpa: resolve and install, or tell why not.
-/// `mm` is the VM owner's address space (`kvm->mm`), for the shared backing.
-#[doc(alias = "kvm_mmu_do_page_fault")]
-pub fn kvm_mmu_page_fault(
-    kvm: &Kvm,
-    vcpu: &KvmVcpu,
-    mm: &Mm,
-    gpa: u64,
-    is_private: bool,
-    write: bool,
-    prefetch: bool,
-) -> Result<RetPf, RunError> {
-    kvm_mmu_page_fault_level(kvm, vcpu, mm, gpa, is_private, write, prefetch).map(|(ret, _)| ret)
-}
-
-/// [`kvm_mmu_page_fault`], also returning the fault's `goal_level` (what `kvm_tdp_map_page`
-/// hands back to pre-fault). M7 is asserted on the way out.
-fn kvm_mmu_page_fault_level(
-    kvm: &Kvm,
-    vcpu: &KvmVcpu,
-    mm: &Mm,
-    gpa: u64,
-    is_private: bool,
-    write: bool,
-    prefetch: bool,
-) -> Result<(RetPf, PgLevel), RunError> {
-    let tdp = kvm.tdp()?;
-    KvmVcpu::count(&vcpu.stat.pf_taken);
-    let mut installed = false;
-    // kvm_mmu_do_page_fault: `fault.gfn = gpa_to_gfn(fault.addr) & ~kvm_gfn_direct_bits(kvm)`,
-    // the gfn memslots and attributes know; `tdp_mmu_get_root_for_fault` picks the mirror root
-    // for a gpa without the direct bits (`kvm_is_addr_direct`). Without a mirror root: the
-    // direct root at the gpa's gfn.
-    let root = if kvm.has_mirrored_tdp() {
-        let direct_bits = kvm.gfn_direct_bits();
-        let gfn = Gfn(Gpa(gpa).to_gfn().0 & !direct_bits);
-        if kvm.is_addr_direct(gpa) {
-            FaultRoot::Direct { gfn, direct_bits }
-        } else {
-            FaultRoot::Mirror { gfn }
-        }
-    } else {
-        FaultRoot::Direct { gfn: Gpa(gpa).to_gfn(), direct_bits: 0 }
-    };
-    let gfn = root.gfn();
-    let mut result = kvm_tdp_mmu_page_fault(kvm, vcpu, tdp, mm, root, is_private, write, prefetch, &mut installed);
-    match result {
-        Ok((RetPf::Fixed, _)) => KvmVcpu::count(&vcpu.stat.pf_fixed),
-        Ok((RetPf::Spurious, _)) => KvmVcpu::count(&vcpu.stat.pf_spurious),
-        Ok((RetPf::Retry, _)) => KvmVcpu::count(&vcpu.stat.pf_retry),
-        Ok((RetPf::Emulate, _)) => {
-            KvmVcpu::count(&vcpu.stat.pf_emulate);
-            // A private fault that would need emulation is refused (kvm_mmu_page_fault).
-            if is_private {
-                result = Err(memory_fault_exit(gfn, true, Errno::EFAULT));
-            }
-        }
-        Err(_) => {}
-    }
-    // The exit reports `gfn_to_gpa(fault->gfn)`: the gpa without the direct bits.
-    check_memory_fault_exit(kvm, &result, gfn.to_gpa().0 | (gpa & (PAGE_SIZE - 1)), is_private, installed);
-    result
-}
-
-/// The root a fault installs into (`tdp_mmu_get_root_for_fault`), with the fault's gfn
-/// (`fault->gfn`: without the direct bits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FaultRoot {
-    /// The direct root, whose leaves for `gfn` are at `gfn | direct_bits` (`kvm_gfn_root_bits`).
-    Direct { gfn: Gfn, direct_bits: u64 },
-    /// The mirror root (a private gpa of a VM with mirrored TDP).
-    Mirror { gfn: Gfn },
-}
-
-impl FaultRoot {
-    fn gfn(self) -> Gfn {
-        match self {
-            FaultRoot::Direct { gfn, .. } | FaultRoot::Mirror { gfn } => gfn,
-        }
-    }
-}
-
-/// M7 (arch-and-mmu.md §5.1), checked at every fault that exits with `KVM_EXIT_MEMORY_FAULT`
-/// and reported as a WARN if broken: the gpa is the fault's page, page aligned; the size is 4K;
-/// the flags are exactly PRIVATE iff the access was private; the fault installed no SPTE.
-fn check_memory_fault_exit(
-    kvm: &Kvm,
-    result: &Result<(RetPf, PgLevel), RunError>,
-    gpa: u64,
-    is_private: bool,
-    installed: bool,
-) {
-    let Err(RunError::Exit(VcpuExit::MemoryFault { gpa: exit_gpa, size, flags, .. })) = *result else { return };
-    let expected_flags = if is_private { KVM_MEMORY_EXIT_FLAG_PRIVATE } else { 0 };
-    kvm.machine().warnings.warn_on(
-        exit_gpa != gpa & !(PAGE_SIZE - 1) || size != PAGE_SIZE || flags != expected_flags || installed,
-        || {
-            format!(
-                "M7: memory-fault exit for a {} access at {gpa:#x}: gpa {exit_gpa:#x} size {size:#x} flags {flags:#x}{}",
-                if is_private { "private" } else { "shared" },
-                if installed { ", and the fault installed an SPTE" } else { "" }
-            )
-        },
-    );
-}
-
-/// `kvm_max_private_mapping_level` (v6.14): the private fault's max level, clamped by the
-/// guest_memfd folio order and then by the vendor hook.
-fn kvm_max_private_mapping_level(kvm: &Kvm, pfn: Pfn, max_level: PgLevel, gmem_order: u8) -> PgLevel {
-    if max_level == PgLevel::Level4K {
-        return PgLevel::Level4K;
-    }
-    let max_level = PgLevel::for_order(gmem_order).min(max_level);
-    if max_level == PgLevel::Level4K {
-        return PgLevel::Level4K;
-    }
-    match kvm.gmem_max_mapping_level(pfn, true) {
-        Some(req) => max_level.min(req),
-        None => max_level,
-    }
-}
-
-/// `kvm_gmem_max_mapping_level` (v6.18): the level guest_memfd's folio allows (the fault's
-/// `max_level`, from `max_order`), clamped by the vendor hook.
-fn kvm_gmem_max_mapping_level(kvm: &Kvm, fault_max_level: PgLevel, pfn: Pfn, is_private: bool) -> PgLevel {
-    if fault_max_level == PgLevel::Level4K {
-        return PgLevel::Level4K;
-    }
-    match kvm.gmem_max_mapping_level(pfn, is_private) {
-        Some(coco) => fault_max_level.min(coco),
-        None => fault_max_level,
-    }
-}
-
-/// `host_pfn_mapping_level`: the level at which the host maps the hva of `gfn` (a lockless walk
-/// of the owner's page tables in the kernel: `Mm::host_mapping_order` must take no lock that
-/// nests outside `mmu_lock`).
-fn host_pfn_mapping_level(kvm: &Kvm, mm: &Mm, slot: &MemslotRef<'_>, gfn: Gfn) -> PgLevel {
-    let hva = slot.userspace_addr().wrapping_add((gfn.0 - slot.base_gfn().0) << PAGE_SHIFT);
-    let order = match kvm.test_hooks.host_mapping_order.load(Ordering::Relaxed) {
-        u8::MAX => mm.host_mapping_order(hva),
-        order => order,
-    };
-    PgLevel::for_order(order)
-}
-
-/// `kvm_mmu_max_mapping_level`: lower `max_level` until `disallow_lpage` is 0 there; then a
-/// private fault (v6.14) keeps that, and otherwise the host's level clamps it (v6.18: for a
-/// private fault or a `GMEM_ONLY` slot, guest_memfd's level and the vendor hook instead).
-/// `mmu_lock` held.
-#[allow(clippy::too_many_arguments)]
-#[doc(alias = "__kvm_mmu_max_mapping_level")]
-fn kvm_mmu_max_mapping_level(
-    kvm: &Kvm,
-    mm: &Mm,
-    slot: &MemslotRef<'_>,
-    gfn: Gfn,
-    max_level: PgLevel,
-    is_private: bool,
-    pfn: Pfn,
-) -> PgLevel {
-    kvm.assert_mmu_lock_held();
-    let mut level = max_level.min(KVM_MAX_HUGEPAGE_LEVEL);
-    while level > PgLevel::Level4K && slot.disallow_lpage(gfn, level) != 0 {
-        level = level.lower();
-    }
-    match kvm.profile().version {
-        KernelVersion::V6_14 => {
-            if is_private || level == PgLevel::Level4K {
-                return level;
-            }
-            level.min(host_pfn_mapping_level(kvm, mm, slot, gfn))
-        }
-        KernelVersion::V6_18 => {
-            if level == PgLevel::Level4K {
-                return level;
-            }
-            let host_level = if is_private || slot.flags() & KVM_MEMSLOT_GMEM_ONLY != 0 {
-                kvm_gmem_max_mapping_level(kvm, max_level, pfn, is_private)
-            } else {
-                host_pfn_mapping_level(kvm, mm, slot, gfn)
-            };
-            level.min(host_level)
-        }
-    }
-}
-
-/// `kvm_tdp_mmu_page_fault`: faultin, then under `mmu_lock` for read, unless stale,
-/// `kvm_mmu_hugepage_adjust` and install into `root` (`kvm_tdp_mmu_map`). Memslots, attributes
-/// and the invalidation checks use the root's gfn (without the direct bits). Returns the
-/// fault's `goal_level` with its result; `installed` tells whether a leaf was installed.
-#[allow(clippy::too_many_arguments)]
-#[doc(alias(
-    "__kvm_mmu_faultin_pfn",
-    "is_page_fault_stale",
-    "kvm_handle_error_pfn",
-    "kvm_mmu_faultin_pfn",
-    "kvm_mmu_faultin_pfn_gmem",
-    "kvm_mmu_hugepage_adjust"
-))]
-fn kvm_tdp_mmu_page_fault(
-    kvm: &Kvm,
-    vcpu: &KvmVcpu,
-    tdp: &TdpMmu,
-    mm: &Mm,
-    root: FaultRoot,
-    is_private: bool,
-    write: bool,
-    prefetch: bool,
-    installed: &mut bool,
-) -> Result<(RetPf, PgLevel), RunError> {
-    let four_k = |ret: RetPf| Ok((ret, PgLevel::Level4K));
-    let gfn = root.gfn();
-    if kvm.has_mirrored_tdp() {
-        // mmu_topup_memory_caches: the external-SPT cache, before anything else.
-        vcpu.topup_external_spt_cache(kvm)?;
-    }
-    let srcu = kvm.srcu_read_lock();
-    // The root this fault will install into: a zap-all that makes it obsolete forces a retry.
-    let mmu_gen = tdp.mmu_valid_gen();
-    // kvm_mmu_do_page_fault: fault->max_level = KVM_MAX_HUGEPAGE_LEVEL.
-    let mut max_level = KVM_MAX_HUGEPAGE_LEVEL;
-    // kvm_mmu_faultin_pfn: snapshot the sequence first (it also detects attribute changes).
-    let mmu_seq = kvm.mmu_invalidate_seq();
-    if is_private != kvm.mem_is_private(gfn) {
-        return Err(memory_fault_exit(gfn, is_private, Errno::EFAULT));
-    }
-    let Some(slot) = kvm.gfn_to_memslot(&srcu, gfn) else {
-        // kvm_handle_noslot_fault: MMIO.
-        return four_k(RetPf::Emulate);
-    };
-    if slot.flags() & KVM_MEMSLOT_INVALID != 0 {
-        return four_k(RetPf::Retry);
-    }
-    if kvm.mmu_invalidate_retry_gfn_unsafe(mmu_seq, gfn) {
-        return four_k(RetPf::Retry);
-    }
-    let slot_handle = slot.handle;
-    // __kvm_mmu_faultin_pfn.
-    let faultin = if is_private || slot.flags() & KVM_MEMSLOT_GMEM_ONLY != 0 {
-        // kvm_mmu_faultin_pfn_gmem.
-        if !slot.has_gmem() {
-            return Err(memory_fault_exit(gfn, is_private, Errno::EFAULT));
-        }
-        let got = kvm_gmem_get_pfn(kvm, slot, gfn).map_err(|errno| memory_fault_exit(gfn, is_private, errno))?;
-        let max_order = match kvm.test_hooks.gmem_max_order.load(Ordering::Relaxed) {
-            u8::MAX => got.max_order,
-            order => order,
-        };
-        max_level = match kvm.profile().version {
-            KernelVersion::V6_14 => kvm_max_private_mapping_level(kvm, got.pfn, max_level, max_order),
-            // The vendor hook runs later, in kvm_mmu_max_mapping_level.
-            KernelVersion::V6_18 => PgLevel::for_order(max_order),
-        };
-        // The folio reference `got.page` becomes the fault's (put below, by pfn).
-        FaultinPfn { pfn: got.pfn, map_writable: slot.flags() & KVM_MEM_READONLY == 0 }
-    } else {
-        // __kvm_faultin_pfn → hva_to_pfn: a write to a read-only slot is KVM_PFN_ERR_RO_FAULT.
-        let map_writable = slot.flags() & KVM_MEM_READONLY == 0;
-        if write && !map_writable {
-            return four_k(RetPf::Emulate);
-        }
-        let hva = slot.userspace_addr().wrapping_add((gfn.0 - slot.base_gfn().0) << PAGE_SHIFT);
-        match mm.get_user_page(hva, map_writable) {
-            Ok(pfn) => FaultinPfn { pfn, map_writable },
-            // kvm_handle_error_pfn: KVM_PFN_ERR_HWPOISON sends SIGBUS and retries.
-            Err(Errno::EHWPOISON) => return Err(RunError::Sigbus),
-            Err(_) => return Err(RunError::Errno(Errno::EFAULT)),
-        }
-    };
-    // The model leaves the SRCU read section around the test hook (which may update memslots
-    // and wait for readers) and re-enters it for the install; a slot replaced meanwhile makes
-    // the fault stale (the kernel holds SRCU throughout, so it cannot see that).
-    drop(srcu);
-    let mem = &kvm.machine().mem;
-    let release = |faultin: &FaultinPfn| Folio::from_pfn(mem, faultin.pfn).put();
-    if kvm.mmu_invalidate_retry_gfn_unsafe(mmu_seq, gfn) {
-        release(&faultin);
-        return four_k(RetPf::Retry);
-    }
-    tdp.run_fault_hook(kvm, gfn, faultin.pfn);
-    let srcu = kvm.srcu_read_lock();
-    let slot = kvm.gfn_to_memslot(&srcu, gfn).filter(|slot| slot.handle == slot_handle);
-    let mmu_lock = kvm.mmu_lock_read();
-    // is_page_fault_stale: an obsolete root, or an invalidation that covered gfn (skipped only by
-    // the test-only weakening that shows the models catch a stale install).
-    let check_stale = tdp.weakening() != ProtocolWeakening::NoRetryCheck;
-    let stale = tdp.mmu_valid_gen() != mmu_gen || kvm.mmu_invalidate_retry_gfn(mmu_seq, gfn);
-    let result = match slot {
-        Some(slot) if !(check_stale && stale) => {
-            // kvm_mmu_hugepage_adjust.
-            let mut goal_level = PgLevel::Level4K;
-            let mut pfn = faultin.pfn;
-            if max_level != PgLevel::Level4K && slot.flags() & KVM_MEM_LOG_DIRTY_PAGES == 0 {
-                let req_level = kvm_mmu_max_mapping_level(kvm, mm, &slot, gfn, max_level, is_private, pfn);
-                if req_level != PgLevel::Level4K {
-                    goal_level = req_level;
-                    let mask = goal_level.pages() - 1;
-                    kvm.machine().warnings.warn_on((gfn.0 & mask) != (pfn.0 & mask), || {
-                        format!("VM_BUG_ON: gfn {gfn} and {pfn:?} are not aligned alike for a {goal_level} mapping")
-                    });
-                    pfn = Pfn(pfn.0 & !mask);
-                }
-            }
-            let base = Gfn(goal_level.round(gfn.0));
-            let generation_of = |pfn: Pfn| if mem.is_valid_pfn(pfn) { mem.generation(pfn) } else { 0 };
-            let spte = Spte {
-                pfn,
-                level: goal_level,
-                writable: faultin.map_writable,
-                private: is_private,
-                accessed: !prefetch,
-                generation: generation_of(pfn),
-            };
-            match kvm_tdp_mmu_map(kvm, vcpu, tdp, root, base, spte, mmu_seq) {
-                MapResult::Fixed => {
-                    *installed = true;
-                    (RetPf::Fixed, goal_level)
-                }
-                MapResult::Spurious => (RetPf::Spurious, goal_level),
-                MapResult::Retry => (RetPf::Retry, PgLevel::Level4K),
-            }
-        }
-        Some(_) => (RetPf::Retry, PgLevel::Level4K),
-        None if check_stale => (RetPf::Retry, PgLevel::Level4K),
-        None => {
-            // Only the weakened protocol gets here: install as 4K without the slot.
-            let spte = Spte {
-                pfn: faultin.pfn,
-                level: PgLevel::Level4K,
-                writable: faultin.map_writable,
-                private: is_private,
-                accessed: !prefetch,
-                generation: mem.generation(faultin.pfn),
-            };
-            match kvm_tdp_mmu_map(kvm, vcpu, tdp, root, gfn, spte, mmu_seq) {
-                MapResult::Fixed => {
-                    *installed = true;
-                    (RetPf::Fixed, PgLevel::Level4K)
-                }
-                MapResult::Spurious => (RetPf::Spurious, PgLevel::Level4K),
-                MapResult::Retry => (RetPf::Retry, PgLevel::Level4K),
-            }
-        }
-    };
-    drop(mmu_lock);
-    drop(srcu);
-    // kvm_mmu_finish_page_fault → kvm_release_faultin_page: the reference the faultin took, on
-    // the page it resolved (not the aligned-down head of a huge mapping).
-    release(&faultin);
-    Ok(result)
-}
-
-/// `kvm_tdp_mmu_map` into the fault's root: the leaf whose first (memslot) gfn is `base`, at
-/// `base | direct_bits` in the direct root, at `base` in the mirror root.
-#[allow(clippy::too_many_arguments)]
-fn kvm_tdp_mmu_map(
-    kvm: &Kvm,
-    vcpu: &KvmVcpu,
-    tdp: &TdpMmu,
-    root: FaultRoot,
-    base: Gfn,
-    spte: Spte,
-    mmu_seq: u64,
-) -> MapResult {
-    match root {
-        FaultRoot::Direct { gfn, direct_bits } => tdp.map(kvm, gfn, Gfn(base.0 | direct_bits), spte, mmu_seq),
-        FaultRoot::Mirror { gfn } => {
-            debug_assert_eq!(spte.level.round(gfn.0), base.0);
-            tdp.map_mirror(kvm, vcpu, gfn, spte, mmu_seq)
-        }
     }
 }
 
@@ -897,7 +502,7 @@ fn access_kind(kvm: &Kvm, gpa: u64, private: Option<bool>) -> Result<bool, RunEr
 /// while `wait_for_sept_zap` is set, which is tried again), translate through the TLB or a walk
 /// of the SPTEs (filling the TLB), then `op` on the translation. A missing or read-only translation is
 /// an EPT/NPT violation: the vCPU leaves guest mode and runs the fault path
-/// ([`kvm_mmu_page_fault`], a private fault if `private`). `op` may refuse with a nested fault
+/// ([`kvm_mmu_page_fault`](crate::page_fault::kvm_mmu_page_fault), a private fault if `private`). `op` may refuse with a nested fault
 /// (handled the same way, then by the vendor's [`KvmArch::handle_npf`](crate::arch::KvmArch::handle_npf))
 /// or an exception for the guest (returned as [`RunError::GuestException`]). What the fault path
 /// asks to retry is retried, with a bound: a vCPU that cannot make progress is reported as a
@@ -1225,7 +830,7 @@ pub fn kvm_tdp_map_page(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, error_code
         if kvm.is_destroyed() || kvm.is_dead() {
             return Err(Errno::EIO);
         }
-        let result = kvm_mmu_page_fault_level(kvm, vcpu, mm, gpa, is_private, write, true);
+        let result = kvm_mmu_do_page_fault(kvm, vcpu, mm, gpa, is_private, write, true);
         match result {
             Ok((RetPf::Retry, _)) => {
                 attempts += 1;

@@ -11,6 +11,7 @@ use crate::arch::{ArchFactory, ArchSetup, GenericArchFactory, KvmArch, PgLevel};
 use crate::memslot::{KvmMemorySlot, Memslots};
 use crate::mmu::{KvmMmu, RecordingMmu};
 use crate::profile::{KernelProfile, VmType};
+use crate::tdp_mmu::TdpMmu;
 use crate::vcpu::KvmVcpu;
 use gmem_mm::mmu_notifier::MmuNotifierHandle;
 use gmem_mm::slab::Slab;
@@ -45,8 +46,20 @@ const MEMSLOTS_QUARANTINE: usize = 64;
 /// `kvm->vcpu_array` (its xa_lock; written under `kvm->lock`).
 pub static VCPU_ARRAY_LOCK: LockClass = LockClass::new("kvm->vcpu_array");
 
-/// Builds each new VM's MMU (the software TDP MMU, or the recording MMU for tests).
-pub type MmuFactory = Arc<dyn Fn() -> Arc<dyn KvmMmu> + Send + Sync>;
+/// A VM's MMU: the software TDP MMU (`kvm->arch.tdp_mmu_enabled`), which runs guests, or
+/// another [`KvmMmu`] (the recording MMU of tests), which only hears the requests. The kernel's
+/// TDP MMU is no trait object either: code that walks page tables (the fault path, the
+/// invariants, dumps) reaches it through [`Kvm::tdp_mmu`], without a downcast.
+#[derive(Clone, Debug)]
+pub enum VmMmu {
+    /// The software TDP MMU.
+    Tdp(Arc<TdpMmu>),
+    /// An MMU without page tables.
+    Other(Arc<dyn KvmMmu>),
+}
+
+/// Builds each new VM's MMU ([`TdpMmu::factory`], or [`RecordingMmu::factory`] for tests).
+pub type MmuFactory = Arc<dyn Fn() -> VmMmu + Send + Sync>;
 
 /// `/dev/kvm`: the module-level state of one booted kernel.
 pub struct KvmSystem {
@@ -130,7 +143,7 @@ impl KvmSystem {
     /// Like [`KvmSystem::new`], with MMUs that only record what they are asked (no page tables,
     /// so no guest can run).
     pub fn new_recording(profile: KernelProfile) -> Arc<KvmSystem> {
-        KvmSystem::builder(profile).mmu(Arc::new(|| Arc::new(RecordingMmu::new(true)))).build()
+        KvmSystem::builder(profile).mmu(RecordingMmu::factory(true)).build()
     }
 
     /// KVM on an existing machine, with a chosen MMU.
@@ -169,6 +182,10 @@ impl KvmSystem {
         // kvm_is_vm_type_supported: type < 32 && supported_vm_types & BIT(type).
         let vm_type = VmType::from_raw(vm_type).filter(|&t| self.profile.supports_vm_type(t)).ok_or(Errno::EINVAL)?;
         let arch = self.arch.vm_init(vm_type)?;
+        let (mmu, tdp_mmu): (Arc<dyn KvmMmu>, _) = match (self.mmu_factory)() {
+            VmMmu::Tdp(tdp) => (tdp.clone(), Some(tdp)),
+            VmMmu::Other(mmu) => (mmu, None),
+        };
         Ok(Arc::new(Kvm {
             machine: self.machine.clone(),
             profile: self.profile.clone(),
@@ -188,7 +205,8 @@ impl KvmSystem {
             mem_attr_array: XArray::new(),
             mmu_lock: RwLock::new(&MMU_LOCK, ()),
             mmu_invalidate: MmuInvalidate::default(),
-            mmu: (self.mmu_factory)(),
+            mmu,
+            tdp_mmu,
             guest_access_checks: arch.checks_guest_accesses(),
             mirrored_tdp: arch.has_mirror_root(),
             gfn_direct_bits: AtomicU64::new(0),
@@ -268,6 +286,8 @@ pub struct Kvm {
     pub mmu_lock: RwLock<()>,
     pub(crate) mmu_invalidate: MmuInvalidate,
     mmu: Arc<dyn KvmMmu>,
+    /// `mmu` when it is the TDP MMU.
+    tdp_mmu: Option<Arc<TdpMmu>>,
     arch: Arc<dyn KvmArch>,
     /// `arch.checks_guest_accesses()`, read once: the guest-access hot path asks it.
     guest_access_checks: bool,
@@ -330,9 +350,15 @@ impl Kvm {
         self.vm_type.has_private_mem()
     }
 
-    /// The MMU.
+    /// The MMU, as the rest of KVM calls it (zaps, flushes, teardown).
     pub fn mmu(&self) -> &Arc<dyn KvmMmu> {
         &self.mmu
+    }
+
+    /// The software TDP MMU, unless the VM was built with another MMU (which cannot run a
+    /// guest).
+    pub fn tdp_mmu(&self) -> Option<&TdpMmu> {
+        self.tdp_mmu.as_deref()
     }
 
     /// The arch back-end.
@@ -364,7 +390,7 @@ impl Kvm {
     /// and changes nothing, on a VM without a mirror root, or once the direct root maps
     /// anything (the kernel sets the bits before any vCPU runs).
     pub fn set_gfn_direct_bits(&self, bits: u64) {
-        let mapped = self.mmu.as_tdp().is_some_and(|tdp| !tdp.sptes().is_empty());
+        let mapped = self.tdp_mmu().is_some_and(|tdp| !tdp.sptes().is_empty());
         if self.machine.warnings.warn_on_once(!self.mirrored_tdp || mapped, || {
             format!(
                 "gfn_direct_bits {bits:#x} set on a {} VM {}",

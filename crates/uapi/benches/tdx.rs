@@ -209,7 +209,7 @@ fn check_work() {
         assert_eq!(after - before, PAGES, "one {leaf:?} per zapped page");
     }
     let kvm = host.vm(g.vm).unwrap();
-    let tdp = kvm.mmu().as_tdp().expect("TDP MMU");
+    let tdp = kvm.tdp_mmu().expect("TDP MMU");
     assert!((0..PAGES).all(|page| tdp.lookup_mirror(Gfn(page)).is_none()), "the punch zapped every page");
     // Touched again after the zap: a new AUG and ACCEPT for each page.
     g.touch_all();

@@ -893,7 +893,7 @@ impl Vmm {
     /// The VM's TDP MMU counters (`None` if it has no software TDP MMU).
     pub fn mmu_stats(&self) -> Option<TdpMmuStats> {
         let kvm = self.host.vm(self.vm_fd).ok()?;
-        let stats = kvm.mmu().as_tdp().map(|tdp| tdp.stats());
+        let stats = kvm.tdp_mmu().map(|tdp| tdp.stats());
         stats
     }
 

@@ -95,7 +95,7 @@ impl KvmArch for MirrorBackend {
     /// else the leaf is added; a leaf already there is the module's refusal and, as TDX does for
     /// any error but BUSY, `KVM_BUG_ON`.
     fn set_external_spte(&self, kvm: &Kvm, gfn: Gfn, level: PgLevel, pfn: Pfn) -> KResult<()> {
-        let tdp = kvm.mmu().as_tdp().expect("the TDP MMU");
+        let tdp = kvm.tdp_mmu().expect("the TDP MMU");
         assert!(
             tdp.mirror_frozen().iter().any(|frozen| frozen.gfn == gfn),
             "set_external_spte({gfn}) without the mirror SPTE FROZEN"
@@ -138,7 +138,7 @@ impl KvmArch for MirrorBackend {
         _gmem_files: &[(&FileRef, &KvmGmem)],
         out: &mut Vec<Violation>,
     ) {
-        let Some(tdp) = kvm.mmu().as_tdp() else { return };
+        let Some(tdp) = kvm.tdp_mmu() else { return };
         let mirror: BTreeMap<u64, Pfn> = tdp.mirror_sptes().into_iter().map(|(gfn, spte)| (gfn.0, spte.pfn)).collect();
         let external = self.external.leaves.lock().unwrap().clone();
         if mirror != external {
@@ -234,7 +234,7 @@ pub fn mirror_guest(profile: KernelProfile) -> MirrorGuest {
 impl MirrorGuest {
     /// The VM's TDP MMU.
     pub fn tdp(&self) -> &TdpMmu {
-        self.kvm.mmu().as_tdp().expect("TDP MMU")
+        self.kvm.tdp_mmu().expect("TDP MMU")
     }
 
     /// The vCPU `index` (0 or 1) loads the page at [`GPA`] (a private access).
@@ -270,9 +270,9 @@ impl MirrorGuest {
 /// asserts that the SPTE the BUSY install froze was restored to not present, and counts itself
 /// in [`External::retried_after_busy`].
 pub fn arm_after_busy_check(kvm: &Kvm, external: std::sync::Arc<External>) {
-    kvm.mmu().as_tdp().expect("TDP MMU").set_fault_hook(move |kvm| {
+    kvm.tdp_mmu().expect("TDP MMU").set_fault_hook(move |kvm| {
         if external.busy_pending.swap(false, Ordering::Relaxed) {
-            let tdp = kvm.mmu().as_tdp().expect("TDP MMU");
+            let tdp = kvm.tdp_mmu().expect("TDP MMU");
             assert_eq!(tdp.lookup_mirror(GFN), None, "a BUSY install left the SPTE present");
             assert_eq!(tdp.mirror_frozen(), vec![], "a BUSY install left the SPTE FROZEN");
             external.retried_after_busy.fetch_add(1, Ordering::Relaxed);

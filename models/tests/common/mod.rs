@@ -173,7 +173,7 @@ pub fn guest(faulted_in: bool) -> Guest {
 impl Guest {
     /// The VM's TDP MMU.
     pub fn tdp(&self) -> &TdpMmu {
-        self.kvm.mmu().as_tdp().expect("TDP MMU")
+        self.kvm.tdp_mmu().expect("TDP MMU")
     }
 
     /// No SPTE, and no TLB entry of a vCPU without a flush pending, maps a freed frame (may run
@@ -397,13 +397,8 @@ pub fn td_guest() -> TdGuest {
     let tdr = TdxVm::of(&kvm).and_then(TdxVm::tdr).expect("the TDR");
     let accepted = module.tdg_mem_page_accept(tdr, GPA, 0).expect("TDG.MEM.PAGE.ACCEPT");
     assert!(accepted.is_success(), "TDG.MEM.PAGE.ACCEPT: {accepted}");
-    let pfn = kvm
-        .mmu()
-        .as_tdp()
-        .expect("TDP MMU")
-        .lookup_mirror(gmem_kvm::Gfn(GPA / PAGE_SIZE))
-        .expect("the mirror leaf")
-        .pfn;
+    let pfn =
+        kvm.tdp_mmu().expect("TDP MMU").lookup_mirror(gmem_kvm::Gfn(GPA / PAGE_SIZE)).expect("the mirror leaf").pfn;
     let leaf = module.sept_entry(tdr, GPA, 0).expect("the TD").expect("the S-EPT walk");
     assert_eq!(leaf, SeptEntry::Leaf { pfn, state: LeafState::Mapped });
     assert!(vcpu.tlb().entries().is_empty(), "no guest access ran");

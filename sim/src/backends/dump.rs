@@ -55,7 +55,7 @@ pub fn vm(fd: i32, kvm: &Kvm) -> Vec<String> {
         lines.push(line);
     }
     drop(srcu);
-    if let Some(tdp) = kvm.mmu().as_tdp() {
+    if let Some(tdp) = kvm.tdp_mmu() {
         for (gfn, spte) in tdp.sptes() {
             lines.push(format!(
                 "  spte gfn={:#x} pfn={} level={} {} {}",
@@ -170,7 +170,7 @@ mod tests {
         host.guest_access(vcpu, 0x11000, &mut [0], false, None).unwrap();
         let kvm = host.vm(vm).unwrap();
         let sptes: Vec<String> = super::vm(vm, &kvm).into_iter().filter(|line| line.contains("spte")).collect();
-        let pfn = |gfn| kvm.mmu().as_tdp().unwrap().lookup(gmem_kvm::Gfn(gfn)).unwrap().pfn;
+        let pfn = |gfn| kvm.tdp_mmu().unwrap().lookup(gmem_kvm::Gfn(gfn)).unwrap().pfn;
         assert_eq!(
             sptes,
             [

@@ -108,7 +108,7 @@ impl SnpHost {
     fn rmp_shared_while_mapped(&self, pfn: Pfn, npages: u64) -> Option<String> {
         let first = self.rmp.read(pfn)?;
         let kvm = self.guest_by_asid(first.asid).filter(|_| first.assigned)?;
-        let tdp = kvm.mmu().as_tdp()?;
+        let tdp = kvm.tdp_mmu()?;
         (0..npages).find_map(|i| {
             let frame = pfn.offset(i);
             let entry = self.rmp.read(frame).filter(|entry| entry.assigned && entry.asid == first.asid)?;

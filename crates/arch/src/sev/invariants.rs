@@ -237,7 +237,7 @@ impl<'a> Guest<'a> {
 
     /// S2, S4, and S8's "no private mapping before LAUNCH_FINISH", over the guest's SPTEs.
     fn check_private_sptes(&self, finished: bool, out: &mut Vec<Violation>) {
-        let Some(tdp) = self.kvm.mmu().as_tdp() else { return };
+        let Some(tdp) = self.kvm.tdp_mmu() else { return };
         let rmp = self.vm.host().rmp();
         let asid = self.asid;
         let mut mapped_at: HashMap<Pfn, Gfn> = HashMap::new();

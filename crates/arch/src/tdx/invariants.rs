@@ -473,7 +473,7 @@ fn check_t5(
     use crate::tdx::kvm::{is_private_page_of, TdState};
     use crate::tdx::sept::LeafState;
     let module = vm.module();
-    let Some(tdp) = kvm.mmu().as_tdp() else { return };
+    let Some(tdp) = kvm.tdp_mmu() else { return };
     let Some(sept) = module.sept(tdr) else { return };
     let f15 = kvm.profile().has_fix(gmem_kvm::profile::Fix::F15TdxAddWhileMapping);
     let sept_leaves: BTreeMap<u64, SeptLeaf> = sept.leaves().into_iter().map(|leaf| (leaf.gpa, leaf)).collect();

@@ -82,9 +82,10 @@ use crate::tdx::status::TDX_OPERAND_BUSY;
 use gmem_kvm::arch::{GuestAccess, GuestException, GuestFault, GuestFaultExit, VcpuRunEntry};
 use gmem_kvm::caps::KVM_HC_MAP_GPA_RANGE;
 use gmem_kvm::memslot::KVM_MEMSLOT_INVALID;
+use gmem_kvm::page_fault::kvm_mmu_page_fault;
 use gmem_kvm::vcpu::{
-    kvm_mmu_page_fault, KvmVcpu, RetPf, RunError, VcpuExit, FAULT_RETRY_LIMIT, KVM_EXIT_HYPERCALL_LONG_MODE,
-    KVM_MAP_GPA_RANGE_DECRYPTED, KVM_MAP_GPA_RANGE_ENCRYPTED,
+    KvmVcpu, RetPf, RunError, VcpuExit, FAULT_RETRY_LIMIT, KVM_EXIT_HYPERCALL_LONG_MODE, KVM_MAP_GPA_RANGE_DECRYPTED,
+    KVM_MAP_GPA_RANGE_ENCRYPTED,
 };
 use gmem_kvm::{Gfn, Kvm};
 use gmem_mm::vma::Mm;
