@@ -30,12 +30,9 @@
 //! (The counts move as the underlying code changes.)
 //!
 //! Run: `RUSTFLAGS="--cfg gmem_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p gmem-models --release
-//! --target-dir target/loom --test loom_fault_vs_punch`.
-#![cfg(gmem_loom)]
+//! --target-dir target/loom --test models loom_fault_vs_punch::`.
 
-mod common;
-
-use common::{check, guest, Coverage, Guest};
+use crate::common::{check, guest, Coverage, Guest};
 use gmem_kvm::tlb::ProtocolWeakening;
 use gmem_mm::folio::Folio;
 use gmem_sync::Arc;
@@ -56,7 +53,7 @@ fn model(weakening: ProtocolWeakening, coverage: Arc<Coverage>) {
                 truncated_under_fault.store(folio.mapping_ino() == 0, Ordering::Relaxed);
             });
         }
-        common::race_load_against_punch(&g, "after the punch returned");
+        crate::common::race_load_against_punch(&g, "after the punch returned");
         let stat = &g.vcpu.stat;
         let (taken, fixed, spurious, retry) = (
             stat.pf_taken.load(Ordering::Relaxed),

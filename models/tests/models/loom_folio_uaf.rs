@@ -24,12 +24,9 @@
 //! and the read.
 //!
 //! Run: `RUSTFLAGS="--cfg gmem_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p gmem-models --release
-//! --target-dir target/loom --test loom_folio_uaf`.
-#![cfg(gmem_loom)]
+//! --target-dir target/loom --test models loom_folio_uaf::`.
 
-mod common;
-
-use common::{check, one_page_vm, OnePageVm, GPA};
+use crate::common::{check, one_page_vm, OnePageVm, GPA};
 use gmem_kvm::guest_memfd::{kvm_gmem_get_pfn, GmemWeakening};
 use gmem_kvm::mmu::RecordingMmu;
 use gmem_kvm::{Gfn, Kvm};

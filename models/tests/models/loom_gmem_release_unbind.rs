@@ -38,12 +38,9 @@
 //! the kernel functions' spans; the end of the log is the failing schedule.
 //!
 //! Run: `RUSTFLAGS="--cfg gmem_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p gmem-models --release
-//! --target-dir target/loom --test loom_gmem_release_unbind`.
-#![cfg(gmem_loom)]
+//! --target-dir target/loom --test models loom_gmem_release_unbind::`.
 
-mod common;
-
-use common::check;
+use crate::common::check;
 use gmem_kvm::guest_memfd::{kvm_gmem_get_pfn, KvmGmem};
 use gmem_kvm::invariants;
 use gmem_kvm::memslot::{KVM_MEMSLOT_INVALID, KVM_MEM_GUEST_MEMFD};

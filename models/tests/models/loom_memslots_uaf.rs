@@ -26,12 +26,9 @@
 //! report above.
 //!
 //! Run: `RUSTFLAGS="--cfg gmem_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p gmem-models --release
-//! --target-dir target/loom --test loom_memslots_uaf`.
-#![cfg(gmem_loom)]
+//! --target-dir target/loom --test models loom_memslots_uaf::`.
 
-mod common;
-
-use common::check;
+use crate::common::check;
 use gmem_kvm::memslot::MemslotWeakening;
 use gmem_kvm::mmu::RecordingMmu;
 use gmem_kvm::{Gfn, KernelProfile, Kvm, KvmSystem, VmType};

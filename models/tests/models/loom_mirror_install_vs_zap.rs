@@ -66,13 +66,10 @@
 //! 60 s for the file. (The counts move as the underlying code changes.)
 //!
 //! Run: `RUSTFLAGS="--cfg gmem_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p gmem-models --release
-//! --target-dir target/loom --test loom_mirror_install_vs_zap`.
-#![cfg(gmem_loom)]
+//! --target-dir target/loom --test models loom_mirror_install_vs_zap::`.
 
-mod common;
-
-use common::mirror::{arm_after_busy_check, mirror_guest, MirrorGuest, GFN};
-use common::{check, Coverage};
+use crate::common::mirror::{arm_after_busy_check, mirror_guest, MirrorGuest, GFN};
+use crate::common::{check, Coverage};
 use gmem_kvm::tdp_mmu::MapResult;
 use gmem_kvm::tlb::ProtocolWeakening;
 use gmem_kvm::KernelProfile;

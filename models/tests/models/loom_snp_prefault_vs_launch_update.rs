@@ -18,8 +18,8 @@
 //! After both threads joined: no Oops; with the gate also no WARN, every invariant holds
 //! (`gmem_kvm::invariants::check`), the pre-fault was refused (EOPNOTSUPP) and the launch
 //! succeeded (the page Guest-Valid). Without the gate a successful pre-fault before
-//! LAUNCH_FINISH is S8's violation in every interleaving (tests/tests/snp_bugs.rs asserts that),
-//! so the negative control looks only for the host write.
+//! LAUNCH_FINISH is S8's violation in every interleaving (tests/tests/integration/snp_bugs.rs
+//! asserts that), so the negative control looks only for the host write.
 //!
 //! Thread roles (set-up unexplored: a tiny machine with the x86 vendor module, an SNP VM after
 //! KVM_SEV_INIT2 and SNP_LAUNCH_START, a 1-page guest_memfd bound at the gfn and allocated by
@@ -41,8 +41,8 @@
 //! `kvm_gmem_prepare_folio` after the firmware launched the page but before `kvm_gmem_populate`
 //! marked the folio prepared, so `clear_highpage` writes a Guest-Valid page. Loom's depth-first
 //! search reaches the second first (execution 26); the first is reproduced deterministically by
-//! `tests/tests/snp_bugs.rs` (`f7_pre_fault_inside_the_launch_update_window`, which stalls the
-//! copy at its `copy_from_user`).
+//! `tests/tests/integration/snp_bugs.rs` (`f7_pre_fault_inside_the_launch_update_window`, which
+//! stalls the copy at its `copy_from_user`).
 //!
 //! Results (release build, 2 cores, `--test-threads 1`, bound 2): 39 executions in ~2.5 s (13
 //! with the page still the hypervisor's, 16 Pre-Guest, 10 Guest-Valid when the pre-fault was
@@ -53,12 +53,9 @@
 //! move as the underlying code changes.)
 //!
 //! Run: `RUSTFLAGS="--cfg gmem_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p gmem-models --release
-//! --target-dir target/loom --test loom_snp_prefault_vs_launch_update`.
-#![cfg(gmem_loom)]
+//! --target-dir target/loom --test models loom_snp_prefault_vs_launch_update::`.
 
-mod common;
-
-use common::{check, snp_guest, Coverage, SnpGuest};
+use crate::common::{check, snp_guest, Coverage, SnpGuest};
 use gmem_arch::sev::kvm::SvmVm;
 use gmem_kvm::profile::Fix;
 use gmem_kvm::KernelProfile;

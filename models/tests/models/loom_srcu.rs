@@ -18,8 +18,7 @@
 //! by a bare fence and must fail, showing the model detects a missing grace period.
 //!
 //! Run: `RUSTFLAGS="--cfg gmem_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p gmem-models --release
-//! --target-dir target/loom --test loom_srcu`.
-#![cfg(gmem_loom)]
+//! --target-dir target/loom --test models loom_srcu::`.
 
 use gmem_sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use gmem_sync::{thread, Arc, Srcu};

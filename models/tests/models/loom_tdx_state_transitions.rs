@@ -58,12 +58,9 @@
 //! 16–27 s for the file. (The counts move as the underlying code changes.)
 //!
 //! Run: `RUSTFLAGS="--cfg gmem_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p gmem-models --release
-//! --target-dir target/loom --test loom_tdx_state_transitions`.
-#![cfg(gmem_loom)]
+//! --target-dir target/loom --test models loom_tdx_state_transitions::`.
 
-mod common;
-
-use common::{check, Coverage, GPA};
+use crate::common::{check, Coverage, GPA};
 use gmem_arch::tdx::kvm::{
     kvm_tdx_cmd, kvm_tdx_init_mem_region, kvm_tdx_init_vm, TdState, TdxVcpu, TdxVm, KVM_TDX_INIT_MEM_REGION,
     KVM_TDX_INIT_VCPU, KVM_TDX_MEASURE_MEMORY_REGION, TDX_TD_ATTR_SEPT_VE_DISABLE,
@@ -117,7 +114,7 @@ fn td(profile: KernelProfile) -> Td {
     // Three pages of user memory: the memslot's shared side, the image, the commands.
     let user = host.process().mmap_anonymous(3 * PAGE_SIZE).expect("mmap");
     let image = user + PAGE_SIZE;
-    let gmem_fd = common::bind_one_page(&host, vm_fd, user);
+    let gmem_fd = crate::common::bind_one_page(&host, vm_fd, user);
     host.set_memory_attributes(
         vm_fd,
         &kvm_memory_attributes { address: GPA, size: PAGE_SIZE, attributes: PRIVATE, ..Default::default() },

@@ -80,12 +80,9 @@
 //! (The counts move as the underlying code changes.)
 //!
 //! Run: `RUSTFLAGS="--cfg gmem_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p gmem-models --release
-//! --target-dir target/loom --test loom_tdx_track_vs_vcpu_entry`.
-#![cfg(gmem_loom)]
+//! --target-dir target/loom --test models loom_tdx_track_vs_vcpu_entry::`.
 
-mod common;
-
-use common::{check, td_guest, Coverage, TdGuest, GPA};
+use crate::common::{check, td_guest, Coverage, TdGuest, GPA};
 use gmem_arch::tdx::kvm::TdxVm;
 use gmem_arch::tdx::pamt::PageType;
 use gmem_arch::tdx::sept::{LeafState, SeptEntry};

@@ -34,12 +34,9 @@
 //! `EXITING_GUEST_MODE`" never ended: the branch-limit failure these models had).
 //!
 //! Run: `RUSTFLAGS="--cfg gmem_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p gmem-models --release
-//! --target-dir target/loom --test loom_tlb_flush`.
-#![cfg(gmem_loom)]
+//! --target-dir target/loom --test models loom_tlb_flush::`.
 
-mod common;
-
-use common::{check, guest, Coverage, Guest};
+use crate::common::{check, guest, Coverage, Guest};
 use gmem_kvm::tlb::ProtocolWeakening;
 use gmem_sync::Arc;
 use std::sync::atomic::Ordering;
@@ -54,7 +51,7 @@ fn model(weakening: ProtocolWeakening, coverage: Arc<Coverage>) {
             stat.tlb_flushes.load(Ordering::Relaxed),
             stat.pf_taken.load(Ordering::Relaxed),
         );
-        common::race_load_against_punch(&g, "after the flush returned");
+        crate::common::race_load_against_punch(&g, "after the flush returned");
 
         // The outcomes the model is about; in every one of them the checks above held.
         let hit = stat.tlb_hits.load(Ordering::Relaxed) > hits;
