@@ -26,96 +26,67 @@ const GPA: u64 = 0x10_0000;
 const GFN: u64 = GPA >> 12;
 const PUNCH: i32 = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
 
-/// A VM whose memslot 0 (plain, 8 pages at [`GPA`]) is backed by a shared mapping of an
+/// A DEFAULT VM whose memslot 0 (plain, 8 pages at [`GPA`]) is backed by a shared mapping of an
 /// `MMAP | INIT_SHARED` guest_memfd, with one vCPU.
-struct Setup {
-    host: CheckedHost,
-    vm: i32,
-    gmem: i32,
-    uaddr: u64,
-    vcpu: i32,
+fn setup(host: CheckedHost) -> Guest {
+    GuestBuilder::on(host).vm_type(DEFAULT_VM).memory(Memory::GmemMapping).pages(PAGES).gpa(GPA).build()
 }
 
-impl Setup {
-    fn new(host: CheckedHost) -> Setup {
-        let vm = host.create_vm(DEFAULT_VM).unwrap();
-        let gmem =
-            host.create_guest_memfd(vm, PAGES * PAGE, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED).unwrap();
-        let uaddr = host.mmap(gmem, PAGES * PAGE, 0, PROT_READ | PROT_WRITE, MAP_SHARED).unwrap();
-        host.set_user_memory_region2(vm, &region(0, 0, GPA, PAGES * PAGE, uaddr, 0, 0)).unwrap();
-        let vcpu = host.create_vcpu(vm, 0).unwrap();
-        Setup { host, vm, gmem, uaddr, vcpu }
-    }
+fn setup_v6_18() -> Guest {
+    setup(CheckedHost::new(KernelProfile::v6_18()))
+}
 
-    fn v6_18() -> Setup {
-        Setup::new(CheckedHost::new(KernelProfile::v6_18()))
-    }
+/// The present file PTE of the mapping at page `page`.
+fn pte(s: &Guest, page: u64) -> Option<gmem_mm::Pfn> {
+    let addr = s.uaddr() + page * PAGE;
+    s.host.process().mm.find(addr).and_then(|vma| vma.file_pte(addr))
+}
 
-    fn seq(&self) -> u64 {
-        self.host.kvm(self.vm).mmu_invalidate_seq()
-    }
-
-    fn spte(&self, gfn: u64) -> Option<gmem_mm::Pfn> {
-        self.host.kvm(self.vm).mmu().as_tdp().unwrap().lookup(Gfn(gfn)).map(|spte| spte.pfn)
-    }
-
-    /// The present file PTE of the mapping at page `page`.
-    fn pte(&self, page: u64) -> Option<gmem_mm::Pfn> {
-        let addr = self.uaddr + page * PAGE;
-        self.host.process().mm.find(addr).and_then(|vma| vma.file_pte(addr))
-    }
-
-    fn i_mmap_len(&self) -> usize {
-        self.host.gmem_file(self.gmem).inode().mapping().i_mmap_len()
-    }
-
-    fn assert_balanced(&self) {
-        let kvm = self.host.kvm(self.vm);
-        assert_eq!(kvm.mmu_invalidate_in_progress(), 0);
-        assert_eq!(kvm.mn_active_invalidate_count(), 0);
-    }
+/// The number of mappings of the guest_memfd (its `i_mmap` tree).
+fn i_mmap_len(s: &Guest) -> usize {
+    s.host.gmem_file(s.gmem()).inode().mapping().i_mmap_len()
 }
 
 #[test]
 fn a_guest_access_through_the_mapping_makes_the_pte_present_and_a_shared_spte() {
-    let s = Setup::v6_18();
-    assert_eq!(s.i_mmap_len(), 1, "mmap linked the VMA into i_mmap");
-    assert_eq!(s.pte(1), None);
-    s.host.guest_store(s.vcpu, GPA + PAGE, &[0x42], None).unwrap();
-    let pfn = s.spte(GFN + 1).expect("a shared SPTE through the HVA");
-    assert_eq!(s.pte(1), Some(pfn), "GUP faulted the page in: the PTE maps the SPTE's frame");
-    assert_eq!(s.host.load(s.uaddr + PAGE, 1).unwrap(), vec![0x42]);
+    let s = setup_v6_18();
+    assert_eq!(i_mmap_len(&s), 1, "mmap linked the VMA into i_mmap");
+    assert_eq!(pte(&s, 1), None);
+    s.host.guest_store(s.vcpu(), GPA + PAGE, &[0x42], None).unwrap();
+    let pfn = s.spte_pfn(GFN + 1).expect("a shared SPTE through the HVA");
+    assert_eq!(pte(&s, 1), Some(pfn), "GUP faulted the page in: the PTE maps the SPTE's frame");
+    assert_eq!(s.host.load(s.uaddr() + PAGE, 1).unwrap(), vec![0x42]);
 }
 
 #[test]
 fn punching_the_file_through_its_descriptor_zaps_the_shared_spte() {
-    let s = Setup::v6_18();
-    s.host.guest_store(s.vcpu, GPA + PAGE, &[0x11], None).unwrap();
-    s.host.guest_store(s.vcpu, GPA + 3 * PAGE, &[0x33], None).unwrap();
-    let old = s.spte(GFN + 1).unwrap();
+    let s = setup_v6_18();
+    s.host.guest_store(s.vcpu(), GPA + PAGE, &[0x11], None).unwrap();
+    s.host.guest_store(s.vcpu(), GPA + 3 * PAGE, &[0x33], None).unwrap();
+    let old = s.spte_pfn(GFN + 1).unwrap();
     let generation = s.host.machine().mem.generation(old);
-    let seq = s.seq();
+    let seq = s.invalidate_seq();
     // CheckedHost checks INV-NO-STALE-PFN right after the punch freed the frame.
-    s.host.fallocate(s.gmem, PUNCH, PAGE as i64, PAGE as i64).unwrap();
-    assert_eq!(s.spte(GFN + 1), None, "the SPTE of the punched page is gone");
-    assert!(s.spte(GFN + 3).is_some(), "the other SPTE stays");
-    assert_eq!(s.pte(1), None, "the PTE was zapped");
-    assert!(s.pte(3).is_some());
-    assert_eq!(s.seq(), seq + 1, "KVM saw one invalidation (one mapped folio, one VMA)");
+    s.host.fallocate(s.gmem(), PUNCH, PAGE as i64, PAGE as i64).unwrap();
+    assert_eq!(s.spte_pfn(GFN + 1), None, "the SPTE of the punched page is gone");
+    assert!(s.spte_pfn(GFN + 3).is_some(), "the other SPTE stays");
+    assert_eq!(pte(&s, 1), None, "the PTE was zapped");
+    assert!(pte(&s, 3).is_some());
+    assert_eq!(s.invalidate_seq(), seq + 1, "KVM saw one invalidation (one mapped folio, one VMA)");
     s.assert_balanced();
     assert_ne!(s.host.machine().mem.generation(old), generation, "the punch freed the frame");
     // The guest faults a fresh, zeroed page in.
-    assert_eq!(s.host.guest_load(s.vcpu, GPA + PAGE, 1, None).unwrap(), vec![0]);
-    assert_eq!(s.host.guest_load(s.vcpu, GPA + 3 * PAGE, 1, None).unwrap(), vec![0x33]);
+    assert_eq!(s.host.guest_load(s.vcpu(), GPA + PAGE, 1, None).unwrap(), vec![0]);
+    assert_eq!(s.host.guest_load(s.vcpu(), GPA + 3 * PAGE, 1, None).unwrap(), vec![0x33]);
 }
 
 #[test]
 fn the_invalidation_covers_the_folio_span_in_the_vma_with_the_shared_filter() {
-    let s = Setup::new(CheckedHost::with_recording_mmu(KernelProfile::v6_18()));
+    let s = setup(CheckedHost::with_recording_mmu(KernelProfile::v6_18()));
     // The recording MMU installs nothing; a host access makes the PTE present.
-    s.host.store(s.uaddr + 2 * PAGE, &[7]).unwrap();
+    s.host.store(s.uaddr() + 2 * PAGE, &[7]).unwrap();
     s.host.take_mmu_events();
-    s.host.fallocate(s.gmem, PUNCH, 0, (PAGES * PAGE) as i64).unwrap();
+    s.host.fallocate(s.gmem(), PUNCH, 0, (PAGES * PAGE) as i64).unwrap();
     let unmap = KvmGfnRange {
         start: Gfn(GFN + 2),
         end: Gfn(GFN + 3),
@@ -131,102 +102,102 @@ fn the_invalidation_covers_the_folio_span_in_the_vma_with_the_shared_filter() {
 fn a_folio_without_a_present_pte_is_truncated_without_notifying() {
     // truncate_cleanup_folio calls unmap_mapping_folio only for a mapped folio: a page that is in
     // the page cache but was never faulted through the mapping notifies nobody.
-    let s = Setup::new(CheckedHost::with_recording_mmu(KernelProfile::v6_18()));
-    s.host.fallocate(s.gmem, FALLOC_FL_KEEP_SIZE, 0, (PAGES * PAGE) as i64).unwrap();
+    let s = setup(CheckedHost::with_recording_mmu(KernelProfile::v6_18()));
+    s.host.fallocate(s.gmem(), FALLOC_FL_KEEP_SIZE, 0, (PAGES * PAGE) as i64).unwrap();
     s.host.take_mmu_events();
-    let seq = s.seq();
-    s.host.fallocate(s.gmem, PUNCH, 0, (PAGES * PAGE) as i64).unwrap();
+    let seq = s.invalidate_seq();
+    s.host.fallocate(s.gmem(), PUNCH, 0, (PAGES * PAGE) as i64).unwrap();
     assert_eq!(s.host.take_mmu_events(), vec![]);
-    assert_eq!(s.seq(), seq);
+    assert_eq!(s.invalidate_seq(), seq);
     // After MADV_DONTNEED the PTE is gone too: again nothing to notify at the punch.
-    s.host.store(s.uaddr, &[1]).unwrap();
-    s.host.madvise(s.uaddr, PAGE, MADV_DONTNEED).unwrap();
-    assert_eq!(s.pte(0), None);
+    s.host.store(s.uaddr(), &[1]).unwrap();
+    s.host.madvise(s.uaddr(), PAGE, MADV_DONTNEED).unwrap();
+    assert_eq!(pte(&s, 0), None);
     s.host.take_mmu_events();
-    s.host.fallocate(s.gmem, PUNCH, 0, PAGE as i64).unwrap();
+    s.host.fallocate(s.gmem(), PUNCH, 0, PAGE as i64).unwrap();
     assert_eq!(s.host.take_mmu_events(), vec![]);
 }
 
 #[test]
 fn every_mapping_vma_is_unmapped_and_munmap_unlinks() {
-    let s = Setup::v6_18();
+    let s = setup_v6_18();
     // A second mapping of the same file, and a partial munmap splitting the first one.
-    let other = s.host.mmap(s.gmem, PAGES * PAGE, 0, PROT_READ | PROT_WRITE, MAP_SHARED).unwrap();
-    assert_eq!(s.i_mmap_len(), 2);
+    let other = s.host.mmap(s.gmem(), PAGES * PAGE, 0, PROT_READ | PROT_WRITE, MAP_SHARED).unwrap();
+    assert_eq!(i_mmap_len(&s), 2);
     s.host.store(other + 5 * PAGE, &[5]).unwrap();
-    s.host.guest_store(s.vcpu, GPA + 5 * PAGE, &[6], None).unwrap();
-    s.host.munmap(s.uaddr + 7 * PAGE, PAGE).unwrap();
-    assert_eq!(s.i_mmap_len(), 2, "the tail left, the head stays linked");
-    s.host.munmap(s.uaddr + 2 * PAGE, PAGE).unwrap();
-    assert_eq!(s.i_mmap_len(), 3, "split: both parts are linked");
+    s.host.guest_store(s.vcpu(), GPA + 5 * PAGE, &[6], None).unwrap();
+    s.host.munmap(s.uaddr() + 7 * PAGE, PAGE).unwrap();
+    assert_eq!(i_mmap_len(&s), 2, "the tail left, the head stays linked");
+    s.host.munmap(s.uaddr() + 2 * PAGE, PAGE).unwrap();
+    assert_eq!(i_mmap_len(&s), 3, "split: both parts are linked");
     let other_vma = s.host.process().mm.find(other).unwrap();
     assert!(other_vma.file_pte(other + 5 * PAGE).is_some());
-    assert!(s.pte(5).is_some(), "the PTE moved with the split part");
-    let seq = s.seq();
-    s.host.fallocate(s.gmem, PUNCH, 5 * PAGE as i64, PAGE as i64).unwrap();
+    assert!(pte(&s, 5).is_some(), "the PTE moved with the split part");
+    let seq = s.invalidate_seq();
+    s.host.fallocate(s.gmem(), PUNCH, 5 * PAGE as i64, PAGE as i64).unwrap();
     assert_eq!(other_vma.file_pte(other + 5 * PAGE), None, "the other mapping was zapped too");
-    assert_eq!(s.pte(5), None);
-    assert_eq!(s.spte(GFN + 5), None);
+    assert_eq!(pte(&s, 5), None);
+    assert_eq!(s.spte_pfn(GFN + 5), None);
     // Two VMAs overlap the index and were notified; only the memslot's one opens an
     // invalidation in KVM.
-    assert_eq!(s.seq(), seq + 1);
+    assert_eq!(s.invalidate_seq(), seq + 1);
     assert_eq!(s.host.load(other + 5 * PAGE, 1).unwrap(), vec![0]);
     s.host.munmap(other, PAGES * PAGE).unwrap();
-    s.host.munmap(s.uaddr, PAGES * PAGE).unwrap();
-    assert_eq!(s.i_mmap_len(), 0);
+    s.host.munmap(s.uaddr(), PAGES * PAGE).unwrap();
+    assert_eq!(i_mmap_len(&s), 0);
 }
 
 #[test]
 fn memory_failure_unmaps_the_page_before_error_remove_folio() {
-    let s = Setup::v6_18();
-    s.host.guest_store(s.vcpu, GPA + 4 * PAGE, &[0x44], None).unwrap();
-    s.host.guest_store(s.vcpu, GPA + 6 * PAGE, &[0x66], None).unwrap();
-    let seq = s.seq();
-    assert_eq!(s.host.inject_memory_failure(s.gmem, 4 * PAGE).unwrap(), MfResult::Delayed);
-    assert_eq!(s.spte(GFN + 4), None, "hwpoison_user_mappings zapped the shared SPTE");
-    assert_eq!(s.pte(4), None);
-    assert!(s.spte(GFN + 6).is_some());
-    assert_eq!(s.seq(), seq + 1);
+    let s = setup_v6_18();
+    s.host.guest_store(s.vcpu(), GPA + 4 * PAGE, &[0x44], None).unwrap();
+    s.host.guest_store(s.vcpu(), GPA + 6 * PAGE, &[0x66], None).unwrap();
+    let seq = s.invalidate_seq();
+    assert_eq!(s.host.inject_memory_failure(s.gmem(), 4 * PAGE).unwrap(), MfResult::Delayed);
+    assert_eq!(s.spte_pfn(GFN + 4), None, "hwpoison_user_mappings zapped the shared SPTE");
+    assert_eq!(pte(&s, 4), None);
+    assert!(s.spte_pfn(GFN + 6).is_some());
+    assert_eq!(s.invalidate_seq(), seq + 1);
     s.assert_balanced();
     // The page stays in the file, poisoned: a host access is SIGBUS, and so is the guest's
     // (KVM_PFN_ERR_HWPOISON from GUP).
-    assert_eq!(s.host.load(s.uaddr + 4 * PAGE, 1), Err(AccessSignal::Sigbus));
-    assert_eq!(s.host.guest_load(s.vcpu, GPA + 4 * PAGE, 1, None), Err(RunError::Sigbus));
+    assert_eq!(s.host.load(s.uaddr() + 4 * PAGE, 1), Err(AccessSignal::Sigbus));
+    assert_eq!(s.host.guest_load(s.vcpu(), GPA + 4 * PAGE, 1, None), Err(RunError::Sigbus));
     // KVM_PRE_FAULT_MEMORY: the SIGBUS is pending when kvm_tdp_map_page retries, so EINTR.
-    assert_eq!(s.host.pre_fault_memory(s.vcpu, GPA + 4 * PAGE, PAGE), Err(Errno::EINTR));
+    assert_eq!(s.host.pre_fault_memory(s.vcpu(), GPA + 4 * PAGE, PAGE), Err(Errno::EINTR));
     // MADV_HWPOISON through the mapping takes the same path.
-    let seq = s.seq();
-    s.host.madvise(s.uaddr + 6 * PAGE, PAGE, MADV_HWPOISON).unwrap();
-    assert_eq!(s.spte(GFN + 6), None);
-    assert_eq!(s.seq(), seq + 1);
+    let seq = s.invalidate_seq();
+    s.host.madvise(s.uaddr() + 6 * PAGE, PAGE, MADV_HWPOISON).unwrap();
+    assert_eq!(s.spte_pfn(GFN + 6), None);
+    assert_eq!(s.invalidate_seq(), seq + 1);
     // Already poisoned: EHWPOISON, nothing unmapped again.
-    assert_eq!(s.host.inject_memory_failure(s.gmem, 4 * PAGE), Err(Errno::EHWPOISON));
-    assert_eq!(s.seq(), seq + 1);
+    assert_eq!(s.host.inject_memory_failure(s.gmem(), 4 * PAGE), Err(Errno::EHWPOISON));
+    assert_eq!(s.invalidate_seq(), seq + 1);
 }
 
 #[test]
 fn memory_failure_of_a_page_nobody_maps_notifies_nobody() {
-    let s = Setup::new(CheckedHost::with_recording_mmu(KernelProfile::v6_18()));
-    s.host.fallocate(s.gmem, FALLOC_FL_KEEP_SIZE, 0, PAGE as i64).unwrap();
+    let s = setup(CheckedHost::with_recording_mmu(KernelProfile::v6_18()));
+    s.host.fallocate(s.gmem(), FALLOC_FL_KEEP_SIZE, 0, PAGE as i64).unwrap();
     s.host.take_mmu_events();
-    assert_eq!(s.host.inject_memory_failure(s.gmem, 0).unwrap(), MfResult::Delayed);
+    assert_eq!(s.host.inject_memory_failure(s.gmem(), 0).unwrap(), MfResult::Delayed);
     assert_eq!(s.host.take_mmu_events(), vec![]);
 }
 
 #[test]
 fn negative_control_without_the_unmap_the_punch_leaves_a_stale_spte() {
-    let s = Setup::v6_18();
-    s.host.guest_store(s.vcpu, GPA + PAGE, &[0x11], None).unwrap();
-    s.host.gmem_file(s.gmem).inode().mapping().skip_truncate_unmap_for_test();
-    let seq = s.seq();
-    s.host.unchecked().fallocate(s.gmem, PUNCH, PAGE as i64, PAGE as i64).unwrap();
-    assert_eq!(s.seq(), seq, "nobody told KVM");
+    let s = setup_v6_18();
+    s.host.guest_store(s.vcpu(), GPA + PAGE, &[0x11], None).unwrap();
+    s.host.gmem_file(s.gmem()).inode().mapping().skip_truncate_unmap_for_test();
+    let seq = s.invalidate_seq();
+    s.host.unchecked().fallocate(s.gmem(), PUNCH, PAGE as i64, PAGE as i64).unwrap();
+    assert_eq!(s.invalidate_seq(), seq, "nobody told KVM");
     let violations = s.host.violations();
     assert!(
         violations.iter().any(|v| v.invariant == INV_NO_STALE_PFN),
         "INV-NO-STALE-PFN must catch the SPTE left on the freed frame: {violations:?}"
     );
     // Clean up so the host is consistent again: munmap notifies and zaps the stale SPTE.
-    s.host.process().munmap(s.uaddr, PAGES * PAGE).unwrap();
+    s.host.process().munmap(s.uaddr(), PAGES * PAGE).unwrap();
     assert!(s.host.violations().is_empty());
 }

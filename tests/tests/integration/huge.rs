@@ -19,7 +19,7 @@ use gmem_kvm::arch::{ArchFactory, ArchSetup, GenericArchFactory, KvmArch, Popula
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use gmem_kvm::invariants::{M6_HUGE, M8_MIXED};
 use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
-use gmem_kvm::tdp_mmu::{Spte, TdpMmu};
+use gmem_kvm::tdp_mmu::Spte;
 use gmem_kvm::{Gfn, KernelProfile, Kvm, KvmSystem, VmType};
 use gmem_mm::folio::Folio;
 use gmem_mm::vfs::{MADV_DONTNEED, MADV_HUGEPAGE};
@@ -32,63 +32,29 @@ const HUGE: u64 = 512;
 const HUGE_SIZE: u64 = HUGE * PAGE;
 
 /// A SW_PROTECTED VM (memory attributes, so MIXED tracking) with a vCPU and a 4M guest_memfd
-/// memslot at gpa 0 whose shared backing is 2M-aligned anonymous memory.
-struct Guest {
-    host: CheckedHost,
-    vm: i32,
-    vcpu: i32,
-    uaddr: u64,
+/// memslot at gpa 0 whose shared backing is 2M-aligned anonymous memory. `hva_skew` shifts the
+/// slot's hva (misaligning gfn and hva); `contiguous` makes the backing's frames contiguous and
+/// aligned and raises the host mapping level to 2M.
+fn huge_guest(profile: KernelProfile, hva_skew: u64, contiguous: bool) -> Guest {
+    huge_guest_on(CheckedHost::new(profile), hva_skew, contiguous)
 }
 
-impl Guest {
-    /// `hva_skew` shifts the slot's hva (misaligning gfn and hva); `contiguous` makes the
-    /// backing's frames contiguous and aligned and raises the host mapping level to 2M.
-    fn new(profile: KernelProfile, hva_skew: u64, contiguous: bool) -> Guest {
-        Guest::on(CheckedHost::new(profile), hva_skew, contiguous)
+/// Like [`huge_guest`], on a kernel of the test's own.
+fn huge_guest_on(host: CheckedHost, hva_skew: u64, contiguous: bool) -> Guest {
+    let guest = GuestBuilder::on(host).pages(2 * HUGE).uaddr_align(HUGE_SIZE, hva_skew).build();
+    if contiguous {
+        contiguous_backing(&guest.host, guest.uaddr(), 2 * HUGE);
+        guest.kvm().set_host_mapping_order_for_test(Some(9));
     }
+    guest
+}
 
-    /// Like [`Guest::new`], on a kernel of the test's own.
-    fn on(host: CheckedHost, hva_skew: u64, contiguous: bool) -> Guest {
-        let size = 2 * HUGE_SIZE;
-        let (vm, gmem) = host.vm_and_gmem(SW_PROTECTED_VM, size, 0);
-        let area = host.mmap_anonymous(size + 2 * HUGE_SIZE).unwrap();
-        let uaddr = area.next_multiple_of(HUGE_SIZE) + hva_skew;
-        if contiguous {
-            contiguous_backing(&host, uaddr, 2 * HUGE);
-        }
-        host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, size, uaddr, gmem as u32, 0)).unwrap();
-        let vcpu = host.create_vcpu(vm, 0).unwrap();
-        let guest = Guest { host, vm, vcpu, uaddr };
-        if contiguous {
-            guest.kvm().set_host_mapping_order_for_test(Some(9));
-        }
-        guest
-    }
-
-    fn kvm(&self) -> Arc<Kvm> {
-        self.host.kvm(self.vm)
-    }
-
-    fn leaf(&self, gfn: u64) -> Option<(Gfn, Spte)> {
-        self.kvm().mmu().as_tdp().unwrap().covering_leaf(Gfn(gfn))
-    }
-
-    fn level(&self, gfn: u64) -> Option<PgLevel> {
-        self.leaf(gfn).map(|(_, spte)| spte.level)
-    }
-
-    fn flushes(&self) -> u64 {
-        let kvm = self.kvm();
-        let tdp: &TdpMmu = kvm.mmu().as_tdp().unwrap();
-        tdp.stats().remote_tlb_flushes
-    }
-
-    fn mixed(&self, gfn: u64, level: PgLevel) -> bool {
-        let kvm = self.kvm();
-        let (entry, _) = self.host.memslots(self.vm)[0];
-        let slot = kvm.memslot_by_handle(entry.handle).unwrap();
-        slot.hugepage_test_mixed(Gfn(gfn), level)
-    }
+/// Whether the memslot's lpage_info marks the `level` page holding `gfn` MIXED.
+fn mixed(guest: &Guest, gfn: u64, level: PgLevel) -> bool {
+    let kvm = guest.kvm();
+    let (entry, _) = guest.host.memslots(guest.vm)[0];
+    let slot = kvm.memslot_by_handle(entry.handle).unwrap();
+    slot.hugepage_test_mixed(Gfn(gfn), level)
 }
 
 /// Touches `pages` pages at `uaddr` (2M-aligned) so that their anonymous frames are consecutive
@@ -121,36 +87,36 @@ fn contiguous_backing(host: &CheckedHost, uaddr: u64, pages: u64) {
 #[test]
 fn a_2m_aligned_slot_over_a_2m_host_mapping_maps_one_2m_leaf() {
     for profile in both_versions() {
-        let guest = Guest::new(profile.clone(), 0, true);
+        let guest = huge_guest(profile.clone(), 0, true);
         let host = &guest.host;
-        assert_eq!(host.guest_load(guest.vcpu, 0x3000, 1, None).unwrap(), vec![3 ^ 0x5a]);
+        assert_eq!(host.guest_load(guest.vcpu(), 0x3000, 1, None).unwrap(), vec![3 ^ 0x5a]);
         let (base, spte) = guest.leaf(3).expect("a leaf");
         assert_eq!((base, spte.level), (Gfn(0), PgLevel::Level2M), "{}", profile.name);
-        let first = host.process().mm.get_user_page(guest.uaddr, false).unwrap();
+        let first = host.process().mm.get_user_page(guest.uaddr(), false).unwrap();
         Folio::from_pfn(&host.machine().mem, first).put();
         assert_eq!(spte.pfn, first, "the leaf maps the aligned frames of the host mapping");
         // Every gfn of the 2M page reads through the one leaf, with the host's data.
-        assert_eq!(host.guest_load(guest.vcpu, 0x1ff000, 1, None).unwrap(), vec![0x1ff_u64 as u8 ^ 0x5a]);
-        assert_eq!(host.guest_load(guest.vcpu, 0x10000, 1, None).unwrap(), vec![0x10 ^ 0x5a]);
-        assert_eq!(guest.host.vcpu_faults(guest.vcpu), (1, 1, 0), "one fault for the whole 2M page");
+        assert_eq!(host.guest_load(guest.vcpu(), 0x1ff000, 1, None).unwrap(), vec![0x1ff_u64 as u8 ^ 0x5a]);
+        assert_eq!(host.guest_load(guest.vcpu(), 0x10000, 1, None).unwrap(), vec![0x10 ^ 0x5a]);
+        assert_eq!(guest.host.vcpu_faults(guest.vcpu()), (1, 1, 0), "one fault for the whole 2M page");
         assert_eq!(guest.kvm().mmu().as_tdp().unwrap().sptes().len(), 1);
         // Control: the same memory without the 2M host mapping maps 4K.
         guest.kvm().set_host_mapping_order_for_test(None);
-        host.guest_load(guest.vcpu, 0x200000, 1, None).unwrap();
+        host.guest_load(guest.vcpu(), 0x200000, 1, None).unwrap();
         assert_eq!(guest.level(0x200), Some(PgLevel::Level4K));
     }
 }
 
 #[test]
 fn a_slot_whose_hva_is_misaligned_with_its_gfn_maps_4k() {
-    let guest = Guest::new(KernelProfile::v6_18(), PAGE, false);
+    let guest = huge_guest(KernelProfile::v6_18(), PAGE, false);
     guest.kvm().set_host_mapping_order_for_test(Some(9));
     let (entry, _) = guest.host.memslots(guest.vm)[0];
     let kvm = guest.kvm();
     let slot = kvm.memslot_by_handle(entry.handle).unwrap();
     assert_eq!(slot.disallow_lpage(Gfn(0), PgLevel::Level2M), 1, "gfn ^ ugfn misaligned: every 2M page disallowed");
     assert_eq!(slot.disallow_lpage(Gfn(0x3ff), PgLevel::Level1G), 1);
-    guest.host.guest_store(guest.vcpu, 0x5000, &[1], None).unwrap();
+    guest.host.guest_store(guest.vcpu(), 0x5000, &[1], None).unwrap();
     assert_eq!(guest.level(5), Some(PgLevel::Level4K));
 }
 
@@ -177,43 +143,43 @@ fn a_slot_that_starts_or_ends_inside_a_huge_page_disallows_that_page_only() {
 
 #[test]
 fn converting_one_gfn_sets_mixed_zaps_the_2m_leaf_and_later_faults_map_4k_until_it_converts_back() {
-    let guest = Guest::new(KernelProfile::v6_18(), 0, true);
+    let guest = huge_guest(KernelProfile::v6_18(), 0, true);
     let host = &guest.host;
-    host.guest_load(guest.vcpu, 0x1000, 1, None).unwrap();
+    host.guest_load(guest.vcpu(), 0x1000, 1, None).unwrap();
     assert_eq!(guest.level(1), Some(PgLevel::Level2M));
-    assert!(!guest.mixed(0, PgLevel::Level2M));
-    let flushes = guest.flushes();
+    assert!(!mixed(&guest, 0, PgLevel::Level2M));
+    let flushes = guest.remote_tlb_flushes();
     host.set_memory_attributes(guest.vm, &attrs(0x5000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
     assert!(guest.leaf(1).is_none() && guest.leaf(0x1ff).is_none(), "the whole 2M leaf went");
-    assert_eq!(guest.flushes(), flushes + 1);
-    assert!(guest.mixed(0, PgLevel::Level2M), "gfn 5 differs from the rest of its 2M page");
-    assert!(!guest.mixed(0x200, PgLevel::Level2M));
+    assert_eq!(guest.remote_tlb_flushes(), flushes + 1);
+    assert!(mixed(&guest, 0, PgLevel::Level2M), "gfn 5 differs from the rest of its 2M page");
+    assert!(!mixed(&guest, 0x200, PgLevel::Level2M));
     // Shared faults next to it, and the private fault on it, map 4K.
-    host.guest_load(guest.vcpu, 0x1000, 1, None).unwrap();
+    host.guest_load(guest.vcpu(), 0x1000, 1, None).unwrap();
     assert_eq!(guest.level(1), Some(PgLevel::Level4K));
-    host.guest_store(guest.vcpu, 0x5000, &[9], None).unwrap();
+    host.guest_store(guest.vcpu(), 0x5000, &[9], None).unwrap();
     let (_, private) = guest.leaf(5).unwrap();
     assert!(private.private);
     assert_eq!(private.level, PgLevel::Level4K);
     // The other 2M page is untouched by the MIXED flag.
-    host.guest_load(guest.vcpu, 0x201000, 1, None).unwrap();
+    host.guest_load(guest.vcpu(), 0x201000, 1, None).unwrap();
     assert_eq!(guest.level(0x201), Some(PgLevel::Level2M));
     // Converting gfn 5 back clears MIXED; the next fault maps 2M over the 4K leaf left at gfn 1,
     // replacing it with a flush.
     host.set_memory_attributes(guest.vm, &attrs(0x5000, PAGE, 0)).unwrap();
-    assert!(!guest.mixed(0, PgLevel::Level2M));
+    assert!(!mixed(&guest, 0, PgLevel::Level2M));
     assert_eq!(guest.level(1), Some(PgLevel::Level4K));
-    let flushes = guest.flushes();
-    host.guest_load(guest.vcpu, 0x5000, 1, None).unwrap();
+    let flushes = guest.remote_tlb_flushes();
+    host.guest_load(guest.vcpu(), 0x5000, 1, None).unwrap();
     assert_eq!(guest.leaf(1).map(|(base, spte)| (base, spte.level)), Some((Gfn(0), PgLevel::Level2M)));
-    assert_eq!(guest.flushes(), flushes + 1, "replacing the smaller leaves flushes");
-    assert_eq!(host.guest_load(guest.vcpu, 0x1000, 1, None).unwrap(), vec![1 ^ 0x5a]);
+    assert_eq!(guest.remote_tlb_flushes(), flushes + 1, "replacing the smaller leaves flushes");
+    assert_eq!(host.guest_load(guest.vcpu(), 0x1000, 1, None).unwrap(), vec![1 ^ 0x5a]);
 }
 
 #[test]
 fn a_conversion_adds_the_head_and_tail_huge_pages_to_the_invalidation_on_v6_18_only() {
     for (profile, expected) in [(KernelProfile::v6_18(), (0, HUGE)), (KernelProfile::v6_14(), (5, 6))] {
-        let guest = Guest::new(profile.clone(), 0, false);
+        let guest = huge_guest(profile.clone(), 0, false);
         guest.host.set_memory_attributes(guest.vm, &attrs(0x5000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
         assert_eq!(guest.kvm().mmu_invalidate_range(), expected, "{}", profile.name);
         // Once the page is MIXED, v6.18 no longer adds it.
@@ -224,33 +190,33 @@ fn a_conversion_adds_the_head_and_tail_huge_pages_to_the_invalidation_on_v6_18_o
 
 #[test]
 fn zapping_a_4k_part_of_a_2m_leaf_zaps_the_whole_leaf_and_flushes() {
-    let guest = Guest::new(KernelProfile::v6_18(), 0, true);
+    let guest = huge_guest(KernelProfile::v6_18(), 0, true);
     let host = &guest.host;
-    host.guest_store(guest.vcpu, 0x2000, &[7], None).unwrap();
+    host.guest_store(guest.vcpu(), 0x2000, &[7], None).unwrap();
     assert_eq!(guest.level(0x100), Some(PgLevel::Level2M));
-    let flushes = guest.flushes();
+    let flushes = guest.remote_tlb_flushes();
     // MADV_DONTNEED of one page: the MMU notifier zaps gfn 3, so the whole leaf, before the
     // frame is freed (the checked call runs INV-NO-STALE-PFN right after).
-    host.madvise(guest.uaddr + 0x3000, PAGE, MADV_DONTNEED).unwrap();
+    host.madvise(guest.uaddr() + 0x3000, PAGE, MADV_DONTNEED).unwrap();
     assert!(guest.leaf(0).is_none() && guest.leaf(0x1ff).is_none());
-    assert_eq!(guest.flushes(), flushes + 1);
+    assert_eq!(guest.remote_tlb_flushes(), flushes + 1);
     // A real THP would now be split in the host: 4K from here.
     guest.kvm().set_host_mapping_order_for_test(None);
-    assert_eq!(host.guest_load(guest.vcpu, 0x3000, 1, None).unwrap(), vec![0]);
-    assert_eq!(host.guest_load(guest.vcpu, 0x2000, 1, None).unwrap(), vec![7]);
+    assert_eq!(host.guest_load(guest.vcpu(), 0x3000, 1, None).unwrap(), vec![0]);
+    assert_eq!(host.guest_load(guest.vcpu(), 0x2000, 1, None).unwrap(), vec![7]);
     assert_eq!(guest.level(3), Some(PgLevel::Level4K));
 }
 
 #[test]
 fn a_fault_below_a_huge_leaf_splits_it_and_is_spurious() {
-    let guest = Guest::new(KernelProfile::v6_18(), 0, true);
+    let guest = huge_guest(KernelProfile::v6_18(), 0, true);
     let host = &guest.host;
-    host.guest_load(guest.vcpu, 0x4000, 1, None).unwrap();
-    let before = host.process().mm.get_user_page(guest.uaddr, false).unwrap();
+    host.guest_load(guest.vcpu(), 0x4000, 1, None).unwrap();
+    let before = host.process().mm.get_user_page(guest.uaddr(), false).unwrap();
     Folio::from_pfn(&host.machine().mem, before).put();
     // With the host mapping at 4K, a pre-fault of a gfn under the 2M leaf has goal level 4K.
     guest.kvm().set_host_mapping_order_for_test(None);
-    assert_eq!(host.pre_fault_memory(guest.vcpu, 0x6000, PAGE), Ok(0));
+    assert_eq!(host.pre_fault_memory(guest.vcpu(), 0x6000, PAGE), Ok(0));
     assert_eq!(guest.kvm().mmu().as_tdp().unwrap().sptes().len(), HUGE as usize, "split into 512 4K leaves");
     let (base, spte) = guest.leaf(6).unwrap();
     assert_eq!((base, spte.level, spte.pfn), (Gfn(6), PgLevel::Level4K, Pfn(before.0 + 6)));
@@ -259,16 +225,16 @@ fn a_fault_below_a_huge_leaf_splits_it_and_is_spurious() {
 
 #[test]
 fn pre_fault_returns_the_bytes_to_the_end_of_the_mapped_huge_page() {
-    let guest = Guest::new(KernelProfile::v6_18(), 0, true);
+    let guest = huge_guest(KernelProfile::v6_18(), 0, true);
     // [0x1ff000, 0x201000): the first step maps the 2M page of 0x1ff000 and advances to its
     // end, the second maps the next 2M page.
-    assert_eq!(guest.host.pre_fault_memory(guest.vcpu, 0x1ff000, 2 * PAGE), Ok(0));
-    assert_eq!(guest.host.vcpu_faults(guest.vcpu).0, 2);
+    assert_eq!(guest.host.pre_fault_memory(guest.vcpu(), 0x1ff000, 2 * PAGE), Ok(0));
+    assert_eq!(guest.host.vcpu_faults(guest.vcpu()).0, 2);
     assert_eq!(guest.level(0), Some(PgLevel::Level2M));
     assert_eq!(guest.level(0x3ff), Some(PgLevel::Level2M));
     // Control: at 4K the same range takes two faults too, but maps two 4K leaves.
-    let guest = Guest::new(KernelProfile::v6_18(), 0, false);
-    assert_eq!(guest.host.pre_fault_memory(guest.vcpu, 0x1ff000, 2 * PAGE), Ok(0));
+    let guest = huge_guest(KernelProfile::v6_18(), 0, false);
+    assert_eq!(guest.host.pre_fault_memory(guest.vcpu(), 0x1ff000, 2 * PAGE), Ok(0));
     assert_eq!(guest.level(0x1ff), Some(PgLevel::Level4K));
     assert_eq!(guest.level(0), None);
 }
@@ -276,10 +242,10 @@ fn pre_fault_returns_the_bytes_to_the_end_of_the_mapped_huge_page() {
 #[test]
 fn private_faults_stay_4k_whatever_the_host_maps() {
     for profile in both_versions() {
-        let guest = Guest::new(profile.clone(), 0, true);
+        let guest = huge_guest(profile.clone(), 0, true);
         guest.host.set_memory_attributes(guest.vm, &attrs(0, 2 * HUGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
-        assert!(!guest.mixed(0, PgLevel::Level2M) && !guest.mixed(0, PgLevel::Level1G));
-        guest.host.guest_store(guest.vcpu, 0x3000, &[1], None).unwrap();
+        assert!(!mixed(&guest, 0, PgLevel::Level2M) && !mixed(&guest, 0, PgLevel::Level1G));
+        guest.host.guest_store(guest.vcpu(), 0x3000, &[1], None).unwrap();
         let (_, spte) = guest.leaf(3).unwrap();
         assert!(spte.private);
         assert_eq!(spte.level, PgLevel::Level4K, "{}: guest_memfd folios are order 0", profile.name);
@@ -344,7 +310,7 @@ impl ArchFactory for ClampingHost {
 
 fn clamped_guest(profile: KernelProfile, level: PgLevel) -> Guest {
     let setup: ArchSetup = Arc::new(move |_, _| Arc::new(ClampingHost { level }) as Arc<dyn ArchFactory>);
-    Guest::on(CheckedHost::with_system(KvmSystem::builder(profile).arch(setup).build()), 0, false)
+    huge_guest_on(CheckedHost::with_system(KvmSystem::builder(profile).arch(setup).build()), 0, false)
 }
 
 #[test]
@@ -355,7 +321,7 @@ fn a_vendor_hook_clamps_a_private_mapping_the_folio_would_allow() {
         guest.host.set_memory_attributes(guest.vm, &attrs(0, 2 * HUGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
         let kvm = guest.kvm();
         kvm.set_gmem_max_order_for_test(Some(9));
-        guest.host.guest_store(guest.vcpu, 0x3000, &[1], None).unwrap();
+        guest.host.guest_store(guest.vcpu(), 0x3000, &[1], None).unwrap();
         assert_eq!(guest.level(3), Some(PgLevel::Level4K), "{}", profile.name);
 
         // Negative control: a hook that allows 2M gives a 2M private leaf over order-0 folios
@@ -365,7 +331,7 @@ fn a_vendor_hook_clamps_a_private_mapping_the_folio_would_allow() {
         guest.host.set_memory_attributes(guest.vm, &attrs(0, 2 * HUGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
         kvm.set_gmem_max_order_for_test(Some(9));
         let mut buf = [1u8];
-        let _ = guest.host.unchecked().guest_access(guest.vcpu, 0x3000, &mut buf, true, None);
+        let _ = guest.host.unchecked().guest_access(guest.vcpu(), 0x3000, &mut buf, true, None);
         assert_eq!(guest.level(3), Some(PgLevel::Level2M), "{}", profile.name);
         let violations = guest.host.violations();
         assert!(
@@ -380,9 +346,9 @@ fn a_vendor_hook_clamps_a_private_mapping_the_folio_would_allow() {
 
 #[test]
 fn m6_names_a_huge_leaf_where_disallow_lpage_forbids_it() {
-    let guest = Guest::new(KernelProfile::v6_18(), PAGE, true);
+    let guest = huge_guest(KernelProfile::v6_18(), PAGE, true);
     let kvm = guest.kvm();
-    let first = guest.host.process().mm.get_user_page(guest.uaddr, false).unwrap();
+    let first = guest.host.process().mm.get_user_page(guest.uaddr(), false).unwrap();
     Folio::from_pfn(&guest.host.machine().mem, first).put();
     assert!(guest.host.violations().is_empty());
     let spte =
@@ -399,7 +365,7 @@ fn m6_names_a_huge_leaf_where_disallow_lpage_forbids_it() {
 
 #[test]
 fn m8_names_a_mixed_flag_that_disagrees_with_the_attributes() {
-    let guest = Guest::new(KernelProfile::v6_18(), 0, false);
+    let guest = huge_guest(KernelProfile::v6_18(), 0, false);
     guest.host.set_memory_attributes(guest.vm, &attrs(0x5000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
     let kvm = guest.kvm();
     let (entry, _) = guest.host.memslots(guest.vm)[0];

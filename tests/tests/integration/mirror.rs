@@ -13,7 +13,7 @@
 //! Method: a test vendor module ([`MirrorHost`]) that supports `VmType::Tdx` (`v6.18` lists it;
 //! [`KernelProfile::with_vm_type_for_test`] keeps the test independent of that) and whose
 //! back-end records every hook call and can be told to fail the next calls of a hook, so the
-//! TDP MMU's side of the protocol is tested without the TDX module (`tests/tests/tdx.rs` runs
+//! TDP MMU's side of the protocol is tested without the TDX module (`tdx.rs` runs
 //! the real one, `gmem_arch::tdx::kvm`). `KVM_TDX_INIT_VM`'s part here is [`Kvm::set_gfn_direct_bits`] with the
 //! shared bit of GPAW 48 (GPA bit 47, gfn bit 35).
 
@@ -23,8 +23,8 @@ use gmem_kvm::arch::{
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use gmem_kvm::invariants::{self, M6_HUGE, T5_MIRROR, T8_4K, T9_ALIAS};
 use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
-use gmem_kvm::tdp_mmu::{FrozenSpte, MapResult, Spte, TdpMmu, MIRROR_LOCAL_RETRY_LIMIT};
-use gmem_kvm::vcpu::{kvm_mmu_page_fault, RetPf, RunError, VcpuExit, FAULT_RETRY_LIMIT, KVM_MEMORY_EXIT_FLAG_PRIVATE};
+use gmem_kvm::tdp_mmu::{FrozenSpte, MapResult, Spte, MIRROR_LOCAL_RETRY_LIMIT};
+use gmem_kvm::vcpu::{kvm_mmu_page_fault, RetPf, RunError, FAULT_RETRY_LIMIT};
 use gmem_kvm::{Gfn, KernelProfile, Kvm, KvmSystem};
 use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
 use gmem_mm::vma::Mm;
@@ -216,66 +216,42 @@ fn mirror_host_on(profile: KernelProfile) -> (CheckedHost, Arc<Recorder>) {
 }
 
 /// A TDX VM with the shared bit configured, one guest_memfd memslot of `pages` pages at gpa 0
-/// (shared accesses backed by anonymous memory), all of it PRIVATE, and one vCPU.
-struct Guest {
-    host: CheckedHost,
+/// (shared accesses backed by anonymous memory), all of it PRIVATE, and one vCPU, with the
+/// recorder of its back-end's hook calls.
+struct MirrorGuest {
+    guest: Guest,
     recorder: Arc<Recorder>,
-    vm: i32,
-    gmem: i32,
-    vcpu: i32,
-    uaddr: u64,
 }
 
-impl Guest {
-    fn new(pages: u64) -> Guest {
-        Guest::on(pages, KernelProfile::v6_18())
+impl std::ops::Deref for MirrorGuest {
+    type Target = Guest;
+
+    fn deref(&self) -> &Guest {
+        &self.guest
+    }
+}
+
+impl MirrorGuest {
+    fn new(pages: u64) -> MirrorGuest {
+        MirrorGuest::on(pages, KernelProfile::v6_18())
     }
 
-    /// [`Guest::new`] on `profile`.
-    fn on(pages: u64, profile: KernelProfile) -> Guest {
+    /// [`MirrorGuest::new`] on `profile`.
+    fn on(pages: u64, profile: KernelProfile) -> MirrorGuest {
         let (host, recorder) = mirror_host_on(profile);
-        let vm = host.create_vm(TDX_VM).expect("KVM_CREATE_VM (TDX)");
-        assert!(host.kvm(vm).has_mirrored_tdp());
-        host.kvm(vm).set_gfn_direct_bits(SHARED);
-        let gmem = host.create_guest_memfd(vm, pages * PAGE, 0).unwrap();
-        let uaddr = host.mmap_anonymous(pages * PAGE).unwrap();
-        host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, pages * PAGE, uaddr, gmem as u32, 0))
-            .unwrap();
-        host.set_memory_attributes(vm, &attrs(0, pages * PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
-        let vcpu = host.create_vcpu(vm, 0).unwrap();
+        let guest = GuestBuilder::on(host).vm_type(TDX_VM).gfn_direct_bits(SHARED).pages(pages).private(true).build();
+        assert!(guest.kvm().has_mirrored_tdp());
         assert_eq!(recorder.take(), vec![], "no hook before the first fault");
-        Guest { host, recorder, vm, gmem, vcpu, uaddr }
-    }
-
-    fn kvm(&self) -> Arc<Kvm> {
-        self.host.kvm(self.vm)
-    }
-
-    fn with_tdp<T>(&self, f: impl FnOnce(&TdpMmu) -> T) -> T {
-        f(self.kvm().mmu().as_tdp().expect("the TDP MMU"))
+        MirrorGuest { guest, recorder }
     }
 
     /// Makes `gfn` shared and has the guest read it through the shared alias (a direct-root leaf
     /// at `gfn | SHARED`).
     fn map_shared(&self, gfn: u64) {
         self.host.set_memory_attributes(self.vm, &attrs(gfn * PAGE, PAGE, 0)).unwrap();
-        self.host.store(self.uaddr + gfn * PAGE, &[0x5a]).unwrap();
-        assert_eq!(self.host.guest_load(self.vcpu, SHARED_GPA | (gfn * PAGE), 1, None).unwrap(), vec![0x5a]);
+        self.host.store(self.uaddr() + gfn * PAGE, &[0x5a]).unwrap();
+        assert_eq!(self.host.guest_load(self.vcpu(), SHARED_GPA | (gfn * PAGE), 1, None).unwrap(), vec![0x5a]);
     }
-
-    /// `(pf_taken, pf_fixed, pf_retry)`.
-    fn faults(&self) -> (u64, u64, u64) {
-        self.host.vcpu_faults(self.vcpu)
-    }
-}
-
-fn memory_fault(gpa: u64, private: bool) -> RunError {
-    RunError::Exit(VcpuExit::MemoryFault {
-        gpa,
-        size: PAGE,
-        flags: if private { KVM_MEMORY_EXIT_FLAG_PRIVATE } else { 0 },
-        errno: Errno::EFAULT,
-    })
 }
 
 /// The external pages of the links in `calls`.
@@ -285,9 +261,9 @@ fn linked(calls: &[Hook]) -> Vec<Pfn> {
 
 #[test]
 fn a_private_fault_links_the_missing_tables_top_down_then_sets_the_leaf() {
-    let guest = Guest::new(16);
+    let guest = MirrorGuest::new(16);
     let host = &guest.host;
-    host.guest_store(guest.vcpu, 0x2010, &[1, 2, 3], None).unwrap();
+    host.guest_store(guest.vcpu(), 0x2010, &[1, 2, 3], None).unwrap();
     let calls = guest.recorder.take();
     let spte = guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(2))).expect("a mirror leaf for gfn 2");
     let spts = linked(&calls);
@@ -318,13 +294,13 @@ fn a_private_fault_links_the_missing_tables_top_down_then_sets_the_leaf() {
     assert!(guest.with_tdp(|tdp| tdp.sptes().is_empty()));
 
     // The guest reads it back through the mirror root, without faulting again.
-    assert_eq!(host.guest_load(guest.vcpu, 0x2010, 3, None).unwrap(), vec![1, 2, 3]);
+    assert_eq!(host.guest_load(guest.vcpu(), 0x2010, 3, None).unwrap(), vec![1, 2, 3]);
     assert_eq!(guest.faults(), (1, 1, 0));
     // The data is in guest_memfd, not in the shared backing.
-    assert_eq!(host.load(guest.uaddr + 0x2010, 3).unwrap(), vec![0, 0, 0]);
+    assert_eq!(host.load(guest.uaddr() + 0x2010, 3).unwrap(), vec![0, 0, 0]);
 
     // A neighbour in the same page table needs only its leaf.
-    host.guest_store(guest.vcpu, 0x3000, &[4], None).unwrap();
+    host.guest_store(guest.vcpu(), 0x3000, &[4], None).unwrap();
     let pfn = guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(3))).unwrap().pfn;
     assert_eq!(guest.recorder.take(), vec![Hook::Set { gfn: 3, level: PgLevel::Level4K, pfn }]);
     assert_eq!(guest.with_tdp(|tdp| tdp.stats().external_spts_linked), 3);
@@ -332,7 +308,7 @@ fn a_private_fault_links_the_missing_tables_top_down_then_sets_the_leaf() {
 
 #[test]
 fn a_shared_fault_maps_the_direct_root_at_the_shared_alias_without_hooks() {
-    let guest = Guest::new(16);
+    let guest = MirrorGuest::new(16);
     let host = &guest.host;
     guest.map_shared(3);
     assert_eq!(guest.recorder.take(), vec![], "the direct root has no external page tables");
@@ -343,19 +319,19 @@ fn a_shared_fault_maps_the_direct_root_at_the_shared_alias_without_hooks() {
     assert_eq!(guest.with_tdp(|tdp| tdp.mirror_sptes()), vec![]);
     // Attribute mismatches exit at the memslot gpa (without the shared bit), with the kind of
     // the gpa the guest used.
-    assert_eq!(host.guest_load(guest.vcpu, 0x3000, 1, None), Err(memory_fault(0x3000, true)));
-    assert_eq!(host.guest_load(guest.vcpu, SHARED_GPA | 0x2000, 1, None), Err(memory_fault(0x2000, false)));
+    assert_eq!(host.guest_load(guest.vcpu(), 0x3000, 1, None), Err(memory_fault(0x3000, true)));
+    assert_eq!(host.guest_load(guest.vcpu(), SHARED_GPA | 0x2000, 1, None), Err(memory_fault(0x2000, false)));
     // On a VM with a mirror root the gpa decides the kind; an explicit kind may not contradict it.
-    assert_eq!(host.guest_load(guest.vcpu, SHARED_GPA | 0x3000, 1, Some(true)), Err(RunError::Errno(Errno::EINVAL)));
-    assert_eq!(host.guest_load(guest.vcpu, SHARED_GPA | 0x3000, 1, Some(false)).unwrap(), vec![0x5a]);
+    assert_eq!(host.guest_load(guest.vcpu(), SHARED_GPA | 0x3000, 1, Some(true)), Err(RunError::Errno(Errno::EINVAL)));
+    assert_eq!(host.guest_load(guest.vcpu(), SHARED_GPA | 0x3000, 1, Some(false)).unwrap(), vec![0x5a]);
     assert_eq!(guest.recorder.take(), vec![]);
 }
 
 #[test]
 fn a_conversion_zaps_the_root_of_the_old_kind_only() {
-    let guest = Guest::new(16);
+    let guest = MirrorGuest::new(16);
     let host = &guest.host;
-    host.guest_store(guest.vcpu, 0x2000, &[7], None).unwrap();
+    host.guest_store(guest.vcpu(), 0x2000, &[7], None).unwrap();
     guest.map_shared(5);
     let private = guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(2))).unwrap();
     guest.recorder.take();
@@ -374,34 +350,34 @@ fn a_conversion_zaps_the_root_of_the_old_kind_only() {
     assert_eq!(guest.with_tdp(|tdp| tdp.lookup(Gfn(SHARED | 5))), None);
 
     // guest_memfd's invalidation (a punched hole) is PRIVATE too.
-    host.guest_store(guest.vcpu, 0x5000, &[8], None).unwrap();
+    host.guest_store(guest.vcpu(), 0x5000, &[8], None).unwrap();
     let pfn = guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(5))).unwrap().pfn;
     guest.recorder.take();
-    host.fallocate(guest.gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 0x5000, PAGE as i64).unwrap();
+    host.fallocate(guest.gmem(), FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 0x5000, PAGE as i64).unwrap();
     assert_eq!(guest.recorder.take(), vec![Hook::Remove { gfn: 5, level: PgLevel::Level4K, pfn }]);
-    assert_eq!(host.guest_load(guest.vcpu, 0x5000, 1, None).unwrap(), vec![0], "a fresh page");
+    assert_eq!(host.guest_load(guest.vcpu(), 0x5000, 1, None).unwrap(), vec![0], "a fresh page");
 }
 
 #[test]
 fn ebusy_from_set_external_spte_restores_the_spte_and_the_fault_retries_until_it_succeeds() {
-    let guest = Guest::new(16);
+    let guest = MirrorGuest::new(16);
     guest.recorder.fail(HookKind::Set, Errno::EBUSY, 3);
-    guest.host.guest_store(guest.vcpu, 0x2000, &[9], None).unwrap();
+    guest.host.guest_store(guest.vcpu(), 0x2000, &[9], None).unwrap();
     let calls = guest.recorder.take();
     let sets = calls.iter().filter(|call| matches!(call, Hook::Set { gfn: 2, .. })).count();
     assert_eq!((linked(&calls).len(), sets), (3, 4), "{calls:?}");
     assert_eq!(guest.faults(), (4, 1, 3), "three RET_PF_RETRY, then the install");
-    assert_eq!(guest.host.guest_load(guest.vcpu, 0x2000, 1, None).unwrap(), vec![9]);
+    assert_eq!(guest.host.guest_load(guest.vcpu(), 0x2000, 1, None).unwrap(), vec![9]);
 }
 
 #[test]
 fn ebusy_from_link_external_spt_frees_the_table_and_the_fault_retries() {
-    let guest = Guest::new(0x400);
-    guest.host.guest_store(guest.vcpu, 0x2000, &[1], None).unwrap();
+    let guest = MirrorGuest::new(0x400);
+    guest.host.guest_store(guest.vcpu(), 0x2000, &[1], None).unwrap();
     guest.recorder.take();
     // gfn 0x200 needs a new page table under the existing page directory.
     guest.recorder.fail(HookKind::Link, Errno::EBUSY, 1);
-    guest.host.guest_store(guest.vcpu, 0x200 * PAGE, &[2], None).unwrap();
+    guest.host.guest_store(guest.vcpu(), 0x200 * PAGE, &[2], None).unwrap();
     let calls = guest.recorder.take();
     let pfn = guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(0x200))).unwrap().pfn;
     let spts = linked(&calls);
@@ -417,15 +393,15 @@ fn ebusy_from_link_external_spt_frees_the_table_and_the_fault_retries() {
     let stats = guest.with_tdp(|tdp| tdp.stats());
     assert_eq!(stats.external_spts_linked, 4, "the failed table was never linked");
     assert_eq!(guest.with_tdp(|tdp| tdp.mirror_tables().len()), 5);
-    assert_eq!(guest.host.guest_load(guest.vcpu, 0x200 * PAGE, 1, None).unwrap(), vec![2]);
+    assert_eq!(guest.host.guest_load(guest.vcpu(), 0x200 * PAGE, 1, None).unwrap(), vec![2]);
 }
 
 #[test]
 fn a_set_external_spte_that_never_succeeds_is_bounded_and_warned_about() {
-    let guest = Guest::new(16);
+    let guest = MirrorGuest::new(16);
     guest.recorder.fail(HookKind::Set, Errno::EBUSY, FAULT_RETRY_LIMIT as usize + 1);
     let mut buf = [0u8];
-    let result = guest.host.unchecked().guest_access(guest.vcpu, 0x2000, &mut buf, false, None);
+    let result = guest.host.unchecked().guest_access(guest.vcpu(), 0x2000, &mut buf, false, None);
     assert_eq!(result, Err(RunError::Errno(Errno::EINTR)));
     let warnings = guest.host.take_warnings();
     assert!(warnings.len() == 1 && warnings[0].detail.contains("made no progress"), "{warnings:?}");
@@ -440,7 +416,7 @@ type Seen = (Result<RetPf, RunError>, Option<Spte>, Vec<FrozenSpte>, Vec<String>
 
 #[test]
 fn a_fault_meeting_a_frozen_spte_retries_without_calling_the_hook() {
-    let guest = Guest::new(16);
+    let guest = MirrorGuest::new(16);
     let vcpu2 = guest.host.create_vcpu(guest.vm, 1).unwrap();
     let (_, second) = guest.host.unchecked().vcpu(vcpu2).unwrap();
     let kvm = guest.kvm();
@@ -471,7 +447,7 @@ fn a_fault_meeting_a_frozen_spte_retries_without_calling_the_hook() {
             .collect();
         *report.lock().unwrap() = Some((second_fault, walk, frozen, t5));
     });
-    guest.host.guest_store(guest.vcpu, 0x2000, &[3], None).unwrap();
+    guest.host.guest_store(guest.vcpu(), 0x2000, &[3], None).unwrap();
     let (second_fault, walk, frozen, t5) = seen.lock().unwrap().take().expect("the hook ran");
     assert_eq!(second_fault, Ok(RetPf::Retry), "the concurrent fault met FROZEN_SPTE");
     assert_eq!(walk, None, "the hardware treats a FROZEN SPTE as not present");
@@ -488,8 +464,8 @@ fn a_fault_meeting_a_frozen_spte_retries_without_calling_the_hook() {
 
 #[test]
 fn a_failed_remove_external_spte_is_kvm_bug_on_and_the_vm_is_dead() {
-    let guest = Guest::new(16);
-    guest.host.guest_store(guest.vcpu, 0x2000, &[1], None).unwrap();
+    let guest = MirrorGuest::new(16);
+    guest.host.guest_store(guest.vcpu(), 0x2000, &[1], None).unwrap();
     guest.recorder.fail(HookKind::Remove, Errno::EIO, 1);
     let unchecked = guest.host.unchecked();
     // The conversion's zap hits the failure; the ioctl itself completes.
@@ -503,16 +479,16 @@ fn a_failed_remove_external_spte_is_kvm_bug_on_and_the_vm_is_dead() {
     assert_eq!(guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(2))), None, "the SPTE was cleared before the hook");
     assert_eq!(unchecked.set_memory_attributes(guest.vm, &attrs(0x3000, PAGE, 0)), Err(Errno::EIO));
     let mut buf = [0u8];
-    assert_eq!(unchecked.guest_access(guest.vcpu, 0x3000, &mut buf, false, None), Err(RunError::Errno(Errno::EIO)));
+    assert_eq!(unchecked.guest_access(guest.vcpu(), 0x3000, &mut buf, false, None), Err(RunError::Errno(Errno::EIO)));
     guest.host.check("the dead VM");
 }
 
 #[test]
 fn an_error_from_set_external_spte_after_a_vendor_kvm_bug_on_ends_the_fault_with_eio() {
-    let guest = Guest::new(16);
+    let guest = MirrorGuest::new(16);
     guest.recorder.fail(HookKind::Set, Errno::EIO, 1);
     let mut buf = [0u8];
-    let result = guest.host.unchecked().guest_access(guest.vcpu, 0x2000, &mut buf, true, None);
+    let result = guest.host.unchecked().guest_access(guest.vcpu(), 0x2000, &mut buf, true, None);
     assert_eq!(result, Err(RunError::Errno(Errno::EIO)), "KVM_REQ_VM_DEAD on the re-entry");
     let warnings = guest.host.take_warnings();
     assert!(warnings.len() == 1 && warnings[0].kind == WarnKind::Bug, "{warnings:?}");
@@ -526,8 +502,8 @@ fn an_error_from_set_external_spte_after_a_vendor_kvm_bug_on_ends_the_fault_with
 
 #[test]
 fn an_atomic_zap_of_a_mirror_spte_is_kvm_bug_on() {
-    let guest = Guest::new(16);
-    guest.host.guest_store(guest.vcpu, 0x2000, &[1], None).unwrap();
+    let guest = MirrorGuest::new(16);
+    guest.host.guest_store(guest.vcpu(), 0x2000, &[1], None).unwrap();
     guest.recorder.take();
     let kvm = guest.kvm();
     let result = kvm.mmu().as_tdp().unwrap().zap_mirror_spte_atomic_for_test(&kvm, Gfn(2));
@@ -541,9 +517,9 @@ fn an_atomic_zap_of_a_mirror_spte_is_kvm_bug_on() {
 
 #[test]
 fn deleting_the_memslot_zaps_both_roots() {
-    let guest = Guest::new(16);
+    let guest = MirrorGuest::new(16);
     let host = &guest.host;
-    host.guest_store(guest.vcpu, 0x2000, &[1], None).unwrap();
+    host.guest_store(guest.vcpu(), 0x2000, &[1], None).unwrap();
     guest.map_shared(5);
     let private = guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(2))).unwrap();
     guest.recorder.take();
@@ -560,9 +536,9 @@ fn deleting_the_memslot_zaps_both_roots() {
 
 #[test]
 fn zap_all_fast_leaves_the_mirror_root_alone() {
-    let guest = Guest::new(16);
+    let guest = MirrorGuest::new(16);
     let host = &guest.host;
-    host.guest_store(guest.vcpu, 0x2000, &[6], None).unwrap();
+    host.guest_store(guest.vcpu(), 0x2000, &[6], None).unwrap();
     guest.map_shared(5);
     guest.recorder.take();
     let kvm = guest.kvm();
@@ -576,17 +552,17 @@ fn zap_all_fast_leaves_the_mirror_root_alone() {
     assert_eq!(guest.recorder.take(), vec![]);
     host.check("zap_all_fast");
     let faults = guest.faults();
-    assert_eq!(host.guest_load(guest.vcpu, 0x2000, 1, None).unwrap(), vec![6]);
+    assert_eq!(host.guest_load(guest.vcpu(), 0x2000, 1, None).unwrap(), vec![6]);
     assert_eq!(guest.faults(), faults, "the private mapping survived: no fault");
 }
 
 /// A guest with private leaves at gfns 2 and 0x200: a PDPT and a PD at gfn 0, page tables at 0
 /// and 0x200.
-fn two_page_tables() -> (Guest, Vec<Hook>) {
-    let guest = Guest::new(0x400);
+fn two_page_tables() -> (MirrorGuest, Vec<Hook>) {
+    let guest = MirrorGuest::new(0x400);
     assert_eq!(guest.host.machine().mem.allocated_pages(), 0, "nothing allocated before the first fault");
-    guest.host.guest_store(guest.vcpu, 0x2000, &[1], None).unwrap();
-    guest.host.guest_store(guest.vcpu, 0x200 * PAGE, &[2], None).unwrap();
+    guest.host.guest_store(guest.vcpu(), 0x2000, &[1], None).unwrap();
+    guest.host.guest_store(guest.vcpu(), 0x200 * PAGE, &[2], None).unwrap();
     let calls = guest.recorder.take();
     (guest, calls)
 }
@@ -648,11 +624,11 @@ fn destroying_the_vm_removes_the_leaves_then_frees_the_tables_bottom_up() {
     let host = &guest.host;
     // The guest_memfd goes first (its release zaps the private range: the leaves), then the
     // vCPU and the VM, whose destruction tears the mirror root down.
-    host.close(guest.gmem).unwrap();
+    host.close(guest.gmem()).unwrap();
     let removed = guest.recorder.take();
     assert_eq!(removed.len(), 2);
     assert!(removed.iter().all(|call| matches!(call, Hook::Remove { .. })), "{removed:?}");
-    host.close(guest.vcpu).unwrap();
+    host.close(guest.vcpu()).unwrap();
     assert_eq!(guest.recorder.take(), vec![], "the MMU notifier and the vCPU leave the mirror root alone");
     host.close(guest.vm).unwrap();
     assert!(kvm.is_destroyed());
@@ -691,12 +667,12 @@ fn a_failed_free_external_spt_is_a_warning_and_the_page_is_leaked() {
 
 #[test]
 fn pre_fault_maps_private_gfns_into_the_mirror_root_and_refuses_aliases() {
-    let guest = Guest::new(16);
+    let guest = MirrorGuest::new(16);
     let kvm = guest.kvm();
     kvm.set_pre_fault_allowed(true);
     guest.host.set_memory_attributes(guest.vm, &attrs(0x4000, PAGE, 0)).unwrap();
-    assert_eq!(guest.host.pre_fault_memory(guest.vcpu, SHARED_GPA | 0x4000, PAGE), Err(Errno::EINVAL));
-    assert_eq!(guest.host.pre_fault_memory(guest.vcpu, 0x3000, 2 * PAGE), Ok(0));
+    assert_eq!(guest.host.pre_fault_memory(guest.vcpu(), SHARED_GPA | 0x4000, PAGE), Err(Errno::EINVAL));
+    assert_eq!(guest.host.pre_fault_memory(guest.vcpu(), 0x3000, 2 * PAGE), Ok(0));
     assert!(guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(3)).is_some()));
     // gfn 4 is shared: mapped at its shared alias in the direct root.
     assert!(guest.with_tdp(|tdp| tdp.lookup(Gfn(SHARED | 4)).is_some() && tdp.lookup_mirror(Gfn(4)).is_none()));
@@ -704,15 +680,15 @@ fn pre_fault_maps_private_gfns_into_the_mirror_root_and_refuses_aliases() {
 
 #[test]
 fn a_memslot_at_the_shared_alias_is_refused() {
-    let guest = Guest::new(16);
+    let guest = MirrorGuest::new(16);
     let gmem = guest.host.create_guest_memfd(guest.vm, 16 * PAGE, 0).unwrap();
-    let slot = region(1, KVM_MEM_GUEST_MEMFD, SHARED_GPA, 16 * PAGE, guest.uaddr, gmem as u32, 0);
+    let slot = region(1, KVM_MEM_GUEST_MEMFD, SHARED_GPA, 16 * PAGE, guest.uaddr(), gmem as u32, 0);
     assert_eq!(guest.host.set_user_memory_region2(guest.vm, &slot), Err(Errno::EINVAL));
 }
 
 #[test]
 fn the_t9_checker_names_a_direct_leaf_without_the_shared_bit() {
-    let guest = Guest::new(16);
+    let guest = MirrorGuest::new(16);
     guest.map_shared(5);
     let kvm = guest.kvm();
     let tdp = kvm.mmu().as_tdp().unwrap();
@@ -734,12 +710,12 @@ fn the_t8_checker_names_a_huge_mirror_leaf_a_buggy_back_end_allowed() {
     // A back-end whose max mapping level allows 2M private mappings (TDX's says 4K), over a
     // guest_memfd pretending to hand out 2M folios: the TDP MMU maps what the fault asks, as the
     // kernel's would, and T8 (with M6) names the result.
-    let guest = Guest::new(0x400);
+    let guest = MirrorGuest::new(0x400);
     *guest.recorder.private_level.lock().unwrap() = Some(PgLevel::Level2M);
     let kvm = guest.kvm();
     kvm.set_gmem_max_order_for_test(Some(9));
     let mut buf = [1u8];
-    let _ = guest.host.unchecked().guest_access(guest.vcpu, 0, &mut buf, true, None);
+    let _ = guest.host.unchecked().guest_access(guest.vcpu(), 0, &mut buf, true, None);
     let calls = guest.recorder.take();
     assert!(calls.iter().any(|call| matches!(call, Hook::Set { gfn: 0, level: PgLevel::Level2M, .. })), "{calls:?}");
     assert_eq!(linked(&calls).len(), 2, "no page table under a 2M leaf: {calls:?}");
@@ -753,14 +729,14 @@ fn the_t8_checker_names_a_huge_mirror_leaf_a_buggy_back_end_allowed() {
 fn a_huge_mirror_leaf_over_a_table_or_under_a_fault_is_kvm_bug_on() {
     // A 2M private leaf where a page table is present: set_external_spte_present's
     // KVM_BUG_ON(was_present) (v6.18 never replaces a present mirror SPTE).
-    let guest = Guest::new(0x400);
-    guest.host.guest_store(guest.vcpu, 0x10 * PAGE, &[1], None).unwrap();
+    let guest = MirrorGuest::new(0x400);
+    guest.host.guest_store(guest.vcpu(), 0x10 * PAGE, &[1], None).unwrap();
     *guest.recorder.private_level.lock().unwrap() = Some(PgLevel::Level2M);
     let kvm = guest.kvm();
     kvm.set_gmem_max_order_for_test(Some(9));
     guest.recorder.take();
     let mut buf = [1u8];
-    let result = guest.host.unchecked().guest_access(guest.vcpu, 0x11 * PAGE, &mut buf, true, None);
+    let result = guest.host.unchecked().guest_access(guest.vcpu(), 0x11 * PAGE, &mut buf, true, None);
     assert_eq!(result, Err(RunError::Errno(Errno::EIO)));
     let warnings = guest.host.take_warnings();
     assert!(
@@ -770,11 +746,11 @@ fn a_huge_mirror_leaf_over_a_table_or_under_a_fault_is_kvm_bug_on() {
     assert_eq!(guest.recorder.take(), vec![], "no hook for a replacement");
 
     // A 4K fault under a 2M mirror leaf would split it: not for mirror roots.
-    let guest = Guest::new(0x400);
+    let guest = MirrorGuest::new(0x400);
     *guest.recorder.private_level.lock().unwrap() = Some(PgLevel::Level2M);
     let kvm = guest.kvm();
     kvm.set_gmem_max_order_for_test(Some(9));
-    let _ = guest.host.unchecked().guest_access(guest.vcpu, 0, &mut buf, true, None);
+    let _ = guest.host.unchecked().guest_access(guest.vcpu(), 0, &mut buf, true, None);
     guest.host.take_warnings();
     assert_eq!(guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(0x3))).map(|spte| spte.level), Some(PgLevel::Level2M));
     *guest.recorder.private_level.lock().unwrap() = None;
@@ -784,7 +760,7 @@ fn a_huge_mirror_leaf_over_a_table_or_under_a_fault_is_kvm_bug_on() {
     // driven directly.
     let result = kvm_mmu_page_fault(
         &kvm,
-        &guest.host.unchecked().vcpu(guest.vcpu).unwrap().1,
+        &guest.host.unchecked().vcpu(guest.vcpu()).unwrap().1,
         &guest.host.process().mm,
         0x3000,
         true,
@@ -864,10 +840,10 @@ fn tdx_is_a_vm_type_of_v6_18_only_on_a_host_with_a_tdx_module() {
 /// non-present, and before its freeze cmpxchg vCPU 1's fault installs the leaf (from another
 /// thread: both hold `mmu_lock` for read). Returns the guest, the frame, and the install's
 /// result.
-fn local_retry_install_racing_a_fault(profile: &str) -> (Guest, Pfn, KResult<MapResult>) {
-    let guest = Guest::on(16, KernelProfile::by_name(profile).unwrap());
+fn local_retry_install_racing_a_fault(profile: &str) -> (MirrorGuest, Pfn, KResult<MapResult>) {
+    let guest = MirrorGuest::on(16, KernelProfile::by_name(profile).unwrap());
     let host = &guest.host;
-    host.guest_store(guest.vcpu, 0x2000, &[1], None).unwrap();
+    host.guest_store(guest.vcpu(), 0x2000, &[1], None).unwrap();
     let spte = guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(2))).unwrap();
     host.set_memory_attributes(guest.vm, &attrs(0x2000, PAGE, 0)).unwrap();
     host.set_memory_attributes(guest.vm, &attrs(0x2000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
@@ -927,9 +903,9 @@ fn without_f17_a_local_retry_after_a_failed_freeze_starts_from_a_stale_old_spte(
 #[test]
 fn without_the_race_the_local_retry_install_installs_with_or_without_f17() {
     for profile in ["v6.18", "v6.18+F17"] {
-        let guest = Guest::on(16, KernelProfile::by_name(profile).unwrap());
+        let guest = MirrorGuest::on(16, KernelProfile::by_name(profile).unwrap());
         let host = &guest.host;
-        host.guest_store(guest.vcpu, 0x2000, &[1], None).unwrap();
+        host.guest_store(guest.vcpu(), 0x2000, &[1], None).unwrap();
         let spte = guest.with_tdp(|tdp| tdp.lookup_mirror(Gfn(2))).unwrap();
         host.set_memory_attributes(guest.vm, &attrs(0x2000, PAGE, 0)).unwrap();
         host.set_memory_attributes(guest.vm, &attrs(0x2000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
@@ -947,7 +923,7 @@ fn without_the_race_the_local_retry_install_installs_with_or_without_f17() {
         assert_eq!(guest.recorder.take().len(), 3, "{profile}: two EBUSY, then the install");
         // Below a table that is not linked there is nothing to retry on.
         assert_eq!(tdp.map_mirror_leaf_local_retry_for_test(&kvm, Gfn(0x400), spte, || {}), Err(Errno::ENOENT));
-        assert_eq!(host.guest_load(guest.vcpu, 0x2000, 1, None).unwrap(), vec![1], "{profile}");
+        assert_eq!(host.guest_load(guest.vcpu(), 0x2000, 1, None).unwrap(), vec![1], "{profile}");
         host.check(profile);
     }
 }

@@ -10,125 +10,85 @@ use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use gmem_kvm::guest_memfd::{GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP};
 use gmem_kvm::invariants::INV_NO_STALE_PFN;
 use gmem_kvm::memslot::{KVM_MEM_GUEST_MEMFD, KVM_MEM_READONLY};
-use gmem_kvm::vcpu::{RunError, VcpuExit, KVM_MEMORY_EXIT_FLAG_PRIVATE};
+use gmem_kvm::vcpu::{RunError, VcpuExit};
 use gmem_kvm::{Gfn, KernelProfile, Kvm};
 use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MAP_SHARED, PROT_READ, PROT_WRITE};
 use gmem_mm::Errno;
-use gmem_sync::Arc;
 use gmem_tests::*;
 
 const PAGES: u64 = 16;
 
 /// A SW_PROTECTED VM on v6.18 with a vCPU and one guest_memfd memslot of 16 pages at gpa 0,
 /// backed for shared accesses by anonymous memory, all of it PRIVATE.
-struct Guest {
-    host: CheckedHost,
-    vm: i32,
-    gmem: i32,
-    vcpu: i32,
-    uaddr: u64,
-}
-
-impl Guest {
-    fn new() -> Guest {
-        let host = CheckedHost::new(KernelProfile::v6_18());
-        let (vm, gmem) = host.vm_and_gmem(SW_PROTECTED_VM, PAGES * PAGE, 0);
-        let uaddr = host.mmap_anonymous(PAGES * PAGE).unwrap();
-        host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, PAGES * PAGE, uaddr, gmem as u32, 0))
-            .unwrap();
-        host.set_memory_attributes(vm, &attrs(0, PAGES * PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
-        let vcpu = host.create_vcpu(vm, 0).unwrap();
-        Guest { host, vm, gmem, vcpu, uaddr }
-    }
-
-    fn kvm(&self) -> Arc<Kvm> {
-        self.host.kvm(self.vm)
-    }
-
-    fn spte_present(&self, gfn: u64) -> bool {
-        self.host.spte_present(self.vm, gfn)
-    }
-
-    /// `(pf_taken, pf_fixed, pf_retry)`.
-    fn faults(&self) -> (u64, u64, u64) {
-        self.host.vcpu_faults(self.vcpu)
-    }
-}
-
-fn memory_fault(gpa: u64, private: bool) -> RunError {
-    RunError::Exit(VcpuExit::MemoryFault {
-        gpa,
-        size: PAGE,
-        flags: if private { KVM_MEMORY_EXIT_FLAG_PRIVATE } else { 0 },
-        errno: Errno::EFAULT,
-    })
+fn private_guest() -> Guest {
+    Guest::builder(KernelProfile::v6_18()).pages(PAGES).private(true).build()
 }
 
 #[test]
 fn a_private_fault_installs_once_and_the_next_access_hits_the_spte() {
-    let guest = Guest::new();
+    let guest = private_guest();
     let host = &guest.host;
-    host.guest_store(guest.vcpu, 0x2010, &[1, 2, 3], None).unwrap();
+    host.guest_store(guest.vcpu(), 0x2010, &[1, 2, 3], None).unwrap();
     assert_eq!(guest.faults(), (1, 1, 0));
     assert!(guest.spte_present(2));
-    assert_eq!(host.guest_load(guest.vcpu, 0x2010, 3, None).unwrap(), vec![1, 2, 3]);
-    assert_eq!(host.guest_load(guest.vcpu, 0x2010, 3, Some(true)).unwrap(), vec![1, 2, 3]);
+    assert_eq!(host.guest_load(guest.vcpu(), 0x2010, 3, None).unwrap(), vec![1, 2, 3]);
+    assert_eq!(host.guest_load(guest.vcpu(), 0x2010, 3, Some(true)).unwrap(), vec![1, 2, 3]);
     assert_eq!(guest.faults(), (1, 1, 0), "re-accesses walk the SPTE without faulting");
     // The data went to guest_memfd, not to the shared backing.
-    assert_eq!(host.load(guest.uaddr + 0x2010, 3).unwrap(), vec![0, 0, 0]);
+    assert_eq!(host.load(guest.uaddr() + 0x2010, 3).unwrap(), vec![0, 0, 0]);
 }
 
 #[test]
 fn punching_a_hole_zaps_the_spte_and_the_guest_reads_a_fresh_zeroed_page() {
-    let guest = Guest::new();
+    let guest = private_guest();
     let host = &guest.host;
-    host.guest_store(guest.vcpu, 0x3000, &[0xaa; 8], None).unwrap();
+    host.guest_store(guest.vcpu(), 0x3000, &[0xaa; 8], None).unwrap();
     assert!(guest.spte_present(3));
     let flushes = guest.kvm().mmu().as_tdp().unwrap().stats().remote_tlb_flushes;
     // The checked call runs INV-NO-STALE-PFN right after the folio was freed.
-    host.fallocate(guest.gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 0x3000, PAGE as i64).unwrap();
+    host.fallocate(guest.gmem(), FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 0x3000, PAGE as i64).unwrap();
     assert!(!guest.spte_present(3));
     assert_eq!(guest.kvm().mmu().as_tdp().unwrap().stats().remote_tlb_flushes, flushes + 1);
-    assert_eq!(host.guest_load(guest.vcpu, 0x3000, 8, None).unwrap(), vec![0; 8]);
+    assert_eq!(host.guest_load(guest.vcpu(), 0x3000, 8, None).unwrap(), vec![0; 8]);
     assert_eq!(guest.faults().1, 2);
 }
 
 #[test]
 fn a_conversion_zaps_and_a_private_access_to_shared_memory_exits() {
-    let guest = Guest::new();
+    let guest = private_guest();
     let host = &guest.host;
-    host.guest_store(guest.vcpu, 0x1000, &[7], None).unwrap();
+    host.guest_store(guest.vcpu(), 0x1000, &[7], None).unwrap();
     host.set_memory_attributes(guest.vm, &attrs(0x1000, PAGE, 0)).unwrap();
     assert!(!guest.spte_present(1));
-    assert_eq!(host.guest_load(guest.vcpu, 0x1000, 1, Some(true)), Err(memory_fault(0x1000, true)));
+    assert_eq!(host.guest_load(guest.vcpu(), 0x1000, 1, Some(true)), Err(memory_fault(0x1000, true)));
     assert!(!guest.spte_present(1), "no SPTE is installed for a faulting access (M7)");
     // The default access now follows the attribute: shared, through userspace_addr.
-    host.store(guest.uaddr + 0x1000, &[9]).unwrap();
-    assert_eq!(host.guest_load(guest.vcpu, 0x1000, 1, None).unwrap(), vec![9]);
+    host.store(guest.uaddr() + 0x1000, &[9]).unwrap();
+    assert_eq!(host.guest_load(guest.vcpu(), 0x1000, 1, None).unwrap(), vec![9]);
     let spte = guest.kvm().mmu().as_tdp().unwrap().lookup(Gfn(1)).unwrap();
     assert!(!spte.private);
     // And a shared access to private memory exits without the PRIVATE flag.
-    assert_eq!(host.guest_load(guest.vcpu, 0x4000, 1, Some(false)), Err(memory_fault(0x4000, false)));
+    assert_eq!(host.guest_load(guest.vcpu(), 0x4000, 1, Some(false)), Err(memory_fault(0x4000, false)));
     // Converting back zaps the shared SPTE.
     host.set_memory_attributes(guest.vm, &attrs(0x1000, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
     assert!(!guest.spte_present(1));
-    assert_eq!(host.guest_load(guest.vcpu, 0x1000, 1, None).unwrap(), vec![7], "the private data survived");
+    assert_eq!(host.guest_load(guest.vcpu(), 0x1000, 1, None).unwrap(), vec![7], "the private data survived");
 }
 
 #[test]
 fn deleting_the_memslot_zaps_every_spte_and_the_gpa_becomes_mmio() {
-    let guest = Guest::new();
+    let guest = private_guest();
     let host = &guest.host;
-    host.guest_store(guest.vcpu, 0, &[1], None).unwrap();
-    host.guest_store(guest.vcpu, 0x5000, &[1], None).unwrap();
+    host.guest_store(guest.vcpu(), 0, &[1], None).unwrap();
+    host.guest_store(guest.vcpu(), 0x5000, &[1], None).unwrap();
     host.set_user_memory_region2(guest.vm, &delete_region(0, KVM_MEM_GUEST_MEMFD)).unwrap();
     assert!(guest.kvm().mmu().as_tdp().unwrap().sptes().is_empty());
     assert_eq!(guest.kvm().mmu().as_tdp().unwrap().stats().zap_all_fast, 1);
     // Still PRIVATE, no slot: a private fault that would need emulation is a memory fault.
-    assert_eq!(host.guest_load(guest.vcpu, 0, 1, None), Err(memory_fault(0, true)));
+    assert_eq!(host.guest_load(guest.vcpu(), 0, 1, None), Err(memory_fault(0, true)));
     host.set_memory_attributes(guest.vm, &attrs(0, PAGE, 0)).unwrap();
     assert_eq!(
-        host.guest_store(guest.vcpu, 0, &[1, 2], None),
+        host.guest_store(guest.vcpu(), 0, &[1, 2], None),
         Err(RunError::Exit(VcpuExit::Mmio { phys_addr: 0, len: 2, is_write: true }))
     );
 }
@@ -157,7 +117,7 @@ fn a_private_fault_on_a_slot_without_guest_memfd_and_a_write_to_a_read_only_slot
 
 #[test]
 fn a_fault_that_raced_an_invalidation_retries_and_then_installs() {
-    let guest = Guest::new();
+    let guest = private_guest();
     let kvm = guest.kvm();
     // Between the pfn lookup and mmu_lock, an invalidation covering gfn 6 comes and goes.
     kvm.mmu().as_tdp().unwrap().set_fault_hook(|kvm: &Kvm| {
@@ -166,21 +126,21 @@ fn a_fault_that_raced_an_invalidation_retries_and_then_installs() {
         kvm.mmu_invalidate_range_add(Gfn(6), Gfn(7));
         kvm.mmu_invalidate_end();
     });
-    guest.host.guest_store(guest.vcpu, 0x6000, &[5], None).unwrap();
+    guest.host.guest_store(guest.vcpu(), 0x6000, &[5], None).unwrap();
     assert_eq!(guest.faults(), (2, 1, 1), "one retry, then the fault installs");
-    assert_eq!(guest.host.guest_load(guest.vcpu, 0x6000, 1, None).unwrap(), vec![5]);
+    assert_eq!(guest.host.guest_load(guest.vcpu(), 0x6000, 1, None).unwrap(), vec![5]);
 }
 
 #[test]
 fn a_fault_during_an_invalidation_in_progress_cannot_make_progress_and_is_reported() {
-    let guest = Guest::new();
+    let guest = private_guest();
     let kvm = guest.kvm();
     {
         let _mmu_lock = kvm.mmu_lock_write();
         kvm.mmu_invalidate_begin();
         kvm.mmu_invalidate_range_add(Gfn(0), Gfn(PAGES));
     }
-    let result = guest.host.unchecked().guest_access(guest.vcpu, 0x1000, &mut [0], false, None);
+    let result = guest.host.unchecked().guest_access(guest.vcpu(), 0x1000, &mut [0], false, None);
     assert_eq!(result, Err(RunError::Errno(Errno::EINTR)));
     assert!(!guest.spte_present(1));
     let warnings = guest.host.take_warnings();
@@ -189,7 +149,7 @@ fn a_fault_during_an_invalidation_in_progress_cannot_make_progress_and_is_report
         let _mmu_lock = kvm.mmu_lock_write();
         kvm.mmu_invalidate_end();
     }
-    guest.host.guest_load(guest.vcpu, 0x1000, 1, None).unwrap();
+    guest.host.guest_load(guest.vcpu(), 0x1000, 1, None).unwrap();
 }
 
 #[test]
@@ -198,7 +158,7 @@ fn inv_no_stale_pfn_catches_a_frame_freed_under_an_spte() {
     // through the descriptor of a guest_memfd that is mmapped as a plain memslot's shared backing
     // does not notify the address space mapping it: the folio is freed under the shared SPTE,
     // exactly what the invariant exists to catch. (With the walk, the punch zaps first: see
-    // tests/tests/file_rmap.rs.)
+    // `file_rmap.rs`.)
     let host = CheckedHost::new(KernelProfile::v6_18());
     let vm = host.create_vm(DEFAULT_VM).unwrap();
     let gmem = host.create_guest_memfd(vm, PAGES * PAGE, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED).unwrap();
@@ -244,18 +204,18 @@ fn create_vcpu_checks_ids_and_descriptors() {
 
 #[test]
 fn pre_fault_memory_maps_what_a_fault_would_or_says_why_not() {
-    let guest = Guest::new();
+    let guest = private_guest();
     let host = &guest.host;
-    assert_eq!(host.pre_fault_memory(guest.vcpu, 0, 4 * PAGE), Ok(0));
+    assert_eq!(host.pre_fault_memory(guest.vcpu(), 0, 4 * PAGE), Ok(0));
     assert!((0..4).all(|gfn| guest.spte_present(gfn)));
     let spte = guest.kvm().mmu().as_tdp().unwrap().lookup(Gfn(0)).unwrap();
     assert!(spte.private && !spte.accessed, "prefetched private SPTEs are not accessed");
-    assert_errno(host.pre_fault_memory(guest.vcpu, 0x800, PAGE), Errno::EINVAL, "unaligned gpa");
-    assert_errno(host.pre_fault_memory(guest.vcpu, 0, 0), Errno::EINVAL, "empty range");
-    assert_errno(host.pre_fault_memory(guest.vcpu, !0xfff, PAGE), Errno::EINVAL, "wraps");
+    assert_errno(host.pre_fault_memory(guest.vcpu(), 0x800, PAGE), Errno::EINVAL, "unaligned gpa");
+    assert_errno(host.pre_fault_memory(guest.vcpu(), 0, 0), Errno::EINVAL, "empty range");
+    assert_errno(host.pre_fault_memory(guest.vcpu(), !0xfff, PAGE), Errno::EINVAL, "wraps");
     // Past the slot: the first page is MMIO (ENOENT) unless progress was made first.
-    assert_errno(host.pre_fault_memory(guest.vcpu, PAGES * PAGE, PAGE), Errno::ENOENT, "no memslot");
-    assert_eq!(host.pre_fault_memory(guest.vcpu, (PAGES - 1) * PAGE, 2 * PAGE), Ok(PAGE));
+    assert_errno(host.pre_fault_memory(guest.vcpu(), PAGES * PAGE, PAGE), Errno::ENOENT, "no memslot");
+    assert_eq!(host.pre_fault_memory(guest.vcpu(), (PAGES - 1) * PAGE, 2 * PAGE), Ok(PAGE));
 
     let pvm = CheckedHost::new(KernelProfile::v6_18_pvm());
     let vm = pvm.create_vm(DEFAULT_VM).unwrap();

@@ -15,104 +15,67 @@ use gmem_kvm::vcpu::RunError;
 use gmem_kvm::{Gfn, KernelProfile, Kvm};
 use gmem_mm::vfs::{MADV_DONTNEED, MADV_REMOVE, MAP_SHARED, PROT_READ, PROT_WRITE};
 use gmem_mm::Errno;
-use gmem_sync::Arc;
 use gmem_tests::*;
 
 const PAGES: u64 = 8;
 /// Where the slot starts in guest physical memory.
 const GPA: u64 = 0x10_0000;
 
-/// A VM with a vCPU and one plain memslot of 8 pages at [`GPA`], backed by anonymous memory.
-struct Guest {
-    host: CheckedHost,
-    vm: i32,
-    vcpu: i32,
-    uaddr: u64,
-}
-
-impl Guest {
-    fn new(host: CheckedHost, vm_type: u64) -> Guest {
-        let vm = host.create_vm(vm_type).unwrap();
-        let uaddr = host.mmap_anonymous(PAGES * PAGE).unwrap();
-        host.set_user_memory_region2(vm, &region(0, 0, GPA, PAGES * PAGE, uaddr, 0, 0)).unwrap();
-        let vcpu = host.create_vcpu(vm, 0).unwrap();
-        Guest { host, vm, vcpu, uaddr }
-    }
-
-    fn default_vm() -> Guest {
-        Guest::new(CheckedHost::new(KernelProfile::v6_18()), DEFAULT_VM)
-    }
-
-    fn kvm(&self) -> Arc<Kvm> {
-        self.host.kvm(self.vm)
-    }
-
-    fn spte_present(&self, gfn: u64) -> bool {
-        self.host.spte_present(self.vm, gfn)
-    }
-
-    /// `(pf_taken, pf_fixed, pf_retry)`.
-    fn faults(&self) -> (u64, u64, u64) {
-        self.host.vcpu_faults(self.vcpu)
-    }
-
-    /// The invalidation is closed: nothing in progress, no notifier between start and end.
-    fn assert_balanced(&self) {
-        let kvm = self.kvm();
-        assert_eq!(kvm.mmu_invalidate_in_progress(), 0);
-        assert_eq!(kvm.mn_active_invalidate_count(), 0);
-    }
+/// A DEFAULT VM on v6.18 with a vCPU and one plain memslot of 8 pages at [`GPA`], backed by
+/// anonymous memory.
+fn anonymous_guest() -> Guest {
+    Guest::builder(KernelProfile::v6_18()).vm_type(DEFAULT_VM).memory(Memory::Anonymous).pages(PAGES).gpa(GPA).build()
 }
 
 const GFN: u64 = GPA >> 12;
 
 #[test]
 fn munmap_of_the_backing_zaps_and_the_guest_faults_into_the_new_backing() {
-    let guest = Guest::default_vm();
+    let guest = anonymous_guest();
     let host = &guest.host;
-    host.guest_store(guest.vcpu, GPA + 0x1000, &[0x11], None).unwrap();
-    host.guest_store(guest.vcpu, GPA + 0x3000, &[0x33], None).unwrap();
+    host.guest_store(guest.vcpu(), GPA + 0x1000, &[0x11], None).unwrap();
+    host.guest_store(guest.vcpu(), GPA + 0x3000, &[0x33], None).unwrap();
     assert_eq!(guest.faults(), (2, 2, 0));
     let seq = guest.kvm().mmu_invalidate_seq();
     let flushes = guest.kvm().mmu().as_tdp().unwrap().stats().remote_tlb_flushes;
     // Unmap the page behind gfn+1 only: its SPTE goes, gfn+3's stays.
-    host.munmap(guest.uaddr + PAGE, PAGE).unwrap();
+    host.munmap(guest.uaddr() + PAGE, PAGE).unwrap();
     assert!(!guest.spte_present(GFN + 1));
     assert!(guest.spte_present(GFN + 3));
     assert_eq!(guest.kvm().mmu_invalidate_seq(), seq + 1);
     assert_eq!(guest.kvm().mmu().as_tdp().unwrap().stats().remote_tlb_flushes, flushes + 1);
     guest.assert_balanced();
     // Nothing maps the hva now: KVM_RUN fails with EFAULT, after one more fault.
-    assert_eq!(host.guest_load(guest.vcpu, GPA + 0x1000, 1, None), Err(RunError::Errno(Errno::EFAULT)));
+    assert_eq!(host.guest_load(guest.vcpu(), GPA + 0x1000, 1, None), Err(RunError::Errno(Errno::EFAULT)));
     assert_eq!(guest.faults().0, 3);
     // The rest of the slot is untouched.
-    assert_eq!(host.guest_load(guest.vcpu, GPA + 0x3000, 1, None).unwrap(), vec![0x33]);
+    assert_eq!(host.guest_load(guest.vcpu(), GPA + 0x3000, 1, None).unwrap(), vec![0x33]);
     assert_eq!(guest.faults().0, 3, "gfn+3 still hits its SPTE");
     // Unmap everything, map fresh memory at the same address: the guest sees the new backing.
-    host.munmap(guest.uaddr, PAGES * PAGE).unwrap();
+    host.munmap(guest.uaddr(), PAGES * PAGE).unwrap();
     assert!(guest.kvm().mmu().as_tdp().unwrap().sptes().is_empty());
-    assert_eq!(host.mmap_anonymous(PAGES * PAGE).unwrap(), guest.uaddr, "top-down placement reuses the range");
-    host.store(guest.uaddr + 0x3000, &[0x77]).unwrap();
-    assert_eq!(host.guest_load(guest.vcpu, GPA + 0x3000, 1, None).unwrap(), vec![0x77]);
-    assert_eq!(host.guest_load(guest.vcpu, GPA + 0x1000, 1, None).unwrap(), vec![0]);
+    assert_eq!(host.mmap_anonymous(PAGES * PAGE).unwrap(), guest.uaddr(), "top-down placement reuses the range");
+    host.store(guest.uaddr() + 0x3000, &[0x77]).unwrap();
+    assert_eq!(host.guest_load(guest.vcpu(), GPA + 0x3000, 1, None).unwrap(), vec![0x77]);
+    assert_eq!(host.guest_load(guest.vcpu(), GPA + 0x1000, 1, None).unwrap(), vec![0]);
     assert_eq!(guest.faults(), (5, 4, 0));
     guest.assert_balanced();
 }
 
 #[test]
 fn madv_dontneed_zaps_and_the_guest_then_reads_zeroes() {
-    let guest = Guest::default_vm();
+    let guest = anonymous_guest();
     let host = &guest.host;
-    host.guest_store(guest.vcpu, GPA + 0x2000, &[1, 2, 3], None).unwrap();
-    assert_eq!(host.load(guest.uaddr + 0x2000, 3).unwrap(), vec![1, 2, 3]);
-    host.madvise(guest.uaddr, PAGES * PAGE, MADV_DONTNEED).unwrap();
+    host.guest_store(guest.vcpu(), GPA + 0x2000, &[1, 2, 3], None).unwrap();
+    assert_eq!(host.load(guest.uaddr() + 0x2000, 3).unwrap(), vec![1, 2, 3]);
+    host.madvise(guest.uaddr(), PAGES * PAGE, MADV_DONTNEED).unwrap();
     assert!(!guest.spte_present(GFN + 2));
     guest.assert_balanced();
-    assert_eq!(host.guest_load(guest.vcpu, GPA + 0x2000, 3, None).unwrap(), vec![0, 0, 0]);
+    assert_eq!(host.guest_load(guest.vcpu(), GPA + 0x2000, 3, None).unwrap(), vec![0, 0, 0]);
     assert_eq!(guest.faults(), (2, 2, 0));
     // The guest's new page is the host's page again.
-    host.guest_store(guest.vcpu, GPA + 0x2000, &[9], None).unwrap();
-    assert_eq!(host.load(guest.uaddr + 0x2000, 1).unwrap(), vec![9]);
+    host.guest_store(guest.vcpu(), GPA + 0x2000, &[9], None).unwrap();
+    assert_eq!(host.load(guest.uaddr() + 0x2000, 1).unwrap(), vec![9]);
 }
 
 #[test]
@@ -208,38 +171,38 @@ fn a_notifier_on_a_range_without_memslot_does_nothing() {
 
 #[test]
 fn a_shared_fault_racing_the_notifier_retries_and_then_installs_the_new_page() {
-    let guest = Guest::default_vm();
+    let guest = anonymous_guest();
     let kvm = guest.kvm();
-    let hva = guest.uaddr + 0x6000;
+    let hva = guest.uaddr() + 0x6000;
     // Between the pfn lookup and mmu_lock, the notifier of an unmap covering the hva runs.
     kvm.mmu().as_tdp().unwrap().set_fault_hook(move |kvm: &Kvm| {
         kvm_mmu_notifier_invalidate_range_start(kvm, hva, hva + PAGE);
         assert_eq!(kvm.mmu_invalidate_in_progress(), 1);
         kvm_mmu_notifier_invalidate_range_end(kvm, hva, hva + PAGE);
     });
-    guest.host.guest_store(guest.vcpu, GPA + 0x6000, &[5], None).unwrap();
+    guest.host.guest_store(guest.vcpu(), GPA + 0x6000, &[5], None).unwrap();
     assert_eq!(guest.faults(), (2, 1, 1), "one retry, then the fault installs");
-    assert_eq!(guest.host.guest_load(guest.vcpu, GPA + 0x6000, 1, None).unwrap(), vec![5]);
+    assert_eq!(guest.host.guest_load(guest.vcpu(), GPA + 0x6000, 1, None).unwrap(), vec![5]);
     guest.assert_balanced();
 }
 
 #[test]
 fn the_vm_unsubscribes_at_destruction_and_process_exit_releases_it() {
-    let guest = Guest::default_vm();
+    let guest = anonymous_guest();
     let kvm = guest.kvm();
     let subscriptions = guest.host.process().mm.notifier_subscriptions().clone();
     assert!(kvm.has_mmu_notifier());
     assert_eq!(subscriptions.len(), 1);
-    guest.host.close(guest.vcpu).unwrap();
+    guest.host.close(guest.vcpu()).unwrap();
     guest.host.close(guest.vm).unwrap();
     assert!(kvm.is_destroyed());
     assert!(subscriptions.is_empty(), "kvm_destroy_vm unregisters");
     // Memory the VM used to map can still be unmapped: nobody is told.
-    guest.host.munmap(guest.uaddr, PAGES * PAGE).unwrap();
+    guest.host.munmap(guest.uaddr(), PAGES * PAGE).unwrap();
 
     // Process exit releases the subscription first (kvm_mmu_notifier_release zaps everything).
-    let guest = Guest::default_vm();
-    guest.host.guest_store(guest.vcpu, GPA, &[1], None).unwrap();
+    let guest = anonymous_guest();
+    guest.host.guest_store(guest.vcpu(), GPA, &[1], None).unwrap();
     let kvm = guest.kvm();
     let gen = kvm.mmu().as_tdp().unwrap().mmu_valid_gen();
     drop(guest);

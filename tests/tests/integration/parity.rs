@@ -5,7 +5,7 @@
 //! kvm-bindings' structs, its constants have the uAPI values, and each mirrored method keeps
 //! kvm-ioctls' name, receiver, argument types, `Ok` type and `unsafe`-ness. No run-time test would
 //! notice such a drift, so everything below is a type check or a `const` assertion. If parity breaks,
-//! this file stops compiling, and the error names the item that drifted. The test binary has no
+//! this file stops compiling, and the error names the item that drifted. This module has no
 //! `#[test]` at all, because every check has already run in the compiler.
 //!
 //! To extend it when gmem-uapi mirrors another kvm-ioctls call, add one `same_shape!` line. It

@@ -7,53 +7,36 @@ use gmem_arch::sev::guest;
 use gmem_arch::sev::kvm::SvmVm;
 use gmem_arch::sev::measure::{LaunchDigest, SnpPageType};
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
-use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
 use gmem_kvm::vcpu::RunError;
-use gmem_kvm::{KernelProfile, VmType};
+use gmem_kvm::KernelProfile;
 use gmem_mm::Pfn;
 use gmem_tests::*;
-use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
+use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_update};
 
-const SNP_VM: u64 = VmType::SevSnp as u64;
-/// The policy the guests launch with: the must-be-one bit and SMT allowed.
-const POLICY: u64 = (1 << 17) | (1 << 16);
+/// An SNP VM after KVM_SEV_INIT2 with one vCPU, a 2M guest_memfd memslot at gpa 0 whose first
+/// 1M is PRIVATE, and `/dev/sev` open: a [`SnpGuest`], with what these tests look at.
+struct Snp(SnpGuest);
 
-struct Snp {
-    host: CheckedHost,
-    vm: i32,
-    vcpu: i32,
-    sev: i32,
-    gmem: i32,
-    uaddr: u64,
+impl std::ops::Deref for Snp {
+    type Target = SnpGuest;
+
+    fn deref(&self) -> &SnpGuest {
+        &self.0
+    }
 }
 
 impl Snp {
-    /// An SNP VM after KVM_SEV_INIT2 with one vCPU, a 2M guest_memfd memslot at gpa 0 whose
-    /// first 1M is PRIVATE, and `/dev/sev` open.
     fn new(profile: KernelProfile) -> Snp {
-        let host = CheckedHost::new(profile);
-        let vm = host.create_vm(SNP_VM).unwrap();
-        host.unchecked().sev_init2(vm, &kvm_sev_init::default()).unwrap();
-        let gmem = host.create_guest_memfd(vm, 2 << 20, 0).unwrap();
-        let uaddr = host.mmap_anonymous(2 << 20).unwrap();
-        host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, 2 << 20, uaddr, gmem as u32, 0)).unwrap();
-        host.set_memory_attributes(vm, &attrs(0, 1 << 20, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
-        let vcpu = host.create_vcpu(vm, 0).unwrap();
-        let sev = host.unchecked().open_dev_sev().unwrap();
-        Snp { host, vm, vcpu, sev, gmem, uaddr }
+        Snp(SnpGuest::new(profile, 2 << 20, 1 << 20, 1))
     }
 
-    fn start(&self) {
-        let start = kvm_sev_snp_launch_start { policy: POLICY, ..Default::default() };
-        self.host.unchecked().snp_launch_start(self.vm, self.sev, &start).unwrap();
-    }
-
-    fn finish(&self) {
-        self.host.unchecked().snp_launch_finish(self.vm, self.sev, &Default::default()).unwrap();
+    /// The only vCPU.
+    fn vcpu(&self) -> i32 {
+        self.vcpus[0]
     }
 
     fn vm_back_end(&self) -> (gmem_sync::Arc<gmem_kvm::Kvm>, gmem_sync::Arc<gmem_kvm::vcpu::KvmVcpu>) {
-        self.host.unchecked().vcpu(self.vcpu).unwrap()
+        self.host.unchecked().vcpu(self.vcpu()).unwrap()
     }
 
     fn gmem_pfn(&self, gfn: u64) -> Pfn {
@@ -67,7 +50,7 @@ impl Snp {
 fn an_snp_launch_measures_the_image_and_the_guest_reads_it_validated() {
     for profile in both_versions() {
         let snp = Snp::new(profile.clone());
-        snp.start();
+        snp.launch_start();
         // The image: two pages in user memory, launched at gfn 0.
         let image = snp.host.mmap_anonymous(2 * PAGE).unwrap();
         snp.host.store(image, b"kernel").unwrap();
@@ -85,8 +68,8 @@ fn an_snp_launch_measures_the_image_and_the_guest_reads_it_validated() {
             kvm_sev_snp_launch_update { gfn_start: 2, len: PAGE, type_: SnpPageType::Zero as u8, ..Default::default() };
         snp.host.unchecked().snp_launch_update(snp.vm, snp.sev, &mut zero).unwrap();
         // Pre-fault is refused until LAUNCH_FINISH.
-        assert_errno(snp.host.pre_fault_memory(snp.vcpu, 0x10000, PAGE), gmem_mm::Errno::EOPNOTSUPP, "pre-fault");
-        snp.finish();
+        assert_errno(snp.host.pre_fault_memory(snp.vcpu(), 0x10000, PAGE), gmem_mm::Errno::EOPNOTSUPP, "pre-fault");
+        snp.launch_finish();
         assert!(snp.host.violations().is_empty(), "{:?}", snp.host.violations());
 
         // The digest is the chain over the three pages and the VMSA.
@@ -105,7 +88,7 @@ fn an_snp_launch_measures_the_image_and_the_guest_reads_it_validated() {
         assert_eq!(context.digest, expected, "{}", profile.name);
 
         // Launched pages are Guest-Valid: the guest reads them.
-        assert_eq!(snp.host.guest_load(snp.vcpu, 0x1000, 6, None).unwrap(), b"initrd");
+        assert_eq!(snp.host.guest_load(snp.vcpu(), 0x1000, 6, None).unwrap(), b"initrd");
         let entry = vm.host().rmp().read(snp.gmem_pfn(1)).unwrap();
         assert_eq!(entry.state_name(), "Guest-Valid");
         assert_eq!(entry.gpa, 0x1000);
@@ -113,7 +96,7 @@ fn an_snp_launch_measures_the_image_and_the_guest_reads_it_validated() {
 
         // A page the launch did not touch is prepared at its first fault: assigned, not
         // validated, so the access is a #VC until the guest validates it.
-        let error = snp.host.unchecked().guest_access(snp.vcpu, 0x5000, &mut [0u8; 8], false, None).unwrap_err();
+        let error = snp.host.unchecked().guest_access(snp.vcpu(), 0x5000, &mut [0u8; 8], false, None).unwrap_err();
         assert!(matches!(error, RunError::GuestException(e) if e.vector == "#VC"), "{error:?}");
         assert_eq!(vm.host().rmp().read(snp.gmem_pfn(5)).unwrap().state_name(), "Guest-Invalid");
         let (kvm, vcpu) = snp.vm_back_end();
@@ -122,8 +105,8 @@ fn an_snp_launch_measures_the_image_and_the_guest_reads_it_validated() {
             guest::pvalidate(&kvm, &vcpu, &snp.host.process().mm, 0x5000, false, true),
             Ok(guest::PVALIDATE_FAIL_NOUPDATE)
         );
-        snp.host.guest_store(snp.vcpu, 0x5000, b"private", None).unwrap();
-        assert_eq!(snp.host.guest_load(snp.vcpu, 0x5000, 7, None).unwrap(), b"private");
+        snp.host.guest_store(snp.vcpu(), 0x5000, b"private", None).unwrap();
+        assert_eq!(snp.host.guest_load(snp.vcpu(), 0x5000, 7, None).unwrap(), b"private");
         assert!(snp.host.machine().warnings.is_empty(), "{:?}", snp.host.machine().warnings.snapshot());
         let _ = snp.uaddr;
     }
@@ -132,8 +115,8 @@ fn an_snp_launch_measures_the_image_and_the_guest_reads_it_validated() {
 #[test]
 fn a_psc_round_trip_converts_through_the_vmm_and_the_rmp() {
     let snp = Snp::new(KernelProfile::v6_18());
-    snp.start();
-    snp.finish();
+    snp.launch_start();
+    snp.launch_finish();
     let host = snp.host.unchecked();
     // The guest's GHCB: a shared page at 1M + 4K.
     let ghcb = (1 << 20) + PAGE;
@@ -166,12 +149,12 @@ fn a_psc_round_trip_converts_through_the_vmm_and_the_rmp() {
     assert_eq!(status, 0);
     let vm = SvmVm::of(&kvm).unwrap();
     assert!(!vm.host().rmp().read(pfn).unwrap().assigned, "the punch gave the frame back");
-    snp.host.guest_store(snp.vcpu, 0x7000, b"shared", None).unwrap();
+    snp.host.guest_store(snp.vcpu(), 0x7000, b"shared", None).unwrap();
     assert_eq!(&host.load(snp.uaddr + 0x7000, 6).unwrap(), b"shared");
     // And back to private: validated by the guest after the conversion.
     let status = guest::set_pages_state(&kvm, &vcpu, mm, ghcb, 0x7000, 1, true, vmm).unwrap();
     assert_eq!(status, 0);
-    assert_eq!(snp.host.guest_load(snp.vcpu, 0x7000, 6, None).unwrap(), [0; 6]);
+    assert_eq!(snp.host.guest_load(snp.vcpu(), 0x7000, 6, None).unwrap(), [0; 6]);
     assert!(snp.host.violations().is_empty(), "{:?}", snp.host.violations());
     assert!(snp.host.machine().warnings.is_empty(), "{:?}", snp.host.machine().warnings.snapshot());
 }
@@ -183,8 +166,8 @@ fn a_psc_round_trip_converts_through_the_vmm_and_the_rmp() {
 #[test]
 fn the_hooks_take_2m_rmp_entries_when_the_folio_allows() {
     let snp = Snp::new(KernelProfile::v6_18());
-    snp.start();
-    snp.finish();
+    snp.launch_start();
+    snp.launch_finish();
     let kvm = snp.host.kvm(snp.vm);
     let vm = SvmVm::of(&kvm).unwrap();
     let mem = &snp.host.machine().mem;
@@ -224,7 +207,7 @@ fn the_hooks_take_2m_rmp_entries_when_the_folio_allows() {
 fn a_failed_reclaim_bugs_the_vm_and_later_ioctls_are_eio() {
     use gmem_arch::sev::firmware::{SevCmd, SevRet};
     let snp = Snp::new(KernelProfile::v6_18());
-    snp.start();
+    snp.launch_start();
     let kvm = snp.host.kvm(snp.vm);
     let vm = SvmVm::of(&kvm).unwrap();
     let firmware = vm.host().firmware();
@@ -249,8 +232,8 @@ fn a_failed_reclaim_bugs_the_vm_and_later_ioctls_are_eio() {
     );
     let host = snp.host.unchecked();
     assert_eq!(host.set_memory_attributes(snp.vm, &attrs(0, PAGE, 0)), Err(gmem_mm::Errno::EIO));
-    assert_eq!(host.pre_fault_memory(snp.vcpu, 0, PAGE), Err(gmem_mm::Errno::EIO));
-    assert_eq!(host.guest_access(snp.vcpu, 0, &mut [0u8], false, None), Err(RunError::Errno(gmem_mm::Errno::EIO)));
+    assert_eq!(host.pre_fault_memory(snp.vcpu(), 0, PAGE), Err(gmem_mm::Errno::EIO));
+    assert_eq!(host.guest_access(snp.vcpu(), 0, &mut [0u8], false, None), Err(RunError::Errno(gmem_mm::Errno::EIO)));
 }
 
 /// The RMP fault handler end to end: a 2M RMP entry over guest_memfd pages the guest maps at 4K
@@ -260,8 +243,8 @@ fn a_failed_reclaim_bugs_the_vm_and_later_ioctls_are_eio() {
 #[test]
 fn a_4k_pvalidate_on_a_2m_rmp_entry_is_psmashed_and_retried() {
     let snp = Snp::new(KernelProfile::v6_18());
-    snp.start();
-    snp.finish();
+    snp.launch_start();
+    snp.launch_finish();
     let kvm = snp.host.kvm(snp.vm);
     let vm = SvmVm::of(&kvm).unwrap();
     let rmp = vm.host().rmp().clone();
@@ -287,12 +270,12 @@ fn a_4k_pvalidate_on_a_2m_rmp_entry_is_psmashed_and_retried() {
         vm.host().rmp_make_shared(block.offset(i), gmem_kvm::arch::PgLevel::Level4K).unwrap();
     }
     vm.host().rmp_make_private(block, 0, gmem_kvm::arch::PgLevel::Level2M, vm.asid(), false).unwrap();
-    let faults_before = snp.host.vcpu_faults(snp.vcpu).0;
+    let faults_before = snp.host.vcpu_faults(snp.vcpu()).0;
     assert_eq!(guest::pvalidate(&kvm2, &vcpu, mm, 0x5000, false, true), Ok(0));
     let entry = rmp.read(block.offset(5)).unwrap();
     assert!(entry.validated && !entry.pagesize_2m, "{entry:?}");
     assert_eq!(rmp.level(block), Some(gmem_kvm::arch::PgLevel::Level4K), "PSMASHed");
-    assert!(snp.host.vcpu_faults(snp.vcpu).0 >= faults_before + 2, "the fault, then the RMP fault");
+    assert!(snp.host.vcpu_faults(snp.vcpu()).0 >= faults_before + 2, "the fault, then the RMP fault");
     assert!(snp.host.machine().warnings.is_empty(), "{:?}", snp.host.machine().warnings.snapshot());
 }
 

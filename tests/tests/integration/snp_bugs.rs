@@ -13,8 +13,6 @@
 use gmem_arch::sev::ghcb::{guest_vmsa, SVM_VMGEXIT_AP_CREATE};
 use gmem_arch::sev::kvm::SvmVm;
 use gmem_arch::sev::measure::SnpPageType;
-use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
-use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
 use gmem_kvm::vcpu::KvmVcpu;
 use gmem_mm::file::{alloc_file_pseudo, File, FileOperations, EMPTY_FOPS, O_RDWR};
 use gmem_mm::filemap::EMPTY_AOPS;
@@ -28,44 +26,24 @@ use gmem_sync::warn::{WarnKind, Warning};
 use gmem_sync::Arc;
 use gmem_tests::*;
 use gmem_uapi::SevError;
-use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
+use kvm_bindings::kvm_sev_snp_launch_update;
 use std::sync::{mpsc, Mutex as StdMutex};
 
-const SNP_VM: u64 = VmType::SevSnp as u64;
-/// The policy the guests launch with: the must-be-one bit and SMT allowed.
-const POLICY: u64 = (1 << 17) | (1 << 16);
-
 /// An SNP VM after KVM_SEV_INIT2: `vcpus` vCPUs, a 2M guest_memfd memslot at gpa 0 whose first
-/// 1M is PRIVATE, and `/dev/sev` open.
-struct Snp {
-    host: CheckedHost,
-    vm: i32,
-    vcpus: Vec<i32>,
-    sev: i32,
-    gmem: i32,
+/// 1M is PRIVATE, and `/dev/sev` open: a [`SnpGuest`], with what these tests look at.
+struct Snp(SnpGuest);
+
+impl std::ops::Deref for Snp {
+    type Target = SnpGuest;
+
+    fn deref(&self) -> &SnpGuest {
+        &self.0
+    }
 }
 
 impl Snp {
     fn new(profile_name: &str, vcpus: u64) -> Snp {
-        let host = CheckedHost::new(profile(profile_name));
-        let vm = host.create_vm(SNP_VM).unwrap();
-        host.unchecked().sev_init2(vm, &kvm_sev_init::default()).unwrap();
-        let gmem = host.create_guest_memfd(vm, 2 << 20, 0).unwrap();
-        let uaddr = host.mmap_anonymous(2 << 20).unwrap();
-        host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, 2 << 20, uaddr, gmem as u32, 0)).unwrap();
-        host.set_memory_attributes(vm, &attrs(0, 1 << 20, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
-        let vcpus = (0..vcpus).map(|id| host.create_vcpu(vm, id).unwrap()).collect();
-        let sev = host.unchecked().open_dev_sev().unwrap();
-        Snp { host, vm, vcpus, sev, gmem }
-    }
-
-    fn start(&self) {
-        let start = kvm_sev_snp_launch_start { policy: POLICY, ..Default::default() };
-        self.host.unchecked().snp_launch_start(self.vm, self.sev, &start).unwrap();
-    }
-
-    fn finish(&self) {
-        self.host.unchecked().snp_launch_finish(self.vm, self.sev, &Default::default()).unwrap();
+        Snp(SnpGuest::new(profile(profile_name), 2 << 20, 1 << 20, vcpus))
     }
 
     /// One page of user memory holding `contents` (a launch image page).
@@ -77,7 +55,7 @@ impl Snp {
     }
 
     /// `KVM_SEV_SNP_LAUNCH_UPDATE` of one NORMAL page at `gfn` from `uaddr`.
-    fn launch_update(&self, gfn: u64, uaddr: u64) -> Result<kvm_sev_snp_launch_update, SevError> {
+    fn launch_update_page(&self, gfn: u64, uaddr: u64) -> Result<kvm_sev_snp_launch_update, SevError> {
         let mut update = kvm_sev_snp_launch_update {
             gfn_start: gfn,
             uaddr,
@@ -88,11 +66,7 @@ impl Snp {
         self.host.unchecked().snp_launch_update(self.vm, self.sev, &mut update).map(|()| update)
     }
 
-    fn kvm(&self) -> Arc<gmem_kvm::Kvm> {
-        self.host.kvm(self.vm)
-    }
-
-    fn vcpu(&self, index: usize) -> Arc<KvmVcpu> {
+    fn kvm_vcpu(&self, index: usize) -> Arc<KvmVcpu> {
         self.host.unchecked().vcpu(self.vcpus[index]).unwrap().1
     }
 
@@ -151,13 +125,13 @@ fn assert_s8_prepared_before_finish(snp: &Snp, name: &str) {
 fn f6_fallocate_then_launch_update() {
     for (name, fixed) in [("v6.18", true), ("v6.18-F6", false), ("v6.14", true), ("v6.14-F6", false)] {
         let snp = Snp::new(name, 1);
-        snp.start();
+        snp.launch_start();
         snp.host.unchecked().fallocate(snp.gmem, FALLOC_FL_KEEP_SIZE, 0, PAGE as i64).unwrap();
         if !fixed {
             assert_s8_prepared_before_finish(&snp, name);
         }
         let image = snp.image(b"kernel");
-        let update = snp.launch_update(0, image);
+        let update = snp.launch_update_page(0, image);
         if fixed {
             assert_eq!(snp.rmp_state(0), "Guest-Valid", "{name}: the launched page");
             let update = update.unwrap_or_else(|err| panic!("{name}: SNP_LAUNCH_UPDATE after fallocate: {err:?}"));
@@ -180,7 +154,7 @@ fn f6_fallocate_then_launch_update() {
 fn f6_fallocate_is_allocation_only_with_the_fix() {
     for (name, fixed) in [("v6.18", true), ("v6.18-F6", false)] {
         let snp = Snp::new(name, 1);
-        snp.start();
+        snp.launch_start();
         snp.host.unchecked().fallocate(snp.gmem, FALLOC_FL_KEEP_SIZE, 0, 2 * PAGE as i64).unwrap();
         let expected = if fixed { "Hypervisor" } else { "Guest-Invalid" };
         assert_eq!([snp.rmp_state(0), snp.rmp_state(1)], [expected; 2], "{name}");
@@ -199,19 +173,19 @@ fn f6_fallocate_is_allocation_only_with_the_fix() {
 fn f7_pre_fault_before_launch_finish() {
     for (name, gated) in [("v6.18", true), ("v6.18-F7", false), ("v6.14", true), ("v6.14-F7", false)] {
         let snp = Snp::new(name, 1);
-        snp.start();
+        snp.launch_start();
         let vcpu = snp.vcpus[0];
         let pre_fault = snp.host.unchecked().pre_fault_memory(vcpu, 0x1000, PAGE);
         if !gated {
             assert_s8_prepared_before_finish(&snp, name);
         }
         let image = snp.image(b"initrd");
-        let update = snp.launch_update(1, image);
+        let update = snp.launch_update_page(1, image);
         if gated {
             assert_errno(pre_fault, Errno::EOPNOTSUPP, name);
             assert!(update.is_ok(), "{name}: {update:?}");
             assert_eq!(snp.rmp_state(1), "Guest-Valid", "{name}");
-            snp.finish();
+            snp.launch_finish();
             // LAUNCH_FINISH opened the gate.
             assert_eq!(snp.host.pre_fault_memory(vcpu, 0x5000, PAGE), Ok(0), "{name}: pre-fault after the launch");
         } else {
@@ -290,7 +264,7 @@ fn stall_mapping(host: &CheckedHost, hook: Box<dyn FnOnce() + Send>) -> u64 {
 fn f7_pre_fault_inside_the_launch_update_window() {
     for (name, gated) in [("v6.18", true), ("v6.18-F7", false), ("v6.14", true), ("v6.14-F7", false)] {
         let snp = Snp::new(name, 1);
-        snp.start();
+        snp.launch_start();
         let (stalled, wait_stalled) = mpsc::channel::<()>();
         let (resume, wait_resume) = mpsc::channel::<()>();
         let source = stall_mapping(
@@ -301,7 +275,7 @@ fn f7_pre_fault_inside_the_launch_update_window() {
             }),
         );
         let (update, pre_fault) = std::thread::scope(|scope| {
-            let launch = scope.spawn(|| snp.launch_update(1, source));
+            let launch = scope.spawn(|| snp.launch_update_page(1, source));
             wait_stalled.recv().expect("the launch reached its copy_from_user");
             // The launch has checked the RMP entry and holds kvm->lock, slots_lock and the
             // invalidate lock; the folio is unlocked.
@@ -344,11 +318,11 @@ fn f7_pre_fault_inside_the_launch_update_window() {
 fn f8_launch_update_from_an_unreadable_source() {
     for (name, fixed) in [("v6.18", false), ("v6.18+F8", true), ("v6.14", false), ("v6.14+F8", true)] {
         let snp = Snp::new(name, 1);
-        snp.start();
+        snp.launch_start();
         // Nothing is mapped there: copy_from_user faults.
         let unmapped = snp.host.mmap_anonymous(PAGE).unwrap();
         snp.host.munmap(unmapped, PAGE).unwrap();
-        let update = snp.launch_update(0, unmapped);
+        let update = snp.launch_update_page(0, unmapped);
         assert_eq!(update, Err(SevError { errno: Errno::EIO, fw_error: 0 }), "{name}: SNP_LAUNCH_UPDATE");
         assert_eq!(snp.rmp_state(0), "Hypervisor", "{name}: the page was not made private");
         let pfn = snp.gmem_pfn(0).unwrap();
@@ -367,7 +341,7 @@ fn f8_launch_update_from_an_unreadable_source() {
         }
         snp.host.check(name);
         let image = snp.image(b"kernel");
-        assert!(snp.launch_update(0, image).is_ok(), "{name}: the launch from a good source");
+        assert!(snp.launch_update_page(0, image).is_ok(), "{name}: the launch from a good source");
         assert_eq!(snp.rmp_state(0), "Guest-Valid", "{name}");
         snp.host.check(name);
     }
@@ -383,8 +357,8 @@ const GHCB_GPA: u64 = (1 << 20) + PAGE;
 /// ran once, so it uses the guest_memfd page as its VMSA. Returns the VMSA's frame.
 fn guest_with_an_ap(snp: &Snp) -> Pfn {
     let name = &snp.host.profile().name;
-    snp.start();
-    snp.finish();
+    snp.launch_start();
+    snp.launch_finish();
     let host = snp.host.unchecked();
     let (bsp, ap) = (snp.vcpus[0], snp.vcpus[1]);
     assert_eq!(host.snp_pvalidate(bsp, VMSA_GPA, false, true), Ok(0), "{name}: PVALIDATE");
@@ -394,7 +368,7 @@ fn guest_with_an_ap(snp: &Snp) -> Pfn {
     // The AP's next entry installs the VMSA and runs on it.
     host.snp_register_ghcb(ap, GHCB_GPA).unwrap();
     let pfn = snp.gmem_pfn(VMSA_GPA / PAGE).unwrap();
-    let (_, in_use) = guest_vmsa(&snp.vcpu(1)).expect("the AP uses a guest VMSA");
+    let (_, in_use) = guest_vmsa(&snp.kvm_vcpu(1)).expect("the AP uses a guest VMSA");
     assert_eq!(in_use, pfn, "{name}: the AP's vmsa_pa is the guest_memfd page");
     let entry = SvmVm::of(&snp.kvm()).unwrap().host().rmp().read(pfn).unwrap();
     assert!(entry.vmsa && entry.vmsa_in_use, "{name}: {entry:?}");
@@ -419,7 +393,7 @@ fn f11_punching_the_page_of_a_guest_vmsa() {
         assert!(!mem.is_allocated(pfn), "{name}: the punch freed the folio");
         let rmp = SvmVm::of(&snp.kvm()).unwrap().host().rmp().clone();
         let punch_warnings = take_warnings(&snp);
-        let stale = guest_vmsa(&snp.vcpu(1));
+        let stale = guest_vmsa(&snp.kvm_vcpu(1));
         // The host reuses the frame: the allocator hands the last freed frame out first.
         let reuse = host.process().mmap_anonymous(PAGE).unwrap();
         host.store(reuse, b"host data").unwrap();
@@ -472,7 +446,7 @@ fn f11_a_vmsa_reload_waits_for_an_invalidation_of_its_gfn() {
         // vCPU 0 asks again (AP Create with the same VMSA): the AP reloads at its next entry.
         let again = host.snp_ap_creation(snp.vcpus[0], SVM_VMGEXIT_AP_CREATE, 1, VMSA_GPA, features);
         assert_eq!(again, Ok(0), "{name}: AP Create");
-        let ap = snp.vcpu(1);
+        let ap = snp.kvm_vcpu(1);
         let retries = || ap.arch::<SevVcpu>().unwrap().state.lock().vmsa_reload_retries;
         // An invalidation of the VMSA's gfn begins, as kvm_gmem_invalidate_begin does.
         let gfn = Gfn(VMSA_GPA / PAGE);

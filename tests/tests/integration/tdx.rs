@@ -15,7 +15,6 @@ use gmem_arch::tdx::sept::{LeafState, SeptEntry};
 use gmem_arch::tdx::status::{SeamcallLeaf, TdxStatus, TDX_OPERAND_BUSY, TDX_OPERAND_ID_RCX, TDX_OPERAND_INVALID};
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use gmem_kvm::caps::KVM_CAP_VM_TYPES;
-use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
 use gmem_kvm::{Gfn, KernelProfile, VmType};
 use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
 use gmem_mm::{Errno, Pfn};
@@ -24,14 +23,8 @@ use gmem_tests::*;
 use kvm_bindings::kvm_cpuid_entry2;
 use sha2::{Digest, Sha384};
 
-const TDX_VM: u64 = VmType::Tdx as u64;
 const PUNCH: i32 = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
 const MEASURE: u32 = KVM_TDX_MEASURE_MEMORY_REGION;
-
-/// The CPUID a VMM passes to INIT_VM: leaf 0x80000008 with GPAW 48.
-fn cpuid() -> Vec<kvm_cpuid_entry2> {
-    vec![kvm_cpuid_entry2 { function: 0x8000_0008, eax: 48 << 16, ..Default::default() }]
-}
 
 fn init_vm_args() -> kvm_tdx_init_vm {
     kvm_tdx_init_vm { attributes: TDX_TD_ATTR_SEPT_VE_DISABLE, ..Default::default() }
@@ -50,14 +43,9 @@ impl Td {
     /// A TD after INIT_VM with one initialised vCPU and a 2M guest_memfd memslot at gpa 0 whose
     /// first 1M is PRIVATE; the image pages say "kernel" and "initrd".
     fn new(profile: KernelProfile) -> Td {
-        let host = CheckedHost::new_intel(profile);
-        let vm = host.create_vm(TDX_VM).unwrap();
-        host.tdx_init_vm(vm, &init_vm_args(), &cpuid()).unwrap();
-        let gmem = host.create_guest_memfd(vm, 2 << 20, 0).unwrap();
-        let uaddr = host.mmap_anonymous(2 << 20).unwrap();
-        host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, 2 << 20, uaddr, gmem as u32, 0)).unwrap();
-        host.set_memory_attributes(vm, &attrs(0, 1 << 20, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
-        let vcpu = host.create_vcpu(vm, 0).unwrap();
+        let TdGuest { host, vm, vcpus, gmem, .. } =
+            TdGuest::new(profile, init_vm_args().attributes, 2 << 20, 1 << 20, 1);
+        let vcpu = vcpus[0];
         host.tdx_init_vcpu(vcpu, 0).unwrap();
         let image = host.mmap_anonymous(2 * PAGE).unwrap();
         host.store(image, b"kernel").unwrap();
@@ -262,19 +250,19 @@ fn init_vm_and_init_vcpu_check_their_arguments() {
     assert_eq!(host.create_vcpu(vm, 0), Err(Errno::EIO), "no vCPU before INIT_VM");
     let bad =
         |init_vm: kvm_tdx_init_vm, cpuid: &[kvm_cpuid_entry2]| host.tdx_init_vm(vm, &init_vm, cpuid).unwrap_err().errno;
-    assert_eq!(bad(kvm_tdx_init_vm { attributes: 1 << 0, ..init_vm_args() }, &cpuid()), Errno::EINVAL, "DEBUG");
-    assert_eq!(bad(kvm_tdx_init_vm { xfam: 1 << 17, ..init_vm_args() }, &cpuid()), Errno::EINVAL, "AMX");
-    assert_eq!(bad(kvm_tdx_init_vm { reserved: [1; 12], ..init_vm_args() }, &cpuid()), Errno::EINVAL);
+    assert_eq!(bad(kvm_tdx_init_vm { attributes: 1 << 0, ..init_vm_args() }, &tdx_cpuid()), Errno::EINVAL, "DEBUG");
+    assert_eq!(bad(kvm_tdx_init_vm { xfam: 1 << 17, ..init_vm_args() }, &tdx_cpuid()), Errno::EINVAL, "AMX");
+    assert_eq!(bad(kvm_tdx_init_vm { reserved: [1; 12], ..init_vm_args() }, &tdx_cpuid()), Errno::EINVAL);
     assert_eq!(bad(init_vm_args(), &[]), Errno::EINVAL, "no 0x80000008");
     let gpaw52 = [kvm_cpuid_entry2 { function: 0x8000_0008, eax: 52 << 16, ..Default::default() }];
     assert_eq!(bad(init_vm_args(), &gpaw52), Errno::EINVAL, "no 5-level EPT");
-    let tsx = [cpuid()[0], kvm_cpuid_entry2 { function: 7, ebx: 1 << 11, ..Default::default() }];
+    let tsx = [tdx_cpuid()[0], kvm_cpuid_entry2 { function: 7, ebx: 1 << 11, ..Default::default() }];
     assert_eq!(bad(init_vm_args(), &tsx), Errno::EINVAL, "TSX");
-    let unknown = [cpuid()[0], kvm_cpuid_entry2 { function: 0x4000_0000, ..Default::default() }];
+    let unknown = [tdx_cpuid()[0], kvm_cpuid_entry2 { function: 0x4000_0000, ..Default::default() }];
     assert_eq!(bad(init_vm_args(), &unknown), Errno::EINVAL, "a leaf without a slot");
     assert_eq!(host.unchecked().tdx_host().unwrap().nr_configured_hkid(), 0, "nothing was allocated");
-    host.tdx_init_vm(vm, &init_vm_args(), &cpuid()).unwrap();
-    assert_eq!(host.tdx_init_vm(vm, &init_vm_args(), &cpuid()).unwrap_err().errno, Errno::EINVAL, "twice");
+    host.tdx_init_vm(vm, &init_vm_args(), &tdx_cpuid()).unwrap();
+    assert_eq!(host.tdx_init_vm(vm, &init_vm_args(), &tdx_cpuid()).unwrap_err().errno, Errno::EINVAL, "twice");
     let vcpu = host.create_vcpu(vm, 0).unwrap();
     let mut cmd = gmem_uapi::kvm_tdx_cmd { id: 2, flags: 1, data: 0, hw_error: 0 };
     assert_eq!(host.unchecked().tdx_op_staged(vcpu, true, &mut cmd, &mut []), Err(Errno::EINVAL), "flags");

@@ -2,33 +2,21 @@
 //! goes wrong on v6.18 without the fix and right with it.
 
 use gmem_arch::tdx::kvm::{
-    kvm_tdx_cmd, kvm_tdx_init_mem_region, kvm_tdx_init_vm, TdxVm, KVM_TDX_INIT_VCPU, KVM_TDX_MEASURE_MEMORY_REGION,
+    kvm_tdx_cmd, kvm_tdx_init_mem_region, TdxVm, KVM_TDX_INIT_VCPU, KVM_TDX_MEASURE_MEMORY_REGION,
     TDX_TD_ATTR_SEPT_VE_DISABLE,
 };
 use gmem_arch::tdx::module::TdLock;
 use gmem_arch::tdx::status::{SeamcallLeaf, TdxStatus, TDX_OPERAND_BUSY, TDX_OPERAND_ID_SEPT};
-use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
-use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
-use gmem_kvm::{KernelProfile, VmType};
+use gmem_kvm::KernelProfile;
 use gmem_mm::Errno;
 use gmem_tests::*;
-use kvm_bindings::kvm_cpuid_entry2;
 use std::sync::mpsc;
 use std::time::Duration;
 
 /// A TD after INIT_VM with `vcpus` vCPUs (the first initialised), a 2M guest_memfd memslot at
 /// gpa 0 whose first 1M is PRIVATE, and one page of image in user memory.
 fn td(profile: KernelProfile, vcpus: u64) -> (CheckedHost, i32, Vec<i32>, u64) {
-    let host = CheckedHost::new_intel(profile);
-    let vm = host.create_vm(VmType::Tdx as u64).unwrap();
-    let cpuid = [kvm_cpuid_entry2 { function: 0x8000_0008, eax: 48 << 16, ..Default::default() }];
-    let init_vm = kvm_tdx_init_vm { attributes: TDX_TD_ATTR_SEPT_VE_DISABLE, ..Default::default() };
-    host.tdx_init_vm(vm, &init_vm, &cpuid).unwrap();
-    let gmem = host.create_guest_memfd(vm, 2 << 20, 0).unwrap();
-    let uaddr = host.mmap_anonymous(2 << 20).unwrap();
-    host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, 2 << 20, uaddr, gmem as u32, 0)).unwrap();
-    host.set_memory_attributes(vm, &attrs(0, 1 << 20, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
-    let vcpus: Vec<i32> = (0..vcpus).map(|id| host.create_vcpu(vm, id).unwrap()).collect();
+    let TdGuest { host, vm, vcpus, .. } = TdGuest::new(profile, TDX_TD_ATTR_SEPT_VE_DISABLE, 2 << 20, 1 << 20, vcpus);
     host.tdx_init_vcpu(vcpus[0], 0).unwrap();
     let image = host.mmap_anonymous(PAGE).unwrap();
     host.store(image, b"kernel").unwrap();

@@ -12,7 +12,7 @@
 //! is followed by the invariants (T1–T6, T10 and the core ones) and a check that no WARN was
 //! recorded; the VMM tests check them after each step.
 
-use gmem_arch::tdx::kvm::{kvm_tdx_init_mem_region, kvm_tdx_init_vm, TdxVm, TDX_TD_ATTR_SEPT_VE_DISABLE};
+use gmem_arch::tdx::kvm::{kvm_tdx_init_mem_region, TdxVm, TDX_TD_ATTR_SEPT_VE_DISABLE};
 use gmem_arch::tdx::module::TdxModule;
 use gmem_arch::tdx::sept::{LeafState, SeptEntry};
 use gmem_arch::tdx::status::{
@@ -20,9 +20,7 @@ use gmem_arch::tdx::status::{
     TDX_PAGE_ALREADY_ACCEPTED,
 };
 use gmem_kvm::arch::GuestException;
-use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use gmem_kvm::caps::{KVM_CAP_EXIT_HYPERCALL, KVM_HC_MAP_GPA_RANGE};
-use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
 use gmem_kvm::vcpu::{
     RunError, VcpuExit, FAULT_RETRY_LIMIT, KVM_ENOSYS, KVM_EXIT_HYPERCALL_LONG_MODE, KVM_MAP_GPA_RANGE_DECRYPTED,
     KVM_MAP_GPA_RANGE_ENCRYPTED, KVM_MEMORY_EXIT_FLAG_PRIVATE,
@@ -38,18 +36,11 @@ use gmem_uapi::vmm::{
     TDVMCALL_STATUS_ALIGN_ERROR, TDVMCALL_STATUS_INVALID_OPERAND, TDVMCALL_STATUS_RETRY,
     TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, TDVMCALL_STATUS_SUCCESS,
 };
-use kvm_bindings::kvm_cpuid_entry2;
 
-const TDX_VM: u64 = VmType::Tdx as u64;
 /// The shared bit of a TD with GPAW 48 (gpa bit 47).
 const SHARED: u64 = 1 << 47;
 /// Guest memory: one guest_memfd memslot of this size at gpa 0.
 const MEMORY: u64 = 8 << 20;
-
-/// The CPUID a VMM passes to INIT_VM: leaf 0x80000008 with GPAW 48.
-fn cpuid() -> Vec<kvm_cpuid_entry2> {
-    vec![kvm_cpuid_entry2 { function: 0x8000_0008, eax: 48 << 16, ..Default::default() }]
-}
 
 /// A TD on a checked Intel host: one memslot of [`MEMORY`] at gpa 0 backed by a guest_memfd
 /// and anonymous shared memory, all of it PRIVATE, and vCPUs.
@@ -64,14 +55,8 @@ struct Td {
 impl Td {
     /// The TD after INIT_VM with `attributes` and `nr_vcpus` vCPUs created (not initialised).
     fn created(attributes: u64, nr_vcpus: u64) -> Td {
-        let host = CheckedHost::new_intel(KernelProfile::v6_18());
-        let vm = host.create_vm(TDX_VM).unwrap();
-        host.tdx_init_vm(vm, &kvm_tdx_init_vm { attributes, ..Default::default() }, &cpuid()).unwrap();
-        let gmem = host.create_guest_memfd(vm, MEMORY, 0).unwrap();
-        let uaddr = host.mmap_anonymous(MEMORY).unwrap();
-        host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, MEMORY, uaddr, gmem as u32, 0)).unwrap();
-        host.set_memory_attributes(vm, &attrs(0, MEMORY, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
-        let vcpus = (0..nr_vcpus).map(|id| host.create_vcpu(vm, id).unwrap()).collect();
+        let TdGuest { host, vm, vcpus, uaddr, .. } =
+            TdGuest::new(KernelProfile::v6_18(), attributes, MEMORY, MEMORY, nr_vcpus);
         Td { host, vm, vcpus, uaddr }
     }
 

@@ -6,103 +6,67 @@
 //! running concurrently with punches and conversions never translate through a freed frame.
 
 use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
-use gmem_kvm::memslot::KVM_MEM_GUEST_MEMFD;
 use gmem_kvm::tlb::{KVM_REQ_TLB_FLUSH, OUTSIDE_GUEST_MODE};
-use gmem_kvm::vcpu::KvmVcpu;
 use gmem_kvm::{invariants, KernelProfile};
 use gmem_mm::vfs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
-use gmem_sync::atomic::Ordering;
-use gmem_sync::Arc;
 use gmem_tests::*;
 
 const PAGES: u64 = 8;
 
 /// A SW_PROTECTED VM on v6.18 with `vcpus` vCPUs and one guest_memfd memslot of 8 pages at gpa
 /// 0, backed for shared accesses by anonymous memory, all of it PRIVATE.
-struct Guest {
-    host: CheckedHost,
-    vm: i32,
-    gmem: i32,
-    vcpus: Vec<i32>,
-}
-
-impl Guest {
-    fn new(vcpus: u64) -> Guest {
-        let host = CheckedHost::new(KernelProfile::v6_18());
-        let (vm, gmem) = host.vm_and_gmem(SW_PROTECTED_VM, PAGES * PAGE, 0);
-        let uaddr = host.mmap_anonymous(PAGES * PAGE).unwrap();
-        host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, PAGES * PAGE, uaddr, gmem as u32, 0))
-            .unwrap();
-        host.set_memory_attributes(vm, &attrs(0, PAGES * PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
-        let vcpus = (0..vcpus).map(|id| host.create_vcpu(vm, id).unwrap()).collect();
-        Guest { host, vm, gmem, vcpus }
-    }
-
-    fn vcpu(&self, n: usize) -> Arc<KvmVcpu> {
-        self.host.unchecked().vcpu(self.vcpus[n]).unwrap().1
-    }
-
-    /// (tlb_hits, spte_walks, pf_taken, tlb_flushes) of vCPU `n`.
-    fn counts(&self, n: usize) -> (u64, u64, u64, u64) {
-        let vcpu = self.vcpu(n);
-        let stat = &vcpu.stat;
-        (
-            stat.tlb_hits.load(Ordering::Relaxed),
-            stat.spte_walks.load(Ordering::Relaxed),
-            stat.pf_taken.load(Ordering::Relaxed),
-            stat.tlb_flushes.load(Ordering::Relaxed),
-        )
-    }
+fn private_guest(vcpus: u64) -> Guest {
+    Guest::builder(KernelProfile::v6_18()).pages(PAGES).private(true).vcpus(vcpus).build()
 }
 
 #[test]
 fn the_second_access_hits_the_tlb_without_walking() {
-    let guest = Guest::new(1);
+    let guest = private_guest(1);
     let host = &guest.host;
     host.guest_store(guest.vcpus[0], 0x1000, &[7], None).unwrap();
     // Miss, walk (nothing), fault, walk again (fills the TLB).
-    assert_eq!(guest.counts(0), (0, 2, 1, 0));
+    assert_eq!(guest.tlb_counts(0), (0, 2, 1, 0));
     assert_eq!(host.guest_load(guest.vcpus[0], 0x1000, 1, None).unwrap(), vec![7]);
-    assert_eq!(guest.counts(0), (1, 2, 1, 0), "the load is served by the TLB");
-    let entries = guest.vcpu(0).tlb().entries();
+    assert_eq!(guest.tlb_counts(0), (1, 2, 1, 0), "the load is served by the TLB");
+    let entries = guest.kvm_vcpu(0).tlb().entries();
     assert_eq!(entries.len(), 1);
     assert!(entries[0].1.private && entries[0].1.writable);
-    assert_eq!(guest.vcpu(0).tlb().mode(), OUTSIDE_GUEST_MODE);
+    assert_eq!(guest.kvm_vcpu(0).tlb().mode(), OUTSIDE_GUEST_MODE);
 }
 
 #[test]
 fn a_punch_hole_flushes_and_the_next_access_faults() {
-    let guest = Guest::new(2);
+    let guest = private_guest(2);
     let host = &guest.host;
     host.guest_store(guest.vcpus[0], 0x2000, &[1], None).unwrap();
     host.guest_load(guest.vcpus[1], 0x2000, 1, None).unwrap();
-    host.fallocate(guest.gmem, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0x2000, PAGE as i64).unwrap();
+    host.fallocate(guest.gmem(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0x2000, PAGE as i64).unwrap();
     // Both vCPUs have the flush pending; their stale entries are not used.
     for n in 0..2 {
-        assert!(guest.vcpu(n).tlb().test_request(KVM_REQ_TLB_FLUSH));
+        assert!(guest.kvm_vcpu(n).tlb().test_request(KVM_REQ_TLB_FLUSH));
     }
-    let before = guest.counts(0);
+    let before = guest.tlb_counts(0);
     assert_eq!(host.guest_load(guest.vcpus[0], 0x2000, 1, None).unwrap(), vec![0], "a fresh, zeroed page");
-    let after = guest.counts(0);
+    let after = guest.tlb_counts(0);
     assert_eq!(after.0, before.0, "no TLB hit");
     assert_eq!(after.2, before.2 + 1, "one fault");
     assert_eq!(after.3, before.3 + 1, "the flush was serviced on entry");
-    assert!(!guest.vcpu(0).tlb().test_request(KVM_REQ_TLB_FLUSH));
+    assert!(!guest.kvm_vcpu(0).tlb().test_request(KVM_REQ_TLB_FLUSH));
 }
 
 #[test]
 fn a_conversion_flushes_and_the_next_access_faults_shared() {
-    let guest = Guest::new(1);
+    let guest = private_guest(1);
     let host = &guest.host;
     host.guest_store(guest.vcpus[0], 0x3000, &[9], None).unwrap();
     host.set_memory_attributes(guest.vm, &attrs(0x3000, PAGE, 0)).unwrap();
-    assert!(guest.vcpu(0).tlb().test_request(KVM_REQ_TLB_FLUSH));
-    let before = guest.counts(0);
+    assert!(guest.kvm_vcpu(0).tlb().test_request(KVM_REQ_TLB_FLUSH));
+    let before = guest.tlb_counts(0);
     // The gfn is shared now: the default access is shared and faults in the anonymous backing.
     assert_eq!(host.guest_load(guest.vcpus[0], 0x3000, 1, None).unwrap(), vec![0]);
-    let after = guest.counts(0);
+    let after = guest.tlb_counts(0);
     assert_eq!((after.0, after.2, after.3), (before.0, before.2 + 1, before.3 + 1));
-    let entries = guest.vcpu(0).tlb().entries();
+    let entries = guest.kvm_vcpu(0).tlb().entries();
     assert_eq!(entries.len(), 1);
     assert!(!entries[0].1.private, "refilled from the shared SPTE");
 }
@@ -114,7 +78,7 @@ fn a_conversion_flushes_and_the_next_access_faults_shared() {
 #[test]
 fn vcpus_racing_punches_and_conversions_keep_every_invariant() {
     const ROUNDS: u64 = 300;
-    let guest = Guest::new(3);
+    let guest = private_guest(3);
     let host = guest.host.unchecked();
     // Scoped threads borrow the host (vCPU threads of one process, as a VMM's are).
     std::thread::scope(|scope| {
@@ -144,7 +108,7 @@ fn vcpus_racing_punches_and_conversions_keep_every_invariant() {
                 host.set_memory_attributes(guest.vm, &attrs(page * PAGE, PAGE, to)).unwrap();
             } else {
                 host.fallocate(
-                    guest.gmem,
+                    guest.gmem(),
                     FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                     (page * PAGE) as i64,
                     PAGE as i64,
@@ -157,7 +121,7 @@ fn vcpus_racing_punches_and_conversions_keep_every_invariant() {
         }
     });
     let kvm = guest.host.kvm(guest.vm);
-    let violations = invariants::check(std::slice::from_ref(&kvm), &[guest.host.gmem_file(guest.gmem)]);
+    let violations = invariants::check(std::slice::from_ref(&kvm), &[guest.host.gmem_file(guest.gmem())]);
     assert!(violations.is_empty(), "{violations:#?}");
     let warnings = guest.host.machine().warnings.snapshot();
     assert!(warnings.is_empty(), "{warnings:#?}");

@@ -12,7 +12,6 @@
 //!
 //! Each has its control: with the kernel's protocol the same activity reports nothing.
 
-use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 use gmem_kvm::memslot::MemslotWeakening;
 use gmem_kvm::vcpu::RunError;
 use gmem_kvm::{invariants, Gfn, KernelProfile};
@@ -30,24 +29,14 @@ const SLOT1_GPA: u64 = 0x10_0000;
 /// A SW_PROTECTED VM on v6.18 with one guest_memfd of `2 * PAGES` pages bound to two memslots
 /// (slot 0: file pages [0, 8) at gpa 0; slot 1: file pages [8, 16) at [`SLOT1_GPA`]), all of it
 /// PRIVATE, and `vcpus` vCPUs.
-struct Guest {
-    host: CheckedHost,
-    vm: i32,
-    gmem: i32,
-    vcpus: Vec<i32>,
-}
-
-impl Guest {
-    fn new(vcpus: u64) -> Guest {
-        let host = CheckedHost::new(KernelProfile::v6_18());
-        let (vm, gmem) = host.vm_and_gmem(SW_PROTECTED_VM, 2 * PAGES * PAGE, 0);
-        host.set_user_memory_region2(vm, &gmem_region(0, 0, PAGES * PAGE, gmem, 0)).unwrap();
-        host.set_user_memory_region2(vm, &gmem_region(1, SLOT1_GPA, PAGES * PAGE, gmem, PAGES * PAGE)).unwrap();
-        host.set_memory_attributes(vm, &attrs(0, PAGES * PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
-        host.set_memory_attributes(vm, &attrs(SLOT1_GPA, PAGES * PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE)).unwrap();
-        let vcpus = (0..vcpus).map(|id| host.create_vcpu(vm, id).unwrap()).collect();
-        Guest { host, vm, gmem, vcpus }
-    }
+fn two_slot_guest(vcpus: u64) -> Guest {
+    Guest::builder(KernelProfile::v6_18())
+        .memory(Memory::GmemOnly)
+        .pages(PAGES)
+        .slots(&[0, SLOT1_GPA])
+        .private(true)
+        .vcpus(vcpus)
+        .build()
 }
 
 /// The panic message of a thread that panicked.
@@ -63,7 +52,7 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 /// Returns the reader's panic message, if it panicked, and whether the deletion finished while
 /// the reader was still inside its read section.
 fn stale_generation_reader(weakening: MemslotWeakening) -> (Option<String>, bool) {
-    let guest = Guest::new(0);
+    let guest = two_slot_guest(0);
     let kvm = guest.host.kvm(guest.vm);
     kvm.weaken_memslots_for_test(weakening);
     let (entered_tx, entered_rx) = mpsc::channel();
@@ -142,7 +131,7 @@ fn a_reader_inside_srcu_keeps_its_memslot_generation() {
 /// the whole file; afterwards the invariants are checked. Returns the violations and warnings.
 fn delete_slot_under_activity(weakening: MemslotWeakening) -> (Vec<invariants::Violation>, Vec<gmem_sync::Warning>) {
     const ROUNDS: u64 = 200;
-    let guest = Guest::new(2);
+    let guest = two_slot_guest(2);
     let kvm = guest.host.kvm(guest.vm);
     kvm.weaken_memslots_for_test(weakening);
     let host = guest.host.unchecked();
@@ -170,14 +159,14 @@ fn delete_slot_under_activity(weakening: MemslotWeakening) -> (Vec<invariants::V
         host.set_user_memory_region2(guest.vm, &delete_region(0, 0)).unwrap();
         for round in 0..ROUNDS / 4 {
             let page = (round * 5) % (2 * PAGES);
-            host.fallocate(guest.gmem, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (page * PAGE) as i64, PAGE as i64)
+            host.fallocate(guest.gmem(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (page * PAGE) as i64, PAGE as i64)
                 .unwrap();
         }
         for worker in workers {
             worker.join().unwrap();
         }
     });
-    let violations = invariants::check(std::slice::from_ref(&kvm), &[guest.host.gmem_file(guest.gmem)]);
+    let violations = invariants::check(std::slice::from_ref(&kvm), &[guest.host.gmem_file(guest.gmem())]);
     let warnings = guest.host.machine().warnings.take();
     (violations, warnings)
 }
