@@ -19,7 +19,9 @@
 //! or [`CheckedHost::take_warnings`] to consume the warnings they expected.
 //!
 //! [`SnpGuest`] builds an SEV-SNP guest on a checked host (launch steps, the VMM's answer to a
-//! page-state change) for the SNP tests.
+//! page-state change) for the SNP tests, [`TdGuest`] a TD up to its vCPUs' initialisation for the
+//! TDX tests; [`Guest`] (built by [`GuestBuilder`]) is the VM with vCPUs and memslots most other
+//! tests start from.
 
 use gmem_kvm::invariants::{self, Violation};
 use gmem_kvm::memslot::{MemslotEntry, KVM_MEM_GUEST_MEMFD};
@@ -36,6 +38,10 @@ use gmem_sync::Arc;
 use gmem_uapi::{SimHost, Stat};
 use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
 use std::fmt;
+
+mod guest;
+
+pub use guest::{memory_fault, Guest, GuestBuilder, Memory};
 
 pub use gmem_kvm::guest_memfd::{GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP};
 pub use gmem_kvm::VmType;
@@ -766,5 +772,54 @@ impl SnpGuest {
             host.fallocate(self.gmem, 3, args[0] as i64, (args[1] * PAGE) as i64).map_err(RunError::Errno)?;
         }
         Ok(0)
+    }
+}
+
+/// `KVM_X86_TDX_VM`.
+pub const TDX_VM: u64 = VmType::Tdx as u64;
+
+/// The CPUID a VMM passes to `KVM_TDX_INIT_VM`: leaf 0x80000008 with GPAW 48.
+pub fn tdx_cpuid() -> Vec<kvm_bindings::kvm_cpuid_entry2> {
+    vec![kvm_bindings::kvm_cpuid_entry2 { function: 0x8000_0008, eax: 48 << 16, ..Default::default() }]
+}
+
+/// A TD on a checked Intel host, built through the uAPI up to where the TDX tests part ways: a
+/// VM after `KVM_TDX_INIT_VM` (GPAW 48), one guest_memfd memslot at gpa 0 whose first part is
+/// PRIVATE (the rest shared, backed by anonymous memory at `uaddr`), and its vCPUs created, none
+/// initialised (`KVM_TDX_INIT_VCPU`) yet.
+#[derive(Debug)]
+pub struct TdGuest {
+    /// The host (checked after every call made through it).
+    pub host: CheckedHost,
+    /// The VM descriptor.
+    pub vm: i32,
+    /// The vCPU descriptors, vCPU `i` with id `i`.
+    pub vcpus: Vec<i32>,
+    /// The guest_memfd descriptor.
+    pub gmem: i32,
+    /// The shared backing of the memslot.
+    pub uaddr: u64,
+}
+
+impl TdGuest {
+    /// A TD with the TD `attributes`, `size` bytes of memory whose first `private` bytes are
+    /// PRIVATE, and `nr_vcpus` vCPUs.
+    #[track_caller]
+    pub fn new(profile: KernelProfile, attributes: u64, size: u64, private: u64, nr_vcpus: u64) -> TdGuest {
+        use gmem_kvm::attributes::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+        let host = CheckedHost::new_intel(profile);
+        let vm = host.create_vm(TDX_VM).expect("KVM_CREATE_VM (TDX)");
+        let init_vm = gmem_uapi::kvm_tdx_init_vm { attributes, ..Default::default() };
+        host.tdx_init_vm(vm, &init_vm, &tdx_cpuid()).expect("KVM_TDX_INIT_VM");
+        let gmem = host.create_guest_memfd(vm, size, 0).expect("KVM_CREATE_GUEST_MEMFD");
+        let uaddr = host.mmap_anonymous(size).expect("mmap");
+        host.set_user_memory_region2(vm, &region(0, KVM_MEM_GUEST_MEMFD, 0, size, uaddr, gmem as u32, 0))
+            .expect("KVM_SET_USER_MEMORY_REGION2");
+        if private != 0 {
+            host.set_memory_attributes(vm, &attrs(0, private, KVM_MEMORY_ATTRIBUTE_PRIVATE))
+                .expect("KVM_SET_MEMORY_ATTRIBUTES");
+        }
+        let vcpus = (0..nr_vcpus).map(|id| host.create_vcpu(vm, id).expect("KVM_CREATE_VCPU")).collect();
+        TdGuest { host, vm, vcpus, gmem, uaddr }
     }
 }

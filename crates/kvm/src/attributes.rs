@@ -100,9 +100,9 @@ impl Kvm {
 
     /// `kvm_vm_set_mem_attributes`. M8's call half holds by this function's order, as in the
     /// kernel: the no-op and reservation-failure returns come before anything is invalidated or
-    /// stored (`tests/tests/seed_errors.rs` asserts both leave no MMU request and the sequence
-    /// unchanged), and every invalidation begun in the pre pass is ended in the post pass (M2
-    /// checks none is left open).
+    /// stored (`tests/tests/integration/seed_errors/` asserts both leave no MMU request and the
+    /// sequence unchanged), and every invalidation begun in the pre pass is ended in the post pass
+    /// (M2 checks none is left open).
     #[doc(alias("kvm_pre_set_memory_attributes", "kvm_vm_set_mem_attributes"))]
     fn vm_set_mem_attributes(&self, start: Gfn, end: Gfn, attributes: u64) -> KResult<()> {
         let _slots_lock = self.lock_slots();

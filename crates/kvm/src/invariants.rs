@@ -59,10 +59,10 @@
 //!   leaves.
 //!
 //! M7 (memory-fault exits) is a property of one call: it is checked continuously, at the call
-//! (`vcpu::kvm_mmu_page_fault`), and reported as a WARN, which every test asserts absent. M8's
+//! (`page_fault::kvm_mmu_page_fault`), and reported as a WARN, which every test asserts absent. M8's
 //! call half (a no-op `KVM_SET_MEMORY_ATTRIBUTES` opens no invalidation, a failed reservation
 //! changes nothing) holds by the order of `Kvm::vm_set_mem_attributes`, as in the kernel, and
-//! is asserted by `tests/tests/seed_errors.rs` (no MMU request, sequence unchanged); an
+//! is asserted by `tests/tests/integration/seed_errors/` (no MMU request, sequence unchanged); an
 //! invalidation left open is M2.
 //!
 //! # Vendor invariants

@@ -336,7 +336,7 @@ mod loom_tests {
     use crate::atomic::AtomicBool;
     use crate::Arc;
 
-    /// A small in-crate model; the full one is models/tests/loom_srcu.rs.
+    /// A small in-crate model; the full one is models/tests/models/loom_srcu.rs.
     #[test]
     fn grace_period_covers_reader() {
         crate::model::builder().check(|| {

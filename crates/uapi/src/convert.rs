@@ -2,8 +2,8 @@
 //!
 //! Both conversions destructure the kvm-bindings struct without `..`, so a field added to it (a
 //! pad the kernel starts to use) stops this crate compiling until the conversion says what to do
-//! with it. `tests/tests/parity.rs` checks at compile time that they move every field to the
-//! field of the same name.
+//! with it. `tests/tests/integration/parity.rs` checks at compile time that they move every field
+//! to the field of the same name.
 
 use gmem_kvm::attributes::MemoryAttributes;
 use gmem_kvm::memslot::UserspaceMemoryRegion2;

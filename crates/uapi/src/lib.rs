@@ -10,7 +10,7 @@
 //! and TDX launch commands have typed helpers on them besides the raw `encrypt_op_sev` /
 //! `encrypt_op_tdx`. The constants kvm-bindings lacks (Linux 6.18's guest_memfd flags and
 //! capability, the TDX commands, `KVM_HC_MAP_GPA_RANGE`) are in [`consts`].
-//! `tests/tests/parity.rs` (crate gmem-tests) fails to compile if a mirrored method's
+//! `tests/tests/integration/parity.rs` (crate gmem-tests) fails to compile if a mirrored method's
 //! signature, an exit's shape, a struct or a constant drifts from kvm-ioctls/kvm-bindings.
 //!
 //! Every entry point opens a `tracing` span named after its kernel counterpart.

@@ -128,6 +128,12 @@ static SEV_BITMAP_LOCK: LockClass = LockClass::new("sev_bitmap_lock");
 static SEV_INFO_LOCK: LockClass = LockClass::new("kvm_sev_info");
 /// `svm->sev_es.snp_vmsa_mutex` and the rest of a vCPU's SEV-ES state.
 static SEV_VCPU_LOCK: LockClass = LockClass::new("vcpu->sev_es");
+/// A vCPU's page-state-change state, which the kernel keeps in `svm->sev_es` without taking
+/// `snp_vmsa_mutex` (only the vCPU's own thread touches it). A class of its own: it is held while
+/// the GHCB's buffer is read through the VMM's mm (`mmap_lock`), which the MMU notifier holds
+/// around `mmu_lock`, which the F11 VMSA reload holds around the SEV-ES state; one class for
+/// both would make that chain a false lockdep cycle.
+static SEV_VCPU_PSC_LOCK: LockClass = LockClass::new("vcpu->sev_es.psc");
 
 /// KVM's module-level SEV state (the statics of `sev.c`): what the host supports and the ASIDs.
 ///
@@ -1216,7 +1222,7 @@ impl KvmArch for SvmVm {
         }
         Ok(Box::new(SevVcpu {
             state: Mutex::new(&SEV_VCPU_LOCK, state),
-            psc: Mutex::new(&SEV_VCPU_LOCK, crate::sev::ghcb::PscState::default()),
+            psc: Mutex::new(&SEV_VCPU_PSC_LOCK, crate::sev::ghcb::PscState::default()),
         }))
     }
 
