@@ -1,6 +1,6 @@
 //! gmem-sim: scenario scripts for Linux KVM guest_memfd, run on the simulator or on `/dev/kvm`.
 //!
-//! A scenario script (`.gms`, specified in `spec/script-format.md`) lists the system calls
+//! A scenario script (`.gms`, specified in `docs/script-format.md`) lists the system calls
 //! and ioctls a VMM would issue against KVM and guest_memfd, one per line, with the result
 //! each must give. This crate reads such scripts, runs them on a [`backend::Backend`], and
 //! prints results in the format the spec fixes, so the same script can be compared across
