@@ -5,7 +5,8 @@
 //! each must give. This crate reads such scripts, runs them on a [`backend::Backend`], and
 //! prints results in the format the spec fixes, so the same script can be compared across
 //! backends and kernel profiles. The `gmem-sim` binary (`src/main.rs`) is its command line:
-//! `gmem-sim script FILE... [--backend sim|kvm] [--kernel PROFILE] [--check]`.
+//! `gmem-sim script FILE... [--backend sim|kvm] [--kernel PROFILE] [--host amd|intel] [--check]`,
+//! and `gmem-sim examples`, `gmem-sim diff` and `gmem-sim run` for the modules below.
 //!
 //! Modules:
 //! - [`script`]: the `.gms` language: lexer, parser, and the typed program ([`script::Op`],
