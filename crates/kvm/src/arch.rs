@@ -29,8 +29,8 @@
 //!
 //! This crate ships the back-ends that need no vendor hardware: [`DefaultArch`] for DEFAULT VMs
 //! (and SEV / SEV-ES, whose memory KVM treats the same way here) and [`SwProtectedArch`] for
-//! SW_PROTECTED VMs, through [`GenericArchFactory`]. SEV-SNP (RMP, firmware) lives in the
-//! `gmem-arch` crate, which implements the same traits.
+//! SW_PROTECTED VMs, through [`GenericArchFactory`]. SEV-SNP (RMP, firmware) and TDX (the TDX
+//! module, KVM's `tdx.c`) live in the `gmem-arch` crate, which implements the same traits.
 
 use crate::guest_memfd::KvmGmem;
 use crate::invariants::Violation;

@@ -1,7 +1,7 @@
 //! guest_memfd: `virt/kvm/guest_memfd.c`, function by function.
 //!
 //! Each function below is the counterpart of the seed function of the same name
-//! (`reference/guest_memfd.c`, the v6.14-era source), with its checks in the same order, the
+//! (`../shared/reference/guest_memfd.c`, the v6.14-era source), with its checks in the same order, the
 //! same errno and the same locks. Where v6.18 differs, the difference is switched on the VM's
 //! [`KernelProfile`] right at the point where the code differs,
 //! and each named upstream fix is a toggle ([`Fix`]).
