@@ -249,7 +249,7 @@ fn unsupported<T>() -> BResult<T> {
     Err(Failure::Skip("not supported by this backend".into()))
 }
 
-/// A place scripts run: one method per verb (see `spec/script-format.md`).
+/// A place scripts run: one method per verb (see `docs/script-format.md`).
 ///
 /// The host-side methods are required; the guest-side and simulator-only ones default to
 /// [`Failure::Skip`].

@@ -1,11 +1,12 @@
 //! gmem-sim: scenario scripts for Linux KVM guest_memfd, run on the simulator or on `/dev/kvm`.
 //!
-//! A scenario script (`.gms`, specified in `spec/script-format.md`) lists the system calls
+//! A scenario script (`.gms`, specified in `docs/script-format.md`) lists the system calls
 //! and ioctls a VMM would issue against KVM and guest_memfd, one per line, with the result
 //! each must give. This crate reads such scripts, runs them on a [`backend::Backend`], and
 //! prints results in the format the spec fixes, so the same script can be compared across
 //! backends and kernel profiles. The `gmem-sim` binary (`src/main.rs`) is its command line:
-//! `gmem-sim script FILE... [--backend sim|kvm] [--kernel PROFILE] [--check]`.
+//! `gmem-sim script FILE... [--backend sim|kvm] [--kernel PROFILE] [--host amd|intel] [--check]`,
+//! and `gmem-sim examples`, `gmem-sim diff` and `gmem-sim run` for the modules below.
 //!
 //! Modules:
 //! - [`script`]: the `.gms` language: lexer, parser, and the typed program ([`script::Op`],

@@ -78,9 +78,10 @@ struct RunArgs {
     #[arg(long)]
     json: bool,
     /// The watchdog: if no operation makes progress, or one thread waits in one wait (a lock,
-    /// an SRCU grace period, an invalidation to end), for this many seconds, the run ends with
-    /// exit status 1, a diagnosis (who waits on what, each thread's last operation, the MMU
-    /// invalidation and SRCU state), the state dump and the replay command.
+    /// an SRCU grace period, an invalidation to end, a vCPU to leave guest mode), for this many
+    /// seconds, the run ends with exit status 1, a diagnosis (who waits on what, each thread's
+    /// last operation, the MMU invalidation and SRCU state), the state dump and the replay
+    /// command.
     #[arg(long, value_name = "SECS", env = "GMEM_WATCHDOG", default_value = "5", value_parser = run::parse_watchdog)]
     watchdog: std::time::Duration,
     /// Break the run on purpose, to see the watchdog or the panic handling at work:

@@ -1,4 +1,4 @@
-//! Runs parsed scripts on backends and prints their results (`spec/script-format.md`,
+//! Runs parsed scripts on backends and prints their results (`docs/script-format.md`,
 //! "Results").
 //!
 //! [`run`] executes every program on a fresh backend from a factory (dropping it at the end

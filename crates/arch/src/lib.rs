@@ -9,9 +9,11 @@
 //! `kvm_intel`, never both, so an `X86Host` has one [`CpuVendor`]:
 //!
 //! * **AMD** ([`X86Host::setup`], the default everywhere): it boots the SEV-SNP platform of the
-//!   machine ([`sev::host::SnpHost`]: the RMP, checked on every host write from then on) and
-//!   gives each new VM its back-end: SEV-SNP's for SNP VMs, the vendor-less ones of gmem-kvm
-//!   for DEFAULT, SEV, SEV-ES and SW_PROTECTED VMs. No TDX.
+//!   machine ([`sev::host::SnpHost`]: the RMP, checked on every host write from then on) and,
+//!   as `svm_vm_init` does, gives every new VM an [`sev::kvm::SvmVm`]: all VMs of an SEV host
+//!   have the SEV ioctls, an SNP VM's guest_memfd hooks are SEV-SNP's once `KVM_SEV_INIT2` ran,
+//!   and DEFAULT, SEV, SEV-ES and SW_PROTECTED VMs keep the vendor-less hooks of gmem-kvm. A
+//!   profile without SEV-SNP (`v6.18-pvm`) gets the vendor-less back-ends alone. No TDX.
 //! * **Intel** ([`X86Host::setup_intel`]): it loads the TDX module ([`tdx::module::TdxModule`]:
 //!   the PAMT, whose host-write check it installs instead of the RMP's) and gives TDX VMs
 //!   [`tdx::kvm::TdxVm`], DEFAULT and SW_PROTECTED VMs the vendor-less back-ends. No SEV.

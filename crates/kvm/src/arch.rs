@@ -29,8 +29,8 @@
 //!
 //! This crate ships the back-ends that need no vendor hardware: [`DefaultArch`] for DEFAULT VMs
 //! (and SEV / SEV-ES, whose memory KVM treats the same way here) and [`SwProtectedArch`] for
-//! SW_PROTECTED VMs, through [`GenericArchFactory`]. SEV-SNP (RMP, firmware) lives in the
-//! `gmem-arch` crate, which implements the same traits.
+//! SW_PROTECTED VMs, through [`GenericArchFactory`]. SEV-SNP (RMP, firmware) and TDX (the TDX
+//! module, KVM's `tdx.c`) live in the `gmem-arch` crate, which implements the same traits.
 
 use crate::guest_memfd::KvmGmem;
 use crate::invariants::Violation;
@@ -82,6 +82,7 @@ impl PgLevel {
 
     /// `kvm_max_level_for_order(order)`: the largest level an order-`order` folio (or host
     /// mapping) covers.
+    #[doc(alias = "kvm_max_level_for_order")]
     pub const fn for_order(order: u8) -> PgLevel {
         if order >= PgLevel::Level1G.gfn_shift() as u8 {
             PgLevel::Level1G
@@ -121,6 +122,7 @@ impl fmt::Display for PgLevel {
 /// [`KvmArch::link_external_spt`] sees when it links a page-directory-pointer table under the
 /// mirror root. (A separate type, so that the leaf level of a mapping can never be 512G.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[doc(alias("PG_LEVEL_512G", "pg_level"))]
 pub enum SpteLevel {
     /// `PG_LEVEL_4K`: an entry of a page table (PT).
     Level4K = 1,
@@ -134,6 +136,7 @@ pub enum SpteLevel {
 
 impl SpteLevel {
     /// `PT64_ROOT_4LEVEL`: the level of a 4-level root (the model's TDX uses GPAW 48).
+    #[doc(alias = "PT64_ROOT_4LEVEL")]
     pub const ROOT_4LEVEL: SpteLevel = SpteLevel::Level512G;
 
     /// The level from its number (1 to 4).
@@ -164,6 +167,7 @@ impl SpteLevel {
 
     /// `SPTE_INDEX(gfn << PAGE_SHIFT, level)`: the entry of a table of this level that `gfn`
     /// goes through.
+    #[doc(alias = "SPTE_INDEX")]
     pub const fn index(self, gfn: u64) -> usize {
         ((gfn >> self.gfn_shift()) & 511) as usize
     }
@@ -372,18 +376,21 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
     /// `kvm_arch_gmem_prepare(kvm, gfn, pfn, max_order)`: called the first time a folio is handed
     /// to the guest (from `kvm_gmem_get_pfn`), with the folio locked. The default is the
     /// kernel's behaviour for a vendor without the hook: `static_call` returns 0.
+    #[doc(alias = "kvm_arch_gmem_prepare")]
     fn gmem_prepare(&self, _kvm: &Kvm, _gfn: Gfn, _pfn: Pfn, _max_order: u8) -> KResult<()> {
         Ok(())
     }
 
     /// `kvm_arch_gmem_invalidate(start, end)`: the folio is leaving the page cache
     /// (`free_folio`); make the frames safe for the host again. Default: nothing to undo.
+    #[doc(alias = "kvm_arch_gmem_invalidate")]
     fn gmem_invalidate(&self, _start: Pfn, _end: Pfn) {}
 
     /// The max mapping level the vendor allows for `pfn` (`kvm_x86_ops.gmem_max_mapping_level`,
     /// v6.14's `private_max_mapping_level`); `None` is "no restriction" (the kernel's 0, the
     /// default of vendors without the hook). SNP answers with the RMP level, TDX with 4K for
     /// private pfns ([`tdx_gmem_max_mapping_level`]).
+    #[doc(alias = "tdx_gmem_private_max_mapping_level")]
     fn gmem_max_mapping_level(&self, _kvm: &Kvm, _pfn: Pfn, _is_private: bool) -> Option<PgLevel> {
         None
     }
@@ -437,11 +444,13 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
 
     /// `kvm_x86_ops.vcpu_create`: the vendor's per-vCPU state (`struct vcpu_svm` and friends),
     /// kept in the vCPU and reached with [`KvmVcpu::arch`](crate::vcpu::KvmVcpu::arch).
+    #[doc(alias("svm_vcpu_create", "tdx_vcpu_create"))]
     fn vcpu_create(&self, _kvm: &Kvm, _vcpu_id: u32) -> KResult<Box<dyn Any + Send + Sync>> {
         Ok(Box::new(()))
     }
 
     /// `kvm_x86_ops.vcpu_free` (from `kvm_destroy_vcpus`, before `kvm_mmu_uninit_vm` and [`KvmArch::vm_destroy`]).
+    #[doc(alias("sev_free_vcpu", "tdx_vcpu_free"))]
     fn vcpu_free(&self, _kvm: &Kvm, _vcpu: &crate::vcpu::KvmVcpu) {}
 
     /// The vendor's part of `kvm_unmap_gfn_range` (`mmu_lock` held for write, inside the
@@ -451,6 +460,7 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
 
     /// `kvm_x86_ops.vm_destroy` (the last step of `kvm_arch_destroy_vm`: after the vCPUs were freed and
     /// `kvm_mmu_uninit_vm` tore the roots down; before the memslots go).
+    #[doc(alias = "tdx_vm_destroy")]
     fn vm_destroy(&self, _kvm: &Kvm) {}
 
     /// `kvm_x86_ops.vm_pre_destroy` (from `kvm_arch_pre_destroy_vm`, the first step of
@@ -476,6 +486,7 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
     /// `KVM_BUG_ON` of its own) restores the SPTE and the fault returns `RET_PF_RETRY`; the table
     /// and its external page are freed. The default (a VM without a mirror root never gets
     /// here) records a WARN and returns `EIO`.
+    #[doc(alias = "tdx_sept_link_private_spt")]
     fn link_external_spt(&self, kvm: &Kvm, gfn: Gfn, level: SpteLevel, external_spt: Pfn) -> KResult<()> {
         external_hook_without_mirror_root(kvm, "link_external_spt", gfn, level, external_spt)
     }
@@ -505,6 +516,7 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
     /// is released). Called with `mmu_lock` held for write. On success the TDP MMU frees the
     /// page; an error is a WARN and the page is leaked (never handed back to the host). Default:
     /// WARN and `EIO`.
+    #[doc(alias = "tdx_sept_free_private_spt")]
     fn free_external_spt(&self, kvm: &Kvm, gfn: Gfn, level: SpteLevel, external_spt: Pfn) -> KResult<()> {
         external_hook_without_mirror_root(kvm, "free_external_spt", gfn, level, external_spt)
     }
@@ -518,6 +530,7 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
     /// The vendor's part of entering the guest (`KVM_RUN` → `vcpu_enter_guest`: pending
     /// requests such as SNP's protected-state update, then `pre_*_run`). An error ends the run
     /// with it (the VMRUN could not enter: `KVM_EXIT_FAIL_ENTRY`, or an errno).
+    #[doc(alias("pre_sev_run", "svm_vcpu_pre_run"))]
     fn vcpu_pre_run(&self, _kvm: &Kvm, _vcpu: &crate::vcpu::KvmVcpu) -> Result<(), crate::vcpu::RunError> {
         Ok(())
     }
@@ -562,6 +575,7 @@ pub trait KvmArch: Send + Sync + fmt::Debug {
     /// The vendor part of the nested-fault handler, after the MMU resolved the fault and asked to
     /// resume the guest (SVM's `npf_interception` calls `sev_handle_rmp_fault` when the error
     /// code has `PFERR_GUEST_RMP`).
+    #[doc(alias = "npf_interception")]
     fn handle_npf(&self, _kvm: &Kvm, _vcpu: &crate::vcpu::KvmVcpu, _gpa: u64, _error_code: u64) {}
 
     /// The exit handler of a guest access the hardware stopped with a fault for the hypervisor
@@ -657,6 +671,7 @@ pub enum VcpuRunEntry {
 
 /// The vendor module of the host: one per machine, it holds the host-wide hardware state and
 /// gives each new VM its back-end (`kvm_x86_ops.vm_init`).
+#[doc(alias = "kvm_x86_ops")]
 pub trait ArchFactory: Send + Sync + fmt::Debug {
     /// The factory as `Any`, so callers can reach a vendor's host-wide state.
     fn as_any(&self) -> &dyn Any;

@@ -46,11 +46,13 @@ impl Kvm {
     }
 
     /// `kvm_get_memory_attributes(kvm, gfn)`.
+    #[doc(alias = "kvm_get_memory_attributes")]
     pub fn get_memory_attributes(&self, gfn: Gfn) -> u64 {
         self.mem_attr_array.load(gfn.0).unwrap_or(0)
     }
 
     /// `kvm_mem_is_private(kvm, gfn)`.
+    #[doc(alias = "kvm_mem_is_private")]
     pub fn mem_is_private(&self, gfn: Gfn) -> bool {
         self.get_memory_attributes(gfn) & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0
     }
@@ -75,6 +77,7 @@ impl Kvm {
 
     /// `KVM_SET_MEMORY_ATTRIBUTES` (`kvm_vm_ioctl_set_mem_attributes`). ENOTTY where the kernel is
     /// built without `CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES` (the ioctl does not exist).
+    #[doc(alias = "kvm_vm_ioctl_set_mem_attributes")]
     pub fn set_memory_attributes(&self, attrs: &MemoryAttributes) -> KResult<()> {
         let _span =
             tracing::debug_span!("kvm_set_memory_attributes", attrs.address, attrs.size, attrs.attributes).entered();
@@ -231,6 +234,7 @@ impl Kvm {
     /// and tail huge pages straddling the range (when inside the slot) and clear it for the huge
     /// pages the range covers, 2M before 1G (1G consumes the 2M results). `mmu_lock` held for
     /// write, `slots_lock` held.
+    #[doc(alias = "kvm_arch_post_set_memory_attributes")]
     pub(crate) fn arch_post_set_memory_attributes(&self, range: &KvmGfnRange, slot: &MemslotRef<'_>, attrs: u64) {
         self.assert_mmu_lock_held();
         if self.machine().warnings.warn_on_once(!self.has_private_mem(), || {

@@ -40,6 +40,7 @@ pub const KVM_CAP_GUEST_MEMFD_FLAGS: u64 = 244;
 pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
 
 /// `KVM_CHECK_EXTENSION` on `/dev/kvm` (`kvm` is `None`) or on a VM.
+#[doc(alias("kvm_vm_ioctl_check_extension", "kvm_vm_ioctl_check_extension_generic"))]
 pub fn check_extension(profile: &KernelProfile, kvm: Option<&Kvm>, cap: u64) -> i64 {
     let has_private_mem = kvm.is_none_or(|kvm| kvm.has_private_mem());
     match cap {
@@ -80,6 +81,7 @@ impl Kvm {
     /// Every other capability is EINVAL, what the kernel answers for a capability it does not
     /// offer: the capabilities outside guest_memfd's world are not modelled and read 0 in
     /// `KVM_CHECK_EXTENSION` (a trace event says so).
+    #[doc(alias = "kvm_vm_ioctl_enable_cap")]
     pub fn enable_cap(&self, cap: u64, flags: u32, args: [u64; 4]) -> gmem_mm::KResult<()> {
         if flags != 0 {
             return Err(gmem_mm::Errno::EINVAL);

@@ -1,7 +1,7 @@
 //! guest_memfd: `virt/kvm/guest_memfd.c`, function by function.
 //!
 //! Each function below is the counterpart of the seed function of the same name
-//! (`reference/guest_memfd.c`, the v6.14-era source), with its checks in the same order, the
+//! (`../shared/reference/guest_memfd.c`, the v6.14-era source), with its checks in the same order, the
 //! same errno and the same locks. Where v6.18 differs, the difference is switched on the VM's
 //! [`KernelProfile`] right at the point where the code differs,
 //! and each named upstream fix is a toggle ([`Fix`]).
@@ -37,6 +37,7 @@ pub const GUEST_MEMFD_FLAG_MMAP: u64 = 1 << 0;
 pub const GUEST_MEMFD_FLAG_INIT_SHARED: u64 = 1 << 1;
 
 /// `struct kvm_gmem`: one guest_memfd file's link between its inode and its VM.
+#[doc(alias = "kvm_gmem")]
 pub struct KvmGmem {
     kvm: Arc<Kvm>,
     /// `bindings`: page index → the memslot bound there (multi-index ranges).
@@ -112,6 +113,7 @@ fn mapping_context(mapping: &AddressSpace) -> &GmemMappingContext {
 }
 
 /// `kvm_gmem_fops` as built in v6.14: no `.mmap`, so every mmap is ENODEV.
+#[doc(alias = "kvm_gmem_fops")]
 static KVM_GMEM_FOPS_V6_14: FileOperations = FileOperations {
     name: "kvm_gmem_fops",
     release: Some(kvm_gmem_release),
@@ -123,9 +125,11 @@ static KVM_GMEM_FOPS_V6_14: FileOperations = FileOperations {
 };
 
 /// `kvm_gmem_fops` as built in v6.18: adds `.mmap = kvm_gmem_mmap`.
+#[doc(alias = "kvm_gmem_fops")]
 static KVM_GMEM_FOPS_V6_18: FileOperations = FileOperations { mmap: Some(kvm_gmem_mmap), ..KVM_GMEM_FOPS_V6_14 };
 
 /// `kvm_gmem_aops`.
+#[doc(alias = "kvm_gmem_aops")]
 static KVM_GMEM_AOPS: AddressSpaceOperations = AddressSpaceOperations {
     name: "kvm_gmem_aops",
     migrate_folio: Some(kvm_gmem_migrate_folio),
@@ -134,10 +138,12 @@ static KVM_GMEM_AOPS: AddressSpaceOperations = AddressSpaceOperations {
 };
 
 /// `kvm_gmem_iops` in v6.14: getattr (`generic_fillattr`) and setattr (EINVAL).
+#[doc(alias = "kvm_gmem_iops")]
 static KVM_GMEM_IOPS_V6_14: InodeOperations =
     InodeOperations { name: "kvm_gmem_iops", getattr: Some(kvm_gmem_getattr), setattr: Some(kvm_gmem_setattr) };
 
 /// `kvm_gmem_iops` in v6.18: the getattr hook was dropped (fstat is unchanged).
+#[doc(alias = "kvm_gmem_iops")]
 static KVM_GMEM_IOPS_V6_18: InodeOperations =
     InodeOperations { name: "kvm_gmem_iops", getattr: None, setattr: Some(kvm_gmem_setattr) };
 

@@ -15,10 +15,10 @@
 //! | [`tdp_mmu`] | the software TDP MMU: the direct root (leaf SPTEs at 4K, 2M, 1G), the mirror root of VMs with mirrored TDP and its external-SPT hooks, zaps, `kvm_mmu_zap_all_fast` |
 //! | [`tlb`] | per-vCPU TLBs, `vcpu->mode`, `vcpu->requests`, `kvm_make_all_cpus_request` (the remote TLB flush) |
 //! | [`vcpu`] | `KVM_CREATE_VCPU`, guest accesses (TLB, SPTE walk, exits), `KVM_PRE_FAULT_MEMORY` (`kvm_tdp_map_page`) |
-//! | [`arch`] | the vendor layer (`kvm_x86_ops`): the `KvmArch` hooks of one VM, the `ArchFactory` of the host, the vendor-less back-ends (DEFAULT, SW_PROTECTED); SEV-SNP is in gmem-arch |
+//! | [`arch`] | the vendor layer (`kvm_x86_ops`): the `KvmArch` hooks of one VM, the `ArchFactory` of the host, the vendor-less back-ends (DEFAULT, SW_PROTECTED); SEV-SNP and TDX are in gmem-arch |
 //! | [`guest_memfd`] | `virt/kvm/guest_memfd.c`, every function of the seed |
 //! | [`caps`] | `KVM_CHECK_EXTENSION` |
-//! | [`invariants`] | INV-BIND, INV-REFCOUNT, INV-UPTODATE-PREPARED, INV-NO-STALE-PFN, M1-M8 |
+//! | [`invariants`] | INV-BIND, INV-REFCOUNT, INV-UPTODATE-PREPARED, INV-NO-STALE-PFN, M2-M6 and M8 (M1 and M7 are WARNs at the call), the mirror root's T5, T8, T9 |
 //!
 //! # What is modelled, and what is not
 //!
@@ -30,11 +30,16 @@
 //! recorded as KASAN-style warnings instead of being dereferenced.
 //!
 //! The MMU is the software TDP MMU ([`tdp_mmu`]; [`mmu::RecordingMmu`] remains for tests), driven
-//! by vCPUs that only access guest memory ([`vcpu`]) through per-vCPU TLBs ([`tlb`]). Not modelled
-//! here: huge guest_memfd folios, SMM address spaces, dirty logging, the vendor back-ends
-//! (SEV-SNP lives in the gmem-arch crate, which implements [`arch::KvmArch`]; TDX's back-end is
-//! not modelled yet, the MMU half it needs is: the mirror root and the external-SPT hooks), and
-//! capabilities unrelated to guest memory (they read 0).
+//! by vCPUs that only access guest memory ([`vcpu`]) through per-vCPU TLBs ([`tlb`]). Its leaves
+//! are 4K, 2M or 1G: a fault's level is bounded by the guest_memfd folio order and the vendor
+//! hook (private faults, and v6.18's GMEM_ONLY slots), the host mapping level (other shared
+//! faults: anonymous THPs), and the slot's `lpage_info` (`disallow_lpage`,
+//! `KVM_LPAGE_MIXED_FLAG`), in `kvm_mmu_max_mapping_level` and `kvm_mmu_hugepage_adjust`.
+//! guest_memfd allocates order-0 folios, as both modelled kernels do, so private mappings stay
+//! 4K. Not modelled here: huge guest_memfd folios, SMM address spaces,
+//! dirty logging, the vendor back-ends (SEV-SNP and TDX live in the gmem-arch crate, which
+//! implements [`arch::KvmArch`]; this crate has the MMU half TDX needs: the mirror root and the
+//! external-SPT hooks), and capabilities unrelated to guest memory (they read 0).
 #![deny(missing_docs)]
 
 pub mod arch;

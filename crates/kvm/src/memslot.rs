@@ -86,6 +86,7 @@ impl LpageLevel {
 
 /// `slot->arch.lpage_info[level - 2]` for 2M and 1G.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[doc(alias("kvm_lpage_info", "lpage_info_slot"))]
 pub struct LpageInfo {
     /// `[2M, 1G]`.
     pub levels: [LpageLevel; 2],
@@ -254,6 +255,7 @@ impl<'a> MemslotRef<'a> {
     }
 
     /// `hugepage_set_mixed` / `hugepage_clear_mixed`.
+    #[doc(alias = "hugepage_clear_mixed")]
     pub(crate) fn hugepage_set_mixed(&self, gfn: Gfn, level: PgLevel, mixed: bool) {
         let index = gfn_to_index(gfn, self.base_gfn(), level);
         let mut info = self.slot.lpage_info.lock();
@@ -284,6 +286,7 @@ impl<'a> MemslotRef<'a> {
 }
 
 /// `__kvm_mmu_slot_lpages(slot, npages, level)`.
+#[doc(alias = "__kvm_mmu_slot_lpages")]
 pub fn kvm_mmu_slot_lpages(base_gfn: u64, npages: u64, level: PgLevel) -> u64 {
     let shift = level.gfn_shift();
     ((base_gfn + npages - 1) >> shift) - (base_gfn >> shift) + 1
@@ -295,6 +298,7 @@ pub fn kvm_mmu_slot_lpages(base_gfn: u64, npages: u64, level: PgLevel) -> u64 {
 /// v6.18 (guest_memfd slots included: the hva check applies to them too, their
 /// `guest_memfd_offset` is not consulted; a `kvm_should_allow_lpage_for_slot` that would change
 /// that belongs to the unmerged guest_memfd-hugetlb series).
+#[doc(alias = "kvm_alloc_memslot_metadata")]
 pub fn kvm_alloc_lpage_info(base_gfn: u64, npages: u64, userspace_addr: u64) -> LpageInfo {
     let mut info = LpageInfo::default();
     for level in PgLevel::HUGE {
@@ -381,6 +385,7 @@ impl Memslots {
 
     /// `search_memslots`: the slot containing `gfn`.
     #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    #[doc(alias = "search_memslots")]
     pub fn find_gfn(&self, gfn: Gfn) -> Option<&MemslotEntry> {
         self.check_live();
         let index = self.entries.partition_point(|entry| entry.base_gfn <= gfn.0);
@@ -390,6 +395,7 @@ impl Memslots {
 
     /// `id_to_memslot`.
     #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    #[doc(alias = "id_to_memslot")]
     pub fn find_id(&self, id: u32) -> Option<&MemslotEntry> {
         self.check_live();
         self.entries.iter().find(|entry| entry.id == id)
@@ -496,6 +502,7 @@ impl Kvm {
     /// The active generation. The guard ties the borrow to an SRCU read section (or use
     /// [`Kvm::memslots_locked`] under `slots_lock`).
     #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    #[doc(alias = "__kvm_memslots")]
     pub fn memslots<'g>(&'g self, _srcu: &'g SrcuReadGuard<'_>) -> &'g Memslots {
         // SAFETY: generations are freed only after synchronize_srcu, which waits for this reader
         // (and in checked builds a freed generation stays allocated in the quarantine, where
@@ -597,6 +604,7 @@ impl Kvm {
     /// `KVM_SET_USER_MEMORY_REGION2` (`kvm_vm_ioctl_set_memory_region`): the slot-id check, then
     /// `kvm_set_memory_region` under `slots_lock`. `files` is the caller's descriptor table
     /// (`current->files`, for the guest_memfd `fget`).
+    #[doc(alias = "kvm_vm_ioctl_set_memory_region")]
     pub fn set_user_memory_region2(&self, files: &FdTable, mem: &UserspaceMemoryRegion2) -> KResult<()> {
         let _span = tracing::debug_span!("kvm_set_user_memory_region2", slot = mem.slot, flags = mem.flags).entered();
         if (mem.slot as u16) as u32 >= KVM_USER_MEM_SLOTS {
@@ -635,6 +643,7 @@ impl Kvm {
     }
 
     /// `kvm_set_memory_region`: every check in the kernel's order, then the update.
+    #[doc(alias("__kvm_set_memory_region", "kvm_set_memory_region"))]
     fn set_memory_region(
         &self,
         slots_lock: &gmem_sync::MutexGuard<'_, ()>,
@@ -925,6 +934,7 @@ impl Kvm {
     /// budget to `nr_memslot_pages / KVM_MEMSLOT_PAGES_TO_MMU_PAGES_RATIO`, at least
     /// `KVM_MIN_ALLOC_MMU_PAGES` (`kvm_mmu_change_mmu_pages`). Called after the generic code
     /// updated `nr_memslot_pages`, as the kernel's order is.
+    #[doc(alias("kvm_arch_commit_memory_region", "kvm_mmu_change_mmu_pages"))]
     fn arch_commit_memory_region(&self, change: MrChange) {
         /// `KVM_MEMSLOT_PAGES_TO_MMU_PAGES_RATIO`.
         const PAGES_TO_MMU_PAGES_RATIO: u64 = 50;

@@ -17,6 +17,7 @@ use std::fmt;
 /// PRIVATE is the mirror root, SHARED the direct root); other x86 VMs zap their one root
 /// whatever the filter says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[doc(alias = "kvm_gfn_range_filter")]
 pub enum AttrFilter {
     /// `KVM_FILTER_PRIVATE`.
     Private,
@@ -71,13 +72,21 @@ pub trait KvmMmu: Send + Sync + fmt::Debug {
     /// `kvm_unmap_gfn_range`: zap the mappings of `range` matching its filter. Called with
     /// `mmu_lock` held for write, after `kvm_mmu_invalidate_range_add`. Returns whether a TLB
     /// flush is needed.
+    #[doc(alias(
+        "kvm_gfn_range_filter_to_root_types",
+        "kvm_tdp_mmu_root_types",
+        "kvm_tdp_mmu_unmap_gfn_range",
+        "kvm_unmap_gfn_range"
+    ))]
     fn unmap_gfn_range(&self, kvm: &Kvm, range: &KvmGfnRange) -> bool;
 
     /// `kvm_flush_remote_tlbs`: when it returns, no vCPU can translate through a zapped entry.
+    #[doc(alias = "kvm_flush_remote_tlbs")]
     fn flush_remote_tlbs(&self, kvm: &Kvm);
 
     /// `kvm_arch_flush_shadow_memslot`: zap every mapping of a memslot being deleted or moved.
     /// Called under `slots_lock` (and `slots_arch_lock`), after the INVALID copy was published.
+    #[doc(alias("kvm_arch_flush_shadow_memslot", "kvm_mmu_zap_memslot"))]
     fn flush_shadow_memslot(&self, kvm: &Kvm, slot_id: u32, base_gfn: Gfn, npages: u64);
 
     /// The MMU's part of `kvm_arch_post_set_memory_attributes`. Called with `mmu_lock` held for
@@ -91,10 +100,12 @@ pub trait KvmMmu: Send + Sync + fmt::Debug {
     /// without a notifier; drop every mapping the MMU notifier protects (`kvm_tdp_mmu_zap_all`:
     /// the direct root only; a mirror root stays until [`KvmMmu::uninit_vm`]). Default: nothing
     /// mapped.
+    #[doc(alias("kvm_arch_flush_shadow_all", "kvm_mmu_zap_all", "kvm_tdp_mmu_zap_all"))]
     fn flush_shadow_all(&self, _kvm: &Kvm) {}
 
     /// `kvm_mmu_uninit_vm` (from `kvm_arch_destroy_vm`, after the vCPUs are gone): tear every root
     /// down, a mirror root included (`kvm_mmu_uninit_tdp_mmu`). Default: nothing mapped.
+    #[doc(alias = "kvm_mmu_uninit_vm")]
     fn uninit_vm(&self, _kvm: &Kvm) {}
 }
 
@@ -176,6 +187,7 @@ impl Kvm {
     /// `kvm_zap_gfn_range` (x86): zap every mapping of `[start, end)` inside an invalidation of
     /// that range, so no fault can reinstall one meanwhile (SEV-SNP's RMP fault handler uses it
     /// to rebuild a range at 4K after a PSMASH). A WARN and nothing done for an empty range.
+    #[doc(alias = "kvm_zap_gfn_range")]
     pub fn zap_gfn_range(&self, start: Gfn, end: Gfn) {
         if self.machine().warnings.warn_on_once(end <= start, || format!("kvm_zap_gfn_range: [{start}, {end})")) {
             return;
@@ -214,6 +226,7 @@ impl Kvm {
     }
 
     /// `kvm_mmu_invalidate_begin`: one more invalidation in progress. `mmu_lock` held for write.
+    #[doc(alias = "kvm_mmu_invalidate_begin")]
     pub fn mmu_invalidate_begin(&self) {
         self.assert_mmu_lock_held();
         let state = &self.mmu_invalidate;
@@ -224,6 +237,7 @@ impl Kvm {
     }
 
     /// `kvm_mmu_invalidate_range_add`: widens the in-progress range. `mmu_lock` held for write.
+    #[doc(alias = "kvm_mmu_invalidate_range_add")]
     pub fn mmu_invalidate_range_add(&self, start: Gfn, end: Gfn) {
         self.assert_mmu_lock_held();
         let state = &self.mmu_invalidate;
@@ -252,6 +266,7 @@ impl Kvm {
 
     /// `kvm_mmu_invalidate_end`: the sequence count moves on (before `in_progress` drops, with
     /// the kernel's `smp_wmb`), so a fault that snapshotted the old sequence retries.
+    #[doc(alias = "kvm_mmu_invalidate_end")]
     pub fn mmu_invalidate_end(&self) {
         self.assert_mmu_lock_held();
         let state = &self.mmu_invalidate;

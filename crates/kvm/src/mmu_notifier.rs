@@ -32,6 +32,7 @@ use gmem_sync::{Arc, Weak};
 use std::fmt;
 
 /// `kvm->mmu_notifier`: the subscription on `kvm->mm`.
+#[doc(alias = "kvm_mmu_notifier_release")]
 pub struct KvmMmuNotifier {
     kvm: Weak<Kvm>,
 }
@@ -83,6 +84,7 @@ enum HvaHandler {
 /// The gfn range `[start, end)` of the slot at `base_gfn` (`npages` pages, mapped at `uaddr`)
 /// that the hva range `[hva_start, hva_end)` touches, if any (`hva_to_gfn_memslot` on the
 /// clamped range, rounding the end up to a page).
+#[doc(alias = "hva_to_gfn_memslot")]
 pub fn hva_range_to_gfn_range(
     hva_start: u64,
     hva_end: u64,

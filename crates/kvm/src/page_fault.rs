@@ -1,6 +1,6 @@
 //! The x86 TDP page-fault path (`arch/x86/kvm/mmu/mmu.c`, `mmu_internal.h`), one function per
 //! kernel function, around the fault itself: [`KvmPageFault`] is `struct kvm_page_fault`, built
-//! by [`kvm_mmu_do_page_fault`] and filled in as it moves along, as in the kernel:
+//! by `kvm_mmu_do_page_fault` and filled in as it moves along, as in the kernel:
 //!
 //! ```text
 //! kvm_mmu_page_fault → kvm_mmu_do_page_fault            the fault's arguments, root and gfn
@@ -47,6 +47,7 @@ use std::ops::ControlFlow;
 
 /// `struct kvm_page_fault`: one TDP fault, from its arguments to what it mapped. `'s` is the SRCU
 /// read section the memslot comes from.
+#[doc(alias = "kvm_page_fault")]
 #[derive(Debug)]
 pub struct KvmPageFault<'s> {
     /// `fault->addr`: the faulting gpa, with a TDX shared bit if it has one.
@@ -65,21 +66,21 @@ pub struct KvmPageFault<'s> {
     /// `fault->slot`.
     pub slot: Option<MemslotRef<'s>>,
     /// The root's `mmu_valid_gen` when the fault began: a zap-all since makes the root
-    /// obsolete (`is_obsolete_sp` in [`is_page_fault_stale`]).
+    /// obsolete (`is_obsolete_sp` in `is_page_fault_stale`).
     pub root_gen: u64,
     /// `fault->mmu_seq`: `mmu_invalidate_seq` before the pfn was resolved.
     pub mmu_seq: u64,
     /// `fault->max_level`: the highest level the fault may map (guest_memfd's folio clamps it).
     pub max_level: PgLevel,
     /// `fault->req_level`: what the memslot, the host mapping and guest_memfd allow
-    /// ([`kvm_mmu_hugepage_adjust`]).
+    /// (`kvm_mmu_hugepage_adjust`).
     pub req_level: PgLevel,
     /// `fault->goal_level`: the level of the leaf the fault installs.
     pub goal_level: PgLevel,
     /// `fault->pfn`: the resolved frame, aligned down to `goal_level` once adjusted.
     pub pfn: Pfn,
     /// `fault->refcounted_page`: the frame whose reference faultin took (not the aligned-down
-    /// head of a huge mapping), put by [`kvm_mmu_finish_page_fault`].
+    /// head of a huge mapping), put by `kvm_mmu_finish_page_fault`.
     pub refcounted_page: Option<Pfn>,
     /// `fault->map_writable`.
     pub map_writable: bool,
@@ -88,6 +89,7 @@ pub struct KvmPageFault<'s> {
 }
 
 /// The root a fault installs into (`tdp_mmu_get_root_for_fault`).
+#[doc(alias = "tdp_mmu_get_root_for_fault")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultRoot {
     /// The direct root, whose leaves for gfn `g` are at `g | direct_bits` (`kvm_gfn_root_bits`).
@@ -404,6 +406,7 @@ fn kvm_mmu_hugepage_adjust(kvm: &Kvm, mm: &Mm, fault: &mut KvmPageFault<'_>) {
 
 /// `kvm_mmu_finish_page_fault` → `kvm_release_faultin_page`: put the reference faultin took, on
 /// the page it resolved (not the aligned-down head of a huge mapping).
+#[doc(alias = "kvm_release_faultin_page")]
 fn kvm_mmu_finish_page_fault(kvm: &Kvm, fault: &mut KvmPageFault<'_>) {
     if let Some(pfn) = fault.refcounted_page.take() {
         Folio::from_pfn(&kvm.machine().mem, pfn).put();

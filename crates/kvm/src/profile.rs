@@ -3,8 +3,9 @@
 //!
 //! A profile is data, not a fork of the code: every place where the modelled kernels differ asks
 //! the profile (`kvm.profile().version`, `has_fix(Fix::F1...)`, `config.memory_attributes`). Each
-//! fix of `reference/upstream-fixes.md` that the model covers is a toggle, so a historic bug can
-//! be switched back on (`v6.14` plus F1 is a valid profile) and a detector shown to catch it.
+//! fix of `../shared/reference/upstream-fixes.md` that the model covers is a toggle, so a
+//! historic bug can be switched back on (`v6.14` plus F1 is a valid profile) and a detector shown
+//! to catch it.
 
 use gmem_mm::VfsVersion;
 use std::fmt;

@@ -206,6 +206,7 @@ fn frame_generations(mem: &gmem_mm::page::PhysMem, spte: &Spte) -> Option<Arc<[u
 enum MirrorSpte {
     /// `FROZEN_SPTE`: the thread that froze it is propagating a change to the external page
     /// table; other threads retry, the hardware treats it as not present.
+    #[doc(alias("FROZEN_SPTE", "is_frozen_spte"))]
     Frozen,
     /// A present non-leaf SPTE: the child table (an index into [`MirrorRoot::tables`]).
     Table(usize),
@@ -230,6 +231,7 @@ struct SptePos {
 /// `&iter->old_spte` only with F17 ([`Fix::F17MirrorOldSpteRefresh`]); see
 /// [`TdpMmu::mirror_set_spte_atomic`].
 #[derive(Clone, Debug)]
+#[doc(alias = "tdp_iter")]
 struct MirrorIter {
     pos: SptePos,
     old_spte: Option<MirrorSpte>,
@@ -259,6 +261,7 @@ struct MirrorTable {
     /// `sp->gfn`: the first gfn the table covers.
     gfn: u64,
     /// `sp->external_spt` (the root has none: the vendor's root is part of its VM state).
+    #[doc(alias = "get_external_spt")]
     external_spt: Option<Pfn>,
     /// The entries that are not `SHADOW_NONPRESENT_VALUE`, by index (0..512).
     entries: BTreeMap<usize, MirrorSpte>,
@@ -672,7 +675,7 @@ impl TdpMmu {
     /// On the way down to the goal level a huge leaf covering the gfn is split
     /// (`tdp_mmu_split_huge_page`); at the goal level a present leaf makes the fault spurious,
     /// and a page table of smaller leaves is replaced by the new leaf, with a remote flush.
-    #[doc(alias = "tdp_mmu_split_huge_page")]
+    #[doc(alias("tdp_mmu_map_handle_target_level", "tdp_mmu_split_huge_page"))]
     pub(crate) fn map(&self, kvm: &Kvm, fault_gfn: Gfn, gfn: Gfn, spte: Spte, mmu_seq: u64) -> MapResult {
         kvm.assert_mmu_lock_held();
         Self::assert_not_stale(kvm, fault_gfn, mmu_seq);
@@ -733,6 +736,7 @@ impl TdpMmu {
     /// `tdp_mmu_zap_leafs` over `[start, end)` of the direct root (keys as stored: with the
     /// direct bits on a VM with a mirror root). A leaf intersecting the range goes whole.
     /// Returns whether anything was zapped (flush needed).
+    #[doc(alias = "tdp_mmu_zap_leafs")]
     fn zap_leafs(&self, start: Gfn, end: Gfn) -> bool {
         let mut sptes = self.sptes.lock();
         let end = end.0.max(start.0);
@@ -775,6 +779,7 @@ impl TdpMmu {
     /// vCPU is left, and no fault can be in flight, so `mmu_valid_gen` needs no bump). The
     /// direct root is normally empty already (the MMU notifier's release zapped it); the mirror
     /// root is torn down with its hooks (`zap_mirror_root`).
+    #[doc(alias("kvm_mmu_uninit_tdp_mmu", "kvm_tdp_mmu_invalidate_roots", "kvm_tdp_mmu_zap_invalidated_roots"))]
     pub fn uninit_tdp_mmu(&self, kvm: &Kvm) {
         let _mmu_lock = kvm.mmu_lock_write();
         self.zap_leafs(Gfn(0), Gfn(u64::MAX));
@@ -799,6 +804,7 @@ impl TdpMmu {
     /// The walk keeps a [`MirrorIter`] per level, as `tdp_mmu_for_each_pte` keeps `iter`; a failed
     /// atomic set refreshes its `old_spte` only with F17, but nothing here reads it again: the
     /// fault returns `RET_PF_RETRY` and the next one walks afresh (why the bug F17 fixes is benign).
+    #[doc(alias = "tdp_mmu_link_sp")]
     pub(crate) fn map_mirror(&self, kvm: &Kvm, vcpu: &KvmVcpu, fault_gfn: Gfn, spte: Spte, mmu_seq: u64) -> MapResult {
         kvm.assert_mmu_lock_held();
         Self::assert_not_stale(kvm, fault_gfn, mmu_seq);
@@ -867,6 +873,7 @@ impl TdpMmu {
 
     /// `tdp_mmu_map_handle_target_level` on a mirror SPTE: a present leaf is spurious; a
     /// non-present one gets the new leaf through `set_external_spte_present`.
+    #[doc(alias = "tdp_mmu_map_handle_target_level")]
     fn mirror_map_target_level(&self, kvm: &Kvm, iter: &mut MirrorIter, spte: Spte) -> MapResult {
         let gfn = iter.pos.gfn;
         match &iter.old_spte {
@@ -919,7 +926,7 @@ impl TdpMmu {
     /// setting the SPTE fails because it has changed, iter->old_spte will be refreshed");
     /// without it (v6.18) `iter->old_spte` is passed by value and the refresh lands in the
     /// callee's copy: the iterator keeps the stale value.
-    #[doc(alias("__tdp_mmu_set_spte_atomic", "sptep", "tdp_mmu_set_spte_atomic"))]
+    #[doc(alias("__tdp_mmu_set_spte_atomic", "tdp_mmu_set_spte_atomic"))]
     fn mirror_set_spte_atomic(
         &self,
         kvm: &Kvm,
@@ -1113,6 +1120,7 @@ impl TdpMmu {
     /// `SHADOW_NONPRESENT_VALUE`, `mmu_lock` held for write: the entry is cleared first
     /// (`handle_changed_spte`: an unlinked child table goes through `handle_removed_pt`), then
     /// `remove_external_spte` for a leaf. Returns whether a leaf was zapped.
+    #[doc(alias = "tdp_mmu_set_spte")]
     fn mirror_zap_spte(&self, kvm: &Kvm, id: usize, index: usize) -> bool {
         let (gfn, old) = {
             let mut root = self.mirror.lock();
@@ -1148,7 +1156,6 @@ impl TdpMmu {
     /// `free_external_spt` and the table's pages are freed, or on error a WARN and the external
     /// page is leaked ("Intentionally leak the page to prevent the kernel from accessing the
     /// encrypted page").
-    #[doc(alias = "sp")]
     fn handle_removed_pt(&self, kvm: &Kvm, id: usize) {
         let indexes: Vec<usize> = self.mirror.lock().table(id).entries.keys().copied().collect();
         for index in indexes {

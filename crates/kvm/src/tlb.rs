@@ -129,6 +129,7 @@ impl VcpuTlb {
     }
 
     /// `kvm_test_request(req, vcpu)`.
+    #[doc(alias = "kvm_test_request")]
     pub fn test_request(&self, req: u32) -> bool {
         self.requests.load(Ordering::Acquire) & (1 << (req & KVM_REQUEST_MASK)) != 0
     }
@@ -160,6 +161,7 @@ impl VcpuTlb {
     }
 
     /// `kvm_make_request`: `smp_wmb()` then `set_bit`.
+    #[doc(alias = "kvm_make_request")]
     fn make_request(&self, req: u32) {
         self.requests.fetch_or(1 << (req & KVM_REQUEST_MASK), Ordering::SeqCst);
     }
@@ -169,7 +171,7 @@ impl VcpuTlb {
     /// outside guest mode and fills nothing meanwhile, so the only difference is that a request
     /// made in between is absorbed by a TLB that is already empty; in exchange "no flush
     /// pending" implies "flushed", which lets the invariant checker run while vCPUs do.
-    #[doc(alias = "kvm_vcpu_flush_tlb_all")]
+    #[doc(alias("kvm_check_request", "kvm_vcpu_flush_tlb_all"))]
     fn service_flush(&self) -> bool {
         let bit = 1 << (KVM_REQ_TLB_FLUSH & KVM_REQUEST_MASK);
         if self.requests.load(Ordering::Acquire) & bit == 0 {
@@ -241,6 +243,7 @@ impl KvmVcpu {
     /// (`kvm_vcpu_flush_tlb_all`), then `vcpu->mode = IN_GUEST_MODE` with `smp_store_mb`, then
     /// the request check that cancels the entry if a request arrived in between. Loops until the
     /// entry sticks (each cancelled entry serviced a request someone made meanwhile).
+    #[doc(alias = "vcpu_enter_guest")]
     pub(crate) fn enter_guest(&self) {
         let tlb = &self.tlb;
         loop {
@@ -285,6 +288,12 @@ impl Kvm {
     /// exception): set `req` on every vCPU, kick those that need it and, for a
     /// `KVM_REQUEST_WAIT` request, wait until every kicked vCPU left guest mode. Returns whether
     /// any vCPU was kicked. `kick` false is the test-only weakening that skips kick and wait.
+    #[doc(alias(
+        "kvm_kick_many_cpus",
+        "kvm_make_all_cpus_request_except",
+        "kvm_make_vcpu_request",
+        "kvm_request_needs_ipi"
+    ))]
     pub(crate) fn make_all_cpus_request(&self, req: u32, kick: bool) -> bool {
         let vcpus = self.vcpus();
         let mut kicked = Vec::new();

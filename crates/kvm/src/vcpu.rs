@@ -1,8 +1,7 @@
-//! vCPUs and the x86 TDP page-fault path (`virt/kvm/kvm_main.c`: `kvm_vm_ioctl_create_vcpu`,
-//! `kvm_vcpu_pre_fault_memory`; `arch/x86/kvm/mmu/mmu.c`: `kvm_mmu_page_fault`,
-//! `kvm_mmu_faultin_pfn`, `__kvm_mmu_faultin_pfn`, `kvm_mmu_faultin_pfn_gmem`,
-//! `is_page_fault_stale`, `kvm_tdp_map_page`, `kvm_arch_vcpu_pre_fault_memory`;
-//! `arch/x86/kvm/mmu/tdp_mmu.c`: `kvm_tdp_mmu_page_fault`).
+//! vCPUs, guest accesses and pre-faulting (`virt/kvm/kvm_main.c`: `kvm_vm_ioctl_create_vcpu`,
+//! `kvm_vcpu_pre_fault_memory`; `arch/x86/kvm/x86.c`: `vcpu_enter_guest`, `vcpu_run`;
+//! `arch/x86/kvm/mmu/mmu.c`: `kvm_tdp_map_page`, `kvm_arch_vcpu_pre_fault_memory`). The fault
+//! path itself is [`crate::page_fault`].
 //!
 //! A vCPU here is only what guest memory accesses need: its id, its fault counters, and its mode,
 //! requests and TLB ([`crate::tlb`]). A guest access runs in guest mode and goes TLB → SPTE walk
@@ -198,6 +197,7 @@ impl KvmVcpu {
     /// `mmu_topup_memory_caches`' part for a VM with a mirror root:
     /// `kvm_mmu_topup_memory_cache(&vcpu->arch.mmu_external_spt_cache, PT64_ROOT_MAX_LEVEL)`,
     /// before the fault takes `mmu_lock`. ENOMEM if the machine is out of pages.
+    #[doc(alias = "kvm_mmu_topup_memory_cache")]
     pub(crate) fn topup_external_spt_cache(&self, kvm: &Kvm) -> KResult<()> {
         let mut cache = self.mmu_external_spt_cache.lock();
         while cache.len() < PT64_ROOT_MAX_LEVEL {
@@ -209,6 +209,7 @@ impl KvmVcpu {
     /// `kvm_mmu_memory_cache_alloc(&vcpu->arch.mmu_external_spt_cache)`: a page for a new mirror
     /// table's `external_spt`. An empty cache is a WARN and a direct (atomic) allocation, as in
     /// the kernel; `None` if that fails too.
+    #[doc(alias = "kvm_mmu_alloc_external_spt")]
     pub(crate) fn alloc_external_spt(&self, kvm: &Kvm) -> Option<Pfn> {
         let cached = self.mmu_external_spt_cache.lock().pop();
         cached.or_else(|| {
@@ -221,6 +222,7 @@ impl KvmVcpu {
 
     /// `mmu_free_memory_caches` (from `kvm_mmu_destroy` when the vCPU is freed): the pages left
     /// in the external-SPT cache go back to the machine.
+    #[doc(alias = "mmu_free_memory_caches")]
     pub(crate) fn free_mmu_caches(&self, kvm: &Kvm) {
         let pages = std::mem::take(&mut *self.mmu_external_spt_cache.lock());
         for pfn in pages {
@@ -238,11 +240,13 @@ impl KvmVcpu {
     /// interrupt controller; this stands for whatever made `kvm_vcpu_has_events` true (tests
     /// and the run post one to make TDX's MapGPA return `TDVMCALL_STATUS_RETRY`, or end an EPT
     /// violation's local retries).
+    #[doc(alias = "kvm_check_and_inject_events")]
     pub fn queue_event(&self) {
         self.pending_events.fetch_add(1, Ordering::AcqRel);
     }
 
     /// `kvm_vcpu_has_events(vcpu)`: an event waits for the next entry.
+    #[doc(alias = "kvm_vcpu_has_events")]
     pub fn has_events(&self) -> bool {
         self.pending_events.load(Ordering::Acquire) != 0
     }
@@ -325,6 +329,7 @@ pub enum RetPf {
     /// `RET_PF_RETRY`: let the guest re-fault.
     Retry,
     /// `RET_PF_EMULATE`: MMIO (no memslot, or a write to a read-only slot).
+    #[doc(alias = "kvm_handle_noslot_fault")]
     Emulate,
     /// `RET_PF_FIXED`.
     Fixed,
@@ -336,6 +341,7 @@ impl Kvm {
     /// `kvm_vm_ioctl_create_vcpu`: the id checks, `created_vcpus` accounting, the duplicate-id
     /// check, then `install` (which takes the VM reference and makes the vCPU's descriptor, as
     /// `create_vcpu_fd` does under `kvm->lock`); its failure undoes everything.
+    #[doc(alias("kvm_arch_vcpu_precreate", "kvm_vm_ioctl_create_vcpu"))]
     pub fn create_vcpu(&self, id: u64, install: impl FnOnce(Arc<KvmVcpu>) -> KResult<i32>) -> KResult<i32> {
         let _span = tracing::debug_span!("kvm_vm_ioctl_create_vcpu", id).entered();
         let max_vcpus = self.profile().config.max_vcpus;
@@ -509,6 +515,7 @@ fn access_kind(kvm: &Kvm, gpa: u64, private: Option<bool>) -> Result<bool, RunEr
 /// WARN and the operation fails with EINTR, as a VMM's signal would end the spin. `len` is the
 /// size of the access (for an MMIO exit).
 #[allow(clippy::too_many_arguments)]
+#[doc(alias = "tdx_emulate_mmio")]
 pub fn guest_page_op<T>(
     kvm: &Kvm,
     vcpu: &KvmVcpu,
@@ -881,6 +888,7 @@ pub const KVM_MAP_GPA_RANGE_DECRYPTED: u64 = 0;
 /// `npages` is 0 or the range wraps, else the exit with `args = [gpa, npages, attrs]`. The
 /// kernel's other hypercalls (kick, sched yield, clock pairing) are outside the model and
 /// answer `-KVM_ENOSYS`, as an unknown number does.
+#[doc(alias("____kvm_emulate_hypercall", "kvm_emulate_hypercall"))]
 pub fn guest_hypercall(kvm: &Kvm, vcpu: &KvmVcpu, nr: u64, a0: u64, a1: u64, a2: u64) -> Result<u64, RunError> {
     let _ = vcpu;
     let neg = |code: u64| code.wrapping_neg();

@@ -177,6 +177,7 @@ impl KvmSystem {
 
     /// `kvm_create_vm` → `kvm_arch_init_vm`: EINVAL for a type the kernel does not support. The
     /// VM has no owner address space, so no MMU notifier (see [`KvmSystem::create_vm_in`]).
+    #[doc(alias("kvm_arch_init_vm", "kvm_create_vm"))]
     pub fn create_vm(&self, vm_type: u64) -> KResult<Arc<Kvm>> {
         let _span = tracing::debug_span!("kvm_create_vm", vm_type).entered();
         // kvm_is_vm_type_supported: type < 32 && supported_vm_types & BIT(type).
@@ -346,6 +347,7 @@ impl Kvm {
     }
 
     /// `kvm_arch_has_private_mem`.
+    #[doc(alias = "kvm_arch_has_private_mem")]
     pub fn has_private_mem(&self) -> bool {
         self.vm_type.has_private_mem()
     }
@@ -375,6 +377,7 @@ impl Kvm {
     /// `kvm_has_mirrored_tdp(kvm)`: the TDP MMU has a mirror root (private faults) next to the
     /// direct root ([`KvmArch::has_mirror_root`]).
     #[inline]
+    #[doc(alias = "kvm_has_mirrored_tdp")]
     pub fn has_mirrored_tdp(&self) -> bool {
         self.mirrored_tdp
     }
@@ -382,6 +385,7 @@ impl Kvm {
     /// `kvm_gfn_direct_bits(kvm)`: the gfn bits under which guest memory is mapped in the direct
     /// root (TDX: the shared bit, gfn bit 35 with GPAW 48); 0 for a VM without a mirror root.
     #[inline]
+    #[doc(alias("kvm_gfn_direct_bits", "kvm_gfn_root_bits", "tdp_iter_refresh_sptep"))]
     pub fn gfn_direct_bits(&self) -> u64 {
         self.gfn_direct_bits.load(Ordering::Relaxed)
     }
@@ -407,6 +411,7 @@ impl Kvm {
     /// (no direct bits configured, or the gpa has them; otherwise it is private and goes through
     /// the mirror root).
     #[inline]
+    #[doc(alias = "kvm_is_addr_direct")]
     pub fn is_addr_direct(&self, gpa: u64) -> bool {
         let gpa_direct_bits = self.gfn_direct_bits() << gmem_mm::types::PAGE_SHIFT;
         gpa_direct_bits == 0 || gpa & gpa_direct_bits != 0
@@ -430,12 +435,14 @@ impl Kvm {
     }
 
     /// `kvm_get_kvm`.
+    #[doc(alias = "kvm_get_kvm")]
     pub fn get_kvm(&self) {
         let old = self.users_count.fetch_add(1, Ordering::Relaxed);
         assert!(old > 0, "kvm_get_kvm on a destroyed VM");
     }
 
     /// `kvm_put_kvm`: the last reference destroys the VM.
+    #[doc(alias = "kvm_put_kvm")]
     pub fn put_kvm(&self) {
         let old = self.users_count.fetch_sub(1, Ordering::AcqRel);
         assert!(old > 0, "kvm_put_kvm underflow");

@@ -35,6 +35,7 @@ impl FdTable {
     }
 
     /// `get_unused_fd_flags`: reserves the lowest free descriptor (EMFILE if none).
+    #[doc(alias = "get_unused_fd_flags")]
     pub fn get_unused_fd(&self) -> KResult<i32> {
         let mut open = self.open_fds.lock();
         let fd = open.iter().position(|used| !used).ok_or(Errno::EMFILE)?;
@@ -69,6 +70,7 @@ impl FdTable {
     }
 
     /// `close_fd`: removes the descriptor and drops the table's reference (EBADF if not open).
+    #[doc(alias = "close_fd")]
     pub fn close(&self, fd: i32) -> KResult<()> {
         if fd < 0 {
             return Err(Errno::EBADF);

@@ -179,6 +179,7 @@ impl File {
     }
 
     /// `file_ref_get`: one more reference unless the file is already dead.
+    #[doc(alias = "file_ref_get")]
     fn ref_get(&self) -> bool {
         self.f_ref.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |count| (count > 0).then_some(count + 1)).is_ok()
     }
@@ -186,6 +187,7 @@ impl File {
 
 /// One counted reference to a file (`struct file *` obtained from `fget`/`get_file`).
 /// Dropping it is `fput`.
+#[doc(alias = "fput")]
 pub struct FileRef {
     ptr: NonNull<File>,
 }
@@ -251,6 +253,7 @@ unsafe impl Send for DyingFile {}
 
 impl DyingFile {
     /// `__fput`: `->release`, drop the inode reference, free the file after a grace period.
+    #[doc(alias("____fput", "__fput"))]
     fn fput_final(self) {
         // SAFETY: the memory is valid until the call_rcu_drop below.
         let file = unsafe { self.0.as_ref() };

@@ -34,6 +34,7 @@ use std::fmt;
 /// The lock class of every mapping's invalidate lock (`mapping.invalidate_lock` in lockdep).
 pub static INVALIDATE_LOCK: LockClass = LockClass::new("mapping.invalidate_lock");
 /// The lock class of every mapping's `i_mmap_rwsem` (the reverse map of its file mappings).
+#[doc(alias = "i_mmap_rwsem")]
 pub static I_MMAP_RWSEM: LockClass = LockClass::new("mapping.i_mmap_rwsem");
 
 /// `AS_UNEVICTABLE`.
@@ -139,6 +140,7 @@ impl AddressSpace {
     }
 
     /// `vma_interval_tree_insert` under `i_mmap_lock_write`.
+    #[doc(alias = "vma_link_file")]
     pub(crate) fn i_mmap_insert(&self, vma: &Arc<Vma>) {
         let mut tree = self.i_mmap.write();
         let at = tree
@@ -149,6 +151,7 @@ impl AddressSpace {
     }
 
     /// `vma_interval_tree_remove` under `i_mmap_lock_write`.
+    #[doc(alias = "unlink_file_vma")]
     pub(crate) fn i_mmap_remove(&self, vma: &Vma) {
         let mut tree = self.i_mmap.write();
         let before = tree.len();
@@ -217,6 +220,7 @@ impl AddressSpace {
 
     /// `unmap_mapping_range(mapping, holebegin, holelen, even_cows)`: the byte range rounded
     /// outwards to pages (`holelen == 0`: to the end of the file).
+    #[doc(alias = "unmap_mapping_range_tree")]
     pub fn unmap_mapping_range(&self, holebegin: i64, holelen: i64, even_cows: bool) {
         let hba = holebegin as u64 >> PAGE_SHIFT;
         let mut hlen = ((holelen as u64).wrapping_add(PAGE_SIZE - 1)) >> PAGE_SHIFT;
@@ -284,12 +288,14 @@ impl AddressSpace {
 
     /// `filemap_invalidate_lock`: exclusive; gives the `i_private_list` it protects.
     #[track_caller]
+    #[doc(alias = "filemap_invalidate_lock")]
     pub fn invalidate_lock(&self) -> RwLockWriteGuard<'_, PrivateList> {
         self.invalidate_lock.write()
     }
 
     /// `filemap_invalidate_lock_shared`.
     #[track_caller]
+    #[doc(alias = "filemap_invalidate_lock_shared")]
     pub fn invalidate_lock_shared(&self) -> RwLockReadGuard<'_, PrivateList> {
         self.invalidate_lock.read()
     }
@@ -301,11 +307,13 @@ impl AddressSpace {
 
     /// `mapping_set_inaccessible`: inaccessible mappings are also unevictable (the kernel helper
     /// sets both bits, which is what the seed's `WARN_ON_ONCE(!mapping_unevictable())` relies on).
+    #[doc(alias = "mapping_set_inaccessible")]
     pub fn set_inaccessible(&self) {
         self.set_flags(AS_UNEVICTABLE | AS_INACCESSIBLE);
     }
 
     /// `mapping_unevictable`.
+    #[doc(alias = "mapping_unevictable")]
     pub fn unevictable(&self) -> bool {
         self.flags.load(Ordering::Relaxed) & AS_UNEVICTABLE != 0
     }
@@ -353,6 +361,7 @@ impl AddressSpace {
     /// `filemap_grab_folio(mapping, index)` = `__filemap_get_folio(FGP_LOCK | FGP_ACCESSED |
     /// FGP_CREAT)`: the folio at `index`, locked and referenced, allocated and inserted if absent.
     /// ENOMEM when allocation (or xarray node allocation) fails.
+    #[doc(alias("__filemap_get_folio", "filemap_grab_folio"))]
     pub fn grab_folio(&self, index: PgOff) -> KResult<Folio<'_>> {
         loop {
             if let Some(folio) = self.get_folio(index) {
@@ -396,6 +405,7 @@ impl AddressSpace {
     }
 
     /// `filemap_add_folio`: inserts a locked folio; the page cache takes its own reference.
+    #[doc(alias = "filemap_add_folio")]
     fn add_folio(&self, folio: Folio<'_>, index: PgOff) -> KResult<()> {
         folio.set_mapping(self.host_ino, index);
         folio.ref_add(1);
@@ -496,6 +506,7 @@ impl AddressSpace {
     }
 
     /// `truncate_inode_pages_final`: empties the page cache when the inode is evicted.
+    #[doc(alias = "truncate_inode_pages_final")]
     pub fn truncate_final(&self) {
         self.truncate_range(0, -1);
     }
@@ -522,6 +533,7 @@ impl AddressSpace {
     /// memory_failure does before it identifies the page's owner; with the folio locked, unmaps
     /// it from every user page table (`hwpoison_user_mappings`), then `me_pagecache_clean` →
     /// `truncate_error_folio` → `a_ops->error_remove_folio`. ENOENT: no folio there.
+    #[doc(alias = "truncate_error_folio")]
     pub fn memory_failure(&self, index: PgOff) -> KResult<MfResult> {
         let folio = self.get_folio(index).ok_or(Errno::ENOENT)?;
         if folio.test_set_hwpoison() {

@@ -73,6 +73,7 @@ impl<'m> Folio<'m> {
     /// tail of a large folio). The frame must have been handed out at some point (see
     /// [`PhysMem::page`]).
     #[inline]
+    #[doc(alias = "page_folio")]
     pub fn from_pfn(mem: &'m PhysMem, pfn: Pfn) -> Folio<'m> {
         let page = mem.page(pfn);
         match page.head.load(Ordering::Acquire) {
@@ -148,12 +149,14 @@ impl<'m> Folio<'m> {
     }
 
     /// `folio_get`: takes a reference; the caller must already hold one.
+    #[doc(alias = "folio_get")]
     pub fn get(self) {
         let old = self.page.refcount.fetch_add(1, Ordering::Relaxed);
         assert!(old > 0, "folio_get on a free folio {:?}", self.pfn());
     }
 
     /// `folio_ref_add`.
+    #[doc(alias = "folio_ref_add")]
     pub fn ref_add(self, count: i32) {
         let old = self.page.refcount.fetch_add(count, Ordering::Relaxed);
         assert!(old > 0, "folio_ref_add on a free folio {:?}", self.pfn());
@@ -162,6 +165,7 @@ impl<'m> Folio<'m> {
     /// `folio_try_get`: takes a reference unless the count is already zero (the folio is being
     /// freed). This is the lock-free lookup's first half; the caller must then recheck that the
     /// folio is still where it found it.
+    #[doc(alias = "folio_try_get")]
     pub fn try_get(self) -> bool {
         self.page
             .refcount
@@ -171,6 +175,7 @@ impl<'m> Folio<'m> {
 
     /// `folio_put`: drops a reference; the last one frees the frames.
     #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    #[doc(alias = "folio_put")]
     pub fn put(self) {
         self.put_refs(1);
     }
@@ -178,6 +183,7 @@ impl<'m> Folio<'m> {
     /// `folio_put_refs`.
     #[inline]
     #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    #[doc(alias = "folio_put_refs")]
     pub fn put_refs(self, count: i32) {
         let old = self.page.refcount.fetch_sub(count, Ordering::Release);
         assert!(old >= count, "folio refcount underflow on {:?}", self.pfn());
@@ -202,6 +208,7 @@ impl<'m> Folio<'m> {
 
     /// `folio_trylock`.
     #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    #[doc(alias = "folio_trylock")]
     pub fn trylock(self) -> bool {
         self.check_allocated();
         self.page.flags.fetch_or(PG_LOCKED, Ordering::Acquire) & PG_LOCKED == 0
@@ -211,11 +218,13 @@ impl<'m> Folio<'m> {
     /// The first `trylock` is the fast path; the wait registers (see `gmem_sync::waits`) only
     /// once it spins. Under loom this is exactly a trylock-then-yield loop.
     #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    #[doc(alias = "folio_lock")]
     pub fn lock(self) {
         gmem_sync::thread::wait_for("folio lock", || format!("of pfn {:#x}", self.pfn().0).into(), || self.trylock());
     }
 
     /// `folio_unlock`.
+    #[doc(alias = "folio_unlock")]
     pub fn unlock(self) {
         let old = self.page.flags.fetch_and(!PG_LOCKED, Ordering::Release);
         assert!(old & PG_LOCKED != 0, "folio_unlock of an unlocked folio {:?}", self.pfn());
@@ -227,6 +236,7 @@ impl<'m> Folio<'m> {
     }
 
     /// `folio_test_uptodate`.
+    #[doc(alias = "folio_test_uptodate")]
     pub fn test_uptodate(self) -> bool {
         self.flags() & PG_UPTODATE != 0
     }
@@ -234,6 +244,7 @@ impl<'m> Folio<'m> {
     /// `folio_mark_uptodate`: the Release pairs with the Acquire in `test_uptodate`, as the
     /// kernel's `smp_wmb` in folio_mark_uptodate pairs with `smp_rmb` in folio_test_uptodate.
     #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    #[doc(alias = "folio_mark_uptodate")]
     pub fn mark_uptodate(self) {
         self.check_allocated();
         self.page.flags.fetch_or(PG_UPTODATE, Ordering::Release);
@@ -245,6 +256,7 @@ impl<'m> Folio<'m> {
     }
 
     /// `folio_test_hwpoison`.
+    #[doc(alias = "folio_test_hwpoison")]
     pub fn test_hwpoison(self) -> bool {
         self.flags() & PG_HWPOISON != 0
     }
@@ -257,6 +269,7 @@ impl<'m> Folio<'m> {
     /// `clear_highpage(folio_page(folio, i))`. Clearing the last page of the folio also records
     /// (model-only) that the whole folio was zeroed, the evidence INV-UPTODATE-PREPARED checks.
     #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    #[doc(alias = "clear_highpage")]
     pub fn clear_page(self, i: u64) {
         self.check_allocated();
         self.mem.clear(self.pfn().offset(i));
@@ -300,6 +313,7 @@ impl<'m> Folio<'m> {
 
     /// `folio_zero_range`.
     #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    #[doc(alias = "folio_zero_range")]
     pub fn zero_range(self, offset: u64, len: u64) {
         self.check_allocated();
         let mut at = offset;

@@ -179,6 +179,7 @@ impl Mm {
     /// whole 2M range, a huge PMD becomes a PTE table mapping each subpage (each PTE holding a
     /// folio reference), and the huge zero page becomes zero-page PTEs. Returns the head of a
     /// folio that was PMD-mapped. Nothing happens (and nothing is notified) without a huge PMD.
+    #[doc(alias = "__split_huge_pmd")]
     pub(crate) fn split_huge_pmd(&self, vma: &Vma, haddr: u64) -> Option<Pfn> {
         if !matches!(self.pmds.lock().get(&haddr), Some(Pmd::Huge(_) | Pmd::HugeZero)) {
             return None;
@@ -210,6 +211,7 @@ impl Mm {
 
     /// `vma_adjust_trans_huge` / `split_huge_pmd_address`: before a VMA is split at `addr`, a
     /// huge PMD straddling `addr` is split. Returns the head of a folio that was PMD-mapped.
+    #[doc(alias = "vma_adjust_trans_huge")]
     pub(crate) fn split_huge_pmd_address(&self, vma: &Vma, addr: u64) -> Option<Pfn> {
         if addr & !HPAGE_PMD_MASK == 0 || addr <= vma.start || addr >= vma.end {
             return None;

@@ -211,6 +211,7 @@ impl Inode {
     }
 
     /// `notify_change` → `i_op->setattr`.
+    #[doc(alias = "notify_change")]
     pub fn setattr(&self, attr: &Iattr) -> KResult<()> {
         match self.i_op.setattr {
             Some(setattr) => setattr(self, attr),
@@ -240,6 +241,7 @@ impl Inode {
 
     /// `iput`: the last reference evicts the inode (`evict` → `truncate_inode_pages_final`),
     /// freeing its page cache now.
+    #[doc(alias = "evict")]
     pub fn iput(&self) {
         let old = self.i_count.fetch_sub(1, Ordering::AcqRel);
         assert!(old > 0, "iput underflow on inode {}", self.ino);

@@ -37,9 +37,10 @@
 //!
 //! Not modelled: swap, reclaim and writeback (guest_memfd memory is unevictable), LRU lists,
 //! `_mapcount` (`folio_mapped` asks the reverse map instead), the dentry cache, permissions beyond
-//! the mode bits, user page tables beyond the presence of file PTEs (every host access through a
-//! mapping goes through the fault handler; this is observably the same for guest_memfd because it
-//! never maps pages writably-shared with state of its own).
+//! the mode bits, user page tables beyond the presence of file PTEs and the PMDs that map an
+//! anonymous huge page (every host access through a mapping goes through the fault handler; this
+//! is observably the same for guest_memfd because it never maps pages writably-shared with state
+//! of its own).
 #![deny(missing_docs)]
 
 pub mod errno;

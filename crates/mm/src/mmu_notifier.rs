@@ -49,6 +49,7 @@ pub struct MmuNotifierRange {
 /// subscription list's SRCU read section, with `mmap_lock` held (munmap, MADV_DONTNEED) or with
 /// `i_mmap_rwsem` held (the reverse-map walks of truncation and memory failure); they must take
 /// neither.
+#[doc(alias = "mmu_notifier_ops")]
 pub trait MmuNotifierOps: Send + Sync + fmt::Debug {
     /// `invalidate_range_start`: from now until the matching end, the pages of the range may be
     /// unmapped and freed; the secondary MMU must drop its mappings of them and not create new
@@ -116,6 +117,7 @@ impl MmuNotifierSubscriptions {
     }
 
     /// `mmu_notifier_invalidate_range_start`.
+    #[doc(alias = "mmu_notifier_invalidate_range_start")]
     pub fn invalidate_range_start(&self, range: &MmuNotifierRange) {
         let _srcu = self.srcu.read_lock();
         for ops in self.snapshot() {
@@ -124,6 +126,7 @@ impl MmuNotifierSubscriptions {
     }
 
     /// `mmu_notifier_invalidate_range_end`.
+    #[doc(alias = "mmu_notifier_invalidate_range_end")]
     pub fn invalidate_range_end(&self, range: &MmuNotifierRange) {
         let _srcu = self.srcu.read_lock();
         for ops in self.snapshot() {
@@ -132,6 +135,7 @@ impl MmuNotifierSubscriptions {
     }
 
     /// `__mmu_notifier_release` (exit_mmap): `release` on every subscriber, each unhooked.
+    #[doc(alias = "__mmu_notifier_release")]
     pub fn release_all(&self) {
         let srcu = self.srcu.read_lock();
         for ops in self.snapshot() {
@@ -164,6 +168,7 @@ impl MmuNotifierHandle {
 
     /// `mmu_notifier_unregister`: `release` if still hooked, unhook, wait for every callback in
     /// flight (`synchronize_srcu`), drop the reference on the address space (`mmdrop`).
+    #[doc(alias = "mmu_notifier_unregister")]
     pub fn unregister(self) {
         let ops = self.subscriptions.list.lock().iter().find(|(id, _)| *id == self.id).map(|(_, ops)| ops.clone());
         if let Some(ops) = ops {

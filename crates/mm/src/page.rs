@@ -263,6 +263,7 @@ impl PhysMem {
     /// cursor, the frames skipped go to the free pool), else an aligned run that is wholly free
     /// in the pool. There is no compaction: a fragmented pool fails a large order with ENOMEM, as
     /// `__GFP_NORETRY` THP allocations fail on a fragmented zone.
+    #[doc(alias = "alloc_pages")]
     pub fn alloc(&self, order: u8) -> KResult<Pfn> {
         if order > MAX_ORDER || self.inject.should_fail(FaultPoint::AllocFolio) {
             return Err(Errno::ENOMEM);
@@ -377,6 +378,7 @@ impl PhysMem {
     /// Bumps each frame's generation first, so any holder of an old `(pfn, generation)` sees
     /// the change.
     #[cfg_attr(any(debug_assertions, gmem_loom), track_caller)]
+    #[doc(alias = "__free_pages")]
     pub(crate) fn free(&self, pfn: Pfn) {
         let nr = 1u64 << self.page(pfn).order.load(Ordering::Relaxed);
         for i in 0..nr {

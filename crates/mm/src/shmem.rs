@@ -30,6 +30,7 @@ pub static SHMEM_FOPS: FileOperations =
 static SHMEM_VM_OPS: VmOperations = VmOperations { name: "shmem", fault: shmem_fault };
 
 /// `shmem_zero_setup`'s file: an unlinked shmem object of `size` bytes, opened read-write.
+#[doc(alias("shmem_kernel_file_setup", "shmem_zero_setup"))]
 pub fn shmem_zero_file(machine: &Arc<Machine>, size: u64) -> FileRef {
     alloc_file_pseudo(
         machine,

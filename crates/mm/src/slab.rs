@@ -94,6 +94,7 @@ struct Pool {
 }
 
 /// A typesafe slab of `T`.
+#[doc(alias = "SLAB_TYPESAFE_BY_RCU")]
 pub struct Slab<T: SlabObject> {
     name: &'static str,
     chunks: Box<[AtomicPtr<Chunk<T>>]>,

@@ -281,12 +281,14 @@ impl Process {
     }
 
     /// `read(2)`: `vfs_read` needs FMODE_READ (EBADF) and a read operation (EINVAL).
+    #[doc(alias("ksys_read", "vfs_read"))]
     pub fn read(&self, fd: i32, _len: u64) -> KResult<u64> {
         let _span = tracing::trace_span!("read", fd).entered();
         self.plain_io(fd, FMODE_READ, FMODE_CAN_READ)
     }
 
     /// `write(2)`: `vfs_write` needs FMODE_WRITE (EBADF) and a write operation (EINVAL).
+    #[doc(alias = "vfs_write")]
     pub fn write(&self, fd: i32, _len: u64) -> KResult<u64> {
         let _span = tracing::trace_span!("write", fd).entered();
         self.plain_io(fd, FMODE_WRITE, FMODE_CAN_WRITE)
@@ -307,11 +309,13 @@ impl Process {
 
     /// `pread64(2)`: a negative position is EINVAL before the descriptor is even looked up; a
     /// file without FMODE_PREAD is ESPIPE.
+    #[doc(alias = "ksys_pread64")]
     pub fn pread(&self, fd: i32, len: u64, pos: i64) -> KResult<u64> {
         self.positioned_io(fd, len, pos, FMODE_PREAD)
     }
 
     /// `pwrite64(2)`.
+    #[doc(alias = "ksys_pwrite64")]
     pub fn pwrite(&self, fd: i32, len: u64, pos: i64) -> KResult<u64> {
         self.positioned_io(fd, len, pos, FMODE_PWRITE)
     }
@@ -332,6 +336,7 @@ impl Process {
 
     /// `lseek(2)`: EINVAL for an unknown whence, ESPIPE without FMODE_LSEEK, else the file's
     /// `llseek`.
+    #[doc(alias = "ksys_lseek")]
     pub fn lseek(&self, fd: i32, offset: i64, whence: i32) -> KResult<u64> {
         let _span = tracing::trace_span!("lseek", fd, whence).entered();
         let result = self.fget(fd).and_then(|file| {
@@ -347,6 +352,7 @@ impl Process {
     }
 
     /// `ftruncate(2)`: `do_sys_ftruncate` → `do_truncate` → `notify_change` → `i_op->setattr`.
+    #[doc(alias("do_sys_ftruncate", "do_truncate"))]
     pub fn ftruncate(&self, fd: i32, length: i64) -> KResult<()> {
         let _span = tracing::trace_span!("ftruncate", fd, length).entered();
         if length < 0 {
@@ -363,6 +369,7 @@ impl Process {
     }
 
     /// `fstat(2)`.
+    #[doc(alias = "vfs_fstat")]
     pub fn fstat(&self, fd: i32) -> KResult<Kstat> {
         let _span = tracing::trace_span!("fstat", fd).entered();
         let result = self.fget(fd).map(|file| file.inode().getattr());
@@ -373,6 +380,7 @@ impl Process {
     /// → `do_mmap` → `mmap_region` → `f_op->mmap`, then `mm_populate` for `MAP_POPULATE` and
     /// `MAP_LOCKED`), of a descriptor or, with `MAP_ANONYMOUS`, of anonymous memory (the
     /// descriptor is then ignored).
+    #[doc(alias("ksys_mmap_pgoff", "sys_mmap", "vm_mmap_pgoff"))]
     pub fn mmap(&self, len: u64, prot: u64, flags: u64, fd: i32, offset: i64) -> KResult<u64> {
         let _span = tracing::trace_span!("mmap", fd, len, prot, flags, offset).entered();
         if offset as u64 & (PAGE_SIZE - 1) != 0 {
@@ -646,6 +654,7 @@ impl Process {
 
     /// `madvise_behavior_valid`: the advice values the kernel knows (this configuration: KSM and
     /// THP built in; the memory-failure advice only with `CONFIG_MEMORY_FAILURE`).
+    #[doc(alias = "madvise_should_skip")]
     fn madvise_behavior_valid(&self, advice: i32) -> bool {
         match advice {
             MADV_NORMAL..=MADV_DONTNEED | MADV_FREE..=MADV_COLLAPSE => true,
@@ -655,6 +664,7 @@ impl Process {
         }
     }
 
+    #[doc(alias("madvise_do_behavior", "madvise_walk_vmas"))]
     fn do_madvise(&self, start: u64, len_in: u64, advice: i32) -> KResult<()> {
         if !self.madvise_behavior_valid(advice) {
             return Err(Errno::EINVAL);
@@ -736,6 +746,7 @@ impl Process {
         "madvise_willneed",
         "thp_vma_allowable_order"
     ))]
+    #[doc(alias = "madvise_vma_behavior")]
     fn madvise_vma(&self, vma: &Vma, start: u64, end: u64, advice: i32) -> KResult<()> {
         let locked = vma.vm_flags & VM_LOCKED != 0;
         let anonymous = vma.vm_ops.is_none() && vma.file.is_none();
@@ -811,6 +822,7 @@ impl Process {
     }
 
     /// `MADV_HWPOISON`: memory failure on each file page of the range (`memory_failure`).
+    #[doc(alias = "madvise_inject_error")]
     fn madvise_hwpoison(&self, vma: &Vma, start: u64, end: u64) -> KResult<()> {
         let Some(file) = vma.file.as_ref() else {
             return Err(Errno::EFAULT);

@@ -212,6 +212,7 @@ impl Vma {
     }
 
     /// Whether the page at `page` (index within the VMA) holds a guard marker.
+    #[doc(alias = "handle_pte_marker")]
     pub fn guarded(&self, page: u64) -> bool {
         self.guards.lock().contains(&page)
     }
@@ -229,6 +230,7 @@ impl Vma {
     /// `set_pte_range` of `finish_fault` (and GUP's fault-in): the PTE at `page` maps `pfn`.
     /// Called with the folio locked, as the kernel installs it, so that truncation (which locks
     /// the folio, then asks `folio_mapped`) either sees the PTE or made the fault retry.
+    #[doc(alias = "finish_fault")]
     fn set_file_pte(&self, page: u64, pfn: Pfn) {
         self.file_ptes.lock().insert(page, pfn);
     }
@@ -291,6 +293,7 @@ impl Vma {
     /// invalidation of the folio's span in this VMA, the PTEs of the folio cleared (the kernel
     /// leaves a hwpoison entry; the model re-faults through the handler, which reports the
     /// poison). The caller holds `i_mmap_rwsem` for read.
+    #[doc(alias("try_to_unmap", "unmap_poisoned_folio"))]
     pub(crate) fn try_to_unmap_folio(&self, first: u64, last: u64, pfn: Pfn, nr: u64) {
         self.zap_file_range(first, last, Some((pfn, nr)));
     }
@@ -454,6 +457,7 @@ impl Mm {
 
     /// `munmap(addr, len)` (`do_vmi_munmap`): EINVAL for an unaligned address, a zero length or a
     /// range outside user space; unmapping nothing is fine. Partially covered VMAs are split.
+    #[doc(alias = "do_vmi_munmap")]
     pub fn munmap(&self, addr: u64, len: u64) -> KResult<()> {
         if addr & (PAGE_SIZE - 1) != 0 || addr > TASK_SIZE || len > TASK_SIZE - addr {
             return Err(Errno::EINVAL);
@@ -582,6 +586,7 @@ impl Mm {
 
     /// A host load or store of `buf.len()` bytes at `addr` (the CPU access plus the page fault
     /// path): SIGSEGV without a VMA or permission, SIGBUS when the fault handler says so.
+    #[doc(alias("access_error", "do_user_addr_fault"))]
     pub fn access(&self, addr: u64, buf: &mut [u8], write: bool) -> Result<(), AccessSignal> {
         let mut done = 0usize;
         while done < buf.len() {
@@ -679,6 +684,7 @@ impl Mm {
         Err(FileFaultError::Failed)
     }
 
+    #[doc(alias = "handle_mm_fault")]
     fn access_page(&self, addr: u64, buf: &mut [u8], write: bool) -> Result<(), AccessSignal> {
         let vma = self.find(addr).ok_or(AccessSignal::Sigsegv)?;
         // x86 access_error(): a write needs VM_WRITE; a read of a page that is not present needs
@@ -756,6 +762,7 @@ impl Mm {
     /// `MADV_GUARD_INSTALL` on `[start, end)` of `vma` (`madvise_guard_install`): the range is
     /// zapped as `MADV_DONTNEED` zaps it (anonymous pages are freed, file pages stay in the page
     /// cache) and every page gets a guard marker, so an access faults with SIGSEGV.
+    #[doc(alias = "madvise_guard_install")]
     pub(crate) fn guard_install(&self, vma: &Vma, start: u64, end: u64) {
         self.dontneed(vma, start, end);
         vma.install_guards((start - vma.start) >> PAGE_SHIFT, (end - vma.start) >> PAGE_SHIFT);
@@ -763,6 +770,7 @@ impl Mm {
 
     /// `MADV_GUARD_REMOVE` on `[start, end)` of `vma`: the guard markers go; the pages fault in
     /// again on the next access (the data of file pages is still in the page cache).
+    #[doc(alias = "madvise_guard_remove")]
     pub(crate) fn guard_remove(&self, vma: &Vma, start: u64, end: u64) {
         vma.remove_guards((start - vma.start) >> PAGE_SHIFT, (end - vma.start) >> PAGE_SHIFT);
     }
@@ -798,6 +806,7 @@ impl Mm {
     /// a read needs `VM_READ`, a write `VM_WRITE`; no `FOLL_FORCE`), EFAULT where the fault
     /// fails (SIGBUS, a guard marker), EHWPOISON for a poisoned page. The pages before the
     /// failing one stay populated.
+    #[doc(alias("__get_user_pages", "faultin_page_range"))]
     pub(crate) fn madvise_populate(&self, start: u64, end: u64, write: bool) -> KResult<()> {
         let mut addr = start;
         while addr < end {
@@ -822,6 +831,7 @@ impl Mm {
     /// and `MAP_LOCKED`) a failure skips the rest of its VMA and nothing reaches the caller;
     /// without (mlock) the first failure ends the walk with GUP's errno (EFAULT, ENOMEM,
     /// EHWPOISON).
+    #[doc(alias("__mm_populate", "populate_vma_page_range"))]
     pub(crate) fn mm_populate(&self, start: u64, end: u64, ignore_errors: bool) -> KResult<()> {
         let (vmas, _) = self.overlapping(start, end);
         for vma in vmas {
@@ -874,6 +884,7 @@ impl Mm {
     /// `vma_modify_flags` over `[from, to)` of `vma` (inside it): if the flags change, the VMA is
     /// split at the edges (a huge PMD straddling an edge is split first) and the covered part
     /// gets `update(vm_flags)`.
+    #[doc(alias("mlock_fixup", "vma_modify_flags"))]
     fn update_vma_flags(&self, vma: &Arc<Vma>, from: u64, to: u64, update: impl Fn(u64) -> u64) {
         let flags = update(vma.vm_flags);
         if flags == vma.vm_flags {
@@ -921,6 +932,7 @@ impl Mm {
     /// whose flags change is split at the range's edges (a huge PMD straddling an edge is split
     /// first) and the covered part gets the new flags. Returns whether the range has holes (the
     /// caller's ENOMEM, after the mapped parts were changed).
+    #[doc(alias("hugepage_madvise", "madvise_update_vma"))]
     pub(crate) fn madvise_hugepage(&self, start: u64, end: u64, hugepage: bool) -> bool {
         let (_, hole) = self.overlapping(start, end);
         let mut vmas = self.vmas.write();

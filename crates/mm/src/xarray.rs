@@ -363,6 +363,7 @@ impl<V: XaValue> XArray<V> {
     /// to descend into) are told apart by their tag directly; siblings (and corrupt words) go
     /// through `decode`.
     #[inline]
+    #[doc(alias = "xa_load")]
     pub fn load(&self, index: u64) -> Option<V> {
         let Slot::Node(mut node) = self.decode(self.head.load(Ordering::Acquire)) else {
             return None;
@@ -466,6 +467,7 @@ impl<V: XaValue> XArray<V> {
     /// `xa_find(xa, index, max, XA_PRESENT)`: the first entry present at an index in
     /// `[*index, max]`. If `*index` lies inside a (multi-index) entry, that entry is returned and
     /// `*index` is unchanged; otherwise `*index` becomes the first index of the entry found.
+    #[doc(alias = "xa_find")]
     pub fn find(&self, index: &mut u64, max: u64) -> Option<V> {
         if *index > max {
             return None;
@@ -481,6 +483,7 @@ impl<V: XaValue> XArray<V> {
     /// `xa_find_after(xa, index, max, XA_PRESENT)`: the first entry that starts after the end of
     /// the entry containing `*index` (after `*index` if none does) and at or before `max`;
     /// `*index` becomes its first index.
+    #[doc(alias = "xa_find_after")]
     pub fn find_after(&self, index: &mut u64, max: u64) -> Option<V> {
         let lo = index.checked_add(1)?;
         let (first, value) = self.find_first(lo, max)?;
@@ -491,6 +494,7 @@ impl<V: XaValue> XArray<V> {
     /// `xa_for_each_range()`: calls `f(index, entry)` once per canonical entry present in
     /// `[first, last]`, in index order; `index` is `first` for an entry that starts before
     /// `first`, else the entry's first index. No lock is held while `f` runs.
+    #[doc(alias = "xa_for_each_range")]
     pub fn for_each_range(&self, first: u64, last: u64, mut f: impl FnMut(u64, V)) {
         let mut index = first;
         let mut entry = self.find(&mut index, last);
@@ -501,11 +505,13 @@ impl<V: XaValue> XArray<V> {
     }
 
     /// `xa_for_each()`: [`for_each_range`](Self::for_each_range) over every index.
+    #[doc(alias = "xa_for_each")]
     pub fn for_each(&self, f: impl FnMut(u64, V)) {
         self.for_each_range(0, u64::MAX, f);
     }
 
     /// `xa_empty()`: no entry is present.
+    #[doc(alias = "xa_empty")]
     pub fn is_empty(&self) -> bool {
         self.count.load(Ordering::Acquire) == 0
     }
@@ -521,6 +527,7 @@ impl<V: XaValue> XArray<V> {
     /// `xa_store()` (`value` is `Some`) or `xa_erase()` (`None`): returns the entry that was at
     /// `index`. Storing inside a multi-index entry replaces it at all its indices; erasing
     /// inside one erases all of it. `ENOMEM` (injected) leaves the array unchanged.
+    #[doc(alias = "xa_store")]
     pub fn store(&self, index: u64, value: Option<V>) -> KResult<Option<V>> {
         let Some(value) = value else {
             return Ok(self.erase(index));
@@ -536,6 +543,7 @@ impl<V: XaValue> XArray<V> {
     /// could not be allocated; either way the array is unchanged. (The page cache's
     /// `__filemap_add_folio()` reports the same conflict as `EEXIST`: that translation is the
     /// caller's.)
+    #[doc(alias = "xa_insert")]
     pub fn insert(&self, index: u64, value: V) -> KResult<()> {
         let word = mk_value(value.to_raw());
         let mut writer = self.lock.lock();
@@ -548,6 +556,7 @@ impl<V: XaValue> XArray<V> {
 
     /// `xa_erase()`: removes the entry at `index` (all of it if it is a multi-index entry) and
     /// returns it. Never allocates, never fails.
+    #[doc(alias = "xa_erase")]
     pub fn erase(&self, index: u64) -> Option<V> {
         let mut writer = self.lock.lock();
         let (old, _) = self.erase_piece(&mut writer, index, 0, 0);
@@ -559,6 +568,7 @@ impl<V: XaValue> XArray<V> {
     /// for the pieces' semantics). `EINVAL` if `first > last`. An injected `ENOMEM` stops the
     /// loop at the piece that could not be stored: earlier pieces stay stored, as in the kernel
     /// once `xas_nomem()` fails too.
+    #[doc(alias = "xa_store_range")]
     pub fn store_range(&self, first: u64, last: u64, value: Option<V>) -> KResult<()> {
         if first > last {
             return Err(Errno::EINVAL);
@@ -580,6 +590,7 @@ impl<V: XaValue> XArray<V> {
     }
 
     /// `xa_destroy()`: erases every entry. The nodes are retired, not freed (module docs).
+    #[doc(alias = "xa_destroy")]
     pub fn destroy(&self) {
         let mut writer = self.lock.lock();
         let head = self.head.load(Ordering::Relaxed);

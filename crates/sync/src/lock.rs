@@ -110,6 +110,7 @@ fn contended<G>(
 /// The kernel's `struct mutex` or spinlock: exclusive, infallible (no poisoning: a panic in the
 /// simulator is a test failure, not a state to recover from). `parking_lot::Mutex` normally,
 /// `loom::sync::Mutex` under loom. Acquisitions are checked by lockdep.
+#[doc(alias("mutex", "spinlock_t"))]
 pub struct Mutex<T: ?Sized> {
     class: &'static LockClass,
     inner: imp::Mutex<T>,
@@ -218,6 +219,7 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
 /// readers as a set of threads and panics ("invalid internal loom state") on the second release.
 /// (Such nesting is also deadlock-prone for a real `rw_semaphore`, where a queued writer blocks
 /// the second `down_read()`.)
+#[doc(alias = "rwlock_t")]
 pub struct RwLock<T: ?Sized> {
     class: &'static LockClass,
     inner: imp::RwLock<T>,
@@ -225,6 +227,7 @@ pub struct RwLock<T: ?Sized> {
 
 /// The kernel's `struct rw_semaphore` (e.g. the filemap `invalidate_lock`): the same type as
 /// [`RwLock`]; the alias documents that the kernel lock sleeps.
+#[doc(alias = "rw_semaphore")]
 pub type RwSem<T> = RwLock<T>;
 
 /// Shared hold of an [`RwLock`] (`down_read()` / `read_lock()`); released on drop.

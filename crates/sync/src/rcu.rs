@@ -49,6 +49,7 @@ pub fn rcu_read_lock() -> RcuReadGuard {
 /// `ptr` must come from `Box::<T>::into_raw`, must not be freed by anyone else, and must already
 /// be unreachable for new readers (unpublished); only readers inside an [`RcuReadGuard`] that
 /// began before this call may still dereference it, and only until their guard drops.
+#[doc(alias = "call_rcu")]
 pub unsafe fn call_rcu_drop<T: Send + 'static>(ptr: *mut T) {
     if ptr.is_null() {
         return;

@@ -52,6 +52,7 @@ pub struct Srcu {
 /// An SRCU read-side critical section; dropping it is `srcu_read_unlock(ssp, idx)`. Not `Send`:
 /// `srcu_read_unlock()` must run in the task that locked (lockdep tracks it there).
 #[must_use = "dropping the guard ends the read-side critical section at once"]
+#[doc(alias = "srcu_read_unlock")]
 pub struct SrcuReadGuard<'a> {
     srcu: &'a Srcu,
     index: usize,
@@ -94,6 +95,7 @@ impl Srcu {
     /// In checked builds (see [`lockdep::enabled`]), if the calling thread is inside a read-side
     /// critical section of this same `Srcu`: that is a guaranteed self-deadlock.
     #[track_caller]
+    #[doc(alias = "synchronize_srcu")]
     pub fn synchronize(&self) {
         if lockdep::enabled() && checked::held(self.id) > 0 {
             panic!(

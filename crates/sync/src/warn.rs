@@ -103,6 +103,7 @@ impl WarnRegistry {
     /// like the kernel macro, so it can guard an early return. `detail` is only evaluated when
     /// the warning fires.
     #[track_caller]
+    #[doc(alias = "WARN_ON")]
     pub fn warn_on(&self, cond: bool, detail: impl FnOnce() -> String) -> bool {
         if cond {
             self.record(WarnKind::Warn, Location::caller(), detail());
@@ -113,6 +114,7 @@ impl WarnRegistry {
     /// `WARN_ON_ONCE(cond)`: records only the first time this call site fires in this registry;
     /// returns `cond` every time.
     #[track_caller]
+    #[doc(alias = "WARN_ON_ONCE")]
     pub fn warn_on_once(&self, cond: bool, detail: impl FnOnce() -> String) -> bool {
         if cond {
             let location = Location::caller();
@@ -126,6 +128,7 @@ impl WarnRegistry {
 
     /// Records a warning of any kind unconditionally (`KVM_BUG_ON` after its test, KASAN).
     #[track_caller]
+    #[doc(alias = "KVM_BUG_ON")]
     pub fn report(&self, kind: WarnKind, detail: String) {
         self.record(kind, Location::caller(), detail);
     }

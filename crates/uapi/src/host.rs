@@ -197,6 +197,7 @@ impl SimHost {
 
     /// `KVM_CREATE_VM` (`kvm_dev_ioctl_create_vm`): reserve a descriptor, create the VM, install
     /// its file.
+    #[doc(alias = "kvm_dev_ioctl_create_vm")]
     pub fn create_vm(&self, vm_type: u64) -> Result<i32> {
         let _span = tracing::debug_span!("kvm_dev_ioctl_create_vm", vm_type).entered();
         let files = &self.process.files;
@@ -216,6 +217,7 @@ impl SimHost {
     /// The VM behind a descriptor for a VM ioctl: EBADF if it is not open; on a vCPU,
     /// `kvm_vcpu_ioctl` gets the command: EIO once its VM is dead, else EINVAL (the default of
     /// `kvm_arch_vcpu_ioctl`); ENOTTY for any other file (it has no ioctl, or not this one).
+    #[doc(alias = "kvm_vcpu_ioctl")]
     pub fn vm(&self, vm_fd: i32) -> Result<Arc<gmem_kvm::Kvm>> {
         let file = self.process.fget(vm_fd)?;
         let vm = if std::ptr::eq(file.f_op(), &KVM_VM_FOPS) {
@@ -277,6 +279,7 @@ impl SimHost {
 
     /// `KVM_CREATE_VCPU`: the vCPU's descriptor (`create_vcpu_fd`: `anon_inode_getfd`, holding a
     /// VM reference).
+    #[doc(alias = "create_vcpu_fd")]
     pub fn create_vcpu(&self, vm_fd: i32, id: u64) -> Result<i32> {
         let _span = tracing::debug_span!("kvm_vm_ioctl_create_vcpu", vm_fd, id).entered();
         self.vm_ioctl(vm_fd, |kvm| {
@@ -657,6 +660,7 @@ impl SimHost {
     /// (`kvm_vcpu_ioctl` → `kvm_arch_vcpu_ioctl` → the vendor's `vcpu_mem_enc_ioctl`; ENOTTY
     /// without one). `kvm_vcpu_ioctl` holds `vcpu->mutex` around it, unless the vendor's
     /// handler is the unlocked one (TDX with upstream fix F16).
+    #[doc(alias = "kvm_arch_vcpu_ioctl")]
     pub fn vcpu_memory_encrypt_op(&self, vcpu_fd: i32, argp: u64) -> Result<()> {
         let _span = tracing::debug_span!("kvm_arch_vcpu_ioctl_memory_encrypt_op", vcpu_fd, argp).entered();
         let current = Current { mm: &self.process.mm, files: &self.process.files };

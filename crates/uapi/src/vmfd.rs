@@ -249,6 +249,7 @@ impl VcpuFd {
     /// operation that failed is executed again at the next call, as a guest instruction that did
     /// not complete is (unless what failed was the completion of its exit: then the guest's
     /// request is abandoned and the workload goes on).
+    #[doc(alias("KVM_RUN", "complete_emulated_mmio", "kvm_arch_vcpu_ioctl_run"))]
     pub fn run(&mut self) -> Result<VcpuExit<'_>> {
         let _span = tracing::debug_span!("kvm_arch_vcpu_ioctl_run", vcpu_fd = self.fd).entered();
         let Some(guest) = self.guest.as_mut() else { return Ok(VcpuExit::Hlt) };

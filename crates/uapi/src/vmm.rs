@@ -541,6 +541,7 @@ impl Vmm {
     /// without an exit (`-KVM_ENOSYS`, `-KVM_EINVAL`, two's complement). A failed conversion is
     /// returned as the exit: QEMU stops the vCPU (an internal error) rather than answer the
     /// guest. (QEMU 10.1+ then pre-faults the range, ignoring failures; the model does not.)
+    #[doc(alias("kvm_convert_memory", "kvm_handle_hc_map_gpa_range", "kvm_handle_hypercall"))]
     pub fn guest_map_gpa_range(
         &self,
         vcpu_fd: i32,

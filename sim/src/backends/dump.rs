@@ -7,10 +7,10 @@
 //!   spte gfn=0x1 pfn=P level=4K W private
 //! ```
 //!
-//! `pfn` is the host frame, `level` the mapping size (always 4K: no huge pages yet), `W` a
-//! writable and `R` a read-only mapping, and `private` or `shared` the kind of fault that
-//! installed it (guest_memfd or the memslot's `userspace_addr`). A VM whose MMU keeps no page
-//! tables (the recording MMU of tests) prints no SPTE lines. A TD's direct root holds its shared
+//! `pfn` is the host frame, `level` the mapping size (`4K`, `2M` or `1G`; a huge leaf's `gfn` and
+//! `pfn` are its first, both aligned to its size), `W` a writable and `R` a read-only mapping,
+//! and `private` or `shared` the kind of fault that installed it (guest_memfd or the memslot's
+//! `userspace_addr`). A VM whose MMU keeps no page tables (the recording MMU of tests) prints no SPTE lines. A TD's direct root holds its shared
 //! mappings; its private ones are the TDX module's Secure EPT, whose leaves follow, one line
 //! each in ascending gpa order, with the leaf's state:
 //!

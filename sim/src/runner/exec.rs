@@ -423,7 +423,7 @@ fn launch_updated(updated: &LaunchUpdated, source: &LaunchSource) -> Success {
     ])
 }
 
-/// `tdx_init_vm`'s CPUID: leaf 0x80000008 with the guest physical address width in EAX[23:16]
+/// `tdx_init_vm`'s CPUID: leaf 0x80000008 with the guest physical address width in EAX\[23:16\]
 /// (none for a width of 0), then the script's entries.
 fn tdx_cpuid(gpaw: u8, extra: &[CpuidEntry]) -> Vec<kvm_cpuid_entry2> {
     let gpaw_entry = kvm_cpuid_entry2 { function: 0x8000_0008, eax: u32::from(gpaw) << 16, ..Default::default() };

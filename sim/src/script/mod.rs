@@ -1,4 +1,4 @@
-//! The `.gms` scenario-script language (`spec/script-format.md`): lexer, parser and the typed
+//! The `.gms` scenario-script language (`docs/script-format.md`): lexer, parser and the typed
 //! program it produces.
 //!
 //! [`parse`] turns a script into a [`Program`]: one [`Line`] per executed line, each holding

@@ -245,6 +245,7 @@ pub fn snp_begin_psc_msr(vm: &SvmVm, kvm: &Kvm, vcpu: &KvmVcpu, ghcb_msr: u64) -
 /// `SVM_VMGEXIT_PSC` with the GHCB at `ghcb_gpa` and the PSC buffer at `sw_scratch`
 /// (`sev_handle_vmgexit` → `setup_vmgexit_scratch` → `snp_begin_psc`). `mm` is the VM owner's
 /// address space (the GHCB is a shared page).
+#[doc(alias("setup_vmgexit_scratch", "sev_handle_vmgexit"))]
 pub fn snp_vmgexit_psc(
     vm: &SvmVm,
     kvm: &Kvm,
@@ -409,6 +410,7 @@ pub fn snp_begin_psc(vm: &SvmVm, kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, scratch: u6
 /// its `cur_entry`. S12 at the call: there is a range in flight, and it lies inside the buffer
 /// (`psc_idx` and `psc_inflight` are KVM's validated copies; completing nothing would rewind the
 /// guest's `cur_entry`), else a WARN.
+#[doc(alias = "snp_complete_one_psc")]
 fn __snp_complete_one_psc(sev: &SevVcpu, shared: &GuestShared<'_>, scratch: u64) {
     let mut psc = sev.psc.lock();
     let (start, inflight) = (psc.psc_idx, psc.psc_inflight);
@@ -440,6 +442,7 @@ fn __snp_complete_one_psc(sev: &SevVcpu, shared: &GuestShared<'_>, scratch: u64)
 /// VMM's `hypercall.ret`: a failure is an error for the guest; success completes the range and,
 /// for a PSC buffer, goes on with the next one (possibly another exit). `None` if nothing was
 /// pending (an ordinary `KVM_RUN`).
+#[doc(alias = "snp_complete_psc_msr")]
 pub fn sev_complete_userspace_io(
     vm: &SvmVm,
     kvm: &Kvm,

@@ -270,6 +270,7 @@ impl SnpHost {
     }
 
     /// `snp_nr_leaked_pages`.
+    #[doc(alias = "snp_nr_leaked_pages")]
     pub fn nr_leaked_pages(&self) -> u64 {
         self.leaked.lock().len() as u64
     }

@@ -140,6 +140,7 @@ static SEV_VCPU_PSC_LOCK: LockClass = LockClass::new("vcpu->sev_es.psc");
 /// The model's host has [`SevModule::MAX_SEV_ASID`] ASIDs, the first
 /// `MIN_SEV_ASID - 1` of them for SEV-ES and SNP guests (`min_sev_asid` from CPUID
 /// 0x8000001F). A freed ASID is only reused after `sev_flush_asids` (WBINVD and `SNP_DF_FLUSH`).
+#[doc(alias = "__sev_recycle_asids")]
 pub struct SevModule {
     /// `sev_enabled`.
     pub sev_enabled: bool,
@@ -538,6 +539,7 @@ fn check_launched(kvm: &Kvm, host: &SnpHost, page: Pfn, asid: u32, gpa: u64, vms
 
 impl SvmVm {
     /// `svm_vm_init` for a VM of `vm_type` on a host whose SEV module is `module`.
+    #[doc(alias = "svm_vm_init")]
     pub fn new(module: Arc<SevModule>, host: Arc<SnpHost>, vm_type: VmType, generic: Arc<dyn KvmArch>) -> SvmVm {
         // svm_vm_init: every SEV type needs KVM_SEV_INIT2 (or the legacy INIT).
         let need_init = !matches!(vm_type, VmType::Default | VmType::SwProtected);
@@ -1018,6 +1020,7 @@ impl SvmVm {
 
     /// `is_large_rmp_possible`: a folio of at least 2M whose whole 2M range is shared
     /// (`is_pfn_range_shared`).
+    #[doc(alias = "is_pfn_range_shared")]
     fn is_large_rmp_possible(&self, pfn: Pfn, order: u8) -> bool {
         let aligned = pfn.0 & !(PAGES_PER_2M - 1);
         PgLevel::for_order(order) > PgLevel::Level4K

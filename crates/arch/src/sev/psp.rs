@@ -29,6 +29,7 @@ use gmem_sync::Arc;
 static SEV_FOPS: FileOperations = FileOperations { name: "sev_fops", ..EMPTY_FOPS };
 
 /// `open("/dev/sev", O_RDWR)` in the process whose descriptor table is `files`.
+#[doc(alias = "sev_fops")]
 pub fn open_dev_sev(machine: &Arc<Machine>, files: &FdTable) -> KResult<i32> {
     let fd = files.get_unused_fd()?;
     let inode = InodeInit {

@@ -112,6 +112,7 @@ pub struct RmpState {
 
 /// One entry as RMPREAD (and `get_rmpentry`) presents it, plus the bits only the raw entry has.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
+#[doc(alias("rmpentry", "rmpentry_raw"))]
 pub struct RmpEntry {
     /// Owned by a guest (or the firmware).
     pub assigned: bool,
@@ -361,6 +362,7 @@ impl Rmp {
 
     /// The level of the entry that is authoritative for `pfn`: the 2M-aligned entry's size
     /// (`__snp_lookup_rmpentry`); `None` beyond the table.
+    #[doc(alias = "__snp_lookup_rmpentry")]
     pub fn level(&self, pfn: Pfn) -> Option<PgLevel> {
         self.read(Pfn(pfn.0 & !(PAGES_PER_2M - 1))).map(|large| rmp_level(large.pagesize_2m))
     }

@@ -133,7 +133,8 @@ pub struct KvmCpuid2Header {
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct kvm_tdx_cmd {
-    /// `enum kvm_tdx_cmd_id`.
+    /// `enum kvm_tdx_cmd_id`: one of the `KVM_TDX_*` sub-commands.
+    #[doc(alias = "kvm_tdx_cmd_id")]
     pub id: u32,
     /// Flags of the sub-command.
     pub flags: u32,
@@ -344,9 +345,9 @@ pub fn tdx_get_supported_xfam(td_conf: &TdConf) -> u64 {
     val & td_conf.xfam_fixed0
 }
 
-/// `TDX_FEATURE_TSX`: HLE (CPUID.7.0:EBX[4]) and RTM (EBX[11]).
+/// `TDX_FEATURE_TSX`: HLE (CPUID.7.0:EBX\[4\]) and RTM (EBX\[11\]).
 const TDX_FEATURE_TSX: u32 = 1 << 4 | 1 << 11;
-/// `X86_FEATURE_WAITPKG`: CPUID.7.0:ECX[5].
+/// `X86_FEATURE_WAITPKG`: CPUID.7.0:ECX\[5\].
 const FEATURE_WAITPKG: u32 = 1 << 5;
 
 /// `tdx_unsupported_cpuid`: TSX or WAITPKG asked for.
@@ -397,6 +398,7 @@ fn kvm_find_cpuid_entry2(entries: &[kvm_cpuid_entry2], function: u32, index: u32
 
 /// KVM's TDX state of the host (the statics of `tdx.c`: `tdx_sysinfo`, `tdx_lock`,
 /// `nr_configured_hkid`) and the TDX module it drives.
+#[doc(alias("tdx_bringup", "tdx_lock"))]
 pub struct TdxHost {
     module: Arc<TdxModule>,
     td_conf: TdConf,
@@ -443,6 +445,7 @@ impl TdxHost {
 /// `enum kvm_tdx_state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
+#[doc(alias = "kvm_tdx_state")]
 pub enum TdState {
     /// `TD_STATE_UNINITIALIZED`: before `KVM_TDX_INIT_VM`.
     Uninitialized = 0,
@@ -472,6 +475,7 @@ struct TdPages {
 }
 
 /// `struct vcpu_tdx`: a vCPU's TDX state.
+#[doc(alias = "vcpu_tdx")]
 pub struct TdxVcpu {
     /// `tdx->state == VCPU_TD_STATE_INITIALIZED`.
     initialized: AtomicBool,
@@ -509,6 +513,7 @@ impl TdxVcpu {
 }
 
 /// `struct kvm_tdx`: one TD's KVM state and the `kvm_x86_ops` TDX hooks.
+#[doc(alias = "kvm_tdx")]
 pub struct TdxVm {
     host: Arc<TdxHost>,
     /// `kvm_tdx->state`.
@@ -634,6 +639,7 @@ pub struct TdxGmemPostPopulateArg {
 
 impl TdxVm {
     /// `tdx_vm_init`: a TD in `TD_STATE_UNINITIALIZED`, without a KeyID.
+    #[doc(alias = "tdx_vm_init")]
     pub fn new(host: Arc<TdxHost>) -> TdxVm {
         TdxVm {
             host,
@@ -764,6 +770,7 @@ impl TdxVm {
     }
 
     /// `get_page(pfn_to_page(pfn))` in the S-EPT hooks.
+    #[doc(alias = "get_page")]
     fn tdx_pin(&self, kvm: &Kvm, pfn: Pfn) {
         Folio::from_pfn(&kvm.machine().mem, pfn).get();
         *self.pins.lock().entry(pfn.0).or_default() += 1;
@@ -834,6 +841,7 @@ impl TdxVm {
 
     /// `tdx_get_capabilities(cmd)` (`KVM_TDX_CAPABILITIES`): E2BIG if the user's `cpuid.nent` is
     /// below the module's number of configurable leaves; the capabilities, then the entries.
+    #[doc(alias = "init_kvm_tdx_caps")]
     pub fn tdx_get_capabilities(&self, current: Current<'_>, cmd: &kvm_tdx_cmd) -> KResult<()> {
         // flags is reserved for future use.
         if cmd.flags != 0 {
@@ -906,6 +914,7 @@ impl TdxVm {
     /// platform does not offer, for a CPUID without leaf 0x80000008 or with a GPAW other than 48
     /// (52 needs a 5-level EPT, which the model's host lacks), for TSX or WAITPKG, and for an
     /// entry the module has no slot for. Returns the TD_PARAMS and whether GPAW is 52.
+    #[doc(alias("setup_tdparams_cpuids", "setup_tdparams_eptp_controls"))]
     pub fn setup_tdparams(
         &self,
         kvm: &Kvm,
@@ -960,6 +969,7 @@ impl TdxVm {
     /// EIO) and `TDH.MNG.INIT` (`TDX_OPERAND_INVALID`: the status in `hw_error` and EINVAL;
     /// anything else WARN and EIO). After MNG.CREATE a failure tears the TD down with
     /// `tdx_mmu_release_hkid` and `tdx_reclaim_td_control_pages`.
+    #[doc(alias = "tdx_do_tdh_mng_key_config")]
     fn __tdx_td_init(&self, kvm: &Kvm, td_params: &TdParams, seamcall_err: &mut u64) -> KResult<()> {
         *seamcall_err = 0;
         let module = self.module().clone();
@@ -1594,6 +1604,7 @@ impl TdxVm {
     /// the HKID is leaked; another failure `KVM_BUG_ON`), `TDH.PHYMEM.CACHE.WB` resumed while
     /// interrupted (at most [`TDX_SEAMCALL_RETRIES`] times; a failure is a WARN), and
     /// `TDH.MNG.KEY.FREEID` (`KVM_BUG_ON`, the HKID leaked; else the KeyID is freed).
+    #[doc(alias("smp_func_do_phymem_cache_wb", "tdx_flush_vp"))]
     pub fn tdx_mmu_release_hkid(&self, kvm: &Kvm) {
         if !self.is_hkid_assigned() {
             return;

@@ -568,6 +568,7 @@ impl TdxModule {
     }
 
     /// The module's global KeyID (`tdx_global_keyid`).
+    #[doc(alias = "tdx_global_keyid")]
     pub fn global_keyid(&self) -> u16 {
         self.config.keyid_start
     }
@@ -580,6 +581,7 @@ impl TdxModule {
 
     /// `tdx_guest_keyid_alloc`: the lowest free TD KeyID (the kernel's IDA), or `None` when all
     /// are taken (the kernel's `-ENOSPC`).
+    #[doc(alias = "tdx_guest_keyid_alloc")]
     pub fn guest_keyid_alloc(&self) -> Option<u16> {
         let mut state = self.state.lock();
         let first = self.config.keyid_start.checked_add(1)?;
@@ -591,6 +593,7 @@ impl TdxModule {
 
     /// `tdx_guest_keyid_free`. False if `keyid` was not allocated (an `ida_free` of a free id,
     /// which the kernel WARNs about).
+    #[doc(alias = "tdx_guest_keyid_free")]
     pub fn guest_keyid_free(&self, keyid: u16) -> bool {
         self.state.lock().keyids_allocated.remove(&keyid)
     }

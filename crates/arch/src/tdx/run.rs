@@ -232,6 +232,7 @@ impl TdxVm {
     /// entry in a later TD epoch than the vCPU's previous one first drops the vCPU's cached
     /// private translations: the TDX module's flush on entry, which is what makes BLOCK,
     /// TRACK and the kick enough before `TDH.MEM.PAGE.REMOVE` (arch-and-mmu.md §2.7).
+    #[doc(alias("tdx_exit_handlers_fastpath", "tdx_vcpu_enter_exit"))]
     pub fn tdx_vcpu_run(&self, kvm: &Kvm, vcpu: &KvmVcpu) -> VcpuRunEntry {
         if self.wait_for_sept_zap() {
             TdxStats::bump(&self.stats.entries_deferred);
@@ -316,6 +317,7 @@ impl TdxVm {
 
     /// `tdx_handle_ept_violation(vcpu)` for the violation `fault` (see the module docs), with
     /// `mm` the VM owner's address space for the shared backing.
+    #[doc(alias = "__vmx_handle_ept_violation")]
     pub fn tdx_handle_ept_violation(
         &self,
         kvm: &Kvm,

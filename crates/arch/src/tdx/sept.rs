@@ -50,6 +50,7 @@ pub const SEPT_RWX: u64 = 0x7;
 pub const SEPT_PS: u64 = 1 << 7;
 
 /// `pg_level_to_tdx_sept_level`: 4K → 0, 2M → 1, 1G → 2.
+#[doc(alias = "pg_level_to_tdx_sept_level")]
 pub const fn tdx_sept_level(level: PgLevel) -> u8 {
     level as u8 - 1
 }

@@ -52,6 +52,7 @@ fn td(kvm: &Kvm) -> Result<&TdxVm, RunError> {
 }
 
 /// The shared bit of the TD's gpas (what the guest's `cc_mkdec` sets): gpa bit `GPAW - 1`.
+#[doc(alias = "cc_mkdec")]
 pub fn shared_bit(kvm: &Kvm) -> u64 {
     kvm.gfn_direct_bits() << PAGE_SHIFT
 }

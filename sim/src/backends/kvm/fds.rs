@@ -1,7 +1,7 @@
 //! The script's descriptor numbers, mapped onto the runner's real descriptors.
 //!
 //! The script format fixes descriptor numbering: lowest free first, with 0, 1 and 2 open and
-//! not guest_memfds, exactly as a fresh process sees it (`spec/script-format.md`, "Lines").
+//! not guest_memfds, exactly as a fresh process sees it (`docs/script-format.md`, "Lines").
 //! The runner's process has other descriptors open (`/dev/kvm`, the test harness's own), so
 //! the kvm backend keeps a table from the script's numbers to real descriptors and
 //! translates every number the script passes. A number the table does not hold is passed to

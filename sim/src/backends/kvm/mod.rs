@@ -18,8 +18,8 @@
 //!
 //! A verb not performed prints `skip` with the reason, and the line is not compared. Guest
 //! verbs skip: on this machine's PVM backend a guest reads the memslot's `userspace_addr`,
-//! not guest_memfd (reference/kernel-semantics.md §0.2). The vCPU's host ioctls are real:
-//! `create_vcpu` is `KVM_CREATE_VCPU` (kvm-ioctls' `VmFd::create_vcpu`), so descriptor numbers
+//! not guest_memfd (`../shared/reference/kernel-semantics.md` §0.2). The vCPU's host ioctls are
+//! real: `create_vcpu` is `KVM_CREATE_VCPU` (kvm-ioctls' `VmFd::create_vcpu`), so descriptor numbers
 //! agree on both backends after it, and `pre_fault_memory` is `KVM_PRE_FAULT_MEMORY`; the
 //! vCPU-scope `KVM_MEMORY_ENCRYPT_OP` commands use the descriptor too. Nothing here runs the
 //! vCPU (`KVM_RUN`). Simulator-only verbs skip.
@@ -66,7 +66,7 @@ use gmem_arch::tdx::kvm::{
 use kvm_bindings::kvm_cpuid_entry2;
 use memory::{page_align, RegionKind, Regions, PAGE_SIZE};
 
-/// Why guest-side verbs skip here (issue text and reference/kernel-semantics.md §0.2).
+/// Why guest-side verbs skip here (issue text and `../shared/reference/kernel-semantics.md` §0.2).
 pub const GUEST_SKIP: &str = "guest access not compared on this host";
 
 /// Why simulator-only verbs skip here.

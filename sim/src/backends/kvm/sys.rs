@@ -43,7 +43,7 @@ pub const KVM_MEMORY_ENCRYPT_OP: c_ulong = ioc(IOC_READ | IOC_WRITE, 0xba, std::
 pub const KVM_PRE_FAULT_MEMORY: c_ulong =
     ioc(IOC_READ | IOC_WRITE, 0xd5, std::mem::size_of::<kvm_bindings::kvm_pre_fault_memory>());
 
-// The numbers measured on x86-64 (reference/kernel-semantics.md §1).
+// The numbers measured on x86-64 (`../shared/reference/kernel-semantics.md` §1).
 const _: () = assert!(KVM_CHECK_EXTENSION == 0xAE03);
 const _: () = assert!(KVM_CREATE_VCPU == 0xAE41);
 const _: () = assert!(KVM_PRE_FAULT_MEMORY == 0xC040_AED5);
