@@ -32,7 +32,7 @@ use crate::guest_memfd::kvm_gmem_get_pfn;
 use crate::memslot::{
     MemslotRef, KVM_MEMSLOT_GMEM_ONLY, KVM_MEMSLOT_INVALID, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
 };
-use crate::profile::KernelVersion;
+use crate::profile::{Fix, KernelVersion};
 use crate::tdp_mmu::{MapResult, Spte, TdpMmu};
 use crate::tlb::ProtocolWeakening;
 use crate::types::{Gfn, Gpa};
@@ -113,8 +113,9 @@ pub(crate) fn memory_fault_exit(gfn: Gfn, is_private: bool, errno: Errno) -> Run
     })
 }
 
-/// `kvm_mmu_page_fault` for one gpa: resolve and install, or tell why not. `mm` is the VM
-/// owner's address space (`kvm->mm`), for the shared backing.
+/// `kvm_mmu_page_fault` for one gpa: resolve and install, or tell why not, and count it in
+/// `vcpu->stat` unless it is a prefetch. `mm` is the VM owner's address space (`kvm->mm`), for
+/// the shared backing.
 pub fn kvm_mmu_page_fault(
     kvm: &Kvm,
     vcpu: &KvmVcpu,
@@ -124,11 +125,26 @@ pub fn kvm_mmu_page_fault(
     write: bool,
     prefetch: bool,
 ) -> Result<RetPf, RunError> {
-    kvm_mmu_do_page_fault(kvm, vcpu, mm, gpa, is_private, write, prefetch).map(|(ret, _)| ret)
+    // The statistics are the real fault handler's: a prefetch (pre-fault, TDX's populate) is no
+    // fault the guest took, and counts nothing. `pf_retry` is the model's own.
+    if !prefetch {
+        KvmVcpu::count(&vcpu.stat.pf_taken);
+    }
+    let result = kvm_mmu_do_page_fault(kvm, vcpu, mm, gpa, is_private, write, prefetch).map(|(ret, _)| ret);
+    if !prefetch {
+        match result {
+            Ok(RetPf::Fixed) => KvmVcpu::count(&vcpu.stat.pf_fixed),
+            Ok(RetPf::Emulate) => KvmVcpu::count(&vcpu.stat.pf_emulate),
+            Ok(RetPf::Spurious) => KvmVcpu::count(&vcpu.stat.pf_spurious),
+            Ok(RetPf::Retry) => KvmVcpu::count(&vcpu.stat.pf_retry),
+            Err(_) => {}
+        }
+    }
+    result
 }
 
 /// `kvm_mmu_do_page_fault`: build the fault, run it through the TDP MMU (in a `kvm->srcu` read
-/// section), count it, and return its result with its `goal_level` (what `kvm_tdp_map_page`
+/// section), and return its result with its `goal_level` (what `kvm_tdp_map_page`
 /// hands back to pre-fault). A private fault that would need emulation becomes a memory-fault
 /// exit. M7 is asserted on the way out.
 pub(crate) fn kvm_mmu_do_page_fault(
@@ -141,7 +157,6 @@ pub(crate) fn kvm_mmu_do_page_fault(
     prefetch: bool,
 ) -> Result<(RetPf, PgLevel), RunError> {
     let tdp = kvm.tdp()?;
-    KvmVcpu::count(&vcpu.stat.pf_taken);
     // `fault.gfn = gpa_to_gfn(fault.addr) & ~kvm_gfn_direct_bits(kvm)`: the gfn memslots and
     // attributes know. `tdp_mmu_get_root_for_fault` picks the mirror root for a gpa without the
     // direct bits (`kvm_is_addr_direct`); without a mirror root, the direct root.
@@ -173,19 +188,10 @@ pub(crate) fn kvm_mmu_do_page_fault(
         installed: false,
     };
     let mut result = kvm_tdp_mmu_page_fault(kvm, vcpu, tdp, mm, &mut fault);
-    match result {
-        Ok(RetPf::Fixed) => KvmVcpu::count(&vcpu.stat.pf_fixed),
-        Ok(RetPf::Spurious) => KvmVcpu::count(&vcpu.stat.pf_spurious),
-        Ok(RetPf::Retry) => KvmVcpu::count(&vcpu.stat.pf_retry),
-        Ok(RetPf::Emulate) => {
-            KvmVcpu::count(&vcpu.stat.pf_emulate);
-            // "Not sure what's happening, but punt to userspace and hope that they can fix it
-            // by changing memory attributes."
-            if is_private {
-                result = Err(memory_fault_exit(gfn, true, Errno::EFAULT));
-            }
-        }
-        Err(_) => {}
+    // "Not sure what's happening, but punt to userspace and hope that they can fix it by
+    // changing memory attributes."
+    if result == Ok(RetPf::Emulate) && is_private {
+        result = Err(memory_fault_exit(gfn, true, Errno::EFAULT));
     }
     check_memory_fault_exit(kvm, &result, &fault);
     // A retried fault mapped nothing: its level means nothing to pre-fault.
@@ -258,8 +264,12 @@ fn kvm_mmu_faultin_pfn(kvm: &Kvm, mm: &Mm, fault: &mut KvmPageFault<'_>) -> Resu
         return Ok(ControlFlow::Break(RetPf::Emulate));
     };
     // A memslot being deleted or moved: retry, so that its SPTEs are zapped before the gfn maps
-    // again.
+    // again. A pre-fault punts to user space instead (F13): its loop would hold the SRCU read
+    // section the update waits for.
     if slot.flags() & KVM_MEMSLOT_INVALID != 0 {
+        if fault.prefetch && kvm.profile().has_fix(Fix::F13PrefaultInvalidSlot) {
+            return Err(RunError::Errno(Errno::EAGAIN));
+        }
         return Ok(ControlFlow::Break(RetPf::Retry));
     }
     if kvm.mmu_invalidate_retry_gfn_unsafe(fault.mmu_seq, fault.gfn) {

@@ -43,6 +43,13 @@ pub enum Fix {
     /// (linux-next, 2026): a guest_memfd invalidation makes a vCPU whose VMSA is in the range drop
     /// it before the folio is freed.
     F11InvalidateGuestVmsa,
+    /// F13 "KVM: x86/mmu: Return -EAGAIN if userspace deletes/moves memslot during prefault"
+    /// (3ccbf6f47098, v6.18): a pre-fault (`fault->prefetch`) that meets a memslot being
+    /// deleted or moved (`KVM_MEMSLOT_INVALID`) fails with EAGAIN. Without it the fault returns
+    /// `RET_PF_RETRY` and `kvm_tdp_map_page` loops inside the `kvm->srcu` read section that the
+    /// memslot update's `synchronize_srcu` waits for: neither can go on (the model bounds the
+    /// loop, with a WARN and EINTR).
+    F13PrefaultInvalidSlot,
     /// F15 "KVM: TDX: ADD pages to the TD image while populating mirror EPT entries"
     /// (6b5b71ffabf9, v6.19): `TDH.MEM.PAGE.ADD` runs inside the S-EPT set hook under
     /// `mmu_lock`, with the source page passed through `kvm_tdx->page_add_src`, so the mirror
@@ -75,13 +82,14 @@ pub enum Fix {
 
 impl Fix {
     /// Every fix the model knows.
-    pub const ALL: [Fix; 9] = [
+    pub const ALL: [Fix; 10] = [
         Fix::F1DyingGmemUnbind,
         Fix::F2NoGuestMemfdToggle,
         Fix::F6LazyPrepare,
         Fix::F7PreFaultGate,
         Fix::F8PostPopulateKunmap,
         Fix::F11InvalidateGuestVmsa,
+        Fix::F13PrefaultInvalidSlot,
         Fix::F15TdxAddWhileMapping,
         Fix::F16TdxStateLocks,
         Fix::F17MirrorOldSpteRefresh,
@@ -96,6 +104,7 @@ impl Fix {
             Fix::F7PreFaultGate => "F7",
             Fix::F8PostPopulateKunmap => "F8",
             Fix::F11InvalidateGuestVmsa => "F11",
+            Fix::F13PrefaultInvalidSlot => "F13",
             Fix::F15TdxAddWhileMapping => "F15",
             Fix::F16TdxStateLocks => "F16",
             Fix::F17MirrorOldSpteRefresh => "F17",
@@ -254,7 +263,7 @@ impl KernelProfile {
 
     /// `v6.14`: the seed, x86-64 with SW_PROTECTED, SEV, SEV-ES and SEV-SNP VMs, generic memory
     /// attributes and memory failure; without F1 and F2, so the seed's two bugs reproduce, and
-    /// with the SNP fixes of v6.11 (F6, F7) but not the later ones (F8, F11, F17). No TDX: KVM's
+    /// with the SNP fixes of v6.11 (F6, F7) but not the later ones (F8, F11, F13, F17). No TDX: KVM's
     /// TDX support was merged in v6.16.
     pub fn v6_14() -> KernelProfile {
         KernelProfile {
@@ -272,7 +281,7 @@ impl KernelProfile {
         }
     }
 
-    /// `v6.18`: Linux 6.18.44 with the full x86 configuration, F1, F2, F6 and F7 applied (the
+    /// `v6.18`: Linux 6.18.44 with the full x86 configuration, F1, F2, F6, F7 and F13 applied (the
     /// default), and TDX VMs besides the v6.14 types (which of them a host offers is its vendor
     /// module's choice: an AMD host has no TDX, an Intel host no SEV). Without the TDX fixes of
     /// v6.19 (F15, F16) and the later mirror-root one (F17).
@@ -285,7 +294,8 @@ impl KernelProfile {
             fixes: KernelProfile::v6_14()
                 .fixes
                 .with(Fix::F1DyingGmemUnbind, true)
-                .with(Fix::F2NoGuestMemfdToggle, true),
+                .with(Fix::F2NoGuestMemfdToggle, true)
+                .with(Fix::F13PrefaultInvalidSlot, true),
             config,
         }
     }

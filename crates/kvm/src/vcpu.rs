@@ -94,7 +94,7 @@ impl std::fmt::Debug for KvmVcpu {
 /// The page-fault counters of `vcpu->stat` (`pf_retry` is the model's own).
 #[derive(Debug, Default)]
 pub struct VcpuStat {
-    /// `pf_taken`: faults entered.
+    /// `pf_taken`: faults the guest took (`kvm_mmu_page_fault`; a pre-fault counts in no field).
     pub pf_taken: AtomicU64,
     /// `pf_fixed`: faults that installed an SPTE.
     pub pf_fixed: AtomicU64,
@@ -102,7 +102,8 @@ pub struct VcpuStat {
     pub pf_spurious: AtomicU64,
     /// `pf_emulate`: faults handed to emulation (MMIO).
     pub pf_emulate: AtomicU64,
-    /// Faults that returned `RET_PF_RETRY` (a racing invalidation, an INVALID memslot).
+    /// Faults that returned `RET_PF_RETRY` (a racing invalidation, an INVALID memslot; the
+    /// model's own).
     pub pf_retry: AtomicU64,
     /// Translations served by the TLB (the model's own).
     pub tlb_hits: AtomicU64,
@@ -116,7 +117,7 @@ pub struct VcpuStat {
 /// their sums over vCPUs: what a caller reads, apart from the atomics the vCPU updates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VcpuStatValues {
-    /// `pf_taken`: faults entered.
+    /// `pf_taken`: faults the guest took (`kvm_mmu_page_fault`; a pre-fault counts in no field).
     pub pf_taken: u64,
     /// `pf_fixed`: faults that installed an SPTE.
     pub pf_fixed: u64,
@@ -749,6 +750,8 @@ pub fn kvm_vcpu_pre_fault_memory(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, s
     let (mut gpa, mut size) = (gpa, size);
     let full_size = size;
     let mut error = Errno::EIO;
+    // The whole loop is one `kvm->srcu` read section: a memslot update waits for it (F13).
+    let _srcu = kvm.srcu_read_lock();
     while size != 0 {
         if kvm.machine().signal_pending() {
             error = Errno::EINTR;
@@ -820,7 +823,7 @@ fn kvm_mmu_reload(kvm: &Kvm) -> KResult<()> {
 /// signal and EIO once the VM is dead (`KVM_REQ_VM_DEAD`, upstream fix F14, in v6.18); the
 /// model also gives up, with a WARN and EINTR, after [`FAULT_RETRY_LIMIT`] retries (the kernel
 /// would spin until a signal). `RET_PF_EMULATE` (no memslot) is ENOENT; a memory-fault exit
-/// is its errno. Used by `KVM_PRE_FAULT_MEMORY` and by TDX's `tdx_gmem_post_populate`.
+/// is its errno; a memslot being deleted or moved is EAGAIN (F13). Used by `KVM_PRE_FAULT_MEMORY` and by TDX's `tdx_gmem_post_populate`.
 pub fn kvm_tdp_map_page(kvm: &Kvm, vcpu: &KvmVcpu, mm: &Mm, gpa: u64, error_code: u64) -> KResult<PgLevel> {
     // Only a TDP page fault is indexed by GPA: with shadow paging (`tdp_enabled` off, so
     // `KVM_CAP_PRE_FAULT_MEMORY` is 0) the vCPU's MMU has no `kvm_tdp_page_fault`.

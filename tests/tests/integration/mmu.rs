@@ -21,7 +21,12 @@ const PAGES: u64 = 16;
 /// A SW_PROTECTED VM on v6.18 with a vCPU and one guest_memfd memslot of 16 pages at gpa 0,
 /// backed for shared accesses by anonymous memory, all of it PRIVATE.
 fn private_guest() -> Guest {
-    Guest::builder(KernelProfile::v6_18()).pages(PAGES).private(true).build()
+    private_guest_on(KernelProfile::v6_18())
+}
+
+/// [`private_guest`] on another kernel.
+fn private_guest_on(profile: KernelProfile) -> Guest {
+    Guest::builder(profile).pages(PAGES).private(true).build()
 }
 
 #[test]
@@ -250,4 +255,51 @@ fn a_default_vm_reaches_its_shared_memory_through_userspace_addr() {
     // A slot whose userspace_addr maps nothing: KVM_RUN fails with EFAULT, no exit.
     host.set_user_memory_region2(vm, &region(1, 0, 0x20000, PAGE, 0x1000_0000, 0, 0)).unwrap();
     assert_eq!(host.guest_load(vcpu, 0x20000, 1, None), Err(RunError::Errno(Errno::EFAULT)));
+}
+
+/// F13: a pre-fault that meets a memslot being deleted (its INVALID copy published, the delete
+/// waiting in `synchronize_srcu` for the pre-fault's read section) fails with EAGAIN on v6.18.
+/// Without the fix (v6.14) the fault retries inside the read section the delete waits for; the
+/// kernel spins until a signal, the model gives up after `FAULT_RETRY_LIMIT` tries with a WARN.
+#[test]
+fn a_pre_fault_meeting_a_memslot_being_deleted_is_eagain_with_f13_and_spins_without() {
+    use gmem_kvm::memslot::KVM_MEMSLOT_INVALID;
+    for (profile, fixed) in [(KernelProfile::v6_18(), true), (KernelProfile::v6_14(), false)] {
+        let name = profile.name.clone();
+        let guest = private_guest_on(profile);
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        // In the first page's fault, between its pfn and mmu_lock: let the delete start, and go
+        // on once its INVALID copy of the slot is what a lookup finds.
+        guest.kvm().tdp_mmu().unwrap().set_fault_hook(move |kvm: &Kvm| {
+            go_tx.send(()).unwrap();
+            gmem_sync::thread::wait_until_within(TEST_WAIT, "the INVALID copy of slot 0", || {
+                let srcu = kvm.srcu_read_lock();
+                kvm.gfn_to_memslot(&srcu, Gfn(1)).is_some_and(|slot| slot.flags() & KVM_MEMSLOT_INVALID != 0)
+            });
+        });
+        let host = guest.host.unchecked();
+        let (pre_fault, delete) = std::thread::scope(|scope| {
+            let deleter = scope.spawn(move || {
+                go_rx.recv().unwrap();
+                host.set_user_memory_region2(guest.vm, &delete_region(0, KVM_MEM_GUEST_MEMFD))
+            });
+            let pre_fault = host.pre_fault_memory(guest.vcpu(), 0, 2 * PAGE);
+            (pre_fault, deleter.join().unwrap())
+        });
+        // The first page was mapped before the slot went INVALID: progress, so the ioctl
+        // succeeds with the second page left, whichever way that page failed.
+        assert_eq!(pre_fault, Ok(PAGE), "{name}");
+        assert_eq!(delete, Ok(()), "{name}: the delete finishes once the pre-fault leaves SRCU");
+        let warnings = guest.host.take_warnings();
+        if fixed {
+            assert!(warnings.is_empty(), "{name}: EAGAIN, no spinning: {warnings:?}");
+        } else {
+            assert!(
+                warnings.len() == 1 && warnings[0].detail.contains("kvm_tdp_map_page at gpa 0x1000 made no progress"),
+                "{name}: the pre-fault spun on the INVALID slot: {warnings:?}"
+            );
+        }
+        assert!(guest.kvm().tdp_mmu().unwrap().sptes().is_empty(), "{name}: the delete zapped the first page");
+        guest.host.check(&name);
+    }
 }
