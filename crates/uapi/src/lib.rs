@@ -31,7 +31,9 @@ pub use kvm_bindings::{
     kvm_cpuid_entry2, kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_cmd, kvm_sev_init,
     kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, kvm_userspace_memory_region2,
 };
-pub use run::{GuestOp, GuestOutcome, GuestProgram, GuestSequence, HypercallExit, VcpuExit};
+pub use run::{
+    GuestOp, GuestOutcome, GuestProgram, GuestSequence, HypercallExit, VcpuExit, VcpuSignal, DEFAULT_RUN_OP_LIMIT,
+};
 pub use vmfd::{Kvm, VcpuFd, VmFd};
 pub use vmm::{Vmm, VmmConfig};
 

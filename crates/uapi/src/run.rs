@@ -198,6 +198,45 @@ pub(crate) struct KvmRun {
     pub(crate) hypercall_ret: u64,
 }
 
+/// How many guest operations one `run()` executes without an exit to user space before it
+/// returns EINTR (see [`VcpuFd::set_run_op_limit`](crate::VcpuFd::set_run_op_limit)).
+pub const DEFAULT_RUN_OP_LIMIT: u64 = 1 << 20;
+
+/// A signal for a vCPU thread ([`VcpuFd::signal`](crate::VcpuFd::signal)): what a VMM sends
+/// (`pthread_kill` with a handler) to take a vCPU out of a guest that does not exit by itself.
+/// Raising it makes the vCPU's `run()` return EINTR (`KVM_EXIT_INTR`) at its next guest entry,
+/// before the next guest operation; each raise is taken once. `Send` and `Sync`: it is meant for
+/// another thread.
+#[derive(Clone, Debug, Default)]
+pub struct VcpuSignal {
+    pending: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl VcpuSignal {
+    /// Sends the signal.
+    pub fn raise(&self) {
+        self.pending.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a signal is pending (not yet taken by a `run()`).
+    pub fn is_pending(&self) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Takes a pending signal (`signal_pending` at a guest entry, and the handler run).
+    pub(crate) fn take(&self) -> bool {
+        self.pending.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+}
+
+/// What bounds one `run()`: `kvm_run.immediate_exit`, the vCPU's signal, and the operation limit.
+pub(crate) struct RunBounds<'a> {
+    /// `kvm_run.immediate_exit` is non-zero.
+    pub(crate) immediate_exit: bool,
+    pub(crate) signal: &'a VcpuSignal,
+    pub(crate) op_limit: u64,
+}
+
 /// An exit as `run()` found it, before it is lent out as a [`VcpuExit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Exit {
@@ -306,8 +345,37 @@ impl Guest {
     /// the guest until an exit to user space. An error leaves the operation in flight to be
     /// executed again at the next call (the instruction did not complete), except when the
     /// completion of an exit failed: that operation is abandoned.
-    pub(crate) fn run(&mut self, host: &SimHost, vcpu_fd: i32, run: &mut KvmRun) -> Result<Exit> {
+    ///
+    /// Before each guest entry (each operation that is not the completion of an exit), as
+    /// `kvm_arch_vcpu_ioctl_run` and `vcpu_run` check: `kvm_run.immediate_exit` set, or the
+    /// vCPU's [`VcpuSignal`] raised, is EINTR (`KVM_EXIT_INTR`); so is the `op_limit`-th
+    /// operation without an exit, which stands for the signal a VMM's watchdog would send to a
+    /// vCPU that never exits (the kernel would stay in the guest).
+    pub(crate) fn run(
+        &mut self,
+        host: &SimHost,
+        vcpu_fd: i32,
+        run: &mut KvmRun,
+        bounds: RunBounds<'_>,
+    ) -> Result<Exit> {
+        let mut entries = 0u64;
         loop {
+            let completing = self.waits_for_completion();
+            if !completing {
+                if bounds.immediate_exit || bounds.signal.take() {
+                    return Err(Errno::EINTR);
+                }
+                if entries >= bounds.op_limit {
+                    tracing::warn!(
+                        vcpu_fd,
+                        limit = bounds.op_limit,
+                        "the guest workload ran {} operations without an exit: KVM_RUN returns EINTR",
+                        bounds.op_limit
+                    );
+                    return Err(Errno::EINTR);
+                }
+                entries += 1;
+            }
             if self.halted {
                 return Ok(Exit::Hlt);
             }
@@ -807,6 +875,59 @@ mod tests {
         }
         assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)));
         assert_eq!(outcomes(&mut m.vcpu), [GuestOutcome::Mapped { ret: 0x1234 }, GuestOutcome::Mapped { ret: 0 }]);
+    }
+
+    /// `immediate_exit`: the next run completes the pending MMIO read with the VMM's data, then
+    /// returns EINTR without entering the guest (the store after the load does not run); once
+    /// cleared, the guest goes on from the store.
+    #[test]
+    fn immediate_exit_completes_the_pending_exit_then_returns_eintr() {
+        let mut m = machine(kvm_bindings::KVM_X86_DEFAULT_VM, true);
+        m.vcpu.set_guest(GuestSequence::new([load(HOLE, 2, None), store(page(0), b"x", None)])).unwrap();
+        match m.vcpu.run().unwrap() {
+            VcpuExit::MmioRead(_, data) => data.copy_from_slice(b"ok"),
+            other => panic!("expected an MMIO read, got {other:?}"),
+        }
+        m.vcpu.set_kvm_immediate_exit(1);
+        assert_eq!(m.vcpu.run().err(), Some(Errno::EINTR));
+        assert_eq!(m.vcpu.run().err(), Some(Errno::EINTR), "until user space clears it");
+        assert_eq!(outcomes(&mut m.vcpu), [GuestOutcome::Loaded(b"ok".to_vec())], "the load completed, not the store");
+        m.vcpu.set_kvm_immediate_exit(0);
+        assert!(matches!(m.vcpu.run(), Ok(VcpuExit::Hlt)));
+        assert_eq!(outcomes(&mut m.vcpu), [GuestOutcome::Stored]);
+    }
+
+    /// A workload that never exits (stores forever) is taken out of the guest by the vCPU's
+    /// signal, raised from another thread: EINTR, once per raise, and the workload goes on at
+    /// the next run. Without a signal, the operation limit ends the run with EINTR.
+    #[test]
+    fn a_guest_that_never_exits_ends_its_run_on_a_signal_or_at_the_operation_limit() {
+        let mut m = machine(kvm_bindings::KVM_X86_DEFAULT_VM, true);
+        let signal = m.vcpu.signal();
+        let stores = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (counter, raiser) = (stores.clone(), signal.clone());
+        m.vcpu
+            .set_guest(move |_: Option<&GuestOutcome>| {
+                // The VMM's other thread signals the vCPU while it runs.
+                if counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 10 {
+                    let raiser = raiser.clone();
+                    std::thread::spawn(move || raiser.raise()).join().unwrap();
+                }
+                Some(store(page(0), b"x", None))
+            })
+            .unwrap();
+        assert_eq!(m.vcpu.run().err(), Some(Errno::EINTR));
+        assert!(!signal.is_pending(), "the run took the signal");
+        assert_eq!(stores.load(std::sync::atomic::Ordering::Relaxed), 11, "stopped at the entry after the raise");
+        m.vcpu.set_run_op_limit(100);
+        assert_eq!(m.vcpu.run().err(), Some(Errno::EINTR));
+        assert_eq!(stores.load(std::sync::atomic::Ordering::Relaxed), 111, "100 more operations, then EINTR");
+        assert_eq!(outcomes(&mut m.vcpu).len(), 111, "every store completed");
+        // Without a workload: a raised signal, then a halt.
+        let mut idle = machine(kvm_bindings::KVM_X86_DEFAULT_VM, true).vcpu;
+        idle.signal().raise();
+        assert_eq!(idle.run().err(), Some(Errno::EINTR));
+        assert!(matches!(idle.run(), Ok(VcpuExit::Hlt)));
     }
 
     /// A load from a gpa no memslot backs is `MmioRead` with a slice of the access's length;

@@ -1,6 +1,8 @@
 //! [`Kvm`], [`VmFd`] and [`VcpuFd`]: the kvm-ioctls-shaped handles over a [`SimHost`].
 
-use crate::run::{Guest, GuestOp, GuestOutcome, GuestProgram, KvmRun, VcpuExit};
+use crate::run::{
+    Guest, GuestOp, GuestOutcome, GuestProgram, KvmRun, RunBounds, VcpuExit, VcpuSignal, DEFAULT_RUN_OP_LIMIT,
+};
 use crate::{Result, SevError, SimHost, TdxError};
 use gmem_arch::tdx::kvm::{kvm_tdx_capabilities, kvm_tdx_cmd, kvm_tdx_init_mem_region, kvm_tdx_init_vm};
 use gmem_kvm::KernelProfile;
@@ -110,7 +112,15 @@ impl VmFd {
     /// `KVM_CREATE_VCPU`: a new vCPU with vCPU id `id`.
     pub fn create_vcpu(&self, id: u64) -> Result<VcpuFd> {
         let fd = self.host.create_vcpu(self.fd, id)?;
-        Ok(VcpuFd { host: self.host.clone(), fd, kvm_run: KvmRun::default(), guest: None })
+        Ok(VcpuFd {
+            host: self.host.clone(),
+            fd,
+            kvm_run: KvmRun::default(),
+            guest: None,
+            immediate_exit: 0,
+            signal: VcpuSignal::default(),
+            run_op_limit: DEFAULT_RUN_OP_LIMIT,
+        })
     }
 
     /// `KVM_MEMORY_ENCRYPT_OP` with a `struct kvm_sev_cmd` (kvm-ioctls' `encrypt_op_sev`): the
@@ -226,6 +236,12 @@ pub struct VcpuFd {
     kvm_run: KvmRun,
     /// The guest workload ([`VcpuFd::set_guest`]).
     guest: Option<Guest>,
+    /// `kvm_run.immediate_exit` ([`VcpuFd::set_kvm_immediate_exit`]).
+    immediate_exit: u8,
+    /// The signal other threads send to this vCPU's thread ([`VcpuFd::signal`]).
+    signal: VcpuSignal,
+    /// Guest operations one `run()` executes without an exit ([`VcpuFd::set_run_op_limit`]).
+    run_op_limit: u64,
 }
 
 /// The descriptor number, through the trait as in kvm-ioctls.
@@ -252,9 +268,42 @@ impl VcpuFd {
     #[doc(alias("KVM_RUN", "complete_emulated_mmio", "kvm_arch_vcpu_ioctl_run"))]
     pub fn run(&mut self) -> Result<VcpuExit<'_>> {
         let _span = tracing::debug_span!("kvm_arch_vcpu_ioctl_run", vcpu_fd = self.fd).entered();
-        let Some(guest) = self.guest.as_mut() else { return Ok(VcpuExit::Hlt) };
-        let exit = guest.run(&self.host, self.fd, &mut self.kvm_run)?;
+        let Some(guest) = self.guest.as_mut() else {
+            if self.immediate_exit != 0 || self.signal.take() {
+                return Err(crate::Errno::EINTR);
+            }
+            return Ok(VcpuExit::Hlt);
+        };
+        let bounds =
+            RunBounds { immediate_exit: self.immediate_exit != 0, signal: &self.signal, op_limit: self.run_op_limit };
+        let exit = guest.run(&self.host, self.fd, &mut self.kvm_run, bounds)?;
         Ok(exit.view(&mut self.kvm_run))
+    }
+
+    /// kvm-ioctls' `set_kvm_immediate_exit`: `kvm_run.immediate_exit`. While it is non-zero,
+    /// [`VcpuFd::run`] completes what the previous exit left to user space (the MMIO data, the
+    /// hypercall's return) and then returns EINTR without entering the guest, as
+    /// `kvm_arch_vcpu_ioctl_run` does: how a VMM's signal handler makes sure a vCPU thread
+    /// stops before its next entry.
+    pub fn set_kvm_immediate_exit(&mut self, val: u8) {
+        self.immediate_exit = val;
+    }
+
+    /// The vCPU thread's signal, for another thread to take the vCPU out of the guest: once
+    /// raised, [`VcpuFd::run`] returns EINTR at its next guest entry (between two guest
+    /// operations), the pending exit completed first. A VMM's pause or shutdown path raises it
+    /// for a workload that does not exit by itself.
+    pub fn signal(&self) -> VcpuSignal {
+        self.signal.clone()
+    }
+
+    /// How many guest operations one [`VcpuFd::run`] executes without an exit to user space
+    /// before it returns EINTR (default [`DEFAULT_RUN_OP_LIMIT`](crate::DEFAULT_RUN_OP_LIMIT)):
+    /// a simulator bound, standing for the signal a VMM's watchdog sends to a vCPU whose guest
+    /// never exits, so that such a workload cannot keep the calling thread forever. The next
+    /// `run()` goes on with the workload. A limit of 0 is taken as 1.
+    pub fn set_run_op_limit(&mut self, limit: u64) {
+        self.run_op_limit = limit.max(1);
     }
 
     /// Gives the vCPU the guest workload it runs from the next [`VcpuFd::run`] on (a simulator
@@ -262,8 +311,9 @@ impl VcpuFd {
     /// `FnMut(Option<&GuestOutcome>) -> Option<GuestOp>` that sees each operation's outcome.
     /// EBUSY while an exit of the current workload waits for its completion (the next `run()`):
     /// the kernel holds that guest request open. A workload whose operations never exit keeps
-    /// `run()` in the guest, as a guest that never exits keeps `KVM_RUN` there: end it with
-    /// `None`.
+    /// `run()` in the guest, as a guest that never exits keeps `KVM_RUN` there, until the
+    /// vCPU's [`VcpuFd::signal`] is raised or [`VcpuFd::set_run_op_limit`]'s bound is reached
+    /// (EINTR both, and the workload goes on at the next `run()`); it ends with `None`.
     ///
     /// [`GuestSequence`]: crate::GuestSequence
     pub fn set_guest(&mut self, program: impl GuestProgram + 'static) -> Result<()> {

@@ -29,13 +29,14 @@
 //! * `AsRawFd for Kvm`, because the simulated `Kvm` opens no `/dev/kvm` descriptor in the simulated
 //!   process.
 //! * `Kvm::new_with_path`, `Kvm::open_with_cloexec`, `FromRawFd`, every device, irqchip and
-//!   dirty-log call, and every vCPU call but `create_vcpu` and `run` (registers, MSRs,
-//!   `get_kvm_run`, `set_kvm_immediate_exit`, ...), because the simulator has no counterpart.
+//!   dirty-log call, and every vCPU call but `create_vcpu`, `run` and `set_kvm_immediate_exit`
+//!   (registers, MSRs, `get_kvm_run`, ...), because the simulator has no counterpart.
 //! * The `VcpuExit` variants the simulator never produces (port I/O, debug, system events, MSR
 //!   exits, ...). The ones it has are checked by `same_exit_shapes!`: each exists in kvm-ioctls
 //!   with the same fields and types, and the simulator has no variant kvm-ioctls lacks. Its
 //!   simulator-only calls `VcpuFd::set_guest` and `take_guest_outcomes` (the guest workload
-//!   `run` executes) have no counterpart.
+//!   `run` executes), `signal` (a VMM signals the vCPU thread instead) and `set_run_op_limit`
+//!   have no counterpart.
 //! * `VmFd::encrypt_op<T>(*mut T)`, because a pointer into the caller's memory means nothing to the
 //!   simulated kernel, which reads user memory of the simulated process. `encrypt_op_sev` is
 //!   mirrored; its `kvm_sev_cmd.data` is an address in the simulated process. kvm-ioctls has no
@@ -353,6 +354,7 @@ same_shape!(VmFd::create_vcpu, fn(&VmFd, u64) -> Result<VcpuFd, E>);
 
 same_shape!(<VcpuFd as AsRawFd>::as_raw_fd, fn(&VcpuFd) -> RawFd);
 same_shape!(VcpuFd::run, fn(&mut VcpuFd) -> Result<VcpuExit<'_>, E>);
+same_shape!(VcpuFd::set_kvm_immediate_exit, fn(&mut VcpuFd, u8) -> ());
 
 same_exit_shapes!(sim);
 same_exit_shapes!(real, _);
