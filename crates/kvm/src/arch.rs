@@ -646,7 +646,7 @@ pub fn default_handle_guest_fault(
 ) -> Result<crate::vcpu::RetPf, crate::vcpu::RunError> {
     let arch = kvm.arch();
     let is_private = fault.error_code.and_then(|code| arch.npf_is_private(code)).unwrap_or(fault.private);
-    let ret = crate::page_fault::kvm_mmu_page_fault(kvm, vcpu, mm, fault.gpa, is_private, fault.write, false)?;
+    let ret = crate::page_fault::kvm_mmu_page_fault(kvm, vcpu, mm, fault.gpa, is_private, fault.write)?;
     if ret != crate::vcpu::RetPf::Emulate {
         if let Some(code) = fault.error_code {
             arch.handle_npf(kvm, vcpu, fault.gpa, code);

@@ -113,9 +113,11 @@ pub(crate) fn memory_fault_exit(gfn: Gfn, is_private: bool, errno: Errno) -> Run
     })
 }
 
-/// `kvm_mmu_page_fault` for one gpa: resolve and install, or tell why not, and count it in
-/// `vcpu->stat` unless it is a prefetch. `mm` is the VM owner's address space (`kvm->mm`), for
-/// the shared backing.
+/// `kvm_mmu_page_fault`, the handler of a fault the guest took (an EPT/NPT violation) at one
+/// gpa: resolve and install, or tell why not, and count it in `vcpu->stat` (where v6.11 and
+/// later count; a pre-fault goes through `kvm_mmu_do_page_fault` and counts nothing).
+/// `pf_retry` is the model's own. `mm` is the VM owner's address space (`kvm->mm`), for the
+/// shared backing.
 pub fn kvm_mmu_page_fault(
     kvm: &Kvm,
     vcpu: &KvmVcpu,
@@ -123,22 +125,15 @@ pub fn kvm_mmu_page_fault(
     gpa: u64,
     is_private: bool,
     write: bool,
-    prefetch: bool,
 ) -> Result<RetPf, RunError> {
-    // The statistics are the real fault handler's: a prefetch (pre-fault, TDX's populate) is no
-    // fault the guest took, and counts nothing. `pf_retry` is the model's own.
-    if !prefetch {
-        KvmVcpu::count(&vcpu.stat.pf_taken);
-    }
-    let result = kvm_mmu_do_page_fault(kvm, vcpu, mm, gpa, is_private, write, prefetch).map(|(ret, _)| ret);
-    if !prefetch {
-        match result {
-            Ok(RetPf::Fixed) => KvmVcpu::count(&vcpu.stat.pf_fixed),
-            Ok(RetPf::Emulate) => KvmVcpu::count(&vcpu.stat.pf_emulate),
-            Ok(RetPf::Spurious) => KvmVcpu::count(&vcpu.stat.pf_spurious),
-            Ok(RetPf::Retry) => KvmVcpu::count(&vcpu.stat.pf_retry),
-            Err(_) => {}
-        }
+    KvmVcpu::count(&vcpu.stat.pf_taken);
+    let result = kvm_mmu_do_page_fault(kvm, vcpu, mm, gpa, is_private, write, false).map(|(ret, _)| ret);
+    match result {
+        Ok(RetPf::Fixed) => KvmVcpu::count(&vcpu.stat.pf_fixed),
+        Ok(RetPf::Emulate) => KvmVcpu::count(&vcpu.stat.pf_emulate),
+        Ok(RetPf::Spurious) => KvmVcpu::count(&vcpu.stat.pf_spurious),
+        Ok(RetPf::Retry) => KvmVcpu::count(&vcpu.stat.pf_retry),
+        Err(_) => {}
     }
     result
 }

@@ -435,7 +435,7 @@ fn a_fault_meeting_a_frozen_spte_retries_without_calling_the_hook() {
             scope
                 .spawn(|| {
                     let mm = Mm::new(machine.clone());
-                    kvm_mmu_page_fault(kvm, &second, &mm, 0x2000, true, true, false)
+                    kvm_mmu_page_fault(kvm, &second, &mm, 0x2000, true, true)
                 })
                 .join()
                 .unwrap()
@@ -766,7 +766,6 @@ fn a_huge_mirror_leaf_over_a_table_or_under_a_fault_is_kvm_bug_on() {
         0x3000,
         true,
         true,
-        false,
     );
     assert_eq!(result, Ok(RetPf::Retry));
     let warnings = guest.host.take_warnings();
@@ -856,7 +855,7 @@ fn local_retry_install_racing_a_fault(profile: &str) -> (MirrorGuest, Pfn, KResu
     let mm = &host.process().mm;
     let result = kvm.tdp_mmu().unwrap().map_mirror_leaf_local_retry_for_test(&kvm, Gfn(2), spte, || {
         let fault = std::thread::scope(|scope| {
-            scope.spawn(|| kvm_mmu_page_fault(&kvm, &second, mm, 0x2000, true, true, false)).join().unwrap()
+            scope.spawn(|| kvm_mmu_page_fault(&kvm, &second, mm, 0x2000, true, true)).join().unwrap()
         });
         assert_eq!(fault, Ok(RetPf::Fixed), "vCPU 1 installed the leaf");
     });

@@ -350,7 +350,7 @@ impl TdxVm {
         let mut retries = 0;
         loop {
             // __vmx_handle_ept_violation → kvm_mmu_page_fault.
-            let ret = kvm_mmu_page_fault(kvm, vcpu, mm, gpa, private, write, false)?;
+            let ret = kvm_mmu_page_fault(kvm, vcpu, mm, gpa, private, write)?;
             if ret != RetPf::Retry || !local_retry {
                 return Ok(ret);
             }
