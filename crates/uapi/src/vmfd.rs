@@ -298,7 +298,7 @@ impl VcpuFd {
     }
 
     /// How many guest operations one [`VcpuFd::run`] executes without an exit to user space
-    /// before it returns EINTR (default [`DEFAULT_RUN_OP_LIMIT`](crate::DEFAULT_RUN_OP_LIMIT)):
+    /// before it returns EINTR (default [`DEFAULT_RUN_OP_LIMIT`]):
     /// a simulator bound, standing for the signal a VMM's watchdog sends to a vCPU whose guest
     /// never exits, so that such a workload cannot keep the calling thread forever. The next
     /// `run()` goes on with the workload. A limit of 0 is taken as 1.
