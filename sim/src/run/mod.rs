@@ -100,8 +100,8 @@
 //!
 //! # Where things are
 //!
-//! This module sets the VM up, spawns the threads, paces the control thread and checks the
-//! invariants at pause points. `config.rs` holds what the flags set and the checks of it,
+//! This module sets the VM up, spawns the threads and collects the summary. `control.rs` is the
+//! control thread (pacing, the invariant checks at pause points, the progress bar), `config.rs` holds what the flags set and the checks of it,
 //! `streams.rs` the operation streams, `integrity.rs` the records and the per-page brackets of
 //! destructive operations, `workers.rs` what the threads share and what each does, `snp.rs` and
 //! `tdx.rs` the confidential guests' own loops, `watchdog.rs` the watchdog, `summary.rs` the
@@ -140,7 +140,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use gmem_mm::PAGE_SIZE;
 use gmem_sync::waits::WaitDomain;
@@ -150,6 +150,7 @@ use gmem_uapi::{SimHost, Vmm, VmmConfig};
 use crate::progress::Progress;
 
 mod config;
+mod control;
 mod integrity;
 mod snp;
 mod streams;
@@ -166,14 +167,11 @@ pub use integrity::PageEpoch;
 pub use streams::{generate, op_counts, ControlOp, ControlStream, VcpuAction, VcpuOp, VcpuStream};
 pub use summary::Summary;
 
+use control::ControlThread;
 use integrity::image_record;
 use snp::{SnpCounters, SnpGuest};
 use tdx::{TdxCounters, TdxGuest};
-use watchdog::phase;
-use workers::{
-    control_op, count_panics_in_runs, leave_an_invalidation_open, leave_an_srcu_reader_inside, vcpu_thread, CvmGuest,
-    Shared,
-};
+use workers::{count_panics_in_runs, vcpu_thread, CvmGuest, Shared};
 
 /// Control operations between two invariant checks in release builds (throughput runs).
 pub const INVARIANT_EVERY: u64 = 64;
@@ -245,13 +243,9 @@ pub fn run(config: &Config, progress: &Progress) -> Result<Summary, String> {
         });
     }
     let started = Instant::now();
-    let mut control_done = 0u64;
-    let mut checks = 0u64;
-    let mut violations = Vec::new();
     let total_ops = counts.as_ref().map(|(per, control)| per.iter().sum::<u64>() + control);
     // Taken now, while nothing can be stuck: the watchdog reads the VM's state lock-free.
     let kvm = vmm.host().vm(vmm.vm_fd()).ok();
-    let vcpus = config.vcpus as usize;
     let deadline = match config.length {
         Length::Duration(d) => Some(started + d),
         Length::Ops(_) => None,
@@ -264,6 +258,7 @@ pub fn run(config: &Config, progress: &Progress) -> Result<Summary, String> {
     });
     let (over, watching) = std::sync::mpsc::channel::<()>();
     let mut tripped = None;
+    let mut control = ControlThread::new(&shared, kvm.as_deref(), progress, started, deadline);
     std::thread::scope(|scope| {
         for (v, (&fd, guest)) in fds.iter().zip(guests).enumerate() {
             let count = counts.as_ref().map(|(per, _)| per[v]);
@@ -295,84 +290,15 @@ pub fn run(config: &Config, progress: &Progress) -> Result<Summary, String> {
                 Some((reason, diagnosis, fuse))
             })
             .expect("spawn the watchdog thread");
-        let control_limit = counts.as_ref().map(|(_, control)| *control);
-        let mut stream = ControlStream::new(config);
-        // vCPU operations per control operation, to spread control operations over the run.
-        let control_total = config.control_mix().control_total();
-        let ratio = if control_total == 0 { 0.0 } else { config.vcpu_weight() as f64 / control_total as f64 };
-        let tick = |shared: &Shared<'_>, control_done: u64| {
-            if progress.is_shown() {
-                let done = shared.vcpu_ops_done.load(Ordering::Relaxed) + control_done;
-                let position = if deadline.is_some() { started.elapsed().as_millis() as u64 } else { done };
-                progress.update(position, || format!("{done} operations"));
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                shared.stop.store(true, Ordering::SeqCst);
-            }
-        };
         let member = shared.domain.enter("control");
-        let epoch = shared.epoch;
-        let control = AssertUnwindSafe(|| loop {
-            if let (0, Some(breakage), Some(kvm)) = (control_done, config.breakage, kvm.as_deref()) {
-                match breakage {
-                    Breakage::StuckInvalidation => leave_an_invalidation_open(kvm, config),
-                    Breakage::StuckSrcuReader => leave_an_srcu_reader_inside(kvm),
-                    Breakage::VcpuPanic => {}
-                }
-            }
-            if control_limit.is_some_and(|limit| control_done >= limit) || shared.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let Some(op) = stream.next() else { break };
-            // Pace: wait until the vCPUs made their share of accesses.
-            shared.control.set(epoch, phase::PACING, control_done);
-            let due = (control_done as f64 * ratio) as u64;
-            while shared.vcpu_ops_done.load(Ordering::Relaxed) < due
-                && shared.finished.load(Ordering::SeqCst) < vcpus
-                && !shared.stop.load(Ordering::SeqCst)
-            {
-                tick(&shared, control_done);
-                std::thread::yield_now();
-            }
-            shared.control.set(epoch, phase::IN_OP, control_done);
-            control_op(&shared, op);
-            control_done += 1;
-            shared.control.moved();
-            tick(&shared, control_done);
-            if CHECK_EVERY_CONTROL_OP || control_done % INVARIANT_EVERY == 0 {
-                shared.control.set(epoch, phase::PAUSING, control_done);
-                shared.pause.store(true, Ordering::SeqCst);
-                while shared.paused.load(Ordering::SeqCst) + shared.finished.load(Ordering::SeqCst) < vcpus
-                    && !shared.stop.load(Ordering::SeqCst)
-                {
-                    std::thread::yield_now();
-                }
-                if !shared.stop.load(Ordering::SeqCst) {
-                    shared.control.set(epoch, phase::CHECKING, control_done);
-                    checks += 1;
-                    violations.extend(vmm.check_invariants());
-                }
-                shared.pause.store(false, Ordering::SeqCst);
-                while shared.paused.load(Ordering::SeqCst) != 0 {
-                    std::thread::yield_now();
-                }
-            }
-        });
-        if let Err(payload) = catch_unwind(control) {
+        let limit = counts.as_ref().map(|(_, control)| *control);
+        let run_ops = AssertUnwindSafe(|| control.run_ops(limit));
+        if let Err(payload) = catch_unwind(run_ops) {
             shared.worker_panicked("control", &shared.control, payload);
             // vCPUs at the pause barrier see `stop` and leave.
         }
         drop(member);
-        if !matches!(shared.control.phase(), phase::PANICKED | phase::ABORTED) {
-            shared.control.set(epoch, phase::FINAL_WAIT, control_done);
-        }
-        while shared.finished.load(Ordering::SeqCst) < vcpus {
-            tick(&shared, control_done);
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if shared.control.phase() == phase::FINAL_WAIT {
-            shared.control.set(epoch, phase::FINISHED, control_done);
-        }
+        control.wait_for_vcpus();
         // Every worker is done: the watchdog stops watching (if it has not tripped meanwhile).
         let _ = over.send(());
         tripped = watcher.join().unwrap_or_else(|payload| std::panic::resume_unwind(payload));
@@ -393,6 +319,7 @@ pub fn run(config: &Config, progress: &Progress) -> Result<Summary, String> {
         }
         None => (None, None, None),
     };
+    let ControlThread { done: control_done, mut checks, mut violations, .. } = control;
     drop(kvm);
     let elapsed = started.elapsed();
     progress.finish(|| format!("{} operations", shared.vcpu_ops_done.load(Ordering::Relaxed) + control_done));
