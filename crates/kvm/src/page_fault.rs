@@ -283,7 +283,7 @@ fn kvm_mmu_faultin_pfn(kvm: &Kvm, mm: &Mm, fault: &mut KvmPageFault<'_>) -> Resu
 
 /// `__kvm_mmu_faultin_pfn`: guest_memfd for a private fault and for a v6.18 `GMEM_ONLY` slot
 /// ([`kvm_mmu_faultin_pfn_gmem`]); otherwise the slot's `userspace_addr` through the owner's
-/// page tables (`__kvm_faultin_pfn` → `hva_to_pfn`), whose errors [`kvm_handle_error_pfn`]
+/// page tables (`__kvm_faultin_pfn` → `hva_to_pfn`), whose error pfns [`kvm_handle_error_pfn`]
 /// turns into the fault's result.
 fn __kvm_mmu_faultin_pfn(
     kvm: &Kvm,
@@ -295,9 +295,9 @@ fn __kvm_mmu_faultin_pfn(
         return kvm_mmu_faultin_pfn_gmem(kvm, slot, fault).map(|()| ControlFlow::Continue(()));
     }
     fault.map_writable = slot.flags() & KVM_MEM_READONLY == 0;
-    // A write to a read-only slot is KVM_PFN_ERR_RO_FAULT.
+    // A write to a read-only slot fails before GUP (`KVM_HVA_ERR_RO_BAD`).
     if fault.write && !fault.map_writable {
-        return Ok(ControlFlow::Break(RetPf::Emulate));
+        return kvm_handle_error_pfn(ErrorPfn::RoFault).map(ControlFlow::Break);
     }
     let hva = slot.userspace_addr().wrapping_add((fault.gfn.0 - slot.base_gfn().0) << PAGE_SHIFT);
     match mm.get_user_page(hva, fault.map_writable) {
@@ -306,8 +306,20 @@ fn __kvm_mmu_faultin_pfn(
             fault.refcounted_page = Some(pfn);
             Ok(ControlFlow::Continue(()))
         }
-        Err(errno) => kvm_handle_error_pfn(errno).map(ControlFlow::Break),
+        Err(Errno::EHWPOISON) => kvm_handle_error_pfn(ErrorPfn::Hwpoison).map(ControlFlow::Break),
+        Err(_) => kvm_handle_error_pfn(ErrorPfn::Fault).map(ControlFlow::Break),
     }
+}
+
+/// The error pfns `__kvm_faultin_pfn` can resolve to (`is_error_pfn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ErrorPfn {
+    /// `KVM_PFN_ERR_RO_FAULT`: a write to a read-only memslot.
+    RoFault,
+    /// `KVM_PFN_ERR_HWPOISON`: the page is poisoned.
+    Hwpoison,
+    /// `KVM_PFN_ERR_FAULT`: GUP failed.
+    Fault,
 }
 
 /// `kvm_mmu_faultin_pfn_gmem`: the pfn from guest_memfd (`kvm_gmem_get_pfn`), whose errors are
@@ -335,13 +347,14 @@ fn kvm_mmu_faultin_pfn_gmem(kvm: &Kvm, slot: MemslotRef<'_>, fault: &mut KvmPage
     Ok(())
 }
 
-/// `kvm_handle_error_pfn` for what `hva_to_pfn` failed with: a poisoned page sends SIGBUS to
-/// the vCPU thread (`kvm_send_hwpoison_signal`, then `RET_PF_RETRY`, which the pending signal
-/// ends), anything else is EFAULT.
-fn kvm_handle_error_pfn(errno: Errno) -> Result<RetPf, RunError> {
-    match errno {
-        Errno::EHWPOISON => Err(RunError::Sigbus),
-        _ => Err(RunError::Errno(Errno::EFAULT)),
+/// `kvm_handle_error_pfn`: a write to a read-only slot is emulated (`RET_PF_EMULATE`, an MMIO
+/// exit); a poisoned page sends SIGBUS to the vCPU thread (`kvm_send_hwpoison_signal`, then
+/// `RET_PF_RETRY`, which the pending signal ends); anything else is EFAULT.
+fn kvm_handle_error_pfn(pfn: ErrorPfn) -> Result<RetPf, RunError> {
+    match pfn {
+        ErrorPfn::RoFault => Ok(RetPf::Emulate),
+        ErrorPfn::Hwpoison => Err(RunError::Sigbus),
+        ErrorPfn::Fault => Err(RunError::Errno(Errno::EFAULT)),
     }
 }
 

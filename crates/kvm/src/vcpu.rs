@@ -125,7 +125,8 @@ pub struct VcpuStatValues {
     pub pf_spurious: u64,
     /// `pf_emulate`: faults handed to emulation (MMIO).
     pub pf_emulate: u64,
-    /// Faults that returned `RET_PF_RETRY` (a racing invalidation, an INVALID memslot).
+    /// Faults that returned `RET_PF_RETRY` (a racing invalidation, an INVALID memslot; the
+    /// model's own).
     pub pf_retry: u64,
     /// Translations served by the TLB (the model's own).
     pub tlb_hits: u64,
