@@ -17,7 +17,6 @@ use gmem_kvm::vcpu::{KvmVcpu, RunError, VcpuExit, KVM_MEMORY_EXIT_FLAG_PRIVATE};
 use gmem_kvm::{Gfn, KernelProfile, Kvm};
 use gmem_mm::vfs::{MAP_SHARED, PROT_READ, PROT_WRITE};
 use gmem_mm::{Errno, Pfn};
-use gmem_sync::atomic::Ordering::Relaxed;
 use gmem_sync::Arc;
 
 /// What backs a [`Guest`]'s memslots.
@@ -254,14 +253,8 @@ impl Guest {
 
     /// vCPU `n`'s TLB counters: `(tlb_hits, spte_walks, pf_taken, tlb_flushes)`.
     pub fn tlb_counts(&self, n: usize) -> (u64, u64, u64, u64) {
-        let vcpu = self.kvm_vcpu(n);
-        let stat = &vcpu.stat;
-        (
-            stat.tlb_hits.load(Relaxed),
-            stat.spte_walks.load(Relaxed),
-            stat.pf_taken.load(Relaxed),
-            stat.tlb_flushes.load(Relaxed),
-        )
+        let stat = self.kvm_vcpu(n).stat.values();
+        (stat.tlb_hits, stat.spte_walks, stat.pf_taken, stat.tlb_flushes)
     }
 
     /// `f` on the VM's TDP MMU.

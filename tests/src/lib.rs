@@ -275,10 +275,9 @@ impl CheckedHost {
 
     /// A vCPU's fault counters: `(pf_taken, pf_fixed, pf_retry)`.
     pub fn vcpu_faults(&self, vcpu_fd: i32) -> (u64, u64, u64) {
-        use gmem_sync::atomic::Ordering::Relaxed;
         let (_, vcpu) = self.host.vcpu(vcpu_fd).expect("a vCPU descriptor");
-        let stat = &vcpu.stat;
-        (stat.pf_taken.load(Relaxed), stat.pf_fixed.load(Relaxed), stat.pf_retry.load(Relaxed))
+        let stat = vcpu.stat.values();
+        (stat.pf_taken, stat.pf_fixed, stat.pf_retry)
     }
 
     /// The guest_memfd file behind a descriptor (panics if it is not one). Dropping the
